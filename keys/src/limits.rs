@@ -1,0 +1,43 @@
+//! Every size limit of Blocktree's names, credentials and wire formats, in one place.
+//!
+//! Decoders refuse inputs over these limits before doing any work proportional to them;
+//! `protocols::limits` re-exports this module so that later protocols add theirs here too.
+
+/// Longest path segment, in bytes of UTF-8.
+pub const MAX_SEGMENT_LEN: usize = 255;
+
+/// Longest path in its text form, in bytes, including every `/`.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Most links in one writecap chain, root grant included.
+pub const MAX_CHAIN_LEN: usize = 8;
+
+/// Most entries in one revocation list.
+pub const MAX_REVOCATIONS: usize = 16_384;
+
+/// Largest encoded principal (a tagged 32-byte hash).
+pub const MAX_PRINCIPAL_BYTES: usize = 64;
+
+/// Largest encoded path.
+pub const MAX_PATH_BYTES: usize = MAX_PATH_LEN + 64;
+
+/// Largest encoded writecap (one link).
+pub const MAX_WRITECAP_BYTES: usize = 2 * MAX_PATH_BYTES + 512;
+
+/// Largest encoded writecap chain.
+pub const MAX_CHAIN_BYTES: usize = MAX_CHAIN_LEN * MAX_WRITECAP_BYTES + 64;
+
+/// Largest encoded revocation list.
+pub const MAX_REVOCATION_LIST_BYTES: usize = MAX_REVOCATIONS * 48 + 1024;
+
+/// Largest encoded readcap.
+pub const MAX_READCAP_BYTES: usize = 256;
+
+/// Largest encoded public identity (signing key, encryption key, binding signature).
+pub const MAX_IDENTITY_BYTES: usize = 256;
+
+/// Largest sealed key file on disk.
+pub const MAX_SEALED_FILE_BYTES: usize = 64 * 1024;
+
+/// Largest message any Blocktree protocol accepts in one frame.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
