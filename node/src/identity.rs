@@ -7,6 +7,7 @@
 //! - `keys/node.key`: the node's secret keys, sealed by the key store.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -81,8 +82,13 @@ pub(crate) fn init(data_dir: &Path, options: &InitOptions) -> anyhow::Result<Nod
     let (kind, reason, tcti) = choose_store(options)?;
     let mut store = open_store(kind, tcti.as_deref(), &options.passphrase, true)?;
     let identity = Identity::generate();
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    if !data_dir.exists() {
+        std::fs::create_dir_all(data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    }
     key_file.write(store.as_mut(), KEY_LABEL, &identity.to_secret_bytes())?;
     let record = NodeFile {
         version: NODE_FILE_VERSION,
