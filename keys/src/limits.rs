@@ -41,3 +41,17 @@ pub const MAX_SEALED_FILE_BYTES: usize = 64 * 1024;
 
 /// Largest message any Blocktree protocol accepts in one frame.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most addresses in one path record.
+pub const MAX_RECORD_ADDRESSES: usize = 16;
+
+/// Longest multiaddr in a path record, in bytes.
+pub const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Largest encoded path record (path, node key, addresses, chain, signature).
+pub const MAX_PATH_RECORD_BYTES: usize =
+    MAX_PATH_BYTES + MAX_RECORD_ADDRESSES * (MAX_ADDRESS_BYTES + 8) + MAX_CHAIN_BYTES + 256;
+
+/// Longest a path record may stay valid, in seconds, counted from when it is checked:
+/// records far in the future are refused so a stolen one cannot live for ever.
+pub const MAX_RECORD_TTL_SECS: u64 = 24 * 3600;

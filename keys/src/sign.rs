@@ -113,6 +113,15 @@ impl PublicKey {
         Principal::of_key(self.0.as_bytes())
     }
 
+    /// The libp2p PeerId of this key.
+    pub fn peer_id(&self) -> libp2p_identity::PeerId {
+        match libp2p_identity::ed25519::PublicKey::try_from_bytes(self.as_bytes()) {
+            Ok(key) => libp2p_identity::PublicKey::from(key).to_peer_id(),
+            // A valid ed25519-dalek key is always a valid libp2p ed25519 key.
+            Err(_) => unreachable!("ed25519 key accepted by dalek but not by libp2p"),
+        }
+    }
+
     /// Verifies `signature` over `message` in `context` (strict: no malleable
     /// signatures, no small-order keys).
     pub fn verify(
@@ -218,5 +227,6 @@ mod tests {
         assert_eq!(key.principal(), again.principal());
         let libp2p_public = key.to_libp2p().public().try_into_ed25519().unwrap();
         assert_eq!(&libp2p_public.to_bytes(), key.public_key().as_bytes());
+        assert_eq!(key.public_key().peer_id(), key.peer_id());
     }
 }

@@ -1,0 +1,294 @@
+//! The persistent record store: Kademlia's [`RecordStore`] on redb.
+//!
+//! Every record is checked ([`PathRecord::from_kad`]) before it is stored, whoever hands it
+//! in — a remote peer's PUT (through [`Store::insert`]) or Kademlia itself — and a record
+//! replaces a stored one only with a higher sequence number. Records are written through
+//! to redb in a transaction that is durable before `put` returns, and loaded (and checked
+//! again) when the store opens, so they survive a restart. Expired records are never
+//! served. The store keeps no provider records: this overlay does not use them.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path as FsPath;
+
+use keys::{Revocations, Timestamp};
+use libp2p::PeerId;
+use libp2p::kad::store::{self, RecordStore};
+use libp2p::kad::{ProviderRecord, Record, RecordKey};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::record::{PathRecord, RecordError, instant_of};
+
+const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("path_records_v1");
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The record is invalid, stale or forged.
+    #[error("record refused")]
+    Refused(#[from] RecordError),
+    /// The store holds as many records as it may.
+    #[error("the store is full ({0} records)")]
+    Full(usize),
+    /// The database failed.
+    #[error("record database: {0}")]
+    Database(String),
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+/// What [`Store::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new path, or a newer sequence of a known one.
+    New,
+    /// The same record again (a republication).
+    Unchanged,
+}
+
+/// A Kademlia record store that keeps only valid path records, persistently.
+#[derive(Debug)]
+pub struct Store {
+    db: redb::Database,
+    records: HashMap<RecordKey, (Record, u64)>,
+    revocations: Revocations,
+    max_records: usize,
+}
+
+impl Store {
+    /// Opens (or creates) the store in the redb file at `path`, loading every record that
+    /// is still valid.
+    pub fn open(path: &FsPath, max_records: usize) -> Result<Self, StoreError> {
+        let db = redb::Database::create(path).map_err(db_err)?;
+        Self::with_database(db, max_records)
+    }
+
+    /// A store that lives in memory only (tests and the simulator).
+    pub fn in_memory(max_records: usize) -> Result<Self, StoreError> {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_err)?;
+        Self::with_database(db, max_records)
+    }
+
+    fn with_database(db: redb::Database, max_records: usize) -> Result<Self, StoreError> {
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(RECORDS).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        let mut store = Store {
+            db,
+            records: HashMap::new(),
+            revocations: Revocations::default(),
+            max_records,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&mut self) -> Result<(), StoreError> {
+        let now = keys::now();
+        let mut dead = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(RECORDS).map_err(db_err)?;
+            for entry in table.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let key = RecordKey::new(&key.value());
+                match PathRecord::from_kad(&key, value.value(), now, &self.revocations) {
+                    Ok(record) => {
+                        let sequence = record.sequence();
+                        let kad = kad_record(key.clone(), value.value().to_vec(), &record);
+                        self.records.insert(key, (kad, sequence));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "dropping stored record");
+                        dead.push(key);
+                    }
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.delete(&dead)?;
+        }
+        tracing::debug!(records = self.records.len(), "record store loaded");
+        Ok(())
+    }
+
+    /// Checks `record` and stores it if it is new or newer than the one held.
+    pub fn insert(&mut self, record: Record) -> Result<Inserted, StoreError> {
+        let path_record =
+            PathRecord::from_kad(&record.key, &record.value, keys::now(), &self.revocations)?;
+        let sequence = path_record.sequence();
+        match self.records.get(&record.key) {
+            Some((held, _)) if held.value == record.value => return Ok(Inserted::Unchanged),
+            Some((_, have)) if *have >= sequence => {
+                return Err(RecordError::Stale {
+                    path: path_record.path().clone(),
+                    have: *have,
+                    got: sequence,
+                }
+                .into());
+            }
+            Some(_) => {}
+            None if self.records.len() >= self.max_records => {
+                return Err(StoreError::Full(self.records.len()));
+            }
+            None => {}
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(db_err)?;
+            table
+                .insert(record.key.as_ref(), record.value.as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let kad = kad_record(record.key.clone(), record.value, &path_record);
+        self.records.insert(record.key, (kad, sequence));
+        Ok(Inserted::New)
+    }
+
+    /// The valid record of a key, decoded.
+    pub fn path_record(&self, key: &RecordKey) -> Option<PathRecord> {
+        let (record, _) = self.records.get(key)?;
+        PathRecord::from_kad(key, &record.value, keys::now(), &self.revocations).ok()
+    }
+
+    /// How many records are held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Drops records that expired by `now`; returns how many.
+    pub fn remove_expired(&mut self, now: Timestamp) -> Result<usize, StoreError> {
+        let now_instant = std::time::Instant::now();
+        let _ = now;
+        let dead: Vec<RecordKey> = self
+            .records
+            .iter()
+            .filter(|(_, (record, _))| record.is_expired(now_instant))
+            .map(|(key, _)| key.clone())
+            .collect();
+        self.delete(&dead)?;
+        Ok(dead.len())
+    }
+
+    /// Replaces the revocations that records are checked against.
+    pub fn set_revocations(&mut self, revocations: Revocations) {
+        self.revocations = revocations;
+    }
+
+    fn delete(&mut self, keys: &[RecordKey]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(db_err)?;
+            for key in keys {
+                table.remove(key.as_ref()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        for key in keys {
+            self.records.remove(key);
+        }
+        Ok(())
+    }
+}
+
+fn kad_record(key: RecordKey, value: Vec<u8>, record: &PathRecord) -> Record {
+    Record {
+        key,
+        value,
+        publisher: Some(record.peer_id()),
+        expires: Some(instant_of(record.expires())),
+    }
+}
+
+type Entry = (Record, u64);
+type RecordsIter<'a> = std::iter::Map<
+    std::iter::Filter<
+        std::collections::hash_map::Values<'a, RecordKey, Entry>,
+        fn(&&'a Entry) -> bool,
+    >,
+    fn(&'a Entry) -> Cow<'a, Record>,
+>;
+
+fn borrow_record(entry: &Entry) -> Cow<'_, Record> {
+    Cow::Borrowed(&entry.0)
+}
+
+fn live(entry: &&Entry) -> bool {
+    !entry.0.is_expired(std::time::Instant::now())
+}
+
+impl RecordStore for Store {
+    type RecordsIter<'a> = RecordsIter<'a>;
+    type ProvidedIter<'a> = std::iter::Empty<Cow<'a, ProviderRecord>>;
+
+    fn get(&self, key: &RecordKey) -> Option<Cow<'_, Record>> {
+        let (record, _) = self.records.get(key)?;
+        (!record.is_expired(std::time::Instant::now())).then_some(Cow::Borrowed(record))
+    }
+
+    fn put(&mut self, record: Record) -> store::Result<()> {
+        match self.insert(record) {
+            Ok(_) => Ok(()),
+            Err(StoreError::Full(_)) => Err(store::Error::MaxRecords),
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "record not stored");
+                // Kademlia's error type has no "invalid" or "I/O" case; the record is
+                // simply not stored.
+                Err(store::Error::ValueTooLarge)
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &RecordKey) {
+        if let Err(error) = self.delete(std::slice::from_ref(key)) {
+            tracing::warn!(%error, "cannot remove record");
+        }
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        self.records
+            .values()
+            .filter(live as fn(&&Entry) -> bool)
+            .map(borrow_record as fn(&Entry) -> Cow<'_, Record>)
+    }
+
+    fn add_provider(&mut self, _record: ProviderRecord) -> store::Result<()> {
+        Err(store::Error::MaxProvidedKeys)
+    }
+
+    fn providers(&self, _key: &RecordKey) -> Vec<ProviderRecord> {
+        Vec::new()
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        std::iter::empty()
+    }
+
+    fn remove_provider(&mut self, _key: &RecordKey, _provider: &PeerId) {}
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

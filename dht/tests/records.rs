@@ -1,0 +1,324 @@
+//! Path records and the record store: every kind of bad record is refused, good ones
+//! persist across a restart.
+
+#![allow(clippy::unwrap_used)]
+
+use dht::{Inserted, PathRecord, RecordError, Store, StoreError, key_of};
+use keys::limits::MAX_PATH_RECORD_BYTES;
+use keys::{Chain, Path, Revocations, SigningKey, Validity, now};
+use libp2p::Multiaddr;
+use libp2p::kad::store::RecordStore;
+use proptest::prelude::*;
+use protocols::wire;
+
+struct Fixture {
+    root: SigningKey,
+    node: SigningKey,
+    chain: Chain,
+    path: Path,
+}
+
+fn fixture() -> Fixture {
+    let root = SigningKey::generate();
+    let node = SigningKey::generate();
+    let granted = Path::root_of(root.principal()).join("services").unwrap();
+    let chain = Chain::root_grant(
+        &root,
+        node.principal(),
+        granted.clone(),
+        Validity::for_seconds(3600),
+    );
+    let path = granted.join("chat").unwrap();
+    Fixture {
+        root,
+        node,
+        chain,
+        path,
+    }
+}
+
+fn addr() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/4001".parse().unwrap()
+}
+
+fn record(f: &Fixture, sequence: u64) -> PathRecord {
+    PathRecord::new(
+        &f.node,
+        f.path.clone(),
+        vec![addr()],
+        f.chain.clone(),
+        sequence,
+        now() + 600,
+    )
+}
+
+fn refused(store: &mut Store, record: libp2p::kad::Record) -> RecordError {
+    match store.insert(record.clone()) {
+        Err(StoreError::Refused(e)) => {
+            // Kademlia's own entry point refuses it too, and nothing is served.
+            assert!(store.put(record.clone()).is_err());
+            assert!(store.get(&record.key).is_none());
+            e
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_valid_record_is_stored_and_served() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let kad = record(&f, 1).to_kad().unwrap();
+    assert_eq!(store.insert(kad.clone()).unwrap(), Inserted::New);
+    assert_eq!(store.insert(kad.clone()).unwrap(), Inserted::Unchanged);
+    assert_eq!(store.get(&key_of(&f.path)).unwrap().value, kad.value);
+    assert_eq!(store.path_record(&key_of(&f.path)).unwrap(), record(&f, 1));
+    assert_eq!(store.records().count(), 1);
+}
+
+#[test]
+fn forged_signature_is_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let mut kad = record(&f, 1).to_kad().unwrap();
+    let n = kad.value.len();
+    kad.value[n - 1] ^= 1; // inside the signature
+    assert!(matches!(
+        refused(&mut store, kad),
+        RecordError::BadSignature { .. }
+    ));
+}
+
+#[test]
+fn chain_for_another_node_is_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let impostor = SigningKey::generate();
+    let forged = PathRecord::new(
+        &impostor,
+        f.path.clone(),
+        vec![addr()],
+        f.chain.clone(),
+        1,
+        now() + 600,
+    );
+    assert!(matches!(
+        refused(&mut store, forged.to_kad().unwrap()),
+        RecordError::Writecap { .. }
+    ));
+    // A chain that the root never issued.
+    let self_made = Chain::root_grant(
+        &impostor,
+        impostor.principal(),
+        f.path.clone(),
+        Validity::for_seconds(60),
+    );
+    let forged = PathRecord::new(
+        &impostor,
+        f.path.clone(),
+        vec![addr()],
+        self_made,
+        1,
+        now() + 600,
+    );
+    assert!(matches!(
+        refused(&mut store, forged.to_kad().unwrap()),
+        RecordError::Writecap { .. }
+    ));
+}
+
+#[test]
+fn path_outside_the_writecap_is_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let outside = Path::root_of(f.root.principal()).join("photos").unwrap();
+    let forged = PathRecord::new(
+        &f.node,
+        outside,
+        vec![addr()],
+        f.chain.clone(),
+        1,
+        now() + 600,
+    );
+    assert!(matches!(
+        refused(&mut store, forged.to_kad().unwrap()),
+        RecordError::Writecap { .. }
+    ));
+}
+
+#[test]
+fn replayed_lower_sequence_is_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    store.insert(record(&f, 5).to_kad().unwrap()).unwrap();
+    let old = record(&f, 4).to_kad().unwrap();
+    assert!(matches!(
+        store.insert(old),
+        Err(StoreError::Refused(RecordError::Stale {
+            have: 5,
+            got: 4,
+            ..
+        }))
+    ));
+    // Same sequence, other content: also refused.
+    let mut same = record(&f, 5);
+    same = PathRecord::new(
+        &f.node,
+        same.path().clone(),
+        vec![],
+        f.chain.clone(),
+        5,
+        now() + 300,
+    );
+    assert!(matches!(
+        store.insert(same.to_kad().unwrap()),
+        Err(StoreError::Refused(RecordError::Stale { .. }))
+    ));
+    // The held record is still the one served.
+    assert_eq!(store.path_record(&key_of(&f.path)).unwrap().sequence(), 5);
+    store.insert(record(&f, 6).to_kad().unwrap()).unwrap();
+    assert_eq!(store.path_record(&key_of(&f.path)).unwrap().sequence(), 6);
+}
+
+#[test]
+fn expired_and_too_long_lived_records_are_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let expired = PathRecord::new(
+        &f.node,
+        f.path.clone(),
+        vec![],
+        f.chain.clone(),
+        1,
+        now() - 1,
+    );
+    assert!(matches!(
+        refused(&mut store, expired.to_kad().unwrap()),
+        RecordError::Expired { .. }
+    ));
+    let forever = PathRecord::new(
+        &f.node,
+        f.path.clone(),
+        vec![],
+        f.chain.clone(),
+        1,
+        now() + 10 * 365 * 86400,
+    );
+    assert!(matches!(
+        refused(&mut store, forever.to_kad().unwrap()),
+        RecordError::TooLongLived { .. }
+    ));
+}
+
+#[test]
+fn oversized_and_misfiled_records_are_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let mut kad = record(&f, 1).to_kad().unwrap();
+    kad.value.resize(MAX_PATH_RECORD_BYTES + 1, 0);
+    assert!(matches!(
+        refused(&mut store, kad),
+        RecordError::Decode(wire::DecodeError::TooLarge { .. })
+    ));
+    let too_many = PathRecord::new(
+        &f.node,
+        f.path.clone(),
+        vec![addr(); 17],
+        f.chain.clone(),
+        1,
+        now() + 60,
+    );
+    let bytes = wire::encode(&too_many);
+    // Either the encoder refuses it, or every decoder does.
+    if let Ok(bytes) = bytes {
+        let kad = libp2p::kad::Record::new(key_of(&f.path), bytes);
+        assert!(matches!(refused(&mut store, kad), RecordError::Decode(_)));
+    }
+    // A valid record under another path's key.
+    let mut kad = record(&f, 1).to_kad().unwrap();
+    kad.key = key_of(&f.path.parent().unwrap());
+    assert!(matches!(
+        refused(&mut store, kad),
+        RecordError::WrongKey { .. }
+    ));
+}
+
+#[test]
+fn revoked_node_is_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100).unwrap();
+    let mut revocations = Revocations::default();
+    revocations
+        .insert(
+            &keys::RevocationList::issue(&f.root, 1, now(), vec![], vec![f.node.principal()])
+                .unwrap(),
+        )
+        .unwrap();
+    store.set_revocations(revocations);
+    assert!(matches!(
+        refused(&mut store, record(&f, 1).to_kad().unwrap()),
+        RecordError::Writecap { .. }
+    ));
+}
+
+#[test]
+fn records_survive_a_restart_and_expired_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("records.redb");
+    let f = fixture();
+    let g = fixture();
+    let kept = record(&f, 3);
+    {
+        let mut store = Store::open(&file, 100).unwrap();
+        store.insert(kept.to_kad().unwrap()).unwrap();
+        let short = PathRecord::new(
+            &g.node,
+            g.path.clone(),
+            vec![],
+            g.chain.clone(),
+            1,
+            now() + 1,
+        );
+        store.insert(short.to_kad().unwrap()).unwrap();
+        assert_eq!(store.len(), 2);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let store = Store::open(&file, 100).unwrap();
+    assert_eq!(store.len(), 1);
+    assert_eq!(store.path_record(&key_of(&f.path)).unwrap(), kept);
+    assert!(store.get(&key_of(&g.path)).is_none());
+}
+
+#[test]
+fn a_full_store_says_so() {
+    let mut store = Store::in_memory(1).unwrap();
+    store
+        .insert(record(&fixture(), 1).to_kad().unwrap())
+        .unwrap();
+    assert!(matches!(
+        store.insert(record(&fixture(), 1).to_kad().unwrap()),
+        Err(StoreError::Full(1))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn path_records_round_trip(sequence in any::<u64>(), ttl in 1u64..86_400, n in 0usize..16, port in any::<u16>()) {
+        let f = fixture();
+        let addrs: Vec<Multiaddr> = (0..n).map(|i| format!("/ip4/10.0.0.{i}/udp/{port}/quic-v1").parse().unwrap()).collect();
+        let r = PathRecord::new(&f.node, f.path.clone(), addrs, f.chain.clone(), sequence, now() + ttl);
+        let bytes = wire::encode(&r).unwrap();
+        prop_assert_eq!(&wire::decode::<PathRecord>(&bytes).unwrap(), &r);
+        let back = PathRecord::from_kad(&key_of(&f.path), &bytes, now(), &Revocations::default()).unwrap();
+        prop_assert_eq!(back, r);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        let _ = wire::decode::<PathRecord>(&bytes);
+        let mut store = Store::in_memory(10).unwrap();
+        let _ = store.insert(libp2p::kad::Record::new(key_of(&fixture().path), bytes));
+    }
+}
