@@ -1,8 +1,18 @@
 //! Blocktree's overlay: Kademlia, identify, ping and gossipsub under Blocktree's own
-//! protocol names; signed path records; and a persistent record store.
+//! protocol names ([`Behaviour`]); signed path records ([`PathRecord`]) that every node
+//! checks before storing or serving; a persistent record store on redb ([`Store`]); and a
+//! running node ([`start`], [`Client`]) that registers and resolves paths.
 
+pub mod behaviour;
+pub mod config;
+pub mod node;
 pub mod record;
 pub mod store;
 
+pub use behaviour::{Behaviour, KAD_PROTOCOL, Transports, build_swarm};
+pub use config::Config;
+pub use node::{
+    Client, Error, EventLoop, PeerInfo, Registered, Resolution, StartError, Status, start,
+};
 pub use record::{PathRecord, RecordError, key_of};
 pub use store::{Inserted, Store, StoreError};

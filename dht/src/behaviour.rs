@@ -1,0 +1,149 @@
+//! The composed overlay behaviour and the swarm built around it.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, Transport, gossipsub, identify, identity, kad, noise,
+    ping, tcp, yamux,
+};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Kademlia under Blocktree's own protocol name, so the overlay never merges into
+/// another network's DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/blocktree/kad/1.0.0");
+
+/// Gossipsub's protocol prefix (`/blocktree/meshsub/1.1.0` and `/1.0.0`).
+pub const GOSSIPSUB_PREFIX: &str = "/blocktree/meshsub";
+
+/// Identify's protocol version string (identify itself stays standard).
+pub const IDENTIFY_VERSION: &str = "/blocktree/1.0.0";
+
+/// Kademlia, identify, ping and gossipsub, composed.
+#[allow(missing_debug_implementations)] // libp2p behaviours implement no Debug
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Path records and peer routing.
+    pub kad: kad::Behaviour<Store>,
+    /// Addresses and protocols of peers.
+    pub identify: identify::Behaviour,
+    /// Connection liveness.
+    pub ping: ping::Behaviour,
+    /// Pub-sub.
+    pub gossipsub: gossipsub::Behaviour,
+}
+
+/// Which transports a swarm uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transports {
+    /// TCP (Noise, Yamux) and QUIC: real networks.
+    Network,
+    /// The in-process memory transport (Noise, Yamux): tests and the simulator.
+    Memory,
+}
+
+/// Why a swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the swarm: {0}")]
+pub struct BuildError(String);
+
+impl Behaviour {
+    fn new(key: &identity::Keypair, store: Store, config: &Config) -> Result<Self, BuildError> {
+        let peer_id = key.public().to_peer_id();
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_record_ttl(Some(config.record_ttl))
+            .set_publication_interval(Some(config.republish_interval))
+            .set_replication_interval(Some(Duration::from_secs(300)))
+            .set_query_timeout(config.query_timeout)
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        if let Some(factor) = NonZeroUsize::new(config.replication_factor) {
+            kad_config.set_replication_factor(factor);
+        }
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // Every node serves the DHT: a node that only asks would not hold records for
+        // others, and small overlays on loopback never confirm an external address.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                .with_agent_version(format!("btnode/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true),
+        );
+        let ping = ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_timeout),
+        );
+        let gossipsub_config = gossipsub::ConfigBuilder::default()
+            .protocol_id_prefix(GOSSIPSUB_PREFIX)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .heartbeat_interval(Duration::from_millis(700))
+            .max_transmit_size(keys::limits::MAX_MESSAGE_BYTES)
+            .build()
+            .map_err(|e| BuildError(format!("gossipsub config: {e}")))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub_config,
+        )
+        .map_err(|e| BuildError(format!("gossipsub: {e}")))?;
+        Ok(Behaviour {
+            kad,
+            identify,
+            ping,
+            gossipsub,
+        })
+    }
+}
+
+/// Builds a swarm for `key` over `transports`.
+pub fn build_swarm(
+    key: identity::Keypair,
+    store: Store,
+    config: &Config,
+    transports: Transports,
+) -> Result<Swarm<Behaviour>, BuildError> {
+    let idle = config.idle_connection_timeout;
+    let behaviour = |key: &identity::Keypair| Behaviour::new(key, store, config);
+    let swarm = match transports {
+        Transports::Network => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_quic()
+            .with_behaviour(|key| {
+                behaviour(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        Transports::Memory => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_behaviour(|key| {
+                behaviour(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
+    Ok(swarm)
+}

@@ -1,0 +1,102 @@
+//! Overlay configuration.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// How the overlay behaves. [`Config::new`] documents every default; `with_*` setters
+/// change them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Peers to join through. Default: none (start a new overlay).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses to listen on. Default: TCP and QUIC on all interfaces, ephemeral ports.
+    pub listen: Vec<Multiaddr>,
+    /// How long a published path record stays valid. Default: 1 hour.
+    pub record_ttl: Duration,
+    /// How often a node republishes its own records. Default: 10 minutes.
+    pub republish_interval: Duration,
+    /// How long a resolution is cached (and dropped at once when the peer disconnects).
+    /// Default: 5 s.
+    pub resolve_cache_ttl: Duration,
+    /// How long resolve waits to reach a record's node before calling it dead.
+    /// Default: 3 s.
+    pub liveness_timeout: Duration,
+    /// Kademlia query timeout. Default: 10 s.
+    pub query_timeout: Duration,
+    /// Ping interval on every connection. Default: 2 s.
+    pub ping_interval: Duration,
+    /// A connection whose ping goes unanswered this long is closed. Default: 5 s.
+    pub ping_timeout: Duration,
+    /// Idle connections close after this long. Default: 60 s.
+    pub idle_connection_timeout: Duration,
+    /// First retry delay for an unreachable bootstrap peer; doubles up to 30 s.
+    /// Default: 1 s.
+    pub bootstrap_retry: Duration,
+    /// Most records the store holds. Default: 65 536.
+    pub max_records: usize,
+    /// Kademlia replication factor. Default: 20 (Kademlia's k).
+    pub replication_factor: usize,
+}
+
+impl Config {
+    /// The defaults listed on each field.
+    pub fn new() -> Self {
+        Config {
+            bootstrap: Vec::new(),
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            record_ttl: Duration::from_secs(3600),
+            republish_interval: Duration::from_secs(600),
+            resolve_cache_ttl: Duration::from_secs(5),
+            liveness_timeout: Duration::from_secs(3),
+            query_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(2),
+            ping_timeout: Duration::from_secs(5),
+            idle_connection_timeout: Duration::from_secs(60),
+            bootstrap_retry: Duration::from_secs(1),
+            max_records: 65_536,
+            replication_factor: 20,
+        }
+    }
+
+    /// Peers to join through.
+    pub fn with_bootstrap(mut self, bootstrap: Vec<Multiaddr>) -> Self {
+        self.bootstrap = bootstrap;
+        self
+    }
+
+    /// Addresses to listen on.
+    pub fn with_listen(mut self, listen: Vec<Multiaddr>) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// How long a published path record stays valid.
+    pub fn with_record_ttl(mut self, ttl: Duration) -> Self {
+        self.record_ttl = ttl;
+        self
+    }
+
+    /// How often own records are republished.
+    pub fn with_republish_interval(mut self, interval: Duration) -> Self {
+        self.republish_interval = interval;
+        self
+    }
+
+    /// How long a resolution is cached.
+    pub fn with_resolve_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.resolve_cache_ttl = ttl;
+        self
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}

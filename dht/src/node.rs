@@ -1,0 +1,1036 @@
+//! A running overlay node: a cloneable [`Client`] sends commands over a bounded channel
+//! to one [`EventLoop`] task that owns the swarm.
+//!
+//! # Resolution and liveness
+//!
+//! `resolve(path)` asks the DHT for the records of the path and of each of its prefixes
+//! (longest first, at most [`MAX_PREFIXES`]), in parallel, and checks every record it gets
+//! ([`PathRecord::from_kad`]). The answer is the longest prefix whose node is *live*:
+//! already connected, or reachable by a dial within [`Config::liveness_timeout`]. Answers
+//! are cached for [`Config::resolve_cache_ttl`], and a cached answer is dropped the moment
+//! the last connection to its node closes. So a node that dies stops resolving as soon as
+//! its connections close — at once for a killed process (its kernel resets the TCP
+//! connections), within the ping timeout ([`Config::ping_timeout`], 5 s) for a machine that
+//! vanishes — well inside 10 s, without waiting for the record to expire. A node that comes
+//! back republishes its records with a higher sequence number and resolves again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use keys::{Chain, Path, Revocations, SigningKey};
+use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, Transports, build_swarm};
+use crate::config::Config;
+use crate::record::{PathRecord, key_of};
+use crate::store::{Store, error_chain};
+
+/// Most prefixes of a path that one resolution asks for.
+pub const MAX_PREFIXES: usize = 16;
+
+/// Capacity of the command channel.
+const COMMAND_QUEUE: usize = 64;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The swarm could not be built.
+    #[error(transparent)]
+    Build(#[from] crate::behaviour::BuildError),
+    /// A listen address was refused (bad multiaddr for this transport, port in use).
+    #[error("cannot listen on {address}: {reason}")]
+    Listen {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    /// The node holds no valid writecap for the path.
+    #[error("this node holds no valid writecap for {path}: {reason}")]
+    NotAuthorized {
+        /// The path.
+        path: String,
+        /// Why the chain fails.
+        reason: String,
+    },
+    /// No prefix of the path is registered.
+    #[error("nothing is registered at {path} or any prefix of it")]
+    NotRegistered {
+        /// The path.
+        path: String,
+    },
+    /// Records exist but none of their nodes answers.
+    #[error("{path} is registered, but its node {peer} is unreachable")]
+    Unreachable {
+        /// The registered prefix.
+        path: String,
+        /// The node.
+        peer: String,
+    },
+    /// The record could not be stored or encoded.
+    #[error("cannot publish: {0}")]
+    Publish(String),
+    /// The address could not be dialled.
+    #[error("cannot dial: {0}")]
+    Dial(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+/// Where a path resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// The path asked for.
+    pub path: String,
+    /// The longest registered prefix with a live node.
+    pub prefix: String,
+    /// The node.
+    pub peer_id: String,
+    /// The node's addresses.
+    pub addresses: Vec<String>,
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// Kademlia requests the lookup took (0 when answered from this node's own store or
+    /// cache): the stand-in for hops, which Kademlia does not report.
+    pub requests: u32,
+    /// Whether the answer came from the cache.
+    pub cached: bool,
+}
+
+/// A node's state at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's PeerId.
+    pub peer_id: String,
+    /// This node's principal.
+    pub principal: String,
+    /// Addresses it listens on, with `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Entries in the Kademlia routing table.
+    pub routing_table: usize,
+    /// Path records held in the store.
+    pub records: usize,
+    /// Paths this node registered.
+    pub registered: Vec<String>,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its PeerId.
+    pub peer_id: String,
+    /// Remote addresses of the connections to it.
+    pub addresses: Vec<String>,
+    /// Its agent version, from identify.
+    pub agent: Option<String>,
+    /// Last ping round trip, in microseconds.
+    pub rtt_micros: Option<u64>,
+}
+
+/// What a successful registration did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The path.
+    pub path: String,
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// Its expiry (UNIX seconds).
+    pub expires: u64,
+    /// Peers that acknowledged the record (besides this node).
+    pub replicas: usize,
+    /// Addresses in the record.
+    pub addresses: Vec<String>,
+}
+
+enum Command {
+    Register {
+        path: Path,
+        chain: Chain,
+        reply: oneshot::Sender<Result<Registered, Error>>,
+    },
+    Resolve {
+        path: Path,
+        reply: oneshot::Sender<Result<Resolution, Error>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Dial {
+        address: Multiaddr,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle on a running node. Cheap to clone; every method is cancel-safe (dropping
+/// the future drops the reply, the node finishes the work anyway).
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Client {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        answer.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Publishes a record for `path`, held through `chain`.
+    pub async fn register(&self, path: Path, chain: Chain) -> Result<Registered, Error> {
+        self.ask(|reply| Command::Register { path, chain, reply })
+            .await?
+    }
+
+    /// Resolves `path` to the live node of its longest registered prefix.
+    pub async fn resolve(&self, path: Path) -> Result<Resolution, Error> {
+        self.ask(|reply| Command::Resolve { path, reply }).await?
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Dials an address and waits for the connection.
+    pub async fn dial(&self, address: Multiaddr) -> Result<(), Error> {
+        self.ask(|reply| Command::Dial { address, reply }).await?
+    }
+
+    /// Stops the node: connections close, the event loop ends.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.ask(|reply| Command::Shutdown { reply }).await
+    }
+}
+
+/// Starts a node: builds the swarm, listens, dials the bootstrap peers and spawns the
+/// event loop on the current tokio runtime. Returns once listening has started.
+pub async fn start(
+    key: SigningKey,
+    config: Config,
+    store: Store,
+    transports: Transports,
+) -> Result<(Client, tokio::task::JoinHandle<()>), StartError> {
+    let mut swarm = build_swarm(key.to_libp2p(), store, &config, transports)?;
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .map_err(|e| StartError::Listen {
+                address: address.clone(),
+                reason: error_chain(&e),
+            })?;
+    }
+    // Wait for every listener to report an address or fail (port in use, …).
+    let mut pending = config.listen.len();
+    let mut listen_addrs = Vec::new();
+    while pending > 0 {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                listen_addrs.push(address);
+                pending -= 1;
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                let address = addresses.first().cloned().unwrap_or_else(Multiaddr::empty);
+                return Err(StartError::Listen {
+                    address,
+                    reason: match reason {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "listener closed".into(),
+                    },
+                });
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(StartError::Listen {
+                    address: Multiaddr::empty(),
+                    reason: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let mut event_loop = EventLoop::new(swarm, key, config, receiver);
+    event_loop.listen_addrs = listen_addrs;
+    event_loop.start_bootstrap();
+    let span = tracing::info_span!("dht", peer = %event_loop.peer_id);
+    let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
+    Ok((Client { commands }, task))
+}
+
+struct Bootstrap {
+    address: Multiaddr,
+    next_attempt: Instant,
+    backoff: Duration,
+    dialing: Option<ConnectionId>,
+    connected: bool,
+}
+
+struct Registration {
+    chain: Chain,
+    record: PathRecord,
+}
+
+struct PendingRegister {
+    path: Path,
+    reply: oneshot::Sender<Result<Registered, Error>>,
+    record: PathRecord,
+}
+
+/// One prefix lookup inside a resolution.
+struct Lookup {
+    prefix: Path,
+    done: bool,
+    best: Option<PathRecord>,
+    requests: u32,
+}
+
+struct PendingResolve {
+    path: Path,
+    lookups: Vec<Lookup>,
+    /// Index of the lookup whose node is being dialled for liveness.
+    checking: Option<(usize, Instant)>,
+    reply: oneshot::Sender<Result<Resolution, Error>>,
+    dead: Option<(Path, PeerId)>,
+}
+
+/// The task that owns the swarm.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    key: SigningKey,
+    peer_id: PeerId,
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    listen_addrs: Vec<Multiaddr>,
+    started: Instant,
+    bootstraps: Vec<Bootstrap>,
+    registrations: HashMap<Path, Registration>,
+    pending_puts: HashMap<QueryId, PendingRegister>,
+    next_resolve: u64,
+    resolves: HashMap<u64, PendingResolve>,
+    gets: HashMap<QueryId, (u64, usize)>,
+    cache: HashMap<Path, (Resolution, PeerId, Instant)>,
+    dials: HashMap<ConnectionId, oneshot::Sender<Result<(), Error>>>,
+    agents: HashMap<PeerId, String>,
+    rtts: HashMap<PeerId, Duration>,
+    connections: HashMap<PeerId, HashSet<Multiaddr>>,
+    republish_due: Option<Instant>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop {
+    fn new(
+        swarm: Swarm<Behaviour>,
+        key: SigningKey,
+        config: Config,
+        commands: mpsc::Receiver<Command>,
+    ) -> Self {
+        let now = Instant::now();
+        let bootstraps = config
+            .bootstrap
+            .iter()
+            .map(|address| Bootstrap {
+                address: address.clone(),
+                next_attempt: now,
+                backoff: config.bootstrap_retry,
+                dialing: None,
+                connected: false,
+            })
+            .collect();
+        EventLoop {
+            peer_id: *swarm.local_peer_id(),
+            swarm,
+            key,
+            config,
+            commands,
+            listen_addrs: Vec::new(),
+            started: now,
+            bootstraps,
+            registrations: HashMap::new(),
+            pending_puts: HashMap::new(),
+            next_resolve: 0,
+            resolves: HashMap::new(),
+            gets: HashMap::new(),
+            cache: HashMap::new(),
+            dials: HashMap::new(),
+            agents: HashMap::new(),
+            rtts: HashMap::new(),
+            connections: HashMap::new(),
+            republish_due: None,
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut republish = tokio::time::interval(self.config.republish_interval);
+        republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        republish.tick().await;
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        tracing::info!("shutting down");
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = republish.tick() => self.republish_all(),
+            }
+        }
+    }
+
+    fn start_bootstrap(&mut self) {
+        self.on_tick();
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.bootstraps.len() {
+            let b = &mut self.bootstraps[i];
+            if b.connected || b.dialing.is_some() || now < b.next_attempt {
+                continue;
+            }
+            let opts = DialOpts::unknown_peer_id()
+                .address(b.address.clone())
+                .build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => b.dialing = Some(id),
+                Err(e) => {
+                    tracing::warn!(address = %b.address, error = %error_chain(&e), retry_in = ?b.backoff, "cannot dial bootstrap peer");
+                    b.next_attempt = now + b.backoff;
+                    b.backoff = (b.backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        // Liveness checks that ran out of time.
+        let expired: Vec<u64> = self
+            .resolves
+            .iter()
+            .filter(|(_, r)| r.checking.is_some_and(|(_, deadline)| now >= deadline))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.liveness_failed(id);
+        }
+        if self.republish_due.is_some_and(|due| now >= due) {
+            self.republish_due = None;
+            self.republish_all();
+        }
+        let ttl = self.config.resolve_cache_ttl;
+        self.cache
+            .retain(|_, (_, _, at)| now.duration_since(*at) < ttl);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Register { path, chain, reply } => self.register(path, chain, reply),
+            Command::Resolve { path, reply } => self.resolve(path, reply),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peers());
+            }
+            Command::Dial { address, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(address).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dial(error_chain(&e))));
+                    }
+                }
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let routing_table = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        let mut registered: Vec<String> =
+            self.registrations.keys().map(ToString::to_string).collect();
+        registered.sort();
+        Status {
+            peer_id: self.peer_id.to_string(),
+            principal: self.key.principal().to_string(),
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| format!("{a}/p2p/{}", self.peer_id))
+                .collect(),
+            peers: self.swarm.connected_peers().count(),
+            routing_table,
+            records: self.swarm.behaviour_mut().kad.store_mut().len(),
+            registered,
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .swarm
+            .connected_peers()
+            .map(|peer| PeerInfo {
+                peer_id: peer.to_string(),
+                addresses: self
+                    .connections
+                    .get(peer)
+                    .map(|a| a.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                agent: self.agents.get(peer).cloned(),
+                rtt_micros: self.rtts.get(peer).map(|d| d.as_micros() as u64),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers
+    }
+
+    fn record_addresses(&self) -> Vec<Multiaddr> {
+        let mut addresses: Vec<Multiaddr> = self.listen_addrs.clone();
+        addresses.truncate(keys::limits::MAX_RECORD_ADDRESSES);
+        addresses
+    }
+
+    fn make_record(&self, path: &Path, chain: &Chain, previous: Option<u64>) -> PathRecord {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let sequence = now_ms.max(previous.map_or(0, |p| p + 1));
+        let expires = keys::now() + self.config.record_ttl.as_secs();
+        PathRecord::new(
+            &self.key,
+            path.clone(),
+            self.record_addresses(),
+            chain.clone(),
+            sequence,
+            expires,
+        )
+    }
+
+    fn register(
+        &mut self,
+        path: Path,
+        chain: Chain,
+        reply: oneshot::Sender<Result<Registered, Error>>,
+    ) {
+        if let Err(e) = chain.verify(
+            &path,
+            &self.key.principal(),
+            keys::now(),
+            &Revocations::default(),
+        ) {
+            let _ = reply.send(Err(Error::NotAuthorized {
+                path: path.to_string(),
+                reason: e.to_string(),
+            }));
+            return;
+        }
+        let previous = self.registrations.get(&path).map(|r| r.record.sequence());
+        let record = self.make_record(&path, &chain, previous);
+        match self.publish(&record) {
+            Ok(query) => {
+                self.registrations.insert(
+                    path.clone(),
+                    Registration {
+                        chain,
+                        record: record.clone(),
+                    },
+                );
+                self.cache.retain(|p, _| !p.starts_with(&path));
+                self.pending_puts.insert(
+                    query,
+                    PendingRegister {
+                        path,
+                        reply,
+                        record,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn publish(&mut self, record: &PathRecord) -> Result<QueryId, Error> {
+        let kad_record = record.to_kad().map_err(|e| Error::Publish(e.to_string()))?;
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .put_record(kad_record, Quorum::One)
+            .map_err(|e| Error::Publish(e.to_string()))
+    }
+
+    fn republish_all(&mut self) {
+        let paths: Vec<Path> = self.registrations.keys().cloned().collect();
+        for path in paths {
+            let Some(reg) = self.registrations.get(&path) else {
+                continue;
+            };
+            let record = self.make_record(&path, &reg.chain, Some(reg.record.sequence()));
+            match self.publish(&record) {
+                Ok(_) => {
+                    if let Some(reg) = self.registrations.get_mut(&path) {
+                        reg.record = record;
+                    }
+                }
+                Err(e) => tracing::warn!(%path, error = %e, "cannot republish"),
+            }
+        }
+    }
+
+    fn resolve(&mut self, path: Path, reply: oneshot::Sender<Result<Resolution, Error>>) {
+        if let Some((resolution, peer, at)) = self.cache.get(&path)
+            && at.elapsed() < self.config.resolve_cache_ttl
+            && (*peer == self.peer_id || self.swarm.is_connected(peer))
+        {
+            let mut resolution = resolution.clone();
+            resolution.cached = true;
+            let _ = reply.send(Ok(resolution));
+            return;
+        }
+        let mut prefixes = Vec::new();
+        let mut p = Some(path.clone());
+        while let Some(prefix) = p {
+            if prefixes.len() == MAX_PREFIXES {
+                break;
+            }
+            p = prefix.parent();
+            prefixes.push(prefix);
+        }
+        let id = self.next_resolve;
+        self.next_resolve += 1;
+        let mut lookups = Vec::with_capacity(prefixes.len());
+        for (index, prefix) in prefixes.into_iter().enumerate() {
+            let own = self.registrations.get(&prefix).map(|r| r.record.clone());
+            let done = own.is_some();
+            if !done {
+                let query = self.swarm.behaviour_mut().kad.get_record(key_of(&prefix));
+                self.gets.insert(query, (id, index));
+            }
+            lookups.push(Lookup {
+                prefix,
+                done,
+                best: own,
+                requests: 0,
+            });
+        }
+        self.resolves.insert(
+            id,
+            PendingResolve {
+                path,
+                lookups,
+                checking: None,
+                reply,
+                dead: None,
+            },
+        );
+        self.advance_resolve(id);
+    }
+
+    /// Moves a resolution on: answers when the longest prefix with a record is known and
+    /// its node is live; starts a liveness dial when needed.
+    fn advance_resolve(&mut self, id: u64) {
+        let Some(resolve) = self.resolves.get_mut(&id) else {
+            return;
+        };
+        if resolve.checking.is_some() {
+            return;
+        }
+        let mut candidate = None;
+        for (index, lookup) in resolve.lookups.iter().enumerate() {
+            if !lookup.done {
+                return; // a longer prefix may still answer
+            }
+            if lookup.best.is_some() {
+                candidate = Some(index);
+                break;
+            }
+        }
+        let Some(index) = candidate else {
+            let resolve = self.resolves.remove(&id).expect("present");
+            let result = match resolve.dead {
+                Some((prefix, peer)) => Err(Error::Unreachable {
+                    path: prefix.to_string(),
+                    peer: peer.to_string(),
+                }),
+                None => Err(Error::NotRegistered {
+                    path: resolve.path.to_string(),
+                }),
+            };
+            let _ = resolve.reply.send(result);
+            return;
+        };
+        let record = resolve.lookups[index]
+            .best
+            .clone()
+            .expect("candidate has a record");
+        let peer = record.peer_id();
+        if peer == self.peer_id || self.swarm.is_connected(&peer) {
+            self.answer(id, index);
+            return;
+        }
+        let deadline = Instant::now() + self.config.liveness_timeout;
+        resolve.checking = Some((index, deadline));
+        let opts = DialOpts::peer_id(peer)
+            .addresses(record.addresses().to_vec())
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts)
+            && !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_))
+        {
+            tracing::debug!(%peer, error = %error_chain(&e), "liveness dial failed");
+            self.liveness_failed(id);
+        }
+    }
+
+    fn answer(&mut self, id: u64, index: usize) {
+        let Some(resolve) = self.resolves.remove(&id) else {
+            return;
+        };
+        let lookup = &resolve.lookups[index];
+        let Some(record) = &lookup.best else {
+            return;
+        };
+        let requests: u32 = resolve.lookups[..=index].iter().map(|l| l.requests).sum();
+        let resolution = Resolution {
+            path: resolve.path.to_string(),
+            prefix: lookup.prefix.to_string(),
+            peer_id: record.peer_id().to_string(),
+            addresses: record.addresses().iter().map(ToString::to_string).collect(),
+            sequence: record.sequence(),
+            requests,
+            cached: false,
+        };
+        self.cache.insert(
+            resolve.path.clone(),
+            (resolution.clone(), record.peer_id(), Instant::now()),
+        );
+        let _ = resolve.reply.send(Ok(resolution));
+    }
+
+    fn liveness_failed(&mut self, id: u64) {
+        let Some(resolve) = self.resolves.get_mut(&id) else {
+            return;
+        };
+        let Some((index, _)) = resolve.checking.take() else {
+            return;
+        };
+        let lookup = &mut resolve.lookups[index];
+        if let Some(record) = lookup.best.take() {
+            tracing::debug!(prefix = %lookup.prefix, peer = %record.peer_id(), "registered node is not live");
+            if resolve.dead.is_none() {
+                resolve.dead = Some((lookup.prefix.clone(), record.peer_id()));
+            }
+        }
+        self.advance_resolve(id);
+    }
+
+    fn on_peer_reachable(&mut self, peer: PeerId) {
+        let ids: Vec<u64> = self
+            .resolves
+            .iter()
+            .filter_map(|(id, r)| {
+                let (index, _) = r.checking?;
+                (r.lookups[index].best.as_ref()?.peer_id() == peer).then_some(*id)
+            })
+            .collect();
+        for id in ids {
+            if let Some(r) = self.resolves.get_mut(&id)
+                && let Some((index, _)) = r.checking.take()
+            {
+                self.answer(id, index);
+            }
+        }
+    }
+
+    fn on_peer_unreachable(&mut self, peer: PeerId) {
+        let ids: Vec<u64> = self
+            .resolves
+            .iter()
+            .filter_map(|(id, r)| {
+                let (index, _) = r.checking?;
+                (r.lookups[index].best.as_ref()?.peer_id() == peer).then_some(*id)
+            })
+            .collect();
+        for id in ids {
+            self.liveness_failed(id);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                self.agents.insert(peer_id, info.agent_version.clone());
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for address in info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, address);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtts.insert(peer, rtt);
+            }
+            SwarmEvent::Behaviour(_) => {}
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                    self.republish_due = Some(Instant::now() + Duration::from_millis(500));
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+                self.republish_due = Some(Instant::now() + Duration::from_millis(500));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(endpoint.get_remote_address().clone());
+                if let Some(reply) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(()));
+                }
+                if let Some(b) = self
+                    .bootstraps
+                    .iter_mut()
+                    .find(|b| b.dialing == Some(connection_id))
+                {
+                    b.dialing = None;
+                    b.connected = true;
+                    b.backoff = self.config.bootstrap_retry;
+                    tracing::info!(address = %b.address, peer = %peer_id, "joined through bootstrap peer");
+                    let address = endpoint.get_remote_address().clone();
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.add_address(&peer_id, address);
+                    if let Err(e) = kad.bootstrap() {
+                        tracing::debug!(error = ?e, "kademlia bootstrap");
+                    }
+                    self.republish_due = Some(Instant::now() + Duration::from_millis(500));
+                }
+                self.on_peer_reachable(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "disconnected");
+                    self.connections.remove(&peer_id);
+                    self.rtts.remove(&peer_id);
+                    // Answers that point at this node are no longer known to be live.
+                    self.cache.retain(|_, (_, peer, _)| *peer != peer_id);
+                    let remote = endpoint.get_remote_address().clone();
+                    for b in &mut self.bootstraps {
+                        if b.connected && remote == b.address {
+                            b.connected = false;
+                        }
+                    }
+                } else if let Some(set) = self.connections.get_mut(&peer_id) {
+                    set.remove(endpoint.get_remote_address());
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(reply) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(Error::Dial(error_chain(&error))));
+                }
+                let now = Instant::now();
+                if let Some(b) = self
+                    .bootstraps
+                    .iter_mut()
+                    .find(|b| b.dialing == Some(connection_id))
+                {
+                    b.dialing = None;
+                    tracing::warn!(address = %b.address, error = %error_chain(&error), retry_in = ?b.backoff, "bootstrap peer unreachable; retrying");
+                    b.next_attempt = now + b.backoff;
+                    b.backoff = (b.backoff * 2).min(Duration::from_secs(30));
+                }
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.on_peer_unreachable(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                if let Err(e) = store.insert(record) {
+                    tracing::debug!(peer = %source, error = %error_chain(&e), "refused a record");
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                stats,
+                step,
+                ..
+            } => match result {
+                QueryResult::GetRecord(result) => {
+                    let Some(&(resolve_id, index)) = self.gets.get(&id) else {
+                        return;
+                    };
+                    if let Ok(GetRecordOk::FoundRecord(found)) = &result {
+                        self.on_found(resolve_id, index, &found.record);
+                    }
+                    if step.last {
+                        self.gets.remove(&id);
+                        if let Some(resolve) = self.resolves.get_mut(&resolve_id) {
+                            let lookup = &mut resolve.lookups[index];
+                            lookup.done = true;
+                            lookup.requests = stats.num_requests();
+                        }
+                        self.advance_resolve(resolve_id);
+                    }
+                }
+                QueryResult::PutRecord(result) => {
+                    if !step.last {
+                        return;
+                    }
+                    let Some(pending) = self.pending_puts.remove(&id) else {
+                        return;
+                    };
+                    let replicas = match &result {
+                        Ok(_) => stats.num_successes() as usize,
+                        Err(kad::PutRecordError::QuorumFailed { success, .. })
+                        | Err(kad::PutRecordError::Timeout { success, .. }) => success.len(),
+                    };
+                    let _ = pending.reply.send(Ok(Registered {
+                        path: pending.path.to_string(),
+                        sequence: pending.record.sequence(),
+                        expires: pending.record.expires(),
+                        replicas,
+                        addresses: pending
+                            .record
+                            .addresses()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect(),
+                    }));
+                }
+                QueryResult::Bootstrap(Ok(ok)) if step.last => {
+                    tracing::debug!(peer = %ok.peer, "kademlia bootstrap done");
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_found(&mut self, resolve_id: u64, index: usize, record: &kad::Record) {
+        let Some(resolve) = self.resolves.get_mut(&resolve_id) else {
+            return;
+        };
+        let lookup = &mut resolve.lookups[index];
+        match PathRecord::from_kad(
+            &record.key,
+            &record.value,
+            keys::now(),
+            &Revocations::default(),
+        ) {
+            Ok(found) if found.path() == &lookup.prefix => {
+                if lookup
+                    .best
+                    .as_ref()
+                    .is_none_or(|best| best.sequence() < found.sequence())
+                {
+                    lookup.best = Some(found);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "ignoring an invalid record from the DHT")
+            }
+        }
+    }
+}

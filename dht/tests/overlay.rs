@@ -1,0 +1,207 @@
+//! Nodes on the memory transport: joining, registering, resolving, liveness, and bad
+//! records refused by every node.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use dht::{Client, Config, Error, Store, Transports};
+use keys::{Chain, Path, SigningKey, Validity};
+use libp2p::Multiaddr;
+
+struct TestNode {
+    key: SigningKey,
+    client: Client,
+    addr: Multiaddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn config(bootstrap: Option<&Multiaddr>) -> Config {
+    Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(bootstrap.into_iter().cloned().collect())
+}
+
+async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
+    let store = Store::in_memory(10_000).unwrap();
+    let (client, task) = dht::start(
+        key.clone_key(),
+        config(bootstrap),
+        store,
+        Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let status = client.status().await.unwrap();
+    let addr = status.listen_addrs[0].parse().unwrap();
+    TestNode {
+        key,
+        client,
+        addr,
+        task,
+    }
+}
+
+trait CloneKey {
+    fn clone_key(&self) -> SigningKey;
+}
+
+impl CloneKey for SigningKey {
+    fn clone_key(&self) -> SigningKey {
+        SigningKey::from_bytes(&self.to_bytes())
+    }
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn grant(root: &SigningKey, node: &SigningKey, path: &Path) -> Chain {
+    Chain::root_grant(
+        root,
+        node.principal(),
+        path.clone(),
+        Validity::for_seconds(3600),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_join_and_resolve_each_other() {
+    let root = SigningKey::generate();
+    let tree = Path::root_of(root.principal());
+    let first = spawn(SigningKey::generate(), None).await;
+    let mut nodes = vec![];
+    for _ in 1..20 {
+        nodes.push(spawn(SigningKey::generate(), Some(&first.addr)).await);
+    }
+    nodes.insert(0, first);
+
+    // Everyone joins: the routing tables fill up.
+    for node in &nodes {
+        eventually("routing tables", Duration::from_secs(30), async || {
+            (node.client.status().await.unwrap().routing_table >= 5).then_some(())
+        })
+        .await;
+    }
+
+    let mut paths = vec![];
+    for (i, node) in nodes.iter().enumerate() {
+        let path = tree.join(&format!("node{i}")).unwrap();
+        node.client
+            .register(path.clone(), grant(&root, &node.key, &path))
+            .await
+            .unwrap();
+        paths.push(path);
+    }
+
+    let started = Instant::now();
+    let mut requests = vec![];
+    for node in &nodes {
+        for (j, path) in paths.iter().enumerate() {
+            let service = path.join("service").unwrap();
+            let r = eventually("resolution", Duration::from_secs(20), async || {
+                node.client.resolve(service.clone()).await.ok()
+            })
+            .await;
+            assert_eq!(r.prefix, path.to_string());
+            assert_eq!(r.peer_id, nodes[j].key.peer_id().to_string());
+            assert!(!r.addresses.is_empty());
+            requests.push(r.requests);
+        }
+    }
+    eprintln!(
+        "400 resolutions in {:?}; mean Kademlia requests {:.1}",
+        started.elapsed(),
+        requests.iter().sum::<u32>() as f64 / requests.len() as f64
+    );
+    // The root itself is registered by no one.
+    assert!(matches!(
+        nodes[3].client.resolve(tree.join("nobody").unwrap()).await,
+        Err(Error::NotRegistered { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_stops_resolving_and_comes_back() {
+    let root = SigningKey::generate();
+    let tree = Path::root_of(root.principal());
+    let a = spawn(SigningKey::generate(), None).await;
+    let b = spawn(SigningKey::generate(), Some(&a.addr)).await;
+    let c_key = SigningKey::generate();
+    let c = spawn(c_key.clone_key(), Some(&a.addr)).await;
+    let path = tree.join("c").unwrap();
+    c.client
+        .register(path.clone(), grant(&root, &c_key, &path))
+        .await
+        .unwrap();
+    let r = eventually("resolution", Duration::from_secs(10), async || {
+        b.client.resolve(path.clone()).await.ok()
+    })
+    .await;
+    assert_eq!(r.peer_id, c_key.peer_id().to_string());
+
+    // Stop c; within 10 s, nobody resolves it.
+    c.client.shutdown().await.unwrap();
+    c.task.await.unwrap();
+    let stopped = Instant::now();
+    for node in [&a, &b] {
+        eventually(
+            "the dead node to stop resolving",
+            Duration::from_secs(10),
+            async || match node.client.resolve(path.clone()).await {
+                Err(Error::Unreachable { .. }) => Some(()),
+                _ => None,
+            },
+        )
+        .await;
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+
+    // It comes back (same key, new address) and resolves again.
+    let c2 = spawn(c_key.clone_key(), Some(&a.addr)).await;
+    c2.client
+        .register(path.clone(), grant(&root, &c_key, &path))
+        .await
+        .unwrap();
+    for node in [&a, &b] {
+        let r = eventually(
+            "the node to resolve again",
+            Duration::from_secs(10),
+            async || node.client.resolve(path.clone()).await.ok(),
+        )
+        .await;
+        assert_eq!(
+            r.addresses,
+            vec![
+                c2.addr
+                    .to_string()
+                    .split("/p2p/")
+                    .next()
+                    .unwrap()
+                    .to_string()
+            ]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_without_a_writecap_is_refused() {
+    let root = SigningKey::generate();
+    let tree = Path::root_of(root.principal());
+    let a = spawn(SigningKey::generate(), None).await;
+    let stranger = SigningKey::generate();
+    let path = tree.join("x").unwrap();
+    let err = a
+        .client
+        .register(path.clone(), grant(&root, &stranger, &path))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAuthorized { .. }), "{err}");
+}
