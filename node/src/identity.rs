@@ -5,6 +5,8 @@
 //! - `node.cbor`: public facts (the public identity, the key store and why it was
 //!   chosen, the TCTI for a TPM); nothing secret.
 //! - `keys/node.key`: the node's secret keys, sealed by the key store.
+//! - `keys/root.key`: with `init --root`, the keys of the root principal of a new tree,
+//!   sealed by the same store.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +23,8 @@ use serde::{Deserialize, Serialize};
 const NODE_FILE: &str = "node.cbor";
 const KEY_FILE: &str = "keys/node.key";
 const KEY_LABEL: &str = "node-key";
+const ROOT_KEY_FILE: &str = "keys/root.key";
+const ROOT_KEY_LABEL: &str = "root-key";
 const NODE_FILE_VERSION: u16 = 1;
 const MAX_NODE_FILE_BYTES: usize = 16 * 1024;
 
@@ -40,6 +44,8 @@ pub(crate) struct InitOptions {
     pub(crate) tcti: Option<String>,
     pub(crate) passphrase: PassphraseSource,
     pub(crate) force: bool,
+    /// Also create a root principal that owns a new tree.
+    pub(crate) root: bool,
 }
 
 /// Public facts about the node, kept beside its sealed keys.
@@ -52,6 +58,9 @@ struct NodeFile {
     /// The TPM's TCTI, for the `tpm` store.
     tcti: Option<String>,
     public: keys::PublicIdentity,
+    /// The root principal created with `init --root`, if any.
+    #[serde(default)]
+    root: Option<keys::PublicIdentity>,
 }
 
 /// A node identity, unsealed.
@@ -61,6 +70,10 @@ pub(crate) struct NodeIdentity {
     pub(crate) key_store: StoreKind,
     pub(crate) reason: String,
     pub(crate) tcti: Option<String>,
+    /// The root principal's public identity, when this node created one.
+    pub(crate) root_public: Option<keys::PublicIdentity>,
+    /// The root principal's keys, when they were unsealed.
+    pub(crate) root: Option<Identity>,
 }
 
 impl NodeIdentity {
@@ -90,12 +103,26 @@ pub(crate) fn init(data_dir: &Path, options: &InitOptions) -> anyhow::Result<Nod
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     }
     key_file.write(store.as_mut(), KEY_LABEL, &identity.to_secret_bytes())?;
+    let root_file = SealedFile::new(data_dir.join(ROOT_KEY_FILE));
+    let root = if options.root {
+        let root = Identity::generate();
+        root_file.write(store.as_mut(), ROOT_KEY_LABEL, &root.to_secret_bytes())?;
+        Some(root)
+    } else {
+        if root_file.exists() {
+            std::fs::remove_file(root_file.path())
+                .with_context(|| format!("cannot remove {}", root_file.path().display()))?;
+        }
+        None
+    };
+    let root_public = root.as_ref().map(Identity::public);
     let record = NodeFile {
         version: NODE_FILE_VERSION,
         key_store: kind,
         reason: reason.clone(),
         tcti: tcti.clone(),
         public: identity.public(),
+        root: root_public.clone(),
     };
     write_node_file(&node_file, &record)?;
     Ok(NodeIdentity {
@@ -103,14 +130,18 @@ pub(crate) fn init(data_dir: &Path, options: &InitOptions) -> anyhow::Result<Nod
         key_store: kind,
         reason,
         tcti,
+        root_public,
+        root,
     })
 }
 
-/// Loads and unseals the identity in `data_dir`. `tcti` overrides the recorded one.
+/// Loads and unseals the identity in `data_dir` (and the root keys, with `with_root`).
+/// `tcti` overrides the recorded one.
 pub(crate) fn load(
     data_dir: &Path,
     tcti: Option<&str>,
     passphrase: &PassphraseSource,
+    with_root: bool,
 ) -> anyhow::Result<NodeIdentity> {
     let node_path = data_dir.join(NODE_FILE);
     if !node_path.exists() {
@@ -135,11 +166,34 @@ pub(crate) fn load(
             record.public.principal()
         );
     }
+    let root = match (&record.root, with_root) {
+        (Some(public), true) => {
+            let root_file = SealedFile::new(data_dir.join(ROOT_KEY_FILE));
+            let secret = root_file.read(store.as_mut(), ROOT_KEY_LABEL)?;
+            let root = Identity::from_secret_bytes(&secret).with_context(|| {
+                format!(
+                    "key file {} holds no valid keys",
+                    root_file.path().display()
+                )
+            })?;
+            if root.principal() != public.principal() {
+                bail!(
+                    "key file {} does not hold the keys of root {}",
+                    root_file.path().display(),
+                    public.principal()
+                );
+            }
+            Some(root)
+        }
+        _ => None,
+    };
     Ok(NodeIdentity {
         identity,
         key_store: record.key_store,
         reason: record.reason,
         tcti,
+        root_public: record.root,
+        root,
     })
 }
 

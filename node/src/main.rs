@@ -1,10 +1,15 @@
 //! `btnode`: the Blocktree node daemon and its command line.
 
+mod caps;
+mod config;
+mod control;
+mod daemon;
 mod identity;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keys::keystore::StoreKind;
 use serde::Serialize;
@@ -21,8 +26,41 @@ struct Cli {
     #[arg(long, global = true, env = "BT_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    /// Without a command, btnode runs the daemon (`btnode run`).
+    #[command(flatten)]
+    run: RunArgs,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone)]
+struct RunArgs {
+    /// Join the overlay through this peer (repeatable); without it, start a new overlay.
+    #[arg(
+        long,
+        env = "BT_BOOTSTRAP",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
+    bootstrap: Vec<String>,
+
+    /// Listen on this address (repeatable). Default: TCP and QUIC on all interfaces,
+    /// ephemeral ports.
+    #[arg(
+        long,
+        env = "BT_LISTEN",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
+    listen: Vec<String>,
+
+    /// Config file (TOML); flags and BT_* variables override it.
+    #[arg(long, env = "BT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(flatten)]
+    store: KeyStoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,9 +69,65 @@ enum Command {
     Init(InitArgs),
     /// Print this node's principal and PeerId (unseals the keys to check them).
     Id(IdArgs),
+    /// Run the node daemon (the default command).
+    Run(RunArgs),
+    /// Ask the running daemon for its status: peers, routing table, records, uptime.
+    Status(JsonArg),
+    /// List the running daemon's connected peers.
+    Peers(JsonArg),
+    /// Publish a path record: this node serves PATH (needs an installed writecap).
+    Register(PathArg),
+    /// Resolve PATH to the live node of its longest registered prefix.
+    Resolve(PathArg),
+    /// Writecaps: grant one to another node, or install one granted to this node.
+    #[command(subcommand)]
+    Cap(CapCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CapCommand {
+    /// Grant PRINCIPAL the right to write under PREFIX, signed by this node's root key
+    /// (from `init --root`) or delegated from a writecap this node holds; writes a file.
+    Grant {
+        /// Who receives the writecap.
+        principal: keys::Principal,
+        /// The path prefix it covers.
+        prefix: keys::Path,
+        /// How long it holds: 90s, 30m, 12h, 7d, 1y.
+        #[arg(long, default_value = "365d", value_parser = caps::parse_duration)]
+        expires: u64,
+        /// Output file. Default: ./<principal>.writecap
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: KeyStoreArgs,
+    },
+    /// Install a writecap granted to this node.
+    Install {
+        /// The file `cap grant` wrote.
+        file: PathBuf,
+        #[command(flatten)]
+        store: KeyStoreArgs,
+    },
 }
 
 #[derive(Debug, Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PathArg {
+    /// A blocktree path: /<root-principal>/…
+    path: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
 struct KeyStoreArgs {
     /// TPM TCTI, e.g. `device:/dev/tpmrm0` or `swtpm:port=2321`.
     /// Default: $BT_TCTI, $TPM2TOOLS_TCTI, $TCTI, else device:/dev/tpmrm0.
@@ -60,6 +154,11 @@ struct InitArgs {
     #[arg(long)]
     force: bool,
 
+    /// Also create a root principal that owns a new tree, and grant this node a writecap
+    /// for the whole tree.
+    #[arg(long)]
+    root: bool,
+
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -82,14 +181,18 @@ struct IdOutput {
     key_store: String,
     key_store_reason: String,
     data_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root: Option<String>,
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // A lone first node's periodic Kademlia bootstrap "fails" by design.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -107,15 +210,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
-    match cli.command {
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Init(args) => {
             let options = InitOptions {
                 store: args.key_store,
                 tcti: args.store.tcti,
                 passphrase: passphrase_source(args.store.passphrase_file),
                 force: args.force,
+                root: args.root,
             };
             let node = identity::init(&data_dir, &options)?;
+            if let Some(root) = &node.root {
+                let tree = keys::Path::root_of(root.principal());
+                let validity = keys::Validity::for_seconds(10 * 365 * 86_400);
+                let chain = keys::Chain::root_grant(
+                    root.signing_key(),
+                    node.identity.principal(),
+                    tree,
+                    validity,
+                );
+                caps::install(&data_dir, &chain, &node.identity.principal())?;
+            }
             if !args.json {
                 println!("created a node identity in {}", data_dir.display());
             }
@@ -126,10 +241,174 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &data_dir,
                 args.store.tcti.as_deref(),
                 &passphrase_source(args.store.passphrase_file),
+                false,
             )?;
             print_id(&node, &data_dir, args.json)
         }
+        Command::Run(args) => {
+            let file = match &args.config {
+                Some(path) => config::FileConfig::read(path)?,
+                None => config::FileConfig::default(),
+            };
+            let overlay = config::overlay(&args.bootstrap, &args.listen, &file)?;
+            let node = identity::load(
+                &data_dir,
+                args.store.tcti.as_deref(),
+                &passphrase_source(args.store.passphrase_file),
+                false,
+            )?;
+            runtime()?.block_on(daemon::run(data_dir, node, overlay))
+        }
+        Command::Status(args) => {
+            let status = call(&data_dir, &control::Request::Status)?;
+            if args.json {
+                return print_json(&status);
+            }
+            let status: dht::Status = serde_json::from_value(status)?;
+            println!("peer id:       {}", status.peer_id);
+            println!("principal:     {}", status.principal);
+            println!("peers:         {}", status.peers);
+            println!("routing table: {}", status.routing_table);
+            println!("records:       {}", status.records);
+            println!("uptime:        {}s", status.uptime_secs);
+            for path in &status.registered {
+                println!("registered:    {path}");
+            }
+            for address in &status.listen_addrs {
+                println!("listening on:  {address}");
+            }
+            Ok(())
+        }
+        Command::Peers(args) => {
+            let peers = call(&data_dir, &control::Request::Peers)?;
+            if args.json {
+                return print_json(&peers);
+            }
+            let peers: Vec<dht::PeerInfo> = serde_json::from_value(peers)?;
+            for peer in peers {
+                let rtt = peer
+                    .rtt_micros
+                    .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{}  {}  rtt {}  {}",
+                    peer.peer_id,
+                    peer.addresses.join(","),
+                    rtt,
+                    peer.agent.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Register(args) => {
+            let result = call(&data_dir, &control::Request::Register { path: args.path })?;
+            if args.json {
+                return print_json(&result);
+            }
+            let r: dht::Registered = serde_json::from_value(result)?;
+            println!(
+                "registered {} (sequence {}, {} replicas, expires at {})",
+                r.path, r.sequence, r.replicas, r.expires
+            );
+            Ok(())
+        }
+        Command::Resolve(args) => {
+            let result = call(&data_dir, &control::Request::Resolve { path: args.path })?;
+            if args.json {
+                return print_json(&result);
+            }
+            let r: dht::Resolution = serde_json::from_value(result)?;
+            println!("{} -> {} ({})", r.path, r.peer_id, r.prefix);
+            for address in &r.addresses {
+                println!("  {address}/p2p/{}", r.peer_id);
+            }
+            Ok(())
+        }
+        Command::Cap(CapCommand::Grant {
+            principal,
+            prefix,
+            expires,
+            out,
+            store,
+        }) => {
+            let node = identity::load(
+                &data_dir,
+                store.tcti.as_deref(),
+                &passphrase_source(store.passphrase_file),
+                true,
+            )?;
+            let validity = keys::Validity::for_seconds(expires);
+            let chain = match &node.root {
+                Some(root) if prefix.root() == &root.principal() => {
+                    keys::Chain::root_grant(root.signing_key(), principal, prefix.clone(), validity)
+                }
+                _ => {
+                    let me = node.identity.principal();
+                    let held = caps::covering(&data_dir, &prefix, &me).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "this node holds neither the root key of {} nor a writecap covering {prefix}",
+                            prefix.root()
+                        )
+                    })?;
+                    held.delegate(
+                        node.identity.signing_key(),
+                        principal,
+                        prefix.clone(),
+                        validity,
+                        keys::now(),
+                    )?
+                }
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{principal}.writecap")));
+            caps::write(&out, &chain)?;
+            println!(
+                "granted {principal} the right to write under {prefix} until {}; wrote {}",
+                validity.expires,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Cap(CapCommand::Install { file, store }) => {
+            let node = identity::load(
+                &data_dir,
+                store.tcti.as_deref(),
+                &passphrase_source(store.passphrase_file),
+                false,
+            )?;
+            let chain = caps::read(&file)?;
+            let installed = caps::install(&data_dir, &chain, &node.identity.principal())?;
+            println!(
+                "installed a writecap for {} ({})",
+                chain.prefix().map(ToString::to_string).unwrap_or_default(),
+                installed.display()
+            );
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn call(
+    data_dir: &std::path::Path,
+    request: &control::Request,
+) -> anyhow::Result<serde_json::Value> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(control::call(data_dir, request))
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 fn passphrase_source(file: Option<PathBuf>) -> PassphraseSource {
@@ -149,6 +428,7 @@ fn print_id(node: &NodeIdentity, data_dir: &std::path::Path, json: bool) -> anyh
         },
         key_store_reason: node.reason.clone(),
         data_dir: data_dir.display().to_string(),
+        root: node.root_public.as_ref().map(|r| r.principal().to_string()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -156,6 +436,9 @@ fn print_id(node: &NodeIdentity, data_dir: &std::path::Path, json: bool) -> anyh
         println!("principal: {}", out.principal);
         println!("peer id:   {}", out.peer_id);
         println!("key store: {} — {}", out.key_store, out.key_store_reason);
+        if let Some(root) = &out.root {
+            println!("root:      {root} (this node may write anywhere under /{root})");
+        }
     }
     Ok(())
 }

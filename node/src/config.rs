@@ -1,0 +1,90 @@
+//! The daemon's settings: flags over environment (`BT_*`) over the config file over
+//! defaults.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// The config file (`--config FILE`, TOML). Every field is optional; a flag or its
+/// environment variable overrides it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// Multiaddrs of peers to join through (`--bootstrap`, `BT_BOOTSTRAP`).
+    /// Default: none, which starts a new overlay.
+    pub(crate) bootstrap: Option<Vec<String>>,
+    /// Multiaddrs to listen on (`--listen`, `BT_LISTEN`).
+    /// Default: TCP and QUIC on all interfaces, ephemeral ports.
+    pub(crate) listen: Option<Vec<String>>,
+    /// Lifetime of the path records this node publishes, in seconds. Default: 3600.
+    pub(crate) record_ttl_secs: Option<u64>,
+    /// How often this node republishes its records, in seconds. Default: 600.
+    pub(crate) republish_secs: Option<u64>,
+    /// How long a resolution is cached, in seconds. Default: 5.
+    pub(crate) resolve_cache_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub(crate) fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+    }
+}
+
+/// Parses multiaddrs, naming the bad one.
+pub(crate) fn multiaddrs(what: &str, texts: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<Multiaddr>().with_context(|| {
+                format!(
+                    "{what} {text:?} is not a multiaddr (e.g. /ip4/192.0.2.1/tcp/4001/p2p/12D3Koo…)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// The overlay configuration from flags (already merged with env by clap) and the file.
+pub(crate) fn overlay(
+    flag_bootstrap: &[String],
+    flag_listen: &[String],
+    file: &FileConfig,
+) -> anyhow::Result<dht::Config> {
+    let mut config = dht::Config::new();
+    let bootstrap = if flag_bootstrap.is_empty() {
+        file.bootstrap.clone().unwrap_or_default()
+    } else {
+        flag_bootstrap.to_vec()
+    };
+    config.bootstrap = multiaddrs("bootstrap address", &bootstrap)?;
+    let listen = if flag_listen.is_empty() {
+        file.listen.clone().unwrap_or_default()
+    } else {
+        flag_listen.to_vec()
+    };
+    if !listen.is_empty() {
+        config.listen = multiaddrs("listen address", &listen)?;
+    }
+    if let Some(secs) = file.record_ttl_secs {
+        if secs < 60 {
+            bail!("record_ttl_secs must be at least 60");
+        }
+        config.record_ttl = Duration::from_secs(secs);
+    }
+    if let Some(secs) = file.republish_secs {
+        config.republish_interval = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = file.resolve_cache_secs {
+        config.resolve_cache_ttl = Duration::from_secs(secs);
+    }
+    if config.republish_interval >= config.record_ttl {
+        bail!("republish_secs must be shorter than record_ttl_secs");
+    }
+    Ok(config)
+}

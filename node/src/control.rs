@@ -1,0 +1,147 @@
+//! The control API: a Unix socket in the data directory (mode 0600) that the CLI uses to
+//! talk to the running daemon.
+//!
+//! Format: the client connects, writes one request as a line of JSON, and reads one
+//! response as a line of JSON; then the connection closes. Requests are at most 64 KiB.
+//!
+//! ```text
+//! {"cmd":"status"}                          -> {"ok":true,"result":{Status}}
+//! {"cmd":"peers"}                           -> {"ok":true,"result":[PeerInfo…]}
+//! {"cmd":"register","path":"/<root>/a"}     -> {"ok":true,"result":{Registered}}
+//! {"cmd":"resolve","path":"/<root>/a/b"}    -> {"ok":true,"result":{Resolution}}
+//! any failure                               -> {"ok":false,"error":"…"}
+//! ```
+
+use std::path::{Path as FsPath, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// The socket's file name in the data directory.
+pub(crate) const SOCKET: &str = "control.sock";
+
+/// Largest request line.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Largest response the CLI reads.
+const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub(crate) enum Request {
+    Status,
+    Peers,
+    Register { path: String },
+    Resolve { path: String },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Response {
+    pub(crate) ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+impl Response {
+    pub(crate) fn ok(result: impl Serialize) -> Self {
+        match serde_json::to_value(result) {
+            Ok(value) => Response {
+                ok: true,
+                result: Some(value),
+                error: None,
+            },
+            Err(e) => Response::err(format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    pub(crate) fn err(error: impl std::fmt::Display) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// Binds the socket, replacing a stale one; refuses when a daemon already answers there.
+pub(crate) async fn bind(data_dir: &FsPath) -> anyhow::Result<(UnixListener, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join(SOCKET);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            bail!(
+                "a btnode daemon is already running with data directory {} (its socket {} answers)",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok((listener, path))
+}
+
+/// Reads one request from a connection.
+pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream).take(MAX_REQUEST);
+    reader
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("cannot read the request: {e}"))?;
+    if !line.ends_with('\n') {
+        return Err(format!(
+            "the request must be one line of JSON of at most {MAX_REQUEST} bytes"
+        ));
+    }
+    serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Writes one response.
+pub(crate) async fn write_response(stream: &mut UnixStream, response: &Response) {
+    let Ok(mut line) = serde_json::to_vec(response) else {
+        return;
+    };
+    line.push(b'\n');
+    let _ = stream.write_all(&line).await;
+}
+
+/// Sends `request` to the daemon of `data_dir` and returns its result.
+pub(crate) async fn call(
+    data_dir: &FsPath,
+    request: &Request,
+) -> anyhow::Result<serde_json::Value> {
+    let path = data_dir.join(SOCKET);
+    let mut stream = UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "no btnode daemon answers at {} (start one with `btnode run`)",
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .take(MAX_RESPONSE)
+        .read_line(&mut answer)
+        .await
+        .context("the daemon closed the connection without answering")?;
+    let response: Response =
+        serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")?;
+    match (response.ok, response.result, response.error) {
+        (true, Some(result), _) => Ok(result),
+        (true, None, _) => Ok(serde_json::Value::Null),
+        (false, _, error) => bail!("{}", error.unwrap_or_else(|| "unknown error".into())),
+    }
+}

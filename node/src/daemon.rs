@@ -1,0 +1,179 @@
+//! `btnode run`: the daemon.
+
+use std::collections::BTreeSet;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use keys::Path;
+use tokio::net::UnixStream;
+use tokio::sync::Semaphore;
+
+use crate::caps;
+use crate::control::{self, Request, Response};
+use crate::identity::NodeIdentity;
+
+/// Most control connections served at once.
+const MAX_CONTROL_CONNECTIONS: usize = 32;
+
+const REGISTERED: &str = "registered.json";
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub(crate) async fn run(
+    data_dir: PathBuf,
+    node: NodeIdentity,
+    config: dht::Config,
+) -> anyhow::Result<()> {
+    let records = data_dir.join("records.redb");
+    let store = dht::Store::open(&records, config.max_records)
+        .with_context(|| format!("cannot open the record store {}", records.display()))?;
+    let key = keys::SigningKey::from_bytes(&node.identity.signing_key().to_bytes());
+    let principal = key.principal();
+    let joining = !config.bootstrap.is_empty();
+    let (client, task) = dht::start(key, config, store, dht::Transports::Network)
+        .await
+        .context("cannot start the overlay")?;
+    let status = client.status().await?;
+    println!("btnode {} (principal {principal})", status.peer_id);
+    if joining {
+        println!("joining an existing overlay");
+    } else {
+        println!("started a new overlay; others join it with `btnode --bootstrap <address>`:");
+    }
+    for address in &status.listen_addrs {
+        println!("listening on {address}");
+    }
+    let (listener, socket) = control::bind(&data_dir).await?;
+    println!("control socket {}", socket.display());
+    tracing::info!(key_store = %node.key_store, reason = %node.reason, "node keys unsealed");
+
+    let daemon = Arc::new(Daemon {
+        data_dir: data_dir.clone(),
+        client: client.clone(),
+        principal,
+        registered: tokio::sync::Mutex::new(load_registered(&data_dir)),
+    });
+    daemon.reregister().await;
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let permits = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let result = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break Ok(()) };
+                    let daemon = daemon.clone();
+                    tokio::spawn(async move {
+                        daemon.serve(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+            },
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+        }
+    };
+    tracing::info!("stopping");
+    let _ = client.shutdown().await;
+    let _ = task.await;
+    let _ = std::fs::remove_file(&socket);
+    println!("stopped");
+    result
+}
+
+struct Daemon {
+    data_dir: PathBuf,
+    client: dht::Client,
+    principal: keys::Principal,
+    registered: tokio::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Daemon {
+    async fn serve(&self, mut stream: UnixStream) {
+        let response = match control::read_request(&mut stream).await {
+            Ok(request) => self.handle(request).await,
+            Err(e) => Response::err(e),
+        };
+        control::write_response(&mut stream, &response).await;
+    }
+
+    async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => match self.client.status().await {
+                Ok(status) => Response::ok(status),
+                Err(e) => Response::err(e),
+            },
+            Request::Peers => match self.client.peers().await {
+                Ok(peers) => Response::ok(peers),
+                Err(e) => Response::err(e),
+            },
+            Request::Register { path } => match self.register(&path).await {
+                Ok(registered) => Response::ok(registered),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Resolve { path } => match path.parse::<Path>() {
+                Ok(path) => match self.client.resolve(path).await {
+                    Ok(resolution) => Response::ok(resolution),
+                    Err(e) => Response::err(e),
+                },
+                Err(e) => Response::err(format!("{path:?} is not a path: {e}")),
+            },
+        }
+    }
+
+    async fn register(&self, text: &str) -> anyhow::Result<dht::Registered> {
+        let path: Path = text
+            .parse()
+            .with_context(|| format!("{text:?} is not a path"))?;
+        let chain = caps::covering(&self.data_dir, &path, &self.principal).with_context(|| {
+            format!(
+                "no installed writecap lets this node ({}) register {path}: get one with \
+                 `btnode cap grant {} <prefix>` on the tree's root node and install it with \
+                 `btnode cap install <file>`",
+                self.principal, self.principal
+            )
+        })?;
+        let registered = self.client.register(path.clone(), chain).await?;
+        let mut paths = self.registered.lock().await;
+        if paths.insert(path.to_string()) {
+            save_registered(&self.data_dir, &paths);
+        }
+        Ok(registered)
+    }
+
+    /// Registers again, after a restart, what this node had registered.
+    async fn reregister(&self) {
+        let paths: Vec<String> = self.registered.lock().await.iter().cloned().collect();
+        for path in paths {
+            match self.register(&path).await {
+                Ok(r) => tracing::info!(path = %r.path, sequence = r.sequence, "registered again"),
+                Err(e) => tracing::warn!(%path, error = %format!("{e:#}"), "cannot register again"),
+            }
+        }
+    }
+}
+
+fn load_registered(data_dir: &FsPath) -> BTreeSet<String> {
+    let file = data_dir.join(REGISTERED);
+    match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable list of registrations");
+            BTreeSet::new()
+        }),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+fn save_registered(data_dir: &FsPath, paths: &BTreeSet<String>) {
+    let file = data_dir.join(REGISTERED);
+    let tmp = file.with_extension("json.tmp");
+    let result = serde_json::to_vec_pretty(paths)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &file));
+    if let Err(e) = result {
+        tracing::warn!(file = %file.display(), error = %e, "cannot save the list of registrations");
+    }
+}
