@@ -1,0 +1,374 @@
+//! Networks of real `btnode` processes on 127.0.0.1, for tests and for people to try:
+//! start N nodes (temporary data directories, ephemeral ports, one bootstrap), wait
+//! until the overlay has converged, then kill (`SIGKILL`), stop (`SIGTERM`), restart
+//! and query nodes through the `btnode` CLI.
+//!
+//! Node 0 is created with `init --root`: it owns the tree `/<root>` and grants the other
+//! nodes writecaps with [`Testnet::grant`].
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The passphrase of every test node's software key store.
+pub const PASSPHRASE: &str = "bttestnet passphrase";
+
+/// One `btnode` process and its data directory.
+#[derive(Debug)]
+pub struct Node {
+    /// Its position in the testnet.
+    pub index: usize,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its principal.
+    pub principal: String,
+    /// Its PeerId.
+    pub peer_id: String,
+    /// Its address with `/p2p/<peer id>`, while running.
+    pub address: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Whether its process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its log file (stdout and stderr).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// A running network of `btnode` processes.
+#[derive(Debug)]
+pub struct Testnet {
+    btnode: PathBuf,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    /// The nodes, node 0 being the bootstrap and the root of the tree.
+    pub nodes: Vec<Node>,
+    /// The principal that owns the tree (created by node 0).
+    pub root: String,
+}
+
+/// Where to find the `btnode` binary: `$BTNODE`, else beside the running executable
+/// (cargo puts test and binary targets in the same profile directory), else `PATH`.
+pub fn find_btnode() -> PathBuf {
+    if let Some(path) = std::env::var_os("BTNODE") {
+        return PathBuf::from(path);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join("btnode");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("btnode")
+}
+
+impl Testnet {
+    /// Starts `n` nodes in a temporary directory that is removed on drop.
+    pub fn start(btnode: &Path, n: usize) -> anyhow::Result<Testnet> {
+        let temp = tempfile::Builder::new().prefix("bttestnet-").tempdir()?;
+        let dir = temp.path().to_path_buf();
+        Self::start_in(btnode, n, dir, Some(temp))
+    }
+
+    /// Starts `n` nodes in `dir`, which is kept.
+    pub fn start_in(
+        btnode: &Path,
+        n: usize,
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Testnet> {
+        if n == 0 {
+            bail!("a testnet needs at least one node");
+        }
+        std::fs::create_dir_all(&dir)?;
+        let mut net = Testnet {
+            btnode: btnode.to_path_buf(),
+            dir,
+            _temp: temp,
+            nodes: Vec::new(),
+            root: String::new(),
+        };
+        for index in 0..n {
+            let node = net.init(index)?;
+            net.nodes.push(node);
+        }
+        for index in 0..n {
+            net.launch(index)?;
+        }
+        Ok(net)
+    }
+
+    /// The directory holding every node's data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn init(&mut self, index: usize) -> anyhow::Result<Node> {
+        let data_dir = self.dir.join(format!("node{index}"));
+        let mut args = vec!["init", "--key-store", "software", "--json"];
+        if index == 0 {
+            args.push("--root");
+        }
+        let out = self.run_btnode(&data_dir, &args)?;
+        let id: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if index == 0 {
+            self.root = id["root"]
+                .as_str()
+                .context("node 0 has no root")?
+                .to_owned();
+        }
+        Ok(Node {
+            index,
+            log: self.dir.join(format!("node{index}.log")),
+            data_dir,
+            principal: id["principal"].as_str().context("no principal")?.to_owned(),
+            peer_id: id["peer_id"].as_str().context("no peer id")?.to_owned(),
+            address: None,
+            child: None,
+        })
+    }
+
+    fn run_btnode(&self, data_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new(&self.btnode)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("BT_PASSPHRASE", PASSPHRASE)
+            .env_remove("BT_BOOTSTRAP")
+            .env_remove("BT_LISTEN")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", self.btnode.display()))?;
+        if !out.status.success() {
+            bail!(
+                "btnode {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out)
+    }
+
+    /// A live node's address to bootstrap from, other than `except`.
+    fn bootstrap_for(&mut self, except: usize) -> Option<String> {
+        let order = std::iter::once(0).chain(1..self.nodes.len());
+        for i in order {
+            if i != except && self.nodes[i].is_running() {
+                return self.nodes[i].address.clone();
+            }
+        }
+        None
+    }
+
+    fn launch(&mut self, index: usize) -> anyhow::Result<()> {
+        let bootstrap = self.bootstrap_for(index);
+        let node = &mut self.nodes[index];
+        let mut cmd = Command::new(&self.btnode);
+        cmd.arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("BT_PASSPHRASE", PASSPHRASE)
+            .env_remove("BT_BOOTSTRAP")
+            .env_remove("BT_LISTEN")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(b) = &bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.btnode.display()))?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        if let Some(stdout) = child.stdout.take() {
+            let mut log = log.try_clone()?;
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(address) = line.strip_prefix("listening on ") {
+                        let _ = tx.try_send(address.to_owned());
+                    }
+                    let _ = writeln!(log, "{line}");
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let mut log = log;
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = writeln!(log, "{line}");
+                }
+            });
+        }
+        let address = rx.recv_timeout(Duration::from_secs(20));
+        node.child = Some(child);
+        match address {
+            Ok(address) => {
+                node.address = Some(address);
+                Ok(())
+            }
+            Err(_) => bail!(
+                "node {index} did not start listening within 20 s; see {}",
+                node.log.display()
+            ),
+        }
+    }
+
+    /// Runs `btnode` with `args` against node `index`'s data directory.
+    pub fn cli(&self, index: usize, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(&self.btnode)
+            .arg("--data-dir")
+            .arg(&self.nodes[index].data_dir)
+            .args(args)
+            .env("BT_PASSPHRASE", PASSPHRASE)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", self.btnode.display()))
+    }
+
+    /// Runs a CLI command that must succeed and returns its JSON output.
+    pub fn json(&self, index: usize, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(index, &all)?;
+        if !out.status.success() {
+            bail!(
+                "node {index}: btnode {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until every running node has a peer and at least `min(n - 1, 8)` routing
+    /// table entries.
+    pub fn wait_converged(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect();
+        let want = (running.len().saturating_sub(1)).min(8) as u64;
+        loop {
+            let mut all = true;
+            for &i in &running {
+                let ok = self
+                    .json(i, &["status"])
+                    .map(|s| s["routing_table"].as_u64().unwrap_or(0) >= want)
+                    .unwrap_or(false);
+                all &= ok;
+            }
+            if all {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!("the overlay did not converge within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The path `/<root>/<segments>`.
+    pub fn path(&self, rel: &str) -> String {
+        format!("/{}/{}", self.root, rel.trim_start_matches('/'))
+    }
+
+    /// Node 0 (the root) grants node `index` a writecap for `prefix`, which the node
+    /// installs.
+    pub fn grant(&self, index: usize, prefix: &str) -> anyhow::Result<()> {
+        let file = self.dir.join(format!(
+            "node{index}-{}.writecap",
+            self.nodes[index].principal
+        ));
+        let file_text = file.to_string_lossy().into_owned();
+        self.run_btnode(
+            &self.nodes[0].data_dir,
+            &[
+                "cap",
+                "grant",
+                &self.nodes[index].principal,
+                prefix,
+                "--out",
+                &file_text,
+            ],
+        )?;
+        self.run_btnode(&self.nodes[index].data_dir, &["cap", "install", &file_text])?;
+        Ok(())
+    }
+
+    /// Sends SIGKILL to node `index` and reaps it.
+    pub fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        self.nodes[index].address = None;
+        Ok(())
+    }
+
+    /// Sends SIGTERM to node `index` and waits for a clean exit.
+    pub fn stop(&mut self, index: usize) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.nodes[index].child.take() else {
+            bail!("node {index} is not running");
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("cannot signal node {index}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.nodes[index].address = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node {index} did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `index` again on its data directory, bootstrapping from a live node.
+    pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        if self.nodes[index].is_running() {
+            self.stop(index)?;
+        }
+        self.launch(index)
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
