@@ -24,6 +24,9 @@ pub(crate) async fn run(
     node: NodeIdentity,
     config: dht::Config,
 ) -> anyhow::Result<()> {
+    // First, so that a second daemon on the same data directory is told so plainly.
+    let (listener, socket) = control::bind(&data_dir).await?;
+    let _socket_guard = SocketGuard(socket.clone());
     let records = data_dir.join("records.redb");
     let store = dht::Store::open(&records, config.max_records)
         .with_context(|| format!("cannot open the record store {}", records.display()))?;
@@ -43,7 +46,6 @@ pub(crate) async fn run(
     for address in &status.listen_addrs {
         println!("listening on {address}");
     }
-    let (listener, socket) = control::bind(&data_dir).await?;
     println!("control socket {}", socket.display());
     tracing::info!(key_store = %node.key_store, reason = %node.reason, "node keys unsealed");
 
@@ -78,7 +80,6 @@ pub(crate) async fn run(
     tracing::info!("stopping");
     let _ = client.shutdown().await;
     let _ = task.await;
-    let _ = std::fs::remove_file(&socket);
     println!("stopped");
     result
 }
@@ -175,5 +176,14 @@ fn save_registered(data_dir: &FsPath, paths: &BTreeSet<String>) {
         .and_then(|()| std::fs::rename(&tmp, &file));
     if let Err(e) = result {
         tracing::warn!(file = %file.display(), error = %e, "cannot save the list of registrations");
+    }
+}
+
+/// Removes the control socket however the daemon ends.
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
