@@ -13,6 +13,7 @@ pub use behaviour::{Behaviour, KAD_PROTOCOL, Transports, build_swarm};
 pub use config::Config;
 pub use node::{
     Client, Error, EventLoop, PeerInfo, Registered, Resolution, StartError, Status, start,
+    start_with_metrics,
 };
 pub use record::{PathRecord, RecordError, key_of};
 pub use store::{Inserted, Store, StoreError};

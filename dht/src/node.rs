@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use keys::{Chain, Path, Revocations, SigningKey};
 use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum};
+use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -242,6 +245,18 @@ pub async fn start(
     store: Store,
     transports: Transports,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), StartError> {
+    start_with_metrics(key, config, store, transports, None).await
+}
+
+/// [`start`], recording libp2p's metrics (connections, Kademlia, identify, ping,
+/// gossipsub) and the overlay's own (`blocktree_*`) in `registry`.
+pub async fn start_with_metrics(
+    key: SigningKey,
+    config: Config,
+    store: Store,
+    transports: Transports,
+    registry: Option<&mut Registry>,
+) -> Result<(Client, tokio::task::JoinHandle<()>), StartError> {
     let mut swarm = build_swarm(key.to_libp2p(), store, &config, transports)?;
     for address in &config.listen {
         swarm
@@ -283,6 +298,7 @@ pub async fn start(
     }
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
     let mut event_loop = EventLoop::new(swarm, key, config, receiver);
+    event_loop.metrics = registry.map(NodeMetrics::new);
     event_loop.listen_addrs = listen_addrs;
     event_loop.start_bootstrap();
     let span = tracing::info_span!("dht", peer = %event_loop.peer_id);
@@ -347,6 +363,50 @@ pub struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     connections: HashMap<PeerId, HashSet<Multiaddr>>,
     republish_due: Option<Instant>,
+    metrics: Option<NodeMetrics>,
+}
+
+/// The overlay's metrics, beside libp2p's.
+struct NodeMetrics {
+    libp2p: Metrics,
+    records: Gauge,
+    routing_table: Gauge,
+    peers: Gauge,
+    resolves_ok: Counter,
+    resolves_failed: Counter,
+}
+
+impl NodeMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let libp2p = Metrics::new(registry);
+        let registry = registry.sub_registry_with_prefix("blocktree");
+        let records = Gauge::default();
+        registry.register("records", "Path records held in the store", records.clone());
+        let routing_table = Gauge::default();
+        registry.register(
+            "routing_table_entries",
+            "Entries in the Kademlia routing table",
+            routing_table.clone(),
+        );
+        let peers = Gauge::default();
+        registry.register("connected_peers", "Connected peers", peers.clone());
+        let resolves_ok = Counter::default();
+        registry.register("resolves_ok", "Resolutions answered", resolves_ok.clone());
+        let resolves_failed = Counter::default();
+        registry.register(
+            "resolves_failed",
+            "Resolutions that found no live node",
+            resolves_failed.clone(),
+        );
+        NodeMetrics {
+            libp2p,
+            records,
+            routing_table,
+            peers,
+            resolves_ok,
+            resolves_failed,
+        }
+    }
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -396,6 +456,7 @@ impl EventLoop {
             rtts: HashMap::new(),
             connections: HashMap::new(),
             republish_due: None,
+            metrics: None,
         }
     }
 
@@ -465,6 +526,14 @@ impl EventLoop {
         let ttl = self.config.resolve_cache_ttl;
         self.cache
             .retain(|_, (_, _, at)| now.duration_since(*at) < ttl);
+        if self.metrics.is_some() {
+            let status = self.status();
+            if let Some(m) = &self.metrics {
+                m.records.set(status.records as i64);
+                m.routing_table.set(status.routing_table as i64);
+                m.peers.set(status.peers as i64);
+            }
+        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -713,6 +782,9 @@ impl EventLoop {
                     path: resolve.path.to_string(),
                 }),
             };
+            if let Some(m) = &self.metrics {
+                m.resolves_failed.inc();
+            }
             let _ = resolve.reply.send(result);
             return;
         };
@@ -761,6 +833,9 @@ impl EventLoop {
             resolve.path.clone(),
             (resolution.clone(), record.peer_id(), Instant::now()),
         );
+        if let Some(m) = &self.metrics {
+            m.resolves_ok.inc();
+        }
         let _ = resolve.reply.send(Ok(resolution));
     }
 
@@ -814,6 +889,16 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.libp2p.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.libp2p.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.libp2p.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.libp2p.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.libp2p.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

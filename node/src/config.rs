@@ -19,6 +19,9 @@ pub(crate) struct FileConfig {
     /// Multiaddrs to listen on (`--listen`, `BT_LISTEN`).
     /// Default: TCP and QUIC on all interfaces, ephemeral ports.
     pub(crate) listen: Option<Vec<String>>,
+    /// Address of the Prometheus endpoint, e.g. "127.0.0.1:9464" (`--metrics`,
+    /// `BT_METRICS`). Default: off.
+    pub(crate) metrics: Option<String>,
     /// Lifetime of the path records this node publishes, in seconds. Default: 3600.
     pub(crate) record_ttl_secs: Option<u64>,
     /// How often this node republishes its records, in seconds. Default: 600.

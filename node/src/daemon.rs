@@ -23,6 +23,7 @@ pub(crate) async fn run(
     data_dir: PathBuf,
     node: NodeIdentity,
     config: dht::Config,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     // First, so that a second daemon on the same data directory is told so plainly.
     let (listener, socket) = control::bind(&data_dir).await?;
@@ -33,9 +34,22 @@ pub(crate) async fn run(
     let key = keys::SigningKey::from_bytes(&node.identity.signing_key().to_bytes());
     let principal = key.principal();
     let joining = !config.bootstrap.is_empty();
-    let (client, task) = dht::start(key, config, store, dht::Transports::Network)
-        .await
-        .context("cannot start the overlay")?;
+    let mut registry = metrics.map(|_| prometheus_client::registry::Registry::default());
+    let (client, task) = dht::start_with_metrics(
+        key,
+        config,
+        store,
+        dht::Transports::Network,
+        registry.as_mut(),
+    )
+    .await
+    .context("cannot start the overlay")?;
+    let _metrics_task = match (metrics, registry) {
+        (Some(address), Some(registry)) => {
+            Some(crate::metrics::serve(address, Arc::new(registry)).await?)
+        }
+        _ => None,
+    };
     let status = client.status().await?;
     println!("btnode {} (principal {principal})", status.peer_id);
     if joining {

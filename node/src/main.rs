@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod daemon;
 mod identity;
+mod metrics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,10 @@ struct RunArgs {
         value_name = "MULTIADDR"
     )]
     listen: Vec<String>,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464). Default: off.
+    #[arg(long, env = "BT_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 
     /// Config file (TOML); flags and BT_* variables override it.
     #[arg(long, env = "BT_CONFIG", value_name = "FILE")]
@@ -257,7 +262,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &passphrase_source(args.store.passphrase_file),
                 false,
             )?;
-            runtime()?.block_on(daemon::run(data_dir, node, overlay))
+            let metrics = match args.metrics {
+                Some(address) => Some(address),
+                None => file
+                    .metrics
+                    .as_deref()
+                    .map(|text| {
+                        text.parse()
+                            .with_context(|| format!("metrics address {text:?} is not IP:port"))
+                    })
+                    .transpose()?,
+            };
+            runtime()?.block_on(daemon::run(data_dir, node, overlay, metrics))
         }
         Command::Status(args) => {
             let status = call(&data_dir, &control::Request::Status)?;

@@ -285,3 +285,40 @@ fn flags_override_env_override_the_config_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
 }
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let line = d.expect("metrics on http://", Duration::from_secs(20));
+    let address = line
+        .trim_start_matches("metrics on http://")
+        .trim_end_matches("/metrics");
+    let fetch = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = fetch("/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    for metric in [
+        "blocktree_records",
+        "blocktree_routing_table_entries",
+        "libp2p_kad_",
+    ] {
+        assert!(answer.contains(metric), "no {metric} in {answer}");
+    }
+    assert!(fetch("/other").starts_with("HTTP/1.1 404"));
+}
