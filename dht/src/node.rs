@@ -491,6 +491,12 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // Alone again (every peer left or restarted): join through the bootstrap peers anew.
+        if !self.bootstraps.is_empty() && self.swarm.connected_peers().next().is_none() {
+            for b in &mut self.bootstraps {
+                b.connected = false;
+            }
+        }
         for i in 0..self.bootstraps.len() {
             let b = &mut self.bootstraps[i];
             if b.connected || b.dialing.is_some() || now < b.next_attempt {
@@ -856,16 +862,19 @@ impl EventLoop {
         self.advance_resolve(id);
     }
 
-    fn on_peer_reachable(&mut self, peer: PeerId) {
-        let ids: Vec<u64> = self
-            .resolves
+    /// Resolutions waiting to learn whether `peer` is live.
+    fn checking(&self, peer: PeerId) -> Vec<u64> {
+        self.resolves
             .iter()
             .filter_map(|(id, r)| {
                 let (index, _) = r.checking?;
                 (r.lookups[index].best.as_ref()?.peer_id() == peer).then_some(*id)
             })
-            .collect();
-        for id in ids {
+            .collect()
+    }
+
+    fn on_peer_reachable(&mut self, peer: PeerId) {
+        for id in self.checking(peer) {
             if let Some(r) = self.resolves.get_mut(&id)
                 && let Some((index, _)) = r.checking.take()
             {
@@ -875,15 +884,7 @@ impl EventLoop {
     }
 
     fn on_peer_unreachable(&mut self, peer: PeerId) {
-        let ids: Vec<u64> = self
-            .resolves
-            .iter()
-            .filter_map(|(id, r)| {
-                let (index, _) = r.checking?;
-                (r.lookups[index].best.as_ref()?.peer_id() == peer).then_some(*id)
-            })
-            .collect();
-        for id in ids {
+        for id in self.checking(peer) {
             self.liveness_failed(id);
         }
     }
@@ -978,14 +979,9 @@ impl EventLoop {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     self.connections.remove(&peer_id);
                     self.rtts.remove(&peer_id);
+                    self.agents.remove(&peer_id);
                     // Answers that point at this node are no longer known to be live.
                     self.cache.retain(|_, (_, peer, _)| *peer != peer_id);
-                    let remote = endpoint.get_remote_address().clone();
-                    for b in &mut self.bootstraps {
-                        if b.connected && remote == b.address {
-                            b.connected = false;
-                        }
-                    }
                 } else if let Some(set) = self.connections.get_mut(&peer_id) {
                     set.remove(endpoint.get_remote_address());
                 }

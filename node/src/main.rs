@@ -101,7 +101,7 @@ enum CapCommand {
         /// How long it holds: 90s, 30m, 12h, 7d, 1y.
         #[arg(long, default_value = "365d", value_parser = caps::parse_duration)]
         expires: u64,
-        /// Output file. Default: ./<principal>.writecap
+        /// Output file. Default: ./PRINCIPAL.writecap
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         #[command(flatten)]
@@ -125,7 +125,7 @@ struct JsonArg {
 
 #[derive(Debug, Args)]
 struct PathArg {
-    /// A blocktree path: /<root-principal>/…
+    /// A blocktree path: /ROOT-PRINCIPAL/…
     path: String,
     /// Print JSON instead of text.
     #[arg(long)]

@@ -29,11 +29,68 @@ enum Command {
         #[arg(long)]
         btnode: Option<PathBuf>,
     },
+    /// Measure the idle memory of btnode: start N nodes, let them sit for a while, and
+    /// print each process's resident set size.
+    Rss {
+        /// How many nodes (each has N - 1 peers).
+        #[arg(long, default_value_t = 11)]
+        nodes: usize,
+        /// Seconds to wait after the overlay converged.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        /// The btnode binary. Default: $BTNODE, beside bttestnet, or on PATH.
+        #[arg(long)]
+        btnode: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Up { nodes, dir, btnode } = Cli::parse().command;
-    let btnode = btnode.unwrap_or_else(find_btnode);
+    match Cli::parse().command {
+        Command::Up { nodes, dir, btnode } => up(nodes, dir, btnode.unwrap_or_else(find_btnode)),
+        Command::Rss {
+            nodes,
+            wait,
+            btnode,
+        } => rss(nodes, wait, btnode.unwrap_or_else(find_btnode)),
+    }
+}
+
+fn rss(nodes: usize, wait: u64, btnode: PathBuf) -> anyhow::Result<()> {
+    let mut net = Testnet::start(&btnode, nodes)?;
+    net.wait_converged(Duration::from_secs(60))?;
+    for i in 0..nodes {
+        let path = net.path(&format!("node{i}"));
+        if i > 0 {
+            net.grant(i, &path)?;
+        }
+        net.json(i, &["register", &path])?;
+    }
+    println!("{nodes} nodes converged; idling {wait} s");
+    std::thread::sleep(Duration::from_secs(wait));
+    let mut rss: Vec<u64> = Vec::new();
+    for node in &net.nodes {
+        let status = net.json(node.index, &["status"])?;
+        let kib = node.rss_kib().unwrap_or(0);
+        println!(
+            "node{}: {:.1} MiB RSS, {} peers",
+            node.index,
+            kib as f64 / 1024.0,
+            status["peers"]
+        );
+        rss.push(kib);
+    }
+    rss.sort_unstable();
+    println!(
+        "idle RSS after {wait} s with {} peers each: median {:.1} MiB, max {:.1} MiB ({})",
+        nodes - 1,
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0,
+        btnode.display()
+    );
+    Ok(())
+}
+
+fn up(nodes: usize, dir: Option<PathBuf>, btnode: PathBuf) -> anyhow::Result<()> {
     let mut net = match dir {
         Some(dir) => Testnet::start_in(&btnode, nodes, dir, None)?,
         None => Testnet::start(&btnode, nodes)?,
