@@ -18,6 +18,7 @@
 //! ```
 
 pub mod messages;
+pub mod session;
 pub mod wire;
 
 pub use keys::limits;
