@@ -17,6 +17,7 @@
 //! assert!(matches!(wire::decode::<Path>(&trailing), Err(wire::DecodeError::TrailingBytes { .. })));
 //! ```
 
+pub mod actor;
 pub mod messages;
 pub mod session;
 pub mod wire;
