@@ -31,6 +31,7 @@ pub mod readcap;
 pub mod revocation;
 pub mod sign;
 pub mod swtpm;
+pub mod verified;
 pub mod writecap;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
@@ -39,4 +40,5 @@ pub use principal::Principal;
 pub use readcap::{DataKey, Readcap, ReadcapError};
 pub use revocation::{RevocationError, RevocationList, Revocations};
 pub use sign::{PublicKey, Signature, SignatureError, SigningKey};
+pub use verified::VerifiedChains;
 pub use writecap::{CapId, Chain, Timestamp, Validity, Writecap, WritecapError, now};
