@@ -62,7 +62,10 @@ impl Behaviour {
             .set_publication_interval(Some(config.republish_interval))
             .set_replication_interval(Some(Duration::from_secs(300)))
             .set_query_timeout(config.query_timeout)
-            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)))
+            // Kademlia's default frame limit (16 KiB) is below the largest valid path
+            // record; leave room for the closer-peers list of a GET reply too.
+            .set_max_packet_size(keys::limits::MAX_PATH_RECORD_BYTES + 16 * 1024);
         if let Some(factor) = NonZeroUsize::new(config.replication_factor) {
             kad_config.set_replication_factor(factor);
         }

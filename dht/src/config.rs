@@ -24,9 +24,10 @@ pub struct Config {
     pub liveness_timeout: Duration,
     /// Kademlia query timeout. Default: 10 s.
     pub query_timeout: Duration,
-    /// Ping interval on every connection. Default: 2 s.
+    /// Ping interval on every connection. Default: 4 s (with the 4 s timeout, a machine
+    /// that vanishes without closing its connections is noticed within 8 s).
     pub ping_interval: Duration,
-    /// A connection whose ping goes unanswered this long is closed. Default: 5 s.
+    /// A connection whose ping goes unanswered this long is closed. Default: 4 s.
     pub ping_timeout: Duration,
     /// Idle connections close after this long. Default: 60 s.
     pub idle_connection_timeout: Duration,
@@ -55,8 +56,8 @@ impl Config {
             resolve_cache_ttl: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(3),
             query_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(2),
-            ping_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(4),
+            ping_timeout: Duration::from_secs(4),
             idle_connection_timeout: Duration::from_secs(60),
             bootstrap_retry: Duration::from_secs(1),
             max_records: 65_536,

@@ -10,7 +10,8 @@
 //! are cached for [`Config::resolve_cache_ttl`], and a cached answer is dropped the moment
 //! the last connection to its node closes. So a node that dies stops resolving as soon as
 //! its connections close — at once for a killed process (its kernel resets the TCP
-//! connections), within the ping timeout ([`Config::ping_timeout`], 5 s) for a machine that
+//! connections), within a ping interval and timeout ([`Config::ping_interval`] and
+//! [`Config::ping_timeout`], 4 s each) for a machine that
 //! vanishes — well inside 10 s, without waiting for the record to expire. A node that comes
 //! back republishes its records with a higher sequence number and resolves again.
 
@@ -157,8 +158,11 @@ pub struct Registered {
     pub sequence: u64,
     /// Its expiry (UNIX seconds).
     pub expires: u64,
-    /// Peers that acknowledged the record (besides this node).
-    pub replicas: usize,
+    /// Peers that acknowledged the PUT before it finished. The PUT stops at the first
+    /// acknowledgement, so this is 0 (no peer answered: the record is held here and
+    /// republished later) or 1 and more. An acknowledgement says the peer received the
+    /// record; each peer then checks it before storing it.
+    pub acks: usize,
     /// Addresses in the record.
     pub addresses: Vec<String>,
 }
@@ -363,6 +367,8 @@ pub struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     connections: HashMap<PeerId, HashSet<Multiaddr>>,
     republish_due: Option<Instant>,
+    /// The last PUT reached no peer.
+    unreplicated: bool,
     metrics: Option<NodeMetrics>,
 }
 
@@ -456,6 +462,7 @@ impl EventLoop {
             rtts: HashMap::new(),
             connections: HashMap::new(),
             republish_due: None,
+            unreplicated: false,
             metrics: None,
         }
     }
@@ -524,6 +531,14 @@ impl EventLoop {
             .collect();
         for id in expired {
             self.liveness_failed(id);
+        }
+        // The last PUT reached nobody although peers are known: try again shortly.
+        if self.unreplicated
+            && self.republish_due.is_none()
+            && !self.registrations.is_empty()
+            && self.swarm.connected_peers().next().is_some()
+        {
+            self.republish_due = Some(now + Duration::from_secs(2));
         }
         if self.republish_due.is_some_and(|due| now >= due) {
             self.republish_due = None;
@@ -817,7 +832,24 @@ impl EventLoop {
         }
     }
 
+    /// Stops the lookups of a resolution that no longer need an answer.
+    fn finish_lookups(&mut self, id: u64) {
+        let queries: Vec<QueryId> = self
+            .gets
+            .iter()
+            .filter(|(_, (resolve, _))| *resolve == id)
+            .map(|(query, _)| *query)
+            .collect();
+        for query in queries {
+            self.gets.remove(&query);
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+                q.finish();
+            }
+        }
+    }
+
     fn answer(&mut self, id: u64, index: usize) {
+        self.finish_lookups(id);
         let Some(resolve) = self.resolves.remove(&id) else {
             return;
         };
@@ -1030,6 +1062,11 @@ impl EventLoop {
                     tracing::debug!(peer = %source, error = %error_chain(&e), "refused a record");
                 }
             }
+            kad::Event::RoutingUpdated {
+                is_new_peer: true, ..
+            } if self.unreplicated && !self.registrations.is_empty() => {
+                self.republish_due = Some(Instant::now() + Duration::from_millis(300));
+            }
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
@@ -1058,19 +1095,23 @@ impl EventLoop {
                     if !step.last {
                         return;
                     }
-                    let Some(pending) = self.pending_puts.remove(&id) else {
-                        return;
-                    };
-                    let replicas = match &result {
-                        Ok(_) => stats.num_successes() as usize,
+                    // `stats` also counts the replies of the lookup before the PUT, so
+                    // count acknowledgements from the result only.
+                    let acks = match &result {
+                        Ok(_) => 1,
                         Err(kad::PutRecordError::QuorumFailed { success, .. })
                         | Err(kad::PutRecordError::Timeout { success, .. }) => success.len(),
+                    };
+                    // Nobody took it (no peers yet): publish again when peers appear.
+                    self.unreplicated = acks == 0;
+                    let Some(pending) = self.pending_puts.remove(&id) else {
+                        return;
                     };
                     let _ = pending.reply.send(Ok(Registered {
                         path: pending.path.to_string(),
                         sequence: pending.record.sequence(),
                         expires: pending.record.expires(),
-                        replicas,
+                        acks,
                         addresses: pending
                             .record
                             .addresses()

@@ -156,7 +156,9 @@ async fn a_dead_node_stops_resolving_and_comes_back() {
             "the dead node to stop resolving",
             Duration::from_secs(10),
             async || match node.client.resolve(path.clone()).await {
-                Err(Error::Unreachable { .. }) => Some(()),
+                // Unreachable while others still hold its record; NotRegistered
+                // once nobody does. Either way it no longer resolves.
+                Err(Error::Unreachable { .. } | Error::NotRegistered { .. }) => Some(()),
                 _ => None,
             },
         )
@@ -204,4 +206,54 @@ async fn registering_without_a_writecap_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotAuthorized { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_records_travel_too() {
+    // A deep path under a 4-link chain makes a record far above Kademlia's default
+    // 16 KiB frame limit.
+    let root = SigningKey::generate();
+    let a = spawn(SigningKey::generate(), None).await;
+    let b_key = SigningKey::generate();
+    let b = spawn(b_key.clone_key(), Some(&a.addr)).await;
+    let mut path = Path::root_of(root.principal());
+    for i in 0..14 {
+        path = path.join(&format!("{i:0>250}")).unwrap();
+    }
+    let mut holders = vec![
+        SigningKey::generate(),
+        SigningKey::generate(),
+        SigningKey::generate(),
+    ];
+    holders.push(b_key.clone_key());
+    let mut chain = grant(&root, &holders[0], &path);
+    for w in 1..holders.len() {
+        chain = chain
+            .delegate(
+                &holders[w - 1],
+                holders[w].principal(),
+                path.clone(),
+                Validity::for_seconds(3600),
+                keys::now(),
+            )
+            .unwrap();
+    }
+    let record = dht::PathRecord::new(
+        &b_key,
+        path.clone(),
+        vec![],
+        chain.clone(),
+        1,
+        keys::now() + 60,
+    );
+    let size = protocols::wire::encode(&record).unwrap().len();
+    assert!(size > 16 * 1024, "{size} bytes");
+    b.client.register(path.clone(), chain).await.unwrap();
+    let r = eventually(
+        "the large record to resolve",
+        Duration::from_secs(15),
+        async || a.client.resolve(path.clone()).await.ok(),
+    )
+    .await;
+    assert_eq!(r.peer_id, b_key.peer_id().to_string());
 }

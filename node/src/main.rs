@@ -322,9 +322,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&result);
             }
             let r: dht::Registered = serde_json::from_value(result)?;
+            let reach = if r.acks == 0 {
+                "no other node answered yet; it is kept here and republished".to_string()
+            } else {
+                "sent to the overlay".to_string()
+            };
             println!(
-                "registered {} (sequence {}, {} replicas, expires at {})",
-                r.path, r.sequence, r.replicas, r.expires
+                "registered {} (sequence {}, expires at {}): {reach}",
+                r.path, r.sequence, r.expires
             );
             Ok(())
         }

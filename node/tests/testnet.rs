@@ -64,7 +64,10 @@ fn five_processes_register_resolve_die_and_return() {
             Duration::from_secs(10),
             || resolve(&net, from, &paths[4]).err(),
         );
-        assert!(err.contains("unreachable"), "{err}");
+        assert!(
+            err.contains("unreachable") || err.contains("nothing is registered"),
+            "{err}"
+        );
     }
     let gone = killed.elapsed();
     eprintln!("node 4's path stopped resolving on all 4 others within {gone:?}");
