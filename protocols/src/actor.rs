@@ -3,7 +3,7 @@
 //! cached by the receiver) and then carries length-framed [`Envelope`]s.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of a
-//! [`wire`](crate::wire) message. [`FrameDecoder`] takes bytes as they arrive and hands
+//! [`crate::wire`] message. [`FrameDecoder`] takes bytes as they arrive and hands
 //! out whole frames, refusing a length over [`MAX_MESSAGE_BYTES`] before buffering it.
 
 use keys::limits::{MAX_CHAIN_BYTES, MAX_MESSAGE_BYTES};
