@@ -242,12 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_id(&node, &data_dir, args.json)
         }
         Command::Id(args) => {
-            let node = identity::load(
-                &data_dir,
-                args.store.tcti.as_deref(),
-                &passphrase_source(args.store.passphrase_file),
-                false,
-            )?;
+            let node = args.store.load(&data_dir, false)?;
             print_id(&node, &data_dir, args.json)
         }
         Command::Run(args) => {
@@ -256,12 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => config::FileConfig::default(),
             };
             let overlay = config::overlay(&args.bootstrap, &args.listen, &file)?;
-            let node = identity::load(
-                &data_dir,
-                args.store.tcti.as_deref(),
-                &passphrase_source(args.store.passphrase_file),
-                false,
-            )?;
+            let node = args.store.load(&data_dir, false)?;
             let metrics = match args.metrics {
                 Some(address) => Some(address),
                 None => file
@@ -352,12 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             store,
         }) => {
-            let node = identity::load(
-                &data_dir,
-                store.tcti.as_deref(),
-                &passphrase_source(store.passphrase_file),
-                true,
-            )?;
+            let node = store.load(&data_dir, true)?;
             let validity = keys::Validity::for_seconds(expires);
             let chain = match &node.root {
                 Some(root) if prefix.root() == &root.principal() => {
@@ -390,12 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cap(CapCommand::Install { file, store }) => {
-            let node = identity::load(
-                &data_dir,
-                store.tcti.as_deref(),
-                &passphrase_source(store.passphrase_file),
-                false,
-            )?;
+            let node = store.load(&data_dir, false)?;
             let chain = caps::read(&file)?;
             let installed = caps::install(&data_dir, &chain, &node.identity.principal())?;
             println!(
@@ -430,6 +410,18 @@ fn call(
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+impl KeyStoreArgs {
+    /// Unseals this node's identity (and its root keys, with `with_root`).
+    fn load(&self, data_dir: &std::path::Path, with_root: bool) -> anyhow::Result<NodeIdentity> {
+        identity::load(
+            data_dir,
+            self.tcti.as_deref(),
+            &passphrase_source(self.passphrase_file.clone()),
+            with_root,
+        )
+    }
 }
 
 fn passphrase_source(file: Option<PathBuf>) -> PassphraseSource {
