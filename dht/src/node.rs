@@ -262,22 +262,26 @@ pub async fn start_with_metrics(
     registry: Option<&mut Registry>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), StartError> {
     let mut swarm = build_swarm(key.to_libp2p(), store, &config, transports)?;
+    let mut pending = HashSet::new();
     for address in &config.listen {
-        swarm
+        let id = swarm
             .listen_on(address.clone())
             .map_err(|e| StartError::Listen {
                 address: address.clone(),
                 reason: error_chain(&e),
             })?;
+        pending.insert(id);
     }
-    // Wait for every listener to report an address or fail (port in use, …).
-    let mut pending = config.listen.len();
+    // Wait until every listener reports an address or fails (port in use, …).
     let mut listen_addrs = Vec::new();
-    while pending > 0 {
+    while !pending.is_empty() {
         match swarm.select_next_some().await {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
                 listen_addrs.push(address);
-                pending -= 1;
+                pending.remove(&listener_id);
             }
             SwarmEvent::ListenerClosed {
                 addresses, reason, ..
