@@ -205,7 +205,7 @@ async fn dht_node(key: SigningKey, bootstrap: Option<&Multiaddr>) -> DhtNode {
         .with_listen(vec!["/memory/0".parse().unwrap()])
         .with_bootstrap(bootstrap.into_iter().cloned().collect());
     let (client, _task) = dht::start(
-        SigningKey::from_bytes(&key.to_bytes()),
+        key.clone(),
         config,
         Store::in_memory(100_000).unwrap(),
         Transports::Memory,

@@ -293,13 +293,7 @@ impl Message for PathRecord {
     const NAME: &'static str = "path record";
     const VERSION: u16 = 1;
     const MAX_BYTES: usize = MAX_PATH_RECORD_BYTES;
-
-    fn validate(&self) -> Result<(), String> {
-        if self.addresses.len() > MAX_RECORD_ADDRESSES {
-            return Err(format!("more than {MAX_RECORD_ADDRESSES} addresses"));
-        }
-        Ok(())
-    }
+    // The address list's own decoder refuses more than MAX_RECORD_ADDRESSES.
 }
 
 /// Multiaddrs as CBOR byte strings, whatever the serializer's human-readable flag.

@@ -5,13 +5,13 @@
 //! replaces a stored one only with a higher sequence number. Records are written through
 //! to redb in a transaction that is durable before `put` returns, and loaded (and checked
 //! again) when the store opens, so they survive a restart. Expired records are never
-//! served. The store keeps no provider records: this overlay does not use them.
+//! served; Kademlia removes them when it meets them, and a restart drops the rest. The store keeps no provider records: this overlay does not use them.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path as FsPath;
 
-use keys::{Revocations, Timestamp};
+use keys::Revocations;
 use libp2p::PeerId;
 use libp2p::kad::store::{self, RecordStore};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
@@ -165,20 +165,6 @@ impl Store {
     /// Whether no record is held.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
-    }
-
-    /// Drops records that expired by `now`; returns how many.
-    pub fn remove_expired(&mut self, now: Timestamp) -> Result<usize, StoreError> {
-        let now_instant = std::time::Instant::now();
-        let _ = now;
-        let dead: Vec<RecordKey> = self
-            .records
-            .iter()
-            .filter(|(_, (record, _))| record.is_expired(now_instant))
-            .map(|(key, _)| key.clone())
-            .collect();
-        self.delete(&dead)?;
-        Ok(dead.len())
     }
 
     /// Replaces the revocations that records are checked against.

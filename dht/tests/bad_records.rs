@@ -6,8 +6,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use support::eventually;
 
 use dht::behaviour::BehaviourEvent;
 use dht::{Client, Config, Error, PathRecord, Store, Transports, key_of};
@@ -31,10 +35,6 @@ struct TestNode {
     addr: Multiaddr,
 }
 
-fn clone_key(key: &SigningKey) -> SigningKey {
-    SigningKey::from_bytes(&key.to_bytes())
-}
-
 fn without_p2p(mut addr: Multiaddr) -> Multiaddr {
     if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
         addr.pop();
@@ -47,7 +47,7 @@ async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
         .with_listen(vec!["/memory/0".parse().unwrap()])
         .with_bootstrap(bootstrap.into_iter().cloned().collect());
     let (client, _task) = dht::start(
-        clone_key(&key),
+        key.clone(),
         config,
         Store::in_memory(10_000).unwrap(),
         Transports::Memory,
@@ -60,17 +60,6 @@ async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
         client,
         peer_id: status.peer_id.parse().unwrap(),
         addr: without_p2p(status.listen_addrs[0].parse().unwrap()),
-    }
-}
-
-async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

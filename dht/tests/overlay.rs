@@ -3,7 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::eventually;
 
 use dht::{Client, Config, Error, Store, Transports};
 use keys::{Chain, Path, SigningKey, Validity};
@@ -24,14 +28,9 @@ fn config(bootstrap: Option<&Multiaddr>) -> Config {
 
 async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
     let store = Store::in_memory(10_000).unwrap();
-    let (client, task) = dht::start(
-        key.clone_key(),
-        config(bootstrap),
-        store,
-        Transports::Memory,
-    )
-    .await
-    .unwrap();
+    let (client, task) = dht::start(key.clone(), config(bootstrap), store, Transports::Memory)
+        .await
+        .unwrap();
     let status = client.status().await.unwrap();
     let addr = status.listen_addrs[0].parse().unwrap();
     TestNode {
@@ -39,27 +38,6 @@ async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
         client,
         addr,
         task,
-    }
-}
-
-trait CloneKey {
-    fn clone_key(&self) -> SigningKey;
-}
-
-impl CloneKey for SigningKey {
-    fn clone_key(&self) -> SigningKey {
-        SigningKey::from_bytes(&self.to_bytes())
-    }
-}
-
-async fn eventually<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -135,7 +113,7 @@ async fn a_dead_node_stops_resolving_and_comes_back() {
     let a = spawn(SigningKey::generate(), None).await;
     let b = spawn(SigningKey::generate(), Some(&a.addr)).await;
     let c_key = SigningKey::generate();
-    let c = spawn(c_key.clone_key(), Some(&a.addr)).await;
+    let c = spawn(c_key.clone(), Some(&a.addr)).await;
     let path = tree.join("c").unwrap();
     c.client
         .register(path.clone(), grant(&root, &c_key, &path))
@@ -167,7 +145,7 @@ async fn a_dead_node_stops_resolving_and_comes_back() {
     assert!(stopped.elapsed() < Duration::from_secs(10));
 
     // It comes back (same key, new address) and resolves again.
-    let c2 = spawn(c_key.clone_key(), Some(&a.addr)).await;
+    let c2 = spawn(c_key.clone(), Some(&a.addr)).await;
     c2.client
         .register(path.clone(), grant(&root, &c_key, &path))
         .await
@@ -215,7 +193,7 @@ async fn the_largest_records_travel_too() {
     let root = SigningKey::generate();
     let a = spawn(SigningKey::generate(), None).await;
     let b_key = SigningKey::generate();
-    let b = spawn(b_key.clone_key(), Some(&a.addr)).await;
+    let b = spawn(b_key.clone(), Some(&a.addr)).await;
     let mut path = Path::root_of(root.principal());
     for i in 0..14 {
         path = path.join(&format!("{i:0>250}")).unwrap();
@@ -225,7 +203,7 @@ async fn the_largest_records_travel_too() {
         SigningKey::generate(),
         SigningKey::generate(),
     ];
-    holders.push(b_key.clone_key());
+    holders.push(b_key.clone());
     let mut chain = grant(&root, &holders[0], &path);
     for w in 1..holders.len() {
         chain = chain

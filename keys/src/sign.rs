@@ -9,7 +9,9 @@ use zeroize::Zeroizing;
 use crate::principal::Principal;
 
 /// An ed25519 signing key. Every signature is bound to a context string naming what is
-/// signed, so a signature over one kind of object never verifies as another.
+/// signed, so a signature over one kind of object never verifies as another. The secret
+/// is wiped from memory when the key (or any clone of it) is dropped.
+#[derive(Clone)]
 pub struct SigningKey(ed25519_dalek::SigningKey);
 
 /// An ed25519 public key, checked to be a valid point when it is made or decoded.

@@ -31,7 +31,7 @@ pub(crate) async fn run(
     let records = data_dir.join("records.redb");
     let store = dht::Store::open(&records, config.max_records)
         .with_context(|| format!("cannot open the record store {}", records.display()))?;
-    let key = keys::SigningKey::from_bytes(&node.identity.signing_key().to_bytes());
+    let key = node.identity.signing_key().clone();
     let principal = key.principal();
     let joining = !config.bootstrap.is_empty();
     let mut registry = metrics.map(|_| prometheus_client::registry::Registry::default());

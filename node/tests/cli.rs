@@ -73,7 +73,7 @@ fn init_then_id_print_the_same_identity() {
     assert_eq!(id["principal"], principal);
     assert_eq!(id["peer_id"], peer_id);
 
-    // The text form says the same, and the key file holds no secret in clear.
+    // The text form says the same.
     let text = ok(btnode(dir.path(), &["id"]).env("BT_PASSPHRASE", PASS));
     assert!(text.contains(&format!("principal: {principal}")), "{text}");
     assert!(text.contains(&format!("peer id:   {peer_id}")), "{text}");
@@ -283,8 +283,7 @@ fn tpm_store_survives_a_tpm_restart() {
         "{init}"
     );
 
-    // The key file holds no secret in clear: the software store's passphrase is not
-    // needed, and nothing opens without the TPM.
+    // No passphrase is involved (none is set), and the blob outlives a TPM restart.
     tpm.restart().unwrap();
     let tcti = tpm.tcti();
     let id = json(&ok(&mut btnode(
