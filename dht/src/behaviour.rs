@@ -7,8 +7,8 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, Transport, gossipsub, identify, identity, kad, noise,
-    ping, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, gossipsub, identify,
+    identity, kad, noise, ping, tcp, yamux,
 };
 
 use crate::config::Config;
@@ -36,6 +36,10 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Pub-sub.
     pub gossipsub: gossipsub::Behaviour,
+    /// Long-lived streams of our own protocols (the actor protocol).
+    pub stream: libp2p_stream::Behaviour,
+    /// Peers refused for a while (penalised for misbehaving).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
 /// Which transports a swarm uses.
@@ -89,6 +93,9 @@ impl Behaviour {
             .validation_mode(gossipsub::ValidationMode::Strict)
             .heartbeat_interval(Duration::from_millis(700))
             .max_transmit_size(keys::limits::MAX_MESSAGE_BYTES)
+            // The application checks every message (signature of the `from` path's
+            // writecap, protocol state) before gossipsub forwards it.
+            .validate_messages()
             .build()
             .map_err(|e| BuildError(format!("gossipsub config: {e}")))?;
         let gossipsub = gossipsub::Behaviour::new(
@@ -101,6 +108,8 @@ impl Behaviour {
             identify,
             ping,
             gossipsub,
+            stream: libp2p_stream::Behaviour::new(),
+            blocked: allow_block_list::Behaviour::default(),
         })
     }
 }

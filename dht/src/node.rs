@@ -24,7 +24,7 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum};
 use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, ping};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,9 @@ pub enum Error {
     /// The address could not be dialled.
     #[error("cannot dial: {0}")]
     Dial(String),
+    /// Pub-sub refused the request.
+    #[error("pub-sub: {0}")]
+    PubSub(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,
@@ -190,13 +193,73 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    Subscribe {
+        topic: String,
+        subscribe: bool,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Validate {
+        id: gossipsub::MessageId,
+        propagated_by: PeerId,
+        verdict: Verdict,
+    },
+    Gossip {
+        reply: oneshot::Sender<mpsc::Receiver<Gossip>>,
+    },
+    Block {
+        peer: PeerId,
+        duration: Duration,
+    },
 }
+
+/// A pub-sub message received on a subscribed topic. Gossipsub holds it back until the
+/// application gives its [`Verdict`] through [`Client::validate`].
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    /// The topic.
+    pub topic: String,
+    /// The publishing node (gossipsub signs every message with the node's key).
+    pub source: PeerId,
+    /// The peer that passed the message on.
+    pub propagated_by: PeerId,
+    /// Gossipsub's message id.
+    pub id: gossipsub::MessageId,
+    /// The message.
+    pub data: Vec<u8>,
+}
+
+/// What the application says of a [`Gossip`] message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and forward.
+    Accept,
+    /// Invalid: drop, do not forward, and penalise the peers that sent it.
+    Reject,
+    /// Drop without penalty (e.g. no room to handle it now).
+    Ignore,
+}
+
+/// Capacity of the channel of received pub-sub messages; when it is full, new messages
+/// are ignored (pub-sub is best effort) and counted.
+pub const GOSSIP_QUEUE: usize = 4096;
 
 /// A handle on a running node. Cheap to clone; every method is cancel-safe (dropping
 /// the future drops the reply, the node finishes the work anyway).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -238,6 +301,64 @@ impl Client {
     /// Stops the node: connections close, the event loop ends.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.ask(|reply| Command::Shutdown { reply }).await
+    }
+
+    /// A handle that opens and accepts streams of our own protocols on this node's
+    /// connections (dialling the peer when not connected).
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// Joins the pub-sub topic `topic`; its messages arrive on [`Client::gossip`].
+    pub async fn subscribe(&self, topic: String) -> Result<(), Error> {
+        self.ask(|reply| Command::Subscribe {
+            topic,
+            subscribe: true,
+            reply,
+        })
+        .await?
+    }
+
+    /// Leaves the pub-sub topic `topic`.
+    pub async fn unsubscribe(&self, topic: String) -> Result<(), Error> {
+        self.ask(|reply| Command::Subscribe {
+            topic,
+            subscribe: false,
+            reply,
+        })
+        .await?
+    }
+
+    /// Publishes `data` on `topic`, signed by the node's key.
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<(), Error> {
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// The messages of subscribed topics. There is one receiver: a second call replaces
+    /// the first. Every message waits for [`Client::validate`].
+    pub async fn gossip(&self) -> Result<mpsc::Receiver<Gossip>, Error> {
+        self.ask(|reply| Command::Gossip { reply }).await
+    }
+
+    /// Gives the verdict on a received pub-sub message.
+    pub async fn validate(&self, gossip: &Gossip, verdict: Verdict) -> Result<(), Error> {
+        self.commands
+            .send(Command::Validate {
+                id: gossip.id.clone(),
+                propagated_by: gossip.propagated_by,
+                verdict,
+            })
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Refuses every connection with `peer` for `duration` (closing those open now).
+    pub async fn block(&self, peer: PeerId, duration: Duration) -> Result<(), Error> {
+        self.commands
+            .send(Command::Block { peer, duration })
+            .await
+            .map_err(|_| Error::Shutdown)
     }
 }
 
@@ -305,13 +426,14 @@ pub async fn start_with_metrics(
         }
     }
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let streams = swarm.behaviour().stream.new_control();
     let mut event_loop = EventLoop::new(swarm, key, config, receiver);
     event_loop.metrics = registry.map(NodeMetrics::new);
     event_loop.listen_addrs = listen_addrs;
     event_loop.start_bootstrap();
     let span = tracing::info_span!("dht", peer = %event_loop.peer_id);
     let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
-    Ok((Client { commands }, task))
+    Ok((Client { commands, streams }, task))
 }
 
 struct Bootstrap {
@@ -373,6 +495,8 @@ pub struct EventLoop {
     republish_due: Option<Instant>,
     /// The last PUT reached no peer.
     unreplicated: bool,
+    gossip: Option<mpsc::Sender<Gossip>>,
+    blocked: HashMap<PeerId, Instant>,
     metrics: Option<NodeMetrics>,
 }
 
@@ -467,6 +591,8 @@ impl EventLoop {
             connections: HashMap::new(),
             republish_due: None,
             unreplicated: false,
+            gossip: None,
+            blocked: HashMap::new(),
             metrics: None,
         }
     }
@@ -500,8 +626,56 @@ impl EventLoop {
         self.on_tick();
     }
 
+    fn on_gossip(
+        &mut self,
+        propagated_by: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        // Strict validation: gossipsub has checked the source's signature already.
+        let verdict = match (&self.gossip, message.source) {
+            (Some(queue), Some(source)) => {
+                let gossip = Gossip {
+                    topic: message.topic.into_string(),
+                    source,
+                    propagated_by,
+                    id: id.clone(),
+                    data: message.data,
+                };
+                match queue.try_send(gossip) {
+                    Ok(()) => return,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::debug!("pub-sub queue full, message ignored");
+                        gossipsub::MessageAcceptance::Ignore
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.gossip = None;
+                        gossipsub::MessageAcceptance::Ignore
+                    }
+                }
+            }
+            (None, Some(_)) => gossipsub::MessageAcceptance::Ignore,
+            (_, None) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &propagated_by, verdict);
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .blocked
+            .iter()
+            .filter(|(_, until)| now >= **until)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            tracing::info!(%peer, "block lifted");
+            self.blocked.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
         // Alone again (every peer left or restarted): join through the bootstrap peers anew.
         if !self.bootstraps.is_empty() && self.swarm.connected_peers().next().is_none() {
             for b in &mut self.bootstraps {
@@ -584,6 +758,64 @@ impl EventLoop {
                 }
             }
             Command::Shutdown { .. } => {}
+            Command::Subscribe {
+                topic,
+                subscribe,
+                reply,
+            } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                let result = if subscribe {
+                    gossipsub
+                        .subscribe(&topic)
+                        .map(|_| ())
+                        .map_err(|e| Error::PubSub(e.to_string()))
+                } else {
+                    gossipsub.unsubscribe(&topic);
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                {
+                    Ok(_) => Ok(()),
+                    // Alone on the topic: nobody to deliver to is not an error of the
+                    // publisher's; pub-sub is best effort.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                    Err(e) => Err(Error::PubSub(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Validate {
+                id,
+                propagated_by,
+                verdict,
+            } => {
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &propagated_by, acceptance);
+            }
+            Command::Gossip { reply } => {
+                let (sender, receiver) = mpsc::channel(GOSSIP_QUEUE);
+                self.gossip = Some(sender);
+                let _ = reply.send(receiver);
+            }
+            Command::Block { peer, duration } => {
+                tracing::warn!(%peer, ?duration, "blocking peer");
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.blocked.insert(peer, Instant::now() + duration);
+            }
         }
     }
 
@@ -960,6 +1192,11 @@ impl EventLoop {
             })) => {
                 self.rtts.insert(peer, rtt);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");

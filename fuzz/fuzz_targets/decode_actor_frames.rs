@@ -1,11 +1,11 @@
 //! The actor protocol's stream (`protocols::actor`): arbitrary bytes through the frame
-//! decoder as hello and envelopes: never a panic, never a frame over the limit, and every
-//! accepted message encodes back to itself.
+//! decoder as a hello and then frames: never a panic, never a frame over the limit, and
+//! every accepted message encodes back to itself.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocols::actor::{Envelope, FrameDecoder, Hello, encode_frame};
+use protocols::actor::{Frame, FrameDecoder, Hello, Publication, encode_frame};
 use protocols::wire;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,14 +18,19 @@ fuzz_target!(|data: &[u8]| {
         let bytes = wire::encode(&hello).expect("an accepted hello encodes");
         assert_eq!(wire::decode::<Hello>(&bytes).as_ref(), Ok(&hello));
     }
-    while let Ok(Some(envelope)) = decoder.next_message::<Envelope>() {
-        let mut frame = Vec::new();
-        encode_frame(&envelope, &mut frame).expect("an accepted envelope encodes");
+    while let Ok(Some(frame)) = decoder.next_message::<Frame>() {
+        let mut bytes = Vec::new();
+        encode_frame(&frame, &mut bytes).expect("an accepted frame encodes");
         let mut again = FrameDecoder::new();
-        again.extend(&frame);
+        again.extend(&bytes);
         assert_eq!(
-            again.next_message::<Envelope>().ok().flatten().as_ref(),
-            Some(&envelope)
+            again.next_message::<Frame>().ok().flatten().as_ref(),
+            Some(&frame)
         );
+    }
+    // Pub-sub publications arrive as whole gossipsub messages.
+    if let Ok(publication) = wire::decode::<Publication>(data) {
+        let bytes = wire::encode(&publication).expect("an accepted publication encodes");
+        assert_eq!(wire::decode::<Publication>(&bytes).as_ref(), Ok(&publication));
     }
 });

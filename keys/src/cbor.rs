@@ -37,6 +37,15 @@ pub fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| EncodeError(e.to_string()))
 }
 
+/// Appends the CBOR encoding of `value` to `out`; on failure `out` is left as it was.
+pub fn append<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
+    let start = out.len();
+    cbor4ii::serde::to_writer(&mut *out, value).map_err(|e| {
+        out.truncate(start);
+        EncodeError(e.to_string())
+    })
+}
+
 /// Decodes exactly one value of `T` from all of `bytes`, which may be at most `max`
 /// bytes long.
 pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8], max: usize) -> Result<T, DecodeError> {

@@ -124,6 +124,19 @@ impl PublicKey {
         }
     }
 
+    /// The ed25519 key a PeerId embeds, if it is one (libp2p inlines ed25519 keys in the
+    /// PeerId, so the key of an authenticated connection's peer is known without asking).
+    pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Option<Self> {
+        let multihash = peer.as_ref();
+        // 0x00: the identity "hash", which holds the protobuf-encoded key itself.
+        if multihash.code() != 0 {
+            return None;
+        }
+        let key = libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+        let key = key.try_into_ed25519().ok()?;
+        Self::from_bytes(&key.to_bytes()).ok()
+    }
+
     /// Verifies `signature` over `message` in `context` (strict: no malleable
     /// signatures, no small-order keys).
     pub fn verify(
@@ -230,5 +243,14 @@ mod tests {
         let libp2p_public = key.to_libp2p().public().try_into_ed25519().unwrap();
         assert_eq!(&libp2p_public.to_bytes(), key.public_key().as_bytes());
         assert_eq!(key.public_key().peer_id(), key.peer_id());
+        assert_eq!(
+            PublicKey::from_peer_id(&key.peer_id()),
+            Some(key.public_key())
+        );
+        // A PeerId that is a SHA-256 hash of some key carries no key.
+        let mut hashed = vec![0x12, 0x20];
+        hashed.extend_from_slice(&[7; 32]);
+        let hashed = libp2p_identity::PeerId::from_bytes(&hashed).unwrap();
+        assert_eq!(PublicKey::from_peer_id(&hashed), None);
     }
 }

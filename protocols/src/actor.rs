@@ -1,15 +1,16 @@
 //! The actor protocol's wire format (`/blocktree/actor/1.0.0`): a long-lived stream per
 //! peer pair that starts with a [`Hello`] (the sender's writecap chains, verified once and
-//! cached by the receiver) and then carries length-framed [`Envelope`]s.
+//! cached by the receiver) and then carries length-framed [`Frame`]s.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of a
-//! [`crate::wire`] message. [`FrameDecoder`] takes bytes as they arrive and hands
+//! [`crate::wire`] message: the [`Hello`] first, then [`Frame`]s. [`FrameDecoder`] takes bytes as they arrive and hands
 //! out whole frames, refusing a length over [`MAX_MESSAGE_BYTES`] before buffering it.
 
 use keys::limits::{MAX_CHAIN_BYTES, MAX_MESSAGE_BYTES};
 use keys::{Chain, Path};
 use serde::{Deserialize, Serialize};
 
+use crate::session::Violation;
 use crate::wire::{self, DecodeError, EncodeError, Message};
 
 /// The libp2p protocol name.
@@ -42,7 +43,7 @@ impl Message for Hello {
     }
 }
 
-/// What an envelope is.
+/// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -58,53 +59,241 @@ pub enum Kind {
         /// The ask's id.
         id: u64,
     },
-    /// The receiver refused the envelope with this sequence number (the payload is the
-    /// typed error).
-    Refused {
-        /// The refused envelope's sequence.
-        sequence: u64,
+}
+
+/// Most channels one stream may open.
+pub const MAX_CHANNELS: u32 = 4096;
+
+/// Longest protocol name or message label.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Why a receiver refused a message; sent back to the sender in [`Frame::Refused`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The message breaks the session's protocol.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    /// The receiving actor does not speak the protocol.
+    #[error("{actor} does not speak protocol {protocol:?}")]
+    UnknownProtocol {
+        /// The receiving actor.
+        actor: String,
+        /// The protocol asked for.
+        protocol: String,
+    },
+    /// No actor lives at the path.
+    #[error("no actor at {path}")]
+    NoSuchActor {
+        /// The path.
+        path: String,
+    },
+    /// The sending node showed no valid writecap for the sender's path.
+    #[error("peer {peer} holds no valid writecap for {path}")]
+    NotAuthorized {
+        /// The claimed sender path.
+        path: String,
+        /// The peer.
+        peer: String,
+    },
+    /// The actor has too many sessions open.
+    #[error("{actor} has too many open sessions")]
+    TooManySessions {
+        /// The actor.
+        actor: String,
+    },
+    /// The actor failed while handling the ask.
+    #[error("{actor} failed: {reason}")]
+    Failed {
+        /// The actor.
+        actor: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The actor dropped the ask without replying.
+    #[error("{actor} did not reply")]
+    NoReply {
+        /// The actor.
+        actor: String,
     },
 }
 
-/// One message between actors.
+/// Everything after the first [`Hello`] on an actor stream.
+///
+/// Paths and protocol names travel once per *channel*: [`Frame::Open`] binds a channel
+/// number to `(from, to, protocol)` for the rest of the stream, and every message names
+/// its channel. The receiver checks `from` against the sender's verified chains once, at
+/// `Open`; a message then costs a table lookup, not a path parse or a signature check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The sending actor's path.
+#[serde(rename_all = "kebab-case")]
+pub enum Frame {
+    /// More chains (a node that received a new writecap after the stream opened).
+    Hello(Hello),
+    /// Binds `channel` (the next unused number, starting at 0).
+    Open {
+        /// The channel number.
+        channel: u32,
+        /// The sending actor's path.
+        from: Path,
+        /// The receiving actor's path.
+        to: Path,
+        /// The protocol of the channel's sessions (empty: untyped).
+        protocol: String,
+        /// The role the sender plays in them.
+        role: String,
+    },
+    /// One message.
+    Message {
+        /// The channel.
+        channel: u32,
+        /// The session, chosen by its initiator.
+        session: u64,
+        /// Per-stream sequence number: 0 for the first message, then one more each time.
+        sequence: u64,
+        /// Tell, ask or reply.
+        kind: Kind,
+        /// The message label in the protocol.
+        label: String,
+        /// The payload (CBOR chosen by the protocol).
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The receiver refused the message `sequence` that came on `channel` of the
+    /// *other* direction's stream.
+    Refused {
+        /// The channel of the refused message (the refused sender's numbering).
+        channel: u32,
+        /// Its sequence number.
+        sequence: u64,
+        /// Its kind (an ask's id lets the asker fail the ask at once).
+        kind: Kind,
+        /// Why.
+        refusal: Refusal,
+    },
+}
+
+impl Message for Frame {
+    const NAME: &'static str = "actor frame";
+    const VERSION: u16 = 1;
+    const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
+
+    fn validate(&self) -> Result<(), String> {
+        let (channel, names): (u32, &[&str]) = match self {
+            Frame::Hello(hello) => return hello.validate(),
+            Frame::Open {
+                channel,
+                protocol,
+                role,
+                ..
+            } => (*channel, &[protocol.as_str(), role.as_str()]),
+            Frame::Message { channel, label, .. } => (*channel, &[label.as_str()]),
+            Frame::Refused { channel, .. } => (*channel, &[]),
+        };
+        if channel >= MAX_CHANNELS {
+            return Err(format!("channel {channel}, at most {}", MAX_CHANNELS - 1));
+        }
+        match names.iter().find(|n| n.len() > MAX_NAME_BYTES) {
+            Some(name) => Err(format!(
+                "a name of {} bytes, at most {MAX_NAME_BYTES}",
+                name.len()
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A pub-sub message, as gossipsub carries it: the publishing actor's path with the
+/// chain that lets the publishing node (gossipsub's signed source) speak for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// The publishing actor.
     pub from: Path,
-    /// The receiving actor's path.
-    pub to: Path,
-    /// The protocol the session follows.
+    /// A chain granting the publishing node a prefix of `from`.
+    pub chain: Chain,
+    /// The protocol (empty: untyped).
     pub protocol: String,
-    /// The session id, chosen by the session's initiator.
+    /// The role the publisher plays.
+    pub role: String,
+    /// The session, chosen by the publisher.
     pub session: u64,
-    /// Per-stream sequence number, increasing by one per envelope.
-    pub sequence: u64,
-    /// Tell, ask, reply or refusal.
-    pub kind: Kind,
-    /// The message label in the protocol.
+    /// The label.
     pub label: String,
-    /// The payload (CBOR chosen by the protocol).
+    /// The payload.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
-impl Message for Envelope {
-    const NAME: &'static str = "actor envelope";
+impl Message for Publication {
+    const NAME: &'static str = "publication";
     const VERSION: u16 = 1;
     const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
+
+    fn validate(&self) -> Result<(), String> {
+        for name in [&self.protocol, &self.role, &self.label] {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(format!(
+                    "a name of {} bytes, at most {MAX_NAME_BYTES}",
+                    name.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The encoding side of [`Frame::Message`], borrowing label and payload, so a sender
+/// writes straight into its stream buffer without copying the payload first.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageRef<'a> {
+    /// Same shape as [`Frame::Message`].
+    Message {
+        /// The channel.
+        channel: u32,
+        /// The session.
+        session: u64,
+        /// Per-stream sequence number.
+        sequence: u64,
+        /// Tell, ask or reply.
+        kind: Kind,
+        /// The label.
+        label: &'a str,
+        /// The payload.
+        #[serde(with = "serde_bytes")]
+        payload: &'a [u8],
+    },
 }
 
 /// Appends one frame holding `message` to `out`.
 pub fn encode_frame<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let bytes = wire::encode(message)?;
-    let len = u32::try_from(bytes.len()).map_err(|_| EncodeError::TooLarge {
-        what: M::NAME,
-        len: bytes.len(),
-        max: MAX_MESSAGE_BYTES,
-    })?;
-    out.reserve(4 + bytes.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&bytes);
+    append_frame(M::NAME, M::VERSION, M::MAX_BYTES, message, out)
+}
+
+/// Appends one [`Frame::Message`] to `out` without copying `payload` first.
+pub fn encode_message(message: &MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    append_frame(Frame::NAME, Frame::VERSION, Frame::MAX_BYTES, message, out)
+}
+
+fn append_frame<T: Serialize>(
+    what: &'static str,
+    version: u16,
+    max: usize,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = keys::cbor::append(out, &(version, value)) {
+        out.truncate(start);
+        return Err(EncodeError::Failed { what, reason: e.0 });
+    }
+    let len = out.len() - start - 4;
+    if len > max {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge { what, len, max });
+    }
+    // len ≤ max ≤ MAX_MESSAGE_BYTES < u32::MAX.
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }
 
@@ -195,33 +384,93 @@ mod tests {
             .unwrap()
     }
 
-    fn envelope(sequence: u64, payload: Vec<u8>) -> Envelope {
-        Envelope {
-            from: path("a"),
-            to: path("b"),
-            protocol: "chat/1".into(),
-            session: 7,
-            sequence,
-            kind: Kind::Ask { id: sequence },
-            label: "post".into(),
-            payload,
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Tell),
+            any::<u64>().prop_map(|id| Kind::Ask { id }),
+            any::<u64>().prop_map(|id| Kind::Reply { id }),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (0..MAX_CHANNELS, "[a-z]{1,8}", "[a-z/0-9.]{0,20}").prop_map(
+                |(channel, to, protocol)| {
+                    Frame::Open {
+                        channel,
+                        from: path("a"),
+                        to: path(&to),
+                        protocol,
+                        role: "client".into(),
+                    }
+                }
+            ),
+            (
+                0..MAX_CHANNELS,
+                any::<u64>(),
+                any::<u64>(),
+                kind(),
+                "[a-z]{0,12}",
+                prop::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(channel, session, sequence, kind, label, payload)| {
+                    Frame::Message {
+                        channel,
+                        session,
+                        sequence,
+                        kind,
+                        label,
+                        payload,
+                    }
+                }),
+            (0..MAX_CHANNELS, any::<u64>(), kind()).prop_map(|(channel, sequence, kind)| {
+                Frame::Refused {
+                    channel,
+                    sequence,
+                    kind,
+                    refusal: Refusal::NoSuchActor {
+                        path: path("x").to_string(),
+                    },
+                }
+            }),
+        ]
+    }
+
+    fn encode_any(frame: &Frame, out: &mut Vec<u8>) {
+        match frame {
+            // Messages go through the borrowing encoder, as senders write them.
+            Frame::Message {
+                channel,
+                session,
+                sequence,
+                kind,
+                label,
+                payload,
+            } => encode_message(
+                &MessageRef::Message {
+                    channel: *channel,
+                    session: *session,
+                    sequence: *sequence,
+                    kind: *kind,
+                    label,
+                    payload,
+                },
+                out,
+            )
+            .unwrap(),
+            other => encode_frame(other, out).unwrap(),
         }
     }
 
     proptest! {
         #[test]
         fn frames_survive_any_split(
-            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8),
+            sent in prop::collection::vec(frame(), 1..8),
             cuts in prop::collection::vec(1usize..64, 1..50),
         ) {
-            let sent: Vec<Envelope> = payloads
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| envelope(i as u64, p))
-                .collect();
             let mut bytes = Vec::new();
-            for e in &sent {
-                encode_frame(e, &mut bytes).unwrap();
+            for f in &sent {
+                encode_any(f, &mut bytes);
             }
             let mut decoder = FrameDecoder::new();
             let mut received = Vec::new();
@@ -231,8 +480,8 @@ mod tests {
                 let n = cuts.next().unwrap().min(rest.len());
                 decoder.extend(&rest[..n]);
                 rest = &rest[n..];
-                while let Some(e) = decoder.next_message::<Envelope>().unwrap() {
-                    received.push(e);
+                while let Some(f) = decoder.next_message::<Frame>().unwrap() {
+                    received.push(f);
                 }
                 decoder.compact();
             }
@@ -244,7 +493,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
             let mut decoder = FrameDecoder::new();
             decoder.extend(&bytes);
-            while let Ok(Some(_)) = decoder.next_message::<Envelope>() {}
+            while let Ok(Some(_)) = decoder.next_message::<Frame>() {}
             let _ = wire::decode::<Hello>(&bytes);
         }
     }
@@ -256,6 +505,51 @@ mod tests {
         assert_eq!(
             decoder.next_frame().unwrap_err(),
             FrameError::TooLarge(MAX_MESSAGE_BYTES + 1)
+        );
+    }
+
+    #[test]
+    fn an_oversized_payload_is_refused_by_the_encoder_and_leaves_the_buffer() {
+        let payload = vec![0; MAX_MESSAGE_BYTES];
+        let mut out = vec![1, 2, 3];
+        let message = MessageRef::Message {
+            channel: 0,
+            session: 0,
+            sequence: 0,
+            kind: Kind::Tell,
+            label: "x",
+            payload: &payload,
+        };
+        assert!(matches!(
+            encode_message(&message, &mut out),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn channels_and_names_are_bounded() {
+        let open = |channel, protocol: &str| Frame::Open {
+            channel,
+            from: path("a"),
+            to: path("b"),
+            protocol: protocol.into(),
+            role: "r".into(),
+        };
+        for bad in [
+            open(MAX_CHANNELS, "p"),
+            open(0, &"p".repeat(MAX_NAME_BYTES + 1)),
+        ] {
+            let bytes = keys::cbor::to_vec(&(1u16, &bad)).unwrap();
+            assert!(matches!(
+                wire::decode::<Frame>(&bytes),
+                Err(DecodeError::Invalid { .. })
+            ));
+        }
+        let good = open(MAX_CHANNELS - 1, &"p".repeat(MAX_NAME_BYTES));
+        assert_eq!(
+            wire::decode::<Frame>(&wire::encode(&good).unwrap()),
+            Ok(good)
         );
     }
 

@@ -1,0 +1,1097 @@
+//! The actor runtime: actors live at paths their node holds writecaps for and talk by
+//! `tell`, `ask` and pub-sub, over `/blocktree/actor/1.0.0` streams, with every message
+//! checked against its session's protocol where it is received.
+//!
+//! # Delivery semantics
+//!
+//! - **tell**: at most once. Messages from one sending actor to one receiving actor
+//!   arrive in the order they were sent (one stream per peer pair, one mailbox per actor,
+//!   both FIFO). `tell` returns once the message is queued; a stream that breaks loses
+//!   what was queued on it and the sender's next `tell` reports the broken connection. A
+//!   receiver that refuses a message (no such actor, unknown protocol, out of protocol,
+//!   not authorised) says so with a typed [`Refusal`], delivered to the sender's
+//!   [`Runtime::refusals`].
+//! - **ask**: at most once; the answer is the reply, a typed refusal
+//!   ([`AskError::Refused`], e.g. the actor failed while handling it), or
+//!   [`AskError::Timeout`]. A reply that comes after the timeout is dropped.
+//! - **pub-sub**: best effort. Gossipsub delivers to the topic's subscribers it reaches;
+//!   every subscriber checks the publisher's writecap for `from` and the protocol before
+//!   delivering or forwarding. No order across publishers; no redelivery.
+//!
+//! Backpressure runs end to end: a full mailbox stops its node reading the stream, Yamux's
+//! window stops the sending node writing, and the sending node's byte budget makes
+//! `tell` wait. Nothing is dropped to make room.
+//!
+//! # Authentication
+//!
+//! The first frame on a stream is the sending node's [`Hello`](protocols::actor::Hello)
+//! with its writecap chains; the receiver verifies them against the connection's
+//! authenticated PeerId once and caches them ([`keys::VerifiedChains`]). Each channel's
+//! `from` is checked against that cache when the channel opens; an impostor's messages
+//! are refused and count against it. A peer that keeps sending refused messages is
+//! blocked for a while.
+
+mod inbound;
+mod outbox;
+mod pubsub;
+mod sessions;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use keys::{Chain, Path, Revocations, VerifiedChains};
+use libp2p::{PeerId, StreamProtocol};
+use protocols::actor::{Kind, Refusal};
+use protocols::session::{Monitor, Protocol, Violation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+
+use outbox::Outbox;
+pub use pubsub::{Published, Subscription};
+pub use supervisor::{Actor, ActorStatus, Context, Failure, Restart};
+
+/// The runtime's limits and timings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Messages an actor's mailbox holds before senders wait (default 1024).
+    pub mailbox: usize,
+    /// Bytes queued for one peer before senders wait (default 1 MiB).
+    pub outbox_bytes: usize,
+    /// How long an ask waits for its reply (default 10 s).
+    pub ask_timeout: Duration,
+    /// Sessions one actor keeps open at once (default 65 536).
+    pub max_sessions: usize,
+    /// Refused messages from one peer, within [`Config::violation_window`], after which
+    /// it is blocked (default 32).
+    pub violations_before_block: u32,
+    /// The window in which violations are counted (default 60 s).
+    pub violation_window: Duration,
+    /// How long a violating peer stays blocked (default 5 min).
+    pub block_for: Duration,
+    /// How long a path's resolution is reused (default 5 s).
+    pub route_ttl: Duration,
+}
+
+impl Config {
+    /// The defaults above.
+    pub fn new() -> Self {
+        Config {
+            mailbox: 1024,
+            outbox_bytes: 1 << 20,
+            ask_timeout: Duration::from_secs(10),
+            max_sessions: 65_536,
+            violations_before_block: 32,
+            violation_window: Duration::from_secs(60),
+            block_for: Duration::from_secs(300),
+            route_ttl: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets [`Config::ask_timeout`].
+    pub fn with_ask_timeout(mut self, timeout: Duration) -> Self {
+        self.ask_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::mailbox`].
+    pub fn with_mailbox(mut self, messages: usize) -> Self {
+        self.mailbox = messages.max(1);
+        self
+    }
+
+    /// Sets [`Config::outbox_bytes`].
+    pub fn with_outbox_bytes(mut self, bytes: usize) -> Self {
+        self.outbox_bytes = bytes.max(4096);
+        self
+    }
+
+    /// Sets the penalty: `violations` within `window` block a peer for `block_for`.
+    pub fn with_penalty(mut self, violations: u32, window: Duration, block_for: Duration) -> Self {
+        self.violations_before_block = violations.max(1);
+        self.violation_window = window;
+        self.block_for = block_for;
+        self
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The local check of the session's protocol refused it; nothing was sent.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    /// This node holds no writecap for the sending path.
+    #[error("this node holds no writecap for {0}")]
+    NotAuthorized(String),
+    /// The path resolves nowhere.
+    #[error("cannot reach {path}: {reason}")]
+    Unreachable {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream to the peer broke.
+    #[error("the connection to {peer} was lost: {reason}")]
+    ConnectionLost {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local receiver refused the message.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The message does not fit the wire format.
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
+    /// The protocol cannot be used so (unknown role, more than two roles, a topic
+    /// already subscribed under another protocol).
+    #[error("{0}")]
+    Protocol(String),
+    /// No room now (only from non-waiting sends).
+    #[error("the outbox is full")]
+    Busy,
+    /// The runtime is shutting down.
+    #[error("the runtime is shutting down")]
+    Shutdown,
+}
+
+/// Why an ask got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AskError {
+    /// The request was not sent.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The receiver refused it.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// No reply within the timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The reply breaks the protocol.
+    #[error("the reply breaks the protocol: {0}")]
+    Violation(Violation),
+}
+
+/// Why an actor could not be spawned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// This node holds no writecap for the path.
+    #[error("this node holds no writecap for {0}")]
+    NotAuthorized(String),
+    /// An actor already lives there.
+    #[error("an actor already lives at {0}")]
+    Taken(String),
+    /// A protocol is declared twice or its role is unknown.
+    #[error("{0}")]
+    Protocol(String),
+    /// The path could not be registered in the overlay.
+    #[error("cannot register {path}: {reason}")]
+    Register {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A reply to an ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The replying actor.
+    pub from: Arc<Path>,
+    /// Its label.
+    pub label: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// A refusal the runtime received for a message one of its senders sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusalNotice {
+    /// The sending path.
+    pub from: String,
+    /// The receiving path.
+    pub to: String,
+    /// The protocol.
+    pub protocol: String,
+    /// Why.
+    pub refusal: Refusal,
+}
+
+/// The runtime's counters, for `btnode status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Every actor.
+    pub actors: Vec<ActorStatus>,
+    /// Peers with an open outbound actor stream.
+    pub streams: usize,
+    /// Messages delivered to local mailboxes.
+    pub delivered: u64,
+    /// Messages this node refused.
+    pub refused: u64,
+    /// Refusals this node received for its own messages.
+    pub refusals_received: u64,
+    /// Peers blocked for repeated violations.
+    pub blocked: u64,
+    /// Sends that had to wait for room on the way to a peer (backpressure).
+    pub backpressure_waits: u64,
+    /// Pub-sub messages delivered to local subscribers.
+    pub published_delivered: u64,
+    /// Pub-sub messages rejected.
+    pub published_rejected: u64,
+}
+
+/// What an actor is told: one message.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The sending actor.
+    pub from: Arc<Path>,
+    /// The protocol (empty: untyped).
+    pub protocol: Arc<str>,
+    /// The role the sender plays (empty: untyped).
+    pub role: Arc<str>,
+    /// The session.
+    pub session: u64,
+    /// The label.
+    pub label: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    reply: Option<ReplyTo>,
+}
+
+impl Incoming {
+    /// Whether this is an ask.
+    pub fn is_ask(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    /// The handle to answer an ask with.
+    pub fn take_reply(&mut self) -> Option<ReplyTo> {
+        self.reply.take()
+    }
+}
+
+/// Where a reply goes.
+enum Back {
+    Local(oneshot::Sender<Result<Reply, Refusal>>),
+    Remote {
+        outbox: Arc<Outbox>,
+        /// Our channel to the asker.
+        channel: u32,
+        /// The ask's channel and sequence on the asker's stream, for a refusal.
+        their_channel: u32,
+        sequence: u64,
+    },
+}
+
+/// The answer to one ask. Dropping it without replying refuses the ask
+/// ([`Refusal::NoReply`], or [`Refusal::Failed`] when the actor failed meanwhile).
+pub struct ReplyTo {
+    id: u64,
+    back: Option<Back>,
+    /// The replying actor.
+    actor: Arc<supervisor::Slot>,
+    asker: Arc<Path>,
+    protocol: Arc<str>,
+    session: u64,
+}
+
+impl std::fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyTo")
+            .field("id", &self.id)
+            .field("asker", &self.asker.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplyTo {
+    /// Sends the reply, after checking it against the session's protocol.
+    pub async fn send(mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
+        self.actor
+            .sessions
+            .check_send(&self.asker, &self.protocol, self.session, label)?;
+        let back = self.back.take();
+        match back {
+            Some(Back::Local(reply)) => {
+                let _ = reply.send(Ok(Reply {
+                    from: self.actor.path.clone(),
+                    label: label.into(),
+                    payload: payload.into(),
+                }));
+                Ok(())
+            }
+            Some(Back::Remote {
+                outbox, channel, ..
+            }) => {
+                outbox
+                    .send(
+                        channel,
+                        self.session,
+                        Kind::Reply { id: self.id },
+                        label,
+                        payload,
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal) {
+        match self.back.take() {
+            Some(Back::Local(reply)) => {
+                let _ = reply.send(Err(refusal));
+            }
+            Some(Back::Remote {
+                outbox,
+                their_channel,
+                sequence,
+                ..
+            }) => {
+                // Best effort: a full outbox leaves the asker to its timeout.
+                let _ = outbox.refuse(their_channel, sequence, Kind::Ask { id: self.id }, refusal);
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if self.back.is_some() {
+            let actor = self.actor.clone();
+            if !actor.adopt(self) {
+                self.refuse(actor.unanswered());
+            }
+        }
+    }
+}
+
+struct PendingAsk {
+    to: Arc<Path>,
+    peer: Option<PeerId>,
+    reply: oneshot::Sender<Result<Reply, Refusal>>,
+}
+
+struct Penalty {
+    since: Instant,
+    count: u32,
+}
+
+/// The state shared by every handle.
+pub(crate) struct Inner {
+    node: dht::Client,
+    streams: libp2p_stream::Control,
+    peer_id: PeerId,
+    principal: keys::Principal,
+    config: Config,
+    chains: RwLock<Vec<Chain>>,
+    own: RwLock<VerifiedChains>,
+    verified: RwLock<VerifiedChains>,
+    actors: RwLock<HashMap<Arc<Path>, Arc<supervisor::Slot>>>,
+    outboxes: Mutex<HashMap<PeerId, Arc<Outbox>>>,
+    routes: Mutex<HashMap<Arc<Path>, (PeerId, Instant)>>,
+    asks: Mutex<HashMap<u64, PendingAsk>>,
+    next_ask: AtomicU64,
+    penalties: Mutex<HashMap<PeerId, Penalty>>,
+    refusals: broadcast::Sender<RefusalNotice>,
+    topics: pubsub::Topics,
+    delivered: AtomicU64,
+    refused: AtomicU64,
+    refusals_received: AtomicU64,
+    blocked: AtomicU64,
+    backpressure_waits: Arc<AtomicU64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A handle on a node's actor runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("peer_id", &self.inner.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Another runtime already accepts actor streams on this node.
+    #[error("an actor runtime already runs on this node")]
+    AlreadyRunning,
+    /// The node is gone.
+    #[error(transparent)]
+    Node(#[from] dht::Error),
+}
+
+impl Runtime {
+    /// Starts the runtime on a running node whose key is `key`, holding `chains`.
+    pub async fn start(
+        node: dht::Client,
+        key: &keys::SigningKey,
+        chains: Vec<Chain>,
+        config: Config,
+    ) -> Result<Runtime, StartError> {
+        let mut streams = node.streams();
+        let incoming = streams
+            .accept(StreamProtocol::new(protocols::actor::PROTOCOL_NAME))
+            .map_err(|_| StartError::AlreadyRunning)?;
+        let gossip = node.gossip().await?;
+        let (refusals, _) = broadcast::channel(256);
+        let inner = Arc::new(Inner {
+            node,
+            streams,
+            peer_id: key.peer_id(),
+            principal: key.principal(),
+            config,
+            chains: RwLock::new(Vec::new()),
+            own: RwLock::new(VerifiedChains::default()),
+            verified: RwLock::new(VerifiedChains::default()),
+            actors: RwLock::new(HashMap::new()),
+            outboxes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            asks: Mutex::new(HashMap::new()),
+            next_ask: AtomicU64::new(1),
+            penalties: Mutex::new(HashMap::new()),
+            refusals,
+            topics: pubsub::Topics::default(),
+            delivered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            refusals_received: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            backpressure_waits: Arc::new(AtomicU64::new(0)),
+        });
+        let runtime = Runtime { inner };
+        for chain in chains {
+            runtime.add_chain(chain);
+        }
+        let weak = Arc::downgrade(&runtime.inner);
+        tokio::spawn(tracing::Instrument::instrument(
+            inbound::accept(weak.clone(), incoming),
+            tracing::info_span!("actor-accept"),
+        ));
+        tokio::spawn(tracing::Instrument::instrument(
+            pubsub::receive(weak, gossip),
+            tracing::info_span!("pubsub"),
+        ));
+        Ok(runtime)
+    }
+
+    /// Adds a writecap chain this node holds (it is presented to peers on new streams).
+    /// A chain that does not hold for this node now is ignored, with a warning.
+    pub fn add_chain(&self, chain: Chain) {
+        let result = write(&self.inner.own).insert(
+            &self.inner.principal,
+            &chain,
+            keys::now(),
+            &Revocations::default(),
+        );
+        match result {
+            Ok(()) => {
+                let mut chains = write(&self.inner.chains);
+                if chains.len() < protocols::actor::MAX_HELLO_CHAINS {
+                    chains.push(chain);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring a writecap that does not hold"),
+        }
+    }
+
+    /// The node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// A handle that sends as `from`, a path this node holds a writecap for.
+    pub fn sender(&self, from: Path) -> Result<Sender, SendError> {
+        if !self.inner.holds(&from) {
+            return Err(SendError::NotAuthorized(from.to_string()));
+        }
+        Ok(Sender {
+            inner: self.inner.clone(),
+            from: Arc::new(from),
+        })
+    }
+
+    /// Spawns an actor at `spec`'s path; `make` builds it, again after every failure.
+    pub async fn spawn<A, F>(&self, spec: Spec, make: F) -> Result<(), SpawnError>
+    where
+        A: Actor,
+        F: Fn() -> A + Send + Sync + 'static,
+    {
+        supervisor::spawn(&self.inner, spec, make).await
+    }
+
+    /// Stops the actor at `path`; its mailbox is dropped, its pending asks refused.
+    pub fn stop(&self, path: &Path) -> bool {
+        let slot = write(&self.inner.actors).remove(path);
+        match slot {
+            Some(slot) => {
+                slot.stop();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Subscribes to `topic`, checking its messages against `protocol` (seen from
+    /// `role`) when given; otherwise the topic is untyped.
+    pub async fn subscribe(
+        &self,
+        topic: &Path,
+        protocol: Option<(Arc<Protocol>, &str)>,
+    ) -> Result<Subscription, SendError> {
+        pubsub::subscribe(&self.inner, topic, protocol).await
+    }
+
+    /// Refusals of messages this node sent (for tells; asks get theirs as the answer).
+    pub fn refusals(&self) -> broadcast::Receiver<RefusalNotice> {
+        self.inner.refusals.subscribe()
+    }
+
+    /// The runtime's counters and every actor's state.
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        let mut actors: Vec<ActorStatus> =
+            read(&inner.actors).values().map(|s| s.status()).collect();
+        actors.sort_by(|a, b| a.path.cmp(&b.path));
+        Status {
+            actors,
+            streams: lock(&inner.outboxes).len(),
+            delivered: inner.delivered.load(Ordering::Relaxed),
+            refused: inner.refused.load(Ordering::Relaxed),
+            refusals_received: inner.refusals_received.load(Ordering::Relaxed),
+            blocked: inner.blocked.load(Ordering::Relaxed),
+            backpressure_waits: inner.backpressure_waits.load(Ordering::Relaxed),
+            published_delivered: inner.topics.delivered.load(Ordering::Relaxed),
+            published_rejected: inner.topics.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What to spawn: a path, the protocols its actor speaks, and its restart policy.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    path: Path,
+    serves: Vec<(Arc<Protocol>, String)>,
+    untyped: bool,
+    restart: Restart,
+    register: bool,
+}
+
+impl Spec {
+    /// An actor at `path` that speaks no protocol yet.
+    pub fn new(path: Path) -> Self {
+        Spec {
+            path,
+            serves: Vec::new(),
+            untyped: false,
+            restart: Restart::default(),
+            register: true,
+        }
+    }
+
+    /// The actor plays `role` in `protocol`.
+    pub fn serves(mut self, protocol: &Arc<Protocol>, role: &str) -> Self {
+        self.serves.push((protocol.clone(), role.into()));
+        self
+    }
+
+    /// The actor also takes untyped messages (protocol `""`), unchecked.
+    pub fn untyped(mut self) -> Self {
+        self.untyped = true;
+        self
+    }
+
+    /// The restart policy.
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Whether to register the path in the overlay (default yes); an actor only
+    /// reached from its own node may skip it.
+    pub fn register(mut self, register: bool) -> Self {
+        self.register = register;
+        self
+    }
+}
+
+/// Sends as one path.
+#[derive(Clone)]
+pub struct Sender {
+    inner: Arc<Inner>,
+    from: Arc<Path>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where messages to one path go.
+#[derive(Clone)]
+enum Route {
+    Local(Arc<supervisor::Slot>),
+    Remote { outbox: Arc<Outbox>, channel: u32 },
+}
+
+impl Sender {
+    /// The sending path.
+    pub fn path(&self) -> &Arc<Path> {
+        &self.from
+    }
+
+    /// Starts a session of `protocol` with `to`, playing `role`; the other role is the
+    /// one `to` plays. Every send is checked against `role`'s state machine first.
+    pub fn session(
+        &self,
+        to: Path,
+        protocol: &Arc<Protocol>,
+        role: &str,
+    ) -> Result<Session, SendError> {
+        let monitor = protocol
+            .monitor(role)
+            .map_err(|e| SendError::Protocol(e.to_string()))?;
+        let peer_role = other_role(protocol, role).ok_or_else(|| {
+            SendError::Protocol(format!("{} is not a two-party protocol", protocol.name()))
+        })?;
+        Ok(Session {
+            sender: self.clone(),
+            to: Arc::new(to),
+            protocol: Arc::from(protocol.name()),
+            role: Arc::from(role),
+            peer_role,
+            id: rand::random(),
+            monitor: Some(monitor),
+            route: None,
+        })
+    }
+
+    /// A session that is not checked here (the receiver still checks it): for tools
+    /// that send on behalf of protocols they do not know, such as the command line.
+    /// `role` is the role claimed in `protocol` (empty for untyped messages).
+    pub fn unchecked(&self, to: Path, protocol: &str, role: &str, session: u64) -> Session {
+        Session {
+            sender: self.clone(),
+            to: Arc::new(to),
+            protocol: Arc::from(protocol),
+            role: Arc::from(role),
+            peer_role: String::new(),
+            id: session,
+            monitor: None,
+            route: None,
+        }
+    }
+
+    /// Tells `to` an untyped message.
+    pub async fn tell(&self, to: &Path, label: &str, payload: &[u8]) -> Result<(), SendError> {
+        self.unchecked(to.clone(), "", "", rand::random())
+            .tell(label, payload)
+            .await
+    }
+
+    /// Asks `to` an untyped question.
+    pub async fn ask(&self, to: &Path, label: &str, payload: &[u8]) -> Result<Reply, AskError> {
+        self.unchecked(to.clone(), "", "", rand::random())
+            .ask(label, payload)
+            .await
+    }
+
+    /// Publishes an untyped message on `topic`.
+    pub async fn publish(
+        &self,
+        topic: &Path,
+        label: &str,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let untyped = pubsub::Claim {
+            protocol: "",
+            role: "",
+            session: rand::random(),
+        };
+        pubsub::publish(&self.inner, &self.from, topic, untyped, label, payload).await
+    }
+
+    async fn route(
+        &self,
+        to: &Arc<Path>,
+        protocol: &Arc<str>,
+        role: &Arc<str>,
+    ) -> Result<Route, SendError> {
+        self.inner.route(&self.from, to, protocol, role).await
+    }
+}
+
+/// One session with one actor (or, for pub-sub, one topic).
+pub struct Session {
+    sender: Sender,
+    to: Arc<Path>,
+    protocol: Arc<str>,
+    role: Arc<str>,
+    peer_role: String,
+    id: u64,
+    monitor: Option<Monitor>,
+    route: Option<Route>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("to", &self.to.to_string())
+            .field("protocol", &self.protocol)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The session id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the protocol has ended for this side.
+    pub fn is_done(&self) -> bool {
+        self.monitor.as_ref().is_some_and(Monitor::is_done)
+    }
+
+    fn check_send(&mut self, label: &str) -> Result<(), SendError> {
+        match &mut self.monitor {
+            Some(monitor) => Ok(monitor.send(&self.peer_role, label)?),
+            None => Ok(()),
+        }
+    }
+
+    async fn current_route(&mut self) -> Result<Route, SendError> {
+        if let Some(route) = &self.route {
+            let stale = matches!(route, Route::Remote { outbox, .. } if outbox.is_closed());
+            if !stale {
+                return Ok(route.clone());
+            }
+        }
+        let route = self
+            .sender
+            .route(&self.to, &self.protocol, &self.role)
+            .await?;
+        self.route = Some(route.clone());
+        Ok(route)
+    }
+
+    async fn deliver(
+        &mut self,
+        kind: Kind,
+        label: &str,
+        payload: &[u8],
+        back: Option<oneshot::Sender<Result<Reply, Refusal>>>,
+    ) -> Result<(), SendError> {
+        match self.current_route().await? {
+            Route::Local(slot) => {
+                let inner = &self.sender.inner;
+                let reply = match (kind, back) {
+                    (Kind::Ask { id }, Some(back)) => Some(ReplyTo {
+                        id,
+                        back: Some(Back::Local(back)),
+                        actor: slot.clone(),
+                        asker: self.sender.from.clone(),
+                        protocol: self.protocol.clone(),
+                        session: self.id,
+                    }),
+                    _ => None,
+                };
+                let incoming = Incoming {
+                    from: self.sender.from.clone(),
+                    protocol: self.protocol.clone(),
+                    role: self.role.clone(),
+                    session: self.id,
+                    label: label.into(),
+                    payload: payload.into(),
+                    reply,
+                };
+                slot.deliver(inner, incoming).await?;
+                Ok(())
+            }
+            Route::Remote { outbox, channel } => {
+                outbox.send(channel, self.id, kind, label, payload).await
+            }
+        }
+    }
+
+    /// Sends a fire-and-forget message. Returns once it is queued (see the module's
+    /// delivery semantics); waits while the way to the receiver is full.
+    pub async fn tell(&mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
+        self.check_send(label)?;
+        self.deliver(Kind::Tell, label, payload, None).await
+    }
+
+    /// Sends a request and waits for the reply (at most the runtime's ask timeout).
+    pub async fn ask(&mut self, label: &str, payload: &[u8]) -> Result<Reply, AskError> {
+        let timeout = self.sender.inner.config.ask_timeout;
+        self.ask_within(label, payload, timeout).await
+    }
+
+    /// [`Session::ask`] with its own timeout.
+    pub async fn ask_within(
+        &mut self,
+        label: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, AskError> {
+        self.check_send(label)?;
+        let inner = self.sender.inner.clone();
+        let id = inner.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (back, answer) = oneshot::channel();
+        let route = self.current_route().await?;
+        let result = match route {
+            Route::Local(_) => {
+                self.deliver(Kind::Ask { id }, label, payload, Some(back))
+                    .await
+            }
+            Route::Remote { ref outbox, .. } => {
+                lock(&inner.asks).insert(
+                    id,
+                    PendingAsk {
+                        to: self.to.clone(),
+                        peer: Some(outbox.peer),
+                        reply: back,
+                    },
+                );
+                self.deliver(Kind::Ask { id }, label, payload, None).await
+            }
+        };
+        if let Err(e) = result {
+            lock(&inner.asks).remove(&id);
+            return Err(e.into());
+        }
+        let answer = tokio::time::timeout(timeout, answer).await;
+        lock(&inner.asks).remove(&id);
+        let reply = match answer {
+            Err(_) => return Err(AskError::Timeout(timeout)),
+            Ok(Err(_)) => {
+                return Err(AskError::Send(SendError::ConnectionLost {
+                    peer: self.to.to_string(),
+                    reason: "the stream closed before the reply".into(),
+                }));
+            }
+            Ok(Ok(Err(refusal))) => return Err(AskError::Refused(refusal)),
+            Ok(Ok(Ok(reply))) => reply,
+        };
+        if let Some(monitor) = &mut self.monitor {
+            monitor
+                .receive(&self.peer_role, &reply.label)
+                .map_err(AskError::Violation)?;
+        }
+        Ok(reply)
+    }
+
+    /// Publishes on the topic `to` (a session of a pub-sub protocol).
+    pub async fn publish(&mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
+        self.check_send(label)?;
+        let inner = self.sender.inner.clone();
+        let claim = pubsub::Claim {
+            protocol: &self.protocol,
+            role: &self.role,
+            session: self.id,
+        };
+        pubsub::publish(&inner, &self.sender.from, &self.to, claim, label, payload).await
+    }
+}
+
+/// The other role of a two-party protocol.
+fn other_role(protocol: &Protocol, role: &str) -> Option<String> {
+    let roles: Vec<&str> = protocol.roles().collect();
+    match roles.as_slice() {
+        [a, b] if *a == role => Some((*b).to_string()),
+        [a, b] if *b == role => Some((*a).to_string()),
+        _ => None,
+    }
+}
+
+impl Inner {
+    /// Whether this node holds a writecap for `path`.
+    fn holds(&self, path: &Path) -> bool {
+        read(&self.own).authorizes(&self.principal, path, keys::now())
+    }
+
+    /// The chain this node holds that covers `path`.
+    fn chain_for(&self, path: &Path) -> Option<Chain> {
+        read(&self.chains)
+            .iter()
+            .filter(|c| c.prefix().is_some_and(|p| path.starts_with(p)))
+            .max_by_key(|c| c.prefix().map(|p| p.to_string().len()))
+            .cloned()
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        from: &Arc<Path>,
+        to: &Arc<Path>,
+        protocol: &Arc<str>,
+        role: &Arc<str>,
+    ) -> Result<Route, SendError> {
+        if let Some(slot) = read(&self.actors).get(to) {
+            return Ok(Route::Local(slot.clone()));
+        }
+        let peer = self.resolve(to).await?;
+        if peer == self.peer_id {
+            return Err(SendError::Refused(Refusal::NoSuchActor {
+                path: to.to_string(),
+            }));
+        }
+        let outbox = self.outbox(peer);
+        let channel = outbox.channel(from, to, protocol, role)?;
+        Ok(Route::Remote { outbox, channel })
+    }
+
+    async fn resolve(&self, to: &Arc<Path>) -> Result<PeerId, SendError> {
+        let now = Instant::now();
+        if let Some((peer, at)) = lock(&self.routes).get(to)
+            && now.duration_since(*at) < self.config.route_ttl
+        {
+            return Ok(*peer);
+        }
+        let resolution =
+            self.node
+                .resolve((**to).clone())
+                .await
+                .map_err(|e| SendError::Unreachable {
+                    path: to.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let peer: PeerId = resolution
+            .peer_id
+            .parse()
+            .map_err(|_| SendError::Unreachable {
+                path: to.to_string(),
+                reason: format!("bad peer id {}", resolution.peer_id),
+            })?;
+        let mut routes = lock(&self.routes);
+        if routes.len() >= 65_536 {
+            routes.retain(|_, (_, at)| now.duration_since(*at) < self.config.route_ttl);
+        }
+        routes.insert(to.clone(), (peer, now));
+        Ok(peer)
+    }
+
+    /// The open outbox to `peer`, or a new one.
+    fn outbox(self: &Arc<Self>, peer: PeerId) -> Arc<Outbox> {
+        let mut outboxes = lock(&self.outboxes);
+        if let Some(outbox) = outboxes.get(&peer)
+            && !outbox.is_closed()
+        {
+            return outbox.clone();
+        }
+        let weak = Arc::downgrade(self);
+        let outbox = Outbox::open(
+            peer,
+            self.streams.clone(),
+            read(&self.chains).clone(),
+            self.config.outbox_bytes,
+            self.backpressure_waits.clone(),
+            move |closed| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.outbox_closed(closed);
+                }
+            },
+        );
+        outboxes.insert(peer, outbox.clone());
+        outbox
+    }
+
+    fn outbox_closed(&self, closed: &Arc<Outbox>) {
+        let mut outboxes = lock(&self.outboxes);
+        if outboxes
+            .get(&closed.peer)
+            .is_some_and(|o| Arc::ptr_eq(o, closed))
+        {
+            outboxes.remove(&closed.peer);
+        }
+        drop(outboxes);
+        lock(&self.routes).retain(|_, (peer, _)| *peer != closed.peer);
+        // Asks waiting on that peer will not be answered on this stream's reply path;
+        // they fail now rather than at their timeout.
+        let failed: Vec<PendingAsk> = {
+            let mut asks = lock(&self.asks);
+            let ids: Vec<u64> = asks
+                .iter()
+                .filter(|(_, a)| a.peer == Some(closed.peer))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| asks.remove(&id)).collect()
+        };
+        drop(failed);
+    }
+
+    /// Counts a refused message against `peer`; blocks it past the threshold.
+    fn penalise(&self, peer: PeerId) {
+        let now = Instant::now();
+        let block = {
+            let mut penalties = lock(&self.penalties);
+            let entry = penalties.entry(peer).or_insert(Penalty {
+                since: now,
+                count: 0,
+            });
+            if now.duration_since(entry.since) > self.config.violation_window {
+                *entry = Penalty {
+                    since: now,
+                    count: 0,
+                };
+            }
+            entry.count += 1;
+            let block = entry.count >= self.config.violations_before_block;
+            if block {
+                penalties.remove(&peer);
+            }
+            block
+        };
+        if block {
+            self.blocked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "blocking a peer that keeps sending refused messages");
+            let node = self.node.clone();
+            let duration = self.config.block_for;
+            tokio::spawn(async move {
+                let _ = node.block(peer, duration).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! One outbound actor stream to one peer: senders encode frames into a shared buffer
+//! under a byte budget; one writer task swaps the buffer out and writes it whole.
+//!
+//! Backpressure: a sender first takes as many permits of the byte budget as its frame
+//! needs and waits while there are none; the writer returns them once the bytes are
+//! written to the stream, which waits on Yamux's flow control, which waits on the
+//! receiver reading, which waits on the receiving actor's mailbox. So a sender that never
+//! waits is slowed down to the receiver's pace; nothing queues without bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use keys::{Chain, Path};
+use libp2p::{PeerId, StreamProtocol};
+use protocols::actor::{self, Frame, Hello, Kind, MAX_CHANNELS, MessageRef, Refusal};
+use tokio::sync::{Notify, Semaphore};
+
+use super::SendError;
+
+/// How long opening a stream to a peer may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// (from, to, protocol, the sender's role).
+pub(crate) type ChannelKey = (Arc<Path>, Arc<Path>, Arc<str>, Arc<str>);
+
+#[derive(Default)]
+struct State {
+    buffer: Vec<u8>,
+    /// Permits taken by the frames in `buffer`.
+    permits: usize,
+    channels: HashMap<ChannelKey, u32>,
+    /// The channels by number, for reading refusals.
+    by_number: Vec<ChannelKey>,
+    sequence: u64,
+    closed: Option<String>,
+}
+
+/// The sending side of one stream.
+pub(crate) struct Outbox {
+    pub(crate) peer: PeerId,
+    state: Mutex<State>,
+    wake: Notify,
+    budget: Semaphore,
+    capacity: usize,
+    closed: AtomicBool,
+    /// Sends that found the budget spent and waited.
+    waits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// An outbox to `peer` whose writer task runs on `streams`; `capacity` bytes may wait
+    /// unwritten.
+    pub(crate) fn open(
+        peer: PeerId,
+        streams: libp2p_stream::Control,
+        chains: Vec<Chain>,
+        capacity: usize,
+        waits: Arc<AtomicU64>,
+        on_close: impl FnOnce(&Arc<Outbox>) + Send + 'static,
+    ) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox {
+            peer,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            budget: Semaphore::new(capacity),
+            capacity,
+            closed: AtomicBool::new(false),
+            waits,
+        });
+        let writer = outbox.clone();
+        let span = tracing::debug_span!("outbox", %peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let reason = match writer.write(streams, chains).await {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e,
+                };
+                tracing::debug!(reason = %reason, "actor stream ended");
+                writer.close(reason);
+                on_close(&writer);
+            },
+            span,
+        ));
+        outbox
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only bytes in a buffer behind.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the stream has ended; a closed outbox takes no more frames.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self, reason: String) {
+        let mut state = self.lock();
+        state.closed.get_or_insert(reason);
+        state.buffer = Vec::new();
+        drop(state);
+        self.closed.store(true, Ordering::Release);
+        // Wake every waiting sender: they see the outbox closed.
+        self.budget.close();
+    }
+
+    fn closed_error(&self) -> SendError {
+        let reason = self.lock().closed.clone().unwrap_or_default();
+        SendError::ConnectionLost {
+            peer: self.peer.to_string(),
+            reason,
+        }
+    }
+
+    /// The channel number of `(from, to, protocol, role)`, opening it when new.
+    pub(crate) fn channel(
+        &self,
+        from: &Arc<Path>,
+        to: &Arc<Path>,
+        protocol: &Arc<str>,
+        role: &Arc<str>,
+    ) -> Result<u32, SendError> {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            drop(state);
+            return Err(self.closed_error());
+        }
+        let key = (from.clone(), to.clone(), protocol.clone(), role.clone());
+        if let Some(channel) = state.channels.get(&key) {
+            return Ok(*channel);
+        }
+        let channel = state.by_number.len() as u32;
+        if channel >= MAX_CHANNELS {
+            // Opening more would be refused; the next send opens a fresh stream.
+            drop(state);
+            self.close("channel table full".into());
+            return Err(self.closed_error());
+        }
+        let open = Frame::Open {
+            channel,
+            from: (**from).clone(),
+            to: (**to).clone(),
+            protocol: protocol.to_string(),
+            role: role.to_string(),
+        };
+        actor::encode_frame(&open, &mut state.buffer)
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        state.channels.insert(key.clone(), channel);
+        state.by_number.push(key);
+        drop(state);
+        self.wake.notify_one();
+        Ok(channel)
+    }
+
+    /// The `(from, to, protocol)` of one of our channels.
+    pub(crate) fn channel_key(&self, channel: u32) -> Option<ChannelKey> {
+        self.lock().by_number.get(channel as usize).cloned()
+    }
+
+    /// Queues one message, waiting while the byte budget is spent. Cancel-safe: a
+    /// cancelled call has queued nothing.
+    pub(crate) async fn send(
+        &self,
+        channel: u32,
+        session: u64,
+        kind: Kind,
+        label: &str,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let needed = self.permits_for(label, payload);
+        let permits = match self.budget.try_acquire_many(needed as u32) {
+            Ok(permits) => permits,
+            Err(_) => {
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                self.budget
+                    .acquire_many(needed as u32)
+                    .await
+                    .map_err(|_| self.closed_error())?
+            }
+        };
+        permits.forget();
+        self.push(channel, session, kind, label, payload, needed)
+    }
+
+    /// Queues a refusal of a message the peer sent us.
+    pub(crate) fn refuse(
+        &self,
+        channel: u32,
+        sequence: u64,
+        kind: Kind,
+        refusal: Refusal,
+    ) -> Result<(), SendError> {
+        let frame = Frame::Refused {
+            channel,
+            sequence,
+            kind,
+            refusal,
+        };
+        let needed = self.capacity.min(256);
+        let permits = self
+            .budget
+            .try_acquire_many(needed as u32)
+            .map_err(|_| SendError::Busy)?;
+        permits.forget();
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            drop(state);
+            return Err(self.closed_error());
+        }
+        actor::encode_frame(&frame, &mut state.buffer)
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        state.permits += needed;
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn permits_for(&self, label: &str, payload: &[u8]) -> usize {
+        (payload.len() + label.len() + 48).min(self.capacity)
+    }
+
+    fn push(
+        &self,
+        channel: u32,
+        session: u64,
+        kind: Kind,
+        label: &str,
+        payload: &[u8],
+        permits: usize,
+    ) -> Result<(), SendError> {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            drop(state);
+            self.budget.add_permits(permits);
+            return Err(self.closed_error());
+        }
+        let message = MessageRef::Message {
+            channel,
+            session,
+            sequence: state.sequence,
+            kind,
+            label,
+            payload,
+        };
+        if let Err(e) = actor::encode_message(&message, &mut state.buffer) {
+            drop(state);
+            self.budget.add_permits(permits);
+            return Err(SendError::Encode(e.to_string()));
+        }
+        state.sequence += 1;
+        state.permits += permits;
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        mut streams: libp2p_stream::Control,
+        chains: Vec<Chain>,
+    ) -> Result<(), String> {
+        let protocol = StreamProtocol::new(actor::PROTOCOL_NAME);
+        let mut stream =
+            tokio::time::timeout(OPEN_TIMEOUT, streams.open_stream(self.peer, protocol))
+                .await
+                .map_err(|_| "timed out opening a stream".to_string())?
+                .map_err(|e| e.to_string())?;
+        let mut hello = Vec::new();
+        actor::encode_frame(&Hello { chains }, &mut hello).map_err(|e| e.to_string())?;
+        stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+        // The peer never writes on this stream; reading tells at once when it goes away.
+        let (mut reader, mut stream) = stream.split();
+        let mut spare = Vec::new();
+        loop {
+            let permits = {
+                let mut state = self.lock();
+                if let Some(reason) = &state.closed {
+                    return Err(reason.clone());
+                }
+                std::mem::swap(&mut state.buffer, &mut spare);
+                std::mem::take(&mut state.permits)
+            };
+            if spare.is_empty() {
+                stream.flush().await.map_err(|e| e.to_string())?;
+                let mut byte = [0u8; 1];
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    read = reader.read(&mut byte) => return Err(match read {
+                        Ok(0) => "the peer closed the stream".to_string(),
+                        Ok(_) => "the peer wrote on a one-way stream".to_string(),
+                        Err(e) => e.to_string(),
+                    }),
+                }
+                continue;
+            }
+            let written = stream.write_all(&spare).await;
+            self.budget.add_permits(permits);
+            written.map_err(|e| e.to_string())?;
+            spare.clear();
+            if spare.capacity() > 4 * self.capacity {
+                spare = Vec::new();
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Pub-sub: gossipsub topics named by paths. A publication carries the publishing
+//! actor's path and the chain that lets the publishing node speak for it; gossipsub signs
+//! it with the node's key. Every subscribing node checks the chain against that signer
+//! and the message against the topic's protocol before it delivers or forwards it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use keys::Path;
+use protocols::actor::Publication;
+use protocols::session::Protocol;
+use protocols::wire;
+use tokio::sync::mpsc;
+
+use super::sessions::{Served, Sessions};
+use super::{Inner, SendError, other_role, read, write};
+
+/// Publications one subscription holds before new ones are dropped (best effort).
+const SUBSCRIPTION_QUEUE: usize = 1024;
+
+/// A publication delivered to a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The topic.
+    pub topic: String,
+    /// The publishing actor.
+    pub from: Arc<Path>,
+    /// The protocol (empty: untyped).
+    pub protocol: String,
+    /// The session.
+    pub session: u64,
+    /// The label.
+    pub label: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Publications on one topic, as they arrive.
+#[derive(Debug)]
+pub struct Subscription {
+    topic: String,
+    receiver: mpsc::Receiver<Published>,
+}
+
+impl Subscription {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The next publication; `None` once the runtime is gone.
+    pub async fn recv(&mut self) -> Option<Published> {
+        self.receiver.recv().await
+    }
+}
+
+struct Topic {
+    sessions: Arc<Sessions>,
+    protocol: String,
+    subscribers: Vec<mpsc::Sender<Published>>,
+}
+
+/// The topics this node subscribes to.
+#[derive(Default)]
+pub(crate) struct Topics {
+    topics: Mutex<HashMap<String, Topic>>,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+impl Topics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Topic>> {
+        self.topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks `publication` against the topic's sessions and hands it to every local
+    /// subscriber. Returns the number of subscribers reached, or the refusal.
+    fn deliver(
+        &self,
+        topic: &str,
+        from: &Arc<Path>,
+        publication: &Publication,
+    ) -> Result<usize, Option<protocols::actor::Refusal>> {
+        let mut topics = self.lock();
+        let Some(entry) = topics.get_mut(topic) else {
+            return Err(None);
+        };
+        let protocol: Arc<str> = Arc::from(publication.protocol.as_str());
+        entry
+            .sessions
+            .check_receive(
+                from,
+                &protocol,
+                publication.session,
+                &publication.role,
+                &publication.label,
+            )
+            .map_err(Some)?;
+        entry.subscribers.retain(|s| !s.is_closed());
+        let mut reached = 0;
+        for subscriber in &entry.subscribers {
+            let published = Published {
+                topic: topic.to_string(),
+                from: from.clone(),
+                protocol: publication.protocol.clone(),
+                session: publication.session,
+                label: publication.label.clone(),
+                payload: publication.payload.clone(),
+            };
+            match subscriber.try_send(published) {
+                Ok(()) => reached += 1,
+                Err(_) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.delivered.fetch_add(reached as u64, Ordering::Relaxed);
+        Ok(reached)
+    }
+}
+
+pub(super) async fn subscribe(
+    inner: &Arc<Inner>,
+    topic: &Path,
+    protocol: Option<(Arc<Protocol>, &str)>,
+) -> Result<Subscription, SendError> {
+    let name = topic.to_string();
+    let wanted = protocol
+        .as_ref()
+        .map(|(p, _)| p.name().to_string())
+        .unwrap_or_default();
+    let (sender, receiver) = mpsc::channel(SUBSCRIPTION_QUEUE);
+    let new = {
+        let mut topics = inner.topics.lock();
+        match topics.get_mut(&name) {
+            Some(entry) => {
+                if entry.protocol != wanted {
+                    return Err(SendError::Protocol(format!(
+                        "{name} is already subscribed with protocol {:?}",
+                        entry.protocol
+                    )));
+                }
+                entry.subscribers.push(sender);
+                false
+            }
+            None => {
+                let mut served = HashMap::new();
+                if let Some((protocol, role)) = &protocol {
+                    let peer_role = other_role(protocol, role).ok_or_else(|| {
+                        SendError::Protocol(format!(
+                            "{} is not a two-party protocol with role {role}",
+                            protocol.name()
+                        ))
+                    })?;
+                    served.insert(
+                        protocol.name().to_string(),
+                        Served {
+                            protocol: protocol.clone(),
+                            role: (*role).to_string(),
+                            peer_role,
+                        },
+                    );
+                }
+                let sessions = Sessions::new(
+                    name.clone(),
+                    served,
+                    protocol.is_none(),
+                    inner.config.max_sessions,
+                );
+                topics.insert(
+                    name.clone(),
+                    Topic {
+                        sessions: Arc::new(sessions),
+                        protocol: wanted,
+                        subscribers: vec![sender],
+                    },
+                );
+                true
+            }
+        }
+    };
+    if new && let Err(e) = inner.node.subscribe(name.clone()).await {
+        inner.topics.lock().remove(&name);
+        return Err(SendError::Unreachable {
+            path: name,
+            reason: e.to_string(),
+        });
+    }
+    Ok(Subscription {
+        topic: name,
+        receiver,
+    })
+}
+
+/// The protocol, role and session a publication claims.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim<'a> {
+    pub(super) protocol: &'a str,
+    pub(super) role: &'a str,
+    pub(super) session: u64,
+}
+
+pub(super) async fn publish(
+    inner: &Arc<Inner>,
+    from: &Arc<Path>,
+    topic: &Path,
+    claim: Claim<'_>,
+    label: &str,
+    payload: &[u8],
+) -> Result<(), SendError> {
+    let chain = inner
+        .chain_for(from)
+        .ok_or_else(|| SendError::NotAuthorized(from.to_string()))?;
+    let publication = Publication {
+        from: (**from).clone(),
+        chain,
+        protocol: claim.protocol.into(),
+        role: claim.role.into(),
+        session: claim.session,
+        label: label.into(),
+        payload: payload.into(),
+    };
+    let bytes = wire::encode(&publication).map_err(|e| SendError::Encode(e.to_string()))?;
+    let name = topic.to_string();
+    // Subscribers on this node hear it without the network.
+    match inner.topics.deliver(&name, from, &publication) {
+        Ok(_) | Err(None) => {}
+        Err(Some(refusal)) => return Err(SendError::Refused(refusal)),
+    }
+    inner
+        .node
+        .publish(name.clone(), bytes)
+        .await
+        .map_err(|e| SendError::Unreachable {
+            path: name,
+            reason: e.to_string(),
+        })
+}
+
+/// Checks every publication gossipsub hands over and gives gossipsub the verdict.
+pub(super) async fn receive(inner: Weak<Inner>, mut gossip: mpsc::Receiver<dht::Gossip>) {
+    while let Some(message) = gossip.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let verdict = check(&inner, &message);
+        if verdict == dht::Verdict::Reject {
+            inner.topics.rejected.fetch_add(1, Ordering::Relaxed);
+            inner.penalise(message.source);
+        }
+        if inner.node.validate(&message, verdict).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
+    let publication: Publication = match wire::decode(&message.data) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(source = %message.source, error = %e, "rejected a malformed publication");
+            return dht::Verdict::Reject;
+        }
+    };
+    let Some(principal) = keys::PublicKey::from_peer_id(&message.source).map(|k| k.principal())
+    else {
+        return dht::Verdict::Reject;
+    };
+    let now = keys::now();
+    let authorized = read(&inner.verified).authorizes(&principal, &publication.from, now) || {
+        let mut verified = write(&inner.verified);
+        verified
+            .insert(
+                &principal,
+                &publication.chain,
+                now,
+                &keys::Revocations::default(),
+            )
+            .is_ok()
+            && verified.authorizes(&principal, &publication.from, now)
+    };
+    if !authorized {
+        tracing::info!(source = %message.source, from = %publication.from, "rejected a publication from an impostor");
+        return dht::Verdict::Reject;
+    }
+    let from = Arc::new(publication.from.clone());
+    match inner.topics.deliver(&message.topic, &from, &publication) {
+        Ok(_) => dht::Verdict::Accept,
+        Err(None) => dht::Verdict::Ignore,
+        Err(Some(refusal)) => {
+            tracing::info!(source = %message.source, refusal = %refusal, "rejected a publication");
+            dht::Verdict::Reject
+        }
+    }
+}

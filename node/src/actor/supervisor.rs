@@ -1,0 +1,429 @@
+//! Actors, their mailboxes and their supervision: one task per actor takes messages
+//! from the mailbox in order; an actor that fails (returns an error or panics) is rebuilt
+//! by its factory, one-for-one, at most [`Restart::max_restarts`] times per
+//! [`Restart::window`]. The mailbox survives restarts; the message being handled when
+//! the actor failed is not retried (at most once), and an ask among them is refused with
+//! [`Refusal::Failed`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use keys::Path;
+use protocols::actor::Refusal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+
+use super::sessions::{Served, Sessions};
+use super::{Incoming, Inner, Sender, SpawnError, Spec, other_role, write};
+
+/// An actor: state plus a handler for one message at a time.
+pub trait Actor: Send + 'static {
+    /// Handles one message. An error (or a panic) makes the supervisor rebuild the actor.
+    fn handle(
+        &mut self,
+        ctx: &Context,
+        message: Incoming,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Why an actor failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One-for-one restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// Restarts allowed within [`Restart::window`]; one more stops the actor.
+    pub max_restarts: u32,
+    /// The window.
+    pub window: Duration,
+    /// Pause before each restart.
+    pub backoff: Duration,
+}
+
+impl Restart {
+    /// Never restart: the first failure stops the actor.
+    pub fn never() -> Self {
+        Restart {
+            max_restarts: 0,
+            window: Duration::from_secs(1),
+            backoff: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for Restart {
+    /// At most 5 restarts in 10 s, 100 ms apart.
+    fn default() -> Self {
+        Restart {
+            max_restarts: 5,
+            window: Duration::from_secs(10),
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What an actor's handler sees besides the message.
+#[derive(Debug, Clone)]
+pub struct Context {
+    sender: Sender,
+}
+
+impl Context {
+    /// The actor's path.
+    pub fn path(&self) -> &Arc<Path> {
+        self.sender.path()
+    }
+
+    /// Sends as the actor.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+}
+
+/// An actor's state, as `btnode status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorStatus {
+    /// The actor's path.
+    pub path: String,
+    /// The protocols it speaks (`""`: untyped).
+    pub protocols: Vec<String>,
+    /// `running`, `restarting` or `stopped`.
+    pub state: String,
+    /// Messages handled.
+    pub handled: u64,
+    /// Failures (errors and panics).
+    pub failures: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// The last failure.
+    pub last_failure: Option<String>,
+    /// Messages waiting in the mailbox.
+    pub queued: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    state: &'static str,
+    handled: u64,
+    failures: u64,
+    restarts: u64,
+    last_failure: Option<String>,
+}
+
+/// The runtime's side of one actor.
+pub(crate) struct Slot {
+    pub(crate) path: Arc<Path>,
+    pub(crate) sessions: Sessions,
+    mailbox: mpsc::Sender<Incoming>,
+    counters: Mutex<Counters>,
+    /// Set while the handler runs; replies dropped meanwhile wait for its outcome.
+    handling: AtomicBool,
+    orphans: Mutex<Vec<super::ReplyTo>>,
+    stopped: Notify,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("path", &self.path.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn status(&self) -> ActorStatus {
+        let c = self.counters();
+        ActorStatus {
+            path: self.path.to_string(),
+            protocols: self.sessions.protocols(),
+            state: c.state.into(),
+            handled: c.handled,
+            failures: c.failures,
+            restarts: c.restarts,
+            last_failure: c.last_failure.clone(),
+            queued: self.mailbox.max_capacity() - self.mailbox.capacity(),
+        }
+    }
+
+    /// Whether the actor has stopped (a new one may take the path).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.mailbox.is_closed() || self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stopped.notify_one();
+    }
+
+    /// Checks `incoming` against the actor's sessions and queues it, waiting while the
+    /// mailbox is full. On refusal the message's reply handle is disarmed: the caller
+    /// reports the refusal.
+    pub(crate) async fn deliver(&self, inner: &Inner, incoming: Incoming) -> Result<(), Refusal> {
+        if let Err(refusal) = self.sessions.check_receive(
+            &incoming.from,
+            &incoming.protocol,
+            incoming.session,
+            &incoming.role,
+            &incoming.label,
+        ) {
+            disarm(incoming);
+            return Err(refusal);
+        }
+        match self.mailbox.send(incoming).await {
+            Ok(()) => {
+                inner.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::SendError(incoming)) => {
+                disarm(incoming);
+                Err(Refusal::NoSuchActor {
+                    path: self.path.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The refusal for an ask dropped unanswered: decided after the handler returns when
+    /// it is running (it may be failing), at once otherwise.
+    pub(crate) fn unanswered(&self) -> Refusal {
+        Refusal::NoReply {
+            actor: self.path.to_string(),
+        }
+    }
+
+    /// Whether a dropped reply should wait for the handler's outcome; takes it if so.
+    pub(crate) fn adopt(&self, orphan: &mut super::ReplyTo) -> bool {
+        if !self.handling.load(Ordering::Acquire) {
+            return false;
+        }
+        let taken = super::ReplyTo {
+            id: orphan.id,
+            back: orphan.back.take(),
+            actor: orphan.actor.clone(),
+            asker: orphan.asker.clone(),
+            protocol: orphan.protocol.clone(),
+            session: orphan.session,
+        };
+        self.orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(taken);
+        true
+    }
+
+    fn settle_orphans(&self, failure: Option<&str>) {
+        let orphans: Vec<super::ReplyTo> = std::mem::take(
+            &mut *self
+                .orphans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for mut orphan in orphans {
+            let refusal = match failure {
+                Some(reason) => Refusal::Failed {
+                    actor: self.path.to_string(),
+                    reason: reason.into(),
+                },
+                None => self.unanswered(),
+            };
+            orphan.refuse(refusal);
+        }
+    }
+}
+
+fn disarm(mut incoming: Incoming) {
+    if let Some(mut reply) = incoming.reply.take() {
+        reply.back = None;
+    }
+}
+
+pub(crate) async fn spawn<A, F>(inner: &Arc<Inner>, spec: Spec, make: F) -> Result<(), SpawnError>
+where
+    A: Actor,
+    F: Fn() -> A + Send + Sync + 'static,
+{
+    if !inner.holds(&spec.path) {
+        return Err(SpawnError::NotAuthorized(spec.path.to_string()));
+    }
+    let mut served = HashMap::new();
+    for (protocol, role) in &spec.serves {
+        if protocol.local(role).is_none() {
+            return Err(SpawnError::Protocol(format!(
+                "protocol {} has no role {role}",
+                protocol.name()
+            )));
+        }
+        let peer_role = other_role(protocol, role).ok_or_else(|| {
+            SpawnError::Protocol(format!("{} is not a two-party protocol", protocol.name()))
+        })?;
+        let entry = Served {
+            protocol: protocol.clone(),
+            role: role.clone(),
+            peer_role,
+        };
+        if served.insert(protocol.name().to_string(), entry).is_some() {
+            return Err(SpawnError::Protocol(format!(
+                "protocol {} is declared twice",
+                protocol.name()
+            )));
+        }
+    }
+    let path = Arc::new(spec.path.clone());
+    let (mailbox, receiver) = mpsc::channel(inner.config.mailbox);
+    let slot = Arc::new(Slot {
+        path: path.clone(),
+        sessions: Sessions::new(
+            path.to_string(),
+            served,
+            spec.untyped,
+            inner.config.max_sessions,
+        ),
+        mailbox,
+        counters: Mutex::new(Counters {
+            state: "running",
+            ..Counters::default()
+        }),
+        handling: AtomicBool::new(false),
+        orphans: Mutex::new(Vec::new()),
+        stopped: Notify::new(),
+        stopping: AtomicBool::new(false),
+    });
+    {
+        let mut actors = write(&inner.actors);
+        if actors.contains_key(&path) {
+            return Err(SpawnError::Taken(path.to_string()));
+        }
+        actors.insert(path.clone(), slot.clone());
+    }
+    if spec.register {
+        let registered = match inner.chain_for(&path) {
+            Some(chain) => inner
+                .node
+                .register((*path).clone(), chain)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err("no chain covers it".to_string()),
+        };
+        if let Err(reason) = registered {
+            write(&inner.actors).remove(&path);
+            return Err(SpawnError::Register {
+                path: path.to_string(),
+                reason,
+            });
+        }
+    }
+    let ctx = Context {
+        sender: Sender {
+            inner: inner.clone(),
+            from: path.clone(),
+        },
+    };
+    let span = tracing::info_span!("actor", path = %path);
+    tokio::spawn(tracing::Instrument::instrument(
+        supervise(slot, receiver, make, ctx, spec.restart),
+        span,
+    ));
+    Ok(())
+}
+
+async fn supervise<A, F>(
+    slot: Arc<Slot>,
+    mut mailbox: mpsc::Receiver<Incoming>,
+    make: F,
+    ctx: Context,
+    policy: Restart,
+) where
+    A: Actor,
+    F: Fn() -> A + Send + Sync + 'static,
+{
+    let mut restarts: Vec<Instant> = Vec::new();
+    loop {
+        let mut actor = make();
+        let failure = loop {
+            if slot.stopping.load(Ordering::Acquire) {
+                slot.counters().state = "stopped";
+                return;
+            }
+            let message = tokio::select! {
+                message = mailbox.recv() => message,
+                () = slot.stopped.notified() => None,
+            };
+            let Some(message) = message else {
+                slot.counters().state = "stopped";
+                return;
+            };
+            slot.handling.store(true, Ordering::Release);
+            let outcome = AssertUnwindSafe(actor.handle(&ctx, message))
+                .catch_unwind()
+                .await;
+            slot.handling.store(false, Ordering::Release);
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(failure)) => Some(failure.0),
+                Err(panic) => Some(format!("panicked: {}", panic_message(&*panic))),
+            };
+            slot.settle_orphans(failure.as_deref());
+            let mut c = slot.counters();
+            c.handled += 1;
+            if let Some(reason) = failure {
+                c.failures += 1;
+                c.last_failure = Some(reason.clone());
+                break reason;
+            }
+        };
+        let now = Instant::now();
+        restarts.retain(|at| now.duration_since(*at) < policy.window);
+        if restarts.len() as u32 >= policy.max_restarts {
+            tracing::error!(reason = %failure, restarts = restarts.len(), "actor failed too often; stopped");
+            slot.counters().state = "stopped";
+            // Queued messages are dropped: their asks are refused as unanswered.
+            mailbox.close();
+            return;
+        }
+        tracing::warn!(reason = %failure, "actor failed; restarting");
+        restarts.push(now);
+        {
+            let mut c = slot.counters();
+            c.state = "restarting";
+            c.restarts += 1;
+        }
+        tokio::time::sleep(policy.backoff).await;
+        slot.counters().state = "running";
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic".into()
+    }
+}

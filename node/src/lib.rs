@@ -1,0 +1,4 @@
+//! The Blocktree node as a library: the actor runtime that `btnode` runs, for programs
+//! that embed a node (the examples, tests, benchmarks).
+
+pub mod actor;

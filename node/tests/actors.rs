@@ -1,0 +1,812 @@
+//! The actor runtime across nodes on the memory transport: tell, ask, pub-sub, ordering,
+//! timeouts, supervision, protocol violations, impostors and backpressure.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use btnode::actor::{
+    Actor, AskError, Config, Context, Failure, Incoming, Restart, Runtime, SendError, Spec,
+};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use keys::{Chain, Path, SigningKey, Validity};
+use libp2p::{Multiaddr, StreamProtocol};
+use protocols::actor::{self as wire, Frame, Hello, Kind, MessageRef, Refusal};
+use protocols::session::{Global, Protocol, Violation};
+use tokio::sync::mpsc;
+
+struct Node {
+    key: SigningKey,
+    client: dht::Client,
+    runtime: Runtime,
+    home: Path,
+    addr: Multiaddr,
+}
+
+struct Net {
+    root: SigningKey,
+    nodes: Vec<Node>,
+}
+
+async fn start_node(
+    root: &SigningKey,
+    index: usize,
+    bootstrap: Option<&Multiaddr>,
+    config: Config,
+) -> Node {
+    let key = SigningKey::generate();
+    let dht_config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(bootstrap.into_iter().cloned().collect());
+    let store = dht::Store::in_memory(10_000).unwrap();
+    let (client, _task) = dht::start(key.clone(), dht_config, store, dht::Transports::Memory)
+        .await
+        .unwrap();
+    let addr = client.status().await.unwrap().listen_addrs[0]
+        .parse()
+        .unwrap();
+    let home = Path::root_of(root.principal())
+        .join(&format!("n{index}"))
+        .unwrap();
+    let chain = Chain::root_grant(
+        root,
+        key.principal(),
+        home.clone(),
+        Validity::for_seconds(3600),
+    );
+    let runtime = Runtime::start(client.clone(), &key, vec![chain], config)
+        .await
+        .unwrap();
+    Node {
+        key,
+        client,
+        runtime,
+        home,
+        addr,
+    }
+}
+
+impl Net {
+    async fn start(n: usize) -> Net {
+        Self::start_with(n, |_| Config::new()).await
+    }
+
+    async fn start_with(n: usize, config: impl Fn(usize) -> Config) -> Net {
+        let root = SigningKey::generate();
+        let first = start_node(&root, 0, None, config(0)).await;
+        let addr = first.addr.clone();
+        let mut nodes = vec![first];
+        for i in 1..n {
+            nodes.push(start_node(&root, i, Some(&addr), config(i)).await);
+        }
+        // Everyone has joined when each node knows a few peers.
+        for node in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while node.client.status().await.unwrap().routing_table < (n - 1).min(3) {
+                assert!(Instant::now() < deadline, "nodes did not join");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Net { root, nodes }
+    }
+
+    fn path(&self, node: usize, name: &str) -> Path {
+        self.nodes[node].home.join(name).unwrap()
+    }
+}
+
+/// client → server: any number of get (answered by value) and put (answered by ok),
+/// then bye.
+fn kv_protocol() -> Arc<Protocol> {
+    Arc::new(
+        Protocol::new(
+            "kv/1",
+            ["client", "server"],
+            Global::repeat(
+                "loop",
+                Global::choice(
+                    "client",
+                    [
+                        Global::send(
+                            "client",
+                            "server",
+                            "get",
+                            Global::send("server", "client", "value", Global::again("loop")),
+                        ),
+                        Global::send(
+                            "client",
+                            "server",
+                            "put",
+                            Global::send("server", "client", "ok", Global::again("loop")),
+                        ),
+                        Global::send("client", "server", "bye", Global::End),
+                    ],
+                ),
+            ),
+        )
+        .unwrap(),
+    )
+}
+
+#[derive(Default)]
+struct Kv {
+    map: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Actor for Kv {
+    async fn handle(&mut self, _ctx: &Context, mut message: Incoming) -> Result<(), Failure> {
+        let reply = message.take_reply();
+        match (message.label.as_str(), reply) {
+            ("put", Some(reply)) => {
+                let (key, value): (Vec<u8>, Vec<u8>) = serde_json::from_slice(&message.payload)?;
+                self.map.insert(key, value);
+                reply.send("ok", b"").await?;
+            }
+            ("get", Some(reply)) => {
+                let value = self.map.get(&message.payload).cloned().unwrap_or_default();
+                reply.send("value", &value).await?;
+            }
+            ("boom", _) => return Err(Failure("asked to fail".into())),
+            ("panic", _) => panic!("asked to panic"),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_kv(net: &Net, node: usize, name: &str) -> Path {
+    let path = net.path(node, name);
+    let kv = kv_protocol();
+    net.nodes[node]
+        .runtime
+        .spawn(
+            Spec::new(path.clone())
+                .serves(&kv, "server")
+                .untyped()
+                .restart(Restart {
+                    max_restarts: 2,
+                    window: Duration::from_secs(60),
+                    backoff: Duration::from_millis(10),
+                }),
+            Kv::default,
+        )
+        .await
+        .unwrap();
+    path
+}
+
+/// Forwards every message to the test.
+struct Collector {
+    out: mpsc::Sender<(Arc<Path>, String, Vec<u8>)>,
+    slow_every: usize,
+    seen: usize,
+}
+
+impl Actor for Collector {
+    async fn handle(&mut self, _ctx: &Context, message: Incoming) -> Result<(), Failure> {
+        self.seen += 1;
+        if self.slow_every > 0 && self.seen.is_multiple_of(self.slow_every) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = self
+            .out
+            .send((message.from.clone(), message.label, message.payload))
+            .await;
+        Ok(())
+    }
+}
+
+async fn spawn_collector(
+    net: &Net,
+    node: usize,
+    name: &str,
+    slow_every: usize,
+) -> (Path, mpsc::Receiver<(Arc<Path>, String, Vec<u8>)>) {
+    let path = net.path(node, name);
+    let (out, received) = mpsc::channel(1 << 17);
+    net.nodes[node]
+        .runtime
+        .spawn(Spec::new(path.clone()).untyped(), move || Collector {
+            out: out.clone(),
+            slow_every,
+            seen: 0,
+        })
+        .await
+        .unwrap();
+    (path, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tell_and_ask_across_three_nodes_and_locally() {
+    let net = Net::start(3).await;
+    let kv = kv_protocol();
+    let store = spawn_kv(&net, 2, "kv").await;
+    // From node 0 and node 1 over the network, and from node 2 itself (no network).
+    for (i, node) in net.nodes.iter().enumerate() {
+        let me = node.runtime.sender(net.path(i, "client")).unwrap();
+        let mut session = me.session(store.clone(), &kv, "client").unwrap();
+        let key = format!("k{i}").into_bytes();
+        let put = serde_json::to_vec(&(key.clone(), b"v".repeat(i + 1))).unwrap();
+        let ok = session.ask("put", &put).await.unwrap();
+        assert_eq!(ok.label, "ok");
+        assert_eq!(*ok.from, store);
+        let value = session.ask("get", &key).await.unwrap();
+        assert_eq!(value.label, "value");
+        assert_eq!(value.payload, b"v".repeat(i + 1));
+        session.tell("bye", b"").await.unwrap();
+        assert!(session.is_done());
+    }
+    // Tells return once queued; wait for the last byes to be handled.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[2].runtime.status().actors[0].handled < 9 {
+        assert!(Instant::now() < deadline, "not every message was handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = net.nodes[2].runtime.status();
+    assert_eq!(status.actors[0].handled, 9);
+    // Node 2 delivered its own asks locally: it opened no stream to anyone.
+    assert_eq!(status.streams, 2, "replies to nodes 0 and 1 only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_arrive_in_order() {
+    let net = Net::start(3).await;
+    let (inbox, mut received) = spawn_collector(&net, 1, "inbox", 0).await;
+    const N: u32 = 5_000;
+    let mut senders = Vec::new();
+    for node in [0usize, 1, 2] {
+        let me = net.nodes[node]
+            .runtime
+            .sender(net.path(node, "writer"))
+            .unwrap();
+        let to = inbox.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..N {
+                me.tell(&to, "n", &i.to_be_bytes()).await.unwrap();
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let mut next: HashMap<Arc<Path>, u32> = HashMap::new();
+    for _ in 0..3 * N {
+        let (from, _, payload) = tokio::time::timeout(Duration::from_secs(20), received.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let n = u32::from_be_bytes(payload.try_into().unwrap());
+        let expected = next.entry(from.clone()).or_default();
+        assert_eq!(n, *expected, "out of order from {from}");
+        *expected += 1;
+    }
+    assert!(next.values().all(|n| *n == N));
+}
+
+/// Keeps every ask's reply handle and never answers.
+struct Silent(Vec<btnode::actor::ReplyTo>);
+
+impl Actor for Silent {
+    async fn handle(&mut self, _ctx: &Context, mut message: Incoming) -> Result<(), Failure> {
+        if let Some(reply) = message.take_reply() {
+            self.0.push(reply);
+        }
+        Ok(())
+    }
+}
+
+/// Drops every ask's reply handle unanswered.
+struct Rude;
+
+impl Actor for Rude {
+    async fn handle(&mut self, _ctx: &Context, _message: Incoming) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_ask_times_out_and_a_dropped_one_is_refused() {
+    let net = Net::start(2).await;
+    let silent = net.path(1, "silent");
+    net.nodes[1]
+        .runtime
+        .spawn(Spec::new(silent.clone()).untyped(), || Silent(Vec::new()))
+        .await
+        .unwrap();
+    let rude = net.path(1, "rude");
+    net.nodes[1]
+        .runtime
+        .spawn(Spec::new(rude.clone()).untyped(), || Rude)
+        .await
+        .unwrap();
+    let me = net.nodes[0].runtime.sender(net.path(0, "asker")).unwrap();
+    let started = Instant::now();
+    let mut session = me.unchecked(silent, "", "", 1);
+    let err = session
+        .ask_within("q", b"", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(err, AskError::Timeout(Duration::from_millis(300)));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let err = me.ask(&rude, "q", b"").await.unwrap_err();
+    assert!(
+        matches!(err, AskError::Refused(Refusal::NoReply { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_actor_is_restarted_by_policy_and_shows_in_status() {
+    let net = Net::start(2).await;
+    let store = spawn_kv(&net, 1, "kv").await;
+    let me = net.nodes[0].runtime.sender(net.path(0, "c")).unwrap();
+    let put = serde_json::to_vec(&(b"k".to_vec(), b"v".to_vec())).unwrap();
+    let kv = kv_protocol();
+    me.session(store.clone(), &kv, "client")
+        .unwrap()
+        .ask("put", &put)
+        .await
+        .unwrap();
+    // An ask whose handler fails is refused with the failure.
+    let err = me.ask(&store, "boom", b"").await.unwrap_err();
+    assert_eq!(
+        err,
+        AskError::Refused(Refusal::Failed {
+            actor: store.to_string(),
+            reason: "asked to fail".into()
+        })
+    );
+    let err = me.ask(&store, "panic", b"").await.unwrap_err();
+    assert!(
+        matches!(&err, AskError::Refused(Refusal::Failed { reason, .. }) if reason.contains("asked to panic")),
+        "{err:?}"
+    );
+    // Restarted: it answers again (with fresh state).
+    let mut session = me.session(store.clone(), &kv, "client").unwrap();
+    let value = session.ask("get", b"k").await.unwrap();
+    assert_eq!(value.payload, b"");
+    let status = &net.nodes[1].runtime.status().actors[0];
+    assert_eq!((status.failures, status.restarts), (2, 2));
+    assert_eq!(status.state, "running");
+    // A third failure within the window is one too many.
+    let _ = me.ask(&store, "boom", b"").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[1].runtime.status().actors[0].state != "stopped" {
+        assert!(Instant::now() < deadline, "the actor was not stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = me.ask(&store, "get", b"k").await.unwrap_err();
+    assert!(
+        matches!(err, AskError::Refused(Refusal::NoSuchActor { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_violation_is_refused_with_its_typed_error() {
+    let net = Net::start(2).await;
+    let store = spawn_kv(&net, 1, "kv").await;
+    let kv = kv_protocol();
+    let me = net.nodes[0].runtime.sender(net.path(0, "c")).unwrap();
+
+    // The local API stops a well-behaved sender before anything is sent.
+    let mut session = me.session(store.clone(), &kv, "client").unwrap();
+    let err = session.tell("value", b"").await.unwrap_err();
+    assert!(
+        matches!(err, SendError::Violation(Violation::Unexpected { .. })),
+        "{err:?}"
+    );
+
+    // The receiver checks what an unchecked (or hostile) sender sends.
+    let refused = |err: AskError| match err {
+        AskError::Refused(refusal) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Out of order: `value` is the server's message.
+    let err = me
+        .unchecked(store.clone(), "kv/1", "client", 1)
+        .ask("value", b"")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused(err),
+        Refusal::Violation(Violation::Unexpected { .. })
+    ));
+    // From the wrong role.
+    let err = me
+        .unchecked(store.clone(), "kv/1", "server", 2)
+        .ask("get", b"")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused(err),
+        Refusal::Violation(Violation::WrongRole { .. })
+    ));
+    // After the end.
+    let mut ended = me.unchecked(store.clone(), "kv/1", "client", 3);
+    ended.tell("bye", b"").await.unwrap();
+    let err = ended.ask("get", b"k").await.unwrap_err();
+    assert!(matches!(
+        refused(err),
+        Refusal::Violation(Violation::AfterEnd { .. })
+    ));
+    // An unknown protocol.
+    let err = me
+        .unchecked(store.clone(), "chat/9", "client", 4)
+        .ask("get", b"")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        Refusal::UnknownProtocol {
+            actor: store.to_string(),
+            protocol: "chat/9".into()
+        }
+    );
+    // A refused tell comes back to the sender's runtime.
+    let mut refusals = net.nodes[0].runtime.refusals();
+    me.unchecked(store.clone(), "kv/1", "client", 5)
+        .tell("ok", b"")
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(5), refusals.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(notice.to, store.to_string());
+    assert!(matches!(
+        notice.refusal,
+        Refusal::Violation(Violation::Unexpected { .. })
+    ));
+    // The actor saw none of them; a good session still works.
+    let status = net.nodes[1].runtime.status();
+    assert_eq!(status.actors[0].handled, 1, "only the bye");
+    assert_eq!(status.refused, 5);
+    let mut good = me.session(store, &kv, "client").unwrap();
+    assert_eq!(good.ask("get", b"k").await.unwrap().label, "value");
+}
+
+/// Opens a raw actor stream from `from` to `to` and writes `frames` after a hello with
+/// `chains`.
+async fn raw_stream(from: &Node, to: &Node, chains: Vec<Chain>, frames: Vec<u8>) {
+    let mut control = from.client.streams();
+    let mut stream = control
+        .open_stream(to.key.peer_id(), StreamProtocol::new(wire::PROTOCOL_NAME))
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    wire::encode_frame(&Hello { chains }, &mut bytes).unwrap();
+    bytes.extend_from_slice(&frames);
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+    // Keep the stream open until the receiver has read it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
+    let net = Net::start_with(2, |i| {
+        if i == 1 {
+            Config::new().with_penalty(4, Duration::from_secs(60), Duration::from_secs(60))
+        } else {
+            Config::new()
+        }
+    })
+    .await;
+    let store = spawn_kv(&net, 1, "kv").await;
+    // The impostor: a node with a writecap of its own (under another root) that claims
+    // to speak for node 0's path. It has no runtime; it listens for the refusal itself.
+    let other_root = SigningKey::generate();
+    let impostor = start_node(&other_root, 9, Some(&net.nodes[0].addr), Config::new()).await;
+    impostor
+        .client
+        .dial(net.nodes[1].addr.clone())
+        .await
+        .unwrap();
+    let claimed = net.path(0, "c");
+    let own_chain = Chain::root_grant(
+        &other_root,
+        impostor.key.principal(),
+        impostor.home.clone(),
+        Validity::for_seconds(60),
+    );
+    let mut frames = Vec::new();
+    wire::encode_frame(
+        &Frame::Open {
+            channel: 0,
+            from: claimed.clone(),
+            to: store.clone(),
+            protocol: "kv/1".into(),
+            role: "client".into(),
+        },
+        &mut frames,
+    )
+    .unwrap();
+    wire::encode_message(
+        &MessageRef::Message {
+            channel: 0,
+            session: 1,
+            sequence: 0,
+            kind: Kind::Tell,
+            label: "get",
+            payload: b"k",
+        },
+        &mut frames,
+    )
+    .unwrap();
+    raw_stream(
+        &impostor,
+        &net.nodes[1],
+        vec![own_chain.clone()],
+        frames.clone(),
+    )
+    .await;
+    // The refusal comes back to the impostor's node (whose runtime counts it: the raw
+    // stream was not its own, so it has no sender to hand it to).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while impostor.runtime.status().refusals_received == 0 {
+        assert!(Instant::now() < deadline, "no refusal came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = net.nodes[1].runtime.status();
+    assert_eq!(status.refused, 1);
+    assert_eq!(status.actors[0].handled, 0);
+    // Keep at it: blocked.
+    for _ in 0..4 {
+        let mut control = impostor.client.streams();
+        if let Ok(mut stream) = control
+            .open_stream(
+                net.nodes[1].key.peer_id(),
+                StreamProtocol::new(wire::PROTOCOL_NAME),
+            )
+            .await
+        {
+            let mut bytes = Vec::new();
+            wire::encode_frame(
+                &Hello {
+                    chains: vec![own_chain.clone()],
+                },
+                &mut bytes,
+            )
+            .unwrap();
+            bytes.extend_from_slice(&frames);
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[1].runtime.status().blocked == 0 {
+        assert!(Instant::now() < deadline, "the impostor was not blocked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Blocked: it cannot even connect now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut control = impostor.client.streams();
+    let opened = tokio::time::timeout(
+        Duration::from_secs(3),
+        control.open_stream(
+            net.nodes[1].key.peer_id(),
+            StreamProtocol::new(wire::PROTOCOL_NAME),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(opened, Ok(Ok(_))),
+        "a blocked peer opened a stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_stream_closes_it_and_harms_no_one() {
+    let net = Net::start(2).await;
+    let store = spawn_kv(&net, 1, "kv").await;
+    let attacker = &net.nodes[0];
+    let mut control = attacker.client.streams();
+    for garbage in [
+        vec![0xff; 64],                    // not a hello
+        (u32::MAX).to_be_bytes().to_vec(), // an absurd length
+        {
+            let mut b = Vec::new();
+            wire::encode_frame(&Hello { chains: vec![] }, &mut b).unwrap();
+            b.extend_from_slice(&[0, 0, 0, 3, 1, 2, 3]); // a hello, then junk
+            b
+        },
+    ] {
+        let mut stream = control
+            .open_stream(
+                net.nodes[1].key.peer_id(),
+                StreamProtocol::new(wire::PROTOCOL_NAME),
+            )
+            .await
+            .unwrap();
+        stream.write_all(&garbage).await.unwrap();
+        stream.flush().await.unwrap();
+        // The receiver drops the stream: reading ends.
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(12), stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+    // The node still serves well-behaved peers.
+    let me = net.nodes[0].runtime.sender(net.path(0, "c")).unwrap();
+    let kv = kv_protocol();
+    let mut session = me.session(store, &kv, "client").unwrap();
+    assert_eq!(session.ask("get", b"k").await.unwrap().label, "value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100k_tells_is_slowed_down_not_dropped() {
+    let net = Net::start_with(2, |_| {
+        Config::new().with_mailbox(64).with_outbox_bytes(64 * 1024)
+    })
+    .await;
+    // A receiver slower than the sender.
+    let (inbox, mut received) = spawn_collector(&net, 1, "inbox", 500).await;
+    let me = net.nodes[0].runtime.sender(net.path(0, "burst")).unwrap();
+    const N: u32 = 100_000;
+    let sender = tokio::spawn(async move {
+        let mut session = me.unchecked(inbox, "", "", 7);
+        for i in 0..N {
+            session.tell("n", &i.to_be_bytes()).await.unwrap();
+        }
+    });
+    for i in 0..N {
+        let (_, _, payload) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(u32::from_be_bytes(payload.try_into().unwrap()), i);
+    }
+    sender.await.unwrap();
+    let sent = net.nodes[0].runtime.status();
+    assert!(sent.backpressure_waits > 0, "the sender never had to wait");
+    assert_eq!(sent.streams, 1, "one stream carried it all");
+    assert_eq!(net.nodes[1].runtime.status().refused, 0);
+}
+
+/// member → room: join, then posts, then leave.
+fn chat_protocol() -> Arc<Protocol> {
+    Arc::new(
+        Protocol::new(
+            "chat/1",
+            ["member", "room"],
+            Global::send(
+                "member",
+                "room",
+                "join",
+                Global::repeat(
+                    "talk",
+                    Global::choice(
+                        "member",
+                        [
+                            Global::send("member", "room", "post", Global::again("talk")),
+                            Global::send("member", "room", "leave", Global::End),
+                        ],
+                    ),
+                ),
+            ),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_sub_reaches_every_subscriber_in_a_20_node_mesh() {
+    let net = Net::start(20).await;
+    let chat = chat_protocol();
+    let topic = Path::root_of(net.root.principal()).join("lobby").unwrap();
+    let mut subscriptions = Vec::new();
+    for node in &net.nodes {
+        subscriptions.push(
+            node.runtime
+                .subscribe(&topic, Some((chat.clone(), "room")))
+                .await
+                .unwrap(),
+        );
+    }
+    // Let subscriptions spread and meshes form (gossipsub heartbeats every 700 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let me = net.nodes[3].runtime.sender(net.path(3, "alice")).unwrap();
+    let mut session = me.session(topic.clone(), &chat, "member").unwrap();
+    let mut sent = vec![("join".to_string(), b"alice".to_vec())];
+    for i in 0..5u8 {
+        sent.push(("post".to_string(), vec![i]));
+    }
+    sent.push(("leave".to_string(), Vec::new()));
+    for (label, payload) in &sent {
+        session.publish(label, payload).await.unwrap();
+        // Publications are unordered across the mesh; spacing them keeps each
+        // subscriber's session check (join before post) meaningful.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, subscription) in subscriptions.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let published = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
+                .await
+                .unwrap_or_else(|_| panic!("node {i} got only {got:?}"))
+                .unwrap();
+            assert_eq!(*published.from, net.path(3, "alice"));
+            got.push((published.label, published.payload));
+        }
+        assert_eq!(got, sent, "node {i}");
+    }
+    let rejected: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.runtime.status().published_rejected)
+        .sum();
+    assert_eq!(rejected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_sub_refuses_violations_and_impostors() {
+    let net = Net::start(3).await;
+    let chat = chat_protocol();
+    let topic = Path::root_of(net.root.principal()).join("lobby").unwrap();
+    let mut subscription = net.nodes[1]
+        .runtime
+        .subscribe(&topic, Some((chat.clone(), "room")))
+        .await
+        .unwrap();
+    // The other nodes relay: they subscribe too.
+    let _relay = net.nodes[2]
+        .runtime
+        .subscribe(&topic, Some((chat.clone(), "room")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let me = net.nodes[0].runtime.sender(net.path(0, "mallory")).unwrap();
+    // Out of protocol: a post before joining.
+    me.unchecked(topic.clone(), "chat/1", "member", 1)
+        .publish("post", b"sneaky")
+        .await
+        .unwrap();
+    // An impostor: node 0 signs a publication claiming to be node 1's actor, with the
+    // only chain it has (its own).
+    let forged = protocols::actor::Publication {
+        from: net.path(1, "alice"),
+        chain: Chain::root_grant(
+            &net.root,
+            net.nodes[0].key.principal(),
+            net.nodes[0].home.clone(),
+            Validity::for_seconds(60),
+        ),
+        protocol: "chat/1".into(),
+        role: "member".into(),
+        session: 2,
+        label: "join".into(),
+        payload: b"i am alice".to_vec(),
+    };
+    net.nodes[0]
+        .client
+        .publish(topic.to_string(), protocols::wire::encode(&forged).unwrap())
+        .await
+        .unwrap();
+    // Garbage that is no publication at all.
+    net.nodes[0]
+        .client
+        .publish(topic.to_string(), vec![0xff; 40])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.nodes[1].runtime.status().published_rejected < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "rejected only {}",
+            net.nodes[1].runtime.status().published_rejected
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A well-behaved member gets through; nothing of the above did.
+    let mut session = me.session(topic.clone(), &chat, "member").unwrap();
+    session.publish("join", b"mallory").await.unwrap();
+    let published = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(published.label, "join");
+    assert_eq!(published.payload, b"mallory");
+}
