@@ -514,9 +514,13 @@ impl Runtime {
         Ok(runtime)
     }
 
-    /// Adds a writecap chain this node holds (it is presented to peers on new streams).
-    /// A chain that does not hold for this node now is ignored, with a warning.
+    /// Adds a writecap chain this node holds; peers learn it at once (on open streams
+    /// too). A chain that does not hold for this node now is ignored, with a warning; one
+    /// already held changes nothing.
     pub fn add_chain(&self, chain: Chain) {
+        if read(&self.inner.chains).contains(&chain) {
+            return;
+        }
         let result = write(&self.inner.own).insert(
             &self.inner.principal,
             &chain,
@@ -527,11 +531,20 @@ impl Runtime {
             Ok(()) => {
                 let mut chains = write(&self.inner.chains);
                 if chains.len() < protocols::actor::MAX_HELLO_CHAINS {
-                    chains.push(chain);
+                    chains.push(chain.clone());
+                }
+                drop(chains);
+                for outbox in lock(&self.inner.outboxes).values() {
+                    outbox.hello(chain.clone());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "ignoring a writecap that does not hold"),
         }
+    }
+
+    /// The writecap chains this node presents.
+    pub fn chains(&self) -> Vec<Chain> {
+        read(&self.inner.chains).clone()
     }
 
     /// The node's PeerId.
@@ -572,7 +585,8 @@ impl Runtime {
     }
 
     /// Subscribes to `topic`, checking its messages against `protocol` (seen from
-    /// `role`) when given; otherwise the topic is untyped.
+    /// `role`) when given; without one, every publication is delivered unchecked (an
+    /// observer).
     pub async fn subscribe(
         &self,
         topic: &Path,

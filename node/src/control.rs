@@ -3,12 +3,19 @@
 //!
 //! Format: the client connects, writes one request as a line of JSON, and reads one
 //! response as a line of JSON; then the connection closes. Requests are at most 64 KiB.
+//! `subscribe` and `listen` keep the connection open after their response and send one
+//! line per event until the client closes it.
 //!
 //! ```text
-//! {"cmd":"status"}                          -> {"ok":true,"result":{Status}}
+//! {"cmd":"status"}                          -> {"ok":true,"result":{Status, "actors":{…}}}
 //! {"cmd":"peers"}                           -> {"ok":true,"result":[PeerInfo…]}
 //! {"cmd":"register","path":"/<root>/a"}     -> {"ok":true,"result":{Registered}}
 //! {"cmd":"resolve","path":"/<root>/a/b"}    -> {"ok":true,"result":{Resolution}}
+//! {"cmd":"tell","to":"/<root>/a","payload":<json>,"label":"…",…}  -> {"ok":true,…}
+//! {"cmd":"ask", …, "timeout_ms":5000}       -> {"ok":true,"result":{Reply}}
+//! {"cmd":"publish","to":"/<root>/topic",…}  -> {"ok":true,…}
+//! {"cmd":"subscribe","topic":"/<root>/t"}   -> {"ok":true,…} then {Event} lines
+//! {"cmd":"listen","path":"/<root>/a"}       -> {"ok":true,…} then {Event} lines
 //! any failure                               -> {"ok":false,"error":"…"}
 //! ```
 
@@ -36,6 +43,37 @@ pub(crate) enum Request {
     Peers,
     Register { path: String },
     Resolve { path: String },
+    Tell(Outgoing),
+    Ask(Outgoing),
+    Publish(Outgoing),
+    Subscribe { topic: String },
+    Listen { path: String },
+}
+
+/// A message the CLI asks the daemon to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Outgoing {
+    /// The receiving path (or topic).
+    pub(crate) to: String,
+    /// The payload as JSON; it travels as CBOR.
+    pub(crate) payload: serde_json::Value,
+    /// The label.
+    pub(crate) label: String,
+    /// The protocol (empty: untyped).
+    #[serde(default)]
+    pub(crate) protocol: String,
+    /// The role the sender claims in it.
+    #[serde(default)]
+    pub(crate) role: String,
+    /// The session (default: a new one).
+    #[serde(default)]
+    pub(crate) session: Option<u64>,
+    /// Send as this path (default: `<prefix of the first writecap>/cli`).
+    #[serde(default)]
+    pub(crate) from: Option<String>,
+    /// How long an ask waits, in milliseconds.
+    #[serde(default)]
+    pub(crate) timeout_ms: Option<u64>,
 }
 
 /// The daemon's answer.
@@ -116,11 +154,43 @@ pub(crate) async fn write_response(stream: &mut UnixStream, response: &Response)
     let _ = stream.write_all(&line).await;
 }
 
-/// Sends `request` to the daemon of `data_dir` and returns its result.
-pub(crate) async fn call(
+/// Writes one event line of a streaming answer; false once the client has gone.
+pub(crate) async fn write_event(
+    stream: &mut tokio::net::unix::OwnedWriteHalf,
+    event: &impl Serialize,
+) -> bool {
+    let Ok(mut line) = serde_json::to_vec(event) else {
+        return true;
+    };
+    line.push(b'\n');
+    stream.write_all(&line).await.is_ok()
+}
+
+/// Sends a streaming `request` (subscribe, listen) and calls `on_event` with its answer
+/// (e.g. `{"subscribed": topic}`, once it is in place) and then with every event line,
+/// until the daemon closes the connection or `on_event` fails.
+pub(crate) async fn call_streaming(
     data_dir: &FsPath,
     request: &Request,
-) -> anyhow::Result<serde_json::Value> {
+    mut on_event: impl FnMut(serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (first, mut lines) = open(data_dir, request).await?;
+    on_event(check(&first)?)?;
+    while let Some(line) = lines.next_line().await? {
+        let event: serde_json::Value =
+            serde_json::from_str(&line).context("the daemon sent an event that is not JSON")?;
+        on_event(event)?;
+    }
+    Ok(())
+}
+
+async fn open(
+    data_dir: &FsPath,
+    request: &Request,
+) -> anyhow::Result<(
+    String,
+    tokio::io::Lines<BufReader<tokio::io::Take<UnixStream>>>,
+)> {
     let path = data_dir.join(SOCKET);
     let mut stream = UnixStream::connect(&path).await.with_context(|| {
         format!(
@@ -131,17 +201,29 @@ pub(crate) async fn call(
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .take(MAX_RESPONSE)
-        .read_line(&mut answer)
-        .await
+    let mut lines = BufReader::new(stream.take(MAX_RESPONSE)).lines();
+    let first = lines
+        .next_line()
+        .await?
         .context("the daemon closed the connection without answering")?;
+    Ok((first, lines))
+}
+
+fn check(answer: &str) -> anyhow::Result<serde_json::Value> {
     let response: Response =
-        serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")?;
+        serde_json::from_str(answer).context("the daemon's answer is not valid JSON")?;
     match (response.ok, response.result, response.error) {
         (true, Some(result), _) => Ok(result),
         (true, None, _) => Ok(serde_json::Value::Null),
         (false, _, error) => bail!("{}", error.unwrap_or_else(|| "unknown error".into())),
     }
+}
+
+/// Sends `request` to the daemon of `data_dir` and returns its result.
+pub(crate) async fn call(
+    data_dir: &FsPath,
+    request: &Request,
+) -> anyhow::Result<serde_json::Value> {
+    let (first, _) = open(data_dir, request).await?;
+    check(&first)
 }

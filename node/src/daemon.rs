@@ -12,6 +12,15 @@ use tokio::sync::Semaphore;
 use crate::caps;
 use crate::control::{self, Request, Response};
 use crate::identity::NodeIdentity;
+use crate::messaging::Messaging;
+
+/// What `btnode status` shows: the overlay and the actor runtime.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Status {
+    #[serde(flatten)]
+    pub(crate) node: dht::Status,
+    pub(crate) actors: btnode::actor::Status,
+}
 
 /// Most control connections served at once.
 const MAX_CONTROL_CONNECTIONS: usize = 32;
@@ -63,9 +72,19 @@ pub(crate) async fn run(
     println!("control socket {}", socket.display());
     tracing::info!(key_store = %node.key_store, reason = %node.reason, "node keys unsealed");
 
+    let chains = caps::installed(&data_dir, &principal, keys::now());
+    let runtime = btnode::actor::Runtime::start(
+        client.clone(),
+        node.identity.signing_key(),
+        chains.clone(),
+        btnode::actor::Config::new(),
+    )
+    .await
+    .context("cannot start the actor runtime")?;
     let daemon = Arc::new(Daemon {
         data_dir: data_dir.clone(),
         client: client.clone(),
+        messaging: Messaging::new(runtime, data_dir.clone(), principal),
         principal,
         registered: tokio::sync::Mutex::new(load_registered(&data_dir)),
     });
@@ -101,6 +120,7 @@ pub(crate) async fn run(
 struct Daemon {
     data_dir: PathBuf,
     client: dht::Client,
+    messaging: Messaging,
     principal: keys::Principal,
     registered: tokio::sync::Mutex<BTreeSet<String>>,
 }
@@ -108,6 +128,10 @@ struct Daemon {
 impl Daemon {
     async fn serve(&self, mut stream: UnixStream) {
         let response = match control::read_request(&mut stream).await {
+            Ok(Request::Subscribe { topic }) => {
+                return self.messaging.subscribe(&topic, stream).await;
+            }
+            Ok(Request::Listen { path }) => return self.messaging.listen(&path, stream).await,
             Ok(request) => self.handle(request).await,
             Err(e) => Response::err(e),
         };
@@ -117,9 +141,19 @@ impl Daemon {
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Status => match self.client.status().await {
-                Ok(status) => Response::ok(status),
+                Ok(node) => Response::ok(Status {
+                    node,
+                    actors: self.messaging.runtime().status(),
+                }),
                 Err(e) => Response::err(e),
             },
+            Request::Tell(m) => self.messaging.tell(m).await,
+            Request::Ask(m) => self.messaging.ask(m).await,
+            Request::Publish(m) => self.messaging.publish(m).await,
+            // Streaming requests are served above.
+            Request::Subscribe { .. } | Request::Listen { .. } => {
+                Response::err("a streaming request needs its own connection")
+            }
             Request::Peers => match self.client.peers().await {
                 Ok(peers) => Response::ok(peers),
                 Err(e) => Response::err(e),

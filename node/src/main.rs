@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod daemon;
 mod identity;
+mod messaging;
 mod metrics;
 
 use std::path::PathBuf;
@@ -87,6 +88,93 @@ enum Command {
     /// Writecaps: grant one to another node, or install one granted to this node.
     #[command(subcommand)]
     Cap(CapCommand),
+    /// Send a fire-and-forget message to the actor at PATH.
+    Tell(SendArgs),
+    /// Send a request to the actor at PATH and print its reply.
+    Ask(AskArgs),
+    /// Publish a message on the pub-sub topic PATH.
+    Pub(SendArgs),
+    /// Print every message published on the topic PATH, one JSON line each, until
+    /// interrupted.
+    Sub(StreamArgs),
+    /// Run a diagnostic actor at PATH for as long as this command runs: it prints every
+    /// message it gets (one JSON line each) and answers asks by echoing the payload.
+    Listen(StreamArgs),
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// The receiving actor's path (for `pub`: the topic).
+    path: String,
+    /// The payload, as JSON (it travels as CBOR).
+    payload: String,
+    /// The message label.
+    #[arg(long, default_value = "message")]
+    label: String,
+    /// The protocol the message belongs to (default: untyped).
+    #[arg(long, default_value = "")]
+    protocol: String,
+    /// The role this sender plays in the protocol.
+    #[arg(long, default_value = "")]
+    role: String,
+    /// The session (default: a new one); reuse the printed id to continue a session.
+    #[arg(long)]
+    session: Option<u64>,
+    /// Send as this path (default: <prefix of this node's first writecap>/cli).
+    #[arg(long, value_name = "PATH")]
+    from: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AskArgs {
+    #[command(flatten)]
+    send: SendArgs,
+    /// How long to wait for the reply: 500ms, 10s, 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_millis)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct StreamArgs {
+    /// The topic (for `sub`) or the actor's path (for `listen`).
+    path: String,
+}
+
+fn parse_millis(text: &str) -> Result<u64, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "ms"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 1m"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+impl SendArgs {
+    fn outgoing(&self, timeout_ms: Option<u64>) -> anyhow::Result<control::Outgoing> {
+        let payload: serde_json::Value = serde_json::from_str(&self.payload)
+            .with_context(|| format!("the payload {:?} is not JSON", self.payload))?;
+        Ok(control::Outgoing {
+            to: self.path.clone(),
+            payload,
+            label: self.label.clone(),
+            protocol: self.protocol.clone(),
+            role: self.role.clone(),
+            session: self.session,
+            from: self.from.clone(),
+            timeout_ms,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +358,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&status);
             }
-            let status: dht::Status = serde_json::from_value(status)?;
+            let daemon::Status {
+                node: status,
+                actors,
+            } = serde_json::from_value(status)?;
             println!("peer id:       {}", status.peer_id);
             println!("principal:     {}", status.principal);
             println!("peers:         {}", status.peers);
@@ -283,8 +374,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for address in &status.listen_addrs {
                 println!("listening on:  {address}");
             }
+            println!(
+                "messages:      {} delivered, {} refused here, {} refusals received, {} peers blocked",
+                actors.delivered, actors.refused, actors.refusals_received, actors.blocked
+            );
+            for actor in &actors.actors {
+                println!(
+                    "actor:         {} [{}] handled {} failures {} restarts {}{}",
+                    actor.path,
+                    actor.state,
+                    actor.handled,
+                    actor.failures,
+                    actor.restarts,
+                    actor
+                        .last_failure
+                        .as_ref()
+                        .map(|f| format!(" (last: {f})"))
+                        .unwrap_or_default()
+                );
+            }
             Ok(())
         }
+        Command::Tell(args) => {
+            let result = call(&data_dir, &control::Request::Tell(args.outgoing(None)?))?;
+            if args.json {
+                return print_json(&result);
+            }
+            println!("sent (session {})", result["session"]);
+            Ok(())
+        }
+        Command::Ask(args) => {
+            let request = control::Request::Ask(args.send.outgoing(Some(args.timeout))?);
+            let result = call(&data_dir, &request)?;
+            if args.send.json {
+                return print_json(&result);
+            }
+            println!(
+                "{} {}: {}",
+                result["from"].as_str().unwrap_or_default(),
+                result["label"].as_str().unwrap_or_default(),
+                result["payload"]
+            );
+            Ok(())
+        }
+        Command::Pub(args) => {
+            let result = call(&data_dir, &control::Request::Publish(args.outgoing(None)?))?;
+            if args.json {
+                return print_json(&result);
+            }
+            println!("published (session {})", result["session"]);
+            Ok(())
+        }
+        Command::Sub(args) => stream(&data_dir, &control::Request::Subscribe { topic: args.path }),
+        Command::Listen(args) => stream(&data_dir, &control::Request::Listen { path: args.path }),
         Command::Peers(args) => {
             let peers = call(&data_dir, &control::Request::Peers)?;
             if args.json {
@@ -405,6 +547,28 @@ fn call(
         .build()
         .context("cannot start the async runtime")?
         .block_on(control::call(data_dir, request))
+}
+
+/// Prints every event of a streaming request as a JSON line until the daemon stops or
+/// the user interrupts.
+fn stream(data_dir: &std::path::Path, request: &control::Request) -> anyhow::Result<()> {
+    use std::io::Write;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let printing = control::call_streaming(data_dir, request, |event| {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{event}")?;
+                out.flush()?;
+                Ok(())
+            });
+            tokio::select! {
+                result = printing => result,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        })
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

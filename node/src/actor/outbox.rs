@@ -195,6 +195,23 @@ impl Outbox {
         self.push(channel, session, kind, label, payload, needed)
     }
 
+    /// Queues more chains for the peer (it verifies them as it did the first hello).
+    pub(crate) fn hello(&self, chain: Chain) {
+        let frame = Frame::Hello(Hello {
+            chains: vec![chain],
+        });
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        // Outside the byte budget: rare, small, and it must not wait.
+        if let Err(e) = actor::encode_frame(&frame, &mut state.buffer) {
+            tracing::warn!(error = %e, "cannot send a new chain");
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
     /// Queues a refusal of a message the peer sent us.
     pub(crate) fn refuse(
         &self,

@@ -28,6 +28,8 @@ pub struct Published {
     pub from: Arc<Path>,
     /// The protocol (empty: untyped).
     pub protocol: String,
+    /// The role the publisher claims.
+    pub role: String,
     /// The session.
     pub session: u64,
     /// The label.
@@ -36,11 +38,38 @@ pub struct Published {
     pub payload: Vec<u8>,
 }
 
-/// Publications on one topic, as they arrive.
+/// Publications on one topic, as they arrive. Dropping the last subscription of a topic
+/// leaves it.
 #[derive(Debug)]
 pub struct Subscription {
     topic: String,
     receiver: mpsc::Receiver<Published>,
+    inner: Weak<Inner>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.receiver.close();
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut topics = inner.topics.lock();
+        let empty = topics.get_mut(&self.topic).is_some_and(|t| {
+            t.subscribers.retain(|s| !s.is_closed());
+            t.subscribers.is_empty()
+        });
+        if empty {
+            topics.remove(&self.topic);
+            drop(topics);
+            let node = inner.node.clone();
+            let topic = self.topic.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = node.unsubscribe(topic).await;
+                });
+            }
+        }
+    }
 }
 
 impl Subscription {
@@ -90,16 +119,19 @@ impl Topics {
             return Err(None);
         };
         let protocol: Arc<str> = Arc::from(publication.protocol.as_str());
-        entry
-            .sessions
-            .check_receive(
-                from,
-                &protocol,
-                publication.session,
-                &publication.role,
-                &publication.label,
-            )
-            .map_err(Some)?;
+        // A topic subscribed without a protocol observes everything, unchecked.
+        if !entry.protocol.is_empty() {
+            entry
+                .sessions
+                .check_receive(
+                    from,
+                    &protocol,
+                    publication.session,
+                    &publication.role,
+                    &publication.label,
+                )
+                .map_err(Some)?;
+        }
         entry.subscribers.retain(|s| !s.is_closed());
         let mut reached = 0;
         for subscriber in &entry.subscribers {
@@ -107,6 +139,7 @@ impl Topics {
                 topic: topic.to_string(),
                 from: from.clone(),
                 protocol: publication.protocol.clone(),
+                role: publication.role.clone(),
                 session: publication.session,
                 label: publication.label.clone(),
                 payload: publication.payload.clone(),
@@ -193,6 +226,7 @@ pub(super) async fn subscribe(
     Ok(Subscription {
         topic: name,
         receiver,
+        inner: Arc::downgrade(inner),
     })
 }
 

@@ -1,0 +1,172 @@
+//! Three real `btnode` processes: `listen`, `tell`, `ask`, `pub`, `sub` and `status`
+//! through the command line.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use testnet::Testnet;
+
+/// A streaming command (`listen`, `sub`) whose JSON lines arrive on a channel.
+struct Streaming {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Streaming {
+    fn start(net: &Testnet, index: usize, args: &[&str]) -> Streaming {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_btnode"))
+            .arg("--data-dir")
+            .arg(&net.nodes[index].data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::sync_channel(1024);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(value) = serde_json::from_str(&line)
+                    && send.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Streaming { child, lines }
+    }
+
+    fn next(&self, what: &str) -> serde_json::Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no {what}: {e}"))
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 3).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    for i in 1..3 {
+        net.grant(i, &net.path(&format!("n{i}"))).unwrap();
+    }
+    let echo = net.path("n1/echo");
+
+    // An actor on node 1, for as long as `listen` runs.
+    let listener = Streaming::start(&net, 1, &["listen", &echo]);
+    assert_eq!(listener.next("listen's answer")["listening"], echo.as_str());
+
+    // Node 0 asks it (once the registration has spread).
+    let reply = eventually(
+        "an answer from the echo actor",
+        Duration::from_secs(20),
+        || {
+            net.json(0, &["ask", &echo, r#"{"hi":[1,2]}"#, "--label", "ping"])
+                .ok()
+        },
+    );
+    assert_eq!(reply["from"], echo.as_str());
+    assert_eq!(reply["label"], "echo");
+    assert_eq!(reply["payload"], serde_json::json!({"hi": [1, 2]}));
+    let asked = listener.next("the ask");
+    assert_eq!(asked["kind"], "ask");
+    assert_eq!(asked["label"], "ping");
+    assert_eq!(asked["from"], net.path("cli"));
+
+    // Node 2 tells it three things, from its own path: they arrive in order.
+    let from = net.path("n2/cli");
+    for i in 0..3 {
+        let payload = format!("\"m{i}\"");
+        let sent = net.json(2, &["tell", &echo, &payload]).unwrap();
+        assert!(sent["session"].is_u64());
+    }
+    for i in 0..3 {
+        let told = listener.next("a tell");
+        assert_eq!(told["kind"], "tell");
+        assert_eq!(told["from"], from.as_str());
+        assert_eq!(told["payload"], format!("m{i}"));
+    }
+
+    // Status shows the actor; errors are clear.
+    let status = net.json(1, &["status"]).unwrap();
+    assert_eq!(status["actors"]["actors"][0]["path"], echo.as_str());
+    assert_eq!(status["actors"]["actors"][0]["handled"], 4);
+    let out = net
+        .cli(0, &["ask", &net.path("n2/nobody"), "1", "--timeout", "2s"])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nobody"), "{err}");
+    let out = net.cli(0, &["tell", &echo, "{not json"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not JSON"));
+
+    // When `listen` ends, the actor goes, and asking it is refused plainly.
+    drop(listener);
+    eventually("the actor to stop", Duration::from_secs(10), || {
+        let status = net.json(1, &["status"]).unwrap();
+        let actors = status["actors"]["actors"].as_array().unwrap().clone();
+        (!actors.iter().any(|a| a["path"] == echo.as_str())).then_some(())
+    });
+    let out = net.cli(0, &["ask", &echo, "1"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no actor at"), "{err}");
+
+    // Pub-sub: two subscribers on two other nodes both hear node 0's publications.
+    let room = net.path("room");
+    let subscribers: Vec<Streaming> = [1, 2]
+        .iter()
+        .map(|&i| Streaming::start(&net, i, &["sub", &room]))
+        .collect();
+    for s in &subscribers {
+        assert_eq!(s.next("sub's answer")["subscribed"], room.as_str());
+    }
+    // Best effort: publish until the mesh has formed and both have heard one.
+    let mut heard = [false, false];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while heard != [true, true] {
+        assert!(Instant::now() < deadline, "subscribers heard {heard:?}");
+        net.json(
+            0,
+            &["pub", &room, &format!("{{\"n\":{n}}}"), "--label", "post"],
+        )
+        .unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        for (i, s) in subscribers.iter().enumerate() {
+            while let Ok(event) = s.lines.try_recv() {
+                assert_eq!(event["label"], "post");
+                assert_eq!(event["from"], net.path("cli"));
+                heard[i] = true;
+            }
+        }
+    }
+    net.stop(0).unwrap();
+}
