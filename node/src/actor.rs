@@ -272,6 +272,8 @@ pub struct Incoming {
     /// The payload.
     pub payload: Vec<u8>,
     reply: Option<ReplyTo>,
+    /// The sender's key in the receiving actor's session table.
+    peer: u64,
 }
 
 impl Incoming {
@@ -309,6 +311,8 @@ pub struct ReplyTo {
     asker: Arc<Path>,
     protocol: Arc<str>,
     session: u64,
+    /// The asker's key in the replying actor's session table.
+    peer: u64,
 }
 
 impl std::fmt::Debug for ReplyTo {
@@ -325,7 +329,7 @@ impl ReplyTo {
     pub async fn send(mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
         self.actor
             .sessions
-            .check_send(&self.asker, &self.protocol, self.session, label)?;
+            .check_send(self.peer, &self.protocol, self.session, label)?;
         let back = self.back.take();
         match back {
             Some(Back::Local(reply)) => {
@@ -810,10 +814,22 @@ impl Session {
         self.monitor.as_ref().is_some_and(Monitor::is_done)
     }
 
-    fn check_send(&mut self, label: &str) -> Result<(), SendError> {
+    /// Checks and takes `label` as sent; returns the state to rewind to if it is not
+    /// sent after all.
+    fn check_send(&mut self, label: &str) -> Result<Option<usize>, SendError> {
         match &mut self.monitor {
-            Some(monitor) => Ok(monitor.send(&self.peer_role, label)?),
-            None => Ok(()),
+            Some(monitor) => {
+                let before = monitor.state();
+                monitor.send(&self.peer_role, label)?;
+                Ok(Some(before))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn rewind(&mut self, before: Option<usize>) {
+        if let (Some(monitor), Some(state)) = (&mut self.monitor, before) {
+            monitor.rewind(state);
         }
     }
 
@@ -842,6 +858,7 @@ impl Session {
         match self.current_route().await? {
             Route::Local(slot) => {
                 let inner = &self.sender.inner;
+                let peer = slot.sessions.peer(&self.sender.from, &self.protocol);
                 let reply = match (kind, back) {
                     (Kind::Ask { id }, Some(back)) => Some(ReplyTo {
                         id,
@@ -850,6 +867,7 @@ impl Session {
                         asker: self.sender.from.clone(),
                         protocol: self.protocol.clone(),
                         session: self.id,
+                        peer,
                     }),
                     _ => None,
                 };
@@ -861,6 +879,7 @@ impl Session {
                     label: label.into(),
                     payload: payload.into(),
                     reply,
+                    peer,
                 };
                 slot.deliver(inner, incoming).await?;
                 Ok(())
@@ -874,8 +893,12 @@ impl Session {
     /// Sends a fire-and-forget message. Returns once it is queued (see the module's
     /// delivery semantics); waits while the way to the receiver is full.
     pub async fn tell(&mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
-        self.check_send(label)?;
-        self.deliver(Kind::Tell, label, payload, None).await
+        let before = self.check_send(label)?;
+        let sent = self.deliver(Kind::Tell, label, payload, None).await;
+        if sent.is_err() {
+            self.rewind(before);
+        }
+        sent
     }
 
     /// Sends a request and waits for the reply (at most the runtime's ask timeout).
@@ -891,11 +914,17 @@ impl Session {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Reply, AskError> {
-        self.check_send(label)?;
+        let before = self.check_send(label)?;
         let inner = self.sender.inner.clone();
         let id = inner.next_ask.fetch_add(1, Ordering::Relaxed);
         let (back, answer) = oneshot::channel();
-        let route = self.current_route().await?;
+        let route = match self.current_route().await {
+            Ok(route) => route,
+            Err(e) => {
+                self.rewind(before);
+                return Err(e.into());
+            }
+        };
         let result = match route {
             Route::Local(_) => {
                 self.deliver(Kind::Ask { id }, label, payload, Some(back))
@@ -915,6 +944,7 @@ impl Session {
         };
         if let Err(e) = result {
             lock(&inner.asks).remove(&id);
+            self.rewind(before);
             return Err(e.into());
         }
         let answer = tokio::time::timeout(timeout, answer).await;
@@ -927,7 +957,11 @@ impl Session {
                     reason: "the stream closed before the reply".into(),
                 }));
             }
-            Ok(Ok(Err(refusal))) => return Err(AskError::Refused(refusal)),
+            Ok(Ok(Err(refusal))) => {
+                // Refused: the receiver did not take it either.
+                self.rewind(before);
+                return Err(AskError::Refused(refusal));
+            }
             Ok(Ok(Ok(reply))) => reply,
         };
         if let Some(monitor) = &mut self.monitor {
@@ -940,14 +974,19 @@ impl Session {
 
     /// Publishes on the topic `to` (a session of a pub-sub protocol).
     pub async fn publish(&mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
-        self.check_send(label)?;
+        let before = self.check_send(label)?;
         let inner = self.sender.inner.clone();
         let claim = pubsub::Claim {
             protocol: &self.protocol,
             role: &self.role,
             session: self.id,
         };
-        pubsub::publish(&inner, &self.sender.from, &self.to, claim, label, payload).await
+        let sent =
+            pubsub::publish(&inner, &self.sender.from, &self.to, claim, label, payload).await;
+        if sent.is_err() {
+            self.rewind(before);
+        }
+        sent
     }
 }
 

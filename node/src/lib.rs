@@ -2,3 +2,4 @@
 //! that embed a node (the examples, tests, benchmarks).
 
 pub mod actor;
+pub mod embed;

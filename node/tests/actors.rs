@@ -13,7 +13,7 @@ use btnode::actor::{
 use futures::{AsyncReadExt, AsyncWriteExt};
 use keys::{Chain, Path, SigningKey, Validity};
 use libp2p::{Multiaddr, StreamProtocol};
-use protocols::actor::{self as wire, Frame, Hello, Kind, MessageRef, Refusal};
+use protocols::actor::{self as wire, EnvelopeRef, Frame, Hello, Kind, Refusal};
 use protocols::session::{Global, Protocol, Violation};
 use tokio::sync::mpsc;
 
@@ -399,6 +399,18 @@ async fn every_kind_of_violation_is_refused_with_its_typed_error() {
         "{err:?}"
     );
 
+    // A send that fails leaves the session where it was.
+    let mut lost = me
+        .session(net.path(1, "nobody-here"), &kv, "client")
+        .unwrap();
+    for _ in 0..2 {
+        let err = lost.ask("get", b"k").await.unwrap_err();
+        assert!(
+            matches!(err, AskError::Send(SendError::Unreachable { .. })),
+            "{err:?}"
+        );
+    }
+
     // The receiver checks what an unchecked (or hostile) sender sends.
     let refused = |err: AskError| match err {
         AskError::Refused(refusal) => refusal,
@@ -525,7 +537,7 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
     )
     .unwrap();
     wire::encode_message(
-        &MessageRef::Message {
+        EnvelopeRef {
             channel: 0,
             session: 1,
             sequence: 0,

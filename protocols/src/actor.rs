@@ -143,21 +143,7 @@ pub enum Frame {
         role: String,
     },
     /// One message.
-    Message {
-        /// The channel.
-        channel: u32,
-        /// The session, chosen by its initiator.
-        session: u64,
-        /// Per-stream sequence number: 0 for the first message, then one more each time.
-        sequence: u64,
-        /// Tell, ask or reply.
-        kind: Kind,
-        /// The message label in the protocol.
-        label: String,
-        /// The payload (CBOR chosen by the protocol).
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
-    },
+    Message(Envelope),
     /// The receiver refused the message `sequence` that came on `channel` of the
     /// *other* direction's stream.
     Refused {
@@ -186,7 +172,7 @@ impl Message for Frame {
                 role,
                 ..
             } => (*channel, &[protocol.as_str(), role.as_str()]),
-            Frame::Message { channel, label, .. } => (*channel, &[label.as_str()]),
+            Frame::Message(e) => (e.channel, &[e.label.as_str()]),
             Frame::Refused { channel, .. } => (*channel, &[]),
         };
         if channel >= MAX_CHANNELS {
@@ -241,27 +227,139 @@ impl Message for Publication {
     }
 }
 
-/// The encoding side of [`Frame::Message`], borrowing label and payload, so a sender
-/// writes straight into its stream buffer without copying the payload first.
+/// One message on a channel: the hot path, encoded as a CBOR array (no field names) of
+/// `[channel, session, sequence, kind, ask id, label, payload]`, kind 0 tell, 1 ask,
+/// 2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The channel (its `from`, `to`, protocol and role were bound by [`Frame::Open`]).
+    pub channel: u32,
+    /// The session, chosen by its initiator.
+    pub session: u64,
+    /// Per-stream sequence number: 0 for the first message, then one more each time.
+    pub sequence: u64,
+    /// Tell, ask or reply.
+    pub kind: Kind,
+    /// The message label in the protocol.
+    pub label: String,
+    /// The payload (CBOR chosen by the protocol).
+    pub payload: Vec<u8>,
+}
+
+/// The encoding side of [`Envelope`], borrowing label and payload, so a sender writes
+/// straight into its stream buffer without copying the payload first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeRef<'a> {
+    /// The channel.
+    pub channel: u32,
+    /// The session.
+    pub session: u64,
+    /// Per-stream sequence number.
+    pub sequence: u64,
+    /// Tell, ask or reply.
+    pub kind: Kind,
+    /// The label.
+    pub label: &'a str,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl Envelope {
+    /// The borrowing form.
+    pub fn as_ref(&self) -> EnvelopeRef<'_> {
+        EnvelopeRef {
+            channel: self.channel,
+            session: self.session,
+            sequence: self.sequence,
+            kind: self.kind,
+            label: &self.label,
+            payload: &self.payload,
+        }
+    }
+}
+
+impl Serialize for EnvelopeRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let (tag, id) = match self.kind {
+            Kind::Tell => (0u8, 0u64),
+            Kind::Ask { id } => (1, id),
+            Kind::Reply { id } => (2, id),
+        };
+        let mut t = serializer.serialize_tuple(7)?;
+        t.serialize_element(&self.channel)?;
+        t.serialize_element(&self.session)?;
+        t.serialize_element(&self.sequence)?;
+        t.serialize_element(&tag)?;
+        t.serialize_element(&id)?;
+        t.serialize_element(self.label)?;
+        t.serialize_element(serde_bytes::Bytes::new(self.payload))?;
+        t.end()
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_ref().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Seven;
+        impl<'de> serde::de::Visitor<'de> for Seven {
+            type Value = Envelope;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[channel, session, sequence, kind, id, label, payload]")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Envelope, A::Error> {
+                use serde::de::Error;
+                let missing = |what: &str| A::Error::custom(format_args!("missing {what}"));
+                let channel: u32 = seq.next_element()?.ok_or_else(|| missing("channel"))?;
+                let session: u64 = seq.next_element()?.ok_or_else(|| missing("session"))?;
+                let sequence: u64 = seq.next_element()?.ok_or_else(|| missing("sequence"))?;
+                let tag: u8 = seq.next_element()?.ok_or_else(|| missing("kind"))?;
+                let id: u64 = seq.next_element()?.ok_or_else(|| missing("id"))?;
+                let kind = match (tag, id) {
+                    (0, 0) => Kind::Tell,
+                    (1, id) => Kind::Ask { id },
+                    (2, id) => Kind::Reply { id },
+                    (tag, id) => {
+                        return Err(A::Error::custom(format_args!(
+                            "no message kind {tag} (with id {id})"
+                        )));
+                    }
+                };
+                let label: String = seq.next_element()?.ok_or_else(|| missing("label"))?;
+                let payload: serde_bytes::ByteBuf =
+                    seq.next_element()?.ok_or_else(|| missing("payload"))?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::custom("more than seven fields"));
+                }
+                Ok(Envelope {
+                    channel,
+                    session,
+                    sequence,
+                    kind,
+                    label,
+                    payload: payload.into_vec(),
+                })
+            }
+        }
+        deserializer.deserialize_tuple(7, Seven)
+    }
+}
+
+/// [`Frame::Message`] borrowing its envelope, for encoding.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum MessageRef<'a> {
-    /// Same shape as [`Frame::Message`].
-    Message {
-        /// The channel.
-        channel: u32,
-        /// The session.
-        session: u64,
-        /// Per-stream sequence number.
-        sequence: u64,
-        /// Tell, ask or reply.
-        kind: Kind,
-        /// The label.
-        label: &'a str,
-        /// The payload.
-        #[serde(with = "serde_bytes")]
-        payload: &'a [u8],
-    },
+enum MessageRef<'a> {
+    Message(EnvelopeRef<'a>),
 }
 
 /// Appends one frame holding `message` to `out`.
@@ -269,9 +367,10 @@ pub fn encode_frame<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), En
     append_frame(M::NAME, M::VERSION, M::MAX_BYTES, message, out)
 }
 
-/// Appends one [`Frame::Message`] to `out` without copying `payload` first.
-pub fn encode_message(message: &MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    append_frame(Frame::NAME, Frame::VERSION, Frame::MAX_BYTES, message, out)
+/// Appends one [`Frame::Message`] to `out` without copying the payload first.
+pub fn encode_message(envelope: EnvelopeRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let message = MessageRef::Message(envelope);
+    append_frame(Frame::NAME, Frame::VERSION, Frame::MAX_BYTES, &message, out)
 }
 
 fn append_frame<T: Serialize>(
@@ -312,9 +411,15 @@ pub enum FrameError {
 /// Splits a byte stream into frames.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
+    /// Initialised bytes: `[start, end)` holds what is not handed out yet, the rest is
+    /// room to read into.
     buffer: Vec<u8>,
     start: usize,
+    end: usize,
 }
+
+/// Room kept after a large frame has gone; more is given back.
+const KEEP_BYTES: usize = 256 * 1024;
 
 impl FrameDecoder {
     /// An empty decoder.
@@ -324,22 +429,34 @@ impl FrameDecoder {
 
     /// Adds bytes read from the stream.
     pub fn extend(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buffer.len() {
-            self.buffer.clear();
-            self.start = 0;
+        self.unfilled(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Room for at least `min` more bytes, to read into directly; then say how many
+    /// arrived with [`FrameDecoder::filled`].
+    pub fn unfilled(&mut self, min: usize) -> &mut [u8] {
+        self.compact();
+        if self.buffer.len() - self.end < min {
+            self.buffer.resize(self.end + min, 0);
         }
-        self.buffer.extend_from_slice(bytes);
+        &mut self.buffer[self.end..]
+    }
+
+    /// Takes `n` bytes written into [`FrameDecoder::unfilled`].
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buffer.len());
     }
 
     /// Bytes held but not yet handed out.
     pub fn pending(&self) -> usize {
-        self.buffer.len() - self.start
+        self.end - self.start
     }
 
     /// The next whole frame's bytes, if one has arrived. A frame over the limit is an
     /// error as soon as its length is read; the stream should then be closed.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
-        let available = &self.buffer[self.start..];
+        let available = &self.buffer[self.start..self.end];
         let Some(header) = available.get(..4) else {
             return Ok(None);
         };
@@ -363,11 +480,16 @@ impl FrameDecoder {
         }
     }
 
-    /// Drops bytes already handed out, keeping what is pending.
+    /// Moves what is pending to the front, giving back room a large frame took.
     pub fn compact(&mut self) {
         if self.start > 0 {
-            self.buffer.drain(..self.start);
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
+        }
+        if self.buffer.len() > KEEP_BYTES && self.end < KEEP_BYTES {
+            self.buffer.truncate(KEEP_BYTES);
+            self.buffer.shrink_to_fit();
         }
     }
 }
@@ -414,14 +536,14 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..300)
             )
                 .prop_map(|(channel, session, sequence, kind, label, payload)| {
-                    Frame::Message {
+                    Frame::Message(Envelope {
                         channel,
                         session,
                         sequence,
                         kind,
                         label,
                         payload,
-                    }
+                    })
                 }),
             (0..MAX_CHANNELS, any::<u64>(), kind()).prop_map(|(channel, sequence, kind)| {
                 Frame::Refused {
@@ -439,25 +561,7 @@ mod tests {
     fn encode_any(frame: &Frame, out: &mut Vec<u8>) {
         match frame {
             // Messages go through the borrowing encoder, as senders write them.
-            Frame::Message {
-                channel,
-                session,
-                sequence,
-                kind,
-                label,
-                payload,
-            } => encode_message(
-                &MessageRef::Message {
-                    channel: *channel,
-                    session: *session,
-                    sequence: *sequence,
-                    kind: *kind,
-                    label,
-                    payload,
-                },
-                out,
-            )
-            .unwrap(),
+            Frame::Message(envelope) => encode_message(envelope.as_ref(), out).unwrap(),
             other => encode_frame(other, out).unwrap(),
         }
     }
@@ -512,7 +616,7 @@ mod tests {
     fn an_oversized_payload_is_refused_by_the_encoder_and_leaves_the_buffer() {
         let payload = vec![0; MAX_MESSAGE_BYTES];
         let mut out = vec![1, 2, 3];
-        let message = MessageRef::Message {
+        let message = EnvelopeRef {
             channel: 0,
             session: 0,
             sequence: 0,
@@ -521,10 +625,47 @@ mod tests {
             payload: &payload,
         };
         assert!(matches!(
-            encode_message(&message, &mut out),
+            encode_message(message, &mut out),
             Err(EncodeError::TooLarge { .. })
         ));
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_message_is_a_compact_array() {
+        let mut out = Vec::new();
+        let envelope = EnvelopeRef {
+            channel: 1,
+            session: 2,
+            sequence: 3,
+            kind: Kind::Ask { id: 4 },
+            label: "get",
+            payload: &[0xaa; 100],
+        };
+        encode_message(envelope, &mut out).unwrap();
+        // 4 length bytes, [1, {"message": [1, 2, 3, 1, 4, "get", h'aa…']}].
+        assert!(out.len() < 4 + 100 + 24, "{} bytes", out.len());
+        // An unknown kind is refused.
+        let bad = keys::cbor::to_vec(&(
+            1u16,
+            MessageRef::Message(EnvelopeRef {
+                kind: Kind::Tell,
+                ..envelope
+            }),
+        ))
+        .unwrap();
+        let tell_with_id = {
+            let mut b = bad.clone();
+            // The id of a tell must be 0: patch the encoded id (the 5th element).
+            let at = b.iter().position(|&x| x == 0x87).unwrap() + 5;
+            b[at] = 9;
+            b
+        };
+        assert!(wire::decode::<Frame>(&bad).is_ok());
+        assert!(matches!(
+            wire::decode::<Frame>(&tell_with_id),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

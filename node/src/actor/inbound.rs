@@ -8,10 +8,13 @@ use std::time::Duration;
 use futures::{AsyncReadExt, StreamExt};
 use keys::Path;
 use libp2p::{PeerId, Stream};
-use protocols::actor::{Frame, FrameDecoder, Hello, Kind, Refusal};
+use protocols::actor::{Envelope, Frame, FrameDecoder, Hello, Kind, Refusal};
 
 use super::supervisor::Slot;
 use super::{Back, Incoming, Inner, RefusalNotice, ReplyTo, lock, read, write};
+
+/// Bytes asked for per read.
+const READ_BYTES: usize = 64 * 1024;
 
 /// How long a new stream may take to present its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +34,9 @@ pub(super) async fn accept(inner: Weak<Inner>, mut incoming: libp2p_stream::Inco
 }
 
 async fn read_stream(inner: Weak<Inner>, peer: PeerId, stream: Stream) {
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
     let mut reader = match Reader::new(inner, peer, stream) {
         Ok(reader) => reader,
         Err(e) => {
@@ -42,9 +48,7 @@ async fn read_stream(inner: Weak<Inner>, peer: PeerId, stream: Stream) {
         Ok(()) => tracing::debug!("actor stream closed"),
         Err(e) => {
             tracing::warn!(error = %e, "actor stream dropped");
-            if let Some(inner) = reader.inner.upgrade() {
-                inner.penalise(peer);
-            }
+            reader.inner.penalise(peer);
         }
     }
 }
@@ -56,11 +60,12 @@ struct Channel {
     protocol: Arc<str>,
     role: Arc<str>,
     authorized: bool,
-    target: Option<Arc<Slot>>,
+    /// The receiving actor, and the sender's key in its session table.
+    target: Option<(Arc<Slot>, u64)>,
 }
 
 struct Reader {
-    inner: Weak<Inner>,
+    inner: Arc<Inner>,
     peer: PeerId,
     principal: keys::Principal,
     stream: Stream,
@@ -70,7 +75,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(inner: Weak<Inner>, peer: PeerId, stream: Stream) -> Result<Self, String> {
+    fn new(inner: Arc<Inner>, peer: PeerId, stream: Stream) -> Result<Self, String> {
         let principal = keys::PublicKey::from_peer_id(&peer)
             .ok_or("the peer's id carries no ed25519 key")?
             .principal();
@@ -86,19 +91,18 @@ impl Reader {
     }
 
     fn inner(&self) -> Result<Arc<Inner>, String> {
-        self.inner.upgrade().ok_or_else(|| "runtime stopped".into())
+        Ok(self.inner.clone())
     }
 
-    /// Reads more bytes; false at the end of the stream.
-    async fn fill(&mut self, buffer: &mut [u8]) -> Result<bool, String> {
-        self.decoder.compact();
-        let n = self.stream.read(buffer).await.map_err(|e| e.to_string())?;
-        self.decoder.extend(&buffer[..n]);
+    /// Reads more bytes straight into the decoder; false at the end of the stream.
+    async fn fill(&mut self) -> Result<bool, String> {
+        let room = self.decoder.unfilled(READ_BYTES);
+        let n = self.stream.read(room).await.map_err(|e| e.to_string())?;
+        self.decoder.filled(n);
         Ok(n > 0)
     }
 
     async fn run(&mut self) -> Result<(), String> {
-        let mut buffer = vec![0u8; 64 * 1024];
         let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
             loop {
                 if let Some(hello) = self
@@ -108,7 +112,7 @@ impl Reader {
                 {
                     return Ok(hello);
                 }
-                if !self.fill(&mut buffer).await? {
+                if !self.fill().await? {
                     return Err("the stream ended before its hello".to_string());
                 }
             }
@@ -124,7 +128,7 @@ impl Reader {
             {
                 self.frame(frame).await?;
             }
-            if !self.fill(&mut buffer).await? {
+            if !self.fill().await? {
                 return Ok(());
             }
         }
@@ -164,9 +168,12 @@ impl Reader {
                 let authorized =
                     read(&inner.verified).authorizes(&self.principal, &from, keys::now());
                 let to = Arc::new(to);
-                let target = read(&inner.actors).get(&to).cloned();
+                let from = Arc::new(from);
+                let target = read(&inner.actors)
+                    .get(&to)
+                    .map(|slot| (slot.clone(), slot.sessions.peer(&from, &protocol)));
                 self.channels.push(Channel {
-                    from: Arc::new(from),
+                    from,
                     to,
                     protocol: Arc::from(protocol),
                     role: Arc::from(role),
@@ -175,14 +182,14 @@ impl Reader {
                 });
                 Ok(())
             }
-            Frame::Message {
+            Frame::Message(Envelope {
                 channel,
                 session,
                 sequence,
                 kind,
                 label,
                 payload,
-            } => {
+            }) => {
                 if sequence != self.sequence {
                     return Err(format!("sequence {sequence}, expected {}", self.sequence));
                 }
@@ -243,10 +250,12 @@ impl Reader {
             }
             return Ok(());
         }
-        if ch.target.as_ref().is_none_or(|t| t.is_stopped()) {
-            ch.target = read(&inner.actors).get(&ch.to).cloned();
+        if ch.target.as_ref().is_none_or(|(t, _)| t.is_stopped()) {
+            ch.target = read(&inner.actors)
+                .get(&ch.to)
+                .map(|slot| (slot.clone(), slot.sessions.peer(&ch.from, &ch.protocol)));
         }
-        let Some(target) = ch.target.clone() else {
+        let Some((target, peer_key)) = ch.target.clone() else {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
@@ -271,6 +280,7 @@ impl Reader {
                     asker: ch.from.clone(),
                     protocol: ch.protocol.clone(),
                     session,
+                    peer: peer_key,
                 })
             }
             _ => None,
@@ -283,6 +293,7 @@ impl Reader {
             label,
             payload,
             reply,
+            peer: peer_key,
         };
         match target.deliver(&inner, incoming).await {
             Ok(()) => Ok(()),

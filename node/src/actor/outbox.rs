@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use keys::{Chain, Path};
 use libp2p::{PeerId, StreamProtocol};
-use protocols::actor::{self, Frame, Hello, Kind, MAX_CHANNELS, MessageRef, Refusal};
+use protocols::actor::{self, EnvelopeRef, Frame, Hello, Kind, MAX_CHANNELS, Refusal};
 use tokio::sync::{Notify, Semaphore};
 
 use super::SendError;
@@ -264,7 +264,7 @@ impl Outbox {
             self.budget.add_permits(permits);
             return Err(self.closed_error());
         }
-        let message = MessageRef::Message {
+        let envelope = EnvelopeRef {
             channel,
             session,
             sequence: state.sequence,
@@ -272,7 +272,7 @@ impl Outbox {
             label,
             payload,
         };
-        if let Err(e) = actor::encode_message(&message, &mut state.buffer) {
+        if let Err(e) = actor::encode_message(envelope, &mut state.buffer) {
             drop(state);
             self.budget.add_permits(permits);
             return Err(SendError::Encode(e.to_string()));

@@ -121,10 +121,11 @@ impl Topics {
         let protocol: Arc<str> = Arc::from(publication.protocol.as_str());
         // A topic subscribed without a protocol observes everything, unchecked.
         if !entry.protocol.is_empty() {
+            let peer = entry.sessions.peer(from, &protocol);
             entry
                 .sessions
                 .check_receive(
-                    from,
+                    peer,
                     &protocol,
                     publication.session,
                     &publication.role,

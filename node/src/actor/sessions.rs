@@ -12,7 +12,8 @@ use protocols::session::{Direction, Monitor, Protocol, Violation};
 /// such instead of starting a new session.
 const ENDED_REMEMBERED: usize = 4096;
 
-type Key = (Arc<Path>, Arc<str>, u64);
+/// (the peer's key from [`Sessions::peer`], session id).
+type Key = (u64, u64);
 
 /// A protocol an actor speaks, with its role and the other side's.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ struct State {
 /// The session table of one actor (or one topic).
 pub(crate) struct Sessions {
     owner: String,
+    /// Keys peers: computed once per channel or session, not per message.
+    hasher: std::hash::RandomState,
     served: HashMap<String, Served>,
     untyped: bool,
     max_open: usize,
@@ -55,6 +58,7 @@ impl Sessions {
     ) -> Self {
         Sessions {
             owner,
+            hasher: std::hash::RandomState::new(),
             served,
             untyped,
             max_open,
@@ -78,6 +82,13 @@ impl Sessions {
         names
     }
 
+    /// The key of a peer (`from`, speaking `protocol`) in this table: a keyed hash, so
+    /// a remote cannot make two peers collide. Compute it once per channel or session.
+    pub(crate) fn peer(&self, from: &Path, protocol: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((from, protocol))
+    }
+
     /// The role the actor plays in `protocol` (empty when untyped or unknown).
     pub(crate) fn role(&self, protocol: &str) -> Arc<str> {
         self.served
@@ -89,8 +100,8 @@ impl Sessions {
     /// `protocol`.
     pub(crate) fn check_receive(
         &self,
-        from: &Arc<Path>,
-        protocol: &Arc<str>,
+        peer: u64,
+        protocol: &str,
         session: u64,
         role: &str,
         label: &str,
@@ -98,7 +109,7 @@ impl Sessions {
         if protocol.is_empty() && self.untyped {
             return Ok(());
         }
-        let Some(served) = self.served.get(&**protocol) else {
+        let Some(served) = self.served.get(protocol) else {
             return Err(Refusal::UnknownProtocol {
                 actor: self.owner.clone(),
                 protocol: protocol.to_string(),
@@ -114,7 +125,7 @@ impl Sessions {
                 expected: vec![served.peer_role.clone()],
             }));
         }
-        let key = (from.clone(), protocol.clone(), session);
+        let key = (peer, session);
         let mut state = self.lock();
         self.step(&mut state, served, key, Direction::Receive, label)
             .map_err(|e| match e {
@@ -128,15 +139,15 @@ impl Sessions {
     /// Checks a message the actor sends to `to` in `session` of `protocol` (a reply).
     pub(crate) fn check_send(
         &self,
-        to: &Arc<Path>,
-        protocol: &Arc<str>,
+        peer: u64,
+        protocol: &str,
         session: u64,
         label: &str,
     ) -> Result<(), Violation> {
-        let Some(served) = self.served.get(&**protocol) else {
+        let Some(served) = self.served.get(protocol) else {
             return Ok(()); // untyped
         };
-        let key = (to.clone(), protocol.clone(), session);
+        let key = (peer, session);
         let mut state = self.lock();
         match self.step(&mut state, served, key, Direction::Send, label) {
             Ok(()) => Ok(()),
@@ -169,7 +180,7 @@ impl Sessions {
                 .protocol
                 .monitor(&served.role)
                 .map_err(|_| Step::Full)?;
-            state.open.insert(key.clone(), monitor);
+            state.open.insert(key, monitor);
         }
         let Some(monitor) = state.open.get_mut(&key) else {
             return Err(Step::Full);
@@ -186,7 +197,7 @@ impl Sessions {
             {
                 state.ended.remove(&old);
             }
-            state.ended.insert(key.clone());
+            state.ended.insert(key);
             state.ended_order.push_back(key);
         }
         result.map_err(Step::Violation)

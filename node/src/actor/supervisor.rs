@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,6 @@ pub struct ActorStatus {
 #[derive(Debug, Default)]
 struct Counters {
     state: &'static str,
-    handled: u64,
     failures: u64,
     restarts: u64,
     last_failure: Option<String>,
@@ -134,9 +133,11 @@ pub(crate) struct Slot {
     pub(crate) sessions: Sessions,
     mailbox: mpsc::Sender<Incoming>,
     counters: Mutex<Counters>,
+    handled: AtomicU64,
     /// Set while the handler runs; replies dropped meanwhile wait for its outcome.
     handling: AtomicBool,
     orphans: Mutex<Vec<super::ReplyTo>>,
+    has_orphans: AtomicBool,
     stopped: Notify,
     stopping: AtomicBool,
 }
@@ -162,7 +163,7 @@ impl Slot {
             path: self.path.to_string(),
             protocols: self.sessions.protocols(),
             state: c.state.into(),
-            handled: c.handled,
+            handled: self.handled.load(Ordering::Relaxed),
             failures: c.failures,
             restarts: c.restarts,
             last_failure: c.last_failure.clone(),
@@ -185,7 +186,7 @@ impl Slot {
     /// reports the refusal.
     pub(crate) async fn deliver(&self, inner: &Inner, incoming: Incoming) -> Result<(), Refusal> {
         if let Err(refusal) = self.sessions.check_receive(
-            &incoming.from,
+            incoming.peer,
             &incoming.protocol,
             incoming.session,
             &incoming.role,
@@ -228,15 +229,20 @@ impl Slot {
             asker: orphan.asker.clone(),
             protocol: orphan.protocol.clone(),
             session: orphan.session,
+            peer: orphan.peer,
         };
         self.orphans
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(taken);
+        self.has_orphans.store(true, Ordering::Release);
         true
     }
 
     fn settle_orphans(&self, failure: Option<&str>) {
+        if !self.has_orphans.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let orphans: Vec<super::ReplyTo> = std::mem::take(
             &mut *self
                 .orphans
@@ -308,8 +314,10 @@ where
             state: "running",
             ..Counters::default()
         }),
+        handled: AtomicU64::new(0),
         handling: AtomicBool::new(false),
         orphans: Mutex::new(Vec::new()),
+        has_orphans: AtomicBool::new(false),
         stopped: Notify::new(),
         stopping: AtomicBool::new(false),
     });
@@ -370,9 +378,15 @@ async fn supervise<A, F>(
                 slot.counters().state = "stopped";
                 return;
             }
-            let message = tokio::select! {
-                message = mailbox.recv() => message,
-                () = slot.stopped.notified() => None,
+            // Busy: take the next message without arming the stop signal each time.
+            let message = match mailbox.try_recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    biased;
+                    () = slot.stopped.notified() => None,
+                    message = mailbox.recv() => message,
+                },
             };
             let Some(message) = message else {
                 slot.counters().state = "stopped";
@@ -389,9 +403,9 @@ async fn supervise<A, F>(
                 Err(panic) => Some(format!("panicked: {}", panic_message(&*panic))),
             };
             slot.settle_orphans(failure.as_deref());
-            let mut c = slot.counters();
-            c.handled += 1;
+            slot.handled.fetch_add(1, Ordering::Relaxed);
             if let Some(reason) = failure {
+                let mut c = slot.counters();
                 c.failures += 1;
                 c.last_failure = Some(reason.clone());
                 break reason;

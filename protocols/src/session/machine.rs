@@ -404,6 +404,15 @@ impl Monitor {
         self.state
     }
 
+    /// Goes back to `state`, one this monitor was in before: for undoing a step whose
+    /// message was, after all, not sent or refused. A state the machine does not have is
+    /// ignored.
+    pub fn rewind(&mut self, state: usize) {
+        if state < self.machine.len() {
+            self.state = state;
+        }
+    }
+
     /// What may happen next, as (direction, peer, label).
     pub fn expected(&self) -> impl Iterator<Item = (Direction, &str, &str)> {
         self.machine
