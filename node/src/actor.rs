@@ -357,6 +357,16 @@ impl ReplyTo {
         }
     }
 
+    /// Refuses the ask with `reason` ([`Refusal::Failed`]) without failing the actor: for
+    /// requests the protocol has no answer for (a malformed payload, say).
+    pub fn reject(mut self, reason: &str) {
+        let refusal = Refusal::Failed {
+            actor: self.actor.path.to_string(),
+            reason: reason.into(),
+        };
+        self.refuse(refusal);
+    }
+
     fn refuse(&mut self, refusal: Refusal) {
         match self.back.take() {
             Some(Back::Local(reply)) => {

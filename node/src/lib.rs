@@ -3,3 +3,4 @@
 
 pub mod actor;
 pub mod embed;
+pub mod payload;

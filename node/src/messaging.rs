@@ -12,6 +12,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use btnode::payload::{from_json, to_json};
+
 use crate::caps;
 use crate::control::{self, Outgoing, Response};
 
@@ -28,26 +30,6 @@ pub(crate) struct Event {
     session: u64,
     label: String,
     payload: serde_json::Value,
-}
-
-/// The CBOR encoding of a JSON payload.
-pub(crate) fn to_cbor(value: &serde_json::Value) -> Result<Vec<u8>, String> {
-    keys::cbor::to_vec(value).map_err(|e| format!("cannot encode the payload: {e}"))
-}
-
-/// A payload as JSON: its CBOR value when it is CBOR that JSON can show, else its bytes
-/// in hex.
-pub(crate) fn to_json(payload: &[u8]) -> serde_json::Value {
-    if payload.is_empty() {
-        return serde_json::Value::Null;
-    }
-    match keys::cbor::from_slice::<serde_json::Value>(payload, keys::limits::MAX_MESSAGE_BYTES) {
-        Ok(value) => value,
-        Err(_) => {
-            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-            serde_json::json!({ "hex": hex })
-        }
-    }
 }
 
 pub(crate) struct Messaging {
@@ -104,7 +86,9 @@ impl Messaging {
         let to =
             m.to.parse::<Path>()
                 .map_err(|e| format!("{:?} is not a path: {e}", m.to))?;
-        Ok((sender, to, to_cbor(&m.payload)?))
+        let payload =
+            from_json(&m.payload).map_err(|e| format!("cannot encode the payload: {e}"))?;
+        Ok((sender, to, payload))
     }
 
     pub(crate) async fn tell(&self, m: Outgoing) -> Response {

@@ -771,9 +771,14 @@ async fn pub_sub_refuses_violations_and_impostors() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let me = net.nodes[0].runtime.sender(net.path(0, "mallory")).unwrap();
-    // Out of protocol: a post before joining.
-    me.unchecked(topic.clone(), "chat/1", "member", 1)
-        .publish("post", b"sneaky")
+    // Out of protocol: joining twice in one session.
+    let mut twice = me.unchecked(topic.clone(), "chat/1", "member", 1);
+    twice.publish("join", b"mallory").await.unwrap();
+    twice.publish("join", b"again").await.unwrap();
+    // A post in a session no subscriber saw begin is ignored, not held against anyone
+    // (a subscriber may simply have come late).
+    me.unchecked(topic.clone(), "chat/1", "member", 3)
+        .publish("post", b"who?")
         .await
         .unwrap();
     // An impostor: node 0 signs a publication claiming to be node 1's actor, with the
@@ -812,7 +817,12 @@ async fn pub_sub_refuses_violations_and_impostors() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A well-behaved member gets through; nothing of the above did.
+    // Only the first join came through; then a well-behaved member does too.
+    let first = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.label.as_str(), first.session), ("join", 1));
     let mut session = me.session(topic.clone(), &chat, "member").unwrap();
     session.publish("join", b"mallory").await.unwrap();
     let published = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
@@ -821,4 +831,5 @@ async fn pub_sub_refuses_violations_and_impostors() {
         .unwrap();
     assert_eq!(published.label, "join");
     assert_eq!(published.payload, b"mallory");
+    assert_eq!(published.session, session.id());
 }

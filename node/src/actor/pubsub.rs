@@ -122,16 +122,21 @@ impl Topics {
         // A topic subscribed without a protocol observes everything, unchecked.
         if !entry.protocol.is_empty() {
             let peer = entry.sessions.peer(from, &protocol);
-            entry
-                .sessions
-                .check_receive(
-                    peer,
-                    &protocol,
-                    publication.session,
-                    &publication.role,
-                    &publication.label,
-                )
-                .map_err(Some)?;
+            // A subscriber that came after a session began cannot check it: it ignores
+            // that session's messages (without penalty) instead of rejecting them.
+            let known = entry.sessions.knows(peer, publication.session);
+            let checked = entry.sessions.check_receive(
+                peer,
+                &protocol,
+                publication.session,
+                &publication.role,
+                &publication.label,
+            );
+            match checked {
+                Ok(()) => {}
+                Err(_) if !known => return Err(None),
+                Err(refusal) => return Err(Some(refusal)),
+            }
         }
         entry.subscribers.retain(|s| !s.is_closed());
         let mut reached = 0;

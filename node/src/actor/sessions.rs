@@ -25,7 +25,12 @@ pub(crate) struct Served {
 
 #[derive(Default)]
 struct State {
-    open: HashMap<Key, Monitor>,
+    /// Each open session's monitor and the tick of its last message.
+    open: HashMap<Key, (Monitor, u64)>,
+    /// Counts messages; a full table forgets the sessions idle the longest.
+    tick: u64,
+    /// Open sessions per peer.
+    per_peer: HashMap<u64, usize>,
     ended: HashSet<Key>,
     ended_order: VecDeque<Key>,
 }
@@ -87,6 +92,12 @@ impl Sessions {
     pub(crate) fn peer(&self, from: &Path, protocol: &str) -> u64 {
         use std::hash::BuildHasher;
         self.hasher.hash_one((from, protocol))
+    }
+
+    /// Whether `session` with `peer` is open or recently ended here.
+    pub(crate) fn knows(&self, peer: u64, session: u64) -> bool {
+        let state = self.lock();
+        state.open.contains_key(&(peer, session)) || state.ended.contains(&(peer, session))
     }
 
     /// The role the actor plays in `protocol` (empty when untyped or unknown).
@@ -172,26 +183,54 @@ impl Sessions {
                 got: format!("{}:{label}", served.peer_role),
             }));
         }
-        if !state.open.contains_key(&key) {
-            if state.open.len() >= self.max_open {
+        state.tick += 1;
+        let tick = state.tick;
+        let fresh = !state.open.contains_key(&key);
+        if fresh {
+            // One peer may hold a share of the table, so that it cannot push out
+            // everyone else's sessions.
+            let held = state.per_peer.get(&key.0).copied().unwrap_or(0);
+            if held >= (self.max_open / PEER_SHARE).max(1) {
                 return Err(Step::Full);
             }
+            if state.open.len() >= self.max_open {
+                // Forget sessions idle for the last half-table's worth of messages (peers
+                // that never said goodbye); at most half the table was touched since.
+                let horizon = tick.saturating_sub(self.max_open as u64 / 2);
+                let State { open, per_peer, .. } = &mut *state;
+                open.retain(|(peer, _), (_, last)| {
+                    let keep = *last > horizon;
+                    if !keep {
+                        forget(per_peer, *peer);
+                    }
+                    keep
+                });
+            }
+            *state.per_peer.entry(key.0).or_default() += 1;
             let monitor = served
                 .protocol
                 .monitor(&served.role)
                 .map_err(|_| Step::Full)?;
-            state.open.insert(key, monitor);
+            state.open.insert(key, (monitor, tick));
         }
-        let Some(monitor) = state.open.get_mut(&key) else {
+        let Some((monitor, last)) = state.open.get_mut(&key) else {
             return Err(Step::Full);
         };
+        *last = tick;
         let result = match direction {
             Direction::Receive => monitor.receive(&served.peer_role, label),
             Direction::Send => monitor.send(&served.peer_role, label),
         };
+        if result.is_err() && fresh {
+            // A refused first message opens no session.
+            state.open.remove(&key);
+            forget(&mut state.per_peer, key.0);
+            return result.map_err(Step::Violation);
+        }
         // Over when it may end and nothing may follow.
         if result.is_ok() && monitor.is_done() && monitor.expected().next().is_none() {
             state.open.remove(&key);
+            forget(&mut state.per_peer, key.0);
             if state.ended_order.len() >= ENDED_REMEMBERED
                 && let Some(old) = state.ended_order.pop_front()
             {
@@ -207,4 +246,98 @@ impl Sessions {
 enum Step {
     Violation(Violation),
     Full,
+}
+
+/// One peer holds at most this fraction of the table (1/16).
+const PEER_SHARE: usize = 16;
+
+fn forget(per_peer: &mut HashMap<u64, usize>, peer: u64) {
+    if let Some(n) = per_peer.get_mut(&peer) {
+        *n -= 1;
+        if *n == 0 {
+            per_peer.remove(&peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::session::Global;
+
+    /// client → server: any number of `ping`s, then `bye`.
+    fn sessions(max_open: usize) -> Sessions {
+        let protocol = Protocol::new(
+            "p/1",
+            ["client", "server"],
+            Global::repeat(
+                "l",
+                Global::choice(
+                    "client",
+                    [
+                        Global::send("client", "server", "ping", Global::again("l")),
+                        Global::send("client", "server", "bye", Global::End),
+                    ],
+                ),
+            ),
+        )
+        .unwrap();
+        let served = Served {
+            protocol: Arc::new(protocol),
+            role: "server".into(),
+            peer_role: "client".into(),
+        };
+        Sessions::new(
+            "a".into(),
+            HashMap::from([("p/1".into(), served)]),
+            false,
+            max_open,
+        )
+    }
+
+    #[test]
+    fn one_peer_cannot_fill_the_table_and_idle_sessions_make_room() {
+        let table = sessions(64);
+        // A peer may open 64 / 16 = 4 sessions.
+        for session in 0..4 {
+            table
+                .check_receive(1, "p/1", session, "client", "ping")
+                .unwrap();
+        }
+        assert!(matches!(
+            table.check_receive(1, "p/1", 4, "client", "ping"),
+            Err(Refusal::TooManySessions { .. })
+        ));
+        // Ending one frees its place.
+        table.check_receive(1, "p/1", 0, "client", "bye").unwrap();
+        table.check_receive(1, "p/1", 4, "client", "ping").unwrap();
+        // Many peers fill the table; the ones idle longest are forgotten for new ones.
+        for peer in 2..100 {
+            table
+                .check_receive(peer, "p/1", 0, "client", "ping")
+                .unwrap();
+        }
+        assert!(table.lock().open.len() <= 64);
+        assert!(!table.knows(2, 0), "the longest idle was forgotten");
+        assert!(table.knows(99, 0));
+    }
+
+    #[test]
+    fn a_refused_first_message_opens_nothing_and_the_end_is_remembered() {
+        let table = sessions(64);
+        assert!(matches!(
+            table.check_receive(1, "p/1", 7, "server", "ping"),
+            Err(Refusal::Violation(Violation::WrongRole { .. }))
+        ));
+        assert!(!table.knows(1, 7));
+        table.check_receive(1, "p/1", 7, "client", "bye").unwrap();
+        assert!(matches!(
+            table.check_receive(1, "p/1", 7, "client", "ping"),
+            Err(Refusal::Violation(Violation::AfterEnd { .. }))
+        ));
+        assert!(matches!(
+            table.check_receive(1, "nope/1", 8, "client", "ping"),
+            Err(Refusal::UnknownProtocol { .. })
+        ));
+    }
 }
