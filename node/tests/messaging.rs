@@ -116,12 +116,33 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
     let status = net.json(1, &["status"]).unwrap();
     assert_eq!(status["actors"]["actors"][0]["path"], echo.as_str());
     assert_eq!(status["actors"]["actors"][0]["handled"], 4);
+    assert_eq!(status["actors"]["refused"], 0);
     let out = net
         .cli(0, &["ask", &net.path("n2/nobody"), "1", "--timeout", "2s"])
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nobody"), "{err}");
+    // A protocol the actor does not speak: refused with that reason, across processes.
+    let out = net
+        .cli(
+            0,
+            &[
+                "ask",
+                &echo,
+                "1",
+                "--protocol",
+                "kv/1",
+                "--role",
+                "client",
+                "--label",
+                "get",
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not speak protocol \"kv/1\""), "{err}");
     let out = net.cli(0, &["tell", &echo, "{not json"]).unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not JSON"));

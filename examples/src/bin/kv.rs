@@ -41,8 +41,8 @@
 //! `kv serve` without `--bootstrap` starts a network of its own; clients then join
 //! through the address it prints after `join with:`.
 //!
-//! The service's map lives outside the actor, so a malformed request (which fails the
-//! actor, and the asker is told why) costs a restart but no data.
+//! A malformed request is refused with the reason (`ReplyTo::reject`). The map lives
+//! outside the actor, so even a failure that restarts the actor loses no data.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -229,12 +229,16 @@ impl Actor for Kv {
             return Ok(());
         };
         // The runtime let through only what `kv/1` allows a client to send here. A
-        // payload that does not decode fails the actor: the asker is refused with the
-        // reason, and the supervisor restarts the actor.
+        // payload that does not decode is refused with the reason; the actor carries on.
         match message.label.as_str() {
             "get" => {
-                let key: String = decode(&message.payload)
-                    .map_err(|e| Failure(format!("get wants a key string: {e}")))?;
+                let key: String = match decode(&message.payload) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        reply.reject(&format!("get wants a key string: {e}"));
+                        return Ok(());
+                    }
+                };
                 tracing::debug!(from = %message.from, %key, "get");
                 let value = {
                     let store = self.store();
@@ -243,8 +247,13 @@ impl Actor for Kv {
                 reply.send("value", &value).await?;
             }
             "put" => {
-                let (key, value): (String, Value) = decode(&message.payload)
-                    .map_err(|e| Failure(format!("put wants [key, value]: {e}")))?;
+                let (key, value): (String, Value) = match decode(&message.payload) {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        reply.reject(&format!("put wants [key, value]: {e}"));
+                        return Ok(());
+                    }
+                };
                 tracing::debug!(from = %message.from, %key, "put");
                 self.store().insert(key, value);
                 reply.send("ok", &from_json(&NULL)?).await?;
