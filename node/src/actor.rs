@@ -5,22 +5,31 @@
 //! # Delivery semantics
 //!
 //! - **tell**: at most once. Messages from one sending actor to one receiving actor
-//!   arrive in the order they were sent (one stream per peer pair, one mailbox per actor,
-//!   both FIFO). `tell` returns once the message is queued; a stream that breaks loses
-//!   what was queued on it and the sender's next `tell` reports the broken connection. A
-//!   receiver that refuses a message (no such actor, unknown protocol, out of protocol,
-//!   not authorised) says so with a typed [`Refusal`], delivered to the sender's
-//!   [`Runtime::refusals`].
+//!   arrive in the order they were sent (one requests stream per direction and peer pair,
+//!   one mailbox per actor, both FIFO). `tell` returns once the message is queued; a
+//!   stream that breaks (or whose peer reads nothing for 30 s) loses what was queued on
+//!   it, sends waiting on it fail with [`SendError::ConnectionLost`], and later sends
+//!   open a new stream. A receiver that refuses a message (no such actor, unknown
+//!   protocol, out of protocol, not authorised) says so with a typed [`Refusal`],
+//!   delivered to the sender's [`Runtime::refusals`].
 //! - **ask**: at most once; the answer is the reply, a typed refusal
 //!   ([`AskError::Refused`], e.g. the actor failed while handling it), or
-//!   [`AskError::Timeout`]. A reply that comes after the timeout is dropped.
+//!   [`AskError::Timeout`], which bounds the whole ask (resolution and queueing too). A
+//!   reply that comes after the timeout is dropped. Replies and refusals travel on a
+//!   stream of their own, so they never wait behind requests a busy actor holds back. A
+//!   typed session whose ask ended without a clear outcome (timeout, failure, lost
+//!   connection, cancelled) sends no more: start a new one.
 //! - **pub-sub**: best effort. Gossipsub delivers to the topic's subscribers it reaches;
 //!   every subscriber checks the publisher's writecap for `from` and the protocol before
-//!   delivering or forwarding. No order across publishers; no redelivery.
+//!   delivering or forwarding. No order across publishers; no redelivery. Gossip is
+//!   unordered and subscribers come late, so a publication out of its session's order is
+//!   not delivered (nor forwarded by that subscriber) but held against no one.
 //!
 //! Backpressure runs end to end: a full mailbox stops its node reading the stream, Yamux's
 //! window stops the sending node writing, and the sending node's byte budget makes
-//! `tell` wait. Nothing is dropped to make room.
+//! `tell` wait. Nothing is dropped to make room. Two actors that tell each other from
+//! their handlers while both mailboxes are full wait on each other; use asks (whose
+//! timeout bounds the wait) for such conversations.
 //!
 //! # Authentication
 //!
@@ -49,7 +58,7 @@ use protocols::session::{Monitor, Protocol, Violation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
-use outbox::Outbox;
+use outbox::{Lane, Outbox};
 pub use pubsub::{Published, Subscription};
 pub use supervisor::{Actor, ActorStatus, Context, Failure, Restart};
 
@@ -238,7 +247,7 @@ pub struct RefusalNotice {
 pub struct Status {
     /// Every actor.
     pub actors: Vec<ActorStatus>,
-    /// Peers with an open outbound actor stream.
+    /// Open outbound actor streams (requests and replies lanes).
     pub streams: usize,
     /// Messages delivered to local mailboxes.
     pub delivered: u64,
@@ -252,8 +261,11 @@ pub struct Status {
     pub backpressure_waits: u64,
     /// Pub-sub messages delivered to local subscribers.
     pub published_delivered: u64,
-    /// Pub-sub messages rejected.
+    /// Pub-sub messages rejected (malformed, impostors, wrong protocol or role).
     pub published_rejected: u64,
+    /// Pub-sub messages out of their session's order (gossip is unordered; a late
+    /// subscriber misses a session's start): not delivered, not held against anyone.
+    pub published_out_of_order: u64,
 }
 
 /// What an actor is told: one message.
@@ -397,6 +409,41 @@ impl Drop for ReplyTo {
     }
 }
 
+/// How one ask ended short of a reply.
+enum AskFailure {
+    /// It never left.
+    NotSent(SendError),
+    /// The receiver refused it.
+    Refused(Refusal),
+    /// The way back broke.
+    Lost(SendError),
+}
+
+/// Refusals given before the message reached the actor: the receiver's session did not
+/// move, so neither does the sender's.
+fn refused_before_delivery(refusal: &Refusal) -> bool {
+    matches!(
+        refusal,
+        Refusal::Violation(_)
+            | Refusal::UnknownProtocol { .. }
+            | Refusal::NoSuchActor { .. }
+            | Refusal::NotAuthorized { .. }
+            | Refusal::TooManySessions { .. }
+    )
+}
+
+/// Removes a pending ask however the ask ends.
+struct PendingGuard {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.asks).remove(&self.id);
+    }
+}
+
 struct PendingAsk {
     to: Arc<Path>,
     peer: Option<PeerId>,
@@ -419,11 +466,13 @@ pub(crate) struct Inner {
     own: RwLock<VerifiedChains>,
     verified: RwLock<VerifiedChains>,
     actors: RwLock<HashMap<Arc<Path>, Arc<supervisor::Slot>>>,
-    outboxes: Mutex<HashMap<PeerId, Arc<Outbox>>>,
+    outboxes: Mutex<HashMap<(PeerId, Lane), Arc<Outbox>>>,
     routes: Mutex<HashMap<Arc<Path>, (PeerId, Instant)>>,
     asks: Mutex<HashMap<u64, PendingAsk>>,
     next_ask: AtomicU64,
     penalties: Mutex<HashMap<PeerId, Penalty>>,
+    /// Open inbound actor streams per peer.
+    inbound: Mutex<HashMap<PeerId, usize>>,
     refusals: broadcast::Sender<RefusalNotice>,
     topics: pubsub::Topics,
     delivered: AtomicU64,
@@ -504,6 +553,7 @@ impl Runtime {
             asks: Mutex::new(HashMap::new()),
             next_ask: AtomicU64::new(1),
             penalties: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
             refusals,
             topics: pubsub::Topics::default(),
             delivered: AtomicU64::new(0),
@@ -630,6 +680,7 @@ impl Runtime {
             backpressure_waits: inner.backpressure_waits.load(Ordering::Relaxed),
             published_delivered: inner.topics.delivered.load(Ordering::Relaxed),
             published_rejected: inner.topics.rejected.load(Ordering::Relaxed),
+            published_out_of_order: inner.topics.out_of_order.load(Ordering::Relaxed),
         }
     }
 }
@@ -733,6 +784,7 @@ impl Sender {
             id: rand::random(),
             monitor: Some(monitor),
             route: None,
+            broken: None,
         })
     }
 
@@ -749,6 +801,7 @@ impl Sender {
             id: session,
             monitor: None,
             route: None,
+            broken: None,
         }
     }
 
@@ -801,6 +854,8 @@ pub struct Session {
     id: u64,
     monitor: Option<Monitor>,
     route: Option<Route>,
+    /// Why this session sends no more (it fell out of step with its peer).
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -827,6 +882,9 @@ impl Session {
     /// Checks and takes `label` as sent; returns the state to rewind to if it is not
     /// sent after all.
     fn check_send(&mut self, label: &str) -> Result<Option<usize>, SendError> {
+        if let Some(reason) = &self.broken {
+            return Err(SendError::Protocol(reason.clone()));
+        }
         match &mut self.monitor {
             Some(monitor) => {
                 let before = monitor.state();
@@ -845,7 +903,10 @@ impl Session {
 
     async fn current_route(&mut self) -> Result<Route, SendError> {
         if let Some(route) = &self.route {
-            let stale = matches!(route, Route::Remote { outbox, .. } if outbox.is_closed());
+            let stale = match route {
+                Route::Remote { outbox, .. } => outbox.is_closed(),
+                Route::Local(slot) => slot.is_stopped(),
+            };
             if !stale {
                 return Ok(route.clone());
             }
@@ -904,7 +965,10 @@ impl Session {
     /// delivery semantics); waits while the way to the receiver is full.
     pub async fn tell(&mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
         let before = self.check_send(label)?;
+        // Cleared below; left set only if the caller drops this future midway.
+        self.break_off("a tell was cancelled midway");
         let sent = self.deliver(Kind::Tell, label, payload, None).await;
+        self.broken = None;
         if sent.is_err() {
             self.rewind(before);
         }
@@ -927,52 +991,37 @@ impl Session {
         let before = self.check_send(label)?;
         let inner = self.sender.inner.clone();
         let id = inner.next_ask.fetch_add(1, Ordering::Relaxed);
-        let (back, answer) = oneshot::channel();
-        let route = match self.current_route().await {
-            Ok(route) => route,
-            Err(e) => {
+        // However this ends (the caller may drop this future), the pending ask goes, and
+        // a session whose ask was cancelled midway cannot know where it stands.
+        let _pending = PendingGuard {
+            inner: inner.clone(),
+            id,
+        };
+        self.break_off("an ask was cancelled midway");
+        let outcome = tokio::time::timeout(timeout, self.ask_once(id, label, payload)).await;
+        self.broken = None;
+        let reply = match outcome {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(AskFailure::NotSent(e))) => {
                 self.rewind(before);
                 return Err(e.into());
             }
-        };
-        let result = match route {
-            Route::Local(_) => {
-                self.deliver(Kind::Ask { id }, label, payload, Some(back))
-                    .await
-            }
-            Route::Remote { ref outbox, .. } => {
-                lock(&inner.asks).insert(
-                    id,
-                    PendingAsk {
-                        to: self.to.clone(),
-                        peer: Some(outbox.peer),
-                        reply: back,
-                    },
-                );
-                self.deliver(Kind::Ask { id }, label, payload, None).await
-            }
-        };
-        if let Err(e) = result {
-            lock(&inner.asks).remove(&id);
-            self.rewind(before);
-            return Err(e.into());
-        }
-        let answer = tokio::time::timeout(timeout, answer).await;
-        lock(&inner.asks).remove(&id);
-        let reply = match answer {
-            Err(_) => return Err(AskError::Timeout(timeout)),
-            Ok(Err(_)) => {
-                return Err(AskError::Send(SendError::ConnectionLost {
-                    peer: self.to.to_string(),
-                    reason: "the stream closed before the reply".into(),
-                }));
-            }
-            Ok(Ok(Err(refusal))) => {
-                // Refused: the receiver did not take it either.
-                self.rewind(before);
+            Ok(Err(AskFailure::Refused(refusal))) => {
+                if refused_before_delivery(&refusal) {
+                    self.rewind(before);
+                } else {
+                    self.break_off("the last ask was taken but not answered");
+                }
                 return Err(AskError::Refused(refusal));
             }
-            Ok(Ok(Ok(reply))) => reply,
+            Ok(Err(AskFailure::Lost(e))) => {
+                self.break_off("the connection broke during an ask");
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.break_off("an ask timed out; the receiver may have taken it");
+                return Err(AskError::Timeout(timeout));
+            }
         };
         if let Some(monitor) = &mut self.monitor {
             monitor
@@ -980,6 +1029,50 @@ impl Session {
                 .map_err(AskError::Violation)?;
         }
         Ok(reply)
+    }
+
+    /// Marks a typed session as out of step with its peer: it sends no more.
+    fn break_off(&mut self, reason: &str) {
+        if self.monitor.is_some() {
+            self.broken = Some(format!("{reason}; start a new session"));
+        }
+    }
+
+    async fn ask_once(
+        &mut self,
+        id: u64,
+        label: &str,
+        payload: &[u8],
+    ) -> Result<Reply, AskFailure> {
+        let (back, answer) = oneshot::channel();
+        let route = self.current_route().await.map_err(AskFailure::NotSent)?;
+        match route {
+            Route::Local(_) => self
+                .deliver(Kind::Ask { id }, label, payload, Some(back))
+                .await
+                .map_err(AskFailure::NotSent)?,
+            Route::Remote { ref outbox, .. } => {
+                lock(&self.sender.inner.asks).insert(
+                    id,
+                    PendingAsk {
+                        to: self.to.clone(),
+                        peer: Some(outbox.peer),
+                        reply: back,
+                    },
+                );
+                self.deliver(Kind::Ask { id }, label, payload, None)
+                    .await
+                    .map_err(AskFailure::NotSent)?;
+            }
+        }
+        match answer.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(refusal)) => Err(AskFailure::Refused(refusal)),
+            Err(_) => Err(AskFailure::Lost(SendError::ConnectionLost {
+                peer: self.to.to_string(),
+                reason: "the stream closed before the reply".into(),
+            })),
+        }
     }
 
     /// Publishes on the topic `to` (a session of a pub-sub protocol).
@@ -1041,7 +1134,7 @@ impl Inner {
                 path: to.to_string(),
             }));
         }
-        let outbox = self.outbox(peer);
+        let outbox = self.outbox(peer, Lane::Requests);
         let channel = outbox.channel(from, to, protocol, role)?;
         Ok(Route::Remote { outbox, channel })
     }
@@ -1076,10 +1169,10 @@ impl Inner {
         Ok(peer)
     }
 
-    /// The open outbox to `peer`, or a new one.
-    fn outbox(self: &Arc<Self>, peer: PeerId) -> Arc<Outbox> {
+    /// The open outbox to `peer` on `lane`, or a new one.
+    fn outbox(self: &Arc<Self>, peer: PeerId, lane: Lane) -> Arc<Outbox> {
         let mut outboxes = lock(&self.outboxes);
-        if let Some(outbox) = outboxes.get(&peer)
+        if let Some(outbox) = outboxes.get(&(peer, lane))
             && !outbox.is_closed()
         {
             return outbox.clone();
@@ -1087,6 +1180,7 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let outbox = Outbox::open(
             peer,
+            lane,
             self.streams.clone(),
             read(&self.chains).clone(),
             self.config.outbox_bytes,
@@ -1097,19 +1191,20 @@ impl Inner {
                 }
             },
         );
-        outboxes.insert(peer, outbox.clone());
+        outboxes.insert((peer, lane), outbox.clone());
         outbox
     }
 
     fn outbox_closed(&self, closed: &Arc<Outbox>) {
+        let key = (closed.peer, closed.lane);
         let mut outboxes = lock(&self.outboxes);
-        if outboxes
-            .get(&closed.peer)
-            .is_some_and(|o| Arc::ptr_eq(o, closed))
-        {
-            outboxes.remove(&closed.peer);
+        if outboxes.get(&key).is_some_and(|o| Arc::ptr_eq(o, closed)) {
+            outboxes.remove(&key);
         }
         drop(outboxes);
+        if closed.lane == Lane::Replies {
+            return;
+        }
         lock(&self.routes).retain(|_, (peer, _)| *peer != closed.peer);
         // Asks waiting on that peer will not be answered on this stream's reply path;
         // they fail now rather than at their timeout.
@@ -1130,6 +1225,10 @@ impl Inner {
         let now = Instant::now();
         let block = {
             let mut penalties = lock(&self.penalties);
+            if penalties.len() >= 4096 {
+                let window = self.config.violation_window;
+                penalties.retain(|_, p| now.duration_since(p.since) <= window);
+            }
             let entry = penalties.entry(peer).or_insert(Penalty {
                 since: now,
                 count: 0,

@@ -174,7 +174,8 @@ pub(crate) async fn call_streaming(
     request: &Request,
     mut on_event: impl FnMut(serde_json::Value) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let (first, mut lines) = open(data_dir, request).await?;
+    // A stream of events has no total size; the daemon is this user's own.
+    let (first, mut lines) = open(data_dir, request, u64::MAX).await?;
     on_event(check(&first)?)?;
     while let Some(line) = lines.next_line().await? {
         let event: serde_json::Value =
@@ -187,6 +188,7 @@ pub(crate) async fn call_streaming(
 async fn open(
     data_dir: &FsPath,
     request: &Request,
+    max: u64,
 ) -> anyhow::Result<(
     String,
     tokio::io::Lines<BufReader<tokio::io::Take<UnixStream>>>,
@@ -201,7 +203,7 @@ async fn open(
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
-    let mut lines = BufReader::new(stream.take(MAX_RESPONSE)).lines();
+    let mut lines = BufReader::new(stream.take(max)).lines();
     let first = lines
         .next_line()
         .await?
@@ -224,6 +226,6 @@ pub(crate) async fn call(
     data_dir: &FsPath,
     request: &Request,
 ) -> anyhow::Result<serde_json::Value> {
-    let (first, _) = open(data_dir, request).await?;
+    let (first, _) = open(data_dir, request, MAX_RESPONSE).await?;
     check(&first)
 }

@@ -10,6 +10,7 @@ use keys::Path;
 use libp2p::{PeerId, Stream};
 use protocols::actor::{Envelope, Frame, FrameDecoder, Hello, Kind, Refusal};
 
+use super::outbox::Lane;
 use super::supervisor::Slot;
 use super::{Back, Incoming, Inner, RefusalNotice, ReplyTo, lock, read, write};
 
@@ -22,14 +23,60 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts actor streams until the runtime is gone.
 pub(super) async fn accept(inner: Weak<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
     while let Some((peer, stream)) = incoming.next().await {
-        if inner.strong_count() == 0 {
+        let Some(strong) = inner.upgrade() else {
             return;
-        }
+        };
+        // A peer has two streams to us (requests, replies), a few more while a broken
+        // one is replaced; more is a peer trying to make us hold many.
+        let open = {
+            let mut streams = lock(&strong.inbound);
+            let open = streams.entry(peer).or_default();
+            if *open >= MAX_STREAMS_PER_PEER {
+                None
+            } else {
+                *open += 1;
+                Some(StreamSlot {
+                    inner: inner.clone(),
+                    peer,
+                })
+            }
+        };
+        let Some(slot) = open else {
+            tracing::debug!(%peer, "refusing one more actor stream from a peer");
+            continue;
+        };
         let span = tracing::debug_span!("actor-stream", %peer);
+        let weak = inner.clone();
         tokio::spawn(tracing::Instrument::instrument(
-            read_stream(inner.clone(), peer, stream),
+            async move {
+                read_stream(weak, peer, stream).await;
+                drop(slot);
+            },
             span,
         ));
+    }
+}
+
+/// Most actor streams one peer may have open to us.
+const MAX_STREAMS_PER_PEER: usize = 4;
+
+/// Counts an open inbound stream until it ends.
+struct StreamSlot {
+    inner: Weak<Inner>,
+    peer: PeerId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut streams = lock(&inner.inbound);
+            if let Some(open) = streams.get_mut(&self.peer) {
+                *open -= 1;
+                if *open == 0 {
+                    streams.remove(&self.peer);
+                }
+            }
+        }
     }
 }
 
@@ -263,25 +310,30 @@ impl Reader {
         };
         let reply = match kind {
             Kind::Ask { id } => {
-                let outbox = inner.outbox(peer);
+                let outbox = inner.outbox(peer, Lane::Replies);
                 let role = target.sessions.role(&ch.protocol);
-                let back = outbox
-                    .channel(&ch.to, &ch.from, &ch.protocol, &role)
-                    .map_err(|e| e.to_string())?;
-                Some(ReplyTo {
-                    id,
-                    back: Some(Back::Remote {
-                        outbox,
-                        channel: back,
-                        their_channel: channel,
-                        sequence,
+                // No way back (our reply stream just broke): the ask is still handled,
+                // and the asker times out; the peer's stream is not at fault.
+                match outbox.channel(&ch.to, &ch.from, &ch.protocol, &role) {
+                    Ok(back) => Some(ReplyTo {
+                        id,
+                        back: Some(Back::Remote {
+                            outbox,
+                            channel: back,
+                            their_channel: channel,
+                            sequence,
+                        }),
+                        actor: target.clone(),
+                        asker: ch.from.clone(),
+                        protocol: ch.protocol.clone(),
+                        session,
+                        peer: peer_key,
                     }),
-                    actor: target.clone(),
-                    asker: ch.from.clone(),
-                    protocol: ch.protocol.clone(),
-                    session,
-                    peer: peer_key,
-                })
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no reply channel");
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -312,7 +364,7 @@ impl Reader {
         let inner = self.inner()?;
         inner.refusals_received.fetch_add(1, Ordering::Relaxed);
         let key = lock(&inner.outboxes)
-            .get(&self.peer)
+            .get(&(self.peer, Lane::Requests))
             .and_then(|o| o.channel_key(channel));
         let Some((from, to, protocol, _)) = key else {
             tracing::debug!(channel, "a refusal for a channel we do not know");
@@ -355,7 +407,10 @@ fn refuse(
 ) -> Result<(), String> {
     inner.refused.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%peer, refusal = %refusal, "refused a message");
-    if let Err(e) = inner.outbox(peer).refuse(channel, sequence, kind, refusal) {
+    if let Err(e) = inner
+        .outbox(peer, Lane::Replies)
+        .refuse(channel, sequence, kind, refusal)
+    {
         tracing::debug!(error = %e, "could not send the refusal");
     }
     if penalise {

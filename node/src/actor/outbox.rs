@@ -20,6 +20,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::SendError;
 
+/// How long a write may wait for the peer to read before the stream is given up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long opening a stream to a peer may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,9 +41,21 @@ struct State {
     closed: Option<String>,
 }
 
+/// Which of the two streams to a peer an outbox feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// Tells and asks: what the peer's mailboxes may hold back.
+    Requests,
+    /// Replies and refusals: read at once whatever the peer's mailboxes are doing, so an
+    /// answer never waits behind requests (and two actors telling each other cannot
+    /// wedge both streams).
+    Replies,
+}
+
 /// The sending side of one stream.
 pub(crate) struct Outbox {
     pub(crate) peer: PeerId,
+    pub(crate) lane: Lane,
     state: Mutex<State>,
     wake: Notify,
     budget: Semaphore,
@@ -63,6 +78,7 @@ impl Outbox {
     /// unwritten.
     pub(crate) fn open(
         peer: PeerId,
+        lane: Lane,
         streams: libp2p_stream::Control,
         chains: Vec<Chain>,
         capacity: usize,
@@ -71,6 +87,7 @@ impl Outbox {
     ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             peer,
+            lane,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             budget: Semaphore::new(capacity),
@@ -113,8 +130,9 @@ impl Outbox {
         state.buffer = Vec::new();
         drop(state);
         self.closed.store(true, Ordering::Release);
-        // Wake every waiting sender: they see the outbox closed.
+        // Wake every waiting sender (they see the outbox closed) and the writer.
         self.budget.close();
+        self.wake.notify_one();
     }
 
     fn closed_error(&self) -> SendError {
@@ -237,8 +255,11 @@ impl Outbox {
             drop(state);
             return Err(self.closed_error());
         }
-        actor::encode_frame(&frame, &mut state.buffer)
-            .map_err(|e| SendError::Encode(e.to_string()))?;
+        if let Err(e) = actor::encode_frame(&frame, &mut state.buffer) {
+            drop(state);
+            self.budget.add_permits(needed);
+            return Err(SendError::Encode(e.to_string()));
+        }
         state.permits += needed;
         drop(state);
         self.wake.notify_one();
@@ -323,9 +344,13 @@ impl Outbox {
                 }
                 continue;
             }
-            let written = stream.write_all(&spare).await;
+            // A peer that stops reading would hold every sender here for ever: give up
+            // on it (waiting senders then see the stream lost).
+            let written = tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&spare)).await;
             self.budget.add_permits(permits);
-            written.map_err(|e| e.to_string())?;
+            written
+                .map_err(|_| format!("the peer read nothing for {STALL_TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?;
             spare.clear();
             if spare.capacity() > 4 * self.capacity {
                 spare = Vec::new();

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keys::Path;
-use protocols::actor::Publication;
-use protocols::session::Protocol;
+use protocols::actor::{Publication, Refusal};
+use protocols::session::{Protocol, Violation};
 use protocols::wire;
 use tokio::sync::mpsc;
 
@@ -96,6 +96,7 @@ pub(crate) struct Topics {
     topics: Mutex<HashMap<String, Topic>>,
     pub(crate) delivered: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) out_of_order: AtomicU64,
     pub(crate) dropped: AtomicU64,
 }
 
@@ -122,9 +123,11 @@ impl Topics {
         // A topic subscribed without a protocol observes everything, unchecked.
         if !entry.protocol.is_empty() {
             let peer = entry.sessions.peer(from, &protocol);
-            // A subscriber that came after a session began cannot check it: it ignores
-            // that session's messages (without penalty) instead of rejecting them.
-            let known = entry.sessions.knows(peer, publication.session);
+            // Gossip is unordered and a subscriber may come after a session began: a
+            // message out of its session's order is not delivered here, and not
+            // forwarded by this node, but held against no one. What no order can
+            // excuse (a protocol the topic does not speak, a role the publisher cannot
+            // play) is rejected.
             let checked = entry.sessions.check_receive(
                 peer,
                 &protocol,
@@ -134,8 +137,14 @@ impl Topics {
             );
             match checked {
                 Ok(()) => {}
-                Err(_) if !known => return Err(None),
-                Err(refusal) => return Err(Some(refusal)),
+                Err(
+                    refusal @ (Refusal::UnknownProtocol { .. }
+                    | Refusal::Violation(Violation::WrongRole { .. })),
+                ) => return Err(Some(refusal)),
+                Err(_) => {
+                    self.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    return Err(None);
+                }
             }
         }
         entry.subscribers.retain(|s| !s.is_closed());

@@ -95,6 +95,7 @@ impl Sessions {
     }
 
     /// Whether `session` with `peer` is open or recently ended here.
+    #[cfg(test)]
     pub(crate) fn knows(&self, peer: u64, session: u64) -> bool {
         let state = self.lock();
         state.open.contains_key(&(peer, session)) || state.ended.contains(&(peer, session))

@@ -185,6 +185,12 @@ impl Slot {
     /// mailbox is full. On refusal the message's reply handle is disarmed: the caller
     /// reports the refusal.
     pub(crate) async fn deliver(&self, inner: &Inner, incoming: Incoming) -> Result<(), Refusal> {
+        if self.is_stopped() {
+            disarm(incoming);
+            return Err(Refusal::NoSuchActor {
+                path: self.path.to_string(),
+            });
+        }
         if let Err(refusal) = self.sessions.check_receive(
             incoming.peer,
             &incoming.protocol,
@@ -323,7 +329,8 @@ where
     });
     {
         let mut actors = write(&inner.actors);
-        if actors.contains_key(&path) {
+        // A stopped actor (failed too often) leaves its path to a new one.
+        if actors.get(&path).is_some_and(|slot| !slot.is_stopped()) {
             return Err(SpawnError::Taken(path.to_string()));
         }
         actors.insert(path.clone(), slot.clone());
