@@ -12,6 +12,10 @@ use crate::writecap::{Chain, Timestamp, WritecapError};
 /// Most chains remembered per holder; older ones are dropped first.
 pub const MAX_CHAINS_PER_HOLDER: usize = 64;
 
+/// Most holders remembered; past it, holders whose grants all expired go first, then
+/// arbitrary ones (they verify again when next seen).
+pub const MAX_HOLDERS: usize = 16_384;
+
 #[derive(Debug, Clone)]
 struct Grant {
     prefix: Path,
@@ -65,6 +69,15 @@ impl VerifiedChains {
                 .min()
                 .unwrap_or(0),
         };
+        if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(holder) {
+            self.grants
+                .retain(|_, grants| grants.iter().any(|g| g.expires > now));
+            if self.grants.len() >= MAX_HOLDERS
+                && let Some(victim) = self.grants.keys().next().copied()
+            {
+                self.grants.remove(&victim);
+            }
+        }
         let grants = self.grants.entry(*holder).or_default();
         grants.retain(|g| g.expires > now);
         if grants.len() >= MAX_CHAINS_PER_HOLDER {
@@ -76,10 +89,23 @@ impl VerifiedChains {
 
     /// Whether a remembered chain lets `holder` speak for `path` at `now`.
     pub fn authorizes(&self, holder: &Principal, path: &Path, now: Timestamp) -> bool {
-        self.grants.get(holder).is_some_and(|grants| {
+        self.authorized_until(holder, path, now).is_some()
+    }
+
+    /// Until when (exclusive) a remembered chain lets `holder` speak for `path`, if one
+    /// does at `now`: a caller may then skip asking again until that time.
+    pub fn authorized_until(
+        &self,
+        holder: &Principal,
+        path: &Path,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        self.grants.get(holder).and_then(|grants| {
             grants
                 .iter()
-                .any(|g| g.not_before <= now && now < g.expires && path.starts_with(&g.prefix))
+                .filter(|g| g.not_before <= now && now < g.expires && path.starts_with(&g.prefix))
+                .map(|g| g.expires)
+                .max()
         })
     }
 
@@ -120,6 +146,7 @@ mod tests {
         assert!(!cache.authorizes(&holder, &apps, 200), "expired");
         assert!(!cache.authorizes(&holder, &apps, 99), "not yet valid");
         assert!(!cache.authorizes(&holder, &tree.join("other").unwrap(), 150));
+        assert_eq!(cache.authorized_until(&holder, &apps, 150), Some(200));
         cache.forget(&holder);
         assert!(!cache.authorizes(&holder, &apps, 150));
     }
@@ -143,6 +170,38 @@ mod tests {
             Err(WritecapError::WrongHolder { .. })
         ));
         assert!(!cache.authorizes(&impostor.principal(), &apps, now));
+    }
+
+    #[test]
+    fn the_number_of_holders_is_bounded() {
+        let root = SigningKey::generate();
+        let tree = Path::root_of(root.principal());
+        let mut cache = VerifiedChains::default();
+        let mut last = None;
+        for _ in 0..MAX_HOLDERS + 3 {
+            let node = SigningKey::generate();
+            let chain = Chain::root_grant(
+                &root,
+                node.principal(),
+                tree.clone(),
+                Validity::for_seconds(60),
+            );
+            cache
+                .insert(
+                    &node.principal(),
+                    &chain,
+                    crate::now(),
+                    &Revocations::default(),
+                )
+                .unwrap();
+            last = Some(node.principal());
+        }
+        assert_eq!(cache.grants.len(), MAX_HOLDERS);
+        let now = crate::now();
+        assert!(
+            cache.authorizes(&last.unwrap(), &tree, now),
+            "the newest stays"
+        );
     }
 
     #[test]

@@ -506,6 +506,21 @@ mod tests {
             .unwrap()
     }
 
+    /// One chain for every generated publication (signing is slow, its shape is not
+    /// what these tests vary).
+    fn chain() -> &'static Chain {
+        static CHAIN: std::sync::OnceLock<Chain> = std::sync::OnceLock::new();
+        CHAIN.get_or_init(|| {
+            let root = SigningKey::generate();
+            Chain::root_grant(
+                &root,
+                root.principal(),
+                Path::root_of(root.principal()),
+                Validity::for_seconds(60),
+            )
+        })
+    }
+
     fn kind() -> impl Strategy<Value = Kind> {
         prop_oneof![
             Just(Kind::Tell),
@@ -599,6 +614,29 @@ mod tests {
             decoder.extend(&bytes);
             while let Ok(Some(_)) = decoder.next_message::<Frame>() {}
             let _ = wire::decode::<Hello>(&bytes);
+            let _ = wire::decode::<Publication>(&bytes);
+        }
+
+        #[test]
+        fn publications_round_trip(
+            name in "[a-z]{1,8}",
+            protocol in "[a-z/0-9]{0,12}",
+            role in "[a-z]{0,8}",
+            session in any::<u64>(),
+            label in "[a-z]{0,12}",
+            payload in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let publication = Publication {
+                from: path(&name),
+                chain: chain().clone(),
+                protocol,
+                role,
+                session,
+                label,
+                payload,
+            };
+            let bytes = wire::encode(&publication).unwrap();
+            prop_assert_eq!(wire::decode::<Publication>(&bytes), Ok(publication));
         }
     }
 

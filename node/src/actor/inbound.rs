@@ -106,7 +106,8 @@ struct Channel {
     to: Arc<Path>,
     protocol: Arc<str>,
     role: Arc<str>,
-    authorized: bool,
+    /// Until when the peer's chains cover `from` (none: they do not).
+    authorized_until: Option<keys::Timestamp>,
     /// The receiving actor, and the sender's key in its session table.
     target: Option<(Arc<Slot>, u64)>,
 }
@@ -119,6 +120,8 @@ struct Reader {
     decoder: FrameDecoder,
     channels: Vec<Channel>,
     sequence: u64,
+    /// The time of the last read (seconds).
+    now: keys::Timestamp,
 }
 
 impl Reader {
@@ -134,6 +137,7 @@ impl Reader {
             decoder: FrameDecoder::new(),
             channels: Vec::new(),
             sequence: 0,
+            now: keys::now(),
         })
     }
 
@@ -146,6 +150,7 @@ impl Reader {
         let room = self.decoder.unfilled(READ_BYTES);
         let n = self.stream.read(room).await.map_err(|e| e.to_string())?;
         self.decoder.filled(n);
+        self.now = keys::now();
         Ok(n > 0)
     }
 
@@ -212,8 +217,8 @@ impl Reader {
                     ));
                 }
                 let inner = self.inner()?;
-                let authorized =
-                    read(&inner.verified).authorizes(&self.principal, &from, keys::now());
+                let authorized_until =
+                    read(&inner.verified).authorized_until(&self.principal, &from, self.now);
                 let to = Arc::new(to);
                 let from = Arc::new(from);
                 let target = read(&inner.actors)
@@ -224,7 +229,7 @@ impl Reader {
                     to,
                     protocol: Arc::from(protocol),
                     role: Arc::from(role),
-                    authorized,
+                    authorized_until,
                     target,
                 });
                 Ok(())
@@ -270,7 +275,9 @@ impl Reader {
         let Some(ch) = self.channels.get_mut(channel as usize) else {
             return Err(format!("message on unopened channel {channel}"));
         };
-        if !ch.authorized {
+        // Checked per message against the time of the last read: a writecap that expires
+        // while the stream is open stops covering its channel then.
+        if ch.authorized_until.is_none_or(|until| self.now >= until) {
             let refusal = Refusal::NotAuthorized {
                 path: ch.from.to_string(),
                 peer: peer.to_string(),
