@@ -259,6 +259,8 @@ pub struct Status {
     pub blocked: u64,
     /// Sends that had to wait for room on the way to a peer (backpressure).
     pub backpressure_waits: u64,
+    /// Streams that broke with messages still queued (those messages are lost).
+    pub streams_lost_with_queued: u64,
     /// Pub-sub messages delivered to local subscribers.
     pub published_delivered: u64,
     /// Pub-sub messages rejected (malformed, impostors, wrong protocol or role).
@@ -283,7 +285,8 @@ pub struct Incoming {
     pub label: String,
     /// The payload.
     pub payload: Vec<u8>,
-    reply: Option<ReplyTo>,
+    /// Boxed: most messages are tells, and a small `Incoming` moves cheaply.
+    reply: Option<Box<ReplyTo>>,
     /// The sender's key in the receiving actor's session table.
     peer: u64,
 }
@@ -296,7 +299,7 @@ impl Incoming {
 
     /// The handle to answer an ask with.
     pub fn take_reply(&mut self) -> Option<ReplyTo> {
-        self.reply.take()
+        self.reply.take().map(|reply| *reply)
     }
 }
 
@@ -479,7 +482,7 @@ pub(crate) struct Inner {
     refused: AtomicU64,
     refusals_received: AtomicU64,
     blocked: AtomicU64,
-    backpressure_waits: Arc<AtomicU64>,
+    outbox_counters: Arc<outbox::Counters>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -560,7 +563,7 @@ impl Runtime {
             refused: AtomicU64::new(0),
             refusals_received: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
-            backpressure_waits: Arc::new(AtomicU64::new(0)),
+            outbox_counters: Arc::default(),
         });
         let runtime = Runtime { inner };
         for chain in chains {
@@ -677,7 +680,8 @@ impl Runtime {
             refused: inner.refused.load(Ordering::Relaxed),
             refusals_received: inner.refusals_received.load(Ordering::Relaxed),
             blocked: inner.blocked.load(Ordering::Relaxed),
-            backpressure_waits: inner.backpressure_waits.load(Ordering::Relaxed),
+            backpressure_waits: inner.outbox_counters.waits.load(Ordering::Relaxed),
+            streams_lost_with_queued: inner.outbox_counters.lost.load(Ordering::Relaxed),
             published_delivered: inner.topics.delivered.load(Ordering::Relaxed),
             published_rejected: inner.topics.rejected.load(Ordering::Relaxed),
             published_out_of_order: inner.topics.out_of_order.load(Ordering::Relaxed),
@@ -785,6 +789,7 @@ impl Sender {
             monitor: Some(monitor),
             route: None,
             broken: None,
+            local_peer: None,
         })
     }
 
@@ -802,6 +807,7 @@ impl Sender {
             monitor: None,
             route: None,
             broken: None,
+            local_peer: None,
         }
     }
 
@@ -855,7 +861,9 @@ pub struct Session {
     monitor: Option<Monitor>,
     route: Option<Route>,
     /// Why this session sends no more (it fell out of step with its peer).
-    broken: Option<String>,
+    broken: Option<&'static str>,
+    /// The sender's key in a local receiver's session table (computed once per route).
+    local_peer: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -882,8 +890,10 @@ impl Session {
     /// Checks and takes `label` as sent; returns the state to rewind to if it is not
     /// sent after all.
     fn check_send(&mut self, label: &str) -> Result<Option<usize>, SendError> {
-        if let Some(reason) = &self.broken {
-            return Err(SendError::Protocol(reason.clone()));
+        if let Some(reason) = self.broken {
+            return Err(SendError::Protocol(format!(
+                "{reason}; start a new session"
+            )));
         }
         match &mut self.monitor {
             Some(monitor) => {
@@ -915,6 +925,10 @@ impl Session {
             .sender
             .route(&self.to, &self.protocol, &self.role)
             .await?;
+        self.local_peer = match &route {
+            Route::Local(slot) => Some(slot.sessions.peer(&self.sender.from, &self.protocol)),
+            Route::Remote { .. } => None,
+        };
         self.route = Some(route.clone());
         Ok(route)
     }
@@ -929,7 +943,10 @@ impl Session {
         match self.current_route().await? {
             Route::Local(slot) => {
                 let inner = &self.sender.inner;
-                let peer = slot.sessions.peer(&self.sender.from, &self.protocol);
+                let peer = match self.local_peer {
+                    Some(peer) => peer,
+                    None => slot.sessions.peer(&self.sender.from, &self.protocol),
+                };
                 let reply = match (kind, back) {
                     (Kind::Ask { id }, Some(back)) => Some(ReplyTo {
                         id,
@@ -949,7 +966,7 @@ impl Session {
                     session: self.id,
                     label: label.into(),
                     payload: payload.into(),
-                    reply,
+                    reply: reply.map(Box::new),
                     peer,
                 };
                 slot.deliver(inner, incoming).await?;
@@ -1032,9 +1049,9 @@ impl Session {
     }
 
     /// Marks a typed session as out of step with its peer: it sends no more.
-    fn break_off(&mut self, reason: &str) {
+    fn break_off(&mut self, reason: &'static str) {
         if self.monitor.is_some() {
-            self.broken = Some(format!("{reason}; start a new session"));
+            self.broken = Some(reason);
         }
     }
 
@@ -1184,7 +1201,7 @@ impl Inner {
             self.streams.clone(),
             read(&self.chains).clone(),
             self.config.outbox_bytes,
-            self.backpressure_waits.clone(),
+            self.outbox_counters.clone(),
             move |closed| {
                 if let Some(inner) = weak.upgrade() {
                     inner.outbox_closed(closed);

@@ -212,6 +212,14 @@ fn main() -> anyhow::Result<()> {
             })?,
             run(&runtime, ours::ask_round_trips(ROUNDS, PAYLOAD))?,
         ));
+        eprintln!("ours, one node…");
+        rows.push(Row::new(
+            "ours: tell within one node (no network)",
+            throughput(&runtime, OURS_MESSAGES, |n| {
+                ours::local_tell_throughput(n, PAYLOAD)
+            })?,
+            Vec::new(),
+        ));
     }
 
     println!(

@@ -62,7 +62,7 @@ struct Pair {
     _nodes: (Embedded, Embedded),
 }
 
-async fn pair(target: u64) -> anyhow::Result<Pair> {
+async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
     let protocol = protocol()?;
     let b = Embedded::start(Options::default()).await?;
     let bootstrap = b.listen_addrs[0].parse()?;
@@ -71,12 +71,16 @@ async fn pair(target: u64) -> anyhow::Result<Pair> {
         ..Options::default()
     })
     .await?;
+    // Local: both ends on node b, so no byte crosses the network.
+    let (a, b) = if local { (b, a) } else { (a, b) };
+    let server_node = if local { &a } else { &b };
     let count = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
-    let server = b.tree.join("server")?;
+    let server = server_node.tree.join("server")?;
     {
         let (count, done) = (count.clone(), done.clone());
-        b.runtime
+        server_node
+            .runtime
             .spawn(
                 Spec::new(server.clone()).serves(&protocol, "server"),
                 move || Server {
@@ -114,7 +118,16 @@ async fn pair(target: u64) -> anyhow::Result<Pair> {
 /// Tells per second: `messages` typed tells from one session, timed until the receiving
 /// actor has handled the last one.
 pub(crate) async fn tell_throughput(messages: u64, payload: usize) -> anyhow::Result<f64> {
-    let mut pair = pair(messages).await?;
+    tells(messages, payload, false).await
+}
+
+/// [`tell_throughput`] with sender and actor on one node: the runtime's own cost.
+pub(crate) async fn local_tell_throughput(messages: u64, payload: usize) -> anyhow::Result<f64> {
+    tells(messages, payload, true).await
+}
+
+async fn tells(messages: u64, payload: usize, local: bool) -> anyhow::Result<f64> {
+    let mut pair = pair(messages, local).await?;
     let body = vec![7u8; payload];
     let done = pair.done.clone();
     let finished = done.notified();
@@ -140,7 +153,7 @@ pub(crate) async fn ask_round_trips(
     rounds: usize,
     payload: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut pair = pair(u64::MAX).await?;
+    let mut pair = pair(u64::MAX, false).await?;
     let body = vec![7u8; payload];
     for _ in 0..rounds / 10 {
         pair.session.ask("ping", &body).await?;

@@ -18,7 +18,7 @@ use super::{Back, Incoming, Inner, RefusalNotice, ReplyTo, lock, read, write};
 const READ_BYTES: usize = 64 * 1024;
 
 /// How long a new stream may take to present its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts actor streams until the runtime is gone.
 pub(super) async fn accept(inner: Weak<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
@@ -141,10 +141,6 @@ impl Reader {
         })
     }
 
-    fn inner(&self) -> Result<Arc<Inner>, String> {
-        Ok(self.inner.clone())
-    }
-
     /// Reads more bytes straight into the decoder; false at the end of the stream.
     async fn fill(&mut self) -> Result<bool, String> {
         let room = self.decoder.unfilled(READ_BYTES);
@@ -187,7 +183,7 @@ impl Reader {
     }
 
     fn hello(&mut self, hello: Hello) -> Result<(), String> {
-        let inner = self.inner()?;
+        let inner = self.inner.clone();
         let now = keys::now();
         let mut verified = write(&inner.verified);
         for chain in &hello.chains {
@@ -216,7 +212,7 @@ impl Reader {
                         self.channels.len()
                     ));
                 }
-                let inner = self.inner()?;
+                let inner = self.inner.clone();
                 let authorized_until =
                     read(&inner.verified).authorized_until(&self.principal, &from, self.now);
                 let to = Arc::new(to);
@@ -270,7 +266,7 @@ impl Reader {
         label: String,
         payload: Vec<u8>,
     ) -> Result<(), String> {
-        let inner = self.inner()?;
+        let inner = &self.inner;
         let peer = self.peer;
         let Some(ch) = self.channels.get_mut(channel as usize) else {
             return Err(format!("message on unopened channel {channel}"));
@@ -282,7 +278,7 @@ impl Reader {
                 path: ch.from.to_string(),
                 peer: peer.to_string(),
             };
-            return refuse(&inner, peer, channel, sequence, kind, refusal, true);
+            return refuse(inner, peer, channel, sequence, kind, refusal, true);
         }
         if let Kind::Reply { id } = kind {
             let pending = {
@@ -313,7 +309,7 @@ impl Reader {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
-            return refuse(&inner, peer, channel, sequence, kind, refusal, false);
+            return refuse(inner, peer, channel, sequence, kind, refusal, false);
         };
         let reply = match kind {
             Kind::Ask { id } => {
@@ -351,24 +347,24 @@ impl Reader {
             session,
             label,
             payload,
-            reply,
+            reply: reply.map(Box::new),
             peer: peer_key,
         };
-        match target.deliver(&inner, incoming).await {
+        match target.deliver(inner, incoming).await {
             Ok(()) => Ok(()),
             Err(refusal) => {
                 let penalise = matches!(
                     refusal,
                     Refusal::Violation(_) | Refusal::UnknownProtocol { .. }
                 );
-                refuse(&inner, peer, channel, sequence, kind, refusal, penalise)
+                refuse(inner, peer, channel, sequence, kind, refusal, penalise)
             }
         }
     }
 
     /// The peer refused one of our messages.
     fn refused(&self, channel: u32, kind: Kind, refusal: Refusal) -> Result<(), String> {
-        let inner = self.inner()?;
+        let inner = self.inner.clone();
         inner.refusals_received.fetch_add(1, Ordering::Relaxed);
         let key = lock(&inner.outboxes)
             .get(&(self.peer, Lane::Requests))

@@ -23,8 +23,9 @@ use super::SendError;
 /// How long a write may wait for the peer to read before the stream is given up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long opening a stream to a peer may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a stream to a peer may take, all attempts together; messages queue
+/// meanwhile.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// (from, to, protocol, the sender's role).
 pub(crate) type ChannelKey = (Arc<Path>, Arc<Path>, Arc<str>, Arc<str>);
@@ -61,8 +62,16 @@ pub(crate) struct Outbox {
     budget: Semaphore,
     capacity: usize,
     closed: AtomicBool,
+    counters: Arc<Counters>,
+}
+
+/// What every outbox of a runtime counts.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
     /// Sends that found the budget spent and waited.
-    waits: Arc<AtomicU64>,
+    pub(crate) waits: AtomicU64,
+    /// Streams that closed with queued messages.
+    pub(crate) lost: AtomicU64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -82,7 +91,7 @@ impl Outbox {
         streams: libp2p_stream::Control,
         chains: Vec<Chain>,
         capacity: usize,
-        waits: Arc<AtomicU64>,
+        counters: Arc<Counters>,
         on_close: impl FnOnce(&Arc<Outbox>) + Send + 'static,
     ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
@@ -93,7 +102,7 @@ impl Outbox {
             budget: Semaphore::new(capacity),
             capacity,
             closed: AtomicBool::new(false),
-            waits,
+            counters,
         });
         let writer = outbox.clone();
         let span = tracing::debug_span!("outbox", %peer);
@@ -126,6 +135,11 @@ impl Outbox {
 
     fn close(&self, reason: String) {
         let mut state = self.lock();
+        if !state.buffer.is_empty() {
+            // Taken by `tell` (at most once) but never written: say so.
+            tracing::warn!(peer = %self.peer, bytes = state.buffer.len(), reason = %reason, "an actor stream closed with messages still queued; they are lost");
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
         state.closed.get_or_insert(reason);
         state.buffer = Vec::new();
         drop(state);
@@ -202,7 +216,7 @@ impl Outbox {
         let permits = match self.budget.try_acquire_many(needed as u32) {
             Ok(permits) => permits,
             Err(_) => {
-                self.waits.fetch_add(1, Ordering::Relaxed);
+                self.counters.waits.fetch_add(1, Ordering::Relaxed);
                 self.budget
                     .acquire_many(needed as u32)
                     .await
@@ -311,11 +325,28 @@ impl Outbox {
         chains: Vec<Chain>,
     ) -> Result<(), String> {
         let protocol = StreamProtocol::new(actor::PROTOCOL_NAME);
-        let mut stream =
-            tokio::time::timeout(OPEN_TIMEOUT, streams.open_stream(self.peer, protocol))
-                .await
-                .map_err(|_| "timed out opening a stream".to_string())?
-                .map_err(|e| e.to_string())?;
+        // A connection may be dropping or still coming up: try again for a while before
+        // giving up on what is queued.
+        let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+        let mut backoff = Duration::from_millis(100);
+        let mut stream = loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, streams.open_stream(self.peer, protocol.clone()))
+                    .await
+                    .map_err(|_| format!("no stream could be opened within {OPEN_TIMEOUT:?}"))?;
+            match attempt {
+                Ok(stream) => break stream,
+                Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p)) => {
+                    return Err(format!("the peer does not speak {p}"));
+                }
+                Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(error = %e, "opening an actor stream; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         let mut hello = Vec::new();
         actor::encode_frame(&Hello { chains }, &mut hello).map_err(|e| e.to_string())?;
         stream.write_all(&hello).await.map_err(|e| e.to_string())?;

@@ -40,7 +40,8 @@ pub(crate) struct Sessions {
     owner: String,
     /// Keys peers: computed once per channel or session, not per message.
     hasher: std::hash::RandomState,
-    served: HashMap<String, Served>,
+    /// By protocol name; actors speak a few, so a scan beats hashing the name.
+    served: Vec<(String, Served)>,
     untyped: bool,
     max_open: usize,
     state: Mutex<State>,
@@ -64,7 +65,7 @@ impl Sessions {
         Sessions {
             owner,
             hasher: std::hash::RandomState::new(),
-            served,
+            served: served.into_iter().collect(),
             untyped,
             max_open,
             state: Mutex::new(State::default()),
@@ -77,9 +78,16 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn served(&self, protocol: &str) -> Option<&Served> {
+        self.served
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, served)| served)
+    }
+
     /// The protocols spoken, by name.
     pub(crate) fn protocols(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.served.keys().cloned().collect();
+        let mut names: Vec<String> = self.served.iter().map(|(name, _)| name.clone()).collect();
         if self.untyped {
             names.push(String::new());
         }
@@ -103,8 +111,7 @@ impl Sessions {
 
     /// The role the actor plays in `protocol` (empty when untyped or unknown).
     pub(crate) fn role(&self, protocol: &str) -> Arc<str> {
-        self.served
-            .get(protocol)
+        self.served(protocol)
             .map_or_else(|| Arc::from(""), |s| Arc::from(s.role.as_str()))
     }
 
@@ -121,7 +128,7 @@ impl Sessions {
         if protocol.is_empty() && self.untyped {
             return Ok(());
         }
-        let Some(served) = self.served.get(protocol) else {
+        let Some(served) = self.served(protocol) else {
             return Err(Refusal::UnknownProtocol {
                 actor: self.owner.clone(),
                 protocol: protocol.to_string(),
@@ -156,7 +163,7 @@ impl Sessions {
         session: u64,
         label: &str,
     ) -> Result<(), Violation> {
-        let Some(served) = self.served.get(protocol) else {
+        let Some(served) = self.served(protocol) else {
             return Ok(()); // untyped
         };
         let key = (peer, session);
