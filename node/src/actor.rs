@@ -287,8 +287,8 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     /// Boxed: most messages are tells, and a small `Incoming` moves cheaply.
     reply: Option<Box<ReplyTo>>,
-    /// The sender's key in the receiving actor's session table.
-    peer: u64,
+    /// The sender as the receiving actor's session table knows it.
+    peer: sessions::Peer,
 }
 
 impl Incoming {
@@ -326,8 +326,8 @@ pub struct ReplyTo {
     asker: Arc<Path>,
     protocol: Arc<str>,
     session: u64,
-    /// The asker's key in the replying actor's session table.
-    peer: u64,
+    /// The asker as the replying actor's session table knows it.
+    peer: sessions::Peer,
 }
 
 impl std::fmt::Debug for ReplyTo {
@@ -863,7 +863,7 @@ pub struct Session {
     /// Why this session sends no more (it fell out of step with its peer).
     broken: Option<&'static str>,
     /// The sender's key in a local receiver's session table (computed once per route).
-    local_peer: Option<u64>,
+    local_peer: Option<sessions::Peer>,
 }
 
 impl std::fmt::Debug for Session {
@@ -926,7 +926,11 @@ impl Session {
             .route(&self.to, &self.protocol, &self.role)
             .await?;
         self.local_peer = match &route {
-            Route::Local(slot) => Some(slot.sessions.peer(&self.sender.from, &self.protocol)),
+            Route::Local(slot) => Some(slot.sessions.peer(
+                &self.sender.from,
+                &self.protocol,
+                &self.sender.inner.peer_id,
+            )),
             Route::Remote { .. } => None,
         };
         self.route = Some(route.clone());
@@ -945,7 +949,11 @@ impl Session {
                 let inner = &self.sender.inner;
                 let peer = match self.local_peer {
                     Some(peer) => peer,
-                    None => slot.sessions.peer(&self.sender.from, &self.protocol),
+                    None => slot.sessions.peer(
+                        &self.sender.from,
+                        &self.protocol,
+                        &self.sender.inner.peer_id,
+                    ),
                 };
                 let reply = match (kind, back) {
                     (Kind::Ask { id }, Some(back)) => Some(ReplyTo {

@@ -108,8 +108,8 @@ struct Channel {
     role: Arc<str>,
     /// Until when the peer's chains cover `from` (none: they do not).
     authorized_until: Option<keys::Timestamp>,
-    /// The receiving actor, and the sender's key in its session table.
-    target: Option<(Arc<Slot>, u64)>,
+    /// The receiving actor, and the sender as its session table knows it.
+    target: Option<(Arc<Slot>, super::sessions::Peer)>,
 }
 
 struct Reader {
@@ -217,9 +217,10 @@ impl Reader {
                     read(&inner.verified).authorized_until(&self.principal, &from, self.now);
                 let to = Arc::new(to);
                 let from = Arc::new(from);
-                let target = read(&inner.actors)
-                    .get(&to)
-                    .map(|slot| (slot.clone(), slot.sessions.peer(&from, &protocol)));
+                let target = read(&inner.actors).get(&to).map(|slot| {
+                    let sender = slot.sessions.peer(&from, &protocol, &self.peer);
+                    (slot.clone(), sender)
+                });
                 self.channels.push(Channel {
                     from,
                     to,
@@ -301,9 +302,10 @@ impl Reader {
             return Ok(());
         }
         if ch.target.as_ref().is_none_or(|(t, _)| t.is_stopped()) {
-            ch.target = read(&inner.actors)
-                .get(&ch.to)
-                .map(|slot| (slot.clone(), slot.sessions.peer(&ch.from, &ch.protocol)));
+            ch.target = read(&inner.actors).get(&ch.to).map(|slot| {
+                let sender = slot.sessions.peer(&ch.from, &ch.protocol, &peer);
+                (slot.clone(), sender)
+            });
         }
         let Some((target, peer_key)) = ch.target.clone() else {
             let refusal = Refusal::NoSuchActor {

@@ -113,6 +113,7 @@ impl Topics {
         &self,
         topic: &str,
         from: &Arc<Path>,
+        node: &libp2p::PeerId,
         publication: &Publication,
     ) -> Result<usize, Option<protocols::actor::Refusal>> {
         let mut topics = self.lock();
@@ -122,7 +123,7 @@ impl Topics {
         let protocol: Arc<str> = Arc::from(publication.protocol.as_str());
         // A topic subscribed without a protocol observes everything, unchecked.
         if !entry.protocol.is_empty() {
-            let peer = entry.sessions.peer(from, &protocol);
+            let peer = entry.sessions.peer(from, &protocol, node);
             // Gossip is unordered and a subscriber may come after a session began: a
             // message out of its session's order is not delivered here, and not
             // forwarded by this node, but held against no one. What no order can
@@ -276,7 +277,10 @@ pub(super) async fn publish(
     let bytes = wire::encode(&publication).map_err(|e| SendError::Encode(e.to_string()))?;
     let name = topic.to_string();
     // Subscribers on this node hear it without the network.
-    match inner.topics.deliver(&name, from, &publication) {
+    match inner
+        .topics
+        .deliver(&name, from, &inner.peer_id, &publication)
+    {
         Ok(_) | Err(None) => {}
         Err(Some(refusal)) => return Err(SendError::Refused(refusal)),
     }
@@ -337,7 +341,10 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
         return dht::Verdict::Reject;
     }
     let from = Arc::new(publication.from.clone());
-    match inner.topics.deliver(&message.topic, &from, &publication) {
+    match inner
+        .topics
+        .deliver(&message.topic, &from, &message.source, &publication)
+    {
         Ok(_) => dht::Verdict::Accept,
         Err(None) => dht::Verdict::Ignore,
         Err(Some(refusal)) => {

@@ -15,6 +15,15 @@ const ENDED_REMEMBERED: usize = 4096;
 /// (the peer's key from [`Sessions::peer`], session id).
 type Key = (u64, u64);
 
+/// A sender as one actor's session table knows it: its path and protocol, and its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    /// Keys the sender's sessions.
+    pub(crate) key: u64,
+    /// Keys the sending node, whose share of the table is bounded.
+    pub(crate) node: u64,
+}
+
 /// A protocol an actor speaks, with its role and the other side's.
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
@@ -25,12 +34,12 @@ pub(crate) struct Served {
 
 #[derive(Default)]
 struct State {
-    /// Each open session's monitor and the tick of its last message.
-    open: HashMap<Key, (Monitor, u64)>,
+    /// Each open session's monitor, the tick of its last message and its node.
+    open: HashMap<Key, (Monitor, u64, u64)>,
     /// Counts messages; a full table forgets the sessions idle the longest.
     tick: u64,
-    /// Open sessions per peer.
-    per_peer: HashMap<u64, usize>,
+    /// Open sessions per sending node.
+    per_node: HashMap<u64, usize>,
     ended: HashSet<Key>,
     ended_order: VecDeque<Key>,
 }
@@ -95,18 +104,23 @@ impl Sessions {
         names
     }
 
-    /// The key of a peer (`from`, speaking `protocol`) in this table: a keyed hash, so
-    /// a remote cannot make two peers collide. Compute it once per channel or session.
-    pub(crate) fn peer(&self, from: &Path, protocol: &str) -> u64 {
+    /// The key of a sender (`from`, speaking `protocol`, on `node`) in this table: keyed
+    /// hashes, so a remote cannot make two senders collide. Compute it once per channel
+    /// or session.
+    pub(crate) fn peer(&self, from: &Path, protocol: &str, node: &libp2p::PeerId) -> Peer {
         use std::hash::BuildHasher;
-        self.hasher.hash_one((from, protocol))
+        Peer {
+            key: self.hasher.hash_one((from, protocol)),
+            node: self.hasher.hash_one(node),
+        }
     }
 
     /// Whether `session` with `peer` is open or recently ended here.
     #[cfg(test)]
-    pub(crate) fn knows(&self, peer: u64, session: u64) -> bool {
+    pub(crate) fn knows(&self, peer: Peer, session: u64) -> bool {
         let state = self.lock();
-        state.open.contains_key(&(peer, session)) || state.ended.contains(&(peer, session))
+        let key = (peer.key, session);
+        state.open.contains_key(&key) || state.ended.contains(&key)
     }
 
     /// The role the actor plays in `protocol` (empty when untyped or unknown).
@@ -119,7 +133,7 @@ impl Sessions {
     /// `protocol`.
     pub(crate) fn check_receive(
         &self,
-        peer: u64,
+        peer: Peer,
         protocol: &str,
         session: u64,
         role: &str,
@@ -144,9 +158,8 @@ impl Sessions {
                 expected: vec![served.peer_role.clone()],
             }));
         }
-        let key = (peer, session);
         let mut state = self.lock();
-        self.step(&mut state, served, key, Direction::Receive, label)
+        self.step(&mut state, served, peer, session, Direction::Receive, label)
             .map_err(|e| match e {
                 Step::Violation(v) => Refusal::Violation(v),
                 Step::Full => Refusal::TooManySessions {
@@ -158,7 +171,7 @@ impl Sessions {
     /// Checks a message the actor sends to `to` in `session` of `protocol` (a reply).
     pub(crate) fn check_send(
         &self,
-        peer: u64,
+        peer: Peer,
         protocol: &str,
         session: u64,
         label: &str,
@@ -166,9 +179,8 @@ impl Sessions {
         let Some(served) = self.served(protocol) else {
             return Ok(()); // untyped
         };
-        let key = (peer, session);
         let mut state = self.lock();
-        match self.step(&mut state, served, key, Direction::Send, label) {
+        match self.step(&mut state, served, peer, session, Direction::Send, label) {
             Ok(()) => Ok(()),
             Err(Step::Violation(v)) => Err(v),
             // A reply belongs to a session the ask opened; a full table cannot arise.
@@ -180,10 +192,12 @@ impl Sessions {
         &self,
         state: &mut State,
         served: &Served,
-        key: Key,
+        peer: Peer,
+        session: u64,
         direction: Direction,
         label: &str,
     ) -> Result<(), Step> {
+        let key = (peer.key, session);
         if state.ended.contains(&key) {
             return Err(Step::Violation(Violation::AfterEnd {
                 protocol: served.protocol.name().into(),
@@ -195,9 +209,9 @@ impl Sessions {
         let tick = state.tick;
         let fresh = !state.open.contains_key(&key);
         if fresh {
-            // One peer may hold a share of the table, so that it cannot push out
-            // everyone else's sessions.
-            let held = state.per_peer.get(&key.0).copied().unwrap_or(0);
+            // One node may hold a share of the table, so that it cannot push out
+            // everyone else's sessions (however many paths it sends from).
+            let held = state.per_node.get(&peer.node).copied().unwrap_or(0);
             if held >= (self.max_open / PEER_SHARE).max(1) {
                 return Err(Step::Full);
             }
@@ -205,23 +219,23 @@ impl Sessions {
                 // Forget sessions idle for the last half-table's worth of messages (peers
                 // that never said goodbye); at most half the table was touched since.
                 let horizon = tick.saturating_sub(self.max_open as u64 / 2);
-                let State { open, per_peer, .. } = &mut *state;
-                open.retain(|(peer, _), (_, last)| {
+                let State { open, per_node, .. } = &mut *state;
+                open.retain(|_, (_, last, node)| {
                     let keep = *last > horizon;
                     if !keep {
-                        forget(per_peer, *peer);
+                        forget(per_node, *node);
                     }
                     keep
                 });
             }
-            *state.per_peer.entry(key.0).or_default() += 1;
+            *state.per_node.entry(peer.node).or_default() += 1;
             let monitor = served
                 .protocol
                 .monitor(&served.role)
                 .map_err(|_| Step::Full)?;
-            state.open.insert(key, (monitor, tick));
+            state.open.insert(key, (monitor, tick, peer.node));
         }
-        let Some((monitor, last)) = state.open.get_mut(&key) else {
+        let Some((monitor, last, _)) = state.open.get_mut(&key) else {
             return Err(Step::Full);
         };
         *last = tick;
@@ -232,13 +246,13 @@ impl Sessions {
         if result.is_err() && fresh {
             // A refused first message opens no session.
             state.open.remove(&key);
-            forget(&mut state.per_peer, key.0);
+            forget(&mut state.per_node, peer.node);
             return result.map_err(Step::Violation);
         }
         // Over when it may end and nothing may follow.
         if result.is_ok() && monitor.is_done() && monitor.expected().next().is_none() {
             state.open.remove(&key);
-            forget(&mut state.per_peer, key.0);
+            forget(&mut state.per_node, peer.node);
             if state.ended_order.len() >= ENDED_REMEMBERED
                 && let Some(old) = state.ended_order.pop_front()
             {
@@ -256,14 +270,14 @@ enum Step {
     Full,
 }
 
-/// One peer holds at most this fraction of the table (1/16).
+/// One node holds at most this fraction of the table (1/16).
 const PEER_SHARE: usize = 16;
 
-fn forget(per_peer: &mut HashMap<u64, usize>, peer: u64) {
-    if let Some(n) = per_peer.get_mut(&peer) {
+fn forget(per_node: &mut HashMap<u64, usize>, node: u64) {
+    if let Some(n) = per_node.get_mut(&node) {
         *n -= 1;
         if *n == 0 {
-            per_peer.remove(&peer);
+            per_node.remove(&node);
         }
     }
 }
@@ -303,48 +317,61 @@ mod tests {
         )
     }
 
+    fn peer(key: u64, node: u64) -> Peer {
+        Peer { key, node }
+    }
+
     #[test]
-    fn one_peer_cannot_fill_the_table_and_idle_sessions_make_room() {
+    fn one_node_cannot_fill_the_table_and_idle_sessions_make_room() {
         let table = sessions(64);
-        // A peer may open 64 / 16 = 4 sessions.
+        // A node may open 64 / 16 = 4 sessions, from however many paths.
         for session in 0..4 {
             table
-                .check_receive(1, "p/1", session, "client", "ping")
+                .check_receive(peer(session, 1), "p/1", session, "client", "ping")
                 .unwrap();
         }
         assert!(matches!(
-            table.check_receive(1, "p/1", 4, "client", "ping"),
+            table.check_receive(peer(9, 1), "p/1", 4, "client", "ping"),
             Err(Refusal::TooManySessions { .. })
         ));
         // Ending one frees its place.
-        table.check_receive(1, "p/1", 0, "client", "bye").unwrap();
-        table.check_receive(1, "p/1", 4, "client", "ping").unwrap();
-        // Many peers fill the table; the ones idle longest are forgotten for new ones.
-        for peer in 2..100 {
+        table
+            .check_receive(peer(0, 1), "p/1", 0, "client", "bye")
+            .unwrap();
+        table
+            .check_receive(peer(9, 1), "p/1", 4, "client", "ping")
+            .unwrap();
+        // Many nodes fill the table; the ones idle longest are forgotten for new ones.
+        for n in 2..100 {
             table
-                .check_receive(peer, "p/1", 0, "client", "ping")
+                .check_receive(peer(100 + n, n), "p/1", 0, "client", "ping")
                 .unwrap();
         }
         assert!(table.lock().open.len() <= 64);
-        assert!(!table.knows(2, 0), "the longest idle was forgotten");
-        assert!(table.knows(99, 0));
+        assert!(
+            !table.knows(peer(102, 2), 0),
+            "the longest idle was forgotten"
+        );
+        assert!(table.knows(peer(199, 99), 0));
     }
 
     #[test]
     fn a_refused_first_message_opens_nothing_and_the_end_is_remembered() {
         let table = sessions(64);
         assert!(matches!(
-            table.check_receive(1, "p/1", 7, "server", "ping"),
+            table.check_receive(peer(1, 1), "p/1", 7, "server", "ping"),
             Err(Refusal::Violation(Violation::WrongRole { .. }))
         ));
-        assert!(!table.knows(1, 7));
-        table.check_receive(1, "p/1", 7, "client", "bye").unwrap();
+        assert!(!table.knows(peer(1, 1), 7));
+        table
+            .check_receive(peer(1, 1), "p/1", 7, "client", "bye")
+            .unwrap();
         assert!(matches!(
-            table.check_receive(1, "p/1", 7, "client", "ping"),
+            table.check_receive(peer(1, 1), "p/1", 7, "client", "ping"),
             Err(Refusal::Violation(Violation::AfterEnd { .. }))
         ));
         assert!(matches!(
-            table.check_receive(1, "nope/1", 8, "client", "ping"),
+            table.check_receive(peer(1, 1), "nope/1", 8, "client", "ping"),
             Err(Refusal::UnknownProtocol { .. })
         ));
     }
