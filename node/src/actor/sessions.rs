@@ -198,6 +198,28 @@ impl Sessions {
         label: &str,
     ) -> Result<(), Step> {
         let key = (peer.key, session);
+        state.tick += 1;
+        let tick = state.tick;
+        let take = |monitor: &mut Monitor| {
+            let result = match direction {
+                Direction::Receive => monitor.receive(&served.peer_role, label),
+                Direction::Send => monitor.send(&served.peer_role, label),
+            };
+            // Over when it may end and nothing may follow.
+            let over = result.is_ok() && monitor.is_done() && monitor.expected().next().is_none();
+            (result, over)
+        };
+        // The common case, an open session: one lookup.
+        if let Some((monitor, last, _)) = state.open.get_mut(&key) {
+            *last = tick;
+            let (result, over) = take(monitor);
+            if over {
+                state.open.remove(&key);
+                forget(&mut state.per_node, peer.node);
+                Self::remember_end(state, key);
+            }
+            return result.map_err(Step::Violation);
+        }
         if state.ended.contains(&key) {
             return Err(Step::Violation(Violation::AfterEnd {
                 protocol: served.protocol.name().into(),
@@ -205,63 +227,49 @@ impl Sessions {
                 got: format!("{}:{label}", served.peer_role),
             }));
         }
-        state.tick += 1;
-        let tick = state.tick;
-        let fresh = !state.open.contains_key(&key);
-        if fresh {
-            // One node may hold a share of the table, so that it cannot push out
-            // everyone else's sessions (however many paths it sends from).
-            let held = state.per_node.get(&peer.node).copied().unwrap_or(0);
-            if held >= (self.max_open / PEER_SHARE).max(1) {
-                return Err(Step::Full);
-            }
-            if state.open.len() >= self.max_open {
-                // Forget sessions idle for the last half-table's worth of messages (peers
-                // that never said goodbye); at most half the table was touched since.
-                let horizon = tick.saturating_sub(self.max_open as u64 / 2);
-                let State { open, per_node, .. } = &mut *state;
-                open.retain(|_, (_, last, node)| {
-                    let keep = *last > horizon;
-                    if !keep {
-                        forget(per_node, *node);
-                    }
-                    keep
-                });
-            }
-            *state.per_node.entry(peer.node).or_default() += 1;
-            let monitor = served
-                .protocol
-                .monitor(&served.role)
-                .map_err(|_| Step::Full)?;
-            state.open.insert(key, (monitor, tick, peer.node));
-        }
-        let Some((monitor, last, _)) = state.open.get_mut(&key) else {
+        // A new session. One node may hold a share of the table, so that it cannot push
+        // out everyone else's sessions (however many paths it sends from).
+        let held = state.per_node.get(&peer.node).copied().unwrap_or(0);
+        if held >= (self.max_open / PEER_SHARE).max(1) {
             return Err(Step::Full);
-        };
-        *last = tick;
-        let result = match direction {
-            Direction::Receive => monitor.receive(&served.peer_role, label),
-            Direction::Send => monitor.send(&served.peer_role, label),
-        };
-        if result.is_err() && fresh {
-            // A refused first message opens no session.
-            state.open.remove(&key);
-            forget(&mut state.per_node, peer.node);
-            return result.map_err(Step::Violation);
         }
-        // Over when it may end and nothing may follow.
-        if result.is_ok() && monitor.is_done() && monitor.expected().next().is_none() {
-            state.open.remove(&key);
-            forget(&mut state.per_node, peer.node);
-            if state.ended_order.len() >= ENDED_REMEMBERED
-                && let Some(old) = state.ended_order.pop_front()
-            {
-                state.ended.remove(&old);
-            }
-            state.ended.insert(key);
-            state.ended_order.push_back(key);
+        let mut monitor = served
+            .protocol
+            .monitor(&served.role)
+            .map_err(|_| Step::Full)?;
+        let (result, over) = take(&mut monitor);
+        // A refused first message opens no session.
+        result.map_err(Step::Violation)?;
+        if over {
+            Self::remember_end(state, key);
+            return Ok(());
         }
-        result.map_err(Step::Violation)
+        if state.open.len() >= self.max_open {
+            // Forget sessions idle for the last half-table's worth of messages (peers that
+            // never said goodbye); at most half the table was touched since.
+            let horizon = tick.saturating_sub(self.max_open as u64 / 2);
+            let State { open, per_node, .. } = &mut *state;
+            open.retain(|_, (_, last, node)| {
+                let keep = *last > horizon;
+                if !keep {
+                    forget(per_node, *node);
+                }
+                keep
+            });
+        }
+        *state.per_node.entry(peer.node).or_default() += 1;
+        state.open.insert(key, (monitor, tick, peer.node));
+        Ok(())
+    }
+
+    fn remember_end(state: &mut State, key: Key) {
+        if state.ended_order.len() >= ENDED_REMEMBERED
+            && let Some(old) = state.ended_order.pop_front()
+        {
+            state.ended.remove(&old);
+        }
+        state.ended.insert(key);
+        state.ended_order.push_back(key);
     }
 }
 

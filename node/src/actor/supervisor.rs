@@ -201,12 +201,22 @@ impl Slot {
             disarm(incoming);
             return Err(refusal);
         }
-        match self.mailbox.send(incoming).await {
+        // Room now (the usual case) costs no future; a full mailbox makes the caller wait.
+        let sent = match self.mailbox.try_send(incoming) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(incoming)) => self
+                .mailbox
+                .send(incoming)
+                .await
+                .map_err(|mpsc::error::SendError(incoming)| incoming),
+            Err(mpsc::error::TrySendError::Closed(incoming)) => Err(incoming),
+        };
+        match sent {
             Ok(()) => {
                 inner.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(mpsc::error::SendError(incoming)) => {
+            Err(incoming) => {
                 disarm(incoming);
                 Err(Refusal::NoSuchActor {
                     path: self.path.to_string(),
