@@ -112,10 +112,39 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
         assert_eq!(told["payload"], format!("m{i}"));
     }
 
+    // A node that stops answering (SIGSTOP: alive, connected, silent): the ask times out
+    // with a clear error, and works again once the node resumes.
+    let pid = net.nodes[1].pid().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = net.cli(0, &["ask", &echo, "1", "--timeout", "1s"]).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no reply within 1s"), "{err}");
+    let again = net.json(0, &["ask", &echo, "2"]).unwrap();
+    assert_eq!(again["payload"], 2);
+    assert_eq!(
+        listener.next("the timed-out ask, handled late")["payload"],
+        1
+    );
+    assert_eq!(listener.next("the next ask")["payload"], 2);
+
     // Status shows the actor; errors are clear.
     let status = net.json(1, &["status"]).unwrap();
     assert_eq!(status["actors"]["actors"][0]["path"], echo.as_str());
-    assert_eq!(status["actors"]["actors"][0]["handled"], 4);
+    assert_eq!(status["actors"]["actors"][0]["handled"], 6);
     assert_eq!(status["actors"]["refused"], 0);
     let out = net
         .cli(0, &["ask", &net.path("n2/nobody"), "1", "--timeout", "2s"])
