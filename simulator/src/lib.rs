@@ -1,0 +1,30 @@
+//! Blocktree's churn simulator: what happens to lookups and data when nodes come and go.
+//!
+//! A [`Scenario`] (a TOML file) says how many nodes, for how long, how they come and go
+//! (session and off-line times from an exponential or a Weibull distribution, crashes
+//! among the departures) and what they do meanwhile (register paths, resolve them).
+//! [`Schedule::generate`] turns a scenario and a seed into the exact list of events to
+//! play: the same scenario and seed give the same schedule, so a failing run can be
+//! replayed and kept as a regression test.
+//!
+//! ```
+//! use simulator::{Scenario, Schedule};
+//! let scenario: Scenario = toml::from_str(r#"
+//!     nodes = 20
+//!     duration_secs = 600
+//!     [churn]
+//!     median_session_secs = 120
+//! "#).unwrap();
+//! let schedule = Schedule::generate(&scenario, 7).unwrap();
+//! assert_eq!(schedule, Schedule::generate(&scenario, 7).unwrap());
+//! assert!(schedule.summary().joins >= 20);
+//! ```
+//!
+//! This crate is the first part of the simulator: scenarios and their schedules. Playing
+//! a schedule against real nodes, the report and its plots come next.
+
+pub mod scenario;
+pub mod schedule;
+
+pub use scenario::{Churn, Distribution, Scenario, ScenarioError, Workload};
+pub use schedule::{Event, EventKind, Schedule, Summary};

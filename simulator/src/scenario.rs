@@ -1,0 +1,293 @@
+//! Scenarios: what to simulate, as a TOML file. Every field has a default, so a scenario
+//! names only what it changes.
+
+use serde::{Deserialize, Serialize};
+
+/// Most nodes a scenario may ask for.
+pub const MAX_NODES: u32 = 100_000;
+
+/// Longest simulated time a scenario may ask for (30 days).
+pub const MAX_DURATION_SECS: u64 = 30 * 86_400;
+
+/// A scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scenario {
+    /// A name for reports.
+    pub name: String,
+    /// Nodes taking part (each comes and goes; at the start all are on line).
+    pub nodes: u32,
+    /// Simulated time, in seconds.
+    pub duration_secs: u64,
+    /// How much faster than real time the simulation runs (60: a simulated hour in a
+    /// minute).
+    pub time_scale: f64,
+    /// How nodes come and go.
+    pub churn: Churn,
+    /// What nodes do.
+    pub workload: Workload,
+}
+
+impl Default for Scenario {
+    /// The issue's default scenario: 1000 nodes, Weibull k = 0.5 sessions with a median
+    /// of 30 simulated minutes, 2 simulated hours.
+    fn default() -> Self {
+        Scenario {
+            name: "default".into(),
+            nodes: 1000,
+            duration_secs: 2 * 3600,
+            time_scale: 60.0,
+            churn: Churn::default(),
+            workload: Workload::default(),
+        }
+    }
+}
+
+/// How nodes come and go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Churn {
+    /// The shape of session and off-line times.
+    pub distribution: Distribution,
+    /// The median time a node stays on line, in seconds.
+    pub median_session_secs: f64,
+    /// The median time a node stays off line before it comes back, in seconds.
+    pub median_offline_secs: f64,
+    /// The share of departures that are crashes (no goodbye) rather than graceful.
+    pub crash_fraction: f64,
+}
+
+impl Default for Churn {
+    /// Weibull k = 0.5 (heavy-tailed, as measured in deployed P2P networks), 30 minutes
+    /// on line, 30 minutes off, half the departures crashes.
+    fn default() -> Self {
+        Churn {
+            distribution: Distribution::Weibull { shape: 0.5 },
+            median_session_secs: 1800.0,
+            median_offline_secs: 1800.0,
+            crash_fraction: 0.5,
+        }
+    }
+}
+
+/// A distribution of durations, scaled to a median.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Distribution {
+    /// Memoryless.
+    Exponential,
+    /// Weibull with this shape k (k < 1: heavy-tailed, many short sessions and a few
+    /// very long ones).
+    Weibull {
+        /// The shape k.
+        shape: f64,
+    },
+}
+
+impl Distribution {
+    /// The duration for a uniform draw `u` in (0, 1], with median `median`: the inverse
+    /// of the distribution function.
+    pub fn sample(self, median: f64, u: f64) -> f64 {
+        let tail = -u.ln(); // an exponential draw with mean 1, median ln 2
+        match self {
+            Distribution::Exponential => median * tail / std::f64::consts::LN_2,
+            Distribution::Weibull { shape } => {
+                // Weibull(k, λ) has median λ (ln 2)^(1/k).
+                let scale = median / std::f64::consts::LN_2.powf(1.0 / shape);
+                scale * tail.powf(1.0 / shape)
+            }
+        }
+    }
+}
+
+/// What the nodes do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Workload {
+    /// Paths each node registers each time it comes on line.
+    pub registrations_per_session: u32,
+    /// Resolutions per second across the whole network (of registered paths).
+    pub resolves_per_sec: f64,
+}
+
+impl Default for Workload {
+    /// One path per session; five resolutions a second.
+    fn default() -> Self {
+        Workload {
+            registrations_per_session: 1,
+            resolves_per_sec: 5.0,
+        }
+    }
+}
+
+/// Why a scenario cannot be run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    /// The file is not a scenario.
+    #[error("not a scenario: {0}")]
+    Parse(String),
+    /// A value is out of range.
+    #[error("{field} = {value}: {rule}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        rule: &'static str,
+    },
+}
+
+impl Scenario {
+    /// Reads a scenario from TOML text and checks it.
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario =
+            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    /// Checks every value is in range.
+    pub fn check(&self) -> Result<(), ScenarioError> {
+        fn out(field: &'static str, value: impl ToString, rule: &'static str) -> ScenarioError {
+            ScenarioError::OutOfRange {
+                field,
+                value: value.to_string(),
+                rule,
+            }
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return Err(out("nodes", self.nodes, "from 1 to 100000"));
+        }
+        if self.duration_secs == 0 || self.duration_secs > MAX_DURATION_SECS {
+            return Err(out(
+                "duration_secs",
+                self.duration_secs,
+                "from 1 to 30 days",
+            ));
+        }
+        if !positive(self.time_scale) {
+            return Err(out("time_scale", self.time_scale, "a positive number"));
+        }
+        let churn = &self.churn;
+        if !positive(churn.median_session_secs) {
+            return Err(out(
+                "churn.median_session_secs",
+                churn.median_session_secs,
+                "a positive number",
+            ));
+        }
+        if !positive(churn.median_offline_secs) {
+            return Err(out(
+                "churn.median_offline_secs",
+                churn.median_offline_secs,
+                "a positive number",
+            ));
+        }
+        if !(0.0..=1.0).contains(&churn.crash_fraction) {
+            return Err(out(
+                "churn.crash_fraction",
+                churn.crash_fraction,
+                "between 0 and 1",
+            ));
+        }
+        if let Distribution::Weibull { shape } = churn.distribution
+            && !(shape.is_finite() && (0.1..=10.0).contains(&shape))
+        {
+            return Err(out("churn.distribution.shape", shape, "from 0.1 to 10"));
+        }
+        if self.workload.registrations_per_session > 64 {
+            return Err(out(
+                "workload.registrations_per_session",
+                self.workload.registrations_per_session,
+                "at most 64",
+            ));
+        }
+        let rate = self.workload.resolves_per_sec;
+        if !(rate.is_finite() && (0.0..=10_000.0).contains(&rate)) {
+            return Err(out("workload.resolves_per_sec", rate, "from 0 to 10000"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_issues_scenario_and_files_override_them() {
+        let scenario = Scenario::from_toml("").unwrap();
+        assert_eq!(scenario, Scenario::default());
+        assert_eq!(scenario.nodes, 1000);
+        assert_eq!(
+            scenario.churn.distribution,
+            Distribution::Weibull { shape: 0.5 }
+        );
+        let small =
+            Scenario::from_toml("nodes = 30\n[churn]\ndistribution = { kind = \"exponential\" }\n")
+                .unwrap();
+        assert_eq!(small.nodes, 30);
+        assert_eq!(small.churn.distribution, Distribution::Exponential);
+        assert_eq!(small.duration_secs, 7200);
+    }
+
+    #[test]
+    fn the_shipped_scenarios_are_valid_and_the_default_one_is_the_default() {
+        let default = Scenario::from_toml(include_str!("../scenarios/default.toml")).unwrap();
+        assert_eq!(default, Scenario::default());
+        let small = Scenario::from_toml(include_str!("../scenarios/small.toml")).unwrap();
+        assert_eq!(small.nodes, 30);
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused_with_the_field_named() {
+        for (text, field) in [
+            ("nodes = 0", "nodes"),
+            ("time_scale = -1.0", "time_scale"),
+            ("[churn]\ncrash_fraction = 1.5", "churn.crash_fraction"),
+            (
+                "[churn]\nmedian_session_secs = 0.0",
+                "churn.median_session_secs",
+            ),
+            (
+                "[churn]\ndistribution = { kind = \"weibull\", shape = 0.0 }",
+                "churn.distribution.shape",
+            ),
+            (
+                "[workload]\nresolves_per_sec = inf",
+                "workload.resolves_per_sec",
+            ),
+        ] {
+            match Scenario::from_toml(text) {
+                Err(ScenarioError::OutOfRange { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Scenario::from_toml("nodes = \"many\""),
+            Err(ScenarioError::Parse(_))
+        ));
+        assert!(matches!(
+            Scenario::from_toml("nodez = 3"),
+            Err(ScenarioError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn samples_have_the_asked_median() {
+        for distribution in [
+            Distribution::Exponential,
+            Distribution::Weibull { shape: 0.5 },
+            Distribution::Weibull { shape: 2.0 },
+        ] {
+            // At u = 1/2 the inverse distribution function gives the median.
+            let median = distribution.sample(100.0, 0.5);
+            assert!((median - 100.0).abs() < 1e-9, "{distribution:?}: {median}");
+            // Smaller u, longer durations.
+            assert!(distribution.sample(100.0, 0.01) > distribution.sample(100.0, 0.9));
+        }
+    }
+}
