@@ -20,11 +20,14 @@
 //! assert!(schedule.summary().joins >= 20);
 //! ```
 //!
-//! This crate is the first part of the simulator: scenarios and their schedules. Playing
-//! a schedule against real nodes, the report and its plots come next.
+//! [`play()`] plays a schedule against real overlay nodes on the memory transport and
+//! returns a [`Report`]. This is the simulator's first part: scale to a thousand nodes,
+//! pub-sub and file-system workloads, and plots come next.
 
+pub mod play;
 pub mod scenario;
 pub mod schedule;
 
+pub use play::{Report, Window, play};
 pub use scenario::{Churn, Distribution, Scenario, ScenarioError, Workload};
 pub use schedule::{Event, EventKind, Schedule, Summary};
