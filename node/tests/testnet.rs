@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use testnet::Testnet;
+use testnet::{Testnet, eventually};
 
 fn resolve(net: &Testnet, from: usize, path: &str) -> Result<serde_json::Value, String> {
     let out = net.cli(from, &["resolve", path, "--json"]).unwrap();
@@ -15,17 +15,6 @@ fn resolve(net: &Testnet, from: usize, path: &str) -> Result<serde_json::Value, 
         Ok(serde_json::from_slice(&out.stdout).unwrap())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

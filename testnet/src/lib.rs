@@ -386,3 +386,16 @@ impl Drop for Testnet {
         }
     }
 }
+
+/// Calls `f` every 100 ms until it gives a value; panics (failing the test) after
+/// `timeout`, naming `what` it waited for.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
