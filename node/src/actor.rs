@@ -328,6 +328,8 @@ pub struct ReplyTo {
     session: u64,
     /// The asker as the replying actor's session table knows it.
     peer: sessions::Peer,
+    /// Numbers the ask among the replying actor's deliveries (set when delivered).
+    delivery: u64,
 }
 
 impl std::fmt::Debug for ReplyTo {
@@ -964,6 +966,7 @@ impl Session {
                         protocol: self.protocol.clone(),
                         session: self.id,
                         peer,
+                        delivery: 0,
                     }),
                     _ => None,
                 };

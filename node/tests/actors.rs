@@ -974,3 +974,47 @@ async fn a_typed_session_stops_after_an_ask_with_no_clear_outcome() {
         "{err:?}"
     );
 }
+
+/// Keeps asks' reply handles; on `boom` lets go of them all and fails.
+struct Hoarder(Vec<btnode::actor::ReplyTo>);
+
+impl Actor for Hoarder {
+    async fn handle(&mut self, _ctx: &Context, mut message: Incoming) -> Result<(), Failure> {
+        let reply = message.take_reply();
+        if message.label == "boom" {
+            self.0.clear();
+            return Err(Failure("boom".into()));
+        }
+        self.0.extend(reply);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_is_reported_only_for_the_ask_that_caused_it() {
+    let net = Net::start(2).await;
+    let hoarder = net.path(1, "hoarder");
+    net.nodes[1]
+        .runtime
+        .spawn(Spec::new(hoarder.clone()).untyped(), || Hoarder(Vec::new()))
+        .await
+        .unwrap();
+    let me = net.nodes[0].runtime.sender(net.path(0, "c")).unwrap();
+    let kept = {
+        let me = me.clone();
+        let hoarder = hoarder.clone();
+        tokio::spawn(async move { me.ask(&hoarder, "keep", b"").await })
+    };
+    // Let the first ask be kept before the second one fails the actor.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed = me.ask(&hoarder, "boom", b"").await.unwrap_err();
+    assert!(
+        matches!(failed, AskError::Refused(Refusal::Failed { .. })),
+        "{failed:?}"
+    );
+    let kept = kept.await.unwrap().unwrap_err();
+    assert!(
+        matches!(kept, AskError::Refused(Refusal::NoReply { .. })),
+        "{kept:?}"
+    );
+}

@@ -333,6 +333,7 @@ impl Reader {
                         protocol: ch.protocol.clone(),
                         session,
                         peer: peer_key,
+                        delivery: 0,
                     }),
                     Err(e) => {
                         tracing::debug!(error = %e, "no reply channel");

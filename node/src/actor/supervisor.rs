@@ -135,7 +135,11 @@ pub(crate) struct Slot {
     counters: Mutex<Counters>,
     handled: AtomicU64,
     /// Set while the handler runs; replies dropped meanwhile wait for its outcome.
-    handling: AtomicBool,
+    /// The delivery number of the ask being handled (0: none, or a tell); a reply
+    /// handle of that ask dropped meanwhile waits for the handler's outcome.
+    handling: AtomicU64,
+    /// Numbers deliveries of asks, from 1.
+    deliveries: AtomicU64,
     orphans: Mutex<Vec<super::ReplyTo>>,
     has_orphans: AtomicBool,
     stopped: Notify,
@@ -184,7 +188,14 @@ impl Slot {
     /// Checks `incoming` against the actor's sessions and queues it, waiting while the
     /// mailbox is full. On refusal the message's reply handle is disarmed: the caller
     /// reports the refusal.
-    pub(crate) async fn deliver(&self, inner: &Inner, incoming: Incoming) -> Result<(), Refusal> {
+    pub(crate) async fn deliver(
+        &self,
+        inner: &Inner,
+        mut incoming: Incoming,
+    ) -> Result<(), Refusal> {
+        if let Some(reply) = &mut incoming.reply {
+            reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
+        }
         if self.is_stopped() {
             disarm(incoming);
             return Err(Refusal::NoSuchActor {
@@ -235,7 +246,9 @@ impl Slot {
 
     /// Whether a dropped reply should wait for the handler's outcome; takes it if so.
     pub(crate) fn adopt(&self, orphan: &mut super::ReplyTo) -> bool {
-        if !self.handling.load(Ordering::Acquire) {
+        // Only the reply handle of the message being handled: one kept from an earlier
+        // message and dropped now is not this failure's.
+        if orphan.delivery == 0 || self.handling.load(Ordering::Acquire) != orphan.delivery {
             return false;
         }
         let taken = super::ReplyTo {
@@ -246,6 +259,7 @@ impl Slot {
             protocol: orphan.protocol.clone(),
             session: orphan.session,
             peer: orphan.peer,
+            delivery: orphan.delivery,
         };
         self.orphans
             .lock()
@@ -331,7 +345,8 @@ where
             ..Counters::default()
         }),
         handled: AtomicU64::new(0),
-        handling: AtomicBool::new(false),
+        handling: AtomicU64::new(0),
+        deliveries: AtomicU64::new(1),
         orphans: Mutex::new(Vec::new()),
         has_orphans: AtomicBool::new(false),
         stopped: Notify::new(),
@@ -409,11 +424,12 @@ async fn supervise<A, F>(
                 slot.counters().state = "stopped";
                 return;
             };
-            slot.handling.store(true, Ordering::Release);
+            let delivery = message.reply.as_ref().map_or(0, |r| r.delivery);
+            slot.handling.store(delivery, Ordering::Release);
             let outcome = AssertUnwindSafe(actor.handle(&ctx, message))
                 .catch_unwind()
                 .await;
-            slot.handling.store(false, Ordering::Release);
+            slot.handling.store(0, Ordering::Release);
             let failure = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(failure)) => Some(failure.0),
