@@ -143,6 +143,10 @@ fn play(file: Option<&PathBuf>, seed: Option<u64>, out: &PathBuf) -> Result<(), 
         report.requests_p50
     );
     println!("| wall time (s) | {:.1} |", report.wall_secs);
+    println!(
+        "| peak RSS (MiB) / nodes on line at most / MiB per node | {:.0} / {} / {:.1} |",
+        report.peak_rss_mib, report.peak_live, report.rss_per_node_mib
+    );
     eprintln!("report written to {}", out.display());
     Ok(())
 }

@@ -20,6 +20,9 @@ use tokio::time::Instant;
 use crate::scenario::Scenario;
 use crate::schedule::{EventKind, Schedule};
 
+/// The generator stream the nodes' keys come from (the schedule uses 1 and 2).
+const KEYS: u64 = 3;
+
 /// How long a resolution may take before it counts as failed.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,6 +70,12 @@ pub struct Report {
     pub requests_p50: f64,
     /// Wall-clock seconds the run took.
     pub wall_secs: f64,
+    /// The process's largest resident set seen (sampled each simulated minute), MiB.
+    pub peak_rss_mib: f64,
+    /// Most nodes on line at once.
+    pub peak_live: u32,
+    /// Peak resident set per node at the peak, MiB (the whole process, runtime included).
+    pub rss_per_node_mib: f64,
     /// Choices below the overlay that let many nodes share one process.
     pub notes: Vec<String>,
 }
@@ -124,7 +133,21 @@ pub async fn play(
     mut progress: impl FnMut(f64),
 ) -> Report {
     let started = std::time::Instant::now();
-    let root = SigningKey::generate();
+    // Keys come from the seed too (their own stream), so a seed replays the same PeerIds
+    // and so the same Kademlia distances; what still varies is timing.
+    let mut keys = {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(schedule.seed);
+        rng.set_stream(KEYS);
+        rng
+    };
+    let mut next_key = move || {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        keys.fill_bytes(&mut secret);
+        SigningKey::from_bytes(&secret)
+    };
+    let root = next_key();
     let tree = Path::root_of(root.principal());
     let scale = scenario.time_scale;
     let window_ms = 60_000u64;
@@ -156,6 +179,7 @@ pub async fn play(
     let mut requests: Vec<f64> = Vec::new();
     let begin = Instant::now();
     let total = schedule.events.len().max(1);
+    let mut sampled_window = usize::MAX;
     let path_of = |node: u32, name: u32| -> Option<Path> {
         tree.join(&format!("n{node}"))
             .ok()?
@@ -178,7 +202,7 @@ pub async fn play(
         match event.kind {
             EventKind::Join { node } => {
                 let bootstrap = nodes.values().next().map(|n| n.address.clone());
-                let key = SigningKey::generate();
+                let key = next_key();
                 let store = match dht::Store::in_memory(10_000) {
                     Ok(store) => store,
                     Err(_) => continue,
@@ -287,6 +311,11 @@ pub async fn play(
         if let Some(w) = report.windows.get_mut(window) {
             w.live = nodes.len() as u32;
         }
+        report.peak_live = report.peak_live.max(nodes.len() as u32);
+        if window != sampled_window {
+            sampled_window = window;
+            report.peak_rss_mib = report.peak_rss_mib.max(rss_mib());
+        }
         if done % 256 == 0 {
             progress(done as f64 / total as f64);
         }
@@ -324,8 +353,23 @@ pub async fn play(
         report.resolved as f64 / asked as f64
     };
     report.wall_secs = started.elapsed().as_secs_f64();
+    report.peak_rss_mib = report.peak_rss_mib.max(rss_mib());
+    report.rss_per_node_mib = report.peak_rss_mib / f64::from(report.peak_live.max(1));
     progress(1.0);
     report
+}
+
+/// This process's resident set, MiB (0 where `/proc` is not there).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn record(
