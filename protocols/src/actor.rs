@@ -16,6 +16,10 @@ use crate::wire::{self, DecodeError, EncodeError, Message};
 /// The libp2p protocol name.
 pub const PROTOCOL_NAME: &str = "/blocktree/actor/1.0.0";
 
+/// The one byte a receiver answers a hello with, once it has taken the stream: until it
+/// comes, the opener sends nothing else, so a stream dropped unread loses nothing.
+pub const WELCOME: u8 = 0x57;
+
 /// Most chains one hello may present.
 pub const MAX_HELLO_CHAINS: usize = 64;
 

@@ -168,6 +168,15 @@ impl Reader {
         .await
         .map_err(|_| "no hello in time".to_string())??;
         self.hello(hello)?;
+        // Taken: the opener may now send what it holds (see `protocols::actor::WELCOME`).
+        {
+            use futures::AsyncWriteExt;
+            self.stream
+                .write_all(&[protocols::actor::WELCOME])
+                .await
+                .map_err(|e| e.to_string())?;
+            self.stream.flush().await.map_err(|e| e.to_string())?;
+        }
         loop {
             while let Some(frame) = self
                 .decoder

@@ -329,28 +329,53 @@ impl Outbox {
         // giving up on what is queued.
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         let mut backoff = Duration::from_millis(100);
-        let mut stream = loop {
+        let mut hello = Vec::new();
+        actor::encode_frame(&Hello { chains }, &mut hello).map_err(|e| e.to_string())?;
+        let stream = loop {
             let attempt =
                 tokio::time::timeout_at(deadline, streams.open_stream(self.peer, protocol.clone()))
                     .await
                     .map_err(|_| format!("no stream could be opened within {OPEN_TIMEOUT:?}"))?;
-            match attempt {
-                Ok(stream) => break stream,
+            let attempt: Result<(), String> = match attempt {
+                // Nothing queued goes out before the peer has taken the stream: it answers
+                // the hello with one byte. A stream it dropped unread (a busy peer drops
+                // streams it cannot take at once) is opened again, and nothing is lost.
+                Ok(mut stream) => {
+                    let welcomed = tokio::time::timeout_at(deadline, async {
+                        stream.write_all(&hello).await?;
+                        stream.flush().await?;
+                        let mut ack = [0u8; 1];
+                        stream.read_exact(&mut ack).await?;
+                        if ack[0] == actor::WELCOME {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other("a bad welcome"))
+                        }
+                    })
+                    .await
+                    .map_err(|_| format!("no welcome within {OPEN_TIMEOUT:?}"))?;
+                    match welcomed {
+                        Ok(()) => break stream,
+                        Err(e) => Err(format!("the peer did not take the stream: {e}")),
+                    }
+                }
                 Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p)) => {
                     return Err(format!("the peer does not speak {p}"));
                 }
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
+                Ok(()) => {}
                 Err(e) if tokio::time::Instant::now() + backoff < deadline => {
                     tracing::debug!(error = %e, "opening an actor stream; trying again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             }
         };
-        let mut hello = Vec::new();
-        actor::encode_frame(&Hello { chains }, &mut hello).map_err(|e| e.to_string())?;
-        stream.write_all(&hello).await.map_err(|e| e.to_string())?;
-        // The peer never writes on this stream; reading tells at once when it goes away.
+        // The peer writes nothing more on this stream; reading tells at once when it goes
+        // away.
         let (mut reader, mut stream) = stream.split();
         let mut spare = Vec::new();
         loop {
