@@ -265,6 +265,8 @@ pub struct Status {
     pub published_delivered: u64,
     /// Pub-sub messages rejected (malformed, impostors, wrong protocol or role).
     pub published_rejected: u64,
+    /// Pub-sub messages dropped because a local subscriber's queue was full.
+    pub published_dropped: u64,
     /// Pub-sub messages out of their session's order (gossip is unordered; a late
     /// subscriber misses a session's start): not delivered, not held against anyone.
     pub published_out_of_order: u64,
@@ -687,6 +689,7 @@ impl Runtime {
             published_delivered: inner.topics.delivered.load(Ordering::Relaxed),
             published_rejected: inner.topics.rejected.load(Ordering::Relaxed),
             published_out_of_order: inner.topics.out_of_order.load(Ordering::Relaxed),
+            published_dropped: inner.topics.dropped.load(Ordering::Relaxed),
         }
     }
 }

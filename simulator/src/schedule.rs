@@ -247,22 +247,28 @@ fn add_resolves(
     let mut place: Vec<Option<usize>> = vec![None; scenario.nodes as usize];
     let mut events = Vec::with_capacity(churn.len());
     let mut next = ms(-unit(&mut rng).ln() * mean_gap_secs);
-    for event in churn {
-        while next < event.at_ms && next < end {
-            if !live.is_empty() {
-                let from = live[rng.gen_range(0..live.len())];
-                let node = live[rng.gen_range(0..live.len())];
-                let name = rng.gen_range(0..names);
-                events.push(Event {
-                    at_ms: next,
-                    kind: EventKind::Resolve { from, node, name },
-                });
-                if events.len() > MAX_EVENTS {
-                    return Err(too_many());
+    // The resolutions due before `until`, between the nodes on line now.
+    let mut arrivals =
+        |until: u64, live: &[u32], events: &mut Vec<Event>| -> Result<(), ScenarioError> {
+            while next < until.min(end) {
+                if !live.is_empty() {
+                    let from = live[rng.gen_range(0..live.len())];
+                    let node = live[rng.gen_range(0..live.len())];
+                    let name = rng.gen_range(0..names);
+                    events.push(Event {
+                        at_ms: next,
+                        kind: EventKind::Resolve { from, node, name },
+                    });
+                    if events.len() > MAX_EVENTS {
+                        return Err(too_many());
+                    }
                 }
+                next += ms(-unit(&mut rng).ln() * mean_gap_secs).max(1);
             }
-            next += ms(-unit(&mut rng).ln() * mean_gap_secs).max(1);
-        }
+            Ok(())
+        };
+    for event in churn {
+        arrivals(event.at_ms, &live, &mut events)?;
         match event.kind {
             EventKind::Join { node } => {
                 place[node as usize] = Some(live.len());
@@ -280,19 +286,7 @@ fn add_resolves(
         }
         events.push(event);
     }
-    while next < end && !live.is_empty() {
-        let from = live[rng.gen_range(0..live.len())];
-        let node = live[rng.gen_range(0..live.len())];
-        let name = rng.gen_range(0..names);
-        events.push(Event {
-            at_ms: next,
-            kind: EventKind::Resolve { from, node, name },
-        });
-        if events.len() > MAX_EVENTS {
-            return Err(too_many());
-        }
-        next += ms(-unit(&mut rng).ln() * mean_gap_secs).max(1);
-    }
+    arrivals(end, &live, &mut events)?;
     Ok(events)
 }
 
