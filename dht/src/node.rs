@@ -215,6 +215,20 @@ enum Command {
         peer: PeerId,
         duration: Duration,
     },
+    Closest {
+        key: Vec<u8>,
+        count: usize,
+        reply: oneshot::Sender<Vec<Candidate>>,
+    },
+}
+
+/// A peer near a key, from [`Client::closest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The peer (possibly this node).
+    pub peer: PeerId,
+    /// Whether a connection to it is open now.
+    pub connected: bool,
 }
 
 /// A pub-sub message received on a subscribed topic. Gossipsub holds it back until the
@@ -254,6 +268,7 @@ pub const GOSSIP_QUEUE: usize = 4096;
 pub struct Client {
     commands: mpsc::Sender<Command>,
     streams: libp2p_stream::Control,
+    membership: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -301,6 +316,20 @@ impl Client {
     /// Stops the node: connections close, the event loop ends.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.ask(|reply| Command::Shutdown { reply }).await
+    }
+
+    /// This node and the peers of its routing table, nearest to `key` first (XOR distance
+    /// in Kademlia's key space, where a record with this key would be placed), at most
+    /// `count`. Answered from the local routing table, without network traffic.
+    pub async fn closest(&self, key: Vec<u8>, count: usize) -> Result<Vec<Candidate>, Error> {
+        self.ask(|reply| Command::Closest { key, count, reply })
+            .await
+    }
+
+    /// A counter that changes whenever a peer connects for the first time or loses its
+    /// last connection: a cue to check what depends on who is around.
+    pub fn membership(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.membership.clone()
     }
 
     /// A handle that opens and accepts streams of our own protocols on this node's
@@ -431,9 +460,17 @@ pub async fn start_with_metrics(
     event_loop.metrics = registry.map(NodeMetrics::new);
     event_loop.listen_addrs = listen_addrs;
     event_loop.start_bootstrap();
+    let membership = event_loop.membership.subscribe();
     let span = tracing::info_span!("dht", peer = %event_loop.peer_id);
     let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
-    Ok((Client { commands, streams }, task))
+    Ok((
+        Client {
+            commands,
+            streams,
+            membership,
+        },
+        task,
+    ))
 }
 
 struct Bootstrap {
@@ -498,6 +535,7 @@ pub struct EventLoop {
     gossip: Option<mpsc::Sender<Gossip>>,
     blocked: HashMap<PeerId, Instant>,
     metrics: Option<NodeMetrics>,
+    membership: tokio::sync::watch::Sender<u64>,
 }
 
 /// The overlay's metrics, beside libp2p's.
@@ -594,6 +632,7 @@ impl EventLoop {
             gossip: None,
             blocked: HashMap::new(),
             metrics: None,
+            membership: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -811,6 +850,9 @@ impl EventLoop {
                 self.gossip = Some(sender);
                 let _ = reply.send(receiver);
             }
+            Command::Closest { key, count, reply } => {
+                let _ = reply.send(self.closest(key, count));
+            }
             Command::Block { peer, duration } => {
                 tracing::warn!(%peer, ?duration, "blocking peer");
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -844,6 +886,29 @@ impl EventLoop {
             registered,
             uptime_secs: self.started.elapsed().as_secs(),
         }
+    }
+
+    fn closest(&mut self, key: Vec<u8>, count: usize) -> Vec<Candidate> {
+        let target = kad::KBucketKey::new(kad::RecordKey::new(&key));
+        let me = kad::KBucketKey::from(self.peer_id);
+        let mut peers: Vec<(kad::KBucketDistance, PeerId)> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&target)
+            .take(count)
+            .map(|k| (k.distance(&target), *k.preimage()))
+            .collect();
+        peers.push((me.distance(&target), self.peer_id));
+        peers.sort();
+        peers.truncate(count);
+        peers
+            .into_iter()
+            .map(|(_, peer)| Candidate {
+                peer,
+                connected: peer == self.peer_id || self.swarm.is_connected(&peer),
+            })
+            .collect()
     }
 
     fn peers(&self) -> Vec<PeerInfo> {
@@ -1241,6 +1306,9 @@ impl EventLoop {
                     self.republish_due = Some(Instant::now() + Duration::from_millis(500));
                 }
                 self.on_peer_reachable(peer_id);
+                if self.connections.get(&peer_id).is_some_and(|a| a.len() == 1) {
+                    self.membership.send_modify(|n| *n += 1);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -1255,6 +1323,7 @@ impl EventLoop {
                     self.agents.remove(&peer_id);
                     // Answers that point at this node are no longer known to be live.
                     self.cache.retain(|_, (_, peer, _)| *peer != peer_id);
+                    self.membership.send_modify(|n| *n += 1);
                 } else if let Some(set) = self.connections.get_mut(&peer_id) {
                     set.remove(endpoint.get_remote_address());
                 }

@@ -28,7 +28,7 @@ pub struct Identity {
 /// The public half of a principal, self-signed: the X25519 key is bound to the signing
 /// key (whose hash is the principal) by a signature, so nobody can substitute their own
 /// encryption key for someone else's principal.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicIdentity {
     version: u16,
     signing: PublicKey,

@@ -55,3 +55,28 @@ pub const MAX_PATH_RECORD_BYTES: usize =
 /// Longest a path record may stay valid, in seconds, counted from when it is checked:
 /// records far in the future are refused so a stolen one cannot live for ever.
 pub const MAX_RECORD_TTL_SECS: u64 = 24 * 3600;
+
+/// Largest encrypted chunk the block protocol carries: a 1 MiB plaintext chunk plus its
+/// nonce and authentication tag.
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024 + 64;
+
+/// Largest signed inode version the block protocol carries, in bytes.
+pub const MAX_INODE_BYTES: usize = 1024 * 1024;
+
+/// Most chunk and version ids one block-protocol `Have` asks about, both lists together.
+pub const MAX_HAVE_ITEMS: usize = 1024;
+
+/// Most signed versions of one inode in a block-protocol answer.
+pub const MAX_VERSIONS_PER_INODE: usize = 64;
+
+/// Longest reason text of a block-protocol refusal, in bytes of UTF-8.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Largest encoded block-protocol request: the largest chunk, its id and the framing of
+/// the message (a full `Have` is about 72 KiB).
+pub const MAX_BLOCK_REQUEST_BYTES: usize = MAX_CHUNK_BYTES + 1024;
+
+/// Largest encoded block-protocol response: the general [`MAX_MESSAGE_BYTES`]. It holds
+/// any one chunk, but not [`MAX_VERSIONS_PER_INODE`] versions of [`MAX_INODE_BYTES`]:
+/// a replica answers with as many of an inode's versions as fit.
+pub const MAX_BLOCK_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES;

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod actor;
+pub mod block;
 pub mod messages;
 pub mod session;
 pub mod wire;

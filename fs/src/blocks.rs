@@ -1,0 +1,87 @@
+//! Where a [`Client`](crate::Client) keeps chunks and inode versions: one local
+//! [`Replica`] (a single node, and tests), or the overlay ([`crate::net::Network`]).
+
+use std::future::Future;
+
+use crate::chunk::Sealed;
+use crate::id::{ChunkId, InodeId};
+use crate::inode::Verified;
+use crate::replica::{Refused, Replica};
+
+/// Why a block operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockError {
+    /// No replica holds it.
+    #[error("not found")]
+    NotFound,
+    /// A replica refused it.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Fewer replicas than needed answered.
+    #[error("only {acks} of the {needed} replicas needed acknowledged: {reason}")]
+    Unavailable {
+        /// Acknowledgements needed.
+        needed: usize,
+        /// Acknowledgements received.
+        acks: usize,
+        /// What went wrong with the others.
+        reason: String,
+    },
+}
+
+impl From<Refused> for BlockError {
+    fn from(e: Refused) -> Self {
+        BlockError::Refused(e.to_string())
+    }
+}
+
+/// Storage of chunks and inode versions. Every method is cancel-safe: a dropped future
+/// may or may not have stored its items, and nothing was acknowledged.
+pub trait Blocks: Send + Sync + 'static {
+    /// Stores sealed chunks durably (on enough replicas) before returning.
+    fn put_chunks(
+        &self,
+        chunks: Vec<Sealed>,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send;
+    /// A chunk whose bytes hash to `id`.
+    fn get_chunk(&self, id: ChunkId) -> impl Future<Output = Result<Vec<u8>, BlockError>> + Send;
+    /// Stores a signed inode version durably (on enough replicas) before returning.
+    fn put_version(
+        &self,
+        inode: InodeId,
+        signed: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send;
+    /// Every version of an inode the replicas hold, verified; empty when none is known.
+    fn get_versions(
+        &self,
+        inode: InodeId,
+    ) -> impl Future<Output = Result<Vec<Verified>, BlockError>> + Send;
+}
+
+impl Blocks for Replica {
+    async fn put_chunks(&self, chunks: Vec<Sealed>) -> Result<(), BlockError> {
+        let replica = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let items: Vec<(ChunkId, &[u8])> =
+                chunks.iter().map(|c| (c.id, c.bytes.as_slice())).collect();
+            replica.put_chunks(&items).map(|_| ())
+        })
+        .await
+        .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;
+        Ok(())
+    }
+
+    async fn get_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
+        Replica::get_chunk(self, &id)?.ok_or(BlockError::NotFound)
+    }
+
+    async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
+        Replica::put_version(self, &inode, &signed)?;
+        Ok(())
+    }
+
+    async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        Ok(self.versions(&inode)?)
+    }
+}

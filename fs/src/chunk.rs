@@ -1,0 +1,191 @@
+//! Chunks: fixed-size pieces of a file's contents, each sealed with XChaCha20-Poly1305
+//! under the file's data key.
+//!
+//! A sealed chunk is `nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)`. The nonce is drawn
+//! from the operating system's CSPRNG for every seal: with 192-bit nonces a repeat under
+//! one key is as unlikely as guessing the key, even when the same chunk index of the same
+//! file is rewritten many times (a counter would need state that survives crashes and
+//! concurrent writers). The associated data binds the chunk to its inode and its index,
+//! so a writer or a replica cannot move a chunk to another file or another position.
+//!
+//! A chunk's name is the BLAKE3 hash of the sealed bytes ([`ChunkId::of`]), which every
+//! replica checks without keys.
+//!
+//! Why fixed-size chunks and not content-defined ones: chunks are encrypted under a
+//! per-file key with random nonces, so content-defined boundaries would deduplicate only
+//! between versions of the same file, while fixed boundaries let a write at an offset
+//! reseal just the chunks it touches (what a file system mounted with FUSE does all the
+//! time) and let a read at an offset fetch only its chunks without an index.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use keys::DataKey;
+
+use crate::id::{ChunkId, InodeId};
+
+/// Bytes of nonce in front of a sealed chunk.
+pub const NONCE_LEN: usize = 24;
+/// Bytes of authentication tag after a sealed chunk.
+pub const TAG_LEN: usize = 16;
+/// What sealing adds to a chunk.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// The default size of a chunk's plaintext.
+pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// The largest plaintext chunk: sealed, it must fit the block protocol's chunk limit.
+pub const MAX_CHUNK_SIZE: usize = 1 << 20;
+
+const AAD_CONTEXT: &[u8] = b"blocktree 2026-11 chunk v1";
+
+/// Why a chunk did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkError {
+    /// Shorter than a nonce and a tag.
+    #[error("a sealed chunk of {0} bytes is too short")]
+    TooShort(usize),
+    /// The tag does not verify: another key, another inode or position, or altered.
+    #[error("the chunk does not open with this key (wrong key, wrong place, or altered)")]
+    Open,
+    /// The operating system's random source failed.
+    #[error("no randomness for a nonce: {0}")]
+    Random(String),
+}
+
+/// A sealed chunk and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// BLAKE3 of `bytes`.
+    pub id: ChunkId,
+    /// Nonce, ciphertext and tag.
+    pub bytes: Vec<u8>,
+}
+
+fn aad(inode: &InodeId, index: u64) -> [u8; 26 + 32 + 8] {
+    let mut aad = [0u8; 26 + 32 + 8];
+    aad[..26].copy_from_slice(AAD_CONTEXT);
+    aad[26..58].copy_from_slice(inode.as_bytes());
+    aad[58..].copy_from_slice(&index.to_le_bytes());
+    aad
+}
+
+/// Seals chunk number `index` of `inode` under `key`.
+pub fn seal(
+    key: &DataKey,
+    inode: &InodeId,
+    index: u64,
+    plaintext: &[u8],
+) -> Result<Sealed, ChunkError> {
+    let mut bytes = Vec::with_capacity(plaintext.len() + OVERHEAD);
+    bytes.resize(NONCE_LEN, 0);
+    getrandom::getrandom(&mut bytes[..NONCE_LEN]).map_err(|e| ChunkError::Random(e.to_string()))?;
+    bytes.extend_from_slice(plaintext);
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let (nonce, body) = bytes.split_at_mut(NONCE_LEN);
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), &aad(inode, index), body)
+        // Only a plaintext longer than 256 GiB fails; chunks are at most a few MiB.
+        .map_err(|_| ChunkError::Open)?;
+    bytes.extend_from_slice(&tag);
+    Ok(Sealed {
+        id: ChunkId::of(&bytes),
+        bytes,
+    })
+}
+
+/// Opens chunk number `index` of `inode`, sealed under `key`.
+pub fn open(
+    key: &DataKey,
+    inode: &InodeId,
+    index: u64,
+    sealed: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    if sealed.len() < OVERHEAD {
+        return Err(ChunkError::TooShort(sealed.len()));
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut plaintext = body.to_vec();
+    XChaCha20Poly1305::new(key.as_bytes().into())
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            &aad(inode, index),
+            &mut plaintext,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| ChunkError::Open)?;
+    Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn inode(n: u8) -> InodeId {
+        InodeId([n; 32])
+    }
+
+    #[test]
+    fn seals_and_opens() {
+        let key = DataKey::generate();
+        let sealed = seal(&key, &inode(1), 3, b"hello").unwrap();
+        assert_eq!(sealed.bytes.len(), 5 + OVERHEAD);
+        assert_eq!(sealed.id, ChunkId::of(&sealed.bytes));
+        assert_eq!(open(&key, &inode(1), 3, &sealed.bytes).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn same_plaintext_never_seals_the_same() {
+        let key = DataKey::generate();
+        let a = seal(&key, &inode(1), 0, b"same").unwrap();
+        let b = seal(&key, &inode(1), 0, b"same").unwrap();
+        assert_ne!(a.bytes[..NONCE_LEN], b.bytes[..NONCE_LEN]);
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn refuses_other_keys_places_and_alterations() {
+        let key = DataKey::generate();
+        let sealed = seal(&key, &inode(1), 3, b"secret").unwrap();
+        assert_eq!(
+            open(&DataKey::generate(), &inode(1), 3, &sealed.bytes),
+            Err(ChunkError::Open)
+        );
+        assert_eq!(
+            open(&key, &inode(2), 3, &sealed.bytes),
+            Err(ChunkError::Open)
+        );
+        assert_eq!(
+            open(&key, &inode(1), 4, &sealed.bytes),
+            Err(ChunkError::Open)
+        );
+        assert_eq!(
+            open(&key, &inode(1), 3, &sealed.bytes[..10]),
+            Err(ChunkError::TooShort(10))
+        );
+        for i in 0..sealed.bytes.len() {
+            let mut bad = sealed.bytes.clone();
+            bad[i] ^= 1;
+            assert_eq!(
+                open(&key, &inode(1), 3, &bad),
+                Err(ChunkError::Open),
+                "byte {i}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(plaintext in proptest::collection::vec(any::<u8>(), 0..4096), index in any::<u64>()) {
+            let key = DataKey::generate();
+            let sealed = seal(&key, &inode(7), index, &plaintext).unwrap();
+            prop_assert_eq!(open(&key, &inode(7), index, &sealed.bytes).unwrap(), plaintext);
+        }
+
+        #[test]
+        fn garbage_never_opens(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert!(open(&DataKey::generate(), &inode(7), 0, &bytes).is_err());
+        }
+    }
+}

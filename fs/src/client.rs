@@ -1,0 +1,1772 @@
+//! The file system as one principal sees it: paths, files and directories over
+//! [`Blocks`], with keys following the tree.
+//!
+//! A path is found from the longest of its prefixes that has an *anchor* this principal
+//! can open (a readcap sealed to it), then down through encrypted directories. The root of
+//! a tree's file system is the anchor of the prefix of a writer's writecap; `share` turns a
+//! directory into an anchor with readcaps for other principals.
+//!
+//! Writes follow a fixed order so that a crash never leaves a reference to something that
+//! was not stored: chunks, then the inode version, then the parent directory. A write is
+//! acknowledged (its method returns) only after the blocks acknowledged every step.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use futures::{StreamExt, TryStreamExt};
+use keys::{Chain, DataKey, Identity, Path, Principal, PublicIdentity, Readcap, Validity};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::blocks::{BlockError, Blocks};
+use crate::chunk::{self, DEFAULT_CHUNK_SIZE};
+use crate::dir::{self, Directory, Entry};
+use crate::id::{InodeId, VersionId};
+use crate::inode::{self, Binding, ChunkRef, Inode, Kind, Signed, Verified};
+
+/// How a [`Client`] reads and writes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Plaintext bytes per chunk of new files. Default 1 MiB.
+    pub chunk_size: usize,
+    /// Chunks sealed and stored, or fetched, at once. Default 8.
+    pub parallel: usize,
+    /// Unsealed chunks an open file buffers before it seals and stores them (they are
+    /// acknowledged only at `fsync`). Default 16.
+    pub max_dirty_chunks: usize,
+}
+
+impl Config {
+    /// The defaults.
+    pub fn new() -> Self {
+        Config {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            parallel: 8,
+            max_dirty_chunks: 16,
+        }
+    }
+
+    /// Sets the chunk size (at most [`chunk::MAX_CHUNK_SIZE`]).
+    pub fn with_chunk_size(mut self, size: usize) -> Self {
+        self.chunk_size = size.clamp(1, chunk::MAX_CHUNK_SIZE);
+        self
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a file system operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nothing at the path.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The first missing path.
+        path: String,
+    },
+    /// No readcap opens the path for this principal.
+    #[error("{path}: permission denied: {reason}")]
+    PermissionDenied {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// This principal holds no writecap covering the path.
+    #[error("{path}: not authorised to write: this node holds no writecap covering {binding}")]
+    NotAuthorized {
+        /// The path.
+        path: String,
+        /// The path the writecap must cover.
+        binding: String,
+    },
+    /// A directory was needed.
+    #[error("{path}: not a directory")]
+    NotADirectory {
+        /// The path.
+        path: String,
+    },
+    /// A file was needed.
+    #[error("{path}: is a directory")]
+    IsADirectory {
+        /// The path.
+        path: String,
+    },
+    /// The path exists already.
+    #[error("{path}: already exists")]
+    Exists {
+        /// The path.
+        path: String,
+    },
+    /// The directory is not empty.
+    #[error("{path}: directory not empty")]
+    NotEmpty {
+        /// The path.
+        path: String,
+    },
+    /// A conflict copy or the root cannot be changed this way.
+    #[error("{path}: read-only: {reason}")]
+    ReadOnly {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A name or argument is not acceptable.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The replicas failed or refused.
+    #[error("{path}: {source}")]
+    Blocks {
+        /// The path.
+        path: String,
+        /// What the blocks said.
+        source: BlockError,
+    },
+    /// Stored contents do not open with their key (tampered, or a wrong key in a directory).
+    #[error("{path}: contents do not open: {reason}")]
+    Corrupt {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading the local source or writing the local destination failed.
+    #[error("local I/O: {0}")]
+    Io(String),
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stat {
+    /// The inode.
+    pub inode: InodeId,
+    /// File or directory.
+    pub kind: Kind,
+    /// Bytes of contents (for a directory, of its encoded entries).
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Last modification, nanoseconds since the UNIX epoch.
+    pub mtime_ns: u64,
+    /// The shown version's sequence number.
+    pub seq: u64,
+    /// The shown version.
+    pub version: VersionId,
+    /// Who signed it.
+    pub writer: Principal,
+    /// Unmerged versions beside the shown one (conflict copies).
+    pub conflicts: usize,
+    /// Whether the inode is an anchor (a tree's root or a shared directory).
+    pub anchor: bool,
+    /// Principals holding a readcap here.
+    pub readers: Vec<Principal>,
+    /// Number of chunks.
+    pub chunks: usize,
+}
+
+/// One name in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirEntry {
+    /// The name shown.
+    pub name: String,
+    /// File or directory.
+    pub kind: Kind,
+    /// The inode.
+    pub inode: InodeId,
+    /// Size of the shown version (0 if it could not be fetched).
+    pub size: u64,
+    /// For a conflict copy: the version it shows.
+    pub conflict: Option<VersionId>,
+}
+
+/// One inode on a walked path.
+#[derive(Clone)]
+struct Node {
+    path: Path,
+    binding: Binding,
+    key: DataKey,
+    kind: Kind,
+    /// Every version fetched (empty for an inode not yet written).
+    versions: Vec<Verified>,
+    /// The version shown (a conflict copy shows a losing head).
+    current: Option<Verified>,
+    /// Epochs of the anchors above and at this node, as walked.
+    governing: Vec<(InodeId, u64)>,
+    /// The epochs its key was made in.
+    key_epochs: Vec<(InodeId, u64)>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("path", &self.path.to_string())
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    fn id(&self) -> InodeId {
+        self.binding.id()
+    }
+
+    fn stale_key(&self) -> bool {
+        self.governing.iter().any(|(anchor, epoch)| {
+            let made = self
+                .key_epochs
+                .iter()
+                .find(|(a, _)| a == anchor)
+                .map_or(0, |(_, e)| *e);
+            *epoch > made
+        })
+    }
+
+    fn name(&self) -> String {
+        self.path.segments().last().cloned().unwrap_or_default()
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            inode: self.id(),
+            key: *self.key.as_bytes(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// An open file: reads and writes buffer here until [`Client::fsync`] makes them a new
+/// version. Dropping a handle with unsynced writes loses them (they were never
+/// acknowledged).
+#[derive(Debug)]
+pub struct Handle {
+    /// From the start anchor to the file.
+    nodes: Vec<Node>,
+    size: u64,
+    chunk_size: usize,
+    /// Stored chunks; entries for indices in `dirty` are placeholders.
+    refs: Vec<ChunkRef>,
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Something changed since the last version.
+    changed: bool,
+    mode: u32,
+    cache: Option<(u64, Vec<u8>)>,
+}
+
+impl Handle {
+    /// Bytes in the file, including unsynced writes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn node(&self) -> &Node {
+        // A handle always holds at least the file's node.
+        &self.nodes[self.nodes.len() - 1]
+    }
+}
+
+/// The file system for one principal.
+#[derive(Debug)]
+pub struct Client<B> {
+    blocks: Arc<B>,
+    identity: Arc<Identity>,
+    chains: RwLock<Vec<Chain>>,
+    config: Config,
+}
+
+const NO_KEY: &str = "no readcap here is sealed to this node";
+
+fn blocks_err(path: &Path) -> impl FnOnce(BlockError) -> Error + '_ {
+    move |source| Error::Blocks {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn chunk_count(size: u64, chunk_size: usize) -> usize {
+    usize::try_from(size.div_ceil(chunk_size as u64)).unwrap_or(usize::MAX)
+}
+
+impl<B: Blocks> Client<B> {
+    /// A client writing as `identity` with the writecap `chains` it holds.
+    pub fn new(
+        blocks: Arc<B>,
+        identity: Arc<Identity>,
+        chains: Vec<Chain>,
+        config: Config,
+    ) -> Self {
+        Client {
+            blocks,
+            identity,
+            chains: RwLock::new(chains),
+            config,
+        }
+    }
+
+    /// The blocks underneath.
+    pub fn blocks(&self) -> &Arc<B> {
+        &self.blocks
+    }
+
+    /// Adds a writecap chain (e.g. one installed after start).
+    pub fn add_chain(&self, chain: Chain) {
+        if let Ok(mut chains) = self.chains.write()
+            && !chains.contains(&chain)
+        {
+            chains.push(chain);
+        }
+    }
+
+    fn me(&self) -> Principal {
+        self.identity.principal()
+    }
+
+    fn chain_for(&self, path: &Path, binding: &Path) -> Result<Chain, Error> {
+        let me = self.me();
+        let now = keys::now();
+        let chains = self.chains.read().map(|c| c.clone()).unwrap_or_default();
+        chains
+            .into_iter()
+            .find(|c| {
+                c.verify(binding, &me, now, &keys::Revocations::default())
+                    .is_ok()
+            })
+            .ok_or_else(|| Error::NotAuthorized {
+                path: path.to_string(),
+                binding: binding.to_string(),
+            })
+    }
+
+    // ---- reading ----
+
+    async fn versions(&self, path: &Path, id: InodeId) -> Result<Vec<Verified>, Error> {
+        self.blocks.get_versions(id).await.map_err(blocks_err(path))
+    }
+
+    /// Opens the anchor's key with a readcap sealed to this principal.
+    fn open_anchor(&self, winner: &Verified) -> Result<DataKey, String> {
+        let me = self.me();
+        let cap = winner
+            .inode
+            .readcaps
+            .iter()
+            .find(|c| c.recipient() == &me)
+            .ok_or_else(|| NO_KEY.to_string())?;
+        cap.open(&self.identity, winner.id.as_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Walks as far as `path` exists: the nodes from the anchor it starts at, and the
+    /// segments that were not found.
+    async fn walk_partial(&self, path: &Path) -> Result<(Vec<Node>, Vec<String>), Error> {
+        let mut prefixes = vec![path.clone()];
+        while let Some(parent) = prefixes.last().and_then(Path::parent) {
+            prefixes.push(parent);
+        }
+        let anchors: Vec<Result<Vec<Verified>, Error>> = futures::stream::iter(prefixes.iter())
+            .map(|p| self.versions(p, Binding::anchor(p.clone()).id()))
+            .buffered(self.config.parallel)
+            .collect()
+            .await;
+        let mut denied = None;
+        let mut start = None;
+        for (prefix, found) in prefixes.iter().zip(anchors) {
+            let versions = found?;
+            let Some(winner) = inode::winner(&versions).cloned() else {
+                continue;
+            };
+            match self.open_anchor(&winner) {
+                Ok(key) => {
+                    start = Some((prefix.clone(), versions, winner, key));
+                    break;
+                }
+                Err(reason) => {
+                    denied.get_or_insert((prefix.clone(), reason));
+                }
+            }
+        }
+        let Some((prefix, versions, winner, key)) = start else {
+            return match denied {
+                Some((prefix, reason)) => Err(Error::PermissionDenied {
+                    path: prefix.to_string(),
+                    reason,
+                }),
+                None => Ok((Vec::new(), path.segments().to_vec())),
+            };
+        };
+        let anchor_id = winner.id;
+        let governing = vec![(anchor_id, winner.inode.epoch)];
+        let mut nodes = vec![Node {
+            path: prefix.clone(),
+            binding: winner.inode.binding.clone(),
+            key,
+            kind: winner.inode.kind,
+            key_epochs: winner.inode.key_epochs.clone(),
+            current: Some(winner),
+            versions,
+            governing,
+            read_only: false,
+        }];
+        let rest = &path.segments()[prefix.segments().len()..];
+        for (i, name) in rest.iter().enumerate() {
+            let parent = &nodes[nodes.len() - 1];
+            if parent.kind != Kind::Dir {
+                return Err(Error::NotADirectory {
+                    path: parent.path.to_string(),
+                });
+            }
+            let dir = self.read_dir(parent).await?;
+            let child_path = parent
+                .path
+                .join(name)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let child = match dir.entries.get(name) {
+                Some(entry) => self.child(parent, child_path, entry).await?,
+                None => match self.conflict_copy(parent, &dir, name, child_path).await? {
+                    Some(node) => node,
+                    None => return Ok((nodes, rest[i..].to_vec())),
+                },
+            };
+            nodes.push(child);
+        }
+        Ok((nodes, Vec::new()))
+    }
+
+    async fn child(&self, parent: &Node, path: Path, entry: &Entry) -> Result<Node, Error> {
+        let versions = self.versions(&path, entry.inode).await?;
+        let winner = inode::winner(&versions)
+            .cloned()
+            .ok_or_else(|| Error::Blocks {
+                path: path.to_string(),
+                source: BlockError::NotFound,
+            })?;
+        let mut governing = parent.governing.clone();
+        if winner.inode.binding.is_anchor() {
+            governing.retain(|(a, _)| a != &winner.id);
+            governing.push((winner.id, winner.inode.epoch));
+        }
+        Ok(Node {
+            path,
+            binding: winner.inode.binding.clone(),
+            key: entry.data_key(),
+            kind: winner.inode.kind,
+            key_epochs: winner.inode.key_epochs.clone(),
+            current: Some(winner),
+            versions,
+            governing,
+            read_only: false,
+        })
+    }
+
+    /// `name.conflict-<8 hex digits>`: a losing head of a forked file in `dir`.
+    async fn conflict_copy(
+        &self,
+        parent: &Node,
+        dir: &Directory,
+        name: &str,
+        path: Path,
+    ) -> Result<Option<Node>, Error> {
+        let Some((base, tag)) = name.rsplit_once(".conflict-") else {
+            return Ok(None);
+        };
+        let Some(entry) = dir.entries.get(base) else {
+            return Ok(None);
+        };
+        let mut node = self.child(parent, path, entry).await?;
+        let heads = inode::heads(&node.versions);
+        let Some(head) = heads
+            .iter()
+            .skip(1)
+            .find(|h| h.version.to_string().starts_with(tag))
+            .map(|h| (*h).clone())
+        else {
+            return Ok(None);
+        };
+        node.current = Some(head);
+        node.read_only = true;
+        Ok(Some(node))
+    }
+
+    async fn walk(&self, path: &Path) -> Result<Vec<Node>, Error> {
+        let (nodes, missing) = self.walk_partial(path).await?;
+        if nodes.is_empty() {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        }
+        if let Some(first) = missing.first() {
+            let found = nodes
+                .last()
+                .map_or_else(|| Path::root_of(*path.root()), |n| n.path.clone());
+            let missing_path = if nodes.is_empty() {
+                path.to_string()
+            } else {
+                found
+                    .join(first)
+                    .map_or_else(|_| path.to_string(), |p| p.to_string())
+            };
+            return Err(Error::NotFound { path: missing_path });
+        }
+        Ok(nodes)
+    }
+
+    /// The plaintext of a node's shown version.
+    async fn read_all(&self, node: &Node) -> Result<Vec<u8>, Error> {
+        let Some(current) = &node.current else {
+            return Ok(Vec::new());
+        };
+        self.read_version(node, current).await
+    }
+
+    async fn read_version(&self, node: &Node, version: &Verified) -> Result<Vec<u8>, Error> {
+        let id = node.id();
+        let chunks: Vec<Vec<u8>> = futures::stream::iter(version.inode.chunks.iter().enumerate())
+            .map(|(i, c)| self.fetch_chunk(node, &node.key, id, i as u64, *c))
+            .buffered(self.config.parallel)
+            .try_collect()
+            .await?;
+        Ok(chunks.concat())
+    }
+
+    async fn fetch_chunk(
+        &self,
+        node: &Node,
+        key: &DataKey,
+        id: InodeId,
+        index: u64,
+        chunk: ChunkRef,
+    ) -> Result<Vec<u8>, Error> {
+        let sealed = self
+            .blocks
+            .get_chunk(chunk.id)
+            .await
+            .map_err(blocks_err(&node.path))?;
+        let key = key.clone();
+        let plaintext = tokio::task::spawn_blocking(move || chunk::open(&key, &id, index, &sealed))
+            .await
+            .map_err(|e| Error::Io(e.to_string()))?
+            .map_err(|e| Error::Corrupt {
+                path: node.path.to_string(),
+                reason: e.to_string(),
+            })?;
+        if plaintext.len() != chunk.len as usize {
+            return Err(Error::Corrupt {
+                path: node.path.to_string(),
+                reason: format!(
+                    "chunk {index} holds {} bytes, not {}",
+                    plaintext.len(),
+                    chunk.len
+                ),
+            });
+        }
+        Ok(plaintext)
+    }
+
+    /// A directory's entries, forks merged.
+    async fn read_dir(&self, node: &Node) -> Result<Directory, Error> {
+        let heads = inode::heads(&node.versions);
+        let decode = |bytes: Vec<u8>| {
+            Directory::decode(&bytes).map_err(|e| Error::Corrupt {
+                path: node.path.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let Some(first) = heads.first() else {
+            return Ok(Directory::default());
+        };
+        let mut merged = decode(self.read_version(node, first).await?)?;
+        for other in heads.iter().skip(1) {
+            let theirs = decode(self.read_version(node, other).await?)?;
+            // The newest version both name as a parent is the common ancestor when it is
+            // still held; otherwise merge against nothing (a union: nothing is lost).
+            let base = node
+                .versions
+                .iter()
+                .filter(|v| {
+                    first.inode.parents.contains(&v.version)
+                        && other.inode.parents.contains(&v.version)
+                })
+                .max_by(|a, b| inode::order(a, b));
+            let base = match base {
+                Some(b) => decode(self.read_version(node, b).await?)?,
+                None => Directory::default(),
+            };
+            merged = dir::merge(&base, &merged, &theirs);
+        }
+        Ok(merged)
+    }
+
+    /// The metadata of `path`.
+    pub async fn stat(&self, path: &Path) -> Result<Stat, Error> {
+        let nodes = self.walk(path).await?;
+        let node = &nodes[nodes.len() - 1];
+        Ok(stat_of(node))
+    }
+
+    /// The entries of the directory at `path`, with conflict copies of forked files.
+    pub async fn readdir(&self, path: &Path) -> Result<Vec<DirEntry>, Error> {
+        let nodes = self.walk(path).await?;
+        let node = &nodes[nodes.len() - 1];
+        if node.kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: path.to_string(),
+            });
+        }
+        let dir = self.read_dir(node).await?;
+        let listed: Vec<Vec<DirEntry>> = futures::stream::iter(dir.entries.iter())
+            .map(|(name, entry)| async move {
+                let child_path = node.path.join(name).ok();
+                let versions = match child_path {
+                    Some(p) => self.versions(&p, entry.inode).await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let heads = inode::heads(&versions);
+                let mut shown = vec![DirEntry {
+                    name: name.clone(),
+                    kind: entry.kind,
+                    inode: entry.inode,
+                    size: heads.first().map_or(0, |h| h.inode.size),
+                    conflict: None,
+                }];
+                if entry.kind == Kind::File {
+                    for head in heads.iter().skip(1) {
+                        shown.push(DirEntry {
+                            name: format!("{name}.conflict-{}", &head.version.to_string()[..8]),
+                            kind: Kind::File,
+                            inode: entry.inode,
+                            size: head.inode.size,
+                            conflict: Some(head.version),
+                        });
+                    }
+                }
+                shown
+            })
+            .buffered(self.config.parallel)
+            .collect()
+            .await;
+        Ok(listed.into_iter().flatten().collect())
+    }
+
+    // ---- writing ----
+
+    /// Signs and stores a new version of `node`; the caller stored its chunks already.
+    async fn commit(
+        &self,
+        node: &mut Node,
+        contents: Contents,
+        anchor: Option<AnchorChange>,
+    ) -> Result<Verified, Error> {
+        let Contents {
+            size,
+            chunk_size,
+            chunks,
+            mode,
+            parents,
+        } = contents;
+        let chain = self.chain_for(&node.path, &node.binding.path)?;
+        let seq = node.versions.iter().map(|v| v.inode.seq).max().unwrap_or(0) + 1;
+        let previous = node.current.as_ref().map(|v| &v.inode);
+        let (mut readers, mut grants, mut epoch) = match previous {
+            Some(p) => (p.readers.clone(), p.grants.clone(), p.epoch),
+            None => (Vec::new(), Vec::new(), 0),
+        };
+        if let Some(change) = anchor {
+            readers = change.readers;
+            grants = change.grants;
+            epoch = change.epoch;
+        }
+        let id = node.id();
+        let readcaps = readers
+            .iter()
+            .map(|r| Readcap::seal(&node.key, r, id.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Invalid(format!("cannot seal a readcap: {e}")))?;
+        let inode = Inode {
+            binding: node.binding.clone(),
+            seq,
+            parents,
+            kind: node.kind,
+            size,
+            mode,
+            mtime_ns: now_ns(),
+            chunk_size: u32::try_from(chunk_size).unwrap_or(u32::MAX),
+            chunks,
+            key_epochs: node.key_epochs.clone(),
+            epoch,
+            readers,
+            readcaps,
+            grants,
+            writer: self.identity.signing_key().public_key(),
+            chain,
+            signed_at: keys::now(),
+        };
+        let signed = Signed::sign(&inode, self.identity.signing_key())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let verified = Signed::verify(&signed, keys::now(), &keys::Revocations::default())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.blocks
+            .put_version(id, signed)
+            .await
+            .map_err(blocks_err(&node.path))?;
+        node.versions.push(verified.clone());
+        node.current = Some(verified.clone());
+        Ok(verified)
+    }
+
+    /// Seals `data` as the contents of `node` and stores the chunks.
+    async fn store_contents(&self, node: &Node, data: &[u8]) -> Result<Vec<ChunkRef>, Error> {
+        let chunk_size = self.config.chunk_size;
+        let pieces: BTreeMap<u64, Vec<u8>> = data
+            .chunks(chunk_size)
+            .enumerate()
+            .map(|(i, c)| (i as u64, c.to_vec()))
+            .collect();
+        let sealed = self.seal_and_store(node, &node.key, pieces).await?;
+        Ok(sealed.into_values().collect())
+    }
+
+    /// Seals pieces in parallel and stores them; their refs by index.
+    async fn seal_and_store(
+        &self,
+        node: &Node,
+        key: &DataKey,
+        pieces: BTreeMap<u64, Vec<u8>>,
+    ) -> Result<BTreeMap<u64, ChunkRef>, Error> {
+        let id = node.id();
+        let sealed: Vec<(u64, u32, chunk::Sealed)> = futures::stream::iter(pieces)
+            .map(|(index, plaintext)| {
+                let key = key.clone();
+                async move {
+                    let len = u32::try_from(plaintext.len()).unwrap_or(u32::MAX);
+                    tokio::task::spawn_blocking(move || {
+                        chunk::seal(&key, &id, index, &plaintext).map(|s| (index, len, s))
+                    })
+                    .await
+                    .map_err(|e| Error::Io(e.to_string()))?
+                    .map_err(|e| Error::Io(e.to_string()))
+                }
+            })
+            .buffered(self.config.parallel)
+            .try_collect()
+            .await?;
+        let refs = sealed
+            .iter()
+            .map(|(index, len, s)| {
+                (
+                    *index,
+                    ChunkRef {
+                        id: s.id,
+                        len: *len,
+                    },
+                )
+            })
+            .collect();
+        let batch: Vec<chunk::Sealed> = sealed.into_iter().map(|(_, _, s)| s).collect();
+        self.blocks
+            .put_chunks(batch)
+            .await
+            .map_err(blocks_err(&node.path))?;
+        Ok(refs)
+    }
+
+    /// Writes `dir` as a new version of the directory `nodes[i]`, replacing its key first
+    /// when a revocation above made it stale, and then links changed keys upwards.
+    async fn write_dir(&self, nodes: &mut [Node], i: usize, dir: &Directory) -> Result<(), Error> {
+        let new = nodes[i].current.is_none();
+        let rekey = !new && nodes[i].stale_key();
+        let node = &mut nodes[i];
+        if rekey {
+            node.key = DataKey::generate();
+            node.key_epochs = node.governing.clone();
+        }
+        let bytes = dir.encode().map_err(|e| Error::Invalid(e.to_string()))?;
+        let chunks = self.store_contents(node, &bytes).await?;
+        let parents = inode::heads(&node.versions)
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        let mode = node.current.as_ref().map_or(0o755, |v| v.inode.mode);
+        let chunk_size = self.config.chunk_size;
+        self.commit(
+            node,
+            Contents {
+                size: bytes.len() as u64,
+                chunk_size,
+                chunks,
+                mode,
+                parents,
+            },
+            None,
+        )
+        .await?;
+        if new || rekey {
+            self.link_up(nodes, i).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts `nodes[i]`'s entry (new inode or new key) into its parent, re-reading the
+    /// parent so that concurrent changes are merged, not overwritten.
+    async fn link_up(&self, nodes: &mut [Node], i: usize) -> Result<(), Error> {
+        if i == 0 {
+            return Ok(());
+        }
+        let entry = nodes[i].entry();
+        let name = nodes[i].name();
+        let parent = i - 1;
+        self.refresh(&mut nodes[parent]).await?;
+        let mut dir = self.read_dir(&nodes[parent]).await?;
+        dir.entries.insert(name, entry);
+        Box::pin(self.write_dir(nodes, parent, &dir)).await
+    }
+
+    /// Fetches a node's versions again (others may have written since the walk).
+    async fn refresh(&self, node: &mut Node) -> Result<(), Error> {
+        let versions = self.versions(&node.path, node.id()).await?;
+        if let Some(winner) = inode::winner(&versions) {
+            node.current = Some(winner.clone());
+        }
+        node.versions = versions;
+        Ok(())
+    }
+
+    /// Walks to `path`'s parent, creating missing directories (and the tree's root anchor
+    /// when this node holds a writecap for a prefix of the path and none exists yet).
+    async fn parent_dirs(&self, path: &Path, create: bool) -> Result<Vec<Node>, Error> {
+        let parent = path.parent().ok_or_else(|| Error::ReadOnly {
+            path: path.to_string(),
+            reason: "a tree's root is not a file".into(),
+        })?;
+        let (mut nodes, missing) = self.walk_partial(&parent).await?;
+        if missing.is_empty() && !nodes.is_empty() {
+            return Ok(nodes);
+        }
+        if !create {
+            return Err(Error::NotFound {
+                path: parent.to_string(),
+            });
+        }
+        let mut missing = missing;
+        if nodes.is_empty() {
+            self.create_root(&parent).await?;
+            (nodes, missing) = self.walk_partial(&parent).await?;
+            if nodes.is_empty() {
+                return Err(Error::NotFound {
+                    path: parent.to_string(),
+                });
+            }
+        }
+        for name in missing {
+            self.mkdir_in(&mut nodes, &name).await?;
+        }
+        Ok(nodes)
+    }
+
+    /// Creates the anchor of the longest prefix of `path` this node holds a writecap for.
+    async fn create_root(&self, path: &Path) -> Result<Node, Error> {
+        let me = self.me();
+        let now = keys::now();
+        let chains = self.chains.read().map(|c| c.clone()).unwrap_or_default();
+        let prefix = chains
+            .iter()
+            .filter_map(|c| c.prefix().cloned())
+            .filter(|p| path.starts_with(p))
+            .filter(|p| {
+                chains
+                    .iter()
+                    .any(|c| c.verify(p, &me, now, &keys::Revocations::default()).is_ok())
+            })
+            .max_by_key(|p| p.segments().len())
+            .ok_or_else(|| Error::NotFound {
+                path: path.to_string(),
+            })?;
+        let mut node = Node {
+            path: prefix.clone(),
+            binding: Binding::anchor(prefix),
+            key: DataKey::generate(),
+            kind: Kind::Dir,
+            versions: Vec::new(),
+            current: None,
+            governing: Vec::new(),
+            key_epochs: Vec::new(),
+            read_only: false,
+        };
+        let bytes = Directory::default()
+            .encode()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let chunks = self.store_contents(&node, &bytes).await?;
+        let readers = vec![self.identity.public()];
+        self.commit(
+            &mut node,
+            Contents {
+                size: bytes.len() as u64,
+                chunk_size: self.config.chunk_size,
+                chunks,
+                mode: 0o755,
+                parents: Vec::new(),
+            },
+            Some(AnchorChange {
+                readers,
+                grants: Vec::new(),
+                epoch: 0,
+            }),
+        )
+        .await?;
+        tracing::info!(root = %node.path, "created a file system root");
+        Ok(node)
+    }
+
+    async fn mkdir_in(&self, nodes: &mut Vec<Node>, name: &str) -> Result<(), Error> {
+        dir::check_name(name).map_err(Error::Invalid)?;
+        let parent = &nodes[nodes.len() - 1];
+        let path = parent
+            .path
+            .join(name)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let binding = Binding::new(path.clone()).map_err(|e| Error::Io(e.to_string()))?;
+        nodes.push(Node {
+            path,
+            binding,
+            key: DataKey::generate(),
+            kind: Kind::Dir,
+            versions: Vec::new(),
+            current: None,
+            governing: parent.governing.clone(),
+            key_epochs: parent.governing.clone(),
+            read_only: false,
+        });
+        let i = nodes.len() - 1;
+        self.write_dir(nodes, i, &Directory::default()).await
+    }
+
+    /// Creates a directory; its parent must exist.
+    pub async fn mkdir(&self, path: &Path) -> Result<(), Error> {
+        let mut nodes = self.parent_dirs(path, false).await?;
+        let name = path.segments().last().cloned().unwrap_or_default();
+        if self
+            .read_dir(&nodes[nodes.len() - 1])
+            .await?
+            .entries
+            .contains_key(&name)
+        {
+            return Err(Error::Exists {
+                path: path.to_string(),
+            });
+        }
+        self.mkdir_in(&mut nodes, &name).await
+    }
+
+    /// Creates a directory and any missing parents; an existing directory is fine.
+    pub async fn mkdir_all(&self, path: &Path) -> Result<(), Error> {
+        match self.stat(path).await {
+            Ok(stat) if stat.kind == Kind::Dir => return Ok(()),
+            Ok(_) => {
+                return Err(Error::NotADirectory {
+                    path: path.to_string(),
+                });
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut nodes = self.parent_dirs(path, true).await?;
+        let name = path.segments().last().cloned().unwrap_or_default();
+        if nodes.last().is_some_and(|n| n.path == *path) {
+            return Ok(());
+        }
+        self.mkdir_in(&mut nodes, &name).await
+    }
+
+    /// Opens the file at `path` for reading and writing.
+    pub async fn open(&self, path: &Path) -> Result<Handle, Error> {
+        let nodes = self.walk(path).await?;
+        let node = &nodes[nodes.len() - 1];
+        if node.kind != Kind::File {
+            return Err(Error::IsADirectory {
+                path: path.to_string(),
+            });
+        }
+        let current = node.current.as_ref().map(|v| v.inode.clone());
+        let (size, chunk_size, refs, mode) = match current {
+            Some(i) => (i.size, i.chunk_size as usize, i.chunks, i.mode),
+            None => (0, self.config.chunk_size, Vec::new(), 0o644),
+        };
+        Ok(Handle {
+            nodes,
+            size,
+            chunk_size,
+            refs,
+            dirty: BTreeMap::new(),
+            changed: false,
+            mode,
+            cache: None,
+        })
+    }
+
+    /// Creates (or truncates) the file at `path`, creating missing parent directories.
+    pub async fn create(&self, path: &Path) -> Result<Handle, Error> {
+        match self.open(path).await {
+            Ok(mut handle) => {
+                self.truncate(&mut handle, 0).await?;
+                return Ok(handle);
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let name = path.segments().last().cloned().unwrap_or_default();
+        dir::check_name(&name).map_err(Error::Invalid)?;
+        let mut nodes = self.parent_dirs(path, true).await?;
+        let parent = &nodes[nodes.len() - 1];
+        if parent.kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: parent.path.to_string(),
+            });
+        }
+        self.chain_for(path, path)?;
+        let binding = Binding::new(path.clone()).map_err(|e| Error::Io(e.to_string()))?;
+        let governing = parent.governing.clone();
+        nodes.push(Node {
+            path: path.clone(),
+            binding,
+            key: DataKey::generate(),
+            kind: Kind::File,
+            versions: Vec::new(),
+            current: None,
+            key_epochs: governing.clone(),
+            governing,
+            read_only: false,
+        });
+        Ok(Handle {
+            nodes,
+            size: 0,
+            chunk_size: self.config.chunk_size,
+            refs: Vec::new(),
+            dirty: BTreeMap::new(),
+            changed: true,
+            mode: 0o644,
+            cache: None,
+        })
+    }
+
+    async fn plaintext_of(&self, handle: &mut Handle, index: u64) -> Result<Vec<u8>, Error> {
+        if let Some(d) = handle.dirty.get(&index) {
+            return Ok(d.clone());
+        }
+        if let Some((i, bytes)) = &handle.cache
+            && *i == index
+        {
+            return Ok(bytes.clone());
+        }
+        let Some(chunk) = usize::try_from(index)
+            .ok()
+            .and_then(|i| handle.refs.get(i))
+            .copied()
+        else {
+            return Ok(Vec::new());
+        };
+        let node = handle.node();
+        let bytes = self
+            .fetch_chunk(node, &node.key, node.id(), index, chunk)
+            .await?;
+        handle.cache = Some((index, bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub async fn read(
+        &self,
+        handle: &mut Handle,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let end = handle.size.min(offset.saturating_add(len as u64));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let cs = handle.chunk_size as u64;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / cs;
+            let chunk = self.plaintext_of(handle, index).await?;
+            let start = (pos - index * cs) as usize;
+            let stop = ((end - index * cs) as usize).min(handle.chunk_size);
+            if start >= chunk.len() {
+                // A hole (bytes past a stored chunk's end read as zeros).
+                out.resize(out.len() + (stop - start), 0);
+            } else {
+                out.extend_from_slice(&chunk[start..stop.min(chunk.len())]);
+                if stop > chunk.len() {
+                    out.resize(out.len() + (stop - chunk.len()), 0);
+                }
+            }
+            pos = index * cs + stop as u64;
+        }
+        Ok(out)
+    }
+
+    fn check_writable(&self, handle: &Handle) -> Result<(), Error> {
+        let node = handle.node();
+        if node.read_only {
+            return Err(Error::ReadOnly {
+                path: node.path.to_string(),
+                reason: "a conflict copy cannot be written; remove it or copy it".into(),
+            });
+        }
+        self.chain_for(&node.path, &node.binding.path).map(|_| ())
+    }
+
+    /// Writes `data` at `offset`; the file grows as needed (a gap reads as zeros).
+    pub async fn write(
+        &self,
+        handle: &mut Handle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<usize, Error> {
+        self.check_writable(handle)?;
+        if offset > handle.size {
+            self.set_len(handle, offset).await?;
+        }
+        let cs = handle.chunk_size as u64;
+        let mut written = 0usize;
+        while written < data.len() {
+            let pos = offset + written as u64;
+            let index = pos / cs;
+            let start = (pos - index * cs) as usize;
+            let take = (handle.chunk_size - start).min(data.len() - written);
+            let mut chunk = self.plaintext_of(handle, index).await?;
+            if chunk.len() < start + take {
+                chunk.resize(start + take, 0);
+            }
+            chunk[start..start + take].copy_from_slice(&data[written..written + take]);
+            handle.dirty.insert(index, chunk);
+            handle.cache = None;
+            written += take;
+        }
+        handle.size = handle.size.max(offset + data.len() as u64);
+        handle.changed = true;
+        if handle.dirty.len() >= self.config.max_dirty_chunks {
+            self.flush(handle).await?;
+        }
+        Ok(written)
+    }
+
+    /// Sets the file's length: shorter drops bytes, longer appends zeros.
+    pub async fn truncate(&self, handle: &mut Handle, size: u64) -> Result<(), Error> {
+        self.check_writable(handle)?;
+        self.set_len(handle, size).await
+    }
+
+    async fn set_len(&self, handle: &mut Handle, size: u64) -> Result<(), Error> {
+        let cs = handle.chunk_size as u64;
+        let count = chunk_count(size, handle.chunk_size);
+        if size < handle.size {
+            handle.refs.truncate(count);
+            handle.dirty.retain(|i, _| (*i as usize) < count);
+            if !size.is_multiple_of(cs) {
+                let last = (count - 1) as u64;
+                let mut chunk = self.plaintext_of(handle, last).await?;
+                chunk.resize((size - last * cs) as usize, 0);
+                handle.dirty.insert(last, chunk);
+            }
+        } else if size > handle.size {
+            // Fill the old last chunk, then add zero chunks (kept dirty, flushed in turn).
+            let mut pos = handle.size;
+            while pos < size {
+                let index = pos / cs;
+                let mut chunk = self.plaintext_of(handle, index).await?;
+                let want = ((size - index * cs).min(cs)) as usize;
+                chunk.resize(want, 0);
+                handle.dirty.insert(index, chunk);
+                pos = index * cs + want as u64;
+                if handle.dirty.len() >= self.config.max_dirty_chunks {
+                    handle.size = pos;
+                    self.flush(handle).await?;
+                }
+            }
+        }
+        handle.size = size;
+        handle.cache = None;
+        handle.changed = true;
+        Ok(())
+    }
+
+    /// Seals and stores the buffered chunks (not yet a version: see [`Client::fsync`]).
+    async fn flush(&self, handle: &mut Handle) -> Result<(), Error> {
+        if handle.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut handle.dirty);
+        let node = handle.node().clone();
+        let refs = self.seal_and_store(&node, &node.key, dirty).await?;
+        let count = chunk_count(handle.size, handle.chunk_size);
+        let placeholder = ChunkRef {
+            id: crate::id::ChunkId([0; 32]),
+            len: 0,
+        };
+        handle
+            .refs
+            .resize(count.max(handle.refs.len()), placeholder);
+        for (index, r) in refs {
+            if let Some(slot) = handle.refs.get_mut(index as usize) {
+                *slot = r;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the handle's writes a new version, acknowledged by the replicas, and links a
+    /// new file into its directory.
+    pub async fn fsync(&self, handle: &mut Handle) -> Result<(), Error> {
+        if !handle.changed {
+            return Ok(());
+        }
+        self.check_writable(handle)?;
+        let i = handle.nodes.len() - 1;
+        let new = handle.nodes[i].current.is_none();
+        let rekey = !new && handle.nodes[i].stale_key();
+        if rekey {
+            // Everything is sealed again under a new key.
+            for index in 0..chunk_count(handle.size, handle.chunk_size) as u64 {
+                if !handle.dirty.contains_key(&index) {
+                    let bytes = self.plaintext_of(handle, index).await?;
+                    handle.dirty.insert(index, bytes);
+                }
+            }
+            let node = &mut handle.nodes[i];
+            node.key = DataKey::generate();
+            node.key_epochs = node.governing.clone();
+        }
+        self.flush(handle).await?;
+        let node = &mut handle.nodes[i];
+        let parents = node.current.iter().map(|v| v.version).collect();
+        let chunks = handle.refs.clone();
+        let (size, chunk_size, mode) = (handle.size, handle.chunk_size, handle.mode);
+        self.commit(
+            node,
+            Contents {
+                size,
+                chunk_size,
+                chunks,
+                mode,
+                parents,
+            },
+            None,
+        )
+        .await?;
+        handle.changed = false;
+        if new || rekey {
+            self.link_up(&mut handle.nodes, i).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything from `source` as the file at `path` (created or replaced),
+    /// calling `progress` with the bytes stored so far.
+    pub async fn put(
+        &self,
+        path: &Path,
+        mut source: impl AsyncRead + Unpin,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Stat, Error> {
+        let mut handle = self.create(path).await?;
+        let mut buffer = vec![0u8; handle.chunk_size];
+        let mut offset = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                let n = source
+                    .read(&mut buffer[filled..])
+                    .await
+                    .map_err(|e| Error::Io(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            self.write(&mut handle, offset, &buffer[..filled]).await?;
+            offset += filled as u64;
+            progress(offset);
+            if filled < buffer.len() {
+                break;
+            }
+        }
+        self.fsync(&mut handle).await?;
+        Ok(stat_of(handle.node()))
+    }
+
+    /// Writes the file at `path` to `sink`, calling `progress` with the bytes so far.
+    pub async fn get(
+        &self,
+        path: &Path,
+        mut sink: impl AsyncWrite + Unpin,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let handle = self.open(path).await?;
+        let node = handle.node();
+        let mut chunks = futures::stream::iter(handle.refs.iter().enumerate())
+            .map(|(i, c)| self.fetch_chunk(node, &node.key, node.id(), i as u64, *c))
+            .buffered(self.config.parallel);
+        let mut done = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            sink.write_all(&chunk)
+                .await
+                .map_err(|e| Error::Io(e.to_string()))?;
+            done += chunk.len() as u64;
+            progress(done);
+        }
+        sink.flush().await.map_err(|e| Error::Io(e.to_string()))?;
+        Ok(done)
+    }
+
+    /// Removes a file or an empty directory. Removing a conflict copy merges the fork
+    /// (the shown version stays).
+    pub async fn unlink(&self, path: &Path) -> Result<(), Error> {
+        let mut nodes = self.walk(path).await?;
+        let target = nodes.len() - 1;
+        if target == 0 {
+            return Err(Error::ReadOnly {
+                path: path.to_string(),
+                reason: "an anchor (a tree's root or a shared directory) is not removed this way"
+                    .into(),
+            });
+        }
+        if nodes[target].read_only {
+            return self.resolve_fork(&mut nodes[target]).await;
+        }
+        if nodes[target].kind == Kind::Dir
+            && !self.read_dir(&nodes[target]).await?.entries.is_empty()
+        {
+            return Err(Error::NotEmpty {
+                path: path.to_string(),
+            });
+        }
+        let name = nodes[target].name();
+        let parent = target - 1;
+        self.refresh(&mut nodes[parent]).await?;
+        let mut dir = self.read_dir(&nodes[parent]).await?;
+        if dir.entries.remove(&name).is_none() {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        }
+        self.write_dir(&mut nodes[..=parent], parent, &dir).await
+    }
+
+    /// A version of a forked file naming every head, with the shown version's contents.
+    async fn resolve_fork(&self, node: &mut Node) -> Result<(), Error> {
+        let heads: Vec<VersionId> = inode::heads(&node.versions)
+            .iter()
+            .map(|h| h.version)
+            .collect();
+        let Some(winner) = inode::winner(&node.versions).cloned() else {
+            return Ok(());
+        };
+        node.current = Some(winner.clone());
+        node.read_only = false;
+        let i = winner.inode;
+        self.commit(
+            node,
+            Contents {
+                size: i.size,
+                chunk_size: i.chunk_size as usize,
+                chunks: i.chunks,
+                mode: i.mode,
+                parents: heads,
+            },
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Moves a file or directory. The inode keeps its binding: later writes to it need a
+    /// writecap covering the path it was created at.
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), Error> {
+        if to.starts_with(from) && to != from {
+            return Err(Error::Invalid(format!("cannot move {from} into itself")));
+        }
+        let source = self.walk(from).await?;
+        let s = source.len() - 1;
+        if s == 0 || source[s].read_only {
+            return Err(Error::ReadOnly {
+                path: from.to_string(),
+                reason: "anchors and conflict copies are not moved".into(),
+            });
+        }
+        let entry = source[s].entry();
+        let name = to.segments().last().cloned().unwrap_or_default();
+        dir::check_name(&name).map_err(Error::Invalid)?;
+        let mut dest = self.parent_dirs(to, false).await?;
+        let d = dest.len() - 1;
+        if dest[d].kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: dest[d].path.to_string(),
+            });
+        }
+        // Into the new place first, out of the old one second: a crash in between leaves
+        // two names, never none.
+        self.refresh(&mut dest[d]).await?;
+        let mut dir = self.read_dir(&dest[d]).await?;
+        if let Some(existing) = dir.entries.get(&name) {
+            if existing.inode == entry.inode {
+                return Ok(());
+            }
+            if existing.kind == Kind::Dir {
+                return Err(Error::Exists {
+                    path: to.to_string(),
+                });
+            }
+        }
+        dir.entries.insert(name, entry.clone());
+        self.write_dir(&mut dest, d, &dir).await?;
+        let mut source = self
+            .walk(&from.parent().unwrap_or_else(|| from.clone()))
+            .await?;
+        let p = source.len() - 1;
+        let mut dir = self.read_dir(&source[p]).await?;
+        let old = from.segments().last().cloned().unwrap_or_default();
+        if dir
+            .entries
+            .get(&old)
+            .is_some_and(|e| e.inode == entry.inode)
+        {
+            dir.entries.remove(&old);
+            self.write_dir(&mut source, p, &dir).await?;
+        }
+        Ok(())
+    }
+
+    // ---- sharing ----
+
+    /// Lets `reader` read everything under `path` (a readcap for it), and with `write`
+    /// also write there (a writecap delegated from this node's, valid for `write`).
+    /// A directory that is not an anchor yet becomes one.
+    pub async fn share(
+        &self,
+        path: &Path,
+        reader: &PublicIdentity,
+        write: Option<Validity>,
+    ) -> Result<(), Error> {
+        reader
+            .verify()
+            .map_err(|e| Error::Invalid(format!("the reader's identity does not verify: {e}")))?;
+        let mut nodes = self.anchor_at(path).await?;
+        let i = nodes.len() - 1;
+        let current = nodes[i].current.clone().map(|v| v.inode);
+        let mut readers = current
+            .as_ref()
+            .map(|c| c.readers.clone())
+            .unwrap_or_default();
+        let mut grants = current
+            .as_ref()
+            .map(|c| c.grants.clone())
+            .unwrap_or_default();
+        let epoch = current.as_ref().map_or(0, |c| c.epoch);
+        let principal = reader.principal();
+        readers.retain(|r| r.principal() != principal);
+        readers.push(reader.clone());
+        if let Some(validity) = write {
+            let mine = self.chain_for(path, path)?;
+            let chain = mine
+                .delegate(
+                    self.identity.signing_key(),
+                    principal,
+                    path.clone(),
+                    validity,
+                    keys::now(),
+                )
+                .map_err(|e| Error::Invalid(format!("cannot delegate a writecap: {e}")))?;
+            grants.retain(|g| g.holder() != Some(&principal));
+            grants.push(chain);
+        }
+        if readers.len() > inode::MAX_READCAPS || grants.len() > inode::MAX_GRANTS {
+            return Err(Error::Invalid(
+                "too many readers or writers shared here".into(),
+            ));
+        }
+        self.rewrite_anchor(
+            &mut nodes,
+            AnchorChange {
+                readers,
+                grants,
+                epoch,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// Takes `principal`'s readcap (and writecap grant) off the anchor at `path`. The
+    /// anchor gets a new key at once; everything below gets a new key on its next write,
+    /// so the revoked principal can read no version written from now on.
+    pub async fn revoke(&self, path: &Path, principal: &Principal) -> Result<(), Error> {
+        let mut nodes = self.walk(path).await?;
+        let i = nodes.len() - 1;
+        let Some(current) = nodes[i].current.clone().map(|v| v.inode) else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
+        if !current.binding.is_anchor() || current.binding.path != *path {
+            return Err(Error::Invalid(format!("{path} is not shared")));
+        }
+        if principal == &self.me() {
+            return Err(Error::Invalid("a node does not revoke itself".into()));
+        }
+        let mut readers = current.readers.clone();
+        let mut grants = current.grants.clone();
+        let before = readers.len() + grants.len();
+        readers.retain(|r| &r.principal() != principal);
+        grants.retain(|g| g.holder() != Some(principal));
+        if readers.len() + grants.len() == before {
+            return Err(Error::Invalid(format!(
+                "{principal} holds no readcap at {path}"
+            )));
+        }
+        let epoch = current.epoch + 1;
+        let id = nodes[i].id();
+        nodes[i].governing.retain(|(a, _)| a != &id);
+        nodes[i].governing.push((id, epoch));
+        self.rewrite_anchor(
+            &mut nodes,
+            AnchorChange {
+                readers,
+                grants,
+                epoch,
+            },
+            true,
+        )
+        .await
+    }
+
+    /// The nodes down to `path`, whose last is `path`'s anchor (made from the inode there
+    /// when it is not one yet).
+    async fn anchor_at(&self, path: &Path) -> Result<Vec<Node>, Error> {
+        let mut nodes = self.walk(path).await?;
+        let i = nodes.len() - 1;
+        if nodes[i].binding.is_anchor() && nodes[i].binding.path == *path {
+            return Ok(nodes);
+        }
+        if nodes[i].read_only {
+            return Err(Error::ReadOnly {
+                path: path.to_string(),
+                reason: "a conflict copy is not shared".into(),
+            });
+        }
+        // A rename across bindings: the contents move to a new inode, the anchor, sealed
+        // again under a new key (chunks are bound to their inode).
+        let contents = self.read_all(&nodes[i]).await?;
+        let old = nodes[i].clone();
+        let node = &mut nodes[i];
+        node.binding = Binding::anchor(path.clone());
+        node.key = DataKey::generate();
+        node.versions = Vec::new();
+        node.current = None;
+        node.key_epochs = node.governing.clone();
+        // An anchor may have been here before (a shared directory removed since).
+        node.versions = self.versions(path, node.id()).await?;
+        let chunks = self.store_contents(node, &contents).await?;
+        let mode = old.current.as_ref().map_or(0o644, |v| v.inode.mode);
+        let parents = inode::heads(&node.versions)
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        let readers = vec![self.identity.public()];
+        self.commit(
+            node,
+            Contents {
+                size: contents.len() as u64,
+                chunk_size: self.config.chunk_size,
+                chunks,
+                mode,
+                parents,
+            },
+            Some(AnchorChange {
+                readers,
+                grants: Vec::new(),
+                epoch: 0,
+            }),
+        )
+        .await?;
+        self.link_up(&mut nodes, i).await?;
+        Ok(nodes)
+    }
+
+    async fn rewrite_anchor(
+        &self,
+        nodes: &mut [Node],
+        change: AnchorChange,
+        rekey: bool,
+    ) -> Result<(), Error> {
+        let i = nodes.len() - 1;
+        let contents = self.read_all(&nodes[i]).await?;
+        let node = &mut nodes[i];
+        if rekey {
+            node.key = DataKey::generate();
+            node.key_epochs = node.governing.clone();
+        }
+        let chunks = if rekey {
+            self.store_contents(node, &contents).await?
+        } else {
+            node.current
+                .as_ref()
+                .map(|v| v.inode.chunks.clone())
+                .unwrap_or_default()
+        };
+        let current = node.current.clone().map(|v| v.inode);
+        let (mode, chunk_size) = current
+            .as_ref()
+            .map_or((0o755, self.config.chunk_size), |c| {
+                (c.mode, c.chunk_size as usize)
+            });
+        let chunk_size = if rekey {
+            self.config.chunk_size
+        } else {
+            chunk_size
+        };
+        let parents = inode::heads(&node.versions)
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        self.commit(
+            node,
+            Contents {
+                size: contents.len() as u64,
+                chunk_size,
+                chunks,
+                mode,
+                parents,
+            },
+            Some(change),
+        )
+        .await?;
+        if rekey {
+            // The parent's entry must hold the new key; when the anchor was reached from
+            // above, its parent is on the walk.
+            self.link_up(nodes, i).await?;
+            if i == 0 {
+                self.relink_from_above(&nodes[0]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After an anchor reached directly got a new key: updates its parent's entry when
+    /// this node can reach and write the parent.
+    async fn relink_from_above(&self, anchor: &Node) -> Result<(), Error> {
+        let Some(parent) = anchor.path.parent() else {
+            return Ok(());
+        };
+        let mut nodes = match self.walk(&parent).await {
+            Ok(nodes) => nodes,
+            Err(Error::NotFound { .. } | Error::PermissionDenied { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let p = nodes.len() - 1;
+        let mut dir = self.read_dir(&nodes[p]).await?;
+        let name = anchor.name();
+        if dir
+            .entries
+            .get(&name)
+            .is_some_and(|e| e.inode == anchor.id())
+        {
+            dir.entries.insert(name, anchor.entry());
+            match self.write_dir(&mut nodes, p, &dir).await {
+                Ok(()) | Err(Error::NotAuthorized { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writecaps handed to this node in the anchors of `path` and above, installed into
+    /// this client; returns them so the caller can keep them.
+    pub async fn pick_up_grants(&self, path: &Path) -> Result<Vec<Chain>, Error> {
+        let me = self.me();
+        let mut found = Vec::new();
+        let mut prefix = Some(path.clone());
+        while let Some(p) = prefix {
+            let versions = self.versions(&p, Binding::anchor(p.clone()).id()).await?;
+            if let Some(w) = inode::winner(&versions) {
+                for g in &w.inode.grants {
+                    if g.holder() == Some(&me)
+                        && g.verify(&p, &me, keys::now(), &keys::Revocations::default())
+                            .is_ok()
+                    {
+                        self.add_chain(g.clone());
+                        found.push(g.clone());
+                    }
+                }
+            }
+            prefix = p.parent();
+        }
+        Ok(found)
+    }
+}
+
+/// What a new version holds, besides what the node carries.
+struct Contents {
+    size: u64,
+    chunk_size: usize,
+    chunks: Vec<ChunkRef>,
+    mode: u32,
+    parents: Vec<VersionId>,
+}
+
+struct AnchorChange {
+    readers: Vec<PublicIdentity>,
+    grants: Vec<Chain>,
+    epoch: u64,
+}
+
+fn stat_of(node: &Node) -> Stat {
+    let heads = inode::heads(&node.versions).len();
+    match &node.current {
+        Some(v) => Stat {
+            inode: v.id,
+            kind: v.inode.kind,
+            size: v.inode.size,
+            mode: v.inode.mode,
+            mtime_ns: v.inode.mtime_ns,
+            seq: v.inode.seq,
+            version: v.version,
+            writer: v.inode.writer.principal(),
+            conflicts: heads.saturating_sub(1),
+            anchor: v.inode.binding.is_anchor(),
+            readers: v
+                .inode
+                .readers
+                .iter()
+                .map(PublicIdentity::principal)
+                .collect(),
+            chunks: v.inode.chunks.len(),
+        },
+        None => Stat {
+            inode: node.id(),
+            kind: node.kind,
+            size: 0,
+            mode: 0,
+            mtime_ns: 0,
+            seq: 0,
+            version: VersionId([0; 32]),
+            writer: Principal::of_key(&[0; 32]),
+            conflicts: 0,
+            anchor: node.binding.is_anchor(),
+            readers: Vec::new(),
+            chunks: 0,
+        },
+    }
+}

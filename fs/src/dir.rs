@@ -1,0 +1,207 @@
+//! Directories: a map from names to child inodes and their data keys, stored encrypted as
+//! the directory inode's contents (keys follow the tree: whoever reads a directory can
+//! open its children).
+
+use std::collections::BTreeMap;
+
+use keys::DataKey;
+use protocols::wire::{self, Message};
+use serde::{Deserialize, Serialize};
+
+use crate::id::InodeId;
+use crate::inode::Kind;
+
+/// Most entries in one directory.
+pub const MAX_ENTRIES: usize = 65_536;
+/// Largest encoded directory.
+pub const MAX_DIRECTORY_BYTES: usize = 16 << 20;
+
+/// One name in a directory.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The child.
+    pub inode: InodeId,
+    /// The child's data key.
+    #[serde(with = "serde_bytes")]
+    pub key: [u8; 32],
+    /// What the child is.
+    pub kind: Kind,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("inode", &self.inode)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entry {
+    /// The child's data key.
+    pub fn data_key(&self) -> DataKey {
+        DataKey::from_bytes(self.key)
+    }
+}
+
+/// A directory's contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// Entries by name.
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Message for Directory {
+    const NAME: &'static str = "directory";
+    const VERSION: u16 = 1;
+    const MAX_BYTES: usize = MAX_DIRECTORY_BYTES;
+
+    fn validate(&self) -> Result<(), String> {
+        if self.entries.len() > MAX_ENTRIES {
+            return Err(format!(
+                "{} entries (at most {MAX_ENTRIES})",
+                self.entries.len()
+            ));
+        }
+        for name in self.entries.keys() {
+            check_name(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a name as a path segment: not empty, `.` or `..`, no `/` or NUL, at most 255 bytes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("{name:?} is not a name"));
+    }
+    if name.len() > keys::limits::MAX_SEGMENT_LEN {
+        return Err(format!(
+            "a name is at most {} bytes",
+            keys::limits::MAX_SEGMENT_LEN
+        ));
+    }
+    if name.contains(['/', '\0']) {
+        return Err(format!("{name:?} holds '/' or NUL"));
+    }
+    Ok(())
+}
+
+/// Three-way merge of two directory versions that both descend from `base` (empty when
+/// the common ancestor is unknown): a name changed on one side only takes that side; a
+/// name changed differently on both sides keeps `ours` under the name and `theirs` under
+/// a conflict name, so nothing is lost.
+pub fn merge(base: &Directory, ours: &Directory, theirs: &Directory) -> Directory {
+    let mut merged = Directory::default();
+    let names: std::collections::BTreeSet<&String> = base
+        .entries
+        .keys()
+        .chain(ours.entries.keys())
+        .chain(theirs.entries.keys())
+        .collect();
+    for name in names {
+        let b = base.entries.get(name);
+        let o = ours.entries.get(name);
+        let t = theirs.entries.get(name);
+        let pick = if o == t {
+            o
+        } else if o == b {
+            t
+        } else if t == b {
+            o
+        } else {
+            // Both sides changed it: keep both, unless one side removed it (then keep the
+            // side that still has it, so a removal never wins over new data).
+            match (o, t) {
+                (Some(o), Some(t)) => {
+                    merged
+                        .entries
+                        .insert(conflict_name(name, &t.inode), t.clone());
+                    Some(o)
+                }
+                (Some(o), None) => Some(o),
+                (None, t) => t,
+            }
+        };
+        if let Some(entry) = pick {
+            merged.entries.insert(name.clone(), entry.clone());
+        }
+    }
+    merged
+}
+
+/// The name a conflicting copy of `name` is shown under.
+pub fn conflict_name(name: &str, id: &InodeId) -> String {
+    let tag = &id.to_string()[..8];
+    let mut base = name.to_string();
+    let suffix = format!(".conflict-{tag}");
+    while base.len() + suffix.len() > keys::limits::MAX_SEGMENT_LEN {
+        base.pop();
+    }
+    base + &suffix
+}
+
+impl Directory {
+    /// Encodes the directory.
+    pub fn encode(&self) -> Result<Vec<u8>, wire::EncodeError> {
+        wire::encode(self)
+    }
+
+    /// Decodes a directory.
+    pub fn decode(bytes: &[u8]) -> Result<Self, wire::DecodeError> {
+        wire::decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            inode: InodeId([n; 32]),
+            key: [n; 32],
+            kind: Kind::File,
+        }
+    }
+
+    fn dir(items: &[(&str, u8)]) -> Directory {
+        Directory {
+            entries: items
+                .iter()
+                .map(|(n, i)| (n.to_string(), entry(*i)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn merges_three_ways_without_loss() {
+        let base = dir(&[("a", 1), ("b", 2), ("c", 3)]);
+        let ours = dir(&[("a", 1), ("b", 20), ("d", 4)]); // changed b, removed c, added d
+        let theirs = dir(&[("a", 1), ("b", 2), ("c", 3), ("e", 5)]); // added e
+        let merged = merge(&base, &ours, &theirs);
+        assert_eq!(merged, dir(&[("a", 1), ("b", 20), ("d", 4), ("e", 5)]));
+        // Both changed b: both kept.
+        let theirs = dir(&[("a", 1), ("b", 21), ("c", 3)]);
+        let merged = merge(&base, &ours, &theirs);
+        assert_eq!(merged.entries["b"], entry(20));
+        assert_eq!(
+            merged.entries[&conflict_name("b", &InodeId([21; 32]))],
+            entry(21)
+        );
+        // One removed what the other changed: the change stays.
+        let theirs = dir(&[("a", 1), ("c", 30)]);
+        let merged = merge(&base, &ours, &theirs);
+        assert_eq!(merged.entries["c"], entry(30));
+    }
+
+    #[test]
+    fn round_trips_and_checks_names() {
+        let d = dir(&[("a", 1), ("b", 2)]);
+        assert_eq!(Directory::decode(&d.encode().unwrap()).unwrap(), d);
+        assert!(Directory::decode(&dir(&[("a/b", 1)]).encode().unwrap()).is_err());
+        assert!(Directory::decode(&dir(&[("..", 1)]).encode().unwrap()).is_err());
+        assert!(conflict_name(&"x".repeat(255), &InodeId([1; 32])).len() <= 255);
+    }
+}

@@ -1,0 +1,537 @@
+//! Inodes: signed records of a file's or directory's version.
+//!
+//! An inode is named by its [`Binding`]: the path that authorised its creation and a
+//! random nonce (zero for an *anchor*, the inode that any holder of a writecap for a path
+//! can find from the path alone: the root of a tree, or a shared directory). A version is
+//! accepted only when it is signed by a writer whose writecap chain covers the binding's
+//! path, so a replica decides authorisation from the record alone — it cannot read the
+//! encrypted directories above it, and needs not.
+//!
+//! Versions are numbered: a writer takes the highest sequence it has seen plus one and
+//! names the versions it supersedes (`parents`). Two versions that name neither the other
+//! are a fork; both are kept (see [`winner`]).
+
+use std::cmp::Ordering;
+
+use keys::{
+    Chain, Path, PublicIdentity, PublicKey, Readcap, Revocations, Signature, SigningKey, Timestamp,
+};
+use protocols::wire::{self, Message};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::MAX_CHUNK_SIZE;
+use crate::id::{ChunkId, InodeId, VersionId};
+
+const SIGNING_CONTEXT: &str = "blocktree 2026-11 inode v1";
+const BINDING_CONTEXT: &str = "blocktree 2026-11 inode binding v1";
+
+/// Largest signed inode, in bytes.
+pub const MAX_INODE_BYTES: usize = 1 << 20;
+/// Most chunks in one inode (a 16 GiB file at the default chunk size).
+pub const MAX_CHUNKS: usize = 16_384;
+/// Most readcaps in one inode.
+pub const MAX_READCAPS: usize = 64;
+/// Most writecap grants kept in one anchor.
+pub const MAX_GRANTS: usize = 16;
+/// Most parents one version names.
+pub const MAX_PARENTS: usize = 16;
+/// How far in the future a version's signing time may lie, in seconds.
+pub const MAX_CLOCK_SKEW: u64 = 300;
+
+/// What authorised an inode's creation; its hash is the inode's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The path the inode was created at. Later versions must be signed under a writecap
+    /// that covers it.
+    pub path: Path,
+    /// Random for ordinary inodes, zero for anchors.
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 16],
+}
+
+impl Binding {
+    /// A new ordinary inode at `path`.
+    pub fn new(path: Path) -> Result<Self, getrandom::Error> {
+        let mut nonce = [0u8; 16];
+        getrandom::getrandom(&mut nonce)?;
+        Ok(Binding { path, nonce })
+    }
+
+    /// The anchor of `path`: the inode found from the path alone.
+    pub fn anchor(path: Path) -> Self {
+        Binding {
+            path,
+            nonce: [0; 16],
+        }
+    }
+
+    /// Whether this is an anchor.
+    pub fn is_anchor(&self) -> bool {
+        self.nonce == [0; 16]
+    }
+
+    /// The inode's id.
+    pub fn id(&self) -> InodeId {
+        let mut hasher = blake3::Hasher::new_derive_key(BINDING_CONTEXT);
+        hasher.update(self.path.to_string().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&self.nonce);
+        InodeId(*hasher.finalize().as_bytes())
+    }
+}
+
+/// Whether an inode is a file or a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory: its contents are an encrypted [`Directory`](crate::dir::Directory).
+    Dir,
+}
+
+/// One chunk of the contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The sealed chunk's name.
+    pub id: ChunkId,
+    /// Bytes of plaintext in it.
+    pub len: u32,
+}
+
+/// One version of an inode, as its writer signs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    /// What the inode is bound to; its hash is the id.
+    pub binding: Binding,
+    /// The version number: one more than the highest the writer saw.
+    pub seq: u64,
+    /// The versions this one supersedes.
+    pub parents: Vec<VersionId>,
+    /// File or directory.
+    pub kind: Kind,
+    /// Bytes of contents.
+    pub size: u64,
+    /// Permission bits, as in `st_mode & 0o7777`.
+    pub mode: u32,
+    /// Last modification, nanoseconds since the UNIX epoch.
+    pub mtime_ns: u64,
+    /// Plaintext bytes per chunk (every chunk but the last is full).
+    pub chunk_size: u32,
+    /// The contents, in order.
+    pub chunks: Vec<ChunkRef>,
+    /// The epochs of the anchors above when this inode's data key was made (see
+    /// [`Inode::epoch`]); an anchor not listed counts as epoch 0.
+    pub key_epochs: Vec<(InodeId, u64)>,
+    /// For anchors: bumped at every revocation; the keys of inodes below made in an older
+    /// epoch of this anchor are replaced on their next write.
+    pub epoch: u64,
+    /// Who may read from here down: their public identities (so that a new data key can
+    /// be sealed to them again)…
+    pub readers: Vec<PublicIdentity>,
+    /// …and the data key sealed to each of them, in the same order.
+    pub readcaps: Vec<Readcap>,
+    /// For anchors: writecaps handed to others for this path, picked up by their nodes.
+    pub grants: Vec<Chain>,
+    /// The writer's key.
+    pub writer: PublicKey,
+    /// The writer's writecap chain; it must cover the binding's path.
+    pub chain: Chain,
+    /// When the writer signed, seconds since the UNIX epoch; the chain must hold then.
+    pub signed_at: Timestamp,
+}
+
+impl Message for Inode {
+    const NAME: &'static str = "inode";
+    const VERSION: u16 = 1;
+    const MAX_BYTES: usize = MAX_INODE_BYTES;
+
+    fn validate(&self) -> Result<(), String> {
+        if self.seq == 0 {
+            return Err("sequence numbers start at 1".into());
+        }
+        if self.parents.len() > MAX_PARENTS {
+            return Err(format!(
+                "{} parents (at most {MAX_PARENTS})",
+                self.parents.len()
+            ));
+        }
+        if self.chunks.len() > MAX_CHUNKS {
+            return Err(format!(
+                "{} chunks (at most {MAX_CHUNKS})",
+                self.chunks.len()
+            ));
+        }
+        if self.readcaps.len() > MAX_READCAPS {
+            return Err(format!(
+                "{} readcaps (at most {MAX_READCAPS})",
+                self.readcaps.len()
+            ));
+        }
+        if self.readers.len() != self.readcaps.len()
+            || self
+                .readers
+                .iter()
+                .zip(&self.readcaps)
+                .any(|(reader, cap)| &reader.principal() != cap.recipient())
+        {
+            return Err("readers and readcaps do not match".into());
+        }
+        if self.key_epochs.len() > MAX_PARENTS {
+            return Err(format!(
+                "{} key epochs (at most {MAX_PARENTS})",
+                self.key_epochs.len()
+            ));
+        }
+        if self.grants.len() > MAX_GRANTS {
+            return Err(format!(
+                "{} grants (at most {MAX_GRANTS})",
+                self.grants.len()
+            ));
+        }
+        if self.chunk_size == 0 || self.chunk_size as usize > MAX_CHUNK_SIZE {
+            return Err(format!("chunk size {} out of range", self.chunk_size));
+        }
+        let mut total = 0u64;
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let last = i + 1 == self.chunks.len();
+            if chunk.len > self.chunk_size || (!last && chunk.len != self.chunk_size) {
+                return Err(format!("chunk {i} has {} bytes", chunk.len));
+            }
+            total += u64::from(chunk.len);
+        }
+        if total != self.size {
+            return Err(format!("size {} but chunks hold {total}", self.size));
+        }
+        if self.mode > 0o7777 {
+            return Err(format!("mode {:o} has bits beyond 0o7777", self.mode));
+        }
+        if !self.binding.is_anchor() && (!self.grants.is_empty() || self.epoch != 0) {
+            return Err("only anchors carry grants or an epoch".into());
+        }
+        Ok(())
+    }
+}
+
+impl Inode {
+    /// The inode's id.
+    pub fn id(&self) -> InodeId {
+        self.binding.id()
+    }
+}
+
+/// An inode version with its writer's signature: what replicas store and serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    /// The wire-encoded [`Inode`].
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    signature: Signature,
+}
+
+impl Message for Signed {
+    const NAME: &'static str = "signed inode";
+    const VERSION: u16 = 1;
+    const MAX_BYTES: usize = MAX_INODE_BYTES + 256;
+}
+
+/// Why an inode version was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InodeError {
+    /// Not a well-formed signed inode.
+    #[error("malformed inode: {0}")]
+    Malformed(#[from] wire::DecodeError),
+    /// The signature does not verify under the writer's key.
+    #[error("the inode's signature does not verify")]
+    BadSignature,
+    /// The writer's chain does not cover the inode's binding.
+    #[error("the writer {writer} holds no writecap for {path}: {reason}")]
+    NotAuthorized {
+        /// The writer.
+        writer: keys::Principal,
+        /// The binding's path.
+        path: Path,
+        /// What the chain check said.
+        reason: String,
+    },
+    /// Signed too far in the future.
+    #[error("signed at {signed_at}, more than {MAX_CLOCK_SKEW} s after now ({now})")]
+    FromTheFuture {
+        /// The claimed signing time.
+        signed_at: Timestamp,
+        /// This node's clock.
+        now: Timestamp,
+    },
+    /// The inode is not the one it was asked as.
+    #[error("expected inode {expected}, got {found}")]
+    WrongInode {
+        /// What was asked for.
+        expected: InodeId,
+        /// What arrived.
+        found: InodeId,
+    },
+    /// Encoding failed.
+    #[error("cannot encode the inode: {0}")]
+    Encode(String),
+}
+
+/// A version that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The inode's id.
+    pub id: InodeId,
+    /// The version's id.
+    pub version: VersionId,
+    /// Its contents.
+    pub inode: Inode,
+    /// The signed bytes, as stored and served.
+    pub signed: Vec<u8>,
+}
+
+impl Signed {
+    /// Signs `inode` with the writer's key (which must be `inode.writer`) and encodes it.
+    pub fn sign(inode: &Inode, key: &SigningKey) -> Result<Vec<u8>, InodeError> {
+        let body = wire::encode(inode).map_err(|e| InodeError::Encode(e.to_string()))?;
+        let signature = key.sign(SIGNING_CONTEXT, &body);
+        wire::encode(&Signed { body, signature }).map_err(|e| InodeError::Encode(e.to_string()))
+    }
+
+    /// Checks signed bytes: well formed, signed by the writer, the writer's chain covers
+    /// the binding at signing time and is not revoked, and not signed in the future.
+    pub fn verify(
+        bytes: &[u8],
+        now: Timestamp,
+        revocations: &Revocations,
+    ) -> Result<Verified, InodeError> {
+        let signed: Signed = wire::decode(bytes)?;
+        let inode: Inode = wire::decode(&signed.body)?;
+        inode
+            .writer
+            .verify(SIGNING_CONTEXT, &signed.body, &signed.signature)
+            .map_err(|_| InodeError::BadSignature)?;
+        if inode.signed_at > now + MAX_CLOCK_SKEW {
+            return Err(InodeError::FromTheFuture {
+                signed_at: inode.signed_at,
+                now,
+            });
+        }
+        let writer = inode.writer.principal();
+        inode
+            .chain
+            .verify(&inode.binding.path, &writer, inode.signed_at, revocations)
+            .map_err(|e| InodeError::NotAuthorized {
+                writer,
+                path: inode.binding.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Verified {
+            id: inode.id(),
+            version: VersionId::of(bytes),
+            inode,
+            signed: bytes.to_vec(),
+        })
+    }
+
+    /// [`Signed::verify`], and the inode must be `expected`.
+    pub fn verify_as(
+        bytes: &[u8],
+        expected: &InodeId,
+        now: Timestamp,
+        revocations: &Revocations,
+    ) -> Result<Verified, InodeError> {
+        let verified = Self::verify(bytes, now, revocations)?;
+        if &verified.id != expected {
+            return Err(InodeError::WrongInode {
+                expected: *expected,
+                found: verified.id,
+            });
+        }
+        Ok(verified)
+    }
+}
+
+/// Orders versions for showing: the higher sequence, then the later signing time, then
+/// the higher version id. Every node picks the same winner of a fork.
+pub fn order(a: &Verified, b: &Verified) -> Ordering {
+    (a.inode.seq, a.inode.signed_at, a.version).cmp(&(b.inode.seq, b.inode.signed_at, b.version))
+}
+
+/// The heads among `versions`: those no other version names as a parent, winner first
+/// (by [`order`]). More than one head is a fork.
+pub fn heads(versions: &[Verified]) -> Vec<&Verified> {
+    let superseded: std::collections::HashSet<&VersionId> = versions
+        .iter()
+        .flat_map(|v| v.inode.parents.iter())
+        .collect();
+    let mut heads: Vec<&Verified> = versions
+        .iter()
+        .filter(|v| !superseded.contains(&v.version))
+        .collect();
+    heads.sort_by(|a, b| order(b, a));
+    heads.dedup_by(|a, b| a.version == b.version);
+    heads
+}
+
+/// The version shown for an inode: the first of [`heads`].
+pub fn winner(versions: &[Verified]) -> Option<&Verified> {
+    heads(versions).into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keys::{Identity, Validity};
+
+    pub(crate) fn setup() -> (Identity, Chain, Path) {
+        let root = Identity::generate();
+        let tree = Path::root_of(root.principal());
+        let chain = Chain::root_grant(
+            root.signing_key(),
+            root.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        (root, chain, tree)
+    }
+
+    fn inode(writer: &Identity, chain: &Chain, path: Path, seq: u64) -> Inode {
+        Inode {
+            binding: Binding::anchor(path),
+            seq,
+            parents: vec![],
+            kind: Kind::File,
+            size: 5,
+            mode: 0o644,
+            mtime_ns: 1,
+            chunk_size: 4,
+            chunks: vec![
+                ChunkRef {
+                    id: ChunkId([1; 32]),
+                    len: 4,
+                },
+                ChunkRef {
+                    id: ChunkId([2; 32]),
+                    len: 1,
+                },
+            ],
+            key_epochs: vec![],
+            epoch: 0,
+            readers: vec![],
+            readcaps: vec![],
+            grants: vec![],
+            writer: writer.signing_key().public_key(),
+            chain: chain.clone(),
+            signed_at: keys::now(),
+        }
+    }
+
+    #[test]
+    fn signed_by_a_holder_verifies() {
+        let (root, chain, tree) = setup();
+        let path = tree.join("a").unwrap();
+        let body = inode(&root, &chain, path.clone(), 1);
+        let bytes = Signed::sign(&body, root.signing_key()).unwrap();
+        let verified = Signed::verify_as(
+            &bytes,
+            &Binding::anchor(path).id(),
+            keys::now(),
+            &Revocations::default(),
+        )
+        .unwrap();
+        assert_eq!(verified.inode, body);
+        assert_eq!(verified.version, VersionId::of(&bytes));
+    }
+
+    #[test]
+    fn refuses_outsiders_forgeries_and_bad_shapes() {
+        let (root, chain, tree) = setup();
+        let path = tree.join("a").unwrap();
+        let now = keys::now();
+        let none = Revocations::default();
+        // A writer without a writecap for the tree, presenting the root's chain.
+        let mallory = Identity::generate();
+        let forged = inode(&mallory, &chain, path.clone(), 2);
+        let bytes = Signed::sign(&forged, mallory.signing_key()).unwrap();
+        assert!(matches!(
+            Signed::verify(&bytes, now, &none),
+            Err(InodeError::NotAuthorized { .. })
+        ));
+        // Claiming the root's key but signing with another.
+        let mut claimed = inode(&root, &chain, path.clone(), 2);
+        claimed.size = 5;
+        let bytes = Signed::sign(&claimed, mallory.signing_key()).unwrap();
+        assert_eq!(
+            Signed::verify(&bytes, now, &none),
+            Err(InodeError::BadSignature)
+        );
+        // Sizes that do not add up, and chunks not full.
+        let mut odd = inode(&root, &chain, path.clone(), 2);
+        odd.size = 6;
+        let bytes = Signed::sign(&odd, root.signing_key()).unwrap();
+        assert!(matches!(
+            Signed::verify(&bytes, now, &none),
+            Err(InodeError::Malformed(_))
+        ));
+        let mut ragged = inode(&root, &chain, path.clone(), 2);
+        ragged.chunks[0].len = 3;
+        ragged.size = 4;
+        let bytes = Signed::sign(&ragged, root.signing_key()).unwrap();
+        assert!(matches!(
+            Signed::verify(&bytes, now, &none),
+            Err(InodeError::Malformed(_))
+        ));
+        // From the future.
+        let mut future = inode(&root, &chain, path.clone(), 2);
+        future.signed_at = now + 3 * MAX_CLOCK_SKEW;
+        let bytes = Signed::sign(&future, root.signing_key()).unwrap();
+        assert!(matches!(
+            Signed::verify(&bytes, now, &none),
+            Err(InodeError::FromTheFuture { .. })
+        ));
+        // Asked as another inode.
+        let good = Signed::sign(&inode(&root, &chain, path, 2), root.signing_key()).unwrap();
+        let other = Binding::anchor(tree.join("b").unwrap()).id();
+        assert!(matches!(
+            Signed::verify_as(&good, &other, now, &none),
+            Err(InodeError::WrongInode { .. })
+        ));
+        // Altered bytes.
+        for i in (0..good.len()).step_by(7) {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            assert!(Signed::verify(&bad, now, &none).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn forks_have_one_deterministic_winner() {
+        let (root, chain, tree) = setup();
+        let path = tree.join("a").unwrap();
+        let now = keys::now();
+        let none = Revocations::default();
+        let v1 = Signed::verify(
+            &Signed::sign(&inode(&root, &chain, path.clone(), 1), root.signing_key()).unwrap(),
+            now,
+            &none,
+        )
+        .unwrap();
+        let mut a = inode(&root, &chain, path.clone(), 2);
+        a.parents = vec![v1.version];
+        a.mtime_ns = 10;
+        let mut b = a.clone();
+        b.mtime_ns = 11;
+        let a = Signed::verify(&Signed::sign(&a, root.signing_key()).unwrap(), now, &none).unwrap();
+        let b = Signed::verify(&Signed::sign(&b, root.signing_key()).unwrap(), now, &none).unwrap();
+        let all = vec![v1.clone(), a.clone(), b.clone()];
+        let heads = heads(&all);
+        assert_eq!(heads.len(), 2);
+        let mut reversed = all.clone();
+        reversed.reverse();
+        assert_eq!(
+            winner(&all).unwrap().version,
+            winner(&reversed).unwrap().version
+        );
+        assert!(heads.iter().all(|h| h.version != v1.version));
+    }
+}

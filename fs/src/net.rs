@@ -1,0 +1,608 @@
+//! The file system over the overlay: `/blocktree/block/1.0.0` served from a node's
+//! [`Replica`], and [`Network`], the [`Blocks`] that place every item on the R peers
+//! closest to its id.
+//!
+//! One request and one response per stream. Everything received is checked: requests by
+//! the replica (chunks against their ids, inode versions against signature and writecap),
+//! responses by the reader (a chunk that does not hash to its id, or a version that does
+//! not verify, is counted and the next replica is asked).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use protocols::block::{self, Refusal, Request, Response};
+use protocols::limits::{
+    MAX_BLOCK_REQUEST_BYTES, MAX_BLOCK_RESPONSE_BYTES, MAX_VERSIONS_PER_INODE,
+};
+use tokio::sync::Semaphore;
+
+use crate::blocks::{BlockError, Blocks};
+use crate::chunk::Sealed;
+use crate::id::{ChunkId, InodeId, VersionId};
+use crate::inode::{Signed, Verified};
+use crate::replica::{Refused, Replica};
+
+/// The block protocol's name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new(block::PROTOCOL_NAME);
+
+/// How items are placed and how long the network is waited for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Replicas of every item (R). Default 3.
+    pub replicas: usize,
+    /// Acknowledgements a write needs (W). Default 2.
+    pub write_quorum: usize,
+    /// How long one request may take. Default 20 s.
+    pub request_timeout: Duration,
+    /// Requests served at once. Default 64.
+    pub max_inbound: usize,
+    /// How long a peer that failed is skipped. Default 10 s.
+    pub down_for: Duration,
+}
+
+impl Config {
+    /// The defaults: R = 3, W = 2.
+    pub fn new() -> Self {
+        Config {
+            replicas: 3,
+            write_quorum: 2,
+            request_timeout: Duration::from_secs(20),
+            max_inbound: 64,
+            down_for: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets R and W (W is at least 1 and at most R).
+    pub fn with_replication(mut self, replicas: usize, write_quorum: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self.write_quorum = write_quorum.clamp(1, self.replicas);
+        self
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the network side counted.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests served.
+    pub served: AtomicU64,
+    /// Requests refused as malformed.
+    pub malformed: AtomicU64,
+    /// Answers from replicas that did not verify (a chunk not matching its id, a forged
+    /// version): the replica was skipped.
+    pub bad_answers: AtomicU64,
+}
+
+fn refusal(e: Refused) -> Refusal {
+    match e {
+        Refused::Mismatch => Refusal::Mismatch,
+        Refused::Inode(crate::inode::InodeError::NotAuthorized { .. }) => {
+            Refusal::not_authorized(e.to_string())
+        }
+        Refused::Inode(_) | Refused::TooManyHeads => Refusal::invalid(e.to_string()),
+        Refused::Stale { .. } => Refusal::stale(e.to_string()),
+        Refused::Corrupt => Refusal::Corrupt,
+        Refused::Store(reason) => Refusal::Internal {
+            reason: reason.chars().take(400).collect(),
+        },
+    }
+}
+
+/// Answers one request from the local replica (the store's work runs on the blocking
+/// pool).
+pub async fn answer(replica: &Replica, request: Request) -> Response {
+    let replica = replica.clone();
+    tokio::task::spawn_blocking(move || answer_blocking(&replica, request))
+        .await
+        .unwrap_or_else(|e| {
+            Response::Refused(Refusal::Internal {
+                reason: format!("task failed: {e}"),
+            })
+        })
+}
+
+fn answer_blocking(replica: &Replica, request: Request) -> Response {
+    let result = match request {
+        Request::PutChunk { id, data } => replica
+            .put_chunks(&[(ChunkId(id), &data)])
+            .map(|new| Response::Stored { new: new > 0 }),
+        Request::GetChunk { id } => replica.get_chunk(&ChunkId(id)).map(|found| match found {
+            Some(data) => Response::Chunk { data },
+            None => Response::NotFound,
+        }),
+        Request::PutVersion { inode, signed } => replica
+            .put_version(&InodeId(inode), &signed)
+            .map(|new| Response::Stored { new }),
+        Request::GetVersions { inode } => replica.versions(&InodeId(inode)).map(|versions| {
+            let mut total = 0usize;
+            let budget = MAX_BLOCK_RESPONSE_BYTES - 64 * 1024;
+            let signed: Vec<Vec<u8>> = versions
+                .into_iter()
+                .take(MAX_VERSIONS_PER_INODE)
+                .map(|v| v.signed)
+                .take_while(|s| {
+                    total += s.len() + 8;
+                    total <= budget
+                })
+                .collect();
+            if signed.is_empty() {
+                Response::NotFound
+            } else {
+                Response::Versions { signed }
+            }
+        }),
+        Request::Have { chunks, versions } => (|| {
+            let store = replica.store();
+            let chunks = chunks
+                .iter()
+                .map(|id| store.has_chunk(&ChunkId(*id)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let versions = versions
+                .iter()
+                .map(|(inode, version)| store.has_version(&InodeId(*inode), &VersionId(*version)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, crate::store::Error>(Response::Have { chunks, versions })
+        })()
+        .map_err(Refused::from),
+    };
+    result.unwrap_or_else(|e| Response::Refused(refusal(e)))
+}
+
+/// Serves the block protocol from `replica` until the node stops.
+pub fn serve(
+    replica: Replica,
+    mut control: libp2p_stream::Control,
+    config: &Config,
+    counters: Arc<Counters>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let mut incoming = control
+        .accept(PROTOCOL)
+        .map_err(|e| format!("cannot serve {}: {e}", block::PROTOCOL_NAME))?;
+    let permits = Arc::new(Semaphore::new(config.max_inbound));
+    let timeout = config.request_timeout;
+    Ok(tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "block requests at their limit; dropping a stream");
+                drop(stream);
+                continue;
+            };
+            let replica = replica.clone();
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let served =
+                    tokio::time::timeout(timeout, serve_one(&replica, stream, &counters)).await;
+                if !matches!(served, Ok(Ok(()))) {
+                    tracing::debug!(%peer, "block request failed or timed out");
+                }
+                drop(permit);
+            });
+        }
+    }))
+}
+
+async fn serve_one(
+    replica: &Replica,
+    mut stream: libp2p::Stream,
+    counters: &Counters,
+) -> std::io::Result<()> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let response = match block::frame_len(header, MAX_BLOCK_REQUEST_BYTES) {
+        Ok(len) => {
+            let mut body = vec![0u8; len];
+            stream.read_exact(&mut body).await?;
+            match block::decode_request(&body) {
+                Ok(request) => {
+                    counters.served.fetch_add(1, Ordering::Relaxed);
+                    answer(replica, request).await
+                }
+                Err(e) => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    Response::Refused(Refusal::invalid(e.to_string()))
+                }
+            }
+        }
+        Err(e) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            Response::Refused(Refusal::invalid(e.to_string()))
+        }
+    };
+    let frame = block::encode_response(&response).unwrap_or_else(|e| {
+        block::encode_response(&Response::Refused(Refusal::Internal {
+            reason: e.to_string().chars().take(400).collect(),
+        }))
+        .unwrap_or_default()
+    });
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    stream.close().await
+}
+
+/// Why one request to one peer failed.
+#[derive(Debug)]
+enum Failure {
+    /// The peer could not be reached or did not answer in time.
+    Unreachable(String),
+    /// The peer answered with a refusal.
+    Refused(Refusal),
+}
+
+/// The overlay as [`Blocks`]: every item on the R peers nearest its id (this node among
+/// them when it is near), writes acknowledged by W of them.
+#[derive(Debug)]
+pub struct Network {
+    local: Replica,
+    me: PeerId,
+    dht: dht::Client,
+    config: Config,
+    down: Mutex<HashMap<PeerId, Instant>>,
+    counters: Arc<Counters>,
+}
+
+impl Network {
+    /// The network side of a node: `local` is its own replica.
+    pub fn new(
+        local: Replica,
+        me: PeerId,
+        dht: dht::Client,
+        config: Config,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Network {
+            local,
+            me,
+            dht,
+            config,
+            down: Mutex::default(),
+            counters,
+        }
+    }
+
+    /// The node's own replica.
+    pub fn local(&self) -> &Replica {
+        &self.local
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// This node's PeerId.
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
+    fn is_down(&self, peer: &PeerId) -> bool {
+        let Ok(mut down) = self.down.lock() else {
+            return false;
+        };
+        match down.get(peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                down.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_down(&self, peer: PeerId) {
+        if let Ok(mut down) = self.down.lock() {
+            down.insert(peer, Instant::now() + self.config.down_for);
+        }
+    }
+
+    /// Peers nearest to `key` that are not known to be down, nearest first; the first
+    /// R are where the item belongs.
+    pub async fn candidates(&self, key: &[u8; 32]) -> Result<Vec<PeerId>, BlockError> {
+        let near = self
+            .dht
+            .closest(key.to_vec(), self.config.replicas + 4)
+            .await
+            .map_err(|e| BlockError::Unavailable {
+                needed: 1,
+                acks: 0,
+                reason: format!("overlay: {e}"),
+            })?;
+        Ok(near
+            .into_iter()
+            .map(|c| c.peer)
+            .filter(|p| *p == self.me || !self.is_down(p))
+            .collect())
+    }
+
+    /// Sends one request to `peer` (answered locally for this node).
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, String> {
+        match self.exchange(peer, request).await {
+            Ok(r) => Ok(r),
+            Err(Failure::Refused(r)) => Ok(Response::Refused(r)),
+            Err(Failure::Unreachable(e)) => Err(e),
+        }
+    }
+
+    async fn exchange(&self, peer: PeerId, request: Request) -> Result<Response, Failure> {
+        if peer == self.me {
+            return match answer(&self.local, request).await {
+                Response::Refused(r) => Err(Failure::Refused(r)),
+                other => Ok(other),
+            };
+        }
+        let frame = block::encode_request(&request)
+            .map_err(|e| Failure::Refused(Refusal::invalid(e.to_string())))?;
+        let mut control = self.dht.streams();
+        let exchange = async {
+            let mut stream = control
+                .open_stream(peer, PROTOCOL)
+                .await
+                .map_err(|e| format!("cannot open a stream: {e}"))?;
+            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+            stream.flush().await.map_err(|e| e.to_string())?;
+            let mut header = [0u8; 4];
+            stream
+                .read_exact(&mut header)
+                .await
+                .map_err(|e| e.to_string())?;
+            let len =
+                block::frame_len(header, MAX_BLOCK_RESPONSE_BYTES).map_err(|e| e.to_string())?;
+            let mut body = vec![0u8; len];
+            stream
+                .read_exact(&mut body)
+                .await
+                .map_err(|e| e.to_string())?;
+            block::decode_response(&body).map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+            Ok(Ok(Response::Refused(r))) => Err(Failure::Refused(r)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                self.mark_down(peer);
+                Err(Failure::Unreachable(e))
+            }
+            Err(_) => {
+                self.mark_down(peer);
+                Err(Failure::Unreachable("timed out".into()))
+            }
+        }
+    }
+
+    /// Stores one item on the R nearest peers that answer; `Ok` with the acks when at
+    /// least W acknowledged.
+    /// `stored_here`: this node stored it already and counts as one acknowledgement.
+    async fn put_item(
+        &self,
+        key: &[u8; 32],
+        request: Request,
+        stored_here: bool,
+    ) -> Result<usize, BlockError> {
+        let mut candidates = self.candidates(key).await?;
+        if stored_here {
+            candidates.retain(|p| *p != self.me);
+        }
+        let r = self.config.replicas;
+        let mut acks = usize::from(stored_here);
+        let mut errors = Vec::new();
+        let mut next = 0usize;
+        while acks < r && next < candidates.len() {
+            let wave: Vec<PeerId> =
+                candidates[next..(next + r - acks).min(candidates.len())].to_vec();
+            next += wave.len();
+            let results = futures::future::join_all(
+                wave.iter()
+                    .map(|peer| self.exchange(*peer, request.clone())),
+            )
+            .await;
+            for (peer, result) in wave.iter().zip(results) {
+                match result {
+                    Ok(Response::Stored { .. }) => acks += 1,
+                    Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
+                    // A refusal is about the item, not the peer: every replica checks the
+                    // same rules, so it is final.
+                    Err(Failure::Refused(refusal))
+                        if !matches!(
+                            refusal,
+                            Refusal::Busy | Refusal::Full | Refusal::Internal { .. }
+                        ) =>
+                    {
+                        return Err(BlockError::Refused(refusal.to_string()));
+                    }
+                    Err(Failure::Refused(refusal)) => errors.push(format!("{peer}: {refusal}")),
+                    Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
+                }
+            }
+        }
+        let needed = self
+            .config
+            .write_quorum
+            .min(candidates.len() + usize::from(stored_here))
+            .max(1);
+        if acks >= needed {
+            if acks < r {
+                tracing::debug!(
+                    acks,
+                    replicas = r,
+                    "stored on fewer replicas than wanted; repair will add copies"
+                );
+            }
+            Ok(acks)
+        } else {
+            Err(BlockError::Unavailable {
+                needed,
+                acks,
+                reason: errors.join("; "),
+            })
+        }
+    }
+}
+
+fn kind(response: &Response) -> &'static str {
+    match response {
+        Response::Stored { .. } => "stored",
+        Response::Chunk { .. } => "chunk",
+        Response::Versions { .. } => "versions",
+        Response::NotFound => "not found",
+        Response::Have { .. } => "have",
+        Response::Refused(_) => "refused",
+    }
+}
+
+impl Blocks for Network {
+    async fn put_chunks(&self, chunks: Vec<Sealed>) -> Result<(), BlockError> {
+        // Chunks this node is a replica of go to its store in one transaction.
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for chunk in chunks {
+            let candidates = self.candidates(chunk.id.as_bytes()).await?;
+            if candidates
+                .iter()
+                .take(self.config.replicas)
+                .any(|p| *p == self.me)
+            {
+                local.push(chunk);
+            } else {
+                remote.push(chunk);
+            }
+        }
+        if !local.is_empty() {
+            Blocks::put_chunks(&self.local, local.clone()).await?;
+        }
+        let puts = local
+            .into_iter()
+            .map(|c| (c, true))
+            .chain(remote.into_iter().map(|c| (c, false)));
+        let results: Vec<Result<usize, BlockError>> = futures::stream::iter(puts)
+            .map(|(chunk, stored_here)| async move {
+                let key = *chunk.id.as_bytes();
+                let request = Request::PutChunk {
+                    id: key,
+                    data: chunk.bytes,
+                };
+                self.put_item(&key, request, stored_here).await
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().try_for_each(|r| r.map(|_| ()))
+    }
+
+    async fn get_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
+        match self.local.get_chunk(&id) {
+            Ok(Some(bytes)) => return Ok(bytes),
+            Ok(None) | Err(Refused::Corrupt) => {}
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "local store failed; asking replicas")
+            }
+        }
+        let mut errors = Vec::new();
+        let candidates = self.candidates(id.as_bytes()).await?;
+        for peer in candidates.iter().filter(|p| **p != self.me) {
+            match self.exchange(*peer, Request::GetChunk { id: id.0 }).await {
+                Ok(Response::Chunk { data }) if ChunkId::of(&data) == id => return Ok(data),
+                Ok(Response::Chunk { .. }) => {
+                    self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, chunk = %id, "a replica served bytes that do not match the chunk id");
+                    errors.push(format!("{peer}: bytes do not match"));
+                }
+                Ok(Response::NotFound) => {}
+                Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
+                Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
+                Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Err(BlockError::NotFound)
+        } else {
+            Err(BlockError::Unavailable {
+                needed: 1,
+                acks: 0,
+                reason: errors.join("; "),
+            })
+        }
+    }
+
+    async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
+        self.put_item(
+            inode.as_bytes(),
+            Request::PutVersion {
+                inode: inode.0,
+                signed,
+            },
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        let candidates = self.candidates(inode.as_bytes()).await?;
+        let asked: Vec<PeerId> = candidates
+            .into_iter()
+            .take(self.config.replicas + 1)
+            .collect();
+        let mut answers = futures::future::join_all(
+            asked
+                .iter()
+                .map(|peer| self.exchange(*peer, Request::GetVersions { inode: inode.0 })),
+        )
+        .await;
+        // This node may hold versions while no longer among the nearest.
+        if !asked.contains(&self.me) {
+            answers.push(
+                self.exchange(self.me, Request::GetVersions { inode: inode.0 })
+                    .await,
+            );
+        }
+        let now = keys::now();
+        let revocations = keys::Revocations::default();
+        let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
+        let mut answered = 0;
+        let mut errors = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let peer = asked.get(i).copied().unwrap_or(self.me);
+            match answer {
+                Ok(Response::Versions { signed }) => {
+                    answered += 1;
+                    for bytes in signed {
+                        // Checked at its signing time, like a replica does.
+                        match Signed::verify_as(&bytes, &inode, now, &revocations) {
+                            Ok(v) => {
+                                found.insert(v.version, v);
+                            }
+                            Err(e) => {
+                                self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%peer, %inode, error = %e, "a replica served a version that does not verify");
+                            }
+                        }
+                    }
+                }
+                Ok(Response::NotFound) => answered += 1,
+                Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
+                Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
+                Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
+            }
+        }
+        if answered == 0 {
+            return Err(BlockError::Unavailable {
+                needed: 1,
+                acks: 0,
+                reason: errors.join("; "),
+            });
+        }
+        Ok(found.into_values().collect())
+    }
+}

@@ -1,0 +1,388 @@
+//! Repair: every item a node holds is checked against the R peers it belongs on, and the
+//! copies they lack are sent to them, within a bandwidth budget.
+//!
+//! A round runs when membership changes (after a short settling delay) and periodically.
+//! For every item it holds, a node asks the item's R nearest live peers which of them
+//! hold it (`Have`, batched per peer). The nearest holder among those peers and itself is
+//! responsible and sends the missing copies, so that holders do not all send the same
+//! bytes. A round also re-reads a slice of the local store against the chunk ids
+//! (scrubbing), so a chunk corrupted on disk is dropped and copied back even when nobody
+//! reads it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use protocols::block::{Request, Response};
+use protocols::limits::MAX_HAVE_ITEMS;
+
+use crate::id::{ChunkId, InodeId, VersionId};
+use crate::net::Network;
+use crate::replica::Refused;
+
+/// How repair runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Time between rounds when nothing changes. Default 60 s.
+    pub interval: Duration,
+    /// Wait after a membership change before a round. Default 2 s.
+    pub settle: Duration,
+    /// Bytes per second repair may send. Default 64 MiB/s.
+    pub bandwidth: u64,
+    /// Chunks re-read against their ids per round. Default 256.
+    pub scrub_per_round: usize,
+}
+
+impl Config {
+    /// The defaults.
+    pub fn new() -> Self {
+        Config {
+            interval: Duration::from_secs(60),
+            settle: Duration::from_secs(2),
+            bandwidth: 64 << 20,
+            scrub_per_round: 256,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What repair has done, for status and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Rounds finished.
+    pub rounds: AtomicU64,
+    /// Items held here that, after the last round, still lack copies on some of the
+    /// peers they belong on.
+    pub under_replicated: AtomicU64,
+    /// Items checked in the last round.
+    pub checked: AtomicU64,
+    /// Copies sent by repair.
+    pub copies_sent: AtomicU64,
+    /// Bytes sent by repair.
+    pub bytes_sent: AtomicU64,
+    /// Corrupt chunks found by scrubbing.
+    pub scrub_corrupt: AtomicU64,
+}
+
+/// A serializable view of the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Rounds finished.
+    pub rounds: u64,
+    /// Items still lacking copies after the last round.
+    pub under_replicated: u64,
+    /// Items checked in the last round.
+    pub checked: u64,
+    /// Copies sent by repair.
+    pub copies_sent: u64,
+    /// Bytes sent by repair.
+    pub bytes_sent: u64,
+    /// Corrupt chunks found by scrubbing.
+    pub scrub_corrupt: u64,
+}
+
+impl Counters {
+    /// A snapshot.
+    pub fn status(&self) -> Status {
+        Status {
+            rounds: self.rounds.load(Ordering::Relaxed),
+            under_replicated: self.under_replicated.load(Ordering::Relaxed),
+            checked: self.checked.load(Ordering::Relaxed),
+            copies_sent: self.copies_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            scrub_corrupt: self.scrub_corrupt.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    Chunk(ChunkId),
+    Version(InodeId, VersionId),
+}
+
+impl Item {
+    fn key(&self) -> &[u8; 32] {
+        match self {
+            Item::Chunk(id) => id.as_bytes(),
+            Item::Version(inode, _) => inode.as_bytes(),
+        }
+    }
+}
+
+/// Sends at most `rate` bytes per second, on average over the round.
+struct Budget {
+    rate: u64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Budget {
+    async fn spend(&mut self, bytes: u64) {
+        self.sent += bytes;
+        let due = Duration::from_secs_f64(self.sent as f64 / self.rate.max(1) as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// Runs repair rounds until the task is dropped.
+pub fn spawn(
+    network: Arc<Network>,
+    membership: tokio::sync::watch::Receiver<u64>,
+    config: Config,
+    counters: Arc<Counters>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut membership = membership;
+        let mut scrub_cursor: Option<ChunkId> = None;
+        loop {
+            tokio::select! {
+                changed = membership.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(config.settle).await;
+                    membership.borrow_and_update();
+                }
+                () = tokio::time::sleep(config.interval) => {}
+            }
+            scrub_cursor = scrub(&network, scrub_cursor, config.scrub_per_round, &counters).await;
+            if let Err(e) = round(&network, &config, &counters).await {
+                tracing::warn!(error = %e, "repair round failed");
+            }
+        }
+    })
+}
+
+/// Re-reads up to `count` chunks after `cursor`; a corrupt one is dropped by the replica.
+async fn scrub(
+    network: &Network,
+    cursor: Option<ChunkId>,
+    count: usize,
+    counters: &Counters,
+) -> Option<ChunkId> {
+    let local = network.local().clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let ids = local
+            .store()
+            .chunk_ids(cursor.as_ref(), count)
+            .unwrap_or_default();
+        let mut corrupt = 0u64;
+        for id in &ids {
+            if matches!(local.get_chunk(id), Err(Refused::Corrupt)) {
+                corrupt += 1;
+            }
+        }
+        (ids.last().copied(), corrupt)
+    })
+    .await;
+    match found {
+        Ok((last, corrupt)) => {
+            counters.scrub_corrupt.fetch_add(corrupt, Ordering::Relaxed);
+            last
+        }
+        Err(_) => None,
+    }
+}
+
+type Survey = (
+    Vec<(Item, Vec<PeerId>)>,
+    HashMap<(usize, PeerId), bool>,
+    bool,
+);
+
+/// Where each item belongs, which of those peers hold it, and whether a peer failed to
+/// answer.
+async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
+    let r = network.config().replicas;
+    let mut placement: Vec<(Item, Vec<PeerId>)> = Vec::with_capacity(items.len());
+    for item in items {
+        let candidates = network
+            .candidates(item.key())
+            .await
+            .map_err(|e| e.to_string())?;
+        placement.push((*item, candidates.into_iter().take(r).collect()));
+    }
+    let mut asks: HashMap<PeerId, Vec<usize>> = HashMap::new();
+    for (i, (_, targets)) in placement.iter().enumerate() {
+        for peer in targets {
+            if *peer != network.me() {
+                asks.entry(*peer).or_default().push(i);
+            }
+        }
+    }
+    let mut has: HashMap<(usize, PeerId), bool> = HashMap::new();
+    let mut failed = false;
+    for (peer, indices) in asks {
+        for batch in indices.chunks(MAX_HAVE_ITEMS) {
+            let mut chunks = Vec::new();
+            let mut versions = Vec::new();
+            for &i in batch {
+                match placement[i].0 {
+                    Item::Chunk(id) => chunks.push(id.0),
+                    Item::Version(inode, version) => versions.push((inode.0, version.0)),
+                }
+            }
+            let asked = (chunks.len(), versions.len());
+            let answer = network
+                .request(peer, Request::Have { chunks, versions })
+                .await;
+            let (mut c, mut v) = match answer {
+                Ok(Response::Have {
+                    chunks: c,
+                    versions: v,
+                }) if (c.len(), v.len()) == asked => (c.into_iter(), v.into_iter()),
+                other => {
+                    tracing::debug!(%peer, answer = ?other.err(), "a peer did not say what it holds");
+                    failed = true;
+                    (
+                        vec![false; asked.0].into_iter(),
+                        vec![false; asked.1].into_iter(),
+                    )
+                }
+            };
+            for &i in batch {
+                let held = match placement[i].0 {
+                    Item::Chunk(_) => c.next(),
+                    Item::Version(..) => v.next(),
+                };
+                has.insert((i, peer), held.unwrap_or(false));
+            }
+        }
+    }
+    Ok((placement, has, failed))
+}
+
+/// One repair round over everything this node holds.
+pub async fn round(network: &Network, config: &Config, counters: &Counters) -> Result<(), String> {
+    let items = held_items(network).await?;
+    // Placement and who holds what; asked again when a peer did not answer (it is then
+    // marked down, and the items it should hold are placed around it).
+    let mut attempt = 0;
+    let (placement, has) = loop {
+        attempt += 1;
+        let (placement, has, failed) = survey(network, &items).await?;
+        if !failed || attempt == 3 {
+            break (placement, has);
+        }
+    };
+    let mut budget = Budget {
+        rate: config.bandwidth,
+        started: Instant::now(),
+        sent: 0,
+    };
+    let me = network.me();
+    let mut short = 0u64;
+    for (i, (item, targets)) in placement.iter().enumerate() {
+        let holds = |peer: &PeerId| *peer == me || has.get(&(i, *peer)).copied().unwrap_or(false);
+        let missing: Vec<PeerId> = targets.iter().filter(|p| !holds(p)).copied().collect();
+        if missing.is_empty() {
+            continue;
+        }
+        // The nearest holder among the targets sends; this node sends when it is that
+        // holder, or when no target holds the item at all.
+        let responsible = targets.iter().find(|p| holds(p)).is_none_or(|p| *p == me);
+        if !responsible {
+            short += 1;
+            continue;
+        }
+        let Some((request, bytes)) = load(network, item).await else {
+            continue;
+        };
+        let mut sent_all = true;
+        for peer in missing {
+            budget.spend(bytes).await;
+            match network.request(peer, request.clone()).await {
+                Ok(Response::Stored { .. }) => {
+                    counters.copies_sent.fetch_add(1, Ordering::Relaxed);
+                    counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                    tracing::debug!(%peer, item = ?item, "repaired a copy");
+                }
+                other => {
+                    sent_all = false;
+                    tracing::debug!(%peer, item = ?item, answer = ?other.map(|r| format!("{r:?}").chars().take(80).collect::<String>()), "repair copy not stored");
+                }
+            }
+        }
+        if !sent_all {
+            short += 1;
+        }
+    }
+    counters
+        .checked
+        .store(placement.len() as u64, Ordering::Relaxed);
+    counters.under_replicated.store(short, Ordering::Relaxed);
+    counters.rounds.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn held_items(network: &Network) -> Result<Vec<Item>, String> {
+    let local = network.local().clone();
+    tokio::task::spawn_blocking(move || {
+        let store = local.store();
+        let mut items = Vec::new();
+        let mut after: Option<ChunkId> = None;
+        loop {
+            let page = store
+                .chunk_ids(after.as_ref(), 4096)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            items.extend(page.into_iter().map(Item::Chunk));
+            after = Some(last);
+        }
+        let mut after: Option<InodeId> = None;
+        loop {
+            let page = store
+                .inode_ids(after.as_ref(), 4096)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            for inode in &page {
+                for v in store.versions(inode).map_err(|e| e.to_string())? {
+                    items.push(Item::Version(*inode, v.id));
+                }
+            }
+            after = Some(last);
+        }
+        Ok(items)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn load(network: &Network, item: &Item) -> Option<(Request, u64)> {
+    match *item {
+        Item::Chunk(id) => match network.local().get_chunk(&id) {
+            Ok(Some(data)) => {
+                let len = data.len() as u64;
+                Some((Request::PutChunk { id: id.0, data }, len))
+            }
+            _ => None,
+        },
+        Item::Version(inode, version) => {
+            let stored = network.local().store().versions(&inode).ok()?;
+            let v = stored.into_iter().find(|v| v.id == version)?;
+            let len = v.signed.len() as u64;
+            Some((
+                Request::PutVersion {
+                    inode: inode.0,
+                    signed: v.signed,
+                },
+                len,
+            ))
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! What a node does with the items placed on it: checks everything before storing it, and
+//! serves what it holds, verified again on the way out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keys::Revocations;
+
+use crate::id::{ChunkId, InodeId, VersionId};
+use crate::inode::{self, InodeError, Signed, Verified};
+use crate::store::{self, Store};
+
+/// Versions of one inode a replica keeps beyond its heads: the recent past, so that a
+/// fork can be merged against its common ancestor.
+pub const KEEP_HISTORY: u64 = 8;
+/// Most concurrent heads (forks) of one inode a replica accepts.
+pub const MAX_HEADS: usize = 16;
+
+/// Why a replica refused an item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The bytes do not hash to the chunk's id.
+    #[error("the chunk's bytes do not match its id")]
+    Mismatch,
+    /// The inode version does not verify.
+    #[error("{0}")]
+    Inode(#[from] InodeError),
+    /// Older than the history this replica keeps.
+    #[error("version {seq} is older than the {KEEP_HISTORY} versions kept (newest {newest})")]
+    Stale {
+        /// The refused version's sequence.
+        seq: u64,
+        /// The newest held.
+        newest: u64,
+    },
+    /// Too many forks of one inode.
+    #[error("inode has {MAX_HEADS} unmerged versions already")]
+    TooManyHeads,
+    /// The replica's copy was corrupt; it has dropped it.
+    #[error("the stored copy was corrupt and has been dropped")]
+    Corrupt,
+    /// The local store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<store::Error> for Refused {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::Mismatch { .. } => Refused::Mismatch,
+            store::Error::Corrupt { .. } => Refused::Corrupt,
+            other => Refused::Store(other.to_string()),
+        }
+    }
+}
+
+/// Counters of a replica, for status and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Inode versions refused (forged, unauthorised, malformed, stale).
+    pub refused_versions: AtomicU64,
+    /// Chunks refused (bytes not matching the id).
+    pub refused_chunks: AtomicU64,
+    /// Corrupt chunks found in the local store and dropped.
+    pub corrupt_dropped: AtomicU64,
+}
+
+/// The checking front of a node's [`Store`].
+#[derive(Debug, Clone)]
+pub struct Replica {
+    store: Store,
+    revocations: Arc<std::sync::RwLock<Revocations>>,
+    counters: Arc<Counters>,
+}
+
+impl Replica {
+    /// A replica over `store`.
+    pub fn new(store: Store) -> Self {
+        Replica {
+            store,
+            revocations: Arc::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Revocation lists consulted when versions are checked.
+    pub fn set_revocations(&self, revocations: Revocations) {
+        if let Ok(mut r) = self.revocations.write() {
+            *r = revocations;
+        }
+    }
+
+    fn revocations(&self) -> Revocations {
+        self.revocations
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stores chunks (checked against their ids) in one transaction; how many were new.
+    pub fn put_chunks(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize, Refused> {
+        self.store.put_chunks(chunks).map_err(|e| {
+            if matches!(e, store::Error::Mismatch { .. }) {
+                self.counters.refused_chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            Refused::from(e)
+        })
+    }
+
+    /// A chunk, checked against its id; a corrupt copy is dropped and reported.
+    pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, Refused> {
+        match self.store.get_chunk(id) {
+            Ok(found) => Ok(found),
+            Err(store::Error::Corrupt { .. }) => {
+                self.counters
+                    .corrupt_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(chunk = %id, "dropping a corrupt chunk; repair will fetch a good copy");
+                self.store.remove_chunk(id)?;
+                Err(Refused::Corrupt)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks and stores an inode version; `true` if it was new. Older versions that are
+    /// no longer heads and fall out of the kept history are dropped.
+    pub fn put_version(&self, inode: &InodeId, signed: &[u8]) -> Result<bool, Refused> {
+        let verified = Signed::verify_as(signed, inode, keys::now(), &self.revocations())
+            .inspect_err(|e| {
+                self.counters
+                    .refused_versions
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%inode, error = %e, "refused an inode version");
+            })?;
+        if self.store.has_version(inode, &verified.version)? {
+            return Ok(false);
+        }
+        let mut held = self.held(inode)?;
+        let newest = held.iter().map(|v| v.inode.seq).max().unwrap_or(0);
+        if verified.inode.seq + KEEP_HISTORY <= newest {
+            self.counters
+                .refused_versions
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Stale {
+                seq: verified.inode.seq,
+                newest,
+            });
+        }
+        held.push(verified.clone());
+        if inode::heads(&held).len() > MAX_HEADS {
+            self.counters
+                .refused_versions
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::TooManyHeads);
+        }
+        self.store
+            .put_version(inode, &verified.version, verified.inode.seq, signed)?;
+        self.prune(inode, &held)?;
+        Ok(true)
+    }
+
+    fn held(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
+        // Stored versions were checked when they came in; decode them without the chain
+        // check (a writecap that has expired since does not unmake a version).
+        let mut held = Vec::new();
+        for stored in self.store.versions(inode)? {
+            match Signed::verify(
+                &stored.signed,
+                u64::MAX - inode::MAX_CLOCK_SKEW,
+                &Revocations::default(),
+            ) {
+                Ok(v) => held.push(v),
+                Err(e) => {
+                    tracing::warn!(%inode, version = %stored.id, error = %e, "dropping a stored version that no longer decodes");
+                    self.store.remove_version(inode, &stored.id)?;
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    fn prune(&self, inode: &InodeId, held: &[Verified]) -> Result<(), Refused> {
+        let newest = held.iter().map(|v| v.inode.seq).max().unwrap_or(0);
+        let heads: Vec<VersionId> = inode::heads(held).iter().map(|v| v.version).collect();
+        for v in held {
+            if v.inode.seq + KEEP_HISTORY <= newest && !heads.contains(&v.version) {
+                self.store.remove_version(inode, &v.version)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every kept version of an inode, newest first, checked again.
+    pub fn versions(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
+        let mut held = self.held(inode)?;
+        held.sort_by(|a, b| inode::order(b, a));
+        Ok(held)
+    }
+}

@@ -1,0 +1,389 @@
+//! Replica-local persistence: the chunks and inode versions a replica holds, in redb.
+//!
+//! # What it holds
+//!
+//! Opaque bytes, under their ids:
+//!
+//! - **chunks**: ciphertext under its [`ChunkId`] (the BLAKE3 hash of the ciphertext), up to
+//!   about 1 MiB each;
+//! - **versions**: for each inode, the signed bytes of each of its versions, under
+//!   `(InodeId, VersionId)`, with the version's sequence number;
+//! - **pins**: `(chunk, version)` pairs saying a version still references a chunk, so
+//!   [`Store::collect_unpinned`] never removes it.
+//!
+//! # What is verified
+//!
+//! Only what can be checked without keys: a chunk's bytes must hash to its id, when it is
+//! stored ([`Error::Mismatch`], nothing written) and again every time it is read
+//! ([`Error::Corrupt`]: the disk or someone with access to it changed the bytes). Signatures,
+//! sequence numbers and the binding of versions to inodes are the business of the layers
+//! above; the store keeps what it is given.
+//!
+//! # Durability
+//!
+//! Every method that writes runs one redb write transaction and commits it durably
+//! ([`redb::Durability::Immediate`], two-phase commit) before it returns. A crash after a
+//! method returned `Ok` loses nothing; a crash during it leaves either the old state or the
+//! new one, never part of a write. A write that changes nothing (storing a chunk already
+//! held, say) commits nothing.
+//!
+//! Two-phase commit (with redb's quick repair) rather than redb's default one-phase commit:
+//! chunk bytes come from other peers, and redb's one-phase commit relies on a
+//! non-cryptographic checksum that chosen data could, in theory, defeat. Quick repair also
+//! keeps reopening after a crash fast, however large the store.
+//!
+//! Reads run in read transactions and proceed alongside a write. All methods block: from
+//! async code, call them through `tokio::task::spawn_blocking`.
+//!
+//! After an I/O error redb refuses further writes ([`Error::Io`] on every call); reopen the
+//! store.
+//!
+//! # Example
+//!
+//! ```
+//! use fs::id::{ChunkId, InodeId, VersionId};
+//! use fs::store::Store;
+//!
+//! let store = Store::in_memory()?;
+//! let ciphertext = b"not really encrypted";
+//! let chunk = ChunkId::of(ciphertext);
+//! assert!(store.put_chunk(&chunk, ciphertext)?);
+//! assert_eq!(store.get_chunk(&chunk)?.as_deref(), Some(&ciphertext[..]));
+//!
+//! let inode = InodeId([7; 32]);
+//! let signed = b"a signed inode";
+//! let version = VersionId::of(signed);
+//! assert!(store.put_version(&inode, &version, 1, signed)?);
+//! store.pin(&chunk, &version)?;
+//! assert_eq!(store.collect_unpinned(&[chunk])?, 0);
+//! # Ok::<(), fs::store::Error>(())
+//! ```
+
+mod backend;
+mod chunks;
+mod error;
+mod versions;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use crate::id::{ChunkId, VersionId};
+
+use self::backend::SyncedGrowth;
+use self::error::Context;
+pub use self::error::Error;
+
+/// Chunk id → ciphertext.
+const CHUNKS: TableDefinition<'static, &[u8; 32], &[u8]> = TableDefinition::new("chunks_v1");
+/// Inode id ‖ version id → (seq, signed bytes).
+const VERSIONS: TableDefinition<'static, &[u8; 64], (u64, &[u8])> =
+    TableDefinition::new("versions_v1");
+/// Inode id → how many versions of it are stored (never 0: the row goes with the last one).
+const INODES: TableDefinition<'static, &[u8; 32], u64> = TableDefinition::new("inodes_v1");
+/// Chunk id ‖ version id → (): the version pins the chunk.
+const PINS: TableDefinition<'static, &[u8; 64], ()> = TableDefinition::new("pins_v1");
+/// Counters and the format number.
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta_v1");
+
+/// The on-disk format this build reads and writes.
+const FORMAT: u64 = 1;
+/// META key: the format number.
+const META_FORMAT: &str = "format";
+/// META key: total bytes of stored chunks.
+const META_CHUNK_BYTES: &str = "chunk_bytes";
+
+/// The replica's store: chunks, inode versions and pins in one redb database.
+///
+/// Cheap to clone (the clones share the database); `Send` and `Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    /// Stored chunks found not to hash to their id since the store was opened.
+    corrupt_found: AtomicU64,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field(
+                "corrupt_found",
+                &self.inner.corrupt_found.load(Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// One stored version of an inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// The version's id.
+    pub id: VersionId,
+    /// Its sequence number, as given to [`Store::put_version`].
+    pub seq: u64,
+    /// Its signed bytes, as given to [`Store::put_version`].
+    pub signed: Vec<u8>,
+}
+
+/// What the store holds, from [`Store::stats`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Their total size in bytes.
+    pub chunk_bytes: u64,
+    /// Inodes with at least one version stored.
+    pub inodes: u64,
+    /// Versions stored, over all inodes.
+    pub versions: u64,
+    /// Stored chunks found corrupt since the store was opened (each detection counts).
+    pub corrupt_found: u64,
+}
+
+impl Store {
+    /// Opens the store in the file at `path`, creating it if missing.
+    ///
+    /// If the process crashed while the store was open, this repairs the database first
+    /// (fast: see the module docs).
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let failed = |e: &dyn fmt::Display| Error::Io(format!("opening {}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| failed(&e))?;
+        let backend = redb::backends::FileBackend::new(file).map_err(|e| failed(&e))?;
+        let db = redb::Builder::new()
+            .create_with_backend(SyncedGrowth(backend))
+            .map_err(|e| failed(&e))?;
+        Store::init(db)
+    }
+
+    /// Opens the store on a redb storage backend (tests use it to inject faults).
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<Store, Error> {
+        let db = redb::Builder::new()
+            .create_with_backend(SyncedGrowth(backend))
+            .context("opening the store")?;
+        Store::init(db)
+    }
+
+    /// A store in memory, empty, gone when the last clone is dropped.
+    pub fn in_memory() -> Result<Store, Error> {
+        Store::with_backend(redb::backends::InMemoryBackend::new())
+    }
+
+    /// Creates the tables if missing and checks the format.
+    fn init(db: Database) -> Result<Store, Error> {
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                corrupt_found: AtomicU64::new(0),
+            }),
+        };
+        const WHAT: &str = "creating the tables";
+        store.write(WHAT, |txn| {
+            let mut meta = txn.open_table(META).context(WHAT)?;
+            let found = meta.get(META_FORMAT).context(WHAT)?.map(|g| g.value());
+            match found {
+                Some(FORMAT) => return Ok(((), false)),
+                Some(found) => {
+                    return Err(Error::Format {
+                        found,
+                        supported: FORMAT,
+                    });
+                }
+                None => {}
+            }
+            meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
+            txn.open_table(CHUNKS).context(WHAT)?;
+            txn.open_table(VERSIONS).context(WHAT)?;
+            txn.open_table(INODES).context(WHAT)?;
+            txn.open_table(PINS).context(WHAT)?;
+            Ok(((), true))
+        })?;
+        Ok(store)
+    }
+
+    /// How much the store holds.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        const WHAT: &str = "reading the statistics";
+        let txn = self.read(WHAT)?;
+        let chunk_bytes = txn
+            .open_table(META)
+            .context(WHAT)?
+            .get(META_CHUNK_BYTES)
+            .context(WHAT)?
+            .map_or(0, |g| g.value());
+        Ok(Stats {
+            chunks: txn.open_table(CHUNKS).context(WHAT)?.len().context(WHAT)?,
+            chunk_bytes,
+            inodes: txn.open_table(INODES).context(WHAT)?.len().context(WHAT)?,
+            versions: txn
+                .open_table(VERSIONS)
+                .context(WHAT)?
+                .len()
+                .context(WHAT)?,
+            corrupt_found: self.inner.corrupt_found.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Runs `f` in one write transaction. If `f` reports a change (the `bool`), commits it
+    /// durably before returning; otherwise, or if `f` fails, rolls it back.
+    fn write<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, bool), Error>,
+    ) -> Result<T, Error> {
+        let mut txn = self.inner.db.begin_write().context(what)?;
+        txn.set_durability(Durability::Immediate);
+        // Also turns on two-phase commit (see the module docs).
+        txn.set_quick_repair(true);
+        let (out, changed) = f(&txn)?;
+        if changed {
+            txn.commit().context(what)?;
+        } else {
+            txn.abort().context(what)?;
+        }
+        Ok(out)
+    }
+
+    fn read(&self, what: &'static str) -> Result<ReadTransaction, Error> {
+        self.inner.db.begin_read().context(what)
+    }
+
+    /// Counts and reports a stored chunk that no longer hashes to its id.
+    fn found_corrupt(&self, id: &ChunkId) {
+        self.inner.corrupt_found.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(chunk = %id, "stored chunk no longer hashes to its id");
+    }
+}
+
+/// The key for a pair of ids: `a ‖ b`, so keys sort by `a`, then `b`.
+fn pair(a: &[u8; 32], b: &[u8; 32]) -> [u8; 64] {
+    let mut key = [0; 64];
+    key[..32].copy_from_slice(a);
+    key[32..].copy_from_slice(b);
+    key
+}
+
+/// The second id of a pair key.
+fn second(key: &[u8; 64]) -> [u8; 32] {
+    let mut id = [0; 32];
+    id.copy_from_slice(&key[32..]);
+    id
+}
+
+/// The range of pair keys whose first id is `a`.
+fn pairs_of(a: &[u8; 32]) -> ([u8; 64], [u8; 64]) {
+    (pair(a, &[0; 32]), pair(a, &[0xff; 32]))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::id::InodeId;
+
+    #[test]
+    fn stats_count_what_is_held() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.stats().unwrap(), Stats::default());
+        let a = b"aaaa".as_slice();
+        let b = b"bbbbbbbb".as_slice();
+        store
+            .put_chunks(&[(ChunkId::of(a), a), (ChunkId::of(b), b)])
+            .unwrap();
+        let inode = InodeId([1; 32]);
+        store
+            .put_version(&inode, &VersionId::of(b"v1"), 1, b"v1")
+            .unwrap();
+        store
+            .put_version(&inode, &VersionId::of(b"v2"), 2, b"v2")
+            .unwrap();
+        store
+            .put_version(&InodeId([2; 32]), &VersionId::of(b"v1"), 1, b"v1")
+            .unwrap();
+        let stats = store.stats().unwrap();
+        assert_eq!(
+            (
+                stats.chunks,
+                stats.chunk_bytes,
+                stats.inodes,
+                stats.versions
+            ),
+            (2, 12, 2, 3)
+        );
+        store.remove_chunk(&ChunkId::of(b)).unwrap();
+        store.remove_version(&inode, &VersionId::of(b"v1")).unwrap();
+        store.remove_version(&inode, &VersionId::of(b"v2")).unwrap();
+        let stats = store.stats().unwrap();
+        assert_eq!(
+            (
+                stats.chunks,
+                stats.chunk_bytes,
+                stats.inodes,
+                stats.versions
+            ),
+            (1, 4, 1, 1)
+        );
+    }
+
+    #[test]
+    fn unknown_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        store
+            .write("test", |txn| {
+                let mut meta = txn.open_table(META).context("test")?;
+                meta.insert(META_FORMAT, FORMAT + 1).context("test")?;
+                Ok(((), true))
+            })
+            .unwrap();
+        drop(store);
+        match Store::open(&path) {
+            Err(Error::Format { found, supported }) => {
+                assert_eq!((found, supported), (FORMAT + 1, FORMAT));
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let bytes = vec![9; 100_000];
+        let id = ChunkId::of(&bytes);
+        {
+            let store = Store::open(&path).unwrap();
+            assert!(store.put_chunk(&id, &bytes).unwrap());
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get_chunk(&id).unwrap(), Some(bytes));
+        assert_eq!(store.stats().unwrap().chunk_bytes, 100_000);
+    }
+
+    #[test]
+    fn pair_keys_split_back() {
+        let key = pair(&[1; 32], &[2; 32]);
+        assert_eq!(second(&key), [2; 32]);
+        let (lo, hi) = pairs_of(&[1; 32]);
+        assert!(lo <= key && key <= hi);
+    }
+}

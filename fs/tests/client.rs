@@ -1,0 +1,405 @@
+//! The file system's core API over one local replica, without a network or a mount.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use fs::inode::{Binding, Signed};
+use fs::store::Store;
+use fs::{Client, Config, Error, Replica};
+use keys::{Chain, Identity, Path, Validity};
+
+struct Tree {
+    replica: Arc<Replica>,
+    root: Arc<Identity>,
+    tree: Path,
+    chain: Chain,
+}
+
+fn tree() -> Tree {
+    let root = Arc::new(Identity::generate());
+    let tree = Path::root_of(root.principal());
+    let chain = Chain::root_grant(
+        root.signing_key(),
+        root.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    Tree {
+        replica: Arc::new(Replica::new(Store::in_memory().unwrap())),
+        root,
+        tree,
+        chain,
+    }
+}
+
+fn small() -> Config {
+    Config::new().with_chunk_size(1000)
+}
+
+impl Tree {
+    fn owner(&self) -> Client<Replica> {
+        Client::new(
+            self.replica.clone(),
+            self.root.clone(),
+            vec![self.chain.clone()],
+            small(),
+        )
+    }
+
+    fn stranger(&self) -> (Arc<Identity>, Client<Replica>) {
+        let id = Arc::new(Identity::generate());
+        (
+            id.clone(),
+            Client::new(self.replica.clone(), id, vec![], small()),
+        )
+    }
+
+    fn path(&self, rest: &str) -> Path {
+        format!("{}/{rest}", self.tree).parse().unwrap()
+    }
+}
+
+async fn put(c: &Client<Replica>, p: &Path, data: &[u8]) {
+    c.put(p, data, |_| {}).await.unwrap();
+}
+
+async fn get(c: &Client<Replica>, p: &Path) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    c.get(p, &mut out, |_| {}).await?;
+    Ok(out)
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn put_get_list_move_remove() {
+    let t = tree();
+    let c = t.owner();
+    let file = t.path("docs/reports/a.bin");
+    let content = data(4321, 1);
+    put(&c, &file, &content).await;
+    assert_eq!(get(&c, &file).await.unwrap(), content);
+    let stat = c.stat(&file).await.unwrap();
+    assert_eq!((stat.size, stat.chunks, stat.seq), (4321, 5, 1));
+    let names: Vec<String> = c
+        .readdir(&t.path("docs"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["reports"]);
+    // Replace, then move, then remove.
+    put(&c, &file, b"short").await;
+    assert_eq!(get(&c, &file).await.unwrap(), b"short");
+    assert_eq!(c.stat(&file).await.unwrap().seq, 2);
+    let moved = t.path("docs/b.bin");
+    c.rename(&file, &moved).await.unwrap();
+    assert!(matches!(get(&c, &file).await, Err(Error::NotFound { .. })));
+    assert_eq!(get(&c, &moved).await.unwrap(), b"short");
+    assert!(matches!(
+        c.unlink(&t.path("docs")).await,
+        Err(Error::NotEmpty { .. })
+    ));
+    c.unlink(&moved).await.unwrap();
+    c.unlink(&t.path("docs/reports")).await.unwrap();
+    assert!(c.readdir(&t.path("docs")).await.unwrap().is_empty());
+    c.mkdir(&t.path("docs/new")).await.unwrap();
+    assert!(matches!(
+        c.mkdir(&t.path("docs/new")).await,
+        Err(Error::Exists { .. })
+    ));
+    assert!(matches!(
+        c.mkdir(&t.path("nope/new")).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        get(&c, &t.path("docs")).await,
+        Err(Error::IsADirectory { .. })
+    ));
+}
+
+#[tokio::test]
+async fn random_access_matches_a_model() {
+    let t = tree();
+    let c = t.owner();
+    let file = t.path("f");
+    let mut model: Vec<u8> = Vec::new();
+    let mut h = c.create(&file).await.unwrap();
+    let mut rng = 7u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for step in 0..300 {
+        match next(4) {
+            0 | 1 => {
+                let offset = next(6000);
+                let bytes = data(next(2500) as usize, step as u8);
+                c.write(&mut h, offset, &bytes).await.unwrap();
+                let end = offset as usize + bytes.len();
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&bytes);
+            }
+            2 => {
+                let size = next(7000);
+                c.truncate(&mut h, size).await.unwrap();
+                model.resize(size as usize, 0);
+            }
+            _ => {
+                c.fsync(&mut h).await.unwrap();
+                h = c.open(&file).await.unwrap();
+            }
+        }
+        let offset = next(7000);
+        let len = next(3000) as usize;
+        let got = c.read(&mut h, offset, len).await.unwrap();
+        let start = (offset as usize).min(model.len());
+        let end = (offset as usize + len).min(model.len());
+        assert_eq!(got, model[start..end], "step {step}");
+    }
+    c.fsync(&mut h).await.unwrap();
+    assert_eq!(get(&c, &file).await.unwrap(), model);
+}
+
+#[tokio::test]
+async fn readcaps_writecaps_and_revocation() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("shared/one"), b"first").await;
+    put(&owner, &t.path("private/x"), b"mine").await;
+    let (alice_id, alice) = t.stranger();
+    // No readcap: a clear permission error.
+    assert!(matches!(
+        get(&alice, &t.path("shared/one")).await,
+        Err(Error::PermissionDenied { .. })
+    ));
+    owner
+        .share(&t.path("shared"), &alice_id.public(), None)
+        .await
+        .unwrap();
+    assert_eq!(get(&alice, &t.path("shared/one")).await.unwrap(), b"first");
+    assert!(matches!(
+        get(&alice, &t.path("private/x")).await,
+        Err(Error::PermissionDenied { .. })
+    ));
+    // The owner still reads through the tree's root, and the share shows.
+    assert_eq!(get(&owner, &t.path("shared/one")).await.unwrap(), b"first");
+    assert!(
+        owner
+            .stat(&t.path("shared"))
+            .await
+            .unwrap()
+            .readers
+            .contains(&alice_id.principal())
+    );
+    // Reading is not writing.
+    let refused = alice.c_put(&t.path("shared/two"), b"nope").await;
+    assert!(
+        matches!(refused, Err(Error::NotAuthorized { .. })),
+        "{refused:?}"
+    );
+    // With a writecap grant, alice writes, and the owner reads it.
+    owner
+        .share(
+            &t.path("shared"),
+            &alice_id.public(),
+            Some(Validity::for_seconds(600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.pick_up_grants(&t.path("shared")).await.unwrap().len(),
+        1
+    );
+    put(&alice, &t.path("shared/two"), b"from alice").await;
+    assert_eq!(
+        get(&owner, &t.path("shared/two")).await.unwrap(),
+        b"from alice"
+    );
+    // What alice knows before the revocation: the shared directory's key (from her
+    // readcap) and through it the key of `one`.
+    let anchor = Binding::anchor(t.path("shared")).id();
+    let before = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .clone();
+    let cap = before
+        .inode
+        .readcaps
+        .iter()
+        .find(|c| c.recipient() == &alice_id.principal())
+        .unwrap();
+    let dir_key = cap.open(&alice_id, anchor.as_bytes()).unwrap();
+    let open_all =
+        |v: &fs::inode::Verified, key: &keys::DataKey| -> Result<Vec<u8>, fs::chunk::ChunkError> {
+            let mut out = Vec::new();
+            for (i, c) in v.inode.chunks.iter().enumerate() {
+                let sealed = t.replica.get_chunk(&c.id).unwrap().unwrap();
+                out.extend(fs::chunk::open(key, &v.id, i as u64, &sealed)?);
+            }
+            Ok(out)
+        };
+    let dir = fs::dir::Directory::decode(&open_all(&before, &dir_key).unwrap()).unwrap();
+    let one = dir.entries["one"].clone();
+    let one_before = fs::inode::winner(&t.replica.versions(&one.inode).unwrap())
+        .unwrap()
+        .clone();
+    assert_eq!(open_all(&one_before, &one.data_key()).unwrap(), b"first");
+    // Revoked: alice cannot read what is written from now on, even with the keys she had.
+    owner
+        .revoke(&t.path("shared"), &alice_id.principal())
+        .await
+        .unwrap();
+    put(&owner, &t.path("shared/one"), b"after revocation").await;
+    assert!(matches!(
+        get(&alice, &t.path("shared/one")).await,
+        Err(Error::PermissionDenied { .. })
+    ));
+    let after = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .clone();
+    assert!(
+        after
+            .inode
+            .readcaps
+            .iter()
+            .all(|c| c.recipient() != &alice_id.principal())
+    );
+    assert!(
+        open_all(&after, &dir_key).is_err(),
+        "the shared directory has a new key"
+    );
+    let one_after = fs::inode::winner(&t.replica.versions(&one.inode).unwrap())
+        .unwrap()
+        .clone();
+    assert!(one_after.inode.seq > one_before.inode.seq);
+    assert!(
+        open_all(&one_after, &one.data_key()).is_err(),
+        "the rewritten file has a new key"
+    );
+    assert_eq!(
+        get(&owner, &t.path("shared/one")).await.unwrap(),
+        b"after revocation"
+    );
+    assert_eq!(
+        get(&owner, &t.path("shared/two")).await.unwrap(),
+        b"from alice"
+    );
+}
+
+trait PutResult {
+    async fn c_put(&self, p: &Path, data: &[u8]) -> Result<(), Error>;
+}
+
+impl PutResult for Client<Replica> {
+    async fn c_put(&self, p: &Path, data: &[u8]) -> Result<(), Error> {
+        self.put(p, data, |_| {}).await.map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn forged_versions_are_refused_by_the_replica() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("a"), b"genuine").await;
+    let stat = owner.stat(&t.path("a")).await.unwrap();
+    let versions = t.replica.versions(&stat.inode).unwrap();
+    let mut forged = versions[0].inode.clone();
+    let mallory = Identity::generate();
+    forged.seq += 1;
+    forged.parents = vec![versions[0].version];
+    forged.writer = mallory.signing_key().public_key();
+    let bytes = Signed::sign(&forged, mallory.signing_key()).unwrap();
+    let refused = t.replica.put_version(&stat.inode, &bytes).unwrap_err();
+    assert!(
+        refused.to_string().contains("holds no writecap"),
+        "{refused}"
+    );
+    // Signed by mallory while claiming the owner's key: bad signature.
+    forged.writer = t.root.signing_key().public_key();
+    let bytes = Signed::sign(&forged, mallory.signing_key()).unwrap();
+    assert!(t.replica.put_version(&stat.inode, &bytes).is_err());
+    // A genuine version put under another inode's id.
+    let other = Binding::anchor(t.path("elsewhere")).id();
+    assert!(t.replica.put_version(&other, &versions[0].signed).is_err());
+    assert_eq!(get(&owner, &t.path("a")).await.unwrap(), b"genuine");
+    assert_eq!(
+        t.replica
+            .counters()
+            .refused_versions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_keep_both_versions() {
+    let t = tree();
+    let a = t.owner();
+    let b = t.owner();
+    put(&a, &t.path("doc"), b"base").await;
+    // Both open the same version and write different contents.
+    let mut ha = a.open(&t.path("doc")).await.unwrap();
+    let mut hb = b.open(&t.path("doc")).await.unwrap();
+    a.write(&mut ha, 0, b"from a").await.unwrap();
+    b.write(&mut hb, 0, b"from b").await.unwrap();
+    a.fsync(&mut ha).await.unwrap();
+    b.fsync(&mut hb).await.unwrap();
+    let listing = a.readdir(&t.tree).await.unwrap();
+    assert_eq!(listing.len(), 2, "{listing:?}");
+    let shown = get(&a, &t.path("doc")).await.unwrap();
+    let copy = get(&a, &t.path(&listing[1].name)).await.unwrap();
+    let mut both = vec![shown.clone(), copy];
+    both.sort();
+    assert_eq!(both, vec![b"from a".to_vec(), b"from b".to_vec()]);
+    // Every node shows the same winner.
+    assert_eq!(get(&b, &t.path("doc")).await.unwrap(), shown);
+    // A conflict copy is read-only; removing it keeps the shown version.
+    let copy_path = t.path(&listing[1].name);
+    let mut h = a.open(&copy_path).await.unwrap();
+    assert!(matches!(
+        a.write(&mut h, 0, b"no").await,
+        Err(Error::ReadOnly { .. })
+    ));
+    a.unlink(&copy_path).await.unwrap();
+    assert_eq!(a.readdir(&t.tree).await.unwrap().len(), 1);
+    assert_eq!(get(&a, &t.path("doc")).await.unwrap(), shown);
+    // Concurrent creations in one directory both survive (the directory's fork merges).
+    let mut hx = a.create(&t.path("x")).await.unwrap();
+    let mut hy = b.create(&t.path("y")).await.unwrap();
+    a.write(&mut hx, 0, b"x").await.unwrap();
+    b.write(&mut hy, 0, b"y").await.unwrap();
+    a.fsync(&mut hx).await.unwrap();
+    b.fsync(&mut hy).await.unwrap();
+    assert_eq!(get(&a, &t.path("x")).await.unwrap(), b"x");
+    assert_eq!(get(&b, &t.path("y")).await.unwrap(), b"y");
+}
+
+#[tokio::test]
+async fn no_writecap_no_tree() {
+    let t = tree();
+    let (_, stranger) = t.stranger();
+    let refused = stranger.c_put(&t.path("a"), b"x").await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::NotFound { .. }) | Err(Error::NotAuthorized { .. })
+        ),
+        "{refused:?}"
+    );
+    let owner = t.owner();
+    put(&owner, &t.path("a"), b"x").await;
+    let refused = stranger.c_put(&t.path("b"), b"x").await;
+    assert!(
+        matches!(refused, Err(Error::PermissionDenied { .. })),
+        "{refused:?}"
+    );
+}

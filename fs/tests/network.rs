@@ -1,0 +1,238 @@
+//! The file system across nodes on the memory transport: placement on R = 3 replicas,
+//! reads from another node, repair after nodes leave.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fs::net::{self, Network};
+use fs::store::Store;
+use fs::{Client, Config, ItemId, Replica, repair};
+use keys::{Chain, Identity, Path, Validity};
+use libp2p::Multiaddr;
+
+struct Node {
+    identity: Arc<Identity>,
+    dht: dht::Client,
+    network: Arc<Network>,
+    repair: Arc<repair::Counters>,
+    addr: Multiaddr,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn trace() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
+    let identity = Arc::new(Identity::generate());
+    let key = identity.signing_key().clone();
+    let config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(bootstrap.into_iter().cloned().collect());
+    let (dht, task) = dht::start(
+        key.clone(),
+        config,
+        dht::Store::in_memory(1000).unwrap(),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let addr = dht.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let replica = Replica::new(Store::in_memory().unwrap());
+    let counters = Arc::new(net::Counters::default());
+    let net_config = net::Config::new();
+    let serving = net::serve(
+        replica.clone(),
+        dht.streams(),
+        &net_config,
+        counters.clone(),
+    )
+    .unwrap();
+    let network = Arc::new(Network::new(
+        replica,
+        key.peer_id(),
+        dht.clone(),
+        net_config,
+        counters,
+    ));
+    let repair = Arc::new(repair::Counters::default());
+    let repair_config = repair::Config {
+        interval: Duration::from_millis(500),
+        settle: Duration::from_millis(200),
+        ..repair::Config::new()
+    };
+    let repairing = repair::spawn(
+        network.clone(),
+        dht.membership(),
+        repair_config,
+        repair.clone(),
+    );
+    Node {
+        identity,
+        dht,
+        network,
+        repair,
+        addr,
+        _tasks: vec![
+            serving,
+            repairing,
+            tokio::spawn(async move {
+                let _ = task.await;
+            }),
+        ],
+    }
+}
+
+async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 7 + i / 251) as u8).wrapping_add(seed))
+        .collect()
+}
+
+/// Every item held anywhere, with the number of live nodes holding it.
+fn copies(nodes: &[&Node]) -> std::collections::BTreeMap<ItemId, usize> {
+    let mut count = std::collections::BTreeMap::new();
+    for node in nodes {
+        let store = node.network.local().store();
+        for id in store.chunk_ids(None, 100_000).unwrap() {
+            *count.entry(ItemId::Chunk(id)).or_insert(0) += 1;
+        }
+        for id in store.inode_ids(None, 100_000).unwrap() {
+            *count.entry(ItemId::Inode(id)).or_insert(0) += 1;
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_survive_two_departures() {
+    trace();
+    let first = start_node(None).await;
+    let mut nodes = vec![first];
+    for _ in 1..5 {
+        let addr = nodes[0].addr.clone();
+        nodes.push(start_node(Some(&addr)).await);
+    }
+    for node in &nodes {
+        let dht = node.dht.clone();
+        eventually(
+            "the routing tables to fill",
+            Duration::from_secs(20),
+            async || dht.status().await.unwrap().routing_table >= 4,
+        )
+        .await;
+    }
+    // The tree's owner writes on node 0; node 4 reads after a share.
+    let owner = &nodes[0];
+    let tree = Path::root_of(owner.identity.principal());
+    let chain = Chain::root_grant(
+        owner.identity.signing_key(),
+        owner.identity.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    let config = Config::new().with_chunk_size(64 * 1024);
+    let writer = Client::new(
+        owner.network.clone(),
+        owner.identity.clone(),
+        vec![chain],
+        config.clone(),
+    );
+    let files: Vec<(Path, Vec<u8>)> = vec![
+        (tree.join("empty").unwrap(), Vec::new()),
+        (
+            tree.join("docs").unwrap().join("small").unwrap(),
+            data(5000, 1),
+        ),
+        (
+            tree.join("docs").unwrap().join("large").unwrap(),
+            data(3 << 20, 2),
+        ),
+    ];
+    for (path, bytes) in &files {
+        writer.put(path, bytes.as_slice(), |_| {}).await.unwrap();
+    }
+    let reader_node = &nodes[4];
+    let reader = Client::new(
+        reader_node.network.clone(),
+        reader_node.identity.clone(),
+        vec![],
+        config,
+    );
+    let denied = reader.stat(&files[1].0).await;
+    assert!(
+        matches!(denied, Err(fs::Error::PermissionDenied { .. })),
+        "{denied:?}"
+    );
+    writer
+        .share(&tree, &reader_node.identity.public(), None)
+        .await
+        .unwrap();
+    let read_all = async |reader: &Client<Network>| {
+        for (path, bytes) in &files {
+            let mut out = Vec::new();
+            reader.get(path, &mut out, |_| {}).await.unwrap();
+            assert!(out == *bytes, "{path} differs");
+        }
+    };
+    read_all(&reader).await;
+    // Every item ends up on exactly R = 3 nodes.
+    let all: Vec<&Node> = nodes.iter().collect();
+    eventually(
+        "three copies of everything",
+        Duration::from_secs(30),
+        async || copies(&all).values().all(|&n| n >= 3),
+    )
+    .await;
+    let items = copies(&all).len();
+    assert!(items > 50, "{items} items");
+    // Two nodes leave, one after the other, with repair in between.
+    for leaving in [1usize, 2] {
+        nodes[leaving].dht.shutdown().await.unwrap();
+        let live: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i == 0 || *i > leaving)
+            .map(|(_, n)| n)
+            .collect();
+        eventually(
+            "repair back to three copies",
+            Duration::from_secs(60),
+            async || {
+                let c = copies(&live);
+                c.len() == items && c.values().all(|&n| n >= 3)
+            },
+        )
+        .await;
+        eventually(
+            "no node counting under-replicated items",
+            Duration::from_secs(30),
+            async || {
+                live.iter().all(|n| {
+                    n.repair.status().under_replicated == 0 && n.repair.status().rounds > 0
+                })
+            },
+        )
+        .await;
+        read_all(&reader).await;
+    }
+    let sent: u64 = nodes.iter().map(|n| n.repair.status().bytes_sent).sum();
+    assert!(sent > 0);
+}
