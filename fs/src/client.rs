@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use keys::{Chain, DataKey, Identity, Path, Principal, PublicIdentity, Readcap, Validity};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -375,8 +375,14 @@ impl<B: Blocks> Client<B> {
         while let Some(parent) = prefixes.last().and_then(Path::parent) {
             prefixes.push(parent);
         }
-        let anchors: Vec<Result<Vec<Verified>, Error>> = futures::stream::iter(prefixes.iter())
-            .map(|p| self.versions(p, Binding::anchor(p.clone()).id()))
+        let anchors: Vec<Result<Vec<Verified>, Error>> = futures::stream::iter(prefixes.clone())
+            .map(|p| {
+                async move {
+                    let id = Binding::anchor(p.clone()).id();
+                    self.versions(&p, id).await
+                }
+                .boxed()
+            })
             .buffered(self.config.parallel)
             .collect()
             .await;
@@ -532,11 +538,12 @@ impl<B: Blocks> Client<B> {
 
     async fn read_version(&self, node: &Node, version: &Verified) -> Result<Vec<u8>, Error> {
         let id = node.id();
-        let chunks: Vec<Vec<u8>> = futures::stream::iter(version.inode.chunks.iter().enumerate())
-            .map(|(i, c)| self.fetch_chunk(node, &node.key, id, i as u64, *c))
-            .buffered(self.config.parallel)
-            .try_collect()
-            .await?;
+        let chunks: Vec<Vec<u8>> =
+            futures::stream::iter(version.inode.chunks.clone().into_iter().enumerate())
+                .map(|(i, c)| self.fetch_chunk(node, &node.key, id, i as u64, c).boxed())
+                .buffered(self.config.parallel)
+                .try_collect()
+                .await?;
         Ok(chunks.concat())
     }
 
@@ -625,33 +632,36 @@ impl<B: Blocks> Client<B> {
             });
         }
         let dir = self.read_dir(node).await?;
-        let listed: Vec<Vec<DirEntry>> = futures::stream::iter(dir.entries.iter())
-            .map(|(name, entry)| async move {
-                let child_path = node.path.join(name).ok();
-                let versions = match child_path {
-                    Some(p) => self.versions(&p, entry.inode).await.unwrap_or_default(),
-                    None => Vec::new(),
-                };
-                let heads = inode::heads(&versions);
-                let mut shown = vec![DirEntry {
-                    name: name.clone(),
-                    kind: entry.kind,
-                    inode: entry.inode,
-                    size: heads.first().map_or(0, |h| h.inode.size),
-                    conflict: None,
-                }];
-                if entry.kind == Kind::File {
-                    for head in heads.iter().skip(1) {
-                        shown.push(DirEntry {
-                            name: format!("{name}.conflict-{}", &head.version.to_string()[..8]),
-                            kind: Kind::File,
-                            inode: entry.inode,
-                            size: head.inode.size,
-                            conflict: Some(head.version),
-                        });
+        let listed: Vec<Vec<DirEntry>> = futures::stream::iter(dir.entries.clone())
+            .map(|(name, entry)| {
+                async move {
+                    let child_path = node.path.join(&name).ok();
+                    let versions = match child_path {
+                        Some(p) => self.versions(&p, entry.inode).await.unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    let heads = inode::heads(&versions);
+                    let mut shown = vec![DirEntry {
+                        name: name.clone(),
+                        kind: entry.kind,
+                        inode: entry.inode,
+                        size: heads.first().map_or(0, |h| h.inode.size),
+                        conflict: None,
+                    }];
+                    if entry.kind == Kind::File {
+                        for head in heads.iter().skip(1) {
+                            shown.push(DirEntry {
+                                name: format!("{name}.conflict-{}", &head.version.to_string()[..8]),
+                                kind: Kind::File,
+                                inode: entry.inode,
+                                size: head.inode.size,
+                                conflict: Some(head.version),
+                            });
+                        }
                     }
+                    shown
                 }
-                shown
+                .boxed()
             })
             .buffered(self.config.parallel)
             .collect()
@@ -757,6 +767,7 @@ impl<B: Blocks> Client<B> {
                     .map_err(|e| Error::Io(e.to_string()))?
                     .map_err(|e| Error::Io(e.to_string()))
                 }
+                .boxed()
             })
             .buffered(self.config.parallel)
             .try_collect()
@@ -1315,8 +1326,11 @@ impl<B: Blocks> Client<B> {
     ) -> Result<u64, Error> {
         let handle = self.open(path).await?;
         let node = handle.node();
-        let mut chunks = futures::stream::iter(handle.refs.iter().enumerate())
-            .map(|(i, c)| self.fetch_chunk(node, &node.key, node.id(), i as u64, *c))
+        let mut chunks = futures::stream::iter(handle.refs.clone().into_iter().enumerate())
+            .map(|(i, c)| {
+                self.fetch_chunk(node, &node.key, node.id(), i as u64, c)
+                    .boxed()
+            })
             .buffered(self.config.parallel);
         let mut done = 0u64;
         while let Some(chunk) = chunks.next().await {

@@ -21,3 +21,24 @@ pub mod replica;
 pub use blocks::{BlockError, Blocks};
 pub use client::{Client, Config, DirEntry, Error, Handle, Stat};
 pub use replica::Replica;
+
+/// Compile-time guard: the client's futures over the network must stay `Send` (the
+/// daemon runs them on a multi-threaded runtime; a closure over borrowed items in a
+/// stream combinator silently breaks that).
+#[allow(dead_code)]
+fn _send_check(c: &'static Client<net::Network>, p: &'static keys::Path, h: &'static mut Handle) {
+    fn s<T: Send>(_: T) {}
+    s(c.stat(p));
+    s(c.readdir(p));
+    s(c.mkdir(p));
+    s(c.mkdir_all(p));
+    s(c.unlink(p));
+    s(c.rename(p, p));
+    s(c.open(p));
+    s(c.create(p));
+    s(c.revoke(p, p.root()));
+    s(c.pick_up_grants(p));
+    s(c.put(p, tokio::io::empty(), |_| {}));
+    s(c.get(p, tokio::io::sink(), |_| {}));
+    s(c.fsync(h));
+}

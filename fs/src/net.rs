@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use protocols::block::{self, Refusal, Request, Response};
 use protocols::limits::{
@@ -98,8 +98,13 @@ fn refusal(e: Refused) -> Refusal {
 }
 
 /// Answers one request from the local replica (the store's work runs on the blocking
-/// pool).
-pub async fn answer(replica: &Replica, request: Request) -> Response {
+/// pool); `identity` is this node's wire-encoded public identity.
+pub async fn answer(replica: &Replica, identity: &Arc<Vec<u8>>, request: Request) -> Response {
+    if matches!(request, Request::Identity) {
+        return Response::Identity {
+            identity: identity.to_vec(),
+        };
+    }
     let replica = replica.clone();
     tokio::task::spawn_blocking(move || answer_blocking(&replica, request))
         .await
@@ -140,6 +145,7 @@ fn answer_blocking(replica: &Replica, request: Request) -> Response {
                 Response::Versions { signed }
             }
         }),
+        Request::Identity => Ok(Response::NotFound),
         Request::Have { chunks, versions } => (|| {
             let store = replica.store();
             let chunks = chunks
@@ -160,6 +166,7 @@ fn answer_blocking(replica: &Replica, request: Request) -> Response {
 /// Serves the block protocol from `replica` until the node stops.
 pub fn serve(
     replica: Replica,
+    identity: Arc<Vec<u8>>,
     mut control: libp2p_stream::Control,
     config: &Config,
     counters: Arc<Counters>,
@@ -177,10 +184,14 @@ pub fn serve(
                 continue;
             };
             let replica = replica.clone();
+            let identity = identity.clone();
             let counters = counters.clone();
             tokio::spawn(async move {
-                let served =
-                    tokio::time::timeout(timeout, serve_one(&replica, stream, &counters)).await;
+                let served = tokio::time::timeout(
+                    timeout,
+                    serve_one(&replica, &identity, stream, &counters),
+                )
+                .await;
                 if !matches!(served, Ok(Ok(()))) {
                     tracing::debug!(%peer, "block request failed or timed out");
                 }
@@ -192,6 +203,7 @@ pub fn serve(
 
 async fn serve_one(
     replica: &Replica,
+    identity: &Arc<Vec<u8>>,
     mut stream: libp2p::Stream,
     counters: &Counters,
 ) -> std::io::Result<()> {
@@ -204,7 +216,7 @@ async fn serve_one(
             match block::decode_request(&body) {
                 Ok(request) => {
                     counters.served.fetch_add(1, Ordering::Relaxed);
-                    answer(replica, request).await
+                    answer(replica, identity, request).await
                 }
                 Err(e) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +254,7 @@ enum Failure {
 #[derive(Debug)]
 pub struct Network {
     local: Replica,
+    identity: Arc<Vec<u8>>,
     me: PeerId,
     dht: dht::Client,
     config: Config,
@@ -250,9 +263,11 @@ pub struct Network {
 }
 
 impl Network {
-    /// The network side of a node: `local` is its own replica.
+    /// The network side of a node: `local` is its own replica, `identity` its
+    /// wire-encoded public identity.
     pub fn new(
         local: Replica,
+        identity: Arc<Vec<u8>>,
         me: PeerId,
         dht: dht::Client,
         config: Config,
@@ -260,6 +275,7 @@ impl Network {
     ) -> Self {
         Network {
             local,
+            identity,
             me,
             dht,
             config,
@@ -338,7 +354,7 @@ impl Network {
 
     async fn exchange(&self, peer: PeerId, request: Request) -> Result<Response, Failure> {
         if peer == self.me {
-            return match answer(&self.local, request).await {
+            return match answer(&self.local, &self.identity, request).await {
                 Response::Refused(r) => Err(Failure::Refused(r)),
                 other => Ok(other),
             };
@@ -458,6 +474,7 @@ fn kind(response: &Response) -> &'static str {
         Response::NotFound => "not found",
         Response::Have { .. } => "have",
         Response::Refused(_) => "refused",
+        Response::Identity { .. } => "identity",
     }
 }
 
@@ -486,13 +503,16 @@ impl Blocks for Network {
             .map(|c| (c, true))
             .chain(remote.into_iter().map(|c| (c, false)));
         let results: Vec<Result<usize, BlockError>> = futures::stream::iter(puts)
-            .map(|(chunk, stored_here)| async move {
-                let key = *chunk.id.as_bytes();
-                let request = Request::PutChunk {
-                    id: key,
-                    data: chunk.bytes,
-                };
-                self.put_item(&key, request, stored_here).await
+            .map(|(chunk, stored_here)| {
+                async move {
+                    let key = *chunk.id.as_bytes();
+                    let request = Request::PutChunk {
+                        id: key,
+                        data: chunk.bytes,
+                    };
+                    self.put_item(&key, request, stored_here).await
+                }
+                .boxed()
             })
             .buffer_unordered(8)
             .collect()

@@ -27,16 +27,20 @@
 //! new one, never part of a write. A write that changes nothing (storing a chunk already
 //! held, say) commits nothing.
 //!
-//! Two-phase commit (with redb's quick repair) rather than redb's default one-phase commit:
-//! chunk bytes come from other peers, and redb's one-phase commit relies on a
-//! non-cryptographic checksum that chosen data could, in theory, defeat. Quick repair also
-//! keeps reopening after a crash fast, however large the store.
+//! Two-phase commit rather than redb's default one-phase commit: chunk bytes come from other
+//! peers, and redb's one-phase commit relies on a non-cryptographic checksum that chosen data
+//! could, in theory, defeat (redb's design notes advise two-phase commit for untrusted
+//! input). It costs a second `fsync` per commit. redb's quick repair is off: it would make
+//! reopening after a crash fast, but writes the allocator state with every commit, which
+//! made small commits far slower; after a crash, opening walks and checks the whole
+//! database instead. Growing the file is made durable before the larger file is used (see
+//! the private `backend` module), which redb 2.6 does not do.
 //!
 //! Reads run in read transactions and proceed alongside a write. All methods block: from
 //! async code, call them through `tokio::task::spawn_blocking`.
 //!
-//! After an I/O error redb refuses further writes ([`Error::Io`] on every call); reopen the
-//! store.
+//! After an I/O error redb refuses further transactions until the database is reopened:
+//! calls return [`Error::Io`]; reopen the store.
 //!
 //! # Example
 //!
@@ -155,8 +159,8 @@ pub struct Stats {
 impl Store {
     /// Opens the store in the file at `path`, creating it if missing.
     ///
-    /// If the process crashed while the store was open, this repairs the database first
-    /// (fast: see the module docs).
+    /// If the process crashed while the store was open, this first repairs the database,
+    /// reading all of it (see the module docs).
     pub fn open(path: &Path) -> Result<Store, Error> {
         let failed = |e: &dyn fmt::Display| Error::Io(format!("opening {}: {e}", path.display()));
         let file = std::fs::OpenOptions::new()
@@ -250,8 +254,8 @@ impl Store {
     ) -> Result<T, Error> {
         let mut txn = self.inner.db.begin_write().context(what)?;
         txn.set_durability(Durability::Immediate);
-        // Also turns on two-phase commit (see the module docs).
-        txn.set_quick_repair(true);
+        // Chunk bytes come from other peers (see the module docs).
+        txn.set_two_phase_commit(true);
         let (out, changed) = f(&txn)?;
         if changed {
             txn.commit().context(what)?;

@@ -50,8 +50,10 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
     let replica = Replica::new(Store::in_memory().unwrap());
     let counters = Arc::new(net::Counters::default());
     let net_config = net::Config::new();
+    let public = Arc::new(protocols::wire::encode(&identity.public()).unwrap());
     let serving = net::serve(
         replica.clone(),
+        public.clone(),
         dht.streams(),
         &net_config,
         counters.clone(),
@@ -59,6 +61,7 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
     .unwrap();
     let network = Arc::new(Network::new(
         replica,
+        public,
         key.peer_id(),
         dht.clone(),
         net_config,

@@ -28,6 +28,16 @@ pub(crate) struct FileConfig {
     pub(crate) republish_secs: Option<u64>,
     /// How long a resolution is cached, in seconds. Default: 5.
     pub(crate) resolve_cache_secs: Option<u64>,
+    /// Copies of every file system item (R), placed on the peers nearest its id
+    /// (`BT_FS_REPLICAS`). Default: 3.
+    pub(crate) fs_replicas: Option<usize>,
+    /// Acknowledgements a file system write waits for (W ≤ R) (`BT_FS_WRITE_QUORUM`).
+    /// Default: 2.
+    pub(crate) fs_write_quorum: Option<usize>,
+    /// Seconds between repair rounds when membership does not change. Default: 60.
+    pub(crate) repair_interval_secs: Option<u64>,
+    /// Bytes per second repair may send. Default: 67108864 (64 MiB/s).
+    pub(crate) repair_bandwidth: Option<u64>,
 }
 
 impl FileConfig {
@@ -90,4 +100,37 @@ pub(crate) fn overlay(
         bail!("republish_secs must be shorter than record_ttl_secs");
     }
     Ok(config)
+}
+
+/// The file system settings from the environment and the file.
+pub(crate) fn files(file: &FileConfig) -> anyhow::Result<crate::files::FsSettings> {
+    let env = |name: &str| -> anyhow::Result<Option<usize>> {
+        match std::env::var(name) {
+            Ok(text) => text
+                .parse()
+                .map(Some)
+                .with_context(|| format!("{name}={text:?} is not a number")),
+            Err(_) => Ok(None),
+        }
+    };
+    let replicas = env("BT_FS_REPLICAS")?.or(file.fs_replicas).unwrap_or(3);
+    let write_quorum = env("BT_FS_WRITE_QUORUM")?
+        .or(file.fs_write_quorum)
+        .unwrap_or(2.min(replicas));
+    if replicas == 0 || replicas > 16 {
+        bail!("fs_replicas must be between 1 and 16, not {replicas}");
+    }
+    if write_quorum == 0 || write_quorum > replicas {
+        bail!("fs_write_quorum must be between 1 and fs_replicas ({replicas}), not {write_quorum}");
+    }
+    let interval = env("BT_REPAIR_INTERVAL_SECS")?
+        .map(|n| n as u64)
+        .or(file.repair_interval_secs)
+        .unwrap_or(60);
+    Ok(crate::files::FsSettings {
+        replicas,
+        write_quorum,
+        repair_interval: Duration::from_secs(interval.max(1)),
+        repair_bandwidth: file.repair_bandwidth.unwrap_or(64 << 20).max(1024),
+    })
 }

@@ -48,6 +48,7 @@ pub(crate) enum Request {
     Publish(Outgoing),
     Subscribe { topic: String },
     Listen { path: String },
+    Fs(crate::files::FsRequest),
 }
 
 /// A message the CLI asks the daemon to send.

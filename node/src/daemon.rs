@@ -20,6 +20,7 @@ pub(crate) struct Status {
     #[serde(flatten)]
     pub(crate) node: dht::Status,
     pub(crate) actors: btnode::actor::Status,
+    pub(crate) fs: crate::files::FsStatus,
 }
 
 /// Most control connections served at once.
@@ -33,6 +34,7 @@ pub(crate) async fn run(
     node: NodeIdentity,
     config: dht::Config,
     metrics: Option<std::net::SocketAddr>,
+    fs_settings: crate::files::FsSettings,
 ) -> anyhow::Result<()> {
     // First, so that a second daemon on the same data directory is told so plainly.
     let (listener, socket) = control::bind(&data_dir).await?;
@@ -81,7 +83,19 @@ pub(crate) async fn run(
     )
     .await
     .context("cannot start the actor runtime")?;
+    let files = crate::files::Files::start(
+        &data_dir,
+        Arc::new(
+            keys::Identity::from_secret_bytes(&node.identity.to_secret_bytes())
+                .context("cannot copy the node's keys")?,
+        ),
+        client.clone(),
+        &fs_settings,
+    )
+    .await
+    .context("cannot start the file system")?;
     let daemon = Arc::new(Daemon {
+        files,
         data_dir: data_dir.clone(),
         client: client.clone(),
         messaging: Messaging::new(runtime, data_dir.clone(), principal),
@@ -118,6 +132,7 @@ pub(crate) async fn run(
 }
 
 struct Daemon {
+    files: crate::files::Files,
     data_dir: PathBuf,
     client: dht::Client,
     messaging: Messaging,
@@ -132,6 +147,9 @@ impl Daemon {
                 return self.messaging.subscribe(&topic, stream).await;
             }
             Ok(Request::Listen { path }) => return self.messaging.listen(&path, stream).await,
+            Ok(Request::Fs(request)) if request.streams() => {
+                return self.files.serve_streaming(request, stream).await;
+            }
             Ok(request) => self.handle(request).await,
             Err(e) => Response::err(e),
         };
@@ -144,9 +162,11 @@ impl Daemon {
                 Ok(node) => Response::ok(Status {
                     node,
                     actors: self.messaging.runtime().status(),
+                    fs: self.files.status(),
                 }),
                 Err(e) => Response::err(e),
             },
+            Request::Fs(request) => self.files.handle(request).await,
             Request::Tell(m) => self.messaging.tell(m).await,
             Request::Ask(m) => self.messaging.ask(m).await,
             Request::Publish(m) => self.messaging.publish(m).await,

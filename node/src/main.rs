@@ -4,6 +4,8 @@ mod caps;
 mod config;
 mod control;
 mod daemon;
+mod files;
+mod fs_cli;
 mod identity;
 mod messaging;
 mod metrics;
@@ -100,6 +102,70 @@ enum Command {
     /// Run a diagnostic actor at PATH for as long as this command runs: it prints every
     /// message it gets (one JSON line each) and answers asks by echoing the payload.
     Listen(StreamArgs),
+    /// The distributed file system: files encrypted on this node, replicated on peers.
+    #[command(subcommand)]
+    Fs(FsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FsCommand {
+    /// Store the local file LOCAL at PATH (parent directories are created).
+    Put {
+        local: PathBuf,
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the file at PATH to the local file LOCAL.
+    Get {
+        path: String,
+        local: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the directory at PATH.
+    Ls(PathArg),
+    /// Create the directory PATH.
+    Mkdir {
+        path: String,
+        /// Create missing parents too; an existing directory is fine.
+        #[arg(short, long)]
+        parents: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the file or empty directory PATH.
+    Rm(PathArg),
+    /// Move FROM to TO.
+    Mv {
+        from: String,
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the metadata of PATH: size, version, writer, readers, conflicts.
+    Stat(PathArg),
+    /// Let PRINCIPAL (an online node) read everything under PATH, and with --write also
+    /// write there.
+    Share {
+        path: String,
+        principal: String,
+        /// Also grant a writecap for PATH.
+        #[arg(long)]
+        write: bool,
+        /// How long the writecap holds: 90s, 30m, 12h, 7d, 1y.
+        #[arg(long, default_value = "30d", value_parser = caps::parse_duration)]
+        expires: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take PRINCIPAL's access to PATH away: versions written from now on are under new keys.
+    Revoke {
+        path: String,
+        principal: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -351,7 +417,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .transpose()?,
             };
-            runtime()?.block_on(daemon::run(data_dir, node, overlay, metrics))
+            let fs_settings = config::files(&file)?;
+            runtime()?.block_on(daemon::run(data_dir, node, overlay, metrics, fs_settings))
         }
         Command::Status(args) => {
             let status = call(&data_dir, &control::Request::Status)?;
@@ -361,6 +428,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let daemon::Status {
                 node: status,
                 actors,
+                fs,
             } = serde_json::from_value(status)?;
             println!("peer id:       {}", status.peer_id);
             println!("principal:     {}", status.principal);
@@ -393,6 +461,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_default()
                 );
             }
+            println!(
+                "file system:   R={} W={}, {} chunks ({} bytes), {} inodes, {} versions",
+                fs.replicas, fs.write_quorum, fs.chunks, fs.chunk_bytes, fs.inodes, fs.versions
+            );
+            println!(
+                "repair:        {} rounds, {} under-replicated, {} copies sent ({} bytes), {} corrupt dropped",
+                fs.repair.rounds,
+                fs.repair.under_replicated,
+                fs.repair.copies_sent,
+                fs.repair.bytes_sent,
+                fs.corrupt_dropped
+            );
+            println!(
+                "refused:       {} versions, {} chunks; {} bad answers from replicas",
+                fs.refused_versions, fs.refused_chunks, fs.bad_answers
+            );
             Ok(())
         }
         Command::Tell(args) => {
@@ -427,6 +511,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sub(args) => stream(&data_dir, &control::Request::Subscribe { topic: args.path }),
         Command::Listen(args) => stream(&data_dir, &control::Request::Listen { path: args.path }),
+        Command::Fs(command) => fs_cli::run(&data_dir, command),
         Command::Peers(args) => {
             let peers = call(&data_dir, &control::Request::Peers)?;
             if args.json {

@@ -94,6 +94,10 @@ pub enum Request {
         #[serde(with = "id_pairs")]
         versions: Vec<([u8; 32], [u8; 32])>,
     },
+    /// The node's own public identity (its signing key and the X25519 key readcaps are
+    /// sealed to), so that a file can be shared with it. Answered by
+    /// [`Response::Identity`].
+    Identity,
 }
 
 impl Message for Request {
@@ -107,7 +111,7 @@ impl Message for Request {
             Request::PutVersion { signed, .. } => {
                 at_most("signed inode bytes", signed.len(), MAX_INODE_BYTES)
             }
-            Request::GetChunk { .. } | Request::GetVersions { .. } => Ok(()),
+            Request::GetChunk { .. } | Request::GetVersions { .. } | Request::Identity => Ok(()),
             Request::Have { chunks, versions } => at_most(
                 "ids asked about",
                 chunks.len() + versions.len(),
@@ -161,6 +165,13 @@ pub enum Response {
     },
     /// The replica refused the request.
     Refused(Refusal),
+    /// The answering node's wire-encoded public identity (`keys::PublicIdentity`); the
+    /// asker checks that it verifies and names the principal it expected.
+    Identity {
+        /// At most `MAX_IDENTITY_BYTES`.
+        #[serde(with = "serde_bytes")]
+        identity: Vec<u8>,
+    },
 }
 
 impl Message for Response {
@@ -172,6 +183,11 @@ impl Message for Response {
         match self {
             Response::Stored { .. } | Response::NotFound => Ok(()),
             Response::Chunk { data } => at_most("chunk bytes", data.len(), MAX_CHUNK_BYTES),
+            Response::Identity { identity } => at_most(
+                "identity bytes",
+                identity.len(),
+                keys::limits::MAX_IDENTITY_BYTES,
+            ),
             Response::Versions { signed } => {
                 at_most("versions", signed.len(), MAX_VERSIONS_PER_INODE)?;
                 match signed.iter().find(|s| s.len() > MAX_INODE_BYTES) {
@@ -638,6 +654,7 @@ mod tests {
                 .prop_map(|(inode, signed)| Request::PutVersion { inode, signed }),
             id().prop_map(|inode| Request::GetVersions { inode }),
             have,
+            Just(Request::Identity),
         ]
     }
 
@@ -686,6 +703,8 @@ mod tests {
             Just(Response::NotFound),
             have,
             refusal().prop_map(Response::Refused),
+            bytes(keys::limits::MAX_IDENTITY_BYTES)
+                .prop_map(|identity| Response::Identity { identity }),
         ]
     }
 

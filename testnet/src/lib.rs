@@ -72,6 +72,8 @@ pub struct Testnet {
     pub nodes: Vec<Node>,
     /// The principal that owns the tree (created by node 0).
     pub root: String,
+    /// Extra environment of every daemon.
+    env: Vec<(String, String)>,
 }
 
 /// Where to find the `btnode` binary: `$BTNODE`, else beside the running executable
@@ -99,12 +101,38 @@ impl Testnet {
         Self::start_in(btnode, n, dir, Some(temp))
     }
 
+    /// Starts `n` nodes in a temporary directory, every daemon with the extra
+    /// environment variables `env` (e.g. `BT_REPAIR_INTERVAL_SECS`).
+    pub fn start_with_env(
+        btnode: &Path,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Testnet> {
+        let temp = tempfile::Builder::new().prefix("bttestnet-").tempdir()?;
+        let dir = temp.path().to_path_buf();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_full(btnode, n, dir, Some(temp), env)
+    }
+
     /// Starts `n` nodes in `dir`, which is kept.
     pub fn start_in(
         btnode: &Path,
         n: usize,
         dir: PathBuf,
         temp: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Testnet> {
+        Self::start_full(btnode, n, dir, temp, Vec::new())
+    }
+
+    fn start_full(
+        btnode: &Path,
+        n: usize,
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<Testnet> {
         if n == 0 {
             bail!("a testnet needs at least one node");
@@ -116,6 +144,7 @@ impl Testnet {
             _temp: temp,
             nodes: Vec::new(),
             root: String::new(),
+            env,
         };
         for index in 0..n {
             let node = net.init(index)?;
@@ -209,6 +238,7 @@ impl Testnet {
         if let Some(b) = &bootstrap {
             cmd.args(["--bootstrap", b]);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", self.btnode.display()))?;

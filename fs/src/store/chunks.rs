@@ -14,30 +14,48 @@ impl Store {
     /// written and the result is [`Error::Mismatch`] naming it. A chunk already held is left
     /// alone, unless the stored copy is corrupt: then the good bytes replace it (logged,
     /// counted in [`Stats::corrupt_found`](super::Stats::corrupt_found), and counted here as
-    /// new). Writing many chunks in one call is one commit, so it is much faster than a call
-    /// per chunk.
+    /// new). Chunks already held are read and compared, not written: offering the store what
+    /// it holds costs no commit. Writing many chunks in one call is one commit, so it is much
+    /// faster than a call per chunk.
     pub fn put_chunks(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize, Error> {
         if let Some((id, _)) = chunks.iter().find(|(id, bytes)| ChunkId::of(bytes) != *id) {
             return Err(Error::Mismatch { id: *id });
         }
+        // Which need writing: found in a read transaction, which leaves writers alone.
         const WHAT: &str = "storing chunks";
+        let mut missing = Vec::new();
+        {
+            let txn = self.read(WHAT)?;
+            let table = txn.open_table(CHUNKS).context(WHAT)?;
+            for (id, bytes) in chunks {
+                match table.get(id.as_bytes()).context(WHAT)? {
+                    Some(held) if held.value() == *bytes => {}
+                    Some(_) => {
+                        self.found_corrupt(id);
+                        missing.push((id, bytes));
+                    }
+                    None => missing.push((id, bytes)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
         self.write(WHAT, |txn| {
             let mut table = txn.open_table(CHUNKS).context(WHAT)?;
             let (mut new, mut added, mut removed) = (0, 0, 0);
-            for (id, bytes) in chunks {
-                let held = table
-                    .get(id.as_bytes())
+            for (id, bytes) in missing {
+                // What the insert replaced: nothing, a corrupt copy, or (stored since the
+                // read, or twice in `chunks`) the same bytes.
+                let replaced = table
+                    .insert(id.as_bytes(), *bytes)
                     .context(WHAT)?
-                    .map(|g| (g.value() == *bytes, g.value().len()));
-                match held {
+                    .map(|old| (old.value() == *bytes, old.value().len() as u64));
+                match replaced {
                     Some((true, _)) => continue,
-                    Some((false, len)) => {
-                        self.found_corrupt(id);
-                        removed += len as u64;
-                    }
+                    Some((false, len)) => removed += len,
                     None => {}
                 }
-                table.insert(id.as_bytes(), *bytes).context(WHAT)?;
                 added += bytes.len() as u64;
                 new += 1;
             }

@@ -1,0 +1,894 @@
+//! Behaviour of `fs::store::Store`: round trips, corruption on disk, injected I/O errors,
+//! crashes, and random operation sequences against a `BTreeMap` model.
+//!
+//! Randomness comes from one seed, printed by each test that uses it; set `STORE_TEST_SEED`
+//! to replay one.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use fs::id::{ChunkId, InodeId, VersionId};
+use fs::store::{Error, Store, StoredVersion};
+use proptest::prelude::*;
+use redb::StorageBackend;
+use redb::backends::InMemoryBackend;
+
+// ---------------------------------------------------------------------------------------
+// Operations, and the model they are checked against.
+
+/// Chunks, inodes and versions the operations pick from (by index). Random operations use
+/// the first [`SMALL`] chunks; the last is 1 MiB, to make the file grow.
+struct Pool {
+    chunks: Vec<(ChunkId, Vec<u8>)>,
+    inodes: Vec<InodeId>,
+    versions: Vec<(VersionId, Vec<u8>)>,
+}
+
+/// How many of the pool's chunks random operations use.
+const SMALL: usize = 8;
+
+static POOL: LazyLock<Pool> = LazyLock::new(|| Pool {
+    // Empty, small, a page, several pages, a few spanning many pages; then 1 MiB.
+    chunks: [0, 1, 100, 4096, 5000, 20_000, 70_000, 300_000]
+        .into_iter()
+        .chain([1 << 20])
+        .enumerate()
+        .map(|(n, len)| {
+            let bytes = pattern(n as u64, len);
+            (ChunkId::of(&bytes), bytes)
+        })
+        .collect(),
+    inodes: (1..=3).map(|n| InodeId([n; 32])).collect(),
+    versions: (0..6)
+        .map(|n| {
+            let signed = format!("signed bytes of version {n}").into_bytes();
+            (VersionId::of(&signed), signed)
+        })
+        .collect(),
+});
+
+/// `len` bytes that depend on `n` and do not repeat within a chunk.
+fn pattern(n: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng(Rng(n).next());
+    (0..len).map(|_| rng.next() as u8).collect()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    PutChunks(Vec<usize>),
+    PutChunk(usize),
+    RemoveChunk(usize),
+    PutVersion {
+        inode: usize,
+        version: usize,
+        seq: u64,
+    },
+    RemoveVersion {
+        inode: usize,
+        version: usize,
+    },
+    Pin {
+        chunk: usize,
+        version: usize,
+    },
+    Unpin {
+        chunk: usize,
+        version: usize,
+    },
+    Collect(Vec<usize>),
+}
+
+/// What an operation returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Count(usize),
+    Flag(bool),
+    Done,
+}
+
+/// Runs `op` on the store.
+fn apply(store: &Store, op: &Op) -> Result<Outcome, Error> {
+    let pool = &*POOL;
+    let chunk = |i: usize| &pool.chunks[i];
+    Ok(match *op {
+        Op::PutChunks(ref chunks) => {
+            let batch: Vec<(ChunkId, &[u8])> = chunks
+                .iter()
+                .map(|&i| (chunk(i).0, chunk(i).1.as_slice()))
+                .collect();
+            Outcome::Count(store.put_chunks(&batch)?)
+        }
+        Op::PutChunk(i) => Outcome::Flag(store.put_chunk(&chunk(i).0, &chunk(i).1)?),
+        Op::RemoveChunk(i) => Outcome::Flag(store.remove_chunk(&chunk(i).0)?),
+        Op::PutVersion {
+            inode,
+            version,
+            seq,
+        } => {
+            let (id, signed) = &pool.versions[version];
+            Outcome::Flag(store.put_version(&pool.inodes[inode], id, seq, signed)?)
+        }
+        Op::RemoveVersion { inode, version } => {
+            Outcome::Flag(store.remove_version(&pool.inodes[inode], &pool.versions[version].0)?)
+        }
+        Op::Pin { chunk: c, version } => {
+            store.pin(&chunk(c).0, &pool.versions[version].0)?;
+            Outcome::Done
+        }
+        Op::Unpin { chunk: c, version } => {
+            store.unpin(&chunk(c).0, &pool.versions[version].0)?;
+            Outcome::Done
+        }
+        Op::Collect(ref chunks) => {
+            let ids: Vec<ChunkId> = chunks.iter().map(|&i| chunk(i).0).collect();
+            Outcome::Count(store.collect_unpinned(&ids)?)
+        }
+    })
+}
+
+/// What the store should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Model {
+    chunks: BTreeMap<ChunkId, Vec<u8>>,
+    versions: BTreeMap<(InodeId, VersionId), (u64, Vec<u8>)>,
+    pins: BTreeSet<(ChunkId, VersionId)>,
+}
+
+impl Model {
+    /// Runs `op` on the model.
+    fn apply(&mut self, op: &Op) -> Outcome {
+        let pool = &*POOL;
+        match *op {
+            Op::PutChunks(ref chunks) => Outcome::Count(
+                chunks
+                    .iter()
+                    .filter(|&&i| {
+                        let (id, bytes) = &pool.chunks[i];
+                        self.chunks.insert(*id, bytes.clone()).is_none()
+                    })
+                    .count(),
+            ),
+            Op::PutChunk(i) => {
+                let (id, bytes) = &pool.chunks[i];
+                Outcome::Flag(self.chunks.insert(*id, bytes.clone()).is_none())
+            }
+            Op::RemoveChunk(i) => Outcome::Flag(self.chunks.remove(&pool.chunks[i].0).is_some()),
+            Op::PutVersion {
+                inode,
+                version,
+                seq,
+            } => {
+                let (id, signed) = &pool.versions[version];
+                let key = (pool.inodes[inode], *id);
+                let new = !self.versions.contains_key(&key);
+                if new {
+                    self.versions.insert(key, (seq, signed.clone()));
+                }
+                Outcome::Flag(new)
+            }
+            Op::RemoveVersion { inode, version } => Outcome::Flag(
+                self.versions
+                    .remove(&(pool.inodes[inode], pool.versions[version].0))
+                    .is_some(),
+            ),
+            Op::Pin { chunk, version } => {
+                self.pins
+                    .insert((pool.chunks[chunk].0, pool.versions[version].0));
+                Outcome::Done
+            }
+            Op::Unpin { chunk, version } => {
+                self.pins
+                    .remove(&(pool.chunks[chunk].0, pool.versions[version].0));
+                Outcome::Done
+            }
+            Op::Collect(ref chunks) => Outcome::Count(
+                chunks
+                    .iter()
+                    .filter(|&&i| {
+                        let id = pool.chunks[i].0;
+                        let pinned = self.pins.range((id, VersionId([0; 32]))..).next();
+                        let pinned = pinned.is_some_and(|(chunk, _)| *chunk == id);
+                        !pinned && self.chunks.remove(&id).is_some()
+                    })
+                    .count(),
+            ),
+        }
+    }
+
+    /// Everything the store holds, read through its API (pins of the pool's chunks), after
+    /// checking that its statistics agree.
+    fn read(store: &Store) -> Model {
+        let mut model = Model::default();
+        let mut after = None;
+        loop {
+            let page = store.chunk_ids(after.as_ref(), 3).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(*last);
+            for id in page {
+                model
+                    .chunks
+                    .insert(id, store.get_chunk(&id).unwrap().unwrap());
+            }
+        }
+        let mut after = None;
+        loop {
+            let page = store.inode_ids(after.as_ref(), 2).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(*last);
+            for inode in page {
+                let versions = store.versions(&inode).unwrap();
+                assert!(
+                    !versions.is_empty(),
+                    "inode {inode} listed without versions"
+                );
+                for v in versions {
+                    model.versions.insert((inode, v.id), (v.seq, v.signed));
+                }
+            }
+        }
+        for (chunk, _) in &POOL.chunks {
+            for version in store.pins(chunk).unwrap() {
+                model.pins.insert((*chunk, version));
+            }
+        }
+        let stats = store.stats().unwrap();
+        let inodes: BTreeSet<InodeId> = model.versions.keys().map(|(inode, _)| *inode).collect();
+        let bytes: usize = model.chunks.values().map(Vec::len).sum();
+        assert_eq!(
+            (
+                stats.chunks,
+                stats.chunk_bytes,
+                stats.inodes,
+                stats.versions
+            ),
+            (
+                model.chunks.len() as u64,
+                bytes as u64,
+                inodes.len() as u64,
+                model.versions.len() as u64
+            ),
+            "statistics disagree with the contents"
+        );
+        model
+    }
+
+    /// The model without the bytes, for failure messages.
+    fn summary(&self) -> String {
+        let chunks: Vec<String> = self
+            .chunks
+            .iter()
+            .map(|(id, bytes)| format!("{id:?} ({} bytes)", bytes.len()))
+            .collect();
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .map(|((inode, id), (seq, _))| format!("{inode:?}/{id:?} (seq {seq})"))
+            .collect();
+        format!(
+            "chunks {chunks:?}\nversions {versions:?}\npins {:?}",
+            self.pins
+        )
+    }
+
+    /// The versions of `inode` as [`Store::versions`] should list them.
+    fn versions_of(&self, inode: InodeId) -> Vec<StoredVersion> {
+        let mut versions: Vec<StoredVersion> = self
+            .versions
+            .range((inode, VersionId([0; 32]))..=(inode, VersionId([0xff; 32])))
+            .map(|(&(_, id), (seq, signed))| StoredVersion {
+                id,
+                seq: *seq,
+                signed: signed.clone(),
+            })
+            .collect();
+        versions.sort_by(|a, b| b.seq.cmp(&a.seq).then(a.id.cmp(&b.id)));
+        versions
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Randomness: one seed per test, printed, replayable.
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn indices(&mut self, n: usize, max_len: usize) -> Vec<usize> {
+        (0..1 + self.below(max_len))
+            .map(|_| self.below(n))
+            .collect()
+    }
+}
+
+/// The test's seed: `STORE_TEST_SEED` if set, else from the clock; printed either way.
+fn seed(test: &str) -> Rng {
+    let seed = match std::env::var("STORE_TEST_SEED") {
+        Ok(s) => s.parse().expect("STORE_TEST_SEED is a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("{test}: STORE_TEST_SEED={seed}");
+    Rng(seed)
+}
+
+fn random_ops(rng: &mut Rng, n: usize) -> Vec<Op> {
+    let (chunks, inodes, versions) = (SMALL, POOL.inodes.len(), POOL.versions.len());
+    (0..n)
+        .map(|_| match rng.below(8) {
+            0 | 1 => Op::PutChunks(rng.indices(chunks, 4)),
+            2 => Op::PutChunk(rng.below(chunks)),
+            3 => Op::RemoveChunk(rng.below(chunks)),
+            4 => Op::PutVersion {
+                inode: rng.below(inodes),
+                version: rng.below(versions),
+                seq: rng.below(4) as u64,
+            },
+            5 => Op::RemoveVersion {
+                inode: rng.below(inodes),
+                version: rng.below(versions),
+            },
+            6 if rng.below(3) > 0 => Op::Pin {
+                chunk: rng.below(chunks),
+                version: rng.below(versions),
+            },
+            6 => Op::Unpin {
+                chunk: rng.below(chunks),
+                version: rng.below(versions),
+            },
+            _ => Op::Collect(rng.indices(chunks, 4)),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// A disk that fails and crashes on request.
+
+/// What the backend does wrong, counted in mutating operations (`write`, `set_len`,
+/// `sync_data`) since the disk was made.
+#[derive(Debug, Clone, Copy, Default)]
+enum Fault {
+    #[default]
+    None,
+    /// Operation `n` fails; later ones succeed.
+    FailOnce(u64),
+    /// Operation `n` and every later one fails: the disk died, or the machine crashed.
+    FailFrom(u64),
+}
+
+/// A write not yet made durable by `sync_data`.
+#[derive(Debug)]
+enum Unsynced {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    /// The disk's contents as of the last successful `sync_data`.
+    durable: Vec<u8>,
+    /// Mutations since then, in order.
+    unsynced: Vec<Unsynced>,
+    ops: u64,
+    syncs: u64,
+    fault: Fault,
+    faults_hit: u64,
+}
+
+/// A disk: the running database reads and writes `live` (the disk as seen through the page
+/// cache); `state` remembers what a crash would keep.
+#[derive(Debug, Default)]
+struct Disk {
+    live: InMemoryBackend,
+    state: Mutex<DiskState>,
+}
+
+impl Disk {
+    /// A disk holding `image`, all of it durable.
+    fn with_image(image: &[u8]) -> Arc<Disk> {
+        let disk = Disk::default();
+        disk.live.set_len(image.len() as u64).unwrap();
+        disk.live.write(0, image).unwrap();
+        disk.state.lock().unwrap().durable = image.to_vec();
+        Arc::new(disk)
+    }
+
+    /// Arms `fault`, counting from now (`FailOnce(0)`: the next mutation fails).
+    fn arm(&self, fault: Fault) {
+        let mut state = self.state.lock().unwrap();
+        let now = state.ops;
+        state.fault = match fault {
+            Fault::None => Fault::None,
+            Fault::FailOnce(n) => Fault::FailOnce(now + n),
+            Fault::FailFrom(n) => Fault::FailFrom(now + n),
+        };
+    }
+
+    fn ops(&self) -> u64 {
+        self.state.lock().unwrap().ops
+    }
+
+    fn faults_hit(&self) -> u64 {
+        self.state.lock().unwrap().faults_hit
+    }
+
+    /// What the disk holds if the power stays on: every write that succeeded.
+    fn live_image(&self) -> Vec<u8> {
+        let len = self.live.len().unwrap();
+        self.live.read(0, len as usize).unwrap()
+    }
+
+    /// What a crash keeps if nothing since the last `sync_data` reached the disk.
+    fn durable_image(&self) -> Vec<u8> {
+        self.state.lock().unwrap().durable.clone()
+    }
+
+    /// What a crash keeps if some of the writes since the last `sync_data` (chosen by `rng`)
+    /// reached the disk, each whole.
+    fn torn_image(&self, rng: &mut Rng) -> Vec<u8> {
+        let state = self.state.lock().unwrap();
+        let mut image = state.durable.clone();
+        for write in &state.unsynced {
+            if rng.below(2) == 0 {
+                apply_unsynced(&mut image, write);
+            }
+        }
+        image
+    }
+
+    /// What a crash keeps if every write since the last `sync_data` reached the disk but
+    /// the file did not grow: writes past the synced length are lost.
+    fn image_without_growth(&self) -> Vec<u8> {
+        let state = self.state.lock().unwrap();
+        let mut image = state.durable.clone();
+        for write in &state.unsynced {
+            if let Unsynced::Write { offset, data } = write {
+                let start = (*offset as usize).min(image.len());
+                let end = (*offset as usize + data.len()).min(image.len());
+                image[start..end].copy_from_slice(&data[..end - start]);
+            }
+        }
+        image
+    }
+
+    /// Counts a mutation and fails it if a fault says so; else runs `op`.
+    fn mutate(&self, op: impl FnOnce(&mut DiskState) -> io::Result<()>) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        let n = state.ops;
+        state.ops += 1;
+        let fail = match state.fault {
+            Fault::None => false,
+            Fault::FailOnce(k) => n == k,
+            Fault::FailFrom(k) => n >= k,
+        };
+        if fail {
+            state.faults_hit += 1;
+            return Err(io::Error::other(format!("injected fault at operation {n}")));
+        }
+        op(&mut state)
+    }
+}
+
+fn apply_unsynced(image: &mut Vec<u8>, write: &Unsynced) {
+    match write {
+        Unsynced::Write { offset, data } => {
+            let start = *offset as usize;
+            resize(image, image.len().max(start + data.len()));
+            image[start..start + data.len()].copy_from_slice(data);
+        }
+        Unsynced::SetLen(len) => resize(image, *len as usize),
+    }
+}
+
+/// `Vec::resize`, fast in a debug build.
+fn resize(image: &mut Vec<u8>, len: usize) {
+    if len > image.len() {
+        image.extend_from_slice(&vec![0; len - image.len()]);
+    } else {
+        image.truncate(len);
+    }
+}
+
+/// redb's view of a [`Disk`].
+#[derive(Debug, Clone)]
+struct FaultyBackend(Arc<Disk>);
+
+impl StorageBackend for FaultyBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.0.live.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.0.live.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.mutate(|state| {
+            self.0.live.set_len(len)?;
+            state.unsynced.push(Unsynced::SetLen(len));
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+        self.0.mutate(|state| {
+            let DiskState {
+                durable, unsynced, ..
+            } = &mut *state;
+            for write in unsynced.drain(..) {
+                apply_unsynced(durable, &write);
+            }
+            state.syncs += 1;
+            Ok(())
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.mutate(|state| {
+            self.0.live.write(offset, data)?;
+            state.unsynced.push(Unsynced::Write {
+                offset,
+                data: data.to_vec(),
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Runs `ops` until one fails; the model of what was acknowledged, and the failed op.
+fn run_until_error<'a>(store: &Store, ops: &'a [Op]) -> (Model, Option<&'a Op>) {
+    let mut model = Model::default();
+    for op in ops {
+        match apply(store, op) {
+            Ok(outcome) => assert_eq!(outcome, model.apply(op), "{op:?}"),
+            Err(Error::Io(_)) => {
+                // The store goes on answering (errors, most likely) without panicking.
+                let _ = store.stats();
+                let _ = store.get_chunk(&POOL.chunks[7].0);
+                let _ = store.versions(&POOL.inodes[0]);
+                return (model, Some(op));
+            }
+            Err(e) => panic!("{op:?} failed with {e:?}, not an I/O error"),
+        }
+    }
+    (model, None)
+}
+
+/// Opens a store on `image` (no faults) and checks it holds what was acknowledged, plus
+/// `in_flight` entirely or not at all; then that it takes writes again.
+fn check_restart(image: &[u8], acked: &Model, in_flight: Option<&Op>, what: &str) {
+    let store = Store::with_backend(FaultyBackend(Disk::with_image(image)))
+        .unwrap_or_else(|e| panic!("{what}: reopening failed: {e}"));
+    let held = Model::read(&store);
+    let mut complete = acked.clone();
+    if let Some(op) = in_flight {
+        complete.apply(op);
+    }
+    assert!(
+        held == *acked || held == complete,
+        "{what}: after the restart the store holds\n{}\nnot the acknowledged\n{}\nnor that plus \
+         {in_flight:?}",
+        held.summary(),
+        acked.summary(),
+    );
+    let bytes = b"written after the restart";
+    assert!(store.put_chunk(&ChunkId::of(bytes), bytes).unwrap());
+}
+
+/// How many backend mutations `ops` make on a fresh store, after opening it.
+fn mutations(ops: &[Op]) -> u64 {
+    let disk = Arc::new(Disk::default());
+    let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+    let start = disk.ops();
+    let (_, failed) = run_until_error(&store, ops);
+    assert!(failed.is_none());
+    disk.ops() - start
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn round_trips_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let pool = &*POOL;
+    let mut model = Model::default();
+    let ops = [
+        Op::PutChunks((0..pool.chunks.len()).collect()),
+        Op::PutVersion {
+            inode: 0,
+            version: 0,
+            seq: 1,
+        },
+        Op::PutVersion {
+            inode: 0,
+            version: 1,
+            seq: 2,
+        },
+        Op::PutVersion {
+            inode: 2,
+            version: 1,
+            seq: 2,
+        },
+        Op::Pin {
+            chunk: 3,
+            version: 1,
+        },
+        Op::RemoveChunk(2),
+    ];
+    {
+        let store = Store::open(&path).unwrap();
+        for op in &ops {
+            assert_eq!(apply(&store, op).unwrap(), model.apply(op));
+        }
+    }
+    let store = Store::open(&path).unwrap();
+    let held = Model::read(&store);
+    assert!(
+        held == model,
+        "{}\nnot\n{}",
+        held.summary(),
+        model.summary()
+    );
+    assert_eq!(
+        store.versions(&pool.inodes[0]).unwrap(),
+        model.versions_of(pool.inodes[0])
+    );
+}
+
+#[test]
+fn mismatched_chunks_are_refused() {
+    let store = Store::in_memory().unwrap();
+    let (id, bytes) = &POOL.chunks[5];
+    let mut forged = bytes.clone();
+    forged[100] ^= 1;
+    assert!(matches!(
+        store.put_chunk(id, &forged),
+        Err(Error::Mismatch { id: got }) if got == *id
+    ));
+    assert!(!store.has_chunk(id).unwrap());
+    assert!(store.put_chunk(id, bytes).unwrap());
+}
+
+/// Flips a byte inside every copy of `needle` in the file (redb may keep an old copy of a
+/// page); returns how many copies there were.
+fn flip_in_file(path: &std::path::Path, needle: &[u8]) -> usize {
+    let mut file = std::fs::read(path).unwrap();
+    let hits: Vec<usize> = file
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    for &at in &hits {
+        file[at + needle.len() / 2] ^= 0x5a;
+    }
+    std::fs::write(path, &file).unwrap();
+    hits.len()
+}
+
+#[test]
+fn corrupt_chunks_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let (a, a_bytes) = &POOL.chunks[6];
+    let (b, b_bytes) = &POOL.chunks[5];
+    let (c, c_bytes) = &POOL.chunks[7];
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .put_chunks(&[(*a, a_bytes), (*b, b_bytes), (*c, c_bytes)])
+            .unwrap();
+    }
+    assert!(flip_in_file(&path, &a_bytes[1000..1064]) > 0);
+    assert!(flip_in_file(&path, &b_bytes[5000..5064]) > 0);
+
+    let store = Store::open(&path).unwrap();
+    let before = store.stats().unwrap();
+    for id in [a, b] {
+        assert!(matches!(
+            store.get_chunk(id),
+            Err(Error::Corrupt { id: got }) if got == *id
+        ));
+        assert!(
+            store.has_chunk(id).unwrap(),
+            "a corrupt chunk stays until removed"
+        );
+    }
+    assert_eq!(store.stats().unwrap().corrupt_found, 2);
+    assert_eq!(store.get_chunk(c).unwrap().as_ref(), Some(c_bytes));
+
+    // A good copy stored over a corrupt one replaces it.
+    assert!(store.put_chunk(a, a_bytes).unwrap());
+    assert_eq!(store.get_chunk(a).unwrap().as_ref(), Some(a_bytes));
+    // Or the caller removes it and stores a good copy later.
+    assert!(store.remove_chunk(b).unwrap());
+    assert!(store.put_chunk(b, b_bytes).unwrap());
+    assert_eq!(store.get_chunk(b).unwrap().as_ref(), Some(b_bytes));
+
+    let after = store.stats().unwrap();
+    assert_eq!(
+        (after.chunks, after.chunk_bytes),
+        (before.chunks, before.chunk_bytes)
+    );
+    assert_eq!(after.corrupt_found, 3, "found again when overwritten");
+}
+
+#[test]
+fn a_bulk_write_is_one_commit() {
+    let disk = Arc::new(Disk::default());
+    let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+    let chunks: Vec<(ChunkId, Vec<u8>)> = (0..16)
+        .map(|n| {
+            let bytes = pattern(1000 + n, 1 << 20);
+            (ChunkId::of(&bytes), bytes)
+        })
+        .collect();
+    let batch: Vec<(ChunkId, &[u8])> = chunks.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+    let syncs = || disk.state.lock().unwrap().syncs;
+    let before = syncs();
+    assert_eq!(store.put_chunks(&batch).unwrap(), 16);
+    // Two syncs for the commit and one each time the file grows: not a commit per chunk.
+    let used = syncs() - before;
+    assert!(used < 8, "{used} syncs for one bulk write");
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.chunks, stats.chunk_bytes), (16, 16 << 20));
+    assert_eq!(store.put_chunks(&batch).unwrap(), 0);
+}
+
+#[test]
+fn reads_proceed_during_writes() {
+    fn shareable<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    shareable::<Store>();
+    let store = Store::in_memory().unwrap();
+    let (id, bytes) = &POOL.chunks[4];
+    store.put_chunk(id, bytes).unwrap();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for n in 0..20 {
+                let bytes = pattern(2000 + n, 50_000);
+                store.put_chunk(&ChunkId::of(&bytes), &bytes).unwrap();
+            }
+        })
+    };
+    for _ in 0..50 {
+        assert_eq!(store.get_chunk(id).unwrap().as_ref(), Some(bytes));
+    }
+    writer.join().unwrap();
+    assert_eq!(store.stats().unwrap().chunks, 21);
+}
+
+/// An I/O error at every point of a run (a passing one or a dead disk, by the seed): the
+/// call that meets it returns `Err`, nothing panics, and a restart on what the disk holds
+/// finds every acknowledged write and the failed one whole or not at all.
+#[test]
+fn io_errors_never_tear_a_write() {
+    let mut rng = seed("io_errors_never_tear_a_write");
+    let ops = random_ops(&mut rng, 20);
+    let total = mutations(&ops);
+    for at in 0..total {
+        let fault = if rng.below(2) == 0 {
+            Fault::FailOnce(at)
+        } else {
+            Fault::FailFrom(at)
+        };
+        let disk = Arc::new(Disk::default());
+        let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+        disk.arm(fault);
+        let (acked, failed) = run_until_error(&store, &ops);
+        drop(store);
+        assert!(disk.faults_hit() > 0, "{fault:?} of {total} was never hit");
+        assert!(
+            failed.is_some(),
+            "{fault:?}: the fault was hit but every call succeeded"
+        );
+        check_restart(&disk.live_image(), &acked, failed, &format!("{fault:?}"));
+    }
+}
+
+/// A crash at every point of a run; the restart sees what was synced, and then what was
+/// synced plus some of the later writes: every acknowledged write is there, the one in
+/// flight whole or not at all.
+#[test]
+fn crashes_lose_no_acknowledged_write() {
+    let mut rng = seed("crashes_lose_no_acknowledged_write");
+    let ops = random_ops(&mut rng, 20);
+    let total = mutations(&ops);
+    for at in 0..total {
+        let disk = Arc::new(Disk::default());
+        let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+        disk.arm(Fault::FailFrom(at));
+        let (acked, in_flight) = run_until_error(&store, &ops);
+        drop(store);
+        let what = format!("crash at mutation {at} of {total}");
+        check_restart(&disk.durable_image(), &acked, in_flight, &what);
+        let what = format!("{what}, some unsynced writes kept");
+        check_restart(&disk.torn_image(&mut rng), &acked, in_flight, &what);
+    }
+}
+
+/// A crash at every point of a run that grows the file, where the disk keeps the writes
+/// but not the growth (the header can then describe a file longer than the one on disk).
+#[test]
+fn crashes_while_the_file_grows_lose_nothing() {
+    let mut rng = seed("crashes_while_the_file_grows_lose_nothing");
+    let ops = [Op::PutChunk(2), Op::PutChunks(vec![3, SMALL])];
+    let total = mutations(&ops);
+    for at in 0..total {
+        let disk = Arc::new(Disk::default());
+        let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+        disk.arm(Fault::FailFrom(at));
+        let (acked, in_flight) = run_until_error(&store, &ops);
+        drop(store);
+        let what = format!("crash at mutation {at} of {total}");
+        check_restart(&disk.image_without_growth(), &acked, in_flight, &what);
+        let what = format!("{what}, some unsynced writes kept");
+        check_restart(&disk.torn_image(&mut rng), &acked, in_flight, &what);
+    }
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let chunk = 0..SMALL;
+    let inode = 0..POOL.inodes.len();
+    let version = 0..POOL.versions.len();
+    let chunks = prop::collection::vec(chunk.clone(), 0..5);
+    prop_oneof![
+        chunks.clone().prop_map(Op::PutChunks),
+        chunk.clone().prop_map(Op::PutChunk),
+        chunk.clone().prop_map(Op::RemoveChunk),
+        (inode.clone(), version.clone(), 0..4u64).prop_map(|(inode, version, seq)| {
+            Op::PutVersion {
+                inode,
+                version,
+                seq,
+            }
+        }),
+        (inode, version.clone()).prop_map(|(inode, version)| Op::RemoveVersion { inode, version }),
+        (chunk.clone(), version.clone()).prop_map(|(chunk, version)| Op::Pin { chunk, version }),
+        (chunk, version).prop_map(|(chunk, version)| Op::Unpin { chunk, version }),
+        chunks.prop_map(Op::Collect),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        // Failing cases go to tests/store.proptest-regressions, to be committed.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_store_behaves_like_the_model(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        let store = Store::in_memory().unwrap();
+        let mut model = Model::default();
+        for op in &ops {
+            let want = model.apply(op);
+            prop_assert_eq!(apply(&store, op).unwrap(), want, "{:?}", op);
+        }
+        let held = Model::read(&store);
+        prop_assert!(held == model, "{}\nnot\n{}", held.summary(), model.summary());
+        for inode in &POOL.inodes {
+            prop_assert_eq!(store.versions(inode).unwrap(), model.versions_of(*inode));
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The daemon side of `btnode fs …`: the node's block store and replica, the block
+//! protocol, repair, and the file system client that the commands drive.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fs::net::{self, Network};
+use fs::{Client, Replica, repair};
+use keys::{Identity, Path, Principal, PublicIdentity, Validity};
+use protocols::block::{Request as BlockRequest, Response as BlockResponse};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use crate::caps;
+use crate::control::{self, Response};
+
+/// How the node stores and replicates files (from the config file).
+#[derive(Debug, Clone)]
+pub(crate) struct FsSettings {
+    pub(crate) replicas: usize,
+    pub(crate) write_quorum: usize,
+    pub(crate) repair_interval: Duration,
+    pub(crate) repair_bandwidth: u64,
+}
+
+/// A file system command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub(crate) enum FsRequest {
+    /// Store the local file `local` (an absolute path) at `path`; streams progress.
+    Put {
+        local: String,
+        path: String,
+    },
+    /// Write the file at `path` to the local file `local`; streams progress.
+    Get {
+        path: String,
+        local: String,
+    },
+    Ls {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        parents: bool,
+    },
+    Rm {
+        path: String,
+    },
+    Mv {
+        from: String,
+        to: String,
+    },
+    Stat {
+        path: String,
+    },
+    Share {
+        path: String,
+        principal: String,
+        write: bool,
+        expires_secs: u64,
+    },
+    Revoke {
+        path: String,
+        principal: String,
+    },
+}
+
+impl FsRequest {
+    pub(crate) fn streams(&self) -> bool {
+        matches!(self, FsRequest::Put { .. } | FsRequest::Get { .. })
+    }
+}
+
+/// What `btnode status` shows of the file system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FsStatus {
+    pub(crate) replicas: usize,
+    pub(crate) write_quorum: usize,
+    pub(crate) chunks: u64,
+    pub(crate) chunk_bytes: u64,
+    pub(crate) inodes: u64,
+    pub(crate) versions: u64,
+    /// Inode versions refused (forged, unauthorised, malformed, stale).
+    pub(crate) refused_versions: u64,
+    /// Chunks refused because their bytes did not match their id.
+    pub(crate) refused_chunks: u64,
+    /// Corrupt chunks found in this node's store and dropped (reads and scrubbing).
+    pub(crate) corrupt_dropped: u64,
+    /// Answers from other replicas that did not verify.
+    pub(crate) bad_answers: u64,
+    /// Block requests served.
+    pub(crate) served: u64,
+    pub(crate) repair: repair::Status,
+}
+
+pub(crate) struct Files {
+    client: Client<Network>,
+    network: Arc<Network>,
+    repair: Arc<repair::Counters>,
+    data_dir: PathBuf,
+    principal: Principal,
+    dht: dht::Client,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Files {
+    pub(crate) async fn start(
+        data_dir: &FsPath,
+        identity: Arc<Identity>,
+        dht: dht::Client,
+        settings: &FsSettings,
+    ) -> anyhow::Result<Files> {
+        let file = data_dir.join("blocks.redb");
+        let store = fs::store::Store::open(&file)
+            .with_context(|| format!("cannot open the block store {}", file.display()))?;
+        let replica = Replica::new(store);
+        let counters = Arc::new(net::Counters::default());
+        let config = net::Config::new().with_replication(settings.replicas, settings.write_quorum);
+        let public = Arc::new(protocols::wire::encode(&identity.public())?);
+        let serving = net::serve(
+            replica.clone(),
+            public.clone(),
+            dht.streams(),
+            &config,
+            counters.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let me = identity.signing_key().peer_id();
+        let network = Arc::new(Network::new(
+            replica,
+            public,
+            me,
+            dht.clone(),
+            config,
+            counters,
+        ));
+        let repair = Arc::new(repair::Counters::default());
+        let repair_config = repair::Config {
+            interval: settings.repair_interval,
+            bandwidth: settings.repair_bandwidth,
+            ..repair::Config::new()
+        };
+        let repairing = repair::spawn(
+            network.clone(),
+            dht.membership(),
+            repair_config,
+            repair.clone(),
+        );
+        let principal = identity.principal();
+        let chains = caps::installed(data_dir, &principal, keys::now());
+        let client = Client::new(network.clone(), identity, chains, fs::Config::new());
+        Ok(Files {
+            client,
+            network,
+            repair,
+            data_dir: data_dir.to_path_buf(),
+            principal,
+            dht,
+            _tasks: vec![serving, repairing],
+        })
+    }
+
+    pub(crate) fn status(&self) -> FsStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let local = self.network.local();
+        let stats = local.store().stats().unwrap_or_default();
+        let net = self.network.counters();
+        FsStatus {
+            replicas: self.network.config().replicas,
+            write_quorum: self.network.config().write_quorum,
+            chunks: stats.chunks,
+            chunk_bytes: stats.chunk_bytes,
+            inodes: stats.inodes,
+            versions: stats.versions,
+            refused_versions: local.counters().refused_versions.load(Relaxed),
+            refused_chunks: local.counters().refused_chunks.load(Relaxed),
+            corrupt_dropped: local.counters().corrupt_dropped.load(Relaxed),
+            bad_answers: net.bad_answers.load(Relaxed),
+            served: net.served.load(Relaxed),
+            repair: self.repair.status(),
+        }
+    }
+
+    /// Picks up writecaps installed since start and those handed over in anchors.
+    async fn refresh_caps(&self, path: &Path) {
+        for chain in caps::installed(&self.data_dir, &self.principal, keys::now()) {
+            self.client.add_chain(chain);
+        }
+        if let Err(e) = self.client.pick_up_grants(path).await {
+            tracing::debug!(%path, error = %e, "could not look for writecap grants");
+        }
+    }
+
+    pub(crate) async fn handle(&self, request: FsRequest) -> Response {
+        match self.run(request).await {
+            Ok(value) => Response::ok(value),
+            Err(e) => Response::err(format!("{e:#}")),
+        }
+    }
+
+    async fn run(&self, request: FsRequest) -> anyhow::Result<serde_json::Value> {
+        let value = match request {
+            FsRequest::Ls { path } => {
+                serde_json::to_value(self.client.readdir(&parse(&path)?).await?)?
+            }
+            FsRequest::Stat { path } => {
+                serde_json::to_value(self.client.stat(&parse(&path)?).await?)?
+            }
+            FsRequest::Mkdir { path, parents } => {
+                let path = parse(&path)?;
+                self.refresh_caps(&path).await;
+                if parents {
+                    self.client.mkdir_all(&path).await?;
+                } else {
+                    self.client.mkdir(&path).await?;
+                }
+                serde_json::to_value(self.client.stat(&path).await?)?
+            }
+            FsRequest::Rm { path } => {
+                let path = parse(&path)?;
+                self.refresh_caps(&path).await;
+                self.client.unlink(&path).await?;
+                serde_json::json!({ "removed": path.to_string() })
+            }
+            FsRequest::Mv { from, to } => {
+                let (from, to) = (parse(&from)?, parse(&to)?);
+                self.refresh_caps(&to).await;
+                self.client.rename(&from, &to).await?;
+                serde_json::to_value(self.client.stat(&to).await?)?
+            }
+            FsRequest::Share {
+                path,
+                principal,
+                write,
+                expires_secs,
+            } => {
+                let path = parse(&path)?;
+                let principal: Principal = principal
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{principal:?} is not a principal: {e}"))?;
+                self.refresh_caps(&path).await;
+                let identity = self.identity_of(&principal).await?;
+                let write = write.then(|| Validity::for_seconds(expires_secs));
+                self.client.share(&path, &identity, write).await?;
+                serde_json::to_value(self.client.stat(&path).await?)?
+            }
+            FsRequest::Revoke { path, principal } => {
+                let path = parse(&path)?;
+                let principal: Principal = principal
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{principal:?} is not a principal: {e}"))?;
+                self.refresh_caps(&path).await;
+                self.client.revoke(&path, &principal).await?;
+                serde_json::to_value(self.client.stat(&path).await?)?
+            }
+            FsRequest::Put { .. } | FsRequest::Get { .. } => {
+                anyhow::bail!("put and get need their own connection")
+            }
+        };
+        Ok(value)
+    }
+
+    /// Finds the public identity of `principal` by asking the peer it is (a node's
+    /// principal and PeerId come from the same key).
+    async fn identity_of(&self, principal: &Principal) -> anyhow::Result<PublicIdentity> {
+        let peers = self.dht.peers().await?;
+        let peer = peers
+            .iter()
+            .filter_map(|p| p.peer_id.parse::<libp2p::PeerId>().ok())
+            .find(|p| keys::PublicKey::from_peer_id(p).is_some_and(|k| &k.principal() == principal))
+            .with_context(|| {
+                format!("{principal} is not a node connected to this one; share with a node that is online")
+            })?;
+        match self.network.request(peer, BlockRequest::Identity).await {
+            Ok(BlockResponse::Identity { identity }) => {
+                let identity: PublicIdentity = protocols::wire::decode(&identity)
+                    .context("the peer's identity is malformed")?;
+                identity
+                    .verify()
+                    .context("the peer's identity does not verify")?;
+                anyhow::ensure!(
+                    &identity.principal() == principal,
+                    "the peer answered with another principal's identity"
+                );
+                Ok(identity)
+            }
+            Ok(other) => anyhow::bail!("the peer did not give its identity: {other:?}"),
+            Err(e) => anyhow::bail!("cannot reach {principal}: {e}"),
+        }
+    }
+
+    /// `put` and `get`: the answer, progress events, then a final event.
+    pub(crate) async fn serve_streaming(&self, request: FsRequest, stream: UnixStream) {
+        let (_reader, mut writer) = stream.into_split();
+        let mut started = false;
+        let result = match request {
+            FsRequest::Put { local, path } => {
+                self.put(&local, &path, &mut writer, &mut started).await
+            }
+            FsRequest::Get { path, local } => {
+                self.get(&path, &local, &mut writer, &mut started).await
+            }
+            other => self.run(other).await,
+        };
+        // Before the first answer, a failure is the answer; after it, the last event.
+        let last = match (result, started) {
+            (Ok(value), true) => serde_json::json!({ "done": value }),
+            (Ok(value), false) => {
+                serde_json::to_value(Response::ok(serde_json::json!({ "done": value })))
+                    .unwrap_or_default()
+            }
+            (Err(e), true) => serde_json::json!({ "error": format!("{e:#}") }),
+            (Err(e), false) => {
+                serde_json::to_value(Response::err(format!("{e:#}"))).unwrap_or_default()
+            }
+        };
+        control::write_event(&mut writer, &last).await;
+    }
+
+    async fn put(
+        &self,
+        local: &str,
+        path: &str,
+        writer: &mut tokio::net::unix::OwnedWriteHalf,
+        started: &mut bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = parse(path)?;
+        let file = tokio::fs::File::open(local)
+            .await
+            .with_context(|| format!("cannot open {local}"))?;
+        let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        control::write_event(writer, &Response::ok(serde_json::json!({ "total": total }))).await;
+        *started = true;
+        self.refresh_caps(&path).await;
+        let (progress, mut updates) = tokio::sync::watch::channel(0u64);
+        let put = self
+            .client
+            .put(&path, tokio::io::BufReader::new(file), move |n| {
+                progress.send_replace(n);
+            });
+        tokio::pin!(put);
+        loop {
+            tokio::select! {
+                done = &mut put => return Ok(serde_json::to_value(done?)?),
+                changed = updates.changed() => {
+                    if changed.is_ok() {
+                        let n = *updates.borrow_and_update();
+                        control::write_event(writer, &serde_json::json!({ "progress": n })).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        path: &str,
+        local: &str,
+        writer: &mut tokio::net::unix::OwnedWriteHalf,
+        started: &mut bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = parse(path)?;
+        let stat = self.client.stat(&path).await?;
+        control::write_event(
+            writer,
+            &Response::ok(serde_json::json!({ "total": stat.size })),
+        )
+        .await;
+        *started = true;
+        // Into a temporary file beside the target, renamed when complete: a failed get
+        // leaves no partial file behind.
+        let target = PathBuf::from(local);
+        let name = target
+            .file_name()
+            .context("the local path names no file")?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = target.with_file_name(format!(".{name}.btnode-partial"));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let (progress, mut updates) = tokio::sync::watch::channel(0u64);
+        let mut sink = tokio::io::BufWriter::new(file);
+        let result = {
+            let get = self.client.get(&path, &mut sink, move |n| {
+                progress.send_replace(n);
+            });
+            tokio::pin!(get);
+            loop {
+                tokio::select! {
+                    done = &mut get => break done,
+                    changed = updates.changed() => {
+                        if changed.is_ok() {
+                            let n = *updates.borrow_and_update();
+                            control::write_event(writer, &serde_json::json!({ "progress": n })).await;
+                        }
+                    }
+                }
+            }
+        };
+        let finished = match result {
+            Ok(bytes) => {
+                let mut file = sink.into_inner();
+                file.flush().await?;
+                file.sync_all().await?;
+                tokio::fs::rename(&tmp, &target)
+                    .await
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+                Ok(serde_json::json!({ "bytes": bytes, "local": target.display().to_string() }))
+            }
+            Err(e) => Err(anyhow::Error::new(e)),
+        };
+        if finished.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        finished
+    }
+}
+
+fn parse(text: &str) -> anyhow::Result<Path> {
+    text.parse::<Path>()
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a blocktree path: {e}"))
+}

@@ -1,0 +1,178 @@
+//! `btnode fs …` on the command line: asks the daemon, shows progress and results.
+
+use std::path::{Path as FsPath, PathBuf};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::FsCommand;
+use crate::control::{self, Request};
+use crate::files::FsRequest;
+
+fn absolute(local: &FsPath) -> anyhow::Result<PathBuf> {
+    std::path::absolute(local).with_context(|| format!("cannot resolve {}", local.display()))
+}
+
+pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
+    let (request, json) = match command {
+        FsCommand::Put { local, path, json } => {
+            let local = absolute(&local)?;
+            anyhow::ensure!(
+                local.is_file(),
+                "{} is not a readable file",
+                local.display()
+            );
+            let request = FsRequest::Put {
+                local: local.display().to_string(),
+                path,
+            };
+            return transfer(data_dir, request, json);
+        }
+        FsCommand::Get { path, local, json } => {
+            let local = absolute(&local)?;
+            let request = FsRequest::Get {
+                path,
+                local: local.display().to_string(),
+            };
+            return transfer(data_dir, request, json);
+        }
+        FsCommand::Ls(a) => (FsRequest::Ls { path: a.path }, a.json),
+        FsCommand::Stat(a) => (FsRequest::Stat { path: a.path }, a.json),
+        FsCommand::Rm(a) => (FsRequest::Rm { path: a.path }, a.json),
+        FsCommand::Mkdir {
+            path,
+            parents,
+            json,
+        } => (FsRequest::Mkdir { path, parents }, json),
+        FsCommand::Mv { from, to, json } => (FsRequest::Mv { from, to }, json),
+        FsCommand::Share {
+            path,
+            principal,
+            write,
+            expires,
+            json,
+        } => (
+            FsRequest::Share {
+                path,
+                principal,
+                write,
+                expires_secs: expires,
+            },
+            json,
+        ),
+        FsCommand::Revoke {
+            path,
+            principal,
+            json,
+        } => (FsRequest::Revoke { path, principal }, json),
+    };
+    let ls = matches!(request, FsRequest::Ls { .. });
+    let result = crate::call(data_dir, &Request::Fs(request))?;
+    if json {
+        return crate::print_json(&result);
+    }
+    if ls {
+        let entries: Vec<fs::DirEntry> = serde_json::from_value(result)?;
+        for e in entries {
+            let kind = match e.kind {
+                fs::inode::Kind::Dir => "d",
+                fs::inode::Kind::File => "-",
+            };
+            let conflict = if e.conflict.is_some() {
+                "  (conflict copy)"
+            } else {
+                ""
+            };
+            println!("{kind} {:>12}  {}{conflict}", e.size, e.name);
+        }
+        return Ok(());
+    }
+    match serde_json::from_value::<fs::Stat>(result.clone()) {
+        Ok(stat) => print_stat(&stat),
+        Err(_) => crate::print_json(&result)?,
+    }
+    Ok(())
+}
+
+fn print_stat(stat: &fs::Stat) {
+    let kind = match stat.kind {
+        fs::inode::Kind::Dir => "directory",
+        fs::inode::Kind::File => "file",
+    };
+    println!(
+        "{kind}, {} bytes in {} chunks, mode {:o}",
+        stat.size, stat.chunks, stat.mode
+    );
+    println!("inode {}", stat.inode);
+    println!(
+        "version {} (seq {}), written by {}",
+        stat.version, stat.seq, stat.writer
+    );
+    if stat.anchor {
+        let readers: Vec<String> = stat.readers.iter().map(ToString::to_string).collect();
+        println!("shared root; readers: {}", readers.join(", "));
+    }
+    if stat.conflicts > 0 {
+        println!(
+            "{} conflicting version(s) shown as .conflict-* copies",
+            stat.conflicts
+        );
+    }
+}
+
+/// `put` / `get`: a progress bar on a terminal, then the result.
+fn transfer(data_dir: &FsPath, request: FsRequest, json: bool) -> anyhow::Result<()> {
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        // Hidden by indicatif itself when stderr is not a terminal.
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut outcome: Option<anyhow::Result<serde_json::Value>> = None;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(control::call_streaming(
+            data_dir,
+            &Request::Fs(request),
+            |event| {
+                if let Some(total) = event.get("total").and_then(serde_json::Value::as_u64) {
+                    bar.set_length(total);
+                } else if let Some(n) = event.get("progress").and_then(serde_json::Value::as_u64) {
+                    bar.set_position(n);
+                } else if let Some(done) = event.get("done") {
+                    outcome = Some(Ok(done.clone()));
+                } else if let Some(error) = event.get("error").and_then(serde_json::Value::as_str) {
+                    outcome = Some(Err(anyhow::anyhow!("{error}")));
+                }
+                Ok(())
+            },
+        ))?;
+    bar.finish_and_clear();
+    let result = outcome.context("the daemon stopped before the transfer finished")??;
+    if json {
+        return crate::print_json(&result);
+    }
+    match serde_json::from_value::<fs::Stat>(result.clone()) {
+        Ok(stat) => print_stat(&stat),
+        Err(_) => {
+            let bytes = result
+                .get("bytes")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let local = result
+                .get("local")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            println!("{bytes} bytes written to {local}");
+        }
+    }
+    Ok(())
+}
