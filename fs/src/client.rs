@@ -858,7 +858,7 @@ impl<B: Blocks> Client<B> {
     async fn parent_dirs(&self, path: &Path, create: bool) -> Result<Vec<Node>, Error> {
         let parent = path.parent().ok_or_else(|| Error::ReadOnly {
             path: path.to_string(),
-            reason: "a tree's root is not a file".into(),
+            reason: "a tree's root is made with the tree, not created or replaced".into(),
         })?;
         let (mut nodes, missing) = self.walk_partial(&parent).await?;
         if missing.is_empty() && !nodes.is_empty() {

@@ -319,6 +319,7 @@ impl Network {
     }
 
     fn mark_down(&self, peer: PeerId) {
+        tracing::debug!(%peer, "peer did not answer; skipping it for a while");
         if let Ok(mut down) = self.down.lock() {
             down.insert(peer, Instant::now() + self.config.down_for);
         }
@@ -327,6 +328,13 @@ impl Network {
     /// Peers nearest to `key` that are not known to be down, nearest first; the first
     /// R are where the item belongs.
     pub async fn candidates(&self, key: &[u8; 32]) -> Result<Vec<PeerId>, BlockError> {
+        Ok(self.placement(key).await?.1)
+    }
+
+    /// The number of nodes known near `key` (this one included, down or not), and
+    /// [`Network::candidates`]. A write needs W acknowledgements, or as many as there are
+    /// nodes when the overlay is smaller than W; peers being down does not lower it.
+    async fn placement(&self, key: &[u8; 32]) -> Result<(usize, Vec<PeerId>), BlockError> {
         let near = self
             .dht
             .closest(key.to_vec(), self.config.replicas + 4)
@@ -336,11 +344,13 @@ impl Network {
                 acks: 0,
                 reason: format!("overlay: {e}"),
             })?;
-        Ok(near
+        let known = near.len();
+        let live = near
             .into_iter()
             .map(|c| c.peer)
             .filter(|p| *p == self.me || !self.is_down(p))
-            .collect())
+            .collect();
+        Ok((known, live))
     }
 
     /// Sends one request to `peer` (answered locally for this node).
@@ -406,7 +416,7 @@ impl Network {
         request: Request,
         stored_here: bool,
     ) -> Result<usize, BlockError> {
-        let mut candidates = self.candidates(key).await?;
+        let (known, mut candidates) = self.placement(key).await?;
         if stored_here {
             candidates.retain(|p| *p != self.me);
         }
@@ -442,11 +452,7 @@ impl Network {
                 }
             }
         }
-        let needed = self
-            .config
-            .write_quorum
-            .min(candidates.len() + usize::from(stored_here))
-            .max(1);
+        let needed = self.config.write_quorum.min(known).max(1);
         if acks >= needed {
             if acks < r {
                 tracing::debug!(

@@ -239,3 +239,118 @@ async fn three_replicas_survive_two_departures() {
     let sent: u64 = nodes.iter().map(|n| n.repair.status().bytes_sent).sum();
     assert!(sent > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_refuses_forged_versions_and_bad_chunks() {
+    trace();
+    let first = start_node(None).await;
+    let mut nodes = vec![first];
+    for _ in 1..4 {
+        let addr = nodes[0].addr.clone();
+        nodes.push(start_node(Some(&addr)).await);
+    }
+    for node in &nodes {
+        let dht = node.dht.clone();
+        eventually(
+            "the routing tables to fill",
+            Duration::from_secs(20),
+            async || dht.status().await.unwrap().routing_table >= 3,
+        )
+        .await;
+    }
+    let owner = &nodes[0];
+    let tree = Path::root_of(owner.identity.principal());
+    let chain = Chain::root_grant(
+        owner.identity.signing_key(),
+        owner.identity.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    let writer = Client::new(
+        owner.network.clone(),
+        owner.identity.clone(),
+        vec![chain.clone()],
+        Config::new(),
+    );
+    let file = tree.join("a").unwrap();
+    writer.put(&file, &b"genuine"[..], |_| {}).await.unwrap();
+    let stat = writer.stat(&file).await.unwrap();
+    let genuine = {
+        use fs::Blocks;
+        let versions = owner.network.get_versions(stat.inode).await.unwrap();
+        fs::inode::winner(&versions).unwrap().clone()
+    };
+
+    // Node 3 holds no writecap: its client refuses to write, and a version it forges
+    // (new contents, its own key, the owner's chain) is refused by every node.
+    let mallory = &nodes[3];
+    let refused = Client::new(
+        mallory.network.clone(),
+        mallory.identity.clone(),
+        vec![],
+        Config::new(),
+    )
+    .put(&file, &b"forged"[..], |_| {})
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(fs::Error::PermissionDenied { .. }) | Err(fs::Error::NotAuthorized { .. })
+        ),
+        "{refused:?}"
+    );
+    let mut forged = genuine.inode.clone();
+    forged.seq += 1;
+    forged.parents = vec![genuine.version];
+    forged.writer = mallory.identity.signing_key().public_key();
+    let forged = fs::inode::Signed::sign(&forged, mallory.identity.signing_key()).unwrap();
+    for node in &nodes {
+        let answer = mallory
+            .network
+            .request(
+                node.dht.status().await.unwrap().peer_id.parse().unwrap(),
+                protocols::block::Request::PutVersion {
+                    inode: stat.inode.0,
+                    signed: forged.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                answer,
+                protocols::block::Response::Refused(
+                    protocols::block::Refusal::NotAuthorized { .. }
+                )
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(
+            node.network
+                .local()
+                .counters()
+                .refused_versions
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A chunk whose bytes do not match its id is refused too.
+        let answer = mallory
+            .network
+            .request(
+                node.dht.status().await.unwrap().peer_id.parse().unwrap(),
+                protocols::block::Request::PutChunk {
+                    id: [7; 32],
+                    data: b"not those bytes".to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            protocols::block::Response::Refused(protocols::block::Refusal::Mismatch)
+        );
+    }
+    let mut out = Vec::new();
+    writer.get(&file, &mut out, |_| {}).await.unwrap();
+    assert_eq!(out, b"genuine");
+}

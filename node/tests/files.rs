@@ -134,3 +134,262 @@ fn five_processes_replicate_and_repair() {
         .collect();
     assert!(counts.windows(2).all(|w| w[0] == w[1]), "{counts:?}");
 }
+
+/// Replaces every copy of `window` in `file` with the same bytes, one bit flipped;
+/// returns how many copies there were.
+fn flip_everywhere(file: &Path, window: &[u8]) -> usize {
+    let mut bytes = std::fs::read(file).unwrap();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(window.len()).position(|w| w == window) {
+        bytes[at + i + window.len() / 2] ^= 0x01;
+        found += 1;
+        at += i + window.len();
+    }
+    std::fs::write(file, bytes).unwrap();
+    found
+}
+
+#[test]
+fn a_tampered_chunk_is_read_around_reported_and_repaired() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start_with_env(btnode, 3, &[("BT_REPAIR_INTERVAL_SECS", "1")]).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let local = random_file(work.path(), "data.bin", 3 << 20, 7);
+    let path = net.path("data.bin");
+    net.json(0, &["fs", "put", local.to_str().unwrap(), &path])
+        .unwrap();
+    let tree = format!("/{}", net.root);
+
+    // Without a readcap: a permission error. With one but no writecap: no writing.
+    let denied = net
+        .cli(
+            2,
+            &["fs", "get", &path, work.path().join("x").to_str().unwrap()],
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("permission denied"));
+    net.json(0, &["fs", "share", &tree, &net.nodes[1].principal.clone()])
+        .unwrap();
+    net.json(0, &["fs", "share", &tree, &net.nodes[2].principal.clone()])
+        .unwrap();
+    let new_dir = net.path("new");
+    for args in [
+        vec!["fs", "put", local.to_str().unwrap(), &path],
+        vec!["fs", "mkdir", &new_dir],
+        vec!["fs", "rm", &path],
+    ] {
+        let refused = net.cli(2, &args).unwrap();
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("not authorised to write") || stderr.contains("already exists"),
+            "{args:?}: {stderr}"
+        );
+    }
+    repaired(&net, &[0, 1, 2]);
+
+    // Every chunk node 1 holds is altered on its disk while it is stopped.
+    net.stop(1).unwrap();
+    let db = net.nodes[1].data_dir.join("blocks.redb");
+    let chunks: Vec<Vec<u8>> = {
+        let store = fs::store::Store::open(&db).unwrap();
+        let ids = store.chunk_ids(None, 10_000).unwrap();
+        ids.iter()
+            .map(|id| store.get_chunk(id).unwrap().unwrap())
+            .collect()
+    };
+    assert!(chunks.len() >= 4);
+    for chunk in &chunks {
+        let window = &chunk[chunk.len() / 2 - 16..chunk.len() / 2 + 16];
+        assert!(flip_everywhere(&db, window) >= 1);
+    }
+    net.restart(1).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+
+    // Node 1 reads the file byte for byte (through the other replicas), reports the
+    // bad copies, and repair puts good ones back.
+    let out = work.path().join("back.bin");
+    net.json(1, &["fs", "get", &path, out.to_str().unwrap()])
+        .unwrap();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap());
+    eventually(
+        "the bad copies to be dropped and reported",
+        Duration::from_secs(60),
+        || {
+            (status(&net, 1)["corrupt_dropped"].as_u64().unwrap() >= chunks.len() as u64)
+                .then_some(())
+        },
+    );
+    repaired(&net, &[0, 1, 2]);
+    eventually(
+        "node 1 to hold every chunk again",
+        Duration::from_secs(60),
+        || (status(&net, 1)["chunks"] == status(&net, 0)["chunks"]).then_some(()),
+    );
+    net.stop(1).unwrap();
+    let store = fs::store::Store::open(&db).unwrap();
+    for id in store.chunk_ids(None, 10_000).unwrap() {
+        store.get_chunk(&id).unwrap().unwrap();
+    }
+}
+
+/// A TCP relay that records every byte it passes, both ways.
+fn relay(target: std::net::SocketAddr) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(inbound) = inbound else { return };
+            let Ok(outbound) = std::net::TcpStream::connect(target) else {
+                return;
+            };
+            for (mut from, mut to) in [
+                (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                (outbound, inbound),
+            ] {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn storage_nodes_and_traffic_hold_no_plaintext() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let env = [("BT_FS_REPLICAS", "2"), ("BT_FS_WRITE_QUORUM", "2")];
+    let mut net = Testnet::start_with_env(btnode, 1, &env).unwrap();
+    // The second node joins through a relay that records the traffic.
+    let address = net.nodes[0].address.clone().unwrap();
+    let parts: Vec<&str> = address.split('/').collect();
+    let port: u16 = parts[4].parse().unwrap();
+    let peer = parts[6];
+    let (relay_port, seen) = relay(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    net.add_node(&format!("/ip4/127.0.0.1/tcp/{relay_port}/p2p/{peer}"))
+        .unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+
+    let marker = b"BLOCKTREE-KNOWN-PLAINTEXT-0123456789-";
+    let plaintext: Vec<u8> = marker.iter().copied().cycle().take(2 << 20).collect();
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("known.txt");
+    std::fs::write(&local, &plaintext).unwrap();
+    net.json(
+        0,
+        &["fs", "put", local.to_str().unwrap(), &net.path("known.txt")],
+    )
+    .unwrap();
+    let captured = seen.lock().unwrap().clone();
+    assert!(
+        captured.len() > plaintext.len(),
+        "only {} bytes went through the relay",
+        captured.len()
+    );
+    assert!(
+        !captured.windows(marker.len()).any(|w| w == marker),
+        "plaintext on the wire"
+    );
+
+    net.stop(1).unwrap();
+    net.stop(0).unwrap();
+    for node in &net.nodes {
+        for entry in std::fs::read_dir(&node.data_dir).unwrap().flatten() {
+            if entry.path().is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                assert!(
+                    !bytes.windows(marker.len()).any(|w| w == marker),
+                    "plaintext in {}",
+                    entry.path().display()
+                );
+            }
+        }
+        let stored = std::fs::metadata(node.data_dir.join("blocks.redb"))
+            .unwrap()
+            .len();
+        assert!(
+            stored > plaintext.len() as u64,
+            "node {} stores only {stored} bytes",
+            node.index
+        );
+    }
+}
+
+#[test]
+fn kill_9_during_writes_loses_no_acknowledged_write() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 3).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = net.nodes[0].data_dir.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let dir = work.path().to_path_buf();
+        let paths: Vec<String> = (0..400)
+            .map(|i| net.path(&format!("stream/f{i}")))
+            .collect();
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            for (i, path) in paths.into_iter().enumerate() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let local = random_file(&dir, &format!("f{i}"), 1000 + i * 997, i as u64 + 11);
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_btnode"))
+                    .arg("--data-dir")
+                    .arg(&data_dir)
+                    .args(["fs", "put", local.to_str().unwrap(), &path, "--json"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    acknowledged.push((local, path));
+                }
+            }
+            acknowledged
+        })
+    };
+    // Let a few writes land, then kill the writing node mid-stream.
+    std::thread::sleep(Duration::from_secs(4));
+    net.kill(0).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(
+        acknowledged.len() >= 3,
+        "only {} writes before the kill",
+        acknowledged.len()
+    );
+    net.restart(0).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    for (i, (local, path)) in acknowledged.iter().enumerate() {
+        let out = work.path().join(format!("back{i}"));
+        let got = eventually(
+            "an acknowledged file to be readable",
+            Duration::from_secs(30),
+            || {
+                net.json(0, &["fs", "get", path, out.to_str().unwrap()])
+                    .ok()
+            },
+        );
+        assert!(got["bytes"].as_u64().is_some());
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(local).unwrap(),
+            "{path} differs"
+        );
+    }
+}

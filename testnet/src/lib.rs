@@ -218,8 +218,22 @@ impl Testnet {
         None
     }
 
+    /// Adds a node that joins through `bootstrap` (e.g. a relay a test controls) rather
+    /// than through node 0; returns its index.
+    pub fn add_node(&mut self, bootstrap: &str) -> anyhow::Result<usize> {
+        let index = self.nodes.len();
+        let node = self.init(index)?;
+        self.nodes.push(node);
+        self.launch_with(index, Some(bootstrap.to_owned()))?;
+        Ok(index)
+    }
+
     fn launch(&mut self, index: usize) -> anyhow::Result<()> {
         let bootstrap = self.bootstrap_for(index);
+        self.launch_with(index, bootstrap)
+    }
+
+    fn launch_with(&mut self, index: usize, bootstrap: Option<String>) -> anyhow::Result<()> {
         let node = &mut self.nodes[index];
         let mut cmd = Command::new(&self.btnode);
         cmd.arg("--data-dir")
