@@ -383,7 +383,7 @@ mod tests {
     use super::*;
     use keys::{Identity, Validity};
 
-    pub(crate) fn setup() -> (Identity, Chain, Path) {
+    fn setup() -> (Identity, Chain, Path) {
         let root = Identity::generate();
         let tree = Path::root_of(root.principal());
         let chain = Chain::root_grant(
@@ -533,5 +533,39 @@ mod tests {
             winner(&reversed).unwrap().version
         );
         assert!(heads.iter().all(|h| h.version != v1.version));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_verifies_or_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            proptest::prop_assert!(Signed::verify(&bytes, keys::now(), &Revocations::default()).is_err());
+        }
+
+        #[test]
+        fn signed_versions_round_trip_and_resist_alteration(
+            seq in 1u64..1000,
+            sizes in proptest::collection::vec(1u32..=64, 0..20),
+            mode in 0u32..=0o7777,
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let (root, chain, tree) = setup();
+            let mut body = inode(&root, &chain, tree.join("p").unwrap(), seq);
+            let n = sizes.len();
+            body.chunk_size = 64;
+            body.chunks = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ChunkRef { id: ChunkId([i as u8; 32]), len: if i + 1 == n { *s } else { 64 } })
+                .collect();
+            body.size = body.chunks.iter().map(|c| u64::from(c.len)).sum();
+            body.mode = mode;
+            let bytes = Signed::sign(&body, root.signing_key()).unwrap();
+            let verified = Signed::verify(&bytes, keys::now(), &Revocations::default()).unwrap();
+            proptest::prop_assert_eq!(&verified.inode, &body);
+            let mut bad = bytes.clone();
+            let i = flip.index(bad.len());
+            bad[i] ^= 0x10;
+            proptest::prop_assert!(Signed::verify(&bad, keys::now(), &Revocations::default()).map(|v| v.inode) != Ok(body));
+        }
     }
 }
