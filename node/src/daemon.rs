@@ -55,6 +55,18 @@ pub(crate) async fn run(
     )
     .await
     .context("cannot start the overlay")?;
+    let files = crate::files::Files::start(
+        &data_dir,
+        Arc::new(
+            keys::Identity::from_secret_bytes(&node.identity.to_secret_bytes())
+                .context("cannot copy the node's keys")?,
+        ),
+        client.clone(),
+        &fs_settings,
+        registry.as_mut(),
+    )
+    .await
+    .context("cannot start the file system")?;
     let _metrics_task = match (metrics, registry) {
         (Some(address), Some(registry)) => {
             Some(crate::metrics::serve(address, Arc::new(registry)).await?)
@@ -83,17 +95,6 @@ pub(crate) async fn run(
     )
     .await
     .context("cannot start the actor runtime")?;
-    let files = crate::files::Files::start(
-        &data_dir,
-        Arc::new(
-            keys::Identity::from_secret_bytes(&node.identity.to_secret_bytes())
-                .context("cannot copy the node's keys")?,
-        ),
-        client.clone(),
-        &fs_settings,
-    )
-    .await
-    .context("cannot start the file system")?;
     let daemon = Arc::new(Daemon {
         files,
         data_dir: data_dir.clone(),

@@ -113,6 +113,7 @@ impl Files {
         identity: Arc<Identity>,
         dht: dht::Client,
         settings: &FsSettings,
+        registry: Option<&mut prometheus_client::registry::Registry>,
     ) -> anyhow::Result<Files> {
         let file = data_dir.join("blocks.redb");
         let store = fs::store::Store::open(&file)
@@ -150,6 +151,12 @@ impl Files {
             repair_config,
             repair.clone(),
         );
+        if let Some(registry) = registry {
+            registry.register_collector(Box::new(Collector {
+                network: network.clone(),
+                repair: repair.clone(),
+            }));
+        }
         let principal = identity.principal();
         let chains = caps::installed(data_dir, &principal, keys::now());
         let client = Client::new(network.clone(), identity, chains, fs::Config::new());
@@ -424,4 +431,93 @@ impl Files {
 fn parse(text: &str) -> anyhow::Result<Path> {
     text.parse::<Path>()
         .map_err(|e| anyhow::anyhow!("{text:?} is not a blocktree path: {e}"))
+}
+
+/// The file system's metrics, read at each scrape.
+#[derive(Debug)]
+struct Collector {
+    network: Arc<Network>,
+    repair: Arc<repair::Counters>,
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let local = self.network.local();
+        let stats = local.store().stats().unwrap_or_default();
+        let gauges = [
+            (
+                "blocktree_fs_under_replicated",
+                "Items held here that lacked copies on the nodes they belong on after the last repair round",
+                self.repair.under_replicated.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_chunks",
+                "Chunks in this node's block store",
+                stats.chunks,
+            ),
+            (
+                "blocktree_fs_chunk_bytes",
+                "Bytes of chunks in this node's block store",
+                stats.chunk_bytes,
+            ),
+            (
+                "blocktree_fs_inode_versions",
+                "Inode versions in this node's block store",
+                stats.versions,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "blocktree_fs_repair_bytes",
+                "Bytes sent by repair",
+                self.repair.bytes_sent.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_repair_copies",
+                "Copies sent by repair",
+                self.repair.copies_sent.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_repair_rounds",
+                "Repair rounds finished",
+                self.repair.rounds.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_corrupt_dropped",
+                "Corrupt chunks found in this node's store and dropped",
+                local.counters().corrupt_dropped.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_refused_versions",
+                "Inode versions refused (forged, unauthorised, malformed, stale)",
+                local.counters().refused_versions.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_bad_answers",
+                "Answers from replicas that did not verify",
+                self.network.counters().bad_answers.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }

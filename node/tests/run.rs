@@ -317,6 +317,9 @@ fn metrics_endpoint_serves_prometheus_text() {
         "blocktree_records",
         "blocktree_routing_table_entries",
         "libp2p_kad_",
+        "blocktree_fs_under_replicated",
+        "blocktree_fs_repair_bytes_total",
+        "blocktree_fs_chunks",
     ] {
         assert!(answer.contains(metric), "no {metric} in {answer}");
     }
