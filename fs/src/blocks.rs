@@ -39,9 +39,11 @@ impl From<Refused> for BlockError {
 /// Storage of chunks and inode versions. Every method is cancel-safe: a dropped future
 /// may or may not have stored its items, and nothing was acknowledged.
 pub trait Blocks: Send + Sync + 'static {
-    /// Stores sealed chunks durably (on enough replicas) before returning.
+    /// Stores sealed chunks of the inode `owner` durably (on enough replicas) before
+    /// returning.
     fn put_chunks(
         &self,
+        owner: InodeId,
         chunks: Vec<Sealed>,
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
     /// A chunk whose bytes hash to `id`.
@@ -60,12 +62,12 @@ pub trait Blocks: Send + Sync + 'static {
 }
 
 impl Blocks for Replica {
-    async fn put_chunks(&self, chunks: Vec<Sealed>) -> Result<(), BlockError> {
+    async fn put_chunks(&self, owner: InodeId, chunks: Vec<Sealed>) -> Result<(), BlockError> {
         let replica = self.clone();
         tokio::task::spawn_blocking(move || {
             let items: Vec<(ChunkId, &[u8])> =
                 chunks.iter().map(|c| (c.id, c.bytes.as_slice())).collect();
-            replica.put_chunks(&items).map(|_| ())
+            replica.put_chunks(&owner, &items).map(|_| ())
         })
         .await
         .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;

@@ -256,7 +256,14 @@ pub struct Handle {
     changed: bool,
     mode: u32,
     cache: Option<(u64, Vec<u8>)>,
+    /// When the first chunk stored since the last version was stored.
+    unsynced_since: Option<std::time::Instant>,
 }
+
+/// How long chunks may wait for the version that refers to them: they are collected as
+/// garbage when unreferenced for [`crate::gc::Config::grace`] (24 h by default), so an
+/// `fsync` later than this refuses rather than commit a version whose chunks may be gone.
+pub const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 impl Handle {
     /// Bytes in the file, including unsynced writes.
@@ -786,7 +793,7 @@ impl<B: Blocks> Client<B> {
             .collect();
         let batch: Vec<chunk::Sealed> = sealed.into_iter().map(|(_, _, s)| s).collect();
         self.blocks
-            .put_chunks(batch)
+            .put_chunks(id, batch)
             .await
             .map_err(blocks_err(&node.path))?;
         Ok(refs)
@@ -1022,6 +1029,7 @@ impl<B: Blocks> Client<B> {
             changed: false,
             mode,
             cache: None,
+            unsynced_since: None,
         })
     }
 
@@ -1067,6 +1075,7 @@ impl<B: Blocks> Client<B> {
             changed: true,
             mode: 0o644,
             cache: None,
+            unsynced_since: None,
         })
     }
 
@@ -1216,6 +1225,9 @@ impl<B: Blocks> Client<B> {
             return Ok(());
         }
         let dirty = std::mem::take(&mut handle.dirty);
+        handle
+            .unsynced_since
+            .get_or_insert_with(std::time::Instant::now);
         let node = handle.node().clone();
         let refs = self.seal_and_store(&node, &node.key, dirty).await?;
         let count = chunk_count(handle.size, handle.chunk_size);
@@ -1257,6 +1269,19 @@ impl<B: Blocks> Client<B> {
             node.key_epochs = node.governing.clone();
         }
         self.flush(handle).await?;
+        if handle
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() > MAX_UNSYNCED)
+        {
+            return Err(Error::ReadOnly {
+                path: handle.node().path.to_string(),
+                reason: format!(
+                    "writes stayed unsynced for more than {} h and their chunks may have been \
+                     collected; write the file again",
+                    MAX_UNSYNCED.as_secs() / 3600
+                ),
+            });
+        }
         let node = &mut handle.nodes[i];
         let parents = node.current.iter().map(|v| v.version).collect();
         let chunks = handle.refs.clone();
@@ -1274,6 +1299,7 @@ impl<B: Blocks> Client<B> {
         )
         .await?;
         handle.changed = false;
+        handle.unsynced_since = None;
         if new || rekey {
             self.link_up(&mut handle.nodes, i).await?;
         }

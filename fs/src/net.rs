@@ -117,8 +117,8 @@ pub async fn answer(replica: &Replica, identity: &Arc<Vec<u8>>, request: Request
 
 fn answer_blocking(replica: &Replica, request: Request) -> Response {
     let result = match request {
-        Request::PutChunk { id, data } => replica
-            .put_chunks(&[(ChunkId(id), &data)])
+        Request::PutChunk { id, owner, data } => replica
+            .put_chunks(&InodeId(owner), &[(ChunkId(id), &data)])
             .map(|new| Response::Stored { new: new > 0 }),
         Request::GetChunk { id } => replica.get_chunk(&ChunkId(id)).map(|found| match found {
             Some(data) => Response::Chunk { data },
@@ -485,7 +485,7 @@ fn kind(response: &Response) -> &'static str {
 }
 
 impl Blocks for Network {
-    async fn put_chunks(&self, chunks: Vec<Sealed>) -> Result<(), BlockError> {
+    async fn put_chunks(&self, owner: InodeId, chunks: Vec<Sealed>) -> Result<(), BlockError> {
         // Chunks this node is a replica of go to its store in one transaction.
         let mut local = Vec::new();
         let mut remote = Vec::new();
@@ -502,7 +502,7 @@ impl Blocks for Network {
             }
         }
         if !local.is_empty() {
-            Blocks::put_chunks(&self.local, local.clone()).await?;
+            Blocks::put_chunks(&self.local, owner, local.clone()).await?;
         }
         let puts = local
             .into_iter()
@@ -514,6 +514,7 @@ impl Blocks for Network {
                     let key = *chunk.id.as_bytes();
                     let request = Request::PutChunk {
                         id: key,
+                        owner: owner.0,
                         data: chunk.bytes,
                     };
                     self.put_item(&key, request, stored_here).await
@@ -575,7 +576,19 @@ impl Blocks for Network {
     }
 
     async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        let candidates = self.candidates(inode.as_bytes()).await?;
+        self.versions_from(inode, 1).await
+    }
+}
+
+impl Network {
+    /// Every version of `inode` that replicas hold, from at least `quorum` answers (or
+    /// as many as there are nodes near it, when fewer), merged and verified.
+    pub async fn versions_from(
+        &self,
+        inode: InodeId,
+        quorum: usize,
+    ) -> Result<Vec<Verified>, BlockError> {
+        let (known, candidates) = self.placement(inode.as_bytes()).await?;
         let asked: Vec<PeerId> = candidates
             .into_iter()
             .take(self.config.replicas + 1)
@@ -622,10 +635,11 @@ impl Blocks for Network {
                 Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
             }
         }
-        if answered == 0 {
+        let needed = quorum.min(known).max(1);
+        if answered < needed {
             return Err(BlockError::Unavailable {
-                needed: 1,
-                acks: 0,
+                needed,
+                acks: answered,
                 reason: errors.join("; "),
             });
         }

@@ -33,6 +33,8 @@ pub struct Config {
     pub bandwidth: u64,
     /// Chunks re-read against their ids per round. Default 256.
     pub scrub_per_round: usize,
+    /// Collection of chunks no kept version refers to, a batch after every round.
+    pub gc: crate::gc::Config,
 }
 
 impl Config {
@@ -43,6 +45,7 @@ impl Config {
             settle: Duration::from_secs(2),
             bandwidth: 64 << 20,
             scrub_per_round: 256,
+            gc: crate::gc::Config::new(),
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct Counters {
     pub bytes_sent: AtomicU64,
     /// Corrupt chunks found by scrubbing.
     pub scrub_corrupt: AtomicU64,
+    /// Collection of unreferenced chunks.
+    pub gc: crate::gc::Counters,
 }
 
 /// A serializable view of the counters.
@@ -86,6 +91,10 @@ pub struct Status {
     pub bytes_sent: u64,
     /// Corrupt chunks found by scrubbing.
     pub scrub_corrupt: u64,
+    /// Unreferenced chunks collected.
+    pub collected: u64,
+    /// Unreferenced chunks waiting out the grace period.
+    pub collect_waiting: u64,
 }
 
 impl Counters {
@@ -98,6 +107,8 @@ impl Counters {
             copies_sent: self.copies_sent.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             scrub_corrupt: self.scrub_corrupt.load(Ordering::Relaxed),
+            collected: self.gc.collected.load(Ordering::Relaxed),
+            collect_waiting: self.gc.waiting.load(Ordering::Relaxed),
         }
     }
 }
@@ -145,6 +156,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut membership = membership;
         let mut scrub_cursor: Option<ChunkId> = None;
+        let mut collector = crate::gc::Collector::new(config.gc.clone());
         loop {
             tokio::select! {
                 changed = membership.changed() => {
@@ -157,7 +169,12 @@ pub fn spawn(
                 () = tokio::time::sleep(config.interval) => {}
             }
             scrub_cursor = scrub(&network, scrub_cursor, config.scrub_per_round, &counters).await;
-            if let Err(e) = round(&network, &config, &counters).await {
+            // Collection first: a chunk found unreferenced is not copied around again.
+            if let Err(e) = collector.pass(&network, &counters.gc).await {
+                tracing::warn!(error = %e, "collecting unreferenced chunks failed");
+            }
+            let skip = |c: &ChunkId| collector.unreferenced(c);
+            if let Err(e) = round(&network, &config, &counters, &skip).await {
                 tracing::warn!(error = %e, "repair round failed");
             }
         }
@@ -264,8 +281,15 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
 }
 
 /// One repair round over everything this node holds.
-pub async fn round(network: &Network, config: &Config, counters: &Counters) -> Result<(), String> {
-    let items = held_items(network).await?;
+/// Chunks for which `skip` says so are left alone (garbage waiting to be collected).
+pub async fn round(
+    network: &Network,
+    config: &Config,
+    counters: &Counters,
+    skip: &(dyn Fn(&ChunkId) -> bool + Sync),
+) -> Result<(), String> {
+    let mut items = held_items(network).await?;
+    items.retain(|item| !matches!(item, Item::Chunk(c) if skip(c)));
     // Placement and who holds what; asked again when a peer did not answer (it is then
     // marked down, and the items it should hold are placed around it).
     let mut attempt = 0;
@@ -368,7 +392,23 @@ async fn load(network: &Network, item: &Item) -> Option<(Request, u64)> {
         Item::Chunk(id) => match network.local().get_chunk(&id) {
             Ok(Some(data)) => {
                 let len = data.len() as u64;
-                Some((Request::PutChunk { id: id.0, data }, len))
+                // A chunk stored without an owner travels as owned by nobody (zero), which
+                // no replica ever collects.
+                let owner = network
+                    .local()
+                    .store()
+                    .owner(&id)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(InodeId([0; 32]));
+                Some((
+                    Request::PutChunk {
+                        id: id.0,
+                        owner: owner.0,
+                        data,
+                    },
+                    len,
+                ))
             }
             _ => None,
         },

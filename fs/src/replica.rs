@@ -108,9 +108,14 @@ impl Replica {
             .unwrap_or_default()
     }
 
-    /// Stores chunks (checked against their ids) in one transaction; how many were new.
-    pub fn put_chunks(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize, Refused> {
-        self.store.put_chunks(chunks).map_err(|e| {
+    /// Stores chunks of the inode `owner` (checked against their ids) in one transaction;
+    /// how many were new. An all-zero owner means unknown: such chunks are never collected.
+    pub fn put_chunks(
+        &self,
+        owner: &InodeId,
+        chunks: &[(ChunkId, &[u8])],
+    ) -> Result<usize, Refused> {
+        self.store.put_chunks_of(owner, chunks).map_err(|e| {
             if matches!(e, store::Error::Mismatch { .. }) {
                 self.counters.refused_chunks.fetch_add(1, Ordering::Relaxed);
             }

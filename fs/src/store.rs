@@ -93,6 +93,9 @@ const VERSIONS: TableDefinition<'static, &[u8; 64], (u64, &[u8])> =
 const INODES: TableDefinition<'static, &[u8; 32], u64> = TableDefinition::new("inodes_v1");
 /// Chunk id ‖ version id → (): the version pins the chunk.
 const PINS: TableDefinition<'static, &[u8; 64], ()> = TableDefinition::new("pins_v1");
+/// Chunk id → the inode it belongs to (a chunk's associated data binds it to one inode),
+/// for collecting chunks no version refers to any more.
+const OWNERS: TableDefinition<'static, &[u8; 32], &[u8; 32]> = TableDefinition::new("owners_v1");
 /// Counters and the format number.
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta_v1");
 
@@ -217,6 +220,7 @@ impl Store {
             txn.open_table(VERSIONS).context(WHAT)?;
             txn.open_table(INODES).context(WHAT)?;
             txn.open_table(PINS).context(WHAT)?;
+            txn.open_table(OWNERS).context(WHAT)?;
             Ok(((), true))
         })?;
         Ok(store)

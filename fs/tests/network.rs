@@ -71,6 +71,10 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
     let repair_config = repair::Config {
         interval: Duration::from_millis(500),
         settle: Duration::from_millis(200),
+        gc: fs::gc::Config {
+            grace: Duration::from_secs(2),
+            batch: 1024,
+        },
         ..repair::Config::new()
     };
     let repairing = repair::spawn(
@@ -340,6 +344,7 @@ async fn every_replica_refuses_forged_versions_and_bad_chunks() {
                 node.dht.status().await.unwrap().peer_id.parse().unwrap(),
                 protocols::block::Request::PutChunk {
                     id: [7; 32],
+                    owner: [8; 32],
                     data: b"not those bytes".to_vec(),
                 },
             )
@@ -353,4 +358,82 @@ async fn every_replica_refuses_forged_versions_and_bad_chunks() {
     let mut out = Vec::new();
     writer.get(&file, &mut out, |_| {}).await.unwrap();
     assert_eq!(out, b"genuine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_no_kept_version_refers_to_are_collected() {
+    trace();
+    let first = start_node(None).await;
+    let mut nodes = vec![first];
+    for _ in 1..3 {
+        let addr = nodes[0].addr.clone();
+        nodes.push(start_node(Some(&addr)).await);
+    }
+    for node in &nodes {
+        let dht = node.dht.clone();
+        eventually(
+            "the routing tables to fill",
+            Duration::from_secs(20),
+            async || dht.status().await.unwrap().routing_table >= 2,
+        )
+        .await;
+    }
+    let owner = &nodes[0];
+    let tree = Path::root_of(owner.identity.principal());
+    let chain = Chain::root_grant(
+        owner.identity.signing_key(),
+        owner.identity.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    let writer = Client::new(
+        owner.network.clone(),
+        owner.identity.clone(),
+        vec![chain],
+        Config::new().with_chunk_size(4096),
+    );
+    let file = tree.join("often").unwrap();
+    // 20 versions of 5 chunks each: the replicas keep the last 9, so the chunks of the
+    // first 11 are garbage.
+    for round in 0..20u8 {
+        writer
+            .put(&file, data(5 * 4096, round).as_slice(), |_| {})
+            .await
+            .unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let referenced = || {
+        let mut used = std::collections::BTreeSet::new();
+        for node in &all {
+            let store = node.network.local().store();
+            for inode in store.inode_ids(None, 10_000).unwrap() {
+                for v in node.network.local().versions(&inode).unwrap() {
+                    used.extend(v.inode.chunks.iter().map(|c| c.id));
+                }
+            }
+        }
+        used
+    };
+    eventually(
+        "unreferenced chunks to be collected",
+        Duration::from_secs(60),
+        async || {
+            let used = referenced();
+            all.iter().all(|n| {
+                n.network
+                    .local()
+                    .store()
+                    .chunk_ids(None, 100_000)
+                    .unwrap()
+                    .iter()
+                    .all(|c| used.contains(c))
+            })
+        },
+    )
+    .await;
+    let collected: u64 = nodes.iter().map(|n| n.repair.status().collected).sum();
+    assert!(collected >= 3 * 11 * 5, "{collected} collected");
+    let mut out = Vec::new();
+    writer.get(&file, &mut out, |_| {}).await.unwrap();
+    assert_eq!(out, data(5 * 4096, 19));
 }

@@ -466,12 +466,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fs.replicas, fs.write_quorum, fs.chunks, fs.chunk_bytes, fs.inodes, fs.versions
             );
             println!(
-                "repair:        {} rounds, {} under-replicated, {} copies sent ({} bytes), {} corrupt dropped",
+                "repair:        {} rounds, {} under-replicated, {} copies sent ({} bytes), {} corrupt dropped, {} unreferenced chunks collected",
                 fs.repair.rounds,
                 fs.repair.under_replicated,
                 fs.repair.copies_sent,
                 fs.repair.bytes_sent,
-                fs.corrupt_dropped
+                fs.corrupt_dropped,
+                fs.repair.collected
             );
             println!(
                 "refused:       {} versions, {} chunks; {} bad answers from replicas",

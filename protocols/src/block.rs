@@ -56,6 +56,10 @@ pub enum Request {
         /// The chunk's id, the hash of `data`.
         #[serde(with = "serde_bytes")]
         id: [u8; 32],
+        /// The inode the chunk belongs to (its encryption binds it to that inode): the
+        /// replica collects the chunk once no kept version of that inode refers to it.
+        #[serde(with = "serde_bytes")]
+        owner: [u8; 32],
         /// The encrypted chunk, at most [`MAX_CHUNK_BYTES`].
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
@@ -629,7 +633,7 @@ mod tests {
     /// Random bytes, or long runs up to `max` (the lengths matter more than the bytes).
     fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
-            3 => prop::collection::vec(any::<u8>(), 0..2000),
+            3 => prop::collection::vec(any::<u8>(), 0..2000.min(max + 1)),
             1 => (0..=max, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
             1 => Just(vec![0xa5; max]),
         ]
@@ -648,7 +652,11 @@ mod tests {
             })
         });
         prop_oneof![
-            (id(), bytes(MAX_CHUNK_BYTES)).prop_map(|(id, data)| Request::PutChunk { id, data }),
+            (id(), id(), bytes(MAX_CHUNK_BYTES)).prop_map(|(id, owner, data)| Request::PutChunk {
+                id,
+                owner,
+                data
+            }),
             id().prop_map(|id| Request::GetChunk { id }),
             (id(), bytes(MAX_INODE_BYTES))
                 .prop_map(|(inode, signed)| Request::PutVersion { inode, signed }),
@@ -816,6 +824,7 @@ mod tests {
         let requests = [
             Request::PutChunk {
                 id: [1; 32],
+                owner: [3; 32],
                 data: vec![2; MAX_CHUNK_BYTES],
             },
             Request::PutVersion {
@@ -868,10 +877,11 @@ mod tests {
         assert!(frame.windows(34).any(|w| w == id));
         let frame = encode_request(&Request::PutChunk {
             id: [9; 32],
+            owner: [3; 32],
             data: vec![0xff; 1000],
         })
         .unwrap();
-        assert!(frame.len() < 1000 + 64, "{} bytes", frame.len());
+        assert!(frame.len() < 1000 + 128, "{} bytes", frame.len());
         let frame = encode_request(&Request::Have {
             chunks: vec![[1; 32]; 24],
             versions: vec![([2; 32], [3; 32]); 1000],
@@ -926,6 +936,7 @@ mod tests {
         let requests = [
             Request::PutChunk {
                 id: [1; 32],
+                owner: [3; 32],
                 data: vec![0; MAX_CHUNK_BYTES + 1],
             },
             Request::PutVersion {

@@ -4,8 +4,10 @@ use std::ops::Bound;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::{CHUNKS, Context, Error, META, META_CHUNK_BYTES, PINS, Store, pair, pairs_of, second};
-use crate::id::{ChunkId, VersionId};
+use super::{
+    CHUNKS, Context, Error, META, META_CHUNK_BYTES, OWNERS, PINS, Store, pair, pairs_of, second,
+};
+use crate::id::{ChunkId, InodeId, VersionId};
 
 impl Store {
     /// Stores chunks in one transaction; returns how many were new.
@@ -18,15 +20,53 @@ impl Store {
     /// it holds costs no commit. Writing many chunks in one call is one commit, so it is much
     /// faster than a call per chunk.
     pub fn put_chunks(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize, Error> {
+        self.put_chunks_inner(None, chunks)
+    }
+
+    /// [`put_chunks`](Self::put_chunks), recording in the same transaction that the
+    /// chunks belong to the inode `owner` (see [`owner`](Self::owner)).
+    pub fn put_chunks_of(
+        &self,
+        owner: &InodeId,
+        chunks: &[(ChunkId, &[u8])],
+    ) -> Result<usize, Error> {
+        self.put_chunks_inner(Some(owner), chunks)
+    }
+
+    /// The inode a stored chunk belongs to, if it was stored with one.
+    pub fn owner(&self, chunk: &ChunkId) -> Result<Option<InodeId>, Error> {
+        const WHAT: &str = "looking up a chunk's owner";
+        let txn = self.read(WHAT)?;
+        let owners = txn.open_table(OWNERS).context(WHAT)?;
+        Ok(owners
+            .get(chunk.as_bytes())
+            .context(WHAT)?
+            .map(|g| InodeId(*g.value())))
+    }
+
+    fn put_chunks_inner(
+        &self,
+        owner: Option<&InodeId>,
+        chunks: &[(ChunkId, &[u8])],
+    ) -> Result<usize, Error> {
         if let Some((id, _)) = chunks.iter().find(|(id, bytes)| ChunkId::of(bytes) != *id) {
             return Err(Error::Mismatch { id: *id });
         }
         // Which need writing: found in a read transaction, which leaves writers alone.
         const WHAT: &str = "storing chunks";
         let mut missing = Vec::new();
+        let mut unowned = Vec::new();
         {
             let txn = self.read(WHAT)?;
             let table = txn.open_table(CHUNKS).context(WHAT)?;
+            if owner.is_some() {
+                let owners = txn.open_table(OWNERS).context(WHAT)?;
+                for (id, _) in chunks {
+                    if owners.get(id.as_bytes()).context(WHAT)?.is_none() {
+                        unowned.push(*id);
+                    }
+                }
+            }
             for (id, bytes) in chunks {
                 match table.get(id.as_bytes()).context(WHAT)? {
                     Some(held) if held.value() == *bytes => {}
@@ -38,10 +78,18 @@ impl Store {
                 }
             }
         }
-        if missing.is_empty() {
+        if missing.is_empty() && unowned.is_empty() {
             return Ok(0);
         }
         self.write(WHAT, |txn| {
+            if let Some(owner) = owner {
+                let mut owners = txn.open_table(OWNERS).context(WHAT)?;
+                for id in &unowned {
+                    owners
+                        .insert(id.as_bytes(), owner.as_bytes())
+                        .context(WHAT)?;
+                }
+            }
             let mut table = txn.open_table(CHUNKS).context(WHAT)?;
             let (mut new, mut added, mut removed) = (0, 0, 0);
             for (id, bytes) in missing {
@@ -61,7 +109,7 @@ impl Store {
             }
             drop(table);
             add_chunk_bytes(txn, added, removed, WHAT)?;
-            Ok((new, new > 0))
+            Ok((new, new > 0 || !unowned.is_empty()))
         })
     }
 
@@ -194,6 +242,10 @@ fn remove_chunk(
         .context(what)?
         .map(|g| g.value().len() as u64);
     drop(table);
+    txn.open_table(OWNERS)
+        .context(what)?
+        .remove(id.as_bytes())
+        .context(what)?;
     if let Some(len) = len {
         add_chunk_bytes(txn, 0, len, what)?;
     }

@@ -1,0 +1,144 @@
+//! Collecting chunks that no kept version refers to any more.
+//!
+//! Every chunk is stored with the inode it belongs to (its encryption binds it to that
+//! inode, so there is exactly one). A node collects a chunk it holds only when
+//!
+//! - the versions of its inode, gathered from at least R of the inode's replicas (so that
+//!   every version acknowledged by W of them is seen, as W + R > R + 1 when W ≥ 2), all
+//!   leave it out, and
+//! - it was found unreferenced like that twice, at least `grace` apart (default 24 h), so
+//!   that chunks of a write still under way (stored before its version) are kept.
+//!
+//! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
+//! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
+//! unknown (all zero) is never collected; neither is one whose inode cannot be asked.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::id::{ChunkId, InodeId};
+use crate::net::Network;
+
+/// How collection runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a chunk must stay unreferenced before it goes. Default 24 h.
+    pub grace: Duration,
+    /// Chunks looked at per pass. Default 1024.
+    pub batch: usize,
+}
+
+impl Config {
+    /// The defaults.
+    pub fn new() -> Self {
+        Config {
+            grace: Duration::from_secs(24 * 3600),
+            batch: 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What collection did.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Chunks removed.
+    pub collected: AtomicU64,
+    /// Chunks found unreferenced and waiting out the grace period (last pass).
+    pub waiting: AtomicU64,
+}
+
+/// The collector's memory between passes: where it stopped, and since when each chunk
+/// has been seen unreferenced.
+#[derive(Debug)]
+pub struct Collector {
+    config: Config,
+    cursor: Option<ChunkId>,
+    unreferenced_since: HashMap<ChunkId, Instant>,
+}
+
+impl Collector {
+    /// A collector that has seen nothing yet.
+    pub fn new(config: Config) -> Self {
+        Collector {
+            config,
+            cursor: None,
+            unreferenced_since: HashMap::new(),
+        }
+    }
+
+    /// Whether `chunk` was found unreferenced (and is waiting out the grace period):
+    /// repair does not copy such a chunk to replicas that lack it.
+    pub fn unreferenced(&self, chunk: &ChunkId) -> bool {
+        self.unreferenced_since.contains_key(chunk)
+    }
+
+    /// Looks at the next batch of chunks this node holds and removes those that have
+    /// stayed unreferenced for the grace period.
+    pub async fn pass(&mut self, network: &Network, counters: &Counters) -> Result<(), String> {
+        let local = network.local().clone();
+        let cursor = self.cursor;
+        let batch = self.config.batch;
+        let owned = tokio::task::spawn_blocking(move || {
+            let store = local.store();
+            let ids = store
+                .chunk_ids(cursor.as_ref(), batch)
+                .map_err(|e| e.to_string())?;
+            let mut owned: BTreeMap<InodeId, Vec<ChunkId>> = BTreeMap::new();
+            for id in &ids {
+                if let Some(owner) = store.owner(id).map_err(|e| e.to_string())?
+                    && owner != InodeId([0; 32])
+                {
+                    owned.entry(owner).or_default().push(*id);
+                }
+            }
+            Ok::<_, String>((ids.last().copied(), owned))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (last, owned) = owned;
+        self.cursor = last;
+        let now = Instant::now();
+        let quorum = network.config().replicas;
+        for (owner, chunks) in owned {
+            let versions = match network.versions_from(owner, quorum).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(inode = %owner, error = %e, "cannot tell whether chunks are still used; keeping them");
+                    continue;
+                }
+            };
+            let referenced: HashSet<ChunkId> = versions
+                .iter()
+                .flat_map(|v| v.inode.chunks.iter().map(|c| c.id))
+                .collect();
+            for chunk in chunks {
+                if referenced.contains(&chunk) {
+                    self.unreferenced_since.remove(&chunk);
+                    continue;
+                }
+                let since = *self.unreferenced_since.entry(chunk).or_insert(now);
+                if now.duration_since(since) >= self.config.grace {
+                    match network.local().store().remove_chunk(&chunk) {
+                        Ok(_) => {
+                            self.unreferenced_since.remove(&chunk);
+                            counters.collected.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%chunk, inode = %owner, "collected a chunk no kept version refers to");
+                        }
+                        Err(e) => tracing::warn!(%chunk, error = %e, "cannot collect a chunk"),
+                    }
+                }
+            }
+        }
+        counters
+            .waiting
+            .store(self.unreferenced_since.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
