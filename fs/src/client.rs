@@ -200,6 +200,8 @@ struct Node {
     /// The epochs its key was made in.
     key_epochs: Vec<(InodeId, u64)>,
     read_only: bool,
+    /// Permission bits for the next version of a directory (chmod).
+    mode_override: Option<u32>,
 }
 
 impl std::fmt::Debug for Node {
@@ -271,6 +273,24 @@ impl Handle {
         self.size
     }
 
+    /// Permission bits, including an unsynced change.
+    pub fn mode(&self) -> u32 {
+        self.mode
+    }
+
+    /// Whether writes are buffered that no version holds yet.
+    pub fn is_dirty(&self) -> bool {
+        self.changed
+    }
+
+    /// The file's metadata as of its last version, with the handle's size and mode.
+    pub fn stat(&self) -> Stat {
+        let mut stat = stat_of(self.node());
+        stat.size = self.size;
+        stat.mode = self.mode;
+        stat
+    }
+
     fn node(&self) -> &Node {
         // A handle always holds at least the file's node.
         &self.nodes[self.nodes.len() - 1]
@@ -334,6 +354,20 @@ impl<B: Blocks> Client<B> {
         {
             chains.push(chain);
         }
+    }
+
+    /// Whether this principal holds a writecap covering `path` or some path below it.
+    pub fn can_write_under(&self, path: &Path) -> bool {
+        let me = self.me();
+        let now = keys::now();
+        let chains = self.chains.read().map(|c| c.clone()).unwrap_or_default();
+        chains.iter().any(|c| {
+            c.prefix().is_some_and(|prefix| {
+                (path.starts_with(prefix) || prefix.starts_with(path))
+                    && c.verify(prefix, &me, now, &keys::Revocations::default())
+                        .is_ok()
+            })
+        })
     }
 
     fn me(&self) -> Principal {
@@ -431,6 +465,7 @@ impl<B: Blocks> Client<B> {
             versions,
             governing,
             read_only: false,
+            mode_override: None,
         }];
         let rest = &path.segments()[prefix.segments().len()..];
         for (i, name) in rest.iter().enumerate() {
@@ -480,6 +515,7 @@ impl<B: Blocks> Client<B> {
             versions,
             governing,
             read_only: false,
+            mode_override: None,
         })
     }
 
@@ -815,7 +851,10 @@ impl<B: Blocks> Client<B> {
             .iter()
             .map(|v| v.version)
             .collect();
-        let mode = node.current.as_ref().map_or(0o755, |v| v.inode.mode);
+        let mode = node
+            .mode_override
+            .take()
+            .unwrap_or_else(|| node.current.as_ref().map_or(0o755, |v| v.inode.mode));
         let chunk_size = self.config.chunk_size;
         self.commit(
             node,
@@ -920,6 +959,7 @@ impl<B: Blocks> Client<B> {
             governing: Vec::new(),
             key_epochs: Vec::new(),
             read_only: false,
+            mode_override: None,
         };
         let bytes = Directory::default()
             .encode()
@@ -964,6 +1004,7 @@ impl<B: Blocks> Client<B> {
             governing: parent.governing.clone(),
             key_epochs: parent.governing.clone(),
             read_only: false,
+            mode_override: None,
         });
         let i = nodes.len() - 1;
         self.write_dir(nodes, i, &Directory::default()).await
@@ -1065,6 +1106,7 @@ impl<B: Blocks> Client<B> {
             key_epochs: governing.clone(),
             governing,
             read_only: false,
+            mode_override: None,
         });
         Ok(Handle {
             nodes,
@@ -1177,6 +1219,31 @@ impl<B: Blocks> Client<B> {
             self.flush(handle).await?;
         }
         Ok(written)
+    }
+
+    /// Sets the permission bits of the file or directory at `path` (a new version).
+    pub async fn chmod(&self, path: &Path, mode: u32) -> Result<(), Error> {
+        let mut nodes = self.walk(path).await?;
+        let i = nodes.len() - 1;
+        if nodes[i].kind == Kind::File {
+            let mut handle = self.open(path).await?;
+            self.set_mode(&mut handle, mode)?;
+            return self.fsync(&mut handle).await;
+        }
+        self.chain_for(path, &nodes[i].binding.path)?;
+        self.refresh(&mut nodes[i]).await?;
+        let dir = self.read_dir(&nodes[i]).await?;
+        nodes[i].mode_override = Some(mode & 0o7777);
+        self.write_dir(&mut nodes, i, &dir).await
+    }
+
+    /// Sets the permission bits (`mode & 0o7777`) of an open file; they are part of the
+    /// next version ([`Client::fsync`]).
+    pub fn set_mode(&self, handle: &mut Handle, mode: u32) -> Result<(), Error> {
+        self.check_writable(handle)?;
+        handle.mode = mode & 0o7777;
+        handle.changed = true;
+        Ok(())
     }
 
     /// Sets the file's length: shorter drops bytes, longer appends zeros.

@@ -13,6 +13,7 @@ pub mod blocks;
 pub mod chunk;
 pub mod client;
 pub mod dir;
+pub mod fuse;
 pub mod gc;
 pub mod inode;
 pub mod net;

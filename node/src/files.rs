@@ -67,6 +67,17 @@ pub(crate) enum FsRequest {
         path: String,
         principal: String,
     },
+    /// Show the tree at `path` at the local directory `mountpoint` (absolute).
+    Mount {
+        path: String,
+        mountpoint: String,
+    },
+    /// Unmount what `mount` showed at `mountpoint`.
+    Umount {
+        mountpoint: String,
+    },
+    /// The mounts of this daemon.
+    Mounts,
 }
 
 impl FsRequest {
@@ -98,7 +109,9 @@ pub(crate) struct FsStatus {
 }
 
 pub(crate) struct Files {
-    client: Client<Network>,
+    client: Arc<Client<Network>>,
+    mounts:
+        std::sync::Mutex<std::collections::BTreeMap<PathBuf, (String, fuser::BackgroundSession)>>,
     network: Arc<Network>,
     repair: Arc<repair::Counters>,
     data_dir: PathBuf,
@@ -159,9 +172,15 @@ impl Files {
         }
         let principal = identity.principal();
         let chains = caps::installed(data_dir, &principal, keys::now());
-        let client = Client::new(network.clone(), identity, chains, fs::Config::new());
+        let client = Arc::new(Client::new(
+            network.clone(),
+            identity,
+            chains,
+            fs::Config::new(),
+        ));
         Ok(Files {
             client,
+            mounts: std::sync::Mutex::default(),
             network,
             repair,
             data_dir: data_dir.to_path_buf(),
@@ -264,11 +283,105 @@ impl Files {
                 self.client.revoke(&path, &principal).await?;
                 serde_json::to_value(self.client.stat(&path).await?)?
             }
+            FsRequest::Mount { path, mountpoint } => {
+                let path = parse(&path)?;
+                self.mount(&path, PathBuf::from(mountpoint)).await?
+            }
+            FsRequest::Umount { mountpoint } => self.umount(&PathBuf::from(mountpoint)).await?,
+            FsRequest::Mounts => {
+                let mounts = self
+                    .mounts
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("mount table poisoned"))?;
+                serde_json::to_value(
+                    mounts
+                        .iter()
+                        .map(|(mp, (path, _))| serde_json::json!({ "mountpoint": mp.display().to_string(), "path": path }))
+                        .collect::<Vec<_>>(),
+                )?
+            }
             FsRequest::Put { .. } | FsRequest::Get { .. } => {
                 anyhow::bail!("put and get need their own connection")
             }
         };
         Ok(value)
+    }
+
+    async fn mount(&self, path: &Path, mountpoint: PathBuf) -> anyhow::Result<serde_json::Value> {
+        use std::os::unix::fs::MetadataExt;
+        self.refresh_caps(path).await;
+        let stat = self.client.stat(path).await?;
+        anyhow::ensure!(
+            stat.kind == fs::inode::Kind::Dir,
+            "{path} is not a directory"
+        );
+        if self
+            .mounts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mount table poisoned"))?
+            .contains_key(&mountpoint)
+        {
+            anyhow::bail!("{} is mounted already", mountpoint.display());
+        }
+        let read_only = !self.client.can_write_under(path);
+        let client = self.client.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let root = path.clone();
+        let mp = mountpoint.clone();
+        let session = tokio::task::spawn_blocking(move || {
+            // A stale mount of a killed daemon is cleaned first (inside `spawn`); the
+            // files belong to whoever owns the mount point.
+            let (uid, gid) = match std::fs::metadata(&mp) {
+                Ok(m) => (m.uid(), m.gid()),
+                Err(_) => (0, 0),
+            };
+            let mount = fs::fuse::Mount::new(client, runtime, root, uid, gid);
+            fs::fuse::spawn(mount, &mp, read_only)
+        })
+        .await?
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+        self.mounts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mount table poisoned"))?
+            .insert(mountpoint.clone(), (path.to_string(), session));
+        tracing::info!(%path, mountpoint = %mountpoint.display(), read_only, "mounted");
+        Ok(serde_json::json!({
+            "mountpoint": mountpoint.display().to_string(),
+            "path": path.to_string(),
+            "read_only": read_only,
+        }))
+    }
+
+    async fn umount(&self, mountpoint: &FsPath) -> anyhow::Result<serde_json::Value> {
+        let session = self
+            .mounts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mount table poisoned"))?
+            .remove(mountpoint);
+        let Some((path, session)) = session else {
+            anyhow::bail!(
+                "nothing of this node is mounted at {}",
+                mountpoint.display()
+            );
+        };
+        tokio::task::spawn_blocking(move || session.umount_and_join())
+            .await?
+            .with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
+        Ok(serde_json::json!({ "unmounted": mountpoint.display().to_string(), "path": path }))
+    }
+
+    /// Unmounts everything (the daemon is stopping).
+    pub(crate) async fn unmount_all(&self) {
+        let all: Vec<PathBuf> = self
+            .mounts
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for mountpoint in all {
+            if let Err(e) = self.umount(&mountpoint).await {
+                tracing::warn!(mountpoint = %mountpoint.display(), error = %format!("{e:#}"), "cannot unmount");
+            }
+        }
     }
 
     /// Finds the public identity of `principal` by asking the peer it is (a node's

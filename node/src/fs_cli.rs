@@ -176,3 +176,44 @@ fn transfer(data_dir: &FsPath, request: FsRequest, json: bool) -> anyhow::Result
     }
     Ok(())
 }
+
+pub(crate) fn mount(
+    data_dir: &FsPath,
+    path: String,
+    mountpoint: &FsPath,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mountpoint = absolute(mountpoint)?;
+    let request = FsRequest::Mount {
+        path,
+        mountpoint: mountpoint.display().to_string(),
+    };
+    let result = crate::call(data_dir, &Request::Fs(request))?;
+    if json {
+        return crate::print_json(&result);
+    }
+    let ro = if result["read_only"] == true {
+        " (read-only: no writecap here)"
+    } else {
+        ""
+    };
+    println!(
+        "{} mounted at {}{ro}",
+        result["path"].as_str().unwrap_or(""),
+        mountpoint.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn umount(data_dir: &FsPath, mountpoint: &FsPath, json: bool) -> anyhow::Result<()> {
+    let mountpoint = absolute(mountpoint)?;
+    let request = FsRequest::Umount {
+        mountpoint: mountpoint.display().to_string(),
+    };
+    let result = crate::call(data_dir, &Request::Fs(request))?;
+    if json {
+        return crate::print_json(&result);
+    }
+    println!("unmounted {}", mountpoint.display());
+    Ok(())
+}

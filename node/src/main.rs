@@ -105,6 +105,20 @@ enum Command {
     /// The distributed file system: files encrypted on this node, replicated on peers.
     #[command(subcommand)]
     Fs(FsCommand),
+    /// Show the tree at PATH as an ordinary directory at MOUNTPOINT (FUSE), until
+    /// `btnode umount` or the daemon stops. Read-only without a writecap there.
+    Mount {
+        path: String,
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount a tree mounted with `btnode mount`.
+    Umount {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -513,6 +527,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sub(args) => stream(&data_dir, &control::Request::Subscribe { topic: args.path }),
         Command::Listen(args) => stream(&data_dir, &control::Request::Listen { path: args.path }),
         Command::Fs(command) => fs_cli::run(&data_dir, command),
+        Command::Mount {
+            path,
+            mountpoint,
+            json,
+        } => fs_cli::mount(&data_dir, path, &mountpoint, json),
+        Command::Umount { mountpoint, json } => fs_cli::umount(&data_dir, &mountpoint, json),
         Command::Peers(args) => {
             let peers = call(&data_dir, &control::Request::Peers)?;
             if args.json {

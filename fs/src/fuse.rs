@@ -1,0 +1,722 @@
+//! The FUSE adapter: shows a tree of the file system as an ordinary directory.
+//!
+//! It only translates: every operation goes to the [`Client`] core (tested without
+//! mounting), and its [`Error`]s become errnos. Inode numbers come from inode ids, so they
+//! stay the same across renames and remounts. An open file buffers writes in its
+//! [`Handle`] and makes them a version at `flush`/`fsync`/close: close-to-open
+//! consistency, like NFS. Attributes and entries are cached by the kernel for
+//! [`ATTR_TTL`], which bounds how late another node's change shows (a version published
+//! elsewhere is seen at the next lookup after that).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+use keys::Path;
+
+use crate::blocks::Blocks;
+use crate::client::{Client, DirEntry, Error, Handle, Stat};
+use crate::inode::Kind;
+
+/// How long the kernel may cache attributes and names.
+pub const ATTR_TTL: Duration = Duration::from_secs(1);
+
+/// The errno for a core error.
+pub fn errno(error: &Error) -> Errno {
+    match error {
+        Error::NotFound { .. } => Errno::ENOENT,
+        Error::PermissionDenied { .. } => Errno::EACCES,
+        Error::NotAuthorized { .. } | Error::ReadOnly { .. } => Errno::EROFS,
+        Error::NotADirectory { .. } => Errno::ENOTDIR,
+        Error::IsADirectory { .. } => Errno::EISDIR,
+        Error::Exists { .. } => Errno::EEXIST,
+        Error::NotEmpty { .. } => Errno::ENOTEMPTY,
+        Error::Invalid(_) => Errno::EINVAL,
+        Error::Blocks { .. } | Error::Corrupt { .. } | Error::Io(_) => Errno::EIO,
+    }
+}
+
+struct Open {
+    ino: u64,
+    handle: tokio::sync::Mutex<Handle>,
+}
+
+/// A mounted tree: a [`Filesystem`] over a [`Client`].
+pub struct Mount<B: Blocks> {
+    client: Arc<Client<B>>,
+    runtime: tokio::runtime::Handle,
+    root: Path,
+    /// Inode number → the path it was last seen at.
+    paths: Mutex<HashMap<u64, Path>>,
+    open: Mutex<HashMap<u64, Arc<Open>>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+impl<B: Blocks> std::fmt::Debug for Mount<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("root", &self.root.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The inode number of an inode id (1 is the mount's root; 0 is not used).
+fn ino_of(id: &crate::id::InodeId, conflict: Option<&crate::id::VersionId>) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(id.as_bytes());
+    if let Some(v) = conflict {
+        hasher.update(v.as_bytes());
+    }
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(bytes).max(2)
+}
+
+fn time_of(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+impl<B: Blocks> Mount<B> {
+    /// A mount of `root`, running the core's futures on `runtime`, with files owned by
+    /// `uid`/`gid`.
+    pub fn new(
+        client: Arc<Client<B>>,
+        runtime: tokio::runtime::Handle,
+        root: Path,
+        uid: u32,
+        gid: u32,
+    ) -> Self {
+        let mut paths = HashMap::new();
+        paths.insert(1, root.clone());
+        Mount {
+            client,
+            runtime,
+            root,
+            paths: Mutex::new(paths),
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<Path, Errno> {
+        self.paths
+            .lock()
+            .map_err(|_| Errno::EIO)?
+            .get(&ino.0)
+            .cloned()
+            .ok_or(Errno::ESTALE)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<Path, Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        self.path(parent)?.join(name).map_err(|_| Errno::EINVAL)
+    }
+
+    fn remember(&self, path: &Path, stat: &Stat, conflict: bool) -> u64 {
+        let ino = if *path == self.root {
+            1
+        } else {
+            ino_of(&stat.inode, conflict.then_some(&stat.version))
+        };
+        if let Ok(mut paths) = self.paths.lock() {
+            paths.insert(ino, path.clone());
+        }
+        ino
+    }
+
+    fn attr(&self, ino: u64, stat: &Stat) -> FileAttr {
+        let kind = match stat.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+        };
+        let mode = if stat.mode == 0 {
+            if stat.kind == Kind::Dir { 0o755 } else { 0o644 }
+        } else {
+            stat.mode
+        };
+        let time = time_of(stat.mtime_ns);
+        FileAttr {
+            ino: INodeNo(ino),
+            size: stat.size,
+            blocks: stat.size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm: u16::try_from(mode & 0o7777).unwrap_or(0o644),
+            nlink: if stat.kind == Kind::Dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn run<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Errno> {
+        self.runtime.block_on(f).map_err(|e| {
+            tracing::debug!(error = %e, "file system operation failed");
+            errno(&e)
+        })
+    }
+
+    /// The stat of `path`, preferring an open handle's size (unsynced writes).
+    fn stat_path(&self, path: &Path) -> Result<(u64, Stat), Errno> {
+        let stat = self.run(self.client.stat(path))?;
+        let conflict = path
+            .segments()
+            .last()
+            .is_some_and(|n| n.contains(".conflict-"))
+            && stat.conflicts == 0;
+        let ino = self.remember(path, &stat, conflict);
+        Ok((ino, self.with_open_size(ino, stat)))
+    }
+
+    fn with_open_size(&self, ino: u64, mut stat: Stat) -> Stat {
+        if let Some(open) = self.find_open(ino)
+            && let Ok(h) = open.handle.try_lock()
+            && h.is_dirty()
+        {
+            stat.size = h.size();
+            stat.mode = h.mode();
+        }
+        stat
+    }
+
+    /// A file handle open on inode `ino` in this mount, if any: changes to an open file
+    /// go through its handle, or the handle's next version would fork from them.
+    fn find_open(&self, ino: u64) -> Option<Arc<Open>> {
+        let open: Vec<Arc<Open>> = self
+            .open
+            .lock()
+            .map(|o| o.values().cloned().collect())
+            .unwrap_or_default();
+        open.into_iter().find(|o| o.ino == ino)
+    }
+
+    fn add_open(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let ino = ino_of(&handle.stat().inode, None);
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(
+                fh,
+                Arc::new(Open {
+                    ino,
+                    handle: tokio::sync::Mutex::new(handle),
+                }),
+            );
+        }
+        fh
+    }
+
+    fn get_open(&self, fh: FileHandle) -> Result<Arc<Open>, Errno> {
+        self.open
+            .lock()
+            .map_err(|_| Errno::EIO)?
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn sync(&self, fh: FileHandle) -> Result<(), Errno> {
+        let open = self.get_open(fh)?;
+        self.run(async {
+            let mut handle = open.handle.lock().await;
+            self.client.fsync(&mut handle).await
+        })
+    }
+
+    /// After a rename, the moved entry and everything below it live at new paths.
+    fn moved(&self, from: &Path, to: &Path) {
+        if let Ok(mut paths) = self.paths.lock() {
+            for path in paths.values_mut() {
+                if path.starts_with(from) {
+                    let rest = &path.segments()[from.segments().len()..];
+                    let mut moved = to.clone();
+                    for segment in rest {
+                        match moved.join(segment) {
+                            Ok(p) => moved = p,
+                            Err(_) => break,
+                        }
+                    }
+                    *path = moved;
+                }
+            }
+        }
+    }
+
+    fn entry(&self, path: &Path, reply: ReplyEntry) {
+        match self.stat_path(path) {
+            Ok((ino, stat)) => reply.entry(&ATTR_TTL, &self.attr(ino, &stat), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl<B: Blocks> Filesystem for Mount<B> {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent, name) {
+            Ok(path) => self.entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(fh) = fh
+            && let Ok(open) = self.get_open(fh)
+        {
+            let stat = self
+                .runtime
+                .block_on(async { open.handle.lock().await.stat() });
+            return reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
+        }
+        match self.path(ino).and_then(|p| self.stat_path(&p)) {
+            Ok((_, stat)) => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        // Times follow the versions (mtime is when a version was made); owners are the
+        // mounting user's. Size and mode change the file.
+        let open = fh
+            .and_then(|fh| self.get_open(fh).ok())
+            .or_else(|| self.find_open(ino.0));
+        let result = self.runtime.block_on(async {
+            match open {
+                Some(open) => {
+                    let mut handle = open.handle.lock().await;
+                    if let Some(size) = size {
+                        self.client.truncate(&mut handle, size).await?;
+                    }
+                    if let Some(mode) = mode {
+                        self.client.set_mode(&mut handle, mode)?;
+                    }
+                    Ok(handle.stat())
+                }
+                None if size.is_none() && mode.is_none() => self.client.stat(&path).await,
+                None => {
+                    if let Some(size) = size {
+                        let mut handle = self.client.open(&path).await?;
+                        self.client.truncate(&mut handle, size).await?;
+                        self.client.fsync(&mut handle).await?;
+                    }
+                    if let Some(mode) = mode {
+                        self.client.chmod(&path, mode).await?;
+                    }
+                    self.client.stat(&path).await
+                }
+            }
+        });
+        match result {
+            Ok(stat) => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let made = self.run(async {
+            self.client.mkdir(&path).await?;
+            let wanted = mode & !umask & 0o7777;
+            if wanted != 0o755 {
+                self.client.chmod(&path, wanted).await?;
+            }
+            Ok(())
+        });
+        match made {
+            Ok(()) => self.entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.child(parent, name) {
+            Ok(path) => match self.run(async {
+                if self.client.stat(&path).await?.kind == Kind::Dir {
+                    return Err(Error::IsADirectory {
+                        path: path.to_string(),
+                    });
+                }
+                self.client.unlink(&path).await
+            }) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.child(parent, name) {
+            Ok(path) => match self.run(async {
+                if self.client.stat(&path).await?.kind != Kind::Dir {
+                    return Err(Error::NotADirectory {
+                        path: path.to_string(),
+                    });
+                }
+                self.client.unlink(&path).await
+            }) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let result = self.run(async {
+            match self.client.stat(&to).await {
+                Ok(existing) => {
+                    if noreplace {
+                        return Err(Error::Exists {
+                            path: to.to_string(),
+                        });
+                    }
+                    let moving = self.client.stat(&from).await?;
+                    if existing.kind == Kind::Dir && moving.kind != Kind::Dir {
+                        return Err(Error::IsADirectory {
+                            path: to.to_string(),
+                        });
+                    }
+                    // Rename over an existing file (or empty directory) replaces it.
+                    if existing.inode != moving.inode {
+                        self.client.unlink(&to).await?;
+                    }
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.client.rename(&from, &to).await
+        });
+        match result {
+            Ok(()) => {
+                self.moved(&from, &to);
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let truncate = flags.0 & libc_o_trunc() != 0;
+        let opened = self.run(async {
+            let mut handle = self.client.open(&path).await?;
+            if truncate {
+                self.client.truncate(&mut handle, 0).await?;
+            }
+            Ok(handle)
+        });
+        match opened {
+            Ok(handle) => reply.opened(FileHandle(self.add_open(handle)), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        // The new file is a version at once, so that other lookups see it before close.
+        let created = self.run(async {
+            let mut handle = self.client.create(&path).await?;
+            self.client.set_mode(&mut handle, mode & !umask & 0o7777)?;
+            self.client.fsync(&mut handle).await?;
+            Ok(handle)
+        });
+        match created {
+            Ok(handle) => {
+                let stat = handle.stat();
+                let ino = self.remember(&path, &stat, false);
+                let attr = self.attr(ino, &stat);
+                let fh = self.add_open(handle);
+                reply.created(
+                    &ATTR_TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let open = match self.get_open(fh) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(async {
+            let mut handle = open.handle.lock().await;
+            self.client.read(&mut handle, offset, size as usize).await
+        }) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let open = match self.get_open(fh) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(async {
+            let mut handle = open.handle.lock().await;
+            self.client.write(&mut handle, offset, data).await
+        }) {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.sync(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.sync(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let synced = self.sync(fh);
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&fh.0);
+        }
+        match synced {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let entries: Vec<DirEntry> = match self.run(self.client.readdir(&path)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let mut all = vec![
+            (ino.0, FileType::Directory, ".".to_string()),
+            (1, FileType::Directory, "..".to_string()),
+        ];
+        for e in entries {
+            let kind = match e.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+            };
+            all.push((ino_of(&e.inode, e.conflict.as_ref()), kind, e.name));
+        }
+        for (i, (ino, kind, name)) in all
+            .into_iter()
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are versions the moment they return.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // The overlay's capacity is not known here; report a large, mostly free volume
+        // so that tools checking free space go ahead.
+        let blocks = 1u64 << 32;
+        reply.statfs(
+            blocks,
+            blocks / 2,
+            blocks / 2,
+            1 << 32,
+            1 << 31,
+            4096,
+            255,
+            4096,
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Readcaps and writecaps decide; each operation says EACCES or EROFS itself.
+        reply.ok();
+    }
+}
+
+const fn libc_o_trunc() -> i32 {
+    0o1000
+}
+
+/// Mounts `mount` at `mountpoint` in the background; dropping the session unmounts.
+/// A stale mount left by a killed process (`ENOTCONN`) is unmounted first.
+pub fn spawn<B: Blocks>(
+    mount: Mount<B>,
+    mountpoint: &FsPath,
+    read_only: bool,
+) -> std::io::Result<fuser::BackgroundSession> {
+    if let Err(e) = std::fs::metadata(mountpoint)
+        && e.raw_os_error() == Some(107)
+    {
+        tracing::warn!(mountpoint = %mountpoint.display(), "cleaning a stale mount");
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(mountpoint)
+            .status();
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("blocktree:{}", mount.root)),
+        fuser::MountOption::Subtype("blocktree".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    config.acl = fuser::SessionACL::All;
+    fuser::spawn_mount(mount, mountpoint, &config)
+}
