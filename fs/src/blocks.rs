@@ -54,6 +54,10 @@ pub trait Blocks: Send + Sync + 'static {
         inode: InodeId,
         signed: Vec<u8>,
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
+    /// Drops whatever is remembered of an inode's versions, so the next
+    /// [`Blocks::get_versions`] asks the replicas (a cache may lag writes made elsewhere).
+    fn forget(&self, _inode: InodeId) {}
+
     /// Every version of an inode the replicas hold, verified; empty when none is known.
     fn get_versions(
         &self,

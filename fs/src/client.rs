@@ -260,6 +260,8 @@ pub struct Handle {
     cache: Option<(u64, Vec<u8>)>,
     /// When the first chunk stored since the last version was stored.
     unsynced_since: Option<std::time::Instant>,
+    /// The batch of chunks being stored.
+    storing: Option<tokio::task::JoinHandle<Result<(), BlockError>>>,
 }
 
 /// How long chunks may wait for the version that refers to them: they are collected as
@@ -410,8 +412,35 @@ impl<B: Blocks> Client<B> {
     }
 
     /// Walks as far as `path` exists: the nodes from the anchor it starts at, and the
-    /// segments that were not found.
+    /// segments that were not found. Something missing or closed may only be a view the
+    /// blocks remembered from before another node's write: then the walk is made once
+    /// more with what was in the way asked afresh.
     async fn walk_partial(&self, path: &Path) -> Result<(Vec<Node>, Vec<String>), Error> {
+        match self.walk_partial_once(path).await {
+            Ok((nodes, missing)) if !missing.is_empty() => {
+                match nodes.last() {
+                    Some(last) => self.blocks.forget(last.id()),
+                    None => self.forget_anchors(path),
+                }
+                self.walk_partial_once(path).await
+            }
+            Err(Error::PermissionDenied { .. }) => {
+                self.forget_anchors(path);
+                self.walk_partial_once(path).await
+            }
+            other => other,
+        }
+    }
+
+    fn forget_anchors(&self, path: &Path) {
+        let mut prefix = Some(path.clone());
+        while let Some(p) = prefix {
+            prefix = p.parent();
+            self.blocks.forget(Binding::anchor(p).id());
+        }
+    }
+
+    async fn walk_partial_once(&self, path: &Path) -> Result<(Vec<Node>, Vec<String>), Error> {
         let mut prefixes = vec![path.clone()];
         while let Some(parent) = prefixes.last().and_then(Path::parent) {
             prefixes.push(parent);
@@ -797,6 +826,21 @@ impl<B: Blocks> Client<B> {
         key: &DataKey,
         pieces: BTreeMap<u64, Vec<u8>>,
     ) -> Result<BTreeMap<u64, ChunkRef>, Error> {
+        let (refs, batch) = self.seal(node, key, pieces).await?;
+        self.blocks
+            .put_chunks(node.id(), batch)
+            .await
+            .map_err(blocks_err(&node.path))?;
+        Ok(refs)
+    }
+
+    /// Seals pieces in parallel: their refs by index, and the sealed chunks.
+    async fn seal(
+        &self,
+        node: &Node,
+        key: &DataKey,
+        pieces: BTreeMap<u64, Vec<u8>>,
+    ) -> Result<(BTreeMap<u64, ChunkRef>, Vec<chunk::Sealed>), Error> {
         let id = node.id();
         let sealed: Vec<(u64, u32, chunk::Sealed)> = futures::stream::iter(pieces)
             .map(|(index, plaintext)| {
@@ -828,11 +872,7 @@ impl<B: Blocks> Client<B> {
             })
             .collect();
         let batch: Vec<chunk::Sealed> = sealed.into_iter().map(|(_, _, s)| s).collect();
-        self.blocks
-            .put_chunks(id, batch)
-            .await
-            .map_err(blocks_err(&node.path))?;
-        Ok(refs)
+        Ok((refs, batch))
     }
 
     /// Writes `dir` as a new version of the directory `nodes[i]`, replacing its key first
@@ -840,6 +880,9 @@ impl<B: Blocks> Client<B> {
     async fn write_dir(&self, nodes: &mut [Node], i: usize, dir: &Directory) -> Result<(), Error> {
         let new = nodes[i].current.is_none();
         let rekey = !new && nodes[i].stale_key();
+        // Refused before anything is stored: a write that cannot be signed leaves no
+        // chunks behind.
+        self.chain_for(&nodes[i].path, &nodes[i].binding.path)?;
         let node = &mut nodes[i];
         if rekey {
             node.key = DataKey::generate();
@@ -1039,6 +1082,11 @@ impl<B: Blocks> Client<B> {
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
+        if path.parent().is_none() {
+            // A tree's root: made when its owner first uses it.
+            self.create_root(path).await?;
+            return Ok(());
+        }
         let mut nodes = self.parent_dirs(path, true).await?;
         let name = path.segments().last().cloned().unwrap_or_default();
         if nodes.last().is_some_and(|n| n.path == *path) {
@@ -1071,6 +1119,7 @@ impl<B: Blocks> Client<B> {
             mode,
             cache: None,
             unsynced_since: None,
+            storing: None,
         })
     }
 
@@ -1118,6 +1167,7 @@ impl<B: Blocks> Client<B> {
             mode: 0o644,
             cache: None,
             unsynced_since: None,
+            storing: None,
         })
     }
 
@@ -1137,6 +1187,8 @@ impl<B: Blocks> Client<B> {
         else {
             return Ok(Vec::new());
         };
+        // A chunk of a batch still being stored is read back once it is stored.
+        self.wait_stored(handle).await?;
         let node = handle.node();
         let bytes = self
             .fetch_chunk(node, &node.key, node.id(), index, chunk)
@@ -1296,7 +1348,15 @@ impl<B: Blocks> Client<B> {
             .unsynced_since
             .get_or_insert_with(std::time::Instant::now);
         let node = handle.node().clone();
-        let refs = self.seal_and_store(&node, &node.key, dirty).await?;
+        let (refs, batch) = self.seal(&node, &node.key, dirty).await?;
+        // Stored while the caller goes on (the next batch is read and sealed meanwhile);
+        // at most one batch is in flight, and `fsync` waits for it.
+        self.wait_stored(handle).await?;
+        let blocks = self.blocks.clone();
+        let owner = node.id();
+        handle.storing = Some(tokio::spawn(async move {
+            blocks.put_chunks(owner, batch).await
+        }));
         let count = chunk_count(handle.size, handle.chunk_size);
         let placeholder = ChunkRef {
             id: crate::id::ChunkId([0; 32]),
@@ -1309,6 +1369,18 @@ impl<B: Blocks> Client<B> {
             if let Some(slot) = handle.refs.get_mut(index as usize) {
                 *slot = r;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch of chunks being stored, if any.
+    async fn wait_stored(&self, handle: &mut Handle) -> Result<(), Error> {
+        if let Some(storing) = handle.storing.take() {
+            let path = handle.node().path.clone();
+            storing
+                .await
+                .map_err(|e| Error::Io(format!("storing chunks: {e}")))?
+                .map_err(blocks_err(&path))?;
         }
         Ok(())
     }
@@ -1336,6 +1408,7 @@ impl<B: Blocks> Client<B> {
             node.key_epochs = node.governing.clone();
         }
         self.flush(handle).await?;
+        self.wait_stored(handle).await?;
         if handle
             .unsynced_since
             .is_some_and(|t| t.elapsed() > MAX_UNSYNCED)

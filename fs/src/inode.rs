@@ -350,6 +350,52 @@ impl Signed {
     }
 }
 
+/// Versions verified before, by version id: checking a signature and a writecap chain
+/// costs a few ed25519 verifications, and the same versions are read again and again.
+/// A version id is the hash of the signed bytes, so a hit is the same bytes. Bounded:
+/// emptied when full.
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<VersionId, Verified>>,
+}
+
+/// Entries a [`VerifiedCache`] holds before it starts over.
+pub const VERIFIED_CACHE_ENTRIES: usize = 16_384;
+
+impl VerifiedCache {
+    /// [`Signed::verify_as`], remembering what verified. (The chain is checked at signing
+    /// time, so a verified version stays verified; revocation lists are not consulted
+    /// again for a cached version.)
+    pub fn verify_as(
+        &self,
+        bytes: &[u8],
+        expected: &InodeId,
+        now: Timestamp,
+        revocations: &Revocations,
+    ) -> Result<Verified, InodeError> {
+        let id = VersionId::of(bytes);
+        if let Ok(entries) = self.entries.lock()
+            && let Some(v) = entries.get(&id)
+        {
+            if &v.id != expected {
+                return Err(InodeError::WrongInode {
+                    expected: *expected,
+                    found: v.id,
+                });
+            }
+            return Ok(v.clone());
+        }
+        let verified = Signed::verify_as(bytes, expected, now, revocations)?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= VERIFIED_CACHE_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(id, verified.clone());
+        }
+        Ok(verified)
+    }
+}
+
 /// Orders versions for showing: the higher sequence, then the later signing time, then
 /// the higher version id. Every node picks the same winner of a fork.
 pub fn order(a: &Verified, b: &Verified) -> Ordering {

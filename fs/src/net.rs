@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use crate::blocks::{BlockError, Blocks};
 use crate::chunk::Sealed;
 use crate::id::{ChunkId, InodeId, VersionId};
-use crate::inode::{Signed, Verified};
+use crate::inode::Verified;
 use crate::replica::{Refused, Replica};
 
 /// The block protocol's name.
@@ -240,6 +240,67 @@ async fn serve_one(
     stream.close().await
 }
 
+/// How long versions read from replicas are reused: a new version written elsewhere is
+/// seen after at most this long (this node's own writes at once).
+pub const VERSIONS_TTL: Duration = Duration::from_millis(500);
+/// Inodes whose versions are remembered at most.
+const CACHED_INODES: usize = 4096;
+/// Chunks up to this size are remembered (directories, small files)…
+const CACHED_CHUNK_MAX: usize = 64 * 1024;
+/// …up to this many bytes in all.
+const CACHED_CHUNK_BYTES: usize = 32 << 20;
+
+/// Recently read items. Chunks never change (their id is their hash), so they stay until
+/// the byte budget pushes them out, oldest first.
+#[derive(Debug, Default)]
+struct Cache {
+    versions: HashMap<InodeId, (Instant, Vec<Verified>)>,
+    chunks: HashMap<ChunkId, Vec<u8>>,
+    chunk_order: std::collections::VecDeque<ChunkId>,
+    chunk_bytes: usize,
+}
+
+impl Cache {
+    fn versions(&self, inode: &InodeId) -> Option<Vec<Verified>> {
+        let (at, versions) = self.versions.get(inode)?;
+        (at.elapsed() < VERSIONS_TTL).then(|| versions.clone())
+    }
+
+    fn keep_versions(&mut self, inode: InodeId, versions: &[Verified]) {
+        if self.versions.len() >= CACHED_INODES {
+            self.versions
+                .retain(|_, (at, _)| at.elapsed() < VERSIONS_TTL);
+            if self.versions.len() >= CACHED_INODES {
+                self.versions.clear();
+            }
+        }
+        self.versions
+            .insert(inode, (Instant::now(), versions.to_vec()));
+    }
+
+    fn keep_chunk(&mut self, id: ChunkId, bytes: &[u8]) {
+        if bytes.len() > CACHED_CHUNK_MAX || self.chunks.contains_key(&id) {
+            return;
+        }
+        while self.chunk_bytes + bytes.len() > CACHED_CHUNK_BYTES {
+            let Some(old) = self.chunk_order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.chunks.remove(&old) {
+                self.chunk_bytes -= b.len();
+            }
+        }
+        self.chunk_bytes += bytes.len();
+        self.chunks.insert(id, bytes.to_vec());
+        self.chunk_order.push_back(id);
+    }
+}
+
+/// Attempts of one request before the peer is skipped for a while.
+const EXCHANGE_ATTEMPTS: u32 = 4;
+/// Requests to one peer in flight at once (each is a stream).
+const PER_PEER_IN_FLIGHT: usize = 4;
+
 /// Why one request to one peer failed.
 #[derive(Debug)]
 enum Failure {
@@ -253,7 +314,10 @@ enum Failure {
 /// them when it is near), writes acknowledged by W of them.
 #[derive(Debug)]
 pub struct Network {
+    per_peer: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
     local: Replica,
+    verified: crate::inode::VerifiedCache,
+    cache: Mutex<Cache>,
     identity: Arc<Vec<u8>>,
     me: PeerId,
     dht: dht::Client,
@@ -274,7 +338,10 @@ impl Network {
         counters: Arc<Counters>,
     ) -> Self {
         Network {
+            per_peer: Mutex::default(),
             local,
+            verified: crate::inode::VerifiedCache::default(),
+            cache: Mutex::default(),
             identity,
             me,
             dht,
@@ -371,40 +438,68 @@ impl Network {
         }
         let frame = block::encode_request(&request)
             .map_err(|e| Failure::Refused(Refusal::invalid(e.to_string())))?;
-        let mut control = self.dht.streams();
-        let exchange = async {
-            let mut stream = control
-                .open_stream(peer, PROTOCOL)
-                .await
-                .map_err(|e| format!("cannot open a stream: {e}"))?;
-            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-            stream.flush().await.map_err(|e| e.to_string())?;
-            let mut header = [0u8; 4];
-            stream
-                .read_exact(&mut header)
-                .await
-                .map_err(|e| e.to_string())?;
-            let len =
-                block::frame_len(header, MAX_BLOCK_RESPONSE_BYTES).map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; len];
-            stream
-                .read_exact(&mut body)
-                .await
-                .map_err(|e| e.to_string())?;
-            block::decode_response(&body).map_err(|e| e.to_string())
+        let permit = self.in_flight(peer).acquire_owned().await;
+        let mut attempt = 0u32;
+        let result = loop {
+            attempt += 1;
+            match tokio::time::timeout(self.config.request_timeout, self.once(peer, &frame)).await {
+                Ok(Ok(Response::Refused(r))) => break Err(Failure::Refused(r)),
+                Ok(Ok(response)) => break Ok(response),
+                // A stream can be dropped unread when the peer's accept queue is full
+                // (libp2p-stream keeps one slot), or reset: try again before giving up.
+                Ok(Err(e)) if attempt < EXCHANGE_ATTEMPTS => {
+                    tracing::debug!(%peer, attempt, error = %e, "block request failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Ok(Err(e)) => {
+                    self.mark_down(peer);
+                    break Err(Failure::Unreachable(e));
+                }
+                Err(_) => {
+                    self.mark_down(peer);
+                    break Err(Failure::Unreachable("timed out".into()));
+                }
+            }
         };
-        match tokio::time::timeout(self.config.request_timeout, exchange).await {
-            Ok(Ok(Response::Refused(r))) => Err(Failure::Refused(r)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                self.mark_down(peer);
-                Err(Failure::Unreachable(e))
-            }
-            Err(_) => {
-                self.mark_down(peer);
-                Err(Failure::Unreachable("timed out".into()))
-            }
+        drop(permit);
+        result
+    }
+
+    /// The requests to `peer` that may be in flight at once.
+    fn in_flight(&self, peer: PeerId) -> Arc<Semaphore> {
+        let Ok(mut limits) = self.per_peer.lock() else {
+            return Arc::new(Semaphore::new(PER_PEER_IN_FLIGHT));
+        };
+        if limits.len() > 4096 {
+            limits.retain(|_, s| s.available_permits() < PER_PEER_IN_FLIGHT);
         }
+        limits
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_PEER_IN_FLIGHT)))
+            .clone()
+    }
+
+    /// One request on a new stream.
+    async fn once(&self, peer: PeerId, frame: &[u8]) -> Result<Response, String> {
+        let mut control = self.dht.streams();
+        let mut stream = control
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(|e| format!("cannot open a stream: {e}"))?;
+        stream.write_all(frame).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let mut header = [0u8; 4];
+        stream
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| e.to_string())?;
+        let len = block::frame_len(header, MAX_BLOCK_RESPONSE_BYTES).map_err(|e| e.to_string())?;
+        let mut body = vec![0u8; len];
+        stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        block::decode_response(&body).map_err(|e| e.to_string())
     }
 
     /// Stores one item on the R nearest peers that answer; `Ok` with the acks when at
@@ -528,6 +623,46 @@ impl Blocks for Network {
     }
 
     async fn get_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some(bytes) = cache.chunks.get(&id)
+        {
+            return Ok(bytes.clone());
+        }
+        let found = self.fetch_chunk(id).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.keep_chunk(id, &found);
+        }
+        Ok(found)
+    }
+
+    async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
+        // Whatever was remembered of this inode is older than what is written now.
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.versions.remove(&inode);
+        }
+        self.put_version_uncached(inode, signed).await
+    }
+
+    fn forget(&self, inode: InodeId) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.versions.remove(&inode);
+        }
+    }
+
+    async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        if let Some(v) = self.cache.lock().ok().and_then(|c| c.versions(&inode)) {
+            return Ok(v);
+        }
+        let versions = self.versions_from(inode, 1).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.keep_versions(inode, &versions);
+        }
+        Ok(versions)
+    }
+}
+
+impl Network {
+    async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
         match self.local.get_chunk(&id) {
             Ok(Some(bytes)) => return Ok(bytes),
             Ok(None) | Err(Refused::Corrupt) => {}
@@ -562,7 +697,11 @@ impl Blocks for Network {
         }
     }
 
-    async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
+    async fn put_version_uncached(
+        &self,
+        inode: InodeId,
+        signed: Vec<u8>,
+    ) -> Result<(), BlockError> {
         self.put_item(
             inode.as_bytes(),
             Request::PutVersion {
@@ -573,10 +712,6 @@ impl Blocks for Network {
         )
         .await
         .map(|_| ())
-    }
-
-    async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        self.versions_from(inode, 1).await
     }
 }
 
@@ -618,7 +753,7 @@ impl Network {
                     answered += 1;
                     for bytes in signed {
                         // Checked at its signing time, like a replica does.
-                        match Signed::verify_as(&bytes, &inode, now, &revocations) {
+                        match self.verified.verify_as(&bytes, &inode, now, &revocations) {
                             Ok(v) => {
                                 found.insert(v.version, v);
                             }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use keys::Revocations;
 
 use crate::id::{ChunkId, InodeId, VersionId};
-use crate::inode::{self, InodeError, Signed, Verified};
+use crate::inode::{self, InodeError, Verified};
 use crate::store::{self, Store};
 
 /// Versions of one inode a replica keeps beyond its heads: the recent past, so that a
@@ -70,6 +70,7 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 pub struct Replica {
     store: Store,
+    verified: Arc<inode::VerifiedCache>,
     revocations: Arc<std::sync::RwLock<Revocations>>,
     counters: Arc<Counters>,
 }
@@ -79,6 +80,7 @@ impl Replica {
     pub fn new(store: Store) -> Self {
         Replica {
             store,
+            verified: Arc::default(),
             revocations: Arc::default(),
             counters: Arc::default(),
         }
@@ -142,7 +144,9 @@ impl Replica {
     /// Checks and stores an inode version; `true` if it was new. Older versions that are
     /// no longer heads and fall out of the kept history are dropped.
     pub fn put_version(&self, inode: &InodeId, signed: &[u8]) -> Result<bool, Refused> {
-        let verified = Signed::verify_as(signed, inode, keys::now(), &self.revocations())
+        let verified = self
+            .verified
+            .verify_as(signed, inode, keys::now(), &self.revocations())
             .inspect_err(|e| {
                 self.counters
                     .refused_versions
@@ -181,8 +185,9 @@ impl Replica {
         // check (a writecap that has expired since does not unmake a version).
         let mut held = Vec::new();
         for stored in self.store.versions(inode)? {
-            match Signed::verify(
+            match self.verified.verify_as(
                 &stored.signed,
+                inode,
                 u64::MAX - inode::MAX_CLOCK_SKEW,
                 &Revocations::default(),
             ) {

@@ -310,7 +310,14 @@ impl Files {
     async fn mount(&self, path: &Path, mountpoint: PathBuf) -> anyhow::Result<serde_json::Value> {
         use std::os::unix::fs::MetadataExt;
         self.refresh_caps(path).await;
-        let stat = self.client.stat(path).await?;
+        let stat = match self.client.stat(path).await {
+            // A directory this node may create (the tree's root on first use, say).
+            Err(fs::Error::NotFound { .. }) if self.client.can_write_under(path) => {
+                self.client.mkdir_all(path).await?;
+                self.client.stat(path).await?
+            }
+            other => other?,
+        };
         anyhow::ensure!(
             stat.kind == fs::inode::Kind::Dir,
             "{path} is not a directory"

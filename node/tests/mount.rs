@@ -1,0 +1,178 @@
+//! Real FUSE mounts of a shared tree (needs root and /dev/fuse, as in CI; apt `fuse3`,
+//! `rsync`, `sqlite3`, `git`): ordinary tools behave on the mount as on a plain directory,
+//! and a second node sees the first node's writes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testnet::{Testnet, eventually};
+
+fn mounted(mountpoint: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(mountpoint.to_str().unwrap()))
+}
+
+fn mount(net: &Testnet, node: usize, path: &str, mountpoint: &Path) {
+    std::fs::create_dir_all(mountpoint).unwrap();
+    net.json(node, &["mount", path, mountpoint.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        mounted(mountpoint),
+        "{} is not mounted",
+        mountpoint.display()
+    );
+}
+
+fn umount(net: &Testnet, node: usize, mountpoint: &Path) {
+    net.json(node, &["umount", mountpoint.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        !mounted(mountpoint),
+        "{} is still mounted",
+        mountpoint.display()
+    );
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts")
+}
+
+#[test]
+fn ordinary_tools_work_on_a_mount_as_on_a_plain_directory() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    let plain = work.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    // A tree of real files to work on: this crate's sources.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for dir in [&plain, &mnt] {
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(scripts().join("tools.sh"))
+            .arg(dir)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tools on {}: {}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("tools on {}: {:?}", dir.display(), started.elapsed());
+    }
+    // The same files with the same contents. Git's index records inode numbers and
+    // times, its reflogs times and a clone's config the path it came from: those differ
+    // between any two directories.
+    let diff = Command::new("diff")
+        .args([
+            "-r",
+            "--exclude=index",
+            "--exclude=logs",
+            "--exclude=config",
+        ])
+        .arg(&plain)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("find-plain.txt")).unwrap(),
+        std::fs::read_to_string(work.path().join("find-mnt.txt")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("query.txt")).unwrap(),
+        "50|1275\n"
+    );
+    let git = Command::new("git")
+        .arg("-C")
+        .arg(mnt.join("cloned"))
+        .args(["log", "--oneline"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&git.stdout).contains("first commit"));
+    umount(&net, 0, &mnt);
+}
+
+#[test]
+fn a_second_node_sees_the_first_nodes_writes() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 2).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    let tree = format!("/{}", net.root);
+    let work = tempfile::tempdir().unwrap();
+    net.json(0, &["fs", "mkdir", "-p", &net.path("shared")])
+        .unwrap();
+    let reader = net.nodes[1].principal.clone();
+    net.json(0, &["fs", "share", &tree, &reader]).unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    mount(&net, 0, &tree, &a);
+    mount(&net, 1, &tree, &b);
+    std::fs::write(a.join("shared/hello.txt"), "from node 0\n").unwrap();
+    let written = Instant::now();
+    let seen = eventually("node 1 to see the file", Duration::from_secs(10), || {
+        std::fs::read_to_string(b.join("shared/hello.txt")).ok()
+    });
+    let took = written.elapsed();
+    assert_eq!(seen, "from node 0\n");
+    eprintln!("node 1 saw node 0's file after {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // A change shows too, and node 1 (no writecap) may not write.
+    std::fs::write(a.join("shared/hello.txt"), "changed\n").unwrap();
+    eventually("node 1 to see the change", Duration::from_secs(10), || {
+        (std::fs::read_to_string(b.join("shared/hello.txt")).ok()? == "changed\n").then_some(())
+    });
+    let refused = std::fs::write(b.join("shared/other.txt"), "no");
+    assert!(
+        refused.is_err(),
+        "a node without a writecap wrote through its mount"
+    );
+    umount(&net, 0, &a);
+    umount(&net, 1, &b);
+}
+
+#[test]
+fn fsx_passes_on_a_mount() {
+    let Some(fsx) = std::env::var_os("FSX").map(PathBuf::from).or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        let installed = Path::new(&home).join(".cargo/bin/fsx");
+        installed.exists().then_some(installed)
+    }) else {
+        panic!(
+            "fsx is not installed: `cargo install --locked fsx --version 0.3.2` (.ci/setup does it) or set FSX"
+        );
+    };
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    let ops = std::env::var("FSX_OPS").unwrap_or_else(|_| "100000".into());
+    let started = Instant::now();
+    let out = Command::new(&fsx)
+        .args(["-N", &ops, "-S", "7"])
+        .arg(mnt.join("fsx.data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsx failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("fsx -N {ops} passed in {:?}", started.elapsed());
+    umount(&net, 0, &mnt);
+}

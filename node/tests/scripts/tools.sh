@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Ordinary tools in directory $1 (a mount or a plain directory), on a copy of the tree $2.
+# The same script runs on both; the test compares the results with `diff -r`.
+set -euo pipefail
+dir=$1
+src=$2
+cd "$dir"
+cp -r "$src" copied
+rsync -a copied/ synced/
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf archive.tar copied
+mkdir extracted
+tar -C extracted -xf archive.tar
+git init -q repo
+cp -r copied/. repo/
+(
+  cd repo
+  git add -A
+  GIT_AUTHOR_DATE="2026-01-01T00:00:00Z" GIT_COMMITTER_DATE="2026-01-01T00:00:00Z" \
+    git -c user.email=ci@example.invalid -c user.name=ci commit -qm "first commit"
+)
+git clone -q repo cloned
+sqlite3 data.db "create table t(id integer primary key, name text);"
+for i in $(seq 1 50); do echo "insert into t(name) values ('row $i');"; done | sqlite3 data.db
+sqlite3 data.db "select count(*), sum(id) from t;" > query.txt
+# An editor's atomic save: write a temporary file, then rename it over the original.
+printf 'first draft\n' > notes.txt
+printf 'second draft\n' > .notes.txt.swp
+mv .notes.txt.swp notes.txt
+find . -path ./repo/.git -prune -o -path ./cloned/.git -prune -o -type f -print | sort > ../find-"$(basename "$dir")".txt
+du -s . > /dev/null
