@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmark of a mounted tree against the raw disk and gocryptfs, in one run:
+# fio sequential write and read, and a metadata test (create, stat, unlink N files).
+#
+#   node/benches/fuse.sh            # 1 GiB, 10 000 files (needs root and /dev/fuse)
+#   SIZE=256M FILES=2000 node/benches/fuse.sh
+#
+# Installs fio and gocryptfs with apt-get when missing, builds btnode in release mode,
+# starts one node (R = 1) with a fresh tree in a temporary directory, mounts it, and
+# prints a markdown table of MiB/s and seconds with ratios to the raw disk and to
+# gocryptfs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SIZE=${SIZE:-1G}
+FILES=${FILES:-10000}
+
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v gocryptfs >/dev/null || need+=(gocryptfs)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --release -q -p btnode
+btnode=$PWD/target/release/btnode
+
+work=$(mktemp -d /var/tmp/btbench.XXXXXX)
+cleanup() {
+  set +e
+  fusermount3 -u "$work/gocrypt" 2>/dev/null
+  [ -n "${node_pid:-}" ] && "$btnode" --data-dir "$work/node" umount "$work/mnt" >/dev/null 2>&1
+  [ -n "${node_pid:-}" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The three places, on the same file system.
+mkdir -p "$work/raw" "$work/gocrypt.cipher" "$work/gocrypt" "$work/mnt"
+echo bench-passphrase > "$work/pass"
+gocryptfs -q -init -passfile "$work/pass" "$work/gocrypt.cipher" >/dev/null
+gocryptfs -q -passfile "$work/pass" "$work/gocrypt.cipher" "$work/gocrypt"
+export BT_PASSPHRASE=bench
+root=$("$btnode" --data-dir "$work/node" init --key-store software --root --json |
+  sed -n 's/.*"root": *"\([^"]*\)".*/\1/p')
+BT_FS_REPLICAS=1 BT_FS_WRITE_QUORUM=1 RUST_LOG=warn \
+  "$btnode" --data-dir "$work/node" run --listen /ip4/127.0.0.1/tcp/0 >"$work/node.log" 2>&1 &
+node_pid=$!
+for _ in $(seq 1 100); do [ -S "$work/node/control.sock" ] && break; sleep 0.1; done
+"$btnode" --data-dir "$work/node" mount "/$root" "$work/mnt" >/dev/null
+
+fio_mibs() { # dir rw → MiB/s
+  fio --name=seq --directory="$1" --rw="$2" --bs=1M --size="$SIZE" --numjobs=1 \
+    --ioengine=psync --end_fsync=1 --output-format=terse --terse-version=3 2>/dev/null |
+    awk -F';' -v rw="$2" '{ kb = (rw == "write") ? $48 : $7; printf "%.1f", kb / 1024 }'
+}
+
+metadata() { # dir → "create stat unlink" seconds
+  python3 - "$1" "$FILES" <<'EOF'
+import os, sys, time
+d, n = os.path.join(sys.argv[1], "meta"), int(sys.argv[2])
+os.mkdir(d)
+t = time.monotonic()
+for i in range(n):
+    with open(os.path.join(d, f"f{i}"), "w"):
+        pass
+create = time.monotonic() - t
+t = time.monotonic()
+for i in range(n):
+    os.stat(os.path.join(d, f"f{i}"))
+stat = time.monotonic() - t
+t = time.monotonic()
+for i in range(n):
+    os.unlink(os.path.join(d, f"f{i}"))
+unlink = time.monotonic() - t
+os.rmdir(d)
+print(f"{create:.3f} {stat:.3f} {unlink:.3f}")
+EOF
+}
+
+declare -A w r m
+for place in raw gocrypt mnt; do
+  w[$place]=$(fio_mibs "$work/$place" write)
+  r[$place]=$(fio_mibs "$work/$place" read)
+  rm -f "$work/$place"/seq.*
+  m[$place]=$(metadata "$work/$place")
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }'; }
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+echo
+echo "$cpu, $(nproc) cores; $SIZE sequential, $FILES files; reads right after writes (warm cache)"
+echo
+echo "| | raw disk | gocryptfs | blocktree mount | mount / raw | mount / gocryptfs |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| fio write MiB/s | ${w[raw]} | ${w[gocrypt]} | ${w[mnt]} | $(ratio "${w[mnt]}" "${w[raw]}") | $(ratio "${w[mnt]}" "${w[gocrypt]}") |"
+echo "| fio read MiB/s | ${r[raw]} | ${r[gocrypt]} | ${r[mnt]} | $(ratio "${r[mnt]}" "${r[raw]}") | $(ratio "${r[mnt]}" "${r[gocrypt]}") |"
+for k in 1 2 3; do
+  name=$(echo "create stat unlink" | cut -d' ' -f$k)
+  a=$(echo "${m[raw]}" | cut -d' ' -f$k); b=$(echo "${m[gocrypt]}" | cut -d' ' -f$k); c=$(echo "${m[mnt]}" | cut -d' ' -f$k)
+  echo "| $name $FILES files, s (lower is better) | $a | $b | $c | $(ratio "$c" "$a") | $(ratio "$c" "$b") |"
+done
