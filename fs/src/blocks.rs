@@ -63,6 +63,17 @@ pub trait Blocks: Send + Sync + 'static {
         &self,
         inode: InodeId,
     ) -> impl Future<Output = Result<Vec<Verified>, BlockError>> + Send;
+
+    /// [`Blocks::get_versions`] from every node the inode belongs on, none skipped and
+    /// nothing remembered: for decisions a partial view must not make (creating an
+    /// anchor that seems missing, collecting chunks that seem unreferenced). Fails when
+    /// one of them does not answer.
+    fn get_versions_strict(
+        &self,
+        inode: InodeId,
+    ) -> impl Future<Output = Result<Vec<Verified>, BlockError>> + Send {
+        self.get_versions(inode)
+    }
 }
 
 impl Blocks for Replica {

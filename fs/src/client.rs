@@ -33,6 +33,10 @@ pub struct Config {
     /// Unsealed chunks an open file buffers before it seals and stores them (they are
     /// acknowledged only at `fsync`). Default 16.
     pub max_dirty_chunks: usize,
+    /// How long stored chunks may wait for the version that refers to them; `fsync`
+    /// refuses after that. Must be well under the collection grace period
+    /// ([`crate::gc::Config::grace`]), half of it by default: 12 h.
+    pub max_unsynced: std::time::Duration,
 }
 
 impl Config {
@@ -42,6 +46,7 @@ impl Config {
             chunk_size: DEFAULT_CHUNK_SIZE,
             parallel: 8,
             max_dirty_chunks: 16,
+            max_unsynced: MAX_UNSYNCED,
         }
     }
 
@@ -167,6 +172,9 @@ pub struct Stat {
     pub readers: Vec<Principal>,
     /// Number of chunks.
     pub chunks: usize,
+    /// Whether this is a conflict copy (a losing head of a fork, read-only).
+    #[serde(default)]
+    pub conflict_copy: bool,
 }
 
 /// One name in a listing.
@@ -202,6 +210,8 @@ struct Node {
     read_only: bool,
     /// Permission bits for the next version of a directory (chmod).
     mode_override: Option<u32>,
+    /// The key before the last replacement, tried when `key` does not open a version.
+    previous_key: Option<DataKey>,
 }
 
 impl std::fmt::Debug for Node {
@@ -238,7 +248,16 @@ impl Node {
             inode: self.id(),
             key: *self.key.as_bytes(),
             kind: self.kind,
+            previous: self.previous_key.as_ref().map(|k| *k.as_bytes()),
         }
+    }
+
+    /// Replaces the key (a revocation made it stale), keeping the old one as `previous`
+    /// until a version under the new one is written.
+    fn new_key(&mut self) {
+        let old = std::mem::replace(&mut self.key, DataKey::generate());
+        self.previous_key = Some(old);
+        self.key_epochs = self.governing.clone();
     }
 }
 
@@ -262,11 +281,15 @@ pub struct Handle {
     unsynced_since: Option<std::time::Instant>,
     /// The batch of chunks being stored.
     storing: Option<tokio::task::JoinHandle<Result<(), BlockError>>>,
+    /// Why storing this handle's chunks failed: it then refuses to make a version.
+    failed: Option<Error>,
+    /// A new file its directory does not name yet.
+    unlinked: bool,
 }
 
-/// How long chunks may wait for the version that refers to them: they are collected as
-/// garbage when unreferenced for [`crate::gc::Config::grace`] (24 h by default), so an
-/// `fsync` later than this refuses rather than commit a version whose chunks may be gone.
+/// The default of [`Config::max_unsynced`]: chunks are collected as garbage when
+/// unreferenced for [`crate::gc::Config::grace`] (24 h by default), so an `fsync` later
+/// than this refuses rather than commit a version whose chunks may be gone.
 pub const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 impl Handle {
@@ -495,6 +518,7 @@ impl<B: Blocks> Client<B> {
             governing,
             read_only: false,
             mode_override: None,
+            previous_key: None,
         }];
         let rest = &path.segments()[prefix.segments().len()..];
         for (i, name) in rest.iter().enumerate() {
@@ -545,6 +569,7 @@ impl<B: Blocks> Client<B> {
             governing,
             read_only: false,
             mode_override: None,
+            previous_key: entry.previous.map(DataKey::from_bytes),
         })
     }
 
@@ -632,14 +657,25 @@ impl<B: Blocks> Client<B> {
             .get_chunk(chunk.id)
             .await
             .map_err(blocks_err(&node.path))?;
-        let key = key.clone();
-        let plaintext = tokio::task::spawn_blocking(move || chunk::open(&key, &id, index, &sealed))
-            .await
-            .map_err(|e| Error::Io(e.to_string()))?
-            .map_err(|e| Error::Corrupt {
-                path: node.path.to_string(),
-                reason: e.to_string(),
-            })?;
+        let keys: Vec<DataKey> = std::iter::once(key.clone())
+            .chain(node.previous_key.clone().filter(|_| key == &node.key))
+            .collect();
+        let plaintext = tokio::task::spawn_blocking(move || {
+            let mut last = chunk::ChunkError::Open;
+            for key in &keys {
+                match chunk::open(key, &id, index, &sealed) {
+                    Ok(plaintext) => return Ok(plaintext),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
+        .await
+        .map_err(|e| Error::Io(e.to_string()))?
+        .map_err(|e| Error::Corrupt {
+            path: node.path.to_string(),
+            reason: e.to_string(),
+        })?;
         if plaintext.len() != chunk.len as usize {
             return Err(Error::Corrupt {
                 path: node.path.to_string(),
@@ -883,11 +919,13 @@ impl<B: Blocks> Client<B> {
         // Refused before anything is stored: a write that cannot be signed leaves no
         // chunks behind.
         self.chain_for(&nodes[i].path, &nodes[i].binding.path)?;
-        let node = &mut nodes[i];
         if rekey {
-            node.key = DataKey::generate();
-            node.key_epochs = node.governing.clone();
+            // The parent learns the new key (keeping the old one) before any version
+            // needs it: a crash in between leaves a directory every reader still opens.
+            nodes[i].new_key();
+            self.link_up(nodes, i).await?;
         }
+        let node = &mut nodes[i];
         let bytes = dir.encode().map_err(|e| Error::Invalid(e.to_string()))?;
         let chunks = self.store_contents(node, &bytes).await?;
         let parents = inode::heads(&node.versions)
@@ -911,7 +949,7 @@ impl<B: Blocks> Client<B> {
             None,
         )
         .await?;
-        if new || rekey {
+        if new {
             self.link_up(nodes, i).await?;
         }
         Ok(())
@@ -992,6 +1030,24 @@ impl<B: Blocks> Client<B> {
             .ok_or_else(|| Error::NotFound {
                 path: path.to_string(),
             })?;
+        // Only when every node it belongs on says it is not there: a root created because
+        // its replicas were out of reach would hide the real one.
+        let anchor = Binding::anchor(prefix.clone()).id();
+        let existing = self
+            .blocks
+            .get_versions_strict(anchor)
+            .await
+            .map_err(blocks_err(&prefix))?;
+        if !existing.is_empty() {
+            return Err(Error::Blocks {
+                path: prefix.to_string(),
+                source: BlockError::Unavailable {
+                    needed: 1,
+                    acks: 0,
+                    reason: "the root exists but its versions were not read; try again".into(),
+                },
+            });
+        }
         let mut node = Node {
             path: prefix.clone(),
             binding: Binding::anchor(prefix),
@@ -1003,6 +1059,7 @@ impl<B: Blocks> Client<B> {
             key_epochs: Vec::new(),
             read_only: false,
             mode_override: None,
+            previous_key: None,
         };
         let bytes = Directory::default()
             .encode()
@@ -1048,6 +1105,7 @@ impl<B: Blocks> Client<B> {
             key_epochs: parent.governing.clone(),
             read_only: false,
             mode_override: None,
+            previous_key: None,
         });
         let i = nodes.len() - 1;
         self.write_dir(nodes, i, &Directory::default()).await
@@ -1120,6 +1178,8 @@ impl<B: Blocks> Client<B> {
             cache: None,
             unsynced_since: None,
             storing: None,
+            failed: None,
+            unlinked: false,
         })
     }
 
@@ -1156,6 +1216,7 @@ impl<B: Blocks> Client<B> {
             governing,
             read_only: false,
             mode_override: None,
+            previous_key: None,
         });
         Ok(Handle {
             nodes,
@@ -1168,6 +1229,8 @@ impl<B: Blocks> Client<B> {
             cache: None,
             unsynced_since: None,
             storing: None,
+            failed: None,
+            unlinked: true,
         })
     }
 
@@ -1228,6 +1291,11 @@ impl<B: Blocks> Client<B> {
     }
 
     fn check_writable(&self, handle: &Handle) -> Result<(), Error> {
+        if let Some(failed) = &handle.failed {
+            // Chunks of this handle's writes were not stored: no version may refer to
+            // them, so the handle stays failed until the file is opened again.
+            return Err(failed.clone());
+        }
         let node = handle.node();
         if node.read_only {
             return Err(Error::ReadOnly {
@@ -1246,6 +1314,7 @@ impl<B: Blocks> Client<B> {
         data: &[u8],
     ) -> Result<usize, Error> {
         self.check_writable(handle)?;
+        check_size(handle, offset.saturating_add(data.len() as u64))?;
         if offset > handle.size {
             self.set_len(handle, offset).await?;
         }
@@ -1301,6 +1370,7 @@ impl<B: Blocks> Client<B> {
     /// Sets the file's length: shorter drops bytes, longer appends zeros.
     pub async fn truncate(&self, handle: &mut Handle, size: u64) -> Result<(), Error> {
         self.check_writable(handle)?;
+        check_size(handle, size)?;
         self.set_len(handle, size).await
     }
 
@@ -1377,10 +1447,14 @@ impl<B: Blocks> Client<B> {
     async fn wait_stored(&self, handle: &mut Handle) -> Result<(), Error> {
         if let Some(storing) = handle.storing.take() {
             let path = handle.node().path.clone();
-            storing
-                .await
-                .map_err(|e| Error::Io(format!("storing chunks: {e}")))?
-                .map_err(blocks_err(&path))?;
+            let stored = match storing.await {
+                Ok(result) => result.map_err(blocks_err(&path)),
+                Err(e) => Err(Error::Io(format!("storing chunks: {e}"))),
+            };
+            if let Err(e) = stored {
+                handle.failed = Some(e.clone());
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1403,22 +1477,25 @@ impl<B: Blocks> Client<B> {
                     handle.dirty.insert(index, bytes);
                 }
             }
-            let node = &mut handle.nodes[i];
-            node.key = DataKey::generate();
-            node.key_epochs = node.governing.clone();
+            handle.nodes[i].new_key();
         }
         self.flush(handle).await?;
         self.wait_stored(handle).await?;
+        if rekey {
+            // The directory learns the new key (keeping the old one) before the version
+            // under it exists: a crash in between leaves a file every reader still opens.
+            self.link_up(&mut handle.nodes, i).await?;
+        }
         if handle
             .unsynced_since
-            .is_some_and(|t| t.elapsed() > MAX_UNSYNCED)
+            .is_some_and(|t| t.elapsed() > self.config.max_unsynced)
         {
             return Err(Error::ReadOnly {
                 path: handle.node().path.to_string(),
                 reason: format!(
-                    "writes stayed unsynced for more than {} h and their chunks may have been \
+                    "writes stayed unsynced for more than {} s and their chunks may have been \
                      collected; write the file again",
-                    MAX_UNSYNCED.as_secs() / 3600
+                    self.config.max_unsynced.as_secs()
                 ),
             });
         }
@@ -1438,11 +1515,14 @@ impl<B: Blocks> Client<B> {
             None,
         )
         .await?;
+        if handle.unlinked {
+            // Not done until the directory names it: a failed link leaves the handle
+            // changed, and the next fsync writes and links again.
+            self.link_up(&mut handle.nodes, i).await?;
+            handle.unlinked = false;
+        }
         handle.changed = false;
         handle.unsynced_since = None;
-        if new || rekey {
-            self.link_up(&mut handle.nodes, i).await?;
-        }
         Ok(())
     }
 
@@ -1793,11 +1873,16 @@ impl<B: Blocks> Client<B> {
     ) -> Result<(), Error> {
         let i = nodes.len() - 1;
         let contents = self.read_all(&nodes[i]).await?;
-        let node = &mut nodes[i];
         if rekey {
-            node.key = DataKey::generate();
-            node.key_epochs = node.governing.clone();
+            // The parent's entry learns the new key (keeping the old one) first; when the
+            // anchor was reached directly, its parent is found from above.
+            nodes[i].new_key();
+            self.link_up(nodes, i).await?;
+            if i == 0 {
+                self.relink_from_above(&nodes[0]).await?;
+            }
         }
+        let node = &mut nodes[i];
         let chunks = if rekey {
             self.store_contents(node, &contents).await?
         } else {
@@ -1833,14 +1918,6 @@ impl<B: Blocks> Client<B> {
             Some(change),
         )
         .await?;
-        if rekey {
-            // The parent's entry must hold the new key; when the anchor was reached from
-            // above, its parent is on the walk.
-            self.link_up(nodes, i).await?;
-            if i == 0 {
-                self.relink_from_above(&nodes[0]).await?;
-            }
-        }
         Ok(())
     }
 
@@ -1897,6 +1974,18 @@ impl<B: Blocks> Client<B> {
     }
 }
 
+/// Refuses a size beyond what one inode can describe, before any work.
+fn check_size(handle: &Handle, size: u64) -> Result<(), Error> {
+    let max = inode::MAX_CHUNKS as u64 * handle.chunk_size as u64;
+    if size > max {
+        return Err(Error::Invalid(format!(
+            "{}: {size} bytes is over the largest file ({max} bytes)",
+            handle.node().path
+        )));
+    }
+    Ok(())
+}
+
 /// What a new version holds, besides what the node carries.
 struct Contents {
     size: u64,
@@ -1933,6 +2022,7 @@ fn stat_of(node: &Node) -> Stat {
                 .map(PublicIdentity::principal)
                 .collect(),
             chunks: v.inode.chunks.len(),
+            conflict_copy: node.read_only,
         },
         None => Stat {
             inode: node.id(),
@@ -1947,6 +2037,7 @@ fn stat_of(node: &Node) -> Stat {
             anchor: node.binding.is_anchor(),
             readers: Vec::new(),
             chunks: 0,
+            conflict_copy: false,
         },
     }
 }

@@ -26,6 +26,11 @@ pub struct Entry {
     pub key: [u8; 32],
     /// What the child is.
     pub kind: Kind,
+    /// The child's key before it was last replaced (a revocation): kept until the child's
+    /// version under the new key is written, so that a crash between the two loses
+    /// nothing. A reader tries `key`, then this.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub previous: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -163,6 +168,7 @@ mod tests {
             inode: InodeId([n; 32]),
             key: [n; 32],
             kind: Kind::File,
+            previous: None,
         }
     }
 

@@ -176,11 +176,7 @@ impl<B: Blocks> Mount<B> {
     /// The stat of `path`, preferring an open handle's size (unsynced writes).
     fn stat_path(&self, path: &Path) -> Result<(u64, Stat), Errno> {
         let stat = self.run(self.client.stat(path))?;
-        let conflict = path
-            .segments()
-            .last()
-            .is_some_and(|n| n.contains(".conflict-"))
-            && stat.conflicts == 0;
+        let conflict = stat.conflict_copy;
         let ino = self.remember(path, &stat, conflict);
         Ok((ino, self.with_open_size(ino, stat)))
     }
@@ -441,8 +437,10 @@ impl<B: Blocks> Filesystem for Mount<B> {
                             path: to.to_string(),
                         });
                     }
-                    // Rename over an existing file (or empty directory) replaces it.
-                    if existing.inode != moving.inode {
+                    // Rename over an existing file replaces its entry in one directory
+                    // write (atomic, as an editor's save needs); an empty directory in
+                    // the way is removed first.
+                    if existing.inode != moving.inode && existing.kind == Kind::Dir {
                         self.client.unlink(&to).await?;
                     }
                 }

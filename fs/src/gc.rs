@@ -3,9 +3,8 @@
 //! Every chunk is stored with the inode it belongs to (its encryption binds it to that
 //! inode, so there is exactly one). A node collects a chunk it holds only when
 //!
-//! - the versions of its inode, gathered from at least R of the inode's replicas (so that
-//!   every version acknowledged by W of them is seen, as W + R > R + 1 when W ≥ 2), all
-//!   leave it out, and
+//! - the versions of its inode, gathered from every one of the R nodes the inode belongs
+//!   on (down or not: one that does not answer means no decision), all leave it out, and
 //! - it was found unreferenced like that twice, at least `grace` apart (default 24 h), so
 //!   that chunks of a write still under way (stored before its version) are kept.
 //!
@@ -105,12 +104,15 @@ impl Collector {
         let (last, owned) = owned;
         self.cursor = last;
         let now = Instant::now();
-        let quorum = network.config().replicas;
         for (owner, chunks) in owned {
-            let versions = match network.versions_from(owner, quorum).await {
+            let versions = match network.versions_strict(owner).await {
                 Ok(v) => v,
                 Err(e) => {
+                    // Undecided is not unreferenced: these chunks are kept, and repaired.
                     tracing::debug!(inode = %owner, error = %e, "cannot tell whether chunks are still used; keeping them");
+                    for chunk in &chunks {
+                        self.unreferenced_since.remove(chunk);
+                    }
                     continue;
                 }
             };

@@ -35,6 +35,9 @@ pub const MAX_READCAPS: usize = 64;
 pub const MAX_GRANTS: usize = 16;
 /// Most parents one version names.
 pub const MAX_PARENTS: usize = 16;
+/// The highest sequence number: far beyond any real history, low enough that no
+/// arithmetic on it overflows.
+pub const MAX_SEQ: u64 = 1 << 48;
 /// How far in the future a version's signing time may lie, in seconds.
 pub const MAX_CLOCK_SKEW: u64 = 300;
 
@@ -146,8 +149,11 @@ impl Message for Inode {
     const MAX_BYTES: usize = MAX_INODE_BYTES;
 
     fn validate(&self) -> Result<(), String> {
-        if self.seq == 0 {
-            return Err("sequence numbers start at 1".into());
+        if self.seq == 0 || self.seq > MAX_SEQ {
+            return Err(format!(
+                "sequence number {} out of range (1 to {MAX_SEQ})",
+                self.seq
+            ));
         }
         if self.parents.len() > MAX_PARENTS {
             return Err(format!(

@@ -643,6 +643,10 @@ impl Blocks for Network {
         self.put_version_uncached(inode, signed).await
     }
 
+    async fn get_versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        self.versions_strict(inode).await
+    }
+
     fn forget(&self, inode: InodeId) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.versions.remove(&inode);
@@ -662,6 +666,69 @@ impl Blocks for Network {
 }
 
 impl Network {
+    /// See [`Blocks::get_versions_strict`]: the R nodes nearest the inode in the routing
+    /// table, down or not, must all answer.
+    pub async fn versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        let near = self
+            .dht
+            .closest(inode.as_bytes().to_vec(), self.config.replicas)
+            .await
+            .map_err(|e| BlockError::Unavailable {
+                needed: 1,
+                acks: 0,
+                reason: format!("overlay: {e}"),
+            })?;
+        // A node known to be down cannot answer: no decision, at once.
+        if let Some(down) = near
+            .iter()
+            .find(|c| c.peer != self.me && self.is_down(&c.peer))
+        {
+            return Err(BlockError::Unavailable {
+                needed: near.len(),
+                acks: 0,
+                reason: format!("{} is down", down.peer),
+            });
+        }
+        let answers = futures::future::join_all(
+            near.iter()
+                .map(|c| self.exchange(c.peer, Request::GetVersions { inode: inode.0 })),
+        )
+        .await;
+        let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
+        for (candidate, answer) in near.iter().zip(answers) {
+            let signed = match answer {
+                Ok(Response::Versions { signed }) => signed,
+                Ok(Response::NotFound) => Vec::new(),
+                other => {
+                    return Err(BlockError::Unavailable {
+                        needed: near.len(),
+                        acks: 0,
+                        reason: format!("{}: {other:?}", candidate.peer)
+                            .chars()
+                            .take(300)
+                            .collect(),
+                    });
+                }
+            };
+            for bytes in signed {
+                match self.verified.verify_as(
+                    &bytes,
+                    &inode,
+                    keys::now(),
+                    &keys::Revocations::default(),
+                ) {
+                    Ok(v) => {
+                        found.insert(v.version, v);
+                    }
+                    Err(_) => {
+                        self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
     async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
         match self.local.get_chunk(&id) {
             Ok(Some(bytes)) => return Ok(bytes),

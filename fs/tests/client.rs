@@ -403,3 +403,99 @@ async fn no_writecap_no_tree() {
         "{refused:?}"
     );
 }
+
+/// A replica whose chunk stores start failing after a number of calls.
+struct Flaky {
+    inner: Replica,
+    chunk_puts_left: std::sync::atomic::AtomicUsize,
+}
+
+impl fs::Blocks for Flaky {
+    async fn put_chunks(
+        &self,
+        owner: fs::InodeId,
+        chunks: Vec<fs::chunk::Sealed>,
+    ) -> Result<(), fs::BlockError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .chunk_puts_left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(fs::BlockError::Unavailable {
+                needed: 2,
+                acks: 0,
+                reason: "disk full".into(),
+            });
+        }
+        fs::Blocks::put_chunks(&self.inner, owner, chunks).await
+    }
+    async fn get_chunk(&self, id: fs::ChunkId) -> Result<Vec<u8>, fs::BlockError> {
+        fs::Blocks::get_chunk(&self.inner, id).await
+    }
+    async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
+        fs::Blocks::put_version(&self.inner, inode, signed).await
+    }
+    async fn get_versions(
+        &self,
+        inode: fs::InodeId,
+    ) -> Result<Vec<fs::inode::Verified>, fs::BlockError> {
+        fs::Blocks::get_versions(&self.inner, inode).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_chunk_store_is_never_committed() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("f"), b"the good version").await;
+    // The same store, now failing after two more batches of chunks.
+    let flaky = Arc::new(Flaky {
+        inner: (*t.replica).clone(),
+        chunk_puts_left: std::sync::atomic::AtomicUsize::new(2),
+    });
+    let c = Client::new(flaky, t.root.clone(), vec![t.chain.clone()], small());
+    let mut h = c.open(&t.path("f")).await.unwrap();
+    let mut failed = None;
+    for i in 0..100u64 {
+        // 100 chunks of 1000 bytes: batches of 16 are stored in the background.
+        if let Err(e) = c.write(&mut h, i * 1000, &[i as u8; 1000]).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.unwrap_or_else(|| panic!("no write failed"));
+    assert!(matches!(failed, Error::Blocks { .. }), "{failed:?}");
+    // Every later attempt to make a version fails too: nothing refers to lost chunks.
+    assert!(c.fsync(&mut h).await.is_err());
+    assert!(c.fsync(&mut h).await.is_err());
+    assert!(c.write(&mut h, 0, b"x").await.is_err());
+    assert_eq!(
+        get(&owner, &t.path("f")).await.unwrap(),
+        b"the good version"
+    );
+    // Opening again starts afresh.
+    let mut h = owner.open(&t.path("f")).await.unwrap();
+    owner.write(&mut h, 0, b"THE").await.unwrap();
+    owner.fsync(&mut h).await.unwrap();
+    assert_eq!(
+        get(&owner, &t.path("f")).await.unwrap(),
+        b"THE good version"
+    );
+}
+
+#[tokio::test]
+async fn files_beyond_the_largest_size_are_refused_before_any_work() {
+    let t = tree();
+    let c = t.owner();
+    let mut h = c.create(&t.path("huge")).await.unwrap();
+    let refused = c.truncate(&mut h, 1 << 40).await;
+    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    let refused = c.write(&mut h, u64::MAX - 2, b"abc").await;
+    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert_eq!(
+        t.replica.store().stats().unwrap().chunks,
+        1,
+        "only the root directory's chunk"
+    );
+}

@@ -224,7 +224,16 @@ async fn three_replicas_survive_two_departures() {
             Duration::from_secs(60),
             async || {
                 let c = copies(&live);
-                c.len() == items && c.values().all(|&n| n >= 3)
+                let short = c.values().filter(|&&n| n < 3).count();
+                let under: Vec<u64> = live
+                    .iter()
+                    .map(|n| n.repair.status().under_replicated)
+                    .collect();
+                eprintln!(
+                    "{} items of {items}, {short} with fewer than 3 copies, under-replicated {under:?}",
+                    c.len()
+                );
+                c.len() == items && short == 0
             },
         )
         .await;

@@ -38,6 +38,10 @@ pub(crate) struct FileConfig {
     pub(crate) repair_interval_secs: Option<u64>,
     /// Bytes per second repair may send. Default: 67108864 (64 MiB/s).
     pub(crate) repair_bandwidth: Option<u64>,
+    /// Seconds a chunk no kept version refers to stays before it is collected
+    /// (`BT_GC_GRACE_SECS`); writes left unsynced for half of it are refused. Default:
+    /// 86400 (24 h); at least 60.
+    pub(crate) gc_grace_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -132,5 +136,12 @@ pub(crate) fn files(file: &FileConfig) -> anyhow::Result<crate::files::FsSetting
         write_quorum,
         repair_interval: Duration::from_secs(interval.max(1)),
         repair_bandwidth: file.repair_bandwidth.unwrap_or(64 << 20).max(1024),
+        gc_grace: Duration::from_secs(
+            env("BT_GC_GRACE_SECS")?
+                .map(|n| n as u64)
+                .or(file.gc_grace_secs)
+                .unwrap_or(24 * 3600)
+                .max(60),
+        ),
     })
 }

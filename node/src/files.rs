@@ -24,6 +24,7 @@ pub(crate) struct FsSettings {
     pub(crate) write_quorum: usize,
     pub(crate) repair_interval: Duration,
     pub(crate) repair_bandwidth: u64,
+    pub(crate) gc_grace: Duration,
 }
 
 /// A file system command.
@@ -156,6 +157,10 @@ impl Files {
         let repair_config = repair::Config {
             interval: settings.repair_interval,
             bandwidth: settings.repair_bandwidth,
+            gc: fs::gc::Config {
+                grace: settings.gc_grace,
+                ..fs::gc::Config::new()
+            },
             ..repair::Config::new()
         };
         let repairing = repair::spawn(
@@ -176,7 +181,10 @@ impl Files {
             network.clone(),
             identity,
             chains,
-            fs::Config::new(),
+            fs::Config {
+                max_unsynced: settings.gc_grace / 2,
+                ..fs::Config::new()
+            },
         ));
         Ok(Files {
             client,
