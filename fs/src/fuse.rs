@@ -254,6 +254,29 @@ impl<B: Blocks> Mount<B> {
         }
     }
 
+    /// `unlink` (a file) and `rmdir` (a directory): the other kind is refused.
+    fn remove(&self, parent: INodeNo, name: &OsStr, kind: Kind, reply: ReplyEmpty) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let removed = self.run(async {
+            match (kind, self.client.stat(&path).await?.kind) {
+                (Kind::File, Kind::Dir) => Err(Error::IsADirectory {
+                    path: path.to_string(),
+                }),
+                (Kind::Dir, Kind::File) => Err(Error::NotADirectory {
+                    path: path.to_string(),
+                }),
+                _ => self.client.unlink(&path).await,
+            }
+        });
+        match removed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn entry(&self, path: &Path, reply: ReplyEntry) {
         match self.stat_path(path) {
             Ok((ino, stat)) => reply.entry(&ATTR_TTL, &self.attr(ino, &stat), Generation(0)),
@@ -372,37 +395,11 @@ impl<B: Blocks> Filesystem for Mount<B> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.child(parent, name) {
-            Ok(path) => match self.run(async {
-                if self.client.stat(&path).await?.kind == Kind::Dir {
-                    return Err(Error::IsADirectory {
-                        path: path.to_string(),
-                    });
-                }
-                self.client.unlink(&path).await
-            }) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, Kind::File, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.child(parent, name) {
-            Ok(path) => match self.run(async {
-                if self.client.stat(&path).await?.kind != Kind::Dir {
-                    return Err(Error::NotADirectory {
-                        path: path.to_string(),
-                    });
-                }
-                self.client.unlink(&path).await
-            }) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, Kind::Dir, reply);
     }
 
     fn rename(

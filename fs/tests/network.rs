@@ -99,6 +99,26 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
     }
 }
 
+/// `n` nodes joined through the first, each knowing all the others.
+async fn start_net(n: usize) -> Vec<Node> {
+    let first = start_node(None).await;
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let addr = nodes[0].addr.clone();
+        nodes.push(start_node(Some(&addr)).await);
+    }
+    for node in &nodes {
+        let dht = node.dht.clone();
+        eventually(
+            "the routing tables to fill",
+            Duration::from_secs(20),
+            async || dht.status().await.unwrap().routing_table >= n - 1,
+        )
+        .await;
+    }
+    nodes
+}
+
 async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check().await {
@@ -131,21 +151,7 @@ fn copies(nodes: &[&Node]) -> std::collections::BTreeMap<ItemId, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_survive_two_departures() {
     trace();
-    let first = start_node(None).await;
-    let mut nodes = vec![first];
-    for _ in 1..5 {
-        let addr = nodes[0].addr.clone();
-        nodes.push(start_node(Some(&addr)).await);
-    }
-    for node in &nodes {
-        let dht = node.dht.clone();
-        eventually(
-            "the routing tables to fill",
-            Duration::from_secs(20),
-            async || dht.status().await.unwrap().routing_table >= 4,
-        )
-        .await;
-    }
+    let nodes = start_net(5).await;
     // The tree's owner writes on node 0; node 4 reads after a share.
     let owner = &nodes[0];
     let tree = Path::root_of(owner.identity.principal());
@@ -256,21 +262,7 @@ async fn three_replicas_survive_two_departures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_refuses_forged_versions_and_bad_chunks() {
     trace();
-    let first = start_node(None).await;
-    let mut nodes = vec![first];
-    for _ in 1..4 {
-        let addr = nodes[0].addr.clone();
-        nodes.push(start_node(Some(&addr)).await);
-    }
-    for node in &nodes {
-        let dht = node.dht.clone();
-        eventually(
-            "the routing tables to fill",
-            Duration::from_secs(20),
-            async || dht.status().await.unwrap().routing_table >= 3,
-        )
-        .await;
-    }
+    let nodes = start_net(4).await;
     let owner = &nodes[0];
     let tree = Path::root_of(owner.identity.principal());
     let chain = Chain::root_grant(
@@ -372,21 +364,7 @@ async fn every_replica_refuses_forged_versions_and_bad_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_no_kept_version_refers_to_are_collected() {
     trace();
-    let first = start_node(None).await;
-    let mut nodes = vec![first];
-    for _ in 1..3 {
-        let addr = nodes[0].addr.clone();
-        nodes.push(start_node(Some(&addr)).await);
-    }
-    for node in &nodes {
-        let dht = node.dht.clone();
-        eventually(
-            "the routing tables to fill",
-            Duration::from_secs(20),
-            async || dht.status().await.unwrap().routing_table >= 2,
-        )
-        .await;
-    }
+    let nodes = start_net(3).await;
     let owner = &nodes[0];
     let tree = Path::root_of(owner.identity.principal());
     let chain = Chain::root_grant(

@@ -26,5 +26,11 @@ sqlite3 data.db "select count(*), sum(id) from t;" > query.txt
 printf 'first draft\n' > notes.txt
 printf 'second draft\n' > .notes.txt.swp
 mv .notes.txt.swp notes.txt
+# Removing: a directory that is not empty stays, then goes once emptied.
+mkdir gone
+touch gone/file
+if rmdir gone 2>/dev/null; then echo "rmdir removed a directory that is not empty" >&2; exit 1; fi
+rm gone/file
+rmdir gone
 find . -path ./repo/.git -prune -o -path ./cloned/.git -prune -o -type f -print | sort > ../find-"$(basename "$dir")".txt
 du -s . > /dev/null
