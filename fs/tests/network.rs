@@ -380,8 +380,8 @@ async fn chunks_no_kept_version_refers_to_are_collected() {
         Config::new().with_chunk_size(4096),
     );
     let file = tree.join("often").unwrap();
-    // 20 versions of 5 chunks each: the replicas keep the last 9, so the chunks of the
-    // first 11 are garbage.
+    // 20 versions of 5 chunks each: the replicas keep the last 8 (KEEP_HISTORY), so the chunks
+    // of the first 12 are garbage (the assertion asks for at least 11 of them).
     for round in 0..20u8 {
         writer
             .put(&file, data(5 * 4096, round).as_slice(), |_| {})
