@@ -47,8 +47,13 @@ pub struct Behaviour {
 pub enum Transports {
     /// TCP (Noise, Yamux) and QUIC: real networks.
     Network,
-    /// The in-process memory transport (Noise, Yamux): tests and the simulator.
+    /// The in-process memory transport (Noise, Yamux): tests.
     Memory,
+    /// The in-process memory transport, unencrypted (peers still exchange and check
+    /// their public keys), with Yamux: the simulator, where a thousand nodes share two
+    /// cores and what is measured lies above the transport.
+    #[cfg(feature = "plaintext-memory")]
+    MemoryPlaintext,
 }
 
 /// Why a swarm could not be built.
@@ -63,10 +68,10 @@ impl Behaviour {
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_record_ttl(Some(config.record_ttl))
-            .set_publication_interval(Some(config.republish_interval))
-            .set_replication_interval(Some(Duration::from_secs(300)))
+            .set_publication_interval(None) // the node republishes its own, freshly signed
+            .set_replication_interval(Some(config.replication_interval))
             .set_query_timeout(config.query_timeout)
-            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)))
+            .set_periodic_bootstrap_interval(Some(config.bootstrap_interval))
             // Kademlia's default frame limit (16 KiB) is below the largest valid path
             // record; leave room for the closer-peers list of a GET reply too.
             .set_max_packet_size(keys::limits::MAX_PATH_RECORD_BYTES + 16 * 1024);
@@ -146,6 +151,24 @@ pub fn build_swarm(
                     MemoryTransport::default()
                         .upgrade(Version::V1)
                         .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_behaviour(|key| {
+                behaviour(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        #[cfg(feature = "plaintext-memory")]
+        Transports::MemoryPlaintext => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(libp2p::plaintext::Config::new(key))
                         .multiplex(yamux::Config::default()),
                 )
             })

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 
+/// A connection is never trimmed for [`Config::max_connections`] before it is this old.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(10);
+
 /// How the overlay behaves. [`Config::new`] documents every default; `with_*` setters
 /// change them.
 #[derive(Debug, Clone)]
@@ -38,6 +41,23 @@ pub struct Config {
     pub max_records: usize,
     /// Kademlia replication factor. Default: 20 (Kademlia's k).
     pub replication_factor: usize,
+    /// A lookup stops once this many peers returned a valid record for its key (the
+    /// newest of them wins); fewer only when the lookup runs out of peers. Default: 3.
+    pub resolve_quorum: u32,
+    /// How often the routing table is refreshed (a lookup of the own key, then one per
+    /// bucket farther away). Joins and new peers trigger refreshes too. Default: 10 min
+    /// (go-libp2p-kad-dht's; each refresh is a dozen lookups in a network of a thousand).
+    pub bootstrap_interval: Duration,
+    /// Most connected peers: beyond this, the least recently active are disconnected
+    /// down to three quarters of it (peers in a pub-sub mesh, and connections younger
+    /// than [`CONNECTION_GRACE`], are kept). Their routing-table entries stay; a later
+    /// request dials again. 0: no bound. Default: 256.
+    pub max_connections: usize,
+    /// How often a node re-stores the records it holds for others at the peers now closest
+    /// to them. Their owners republish every [`Config::republish_interval`] anyway, and the
+    /// record of an owner gone is of no use: this only covers many holders leaving at once.
+    /// Default: 1 hour (Kademlia's).
+    pub replication_interval: Duration,
 }
 
 impl Config {
@@ -62,6 +82,10 @@ impl Config {
             bootstrap_retry: Duration::from_secs(1),
             max_records: 65_536,
             replication_factor: 20,
+            resolve_quorum: 3,
+            max_connections: 256,
+            bootstrap_interval: Duration::from_secs(600),
+            replication_interval: Duration::from_secs(3600),
         }
     }
 

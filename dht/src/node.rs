@@ -495,8 +495,13 @@ struct PendingRegister {
 /// One prefix lookup inside a resolution.
 struct Lookup {
     prefix: Path,
+    /// Its Kademlia query has been started (a shorter prefix is looked up only once the
+    /// longer ones found nothing: most paths resolve at their own record).
+    started: bool,
     done: bool,
     best: Option<PathRecord>,
+    /// Valid records received (the lookup stops at [`Config::resolve_quorum`]).
+    found: u32,
     requests: u32,
 }
 
@@ -529,6 +534,8 @@ pub struct EventLoop {
     agents: HashMap<PeerId, String>,
     rtts: HashMap<PeerId, Duration>,
     connections: HashMap<PeerId, HashSet<Multiaddr>>,
+    /// When each connected peer last did something (connected, answered, gossiped).
+    active: HashMap<PeerId, Instant>,
     republish_due: Option<Instant>,
     /// The last PUT reached no peer.
     unreplicated: bool,
@@ -627,6 +634,7 @@ impl EventLoop {
             agents: HashMap::new(),
             rtts: HashMap::new(),
             connections: HashMap::new(),
+            active: HashMap::new(),
             republish_due: None,
             unreplicated: false,
             gossip: None,
@@ -671,6 +679,9 @@ impl EventLoop {
         id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) {
+        if let Some(at) = self.active.get_mut(&propagated_by) {
+            *at = Instant::now();
+        }
         // Strict validation: gossipsub has checked the source's signature already.
         let verdict = match (&self.gossip, message.source) {
             (Some(queue), Some(source)) => {
@@ -702,8 +713,41 @@ impl EventLoop {
             .report_message_validation_result(&id, &propagated_by, verdict);
     }
 
+    /// Disconnects the least recently active peers while more than
+    /// [`Config::max_connections`] are connected (see there).
+    fn trim_connections(&mut self, now: Instant) {
+        let high = self.config.max_connections;
+        if high == 0 || self.active.len() <= high {
+            return;
+        }
+        let low = high - high / 4;
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let mut idle: Vec<(Instant, PeerId)> = self
+            .active
+            .iter()
+            .filter(|(peer, at)| {
+                !mesh.contains(peer) && now.duration_since(**at) >= crate::config::CONNECTION_GRACE
+            })
+            .map(|(peer, at)| (*at, *peer))
+            .collect();
+        idle.sort();
+        let excess = self.active.len() - low;
+        for (_, peer) in idle.into_iter().take(excess) {
+            tracing::debug!(%peer, "trimming an idle connection");
+            self.active.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
+        self.trim_connections(now);
         let expired: Vec<PeerId> = self
             .blocked
             .iter()
@@ -1047,17 +1091,14 @@ impl EventLoop {
         let id = self.next_resolve;
         self.next_resolve += 1;
         let mut lookups = Vec::with_capacity(prefixes.len());
-        for (index, prefix) in prefixes.into_iter().enumerate() {
+        for prefix in prefixes {
             let own = self.registrations.get(&prefix).map(|r| r.record.clone());
-            let done = own.is_some();
-            if !done {
-                let query = self.swarm.behaviour_mut().kad.get_record(key_of(&prefix));
-                self.gets.insert(query, (id, index));
-            }
             lookups.push(Lookup {
                 prefix,
-                done,
+                done: own.is_some(),
+                started: own.is_some(),
                 best: own,
+                found: 0,
                 requests: 0,
             });
         }
@@ -1084,7 +1125,17 @@ impl EventLoop {
             return;
         }
         let mut candidate = None;
-        for (index, lookup) in resolve.lookups.iter().enumerate() {
+        for (index, lookup) in resolve.lookups.iter_mut().enumerate() {
+            if !lookup.started {
+                lookup.started = true;
+                let query = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(key_of(&lookup.prefix));
+                self.gets.insert(query, (id, index));
+                return;
+            }
             if !lookup.done {
                 return; // a longer prefix may still answer
             }
@@ -1285,6 +1336,7 @@ impl EventLoop {
                     .entry(peer_id)
                     .or_default()
                     .insert(endpoint.get_remote_address().clone());
+                self.active.insert(peer_id, Instant::now());
                 if let Some(reply) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
@@ -1319,6 +1371,7 @@ impl EventLoop {
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     self.connections.remove(&peer_id);
+                    self.active.remove(&peer_id);
                     self.rtts.remove(&peer_id);
                     self.agents.remove(&peer_id);
                     // Answers that point at this node are no longer known to be live.
@@ -1388,11 +1441,17 @@ impl EventLoop {
                     let Some(&(resolve_id, index)) = self.gets.get(&id) else {
                         return;
                     };
+                    let mut enough = false;
                     if let Ok(GetRecordOk::FoundRecord(found)) = &result {
-                        self.on_found(resolve_id, index, &found.record);
+                        enough = self.on_found(resolve_id, index, &found.record);
                     }
-                    if step.last {
+                    if step.last || enough {
                         self.gets.remove(&id);
+                        if !step.last
+                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                        {
+                            query.finish();
+                        }
                         if let Some(resolve) = self.resolves.get_mut(&resolve_id) {
                             let lookup = &mut resolve.lookups[index];
                             lookup.done = true;
@@ -1439,9 +1498,10 @@ impl EventLoop {
         }
     }
 
-    fn on_found(&mut self, resolve_id: u64, index: usize, record: &kad::Record) {
+    /// Takes in a record a lookup found; true once the lookup has found enough.
+    fn on_found(&mut self, resolve_id: u64, index: usize, record: &kad::Record) -> bool {
         let Some(resolve) = self.resolves.get_mut(&resolve_id) else {
-            return;
+            return false;
         };
         let lookup = &mut resolve.lookups[index];
         match PathRecord::from_kad(
@@ -1451,6 +1511,7 @@ impl EventLoop {
             &Revocations::default(),
         ) {
             Ok(found) if found.path() == &lookup.prefix => {
+                lookup.found += 1;
                 if lookup
                     .best
                     .as_ref()
@@ -1464,5 +1525,6 @@ impl EventLoop {
                 tracing::debug!(error = %error_chain(&e), "ignoring an invalid record from the DHT")
             }
         }
+        lookup.found >= self.config.resolve_quorum.max(1)
     }
 }

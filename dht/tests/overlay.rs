@@ -235,3 +235,56 @@ async fn the_largest_records_travel_too() {
     .await;
     assert_eq!(r.peer_id, b_key.peer_id().to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_bound_are_trimmed_and_resolving_still_works() {
+    let root = SigningKey::generate();
+    let tree = Path::root_of(root.principal());
+    // A hub that keeps at most 4 connections, and 9 nodes that all dial it.
+    let key = SigningKey::generate();
+    let mut hub_config = config(None);
+    hub_config.max_connections = 4;
+    let (hub, _hub_task) = dht::start(
+        key.clone(),
+        hub_config,
+        Store::in_memory(10_000).unwrap(),
+        Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let hub_addr: Multiaddr = hub.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let dialled = Instant::now();
+    let mut nodes = vec![];
+    for _ in 0..9 {
+        nodes.push(spawn(SigningKey::generate(), Some(&hub_addr)).await);
+    }
+    eventually(
+        "nine peers at the hub",
+        Duration::from_secs(10),
+        async || (hub.status().await.unwrap().peers >= 9).then_some(()),
+    )
+    .await;
+    // Once the connections are older than the grace period, the hub trims down to 3
+    // (three quarters of its bound)...
+    eventually("the hub trimming", Duration::from_secs(40), async || {
+        (hub.status().await.unwrap().peers <= 4).then_some(())
+    })
+    .await;
+    assert!(dialled.elapsed() >= dht::config::CONNECTION_GRACE);
+    // ...keeps them in its routing table, and still resolves what the others register,
+    // dialling again as needed.
+    assert!(hub.status().await.unwrap().routing_table >= 9);
+    let path = tree.join("far").unwrap();
+    let far = &nodes[8];
+    far.client
+        .register(path.clone(), grant(&root, &far.key, &path))
+        .await
+        .unwrap();
+    eventually("the hub resolving", Duration::from_secs(20), async || {
+        hub.resolve(path.clone())
+            .await
+            .is_ok_and(|r| r.peer_id == far.key.peer_id().to_string())
+            .then_some(())
+    })
+    .await;
+}

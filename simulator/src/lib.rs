@@ -2,7 +2,8 @@
 //!
 //! A [`Scenario`] (a TOML file) says how many nodes, for how long, how they come and go
 //! (session and off-line times from an exponential or a Weibull distribution, crashes
-//! among the departures) and what they do meanwhile (register paths, resolve them).
+//! among the departures) and what they do meanwhile (register paths, resolve them,
+//! publish on pub-sub topics).
 //! [`Schedule::generate`] turns a scenario and a seed into the exact list of events to
 //! play: the same scenario and seed give the same schedule, so a failing run can be
 //! replayed and kept as a regression test.
@@ -12,6 +13,7 @@
 //! let scenario: Scenario = toml::from_str(r#"
 //!     nodes = 20
 //!     duration_secs = 600
+//!     warm_up_secs = 60
 //!     [churn]
 //!     median_session_secs = 120
 //! "#).unwrap();
@@ -21,13 +23,14 @@
 //! ```
 //!
 //! [`play()`] plays a schedule against real overlay nodes on the memory transport and
-//! returns a [`Report`]. This is the simulator's first part: scale to a thousand nodes,
-//! pub-sub and file-system workloads, and plots come next.
+//! returns a [`Report`]: resolutions (success, latency, hops), pub-sub delivery, connections
+//! and memory, per simulated minute; [`plot::svg`] draws it.
 
 pub mod play;
+pub mod plot;
 pub mod scenario;
 pub mod schedule;
 
-pub use play::{Report, Window, play};
-pub use scenario::{Churn, Distribution, Scenario, ScenarioError, Workload};
+pub use play::{Report, Totals, Window, play};
+pub use scenario::{Churn, Distribution, NodeTimers, Scenario, ScenarioError, Workload};
 pub use schedule::{Event, EventKind, Schedule, Summary};

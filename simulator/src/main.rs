@@ -1,5 +1,6 @@
 //! `btsim`: the churn simulator's command line. `schedule` draws a scenario's schedule
-//! and summarises it; `run` plays it against real overlay nodes and writes a JSON report.
+//! and summarises it; `run` plays it against real overlay nodes, shows a progress bar, and writes a JSON
+//! report, an SVG of plots and a summary table.
 //! Either prints its seed and takes it back with `--seed`.
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long, value_name = "FILE", default_value = "btsim-report.json")]
         report: PathBuf,
+        /// Write the plots (SVG) here.
+        #[arg(long, value_name = "FILE", default_value = "btsim-report.svg")]
+        plot: PathBuf,
     },
 }
 
@@ -76,7 +80,8 @@ fn run(cli: Cli) -> Result<(), String> {
             scenario,
             seed,
             report,
-        } => return play(scenario.as_ref(), seed, &report),
+            plot,
+        } => return play(scenario.as_ref(), seed, &report, &plot),
     };
     let scenario = load(file.as_ref())?;
     let seed = seed.unwrap_or_else(rand::random);
@@ -100,11 +105,16 @@ fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-fn play(file: Option<&PathBuf>, seed: Option<u64>, out: &PathBuf) -> Result<(), String> {
+fn play(
+    file: Option<&PathBuf>,
+    seed: Option<u64>,
+    out: &PathBuf,
+    plot: &PathBuf,
+) -> Result<(), String> {
     let scenario = load(file)?;
     let seed = seed.unwrap_or_else(rand::random);
     eprintln!(
-        "scenario {:?}: {} nodes, {} simulated s at {}×; seed {seed} (replay with --seed {seed})",
+        "scenario {:?}: {} nodes, {} simulated s at {}x; seed {seed} (replay with --seed {seed})",
         scenario.name, scenario.nodes, scenario.duration_secs, scenario.time_scale
     );
     let schedule = Schedule::generate(&scenario, seed).map_err(|e| e.to_string())?;
@@ -112,41 +122,112 @@ fn play(file: Option<&PathBuf>, seed: Option<u64>, out: &PathBuf) -> Result<(), 
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {percent:>3}% {msg} (eta {eta})",
+        )
+        .map_err(|e| e.to_string())?
+        .progress_chars("=> "),
+    );
     let mut shown = -1i64;
-    let report = runtime.block_on(simulator::play(&scenario, &schedule, |done| {
-        let percent = (done * 100.0) as i64;
-        if percent / 10 != shown / 10 {
-            shown = percent;
-            eprintln!("{percent:3} %");
+    let report = runtime.block_on(simulator::play(&scenario, &schedule, |done, live| {
+        bar.set_position((done * 1000.0) as u64);
+        // Not a terminal (a log, CI): a line every 5 %.
+        let step = (done * 20.0) as i64;
+        if bar.is_hidden() && step != shown {
+            shown = step;
+            eprintln!(
+                "{:3.0} % after {:.0} s, {live} nodes on line, {:.0} MiB",
+                done * 100.0,
+                bar.elapsed().as_secs_f64(),
+                simulator::play::rss_mib()
+            );
         }
+        bar.set_message(format!(
+            "{live} nodes on line, {:.0} MiB",
+            simulator::play::rss_mib()
+        ));
     }));
+    bar.finish_and_clear();
     let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(out, json).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    println!("| | value |");
-    println!("|---|---:|");
-    println!(
-        "| resolutions that named the right node | {} |",
-        report.resolved
+    let svg = simulator::plot::svg(&report)?;
+    std::fs::write(plot, svg).map_err(|e| format!("cannot write {}: {e}", plot.display()))?;
+    print!("{}", table(&report));
+    eprintln!(
+        "report written to {}, plots to {}",
+        out.display(),
+        plot.display()
     );
-    println!("| failed | {} |", report.failed);
-    println!(
-        "| of paths still registering (not counted) | {} |",
-        report.not_yet_registered
-    );
-    println!("| success rate | {:.4} |", report.success_rate);
-    println!(
-        "| latency p50 / p99 (ms, real time) | {:.1} / {:.1} |",
-        report.latency_p50_ms, report.latency_p99_ms
-    );
-    println!(
-        "| Kademlia requests per resolution, p50 | {:.0} |",
-        report.requests_p50
-    );
-    println!("| wall time (s) | {:.1} |", report.wall_secs);
-    println!(
-        "| peak RSS (MiB) / nodes on line at most / MiB per node | {:.0} / {} / {:.1} |",
-        report.peak_rss_mib, report.peak_live, report.rss_per_node_mib
-    );
-    eprintln!("report written to {}", out.display());
     Ok(())
+}
+
+/// The summary table (Markdown), whole run and after the warm-up side by side.
+fn table(report: &simulator::Report) -> String {
+    let (a, w) = (&report.all, &report.after_warm_up);
+    let mut t = String::new();
+    let mut row = |name: &str, all: String, after: String| {
+        t.push_str(&format!("| {name} | {all} | {after} |\n"));
+    };
+    row(
+        "",
+        "whole run".into(),
+        format!("after the warm-up ({} s)", w.from_secs),
+    );
+    row("---", "---:".into(), "---:".into());
+    row(
+        "resolutions: right node / failed",
+        format!("{} / {}", a.resolved, a.failed),
+        format!("{} / {}", w.resolved, w.failed),
+    );
+    row(
+        "lookup success rate",
+        format!("{:.4}", a.success_rate),
+        format!("{:.4}", w.success_rate),
+    );
+    row(
+        "latency p50 / p99 (ms, real time)",
+        format!("{:.1} / {:.1}", a.latency_p50_ms, a.latency_p99_ms),
+        format!("{:.1} / {:.1}", w.latency_p50_ms, w.latency_p99_ms),
+    );
+    row(
+        "hops p50 / p99",
+        format!("{} / {}", a.hops_p50, a.hops_p99),
+        format!("{} / {}", w.hops_p50, w.hops_p99),
+    );
+    row(
+        "pub-sub: delivered / due (publications)",
+        format!("{} / {} ({})", a.delivered, a.deliveries_due, a.published),
+        format!("{} / {} ({})", w.delivered, w.deliveries_due, w.published),
+    );
+    row(
+        "pub-sub delivery ratio",
+        format!("{:.4}", a.delivery_ratio),
+        format!("{:.4}", w.delivery_ratio),
+    );
+    row(
+        "resolutions of paths still registering (not counted)",
+        report.not_yet_registered.to_string(),
+        String::new(),
+    );
+    row(
+        "Kademlia requests per resolution, p50",
+        format!("{:.0}", report.requests_p50),
+        String::new(),
+    );
+    row(
+        "wall time (s) / events played late by at most (s)",
+        format!("{:.1} / {:.1}", report.wall_secs, report.lag_max_secs),
+        String::new(),
+    );
+    row(
+        "peak RSS (MiB) / most nodes on line / MiB per node",
+        format!(
+            "{:.0} / {} / {:.1}",
+            report.peak_rss_mib, report.peak_live, report.rss_per_node_mib
+        ),
+        String::new(),
+    );
+    t
 }

@@ -1,17 +1,28 @@
 //! Playing a schedule against real overlay nodes (`dht`, the node's own code) on the
 //! memory transport, in scaled time, and measuring what the overlay does.
 //!
-//! A join starts a node that bootstraps through a node on line and registers its paths;
-//! a graceful leave shuts it down; a crash drops it without a word (its connections
-//! close, as a killed process's would). A resolution is timed from the call to the
-//! answer and counts as a success when it names the node that registered the path. One
-//! whose path is not yet registered (its node joined moments ago and is still
-//! registering) is counted apart as "not yet registered", not as a failure.
+//! A join starts a node that bootstraps through a node on line, registers its paths and
+//! subscribes to its topic; a graceful leave shuts it down; a crash drops it without a
+//! word (its connections close, as a killed process's would).
+//!
+//! What is measured:
+//! - **Resolutions**, timed from the call to the answer; a success when the answer names
+//!   the node that registered the path. One whose path is not yet registered (its node
+//!   joined moments ago) is counted apart, not as a failure.
+//! - **Hops** of each successful resolution: the rounds an α = 3 iterative lookup needs,
+//!   asking the nodes' routing tables as they are at that moment (each node answers from
+//!   its own table, as it would a Kademlia request), until it reaches one of the 20 nodes
+//!   on line nearest to the key, where the record is kept.
+//! - **Pub-sub delivery**: of the subscribers that were on line from [`SETTLE`] before a
+//!   publication until [`DEADLINE`] after it, the share that received it within the
+//!   deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keys::{Chain, Path, SigningKey, Validity};
+use libp2p::kad::{KBucketDistance, KBucketKey, RecordKey};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -20,11 +31,28 @@ use tokio::time::Instant;
 use crate::scenario::Scenario;
 use crate::schedule::{EventKind, Schedule};
 
-/// The generator stream the nodes' keys come from (the schedule uses 1 and 2).
+/// The generator stream the nodes' keys come from (the schedule uses 1, 2 and 4).
 const KEYS: u64 = 3;
 
 /// How long a resolution may take before it counts as failed.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A subscriber counts for a publication when it has been on line this long (real time)
+/// before it: time to learn of its peers' subscriptions and join the topic's mesh.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// A publication counts as delivered to a subscriber that received it within this long
+/// (real time), and only subscribers still on line then are counted.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Kademlia's parallelism (α) in the hop count.
+const ALPHA: usize = 3;
+
+/// Kademlia's k: records are kept on the k nodes nearest to their key.
+const K: usize = 20;
+
+/// Most rounds a hop count follows before calling the key unreached.
+const MAX_ROUNDS: u32 = 32;
 
 /// What the run measured in one window of simulated time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +71,54 @@ pub struct Window {
     pub latency_p50_ms: f64,
     /// And p99.
     pub latency_p99_ms: f64,
+    /// Hops of the successful ones, p50.
+    pub hops_p50: f64,
+    /// And p99.
+    pub hops_p99: f64,
+    /// Publications.
+    pub published: u64,
+    /// Deliveries that were due (subscribers on line around a publication).
+    pub deliveries_due: u64,
+    /// Of those, made within the deadline.
+    pub delivered: u64,
+    /// Connected peers per node on line, mean (sampled at the window's start).
+    pub connections_mean: f64,
+    /// Routing-table entries per node on line, mean (sampled at the window's start).
+    pub routing_table_mean: f64,
+    /// The process's resident set at the window's start, MiB.
+    pub rss_mib: f64,
+    /// How late the window's events were played, at most, in real seconds (a machine
+    /// that cannot keep up with the time scale falls behind).
+    pub lag_secs: f64,
+}
+
+/// Figures over a stretch of windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// From this simulated second on.
+    pub from_secs: u64,
+    /// Resolutions that named the right node.
+    pub resolved: u64,
+    /// Resolutions that failed or named another node.
+    pub failed: u64,
+    /// resolved / (resolved + failed).
+    pub success_rate: f64,
+    /// Latency of successful resolutions, p50, milliseconds (real time).
+    pub latency_p50_ms: f64,
+    /// And p99.
+    pub latency_p99_ms: f64,
+    /// Hops of successful resolutions, p50.
+    pub hops_p50: f64,
+    /// And p99.
+    pub hops_p99: f64,
+    /// Publications.
+    pub published: u64,
+    /// Deliveries due.
+    pub deliveries_due: u64,
+    /// Deliveries made in time.
+    pub delivered: u64,
+    /// delivered / deliveries_due.
+    pub delivery_ratio: f64,
 }
 
 /// The run's report.
@@ -52,24 +128,26 @@ pub struct Report {
     pub scenario: String,
     /// The seed.
     pub seed: u64,
+    /// Nodes taking part.
+    pub nodes: u32,
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
     /// Windows of one simulated minute.
     pub windows: Vec<Window>,
-    /// Resolutions that named the right node.
-    pub resolved: u64,
-    /// Resolutions that failed or named another node.
-    pub failed: u64,
-    /// Resolutions of paths still being registered.
+    /// The whole run.
+    pub all: Totals,
+    /// After the warm-up (every node has joined once).
+    pub after_warm_up: Totals,
+    /// Resolutions of paths still being registered (not counted as either).
     pub not_yet_registered: u64,
-    /// resolved / (resolved + failed).
-    pub success_rate: f64,
-    /// Latency p50 and p99 over the run, milliseconds.
-    pub latency_p50_ms: f64,
-    /// p99.
-    pub latency_p99_ms: f64,
     /// Kademlia requests per resolution, median.
     pub requests_p50: f64,
+    /// Successful resolutions whose hop count never reached the key's nodes.
+    pub hops_unreached: u64,
     /// Wall-clock seconds the run took.
     pub wall_secs: f64,
+    /// The latest any event was played, real seconds.
+    pub lag_max_secs: f64,
     /// The process's largest resident set seen (sampled each simulated minute), MiB.
     pub peak_rss_mib: f64,
     /// Most nodes on line at once.
@@ -88,6 +166,9 @@ struct Running {
     registered: Vec<bool>,
 }
 
+/// The nodes on line, for hop counts: each one's client and Kademlia key.
+type Directory = Arc<RwLock<HashMap<PeerId, (dht::Client, KBucketKey<PeerId>)>>>;
+
 enum Outcome {
     Registered {
         node: u32,
@@ -98,23 +179,50 @@ enum Outcome {
         window: usize,
         latency: Duration,
         requests: u32,
+        hops: Option<u32>,
     },
     Failed {
         window: usize,
     },
+    Delivered {
+        message: u64,
+        node: u32,
+        at: Instant,
+    },
 }
 
-/// The overlay settings of simulated nodes: the node's own defaults, with pings slowed to
-/// the time scale so that a thousand idle nodes fit on two cores.
+struct Publication {
+    message: u64,
+    topic: u32,
+    from: u32,
+    window: usize,
+    at: Instant,
+}
+
+/// The overlay settings of a simulated node: the node's own defaults, maintenance timers
+/// from the scenario (simulated seconds) run at the time scale.
 fn node_config(scenario: &Scenario, bootstrap: Option<Multiaddr>) -> dht::Config {
     let mut config = dht::Config::new()
         .with_listen(vec![Multiaddr::from(libp2p::multiaddr::Protocol::Memory(
             0,
         ))])
         .with_bootstrap(bootstrap.into_iter().collect());
-    let scale = scenario.time_scale.max(1.0);
-    config.ping_interval = Duration::from_secs_f64((4.0 * scale).min(60.0));
+    let scale = scenario.time_scale;
+    let real = |secs: f64| Duration::from_secs_f64((secs / scale).max(0.001));
+    let timers = &scenario.node;
+    config.republish_interval = real(timers.republish_secs);
+    config.record_ttl = real(timers.record_ttl_secs);
+    config.bootstrap_interval = real(timers.bootstrap_secs);
+    config.replication_interval = real(timers.replication_secs);
+    config.idle_connection_timeout = real(timers.idle_connection_secs);
+    config.ping_interval = real(timers.ping_secs);
+    config.max_connections = timers.max_connections;
+    config.resolve_cache_ttl = config.resolve_cache_ttl.min(real(60.0));
     config
+}
+
+fn topic_name(topic: u32) -> String {
+    format!("btsim/t{topic}")
 }
 
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
@@ -126,11 +234,19 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples[i]
 }
 
-/// Plays `schedule` and reports; `progress` is called with the share done (0 to 1).
+/// Samples gathered per window, reduced to figures at the end.
+#[derive(Default, Clone)]
+struct Samples {
+    latencies: Vec<f64>,
+    hops: Vec<f64>,
+}
+
+/// Plays `schedule` and reports; `progress` is called with the share done (0 to 1) and
+/// the nodes on line.
 pub async fn play(
     scenario: &Scenario,
     schedule: &Schedule,
-    mut progress: impl FnMut(f64),
+    mut progress: impl FnMut(f64, u32),
 ) -> Report {
     let started = std::time::Instant::now();
     // Keys come from the seed too (their own stream), so a seed replays the same PeerIds
@@ -151,10 +267,13 @@ pub async fn play(
     let tree = Path::root_of(root.principal());
     let scale = scenario.time_scale;
     let window_ms = 60_000u64;
-    let windows = (scenario.duration_secs * 1000).div_ceil(window_ms) as usize;
+    let windows = (scenario.duration_secs * 1000).div_ceil(window_ms).max(1) as usize;
+    let topics = scenario.workload.topics.max(1);
     let mut report = Report {
         scenario: scenario.name.clone(),
         seed: schedule.seed,
+        nodes: scenario.nodes,
+        time_scale: scale,
         windows: (0..windows)
             .map(|i| Window {
                 at_secs: i as u64 * 60,
@@ -162,20 +281,32 @@ pub async fn play(
             })
             .collect(),
         notes: vec![
-            "memory transport (Noise and Yamux as on TCP)".into(),
+            "memory transport, unencrypted (plaintext with key exchange), Yamux as on TCP".into(),
             format!(
-                "time scaled {scale}×; pings every {:.0} s of real time",
-                (4.0 * scale.max(1.0)).min(60.0)
+                "time scaled {scale}x: maintenance timers in simulated time, timeouts in real time"
+            ),
+            "a crash drops the node's connections at once (a killed process), a leave shuts it down"
+                .into(),
+            format!(
+                "pub-sub: subscribers on line {} s before and {} s after a publication (real time) are due it",
+                SETTLE.as_secs(),
+                DEADLINE.as_secs()
             ),
         ],
         ..Report::default()
     };
     let mut nodes: HashMap<u32, Running> = HashMap::new();
+    let directory: Directory = Arc::default();
     // Each join of a node is an epoch; a registration of an earlier epoch is stale.
     let mut epochs: HashMap<u32, u64> = HashMap::new();
     let mut peers: HashMap<u32, PeerId> = HashMap::new();
+    // Each node's sessions in real time, for who was due a publication.
+    let mut sessions: Vec<Vec<(Instant, Option<Instant>)>> =
+        vec![Vec::new(); scenario.nodes as usize];
+    let mut publications: Vec<Publication> = Vec::new();
+    let mut receipts: HashMap<u64, HashMap<u32, Instant>> = HashMap::new();
     let (outcomes, mut results) = mpsc::channel::<Outcome>(65_536);
-    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); windows];
+    let mut samples: Vec<Samples> = vec![Samples::default(); windows];
     let mut requests: Vec<f64> = Vec::new();
     let begin = Instant::now();
     let total = schedule.events.len().max(1);
@@ -186,6 +317,12 @@ pub async fn play(
             .join(&format!("p{name}"))
             .ok()
     };
+    let mut state = Tally {
+        report: &mut report,
+        samples: &mut samples,
+        requests: &mut requests,
+        receipts: &mut receipts,
+    };
     for (done, event) in schedule.events.iter().enumerate() {
         let due = begin + Duration::from_secs_f64(event.at_ms as f64 / 1000.0 / scale);
         // Take in what finished meanwhile while waiting for the event's moment.
@@ -193,49 +330,50 @@ pub async fn play(
             tokio::select! {
                 () = tokio::time::sleep_until(due) => break,
                 outcome = results.recv() => match outcome {
-                    Some(o) => record(o, &mut report, &mut latencies, &mut requests, &mut nodes, &epochs),
+                    Some(o) => state.record(o, &mut nodes, &epochs),
                     None => break,
                 },
             }
         }
-        let window = ((event.at_ms / window_ms) as usize).min(windows.saturating_sub(1));
+        let window = ((event.at_ms / window_ms) as usize).min(windows - 1);
+        let lag = Instant::now().saturating_duration_since(due).as_secs_f64();
+        let w = &mut state.report.windows[window];
+        w.lag_secs = w.lag_secs.max(lag);
+        state.report.lag_max_secs = state.report.lag_max_secs.max(lag);
+        if window != sampled_window {
+            sampled_window = window;
+            let rss = rss_mib();
+            state.report.peak_rss_mib = state.report.peak_rss_mib.max(rss);
+            let (connections, routing) = tables(&nodes).await;
+            let w = &mut state.report.windows[window];
+            w.connections_mean = connections;
+            w.routing_table_mean = routing;
+            w.rss_mib = rss;
+        }
         match event.kind {
             EventKind::Join { node } => {
-                let bootstrap = nodes.values().next().map(|n| n.address.clone());
+                // Through a node on line picked by the event's place, so joins spread
+                // over the network rather than all landing on one node.
+                let bootstrap = (!nodes.is_empty())
+                    .then(|| nodes.values().nth(done % nodes.len()))
+                    .flatten()
+                    .map(|n| n.address.clone());
                 let key = next_key();
-                let store = match dht::Store::in_memory(10_000) {
-                    Ok(store) => store,
-                    Err(_) => continue,
-                };
-                let config = node_config(scenario, bootstrap);
-                let Ok((client, task)) =
-                    dht::start(key.clone(), config, store, dht::Transports::Memory).await
+                let Some(running) =
+                    join(scenario, key, bootstrap, node, topics, outcomes.clone()).await
                 else {
                     continue;
                 };
-                let address = match client.status().await {
-                    Ok(status) => status
-                        .listen_addrs
-                        .first()
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or_else(Multiaddr::empty),
-                    Err(_) => Multiaddr::empty(),
-                };
                 epochs.entry(node).and_modify(|e| *e += 1).or_insert(0);
-                peers.insert(node, key.peer_id());
-                nodes.insert(
-                    node,
-                    Running {
-                        key,
-                        client,
-                        task,
-                        address,
-                        registered: vec![
-                            false;
-                            scenario.workload.registrations_per_session as usize
-                        ],
-                    },
-                );
+                let peer = running.key.peer_id();
+                peers.insert(node, peer);
+                if let Ok(mut directory) = directory.write() {
+                    directory.insert(peer, (running.client.clone(), KBucketKey::from(peer)));
+                }
+                if let Some(s) = sessions.get_mut(node as usize) {
+                    s.push((Instant::now(), None));
+                }
+                nodes.insert(node, running);
             }
             EventKind::Register { node, name } => {
                 let (Some(running), Some(path)) = (nodes.get(&node), path_of(node, name)) else {
@@ -258,15 +396,18 @@ pub async fn play(
                     }
                 });
             }
-            EventKind::Leave { node } => {
+            EventKind::Leave { node } | EventKind::Crash { node } => {
                 if let Some(running) = nodes.remove(&node) {
-                    let _ = running.client.shutdown().await;
+                    if matches!(event.kind, EventKind::Leave { .. }) {
+                        let _ = running.client.shutdown().await;
+                    }
                     running.task.abort();
-                }
-            }
-            EventKind::Crash { node } => {
-                if let Some(running) = nodes.remove(&node) {
-                    running.task.abort();
+                    if let Ok(mut directory) = directory.write() {
+                        directory.remove(&running.key.peer_id());
+                    }
+                    if let Some(last) = sessions.get_mut(node as usize).and_then(|s| s.last_mut()) {
+                        last.1 = Some(Instant::now());
+                    }
                 }
             }
             EventKind::Resolve { from, node, name } => {
@@ -281,25 +422,27 @@ pub async fn play(
                     .copied()
                     .unwrap_or(false)
                 {
-                    report.not_yet_registered += 1;
-                    report.windows[window].not_yet_registered += 1;
+                    state.report.not_yet_registered += 1;
+                    state.report.windows[window].not_yet_registered += 1;
                     continue;
                 }
-                let expected = peers.get(&node).copied();
+                let expected = peers.get(&node).map(ToString::to_string);
                 let client = asker.client.clone();
+                let me = asker.key.peer_id();
                 let outcomes = outcomes.clone();
+                let directory = directory.clone();
                 tokio::spawn(async move {
                     let asked = Instant::now();
+                    let key = dht::key_of(&path);
                     let answer = tokio::time::timeout(RESOLVE_TIMEOUT, client.resolve(path)).await;
                     let outcome = match answer {
-                        Ok(Ok(r))
-                            if Some(r.peer_id.as_str())
-                                == expected.map(|p| p.to_string()).as_deref() =>
-                        {
+                        Ok(Ok(r)) if Some(&r.peer_id) == expected.as_ref() => {
+                            let latency = asked.elapsed();
                             Outcome::Resolved {
                                 window,
-                                latency: asked.elapsed(),
+                                latency,
                                 requests: r.requests,
+                                hops: hops(&directory, me, &client, &key).await,
                             }
                         }
                         _ => Outcome::Failed { window },
@@ -307,60 +450,273 @@ pub async fn play(
                     let _ = outcomes.send(outcome).await;
                 });
             }
+            EventKind::Publish {
+                from,
+                topic,
+                message,
+            } => {
+                let Some(publisher) = nodes.get(&from) else {
+                    continue;
+                };
+                publications.push(Publication {
+                    message,
+                    topic,
+                    from,
+                    window,
+                    at: Instant::now(),
+                });
+                state.report.windows[window].published += 1;
+                let client = publisher.client.clone();
+                tokio::spawn(async move {
+                    // A publication nobody can take (no peers on the topic yet) is still
+                    // counted: its subscribers were due it.
+                    let _ = client
+                        .publish(topic_name(topic), message.to_be_bytes().to_vec())
+                        .await;
+                });
+            }
         }
-        if let Some(w) = report.windows.get_mut(window) {
-            w.live = nodes.len() as u32;
-        }
-        report.peak_live = report.peak_live.max(nodes.len() as u32);
-        if window != sampled_window {
-            sampled_window = window;
-            report.peak_rss_mib = report.peak_rss_mib.max(rss_mib());
-        }
-        if done % 256 == 0 {
-            progress(done as f64 / total as f64);
+        let live = nodes.len() as u32;
+        state.report.windows[window].live = live;
+        state.report.peak_live = state.report.peak_live.max(live);
+        if done % 64 == 0 {
+            progress(done as f64 / total as f64, live);
         }
     }
-    // Let the last resolutions finish.
+    // Let the last resolutions and deliveries finish.
     drop(outcomes);
     let drain = Instant::now() + RESOLVE_TIMEOUT + Duration::from_secs(1);
     while let Ok(Some(o)) = tokio::time::timeout_at(drain, results.recv()).await {
-        record(
-            o,
-            &mut report,
-            &mut latencies,
-            &mut requests,
-            &mut nodes,
-            &epochs,
-        );
+        state.record(o, &mut nodes, &epochs);
     }
+    let end = Instant::now();
     for running in nodes.into_values() {
         let _ = running.client.shutdown().await;
         running.task.abort();
     }
-    let mut all: Vec<f64> = Vec::new();
-    for (w, samples) in report.windows.iter_mut().zip(latencies.iter_mut()) {
-        all.extend_from_slice(samples);
-        w.latency_p50_ms = percentile(samples, 50.0);
-        w.latency_p99_ms = percentile(samples, 99.0);
+    deliveries(
+        &mut report,
+        &publications,
+        &sessions,
+        &receipts,
+        topics,
+        end,
+    );
+    for (w, s) in report.windows.iter_mut().zip(samples.iter_mut()) {
+        w.latency_p50_ms = percentile(&mut s.latencies, 50.0);
+        w.latency_p99_ms = percentile(&mut s.latencies, 99.0);
+        w.hops_p50 = percentile(&mut s.hops, 50.0);
+        w.hops_p99 = percentile(&mut s.hops, 99.0);
     }
-    report.latency_p50_ms = percentile(&mut all, 50.0);
-    report.latency_p99_ms = percentile(&mut all, 99.0);
+    report.all = totals(&report.windows, &samples, 0);
+    report.after_warm_up = totals(&report.windows, &samples, scenario.warm_up_secs);
     report.requests_p50 = percentile(&mut requests, 50.0);
-    let asked = report.resolved + report.failed;
-    report.success_rate = if asked == 0 {
-        1.0
-    } else {
-        report.resolved as f64 / asked as f64
-    };
     report.wall_secs = started.elapsed().as_secs_f64();
     report.peak_rss_mib = report.peak_rss_mib.max(rss_mib());
     report.rss_per_node_mib = report.peak_rss_mib / f64::from(report.peak_live.max(1));
-    progress(1.0);
+    progress(1.0, 0);
     report
 }
 
+/// Starts node `node`: the overlay, its topic, and a task that takes in its deliveries.
+async fn join(
+    scenario: &Scenario,
+    key: SigningKey,
+    bootstrap: Option<Multiaddr>,
+    node: u32,
+    topics: u32,
+    outcomes: mpsc::Sender<Outcome>,
+) -> Option<Running> {
+    let store = dht::Store::in_memory(10_000).ok()?;
+    let config = node_config(scenario, bootstrap);
+    let (client, task) = dht::start(key.clone(), config, store, dht::Transports::MemoryPlaintext)
+        .await
+        .ok()?;
+    let address = match client.status().await {
+        Ok(status) => status
+            .listen_addrs
+            .first()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(Multiaddr::empty),
+        Err(_) => Multiaddr::empty(),
+    };
+    if let Ok(mut gossip) = client.gossip().await {
+        let listener = client.clone();
+        tokio::spawn(async move {
+            while let Some(message) = gossip.recv().await {
+                let _ = listener.validate(&message, dht::Verdict::Accept).await;
+                let Ok(number) = <[u8; 8]>::try_from(message.data.as_slice()) else {
+                    continue;
+                };
+                let delivered = Outcome::Delivered {
+                    message: u64::from_be_bytes(number),
+                    node,
+                    at: Instant::now(),
+                };
+                if outcomes.send(delivered).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let _ = client.subscribe(topic_name(node % topics)).await;
+    }
+    Some(Running {
+        key,
+        client,
+        task,
+        address,
+        registered: vec![false; scenario.workload.registrations_per_session as usize],
+    })
+}
+
+/// The rounds an α = 3 iterative lookup for `key` from `me` takes, asking each node's
+/// routing table as it is now, to reach one of the K nodes on line nearest to the key
+/// (0: `me` is one of them). None when it never does.
+async fn hops(
+    directory: &Directory,
+    me: PeerId,
+    client: &dht::Client,
+    key: &RecordKey,
+) -> Option<u32> {
+    let target = KBucketKey::new(key.clone());
+    let goal: HashSet<PeerId> = {
+        let directory = directory.read().ok()?;
+        let mut live: Vec<(KBucketDistance, PeerId)> = directory
+            .iter()
+            .map(|(peer, (_, k))| (k.distance(&target), *peer))
+            .collect();
+        live.sort();
+        live.into_iter().take(K).map(|(_, p)| p).collect()
+    };
+    if goal.contains(&me) {
+        return Some(0);
+    }
+    let distance = |peer: &PeerId| KBucketKey::from(*peer).distance(&target);
+    let mut seen: HashSet<PeerId> = HashSet::from([me]);
+    let mut candidates: Vec<(KBucketDistance, PeerId)> = Vec::new();
+    let mut learn = |found: Vec<dht::Candidate>,
+                     candidates: &mut Vec<(KBucketDistance, PeerId)>| {
+        for c in found {
+            if seen.insert(c.peer) {
+                candidates.push((distance(&c.peer), c.peer));
+            }
+        }
+        candidates.sort();
+    };
+    learn(client.closest(key.to_vec(), K).await.ok()?, &mut candidates);
+    for round in 1..=MAX_ROUNDS {
+        if candidates.is_empty() {
+            return None;
+        }
+        let asked: Vec<PeerId> = candidates
+            .drain(..ALPHA.min(candidates.len()))
+            .map(|(_, p)| p)
+            .collect();
+        if asked.iter().any(|p| goal.contains(p)) {
+            return Some(round);
+        }
+        let clients: Vec<dht::Client> = {
+            let directory = directory.read().ok()?;
+            asked
+                .iter()
+                .filter_map(|p| directory.get(p).map(|(c, _)| c.clone()))
+                .collect()
+        };
+        // A peer no longer on line answers nothing (its request would time out).
+        for c in clients {
+            if let Ok(found) = c.closest(key.to_vec(), K).await {
+                learn(found, &mut candidates);
+            }
+        }
+    }
+    None
+}
+
+/// Counts, for every publication, the subscribers that were due it and those that got it.
+fn deliveries(
+    report: &mut Report,
+    publications: &[Publication],
+    sessions: &[Vec<(Instant, Option<Instant>)>],
+    receipts: &HashMap<u64, HashMap<u32, Instant>>,
+    topics: u32,
+    end: Instant,
+) {
+    let none = HashMap::new();
+    for p in publications {
+        let got = receipts.get(&p.message).unwrap_or(&none);
+        let (mut due, mut delivered) = (0u64, 0u64);
+        for (node, spans) in sessions.iter().enumerate() {
+            let node = node as u32;
+            if node % topics != p.topic || node == p.from {
+                continue;
+            }
+            let on_line = spans
+                .iter()
+                .any(|(from, to)| *from + SETTLE <= p.at && to.unwrap_or(end) >= p.at + DEADLINE);
+            if !on_line {
+                continue;
+            }
+            due += 1;
+            if got.get(&node).is_some_and(|at| *at <= p.at + DEADLINE) {
+                delivered += 1;
+            }
+        }
+        let w = &mut report.windows[p.window];
+        w.deliveries_due += due;
+        w.delivered += delivered;
+    }
+}
+
+fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
+    let mut t = Totals {
+        from_secs,
+        ..Totals::default()
+    };
+    let mut latencies = Vec::new();
+    let mut hops = Vec::new();
+    for (w, s) in windows.iter().zip(samples) {
+        if w.at_secs < from_secs {
+            continue;
+        }
+        t.resolved += w.resolved;
+        t.failed += w.failed;
+        t.published += w.published;
+        t.deliveries_due += w.deliveries_due;
+        t.delivered += w.delivered;
+        latencies.extend_from_slice(&s.latencies);
+        hops.extend_from_slice(&s.hops);
+    }
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    t.success_rate = ratio(t.resolved, t.resolved + t.failed);
+    t.delivery_ratio = ratio(t.delivered, t.deliveries_due);
+    t.latency_p50_ms = percentile(&mut latencies, 50.0);
+    t.latency_p99_ms = percentile(&mut latencies, 99.0);
+    t.hops_p50 = percentile(&mut hops, 50.0);
+    t.hops_p99 = percentile(&mut hops, 99.0);
+    t
+}
+
+/// Mean connected peers and routing-table entries over the nodes on line.
+async fn tables(nodes: &HashMap<u32, Running>) -> (f64, f64) {
+    let mut asks = tokio::task::JoinSet::new();
+    for running in nodes.values() {
+        let client = running.client.clone();
+        asks.spawn(async move { client.status().await.ok() });
+    }
+    let (mut peers, mut routing, mut count) = (0usize, 0usize, 0usize);
+    while let Some(answer) = asks.join_next().await {
+        if let Ok(Some(status)) = answer {
+            peers += status.peers;
+            routing += status.routing_table;
+            count += 1;
+        }
+    }
+    let count = count.max(1) as f64;
+    (peers as f64 / count, routing as f64 / count)
+}
+
 /// This process's resident set, MiB (0 where `/proc` is not there).
-fn rss_mib() -> f64 {
+pub fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -372,42 +728,60 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn record(
-    outcome: Outcome,
-    report: &mut Report,
-    latencies: &mut [Vec<f64>],
-    requests: &mut Vec<f64>,
-    nodes: &mut HashMap<u32, Running>,
-    epochs: &HashMap<u32, u64>,
-) {
-    match outcome {
-        Outcome::Registered { node, name, epoch } => {
-            if epochs.get(&node) == Some(&epoch)
-                && let Some(slot) = nodes
-                    .get_mut(&node)
-                    .and_then(|n| n.registered.get_mut(name as usize))
-            {
-                *slot = true;
+/// Where outcomes are counted.
+struct Tally<'a> {
+    report: &'a mut Report,
+    samples: &'a mut [Samples],
+    requests: &'a mut Vec<f64>,
+    receipts: &'a mut HashMap<u64, HashMap<u32, Instant>>,
+}
+
+impl Tally<'_> {
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        nodes: &mut HashMap<u32, Running>,
+        epochs: &HashMap<u32, u64>,
+    ) {
+        match outcome {
+            Outcome::Registered { node, name, epoch } => {
+                if epochs.get(&node) == Some(&epoch)
+                    && let Some(slot) = nodes
+                        .get_mut(&node)
+                        .and_then(|n| n.registered.get_mut(name as usize))
+                {
+                    *slot = true;
+                }
             }
-        }
-        Outcome::Resolved {
-            window,
-            latency,
-            requests: r,
-        } => {
-            report.resolved += 1;
-            if let Some(w) = report.windows.get_mut(window) {
-                w.resolved += 1;
+            Outcome::Resolved {
+                window,
+                latency,
+                requests,
+                hops,
+            } => {
+                if let Some(w) = self.report.windows.get_mut(window) {
+                    w.resolved += 1;
+                }
+                if let Some(s) = self.samples.get_mut(window) {
+                    s.latencies.push(latency.as_secs_f64() * 1000.0);
+                    match hops {
+                        Some(h) => s.hops.push(f64::from(h)),
+                        None => self.report.hops_unreached += 1,
+                    }
+                }
+                self.requests.push(f64::from(requests));
             }
-            if let Some(samples) = latencies.get_mut(window) {
-                samples.push(latency.as_secs_f64() * 1000.0);
+            Outcome::Failed { window } => {
+                if let Some(w) = self.report.windows.get_mut(window) {
+                    w.failed += 1;
+                }
             }
-            requests.push(f64::from(r));
-        }
-        Outcome::Failed { window } => {
-            report.failed += 1;
-            if let Some(w) = report.windows.get_mut(window) {
-                w.failed += 1;
+            Outcome::Delivered { message, node, at } => {
+                self.receipts
+                    .entry(message)
+                    .or_default()
+                    .entry(node)
+                    .or_insert(at);
             }
         }
     }

@@ -19,13 +19,18 @@ pub struct Scenario {
     pub nodes: u32,
     /// Simulated time, in seconds.
     pub duration_secs: u64,
-    /// How much faster than real time the simulation runs (60: a simulated hour in a
-    /// minute).
+    /// How much faster than real time the simulation runs (10: a simulated hour in six
+    /// minutes).
     pub time_scale: f64,
+    /// Every node joins once, at a random moment within this many seconds from the start;
+    /// only then does each begin to come and go.
+    pub warm_up_secs: u64,
     /// How nodes come and go.
     pub churn: Churn,
     /// What nodes do.
     pub workload: Workload,
+    /// The nodes' maintenance timers.
+    pub node: NodeTimers,
 }
 
 impl Default for Scenario {
@@ -36,9 +41,11 @@ impl Default for Scenario {
             name: "default".into(),
             nodes: 1000,
             duration_secs: 2 * 3600,
-            time_scale: 60.0,
+            time_scale: 2.0,
+            warm_up_secs: 1800,
             churn: Churn::default(),
             workload: Workload::default(),
+            node: NodeTimers::default(),
         }
     }
 }
@@ -108,14 +115,63 @@ pub struct Workload {
     pub registrations_per_session: u32,
     /// Resolutions per second across the whole network (of registered paths).
     pub resolves_per_sec: f64,
+    /// Pub-sub topics; node `n` subscribes to topic `n % topics` whenever on line.
+    pub topics: u32,
+    /// Publications per second across the whole network, each by a node on line to a
+    /// topic drawn at random.
+    pub publishes_per_sec: f64,
 }
 
 impl Default for Workload {
-    /// One path per session; five resolutions a second.
+    /// One path per session; five resolutions and one publication a second; 4 topics.
     fn default() -> Self {
         Workload {
             registrations_per_session: 1,
             resolves_per_sec: 5.0,
+            topics: 4,
+            publishes_per_sec: 1.0,
+        }
+    }
+}
+
+/// The overlay's maintenance timers, in simulated seconds (divided by the time scale to
+/// run). Timeouts (a query's, a liveness dial's) are not here: they bound real waits for
+/// real answers and stay in real time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeTimers {
+    /// How often a node republishes its path records.
+    pub republish_secs: f64,
+    /// How long a path record stays valid.
+    pub record_ttl_secs: f64,
+    /// How often the routing table is refreshed.
+    pub bootstrap_secs: f64,
+    /// How often held records are re-stored at the peers now closest to them.
+    pub replication_secs: f64,
+    /// How long an unused connection stays open.
+    pub idle_connection_secs: f64,
+    /// How often each connection is pinged.
+    pub ping_secs: f64,
+    /// Most connected peers per node (the least recently active beyond it are dropped).
+    pub max_connections: usize,
+}
+
+impl Default for NodeTimers {
+    /// The node's own defaults ([`dht::Config::new`]), but pings every 5 simulated
+    /// minutes (in one process a crashed node's connections close at once, as a killed
+    /// process's do, so pings, there to notice silent peers, find nothing here and would
+    /// only cost) and at most 128 connections per node rather than 256 (a thousand nodes
+    /// share two cores and 24 GiB).
+    fn default() -> Self {
+        let node = dht::Config::new();
+        NodeTimers {
+            republish_secs: node.republish_interval.as_secs_f64(),
+            record_ttl_secs: node.record_ttl.as_secs_f64(),
+            bootstrap_secs: node.bootstrap_interval.as_secs_f64(),
+            replication_secs: node.replication_interval.as_secs_f64(),
+            idle_connection_secs: node.idle_connection_timeout.as_secs_f64(),
+            ping_secs: 300.0,
+            max_connections: 128,
         }
     }
 }
@@ -171,6 +227,13 @@ impl Scenario {
         if !positive(self.time_scale) {
             return Err(out("time_scale", self.time_scale, "a positive number"));
         }
+        if self.warm_up_secs > self.duration_secs {
+            return Err(out(
+                "warm_up_secs",
+                self.warm_up_secs,
+                "at most duration_secs",
+            ));
+        }
         let churn = &self.churn;
         if !positive(churn.median_session_secs) {
             return Err(out(
@@ -208,6 +271,37 @@ impl Scenario {
         let rate = self.workload.resolves_per_sec;
         if !(rate.is_finite() && (0.0..=10_000.0).contains(&rate)) {
             return Err(out("workload.resolves_per_sec", rate, "from 0 to 10000"));
+        }
+        let node = &self.node;
+        for (field, value) in [
+            ("node.republish_secs", node.republish_secs),
+            ("node.record_ttl_secs", node.record_ttl_secs),
+            ("node.bootstrap_secs", node.bootstrap_secs),
+            ("node.replication_secs", node.replication_secs),
+            ("node.idle_connection_secs", node.idle_connection_secs),
+            ("node.ping_secs", node.ping_secs),
+        ] {
+            if !(value.is_finite() && (0.001..=MAX_DURATION_SECS as f64).contains(&value)) {
+                return Err(out(field, value, "from 0.001 to 30 days"));
+            }
+        }
+        if node.republish_secs >= node.record_ttl_secs {
+            return Err(out(
+                "node.republish_secs",
+                node.republish_secs,
+                "less than node.record_ttl_secs",
+            ));
+        }
+        if !(1..=1024).contains(&self.workload.topics) {
+            return Err(out(
+                "workload.topics",
+                self.workload.topics,
+                "from 1 to 1024",
+            ));
+        }
+        let rate = self.workload.publishes_per_sec;
+        if !(rate.is_finite() && (0.0..=10_000.0).contains(&rate)) {
+            return Err(out("workload.publishes_per_sec", rate, "from 0 to 10000"));
         }
         Ok(())
     }
@@ -260,6 +354,14 @@ mod tests {
                 "[workload]\nresolves_per_sec = inf",
                 "workload.resolves_per_sec",
             ),
+            ("[workload]\ntopics = 0", "workload.topics"),
+            (
+                "[workload]\npublishes_per_sec = -1.0",
+                "workload.publishes_per_sec",
+            ),
+            ("duration_secs = 60\nwarm_up_secs = 61", "warm_up_secs"),
+            ("[node]\nping_secs = 0.0", "node.ping_secs"),
+            ("[node]\nrepublish_secs = 4000.0", "node.republish_secs"),
         ] {
             match Scenario::from_toml(text) {
                 Err(ScenarioError::OutOfRange { field: f, .. }) => assert_eq!(f, field),

@@ -60,6 +60,16 @@ pub enum EventKind {
         /// Which of its paths.
         name: u32,
     },
+    /// `from` publishes message number `message` (counted from 0 over the run) on topic
+    /// `topic`, to which the nodes `n` with `n % topics == topic` subscribe.
+    Publish {
+        /// The publishing node.
+        from: u32,
+        /// The topic's number.
+        topic: u32,
+        /// The message's number.
+        message: u64,
+    },
 }
 
 /// A scenario's events, in the order to play them.
@@ -84,6 +94,8 @@ pub struct Summary {
     pub registrations: u64,
     /// Resolutions.
     pub resolves: u64,
+    /// Publications.
+    pub publishes: u64,
     /// Fewest nodes on line at once after the warm-up.
     pub live_min: u32,
     /// Most nodes on line at once.
@@ -95,6 +107,7 @@ pub struct Summary {
 /// Stream numbers of the generator.
 const CHURN: u64 = 1;
 const WORKLOAD: u64 = 2;
+const PUBSUB: u64 = 4;
 
 fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -118,7 +131,7 @@ impl Schedule {
         let end = scenario.duration_secs * 1000;
         let churn = &scenario.churn;
         let mut rng_churn = rng(seed, CHURN);
-        let warm_up = (end / 10).clamp(1, 60_000);
+        let warm_up = (scenario.warm_up_secs * 1000).clamp(1, end);
         // Each node's timeline: join, session, leave or crash, off line, join, …
         let mut events = Vec::new();
         for node in 0..scenario.nodes {
@@ -166,7 +179,7 @@ impl Schedule {
         }
         // A stable sort keeps each node's own order for events at one instant.
         events.sort_by_key(|e| e.at_ms);
-        let events = add_resolves(scenario, seed, events, end)?;
+        let events = add_workload(scenario, seed, events, end)?;
         Ok(Schedule { seed, events })
     }
 
@@ -204,6 +217,7 @@ impl Schedule {
                 }
                 EventKind::Register { .. } => summary.registrations += 1,
                 EventKind::Resolve { .. } => summary.resolves += 1,
+                EventKind::Publish { .. } => summary.publishes += 1,
             }
             summary.live_max = summary.live_max.max(live);
             if event.at_ms >= warm_up_end {
@@ -227,46 +241,104 @@ fn too_many() -> ScenarioError {
     }
 }
 
-/// Merges a Poisson process of resolutions into the churn events, each between nodes on
-/// line at its moment.
-fn add_resolves(
+/// A Poisson process of arrivals on its own generator stream.
+struct Arrivals {
+    rng: ChaCha8Rng,
+    mean_gap_secs: f64,
+    next: u64,
+}
+
+impl Arrivals {
+    fn new(seed: u64, stream: u64, rate: f64) -> Option<Arrivals> {
+        if rate <= 0.0 {
+            return None;
+        }
+        let mut rng = rng(seed, stream);
+        let mean_gap_secs = 1.0 / rate;
+        let next = ms(-unit(&mut rng).ln() * mean_gap_secs);
+        Some(Arrivals {
+            rng,
+            mean_gap_secs,
+            next,
+        })
+    }
+
+    /// Calls `arrive` for every arrival before `until`, then moves on.
+    fn until(
+        &mut self,
+        until: u64,
+        events: &mut Vec<Event>,
+        mut arrive: impl FnMut(&mut ChaCha8Rng) -> Option<EventKind>,
+    ) -> Result<(), ScenarioError> {
+        while self.next < until {
+            if let Some(kind) = arrive(&mut self.rng) {
+                events.push(Event {
+                    at_ms: self.next,
+                    kind,
+                });
+                if events.len() > MAX_EVENTS {
+                    return Err(too_many());
+                }
+            }
+            self.next += ms(-unit(&mut self.rng).ln() * self.mean_gap_secs).max(1);
+        }
+        Ok(())
+    }
+}
+
+/// Merges the workload into the churn events: Poisson processes of resolutions (between
+/// nodes on line at the moment) and of publications (by a node on line), each on its own
+/// generator stream so that changing one leaves the other as it was.
+fn add_workload(
     scenario: &Scenario,
     seed: u64,
     churn: Vec<Event>,
     end: u64,
 ) -> Result<Vec<Event>, ScenarioError> {
-    let rate = scenario.workload.resolves_per_sec;
-    let names = scenario.workload.registrations_per_session;
-    if rate <= 0.0 || names == 0 {
-        return Ok(churn);
-    }
-    let mut rng = rng(seed, WORKLOAD);
-    let mean_gap_secs = 1.0 / rate;
+    let workload = &scenario.workload;
+    let names = workload.registrations_per_session;
+    let mut resolves = if names == 0 {
+        None
+    } else {
+        Arrivals::new(seed, WORKLOAD, workload.resolves_per_sec)
+    };
+    let mut publishes = Arrivals::new(seed, PUBSUB, workload.publishes_per_sec);
+    let topics = workload.topics.max(1);
+    let mut message = 0u64;
     // The nodes on line, with each one's place in the list, for O(1) draws.
     let mut live: Vec<u32> = Vec::new();
     let mut place: Vec<Option<usize>> = vec![None; scenario.nodes as usize];
     let mut events = Vec::with_capacity(churn.len());
-    let mut next = ms(-unit(&mut rng).ln() * mean_gap_secs);
-    // The resolutions due before `until`, between the nodes on line now.
-    let mut arrivals =
-        |until: u64, live: &[u32], events: &mut Vec<Event>| -> Result<(), ScenarioError> {
-            while next < until.min(end) {
-                if !live.is_empty() {
-                    let from = live[rng.gen_range(0..live.len())];
-                    let node = live[rng.gen_range(0..live.len())];
-                    let name = rng.gen_range(0..names);
-                    events.push(Event {
-                        at_ms: next,
-                        kind: EventKind::Resolve { from, node, name },
-                    });
-                    if events.len() > MAX_EVENTS {
-                        return Err(too_many());
-                    }
+    let mut arrivals = |until: u64, live: &[u32], events: &mut Vec<Event>| {
+        let until = until.min(end);
+        if let Some(resolves) = &mut resolves {
+            resolves.until(until, events, |rng| {
+                if live.is_empty() {
+                    return None;
                 }
-                next += ms(-unit(&mut rng).ln() * mean_gap_secs).max(1);
-            }
-            Ok(())
-        };
+                let from = live[rng.gen_range(0..live.len())];
+                let node = live[rng.gen_range(0..live.len())];
+                let name = rng.gen_range(0..names);
+                Some(EventKind::Resolve { from, node, name })
+            })?;
+        }
+        if let Some(publishes) = &mut publishes {
+            publishes.until(until, events, |rng| {
+                if live.is_empty() {
+                    return None;
+                }
+                let from = live[rng.gen_range(0..live.len())];
+                let topic = rng.gen_range(0..topics);
+                message += 1;
+                Some(EventKind::Publish {
+                    from,
+                    topic,
+                    message: message - 1,
+                })
+            })?;
+        }
+        Ok::<(), ScenarioError>(())
+    };
     for event in churn {
         arrivals(event.at_ms, &live, &mut events)?;
         match event.kind {
@@ -287,6 +359,8 @@ fn add_resolves(
         events.push(event);
     }
     arrivals(end, &live, &mut events)?;
+    // Resolutions and publications of one interval come as two runs: put them in order.
+    events.sort_by_key(|e| e.at_ms);
     Ok(events)
 }
 
@@ -303,6 +377,7 @@ mod tests {
         let mut scenario = Scenario {
             nodes,
             duration_secs: secs,
+            warm_up_secs: (secs / 10).min(60),
             ..Scenario::default()
         };
         scenario.churn.median_session_secs = 60.0;
@@ -315,6 +390,7 @@ mod tests {
     fn check_consistent(scenario: &Scenario, schedule: &Schedule) {
         let mut online = vec![false; scenario.nodes as usize];
         let mut last = 0;
+        let mut messages = 0;
         for event in &schedule.events {
             assert!(event.at_ms >= last, "time went back at {event:?}");
             assert!(event.at_ms < scenario.duration_secs * 1000);
@@ -335,6 +411,16 @@ mod tests {
                 EventKind::Resolve { from, node, name } => {
                     assert!(online[from as usize] && online[node as usize]);
                     assert!(name < scenario.workload.registrations_per_session);
+                }
+                EventKind::Publish {
+                    from,
+                    topic,
+                    message,
+                } => {
+                    assert!(online[from as usize]);
+                    assert!(topic < scenario.workload.topics);
+                    assert_eq!(message, messages, "messages are numbered in order");
+                    messages += 1;
                 }
             }
         }
@@ -379,6 +465,8 @@ mod tests {
         b.workload = Workload {
             registrations_per_session: 3,
             resolves_per_sec: 50.0,
+            topics: 9,
+            publishes_per_sec: 20.0,
         };
         let churn = |s: &Schedule| -> Vec<Event> {
             s.events
@@ -396,6 +484,22 @@ mod tests {
             churn(&Schedule::generate(&a, 9).unwrap()),
             churn(&Schedule::generate(&b, 9).unwrap())
         );
+        // And changing the publications leaves the resolutions alone.
+        let mut c = a.clone();
+        c.workload.publishes_per_sec = 7.0;
+        let resolves = |s: &Schedule| -> Vec<Event> {
+            s.events
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Resolve { .. }))
+                .copied()
+                .collect()
+        };
+        let (a, c) = (
+            Schedule::generate(&a, 9).unwrap(),
+            Schedule::generate(&c, 9).unwrap(),
+        );
+        assert_eq!(resolves(&a), resolves(&c));
+        assert!(c.summary().publishes > 5 * a.summary().publishes);
     }
 
     #[test]
@@ -425,6 +529,7 @@ mod tests {
         assert!(summary.joins >= 1000);
         assert!(summary.live_max <= 1000);
         assert!(summary.resolves > 30_000, "{summary:?}");
+        assert!(summary.publishes > 6_000, "{summary:?}");
         check_consistent(&Scenario::default(), &schedule);
     }
 
@@ -440,6 +545,8 @@ mod tests {
             crash in 0.0f64..=1.0,
             names in 0u32..4,
             rate in 0.0f64..20.0,
+            topics in 1u32..8,
+            publishes in 0.0f64..20.0,
             seed in any::<u64>(),
         ) {
             let mut scenario = small(nodes, secs);
@@ -447,7 +554,12 @@ mod tests {
             scenario.churn.median_offline_secs = offline;
             scenario.churn.distribution = Distribution::Weibull { shape };
             scenario.churn.crash_fraction = crash;
-            scenario.workload = Workload { registrations_per_session: names, resolves_per_sec: rate };
+            scenario.workload = Workload {
+                registrations_per_session: names,
+                resolves_per_sec: rate,
+                topics,
+                publishes_per_sec: publishes,
+            };
             let schedule = Schedule::generate(&scenario, seed).unwrap();
             check_consistent(&scenario, &schedule);
         }

@@ -5,30 +5,60 @@
 use simulator::{Scenario, Schedule};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_small_scenario_resolves_what_is_registered() {
+async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_published() {
     let mut scenario = Scenario::from_toml(include_str!("../scenarios/small.toml")).unwrap();
-    // Shorter than the file asks, to keep CI short: 5 simulated minutes at 10×, 30 s.
-    // (At 40× on two cores the nodes' own timers no longer keep up: see the README.)
+    // Shorter than the file asks, to keep CI short: 5 simulated minutes at 10x, 30 s.
     scenario.duration_secs = 300;
+    scenario.warm_up_secs = 60;
     scenario.time_scale = 10.0;
     let schedule = Schedule::generate(&scenario, 11).unwrap();
-    let report = simulator::play(&scenario, &schedule, |_| {}).await;
+    let summary = schedule.summary();
+    let mut last = (0.0, 0);
+    let report = simulator::play(&scenario, &schedule, |done, live| {
+        assert!(done >= last.0, "progress goes forward");
+        last = (done, live);
+    })
+    .await;
     eprintln!("{report:#?}");
+    assert_eq!(last.0, 1.0);
     assert_eq!(report.seed, 11);
     assert_eq!(report.windows.len(), 5);
-    assert!(report.resolved > 100, "{} resolved", report.resolved);
     assert!(report.peak_live > 0 && report.peak_live <= 30);
     assert!(report.peak_rss_mib > 0.0);
-    // A floor, not the goal: churn here is fast, nodes few, and a loaded machine slows
-    // every node's timers (96-99.7 % seen here).
-    assert!(
-        report.success_rate >= 0.8,
-        "success rate {}",
-        report.success_rate
-    );
+    let all = &report.all;
+    assert!(all.resolved > 100, "{} resolved", all.resolved);
+    // Floors, not the goals: churn here is fast, nodes few, and a loaded machine slows
+    // every node's timers.
+    assert!(all.success_rate >= 0.8, "success rate {}", all.success_rate);
     assert_eq!(
-        report.resolved + report.failed + report.not_yet_registered,
-        schedule.summary().resolves,
+        all.resolved + all.failed + report.not_yet_registered,
+        summary.resolves,
         "every resolution of the schedule is accounted for"
     );
+    // Hops: 30 nodes are within a couple of rounds of any key.
+    assert!(all.hops_p50 <= 3.0, "hops p50 {}", all.hops_p50);
+    // Every publication of the schedule was made by a node on line and counted.
+    assert_eq!(all.published, summary.publishes);
+    assert!(all.deliveries_due > 0);
+    assert!(all.delivered <= all.deliveries_due);
+    assert!(
+        all.delivery_ratio >= 0.8,
+        "delivery ratio {}",
+        all.delivery_ratio
+    );
+    // The windows add up to the totals.
+    let sum = |f: fn(&simulator::Window) -> u64| report.windows.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|w| w.resolved), all.resolved);
+    assert_eq!(sum(|w| w.delivered), all.delivered);
+    // The plots are an SVG document with a panel per measure.
+    let svg = simulator::plot::svg(&report).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for title in [
+        "nodes on line",
+        "lookup success rate",
+        "hops",
+        "pub-sub delivery ratio",
+    ] {
+        assert!(svg.contains(title), "{title} missing from the plots");
+    }
 }
