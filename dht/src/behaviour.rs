@@ -69,7 +69,7 @@ impl Behaviour {
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_record_ttl(Some(config.record_ttl))
             .set_publication_interval(None) // the node republishes its own, freshly signed
-            .set_replication_interval(Some(config.replication_interval))
+            .set_replication_interval(config.replication_interval)
             .set_query_timeout(config.query_timeout)
             .set_periodic_bootstrap_interval(Some(config.bootstrap_interval))
             // Kademlia's default frame limit (16 KiB) is below the largest valid path

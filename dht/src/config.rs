@@ -54,10 +54,12 @@ pub struct Config {
     /// request dials again. 0: no bound. Default: 256.
     pub max_connections: usize,
     /// How often a node re-stores the records it holds for others at the peers now closest
-    /// to them. Their owners republish every [`Config::republish_interval`] anyway, and the
-    /// record of an owner gone is of no use: this only covers many holders leaving at once.
-    /// Default: 1 hour (Kademlia's).
-    pub replication_interval: Duration,
+    /// to them (Kademlia's replication), or never. Default: never. A path record is kept
+    /// alive by its owner, who republishes it every [`Config::republish_interval`] to the
+    /// peers closest to it then; the record of an owner gone is of no use and should
+    /// expire, not be copied on. (Kademlia's hourly replication would cost each node a
+    /// lookup and k stores per record it holds.)
+    pub replication_interval: Option<Duration>,
 }
 
 impl Config {
@@ -85,7 +87,7 @@ impl Config {
             resolve_quorum: 3,
             max_connections: 256,
             bootstrap_interval: Duration::from_secs(600),
-            replication_interval: Duration::from_secs(3600),
+            replication_interval: None,
         }
     }
 

@@ -213,7 +213,7 @@ fn node_config(scenario: &Scenario, bootstrap: Option<Multiaddr>) -> dht::Config
     config.republish_interval = real(timers.republish_secs);
     config.record_ttl = real(timers.record_ttl_secs);
     config.bootstrap_interval = real(timers.bootstrap_secs);
-    config.replication_interval = real(timers.replication_secs);
+    config.replication_interval = timers.replication_secs.map(real);
     config.idle_connection_timeout = real(timers.idle_connection_secs);
     config.ping_interval = real(timers.ping_secs);
     config.max_connections = timers.max_connections;

@@ -146,8 +146,9 @@ pub struct NodeTimers {
     pub record_ttl_secs: f64,
     /// How often the routing table is refreshed.
     pub bootstrap_secs: f64,
-    /// How often held records are re-stored at the peers now closest to them.
-    pub replication_secs: f64,
+    /// How often held records are re-stored at the peers now closest to them; absent:
+    /// never (the node's default: owners republish).
+    pub replication_secs: Option<f64>,
     /// How long an unused connection stays open.
     pub idle_connection_secs: f64,
     /// How often each connection is pinged.
@@ -157,7 +158,7 @@ pub struct NodeTimers {
 }
 
 impl Default for NodeTimers {
-    /// The node's own defaults ([`dht::Config::new`]), but pings every 5 simulated
+    /// The node's own defaults ([`dht::Config::new`]), but pings every 30 simulated
     /// minutes (in one process a crashed node's connections close at once, as a killed
     /// process's do, so pings, there to notice silent peers, find nothing here and would
     /// only cost) and at most 128 connections per node rather than 256 (a thousand nodes
@@ -168,9 +169,9 @@ impl Default for NodeTimers {
             republish_secs: node.republish_interval.as_secs_f64(),
             record_ttl_secs: node.record_ttl.as_secs_f64(),
             bootstrap_secs: node.bootstrap_interval.as_secs_f64(),
-            replication_secs: node.replication_interval.as_secs_f64(),
+            replication_secs: node.replication_interval.map(|d| d.as_secs_f64()),
             idle_connection_secs: node.idle_connection_timeout.as_secs_f64(),
-            ping_secs: 300.0,
+            ping_secs: 1800.0,
             max_connections: 128,
         }
     }
@@ -277,10 +278,12 @@ impl Scenario {
             ("node.republish_secs", node.republish_secs),
             ("node.record_ttl_secs", node.record_ttl_secs),
             ("node.bootstrap_secs", node.bootstrap_secs),
-            ("node.replication_secs", node.replication_secs),
             ("node.idle_connection_secs", node.idle_connection_secs),
             ("node.ping_secs", node.ping_secs),
-        ] {
+        ]
+        .into_iter()
+        .chain(node.replication_secs.map(|v| ("node.replication_secs", v)))
+        {
             if !(value.is_finite() && (0.001..=MAX_DURATION_SECS as f64).contains(&value)) {
                 return Err(out(field, value, "from 0.001 to 30 days"));
             }
