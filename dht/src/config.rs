@@ -42,14 +42,15 @@ pub struct Config {
     /// Kademlia replication factor. Default: 20 (Kademlia's k).
     pub replication_factor: usize,
     /// A lookup stops once this many peers returned a valid record for its key (the
-    /// newest of them wins); fewer only when the lookup runs out of peers. Default: 3.
+    /// newest of them wins); fewer only when the lookup runs out of peers. When the node
+    /// it names is found dead, the lookup runs again for newer records only. Default: 3.
     pub resolve_quorum: u32,
     /// How often the routing table is refreshed (a lookup of the own key, then one per
     /// bucket farther away). Joins and new peers trigger refreshes too. Default: 10 min
     /// (go-libp2p-kad-dht's; each refresh is a dozen lookups in a network of a thousand).
     pub bootstrap_interval: Duration,
-    /// Most connected peers: beyond this, the least recently active are disconnected
-    /// down to three quarters of it (peers in a pub-sub mesh, and connections younger
+    /// Most connected peers: beyond this, those least recently connected or heard from
+    /// over pub-sub are disconnected down to three quarters of it (peers in a pub-sub mesh, and connections younger
     /// than [`CONNECTION_GRACE`], are kept). Their routing-table entries stay; a later
     /// request dials again. 0: no bound. Default: 256.
     pub max_connections: usize,

@@ -502,6 +502,12 @@ struct Lookup {
     best: Option<PathRecord>,
     /// Valid records received (the lookup stops at [`Config::resolve_quorum`]).
     found: u32,
+    /// It stopped at the quorum rather than at the end of the query: a newer record may
+    /// be held by peers it did not ask.
+    stopped_early: bool,
+    /// Records at or below this sequence are ignored: their node was found dead, and the
+    /// lookup was started again for a newer one.
+    floor: Option<u64>,
     requests: u32,
 }
 
@@ -534,7 +540,7 @@ pub struct EventLoop {
     agents: HashMap<PeerId, String>,
     rtts: HashMap<PeerId, Duration>,
     connections: HashMap<PeerId, HashSet<Multiaddr>>,
-    /// When each connected peer last did something (connected, answered, gossiped).
+    /// When each connected peer last connected or passed on a pub-sub message.
     active: HashMap<PeerId, Instant>,
     republish_due: Option<Instant>,
     /// The last PUT reached no peer.
@@ -1099,6 +1105,8 @@ impl EventLoop {
                 started: own.is_some(),
                 best: own,
                 found: 0,
+                stopped_early: false,
+                floor: None,
                 requests: 0,
             });
         }
@@ -1241,6 +1249,15 @@ impl EventLoop {
             tracing::debug!(prefix = %lookup.prefix, peer = %record.peer_id(), "registered node is not live");
             if resolve.dead.is_none() {
                 resolve.dead = Some((lookup.prefix.clone(), record.peer_id()));
+            }
+            // The lookup stopped at its first few records, all as old as this one or
+            // older: ask again, for newer ones only (the path may have moved on).
+            if lookup.stopped_early {
+                lookup.floor = Some(record.sequence());
+                lookup.started = false;
+                lookup.done = false;
+                lookup.stopped_early = false;
+                lookup.found = 0;
             }
         }
         self.advance_resolve(id);
@@ -1455,7 +1472,8 @@ impl EventLoop {
                         if let Some(resolve) = self.resolves.get_mut(&resolve_id) {
                             let lookup = &mut resolve.lookups[index];
                             lookup.done = true;
-                            lookup.requests = stats.num_requests();
+                            lookup.stopped_early = !step.last;
+                            lookup.requests += stats.num_requests();
                         }
                         self.advance_resolve(resolve_id);
                     }
@@ -1510,7 +1528,10 @@ impl EventLoop {
             keys::now(),
             &Revocations::default(),
         ) {
-            Ok(found) if found.path() == &lookup.prefix => {
+            Ok(found)
+                if found.path() == &lookup.prefix
+                    && lookup.floor.is_none_or(|floor| found.sequence() > floor) =>
+            {
                 lookup.found += 1;
                 if lookup
                     .best

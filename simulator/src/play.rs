@@ -17,8 +17,8 @@
 //!   publication until [`DEADLINE`] after it, the share that received it within the
 //!   deadline.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keys::{Chain, Path, SigningKey, Validity};
@@ -71,6 +71,8 @@ pub struct Window {
     pub latency_p50_ms: f64,
     /// And p99.
     pub latency_p99_ms: f64,
+    /// Successful resolutions whose hops were counted (the count reached the key).
+    pub hop_samples: u64,
     /// Hops of the successful ones, p50.
     pub hops_p50: f64,
     /// And p99.
@@ -166,6 +168,9 @@ struct Running {
     registered: Vec<bool>,
 }
 
+/// Who received which publication, and when: message → node → first receipt.
+type Receipts = Arc<Mutex<HashMap<u64, HashMap<u32, Instant>>>>;
+
 /// The nodes on line, for hop counts: each one's client and Kademlia key.
 type Directory = Arc<RwLock<HashMap<PeerId, (dht::Client, KBucketKey<PeerId>)>>>;
 
@@ -183,11 +188,6 @@ enum Outcome {
     },
     Failed {
         window: usize,
-    },
-    Delivered {
-        message: u64,
-        node: u32,
-        at: Instant,
     },
 }
 
@@ -265,6 +265,8 @@ pub async fn play(
     };
     let root = next_key();
     let tree = Path::root_of(root.principal());
+    // Each node keeps its key from session to session, as a real machine does.
+    let node_keys: Vec<SigningKey> = (0..scenario.nodes).map(|_| next_key()).collect();
     let scale = scenario.time_scale;
     let window_ms = 60_000u64;
     let windows = (scenario.duration_secs * 1000).div_ceil(window_ms).max(1) as usize;
@@ -295,7 +297,8 @@ pub async fn play(
         ],
         ..Report::default()
     };
-    let mut nodes: HashMap<u32, Running> = HashMap::new();
+    // Ordered, so that picking a bootstrap node by position is the same in every run.
+    let mut nodes: BTreeMap<u32, Running> = BTreeMap::new();
     let directory: Directory = Arc::default();
     // Each join of a node is an epoch; a registration of an earlier epoch is stale.
     let mut epochs: HashMap<u32, u64> = HashMap::new();
@@ -304,7 +307,9 @@ pub async fn play(
     let mut sessions: Vec<Vec<(Instant, Option<Instant>)>> =
         vec![Vec::new(); scenario.nodes as usize];
     let mut publications: Vec<Publication> = Vec::new();
-    let mut receipts: HashMap<u64, HashMap<u32, Instant>> = HashMap::new();
+    // Written by the nodes' listeners directly: a full outcome queue must never hold up
+    // the validation gossipsub waits for before it forwards a message.
+    let receipts: Receipts = Arc::default();
     let (outcomes, mut results) = mpsc::channel::<Outcome>(65_536);
     let mut samples: Vec<Samples> = vec![Samples::default(); windows];
     let mut requests: Vec<f64> = Vec::new();
@@ -321,7 +326,6 @@ pub async fn play(
         report: &mut report,
         samples: &mut samples,
         requests: &mut requests,
-        receipts: &mut receipts,
     };
     for (done, event) in schedule.events.iter().enumerate() {
         let due = begin + Duration::from_secs_f64(event.at_ms as f64 / 1000.0 / scale);
@@ -358,9 +362,11 @@ pub async fn play(
                     .then(|| nodes.values().nth(done % nodes.len()))
                     .flatten()
                     .map(|n| n.address.clone());
-                let key = next_key();
+                let Some(key) = node_keys.get(node as usize).cloned() else {
+                    continue;
+                };
                 let Some(running) =
-                    join(scenario, key, bootstrap, node, topics, outcomes.clone()).await
+                    join(scenario, key, bootstrap, node, topics, receipts.clone()).await
                 else {
                     continue;
                 };
@@ -432,19 +438,19 @@ pub async fn play(
                 let outcomes = outcomes.clone();
                 let directory = directory.clone();
                 tokio::spawn(async move {
-                    let asked = Instant::now();
+                    // Hops first, over the routing tables as the resolution finds them
+                    // (the lookup itself adds the peers it meets to the asker's table).
                     let key = dht::key_of(&path);
+                    let hops = hops(&directory, me, &client, &key).await;
+                    let asked = Instant::now();
                     let answer = tokio::time::timeout(RESOLVE_TIMEOUT, client.resolve(path)).await;
                     let outcome = match answer {
-                        Ok(Ok(r)) if Some(&r.peer_id) == expected.as_ref() => {
-                            let latency = asked.elapsed();
-                            Outcome::Resolved {
-                                window,
-                                latency,
-                                requests: r.requests,
-                                hops: hops(&directory, me, &client, &key).await,
-                            }
-                        }
+                        Ok(Ok(r)) if Some(&r.peer_id) == expected.as_ref() => Outcome::Resolved {
+                            window,
+                            latency: asked.elapsed(),
+                            requests: r.requests,
+                            hops,
+                        },
                         _ => Outcome::Failed { window },
                     };
                     let _ = outcomes.send(outcome).await;
@@ -494,6 +500,7 @@ pub async fn play(
         let _ = running.client.shutdown().await;
         running.task.abort();
     }
+    let receipts = receipts.lock().map(|r| r.clone()).unwrap_or_default();
     deliveries(
         &mut report,
         &publications,
@@ -525,7 +532,7 @@ async fn join(
     bootstrap: Option<Multiaddr>,
     node: u32,
     topics: u32,
-    outcomes: mpsc::Sender<Outcome>,
+    receipts: Receipts,
 ) -> Option<Running> {
     let store = dht::Store::in_memory(10_000).ok()?;
     let config = node_config(scenario, bootstrap);
@@ -548,13 +555,13 @@ async fn join(
                 let Ok(number) = <[u8; 8]>::try_from(message.data.as_slice()) else {
                     continue;
                 };
-                let delivered = Outcome::Delivered {
-                    message: u64::from_be_bytes(number),
-                    node,
-                    at: Instant::now(),
-                };
-                if outcomes.send(delivered).await.is_err() {
-                    return;
+                let at = Instant::now();
+                if let Ok(mut receipts) = receipts.lock() {
+                    receipts
+                        .entry(u64::from_be_bytes(number))
+                        .or_default()
+                        .entry(node)
+                        .or_insert(at);
                 }
             }
         });
@@ -697,7 +704,7 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
 }
 
 /// Mean connected peers and routing-table entries over the nodes on line.
-async fn tables(nodes: &HashMap<u32, Running>) -> (f64, f64) {
+async fn tables(nodes: &BTreeMap<u32, Running>) -> (f64, f64) {
     let mut asks = tokio::task::JoinSet::new();
     for running in nodes.values() {
         let client = running.client.clone();
@@ -733,14 +740,13 @@ struct Tally<'a> {
     report: &'a mut Report,
     samples: &'a mut [Samples],
     requests: &'a mut Vec<f64>,
-    receipts: &'a mut HashMap<u64, HashMap<u32, Instant>>,
 }
 
 impl Tally<'_> {
     fn record(
         &mut self,
         outcome: Outcome,
-        nodes: &mut HashMap<u32, Running>,
+        nodes: &mut BTreeMap<u32, Running>,
         epochs: &HashMap<u32, u64>,
     ) {
         match outcome {
@@ -761,6 +767,7 @@ impl Tally<'_> {
             } => {
                 if let Some(w) = self.report.windows.get_mut(window) {
                     w.resolved += 1;
+                    w.hop_samples += u64::from(hops.is_some());
                 }
                 if let Some(s) = self.samples.get_mut(window) {
                     s.latencies.push(latency.as_secs_f64() * 1000.0);
@@ -775,13 +782,6 @@ impl Tally<'_> {
                 if let Some(w) = self.report.windows.get_mut(window) {
                     w.failed += 1;
                 }
-            }
-            Outcome::Delivered { message, node, at } => {
-                self.receipts
-                    .entry(message)
-                    .or_default()
-                    .entry(node)
-                    .or_insert(at);
             }
         }
     }

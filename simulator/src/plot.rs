@@ -26,12 +26,22 @@ pub fn svg(report: &Report) -> Result<String, String> {
     };
     let rate = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
     let max = |points: &[(f64, f64)]| points.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    // Ratios are drawn from 0.9 up, or from below the lowest value when one is lower:
+    // a bad window is never off the panel.
+    let floor = |points: &[(f64, f64)]| {
+        let lowest = points.iter().map(|p| p.1).fold(1.0f64, f64::min);
+        if lowest < 0.9 {
+            (lowest - 0.05).max(0.0)
+        } else {
+            0.9
+        }
+    };
     let live = minutes(&|w| Some(f64::from(w.live)));
     let success = minutes(&|w| rate(w.resolved, w.resolved + w.failed));
     let p50 = minutes(&|w| (w.resolved > 0).then_some(w.latency_p50_ms));
     let p99 = minutes(&|w| (w.resolved > 0).then_some(w.latency_p99_ms));
-    let hops50 = minutes(&|w| (w.resolved > 0).then_some(w.hops_p50));
-    let hops99 = minutes(&|w| (w.resolved > 0).then_some(w.hops_p99));
+    let hops50 = minutes(&|w| (w.hop_samples > 0).then_some(w.hops_p50));
+    let hops99 = minutes(&|w| (w.hop_samples > 0).then_some(w.hops_p99));
     let delivery = minutes(&|w| rate(w.delivered, w.deliveries_due));
     let connections = minutes(&|w| (w.live > 0).then_some(w.connections_mean));
     let routing = minutes(&|w| (w.live > 0).then_some(w.routing_table_mean));
@@ -43,7 +53,7 @@ pub fn svg(report: &Report) -> Result<String, String> {
         },
         Panel {
             title: "lookup success rate",
-            y: (0.9, 1.001),
+            y: (floor(&success), 1.001),
             series: vec![("resolved / asked", GREEN, success)],
         },
         Panel {
@@ -58,7 +68,7 @@ pub fn svg(report: &Report) -> Result<String, String> {
         },
         Panel {
             title: "pub-sub delivery ratio",
-            y: (0.9, 1.001),
+            y: (floor(&delivery), 1.001),
             series: vec![("delivered / due", GREEN, delivery)],
         },
         Panel {

@@ -225,8 +225,8 @@ impl Scenario {
                 "from 1 to 30 days",
             ));
         }
-        if !positive(self.time_scale) {
-            return Err(out("time_scale", self.time_scale, "a positive number"));
+        if !(self.time_scale.is_finite() && (0.01..=1000.0).contains(&self.time_scale)) {
+            return Err(out("time_scale", self.time_scale, "from 0.01 to 1000"));
         }
         if self.warm_up_secs > self.duration_secs {
             return Err(out(
@@ -287,6 +287,13 @@ impl Scenario {
             if !(value.is_finite() && (0.001..=MAX_DURATION_SECS as f64).contains(&value)) {
                 return Err(out(field, value, "from 0.001 to 30 days"));
             }
+        }
+        if node.record_ttl_secs / self.time_scale < 5.0 {
+            return Err(out(
+                "node.record_ttl_secs",
+                node.record_ttl_secs,
+                "at least 5 real seconds at the time scale",
+            ));
         }
         if node.republish_secs >= node.record_ttl_secs {
             return Err(out(
@@ -364,6 +371,11 @@ mod tests {
             ),
             ("duration_secs = 60\nwarm_up_secs = 61", "warm_up_secs"),
             ("[node]\nping_secs = 0.0", "node.ping_secs"),
+            ("time_scale = 5000.0", "time_scale"),
+            (
+                "time_scale = 1000.0\n[node]\nrecord_ttl_secs = 4000.0",
+                "node.record_ttl_secs",
+            ),
             ("[node]\nrepublish_secs = 4000.0", "node.republish_secs"),
         ] {
             match Scenario::from_toml(text) {

@@ -77,6 +77,8 @@ pub enum EventKind {
 pub struct Schedule {
     /// The seed it came from.
     pub seed: u64,
+    /// The warm-up's end, in simulated milliseconds: every node has joined once by then.
+    pub warm_up_ms: u64,
     /// The events, by time.
     pub events: Vec<Event>,
 }
@@ -180,7 +182,11 @@ impl Schedule {
         // A stable sort keeps each node's own order for events at one instant.
         events.sort_by_key(|e| e.at_ms);
         let events = add_workload(scenario, seed, events, end)?;
-        Ok(Schedule { seed, events })
+        Ok(Schedule {
+            seed,
+            warm_up_ms: warm_up,
+            events,
+        })
     }
 
     /// Counts of the schedule.
@@ -189,13 +195,7 @@ impl Schedule {
         let mut live: u32 = 0;
         let mut since: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
         let mut sessions = Vec::new();
-        let warm_up_end = self
-            .events
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::Join { .. }))
-            .map(|e| e.at_ms)
-            .max()
-            .unwrap_or(0);
+        let warm_up_end = self.warm_up_ms;
         summary.live_min = u32::MAX;
         for event in &self.events {
             match event.kind {
