@@ -41,7 +41,7 @@ impl Default for Scenario {
             name: "default".into(),
             nodes: 1000,
             duration_secs: 2 * 3600,
-            time_scale: 2.0,
+            time_scale: 1.0,
             warm_up_secs: 1800,
             churn: Churn::default(),
             workload: Workload::default(),
