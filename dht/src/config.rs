@@ -43,7 +43,9 @@ pub struct Config {
     pub replication_factor: usize,
     /// A lookup stops once this many peers returned a valid record for its key (the
     /// newest of them wins); fewer only when the lookup runs out of peers. When the node
-    /// it names is found dead, the lookup runs again for newer records only. Default: 3.
+    /// it names is found dead, the lookup runs again for newer records only. A
+    /// registration waits for as many acknowledgements (or all the peers it reached), so a
+    /// resolution after it finds the new record. Default: 3.
     pub resolve_quorum: u32,
     /// How often the routing table is refreshed (a lookup of the own key, then one per
     /// bucket farther away). Joins and new peers trigger refreshes too. Default: 10 min

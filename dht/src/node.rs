@@ -16,6 +16,7 @@
 //! back republishes its records with a higher sequence number and resolves again.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -1048,12 +1049,17 @@ impl EventLoop {
         }
     }
 
+    /// Stores a record at the closest peers. The PUT is answered once as many of them as a
+    /// resolution reads ([`Config::resolve_quorum`]) hold it, or all it reached do: a
+    /// resolution right after a registration then finds the new record, not the old.
     fn publish(&mut self, record: &PathRecord) -> Result<QueryId, Error> {
         let kad_record = record.to_kad().map_err(|e| Error::Publish(e.to_string()))?;
+        let quorum =
+            NonZeroUsize::new(self.config.resolve_quorum as usize).unwrap_or(NonZeroUsize::MIN);
         self.swarm
             .behaviour_mut()
             .kad
-            .put_record(kad_record, Quorum::One)
+            .put_record(kad_record, Quorum::N(quorum))
             .map_err(|e| Error::Publish(e.to_string()))
     }
 
