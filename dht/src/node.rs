@@ -221,6 +221,11 @@ enum Command {
         count: usize,
         reply: oneshot::Sender<Vec<Candidate>>,
     },
+    LookUpClosest {
+        key: Vec<u8>,
+        count: usize,
+        reply: oneshot::Sender<Vec<Candidate>>,
+    },
 }
 
 /// A peer near a key, from [`Client::closest`].
@@ -231,6 +236,9 @@ pub struct Candidate {
     /// Whether a connection to it is open now.
     pub connected: bool,
 }
+
+/// A lookup of the peers nearest a key: the key, how many, who waits for them.
+type ClosestLookup = (Vec<u8>, usize, oneshot::Sender<Vec<Candidate>>);
 
 /// A pub-sub message received on a subscribed topic. Gossipsub holds it back until the
 /// application gives its [`Verdict`] through [`Client::validate`].
@@ -324,6 +332,20 @@ impl Client {
     /// `count`. Answered from the local routing table, without network traffic.
     pub async fn closest(&self, key: Vec<u8>, count: usize) -> Result<Vec<Candidate>, Error> {
         self.ask(|reply| Command::Closest { key, count, reply })
+            .await
+    }
+
+    /// This node and the peers nearest to `key` in the whole overlay, nearest first, at
+    /// most `count` (up to Kademlia's k = 20): an iterative lookup, as a PUT makes before
+    /// it stores. Only peers that answered are named; this node is among them when it is
+    /// near. Use it where the local routing table cannot know (a key far from this node);
+    /// on a lookup that finds nobody, the local table's answer.
+    pub async fn look_up_closest(
+        &self,
+        key: Vec<u8>,
+        count: usize,
+    ) -> Result<Vec<Candidate>, Error> {
+        self.ask(|reply| Command::LookUpClosest { key, count, reply })
             .await
     }
 
@@ -536,6 +558,8 @@ pub struct EventLoop {
     next_resolve: u64,
     resolves: HashMap<u64, PendingResolve>,
     gets: HashMap<QueryId, (u64, usize)>,
+    /// Lookups of the peers nearest a key: the key, how many, who waits.
+    closest_lookups: HashMap<QueryId, ClosestLookup>,
     cache: HashMap<Path, (Resolution, PeerId, Instant)>,
     dials: HashMap<ConnectionId, oneshot::Sender<Result<(), Error>>>,
     agents: HashMap<PeerId, String>,
@@ -636,6 +660,7 @@ impl EventLoop {
             next_resolve: 0,
             resolves: HashMap::new(),
             gets: HashMap::new(),
+            closest_lookups: HashMap::new(),
             cache: HashMap::new(),
             dials: HashMap::new(),
             agents: HashMap::new(),
@@ -903,6 +928,14 @@ impl EventLoop {
             }
             Command::Closest { key, count, reply } => {
                 let _ = reply.send(self.closest(key, count));
+            }
+            Command::LookUpClosest { key, count, reply } => {
+                let count = count.clamp(1, kad::K_VALUE.get());
+                let query = self.swarm.behaviour_mut().kad.get_n_closest_peers(
+                    key.clone(),
+                    NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
+                );
+                self.closest_lookups.insert(query, (key, count, reply));
             }
             Command::Block { peer, duration } => {
                 tracing::warn!(%peer, ?duration, "blocking peer");
@@ -1512,6 +1545,44 @@ impl EventLoop {
                             .map(ToString::to_string)
                             .collect(),
                     }));
+                }
+                QueryResult::GetClosestPeers(result) => {
+                    let Some((key, count, reply)) = self.closest_lookups.remove(&id) else {
+                        return;
+                    };
+                    let found = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let answer = if found.is_empty() {
+                        self.closest(key, count)
+                    } else {
+                        let target = kad::KBucketKey::new(kad::RecordKey::new(&key));
+                        let mut peers: Vec<(kad::KBucketDistance, PeerId)> = found
+                            .into_iter()
+                            .map(|p| {
+                                (
+                                    kad::KBucketKey::from(p.peer_id).distance(&target),
+                                    p.peer_id,
+                                )
+                            })
+                            .chain(std::iter::once((
+                                kad::KBucketKey::from(self.peer_id).distance(&target),
+                                self.peer_id,
+                            )))
+                            .collect();
+                        peers.sort();
+                        peers.dedup_by_key(|(_, p)| *p);
+                        peers.truncate(count);
+                        peers
+                            .into_iter()
+                            .map(|(_, peer)| Candidate {
+                                peer,
+                                connected: peer == self.peer_id || self.swarm.is_connected(&peer),
+                            })
+                            .collect()
+                    };
+                    let _ = reply.send(answer);
                 }
                 QueryResult::Bootstrap(Ok(ok)) if step.last => {
                     tracing::debug!(peer = %ok.peer, "kademlia bootstrap done");

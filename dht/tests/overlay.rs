@@ -99,6 +99,22 @@ async fn twenty_nodes_join_and_resolve_each_other() {
         started.elapsed(),
         requests.iter().sum::<u32>() as f64 / requests.len() as f64
     );
+    // An overlay lookup of a key's nearest nodes names the true nearest, from any node.
+    for (i, node) in nodes.iter().enumerate().step_by(7) {
+        let key = format!("some item {i}").into_bytes();
+        let target = libp2p::kad::KBucketKey::new(libp2p::kad::RecordKey::new(&key));
+        let mut all: Vec<_> = nodes.iter().map(|n| n.key.peer_id()).collect();
+        all.sort_by_key(|p| libp2p::kad::KBucketKey::from(*p).distance(&target));
+        let found: Vec<_> = node
+            .client
+            .look_up_closest(key, 5)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.peer)
+            .collect();
+        assert_eq!(found, all[..5], "from node {i}");
+    }
     // The root itself is registered by no one.
     assert!(matches!(
         nodes[3].client.resolve(tree.join("nobody").unwrap()).await,

@@ -1051,7 +1051,7 @@ impl<B: Blocks> Client<B> {
         let mut node = Node {
             path: prefix.clone(),
             binding: Binding::anchor(prefix),
-            key: DataKey::generate(),
+            key: self.identity.anchor_key(anchor.as_bytes()),
             kind: Kind::Dir,
             versions: Vec::new(),
             current: None,

@@ -42,6 +42,9 @@ pub struct Config {
     pub max_inbound: usize,
     /// How long a peer that failed is skipped. Default 10 s.
     pub down_for: Duration,
+    /// How long the nearest nodes of a key far from this node, found by an overlay
+    /// lookup, are reused. Default 10 s.
+    pub placement_ttl: Duration,
 }
 
 impl Config {
@@ -53,6 +56,7 @@ impl Config {
             request_timeout: Duration::from_secs(20),
             max_inbound: 64,
             down_for: Duration::from_secs(10),
+            placement_ttl: Duration::from_secs(10),
         }
     }
 
@@ -296,6 +300,37 @@ impl Cache {
     }
 }
 
+/// Keys whose looked-up nearest nodes are remembered at most.
+const CACHED_PLACEMENTS: usize = 4096;
+
+/// Nearest nodes of keys far from this node, as overlay lookups found them.
+#[derive(Debug, Default)]
+struct Placements(Mutex<HashMap<[u8; 32], Placement>>);
+
+/// When a key's nearest nodes were looked up, and who they were.
+type Placement = (Instant, Vec<PeerId>);
+
+impl Placements {
+    fn get(&self, key: &[u8; 32], ttl: Duration) -> Option<Vec<PeerId>> {
+        let map = self.0.lock().ok()?;
+        let (at, peers) = map.get(key)?;
+        (at.elapsed() < ttl).then(|| peers.clone())
+    }
+
+    fn keep(&self, key: [u8; 32], peers: &[PeerId], ttl: Duration) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        if map.len() >= CACHED_PLACEMENTS {
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+            if map.len() >= CACHED_PLACEMENTS {
+                map.clear();
+            }
+        }
+        map.insert(key, (Instant::now(), peers.to_vec()));
+    }
+}
+
 /// Attempts of one request before the peer is skipped for a while.
 const EXCHANGE_ATTEMPTS: u32 = 4;
 /// Requests to one peer in flight at once (each is a stream).
@@ -323,6 +358,7 @@ pub struct Network {
     dht: dht::Client,
     config: Config,
     down: Mutex<HashMap<PeerId, Instant>>,
+    placements: Placements,
     counters: Arc<Counters>,
 }
 
@@ -347,6 +383,7 @@ impl Network {
             dht,
             config,
             down: Mutex::default(),
+            placements: Placements::default(),
             counters,
         }
     }
@@ -401,23 +438,58 @@ impl Network {
     /// The number of nodes known near `key` (this one included, down or not), and
     /// [`Network::candidates`]. A write needs W acknowledgements, or as many as there are
     /// nodes when the overlay is smaller than W; peers being down does not lower it.
+    ///
+    /// The local routing table knows a key's nearest nodes when the key is near this node
+    /// (Kademlia keeps every node of its own neighbourhood) or when it holds fewer peers
+    /// than asked for (a small overlay, all known); otherwise an iterative lookup asks
+    /// the overlay, as a Kademlia PUT does, and its answer is kept for
+    /// [`Config::placement_ttl`].
     async fn placement(&self, key: &[u8; 32]) -> Result<(usize, Vec<PeerId>), BlockError> {
-        let near = self
-            .dht
-            .closest(key.to_vec(), self.config.replicas + 4)
-            .await
-            .map_err(|e| BlockError::Unavailable {
-                needed: 1,
-                acks: 0,
-                reason: format!("overlay: {e}"),
-            })?;
+        let near = self.nearest(key, self.config.replicas + 4).await?;
         let known = near.len();
         let live = near
             .into_iter()
-            .map(|c| c.peer)
             .filter(|p| *p == self.me || !self.is_down(p))
             .collect();
         Ok((known, live))
+    }
+
+    /// The `wanted` nodes nearest to `key` (this one included), down or not, nearest
+    /// first: from the routing table when it knows, else from an overlay lookup (see
+    /// [`Network::placement`]).
+    async fn nearest(&self, key: &[u8; 32], wanted: usize) -> Result<Vec<PeerId>, BlockError> {
+        let overlay = |e: dht::Error| BlockError::Unavailable {
+            needed: 1,
+            acks: 0,
+            reason: format!("overlay: {e}"),
+        };
+        let local = self
+            .dht
+            .closest(key.to_vec(), wanted)
+            .await
+            .map_err(overlay)?;
+        let near_me = local
+            .iter()
+            .take(self.config.replicas)
+            .any(|c| c.peer == self.me);
+        let near: Vec<PeerId> = if near_me || local.len() < wanted {
+            local.into_iter().map(|c| c.peer).collect()
+        } else if let Some(found) = self.placements.get(key, self.config.placement_ttl) {
+            found
+        } else {
+            let found: Vec<PeerId> = self
+                .dht
+                .look_up_closest(key.to_vec(), wanted)
+                .await
+                .map_err(overlay)?
+                .into_iter()
+                .map(|c| c.peer)
+                .collect();
+            self.placements
+                .keep(*key, &found, self.config.placement_ttl);
+            found
+        };
+        Ok(near)
     }
 
     /// Sends one request to `peer` (answered locally for this node).
@@ -666,32 +738,28 @@ impl Blocks for Network {
 }
 
 impl Network {
-    /// See [`Blocks::get_versions_strict`]: the R nodes nearest the inode in the routing
-    /// table, down or not, must all answer.
+    /// See [`Blocks::get_versions_strict`]: the R + 4 nodes nearest the inode (from the
+    /// routing table, down or not, or an overlay lookup where the table cannot know) must
+    /// all answer.
     pub async fn versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        let near = self
-            .dht
-            .closest(inode.as_bytes().to_vec(), self.config.replicas)
-            .await
-            .map_err(|e| BlockError::Unavailable {
-                needed: 1,
-                acks: 0,
-                reason: format!("overlay: {e}"),
-            })?;
+        // Not only the R nearest: after churn a version may sit a little farther out until
+        // repair moves it, and a wrong "nothing there" here creates a second root or
+        // collects a chunk still in use.
+        let mut near = self
+            .nearest(inode.as_bytes(), self.config.replicas + 4)
+            .await?;
+        near.truncate(self.config.replicas + 4);
         // A node known to be down cannot answer: no decision, at once.
-        if let Some(down) = near
-            .iter()
-            .find(|c| c.peer != self.me && self.is_down(&c.peer))
-        {
+        if let Some(down) = near.iter().find(|p| **p != self.me && self.is_down(p)) {
             return Err(BlockError::Unavailable {
                 needed: near.len(),
                 acks: 0,
-                reason: format!("{} is down", down.peer),
+                reason: format!("{down} is down"),
             });
         }
         let answers = futures::future::join_all(
             near.iter()
-                .map(|c| self.exchange(c.peer, Request::GetVersions { inode: inode.0 })),
+                .map(|p| self.exchange(*p, Request::GetVersions { inode: inode.0 })),
         )
         .await;
         let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
@@ -703,7 +771,7 @@ impl Network {
                     return Err(BlockError::Unavailable {
                         needed: near.len(),
                         acks: 0,
-                        reason: format!("{}: {other:?}", candidate.peer)
+                        reason: format!("{candidate}: {other:?}")
                             .chars()
                             .take(300)
                             .collect(),
@@ -784,57 +852,62 @@ impl Network {
 
 impl Network {
     /// Every version of `inode` that replicas hold, from at least `quorum` answers (or
-    /// as many as there are nodes near it, when fewer), merged and verified.
+    /// as many as there are nodes near it, when fewer), merged and verified. The R + 1
+    /// nearest are asked (and this node); when none of them holds a version, the next
+    /// nearest too: after nodes joined near the inode and before repair reached them, the
+    /// versions are a little farther out.
     pub async fn versions_from(
         &self,
         inode: InodeId,
         quorum: usize,
     ) -> Result<Vec<Verified>, BlockError> {
         let (known, candidates) = self.placement(inode.as_bytes()).await?;
-        let asked: Vec<PeerId> = candidates
-            .into_iter()
-            .take(self.config.replicas + 1)
-            .collect();
-        let mut answers = futures::future::join_all(
-            asked
-                .iter()
-                .map(|peer| self.exchange(*peer, Request::GetVersions { inode: inode.0 })),
-        )
-        .await;
-        // This node may hold versions while no longer among the nearest.
-        if !asked.contains(&self.me) {
-            answers.push(
-                self.exchange(self.me, Request::GetVersions { inode: inode.0 })
-                    .await,
-            );
-        }
+        let first = candidates.len().min(self.config.replicas + 1);
         let now = keys::now();
         let revocations = keys::Revocations::default();
         let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
         let mut answered = 0;
         let mut errors = Vec::new();
-        for (i, answer) in answers.into_iter().enumerate() {
-            let peer = asked.get(i).copied().unwrap_or(self.me);
-            match answer {
-                Ok(Response::Versions { signed }) => {
-                    answered += 1;
-                    for bytes in signed {
-                        // Checked at its signing time, like a replica does.
-                        match self.verified.verify_as(&bytes, &inode, now, &revocations) {
-                            Ok(v) => {
-                                found.insert(v.version, v);
-                            }
-                            Err(e) => {
-                                self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(%peer, %inode, error = %e, "a replica served a version that does not verify");
+        for (round, batch) in [&candidates[..first], &candidates[first..]]
+            .into_iter()
+            .enumerate()
+        {
+            if round > 0 && (!found.is_empty() || batch.is_empty()) {
+                break;
+            }
+            let mut asked: Vec<PeerId> = batch.to_vec();
+            // This node may hold versions while no longer among the nearest.
+            if round == 0 && !asked.contains(&self.me) {
+                asked.push(self.me);
+            }
+            let answers = futures::future::join_all(
+                asked
+                    .iter()
+                    .map(|peer| self.exchange(*peer, Request::GetVersions { inode: inode.0 })),
+            )
+            .await;
+            for (peer, answer) in asked.iter().zip(answers) {
+                match answer {
+                    Ok(Response::Versions { signed }) => {
+                        answered += 1;
+                        for bytes in signed {
+                            // Checked at its signing time, like a replica does.
+                            match self.verified.verify_as(&bytes, &inode, now, &revocations) {
+                                Ok(v) => {
+                                    found.insert(v.version, v);
+                                }
+                                Err(e) => {
+                                    self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(%peer, %inode, error = %e, "a replica served a version that does not verify");
+                                }
                             }
                         }
                     }
+                    Ok(Response::NotFound) => answered += 1,
+                    Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
+                    Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
+                    Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
                 }
-                Ok(Response::NotFound) => answered += 1,
-                Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
-                Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
-                Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
             }
         }
         let needed = quorum.min(known).max(1);

@@ -71,6 +71,34 @@ impl Identity {
         }
     }
 
+    /// The identity whose signing key is `signing` and whose X25519 key is derived from
+    /// it, for a principal that already has its signing key (a node's, a simulated
+    /// user's): the same signing key always gives the same identity.
+    pub fn from_signing_key(signing: SigningKey) -> Self {
+        let mut ikm = blake3::derive_key(
+            "blocktree 2026-11 encryption key from signing key v1",
+            signing.to_bytes().as_ref(),
+        );
+        let (encryption, _) = Kem::derive_keypair(&ikm);
+        zeroize::Zeroize::zeroize(&mut ikm);
+        Identity {
+            signing,
+            encryption,
+        }
+    }
+
+    /// The first data key of the anchor `anchor` (a tree's root, named by its inode id)
+    /// when this principal creates it. Derived rather than drawn: two clients of one
+    /// principal that each find the root missing (its replicas out of reach) and create
+    /// it write versions that open with the same key, so a reader merges them instead of
+    /// failing on one. Only the principal's secret key gives it.
+    pub fn anchor_key(&self, anchor: &[u8]) -> crate::DataKey {
+        let mut hasher = blake3::Hasher::new_derive_key("blocktree 2026-11 anchor data key v1");
+        hasher.update(self.signing.to_bytes().as_ref());
+        hasher.update(anchor);
+        crate::DataKey::from_bytes(*hasher.finalize().as_bytes())
+    }
+
     /// The signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing
@@ -189,6 +217,36 @@ mod tests {
         assert_eq!(back.principal(), id.principal());
         assert_eq!(back.public().encryption, id.public().encryption);
         assert!(Identity::from_secret_bytes(b"junk").is_err());
+    }
+
+    #[test]
+    fn an_identity_from_a_signing_key_is_that_keys_and_always_the_same() {
+        let key = SigningKey::generate();
+        let a = Identity::from_signing_key(key.clone());
+        let b = Identity::from_signing_key(key.clone());
+        assert_eq!(a.principal(), key.principal());
+        assert_eq!(a.public().encryption, b.public().encryption);
+        a.public().verify().unwrap();
+        let other = Identity::from_signing_key(SigningKey::generate());
+        assert_ne!(a.public().encryption, other.public().encryption);
+    }
+
+    #[test]
+    fn anchor_keys_are_the_principals_own_and_per_anchor() {
+        let id = Identity::generate();
+        assert_eq!(
+            id.anchor_key(b"a").as_bytes(),
+            id.anchor_key(b"a").as_bytes()
+        );
+        assert_ne!(
+            id.anchor_key(b"a").as_bytes(),
+            id.anchor_key(b"b").as_bytes()
+        );
+        let other = Identity::generate();
+        assert_ne!(
+            id.anchor_key(b"a").as_bytes(),
+            other.anchor_key(b"a").as_bytes()
+        );
     }
 
     #[test]

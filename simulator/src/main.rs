@@ -206,6 +206,52 @@ fn table(report: &simulator::Report) -> String {
         format!("{:.4}", a.delivery_ratio),
         format!("{:.4}", w.delivery_ratio),
     );
+    if report.files_written > 0 || a.puts_ok + a.puts_failed > 0 {
+        row(
+            "files: puts acknowledged / failed",
+            format!("{} / {}", a.puts_ok, a.puts_failed),
+            format!("{} / {}", w.puts_ok, w.puts_failed),
+        );
+        row(
+            "files: gets read back / failed",
+            format!("{} / {}", a.gets_ok, a.gets_failed),
+            format!("{} / {}", w.gets_ok, w.gets_failed),
+        );
+        row(
+            "data availability",
+            format!("{:.4}", a.availability),
+            format!("{:.4}", w.availability),
+        );
+        row(
+            "put p50 / get p50 / get p99 (ms, real time)",
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                a.put_latency_p50_ms, a.get_latency_p50_ms, a.get_latency_p99_ms
+            ),
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                w.put_latency_p50_ms, w.get_latency_p50_ms, w.get_latency_p99_ms
+            ),
+        );
+        row(
+            "repair: copies / MiB sent",
+            format!(
+                "{} / {:.1}",
+                a.repair_copies,
+                a.repair_bytes as f64 / 1048576.0
+            ),
+            format!(
+                "{} / {:.1}",
+                w.repair_copies,
+                w.repair_bytes as f64 / 1048576.0
+            ),
+        );
+        row(
+            "files acknowledged / lost (unreadable at the end)",
+            format!("{} / {}", report.files_written, report.files_lost),
+            String::new(),
+        );
+    }
     row(
         "resolutions of paths still registering (not counted)",
         report.not_yet_registered.to_string(),

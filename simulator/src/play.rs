@@ -16,6 +16,11 @@
 //! - **Pub-sub delivery**: of the subscribers that were on line from [`SETTLE`] before a
 //!   publication until [`DEADLINE`] after it, the share that received it within the
 //!   deadline.
+//! - **Files** (when the scenario has a file workload): puts acknowledged or failed; gets
+//!   of acknowledged files that read back the same bytes (availability), failed, or
+//!   came before the put was acknowledged (counted apart); repair's copies and bytes
+//!   per window and the items nodes on line still count as lacking copies; at the end,
+//!   a node that never took part reads every acknowledged file (lost: it cannot).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::files::{Disk, Mounted, Owner};
 use crate::scenario::Scenario;
 use crate::schedule::{EventKind, Schedule};
 
@@ -92,6 +98,30 @@ pub struct Window {
     /// How late the window's events were played, at most, in real seconds (a machine
     /// that cannot keep up with the time scale falls behind).
     pub lag_secs: f64,
+    /// Files put and acknowledged.
+    pub puts_ok: u64,
+    /// Puts that failed.
+    pub puts_failed: u64,
+    /// Gets of acknowledged files that read back what was put.
+    pub gets_ok: u64,
+    /// Gets of acknowledged files that failed.
+    pub gets_failed: u64,
+    /// Gets of files whose put was not (yet) acknowledged.
+    pub gets_not_yet_written: u64,
+    /// Puts and gets that failed because the node they went through left meanwhile
+    /// (not counted as either).
+    pub files_interrupted: u64,
+    /// Latency of successful gets, p50, milliseconds (real time).
+    pub get_latency_p50_ms: f64,
+    /// And p99.
+    pub get_latency_p99_ms: f64,
+    /// Copies repair sent in the window, all nodes.
+    pub repair_copies: u64,
+    /// Bytes repair sent in the window, all nodes.
+    pub repair_bytes: u64,
+    /// Items the nodes on line counted as lacking copies after their last repair round
+    /// (sampled at the window's start).
+    pub under_replicated: u64,
 }
 
 /// Figures over a stretch of windows.
@@ -121,6 +151,26 @@ pub struct Totals {
     pub delivered: u64,
     /// delivered / deliveries_due.
     pub delivery_ratio: f64,
+    /// Files put and acknowledged.
+    pub puts_ok: u64,
+    /// Puts that failed.
+    pub puts_failed: u64,
+    /// Gets of acknowledged files that read back what was put.
+    pub gets_ok: u64,
+    /// Gets of acknowledged files that failed.
+    pub gets_failed: u64,
+    /// gets_ok / (gets_ok + gets_failed): data availability.
+    pub availability: f64,
+    /// Latency of successful puts, p50, milliseconds (real time).
+    pub put_latency_p50_ms: f64,
+    /// Latency of successful gets, p50, milliseconds (real time).
+    pub get_latency_p50_ms: f64,
+    /// And p99.
+    pub get_latency_p99_ms: f64,
+    /// Copies repair sent.
+    pub repair_copies: u64,
+    /// Bytes repair sent.
+    pub repair_bytes: u64,
 }
 
 /// The run's report.
@@ -156,6 +206,12 @@ pub struct Report {
     pub peak_live: u32,
     /// Peak resident set per node at the peak, MiB (the whole process, runtime included).
     pub rss_per_node_mib: f64,
+    /// Files whose put was acknowledged.
+    pub files_written: u64,
+    /// Of those, files a node that never took part could not read at the end.
+    pub files_lost: u64,
+    /// Why puts and gets failed, and how often (the first words of each error).
+    pub file_errors: BTreeMap<String, u64>,
     /// Choices below the overlay that let many nodes share one process.
     pub notes: Vec<String>,
 }
@@ -166,6 +222,7 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
     address: Multiaddr,
     registered: Vec<bool>,
+    files: Option<Mounted>,
 }
 
 /// Who received which publication, and when: message → node → first receipt.
@@ -188,6 +245,19 @@ enum Outcome {
     },
     Failed {
         window: usize,
+    },
+    Put {
+        file: u32,
+        via: (u32, u64),
+        window: usize,
+        latency: Duration,
+        result: Result<(), String>,
+    },
+    Got {
+        via: (u32, u64),
+        window: usize,
+        latency: Duration,
+        result: Result<(), String>,
     },
 }
 
@@ -239,6 +309,8 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 struct Samples {
     latencies: Vec<f64>,
     hops: Vec<f64>,
+    put_latencies: Vec<f64>,
+    get_latencies: Vec<f64>,
 }
 
 /// Plays `schedule` and reports; `progress` is called with the share done (0 to 1) and
@@ -267,6 +339,13 @@ pub async fn play(
     let tree = Path::root_of(root.principal());
     // Each node keeps its key from session to session, as a real machine does.
     let node_keys: Vec<SigningKey> = (0..scenario.nodes).map(|_| next_key()).collect();
+    // Drawn after the nodes' keys, so that a file workload leaves their PeerIds alone.
+    let owner = scenario
+        .files
+        .enabled()
+        .then(|| Owner::new(next_key(), scenario, schedule.seed));
+    let mut disks: HashMap<u32, Disk> = HashMap::new();
+    let mut written: Vec<bool> = Vec::new();
     let scale = scenario.time_scale;
     let window_ms = 60_000u64;
     let windows = (scenario.duration_secs * 1000).div_ceil(window_ms).max(1) as usize;
@@ -322,10 +401,22 @@ pub async fn play(
             .join(&format!("p{name}"))
             .ok()
     };
+    if owner.is_some() {
+        report.notes.push(format!(
+            "files: R = {}, W = {}; a node's block store outlives its off-line spells (a disk); \
+             chunks read through a node are cached there, inode versions for {} ms",
+            scenario.files.replicas,
+            scenario.files.write_quorum,
+            fs::net::VERSIONS_TTL.as_millis()
+        ));
+    }
+    // Repair's copies and bytes, all nodes, at each window's start.
+    let mut repair_marks: Vec<Option<(u64, u64)>> = vec![None; windows];
     let mut state = Tally {
         report: &mut report,
         samples: &mut samples,
         requests: &mut requests,
+        written: &mut written,
     };
     for (done, event) in schedule.events.iter().enumerate() {
         let due = begin + Duration::from_secs_f64(event.at_ms as f64 / 1000.0 / scale);
@@ -353,6 +444,20 @@ pub async fn play(
             w.connections_mean = connections;
             w.routing_table_mean = routing;
             w.rss_mib = rss;
+            if owner.is_some() {
+                use std::sync::atomic::Ordering::Relaxed;
+                let (mut copies, mut bytes) = (0, 0);
+                for disk in disks.values() {
+                    copies += disk.repair().copies_sent.load(Relaxed);
+                    bytes += disk.repair().bytes_sent.load(Relaxed);
+                }
+                repair_marks[window] = Some((copies, bytes));
+                w.under_replicated = nodes
+                    .keys()
+                    .filter_map(|n| disks.get(n))
+                    .map(|d| d.repair().under_replicated.load(Relaxed))
+                    .sum();
+            }
         }
         match event.kind {
             EventKind::Join { node } => {
@@ -365,11 +470,21 @@ pub async fn play(
                 let Some(key) = node_keys.get(node as usize).cloned() else {
                     continue;
                 };
-                let Some(running) =
+                let Some(mut running) =
                     join(scenario, key, bootstrap, node, topics, receipts.clone()).await
                 else {
                     continue;
                 };
+                if owner.is_some() {
+                    if let std::collections::hash_map::Entry::Vacant(e) = disks.entry(node)
+                        && let Ok(disk) = Disk::new(&running.key)
+                    {
+                        e.insert(disk);
+                    }
+                    running.files = disks.get(&node).and_then(|disk| {
+                        Mounted::start(scenario, disk, &running.key, &running.client).ok()
+                    });
+                }
                 epochs.entry(node).and_modify(|e| *e += 1).or_insert(0);
                 let peer = running.key.peer_id();
                 peers.insert(node, peer);
@@ -481,6 +596,63 @@ pub async fn play(
                         .await;
                 });
             }
+            EventKind::Put { via, file } => {
+                let (Some(owner), Some(network)) = (
+                    &owner,
+                    nodes
+                        .get(&via)
+                        .and_then(|n| n.files.as_ref())
+                        .map(|f| f.network().clone()),
+                ) else {
+                    continue;
+                };
+                let owner = owner.clone();
+                let outcomes = outcomes.clone();
+                let via = (via, epochs.get(&via).copied().unwrap_or(0));
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = owner.put(network, file).await;
+                    let _ = outcomes
+                        .send(Outcome::Put {
+                            file,
+                            via,
+                            window,
+                            latency: started.elapsed(),
+                            result,
+                        })
+                        .await;
+                });
+            }
+            EventKind::Get { via, file } => {
+                let (Some(owner), Some(network)) = (
+                    &owner,
+                    nodes
+                        .get(&via)
+                        .and_then(|n| n.files.as_ref())
+                        .map(|f| f.network().clone()),
+                ) else {
+                    continue;
+                };
+                if !state.written.get(file as usize).copied().unwrap_or(false) {
+                    state.report.windows[window].gets_not_yet_written += 1;
+                    continue;
+                }
+                let owner = owner.clone();
+                let outcomes = outcomes.clone();
+                let via = (via, epochs.get(&via).copied().unwrap_or(0));
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = owner.get(network, file).await;
+                    let _ = outcomes
+                        .send(Outcome::Got {
+                            via,
+                            window,
+                            latency: started.elapsed(),
+                            result,
+                        })
+                        .await;
+                });
+            }
         }
         let live = nodes.len() as u32;
         state.report.windows[window].live = live;
@@ -496,6 +668,32 @@ pub async fn play(
         state.record(o, &mut nodes, &epochs);
     }
     let end = Instant::now();
+    if let Some(owner) = &owner {
+        let files: Vec<u32> = (0..state.written.len() as u32)
+            .filter(|f| state.written[*f as usize])
+            .collect();
+        state.report.files_written = files.len() as u64;
+        let bootstrap = nodes.values().next().map(|n| n.address.clone());
+        let auditor = next_key();
+        state.report.files_lost = audit(scenario, auditor, bootstrap, owner, &files).await;
+    }
+    // Repair's traffic per window: the difference of the marks around it.
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut copies, mut bytes) = (0, 0);
+        for disk in disks.values() {
+            copies += disk.repair().copies_sent.load(Relaxed);
+            bytes += disk.repair().bytes_sent.load(Relaxed);
+        }
+        let mut next = (copies, bytes);
+        for (w, mark) in state.report.windows.iter_mut().zip(&repair_marks).rev() {
+            if let Some(mark) = mark {
+                w.repair_copies = next.0.saturating_sub(mark.0);
+                w.repair_bytes = next.1.saturating_sub(mark.1);
+                next = *mark;
+            }
+        }
+    }
     for running in nodes.into_values() {
         let _ = running.client.shutdown().await;
         running.task.abort();
@@ -512,6 +710,8 @@ pub async fn play(
     for (w, s) in report.windows.iter_mut().zip(samples.iter_mut()) {
         w.latency_p50_ms = percentile(&mut s.latencies, 50.0);
         w.latency_p99_ms = percentile(&mut s.latencies, 99.0);
+        w.get_latency_p50_ms = percentile(&mut s.get_latencies, 50.0);
+        w.get_latency_p99_ms = percentile(&mut s.get_latencies, 99.0);
         w.hops_p50 = percentile(&mut s.hops, 50.0);
         w.hops_p99 = percentile(&mut s.hops, 99.0);
     }
@@ -573,7 +773,70 @@ async fn join(
         task,
         address,
         registered: vec![false; scenario.workload.registrations_per_session as usize],
+        files: None,
     })
+}
+
+/// Reads every file in `files` through a node that never took part (new key, empty
+/// store and caches), joined through `bootstrap`; returns how many it cannot read, each
+/// tried three times.
+async fn audit(
+    scenario: &Scenario,
+    key: SigningKey,
+    bootstrap: Option<Multiaddr>,
+    owner: &Owner,
+    files: &[u32],
+) -> u64 {
+    let lost = files.len() as u64;
+    let Ok(store) = dht::Store::in_memory(10_000) else {
+        return lost;
+    };
+    let Ok((client, task)) = dht::start(
+        key.clone(),
+        node_config(scenario, bootstrap),
+        store,
+        dht::Transports::MemoryPlaintext,
+    )
+    .await
+    else {
+        return lost;
+    };
+    let Ok(disk) = Disk::new(&key) else {
+        return lost;
+    };
+    let Ok(mounted) = Mounted::start(scenario, &disk, &key, &client) else {
+        return lost;
+    };
+    // Time to fill its routing table.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if client.status().await.is_ok_and(|s| s.routing_table >= 20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut reads = tokio::task::JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(8));
+    for &file in files {
+        let (owner, network, limit) = (owner.clone(), mounted.network().clone(), limit.clone());
+        reads.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            for _ in 0..3 {
+                if owner.get(network.clone(), file).await.is_ok() {
+                    return true;
+                }
+            }
+            false
+        });
+    }
+    let mut missing = 0;
+    while let Some(read) = reads.join_next().await {
+        missing += u64::from(!matches!(read, Ok(true)));
+    }
+    drop(mounted);
+    let _ = client.shutdown().await;
+    task.abort();
+    missing
 }
 
 /// The rounds an α = 3 iterative lookup for `key` from `me` takes, asking each node's
@@ -681,6 +944,9 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
     };
     let mut latencies = Vec::new();
     let mut hops = Vec::new();
+    let mut put_latencies = Vec::new();
+    let mut get_latencies = Vec::new();
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
     for (w, s) in windows.iter().zip(samples) {
         if w.at_secs < from_secs {
             continue;
@@ -690,10 +956,21 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         t.published += w.published;
         t.deliveries_due += w.deliveries_due;
         t.delivered += w.delivered;
+        t.puts_ok += w.puts_ok;
+        t.puts_failed += w.puts_failed;
+        t.gets_ok += w.gets_ok;
+        t.gets_failed += w.gets_failed;
+        t.repair_copies += w.repair_copies;
+        t.repair_bytes += w.repair_bytes;
         latencies.extend_from_slice(&s.latencies);
         hops.extend_from_slice(&s.hops);
+        put_latencies.extend_from_slice(&s.put_latencies);
+        get_latencies.extend_from_slice(&s.get_latencies);
     }
-    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    t.availability = ratio(t.gets_ok, t.gets_ok + t.gets_failed);
+    t.put_latency_p50_ms = percentile(&mut put_latencies, 50.0);
+    t.get_latency_p50_ms = percentile(&mut get_latencies, 50.0);
+    t.get_latency_p99_ms = percentile(&mut get_latencies, 99.0);
     t.success_rate = ratio(t.resolved, t.resolved + t.failed);
     t.delivery_ratio = ratio(t.delivered, t.deliveries_due);
     t.latency_p50_ms = percentile(&mut latencies, 50.0);
@@ -735,14 +1012,42 @@ pub fn rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Whether `node` is still in the session `epoch`.
+fn on_line(
+    nodes: &BTreeMap<u32, Running>,
+    epochs: &HashMap<u32, u64>,
+    (node, epoch): (u32, u64),
+) -> bool {
+    nodes.contains_key(&node) && epochs.get(&node) == Some(&epoch)
+}
+
 /// Where outcomes are counted.
 struct Tally<'a> {
     report: &'a mut Report,
     samples: &'a mut [Samples],
     requests: &'a mut Vec<f64>,
+    /// Files whose put was acknowledged, by number.
+    written: &'a mut Vec<bool>,
 }
 
 impl Tally<'_> {
+    /// Counts an error by its first words after the path (the rest names items and
+    /// peers).
+    fn error(&mut self, what: &str, result: Result<(), String>) {
+        if let Err(e) = result {
+            let e = match e.split_once(": ") {
+                Some((path, rest)) if path.starts_with('/') => rest,
+                _ => e.as_str(),
+            };
+            let words: Vec<&str> = e.split_whitespace().take(10).collect();
+            *self
+                .report
+                .file_errors
+                .entry(format!("{what}: {}", words.join(" ")))
+                .or_insert(0) += 1;
+        }
+    }
+
     fn record(
         &mut self,
         outcome: Outcome,
@@ -782,6 +1087,58 @@ impl Tally<'_> {
                 if let Some(w) = self.report.windows.get_mut(window) {
                     w.failed += 1;
                 }
+            }
+            Outcome::Put {
+                file,
+                via,
+                window,
+                latency,
+                result,
+            } => {
+                let ok = result.is_ok();
+                if !ok && !on_line(nodes, epochs, via) {
+                    if let Some(w) = self.report.windows.get_mut(window) {
+                        w.files_interrupted += 1;
+                    }
+                    return;
+                }
+                if ok {
+                    let file = file as usize;
+                    if self.written.len() <= file {
+                        self.written.resize(file + 1, false);
+                    }
+                    self.written[file] = true;
+                    if let Some(s) = self.samples.get_mut(window) {
+                        s.put_latencies.push(latency.as_secs_f64() * 1000.0);
+                    }
+                }
+                if let Some(w) = self.report.windows.get_mut(window) {
+                    w.puts_ok += u64::from(ok);
+                    w.puts_failed += u64::from(!ok);
+                }
+                self.error("put", result);
+            }
+            Outcome::Got {
+                via,
+                window,
+                latency,
+                result,
+            } => {
+                let ok = result.is_ok();
+                if !ok && !on_line(nodes, epochs, via) {
+                    if let Some(w) = self.report.windows.get_mut(window) {
+                        w.files_interrupted += 1;
+                    }
+                    return;
+                }
+                if let Some(w) = self.report.windows.get_mut(window) {
+                    w.gets_ok += u64::from(ok);
+                    w.gets_failed += u64::from(!ok);
+                }
+                if ok && let Some(s) = self.samples.get_mut(window) {
+                    s.get_latencies.push(latency.as_secs_f64() * 1000.0);
+                }
+                self.error("get", result);
             }
         }
     }

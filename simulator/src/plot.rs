@@ -15,7 +15,8 @@ struct Panel {
 }
 
 /// Draws `report` as an SVG document: live nodes, lookup success rate, latency, hops,
-/// pub-sub delivery ratio, and connections per node, each over simulated minutes.
+/// pub-sub delivery ratio, connections per node and, when the run had a file workload,
+/// data availability and repair traffic, each over simulated minutes.
 pub fn svg(report: &Report) -> Result<String, String> {
     let minutes = |f: &dyn Fn(&crate::play::Window) -> Option<f64>| -> Vec<(f64, f64)> {
         report
@@ -45,7 +46,15 @@ pub fn svg(report: &Report) -> Result<String, String> {
     let delivery = minutes(&|w| rate(w.delivered, w.deliveries_due));
     let connections = minutes(&|w| (w.live > 0).then_some(w.connections_mean));
     let routing = minutes(&|w| (w.live > 0).then_some(w.routing_table_mean));
-    let panels = vec![
+    let files = report.files_written > 0
+        || report
+            .windows
+            .iter()
+            .any(|w| w.puts_ok + w.puts_failed + w.gets_ok + w.gets_failed > 0);
+    let available = minutes(&|w| rate(w.gets_ok, w.gets_ok + w.gets_failed));
+    let repair_kib = minutes(&|w| Some(w.repair_bytes as f64 / 1024.0));
+    let under = minutes(&|w| Some(w.under_replicated as f64));
+    let mut panels = vec![
         Panel {
             title: "nodes on line",
             y: (0.0, max(&live) * 1.1),
@@ -80,10 +89,27 @@ pub fn svg(report: &Report) -> Result<String, String> {
             ],
         },
     ];
+    if files {
+        panels.push(Panel {
+            title: "data availability",
+            y: (floor(&available), 1.001),
+            series: vec![("gets read back / gets", GREEN, available)],
+        });
+        panels.push(Panel {
+            title: "repair",
+            y: (0.0, max(&repair_kib).max(max(&under)) * 1.1),
+            series: vec![
+                ("KiB sent", BLUE, repair_kib),
+                ("items lacking copies", RED, under),
+            ],
+        });
+    }
+    let rows = panels.len().div_ceil(2);
     let end = (report.windows.len() as f64).max(1.0);
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (1200, 1100)).into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut out, (1200, 30 + 360 * rows as u32)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let title = format!(
             "btsim {}: {} nodes, seed {}, {}x",
@@ -92,7 +118,7 @@ pub fn svg(report: &Report) -> Result<String, String> {
         let root = root
             .titled(&title, ("sans-serif", 22))
             .map_err(|e| e.to_string())?;
-        for (area, panel) in root.split_evenly((3, 2)).iter().zip(panels) {
+        for (area, panel) in root.split_evenly((rows, 2)).iter().zip(panels) {
             let mut chart = ChartBuilder::on(area)
                 .caption(panel.title, ("sans-serif", 16))
                 .margin(10)

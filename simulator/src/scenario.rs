@@ -29,6 +29,8 @@ pub struct Scenario {
     pub churn: Churn,
     /// What nodes do.
     pub workload: Workload,
+    /// The file system's workload and settings.
+    pub files: Files,
     /// The nodes' maintenance timers.
     pub node: NodeTimers,
 }
@@ -45,6 +47,7 @@ impl Default for Scenario {
             warm_up_secs: 1800,
             churn: Churn::default(),
             workload: Workload::default(),
+            files: Files::default(),
             node: NodeTimers::default(),
         }
     }
@@ -131,6 +134,54 @@ impl Default for Workload {
             topics: 4,
             publishes_per_sec: 1.0,
         }
+    }
+}
+
+/// The file system's workload: one user (the owner of a tree, with its key) puts files
+/// through a node on line and gets them back through another; every node keeps a block
+/// store that survives its off-line spells (a machine's disk) and runs repair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Files {
+    /// New files per second across the whole network (0: no file system at all).
+    pub puts_per_sec: f64,
+    /// Reads per second across the whole network, each of a file put earlier.
+    pub gets_per_sec: f64,
+    /// Bytes per file.
+    pub file_bytes: u32,
+    /// Plaintext bytes per chunk.
+    pub chunk_bytes: u32,
+    /// Copies of every chunk and inode (R).
+    pub replicas: u32,
+    /// Acknowledgements a write needs (W).
+    pub write_quorum: u32,
+    /// Simulated seconds between repair rounds when membership does not change.
+    pub repair_secs: f64,
+}
+
+impl Default for Files {
+    /// A file of 64 KiB (4 chunks) every 20 simulated seconds, a read every 2 seconds;
+    /// R = 3, W = 2, repair every minute and after membership changes (the node's
+    /// defaults).
+    fn default() -> Self {
+        let repair = fs::repair::Config::new();
+        let net = fs::net::Config::new();
+        Files {
+            puts_per_sec: 0.05,
+            gets_per_sec: 0.5,
+            file_bytes: 64 * 1024,
+            chunk_bytes: 16 * 1024,
+            replicas: net.replicas as u32,
+            write_quorum: net.write_quorum as u32,
+            repair_secs: repair.interval.as_secs_f64(),
+        }
+    }
+}
+
+impl Files {
+    /// Whether the nodes run the file system at all.
+    pub fn enabled(&self) -> bool {
+        self.puts_per_sec > 0.0
     }
 }
 
@@ -272,6 +323,48 @@ impl Scenario {
         let rate = self.workload.resolves_per_sec;
         if !(rate.is_finite() && (0.0..=10_000.0).contains(&rate)) {
             return Err(out("workload.resolves_per_sec", rate, "from 0 to 10000"));
+        }
+        let files = &self.files;
+        for (field, rate) in [
+            ("files.puts_per_sec", files.puts_per_sec),
+            ("files.gets_per_sec", files.gets_per_sec),
+        ] {
+            if !(rate.is_finite() && (0.0..=1000.0).contains(&rate)) {
+                return Err(out(field, rate, "from 0 to 1000"));
+            }
+        }
+        if !(1..=16 << 20).contains(&files.file_bytes) {
+            return Err(out(
+                "files.file_bytes",
+                files.file_bytes,
+                "from 1 to 16 MiB",
+            ));
+        }
+        if !(1..=fs::chunk::MAX_CHUNK_SIZE as u32).contains(&files.chunk_bytes) {
+            return Err(out(
+                "files.chunk_bytes",
+                files.chunk_bytes,
+                "from 1 to the largest chunk (1 MiB)",
+            ));
+        }
+        if !(1..=20).contains(&files.replicas) {
+            return Err(out("files.replicas", files.replicas, "from 1 to 20"));
+        }
+        if !(1..=files.replicas).contains(&files.write_quorum) {
+            return Err(out(
+                "files.write_quorum",
+                files.write_quorum,
+                "from 1 to files.replicas",
+            ));
+        }
+        if !(files.repair_secs.is_finite()
+            && (0.001..=MAX_DURATION_SECS as f64).contains(&files.repair_secs))
+        {
+            return Err(out(
+                "files.repair_secs",
+                files.repair_secs,
+                "from 0.001 to 30 days",
+            ));
         }
         let node = &self.node;
         for (field, value) in [

@@ -70,6 +70,21 @@ pub enum EventKind {
         /// The message's number.
         message: u64,
     },
+    /// The tree's owner puts file number `file` (counted from 0 over the run) through
+    /// node `via`.
+    Put {
+        /// The node the owner uses.
+        via: u32,
+        /// The file's number.
+        file: u32,
+    },
+    /// The owner gets file number `file`, put earlier, through node `via`.
+    Get {
+        /// The node the owner uses.
+        via: u32,
+        /// The file's number.
+        file: u32,
+    },
 }
 
 /// A scenario's events, in the order to play them.
@@ -98,6 +113,10 @@ pub struct Summary {
     pub resolves: u64,
     /// Publications.
     pub publishes: u64,
+    /// Files put.
+    pub puts: u64,
+    /// Files read.
+    pub gets: u64,
     /// Fewest nodes on line at once after the warm-up.
     pub live_min: u32,
     /// Most nodes on line at once.
@@ -110,6 +129,8 @@ pub struct Summary {
 const CHURN: u64 = 1;
 const WORKLOAD: u64 = 2;
 const PUBSUB: u64 = 4;
+const PUTS: u64 = 5;
+const GETS: u64 = 6;
 
 fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -218,6 +239,8 @@ impl Schedule {
                 EventKind::Register { .. } => summary.registrations += 1,
                 EventKind::Resolve { .. } => summary.resolves += 1,
                 EventKind::Publish { .. } => summary.publishes += 1,
+                EventKind::Put { .. } => summary.puts += 1,
+                EventKind::Get { .. } => summary.gets += 1,
             }
             summary.live_max = summary.live_max.max(live);
             if event.at_ms >= warm_up_end {
@@ -268,10 +291,10 @@ impl Arrivals {
         &mut self,
         until: u64,
         events: &mut Vec<Event>,
-        mut arrive: impl FnMut(&mut ChaCha8Rng) -> Option<EventKind>,
+        mut arrive: impl FnMut(&mut ChaCha8Rng, u64) -> Option<EventKind>,
     ) -> Result<(), ScenarioError> {
         while self.next < until {
-            if let Some(kind) = arrive(&mut self.rng) {
+            if let Some(kind) = arrive(&mut self.rng, self.next) {
                 events.push(Event {
                     at_ms: self.next,
                     kind,
@@ -287,8 +310,9 @@ impl Arrivals {
 }
 
 /// Merges the workload into the churn events: Poisson processes of resolutions (between
-/// nodes on line at the moment) and of publications (by a node on line), each on its own
-/// generator stream so that changing one leaves the other as it was.
+/// nodes on line at the moment), of publications (by a node on line), of file puts and
+/// of gets (through a node on line, of a file put before), each on its own generator
+/// stream so that changing one leaves the others as they were.
 fn add_workload(
     scenario: &Scenario,
     seed: u64,
@@ -305,6 +329,16 @@ fn add_workload(
     let mut publishes = Arrivals::new(seed, PUBSUB, workload.publishes_per_sec);
     let topics = workload.topics.max(1);
     let mut message = 0u64;
+    let files = &scenario.files;
+    let (mut puts, mut gets) = if files.enabled() {
+        (
+            Arrivals::new(seed, PUTS, files.puts_per_sec),
+            Arrivals::new(seed, GETS, files.gets_per_sec),
+        )
+    } else {
+        (None, None)
+    };
+    let mut put_times: Vec<u64> = Vec::new();
     // The nodes on line, with each one's place in the list, for O(1) draws.
     let mut live: Vec<u32> = Vec::new();
     let mut place: Vec<Option<usize>> = vec![None; scenario.nodes as usize];
@@ -312,7 +346,7 @@ fn add_workload(
     let mut arrivals = |until: u64, live: &[u32], events: &mut Vec<Event>| {
         let until = until.min(end);
         if let Some(resolves) = &mut resolves {
-            resolves.until(until, events, |rng| {
+            resolves.until(until, events, |rng, _| {
                 if live.is_empty() {
                     return None;
                 }
@@ -323,7 +357,7 @@ fn add_workload(
             })?;
         }
         if let Some(publishes) = &mut publishes {
-            publishes.until(until, events, |rng| {
+            publishes.until(until, events, |rng, _| {
                 if live.is_empty() {
                     return None;
                 }
@@ -335,6 +369,31 @@ fn add_workload(
                     topic,
                     message: message - 1,
                 })
+            })?;
+        }
+        if let Some(puts) = &mut puts {
+            puts.until(until, events, |rng, at| {
+                if live.is_empty() {
+                    return None;
+                }
+                let via = live[rng.gen_range(0..live.len())];
+                put_times.push(at);
+                Some(EventKind::Put {
+                    via,
+                    file: (put_times.len() - 1) as u32,
+                })
+            })?;
+        }
+        if let Some(gets) = &mut gets {
+            gets.until(until, events, |rng, at| {
+                // Of the files put before this moment.
+                let files = put_times.partition_point(|&t| t < at);
+                if live.is_empty() || files == 0 {
+                    return None;
+                }
+                let via = live[rng.gen_range(0..live.len())];
+                let file = rng.gen_range(0..files) as u32;
+                Some(EventKind::Get { via, file })
             })?;
         }
         Ok::<(), ScenarioError>(())
@@ -391,6 +450,7 @@ mod tests {
         let mut online = vec![false; scenario.nodes as usize];
         let mut last = 0;
         let mut messages = 0;
+        let mut put_at = Vec::new();
         for event in &schedule.events {
             assert!(event.at_ms >= last, "time went back at {event:?}");
             assert!(event.at_ms < scenario.duration_secs * 1000);
@@ -421,6 +481,18 @@ mod tests {
                     assert!(topic < scenario.workload.topics);
                     assert_eq!(message, messages, "messages are numbered in order");
                     messages += 1;
+                }
+                EventKind::Put { via, file } => {
+                    assert!(online[via as usize]);
+                    assert_eq!(file as usize, put_at.len(), "files are numbered in order");
+                    put_at.push(event.at_ms);
+                }
+                EventKind::Get { via, file } => {
+                    assert!(online[via as usize]);
+                    assert!(
+                        put_at.get(file as usize).is_some_and(|&t| t < event.at_ms),
+                        "{event:?} reads a file not yet put"
+                    );
                 }
             }
         }
@@ -500,6 +572,14 @@ mod tests {
         );
         assert_eq!(resolves(&a), resolves(&c));
         assert!(c.summary().publishes > 5 * a.summary().publishes);
+        // And so does the file workload.
+        let mut d = small(30, 3600);
+        d.files.puts_per_sec = 1.0;
+        d.files.gets_per_sec = 9.0;
+        let d = Schedule::generate(&d, 9).unwrap();
+        assert_eq!(resolves(&a), resolves(&d));
+        assert_eq!(churn(&a), churn(&d));
+        assert!(d.summary().gets > 3 * a.summary().gets);
     }
 
     #[test]
@@ -530,6 +610,7 @@ mod tests {
         assert!(summary.live_max <= 1000);
         assert!(summary.resolves > 30_000, "{summary:?}");
         assert!(summary.publishes > 6_000, "{summary:?}");
+        assert!(summary.puts > 300 && summary.gets > 3000, "{summary:?}");
         check_consistent(&Scenario::default(), &schedule);
     }
 
@@ -547,6 +628,8 @@ mod tests {
             rate in 0.0f64..20.0,
             topics in 1u32..8,
             publishes in 0.0f64..20.0,
+            puts in 0.0f64..5.0,
+            gets in 0.0f64..20.0,
             seed in any::<u64>(),
         ) {
             let mut scenario = small(nodes, secs);
@@ -560,6 +643,8 @@ mod tests {
                 topics,
                 publishes_per_sec: publishes,
             };
+            scenario.files.puts_per_sec = puts;
+            scenario.files.gets_per_sec = gets;
             let schedule = Schedule::generate(&scenario, seed).unwrap();
             check_consistent(&scenario, &schedule);
         }

@@ -50,6 +50,20 @@ async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_pub
     let sum = |f: fn(&simulator::Window) -> u64| report.windows.iter().map(f).sum::<u64>();
     assert_eq!(sum(|w| w.resolved), all.resolved);
     assert_eq!(sum(|w| w.delivered), all.delivered);
+    // Files: every put and get of the schedule is accounted for; some were written and
+    // read back (churn here is far faster than the default's, so no floor near 1).
+    assert!(summary.puts > 0 && summary.gets > 0);
+    let interrupted = sum(|w| w.files_interrupted);
+    let not_yet = sum(|w| w.gets_not_yet_written);
+    assert_eq!(
+        all.puts_ok + all.puts_failed + all.gets_ok + all.gets_failed + not_yet + interrupted,
+        summary.puts + summary.gets,
+        "every put and get of the schedule is accounted for"
+    );
+    assert_eq!(report.files_written, all.puts_ok);
+    assert!(all.puts_ok > 0 && all.gets_ok > 0, "{all:?}");
+    assert!(report.files_lost <= report.files_written);
+    assert!(all.repair_copies > 0 && all.repair_bytes > 0);
     // The plots are an SVG document with a panel per measure.
     let svg = simulator::plot::svg(&report).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -58,6 +72,8 @@ async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_pub
         "lookup success rate",
         "hops",
         "pub-sub delivery ratio",
+        "data availability",
+        "repair",
     ] {
         assert!(svg.contains(title), "{title} missing from the plots");
     }
