@@ -1,7 +1,9 @@
 //! Repair: every item a node holds is checked against the R peers it belongs on, and the
 //! copies they lack are sent to them, within a bandwidth budget.
 //!
-//! A round runs when membership changes (after a short settling delay) and periodically.
+//! A round runs when membership changes (after a short settling delay, at most once per
+//! [`Config::membership_gap`]) and periodically; scrubbing and collection only
+//! periodically.
 //! For every item it holds, a node asks the item's R nearest live peers which of them
 //! hold it (`Have`, batched per peer). The nearest holder among those peers and itself is
 //! responsible and sends the missing copies, so that holders do not all send the same
@@ -29,6 +31,9 @@ pub struct Config {
     pub interval: Duration,
     /// Wait after a membership change before a round. Default 2 s.
     pub settle: Duration,
+    /// Least time between two rounds started by membership changes (a node with
+    /// hundreds of connections sees one every few seconds). Default 10 s.
+    pub membership_gap: Duration,
     /// Bytes per second repair may send. Default 64 MiB/s.
     pub bandwidth: u64,
     /// Chunks re-read against their ids per round. Default 256.
@@ -43,6 +48,7 @@ impl Config {
         Config {
             interval: Duration::from_secs(60),
             settle: Duration::from_secs(2),
+            membership_gap: Duration::from_secs(10),
             bandwidth: 64 << 20,
             scrub_per_round: 256,
             gc: crate::gc::Config::new(),
@@ -157,21 +163,40 @@ pub fn spawn(
         let mut membership = membership;
         let mut scrub_cursor: Option<ChunkId> = None;
         let mut collector = crate::gc::Collector::new(config.gc.clone());
+        // Scrubbing and collection run at the interval; repair also after membership
+        // changes (once they settled), at most once per gap.
+        let now = tokio::time::Instant::now;
+        let mut next_full = now() + config.interval;
+        let mut last_change: Option<tokio::time::Instant> = None;
+        let mut pending: Option<tokio::time::Instant> = None;
         loop {
+            let wake = pending.map_or(next_full, |p| p.min(next_full));
             tokio::select! {
                 changed = membership.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    tokio::time::sleep(config.settle).await;
                     membership.borrow_and_update();
+                    if pending.is_none() {
+                        let gap_over = last_change.map_or(now(), |t| t + config.membership_gap);
+                        pending = Some(gap_over.max(now() + config.settle));
+                    }
+                    continue;
                 }
-                () = tokio::time::sleep(config.interval) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
-            scrub_cursor = scrub(&network, scrub_cursor, config.scrub_per_round, &counters).await;
-            // Collection first: a chunk found unreferenced is not copied around again.
-            if let Err(e) = collector.pass(&network, &counters.gc).await {
-                tracing::warn!(error = %e, "collecting unreferenced chunks failed");
+            if pending.is_some_and(|p| p <= now()) {
+                pending = None;
+                last_change = Some(now());
+            }
+            if now() >= next_full {
+                next_full = now() + config.interval;
+                scrub_cursor =
+                    scrub(&network, scrub_cursor, config.scrub_per_round, &counters).await;
+                // Collection first: a chunk found unreferenced is not copied around again.
+                if let Err(e) = collector.pass(&network, &counters.gc).await {
+                    tracing::warn!(error = %e, "collecting unreferenced chunks failed");
+                }
             }
             let skip = |c: &ChunkId| collector.unreferenced(c);
             if let Err(e) = round(&network, &config, &counters, &skip).await {

@@ -98,6 +98,7 @@ impl Mounted {
         let repair_config = repair::Config {
             interval: Duration::from_secs_f64((files.repair_secs / scenario.time_scale).max(0.001)),
             settle: node.settle.div_f64(scenario.time_scale.max(1.0)),
+            membership_gap: node.membership_gap.div_f64(scenario.time_scale.max(1.0)),
             ..node
         };
         let repairing = repair::spawn(

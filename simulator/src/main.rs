@@ -131,21 +131,21 @@ fn play(
         .progress_chars("=> "),
     );
     let mut shown = -1i64;
-    let report = runtime.block_on(simulator::play(&scenario, &schedule, |done, live| {
+    let report = runtime.block_on(simulator::play(&scenario, &schedule, |done, live, lag| {
         bar.set_position((done * 1000.0) as u64);
         // Not a terminal (a log, CI): a line every 5 %.
         let step = (done * 20.0) as i64;
         if bar.is_hidden() && step != shown {
             shown = step;
             eprintln!(
-                "{:3.0} % after {:.0} s, {live} nodes on line, {:.0} MiB",
+                "{:3.0} % after {:.0} s, {live} nodes on line, {:.0} MiB, events {lag:.1} s late",
                 done * 100.0,
                 bar.elapsed().as_secs_f64(),
                 simulator::play::rss_mib()
             );
         }
         bar.set_message(format!(
-            "{live} nodes on line, {:.0} MiB",
+            "{live} nodes on line, {:.0} MiB, {lag:.1} s late",
             simulator::play::rss_mib()
         ));
     }));

@@ -313,12 +313,12 @@ struct Samples {
     get_latencies: Vec<f64>,
 }
 
-/// Plays `schedule` and reports; `progress` is called with the share done (0 to 1) and
-/// the nodes on line.
+/// Plays `schedule` and reports; `progress` is called with the share done (0 to 1), the
+/// nodes on line and how late the last event was played (real seconds).
 pub async fn play(
     scenario: &Scenario,
     schedule: &Schedule,
-    mut progress: impl FnMut(f64, u32),
+    mut progress: impl FnMut(f64, u32, f64),
 ) -> Report {
     let started = std::time::Instant::now();
     // Keys come from the seed too (their own stream), so a seed replays the same PeerIds
@@ -658,7 +658,7 @@ pub async fn play(
         state.report.windows[window].live = live;
         state.report.peak_live = state.report.peak_live.max(live);
         if done % 64 == 0 {
-            progress(done as f64 / total as f64, live);
+            progress(done as f64 / total as f64, live, lag);
         }
     }
     // Let the last resolutions and deliveries finish.
@@ -721,7 +721,7 @@ pub async fn play(
     report.wall_secs = started.elapsed().as_secs_f64();
     report.peak_rss_mib = report.peak_rss_mib.max(rss_mib());
     report.rss_per_node_mib = report.peak_rss_mib / f64::from(report.peak_live.max(1));
-    progress(1.0, 0);
+    progress(1.0, 0, 0.0);
     report
 }
 

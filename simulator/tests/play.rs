@@ -14,8 +14,9 @@ async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_pub
     let schedule = Schedule::generate(&scenario, 11).unwrap();
     let summary = schedule.summary();
     let mut last = (0.0, 0);
-    let report = simulator::play(&scenario, &schedule, |done, live| {
+    let report = simulator::play(&scenario, &schedule, |done, live, lag| {
         assert!(done >= last.0, "progress goes forward");
+        assert!(lag >= 0.0);
         last = (done, live);
     })
     .await;
