@@ -975,17 +975,21 @@ impl EventLoop {
     fn closest(&mut self, key: Vec<u8>, count: usize) -> Vec<Candidate> {
         let target = kad::KBucketKey::new(kad::RecordKey::new(&key));
         let me = kad::KBucketKey::from(self.peer_id);
-        let mut peers: Vec<(kad::KBucketDistance, PeerId)> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_closest_local_peers(&target)
-            .take(count)
-            .map(|k| (k.distance(&target), *k.preimage()))
+        // Every entry of the table, then the nearest: a table holds a few hundred peers,
+        // and Kademlia's own closest-peers iterator moves a k-sized buffer through all 256
+        // buckets, which cost more than this on every block operation.
+        let buckets: Vec<_> = self.swarm.behaviour_mut().kad.kbuckets().collect();
+        let mut peers: Vec<(kad::KBucketDistance, PeerId)> = buckets
+            .iter()
+            .flat_map(|bucket| bucket.iter())
+            .map(|entry| (entry.node.key.distance(&target), *entry.node.key.preimage()))
             .collect();
         peers.push((me.distance(&target), self.peer_id));
+        if peers.len() > count {
+            peers.select_nth_unstable(count);
+            peers.truncate(count);
+        }
         peers.sort();
-        peers.truncate(count);
         peers
             .into_iter()
             .map(|(_, peer)| Candidate {

@@ -22,6 +22,7 @@ use crate::chunk::{self, DEFAULT_CHUNK_SIZE};
 use crate::dir::{self, Directory, Entry};
 use crate::id::{InodeId, VersionId};
 use crate::inode::{self, Binding, ChunkRef, Inode, Kind, Signed, Verified};
+use crate::memo::Memo;
 
 /// How a [`Client`] reads and writes.
 #[derive(Debug, Clone)]
@@ -329,7 +330,17 @@ pub struct Client<B> {
     identity: Arc<Identity>,
     chains: RwLock<Vec<Chain>>,
     config: Config,
+    /// Directories decoded before, by inode and single head version: a version never
+    /// changes, and walks read the same directories again and again.
+    dirs: Memo<(InodeId, VersionId), Arc<Directory>>,
+    /// Keys the readcaps of anchor versions opened (one X25519 agreement each).
+    anchor_keys: Memo<VersionId, DataKey>,
 }
+
+/// Budget of [`Client`]'s decoded directories, in encoded bytes.
+const DIRECTORY_MEMO_BYTES: usize = 64 << 20;
+/// Anchor keys a [`Client`] remembers.
+const KEY_MEMO_ENTRIES: usize = 4096;
 
 const NO_KEY: &str = "no readcap here is sealed to this node";
 
@@ -364,6 +375,8 @@ impl<B: Blocks> Client<B> {
             identity,
             chains: RwLock::new(chains),
             config,
+            dirs: Memo::new(DIRECTORY_MEMO_BYTES),
+            anchor_keys: Memo::new(KEY_MEMO_ENTRIES),
         }
     }
 
@@ -389,7 +402,7 @@ impl<B: Blocks> Client<B> {
         chains.iter().any(|c| {
             c.prefix().is_some_and(|prefix| {
                 (path.starts_with(prefix) || prefix.starts_with(path))
-                    && c.verify(prefix, &me, now, &keys::Revocations::default())
+                    && c.verify_remembering(prefix, &me, now, &keys::Revocations::default())
                         .is_ok()
             })
         })
@@ -400,13 +413,13 @@ impl<B: Blocks> Client<B> {
     }
 
     fn chain_for(&self, path: &Path, binding: &Path) -> Result<Chain, Error> {
-        let me = self.me();
         let now = keys::now();
+        let me = self.me();
         let chains = self.chains.read().map(|c| c.clone()).unwrap_or_default();
         chains
             .into_iter()
             .find(|c| {
-                c.verify(binding, &me, now, &keys::Revocations::default())
+                c.verify_remembering(binding, &me, now, &keys::Revocations::default())
                     .is_ok()
             })
             .ok_or_else(|| Error::NotAuthorized {
@@ -423,6 +436,9 @@ impl<B: Blocks> Client<B> {
 
     /// Opens the anchor's key with a readcap sealed to this principal.
     fn open_anchor(&self, winner: &Verified) -> Result<DataKey, String> {
+        if let Some(key) = self.anchor_keys.get(&winner.version) {
+            return Ok(key);
+        }
         let me = self.me();
         let cap = winner
             .inode
@@ -430,8 +446,11 @@ impl<B: Blocks> Client<B> {
             .iter()
             .find(|c| c.recipient() == &me)
             .ok_or_else(|| NO_KEY.to_string())?;
-        cap.open(&self.identity, winner.id.as_bytes())
-            .map_err(|e| e.to_string())
+        let key = cap
+            .open(&self.identity, winner.id.as_bytes())
+            .map_err(|e| e.to_string())?;
+        self.anchor_keys.put(winner.version, key.clone(), 1);
+        Ok(key)
     }
 
     /// Walks as far as `path` exists: the nodes from the anchor it starts at, and the
@@ -528,7 +547,7 @@ impl<B: Blocks> Client<B> {
                     path: parent.path.to_string(),
                 });
             }
-            let dir = self.read_dir(parent).await?;
+            let dir = self.read_dir_shared(parent).await?;
             let child_path = parent
                 .path
                 .join(name)
@@ -689,9 +708,42 @@ impl<B: Blocks> Client<B> {
         Ok(plaintext)
     }
 
-    /// A directory's entries, forks merged.
+    /// A directory's entries, forks merged, to change.
     async fn read_dir(&self, node: &Node) -> Result<Directory, Error> {
+        Ok(Arc::unwrap_or_clone(self.read_dir_shared(node).await?))
+    }
+
+    /// A directory's entries, forks merged; remembered when a single version is shown.
+    async fn read_dir_shared(&self, node: &Node) -> Result<Arc<Directory>, Error> {
         let heads = inode::heads(&node.versions);
+        let single = match heads.as_slice() {
+            [only] => Some(((node.id(), only.version), only.inode.size)),
+            _ => None,
+        };
+        if let Some((key, _)) = &single
+            && let Some(dir) = self.dirs.get(key)
+        {
+            return Ok(dir);
+        }
+        let dir = Arc::new(self.read_dir_uncached(node, &heads).await?);
+        if let Some((key, size)) = single {
+            self.remember_dir(key, dir.clone(), size);
+        }
+        Ok(dir)
+    }
+
+    fn remember_dir(&self, key: (InodeId, VersionId), dir: Arc<Directory>, size: u64) {
+        let weight = usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(64);
+        self.dirs.put(key, dir, weight);
+    }
+
+    async fn read_dir_uncached(
+        &self,
+        node: &Node,
+        heads: &[&Verified],
+    ) -> Result<Directory, Error> {
         let decode = |bytes: Vec<u8>| {
             Directory::decode(&bytes).map_err(|e| Error::Corrupt {
                 path: node.path.to_string(),
@@ -739,7 +791,7 @@ impl<B: Blocks> Client<B> {
                 path: path.to_string(),
             });
         }
-        let dir = self.read_dir(node).await?;
+        let dir = self.read_dir_shared(node).await?;
         let listed: Vec<Vec<DirEntry>> = futures::stream::iter(dir.entries.clone())
             .map(|(name, entry)| {
                 async move {
@@ -937,18 +989,29 @@ impl<B: Blocks> Client<B> {
             .take()
             .unwrap_or_else(|| node.current.as_ref().map_or(0o755, |v| v.inode.mode));
         let chunk_size = self.config.chunk_size;
-        self.commit(
-            node,
-            Contents {
-                size: bytes.len() as u64,
-                chunk_size,
-                chunks,
-                mode,
-                parents,
-            },
-            None,
-        )
-        .await?;
+        let written = self
+            .commit(
+                node,
+                Contents {
+                    size: bytes.len() as u64,
+                    chunk_size,
+                    chunks,
+                    mode,
+                    parents,
+                },
+                None,
+            )
+            .await?;
+        // The next walk through this directory finds it decoded, unless a fork shows.
+        if let [only] = inode::heads(&node.versions).as_slice()
+            && only.version == written.version
+        {
+            self.remember_dir(
+                (node.id(), written.version),
+                Arc::new(dir.clone()),
+                written.inode.size,
+            );
+        }
         if new {
             self.link_up(nodes, i).await?;
         }

@@ -324,7 +324,7 @@ impl Signed {
         let writer = inode.writer.principal();
         inode
             .chain
-            .verify(&inode.binding.path, &writer, inode.signed_at, revocations)
+            .verify_remembering(&inode.binding.path, &writer, inode.signed_at, revocations)
             .map_err(|e| InodeError::NotAuthorized {
                 writer,
                 path: inode.binding.path.clone(),

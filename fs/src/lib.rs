@@ -16,6 +16,7 @@ pub mod dir;
 pub mod fuse;
 pub mod gc;
 pub mod inode;
+mod memo;
 pub mod net;
 pub mod repair;
 pub mod replica;

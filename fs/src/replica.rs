@@ -174,9 +174,14 @@ impl Replica {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(Refused::TooManyHeads);
         }
-        self.store
-            .put_version(inode, &verified.version, verified.inode.seq, signed)?;
-        self.prune(inode, &held)?;
+        let replaced = pruned(&held);
+        self.store.put_version_replacing(
+            inode,
+            &verified.version,
+            verified.inode.seq,
+            signed,
+            &replaced,
+        )?;
         Ok(true)
     }
 
@@ -201,21 +206,21 @@ impl Replica {
         Ok(held)
     }
 
-    fn prune(&self, inode: &InodeId, held: &[Verified]) -> Result<(), Refused> {
-        let newest = held.iter().map(|v| v.inode.seq).max().unwrap_or(0);
-        let heads: Vec<VersionId> = inode::heads(held).iter().map(|v| v.version).collect();
-        for v in held {
-            if v.inode.seq + KEEP_HISTORY <= newest && !heads.contains(&v.version) {
-                self.store.remove_version(inode, &v.version)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Every kept version of an inode, newest first, checked again.
     pub fn versions(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
         let mut held = self.held(inode)?;
         held.sort_by(|a, b| inode::order(b, a));
         Ok(held)
     }
+}
+
+/// The versions among `held` that fall out of the kept history: older than the newest
+/// by [`KEEP_HISTORY`] and no longer heads.
+fn pruned(held: &[Verified]) -> Vec<VersionId> {
+    let newest = held.iter().map(|v| v.inode.seq).max().unwrap_or(0);
+    let heads: Vec<VersionId> = inode::heads(held).iter().map(|v| v.version).collect();
+    held.iter()
+        .filter(|v| v.inode.seq + KEEP_HISTORY <= newest && !heads.contains(&v.version))
+        .map(|v| v.version)
+        .collect()
 }

@@ -64,6 +64,32 @@ impl fmt::Debug for CapId {
     }
 }
 
+/// Ids of links whose signature verified, in this process. Bounded: emptied when full.
+static VERIFIED_LINKS: VerifiedLinks = VerifiedLinks(std::sync::Mutex::new(None));
+
+/// Links remembered as verified at most.
+const VERIFIED_LINKS_MAX: usize = 4096;
+
+struct VerifiedLinks(std::sync::Mutex<Option<std::collections::HashSet<CapId>>>);
+
+impl VerifiedLinks {
+    fn contains(&self, id: &CapId) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|set| set.as_ref().is_some_and(|s| s.contains(id)))
+    }
+
+    fn insert(&self, id: CapId) {
+        if let Ok(mut set) = self.0.lock() {
+            let set = set.get_or_insert_with(Default::default);
+            if set.len() >= VERIFIED_LINKS_MAX {
+                set.clear();
+            }
+            set.insert(id);
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Signed<'a> {
     issuer: &'a PublicKey,
@@ -143,14 +169,28 @@ impl Writecap {
         CapId(*hasher.finalize().as_bytes())
     }
 
-    fn verify_signature(&self) -> bool {
-        self.issuer
+    fn verify_signature(&self, remember: bool) -> bool {
+        // The same few links come with every write a node accepts. A link's id hashes its
+        // signed bytes and its signature, and a signature check always gives the same
+        // answer for the same bytes: an id seen to verify needs no second check.
+        let id = remember.then(|| self.id());
+        if let Some(id) = &id
+            && VERIFIED_LINKS.contains(id)
+        {
+            return true;
+        }
+        let ok = self
+            .issuer
             .verify(
                 CONTEXT,
                 &signed_bytes(&self.issuer, &self.subject, &self.prefix, &self.validity),
                 &self.signature,
             )
-            .is_ok()
+            .is_ok();
+        if ok && let Some(id) = id {
+            VERIFIED_LINKS.insert(id);
+        }
+        ok
     }
 }
 
@@ -320,6 +360,31 @@ impl Chain {
         now: Timestamp,
         revocations: &Revocations,
     ) -> Result<(), WritecapError> {
+        self.check(path, holder, now, revocations, false)
+    }
+
+    /// [`Chain::verify`], but a link whose signature verified before in this process
+    /// (by its [`CapId`], which hashes everything signed and the signature) is not
+    /// verified again; every other check is made each time. For paths that see the same
+    /// chains with every message (a replica accepting writes, a writer signing them).
+    pub fn verify_remembering(
+        &self,
+        path: &Path,
+        holder: &Principal,
+        now: Timestamp,
+        revocations: &Revocations,
+    ) -> Result<(), WritecapError> {
+        self.check(path, holder, now, revocations, true)
+    }
+
+    fn check(
+        &self,
+        path: &Path,
+        holder: &Principal,
+        now: Timestamp,
+        revocations: &Revocations,
+        remember: bool,
+    ) -> Result<(), WritecapError> {
         let links = &self.0;
         if links.len() > MAX_CHAIN_LEN {
             return Err(WritecapError::TooLong { len: links.len() });
@@ -371,7 +436,7 @@ impl Chain {
             if revocations.is_revoked(root, cap) {
                 return Err(WritecapError::Revoked { link });
             }
-            if !cap.verify_signature() {
+            if !cap.verify_signature(remember) {
                 return Err(WritecapError::BadSignature { link });
             }
             held = cap.prefix.clone();

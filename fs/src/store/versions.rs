@@ -18,6 +18,20 @@ impl Store {
         seq: u64,
         signed: &[u8],
     ) -> Result<bool, Error> {
+        self.put_version_replacing(inode, version, seq, signed, &[])
+    }
+
+    /// [`Store::put_version`], and removes the versions `replaced` of the same inode in
+    /// the same transaction (one commit, where a put and then removals took several). A
+    /// version already held changes nothing, removes nothing and gives false.
+    pub fn put_version_replacing(
+        &self,
+        inode: &InodeId,
+        version: &VersionId,
+        seq: u64,
+        signed: &[u8],
+        replaced: &[VersionId],
+    ) -> Result<bool, Error> {
         const WHAT: &str = "storing a version";
         let key = pair(inode.as_bytes(), version.as_bytes());
         self.write(WHAT, |txn| {
@@ -26,12 +40,21 @@ impl Store {
                 return Ok((false, false));
             }
             versions.insert(&key, (seq, signed)).context(WHAT)?;
+            let mut removed = 0;
+            for old in replaced.iter().filter(|old| *old != version) {
+                let old_key = pair(inode.as_bytes(), old.as_bytes());
+                if versions.remove(&old_key).context(WHAT)?.is_some() {
+                    removed += 1;
+                }
+            }
             let mut inodes = txn.open_table(INODES).context(WHAT)?;
             let count = inodes
                 .get(inode.as_bytes())
                 .context(WHAT)?
                 .map_or(0, |g| g.value());
-            inodes.insert(inode.as_bytes(), count + 1).context(WHAT)?;
+            inodes
+                .insert(inode.as_bytes(), (count + 1).saturating_sub(removed).max(1))
+                .context(WHAT)?;
             Ok((true, true))
         })
     }
@@ -149,6 +172,48 @@ mod tests {
         );
         assert_eq!(store.versions(&inode).unwrap().len(), 3);
         assert_eq!(store.versions(&InodeId([0; 32])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_put_replaces_old_versions_in_one_commit() {
+        let store = Store::in_memory().unwrap();
+        let inode = InodeId([5; 32]);
+        let id = |b: &[u8]| VersionId::of(b);
+        for (seq, signed) in [(1, &b"one"[..]), (2, b"two")] {
+            store.put_version(&inode, &id(signed), seq, signed).unwrap();
+        }
+        // Replacing one held version and one never held; the new one stays either way.
+        assert!(
+            store
+                .put_version_replacing(
+                    &inode,
+                    &id(b"three"),
+                    3,
+                    b"three",
+                    &[id(b"one"), id(b"none")]
+                )
+                .unwrap()
+        );
+        let seqs: Vec<u64> = store
+            .versions(&inode)
+            .unwrap()
+            .iter()
+            .map(|v| v.seq)
+            .collect();
+        assert_eq!(seqs, [3, 2]);
+        // A version already held changes nothing, and removes nothing.
+        assert!(
+            !store
+                .put_version_replacing(&inode, &id(b"three"), 3, b"three", &[id(b"two")])
+                .unwrap()
+        );
+        assert_eq!(store.versions(&inode).unwrap().len(), 2);
+        // The inode stays listed while it has versions, and goes with the last one.
+        assert_eq!(store.inode_ids(None, 10).unwrap(), [inode]);
+        store.remove_version(&inode, &id(b"two")).unwrap();
+        assert_eq!(store.inode_ids(None, 10).unwrap(), [inode]);
+        store.remove_version(&inode, &id(b"three")).unwrap();
+        assert_eq!(store.inode_ids(None, 10).unwrap(), []);
     }
 
     #[test]

@@ -421,3 +421,59 @@ fn malformed() {
         Err(WritecapError::Malformed(_))
     ));
 }
+
+#[test]
+fn remembered_links_still_get_every_other_check_and_forgeries_are_refused() {
+    let t = Tree::new();
+    let chain = t.chain();
+    let path = t.path("apps/chat");
+    let holder = t.node.principal();
+    let none = Revocations::default();
+    // Twice: the second time the links' signatures come from the memo.
+    for _ in 0..2 {
+        chain
+            .verify_remembering(&path, &holder, NOW, &none)
+            .unwrap();
+    }
+    // A remembered link altered in any signed field, or its signature, is a new id: its
+    // signature is checked and fails.
+    let forged = with_link(&chain, 1, |cap| cap.prefix = t.path("apps"));
+    assert_eq!(
+        forged.verify_remembering(&path, &holder, NOW, &none),
+        Err(WritecapError::BadSignature { link: 1 })
+    );
+    let forged = with_link(&chain, 0, |cap| cap.validity.expires += HOUR);
+    assert_eq!(
+        forged.verify_remembering(&path, &holder, NOW, &none),
+        Err(WritecapError::BadSignature { link: 0 })
+    );
+    let forged = with_link(&chain, 1, |cap| {
+        let mut bytes = *cap.signature.as_bytes();
+        bytes[3] ^= 1;
+        cap.signature = Signature::from_bytes(bytes);
+    });
+    assert_eq!(
+        forged.verify_remembering(&path, &holder, NOW, &none),
+        Err(WritecapError::BadSignature { link: 1 })
+    );
+    // Time, holder, path and revocations are checked every time.
+    assert!(matches!(
+        chain.verify_remembering(&path, &holder, NOW + HOUR, &none),
+        Err(WritecapError::Expired { .. })
+    ));
+    assert!(matches!(
+        chain.verify_remembering(&path, &t.admin.principal(), NOW, &none),
+        Err(WritecapError::WrongHolder { .. })
+    ));
+    assert!(matches!(
+        chain.verify_remembering(&t.path("apps/mail"), &holder, NOW, &none),
+        Err(WritecapError::PathOutside { .. })
+    ));
+    let mut revoked = Revocations::default();
+    let list = RevocationList::issue(&t.root, 1, NOW, vec![chain.links()[1].id()], vec![]).unwrap();
+    revoked.insert(&list).unwrap();
+    assert_eq!(
+        chain.verify_remembering(&path, &holder, NOW, &revoked),
+        Err(WritecapError::Revoked { link: 1 })
+    );
+}
