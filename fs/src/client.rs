@@ -330,15 +330,19 @@ pub struct Client<B> {
     identity: Arc<Identity>,
     chains: RwLock<Vec<Chain>>,
     config: Config,
-    /// Directories decoded before, by inode and single head version: a version never
-    /// changes, and walks read the same directories again and again.
-    dirs: Memo<(InodeId, VersionId), Arc<Directory>>,
+    /// Directories decoded before, by inode and single head version, with the key that
+    /// opened them: a version never changes, and walks read the same directories again
+    /// and again. A hit counts only for a walk that brings that same key, as if it had
+    /// opened the chunks itself (a stale parent's old key must fail here as it fails on
+    /// the chunks, not go on to seal new versions under it).
+    dirs: Memo<(InodeId, VersionId), (Arc<Directory>, DataKey)>,
     /// Keys the readcaps of anchor versions opened (one X25519 agreement each).
     anchor_keys: Memo<VersionId, DataKey>,
 }
 
-/// Budget of [`Client`]'s decoded directories, in encoded bytes.
-const DIRECTORY_MEMO_BYTES: usize = 64 << 20;
+/// Budget of [`Client`]'s decoded directories, in encoded bytes (decoded, a few times
+/// more).
+const DIRECTORY_MEMO_BYTES: usize = 16 << 20;
 /// Anchor keys a [`Client`] remembers.
 const KEY_MEMO_ENTRIES: usize = 4096;
 
@@ -716,27 +720,39 @@ impl<B: Blocks> Client<B> {
     /// A directory's entries, forks merged; remembered when a single version is shown.
     async fn read_dir_shared(&self, node: &Node) -> Result<Arc<Directory>, Error> {
         let heads = inode::heads(&node.versions);
+        // Only a walk with a single key: with a previous key beside it (a re-key under
+        // way), which of the two opens the version is for the chunks to say.
         let single = match heads.as_slice() {
-            [only] => Some(((node.id(), only.version), only.inode.size)),
+            [only] if node.previous_key.is_none() => {
+                Some(((node.id(), only.version), only.inode.size))
+            }
             _ => None,
         };
-        if let Some((key, _)) = &single
-            && let Some(dir) = self.dirs.get(key)
+        if let Some((id, _)) = &single
+            && let Some((dir, opened_with)) = self.dirs.get(id)
+            && opened_with == node.key
         {
             return Ok(dir);
         }
         let dir = Arc::new(self.read_dir_uncached(node, &heads).await?);
-        if let Some((key, size)) = single {
-            self.remember_dir(key, dir.clone(), size);
+        if let Some((id, size)) = single {
+            // Read with `node.key` alone: that is the key that opened it.
+            self.remember_dir(id, dir.clone(), node.key.clone(), size);
         }
         Ok(dir)
     }
 
-    fn remember_dir(&self, key: (InodeId, VersionId), dir: Arc<Directory>, size: u64) {
+    fn remember_dir(
+        &self,
+        id: (InodeId, VersionId),
+        dir: Arc<Directory>,
+        opened_with: DataKey,
+        size: u64,
+    ) {
         let weight = usize::try_from(size)
             .unwrap_or(usize::MAX)
             .saturating_add(64);
-        self.dirs.put(key, dir, weight);
+        self.dirs.put(id, (dir, opened_with), weight);
     }
 
     async fn read_dir_uncached(
@@ -1006,9 +1022,11 @@ impl<B: Blocks> Client<B> {
         if let [only] = inode::heads(&node.versions).as_slice()
             && only.version == written.version
         {
+            // Sealed under `node.key` (a new one already, when this write re-keyed).
             self.remember_dir(
                 (node.id(), written.version),
                 Arc::new(dir.clone()),
+                node.key.clone(),
                 written.inode.size,
             );
         }
