@@ -499,3 +499,125 @@ async fn files_beyond_the_largest_size_are_refused_before_any_work() {
         "only the root directory's chunk"
     );
 }
+
+/// Blocks that show, for chosen inodes, the versions of an earlier moment: replicas that
+/// lag behind writes made since.
+struct Lagging {
+    replica: Arc<Replica>,
+    frozen: std::sync::Mutex<std::collections::HashMap<fs::InodeId, Vec<fs::inode::Verified>>>,
+}
+
+impl fs::Blocks for Lagging {
+    async fn put_chunks(
+        &self,
+        owner: fs::InodeId,
+        chunks: Vec<fs::chunk::Sealed>,
+    ) -> Result<(), fs::BlockError> {
+        fs::Blocks::put_chunks(&*self.replica, owner, chunks).await
+    }
+
+    async fn get_chunk(&self, id: fs::ChunkId) -> Result<Vec<u8>, fs::BlockError> {
+        fs::Blocks::get_chunk(&*self.replica, id).await
+    }
+
+    async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
+        fs::Blocks::put_version(&*self.replica, inode, signed).await
+    }
+
+    async fn get_versions(
+        &self,
+        inode: fs::InodeId,
+    ) -> Result<Vec<fs::inode::Verified>, fs::BlockError> {
+        if let Some(old) = self.frozen.lock().unwrap().get(&inode) {
+            return Ok(old.clone());
+        }
+        fs::Blocks::get_versions(&*self.replica, inode).await
+    }
+}
+
+#[tokio::test]
+async fn a_stale_parent_never_gets_a_version_sealed_under_a_revoked_key() {
+    let t = tree();
+    let blocks = Arc::new(Lagging {
+        replica: t.replica.clone(),
+        frozen: Default::default(),
+    });
+    let owner = Client::new(
+        blocks.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    owner
+        .put(&t.path("shared/sub/a"), &b"a"[..], |_| {})
+        .await
+        .unwrap();
+    let (alice_id, _) = t.stranger();
+    owner
+        .share(&t.path("shared"), &alice_id.public(), None)
+        .await
+        .unwrap();
+    // The key of `sub` that alice can learn while she may read.
+    let anchor = Binding::anchor(t.path("shared")).id();
+    let shared = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .clone();
+    let dir_key = shared
+        .inode
+        .readcaps
+        .iter()
+        .find(|c| c.recipient() == &alice_id.principal())
+        .unwrap()
+        .open(&alice_id, anchor.as_bytes())
+        .unwrap();
+    let open_all = |v: &fs::inode::Verified, key: &keys::DataKey| {
+        let mut out = Vec::new();
+        for (i, c) in v.inode.chunks.iter().enumerate() {
+            let sealed = t.replica.get_chunk(&c.id).unwrap().unwrap();
+            out.extend(fs::chunk::open(key, &v.id, i as u64, &sealed)?);
+        }
+        Ok::<_, fs::chunk::ChunkError>(out)
+    };
+    let dir = fs::dir::Directory::decode(&open_all(&shared, &dir_key).unwrap()).unwrap();
+    let sub = dir.entries["sub"].clone();
+    let old_key = sub.data_key();
+    owner
+        .revoke(&t.path("shared"), &alice_id.principal())
+        .await
+        .unwrap();
+    // `shared` as it is right after the revocation, still naming `sub` by its old key.
+    let after_revocation = t.replica.versions(&anchor).unwrap();
+    let seq_at_revocation = fs::inode::winner(&t.replica.versions(&sub.inode).unwrap())
+        .unwrap()
+        .inode
+        .seq;
+    // The next write in `sub` gives it a new key (and `shared` learns it).
+    owner
+        .put(&t.path("shared/sub/b"), &b"b"[..], |_| {})
+        .await
+        .unwrap();
+    // Now the owner's node sees `shared` as it was: `sub` under its old key only.
+    blocks
+        .frozen
+        .lock()
+        .unwrap()
+        .insert(anchor, after_revocation);
+    let _ = owner.put(&t.path("shared/sub/c"), &b"c"[..], |_| {}).await;
+    // Whatever that write did, no version of `sub` written since the revocation opens
+    // with the key alice could have kept.
+    let newer: Vec<_> = t
+        .replica
+        .versions(&sub.inode)
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.inode.seq > seq_at_revocation)
+        .collect();
+    assert!(!newer.is_empty(), "sub was rewritten after the revocation");
+    for v in &newer {
+        assert!(
+            open_all(v, &old_key).is_err(),
+            "version {} of sub opens with the revoked key",
+            v.inode.seq
+        );
+    }
+}
