@@ -760,18 +760,12 @@ impl<B: Blocks> Client<B> {
         node: &Node,
         heads: &[&Verified],
     ) -> Result<Directory, Error> {
-        let decode = |bytes: Vec<u8>| {
-            Directory::decode(&bytes).map_err(|e| Error::Corrupt {
-                path: node.path.to_string(),
-                reason: e.to_string(),
-            })
-        };
         let Some(first) = heads.first() else {
             return Ok(Directory::default());
         };
-        let mut merged = decode(self.read_version(node, first).await?)?;
+        let mut merged = self.read_dir_version(node, first).await?;
         for other in heads.iter().skip(1) {
-            let theirs = decode(self.read_version(node, other).await?)?;
+            let theirs = self.read_dir_version(node, other).await?;
             // The newest version both name as a parent is the common ancestor when it is
             // still held; otherwise merge against nothing (a union: nothing is lost).
             let base = node
@@ -783,12 +777,30 @@ impl<B: Blocks> Client<B> {
                 })
                 .max_by(|a, b| inode::order(a, b));
             let base = match base {
-                Some(b) => decode(self.read_version(node, b).await?)?,
+                Some(b) => self.read_dir_version(node, b).await?,
                 None => Directory::default(),
             };
             merged = dir::merge(&base, &merged, &theirs);
         }
         Ok(merged)
+    }
+
+    /// One version of a directory, refused before any chunk is fetched when it is larger
+    /// than a directory may be (a co-writer's 16 GiB "directory" is not read into memory).
+    async fn read_dir_version(&self, node: &Node, version: &Verified) -> Result<Directory, Error> {
+        let corrupt = |reason: String| Error::Corrupt {
+            path: node.path.to_string(),
+            reason,
+        };
+        if version.inode.size > dir::MAX_DIRECTORY_BYTES as u64 {
+            return Err(corrupt(format!(
+                "a directory of {} bytes (at most {})",
+                version.inode.size,
+                dir::MAX_DIRECTORY_BYTES
+            )));
+        }
+        let bytes = self.read_version(node, version).await?;
+        Directory::decode(&bytes).map_err(|e| corrupt(e.to_string()))
     }
 
     /// The metadata of `path`.
@@ -1877,7 +1889,12 @@ impl<B: Blocks> Client<B> {
                 "{principal} holds no readcap at {path}"
             )));
         }
-        let epoch = current.epoch + 1;
+        // Validation bounds epochs by MAX_SEQ, so this only fails on a tree revoked 2^48 times.
+        let epoch = current
+            .epoch
+            .checked_add(1)
+            .filter(|e| *e <= inode::MAX_SEQ)
+            .ok_or_else(|| Error::Invalid(format!("{path}: no key epoch left to revoke with")))?;
         let id = nodes[i].id();
         nodes[i].governing.retain(|(a, _)| a != &id);
         nodes[i].governing.push((id, epoch));

@@ -105,7 +105,7 @@ impl Collector {
         self.cursor = last;
         let now = Instant::now();
         for (owner, chunks) in owned {
-            let versions = match network.versions_strict(owner).await {
+            let versions = match network.versions_complete(owner).await {
                 Ok(v) => v,
                 Err(e) => {
                     // Undecided is not unreferenced: these chunks are kept, and repaired.

@@ -25,8 +25,12 @@ use crate::id::{ChunkId, InodeId, VersionId};
 const SIGNING_CONTEXT: &str = "blocktree 2026-11 inode v1";
 const BINDING_CONTEXT: &str = "blocktree 2026-11 inode binding v1";
 
-/// Largest signed inode, in bytes.
-pub const MAX_INODE_BYTES: usize = 1 << 20;
+/// Largest signed inode, in bytes: what the block protocol carries. The body leaves room
+/// for the signature and framing within it, so every version that can be signed can be
+/// stored, served and repaired.
+pub const MAX_INODE_BYTES: usize = protocols::limits::MAX_INODE_BYTES;
+/// Room in a signed inode for the signature and framing around the body.
+const SIGNED_OVERHEAD: usize = 256;
 /// Most chunks in one inode (a 16 GiB file at the default chunk size).
 pub const MAX_CHUNKS: usize = 16_384;
 /// Most readcaps in one inode.
@@ -146,7 +150,7 @@ pub struct Inode {
 impl Message for Inode {
     const NAME: &'static str = "inode";
     const VERSION: u16 = 1;
-    const MAX_BYTES: usize = MAX_INODE_BYTES;
+    const MAX_BYTES: usize = MAX_INODE_BYTES - SIGNED_OVERHEAD;
 
     fn validate(&self) -> Result<(), String> {
         if self.seq == 0 || self.seq > MAX_SEQ {
@@ -211,6 +215,12 @@ impl Message for Inode {
         if self.mode > 0o7777 {
             return Err(format!("mode {:o} has bits beyond 0o7777", self.mode));
         }
+        if self.epoch > MAX_SEQ {
+            return Err(format!(
+                "key epoch {} out of range (0 to {MAX_SEQ})",
+                self.epoch
+            ));
+        }
         if !self.binding.is_anchor() && (!self.grants.is_empty() || self.epoch != 0) {
             return Err("only anchors carry grants or an epoch".into());
         }
@@ -237,7 +247,7 @@ pub struct Signed {
 impl Message for Signed {
     const NAME: &'static str = "signed inode";
     const VERSION: u16 = 1;
-    const MAX_BYTES: usize = MAX_INODE_BYTES + 256;
+    const MAX_BYTES: usize = MAX_INODE_BYTES;
 }
 
 /// Why an inode version was refused.
@@ -533,6 +543,14 @@ mod tests {
             Signed::verify(&bytes, now, &none),
             Err(InodeError::Malformed(_))
         ));
+        // A key epoch no revocation can follow (a co-writer's attempt to stop re-keys).
+        let mut last_epoch = inode(&root, &chain, path.clone(), 2);
+        last_epoch.epoch = u64::MAX;
+        let bytes = Signed::sign(&last_epoch, root.signing_key()).unwrap();
+        assert!(matches!(
+            Signed::verify(&bytes, now, &none),
+            Err(InodeError::Malformed(_))
+        ));
         // From the future.
         let mut future = inode(&root, &chain, path.clone(), 2);
         future.signed_at = now + 3 * MAX_CLOCK_SKEW;
@@ -554,6 +572,15 @@ mod tests {
             bad[i] ^= 0x40;
             assert!(Signed::verify(&bad, now, &none).is_err(), "byte {i}");
         }
+    }
+
+    #[test]
+    fn the_largest_body_signed_fits_the_block_protocol() {
+        let (root, _, _) = setup();
+        let body = vec![7u8; <Inode as Message>::MAX_BYTES];
+        let signature = root.signing_key().sign(SIGNING_CONTEXT, &body);
+        let bytes = wire::encode(&Signed { body, signature }).unwrap();
+        assert!(bytes.len() <= protocols::limits::MAX_INODE_BYTES);
     }
 
     #[test]

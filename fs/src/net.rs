@@ -29,6 +29,24 @@ use crate::replica::{Refused, Replica};
 /// The block protocol's name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(block::PROTOCOL_NAME);
 
+/// Bytes of a versions answer given to signed versions: a replica holding more sends its
+/// newest that fit (in [`crate::inode::order`], newest first).
+const VERSIONS_BUDGET: usize = MAX_BLOCK_RESPONSE_BYTES - 64 * 1024;
+/// What each version is counted for beside its bytes (its encoding's head).
+const VERSION_OVERHEAD: usize = 8;
+
+/// Whether a replica may have left versions out of this answer to fit it in one response:
+/// it holds as many as one answer carries, or one more version of the largest size would
+/// not have fitted. What is left out are the lowest-ordered versions (older history and
+/// the losing heads of forks, the conflict copies), so a decision that needs every
+/// version (collecting chunks) must not be taken on such an answer.
+pub fn may_be_cut(signed: &[Vec<u8>]) -> bool {
+    let total: usize = signed.iter().map(|s| s.len() + VERSION_OVERHEAD).sum();
+    signed.len() >= MAX_VERSIONS_PER_INODE
+        || total + <crate::inode::Signed as protocols::wire::Message>::MAX_BYTES + VERSION_OVERHEAD
+            > VERSIONS_BUDGET
+}
+
 /// How items are placed and how long the network is waited for.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,14 +151,13 @@ fn answer_blocking(replica: &Replica, request: Request) -> Response {
             .map(|new| Response::Stored { new }),
         Request::GetVersions { inode } => replica.versions(&InodeId(inode)).map(|versions| {
             let mut total = 0usize;
-            let budget = MAX_BLOCK_RESPONSE_BYTES - 64 * 1024;
             let signed: Vec<Vec<u8>> = versions
                 .into_iter()
                 .take(MAX_VERSIONS_PER_INODE)
                 .map(|v| v.signed)
                 .take_while(|s| {
-                    total += s.len() + 8;
-                    total <= budget
+                    total += s.len() + VERSION_OVERHEAD;
+                    total <= VERSIONS_BUDGET
                 })
                 .collect();
             if signed.is_empty() {
@@ -742,6 +759,32 @@ impl Network {
     /// routing table, down or not, or an overlay lookup where the table cannot know) must
     /// all answer.
     pub async fn versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        self.versions_strict_gathered(inode)
+            .await
+            .map(|(found, _)| found)
+    }
+
+    /// [`Network::versions_strict`], refused unless every answer was whole (see
+    /// [`may_be_cut`]): what collection decides on.
+    pub async fn versions_complete(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        match self.versions_strict_gathered(inode).await? {
+            (found, false) => Ok(found),
+            (found, true) => Err(BlockError::Unavailable {
+                needed: 1,
+                acks: 0,
+                reason: format!(
+                    "a replica's answer of {} versions may leave some out to fit",
+                    found.len()
+                ),
+            }),
+        }
+    }
+
+    /// The versions the R + 4 nearest hold, and whether any answer may have been cut.
+    async fn versions_strict_gathered(
+        &self,
+        inode: InodeId,
+    ) -> Result<(Vec<Verified>, bool), BlockError> {
         // Not only the R nearest: after churn a version may sit a little farther out until
         // repair moves it, and a wrong "nothing there" here creates a second root or
         // collects a chunk still in use.
@@ -763,9 +806,13 @@ impl Network {
         )
         .await;
         let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
+        let mut cut = false;
         for (candidate, answer) in near.iter().zip(answers) {
             let signed = match answer {
-                Ok(Response::Versions { signed }) => signed,
+                Ok(Response::Versions { signed }) => {
+                    cut |= may_be_cut(&signed);
+                    signed
+                }
                 Ok(Response::NotFound) => Vec::new(),
                 other => {
                     return Err(BlockError::Unavailable {
@@ -794,7 +841,7 @@ impl Network {
                 }
             }
         }
-        Ok(found.into_values().collect())
+        Ok((found.into_values().collect(), cut))
     }
 
     async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
@@ -919,5 +966,75 @@ impl Network {
             });
         }
         Ok(found.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use keys::{Chain, Identity, Path, Validity};
+
+    use super::*;
+    use crate::inode::{ChunkRef, Signed};
+    use crate::store::Store;
+    use crate::{Client, Config};
+
+    /// A replica holding versions too large to be sent together: its answer leaves the
+    /// oldest out, and the receiver can tell that it may have.
+    #[tokio::test]
+    async fn an_answer_cut_to_fit_is_known_as_possibly_cut() {
+        let root = Arc::new(Identity::generate());
+        let tree = Path::root_of(root.principal());
+        let chain = Chain::root_grant(
+            root.signing_key(),
+            root.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        let replica = Arc::new(Replica::new(Store::in_memory().unwrap()));
+        let client = Client::new(replica.clone(), root.clone(), vec![chain], Config::new());
+        let path = tree.join("big").unwrap();
+        client.put(&path, &b"small"[..], |_| {}).await.unwrap();
+        let inode = client.stat(&path).await.unwrap().inode;
+        let ask = || answer_blocking(&replica, Request::GetVersions { inode: inode.0 });
+        let Response::Versions { signed } = ask() else {
+            panic!("no versions")
+        };
+        assert_eq!(signed.len(), 1);
+        assert!(!may_be_cut(&signed));
+
+        // Versions of a 256 MiB file: 16 384 chunk ids each, about 650 KB signed.
+        let mut previous = replica.versions(&inode).unwrap().remove(0);
+        for seq in 2..=8u64 {
+            let mut next = previous.inode.clone();
+            next.seq = seq;
+            next.parents = vec![previous.version];
+            next.chunk_size = 16 * 1024;
+            next.chunks = (0..16_384u32)
+                .map(|i| ChunkRef {
+                    id: ChunkId::of(&[&seq.to_le_bytes()[..], &i.to_le_bytes()[..]].concat()),
+                    len: 16 * 1024,
+                })
+                .collect();
+            next.size = 256 << 20;
+            let bytes = Signed::sign(&next, root.signing_key()).unwrap();
+            assert!(replica.put_version(&inode, &bytes).unwrap());
+            previous = replica
+                .versions(&inode)
+                .unwrap()
+                .into_iter()
+                .find(|v| v.inode.seq == seq)
+                .unwrap();
+        }
+        let held = replica.versions(&inode).unwrap().len();
+        let Response::Versions { signed } = ask() else {
+            panic!("no versions")
+        };
+        assert!(signed.len() < held, "{} of {held} sent", signed.len());
+        assert!(may_be_cut(&signed));
+        assert!(block::encode_response(&Response::Versions { signed }).is_ok());
     }
 }
