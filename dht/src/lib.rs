@@ -12,8 +12,8 @@ pub mod store;
 pub use behaviour::{Behaviour, KAD_PROTOCOL, Transports, build_swarm};
 pub use config::Config;
 pub use node::{
-    Candidate, Client, Error, EventLoop, GOSSIP_QUEUE, Gossip, PeerInfo, Registered, Resolution,
-    StartError, Status, Verdict, start, start_with_metrics,
+    Candidate, Client, Error, EventLoop, GOSSIP_QUEUE, Gossip, KadCounters, PeerInfo, QueryCount,
+    Registered, Resolution, StartError, Status, Verdict, start, start_with_metrics,
 };
 pub use record::{PathRecord, RecordError, key_of};
 pub use store::{Inserted, Store, StoreError};

@@ -138,6 +138,43 @@ pub struct Status {
     pub registered: Vec<String>,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// What Kademlia did for and on behalf of this node since it started.
+    pub kad: KadCounters,
+}
+
+/// Kademlia's work on one node, counted since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KadCounters {
+    /// Requests for the peers closest to a key (FIND_NODE) this node answered.
+    pub served_closest: u64,
+    /// Requests for a record (GET_VALUE) this node answered.
+    pub served_get_record: u64,
+    /// Records (PUT_VALUE) this node was asked to store.
+    pub served_put_record: u64,
+    /// Routing-table refreshes (each a lookup per bucket) this node ran.
+    pub bootstrap: QueryCount,
+    /// Lookups of the peers closest to a key.
+    pub closest: QueryCount,
+    /// Record lookups.
+    pub get_record: QueryCount,
+    /// Record stores.
+    pub put_record: QueryCount,
+}
+
+/// Queries of one kind that ended, and the requests they sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryCount {
+    /// Queries that ended.
+    pub queries: u64,
+    /// Requests they sent.
+    pub requests: u64,
+}
+
+impl QueryCount {
+    fn add(&mut self, stats: &kad::QueryStats) {
+        self.queries += 1;
+        self.requests += u64::from(stats.num_requests());
+    }
 }
 
 /// One connected peer.
@@ -552,6 +589,7 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     listen_addrs: Vec<Multiaddr>,
     started: Instant,
+    kad_counters: KadCounters,
     bootstraps: Vec<Bootstrap>,
     registrations: HashMap<Path, Registration>,
     pending_puts: HashMap<QueryId, PendingRegister>,
@@ -654,6 +692,7 @@ impl EventLoop {
             commands,
             listen_addrs: Vec::new(),
             started: now,
+            kad_counters: KadCounters::default(),
             bootstraps,
             registrations: HashMap::new(),
             pending_puts: HashMap::new(),
@@ -969,6 +1008,7 @@ impl EventLoop {
             records: self.swarm.behaviour_mut().kad.store_mut().len(),
             registered,
             uptime_secs: self.started.elapsed().as_secs(),
+            kad: self.kad_counters.clone(),
         }
     }
 
@@ -1471,6 +1511,7 @@ impl EventLoop {
     }
 
     fn on_kad(&mut self, event: kad::Event) {
+        self.count_kad(&event);
         match event {
             kad::Event::InboundRequest {
                 request:
@@ -1591,6 +1632,41 @@ impl EventLoop {
                 QueryResult::Bootstrap(Ok(ok)) if step.last => {
                     tracing::debug!(peer = %ok.peer, "kademlia bootstrap done");
                 }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn count_kad(&mut self, event: &kad::Event) {
+        let counters = &mut self.kad_counters;
+        match event {
+            kad::Event::InboundRequest { request } => match request {
+                kad::InboundRequest::FindNode { .. } => counters.served_closest += 1,
+                kad::InboundRequest::GetRecord { .. } => counters.served_get_record += 1,
+                kad::InboundRequest::PutRecord { .. } => counters.served_put_record += 1,
+                _ => {}
+            },
+            // A refresh runs one lookup per bucket, each reported as a step with its own
+            // counts; the other kinds report counts that grow to the last step.
+            kad::Event::OutboundQueryProgressed {
+                result: QueryResult::Bootstrap(_),
+                stats,
+                step,
+                ..
+            } => {
+                counters.bootstrap.queries += u64::from(step.last);
+                counters.bootstrap.requests += u64::from(stats.num_requests());
+            }
+            kad::Event::OutboundQueryProgressed {
+                result,
+                stats,
+                step,
+                ..
+            } if step.last => match result {
+                QueryResult::GetClosestPeers(_) => counters.closest.add(stats),
+                QueryResult::GetRecord(_) => counters.get_record.add(stats),
+                QueryResult::PutRecord(_) => counters.put_record.add(stats),
                 _ => {}
             },
             _ => {}

@@ -29,6 +29,14 @@ use crate::replica::{Refused, Replica};
 /// The block protocol's name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(block::PROTOCOL_NAME);
 
+fn overlay_error(e: dht::Error) -> BlockError {
+    BlockError::Unavailable {
+        needed: 1,
+        acks: 0,
+        reason: format!("overlay: {e}"),
+    }
+}
+
 /// Bytes of a versions answer given to signed versions: a replica holding more sends its
 /// newest that fit (in [`crate::inode::order`], newest first).
 const VERSIONS_BUDGET: usize = MAX_BLOCK_RESPONSE_BYTES - 64 * 1024;
@@ -475,22 +483,9 @@ impl Network {
     /// first: from the routing table when it knows, else from an overlay lookup (see
     /// [`Network::placement`]).
     async fn nearest(&self, key: &[u8; 32], wanted: usize) -> Result<Vec<PeerId>, BlockError> {
-        let overlay = |e: dht::Error| BlockError::Unavailable {
-            needed: 1,
-            acks: 0,
-            reason: format!("overlay: {e}"),
-        };
-        let local = self
-            .dht
-            .closest(key.to_vec(), wanted)
-            .await
-            .map_err(overlay)?;
-        let near_me = local
-            .iter()
-            .take(self.config.replicas)
-            .any(|c| c.peer == self.me);
-        let near: Vec<PeerId> = if near_me || local.len() < wanted {
-            local.into_iter().map(|c| c.peer).collect()
+        let (local, known) = self.nearest_known(key, wanted).await?;
+        let near: Vec<PeerId> = if known {
+            local
         } else if let Some(found) = self.placements.get(key, self.config.placement_ttl) {
             found
         } else {
@@ -498,7 +493,7 @@ impl Network {
                 .dht
                 .look_up_closest(key.to_vec(), wanted)
                 .await
-                .map_err(overlay)?
+                .map_err(overlay_error)?
                 .into_iter()
                 .map(|c| c.peer)
                 .collect();
@@ -507,6 +502,36 @@ impl Network {
             found
         };
         Ok(near)
+    }
+
+    /// The `wanted` nodes nearest to `key` in the routing table, and whether the table
+    /// knows them: the key is near this node (among the R nearest; Kademlia keeps every
+    /// node of its own neighbourhood) or the table holds fewer peers than asked for.
+    async fn nearest_known(
+        &self,
+        key: &[u8; 32],
+        wanted: usize,
+    ) -> Result<(Vec<PeerId>, bool), BlockError> {
+        let local = self
+            .dht
+            .closest(key.to_vec(), wanted)
+            .await
+            .map_err(overlay_error)?;
+        let near_me = local
+            .iter()
+            .take(self.config.replicas)
+            .any(|c| c.peer == self.me);
+        let known = near_me || local.len() < wanted;
+        Ok((local.into_iter().map(|c| c.peer).collect(), known))
+    }
+
+    /// Whether this node is, by its own routing table, among the R where `key` belongs:
+    /// what it holds there it looks after at every membership change; what it holds
+    /// elsewhere (a copy placed before nodes nearer to the key joined) takes a lookup
+    /// to place, and is looked after at the repair interval.
+    pub async fn at_home(&self, key: &[u8; 32]) -> Result<bool, BlockError> {
+        let (local, _) = self.nearest_known(key, self.config.replicas).await?;
+        Ok(local.contains(&self.me))
     }
 
     /// Sends one request to `peer` (answered locally for this node).

@@ -72,6 +72,9 @@ pub struct Counters {
     pub under_replicated: AtomicU64,
     /// Items checked in the last round.
     pub checked: AtomicU64,
+    /// Of the items held away from where they belong, those that lacked copies after
+    /// the last full round (the rounds between do not look at them).
+    elsewhere_short: AtomicU64,
     /// Copies sent by repair.
     pub copies_sent: AtomicU64,
     /// Bytes sent by repair.
@@ -189,7 +192,8 @@ pub fn spawn(
                 pending = None;
                 last_change = Some(now());
             }
-            if now() >= next_full {
+            let full = now() >= next_full;
+            if full {
                 next_full = now() + config.interval;
                 scrub_cursor =
                     scrub(&network, scrub_cursor, config.scrub_per_round, &counters).await;
@@ -199,7 +203,7 @@ pub fn spawn(
                 }
             }
             let skip = |c: &ChunkId| collector.unreferenced(c);
-            if let Err(e) = round(&network, &config, &counters, &skip).await {
+            if let Err(e) = round(&network, &config, &counters, &skip, full).await {
                 tracing::warn!(error = %e, "repair round failed");
             }
         }
@@ -305,16 +309,37 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
     Ok((placement, has, failed))
 }
 
-/// One repair round over everything this node holds.
+/// One repair round: over everything this node holds when `full`, else over what it
+/// holds where it belongs (see [`Network::at_home`]). Placing an item held elsewhere
+/// takes an overlay lookup; a round after every membership change would repeat those
+/// lookups for every such item every few seconds, on every node.
 /// Chunks for which `skip` says so are left alone (garbage waiting to be collected).
 pub async fn round(
     network: &Network,
     config: &Config,
     counters: &Counters,
     skip: &(dyn Fn(&ChunkId) -> bool + Sync),
+    full: bool,
 ) -> Result<(), String> {
     let mut items = held_items(network).await?;
     items.retain(|item| !matches!(item, Item::Chunk(c) if skip(c)));
+    let mut home = Vec::with_capacity(items.len());
+    for item in &items {
+        home.push(
+            network
+                .at_home(item.key())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if !full {
+        items = items
+            .into_iter()
+            .zip(&home)
+            .filter_map(|(item, home)| home.then_some(item))
+            .collect();
+        home = vec![true; items.len()];
+    }
     // Placement and who holds what; asked again when a peer did not answer (it is then
     // marked down, and the items it should hold are placed around it).
     let mut attempt = 0;
@@ -331,7 +356,14 @@ pub async fn round(
         sent: 0,
     };
     let me = network.me();
-    let mut short = 0u64;
+    let (mut short, mut short_elsewhere) = (0u64, 0u64);
+    let mut count_short = |i: usize| {
+        if home[i] {
+            short += 1;
+        } else {
+            short_elsewhere += 1;
+        }
+    };
     for (i, (item, targets)) in placement.iter().enumerate() {
         let holds = |peer: &PeerId| *peer == me || has.get(&(i, *peer)).copied().unwrap_or(false);
         let missing: Vec<PeerId> = targets.iter().filter(|p| !holds(p)).copied().collect();
@@ -342,7 +374,7 @@ pub async fn round(
         // holder, or when no target holds the item at all.
         let responsible = targets.iter().find(|p| holds(p)).is_none_or(|p| *p == me);
         if !responsible {
-            short += 1;
+            count_short(i);
             continue;
         }
         let Some((request, bytes)) = load(network, item).await else {
@@ -364,9 +396,15 @@ pub async fn round(
             }
         }
         if !sent_all {
-            short += 1;
+            count_short(i);
         }
     }
+    if full {
+        counters
+            .elsewhere_short
+            .store(short_elsewhere, Ordering::Relaxed);
+    }
+    let short = short + counters.elsewhere_short.load(Ordering::Relaxed);
     counters
         .checked
         .store(placement.len() as u64, Ordering::Relaxed);

@@ -263,6 +263,16 @@ fn table(report: &simulator::Report) -> String {
         String::new(),
     );
     row(
+        "Kademlia requests sent: refresh / closest / get / put",
+        kad_sent(&a.kad),
+        kad_sent(&w.kad),
+    );
+    row(
+        "Kademlia requests answered: closest / get / put",
+        kad_served(&a.kad),
+        kad_served(&w.kad),
+    );
+    row(
         "wall time (s) / events played late by at most (s)",
         format!("{:.1} / {:.1}", report.wall_secs, report.lag_max_secs),
         String::new(),
@@ -276,4 +286,18 @@ fn table(report: &simulator::Report) -> String {
         String::new(),
     );
     t
+}
+
+fn kad_sent(k: &simulator::play::KadWork) -> String {
+    format!(
+        "{} / {} / {} / {}",
+        k.sent_bootstrap, k.sent_closest, k.sent_get_record, k.sent_put_record
+    )
+}
+
+fn kad_served(k: &simulator::play::KadWork) -> String {
+    format!(
+        "{} / {} / {}",
+        k.served_closest, k.served_get_record, k.served_put_record
+    )
 }

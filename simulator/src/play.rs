@@ -122,6 +122,60 @@ pub struct Window {
     /// Items the nodes on line counted as lacking copies after their last repair round
     /// (sampled at the window's start).
     pub under_replicated: u64,
+    /// Kademlia's work in the window (counted from the previous window's start to this
+    /// one's, over the nodes on line at both).
+    pub kad: KadWork,
+}
+
+/// Kademlia requests in a window, all nodes together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KadWork {
+    /// Requests answered: closest peers, records, stores.
+    pub served_closest: u64,
+    /// Record requests answered.
+    pub served_get_record: u64,
+    /// Record stores taken.
+    pub served_put_record: u64,
+    /// Requests sent by routing-table refreshes.
+    pub sent_bootstrap: u64,
+    /// Requests sent by closest-peer lookups (block placement).
+    pub sent_closest: u64,
+    /// Requests sent by record lookups (resolutions).
+    pub sent_get_record: u64,
+    /// Requests sent by record stores (registrations, republishing).
+    pub sent_put_record: u64,
+}
+
+impl KadWork {
+    /// What happened between two counts of one node's life (nothing when `before` is of
+    /// an earlier life).
+    fn between(before: &dht::KadCounters, after: &dht::KadCounters) -> Self {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        KadWork {
+            served_closest: d(before.served_closest, after.served_closest),
+            served_get_record: d(before.served_get_record, after.served_get_record),
+            served_put_record: d(before.served_put_record, after.served_put_record),
+            sent_bootstrap: d(before.bootstrap.requests, after.bootstrap.requests),
+            sent_closest: d(before.closest.requests, after.closest.requests),
+            sent_get_record: d(before.get_record.requests, after.get_record.requests),
+            sent_put_record: d(before.put_record.requests, after.put_record.requests),
+        }
+    }
+
+    fn add(&mut self, other: &KadWork) {
+        self.served_closest += other.served_closest;
+        self.served_get_record += other.served_get_record;
+        self.served_put_record += other.served_put_record;
+        self.sent_bootstrap += other.sent_bootstrap;
+        self.sent_closest += other.sent_closest;
+        self.sent_get_record += other.sent_get_record;
+        self.sent_put_record += other.sent_put_record;
+    }
+
+    /// Every request answered.
+    pub fn served(&self) -> u64 {
+        self.served_closest + self.served_get_record + self.served_put_record
+    }
 }
 
 /// Figures over a stretch of windows.
@@ -171,6 +225,8 @@ pub struct Totals {
     pub repair_copies: u64,
     /// Bytes repair sent.
     pub repair_bytes: u64,
+    /// Kademlia's work.
+    pub kad: KadWork,
 }
 
 /// The run's report.
@@ -223,6 +279,8 @@ struct Running {
     address: Multiaddr,
     registered: Vec<bool>,
     files: Option<Mounted>,
+    /// When this session started: tells one session's counters from the next one's.
+    started: Instant,
 }
 
 /// Who received which publication, and when: message → node → first receipt.
@@ -395,6 +453,7 @@ pub async fn play(
     let begin = Instant::now();
     let total = schedule.events.len().max(1);
     let mut sampled_window = usize::MAX;
+    let mut kad_seen = HashMap::new();
     let path_of = |node: u32, name: u32| -> Option<Path> {
         tree.join(&format!("n{node}"))
             .ok()?
@@ -439,7 +498,10 @@ pub async fn play(
             sampled_window = window;
             let rss = rss_mib();
             state.report.peak_rss_mib = state.report.peak_rss_mib.max(rss);
-            let (connections, routing) = tables(&nodes).await;
+            let (connections, routing, kad) = tables(&nodes, &mut kad_seen).await;
+            if let Some(previous) = window.checked_sub(1) {
+                state.report.windows[previous].kad = kad;
+            }
             let w = &mut state.report.windows[window];
             w.connections_mean = connections;
             w.routing_table_mean = routing;
@@ -668,6 +730,10 @@ pub async fn play(
         state.record(o, &mut nodes, &epochs);
     }
     let end = Instant::now();
+    // The last window's Kademlia work, taken before the audit adds its own.
+    if let Some(last) = state.report.windows.get_mut(sampled_window) {
+        last.kad = tables(&nodes, &mut kad_seen).await.2;
+    }
     if let Some(owner) = &owner {
         let files: Vec<u32> = (0..state.written.len() as u32)
             .filter(|f| state.written[*f as usize])
@@ -774,6 +840,7 @@ async fn join(
         address,
         registered: vec![false; scenario.workload.registrations_per_session as usize],
         files: None,
+        started: Instant::now(),
     })
 }
 
@@ -962,6 +1029,7 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         t.gets_failed += w.gets_failed;
         t.repair_copies += w.repair_copies;
         t.repair_bytes += w.repair_bytes;
+        t.kad.add(&w.kad);
         latencies.extend_from_slice(&s.latencies);
         hops.extend_from_slice(&s.hops);
         put_latencies.extend_from_slice(&s.put_latencies);
@@ -980,23 +1048,41 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
     t
 }
 
-/// Mean connected peers and routing-table entries over the nodes on line.
-async fn tables(nodes: &BTreeMap<u32, Running>) -> (f64, f64) {
+/// Connections and routing-table entries per node on line, means, and Kademlia's work
+/// since the last call; `kad_seen` keeps each session's counts between calls.
+async fn tables(
+    nodes: &BTreeMap<u32, Running>,
+    kad_seen: &mut HashMap<u32, (Instant, dht::KadCounters)>,
+) -> (f64, f64, KadWork) {
     let mut asks = tokio::task::JoinSet::new();
-    for running in nodes.values() {
+    for (&n, running) in nodes {
         let client = running.client.clone();
-        asks.spawn(async move { client.status().await.ok() });
+        let started = running.started;
+        asks.spawn(async move { (n, started, client.status().await.ok()) });
     }
     let (mut peers, mut routing, mut count) = (0usize, 0usize, 0usize);
+    let mut work = KadWork::default();
+    let mut seen = HashMap::new();
     while let Some(answer) = asks.join_next().await {
-        if let Ok(Some(status)) = answer {
+        if let Ok((n, life, Some(status))) = answer {
             peers += status.peers;
             routing += status.routing_table;
             count += 1;
+            // A node's counts start from zero with each session: a session not seen
+            // before counts whole (what a node did in a session that ended between two
+            // calls is not counted).
+            let zero = dht::KadCounters::default();
+            let before = match kad_seen.get(&n) {
+                Some((before_life, before)) if *before_life == life => before,
+                _ => &zero,
+            };
+            work.add(&KadWork::between(before, &status.kad));
+            seen.insert(n, (life, status.kad));
         }
     }
+    *kad_seen = seen;
     let count = count.max(1) as f64;
-    (peers as f64 / count, routing as f64 / count)
+    (peers as f64 / count, routing as f64 / count, work)
 }
 
 /// This process's resident set, MiB (0 where `/proc` is not there).
