@@ -79,6 +79,9 @@ pub struct Counters {
     pub copies_sent: AtomicU64,
     /// Bytes sent by repair.
     pub bytes_sent: AtomicU64,
+    /// Copies held away from where they belong, dropped once every one of the R nodes
+    /// where they belong said it held the item.
+    pub handed_off: AtomicU64,
     /// Corrupt chunks found by scrubbing.
     pub scrub_corrupt: AtomicU64,
     /// Collection of unreferenced chunks.
@@ -98,6 +101,9 @@ pub struct Status {
     pub copies_sent: u64,
     /// Bytes sent by repair.
     pub bytes_sent: u64,
+    /// Copies held away from where they belong, dropped once the R nodes where they
+    /// belong held them.
+    pub handed_off: u64,
     /// Corrupt chunks found by scrubbing.
     pub scrub_corrupt: u64,
     /// Unreferenced chunks collected.
@@ -115,6 +121,7 @@ impl Counters {
             checked: self.checked.load(Ordering::Relaxed),
             copies_sent: self.copies_sent.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
             scrub_corrupt: self.scrub_corrupt.load(Ordering::Relaxed),
             collected: self.gc.collected.load(Ordering::Relaxed),
             collect_waiting: self.gc.waiting.load(Ordering::Relaxed),
@@ -313,6 +320,11 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
 /// holds where it belongs (see [`Network::at_home`]). Placing an item held elsewhere
 /// takes an overlay lookup; a round after every membership change would repeat those
 /// lookups for every such item every few seconds, on every node.
+///
+/// A copy held elsewhere (placed before nearer nodes joined, or cached by a read) is
+/// handed off: once each of the R live nodes where the item belongs has said, in this
+/// round, that it holds the item, this node drops its copy, as Dynamo's hinted hand-off
+/// does. Without that every copy ever made would stay, and be looked up, for good.
 /// Chunks for which `skip` says so are left alone (garbage waiting to be collected).
 pub async fn round(
     network: &Network,
@@ -364,10 +376,15 @@ pub async fn round(
             short_elsewhere += 1;
         }
     };
+    let mut handed = Vec::new();
     for (i, (item, targets)) in placement.iter().enumerate() {
         let holds = |peer: &PeerId| *peer == me || has.get(&(i, *peer)).copied().unwrap_or(false);
         let missing: Vec<PeerId> = targets.iter().filter(|p| !holds(p)).copied().collect();
         if missing.is_empty() {
+            // Only on what the R others said, never on this node counting itself.
+            if !home[i] && targets.len() == network.config().replicas && !targets.contains(&me) {
+                handed.push(*item);
+            }
             continue;
         }
         // The nearest holder among the targets sends; this node sends when it is that
@@ -399,6 +416,8 @@ pub async fn round(
             count_short(i);
         }
     }
+    let dropped = hand_off(network, handed).await?;
+    counters.handed_off.fetch_add(dropped, Ordering::Relaxed);
     if full {
         counters
             .elsewhere_short
@@ -411,6 +430,32 @@ pub async fn round(
     counters.under_replicated.store(short, Ordering::Relaxed);
     counters.rounds.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Drops this node's copies of `items`; how many were dropped.
+async fn hand_off(network: &Network, items: Vec<Item>) -> Result<u64, String> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let local = network.local().clone();
+    tokio::task::spawn_blocking(move || {
+        let store = local.store();
+        let mut dropped = 0;
+        for item in items {
+            let removed = match item {
+                Item::Chunk(id) => store.remove_chunk(&id),
+                Item::Version(inode, version) => store.remove_version(&inode, &version),
+            }
+            .map_err(|e| e.to_string())?;
+            if removed {
+                tracing::debug!(item = ?item, "handed off a copy held away from where it belongs");
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 async fn held_items(network: &Network) -> Result<Vec<Item>, String> {

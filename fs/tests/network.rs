@@ -424,3 +424,58 @@ async fn chunks_no_kept_version_refers_to_are_collected() {
     writer.get(&file, &mut out, |_| {}).await.unwrap();
     assert_eq!(out, data(5 * 4096, 19));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
+    trace();
+    let nodes = start_net(6).await;
+    // A chunk only a node outside its R = 3 nearest holds (as a node that held it before
+    // nearer nodes joined would). Its owner is unknown, so collection never takes it.
+    let bytes = data(4000, 9);
+    let id = fs::ChunkId::of(&bytes);
+    let mut away = None;
+    for node in &nodes {
+        if !node.network.at_home(id.as_bytes()).await.unwrap() {
+            away = Some(node);
+            break;
+        }
+    }
+    let away = away.expect("three of six nodes are not among a key's three nearest");
+    away.network
+        .local()
+        .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
+        .unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    // Copied to the three where it belongs first, then dropped where it was: the copies
+    // never fall below one, and end at three, none of them away.
+    eventually(
+        "the copy moved to where it belongs",
+        Duration::from_secs(30),
+        async || {
+            let held = copies(&all)
+                .get(&fs::ItemId::Chunk(id))
+                .copied()
+                .unwrap_or(0);
+            assert!(held >= 1, "the only copy was dropped before it was copied");
+            !away.network.local().store().has_chunk(&id).unwrap() && held == 3
+        },
+    )
+    .await;
+    assert_eq!(away.repair.status().handed_off, 1);
+    for node in &nodes {
+        let holds = node.network.local().store().has_chunk(&id).unwrap();
+        let home = node.network.at_home(id.as_bytes()).await.unwrap();
+        assert_eq!(
+            holds, home,
+            "a copy where it does not belong, or one missing"
+        );
+    }
+    // And it still reads from anywhere.
+    let reader = &nodes
+        .iter()
+        .find(|n| !std::ptr::eq(*n, away))
+        .unwrap()
+        .network;
+    let chunk = fs::Blocks::get_chunk(reader.as_ref(), id).await.unwrap();
+    assert_eq!(chunk, bytes);
+}

@@ -617,6 +617,11 @@ impl prometheus_client::collector::Collector for Collector {
                 self.repair.copies_sent.load(Relaxed),
             ),
             (
+                "blocktree_fs_repair_handed_off",
+                "Copies held away from where they belong, dropped once the R nodes there held them",
+                self.repair.handed_off.load(Relaxed),
+            ),
+            (
                 "blocktree_fs_repair_rounds",
                 "Repair rounds finished",
                 self.repair.rounds.load(Relaxed),
