@@ -147,8 +147,7 @@ pub struct KadWork {
 }
 
 impl KadWork {
-    /// What happened between two counts of one node's life (nothing when `before` is of
-    /// an earlier life).
+    /// What happened between two counts taken in one session of a node.
     fn between(before: &dht::KadCounters, after: &dht::KadCounters) -> Self {
         let d = |a: u64, b: u64| b.saturating_sub(a);
         KadWork {
@@ -170,11 +169,6 @@ impl KadWork {
         self.sent_closest += other.sent_closest;
         self.sent_get_record += other.sent_get_record;
         self.sent_put_record += other.sent_put_record;
-    }
-
-    /// Every request answered.
-    pub fn served(&self) -> u64 {
-        self.served_closest + self.served_get_record + self.served_put_record
     }
 }
 
