@@ -271,17 +271,20 @@ pub struct Handle {
     nodes: Vec<Node>,
     size: u64,
     chunk_size: usize,
-    /// Stored chunks; entries for indices in `dirty` are placeholders.
+    /// Stored chunks; entries for indices in `dirty` or in a batch under way are
+    /// placeholders.
     refs: Vec<ChunkRef>,
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Something changed since the last version.
     changed: bool,
     mode: u32,
-    cache: Option<(u64, Vec<u8>)>,
+    /// Plaintext of stored chunks: the last read, and the next ones being fetched.
+    cache: ReadCache,
     /// When the first chunk stored since the last version was stored.
     unsynced_since: Option<std::time::Instant>,
-    /// The batch of chunks being stored.
-    storing: Option<tokio::task::JoinHandle<Result<(), BlockError>>>,
+    /// Batches of chunks being sealed and stored, oldest first (at most
+    /// [`BATCHES_IN_FLIGHT`]): each gives the refs of its chunks by index.
+    storing: std::collections::VecDeque<Storing>,
     /// Why storing this handle's chunks failed: it then refuses to make a version.
     failed: Option<Error>,
     /// A new file its directory does not name yet.
@@ -292,6 +295,45 @@ pub struct Handle {
 /// unreferenced for [`crate::gc::Config::grace`] (24 h by default), so an `fsync` later
 /// than this refuses rather than commit a version whose chunks may be gone.
 pub const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// How many stored chunks a sequential reader has fetched ahead of it: each is opened on
+/// a blocking thread while the reader copies out the one before (two cores kept busy).
+const READ_AHEAD: u64 = 2;
+
+/// Batches of written chunks a handle seals and stores in the background while its writer
+/// goes on: one being sealed, one being stored.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// A batch of chunks being sealed and stored: the refs of its chunks by index.
+type Storing = tokio::task::JoinHandle<Result<BTreeMap<u64, ChunkRef>, Error>>;
+
+/// A chunk being fetched and opened in the background.
+type Fetching = tokio::task::JoinHandle<Result<Vec<u8>, Error>>;
+
+/// A handle's plaintext of stored chunks: the one read last (a read of a few KiB must not
+/// open a whole chunk again), and the chunks after it, fetched ahead of a sequential
+/// reader.
+#[derive(Debug, Default)]
+struct ReadCache {
+    last: Option<(u64, Arc<Vec<u8>>)>,
+    ahead: std::collections::VecDeque<(u64, Fetching)>,
+}
+
+impl ReadCache {
+    /// Forgets everything (the chunks changed); fetches under way are stopped.
+    fn clear(&mut self) {
+        self.last = None;
+        for (_, fetching) in self.ahead.drain(..) {
+            fetching.abort();
+        }
+    }
+}
+
+impl Drop for ReadCache {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
 
 impl Handle {
     /// Bytes in the file, including unsynced writes.
@@ -675,41 +717,15 @@ impl<B: Blocks> Client<B> {
         index: u64,
         chunk: ChunkRef,
     ) -> Result<Vec<u8>, Error> {
-        let sealed = self
-            .blocks
-            .get_chunk(chunk.id)
-            .await
-            .map_err(blocks_err(&node.path))?;
-        let keys: Vec<DataKey> = std::iter::once(key.clone())
-            .chain(node.previous_key.clone().filter(|_| key == &node.key))
-            .collect();
-        let plaintext = tokio::task::spawn_blocking(move || {
-            let mut last = chunk::ChunkError::Open;
-            for key in &keys {
-                match chunk::open(key, &id, index, &sealed) {
-                    Ok(plaintext) => return Ok(plaintext),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        })
+        fetch_and_open(
+            self.blocks.clone(),
+            node.path.clone(),
+            keys_for(node, key),
+            id,
+            index,
+            chunk,
+        )
         .await
-        .map_err(|e| Error::Io(e.to_string()))?
-        .map_err(|e| Error::Corrupt {
-            path: node.path.to_string(),
-            reason: e.to_string(),
-        })?;
-        if plaintext.len() != chunk.len as usize {
-            return Err(Error::Corrupt {
-                path: node.path.to_string(),
-                reason: format!(
-                    "chunk {index} holds {} bytes, not {}",
-                    plaintext.len(),
-                    chunk.len
-                ),
-            });
-        }
-        Ok(plaintext)
     }
 
     /// A directory's entries, forks merged, to change.
@@ -942,53 +958,12 @@ impl<B: Blocks> Client<B> {
         key: &DataKey,
         pieces: BTreeMap<u64, Vec<u8>>,
     ) -> Result<BTreeMap<u64, ChunkRef>, Error> {
-        let (refs, batch) = self.seal(node, key, pieces).await?;
+        let (refs, batch) = seal(node.id(), key, pieces, self.config.parallel).await?;
         self.blocks
             .put_chunks(node.id(), batch)
             .await
             .map_err(blocks_err(&node.path))?;
         Ok(refs)
-    }
-
-    /// Seals pieces in parallel: their refs by index, and the sealed chunks.
-    async fn seal(
-        &self,
-        node: &Node,
-        key: &DataKey,
-        pieces: BTreeMap<u64, Vec<u8>>,
-    ) -> Result<(BTreeMap<u64, ChunkRef>, Vec<chunk::Sealed>), Error> {
-        let id = node.id();
-        let sealed: Vec<(u64, u32, chunk::Sealed)> = futures::stream::iter(pieces)
-            .map(|(index, plaintext)| {
-                let key = key.clone();
-                async move {
-                    let len = u32::try_from(plaintext.len()).unwrap_or(u32::MAX);
-                    tokio::task::spawn_blocking(move || {
-                        chunk::seal(&key, &id, index, &plaintext).map(|s| (index, len, s))
-                    })
-                    .await
-                    .map_err(|e| Error::Io(e.to_string()))?
-                    .map_err(|e| Error::Io(e.to_string()))
-                }
-                .boxed()
-            })
-            .buffered(self.config.parallel)
-            .try_collect()
-            .await?;
-        let refs = sealed
-            .iter()
-            .map(|(index, len, s)| {
-                (
-                    *index,
-                    ChunkRef {
-                        id: s.id,
-                        len: *len,
-                    },
-                )
-            })
-            .collect();
-        let batch: Vec<chunk::Sealed> = sealed.into_iter().map(|(_, _, s)| s).collect();
-        Ok((refs, batch))
     }
 
     /// Writes `dir` as a new version of the directory `nodes[i]`, replacing its key first
@@ -1268,9 +1243,9 @@ impl<B: Blocks> Client<B> {
             dirty: BTreeMap::new(),
             changed: false,
             mode,
-            cache: None,
+            cache: ReadCache::default(),
             unsynced_since: None,
-            storing: None,
+            storing: std::collections::VecDeque::new(),
             failed: None,
             unlinked: false,
         })
@@ -1319,38 +1294,90 @@ impl<B: Blocks> Client<B> {
             dirty: BTreeMap::new(),
             changed: true,
             mode: 0o644,
-            cache: None,
+            cache: ReadCache::default(),
             unsynced_since: None,
-            storing: None,
+            storing: std::collections::VecDeque::new(),
             failed: None,
             unlinked: true,
         })
     }
 
+    /// Chunk `index` as plaintext, unsynced writes included (empty past the end).
     async fn plaintext_of(&self, handle: &mut Handle, index: u64) -> Result<Vec<u8>, Error> {
         if let Some(d) = handle.dirty.get(&index) {
             return Ok(d.clone());
         }
-        if let Some((i, bytes)) = &handle.cache
+        Ok(Arc::unwrap_or_clone(self.stored(handle, index).await?))
+    }
+
+    /// The plaintext of stored chunk `index` (empty past the end), and the next ones
+    /// fetched in the background for a sequential reader.
+    async fn stored(&self, handle: &mut Handle, index: u64) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some((i, bytes)) = &handle.cache.last
             && *i == index
         {
             return Ok(bytes.clone());
         }
-        let Some(chunk) = usize::try_from(index)
-            .ok()
-            .and_then(|i| handle.refs.get(i))
-            .copied()
-        else {
-            return Ok(Vec::new());
-        };
+        if usize::try_from(index).map_or(true, |i| i >= handle.refs.len()) {
+            return Ok(Arc::default());
+        }
         // A chunk of a batch still being stored is read back once it is stored.
         self.wait_stored(handle).await?;
-        let node = handle.node();
-        let bytes = self
-            .fetch_chunk(node, &node.key, node.id(), index, chunk)
-            .await?;
-        handle.cache = Some((index, bytes.clone()));
+        // Fetches for other chunks than this one and the ones after it are not wanted.
+        while let Some((i, _)) = handle.cache.ahead.front()
+            && *i != index
+        {
+            if let Some((_, fetching)) = handle.cache.ahead.pop_front() {
+                fetching.abort();
+            }
+        }
+        let bytes = match handle.cache.ahead.pop_front() {
+            Some((_, fetching)) => fetching
+                .await
+                .map_err(|e| Error::Io(format!("reading ahead: {e}")))??,
+            None => {
+                let node = handle.node();
+                self.fetch_chunk(
+                    node,
+                    &node.key,
+                    node.id(),
+                    index,
+                    handle.refs[index as usize],
+                )
+                .await?
+            }
+        };
+        let bytes = Arc::new(bytes);
+        handle.cache.last = Some((index, bytes.clone()));
+        self.read_ahead(handle, index);
         Ok(bytes)
+    }
+
+    /// Starts fetching the stored chunks after `index` (up to [`READ_AHEAD`] of them).
+    fn read_ahead(&self, handle: &mut Handle, index: u64) {
+        // The node, borrowed apart from the cache.
+        let Some(node) = handle.nodes.last() else {
+            return;
+        };
+        let mut next = handle.cache.ahead.back().map_or(index + 1, |(i, _)| i + 1);
+        while next <= index + READ_AHEAD {
+            let Some(chunk) = usize::try_from(next).ok().and_then(|i| handle.refs.get(i)) else {
+                break;
+            };
+            if handle.dirty.contains_key(&next) {
+                break;
+            }
+            let fetching = tokio::spawn(fetch_and_open(
+                self.blocks.clone(),
+                node.path.clone(),
+                keys_for(node, &node.key),
+                node.id(),
+                next,
+                *chunk,
+            ));
+            handle.cache.ahead.push_back((next, fetching));
+            next += 1;
+        }
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
@@ -1366,9 +1393,16 @@ impl<B: Blocks> Client<B> {
         let mut pos = offset;
         while pos < end {
             let index = pos / cs;
-            let chunk = self.plaintext_of(handle, index).await?;
             let start = (pos - index * cs) as usize;
             let stop = ((end - index * cs) as usize).min(handle.chunk_size);
+            let stored;
+            let chunk: &[u8] = match handle.dirty.get(&index) {
+                Some(d) => d,
+                None => {
+                    stored = self.stored(handle, index).await?;
+                    &stored
+                }
+            };
             if start >= chunk.len() {
                 // A hole (bytes past a stored chunk's end read as zeros).
                 out.resize(out.len() + (stop - start), 0);
@@ -1418,13 +1452,24 @@ impl<B: Blocks> Client<B> {
             let index = pos / cs;
             let start = (pos - index * cs) as usize;
             let take = (handle.chunk_size - start).min(data.len() - written);
-            let mut chunk = self.plaintext_of(handle, index).await?;
+            if !handle.dirty.contains_key(&index) {
+                // A whole chunk written needs nothing of what was there.
+                let old = if start == 0 && take == handle.chunk_size {
+                    Vec::with_capacity(take)
+                } else {
+                    self.plaintext_of(handle, index).await?
+                };
+                handle.dirty.insert(index, old);
+                handle.cache.clear();
+            }
+            let chunk = handle
+                .dirty
+                .get_mut(&index)
+                .ok_or_else(|| Error::Io("a buffered chunk went missing".into()))?;
             if chunk.len() < start + take {
                 chunk.resize(start + take, 0);
             }
             chunk[start..start + take].copy_from_slice(&data[written..written + take]);
-            handle.dirty.insert(index, chunk);
-            handle.cache = None;
             written += take;
         }
         handle.size = handle.size.max(offset + data.len() as u64);
@@ -1468,6 +1513,8 @@ impl<B: Blocks> Client<B> {
     }
 
     async fn set_len(&self, handle: &mut Handle, size: u64) -> Result<(), Error> {
+        // Refs change below: the batches under way put theirs in first.
+        self.wait_stored(handle).await?;
         let cs = handle.chunk_size as u64;
         let count = chunk_count(size, handle.chunk_size);
         if size < handle.size {
@@ -1496,29 +1543,35 @@ impl<B: Blocks> Client<B> {
             }
         }
         handle.size = size;
-        handle.cache = None;
+        handle.cache.clear();
         handle.changed = true;
         Ok(())
     }
 
-    /// Seals and stores the buffered chunks (not yet a version: see [`Client::fsync`]).
+    /// Seals and stores the buffered chunks in the background (not yet a version: see
+    /// [`Client::fsync`], which waits for them). The writer goes on meanwhile; once
+    /// [`BATCHES_IN_FLIGHT`] batches are under way, it waits for the oldest.
     async fn flush(&self, handle: &mut Handle) -> Result<(), Error> {
         if handle.dirty.is_empty() {
             return Ok(());
+        }
+        while handle.storing.len() >= BATCHES_IN_FLIGHT {
+            self.wait_oldest(handle).await?;
         }
         let dirty = std::mem::take(&mut handle.dirty);
         handle
             .unsynced_since
             .get_or_insert_with(std::time::Instant::now);
-        let node = handle.node().clone();
-        let (refs, batch) = self.seal(&node, &node.key, dirty).await?;
-        // Stored while the caller goes on (the next batch is read and sealed meanwhile);
-        // at most one batch is in flight, and `fsync` waits for it.
-        self.wait_stored(handle).await?;
-        let blocks = self.blocks.clone();
-        let owner = node.id();
-        handle.storing = Some(tokio::spawn(async move {
-            blocks.put_chunks(owner, batch).await
+        let node = handle.node();
+        let (id, key, path) = (node.id(), node.key.clone(), node.path.clone());
+        let (blocks, parallel) = (self.blocks.clone(), self.config.parallel);
+        handle.storing.push_back(tokio::spawn(async move {
+            let (refs, batch) = seal(id, &key, dirty, parallel).await?;
+            blocks
+                .put_chunks(id, batch)
+                .await
+                .map_err(blocks_err(&path))?;
+            Ok(refs)
         }));
         let count = chunk_count(handle.size, handle.chunk_size);
         let placeholder = ChunkRef {
@@ -1528,28 +1581,44 @@ impl<B: Blocks> Client<B> {
         handle
             .refs
             .resize(count.max(handle.refs.len()), placeholder);
-        for (index, r) in refs {
-            if let Some(slot) = handle.refs.get_mut(index as usize) {
-                *slot = r;
-            }
+        Ok(())
+    }
+
+    /// Waits for every batch of chunks being stored.
+    async fn wait_stored(&self, handle: &mut Handle) -> Result<(), Error> {
+        while !handle.storing.is_empty() {
+            self.wait_oldest(handle).await?;
         }
         Ok(())
     }
 
-    /// Waits for the batch of chunks being stored, if any.
-    async fn wait_stored(&self, handle: &mut Handle) -> Result<(), Error> {
-        if let Some(storing) = handle.storing.take() {
-            let path = handle.node().path.clone();
-            let stored = match storing.await {
-                Ok(result) => result.map_err(blocks_err(&path)),
-                Err(e) => Err(Error::Io(format!("storing chunks: {e}"))),
-            };
-            if let Err(e) = stored {
+    /// Waits for the oldest batch being stored and takes in its refs.
+    async fn wait_oldest(&self, handle: &mut Handle) -> Result<(), Error> {
+        let Some(storing) = handle.storing.pop_front() else {
+            return Ok(());
+        };
+        let stored = match storing.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Io(format!("storing chunks: {e}"))),
+        };
+        match stored {
+            Ok(refs) => {
+                for (index, r) in refs {
+                    if let Some(slot) = handle.refs.get_mut(index as usize) {
+                        *slot = r;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The batches after it are no use to a handle that cannot make a version.
+                for later in handle.storing.drain(..) {
+                    later.abort();
+                }
                 handle.failed = Some(e.clone());
-                return Err(e);
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Makes the handle's writes a new version, acknowledged by the replicas, and links a
@@ -2073,6 +2142,98 @@ impl<B: Blocks> Client<B> {
 }
 
 /// Refuses a size beyond what one inode can describe, before any work.
+/// Seals pieces of inode `id` in parallel (`parallel` at once): their refs by index, and
+/// the sealed chunks.
+async fn seal(
+    id: InodeId,
+    key: &DataKey,
+    pieces: BTreeMap<u64, Vec<u8>>,
+    parallel: usize,
+) -> Result<(BTreeMap<u64, ChunkRef>, Vec<chunk::Sealed>), Error> {
+    let sealed: Vec<(u64, u32, chunk::Sealed)> = futures::stream::iter(pieces)
+        .map(|(index, plaintext)| {
+            let key = key.clone();
+            async move {
+                let len = u32::try_from(plaintext.len()).unwrap_or(u32::MAX);
+                tokio::task::spawn_blocking(move || {
+                    chunk::seal(&key, &id, index, &plaintext).map(|s| (index, len, s))
+                })
+                .await
+                .map_err(|e| Error::Io(e.to_string()))?
+                .map_err(|e| Error::Io(e.to_string()))
+            }
+            .boxed()
+        })
+        .buffered(parallel)
+        .try_collect()
+        .await?;
+    let refs = sealed
+        .iter()
+        .map(|(index, len, s)| {
+            (
+                *index,
+                ChunkRef {
+                    id: s.id,
+                    len: *len,
+                },
+            )
+        })
+        .collect();
+    let batch: Vec<chunk::Sealed> = sealed.into_iter().map(|(_, _, s)| s).collect();
+    Ok((refs, batch))
+}
+
+/// The keys to try on a chunk of `node` sealed under `key`: a re-key under way leaves the
+/// previous key beside the new one.
+fn keys_for(node: &Node, key: &DataKey) -> Vec<DataKey> {
+    std::iter::once(key.clone())
+        .chain(node.previous_key.clone().filter(|_| key == &node.key))
+        .collect()
+}
+
+/// Fetches chunk `index` of inode `id` and opens it with the first of `keys` that does,
+/// on a blocking thread; checks its length against the inode's reference.
+async fn fetch_and_open<B: Blocks>(
+    blocks: Arc<B>,
+    path: Path,
+    keys: Vec<DataKey>,
+    id: InodeId,
+    index: u64,
+    chunk: ChunkRef,
+) -> Result<Vec<u8>, Error> {
+    let sealed = blocks
+        .get_chunk(chunk.id)
+        .await
+        .map_err(blocks_err(&path))?;
+    let plaintext = tokio::task::spawn_blocking(move || {
+        let mut last = chunk::ChunkError::Open;
+        for key in &keys {
+            match chunk::open(key, &id, index, &sealed) {
+                Ok(plaintext) => return Ok(plaintext),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    })
+    .await
+    .map_err(|e| Error::Io(e.to_string()))?
+    .map_err(|e| Error::Corrupt {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    if plaintext.len() != chunk.len as usize {
+        return Err(Error::Corrupt {
+            path: path.to_string(),
+            reason: format!(
+                "chunk {index} holds {} bytes, not {}",
+                plaintext.len(),
+                chunk.len
+            ),
+        });
+    }
+    Ok(plaintext)
+}
+
 fn check_size(handle: &Handle, size: u64) -> Result<(), Error> {
     let max = inode::MAX_CHUNKS as u64 * handle.chunk_size as u64;
     if size > max {

@@ -24,6 +24,7 @@ use keys::Path;
 
 use crate::blocks::Blocks;
 use crate::client::{Client, DirEntry, Error, Handle, Stat};
+use crate::id::VersionId;
 use crate::inode::Kind;
 
 /// How long the kernel may cache attributes and names.
@@ -57,6 +58,10 @@ pub struct Mount<B: Blocks> {
     /// Inode number → the path it was last seen at.
     paths: Mutex<HashMap<u64, Path>>,
     open: Mutex<HashMap<u64, Arc<Open>>>,
+    /// Inode number → the version whose bytes the kernel may hold in its page cache (the
+    /// version last opened or written here): an open of that same version keeps the cache,
+    /// any other drops it (libfuse's `auto_cache`, by version rather than mtime).
+    cached: Mutex<HashMap<u64, VersionId>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -104,6 +109,7 @@ impl<B: Blocks> Mount<B> {
             root,
             paths: Mutex::new(paths),
             open: Mutex::new(HashMap::new()),
+            cached: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid,
             gid,
@@ -229,10 +235,23 @@ impl<B: Blocks> Mount<B> {
 
     fn sync(&self, fh: FileHandle) -> Result<(), Errno> {
         let open = self.get_open(fh)?;
-        self.run(async {
+        let version = self.run(async {
             let mut handle = open.handle.lock().await;
-            self.client.fsync(&mut handle).await
-        })
+            self.client.fsync(&mut handle).await?;
+            Ok(handle.stat().version)
+        })?;
+        // The kernel's pages of this file hold what was written through it: that version.
+        self.keep_cache(open.ino, version);
+        Ok(())
+    }
+
+    /// Whether the kernel may keep its cached pages of `ino` at an open of `version`;
+    /// `version` is what it caches from then on.
+    fn keep_cache(&self, ino: u64, version: VersionId) -> bool {
+        let Ok(mut cached) = self.cached.lock() else {
+            return false;
+        };
+        cached.insert(ino, version) == Some(version)
     }
 
     /// After a rename, the moved entry and everything below it live at new paths.
@@ -469,7 +488,15 @@ impl<B: Blocks> Filesystem for Mount<B> {
             Ok(handle)
         });
         match opened {
-            Ok(handle) => reply.opened(FileHandle(self.add_open(handle)), FopenFlags::empty()),
+            Ok(handle) => {
+                let keep = !truncate && self.keep_cache(ino.0, handle.stat().version);
+                let flags = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(self.add_open(handle)), flags);
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -553,6 +580,10 @@ impl<B: Blocks> Filesystem for Mount<B> {
             Ok(o) => o,
             Err(e) => return reply.error(e),
         };
+        // Until these bytes are a version, what the kernel caches is no version at all.
+        if let Ok(mut cached) = self.cached.lock() {
+            cached.remove(&open.ino);
+        }
         match self.run(async {
             let mut handle = open.handle.lock().await;
             self.client.write(&mut handle, offset, data).await

@@ -742,6 +742,11 @@ impl Blocks for Network {
         {
             return Ok(bytes.clone());
         }
+        // What this node stores itself is read from its store again (a copy in the cache
+        // would cost a copy of the bytes and buy nothing).
+        if let Some(bytes) = self.local_chunk(&id) {
+            return Ok(bytes);
+        }
         let found = self.fetch_chunk(id).await?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.keep_chunk(id, &found);
@@ -869,14 +874,20 @@ impl Network {
         Ok((found.into_values().collect(), cut))
     }
 
-    async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
-        match self.local.get_chunk(&id) {
-            Ok(Some(bytes)) => return Ok(bytes),
-            Ok(None) | Err(Refused::Corrupt) => {}
+    /// The chunk from this node's store (checked against its id there), if held intact.
+    fn local_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        match self.local.get_chunk(id) {
+            Ok(found) => found,
+            Err(Refused::Corrupt) => None,
             Err(e) => {
-                tracing::warn!(chunk = %id, error = %e, "local store failed; asking replicas")
+                tracing::warn!(chunk = %id, error = %e, "local store failed; asking replicas");
+                None
             }
         }
+    }
+
+    /// The chunk from another replica, checked against its id.
+    async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
         let mut errors = Vec::new();
         let candidates = self.candidates(id.as_bytes()).await?;
         for peer in candidates.iter().filter(|p| **p != self.me) {

@@ -126,10 +126,33 @@ async fn put_get_list_move_remove() {
 #[tokio::test]
 async fn random_access_matches_a_model() {
     let t = tree();
-    let c = t.owner();
-    let file = t.path("f");
+    random_access(&t.owner(), &t.path("f"), 6000, 7000).await;
+}
+
+/// With two buffered chunks per batch and files of up to 40 chunks, writes go out in
+/// background batches while more are written, and reads run into chunks fetched ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_access_with_batches_under_way_matches_a_model() {
+    let t = tree();
+    let config = Config {
+        max_dirty_chunks: 2,
+        ..small()
+    };
+    let c = Client::new(
+        t.replica.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        config,
+    );
+    random_access(&c, &t.path("f"), 36_000, 40_000).await;
+}
+
+/// 300 random writes, truncations and reopenings at offsets below `span`, sizes below
+/// `most`, each followed by a read checked against a plain buffer; reads of the whole
+/// file in order now and then.
+async fn random_access(c: &Client<Replica>, file: &keys::Path, span: u64, most: u64) {
     let mut model: Vec<u8> = Vec::new();
-    let mut h = c.create(&file).await.unwrap();
+    let mut h = c.create(file).await.unwrap();
     let mut rng = 7u64;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -138,9 +161,9 @@ async fn random_access_matches_a_model() {
         rng % n
     };
     for step in 0..300 {
-        match next(4) {
+        match next(5) {
             0 | 1 => {
-                let offset = next(6000);
+                let offset = next(span);
                 let bytes = data(next(2500) as usize, step as u8);
                 c.write(&mut h, offset, &bytes).await.unwrap();
                 let end = offset as usize + bytes.len();
@@ -150,16 +173,29 @@ async fn random_access_matches_a_model() {
                 model[offset as usize..end].copy_from_slice(&bytes);
             }
             2 => {
-                let size = next(7000);
+                let size = next(most);
                 c.truncate(&mut h, size).await.unwrap();
                 model.resize(size as usize, 0);
             }
+            3 => {
+                let mut whole = Vec::new();
+                let mut at = 0;
+                loop {
+                    let got = c.read(&mut h, at, 700).await.unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    at += got.len() as u64;
+                    whole.extend_from_slice(&got);
+                }
+                assert_eq!(whole, model, "step {step}: the whole file in order");
+            }
             _ => {
                 c.fsync(&mut h).await.unwrap();
-                h = c.open(&file).await.unwrap();
+                h = c.open(file).await.unwrap();
             }
         }
-        let offset = next(7000);
+        let offset = next(most);
         let len = next(3000) as usize;
         let got = c.read(&mut h, offset, len).await.unwrap();
         let start = (offset as usize).min(model.len());
@@ -167,7 +203,7 @@ async fn random_access_matches_a_model() {
         assert_eq!(got, model[start..end], "step {step}");
     }
     c.fsync(&mut h).await.unwrap();
-    assert_eq!(get(&c, &file).await.unwrap(), model);
+    assert_eq!(get(c, file).await.unwrap(), model);
 }
 
 #[tokio::test]
