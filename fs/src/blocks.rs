@@ -39,8 +39,8 @@ impl From<Refused> for BlockError {
 /// Storage of chunks and inode versions. Every method is cancel-safe: a dropped future
 /// may or may not have stored its items, and nothing was acknowledged.
 pub trait Blocks: Send + Sync + 'static {
-    /// Stores sealed chunks of the inode `owner` durably (on enough replicas) before
-    /// returning.
+    /// Stores sealed chunks of the inode `owner` on enough replicas before returning
+    /// (durably, but for what [`Blocks::sync`] waits for).
     fn put_chunks(
         &self,
         owner: InodeId,
@@ -48,12 +48,21 @@ pub trait Blocks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
     /// A chunk whose bytes hash to `id`.
     fn get_chunk(&self, id: ChunkId) -> impl Future<Output = Result<Vec<u8>, BlockError>> + Send;
-    /// Stores a signed inode version durably (on enough replicas) before returning.
+    /// Stores a signed inode version on enough replicas before returning (durably, but
+    /// for what [`Blocks::sync`] waits for).
     fn put_version(
         &self,
         inode: InodeId,
         signed: Vec<u8>,
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
+    /// Makes every write acknowledged so far durable. A write is acknowledged when stored
+    /// on enough replicas, durably on every other node; this node's own store may take
+    /// it without waiting for its disk (see [`crate::net::Config::defer_own_writes`]), and
+    /// then this waits for that.
+    fn sync(&self) -> impl Future<Output = Result<(), BlockError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Drops whatever is remembered of an inode's versions, so the next
     /// [`Blocks::get_versions`] asks the replicas (a cache may lag writes made elsewhere).
     fn forget(&self, _inode: InodeId) {}
@@ -100,5 +109,16 @@ impl Blocks for Replica {
 
     async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
         Ok(self.versions(&inode)?)
+    }
+
+    async fn sync(&self) -> Result<(), BlockError> {
+        if !self.store().has_deferred() {
+            return Ok(());
+        }
+        let replica = self.clone();
+        tokio::task::spawn_blocking(move || replica.sync())
+            .await
+            .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;
+        Ok(())
     }
 }

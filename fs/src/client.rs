@@ -8,7 +8,9 @@
 //!
 //! Writes follow a fixed order so that a crash never leaves a reference to something that
 //! was not stored: chunks, then the inode version, then the parent directory. A write is
-//! acknowledged (its method returns) only after the blocks acknowledged every step.
+//! acknowledged (its method returns) only after the blocks acknowledged every step, and is
+//! durable then, or, where the blocks let this node's own store defer its commits, at the
+//! next [`Client::sync`] (a mount's `fsync`; the daemon's commands sync before answering).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -1686,6 +1688,14 @@ impl<B: Blocks> Client<B> {
         handle.changed = false;
         handle.unsynced_since = None;
         Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable (see the module docs).
+    pub async fn sync(&self) -> Result<(), Error> {
+        self.blocks
+            .sync()
+            .await
+            .map_err(|e| Error::Io(format!("making writes durable: {e}")))
     }
 
     /// Writes everything from `source` as the file at `path` (created or replaced),

@@ -4,7 +4,8 @@
 //! mounting), and its [`Error`]s become errnos. Inode numbers come from inode ids, so they
 //! stay the same across renames and remounts. An open file buffers writes in its
 //! [`Handle`] and makes them a version at `flush`/`fsync`/close: close-to-open
-//! consistency, like NFS. Attributes and entries are cached by the kernel for
+//! consistency, like NFS. A version is durable once `fsync` (or `fsyncdir`) returns, as on
+//! a local file system; the daemon also syncs every second. Attributes and entries are cached by the kernel for
 //! [`ATTR_TTL`], which bounds how late another node's change shows (a version published
 //! elsewhere is seen at the next lookup after that).
 
@@ -615,7 +616,8 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.sync(fh) {
+        // A version first (as at close), then durable: what `fsync` promises.
+        match self.sync(fh).and_then(|()| self.run(self.client.sync())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -688,8 +690,11 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are versions the moment they return.
-        reply.ok();
+        // Directory changes are versions the moment they return; durable from here.
+        match self.run(self.client.sync()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

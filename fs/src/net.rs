@@ -71,6 +71,11 @@ pub struct Config {
     /// How long the nearest nodes of a key far from this node, found by an overlay
     /// lookup, are reused. Default 10 s.
     pub placement_ttl: Duration,
+    /// Whether this node's own writes to its own store (a client here writing items this
+    /// node holds) commit without waiting for the disk, durable at [`Blocks::sync`]
+    /// (a file system's `fsync`) or [`Network::sync`]. Default: no, every write is durable
+    /// when acknowledged. Writes from other nodes are always durable when acknowledged.
+    pub defer_own_writes: bool,
 }
 
 impl Config {
@@ -83,6 +88,7 @@ impl Config {
             max_inbound: 64,
             down_for: Duration::from_secs(10),
             placement_ttl: Duration::from_secs(10),
+            defer_own_writes: false,
         }
     }
 
@@ -376,6 +382,8 @@ enum Failure {
 pub struct Network {
     per_peer: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
     local: Replica,
+    /// The replica this node's own requests go to: `local`, deferred if so configured.
+    own: Replica,
     verified: crate::inode::VerifiedCache,
     cache: Mutex<Cache>,
     identity: Arc<Vec<u8>>,
@@ -398,8 +406,14 @@ impl Network {
         config: Config,
         counters: Arc<Counters>,
     ) -> Self {
+        let own = if config.defer_own_writes {
+            local.deferred()
+        } else {
+            local.clone()
+        };
         Network {
             per_peer: Mutex::default(),
+            own,
             local,
             verified: crate::inode::VerifiedCache::default(),
             cache: Mutex::default(),
@@ -416,6 +430,19 @@ impl Network {
     /// The node's own replica.
     pub fn local(&self) -> &Replica {
         &self.local
+    }
+
+    /// Makes every write this node's store acknowledged durable (one commit if deferred
+    /// writes wait for one; see [`Config::defer_own_writes`]).
+    pub async fn sync(&self) -> Result<(), BlockError> {
+        if !self.local.store().has_deferred() {
+            return Ok(());
+        }
+        let local = self.local.clone();
+        tokio::task::spawn_blocking(move || local.sync())
+            .await
+            .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;
+        Ok(())
     }
 
     /// The configuration.
@@ -545,7 +572,7 @@ impl Network {
 
     async fn exchange(&self, peer: PeerId, request: Request) -> Result<Response, Failure> {
         if peer == self.me {
-            return match answer(&self.local, &self.identity, request).await {
+            return match answer(&self.own, &self.identity, request).await {
                 Response::Refused(r) => Err(Failure::Refused(r)),
                 other => Ok(other),
             };
@@ -764,6 +791,10 @@ impl Blocks for Network {
 
     async fn get_versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
         self.versions_strict(inode).await
+    }
+
+    async fn sync(&self) -> Result<(), BlockError> {
+        Network::sync(self).await
     }
 
     fn forget(&self, inode: InodeId) {

@@ -86,6 +86,20 @@ impl Replica {
         }
     }
 
+    /// The same replica, with writes that commit without waiting for the disk: durable at
+    /// the next [`Replica::sync`] (see [`Store::deferred`]).
+    pub fn deferred(&self) -> Replica {
+        Replica {
+            store: self.store.deferred(),
+            ..self.clone()
+        }
+    }
+
+    /// Makes every write this replica acknowledged durable (see [`Store::sync`]).
+    pub fn sync(&self) -> Result<(), Refused> {
+        Ok(self.store.sync()?)
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -27,6 +27,14 @@
 //! new one, never part of a write. A write that changes nothing (storing a chunk already
 //! held, say) commits nothing.
 //!
+//! A clone made with [`Store::deferred`] commits without waiting for the disk
+//! ([`redb::Durability::None`]): its writes are seen at once by every clone, and become
+//! durable at the next [`Store::sync`], the next durable write of any clone, or when the
+//! store is dropped. A crash before that loses the deferred writes since the last durable
+//! commit, newest first: what survives is the state after some earlier write, never part
+//! of one. This is for writes whose acknowledgement is a later `sync` (a file system's
+//! `fsync`), which then costs one commit instead of one per write.
+//!
 //! Two-phase commit rather than redb's default one-phase commit: chunk bytes come from other
 //! peers, and redb's one-phase commit relies on a non-cryptographic checksum that chosen data
 //! could, in theory, defeat (redb's design notes advise two-phase commit for untrusted
@@ -71,7 +79,7 @@ mod versions;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -112,6 +120,8 @@ const META_CHUNK_BYTES: &str = "chunk_bytes";
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Whether this clone's writes commit without waiting for the disk.
+    deferred: bool,
 }
 
 #[derive(Debug)]
@@ -119,6 +129,31 @@ struct Inner {
     db: Database,
     /// Stored chunks found not to hash to their id since the store was opened.
     corrupt_found: AtomicU64,
+    /// A deferred write committed since the last durable commit.
+    pending: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.pending.load(Ordering::Acquire)
+            && let Err(e) = sync(&self.db, &self.pending)
+        {
+            tracing::warn!(error = %e, "deferred writes were not made durable at close");
+        }
+    }
+}
+
+/// Commits durably, making every deferred write before it durable too.
+fn sync(db: &Database, pending: &AtomicBool) -> Result<(), Error> {
+    const WHAT: &str = "making deferred writes durable";
+    let mut txn = db.begin_write().context(WHAT)?;
+    txn.set_durability(Durability::Immediate);
+    txn.set_two_phase_commit(true);
+    // Holding the write transaction, no deferred write can slip in between.
+    pending.store(false, Ordering::Release);
+    txn.commit().context(WHAT).inspect_err(|_| {
+        pending.store(true, Ordering::Release);
+    })
 }
 
 impl fmt::Debug for Store {
@@ -128,6 +163,7 @@ impl fmt::Debug for Store {
                 "corrupt_found",
                 &self.inner.corrupt_found.load(Ordering::Relaxed),
             )
+            .field("deferred", &self.deferred)
             .finish_non_exhaustive()
     }
 }
@@ -199,7 +235,9 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 corrupt_found: AtomicU64::new(0),
+                pending: AtomicBool::new(false),
             }),
+            deferred: false,
         };
         const WHAT: &str = "creating the tables";
         store.write(WHAT, |txn| {
@@ -257,16 +295,49 @@ impl Store {
         f: impl FnOnce(&WriteTransaction) -> Result<(T, bool), Error>,
     ) -> Result<T, Error> {
         let mut txn = self.inner.db.begin_write().context(what)?;
-        txn.set_durability(Durability::Immediate);
-        // Chunk bytes come from other peers (see the module docs).
-        txn.set_two_phase_commit(true);
+        if self.deferred {
+            txn.set_durability(Durability::None);
+        } else {
+            txn.set_durability(Durability::Immediate);
+            // Chunk bytes come from other peers (see the module docs).
+            txn.set_two_phase_commit(true);
+        }
         let (out, changed) = f(&txn)?;
         if changed {
-            txn.commit().context(what)?;
+            // Set while the write transaction is held, so that no other commit comes
+            // between the flag and the commit it describes.
+            let pending = &self.inner.pending;
+            pending.store(self.deferred, Ordering::Release);
+            txn.commit().context(what).inspect_err(|_| {
+                pending.store(true, Ordering::Release);
+            })?;
         } else {
             txn.abort().context(what)?;
         }
         Ok(out)
+    }
+
+    /// A clone whose writes commit without waiting for the disk, durable at the next
+    /// [`Store::sync`] (see the module docs).
+    pub fn deferred(&self) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            deferred: true,
+        }
+    }
+
+    /// Makes every write acknowledged so far durable: one durable commit if a deferred
+    /// write is waiting for one, nothing otherwise.
+    pub fn sync(&self) -> Result<(), Error> {
+        if self.inner.pending.load(Ordering::Acquire) {
+            sync(&self.inner.db, &self.inner.pending)?;
+        }
+        Ok(())
+    }
+
+    /// Whether deferred writes wait for [`Store::sync`].
+    pub fn has_deferred(&self) -> bool {
+        self.inner.pending.load(Ordering::Acquire)
     }
 
     fn read(&self, what: &'static str) -> Result<ReadTransaction, Error> {

@@ -423,6 +423,10 @@ impl Disk {
         self.state.lock().unwrap().ops
     }
 
+    fn syncs(&self) -> u64 {
+        self.state.lock().unwrap().syncs
+    }
+
     fn faults_hit(&self) -> u64 {
         self.state.lock().unwrap().faults_hit
     }
@@ -889,6 +893,96 @@ proptest! {
         prop_assert!(held == model, "{}\nnot\n{}", held.summary(), model.summary());
         for inode in &POOL.inodes {
             prop_assert_eq!(store.versions(inode).unwrap(), model.versions_of(*inode));
+        }
+    }
+}
+
+/// Deferred writes (a mount's, before `fsync`): a crash at every point of a run that syncs
+/// after every third write keeps every write acknowledged before the last sync, and of the
+/// later ones a prefix: the store as it was after some write, never part of one, never a
+/// later write without an earlier one.
+#[test]
+fn a_crash_loses_only_deferred_writes_after_the_last_sync() {
+    let mut rng = seed("a_crash_loses_only_deferred_writes_after_the_last_sync");
+    let ops = random_ops(&mut rng, 24);
+    // Runs the ops, a sync after every third; the states after each op (`states[0]` is
+    // the empty store) and how many ops the last successful sync covered.
+    let run = |store: &Store| -> (Vec<Model>, usize) {
+        let deferred = store.deferred();
+        let mut states = vec![Model::default()];
+        let mut synced = 0;
+        for (i, op) in ops.iter().enumerate() {
+            let mut next = states[states.len() - 1].clone();
+            match apply(&deferred, op) {
+                Ok(outcome) => assert_eq!(outcome, next.apply(op), "{op:?}"),
+                Err(Error::Io(_)) => {
+                    // In flight: it may or may not have been committed.
+                    next.apply(op);
+                    states.push(next);
+                    return (states, synced);
+                }
+                Err(e) => panic!("{op:?} failed with {e:?}, not an I/O error"),
+            }
+            states.push(next);
+            if (i + 1) % 3 == 0 {
+                match store.sync() {
+                    Ok(()) => synced = i + 1,
+                    Err(Error::Io(_)) => return (states, synced),
+                    Err(e) => panic!("sync failed with {e:?}, not an I/O error"),
+                }
+            }
+        }
+        (states, synced)
+    };
+    let syncs_of = |deferred: bool| {
+        let disk = Arc::new(Disk::default());
+        let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+        let start = disk.syncs();
+        let states = if deferred {
+            run(&store).0
+        } else {
+            run_until_error(&store, &ops);
+            Vec::new()
+        };
+        (disk.syncs() - start, states)
+    };
+    let (durable_syncs, _) = syncs_of(false);
+    let (deferred_syncs, _) = syncs_of(true);
+    assert!(
+        deferred_syncs < durable_syncs,
+        "deferred writes waited for the disk {deferred_syncs} times, durable ones \
+         {durable_syncs}"
+    );
+    let disk = Arc::new(Disk::default());
+    let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+    let start = disk.ops();
+    let (states, _) = run(&store);
+    let total = disk.ops() - start;
+    // Without a crash, everything is there after reopening (dropping the store syncs).
+    drop(store);
+    let reopened =
+        Store::with_backend(FaultyBackend(Disk::with_image(&disk.durable_image()))).unwrap();
+    assert!(Model::read(&reopened) == states[states.len() - 1]);
+    for at in 0..total {
+        let disk = Arc::new(Disk::default());
+        let store = Store::with_backend(FaultyBackend(disk.clone())).unwrap();
+        disk.arm(Fault::FailFrom(at));
+        let (states, synced) = run(&store);
+        drop(store);
+        for (image, kept) in [
+            (disk.durable_image(), "nothing unsynced kept"),
+            (disk.torn_image(&mut rng), "some unsynced writes kept"),
+        ] {
+            let what = format!("crash at mutation {at} of {total}, {kept}");
+            let store = Store::with_backend(FaultyBackend(Disk::with_image(&image)))
+                .unwrap_or_else(|e| panic!("{what}: reopening failed: {e}"));
+            let held = Model::read(&store);
+            assert!(
+                states[synced..].contains(&held),
+                "{what}: the store holds\n{}\nwhich is no state from the last sync (after op \
+                 {synced}) on",
+                held.summary()
+            );
         }
     }
 }

@@ -126,7 +126,7 @@ pub(crate) async fn run(
         }
     };
     tracing::info!("stopping");
-    daemon.files.unmount_all().await;
+    daemon.files.stop().await;
     let _ = client.shutdown().await;
     let _ = task.await;
     println!("stopped");

@@ -134,7 +134,12 @@ impl Files {
             .with_context(|| format!("cannot open the block store {}", file.display()))?;
         let replica = Replica::new(store);
         let counters = Arc::new(net::Counters::default());
-        let config = net::Config::new().with_replication(settings.replicas, settings.write_quorum);
+        let config = net::Config {
+            // A mount's writes to this node's own store are durable at `fsync` (or the next
+            // periodic sync), as on a local file system; commands sync before answering.
+            defer_own_writes: true,
+            ..net::Config::new().with_replication(settings.replicas, settings.write_quorum)
+        };
         let public = Arc::new(protocols::wire::encode(&identity.public())?);
         let serving = net::serve(
             replica.clone(),
@@ -175,6 +180,7 @@ impl Files {
                 repair: repair.clone(),
             }));
         }
+        let syncing = tokio::spawn(sync_periodically(network.clone()));
         let principal = identity.principal();
         let chains = caps::installed(data_dir, &principal, keys::now());
         let client = Arc::new(Client::new(
@@ -194,7 +200,7 @@ impl Files {
             data_dir: data_dir.to_path_buf(),
             principal,
             dht,
-            _tasks: vec![serving, repairing],
+            _tasks: vec![serving, repairing, syncing],
         })
     }
 
@@ -312,6 +318,9 @@ impl Files {
                 anyhow::bail!("put and get need their own connection")
             }
         };
+        // What a command changed is durable before it is reported done (a mount's writes
+        // become durable here too, or at its `fsync`, or at the next periodic sync).
+        self.client.sync().await?;
         Ok(value)
     }
 
@@ -386,6 +395,14 @@ impl Files {
     }
 
     /// Unmounts everything (the daemon is stopping).
+    /// Unmounts everything and makes every write durable: the daemon is stopping.
+    pub(crate) async fn stop(&self) {
+        self.unmount_all().await;
+        if let Err(e) = self.network.sync().await {
+            tracing::warn!(error = %e, "writes since the last sync may not be durable");
+        }
+    }
+
     pub(crate) async fn unmount_all(&self) {
         let all: Vec<PathBuf> = self
             .mounts
@@ -480,7 +497,12 @@ impl Files {
         tokio::pin!(put);
         loop {
             tokio::select! {
-                done = &mut put => return Ok(serde_json::to_value(done?)?),
+                done = &mut put => {
+                    let stat = done?;
+                    // Acknowledged to the user: durable first.
+                    self.client.sync().await?;
+                    return Ok(serde_json::to_value(stat)?);
+                }
                 changed = updates.changed() => {
                     if changed.is_ok() {
                         let n = *updates.borrow_and_update();
@@ -652,5 +674,21 @@ impl prometheus_client::collector::Collector for Collector {
             )?)?;
         }
         Ok(())
+    }
+}
+
+/// How long a write this node's store took without waiting for the disk (a mount's, not
+/// yet `fsync`ed) may stay not durable: the most a crash of the daemon loses.
+pub(crate) const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Makes deferred writes durable every [`SYNC_INTERVAL`].
+async fn sync_periodically(network: Arc<Network>) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = network.sync().await {
+            tracing::warn!(error = %e, "cannot make deferred writes durable");
+        }
     }
 }

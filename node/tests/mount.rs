@@ -183,3 +183,45 @@ fn fsx_passes_on_a_mount() {
     eprintln!("fsx -N {ops} passed in {:?}", started.elapsed());
     umount(&net, 0, &mnt);
 }
+
+/// What `fsync` returned for through a mount survives `kill -9` of the daemon, and so does
+/// what was written without one a few seconds before (the daemon syncs every second); the
+/// next mount cleans the dead one's stale mount point.
+#[test]
+fn fsynced_writes_through_a_mount_survive_kill_9() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 1000) as u8).collect();
+    let fsynced = {
+        use std::io::Write;
+        std::fs::create_dir(mnt.join("d")).unwrap();
+        let mut f = std::fs::File::create(mnt.join("d/fsynced")).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.sync_all().unwrap();
+        net.path("d/fsynced")
+    };
+    std::fs::write(mnt.join("d/closed"), &bytes[..1000]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    net.kill(0).unwrap();
+    net.restart(0).unwrap();
+    for (path, expected) in [
+        (fsynced, &bytes[..]),
+        (net.path("d/closed"), &bytes[..1000]),
+    ] {
+        let out = work.path().join("back");
+        net.json(0, &["fs", "get", &path, out.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{path} after kill -9: {e:#}"));
+        assert!(std::fs::read(&out).unwrap() == expected, "{path} differs");
+    }
+    // The dead daemon's mount is stale; mounting again cleans it.
+    net.json(
+        0,
+        &["mount", &format!("/{}", net.root), mnt.to_str().unwrap()],
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(mnt.join("d/fsynced")).unwrap(), bytes);
+    umount(&net, 0, &mnt);
+}
