@@ -717,9 +717,14 @@ pub async fn play(
             progress(done as f64 / total as f64, live, lag);
         }
     }
-    // Let the last resolutions and deliveries finish.
+    // Let the last resolutions, deliveries, puts and gets finish: each is bounded by its
+    // own timeout, so waiting for the longest of them accounts for every one (the wait
+    // ends as soon as the last is in).
     drop(outcomes);
-    let drain = Instant::now() + RESOLVE_TIMEOUT + Duration::from_secs(1);
+    let longest = RESOLVE_TIMEOUT
+        .max(crate::files::PUT_TIMEOUT)
+        .max(crate::files::GET_TIMEOUT);
+    let drain = Instant::now() + longest + Duration::from_secs(1);
     while let Ok(Some(o)) = tokio::time::timeout_at(drain, results.recv()).await {
         state.record(o, &mut nodes, &epochs);
     }
