@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use protocols::block::{Request, Response};
+use protocols::block::{Refusal, Request, Response};
 use protocols::limits::MAX_HAVE_ITEMS;
 
 use crate::id::{ChunkId, InodeId, VersionId};
@@ -324,7 +324,9 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
 /// A copy held elsewhere (placed before nearer nodes joined, or cached by a read) is
 /// handed off: once each of the R live nodes where the item belongs has said, in this
 /// round, that it holds the item, this node drops its copy, as Dynamo's hinted hand-off
-/// does. Without that every copy ever made would stay, and be looked up, for good.
+/// does. Without that every copy ever made would stay, and be looked up, for good. A
+/// version held elsewhere that those nodes refuse as superseded (older than the history
+/// they keep of its inode) is dropped too, rather than sent again at every round.
 /// Chunks for which `skip` says so are left alone (garbage waiting to be collected).
 pub async fn round(
     network: &Network,
@@ -398,6 +400,7 @@ pub async fn round(
             continue;
         };
         let mut sent_all = true;
+        let mut superseded = false;
         for peer in missing {
             budget.spend(bytes).await;
             match network.request(peer, request.clone()).await {
@@ -405,6 +408,12 @@ pub async fn round(
                     counters.copies_sent.fetch_add(1, Ordering::Relaxed);
                     counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                     tracing::debug!(%peer, item = ?item, "repaired a copy");
+                }
+                // A version older than the history the peer keeps of its inode: newer
+                // versions replaced it there, as they will here; nothing is missing.
+                Ok(Response::Refused(Refusal::Stale { .. })) => {
+                    superseded = true;
+                    tracing::debug!(%peer, item = ?item, "a superseded version is not copied");
                 }
                 other => {
                     sent_all = false;
@@ -414,6 +423,13 @@ pub async fn round(
         }
         if !sent_all {
             count_short(i);
+        } else if superseded
+            && !home[i]
+            && targets.len() == network.config().replicas
+            && !targets.contains(&me)
+        {
+            // Held away from its inode's nodes, which have moved past it: of no use here.
+            handed.push(*item);
         }
     }
     let dropped = hand_off(network, handed).await?;

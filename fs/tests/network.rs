@@ -479,3 +479,63 @@ async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
     let chunk = fs::Blocks::get_chunk(reader.as_ref(), id).await.unwrap();
     assert_eq!(chunk, bytes);
 }
+
+/// A version held away from its inode's nodes after they moved more than the kept history
+/// past it (a file rewritten many times while one old copy sat elsewhere) is neither sent
+/// back to them at every round nor counted short for good: they refuse it as superseded,
+/// and the copy is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_version_held_away_is_dropped_not_copied_back() {
+    trace();
+    let nodes = start_net(6).await;
+    let owner = &nodes[0];
+    let tree = Path::root_of(owner.identity.principal());
+    let chain = Chain::root_grant(
+        owner.identity.signing_key(),
+        owner.identity.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    let writer = Client::new(
+        owner.network.clone(),
+        owner.identity.clone(),
+        vec![chain],
+        Config::new(),
+    );
+    let file = tree.join("often").unwrap();
+    writer.put(&file, &b"0"[..], |_| {}).await.unwrap();
+    let inode = writer.stat(&file).await.unwrap().inode;
+    let first = {
+        use fs::Blocks;
+        owner.network.get_versions(inode).await.unwrap()[0].clone()
+    };
+    for i in 1..=fs::replica::KEEP_HISTORY + 2 {
+        writer
+            .put(&file, i.to_string().as_bytes(), |_| {})
+            .await
+            .unwrap();
+    }
+    let mut away = None;
+    for node in &nodes {
+        if !node.network.at_home(inode.as_bytes()).await.unwrap() {
+            away = Some(node);
+            break;
+        }
+    }
+    let away = away.expect("three of six nodes are not among a key's three nearest");
+    let store = away.network.local().store();
+    store
+        .put_version(&inode, &first.version, first.inode.seq, &first.signed)
+        .unwrap();
+    eventually(
+        "the superseded copy to be dropped",
+        Duration::from_secs(30),
+        async || !store.has_version(&inode, &first.version).unwrap(),
+    )
+    .await;
+    assert!(away.repair.status().handed_off >= 1);
+    // The file reads as its newest version.
+    let mut out = Vec::new();
+    writer.get(&file, &mut out, |_| {}).await.unwrap();
+    assert_eq!(out, (fs::replica::KEEP_HISTORY + 2).to_string().as_bytes());
+}
