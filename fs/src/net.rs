@@ -572,7 +572,15 @@ impl Network {
 
     async fn exchange(&self, peer: PeerId, request: Request) -> Result<Response, Failure> {
         if peer == self.me {
-            return match answer(&self.own, &self.identity, request).await {
+            // Small reads of this node's own store are answered in place: a hop to the
+            // blocking pool and back costs more than the read (a stat makes several).
+            let answered = match request {
+                Request::GetVersions { .. } | Request::Have { .. } => {
+                    answer_blocking(&self.own, request)
+                }
+                request => answer(&self.own, &self.identity, request).await,
+            };
+            return match answered {
                 Response::Refused(r) => Err(Failure::Refused(r)),
                 other => Ok(other),
             };
