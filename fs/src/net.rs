@@ -730,7 +730,8 @@ fn kind(response: &Response) -> &'static str {
 
 impl Blocks for Network {
     async fn put_chunks(&self, owner: InodeId, chunks: Vec<Sealed>) -> Result<(), BlockError> {
-        // Chunks this node is a replica of go to its store in one transaction.
+        // Chunks this node is a replica of go to its store in one transaction (deferred
+        // if its own writes are; see `Config::defer_own_writes`).
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for chunk in chunks {
@@ -746,7 +747,7 @@ impl Blocks for Network {
             }
         }
         if !local.is_empty() {
-            Blocks::put_chunks(&self.local, owner, local.clone()).await?;
+            Blocks::put_chunks(&self.own, owner, local.clone()).await?;
         }
         let puts = local
             .into_iter()
