@@ -100,6 +100,25 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
 }
 
 /// `n` nodes joined through the first, each knowing all the others.
+/// The tree rooted at `owner`'s principal, and a client writing it through `owner`'s node
+/// with the root grant.
+fn owner_writer(owner: &Node, config: Config) -> (Path, Client<Network>) {
+    let tree = Path::root_of(owner.identity.principal());
+    let chain = Chain::root_grant(
+        owner.identity.signing_key(),
+        owner.identity.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    let writer = Client::new(
+        owner.network.clone(),
+        owner.identity.clone(),
+        vec![chain],
+        config,
+    );
+    (tree, writer)
+}
+
 async fn start_net(n: usize) -> Vec<Node> {
     let first = start_node(None).await;
     let mut nodes = vec![first];
@@ -264,19 +283,7 @@ async fn every_replica_refuses_forged_versions_and_bad_chunks() {
     trace();
     let nodes = start_net(4).await;
     let owner = &nodes[0];
-    let tree = Path::root_of(owner.identity.principal());
-    let chain = Chain::root_grant(
-        owner.identity.signing_key(),
-        owner.identity.principal(),
-        tree.clone(),
-        Validity::for_seconds(3600),
-    );
-    let writer = Client::new(
-        owner.network.clone(),
-        owner.identity.clone(),
-        vec![chain.clone()],
-        Config::new(),
-    );
+    let (tree, writer) = owner_writer(owner, Config::new());
     let file = tree.join("a").unwrap();
     writer.put(&file, &b"genuine"[..], |_| {}).await.unwrap();
     let stat = writer.stat(&file).await.unwrap();
@@ -366,19 +373,7 @@ async fn chunks_no_kept_version_refers_to_are_collected() {
     trace();
     let nodes = start_net(3).await;
     let owner = &nodes[0];
-    let tree = Path::root_of(owner.identity.principal());
-    let chain = Chain::root_grant(
-        owner.identity.signing_key(),
-        owner.identity.principal(),
-        tree.clone(),
-        Validity::for_seconds(3600),
-    );
-    let writer = Client::new(
-        owner.network.clone(),
-        owner.identity.clone(),
-        vec![chain],
-        Config::new().with_chunk_size(4096),
-    );
+    let (tree, writer) = owner_writer(owner, Config::new().with_chunk_size(4096));
     let file = tree.join("often").unwrap();
     // 20 versions of 5 chunks each: the replicas keep the last 8 (KEEP_HISTORY), so the chunks
     // of the first 12 are garbage (the assertion asks for at least 11 of them).
@@ -489,19 +484,7 @@ async fn a_superseded_version_held_away_is_dropped_not_copied_back() {
     trace();
     let nodes = start_net(6).await;
     let owner = &nodes[0];
-    let tree = Path::root_of(owner.identity.principal());
-    let chain = Chain::root_grant(
-        owner.identity.signing_key(),
-        owner.identity.principal(),
-        tree.clone(),
-        Validity::for_seconds(3600),
-    );
-    let writer = Client::new(
-        owner.network.clone(),
-        owner.identity.clone(),
-        vec![chain],
-        Config::new(),
-    );
+    let (tree, writer) = owner_writer(owner, Config::new());
     let file = tree.join("often").unwrap();
     writer.put(&file, &b"0"[..], |_| {}).await.unwrap();
     let inode = writer.stat(&file).await.unwrap().inode;
