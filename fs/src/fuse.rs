@@ -28,6 +28,9 @@ use crate::client::{Client, DirEntry, Error, Handle, Stat};
 use crate::id::VersionId;
 use crate::inode::Kind;
 
+/// Files whose cached version a mount remembers (see `Mount::keep_cache`) at most.
+const CACHED_VERSIONS: usize = 65_536;
+
 /// How long the kernel may cache attributes and names.
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
 
@@ -252,6 +255,10 @@ impl<B: Blocks> Mount<B> {
         let Ok(mut cached) = self.cached.lock() else {
             return false;
         };
+        if cached.len() >= CACHED_VERSIONS && !cached.contains_key(&ino) {
+            // Forgetting costs only a re-read of pages the kernel may still hold.
+            cached.clear();
+        }
         cached.insert(ino, version) == Some(version)
     }
 
