@@ -1232,7 +1232,16 @@ impl<B: Blocks> Client<B> {
     /// Opens the file at `path` for reading and writing.
     pub async fn open(&self, path: &Path) -> Result<Handle, Error> {
         let nodes = self.walk(path).await?;
-        let node = &nodes[nodes.len() - 1];
+        self.handle_of(path, nodes)
+    }
+
+    /// A handle on the file a walk to `path` found (`nodes`, not empty).
+    fn handle_of(&self, path: &Path, nodes: Vec<Node>) -> Result<Handle, Error> {
+        let Some(node) = nodes.last() else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
         if node.kind != Kind::File {
             return Err(Error::IsADirectory {
                 path: path.to_string(),
@@ -1261,17 +1270,20 @@ impl<B: Blocks> Client<B> {
 
     /// Creates (or truncates) the file at `path`, creating missing parent directories.
     pub async fn create(&self, path: &Path) -> Result<Handle, Error> {
-        match self.open(path).await {
-            Ok(mut handle) => {
-                self.truncate(&mut handle, 0).await?;
-                return Ok(handle);
-            }
-            Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
+        let (found, missing) = self.walk_partial(path).await?;
+        if missing.is_empty() && !found.is_empty() {
+            let mut handle = self.handle_of(path, found)?;
+            self.truncate(&mut handle, 0).await?;
+            return Ok(handle);
         }
         let name = path.segments().last().cloned().unwrap_or_default();
         dir::check_name(&name).map_err(Error::Invalid)?;
-        let mut nodes = self.parent_dirs(path, true).await?;
+        // Only the name missing: the walk ended at its directory (one walk, not two).
+        let mut nodes = if missing.len() == 1 && !found.is_empty() {
+            found
+        } else {
+            self.parent_dirs(path, true).await?
+        };
         let parent = &nodes[nodes.len() - 1];
         if parent.kind != Kind::Dir {
             return Err(Error::NotADirectory {
