@@ -2169,7 +2169,6 @@ impl<B: Blocks> Client<B> {
     }
 }
 
-/// Refuses a size beyond what one inode can describe, before any work.
 /// Seals pieces of inode `id` in parallel (`parallel` at once): their refs by index, and
 /// the sealed chunks.
 async fn seal(
@@ -2262,6 +2261,7 @@ async fn fetch_and_open<B: Blocks>(
     Ok(plaintext)
 }
 
+/// Refuses a size beyond what one inode can describe, before any work.
 fn check_size(handle: &Handle, size: u64) -> Result<(), Error> {
     let max = inode::MAX_CHUNKS as u64 * handle.chunk_size as u64;
     if size > max {

@@ -5,9 +5,9 @@
 //! stay the same across renames and remounts. An open file buffers writes in its
 //! [`Handle`] and makes them a version at `flush`/`fsync`/close: close-to-open
 //! consistency, like NFS. A version is durable once `fsync` (or `fsyncdir`) returns, as on
-//! a local file system; the daemon also syncs every second. Attributes and entries are cached by the kernel for
-//! [`ATTR_TTL`], which bounds how late another node's change shows (a version published
-//! elsewhere is seen at the next lookup after that).
+//! a local file system; the daemon also syncs every second. Attributes and entries are
+//! cached by the kernel for [`ATTR_TTL`], which bounds how late another node's change
+//! shows (a version published elsewhere is seen at the next lookup after that).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -435,14 +435,7 @@ impl Network {
     /// Makes every write this node's store acknowledged durable (one commit if deferred
     /// writes wait for one; see [`Config::defer_own_writes`]).
     pub async fn sync(&self) -> Result<(), BlockError> {
-        if !self.local.store().has_deferred() {
-            return Ok(());
-        }
-        let local = self.local.clone();
-        tokio::task::spawn_blocking(move || local.sync())
-            .await
-            .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;
-        Ok(())
+        Blocks::sync(&self.local).await
     }
 
     /// The configuration.

@@ -394,7 +394,6 @@ impl Files {
         Ok(serde_json::json!({ "unmounted": mountpoint.display().to_string(), "path": path }))
     }
 
-    /// Unmounts everything (the daemon is stopping).
     /// Unmounts everything and makes every write durable: the daemon is stopping.
     pub(crate) async fn stop(&self) {
         self.unmount_all().await;
@@ -403,6 +402,7 @@ impl Files {
         }
     }
 
+    /// Unmounts everything.
     pub(crate) async fn unmount_all(&self) {
         let all: Vec<PathBuf> = self
             .mounts
