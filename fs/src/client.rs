@@ -12,7 +12,7 @@
 //! durable then, or, where the blocks let this node's own store defer its commits, at the
 //! next [`Client::sync`] (a mount's `fsync`; the daemon's commands sync before answering).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -40,6 +40,14 @@ pub struct Config {
     /// refuses after that. Must be well under the collection grace period
     /// ([`crate::gc::Config::grace`]), half of it by default: 12 h.
     pub max_unsynced: std::time::Duration,
+    /// Stage the directory changes of new files and removals instead of writing the
+    /// directory at once. This client sees staged changes at once (walks, listings);
+    /// [`Client::flush_staged`] writes them, each directory once, merged into its latest
+    /// version, and [`Client::sync`] does before it syncs. A directory that many files
+    /// are created in or removed from is then written once per flush instead of once per
+    /// file (it is written whole: per file, that is quadratic in its size). Other nodes
+    /// see the changes when they are flushed. Default false.
+    pub stage_directories: bool,
 }
 
 impl Config {
@@ -50,6 +58,7 @@ impl Config {
             parallel: 8,
             max_dirty_chunks: 16,
             max_unsynced: MAX_UNSYNCED,
+            stage_directories: false,
         }
     }
 
@@ -382,7 +391,94 @@ pub struct Client<B> {
     dirs: Memo<(InodeId, VersionId), (Arc<Directory>, DataKey)>,
     /// Keys the readcaps of anchor versions opened (one X25519 agreement each).
     anchor_keys: Memo<VersionId, DataKey>,
+    /// Directory changes not written yet, by directory (see
+    /// [`Config::stage_directories`]).
+    staged: std::sync::Mutex<HashMap<InodeId, Staged>>,
+    /// One flush at a time per directory (a flush may flush the directories above).
+    flushing: std::sync::Mutex<HashMap<InodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// When a walk last asked afresh for a directory that lacked the name it looked for.
+    asked_afresh: std::sync::Mutex<HashMap<InodeId, std::time::Instant>>,
 }
+
+/// Changes to one directory that are not written yet, and those written lately.
+#[derive(Debug)]
+struct Staged {
+    /// The walk to the directory when its first change was staged.
+    nodes: Vec<Node>,
+    /// The change to each name (a later change to a name replaces the earlier one).
+    changes: BTreeMap<String, Change>,
+    /// Changes written lately, oldest first, each with the sequence number of the version
+    /// that holds them and when: a walk that read an older version (before the write)
+    /// still sees them.
+    written: std::collections::VecDeque<(u64, std::time::Instant, BTreeMap<String, Change>)>,
+}
+
+impl Staged {
+    /// The changes a reader of a version with sequence number `seq` does not see in it,
+    /// oldest first.
+    fn unseen(&self, seq: u64) -> impl DoubleEndedIterator<Item = &BTreeMap<String, Change>> {
+        self.written
+            .iter()
+            .filter(move |(written, _, _)| *written > seq)
+            .map(|(_, _, changes)| changes)
+            .chain(std::iter::once(&self.changes))
+    }
+
+    /// Forgets written changes no walk can still be behind.
+    fn prune(&mut self) {
+        while self
+            .written
+            .front()
+            .is_some_and(|(_, at, _)| at.elapsed() > KEEP_WRITTEN)
+            || self.written.len() > KEEP_WRITTEN_FLUSHES
+        {
+            self.written.pop_front();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.written.is_empty()
+    }
+}
+
+/// How long written changes stay visible to walks that read an older version.
+const KEEP_WRITTEN: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most flushes per directory whose changes are kept that way.
+const KEEP_WRITTEN_FLUSHES: usize = 64;
+
+/// A staged change to one name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// The name names this entry.
+    Put(Entry),
+    /// The name is removed, if it still names this inode.
+    Remove(InodeId),
+}
+
+impl Change {
+    /// Applies the change to `name` in `dir`; whether that changed anything.
+    fn apply(&self, dir: &mut Directory, name: &str) -> bool {
+        match self {
+            Change::Put(entry) => {
+                dir.entries.insert(name.to_string(), entry.clone()).as_ref() != Some(entry)
+            }
+            Change::Remove(inode) => {
+                let named = dir.entries.get(name).is_some_and(|e| e.inode == *inode);
+                if named {
+                    dir.entries.remove(name);
+                }
+                named
+            }
+        }
+    }
+}
+
+/// A walk that finds a name missing asks for the directory afresh (another node may have
+/// just written it), but not more often than this per directory: a burst of lookups of
+/// new names (a kernel's before each create) would otherwise fetch it for every one.
+const ASK_AFRESH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Directories whose last fresh asking [`Client`] remembers.
+const ASKED_AFRESH_ENTRIES: usize = 4096;
 
 /// Budget of [`Client`]'s decoded directories, in encoded bytes (decoded, a few times
 /// more).
@@ -406,6 +502,11 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The highest sequence number of a node's versions (0 before the first).
+fn seq_of(node: &Node) -> u64 {
+    node.versions.iter().map(|v| v.inode.seq).max().unwrap_or(0)
+}
+
 fn chunk_count(size: u64, chunk_size: usize) -> usize {
     usize::try_from(size.div_ceil(chunk_size as u64)).unwrap_or(usize::MAX)
 }
@@ -425,6 +526,9 @@ impl<B: Blocks> Client<B> {
             config,
             dirs: Memo::new(DIRECTORY_MEMO_BYTES),
             anchor_keys: Memo::new(KEY_MEMO_ENTRIES),
+            staged: std::sync::Mutex::default(),
+            flushing: std::sync::Mutex::default(),
+            asked_afresh: std::sync::Mutex::default(),
         }
     }
 
@@ -509,6 +613,7 @@ impl<B: Blocks> Client<B> {
         match self.walk_partial_once(path).await {
             Ok((nodes, missing)) if !missing.is_empty() => {
                 match nodes.last() {
+                    Some(last) if !self.ask_afresh(last.id()) => return Ok((nodes, missing)),
                     Some(last) => self.blocks.forget(last.id()),
                     None => self.forget_anchors(path),
                 }
@@ -520,6 +625,29 @@ impl<B: Blocks> Client<B> {
             }
             other => other,
         }
+    }
+
+    /// Whether to ask for directory `id` afresh now: not if that was done less than
+    /// [`ASK_AFRESH_EVERY`] ago.
+    fn ask_afresh(&self, id: InodeId) -> bool {
+        let Ok(mut asked) = self.asked_afresh.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        if asked
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < ASK_AFRESH_EVERY)
+        {
+            return false;
+        }
+        if asked.len() >= ASKED_AFRESH_ENTRIES {
+            asked.retain(|_, at| now.duration_since(*at) < ASK_AFRESH_EVERY);
+            if asked.len() >= ASKED_AFRESH_ENTRIES {
+                asked.clear();
+            }
+        }
+        asked.insert(id, now);
+        true
     }
 
     fn forget_anchors(&self, path: &Path) {
@@ -535,17 +663,35 @@ impl<B: Blocks> Client<B> {
         while let Some(parent) = prefixes.last().and_then(Path::parent) {
             prefixes.push(parent);
         }
-        let anchors: Vec<Result<Vec<Verified>, Error>> = futures::stream::iter(prefixes.clone())
-            .map(|p| {
-                async move {
-                    let id = Binding::anchor(p.clone()).id();
-                    self.versions(&p, id).await
-                }
-                .boxed()
-            })
-            .buffered(self.config.parallel)
-            .collect()
+        // The tree's root first: whoever opens it walks from there, and the anchors of the
+        // longer prefixes (a request each, for names that mostly have none) are asked for
+        // only when it stays closed.
+        let root = prefixes[prefixes.len() - 1].clone();
+        let root_versions = self
+            .versions(&root, Binding::anchor(root.clone()).id())
             .await;
+        let root_opens = root_versions.as_ref().is_ok_and(|versions| {
+            inode::winner(versions).is_some_and(|w| self.open_anchor(w).is_ok())
+        });
+        let mut anchors: Vec<Result<Vec<Verified>, Error>> = if root_opens {
+            prefixes[..prefixes.len() - 1]
+                .iter()
+                .map(|_| Ok(Vec::new()))
+                .collect()
+        } else {
+            futures::stream::iter(prefixes[..prefixes.len() - 1].to_vec())
+                .map(|p| {
+                    async move {
+                        let id = Binding::anchor(p.clone()).id();
+                        self.versions(&p, id).await
+                    }
+                    .boxed()
+                })
+                .buffered(self.config.parallel)
+                .collect()
+                .await
+        };
+        anchors.push(root_versions);
         let mut denied = None;
         let mut start = None;
         for (prefix, found) in prefixes.iter().zip(anchors) {
@@ -600,8 +746,8 @@ impl<B: Blocks> Client<B> {
                 .path
                 .join(name)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
-            let child = match dir.entries.get(name) {
-                Some(entry) => self.child(parent, child_path, entry).await?,
+            let child = match self.entry_in(parent, &dir, name) {
+                Some(entry) => self.child(parent, child_path, &entry).await?,
                 None => match self.conflict_copy(parent, &dir, name, child_path).await? {
                     Some(node) => node,
                     None => return Ok((nodes, rest[i..].to_vec())),
@@ -651,10 +797,10 @@ impl<B: Blocks> Client<B> {
         let Some((base, tag)) = name.rsplit_once(".conflict-") else {
             return Ok(None);
         };
-        let Some(entry) = dir.entries.get(base) else {
+        let Some(entry) = self.entry_in(parent, dir, base) else {
             return Ok(None);
         };
-        let mut node = self.child(parent, path, entry).await?;
+        let mut node = self.child(parent, path, &entry).await?;
         let heads = inode::heads(&node.versions);
         let Some(head) = heads
             .iter()
@@ -821,6 +967,40 @@ impl<B: Blocks> Client<B> {
         Directory::decode(&bytes).map_err(|e| corrupt(e.to_string()))
     }
 
+    /// The entry `name` has in directory `node` (read as `dir`) as this client sees it:
+    /// the latest change staged for it or written since the version read, else `dir`'s.
+    fn entry_in(&self, node: &Node, dir: &Directory, name: &str) -> Option<Entry> {
+        let committed = dir.entries.get(name);
+        let staged = self.staged.lock().ok()?;
+        let change = staged.get(&node.id()).and_then(|s| {
+            s.unseen(seq_of(node))
+                .rev()
+                .find_map(|changes| changes.get(name))
+        });
+        match change {
+            Some(Change::Put(entry)) => Some(entry.clone()),
+            Some(Change::Remove(gone)) => committed.filter(|e| e.inode != *gone).cloned(),
+            None => committed.cloned(),
+        }
+    }
+
+    /// `dir` (directory `node`'s) with the changes staged for it or written since.
+    fn with_staged(&self, node: &Node, dir: Arc<Directory>) -> Arc<Directory> {
+        let Ok(staged) = self.staged.lock() else {
+            return dir;
+        };
+        let Some(s) = staged.get(&node.id()) else {
+            return dir;
+        };
+        let mut dir = Arc::unwrap_or_clone(dir);
+        for changes in s.unseen(seq_of(node)) {
+            for (name, change) in changes {
+                change.apply(&mut dir, name);
+            }
+        }
+        Arc::new(dir)
+    }
+
     /// The metadata of `path`.
     pub async fn stat(&self, path: &Path) -> Result<Stat, Error> {
         let nodes = self.walk(path).await?;
@@ -837,7 +1017,7 @@ impl<B: Blocks> Client<B> {
                 path: path.to_string(),
             });
         }
-        let dir = self.read_dir_shared(node).await?;
+        let dir = self.with_staged(node, self.read_dir_shared(node).await?);
         let listed: Vec<Vec<DirEntry>> = futures::stream::iter(dir.entries.clone())
             .map(|(name, entry)| {
                 async move {
@@ -1040,10 +1220,143 @@ impl<B: Blocks> Client<B> {
         let entry = nodes[i].entry();
         let name = nodes[i].name();
         let parent = i - 1;
+        Box::pin(self.flush_dir(nodes[parent].id())).await?;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
         dir.entries.insert(name, entry);
         Box::pin(self.write_dir(nodes, parent, &dir)).await
+    }
+
+    /// Stages `change` to `name` in the directory `nodes[last]` (see
+    /// [`Config::stage_directories`]).
+    fn stage(&self, nodes: &[Node], name: String, change: Change) -> Result<(), Error> {
+        let Some(dir) = nodes.last() else {
+            return Err(Error::Invalid("no directory to change".into()));
+        };
+        let mut staged = self
+            .staged
+            .lock()
+            .map_err(|_| Error::Io("the staged directory changes are poisoned".into()))?;
+        staged
+            .entry(dir.id())
+            .or_insert_with(|| Staged {
+                nodes: nodes.to_vec(),
+                changes: BTreeMap::new(),
+                written: std::collections::VecDeque::new(),
+            })
+            .changes
+            .insert(name, change);
+        Ok(())
+    }
+
+    /// Writes the staged directory changes (see [`Config::stage_directories`]): each
+    /// directory once, its changes merged into its latest version. Changes that could not
+    /// be written stay staged for the next flush; the first such error is returned.
+    pub async fn flush_staged(&self) -> Result<(), Error> {
+        let dirs: Vec<InodeId> = match self.staged.lock() {
+            Ok(mut staged) => {
+                staged.retain(|_, s| {
+                    s.prune();
+                    !s.is_empty()
+                });
+                staged
+                    .iter()
+                    .filter(|(_, s)| !s.changes.is_empty())
+                    .map(|(id, _)| *id)
+                    .collect()
+            }
+            Err(_) => {
+                return Err(Error::Io(
+                    "the staged directory changes are poisoned".into(),
+                ));
+            }
+        };
+        let mut first_error = None;
+        for dir in dirs {
+            if let Err(e) = self.flush_dir(dir).await {
+                tracing::warn!(error = %e, "cannot write staged directory changes");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Writes the changes staged for directory `id`, if any. They stay visible to this
+    /// client until they are written (and afterwards as part of the directory).
+    async fn flush_dir(&self, id: InodeId) -> Result<(), Error> {
+        if !self
+            .staged
+            .lock()
+            .is_ok_and(|s| s.get(&id).is_some_and(|s| !s.changes.is_empty()))
+        {
+            return Ok(());
+        }
+        let lock = match self.flushing.lock() {
+            Ok(mut locks) => locks.entry(id).or_default().clone(),
+            Err(_) => return Err(Error::Io("the directory flush locks are poisoned".into())),
+        };
+        let result = {
+            let _one = lock.lock().await;
+            self.flush_dir_locked(id).await
+        };
+        if let Ok(mut locks) = self.flushing.lock()
+            && Arc::strong_count(&lock) <= 2
+        {
+            locks.remove(&id);
+        }
+        result
+    }
+
+    async fn flush_dir_locked(&self, id: InodeId) -> Result<(), Error> {
+        let taken = match self.staged.lock() {
+            Ok(staged) => staged
+                .get(&id)
+                .map(|s| (s.nodes.clone(), s.changes.clone())),
+            Err(_) => {
+                return Err(Error::Io(
+                    "the staged directory changes are poisoned".into(),
+                ));
+            }
+        };
+        let Some((mut nodes, changes)) = taken else {
+            return Ok(());
+        };
+        let d = nodes.len() - 1;
+        // What an earlier flush wrote stays known, even if a replica's answer (or what a
+        // fetch under way then left in a cache) does not have it yet.
+        let known = std::mem::take(&mut nodes[d].versions);
+        self.refresh(&mut nodes[d]).await?;
+        for version in known {
+            if !nodes[d]
+                .versions
+                .iter()
+                .any(|v| v.version == version.version)
+            {
+                nodes[d].versions.push(version);
+            }
+        }
+        nodes[d].current = inode::winner(&nodes[d].versions).cloned();
+        let mut dir = self.read_dir(&nodes[d]).await?;
+        let mut changed = false;
+        for (name, change) in &changes {
+            changed |= change.apply(&mut dir, name);
+        }
+        if changed {
+            self.write_dir(&mut nodes, d, &dir).await?;
+        }
+        // Written (or found written): what was not changed again meanwhile is no longer
+        // staged, and walks that read an older version still see it.
+        if let Ok(mut staged) = self.staged.lock()
+            && let Some(s) = staged.get_mut(&id)
+        {
+            s.changes
+                .retain(|name, change| changes.get(name) != Some(change));
+            s.written
+                .push_back((seq_of(&nodes[d]), std::time::Instant::now(), changes));
+            s.prune();
+            s.nodes = nodes;
+        }
+        Ok(())
     }
 
     /// Fetches a node's versions again (others may have written since the walk).
@@ -1191,12 +1504,9 @@ impl<B: Blocks> Client<B> {
     pub async fn mkdir(&self, path: &Path) -> Result<(), Error> {
         let mut nodes = self.parent_dirs(path, false).await?;
         let name = path.segments().last().cloned().unwrap_or_default();
-        if self
-            .read_dir(&nodes[nodes.len() - 1])
-            .await?
-            .entries
-            .contains_key(&name)
-        {
+        let parent = &nodes[nodes.len() - 1];
+        let dir = self.read_dir_shared(parent).await?;
+        if self.entry_in(parent, &dir, &name).is_some() {
             return Err(Error::Exists {
                 path: path.to_string(),
             });
@@ -1510,6 +1820,7 @@ impl<B: Blocks> Client<B> {
             return self.fsync(&mut handle).await;
         }
         self.chain_for(path, &nodes[i].binding.path)?;
+        self.flush_dir(nodes[i].id()).await?;
         self.refresh(&mut nodes[i]).await?;
         let dir = self.read_dir(&nodes[i]).await?;
         nodes[i].mode_override = Some(mode & 0o7777);
@@ -1700,7 +2011,12 @@ impl<B: Blocks> Client<B> {
         if handle.unlinked {
             // Not done until the directory names it: a failed link leaves the handle
             // changed, and the next fsync writes and links again.
-            self.link_up(&mut handle.nodes, i).await?;
+            if self.config.stage_directories && i > 0 {
+                let node = &handle.nodes[i];
+                self.stage(&handle.nodes[..i], node.name(), Change::Put(node.entry()))?;
+            } else {
+                self.link_up(&mut handle.nodes, i).await?;
+            }
             handle.unlinked = false;
         }
         handle.changed = false;
@@ -1708,12 +2024,15 @@ impl<B: Blocks> Client<B> {
         Ok(())
     }
 
-    /// Makes every write acknowledged so far durable (see the module docs).
+    /// Writes the staged directory changes and makes every write acknowledged so far
+    /// durable (see the module docs).
     pub async fn sync(&self) -> Result<(), Error> {
+        let flushed = self.flush_staged().await;
         self.blocks
             .sync()
             .await
-            .map_err(|e| Error::Io(format!("making writes durable: {e}")))
+            .map_err(|e| Error::Io(format!("making writes durable: {e}")))?;
+        flushed
     }
 
     /// Writes everything from `source` as the file at `path` (created or replaced),
@@ -1797,7 +2116,10 @@ impl<B: Blocks> Client<B> {
             return self.resolve_fork(&mut nodes[target]).await;
         }
         if nodes[target].kind == Kind::Dir
-            && !self.read_dir(&nodes[target]).await?.entries.is_empty()
+            && !self
+                .with_staged(&nodes[target], self.read_dir_shared(&nodes[target]).await?)
+                .entries
+                .is_empty()
         {
             return Err(Error::NotEmpty {
                 path: path.to_string(),
@@ -1805,6 +2127,12 @@ impl<B: Blocks> Client<B> {
         }
         let name = nodes[target].name();
         let parent = target - 1;
+        if self.config.stage_directories {
+            // The walk found it, in this client's view.
+            let gone = nodes[target].id();
+            return self.stage(&nodes[..=parent], name, Change::Remove(gone));
+        }
+        self.flush_dir(nodes[parent].id()).await?;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
         if dir.entries.remove(&name).is_none() {
@@ -1848,6 +2176,8 @@ impl<B: Blocks> Client<B> {
         if to.starts_with(from) && to != from {
             return Err(Error::Invalid(format!("cannot move {from} into itself")));
         }
+        // Both directories as written: the move reads and writes them itself.
+        self.flush_staged().await?;
         let source = self.walk(from).await?;
         let s = source.len() - 1;
         if s == 0 || source[s].read_only {
@@ -1913,6 +2243,8 @@ impl<B: Blocks> Client<B> {
         reader
             .verify()
             .map_err(|e| Error::Invalid(format!("the reader's identity does not verify: {e}")))?;
+        // Anchors are rewritten and relinked from the directories as written.
+        self.flush_staged().await?;
         let mut nodes = self.anchor_at(path).await?;
         let i = nodes.len() - 1;
         let current = nodes[i].current.clone().map(|v| v.inode);
@@ -1963,6 +2295,7 @@ impl<B: Blocks> Client<B> {
     /// anchor gets a new key at once; everything below gets a new key on its next write,
     /// so the revoked principal can read no version written from now on.
     pub async fn revoke(&self, path: &Path, principal: &Principal) -> Result<(), Error> {
+        self.flush_staged().await?;
         let mut nodes = self.walk(path).await?;
         let i = nodes.len() - 1;
         let Some(current) = nodes[i].current.clone().map(|v| v.inode) else {

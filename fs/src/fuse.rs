@@ -7,7 +7,11 @@
 //! consistency, like NFS. A version is durable once `fsync` (or `fsyncdir`) returns, as on
 //! a local file system; the daemon also syncs every second. Attributes and entries are
 //! cached by the kernel for [`ATTR_TTL`], which bounds how late another node's change
-//! shows (a version published elsewhere is seen at the next lookup after that).
+//! shows (a version published elsewhere is seen at the next lookup after that). Where the
+//! client stages directory changes ([`crate::Config::stage_directories`], as the daemon's
+//! does), a created or removed name is seen through this mount at once and by other
+//! nodes once the client flushes (the daemon flushes every 250 ms, and at every
+//! `fsync`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -697,11 +701,27 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are versions the moment they return; durable from here.
+        // Staged directory changes are written and everything is durable from here.
         match self.run(self.client.sync()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// No ioctls: what a regular file answers (a C library's `isatty` asks on every
+    /// buffered open; fuser's default would log each one).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

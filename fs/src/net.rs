@@ -290,12 +290,42 @@ const CACHED_CHUNK_BYTES: usize = 32 << 20;
 #[derive(Debug, Default)]
 struct Cache {
     versions: HashMap<InodeId, (Instant, Vec<Verified>)>,
+    /// Bumped whenever what is remembered of an inode becomes stale (a write of it, a
+    /// `forget`), per slot of [`GENERATION_SLOTS`] inodes alike: a fetch that started
+    /// before is not remembered when it ends, or it would bring back what it replaced.
+    generations: Vec<u64>,
     chunks: HashMap<ChunkId, Vec<u8>>,
     chunk_order: std::collections::VecDeque<ChunkId>,
     chunk_bytes: usize,
 }
 
+/// Slots of [`Cache::generations`].
+const GENERATION_SLOTS: usize = 1024;
+
 impl Cache {
+    fn slot(inode: &InodeId) -> usize {
+        usize::from(u16::from_le_bytes([inode.0[0], inode.0[1]])) % GENERATION_SLOTS
+    }
+
+    /// The generation of what is remembered of `inode`.
+    fn generation(&self, inode: &InodeId) -> u64 {
+        self.generations
+            .get(Self::slot(inode))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Forgets the versions of `inode`, and that fetches under way may remember them.
+    fn invalidate(&mut self, inode: &InodeId) {
+        self.versions.remove(inode);
+        if self.generations.is_empty() {
+            self.generations = vec![0; GENERATION_SLOTS];
+        }
+        if let Some(g) = self.generations.get_mut(Self::slot(inode)) {
+            *g += 1;
+        }
+    }
+
     fn versions(&self, inode: &InodeId) -> Option<Vec<Verified>> {
         let (at, versions) = self.versions.get(inode)?;
         (at.elapsed() < VERSIONS_TTL).then(|| versions.clone())
@@ -786,7 +816,7 @@ impl Blocks for Network {
     async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
         // Whatever was remembered of this inode is older than what is written now.
         if let Ok(mut cache) = self.cache.lock() {
-            cache.versions.remove(&inode);
+            cache.invalidate(&inode);
         }
         self.put_version_uncached(inode, signed).await
     }
@@ -801,16 +831,22 @@ impl Blocks for Network {
 
     fn forget(&self, inode: InodeId) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.versions.remove(&inode);
+            cache.invalidate(&inode);
         }
     }
 
     async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        if let Some(v) = self.cache.lock().ok().and_then(|c| c.versions(&inode)) {
-            return Ok(v);
-        }
+        let generation = match self.cache.lock() {
+            Ok(cache) => match cache.versions(&inode) {
+                Some(v) => return Ok(v),
+                None => cache.generation(&inode),
+            },
+            Err(_) => 0,
+        };
         let versions = self.versions_from(inode, 1).await?;
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Ok(mut cache) = self.cache.lock()
+            && cache.generation(&inode) == generation
+        {
             cache.keep_versions(inode, &versions);
         }
         Ok(versions)

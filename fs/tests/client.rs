@@ -688,3 +688,141 @@ async fn an_oversized_directory_version_is_refused_before_its_chunks_are_fetched
         "{refused:?}"
     );
 }
+
+async fn names(c: &Client<Replica>, dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = c
+        .readdir(dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn staged_directory_changes_are_seen_at_once_and_written_together() {
+    let t = tree();
+    let staging = Client::new(
+        t.replica.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        Config {
+            stage_directories: true,
+            ..small()
+        },
+    );
+    let other = t.owner();
+    let dir = t.path("d");
+    staging.mkdir_all(&dir).await.unwrap();
+    let file = |i: u8| t.path(&format!("d/f{i:02}"));
+    for i in 0..50 {
+        put(&staging, &file(i), &data(10, i)).await;
+    }
+    for i in (0..50).step_by(5) {
+        staging.unlink(&file(i)).await.unwrap();
+    }
+    let expected: Vec<String> = (0..50u8)
+        .filter(|i| i % 5 != 0)
+        .map(|i| format!("f{i:02}"))
+        .collect();
+    // The staging client sees every change at once...
+    assert_eq!(names(&staging, &dir).await, expected);
+    assert_eq!(get(&staging, &file(7)).await.unwrap(), data(10, 7));
+    assert!(matches!(
+        get(&staging, &file(5)).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        staging.mkdir(&file(7)).await,
+        Err(Error::Exists { .. })
+    ));
+    assert!(matches!(
+        staging.unlink(&dir).await,
+        Err(Error::NotEmpty { .. })
+    ));
+    // ...others when it flushes: 50 creations and 10 removals are one directory version.
+    assert!(names(&other, &dir).await.is_empty());
+    let before = other.stat(&dir).await.unwrap().seq;
+    staging.flush_staged().await.unwrap();
+    assert_eq!(names(&other, &dir).await, expected);
+    assert_eq!(other.stat(&dir).await.unwrap().seq, before + 1);
+    assert_eq!(get(&other, &file(7)).await.unwrap(), data(10, 7));
+    staging.flush_staged().await.unwrap();
+    assert_eq!(
+        other.stat(&dir).await.unwrap().seq,
+        before + 1,
+        "nothing left"
+    );
+    // A staged removal takes away only the file it saw: a new file another writer put
+    // under the same name in the meantime stays.
+    staging.unlink(&file(1)).await.unwrap();
+    other.unlink(&file(1)).await.unwrap();
+    put(&other, &file(1), b"theirs").await;
+    staging.sync().await.unwrap();
+    assert_eq!(get(&other, &file(1)).await.unwrap(), b"theirs");
+    // Changes to a directory made without staging write the staged ones first, so a
+    // move sees (and keeps) them.
+    put(&staging, &file(60), b"new").await;
+    staging.rename(&file(60), &t.path("moved")).await.unwrap();
+    assert_eq!(get(&other, &t.path("moved")).await.unwrap(), b"new");
+    assert!(matches!(
+        get(&other, &file(60)).await,
+        Err(Error::NotFound { .. })
+    ));
+    // Emptied and removed in one flush.
+    for name in names(&staging, &dir).await {
+        staging.unlink(&dir.join(&name).unwrap()).await.unwrap();
+    }
+    staging.unlink(&dir).await.unwrap();
+    assert!(matches!(
+        staging.stat(&dir).await,
+        Err(Error::NotFound { .. })
+    ));
+    staging.sync().await.unwrap();
+    assert!(matches!(
+        other.stat(&dir).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn staged_changes_that_cannot_be_written_stay_staged() {
+    let t = tree();
+    let flaky = Arc::new(Flaky {
+        inner: (*t.replica).clone(),
+        chunk_puts_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
+    });
+    let staging = Client::new(
+        flaky.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        Config {
+            stage_directories: true,
+            ..small()
+        },
+    );
+    let other = t.owner();
+    staging.mkdir_all(&t.path("d")).await.unwrap();
+    let file = t.path("d/kept");
+    staging.put(&file, &b"kept"[..], |_| {}).await.unwrap();
+    // The directory's chunks cannot be stored: the flush fails, the change stays.
+    flaky
+        .chunk_puts_left
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(staging.sync().await, Err(Error::Blocks { .. })));
+    assert!(matches!(
+        other.stat(&file).await,
+        Err(Error::NotFound { .. })
+    ));
+    let mut out = Vec::new();
+    staging.get(&file, &mut out, |_| {}).await.unwrap();
+    assert_eq!(out, b"kept");
+    // Once the store takes chunks again, the next flush writes it.
+    flaky
+        .chunk_puts_left
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    staging.sync().await.unwrap();
+    assert_eq!(get(&other, &file).await.unwrap(), b"kept");
+}

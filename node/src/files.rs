@@ -180,7 +180,6 @@ impl Files {
                 repair: repair.clone(),
             }));
         }
-        let syncing = tokio::spawn(sync_periodically(network.clone()));
         let principal = identity.principal();
         let chains = caps::installed(data_dir, &principal, keys::now());
         let client = Arc::new(Client::new(
@@ -189,9 +188,11 @@ impl Files {
             chains,
             fs::Config {
                 max_unsynced: settings.gc_grace / 2,
+                stage_directories: true,
                 ..fs::Config::new()
             },
         ));
+        let syncing = tokio::spawn(sync_periodically(client.clone()));
         Ok(Files {
             client,
             mounts: std::sync::Mutex::default(),
@@ -397,7 +398,7 @@ impl Files {
     /// Unmounts everything and makes every write durable: the daemon is stopping.
     pub(crate) async fn stop(&self) {
         self.unmount_all().await;
-        if let Err(e) = self.network.sync().await {
+        if let Err(e) = self.client.sync().await {
             tracing::warn!(error = %e, "writes since the last sync may not be durable");
         }
     }
@@ -681,14 +682,25 @@ impl prometheus_client::collector::Collector for Collector {
 /// yet `fsync`ed) may stay not durable: the most a crash of the daemon loses.
 pub(crate) const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Makes deferred writes durable every [`SYNC_INTERVAL`].
-async fn sync_periodically(network: Arc<Network>) {
-    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+/// How long a directory change of a mount (a file created or removed) may stay staged in
+/// this node's client before it is written, and so how much later other nodes see it.
+pub(crate) const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Writes staged directory changes every [`FLUSH_INTERVAL`] and makes deferred writes
+/// durable every [`SYNC_INTERVAL`].
+async fn sync_periodically(client: Arc<Client<Network>>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut synced = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if let Err(e) = network.sync().await {
-            tracing::warn!(error = %e, "cannot make deferred writes durable");
+        if synced.elapsed() >= SYNC_INTERVAL {
+            synced = tokio::time::Instant::now();
+            if let Err(e) = client.sync().await {
+                tracing::warn!(error = %e, "cannot make deferred writes durable");
+            }
+        } else if let Err(e) = client.flush_staged().await {
+            tracing::warn!(error = %e, "cannot write staged directory changes");
         }
     }
 }
