@@ -94,6 +94,11 @@ pub use self::error::Error;
 
 /// Chunk id → ciphertext.
 const CHUNKS: TableDefinition<'static, &[u8; 32], &[u8]> = TableDefinition::new("chunks_v1");
+/// Chunk id → its length: the ids without the bytes. Listing them from [`CHUNKS`] would
+/// read every chunk (redb keeps a value in its key's leaf), the whole store each time
+/// repair or collection pages through it.
+const CHUNK_INDEX: TableDefinition<'static, &[u8; 32], u64> =
+    TableDefinition::new("chunk_index_v1");
 /// Inode id ‖ version id → (seq, signed bytes).
 const VERSIONS: TableDefinition<'static, &[u8; 64], (u64, &[u8])> =
     TableDefinition::new("versions_v1");
@@ -107,8 +112,9 @@ const OWNERS: TableDefinition<'static, &[u8; 32], &[u8; 32]> = TableDefinition::
 /// Counters and the format number.
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta_v1");
 
-/// The on-disk format this build reads and writes.
-const FORMAT: u64 = 1;
+/// The on-disk format this build reads and writes: 2 added [`CHUNK_INDEX`] (a store of
+/// format 1 is upgraded when opened).
+const FORMAT: u64 = 2;
 /// META key: the format number.
 const META_FORMAT: &str = "format";
 /// META key: total bytes of stored chunks.
@@ -245,6 +251,20 @@ impl Store {
             let found = meta.get(META_FORMAT).context(WHAT)?.map(|g| g.value());
             match found {
                 Some(FORMAT) => return Ok(((), false)),
+                Some(1) => {
+                    // Format 1 had no index of chunk ids: built once, from the chunks.
+                    meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
+                    let chunks = txn.open_table(CHUNKS).context(WHAT)?;
+                    let mut index = txn.open_table(CHUNK_INDEX).context(WHAT)?;
+                    for entry in chunks.iter().context(WHAT)? {
+                        let (id, bytes) = entry.context(WHAT)?;
+                        index
+                            .insert(id.value(), bytes.value().len() as u64)
+                            .context(WHAT)?;
+                    }
+                    tracing::info!("the store's chunk ids are indexed (format 1 → 2)");
+                    return Ok(((), true));
+                }
                 Some(found) => {
                     return Err(Error::Format {
                         found,
@@ -255,6 +275,7 @@ impl Store {
             }
             meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
             txn.open_table(CHUNKS).context(WHAT)?;
+            txn.open_table(CHUNK_INDEX).context(WHAT)?;
             txn.open_table(VERSIONS).context(WHAT)?;
             txn.open_table(INODES).context(WHAT)?;
             txn.open_table(PINS).context(WHAT)?;
@@ -420,6 +441,91 @@ mod tests {
             ),
             (1, 4, 1, 1)
         );
+    }
+
+    /// A backend over memory that counts the bytes read.
+    #[derive(Debug, Clone)]
+    struct Counting(Arc<redb::backends::InMemoryBackend>, Arc<AtomicU64>);
+
+    impl redb::StorageBackend for Counting {
+        fn len(&self) -> std::io::Result<u64> {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.1.fetch_add(len as u64, Ordering::Relaxed);
+            self.0.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.0.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.0.write(offset, data)
+        }
+    }
+
+    fn chunks_of(count: u8, len: usize) -> Vec<(ChunkId, Vec<u8>)> {
+        (0..count)
+            .map(|n| {
+                let bytes = vec![n; len];
+                (ChunkId::of(&bytes), bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn listing_chunk_ids_does_not_read_the_chunks() {
+        let disk = Counting(
+            Arc::new(redb::backends::InMemoryBackend::new()),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let store = Store::with_backend(disk.clone()).unwrap();
+        let chunks = chunks_of(40, 100_000);
+        let batch: Vec<(ChunkId, &[u8])> = chunks.iter().map(|(id, b)| (*id, &b[..])).collect();
+        store.put_chunks(&batch).unwrap();
+        drop(store);
+        // Reopened: nothing in redb's cache.
+        let store = Store::with_backend(disk.clone()).unwrap();
+        let before = disk.1.load(Ordering::Relaxed);
+        let mut ids = store.chunk_ids(None, 1000).unwrap();
+        assert!(ids.iter().all(|id| store.has_chunk(id).unwrap()));
+        let read = disk.1.load(Ordering::Relaxed) - before;
+        let mut expected: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        expected.sort();
+        ids.sort();
+        assert_eq!(ids, expected);
+        // 4 MB stored; the ids and lengths are 1.6 KB and a few pages.
+        assert!(read < 256 * 1024, "listing read {read} bytes");
+    }
+
+    #[test]
+    fn a_store_of_format_1_gets_its_chunk_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let chunks = chunks_of(5, 1000);
+        let store = Store::open(&path).unwrap();
+        let batch: Vec<(ChunkId, &[u8])> = chunks.iter().map(|(id, b)| (*id, &b[..])).collect();
+        store.put_chunks(&batch).unwrap();
+        // As format 1 left it: no index.
+        store
+            .write("test", |txn| {
+                txn.delete_table(CHUNK_INDEX).context("test")?;
+                let mut meta = txn.open_table(META).context("test")?;
+                meta.insert(META_FORMAT, 1).context("test")?;
+                Ok(((), true))
+            })
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let mut expected: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        expected.sort();
+        assert_eq!(store.chunk_ids(None, 100).unwrap(), expected);
+        assert!(store.has_chunk(&expected[0]).unwrap());
+        assert_eq!(store.stats().unwrap().chunks, 5);
+        store.remove_chunk(&expected[0]).unwrap();
+        assert_eq!(store.chunk_ids(None, 100).unwrap(), expected[1..]);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::ops::Bound;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    CHUNKS, Context, Error, META, META_CHUNK_BYTES, OWNERS, PINS, Store, pair, pairs_of, second,
+    CHUNK_INDEX, CHUNKS, Context, Error, META, META_CHUNK_BYTES, OWNERS, PINS, Store, pair,
+    pairs_of, second,
 };
 use crate::id::{ChunkId, InodeId, VersionId};
 
@@ -91,6 +92,7 @@ impl Store {
                 }
             }
             let mut table = txn.open_table(CHUNKS).context(WHAT)?;
+            let mut index = txn.open_table(CHUNK_INDEX).context(WHAT)?;
             let (mut new, mut added, mut removed) = (0, 0, 0);
             for (id, bytes) in missing {
                 // What the insert replaced: nothing, a corrupt copy, or (stored since the
@@ -104,10 +106,13 @@ impl Store {
                     Some((false, len)) => removed += len,
                     None => {}
                 }
+                index
+                    .insert(id.as_bytes(), bytes.len() as u64)
+                    .context(WHAT)?;
                 added += bytes.len() as u64;
                 new += 1;
             }
-            drop(table);
+            drop((table, index));
             add_chunk_bytes(txn, added, removed, WHAT)?;
             Ok((new, new > 0 || !unowned.is_empty()))
         })
@@ -143,7 +148,7 @@ impl Store {
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, Error> {
         const WHAT: &str = "looking up a chunk";
         let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNKS).context(WHAT)?;
+        let table = txn.open_table(CHUNK_INDEX).context(WHAT)?;
         Ok(table.get(id.as_bytes()).context(WHAT)?.is_some())
     }
 
@@ -160,7 +165,7 @@ impl Store {
     pub fn chunk_ids(&self, after: Option<&ChunkId>, limit: usize) -> Result<Vec<ChunkId>, Error> {
         const WHAT: &str = "listing chunks";
         let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNKS).context(WHAT)?;
+        let table = txn.open_table(CHUNK_INDEX).context(WHAT)?;
         let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes()));
         table
             .range::<&[u8; 32]>((start, Bound::Unbounded))
@@ -242,6 +247,10 @@ fn remove_chunk(
         .context(what)?
         .map(|g| g.value().len() as u64);
     drop(table);
+    txn.open_table(CHUNK_INDEX)
+        .context(what)?
+        .remove(id.as_bytes())
+        .context(what)?;
     txn.open_table(OWNERS)
         .context(what)?
         .remove(id.as_bytes())
