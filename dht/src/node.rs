@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -315,6 +316,40 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     streams: libp2p_stream::Control,
     membership: tokio::sync::watch::Receiver<u64>,
+    routing: Arc<std::sync::RwLock<Arc<RoutingView>>>,
+}
+
+/// The routing table as the event loop last published it, for [`Client::closest_known`].
+#[derive(Debug)]
+struct RoutingView {
+    me: PeerId,
+    /// Every entry: its Kademlia key, and whether a connection to it was open.
+    peers: Vec<(kad::KBucketKey<PeerId>, bool)>,
+}
+
+impl RoutingView {
+    /// This node and the peers nearest to `key`, nearest first, at most `count`.
+    fn closest(&self, key: &[u8], count: usize) -> Vec<Candidate> {
+        let target = kad::KBucketKey::new(kad::RecordKey::new(&key));
+        let mut near: Vec<(kad::KBucketDistance, PeerId, bool)> = self
+            .peers
+            .iter()
+            .map(|(peer, connected)| (peer.distance(&target), *peer.preimage(), *connected))
+            .collect();
+        near.push((
+            kad::KBucketKey::from(self.me).distance(&target),
+            self.me,
+            true,
+        ));
+        if near.len() > count {
+            near.select_nth_unstable(count);
+            near.truncate(count);
+        }
+        near.sort();
+        near.into_iter()
+            .map(|(_, peer, connected)| Candidate { peer, connected })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -370,6 +405,18 @@ impl Client {
     pub async fn closest(&self, key: Vec<u8>, count: usize) -> Result<Vec<Candidate>, Error> {
         self.ask(|reply| Command::Closest { key, count, reply })
             .await
+    }
+
+    /// [`Client::closest`] from the routing table as the node last published it (after
+    /// every change it saw, and every 250 ms), without asking the node: no round trip
+    /// through its event loop, which costs two thread wake-ups per call. It may miss what
+    /// the event loop is handling at the moment.
+    pub fn closest_known(&self, key: &[u8], count: usize) -> Vec<Candidate> {
+        let view = match self.routing.read() {
+            Ok(view) => view.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        view.closest(key, count)
     }
 
     /// This node and the peers nearest to `key` in the whole overlay, nearest first, at
@@ -521,6 +568,8 @@ pub async fn start_with_metrics(
     event_loop.listen_addrs = listen_addrs;
     event_loop.start_bootstrap();
     let membership = event_loop.membership.subscribe();
+    event_loop.publish_routing();
+    let routing = event_loop.routing.clone();
     let span = tracing::info_span!("dht", peer = %event_loop.peer_id);
     let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
     Ok((
@@ -528,6 +577,7 @@ pub async fn start_with_metrics(
             commands,
             streams,
             membership,
+            routing,
         },
         task,
     ))
@@ -612,6 +662,10 @@ pub struct EventLoop {
     blocked: HashMap<PeerId, Instant>,
     metrics: Option<NodeMetrics>,
     membership: tokio::sync::watch::Sender<u64>,
+    /// What [`Client::closest_known`] reads.
+    routing: Arc<std::sync::RwLock<Arc<RoutingView>>>,
+    /// The routing table or connections may have changed since the last publication.
+    routing_changed: bool,
 }
 
 /// The overlay's metrics, beside libp2p's.
@@ -684,8 +738,9 @@ impl EventLoop {
                 connected: false,
             })
             .collect();
+        let peer_id = *swarm.local_peer_id();
         EventLoop {
-            peer_id: *swarm.local_peer_id(),
+            peer_id,
             swarm,
             key,
             config,
@@ -712,6 +767,11 @@ impl EventLoop {
             blocked: HashMap::new(),
             metrics: None,
             membership: tokio::sync::watch::Sender::new(0),
+            routing: Arc::new(std::sync::RwLock::new(Arc::new(RoutingView {
+                me: peer_id,
+                peers: Vec::new(),
+            }))),
+            routing_changed: true,
         }
     }
 
@@ -731,12 +791,60 @@ impl EventLoop {
                         let _ = reply.send(());
                         return;
                     }
-                    Some(command) => self.on_command(command),
+                    Some(command) => {
+                        self.routing_changed |= !matches!(command, Command::Closest { .. });
+                        self.on_command(command);
+                    }
                     None => return,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.routing_changed = true;
+                    self.on_tick();
+                }
                 _ = republish.tick() => self.republish_all(),
             }
+            if self.routing_changed {
+                self.publish_routing();
+            }
+        }
+    }
+
+    /// Publishes the routing table for [`Client::closest_known`].
+    fn publish_routing(&mut self) {
+        self.routing_changed = false;
+        let view = Arc::new(self.routing_view());
+        match self.routing.write() {
+            Ok(mut published) => *published = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+    }
+
+    /// The routing table now: every entry, and whether it is connected. (A table holds a
+    /// few hundred peers; Kademlia's own closest-peers iterator moves a k-sized buffer
+    /// through all 256 buckets, which cost more than this on every block operation.)
+    fn routing_view(&mut self) -> RoutingView {
+        let keys: Vec<kad::KBucketKey<PeerId>> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|entry| *entry.node.key)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let peers = keys
+            .into_iter()
+            .map(|key| {
+                let connected = self.swarm.is_connected(key.preimage());
+                (key, connected)
+            })
+            .collect();
+        RoutingView {
+            me: self.peer_id,
+            peers,
         }
     }
 
@@ -1013,30 +1121,7 @@ impl EventLoop {
     }
 
     fn closest(&mut self, key: Vec<u8>, count: usize) -> Vec<Candidate> {
-        let target = kad::KBucketKey::new(kad::RecordKey::new(&key));
-        let me = kad::KBucketKey::from(self.peer_id);
-        // Every entry of the table, then the nearest: a table holds a few hundred peers,
-        // and Kademlia's own closest-peers iterator moves a k-sized buffer through all 256
-        // buckets, which cost more than this on every block operation.
-        let buckets: Vec<_> = self.swarm.behaviour_mut().kad.kbuckets().collect();
-        let mut peers: Vec<(kad::KBucketDistance, PeerId)> = buckets
-            .iter()
-            .flat_map(|bucket| bucket.iter())
-            .map(|entry| (entry.node.key.distance(&target), *entry.node.key.preimage()))
-            .collect();
-        peers.push((me.distance(&target), self.peer_id));
-        if peers.len() > count {
-            peers.select_nth_unstable(count);
-            peers.truncate(count);
-        }
-        peers.sort();
-        peers
-            .into_iter()
-            .map(|(_, peer)| Candidate {
-                peer,
-                connected: peer == self.peer_id || self.swarm.is_connected(&peer),
-            })
-            .collect()
+        self.routing_view().closest(&key, count)
     }
 
     fn peers(&self) -> Vec<PeerInfo> {
@@ -1384,6 +1469,12 @@ impl EventLoop {
                 _ => {}
             }
         }
+        self.routing_changed |= matches!(
+            event,
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(_) | BehaviourEvent::Identify(_))
+                | SwarmEvent::ConnectionEstablished { .. }
+                | SwarmEvent::ConnectionClosed { .. }
+        );
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

@@ -115,6 +115,19 @@ async fn twenty_nodes_join_and_resolve_each_other() {
             .collect();
         assert_eq!(found, all[..5], "from node {i}");
     }
+    // The routing table a node publishes is the one its event loop answers from (once
+    // nothing changes: the published view lags by at most one event or 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        for k in 0..10 {
+            let key = format!("key {k}").into_bytes();
+            let asked = node.client.closest(key.clone(), 8).await.unwrap();
+            let known = node.client.closest_known(&key, 8);
+            let peers = |c: &[dht::Candidate]| c.iter().map(|c| c.peer).collect::<Vec<_>>();
+            assert_eq!(peers(&known), peers(&asked), "node {i}, key {k}");
+            assert_eq!(known.len(), 8, "node {i}: a table of the other 19");
+        }
+    }
     // The root itself is registered by no one.
     assert!(matches!(
         nodes[3].client.resolve(tree.join("nobody").unwrap()).await,

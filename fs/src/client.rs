@@ -1,8 +1,9 @@
 //! The file system as one principal sees it: paths, files and directories over
 //! [`Blocks`], with keys following the tree.
 //!
-//! A path is found from the longest of its prefixes that has an *anchor* this principal
-//! can open (a readcap sealed to it), then down through encrypted directories. The root of
+//! A path is found from the tree's root when this principal can open its *anchor* (a
+//! readcap sealed to it), else from the longest of its prefixes that has an anchor it can
+//! open, then down through encrypted directories. The root of
 //! a tree's file system is the anchor of the prefix of a writer's writecap; `share` turns a
 //! directory into an anchor with readcaps for other principals.
 //!
@@ -971,15 +972,17 @@ impl<B: Blocks> Client<B> {
     /// the latest change staged for it or written since the version read, else `dir`'s.
     fn entry_in(&self, node: &Node, dir: &Directory, name: &str) -> Option<Entry> {
         let committed = dir.entries.get(name);
-        let staged = self.staged.lock().ok()?;
-        let change = staged.get(&node.id()).and_then(|s| {
-            s.unseen(seq_of(node))
-                .rev()
-                .find_map(|changes| changes.get(name))
+        let change = self.staged.lock().ok().and_then(|staged| {
+            staged.get(&node.id()).and_then(|s| {
+                s.unseen(seq_of(node))
+                    .rev()
+                    .find_map(|changes| changes.get(name))
+                    .cloned()
+            })
         });
         match change {
             Some(Change::Put(entry)) => Some(entry.clone()),
-            Some(Change::Remove(gone)) => committed.filter(|e| e.inode != *gone).cloned(),
+            Some(Change::Remove(gone)) => committed.filter(|e| e.inode != gone).cloned(),
             None => committed.cloned(),
         }
     }
@@ -2103,8 +2106,27 @@ impl<B: Blocks> Client<B> {
     /// Removes a file or an empty directory. Removing a conflict copy merges the fork
     /// (the shown version stays).
     pub async fn unlink(&self, path: &Path) -> Result<(), Error> {
+        self.remove(path, None).await
+    }
+
+    /// [`Client::unlink`], refused unless the path is of kind `expected` (when given):
+    /// POSIX's `unlink` and `rmdir`.
+    pub async fn remove(&self, path: &Path, expected: Option<Kind>) -> Result<(), Error> {
         let mut nodes = self.walk(path).await?;
         let target = nodes.len() - 1;
+        match (expected, nodes[target].kind) {
+            (Some(Kind::File), Kind::Dir) => {
+                return Err(Error::IsADirectory {
+                    path: path.to_string(),
+                });
+            }
+            (Some(Kind::Dir), Kind::File) => {
+                return Err(Error::NotADirectory {
+                    path: path.to_string(),
+                });
+            }
+            _ => {}
+        }
         if target == 0 {
             return Err(Error::ReadOnly {
                 path: path.to_string(),

@@ -291,17 +291,7 @@ impl<B: Blocks> Mount<B> {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let removed = self.run(async {
-            match (kind, self.client.stat(&path).await?.kind) {
-                (Kind::File, Kind::Dir) => Err(Error::IsADirectory {
-                    path: path.to_string(),
-                }),
-                (Kind::Dir, Kind::File) => Err(Error::NotADirectory {
-                    path: path.to_string(),
-                }),
-                _ => self.client.unlink(&path).await,
-            }
-        });
+        let removed = self.run(self.client.remove(&path, Some(kind)));
         match removed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

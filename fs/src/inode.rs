@@ -389,17 +389,32 @@ impl VerifiedCache {
         now: Timestamp,
         revocations: &Revocations,
     ) -> Result<Verified, InodeError> {
+        self.verify_trusting(bytes, expected, now, revocations, None)
+    }
+
+    /// [`VerifiedCache::verify_as`], taking as verified what `also` verified before (a
+    /// cache whose checks were as strict or stricter: a replica's, with its revocations).
+    pub fn verify_trusting(
+        &self,
+        bytes: &[u8],
+        expected: &InodeId,
+        now: Timestamp,
+        revocations: &Revocations,
+        also: Option<&VerifiedCache>,
+    ) -> Result<Verified, InodeError> {
         let id = VersionId::of(bytes);
-        if let Ok(entries) = self.entries.lock()
-            && let Some(v) = entries.get(&id)
-        {
-            if &v.id != expected {
-                return Err(InodeError::WrongInode {
-                    expected: *expected,
-                    found: v.id,
-                });
+        for cache in std::iter::once(self).chain(also) {
+            if let Ok(entries) = cache.entries.lock()
+                && let Some(v) = entries.get(&id)
+            {
+                if &v.id != expected {
+                    return Err(InodeError::WrongInode {
+                        expected: *expected,
+                        found: v.id,
+                    });
+                }
+                return Ok(v.clone());
             }
-            return Ok(v.clone());
         }
         let verified = Signed::verify_as(bytes, expected, now, revocations)?;
         if let Ok(mut entries) = self.entries.lock() {

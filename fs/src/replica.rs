@@ -100,7 +100,12 @@ impl Replica {
         Ok(self.store.sync()?)
     }
 
-    /// The store.
+    /// The versions this replica verified (with its revocations) and remembers.
+    pub fn verified(&self) -> &inode::VerifiedCache {
+        &self.verified
+    }
+
+    /// The store underneath.
     pub fn store(&self) -> &Store {
         &self.store
     }
