@@ -533,7 +533,7 @@ impl Network {
     /// first: from the routing table when it knows, else from an overlay lookup (see
     /// [`Network::placement`]).
     async fn nearest(&self, key: &[u8; 32], wanted: usize) -> Result<Vec<PeerId>, BlockError> {
-        let (local, known) = self.nearest_known(key, wanted).await?;
+        let (local, known) = self.nearest_known(key, wanted);
         let near: Vec<PeerId> = if known {
             local
         } else if let Some(found) = self.placements.get(key, self.config.placement_ttl) {
@@ -557,27 +557,23 @@ impl Network {
     /// The `wanted` nodes nearest to `key` in the routing table, and whether the table
     /// knows them: the key is near this node (among the R nearest; Kademlia keeps every
     /// node of its own neighbourhood) or the table holds fewer peers than asked for.
-    async fn nearest_known(
-        &self,
-        key: &[u8; 32],
-        wanted: usize,
-    ) -> Result<(Vec<PeerId>, bool), BlockError> {
+    fn nearest_known(&self, key: &[u8; 32], wanted: usize) -> (Vec<PeerId>, bool) {
         let local = self.dht.closest_known(key, wanted);
         let near_me = local
             .iter()
             .take(self.config.replicas)
             .any(|c| c.peer == self.me);
         let known = near_me || local.len() < wanted;
-        Ok((local.into_iter().map(|c| c.peer).collect(), known))
+        (local.into_iter().map(|c| c.peer).collect(), known)
     }
 
     /// Whether this node is, by its own routing table, among the R where `key` belongs:
     /// what it holds there it looks after at every membership change; what it holds
     /// elsewhere (a copy placed before nodes nearer to the key joined) takes a lookup
     /// to place, and is looked after at the repair interval.
-    pub async fn at_home(&self, key: &[u8; 32]) -> Result<bool, BlockError> {
-        let (local, _) = self.nearest_known(key, self.config.replicas).await?;
-        Ok(local.contains(&self.me))
+    pub fn at_home(&self, key: &[u8; 32]) -> bool {
+        let (local, _) = self.nearest_known(key, self.config.replicas);
+        local.contains(&self.me)
     }
 
     /// Sends one request to `peer` (answered locally for this node).

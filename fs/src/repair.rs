@@ -337,15 +337,10 @@ pub async fn round(
 ) -> Result<(), String> {
     let mut items = held_items(network).await?;
     items.retain(|item| !matches!(item, Item::Chunk(c) if skip(c)));
-    let mut home = Vec::with_capacity(items.len());
-    for item in &items {
-        home.push(
-            network
-                .at_home(item.key())
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
+    let mut home: Vec<bool> = items
+        .iter()
+        .map(|item| network.at_home(item.key()))
+        .collect();
     if !full {
         items = items
             .into_iter()

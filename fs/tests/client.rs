@@ -46,6 +46,19 @@ impl Tree {
         )
     }
 
+    /// The owner, staging directory changes, over `blocks`.
+    fn staging<B: fs::Blocks>(&self, blocks: Arc<B>) -> Client<B> {
+        Client::new(
+            blocks,
+            self.root.clone(),
+            vec![self.chain.clone()],
+            Config {
+                stage_directories: true,
+                ..small()
+            },
+        )
+    }
+
     fn stranger(&self) -> (Arc<Identity>, Client<Replica>) {
         let id = Arc::new(Identity::generate());
         (
@@ -704,15 +717,7 @@ async fn names(c: &Client<Replica>, dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn staged_directory_changes_are_seen_at_once_and_written_together() {
     let t = tree();
-    let staging = Client::new(
-        t.replica.clone(),
-        t.root.clone(),
-        vec![t.chain.clone()],
-        Config {
-            stage_directories: true,
-            ..small()
-        },
-    );
+    let staging = t.staging(t.replica.clone());
     let other = t.owner();
     let dir = t.path("d");
     staging.mkdir_all(&dir).await.unwrap();
@@ -794,15 +799,7 @@ async fn staged_changes_that_cannot_be_written_stay_staged() {
         inner: (*t.replica).clone(),
         chunk_puts_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
     });
-    let staging = Client::new(
-        flaky.clone(),
-        t.root.clone(),
-        vec![t.chain.clone()],
-        Config {
-            stage_directories: true,
-            ..small()
-        },
-    );
+    let staging = t.staging(flaky.clone());
     let other = t.owner();
     staging.mkdir_all(&t.path("d")).await.unwrap();
     let file = t.path("d/kept");

@@ -430,7 +430,7 @@ async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
     let id = fs::ChunkId::of(&bytes);
     let mut away = None;
     for node in &nodes {
-        if !node.network.at_home(id.as_bytes()).await.unwrap() {
+        if !node.network.at_home(id.as_bytes()) {
             away = Some(node);
             break;
         }
@@ -459,7 +459,7 @@ async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
     assert_eq!(away.repair.status().handed_off, 1);
     for node in &nodes {
         let holds = node.network.local().store().has_chunk(&id).unwrap();
-        let home = node.network.at_home(id.as_bytes()).await.unwrap();
+        let home = node.network.at_home(id.as_bytes());
         assert_eq!(
             holds, home,
             "a copy where it does not belong, or one missing"
@@ -500,7 +500,7 @@ async fn a_superseded_version_held_away_is_dropped_not_copied_back() {
     }
     let mut away = None;
     for node in &nodes {
-        if !node.network.at_home(inode.as_bytes()).await.unwrap() {
+        if !node.network.at_home(inode.as_bytes()) {
             away = Some(node);
             break;
         }
