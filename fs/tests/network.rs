@@ -99,7 +99,6 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
     }
 }
 
-/// `n` nodes joined through the first, each knowing all the others.
 /// The tree rooted at `owner`'s principal, and a client writing it through `owner`'s node
 /// with the root grant.
 fn owner_writer(owner: &Node, config: Config) -> (Path, Client<Network>) {
@@ -119,6 +118,7 @@ fn owner_writer(owner: &Node, config: Config) -> (Path, Client<Network>) {
     (tree, writer)
 }
 
+/// `n` nodes joined through the first, each knowing all the others.
 async fn start_net(n: usize) -> Vec<Node> {
     let first = start_node(None).await;
     let mut nodes = vec![first];
@@ -173,20 +173,8 @@ async fn three_replicas_survive_two_departures() {
     let nodes = start_net(5).await;
     // The tree's owner writes on node 0; node 4 reads after a share.
     let owner = &nodes[0];
-    let tree = Path::root_of(owner.identity.principal());
-    let chain = Chain::root_grant(
-        owner.identity.signing_key(),
-        owner.identity.principal(),
-        tree.clone(),
-        Validity::for_seconds(3600),
-    );
     let config = Config::new().with_chunk_size(64 * 1024);
-    let writer = Client::new(
-        owner.network.clone(),
-        owner.identity.clone(),
-        vec![chain],
-        config.clone(),
-    );
+    let (tree, writer) = owner_writer(owner, config.clone());
     let files: Vec<(Path, Vec<u8>)> = vec![
         (tree.join("empty").unwrap(), Vec::new()),
         (
