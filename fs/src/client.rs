@@ -2588,14 +2588,16 @@ async fn fetch_and_open<B: Blocks>(
         .await
         .map_err(blocks_err(&path))?;
     let plaintext = tokio::task::spawn_blocking(move || {
-        let mut last = chunk::ChunkError::Open;
-        for key in &keys {
-            match chunk::open(key, &id, index, &sealed) {
-                Ok(plaintext) => return Ok(plaintext),
-                Err(e) => last = e,
+        let Some((last_key, earlier)) = keys.split_last() else {
+            return Err(chunk::ChunkError::Open);
+        };
+        for key in earlier {
+            if let Ok(plaintext) = chunk::open(key, &id, index, &sealed) {
+                return Ok(plaintext);
             }
         }
-        Err(last)
+        // The last (usually the only) key opens the chunk where it lies.
+        chunk::open_vec(last_key, &id, index, sealed)
     })
     .await
     .map_err(|e| Error::Io(e.to_string()))?
