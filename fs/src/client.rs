@@ -309,8 +309,10 @@ pub struct Handle {
 pub const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// How many stored chunks a sequential reader has fetched ahead of it: each is opened on
-/// a blocking thread while the reader copies out the one before (two cores kept busy).
-const READ_AHEAD: u64 = 2;
+/// a blocking thread while the reader copies out the one before. Two kept a FUSE reader
+/// waiting on chunks with a core idle (fio, 1 GiB: 450-650 MiB/s); four keep both cores
+/// busy (690-850 MiB/s, at 4 MiB of memory per reader); eight read no faster.
+const READ_AHEAD: u64 = 4;
 
 /// Batches of written chunks a handle seals and stores in the background while its writer
 /// goes on: one being sealed, one being stored.
