@@ -88,13 +88,9 @@ pub trait Blocks: Send + Sync + 'static {
 impl Blocks for Replica {
     async fn put_chunks(&self, owner: InodeId, chunks: Vec<Sealed>) -> Result<(), BlockError> {
         let replica = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let items: Vec<(ChunkId, &[u8])> =
-                chunks.iter().map(|c| (c.id, c.bytes.as_slice())).collect();
-            replica.put_chunks(&owner, &items).map(|_| ())
-        })
-        .await
-        .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;
+        tokio::task::spawn_blocking(move || replica.put_sealed(&owner, &chunks).map(|_| ()))
+            .await
+            .map_err(|e| BlockError::Refused(format!("store task failed: {e}")))??;
         Ok(())
     }
 

@@ -58,13 +58,31 @@ pub enum ChunkError {
     Random(String),
 }
 
-/// A sealed chunk and its name.
+/// A sealed chunk and its name. Only [`seal`] makes one, so its id is the BLAKE3 of its
+/// bytes: a store may take it without hashing it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     /// BLAKE3 of `bytes`.
-    pub id: ChunkId,
+    id: ChunkId,
     /// Nonce, ciphertext and tag.
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+impl Sealed {
+    /// BLAKE3 of the bytes.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// Nonce, ciphertext and tag.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The bytes, given up.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 fn aad(inode: &InodeId, index: u64) -> [u8; 26 + 32 + 8] {

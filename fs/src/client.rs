@@ -2557,7 +2557,7 @@ async fn seal(
             (
                 *index,
                 ChunkRef {
-                    id: s.id,
+                    id: s.id(),
                     len: *len,
                 },
             )

@@ -750,7 +750,7 @@ impl Blocks for Network {
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for chunk in chunks {
-            let candidates = self.candidates(chunk.id.as_bytes()).await?;
+            let candidates = self.candidates(chunk.id().as_bytes()).await?;
             if candidates
                 .iter()
                 .take(self.config.replicas)
@@ -762,7 +762,13 @@ impl Blocks for Network {
             }
         }
         if !local.is_empty() {
-            Blocks::put_chunks(&self.own, owner, local.clone()).await?;
+            // With R = 1 the copy here is the only one: nothing is left to send.
+            let stored = if self.config.replicas > 1 {
+                local.clone()
+            } else {
+                std::mem::take(&mut local)
+            };
+            Blocks::put_chunks(&self.own, owner, stored).await?;
         }
         let puts = local
             .into_iter()
@@ -771,11 +777,11 @@ impl Blocks for Network {
         let results: Vec<Result<usize, BlockError>> = futures::stream::iter(puts)
             .map(|(chunk, stored_here)| {
                 async move {
-                    let key = *chunk.id.as_bytes();
+                    let key = *chunk.id().as_bytes();
                     let request = Request::PutChunk {
                         id: key,
                         owner: owner.0,
-                        data: chunk.bytes,
+                        data: chunk.into_bytes(),
                     };
                     self.put_item(&key, request, stored_here).await
                 }

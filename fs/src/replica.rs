@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use keys::Revocations;
 
+use crate::chunk::Sealed;
 use crate::id::{ChunkId, InodeId, VersionId};
 use crate::inode::{self, InodeError, Verified};
 use crate::store::{self, Store};
@@ -142,6 +143,11 @@ impl Replica {
             }
             Refused::from(e)
         })
+    }
+
+    /// Stores chunks sealed in this process (see [`Store::put_sealed_of`]).
+    pub fn put_sealed(&self, owner: &InodeId, chunks: &[Sealed]) -> Result<usize, Refused> {
+        Ok(self.store.put_sealed_of(owner, chunks)?)
     }
 
     /// A chunk, checked against its id; a corrupt copy is dropped and reported.

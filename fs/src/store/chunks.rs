@@ -5,9 +5,10 @@ use std::ops::Bound;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    CHUNK_INDEX, CHUNKS, Context, Error, META, META_CHUNK_BYTES, OWNERS, PINS, Store, pair,
-    pairs_of, second,
+    CHUNK_DATA, CHUNK_PLACES, Context, Error, META, META_CHUNK_BYTES, OWNERS, PINS, Store,
+    next_place, pair, pairs_of, second, set_next_place,
 };
+use crate::chunk::Sealed;
 use crate::id::{ChunkId, InodeId, VersionId};
 
 impl Store {
@@ -34,6 +35,14 @@ impl Store {
         self.put_chunks_inner(Some(owner), chunks)
     }
 
+    /// [`put_chunks_of`](Self::put_chunks_of) for chunks this process sealed: their ids
+    /// are their hashes already (only [`crate::chunk::seal`] makes a [`Sealed`]), so they
+    /// are not hashed again.
+    pub fn put_sealed_of(&self, owner: &InodeId, chunks: &[Sealed]) -> Result<usize, Error> {
+        let items: Vec<(ChunkId, &[u8])> = chunks.iter().map(|c| (c.id(), c.bytes())).collect();
+        self.put_checked(Some(owner), &items)
+    }
+
     /// The inode a stored chunk belongs to, if it was stored with one.
     pub fn owner(&self, chunk: &ChunkId) -> Result<Option<InodeId>, Error> {
         const WHAT: &str = "looking up a chunk's owner";
@@ -53,13 +62,23 @@ impl Store {
         if let Some((id, _)) = chunks.iter().find(|(id, bytes)| ChunkId::of(bytes) != *id) {
             return Err(Error::Mismatch { id: *id });
         }
+        self.put_checked(owner, chunks)
+    }
+
+    /// Stores chunks whose ids match their bytes.
+    fn put_checked(
+        &self,
+        owner: Option<&InodeId>,
+        chunks: &[(ChunkId, &[u8])],
+    ) -> Result<usize, Error> {
         // Which need writing: found in a read transaction, which leaves writers alone.
         const WHAT: &str = "storing chunks";
         let mut missing = Vec::new();
         let mut unowned = Vec::new();
         {
             let txn = self.read(WHAT)?;
-            let table = txn.open_table(CHUNKS).context(WHAT)?;
+            let data = txn.open_table(CHUNK_DATA).context(WHAT)?;
+            let places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
             if owner.is_some() {
                 let owners = txn.open_table(OWNERS).context(WHAT)?;
                 for (id, _) in chunks {
@@ -69,13 +88,16 @@ impl Store {
                 }
             }
             for (id, bytes) in chunks {
-                match table.get(id.as_bytes()).context(WHAT)? {
+                let Some(place) = places.get(id.as_bytes()).context(WHAT)? else {
+                    missing.push((id, bytes));
+                    continue;
+                };
+                match data.get(place.value().0).context(WHAT)? {
                     Some(held) if held.value() == *bytes => {}
-                    Some(_) => {
+                    _ => {
                         self.found_corrupt(id);
                         missing.push((id, bytes));
                     }
-                    None => missing.push((id, bytes)),
                 }
             }
         }
@@ -91,28 +113,40 @@ impl Store {
                         .context(WHAT)?;
                 }
             }
-            let mut table = txn.open_table(CHUNKS).context(WHAT)?;
-            let mut index = txn.open_table(CHUNK_INDEX).context(WHAT)?;
+            let mut data = txn.open_table(CHUNK_DATA).context(WHAT)?;
+            let mut places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
+            let mut next = next_place(txn, WHAT)?;
             let (mut new, mut added, mut removed) = (0, 0, 0);
             for (id, bytes) in missing {
-                // What the insert replaced: nothing, a corrupt copy, or (stored since the
-                // read, or twice in `chunks`) the same bytes.
-                let replaced = table
-                    .insert(id.as_bytes(), *bytes)
-                    .context(WHAT)?
-                    .map(|old| (old.value() == *bytes, old.value().len() as u64));
-                match replaced {
-                    Some((true, _)) => continue,
-                    Some((false, len)) => removed += len,
-                    None => {}
-                }
-                index
-                    .insert(id.as_bytes(), bytes.len() as u64)
+                let held = places.get(id.as_bytes()).context(WHAT)?.map(|g| g.value());
+                let place = match held {
+                    // Held since the read, or twice in `chunks`, or a corrupt copy (the
+                    // good bytes go where it was).
+                    Some((place, len)) => {
+                        let same = data
+                            .get(place)
+                            .context(WHAT)?
+                            .is_some_and(|held| held.value() == *bytes);
+                        if same {
+                            continue;
+                        }
+                        removed += len;
+                        place
+                    }
+                    None => {
+                        next += 1;
+                        next - 1
+                    }
+                };
+                data.insert(place, *bytes).context(WHAT)?;
+                places
+                    .insert(id.as_bytes(), (place, bytes.len() as u64))
                     .context(WHAT)?;
                 added += bytes.len() as u64;
                 new += 1;
             }
-            drop((table, index));
+            drop((data, places));
+            set_next_place(txn, next, WHAT)?;
             add_chunk_bytes(txn, added, removed, WHAT)?;
             Ok((new, new > 0 || !unowned.is_empty()))
         })
@@ -132,12 +166,14 @@ impl Store {
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, Error> {
         const WHAT: &str = "reading a chunk";
         let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNKS).context(WHAT)?;
-        let Some(guard) = table.get(id.as_bytes()).context(WHAT)? else {
+        let places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
+        let Some(place) = places.get(id.as_bytes()).context(WHAT)? else {
             return Ok(None);
         };
-        let bytes = guard.value();
-        if ChunkId::of(bytes) != *id {
+        let data = txn.open_table(CHUNK_DATA).context(WHAT)?;
+        let guard = data.get(place.value().0).context(WHAT)?;
+        let bytes = guard.as_ref().map_or(&[][..], |g| g.value());
+        if guard.is_none() || ChunkId::of(bytes) != *id {
             self.found_corrupt(id);
             return Err(Error::Corrupt { id: *id });
         }
@@ -148,7 +184,7 @@ impl Store {
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, Error> {
         const WHAT: &str = "looking up a chunk";
         let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNK_INDEX).context(WHAT)?;
+        let table = txn.open_table(CHUNK_PLACES).context(WHAT)?;
         Ok(table.get(id.as_bytes()).context(WHAT)?.is_some())
     }
 
@@ -165,7 +201,7 @@ impl Store {
     pub fn chunk_ids(&self, after: Option<&ChunkId>, limit: usize) -> Result<Vec<ChunkId>, Error> {
         const WHAT: &str = "listing chunks";
         let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNK_INDEX).context(WHAT)?;
+        let table = txn.open_table(CHUNK_PLACES).context(WHAT)?;
         let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes()));
         table
             .range::<&[u8; 32]>((start, Bound::Unbounded))
@@ -241,16 +277,22 @@ fn remove_chunk(
     id: &ChunkId,
     what: &'static str,
 ) -> Result<Option<u64>, Error> {
-    let mut table = txn.open_table(CHUNKS).context(what)?;
-    let len = table
-        .remove(id.as_bytes())
-        .context(what)?
-        .map(|g| g.value().len() as u64);
-    drop(table);
-    txn.open_table(CHUNK_INDEX)
+    let place = txn
+        .open_table(CHUNK_PLACES)
         .context(what)?
         .remove(id.as_bytes())
-        .context(what)?;
+        .context(what)?
+        .map(|g| g.value());
+    let len = match place {
+        Some((place, len)) => {
+            txn.open_table(CHUNK_DATA)
+                .context(what)?
+                .remove(place)
+                .context(what)?;
+            Some(len)
+        }
+        None => None,
+    };
     txn.open_table(OWNERS)
         .context(what)?
         .remove(id.as_bytes())
@@ -290,6 +332,26 @@ mod tests {
     fn chunk(n: u8, len: usize) -> (ChunkId, Vec<u8>) {
         let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ n).collect();
         (ChunkId::of(&bytes), bytes)
+    }
+
+    #[test]
+    fn sealed_chunks_are_stored_with_their_owner_once() {
+        let store = Store::in_memory().unwrap();
+        let key = keys::DataKey::generate();
+        let owner = InodeId([4; 32]);
+        let sealed: Vec<Sealed> = (0..3)
+            .map(|i| crate::chunk::seal(&key, &owner, i, &[i as u8; 5000]).unwrap())
+            .collect();
+        assert_eq!(store.put_sealed_of(&owner, &sealed).unwrap(), 3);
+        assert_eq!(store.put_sealed_of(&owner, &sealed).unwrap(), 0);
+        for s in &sealed {
+            assert_eq!(
+                store.get_chunk(&s.id()).unwrap().as_deref(),
+                Some(s.bytes())
+            );
+            assert_eq!(store.owner(&s.id()).unwrap(), Some(owner));
+        }
+        assert_eq!(store.chunk_ids(None, 10).unwrap().len(), 3);
     }
 
     #[test]
