@@ -285,11 +285,7 @@ impl Envelope {
 impl Serialize for EnvelopeRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let (tag, id) = match self.kind {
-            Kind::Tell => (0u8, 0u64),
-            Kind::Ask { id } => (1, id),
-            Kind::Reply { id } => (2, id),
-        };
+        let (tag, id) = kind_parts(self.kind);
         let mut t = serializer.serialize_tuple(7)?;
         t.serialize_element(&self.channel)?;
         t.serialize_element(&self.session)?;
@@ -359,7 +355,9 @@ impl<'de> Deserialize<'de> for Envelope {
     }
 }
 
-/// [`Frame::Message`] borrowing its envelope, for encoding.
+/// [`Frame::Message`] borrowing its envelope, encoded by serde (what [`encode_message`]
+/// writes by hand; the tests compare them).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum MessageRef<'a> {
@@ -372,9 +370,149 @@ pub fn encode_frame<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), En
 }
 
 /// Appends one [`Frame::Message`] to `out` without copying the payload first.
+///
+/// Written by hand: the bytes serde would write for the same frame (a test checks they are
+/// the same), without serde's per-field calls, on the path every message takes.
 pub fn encode_message(envelope: EnvelopeRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let message = MessageRef::Message(envelope);
-    append_frame(Frame::NAME, Frame::VERSION, Frame::MAX_BYTES, &message, out)
+    let start = out.len();
+    out.reserve(
+        4 + MESSAGE_PREFIX.len() + 5 * 9 + 2 * 9 + envelope.label.len() + envelope.payload.len(),
+    );
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(MESSAGE_PREFIX);
+    let (tag, id) = kind_parts(envelope.kind);
+    cbor_head(out, 0, u64::from(envelope.channel));
+    cbor_head(out, 0, envelope.session);
+    cbor_head(out, 0, envelope.sequence);
+    cbor_head(out, 0, u64::from(tag));
+    cbor_head(out, 0, id);
+    cbor_head(out, 3, envelope.label.len() as u64);
+    out.extend_from_slice(envelope.label.as_bytes());
+    cbor_head(out, 2, envelope.payload.len() as u64);
+    out.extend_from_slice(envelope.payload);
+    let len = out.len() - start - 4;
+    if len > Frame::MAX_BYTES {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge {
+            what: Frame::NAME,
+            len,
+            max: Frame::MAX_BYTES,
+        });
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// How a [`Frame::Message`] of version 1 begins: `[1, {"message": [` + seven fields.
+const MESSAGE_PREFIX: &[u8] = b"\x82\x01\xa1\x67message\x87";
+
+fn kind_parts(kind: Kind) -> (u8, u64) {
+    match kind {
+        Kind::Tell => (0, 0),
+        Kind::Ask { id } => (1, id),
+        Kind::Reply { id } => (2, id),
+    }
+}
+
+/// Appends a CBOR head of major type `major` with argument `value`, in the shortest form
+/// (as cbor4ii writes it).
+fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
+    let major = major << 5;
+    if value < 24 {
+        out.push(major | value as u8);
+    } else if let Ok(v) = u8::try_from(value) {
+        out.extend_from_slice(&[major | 24, v]);
+    } else if let Ok(v) = u16::try_from(value) {
+        out.push(major | 25);
+        out.extend_from_slice(&v.to_be_bytes());
+    } else if let Ok(v) = u32::try_from(value) {
+        out.push(major | 26);
+        out.extend_from_slice(&v.to_be_bytes());
+    } else {
+        out.push(major | 27);
+        out.extend_from_slice(&value.to_be_bytes());
+    }
+}
+
+/// Reads a CBOR head of major type `major` at the front of `bytes`: its argument and the
+/// bytes after it. `None` for anything else (another type, an indefinite length).
+fn read_head(bytes: &[u8], major: u8) -> Option<(u64, &[u8])> {
+    let (&first, rest) = bytes.split_first()?;
+    if first >> 5 != major {
+        return None;
+    }
+    match first & 0x1f {
+        small @ 0..24 => Some((u64::from(small), rest)),
+        24 => {
+            let (&v, rest) = rest.split_first()?;
+            Some((u64::from(v), rest))
+        }
+        25 => {
+            let (v, rest) = rest.split_first_chunk::<2>()?;
+            Some((u64::from(u16::from_be_bytes(*v)), rest))
+        }
+        26 => {
+            let (v, rest) = rest.split_first_chunk::<4>()?;
+            Some((u64::from(u32::from_be_bytes(*v)), rest))
+        }
+        27 => {
+            let (v, rest) = rest.split_first_chunk::<8>()?;
+            Some((u64::from_be_bytes(*v), rest))
+        }
+        _ => None,
+    }
+}
+
+/// Reads a definite-length byte or text string of major type `major`.
+fn read_string(bytes: &[u8], major: u8) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = read_head(bytes, major)?;
+    let len = usize::try_from(len).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// Decodes a frame; the hot [`Frame::Message`] is read by hand when it is in the form
+/// [`encode_message`] writes, anything else goes through serde ([`wire::decode`]). Both
+/// accept and refuse the same bytes (a property test checks it).
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    match decode_message(bytes) {
+        Some(envelope) => Ok(Frame::Message(envelope)),
+        None => wire::decode(bytes),
+    }
+}
+
+/// The hand-read [`Frame::Message`]: `None` if `bytes` are not exactly one, in the form
+/// [`encode_message`] writes, that passes [`Frame::validate`].
+fn decode_message(bytes: &[u8]) -> Option<Envelope> {
+    if bytes.len() > Frame::MAX_BYTES {
+        return None;
+    }
+    let rest = bytes.strip_prefix(MESSAGE_PREFIX)?;
+    let (channel, rest) = read_head(rest, 0)?;
+    let (session, rest) = read_head(rest, 0)?;
+    let (sequence, rest) = read_head(rest, 0)?;
+    let (tag, rest) = read_head(rest, 0)?;
+    let (id, rest) = read_head(rest, 0)?;
+    let (label, rest) = read_string(rest, 3)?;
+    let (payload, rest) = read_string(rest, 2)?;
+    let channel = u32::try_from(channel).ok().filter(|c| *c < MAX_CHANNELS)?;
+    let kind = match (tag, id) {
+        (0, 0) => Kind::Tell,
+        (1, id) => Kind::Ask { id },
+        (2, id) => Kind::Reply { id },
+        _ => return None,
+    };
+    if !rest.is_empty() || label.len() > MAX_NAME_BYTES {
+        return None;
+    }
+    let label = std::str::from_utf8(label).ok()?;
+    Some(Envelope {
+        channel,
+        session,
+        sequence,
+        kind,
+        label: label.to_owned(),
+        payload: payload.to_vec(),
+    })
 }
 
 fn append_frame<T: Serialize>(
@@ -480,6 +618,14 @@ impl FrameDecoder {
     pub fn next_message<M: Message>(&mut self) -> Result<Option<M>, FrameError> {
         match self.next_frame()? {
             Some(bytes) => Ok(Some(wire::decode(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next whole [`Frame`] (see [`decode_frame`]).
+    pub fn next_actor_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        match self.next_frame()? {
+            Some(bytes) => Ok(Some(decode_frame(bytes)?)),
             None => Ok(None),
         }
     }
@@ -671,6 +817,70 @@ mod tests {
             Err(EncodeError::TooLarge { .. })
         ));
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        (
+            prop_oneof![0..30u32, 0..MAX_CHANNELS, Just(u32::MAX)],
+            prop_oneof![0..300u64, any::<u64>()],
+            prop_oneof![0..70_000u64, any::<u64>()],
+            kind(),
+            prop_oneof!["[a-z]{0,30}", "é{0,70}"],
+            prop::collection::vec(any::<u8>(), 0..400),
+        )
+            .prop_map(
+                |(channel, session, sequence, kind, label, payload)| Envelope {
+                    channel,
+                    session,
+                    sequence,
+                    kind,
+                    label,
+                    payload,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn messages_written_by_hand_are_what_serde_writes(e in envelope()) {
+            let mut by_hand = Vec::new();
+            encode_message(e.as_ref(), &mut by_hand).unwrap();
+            let mut by_serde = Vec::new();
+            append_frame(
+                Frame::NAME,
+                Frame::VERSION,
+                Frame::MAX_BYTES,
+                &MessageRef::Message(e.as_ref()),
+                &mut by_serde,
+            )
+            .unwrap();
+            prop_assert_eq!(by_hand, by_serde);
+        }
+
+        #[test]
+        fn messages_read_by_hand_are_what_serde_reads(
+            e in envelope(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut frame = Vec::new();
+            encode_message(e.as_ref(), &mut frame).unwrap();
+            let mut bytes = frame[4..].to_vec();
+            for (at, value) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            let by_hand = decode_frame(&bytes);
+            let by_serde = wire::decode::<Frame>(&bytes);
+            prop_assert_eq!(&by_hand, &by_serde);
+            if decode_message(&bytes).is_some() {
+                prop_assert!(by_serde.is_ok());
+            }
+        }
     }
 
     #[test]

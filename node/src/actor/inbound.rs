@@ -178,11 +178,7 @@ impl Reader {
             self.stream.flush().await.map_err(|e| e.to_string())?;
         }
         loop {
-            while let Some(frame) = self
-                .decoder
-                .next_message::<Frame>()
-                .map_err(|e| e.to_string())?
-            {
+            while let Some(frame) = self.decoder.next_actor_frame().map_err(|e| e.to_string())? {
                 self.frame(frame).await?;
             }
             if !self.fill().await? {
