@@ -283,18 +283,29 @@ impl Store {
             txn.open_table(OWNERS).context(WHAT)?;
             Ok((None, true))
         })?;
-        if let Some(old @ 1..FORMAT) = found {
-            store.upgrade(old)?;
+        let legacy = match store.read(WHAT)?.open_table(LEGACY_CHUNKS) {
+            Ok(_) => true,
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e).context(WHAT),
+        };
+        if legacy || matches!(found, Some(1..FORMAT)) {
+            store.upgrade(found.unwrap_or(FORMAT))?;
         }
         Ok(store)
     }
 
     /// Moves the chunks of a format 1 or 2 store to their places, a batch per transaction
     /// (a crash part way leaves every chunk in one table or the other, and the next open
-    /// goes on), then drops the old tables and records format 3.
+    /// goes on while the old table is there), then drops the old tables. Format 3 is
+    /// recorded first, so that an older build refuses a store half moved.
     fn upgrade(&self, old: u64) -> Result<(), Error> {
         const WHAT: &str = "moving chunks to format 3";
         tracing::info!(from = old, "upgrading the store to format {FORMAT}");
+        self.write(WHAT, |txn| {
+            let mut meta = txn.open_table(META).context(WHAT)?;
+            meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
+            Ok(((), true))
+        })?;
         let mut moved = 0u64;
         loop {
             let done = self.write(WHAT, |txn| {
@@ -312,11 +323,18 @@ impl Store {
                         break;
                     }
                 }
+                let mut duplicate_bytes = 0;
                 for id in &batch {
                     let Some(value) = legacy.remove(id).context(WHAT)? else {
                         continue;
                     };
                     let value = value.value();
+                    if places.get(id).context(WHAT)?.is_some() {
+                        // Stored again at its place (only an interrupted upgrade run by
+                        // an older build could do that): this copy was counted twice.
+                        duplicate_bytes += value.len() as u64;
+                        continue;
+                    }
                     data.insert(place, value).context(WHAT)?;
                     places
                         .insert(id, (place, value.len() as u64))
@@ -324,13 +342,12 @@ impl Store {
                     place += 1;
                 }
                 set_next_place(txn, place, WHAT)?;
+                crate::store::chunks::add_chunk_bytes(txn, 0, duplicate_bytes, WHAT)?;
                 moved += batch.len() as u64;
                 if batch.is_empty() {
                     drop((legacy, data, places));
                     txn.delete_table(LEGACY_CHUNKS).context(WHAT)?;
                     txn.delete_table(LEGACY_CHUNK_INDEX).context(WHAT)?;
-                    let mut meta = txn.open_table(META).context(WHAT)?;
-                    meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
                     return Ok((true, true));
                 }
                 Ok((false, true))
@@ -611,14 +628,20 @@ mod tests {
 
     #[test]
     fn stores_of_formats_1_and_2_are_moved_to_format_3() {
-        for old in [1, 2] {
+        // 3: an upgrade by this build cut short (format 3 recorded, old rows left).
+        for old in [1, 2, 3] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("store.redb");
             let chunks = chunks_of(6, 30_000);
             let store = Store::open(&path).unwrap();
-            // Two chunks already moved (an upgrade a crash cut short), four still to move.
-            let moved: Vec<(ChunkId, &[u8])> =
-                chunks[..2].iter().map(|(id, b)| (*id, &b[..])).collect();
+            // Two chunks already moved (an upgrade a crash cut short), four still to move;
+            // from format 2, one of those also stored again at a place, as an older build
+            // could have done after a cut-short upgrade (its bytes then counted twice).
+            let already = if old == 2 { 3 } else { 2 };
+            let moved: Vec<(ChunkId, &[u8])> = chunks[..already]
+                .iter()
+                .map(|(id, b)| (*id, &b[..]))
+                .collect();
             store.put_chunks(&moved).unwrap();
             as_legacy(&store, old, &chunks[2..]);
             drop(store);

@@ -130,7 +130,12 @@ impl Files {
         registry: Option<&mut prometheus_client::registry::Registry>,
     ) -> anyhow::Result<Files> {
         let file = data_dir.join("blocks.redb");
-        let store = fs::store::Store::open(&file)
+        // Opening may repair the store after a crash or move an older format's chunks:
+        // minutes on a large store, so not on a runtime thread.
+        let opening = file.clone();
+        let store = tokio::task::spawn_blocking(move || fs::store::Store::open(&opening))
+            .await
+            .context("the block store's opening task failed")?
             .with_context(|| format!("cannot open the block store {}", file.display()))?;
         let replica = Replica::new(store);
         let counters = Arc::new(net::Counters::default());

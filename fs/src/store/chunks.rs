@@ -304,7 +304,7 @@ fn remove_chunk(
 }
 
 /// Adds `added` and takes `removed` from the stored byte count, in `txn`.
-fn add_chunk_bytes(
+pub(super) fn add_chunk_bytes(
     txn: &WriteTransaction,
     added: u64,
     removed: u64,
