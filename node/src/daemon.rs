@@ -36,6 +36,14 @@ pub(crate) async fn run(
     metrics: Option<std::net::SocketAddr>,
     fs_settings: crate::files::FsSettings,
 ) -> anyhow::Result<()> {
+    // Before anything else: a SIGINT or SIGTERM that comes while the node starts (after
+    // the control socket is announced, say) stops it cleanly once it has started, instead
+    // of killing it by the default action with its stores half open.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     // First, so that a second daemon on the same data directory is told so plainly.
     let (listener, socket) = control::bind(&data_dir).await?;
     let _socket_guard = SocketGuard(socket.clone());
@@ -105,8 +113,6 @@ pub(crate) async fn run(
     });
     daemon.reregister().await;
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
     let permits = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let result = loop {
         tokio::select! {
@@ -121,7 +127,7 @@ pub(crate) async fn run(
                 }
                 Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
             },
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = interrupt.recv() => break Ok(()),
             _ = terminate.recv() => break Ok(()),
         }
     };

@@ -222,6 +222,8 @@ fn one_daemon_per_data_dir_and_signals_stop_it_cleanly() {
     let fourth = Daemon::start(dir.path(), &["--listen", "/ip4/127.0.0.1/tcp/0"]);
     fourth.expect("control socket", Duration::from_secs(10));
     assert_eq!(status(dir.path())["peers"], 0);
+    fourth.signal("-TERM");
+    assert!(fourth.wait(Duration::from_secs(10)).success());
 }
 
 #[test]
