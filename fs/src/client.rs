@@ -1120,8 +1120,8 @@ impl<B: Blocks> Client<B> {
         let verified = Verified {
             id: inode.id(),
             version: VersionId::of(&signed),
-            inode,
-            signed: signed.clone(),
+            inode: inode.into(),
+            signed: signed.as_slice().into(),
         };
         self.blocks
             .put_version(id, signed)
@@ -1564,7 +1564,7 @@ impl<B: Blocks> Client<B> {
         }
         let current = node.current.as_ref().map(|v| v.inode.clone());
         let (size, chunk_size, refs, mode) = match current {
-            Some(i) => (i.size, i.chunk_size as usize, i.chunks, i.mode),
+            Some(i) => (i.size, i.chunk_size as usize, i.chunks.clone(), i.mode),
             None => (0, self.config.chunk_size, Vec::new(), 0o644),
         };
         Ok(Handle {
@@ -2184,7 +2184,7 @@ impl<B: Blocks> Client<B> {
             Contents {
                 size: i.size,
                 chunk_size: i.chunk_size as usize,
-                chunks: i.chunks,
+                chunks: i.chunks.clone(),
                 mode: i.mode,
                 parents: heads,
             },

@@ -291,7 +291,8 @@ pub enum InodeError {
     Encode(String),
 }
 
-/// A version that verified.
+/// A version that verified. Cheap to clone (contents and bytes are shared): versions pass
+/// through caches and listings on every walk and stat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// The inode's id.
@@ -299,9 +300,9 @@ pub struct Verified {
     /// The version's id.
     pub version: VersionId,
     /// Its contents.
-    pub inode: Inode,
+    pub inode: std::sync::Arc<Inode>,
     /// The signed bytes, as stored and served.
-    pub signed: Vec<u8>,
+    pub signed: std::sync::Arc<[u8]>,
 }
 
 impl Signed {
@@ -343,8 +344,8 @@ impl Signed {
         Ok(Verified {
             id: inode.id(),
             version: VersionId::of(bytes),
-            inode,
-            signed: bytes.to_vec(),
+            inode: inode.into(),
+            signed: bytes.into(),
         })
     }
 
@@ -516,7 +517,7 @@ mod tests {
             &Revocations::default(),
         )
         .unwrap();
-        assert_eq!(verified.inode, body);
+        assert_eq!(*verified.inode, body);
         assert_eq!(verified.version, VersionId::of(&bytes));
     }
 
@@ -655,11 +656,11 @@ mod tests {
             body.mode = mode;
             let bytes = Signed::sign(&body, root.signing_key()).unwrap();
             let verified = Signed::verify(&bytes, keys::now(), &Revocations::default()).unwrap();
-            proptest::prop_assert_eq!(&verified.inode, &body);
+            proptest::prop_assert_eq!(&*verified.inode, &body);
             let mut bad = bytes.clone();
             let i = flip.index(bad.len());
             bad[i] ^= 0x10;
-            proptest::prop_assert!(Signed::verify(&bad, keys::now(), &Revocations::default()).map(|v| v.inode) != Ok(body));
+            proptest::prop_assert!(Signed::verify(&bad, keys::now(), &Revocations::default()).map(|v| (*v.inode).clone()) != Ok(body));
         }
     }
 }

@@ -168,7 +168,7 @@ fn answer_blocking(replica: &Replica, request: Request) -> Response {
             let signed: Vec<Vec<u8>> = versions
                 .into_iter()
                 .take(MAX_VERSIONS_PER_INODE)
-                .map(|v| v.signed)
+                .map(|v| v.signed.to_vec())
                 .take_while(|s| {
                     total += s.len() + VERSION_OVERHEAD;
                     total <= VERSIONS_BUDGET
@@ -1121,7 +1121,7 @@ mod tests {
         // Versions of a 256 MiB file: 16 384 chunk ids each, about 650 KB signed.
         let mut previous = replica.versions(&inode).unwrap().remove(0);
         for seq in 2..=8u64 {
-            let mut next = previous.inode.clone();
+            let mut next = (*previous.inode).clone();
             next.seq = seq;
             next.parents = vec![previous.version];
             next.chunk_size = 16 * 1024;

@@ -361,7 +361,7 @@ async fn forged_versions_are_refused_by_the_replica() {
     put(&owner, &t.path("a"), b"genuine").await;
     let stat = owner.stat(&t.path("a")).await.unwrap();
     let versions = t.replica.versions(&stat.inode).unwrap();
-    let mut forged = versions[0].inode.clone();
+    let mut forged = (*versions[0].inode).clone();
     let mallory = Identity::generate();
     forged.seq += 1;
     forged.parents = vec![versions[0].version];
@@ -682,7 +682,7 @@ async fn an_oversized_directory_version_is_refused_before_its_chunks_are_fetched
     let root = owner.stat(&t.tree).await.unwrap();
     let versions = t.replica.versions(&root.inode).unwrap();
     let newest = versions.iter().max_by_key(|v| v.inode.seq).unwrap();
-    let mut huge = newest.inode.clone();
+    let mut huge = (*newest.inode).clone();
     huge.seq += 1;
     huge.parents = vec![newest.version];
     huge.chunk_size = 1 << 20;

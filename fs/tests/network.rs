@@ -299,7 +299,7 @@ async fn every_replica_refuses_forged_versions_and_bad_chunks() {
         ),
         "{refused:?}"
     );
-    let mut forged = genuine.inode.clone();
+    let mut forged = (*genuine.inode).clone();
     forged.seq += 1;
     forged.parents = vec![genuine.version];
     forged.writer = mallory.identity.signing_key().public_key();
