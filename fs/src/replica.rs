@@ -159,7 +159,7 @@ impl Replica {
                     .corrupt_dropped
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(chunk = %id, "dropping a corrupt chunk; repair will fetch a good copy");
-                self.store.remove_chunk(id)?;
+                self.store.remove_corrupt_chunk(id)?;
                 Err(Refused::Corrupt)
             }
             Err(e) => Err(e.into()),

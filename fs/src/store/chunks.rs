@@ -197,6 +197,36 @@ impl Store {
         })
     }
 
+    /// Removes a chunk only if its stored bytes still do not hash to its id, in one
+    /// transaction; true if it removed it. A reader that found a chunk corrupt calls this,
+    /// so that a good copy stored since (a repair, or a writer offering the chunk again)
+    /// is not removed with it.
+    pub fn remove_corrupt_chunk(&self, id: &ChunkId) -> Result<bool, Error> {
+        const WHAT: &str = "removing a corrupt chunk";
+        self.write(WHAT, |txn| {
+            let place = txn
+                .open_table(CHUNK_PLACES)
+                .context(WHAT)?
+                .get(id.as_bytes())
+                .context(WHAT)?
+                .map(|g| g.value().0);
+            let Some(place) = place else {
+                return Ok((false, false));
+            };
+            let good = txn
+                .open_table(CHUNK_DATA)
+                .context(WHAT)?
+                .get(place)
+                .context(WHAT)?
+                .is_some_and(|bytes| ChunkId::of(bytes.value()) == *id);
+            if good {
+                return Ok((false, false));
+            }
+            let removed = remove_chunk(txn, id, WHAT)?;
+            Ok((removed.is_some(), removed.is_some()))
+        })
+    }
+
     /// Stored chunk ids in id order, starting after `after` (all if `None`), at most `limit`.
     pub fn chunk_ids(&self, after: Option<&ChunkId>, limit: usize) -> Result<Vec<ChunkId>, Error> {
         const WHAT: &str = "listing chunks";
@@ -332,6 +362,38 @@ mod tests {
     fn chunk(n: u8, len: usize) -> (ChunkId, Vec<u8>) {
         let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ n).collect();
         (ChunkId::of(&bytes), bytes)
+    }
+
+    #[test]
+    fn only_a_chunk_still_corrupt_is_removed_as_corrupt() {
+        let store = Store::in_memory().unwrap();
+        let (id, bytes) = chunk(9, 2000);
+        assert!(!store.remove_corrupt_chunk(&id).unwrap());
+        store.put_chunk(&id, &bytes).unwrap();
+        // A good copy (stored again after a reader saw a bad one) stays.
+        assert!(!store.remove_corrupt_chunk(&id).unwrap());
+        assert_eq!(store.get_chunk(&id).unwrap(), Some(bytes.clone()));
+        // A bad one goes, with its bytes.
+        store
+            .write("test", |txn| {
+                let place = txn
+                    .open_table(CHUNK_PLACES)
+                    .context("test")?
+                    .get(id.as_bytes())
+                    .context("test")?
+                    .map(|g| g.value().0)
+                    .unwrap();
+                txn.open_table(CHUNK_DATA)
+                    .context("test")?
+                    .insert(place, &b"rotten"[..])
+                    .context("test")?;
+                Ok(((), true))
+            })
+            .unwrap();
+        assert!(matches!(store.get_chunk(&id), Err(Error::Corrupt { .. })));
+        assert!(store.remove_corrupt_chunk(&id).unwrap());
+        assert!(!store.has_chunk(&id).unwrap());
+        assert_eq!(store.stats().unwrap().chunk_bytes, 0);
     }
 
     #[test]
