@@ -390,17 +390,7 @@ pub fn encode_message(envelope: EnvelopeRef<'_>, out: &mut Vec<u8>) -> Result<()
     out.extend_from_slice(envelope.label.as_bytes());
     cbor_head(out, 2, envelope.payload.len() as u64);
     out.extend_from_slice(envelope.payload);
-    let len = out.len() - start - 4;
-    if len > Frame::MAX_BYTES {
-        out.truncate(start);
-        return Err(EncodeError::TooLarge {
-            what: Frame::NAME,
-            len,
-            max: Frame::MAX_BYTES,
-        });
-    }
-    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
+    close_frame(Frame::NAME, Frame::MAX_BYTES, start, out)
 }
 
 /// How a [`Frame::Message`] of version 1 begins: `[1, {"message": [` + seven fields.
@@ -475,14 +465,14 @@ fn read_string(bytes: &[u8], major: u8) -> Option<(&[u8], &[u8])> {
 /// accept and refuse the same bytes (a property test checks it).
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     match decode_message(bytes) {
-        Some(envelope) => Ok(Frame::Message(envelope)),
+        Some(frame) => Ok(frame),
         None => wire::decode(bytes),
     }
 }
 
 /// The hand-read [`Frame::Message`]: `None` if `bytes` are not exactly one, in the form
 /// [`encode_message`] writes, that passes [`Frame::validate`].
-fn decode_message(bytes: &[u8]) -> Option<Envelope> {
+fn decode_message(bytes: &[u8]) -> Option<Frame> {
     if bytes.len() > Frame::MAX_BYTES {
         return None;
     }
@@ -494,25 +484,25 @@ fn decode_message(bytes: &[u8]) -> Option<Envelope> {
     let (id, rest) = read_head(rest, 0)?;
     let (label, rest) = read_string(rest, 3)?;
     let (payload, rest) = read_string(rest, 2)?;
-    let channel = u32::try_from(channel).ok().filter(|c| *c < MAX_CHANNELS)?;
     let kind = match (tag, id) {
         (0, 0) => Kind::Tell,
         (1, id) => Kind::Ask { id },
         (2, id) => Kind::Reply { id },
         _ => return None,
     };
-    if !rest.is_empty() || label.len() > MAX_NAME_BYTES {
+    if !rest.is_empty() {
         return None;
     }
-    let label = std::str::from_utf8(label).ok()?;
-    Some(Envelope {
-        channel,
+    let frame = Frame::Message(Envelope {
+        channel: u32::try_from(channel).ok()?,
         session,
         sequence,
         kind,
-        label: label.to_owned(),
+        label: std::str::from_utf8(label).ok()?.to_owned(),
         payload: payload.to_vec(),
-    })
+    });
+    frame.validate().ok()?;
+    Some(frame)
 }
 
 fn append_frame<T: Serialize>(
@@ -528,6 +518,17 @@ fn append_frame<T: Serialize>(
         out.truncate(start);
         return Err(EncodeError::Failed { what, reason: e.0 });
     }
+    close_frame(what, max, start, out)
+}
+
+/// Writes the length of the frame begun at `start` (4 bytes kept there) into its header,
+/// or takes the frame back out if it is over `max`.
+fn close_frame(
+    what: &'static str,
+    max: usize,
+    start: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let len = out.len() - start - 4;
     if len > max {
         out.truncate(start);
