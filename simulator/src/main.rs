@@ -9,6 +9,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use simulator::{Scenario, Schedule};
 
+/// A thousand nodes in one process allocate and free small buffers from both cores at
+/// once; glibc's allocator took a sixth of all samples, part of it waiting on its arena
+/// locks. jemalloc (per-thread caches): 11 % less CPU for the same run, the same peak
+/// memory (mimalloc: 13 % less CPU, 16 % more memory).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Blocktree's churn simulator.
 #[derive(Debug, Parser)]
 #[command(name = "btsim", version, about)]
