@@ -27,7 +27,7 @@ fn config(bootstrap: Option<&Multiaddr>) -> Config {
 }
 
 async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
-    let store = Store::in_memory(10_000).unwrap();
+    let store = Store::in_memory(10_000);
     let (client, task) = dht::start(key.clone(), config(bootstrap), store, Transports::Memory)
         .await
         .unwrap();
@@ -116,7 +116,8 @@ async fn twenty_nodes_join_and_resolve_each_other() {
         assert_eq!(found, all[..5], "from node {i}");
     }
     // The routing table a node publishes is the one its event loop answers from (once
-    // nothing changes: the published view lags by at most one event or 250 ms).
+    // nothing changes: the published view follows a change within 100 ms, 250 ms when
+    // the node is idle).
     tokio::time::sleep(Duration::from_millis(600)).await;
     for (i, node) in nodes.iter().enumerate() {
         for k in 0..10 {
@@ -282,7 +283,7 @@ async fn connections_beyond_the_bound_are_trimmed_and_resolving_still_works() {
     let (hub, _hub_task) = dht::start(
         key.clone(),
         hub_config,
-        Store::in_memory(10_000).unwrap(),
+        Store::in_memory(10_000),
         Transports::Memory,
     )
     .await
