@@ -207,7 +207,7 @@ async fn dht_node(key: SigningKey, bootstrap: Option<&Multiaddr>) -> DhtNode {
     let (client, _task) = dht::start(
         key.clone(),
         config,
-        Store::in_memory(100_000).unwrap(),
+        Store::in_memory(100_000),
         Transports::Memory,
     )
     .await

@@ -49,7 +49,7 @@ async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
     let (client, _task) = dht::start(
         key.clone(),
         config,
-        Store::in_memory(10_000).unwrap(),
+        Store::in_memory(10_000),
         Transports::Memory,
     )
     .await
@@ -104,7 +104,7 @@ impl Attacker {
     async fn start(key: SigningKey, bootstrap: &Multiaddr) -> Attacker {
         let mut swarm = dht::build_swarm(
             key.to_libp2p(),
-            Store::in_memory(100).unwrap(),
+            Store::in_memory(100),
             &Config::new(),
             Transports::Memory,
         )

@@ -67,7 +67,7 @@ fn refused(store: &mut Store, record: libp2p::kad::Record) -> RecordError {
 #[test]
 fn a_valid_record_is_stored_and_served() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let kad = record(&f, 1).to_kad().unwrap();
     assert_eq!(store.insert(kad.clone()).unwrap(), Inserted::New);
     assert_eq!(store.insert(kad.clone()).unwrap(), Inserted::Unchanged);
@@ -79,7 +79,7 @@ fn a_valid_record_is_stored_and_served() {
 #[test]
 fn forged_signature_is_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let mut kad = record(&f, 1).to_kad().unwrap();
     let n = kad.value.len();
     kad.value[n - 1] ^= 1; // inside the signature
@@ -92,7 +92,7 @@ fn forged_signature_is_refused() {
 #[test]
 fn chain_for_another_node_is_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let impostor = SigningKey::generate();
     let forged = PathRecord::new(
         &impostor,
@@ -130,7 +130,7 @@ fn chain_for_another_node_is_refused() {
 #[test]
 fn path_outside_the_writecap_is_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let outside = Path::root_of(f.root.principal()).join("photos").unwrap();
     let forged = PathRecord::new(
         &f.node,
@@ -149,7 +149,7 @@ fn path_outside_the_writecap_is_refused() {
 #[test]
 fn replayed_lower_sequence_is_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     store.insert(record(&f, 5).to_kad().unwrap()).unwrap();
     let old = record(&f, 4).to_kad().unwrap();
     assert!(matches!(
@@ -183,7 +183,7 @@ fn replayed_lower_sequence_is_refused() {
 #[test]
 fn expired_and_too_long_lived_records_are_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let expired = PathRecord::new(
         &f.node,
         f.path.clone(),
@@ -213,7 +213,7 @@ fn expired_and_too_long_lived_records_are_refused() {
 #[test]
 fn oversized_and_misfiled_records_are_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let mut kad = record(&f, 1).to_kad().unwrap();
     kad.value.resize(MAX_PATH_RECORD_BYTES + 1, 0);
     assert!(matches!(
@@ -246,7 +246,7 @@ fn oversized_and_misfiled_records_are_refused() {
 #[test]
 fn revoked_node_is_refused() {
     let f = fixture();
-    let mut store = Store::in_memory(100).unwrap();
+    let mut store = Store::in_memory(100);
     let mut revocations = Revocations::default();
     revocations
         .insert(
@@ -291,7 +291,7 @@ fn records_survive_a_restart_and_expired_ones_do_not() {
 
 #[test]
 fn a_full_store_says_so() {
-    let mut store = Store::in_memory(1).unwrap();
+    let mut store = Store::in_memory(1);
     store
         .insert(record(&fixture(), 1).to_kad().unwrap())
         .unwrap();
@@ -318,7 +318,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
         let _ = wire::decode::<PathRecord>(&bytes);
-        let mut store = Store::in_memory(10).unwrap();
+        let mut store = Store::in_memory(10);
         let _ = store.insert(libp2p::kad::Record::new(key_of(&fixture().path), bytes));
     }
 }

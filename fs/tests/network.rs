@@ -41,7 +41,7 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
     let (dht, task) = dht::start(
         key.clone(),
         config,
-        dht::Store::in_memory(1000).unwrap(),
+        dht::Store::in_memory(1000),
         dht::Transports::Memory,
     )
     .await

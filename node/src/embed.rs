@@ -51,9 +51,6 @@ pub enum EmbedError {
     /// The overlay node did not start.
     #[error(transparent)]
     Node(#[from] dht::StartError),
-    /// The in-memory record store did not open.
-    #[error("cannot open the record store: {0}")]
-    Store(String),
     /// The overlay node failed to answer.
     #[error(transparent)]
     Overlay(#[from] dht::Error),
@@ -94,8 +91,7 @@ impl Embedded {
         let config = dht::Config::new()
             .with_listen(options.listen)
             .with_bootstrap(options.bootstrap);
-        let store = dht::Store::in_memory(config.max_records)
-            .map_err(|e| EmbedError::Store(e.to_string()))?;
+        let store = dht::Store::in_memory(config.max_records);
         let (client, _task) = dht::start(key.clone(), config, store, options.transports).await?;
         let runtime = Runtime::start(client.clone(), &key, vec![chain], options.actors).await?;
         let listen_addrs = client.status().await?.listen_addrs;

@@ -40,7 +40,7 @@ async fn start_node(
     let dht_config = dht::Config::new()
         .with_listen(vec!["/memory/0".parse().unwrap()])
         .with_bootstrap(bootstrap.into_iter().cloned().collect());
-    let store = dht::Store::in_memory(10_000).unwrap();
+    let store = dht::Store::in_memory(10_000);
     let (client, _task) = dht::start(key.clone(), dht_config, store, dht::Transports::Memory)
         .await
         .unwrap();

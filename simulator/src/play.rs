@@ -799,7 +799,7 @@ async fn join(
     topics: u32,
     receipts: Receipts,
 ) -> Option<Running> {
-    let store = dht::Store::in_memory(10_000).ok()?;
+    let store = dht::Store::in_memory(10_000);
     let config = node_config(scenario, bootstrap);
     let (client, task) = dht::start(key.clone(), config, store, dht::Transports::MemoryPlaintext)
         .await
@@ -854,9 +854,7 @@ async fn audit(
     files: &[u32],
 ) -> u64 {
     let lost = files.len() as u64;
-    let Ok(store) = dht::Store::in_memory(10_000) else {
-        return lost;
-    };
+    let store = dht::Store::in_memory(10_000);
     let Ok((client, task)) = dht::start(
         key.clone(),
         node_config(scenario, bootstrap),
