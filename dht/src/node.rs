@@ -43,10 +43,6 @@ pub const MAX_PREFIXES: usize = 16;
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 64;
 
-/// How often, at most, the event loop publishes its routing table for
-/// [`Client::closest_known`]: rebuilding it after each of a join's dozens of updates was
-/// the largest cost of a node in the simulator's thousand.
-const PUBLISH_ROUTING_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -412,8 +408,8 @@ impl Client {
             .await
     }
 
-    /// [`Client::closest`] from the routing table as the node last published it (within
-    /// 100 ms of a change it saw, 250 ms when it is idle), without asking the node: no round trip
+    /// [`Client::closest`] from the routing table as the node last published it (after
+    /// every change to its entries or their connections), without asking the node: no round trip
     /// through its event loop, which costs two thread wake-ups per call. It may miss what
     /// the event loop is handling at the moment.
     pub fn closest_known(&self, key: &[u8], count: usize) -> Vec<Candidate> {
@@ -671,7 +667,6 @@ pub struct EventLoop {
     routing: Arc<std::sync::RwLock<Arc<RoutingView>>>,
     /// The routing table or connections may have changed since the last publication.
     routing_changed: bool,
-    routing_published: Instant,
     /// Entries in the last published table (the next one's capacity).
     routing_len: usize,
 }
@@ -780,7 +775,6 @@ impl EventLoop {
                 peers: Vec::new(),
             }))),
             routing_changed: true,
-            routing_published: Instant::now(),
             routing_len: 0,
         }
     }
@@ -807,9 +801,7 @@ impl EventLoop {
                 _ = tick.tick() => self.on_tick(),
                 _ = republish.tick() => self.republish_all(),
             }
-            // A burst of changes (a join meets dozens of peers) is published once: at
-            // most every PUBLISH_ROUTING_EVERY, and by the next tick at the latest.
-            if self.routing_changed && self.routing_published.elapsed() >= PUBLISH_ROUTING_EVERY {
+            if self.routing_changed {
                 self.publish_routing();
             }
         }
@@ -818,7 +810,6 @@ impl EventLoop {
     /// Publishes the routing table for [`Client::closest_known`].
     fn publish_routing(&mut self) {
         self.routing_changed = false;
-        self.routing_published = Instant::now();
         let view = Arc::new(self.routing_view());
         match self.routing.write() {
             Ok(mut published) => *published = view,

@@ -116,8 +116,7 @@ async fn twenty_nodes_join_and_resolve_each_other() {
         assert_eq!(found, all[..5], "from node {i}");
     }
     // The routing table a node publishes is the one its event loop answers from (once
-    // nothing changes: the published view follows a change within 100 ms, 250 ms when
-    // the node is idle).
+    // nothing changes: the published view follows every change the loop saw).
     tokio::time::sleep(Duration::from_millis(600)).await;
     for (i, node) in nodes.iter().enumerate() {
         for k in 0..10 {
