@@ -43,7 +43,6 @@ pub const MAX_PREFIXES: usize = 16;
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 64;
 
-
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1543,9 +1542,13 @@ impl EventLoop {
                     let address = endpoint.get_remote_address().clone();
                     let kad = &mut self.swarm.behaviour_mut().kad;
                     kad.add_address(&peer_id, address);
-                    if let Err(e) = kad.bootstrap() {
-                        tracing::debug!(error = ?e, "kademlia bootstrap");
-                    }
+                    // Find this node's neighbours; Kademlia then refreshes the farther
+                    // buckets by itself (its automatic bootstrap, 500 ms after the last
+                    // peer it added while it knew fewer than k). A bootstrap started here
+                    // ran, and Kademlia's ran again right after it, since the table
+                    // passed k during the first: two full refreshes per join, 480
+                    // requests, half of all Kademlia traffic in a simulated warm-up.
+                    kad.get_closest_peers(self.peer_id);
                     self.republish_due = Some(Instant::now() + Duration::from_millis(500));
                 }
                 self.on_peer_reachable(peer_id);
