@@ -49,7 +49,8 @@ pub enum Inserted {
     Unchanged,
 }
 
-/// A Kademlia record store that keeps only valid path records, persistently.
+/// A Kademlia record store that keeps only valid path records: persistently when opened on a
+/// file ([`Store::open`]), for the life of the process when made [`Store::in_memory`].
 #[derive(Debug)]
 pub struct Store {
     /// Where records are written through; none for a store in memory only.
