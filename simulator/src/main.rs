@@ -275,6 +275,11 @@ fn table(report: &simulator::Report) -> String {
         kad_sent(&w.kad),
     );
     row(
+        "record stores (PUT queries) / acknowledged by no peer",
+        format!("{} / {}", a.kad.puts, a.kad.puts_unacknowledged),
+        format!("{} / {}", w.kad.puts, w.kad.puts_unacknowledged),
+    );
+    row(
         "Kademlia requests answered: closest / get / put",
         kad_served(&a.kad),
         kad_served(&w.kad),

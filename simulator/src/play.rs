@@ -142,8 +142,15 @@ pub struct KadWork {
     pub sent_closest: u64,
     /// Requests sent by record lookups (resolutions).
     pub sent_get_record: u64,
-    /// Requests sent by record stores (registrations, republishing).
+    /// Requests sent by record stores (registrations, republishing), their lookups of the
+    /// closest peers included.
     pub sent_put_record: u64,
+    /// Record stores that ended.
+    #[serde(default)]
+    pub puts: u64,
+    /// Record stores that no peer acknowledged.
+    #[serde(default)]
+    pub puts_unacknowledged: u64,
 }
 
 impl KadWork {
@@ -158,6 +165,8 @@ impl KadWork {
             sent_closest: d(before.closest.requests, after.closest.requests),
             sent_get_record: d(before.get_record.requests, after.get_record.requests),
             sent_put_record: d(before.put_record.requests, after.put_record.requests),
+            puts: d(before.put_record.queries, after.put_record.queries),
+            puts_unacknowledged: d(before.put_unacknowledged, after.put_unacknowledged),
         }
     }
 
@@ -169,6 +178,8 @@ impl KadWork {
         self.sent_closest += other.sent_closest;
         self.sent_get_record += other.sent_get_record;
         self.sent_put_record += other.sent_put_record;
+        self.puts += other.puts;
+        self.puts_unacknowledged += other.puts_unacknowledged;
     }
 }
 
