@@ -162,6 +162,17 @@ fn play(
     let svg = simulator::plot::svg(&report)?;
     std::fs::write(plot, svg).map_err(|e| format!("cannot write {}: {e}", plot.display()))?;
     print!("{}", table(&report));
+    for (what, errors) in [
+        ("resolutions", &report.resolve_errors),
+        ("file operations", &report.file_errors),
+    ] {
+        if !errors.is_empty() {
+            println!("\nwhy {what} failed:");
+            for (why, count) in errors {
+                println!("- {count}: {why}");
+            }
+        }
+    }
     eprintln!(
         "report written to {}, plots to {}",
         out.display(),

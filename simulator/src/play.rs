@@ -273,6 +273,10 @@ pub struct Report {
     pub files_lost: u64,
     /// Why puts and gets failed, and how often (the first words of each error).
     pub file_errors: BTreeMap<String, u64>,
+    /// Why resolutions failed, and how often: the error with its paths and peers left out,
+    /// "timed out", or "named another node".
+    #[serde(default)]
+    pub resolve_errors: BTreeMap<String, u64>,
     /// Choices below the overlay that let many nodes share one process.
     pub notes: Vec<String>,
 }
@@ -308,6 +312,7 @@ enum Outcome {
     },
     Failed {
         window: usize,
+        why: String,
     },
     Put {
         file: u32,
@@ -633,7 +638,18 @@ pub async fn play(
                             requests: r.requests,
                             hops,
                         },
-                        _ => Outcome::Failed { window },
+                        Ok(Ok(_)) => Outcome::Failed {
+                            window,
+                            why: "named another node".into(),
+                        },
+                        Ok(Err(e)) => Outcome::Failed {
+                            window,
+                            why: without_names(&e.to_string()),
+                        },
+                        Err(_) => Outcome::Failed {
+                            window,
+                            why: "timed out".into(),
+                        },
                     };
                     let _ = outcomes.send(outcome).await;
                 });
@@ -1124,6 +1140,24 @@ struct Tally<'a> {
     written: &'a mut Vec<bool>,
 }
 
+/// An error's words with its paths and peer ids left out, so errors of one kind count
+/// together.
+fn without_names(error: &str) -> String {
+    error
+        .split_whitespace()
+        .map(|word| {
+            if word.starts_with('/') {
+                "<path>"
+            } else if word.starts_with("12D3") {
+                "<peer>"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Tally<'_> {
     /// Counts an error by its first words after the path (the rest names items and
     /// peers).
@@ -1177,10 +1211,11 @@ impl Tally<'_> {
                 }
                 self.requests.push(f64::from(requests));
             }
-            Outcome::Failed { window } => {
+            Outcome::Failed { window, why } => {
                 if let Some(w) = self.report.windows.get_mut(window) {
                     w.failed += 1;
                 }
+                *self.report.resolve_errors.entry(why).or_insert(0) += 1;
             }
             Outcome::Put {
                 file,
