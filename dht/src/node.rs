@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use keys::{Chain, Path, Revocations, SigningKey};
+use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum};
 use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -163,6 +164,9 @@ pub struct KadCounters {
     /// Record stores that no peer acknowledged (each is retried later, backing off).
     #[serde(default)]
     pub put_unacknowledged: u64,
+    /// Records this node stored at a peer that joined near them (see `hand_off`).
+    #[serde(default)]
+    pub handed_off: u64,
 }
 
 /// Queries of one kind that ended, and the requests they sent.
@@ -1307,6 +1311,49 @@ impl EventLoop {
         }
     }
 
+    /// Kademlia's rule for a node that joins: records it is now among the k nearest to
+    /// are stored at it by the node nearest them that holds them (here: this node, if at
+    /// most one other peer in its table is nearer the key, so that a gap in one table is
+    /// covered by another). Without it a record stays where it was put until its owner
+    /// republishes, and an overlay that grows meanwhile (a warm-up, a wave of joins) puts
+    /// k newer nodes between the key and every holder: lookups stop at those and find
+    /// nothing. (libp2p's Kademlia leaves this to its hourly replication, which this
+    /// node turns off: see [`Config::replication_interval`].)
+    fn hand_off(&mut self, new: PeerId) {
+        let k = self.config.replication_factor.max(1);
+        let new_key = kad::KBucketKey::from(new);
+        let me = kad::KBucketKey::from(self.peer_id);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let table: Vec<kad::KBucketKey<PeerId>> = kad
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|entry| *entry.node.key)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|key| key.preimage() != &new)
+            .collect();
+        let mut records = Vec::new();
+        for record in kad.store_mut().records() {
+            let target = kad::KBucketKey::new(record.key.clone());
+            let (to_new, to_me) = (new_key.distance(&target), me.distance(&target));
+            let (mut nearer_than_new, mut nearer_than_me) = (0, 0);
+            for peer in &table {
+                let d = peer.distance(&target);
+                nearer_than_new += usize::from(d < to_new);
+                nearer_than_me += usize::from(d < to_me);
+            }
+            if nearer_than_new < k && nearer_than_me <= 1 {
+                records.push(record.into_owned());
+            }
+        }
+        for record in records {
+            self.kad_counters.handed_off += 1;
+            kad.put_record_to(record, std::iter::once(new), Quorum::One);
+        }
+    }
+
     /// A PUT of `path` ended with `acks` peers holding the record, after asking `asked`.
     fn on_put_done(&mut self, path: &Path, query: QueryId, acks: usize, asked: u32) {
         let cap = self.config.republish_interval;
@@ -1725,8 +1772,11 @@ impl EventLoop {
                 }
             }
             kad::Event::RoutingUpdated {
-                is_new_peer: true, ..
+                peer,
+                is_new_peer: true,
+                ..
             } => {
+                self.hand_off(peer);
                 // A record that found no peer at all: publish it once this one settles.
                 let soon = Instant::now() + Duration::from_millis(300);
                 for reg in self.registrations.values_mut() {

@@ -323,3 +323,94 @@ async fn connections_beyond_the_bound_are_trimmed_and_resolving_still_works() {
     })
     .await;
 }
+
+/// A record put while the overlay was small reaches the nodes that join nearer its key
+/// later: the node nearest it that holds it stores it at each (Kademlia's rule for
+/// joining nodes), long before the owner republishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_reaches_nodes_that_join_nearer_its_key() {
+    const K: usize = 3;
+    async fn spawn_k(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
+        let mut config = config(bootstrap);
+        config.replication_factor = K;
+        let (client, task) = dht::start(
+            key.clone(),
+            config,
+            Store::in_memory(10_000),
+            Transports::Memory,
+        )
+        .await
+        .unwrap();
+        let addr = client.status().await.unwrap().listen_addrs[0]
+            .parse()
+            .unwrap();
+        TestNode {
+            key,
+            client,
+            addr,
+            task,
+        }
+    }
+    let root = SigningKey::generate();
+    let path = Path::root_of(root.principal()).join("service").unwrap();
+    let target = libp2p::kad::KBucketKey::new(dht::key_of(&path));
+    let first = spawn_k(SigningKey::generate(), None).await;
+    let mut old = vec![];
+    for _ in 0..3 {
+        old.push(spawn_k(SigningKey::generate(), Some(&first.addr)).await);
+    }
+    old.insert(0, first);
+    for node in &old {
+        eventually("routing tables", Duration::from_secs(30), async || {
+            (node.client.status().await.unwrap().routing_table >= 3).then_some(())
+        })
+        .await;
+    }
+    // A node republishes what it holds 500 ms after it starts listening and after it
+    // joins; let that pass, so that only the registration's PUT is made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let owner = &old[1];
+    let registered = owner
+        .client
+        .register(path.clone(), grant(&root, &owner.key, &path))
+        .await
+        .unwrap();
+    assert!(registered.acks >= 1);
+    let queries = owner.client.status().await.unwrap().kad.put_record.queries;
+    assert_eq!(queries, 1);
+
+    // K nodes nearer the key than every node of the small overlay join it.
+    let distance =
+        |key: &SigningKey| libp2p::kad::KBucketKey::from(key.peer_id()).distance(&target);
+    let nearest_old = old.iter().map(|n| distance(&n.key)).min().unwrap();
+    let mut near = vec![];
+    while near.len() < K {
+        let key = SigningKey::generate();
+        if distance(&key) < nearest_old {
+            near.push(key);
+        }
+    }
+    let mut new = vec![];
+    for key in near {
+        new.push(spawn_k(key, Some(&old[0].addr)).await);
+    }
+    // Each holds the record now, without a republication (the owner's is 10 minutes off).
+    for node in &new {
+        eventually(
+            "the record at a node that joined near it",
+            Duration::from_secs(20),
+            async || (node.client.status().await.unwrap().records >= 1).then_some(()),
+        )
+        .await;
+    }
+    // The owner's record stores: its registration and the records it handed off, no
+    // republication.
+    let status = owner.client.status().await.unwrap();
+    assert!(status.kad.put_record.queries <= 1 + status.kad.handed_off);
+    assert_eq!(status.kad.put_unacknowledged, 0);
+    // And the K nearest nodes now answer a lookup with the record, from any node.
+    for node in old.iter().chain(&new) {
+        let r = node.client.resolve(path.clone()).await.unwrap();
+        assert_eq!(r.peer_id, owner.key.peer_id().to_string());
+    }
+}

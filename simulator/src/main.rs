@@ -286,9 +286,15 @@ fn table(report: &simulator::Report) -> String {
         kad_sent(&w.kad),
     );
     row(
-        "record stores (PUT queries) / acknowledged by no peer",
-        format!("{} / {}", a.kad.puts, a.kad.puts_unacknowledged),
-        format!("{} / {}", w.kad.puts, w.kad.puts_unacknowledged),
+        "record stores (PUT queries) / acknowledged by no peer / handed off",
+        format!(
+            "{} / {} / {}",
+            a.kad.puts, a.kad.puts_unacknowledged, a.kad.handed_off
+        ),
+        format!(
+            "{} / {} / {}",
+            w.kad.puts, w.kad.puts_unacknowledged, w.kad.handed_off
+        ),
     );
     row(
         "Kademlia requests answered: closest / get / put",

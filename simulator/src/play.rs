@@ -151,6 +151,9 @@ pub struct KadWork {
     /// Record stores that no peer acknowledged.
     #[serde(default)]
     pub puts_unacknowledged: u64,
+    /// Records stored at a peer that joined near them (among the record stores).
+    #[serde(default)]
+    pub handed_off: u64,
 }
 
 impl KadWork {
@@ -167,6 +170,7 @@ impl KadWork {
             sent_put_record: d(before.put_record.requests, after.put_record.requests),
             puts: d(before.put_record.queries, after.put_record.queries),
             puts_unacknowledged: d(before.put_unacknowledged, after.put_unacknowledged),
+            handed_off: d(before.handed_off, after.handed_off),
         }
     }
 
@@ -180,6 +184,7 @@ impl KadWork {
         self.sent_put_record += other.sent_put_record;
         self.puts += other.puts;
         self.puts_unacknowledged += other.puts_unacknowledged;
+        self.handed_off += other.handed_off;
     }
 }
 
