@@ -1323,23 +1323,19 @@ impl EventLoop {
         let k = self.config.replication_factor.max(1);
         let new_key = kad::KBucketKey::from(new);
         let me = kad::KBucketKey::from(self.peer_id);
+        // The table as last published (the new peer is left out below anyway).
+        let view = match self.routing.read() {
+            Ok(view) => Arc::clone(&view),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        let table = view.peers.iter().map(|(key, _)| key);
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let table: Vec<kad::KBucketKey<PeerId>> = kad
-            .kbuckets()
-            .flat_map(|bucket| {
-                bucket
-                    .iter()
-                    .map(|entry| *entry.node.key)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|key| key.preimage() != &new)
-            .collect();
         let mut records = Vec::new();
         for record in kad.store_mut().records() {
             let target = kad::KBucketKey::new(record.key.clone());
             let (to_new, to_me) = (new_key.distance(&target), me.distance(&target));
             let (mut nearer_than_new, mut nearer_than_me) = (0, 0);
-            for peer in &table {
+            for peer in table.clone().filter(|key| key.preimage() != &new) {
                 let d = peer.distance(&target);
                 nearer_than_new += usize::from(d < to_new);
                 nearer_than_me += usize::from(d < to_me);

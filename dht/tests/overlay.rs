@@ -27,8 +27,12 @@ fn config(bootstrap: Option<&Multiaddr>) -> Config {
 }
 
 async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
+    spawn_with(key, config(bootstrap)).await
+}
+
+async fn spawn_with(key: SigningKey, config: Config) -> TestNode {
     let store = Store::in_memory(10_000);
-    let (client, task) = dht::start(key.clone(), config(bootstrap), store, Transports::Memory)
+    let (client, task) = dht::start(key.clone(), config, store, Transports::Memory)
         .await
         .unwrap();
     let status = client.status().await.unwrap();
@@ -333,23 +337,7 @@ async fn a_record_reaches_nodes_that_join_nearer_its_key() {
     async fn spawn_k(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
         let mut config = config(bootstrap);
         config.replication_factor = K;
-        let (client, task) = dht::start(
-            key.clone(),
-            config,
-            Store::in_memory(10_000),
-            Transports::Memory,
-        )
-        .await
-        .unwrap();
-        let addr = client.status().await.unwrap().listen_addrs[0]
-            .parse()
-            .unwrap();
-        TestNode {
-            key,
-            client,
-            addr,
-            task,
-        }
+        spawn_with(key, config).await
     }
     let root = SigningKey::generate();
     let path = Path::root_of(root.principal()).join("service").unwrap();
