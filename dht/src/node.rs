@@ -164,7 +164,7 @@ pub struct KadCounters {
     /// Record stores that no peer acknowledged (each is retried later, backing off).
     #[serde(default)]
     pub put_unacknowledged: u64,
-    /// Records this node stored at a peer that joined near them (see `hand_off`).
+    /// Records this node sent to a peer that joined near them, to store (see `hand_off`).
     #[serde(default)]
     pub handed_off: u64,
 }

@@ -151,7 +151,7 @@ pub struct KadWork {
     /// Record stores that no peer acknowledged.
     #[serde(default)]
     pub puts_unacknowledged: u64,
-    /// Records stored at a peer that joined near them (among the record stores).
+    /// Records sent to a peer that joined near them, to store (among the record stores).
     #[serde(default)]
     pub handed_off: u64,
 }
