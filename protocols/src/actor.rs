@@ -375,22 +375,57 @@ pub fn encode_frame<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), En
 /// the same), without serde's per-field calls, on the path every message takes.
 pub fn encode_message(envelope: EnvelopeRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
-    out.reserve(
-        4 + MESSAGE_PREFIX.len() + 5 * 9 + 2 * 9 + envelope.label.len() + envelope.payload.len(),
-    );
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(MESSAGE_PREFIX);
+    // Everything before the payload, at most: length, prefix, five integers, two string
+    // heads, and a label of at most `MAX_NAME_BYTES` (a longer one is written
+    // separately and refused below).
+    let mut head = [0u8; 4 + MESSAGE_PREFIX.len() + 7 * 9 + MAX_NAME_BYTES];
+    let mut at = 4;
+    head[at..at + MESSAGE_PREFIX.len()].copy_from_slice(MESSAGE_PREFIX);
+    at += MESSAGE_PREFIX.len();
     let (tag, id) = kind_parts(envelope.kind);
-    cbor_head(out, 0, u64::from(envelope.channel));
-    cbor_head(out, 0, envelope.session);
-    cbor_head(out, 0, envelope.sequence);
-    cbor_head(out, 0, u64::from(tag));
-    cbor_head(out, 0, id);
-    cbor_head(out, 3, envelope.label.len() as u64);
-    out.extend_from_slice(envelope.label.as_bytes());
-    cbor_head(out, 2, envelope.payload.len() as u64);
+    at = put_head(&mut head, at, 0, u64::from(envelope.channel));
+    at = put_head(&mut head, at, 0, envelope.session);
+    at = put_head(&mut head, at, 0, envelope.sequence);
+    at = put_head(&mut head, at, 0, u64::from(tag));
+    at = put_head(&mut head, at, 0, id);
+    at = put_head(&mut head, at, 3, envelope.label.len() as u64);
+    let label = envelope.label.as_bytes();
+    let inline = label.len() <= MAX_NAME_BYTES;
+    if inline {
+        head[at..at + label.len()].copy_from_slice(label);
+        at += label.len();
+    }
+    out.reserve(at + label.len() + 9 + envelope.payload.len());
+    out.extend_from_slice(&head[..at]);
+    if !inline {
+        out.extend_from_slice(label);
+    }
+    let mut payload_head = [0u8; 9];
+    let n = put_head(&mut payload_head, 0, 2, envelope.payload.len() as u64);
+    out.extend_from_slice(&payload_head[..n]);
     out.extend_from_slice(envelope.payload);
     close_frame(Frame::NAME, Frame::MAX_BYTES, start, out)
+}
+
+/// Writes a CBOR head of major type `major` with argument `value` into `buf` at `at`, in
+/// the shortest form (as cbor4ii writes it); returns where it ends. `buf` has room for
+/// 9 bytes at `at`.
+fn put_head(buf: &mut [u8], at: usize, major: u8, value: u64) -> usize {
+    let major = major << 5;
+    let (first, len) = if value < 24 {
+        (major | value as u8, 0)
+    } else if value <= u64::from(u8::MAX) {
+        (major | 24, 1)
+    } else if value <= u64::from(u16::MAX) {
+        (major | 25, 2)
+    } else if value <= u64::from(u32::MAX) {
+        (major | 26, 4)
+    } else {
+        (major | 27, 8)
+    };
+    buf[at] = first;
+    buf[at + 1..at + 1 + len].copy_from_slice(&value.to_be_bytes()[8 - len..]);
+    at + 1 + len
 }
 
 /// How a [`Frame::Message`] of version 1 begins: `[1, {"message": [` + seven fields.
@@ -401,26 +436,6 @@ fn kind_parts(kind: Kind) -> (u8, u64) {
         Kind::Tell => (0, 0),
         Kind::Ask { id } => (1, id),
         Kind::Reply { id } => (2, id),
-    }
-}
-
-/// Appends a CBOR head of major type `major` with argument `value`, in the shortest form
-/// (as cbor4ii writes it).
-fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
-    let major = major << 5;
-    if value < 24 {
-        out.push(major | value as u8);
-    } else if let Ok(v) = u8::try_from(value) {
-        out.extend_from_slice(&[major | 24, v]);
-    } else if let Ok(v) = u16::try_from(value) {
-        out.push(major | 25);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else if let Ok(v) = u32::try_from(value) {
-        out.push(major | 26);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else {
-        out.push(major | 27);
-        out.extend_from_slice(&value.to_be_bytes());
     }
 }
 
@@ -460,19 +475,52 @@ fn read_string(bytes: &[u8], major: u8) -> Option<(&[u8], &[u8])> {
     (len <= rest.len()).then(|| rest.split_at(len))
 }
 
+/// A decoded frame whose message, the hot case, borrows its label and payload from the
+/// bytes it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    /// A [`Frame::Message`], borrowed.
+    Message(EnvelopeRef<'a>),
+    /// Any other frame (a message only when serde had to read it). Boxed: frames are
+    /// large, and the hot case should not move their size around per message.
+    Owned(Box<Frame>),
+}
+
+impl FrameRef<'_> {
+    /// The owned frame.
+    pub fn into_owned(self) -> Frame {
+        match self {
+            FrameRef::Message(e) => Frame::Message(Envelope {
+                channel: e.channel,
+                session: e.session,
+                sequence: e.sequence,
+                kind: e.kind,
+                label: e.label.to_owned(),
+                payload: e.payload.to_vec(),
+            }),
+            FrameRef::Owned(frame) => *frame,
+        }
+    }
+}
+
 /// Decodes a frame; the hot [`Frame::Message`] is read by hand when it is in the form
 /// [`encode_message`] writes, anything else goes through serde ([`wire::decode`]). Both
 /// accept and refuse the same bytes (a property test checks it).
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    decode_frame_ref(bytes).map(FrameRef::into_owned)
+}
+
+/// [`decode_frame`] without copying a message's label and payload out of `bytes`.
+pub fn decode_frame_ref(bytes: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
     match decode_message(bytes) {
-        Some(frame) => Ok(frame),
-        None => wire::decode(bytes),
+        Some(envelope) => Ok(FrameRef::Message(envelope)),
+        None => wire::decode(bytes).map(|frame| FrameRef::Owned(Box::new(frame))),
     }
 }
 
 /// The hand-read [`Frame::Message`]: `None` if `bytes` are not exactly one, in the form
 /// [`encode_message`] writes, that passes [`Frame::validate`].
-fn decode_message(bytes: &[u8]) -> Option<Frame> {
+fn decode_message(bytes: &[u8]) -> Option<EnvelopeRef<'_>> {
     if bytes.len() > Frame::MAX_BYTES {
         return None;
     }
@@ -493,16 +541,19 @@ fn decode_message(bytes: &[u8]) -> Option<Frame> {
     if !rest.is_empty() {
         return None;
     }
-    let frame = Frame::Message(Envelope {
-        channel: u32::try_from(channel).ok()?,
+    // What `Frame::validate` checks of a message.
+    let channel = u32::try_from(channel).ok().filter(|&c| c < MAX_CHANNELS)?;
+    if label.len() > MAX_NAME_BYTES {
+        return None;
+    }
+    Some(EnvelopeRef {
+        channel,
         session,
         sequence,
         kind,
-        label: std::str::from_utf8(label).ok()?.to_owned(),
-        payload: payload.to_vec(),
-    });
-    frame.validate().ok()?;
-    Some(frame)
+        label: std::str::from_utf8(label).ok()?,
+        payload,
+    })
 }
 
 fn append_frame<T: Serialize>(
@@ -625,8 +676,14 @@ impl FrameDecoder {
 
     /// The next whole [`Frame`] (see [`decode_frame`]).
     pub fn next_actor_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        Ok(self.next_actor_frame_ref()?.map(FrameRef::into_owned))
+    }
+
+    /// The next whole [`Frame`], a message borrowed from the decoder's buffer (see
+    /// [`decode_frame_ref`]).
+    pub fn next_actor_frame_ref(&mut self) -> Result<Option<FrameRef<'_>>, FrameError> {
         match self.next_frame()? {
-            Some(bytes) => Ok(Some(decode_frame(bytes)?)),
+            Some(bytes) => Ok(Some(decode_frame_ref(bytes)?)),
             None => Ok(None),
         }
     }
