@@ -41,6 +41,8 @@
 //! blocked for a while.
 
 mod inbound;
+mod label;
+mod mailbox;
 mod outbox;
 mod pubsub;
 mod sessions;
@@ -58,6 +60,7 @@ use protocols::session::{Monitor, Protocol, Violation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
+pub use label::Label;
 use outbox::{Lane, Outbox};
 pub use pubsub::{Published, Subscription};
 pub use supervisor::{Actor, ActorStatus, Context, Failure, Restart};
@@ -284,7 +287,7 @@ pub struct Incoming {
     /// The session.
     pub session: u64,
     /// The label.
-    pub label: String,
+    pub label: Label,
     /// The payload.
     pub payload: Vec<u8>,
     /// Boxed: most messages are tells, and a small `Incoming` moves cheaply.
@@ -795,6 +798,7 @@ impl Sender {
             route: None,
             broken: None,
             local_peer: None,
+            last_label: None,
         })
     }
 
@@ -813,6 +817,7 @@ impl Sender {
             route: None,
             broken: None,
             local_peer: None,
+            last_label: None,
         }
     }
 
@@ -869,6 +874,8 @@ pub struct Session {
     broken: Option<&'static str>,
     /// The sender's key in a local receiver's session table (computed once per route).
     local_peer: Option<sessions::Peer>,
+    /// The label last sent to a local receiver, shared with the next while the same.
+    last_label: Option<Label>,
 }
 
 impl std::fmt::Debug for Session {
@@ -978,7 +985,7 @@ impl Session {
                     protocol: self.protocol.clone(),
                     role: self.role.clone(),
                     session: self.id,
-                    label: label.into(),
+                    label: Label::reuse(&mut self.last_label, label),
                     payload: payload.into(),
                     reply: reply.map(Box::new),
                     peer,

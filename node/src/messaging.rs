@@ -240,7 +240,7 @@ impl Actor for Listener {
             protocol: message.protocol.to_string(),
             role: message.role.to_string(),
             session: message.session,
-            label: message.label,
+            label: message.label.into(),
             payload: to_json(&message.payload),
         };
         if let Some(reply) = reply {

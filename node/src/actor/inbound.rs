@@ -8,14 +8,17 @@ use std::time::Duration;
 use futures::{AsyncReadExt, StreamExt};
 use keys::Path;
 use libp2p::{PeerId, Stream};
-use protocols::actor::{Envelope, Frame, FrameDecoder, Hello, Kind, Refusal};
+use protocols::actor::{EnvelopeRef, Frame, FrameDecoder, FrameRef, Hello, Kind, Refusal};
 
-use super::outbox::Lane;
+use super::outbox::{Lane, Outbox};
 use super::supervisor::Slot;
-use super::{Back, Incoming, Inner, RefusalNotice, ReplyTo, lock, read, write};
+use super::{Back, Incoming, Inner, Label, RefusalNotice, ReplyTo, lock, read, write};
 
 /// Bytes asked for per read.
 const READ_BYTES: usize = 64 * 1024;
+
+/// Most messages handed to a mailbox at once.
+const MAX_BATCH: usize = 256;
 
 /// How long a new stream may take to present its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,18 +113,32 @@ struct Channel {
     authorized_until: Option<keys::Timestamp>,
     /// The receiving actor, and the sender as its session table knows it.
     target: Option<(Arc<Slot>, super::sessions::Peer)>,
+    /// The label of the last message, shared with the next while they are the same.
+    label: Option<Label>,
+    /// Where replies to this channel's asks go: our stream back and our channel on it.
+    back: Option<(Arc<Outbox>, u32)>,
 }
+
+/// A read message's channel, sequence and kind: what a refusal of it names.
+type Meta = (u32, u64, Kind);
 
 struct Reader {
     inner: Arc<Inner>,
     peer: PeerId,
     principal: keys::Principal,
     stream: Stream,
-    decoder: FrameDecoder,
     channels: Vec<Channel>,
     sequence: u64,
     /// The time of the last read (seconds).
     now: keys::Timestamp,
+    /// Messages read for one actor and not yet handed to it: delivered together when the
+    /// read's frames are done, when a message for another actor comes, or when full.
+    batch: Vec<Incoming>,
+    /// Each batched message's channel, sequence and kind, to refuse it by.
+    batch_meta: Vec<Meta>,
+    batch_target: Option<Arc<Slot>>,
+    /// A message for another actor than the batch's, read before the batch was flushed.
+    held: Option<(Arc<Slot>, Incoming, Meta)>,
 }
 
 impl Reader {
@@ -134,33 +151,33 @@ impl Reader {
             peer,
             principal,
             stream,
-            decoder: FrameDecoder::new(),
             channels: Vec::new(),
             sequence: 0,
             now: keys::now(),
+            batch: Vec::new(),
+            batch_meta: Vec::new(),
+            batch_target: None,
+            held: None,
         })
     }
 
     /// Reads more bytes straight into the decoder; false at the end of the stream.
-    async fn fill(&mut self) -> Result<bool, String> {
-        let room = self.decoder.unfilled(READ_BYTES);
+    async fn fill(&mut self, decoder: &mut FrameDecoder) -> Result<bool, String> {
+        let room = decoder.unfilled(READ_BYTES);
         let n = self.stream.read(room).await.map_err(|e| e.to_string())?;
-        self.decoder.filled(n);
+        decoder.filled(n);
         self.now = keys::now();
         Ok(n > 0)
     }
 
     async fn run(&mut self) -> Result<(), String> {
+        let mut decoder = FrameDecoder::new();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
             loop {
-                if let Some(hello) = self
-                    .decoder
-                    .next_message::<Hello>()
-                    .map_err(|e| e.to_string())?
-                {
+                if let Some(hello) = decoder.next_message::<Hello>().map_err(|e| e.to_string())? {
                     return Ok(hello);
                 }
-                if !self.fill().await? {
+                if !self.fill(&mut decoder).await? {
                     return Err("the stream ended before its hello".to_string());
                 }
             }
@@ -178,12 +195,62 @@ impl Reader {
             self.stream.flush().await.map_err(|e| e.to_string())?;
         }
         loop {
-            while let Some(frame) = self.decoder.next_actor_frame().map_err(|e| e.to_string())? {
-                self.frame(frame).await?;
+            while let Some(frame) = decoder.next_actor_frame_ref().map_err(|e| e.to_string())? {
+                // Reading a message is not async: building a future per message, and
+                // moving it into this one, cost more than the rest of the read.
+                let flush = match frame {
+                    FrameRef::Message(envelope) => self.message(envelope)?,
+                    FrameRef::Owned(frame) => match *frame {
+                        Frame::Message(envelope) => self.message(envelope.as_ref())?,
+                        frame => {
+                            self.frame(frame)?;
+                            false
+                        }
+                    },
+                };
+                if flush {
+                    self.flush().await;
+                }
             }
-            if !self.fill().await? {
+            // Everything read is decoded: hand it over (and a message held back for
+            // another actor after it) before waiting for more.
+            while self.batch_target.is_some() {
+                self.flush().await;
+            }
+            if !self.fill(&mut decoder).await? {
                 return Ok(());
             }
+        }
+    }
+
+    /// Hands the batch to its actor, and refuses what the actor's sessions refuse; then
+    /// begins the next batch with the message held back for another actor, if any.
+    async fn flush(&mut self) {
+        let Some(target) = self.batch_target.take() else {
+            return;
+        };
+        let refused = target.deliver_all(&self.inner, &mut self.batch).await;
+        for (i, refusal) in refused {
+            let (channel, sequence, kind) = self.batch_meta[i];
+            let penalise = matches!(
+                refusal,
+                Refusal::Violation(_) | Refusal::UnknownProtocol { .. }
+            );
+            refuse(
+                &self.inner,
+                self.peer,
+                channel,
+                sequence,
+                kind,
+                refusal,
+                penalise,
+            );
+        }
+        self.batch_meta.clear();
+        if let Some((target, incoming, meta)) = self.held.take() {
+            self.batch_target = Some(target);
+            self.batch.push(incoming);
+            self.batch_meta.push(meta);
         }
     }
 
@@ -201,7 +268,7 @@ impl Reader {
         Ok(())
     }
 
-    async fn frame(&mut self, frame: Frame) -> Result<(), String> {
+    fn frame(&mut self, frame: Frame) -> Result<(), String> {
         match frame {
             Frame::Hello(hello) => self.hello(hello),
             Frame::Open {
@@ -233,46 +300,42 @@ impl Reader {
                     role: Arc::from(role),
                     authorized_until,
                     target,
+                    label: None,
+                    back: None,
                 });
                 Ok(())
             }
-            Frame::Message(Envelope {
-                channel,
-                session,
-                sequence,
-                kind,
-                label,
-                payload,
-            }) => {
-                if sequence != self.sequence {
-                    return Err(format!("sequence {sequence}, expected {}", self.sequence));
-                }
-                self.sequence += 1;
-                self.message(channel, session, sequence, kind, label, payload)
-                    .await
-            }
+            // Read by `message`, borrowed.
+            Frame::Message(envelope) => Err(format!(
+                "a message frame on channel {} not read as one",
+                envelope.channel
+            )),
             Frame::Refused {
                 channel,
                 kind,
                 refusal,
                 ..
             } => {
-                self.refused(channel, kind, refusal)?;
+                self.refused(channel, kind, refusal);
                 Ok(())
             }
         }
     }
 
-    async fn message(
-        &mut self,
-        channel: u32,
-        session: u64,
-        sequence: u64,
-        kind: Kind,
-        label: String,
-        payload: Vec<u8>,
-    ) -> Result<(), String> {
-        let inner = &self.inner;
+    /// Reads one message into the batch; true when the batch must be flushed now.
+    fn message(&mut self, envelope: EnvelopeRef<'_>) -> Result<bool, String> {
+        let EnvelopeRef {
+            channel,
+            session,
+            sequence,
+            kind,
+            label,
+            payload,
+        } = envelope;
+        if sequence != self.sequence {
+            return Err(format!("sequence {sequence}, expected {}", self.sequence));
+        }
+        self.sequence += 1;
         let peer = self.peer;
         let Some(ch) = self.channels.get_mut(channel as usize) else {
             return Err(format!("message on unopened channel {channel}"));
@@ -284,11 +347,13 @@ impl Reader {
                 path: ch.from.to_string(),
                 peer: peer.to_string(),
             };
-            return refuse(inner, peer, channel, sequence, kind, refusal, true);
+            refuse(&self.inner, peer, channel, sequence, kind, refusal, true);
+            return Ok(false);
         }
+        let label = Label::reuse(&mut ch.label, label);
         if let Kind::Reply { id } = kind {
             let pending = {
-                let mut asks = lock(&inner.asks);
+                let mut asks = lock(&self.inner.asks);
                 let ours = asks
                     .get(&id)
                     .is_some_and(|a| a.peer == Some(peer) && a.to == ch.from);
@@ -298,16 +363,16 @@ impl Reader {
                 Some(ask) => {
                     let _ = ask.reply.send(Ok(super::Reply {
                         from: ch.from.clone(),
-                        label,
-                        payload,
+                        label: label.into(),
+                        payload: payload.to_vec(),
                     }));
                 }
                 None => tracing::debug!(id, "a reply to no open ask (late or stray)"),
             }
-            return Ok(());
+            return Ok(false);
         }
         if ch.target.as_ref().is_none_or(|(t, _)| t.is_stopped()) {
-            ch.target = read(&inner.actors).get(&ch.to).map(|slot| {
+            ch.target = read(&self.inner.actors).get(&ch.to).map(|slot| {
                 let sender = slot.sessions.peer(&ch.from, &ch.protocol, &peer);
                 (slot.clone(), sender)
             });
@@ -316,20 +381,34 @@ impl Reader {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
-            return refuse(inner, peer, channel, sequence, kind, refusal, false);
+            refuse(&self.inner, peer, channel, sequence, kind, refusal, false);
+            return Ok(false);
         };
         let reply = match kind {
             Kind::Ask { id } => {
-                let outbox = inner.outbox(peer, Lane::Replies);
-                let role = target.sessions.role(&ch.protocol);
-                // No way back (our reply stream just broke): the ask is still handled,
-                // and the asker times out; the peer's stream is not at fault.
-                match outbox.channel(&ch.to, &ch.from, &ch.protocol, &role) {
-                    Ok(back) => Some(ReplyTo {
+                if ch
+                    .back
+                    .as_ref()
+                    .is_none_or(|(outbox, _)| outbox.is_closed())
+                {
+                    let outbox = self.inner.outbox(peer, Lane::Replies);
+                    let role = target.sessions.role(&ch.protocol);
+                    // No way back (our reply stream just broke): the ask is still
+                    // handled, and the asker times out; the peer's stream is not at fault.
+                    ch.back = match outbox.channel(&ch.to, &ch.from, &ch.protocol, &role) {
+                        Ok(back) => Some((outbox, back)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no reply channel");
+                            None
+                        }
+                    };
+                }
+                ch.back.as_ref().map(|(outbox, back)| {
+                    Box::new(ReplyTo {
                         id,
                         back: Some(Back::Remote {
-                            outbox,
-                            channel: back,
+                            outbox: outbox.clone(),
+                            channel: *back,
                             their_channel: channel,
                             sequence,
                         }),
@@ -339,12 +418,8 @@ impl Reader {
                         session,
                         peer: peer_key,
                         delivery: 0,
-                    }),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no reply channel");
-                        None
-                    }
-                }
+                    })
+                })
             }
             _ => None,
         };
@@ -354,24 +429,28 @@ impl Reader {
             role: ch.role.clone(),
             session,
             label,
-            payload,
-            reply: reply.map(Box::new),
+            payload: payload.to_vec(),
+            reply,
             peer: peer_key,
         };
-        match target.deliver(inner, incoming).await {
-            Ok(()) => Ok(()),
-            Err(refusal) => {
-                let penalise = matches!(
-                    refusal,
-                    Refusal::Violation(_) | Refusal::UnknownProtocol { .. }
-                );
-                refuse(inner, peer, channel, sequence, kind, refusal, penalise)
-            }
+        let meta = (channel, sequence, kind);
+        if self
+            .batch_target
+            .as_ref()
+            .is_some_and(|t| !Arc::ptr_eq(t, &target))
+        {
+            // For another actor: it waits until this batch is handed over.
+            self.held = Some((target, incoming, meta));
+            return Ok(true);
         }
+        self.batch_target = Some(target);
+        self.batch.push(incoming);
+        self.batch_meta.push(meta);
+        Ok(self.batch.len() >= MAX_BATCH)
     }
 
     /// The peer refused one of our messages.
-    fn refused(&self, channel: u32, kind: Kind, refusal: Refusal) -> Result<(), String> {
+    fn refused(&self, channel: u32, kind: Kind, refusal: Refusal) {
         let inner = self.inner.clone();
         inner.refusals_received.fetch_add(1, Ordering::Relaxed);
         let key = lock(&inner.outboxes)
@@ -379,7 +458,7 @@ impl Reader {
             .and_then(|o| o.channel_key(channel));
         let Some((from, to, protocol, _)) = key else {
             tracing::debug!(channel, "a refusal for a channel we do not know");
-            return Ok(());
+            return;
         };
         if let Kind::Ask { id } = kind {
             let pending = {
@@ -391,7 +470,7 @@ impl Reader {
             };
             if let Some(ask) = pending {
                 let _ = ask.reply.send(Err(refusal));
-                return Ok(());
+                return;
             }
         }
         tracing::warn!(from = %from, to = %to, protocol = %protocol, refusal = %refusal, "message refused");
@@ -401,7 +480,6 @@ impl Reader {
             protocol: protocol.to_string(),
             refusal,
         });
-        Ok(())
     }
 }
 
@@ -415,7 +493,7 @@ fn refuse(
     kind: Kind,
     refusal: Refusal,
     penalise: bool,
-) -> Result<(), String> {
+) {
     inner.refused.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%peer, refusal = %refusal, "refused a message");
     if let Err(e) = inner
@@ -427,5 +505,4 @@ fn refuse(
     if penalise {
         inner.penalise(peer);
     }
-    Ok(())
 }

@@ -32,15 +32,20 @@ pub(crate) struct Served {
     pub(crate) peer_role: String,
 }
 
+/// Hashes the table's keys: a per-table random seed (a remote chooses session ids, and
+/// one node's share of the table is bounded), and much cheaper than SipHash on the path
+/// of every message.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct State {
     /// Each open session's monitor, the tick of its last message and its node.
-    open: HashMap<Key, (Monitor, u64, u64)>,
+    open: HashMap<Key, (Monitor, u64, u64), Hasher>,
     /// Counts messages; a full table forgets the sessions idle the longest.
     tick: u64,
     /// Open sessions per sending node.
-    per_node: HashMap<u64, usize>,
-    ended: HashSet<Key>,
+    per_node: HashMap<u64, usize, Hasher>,
+    ended: HashSet<Key, Hasher>,
     ended_order: VecDeque<Key>,
 }
 
@@ -139,35 +144,16 @@ impl Sessions {
         role: &str,
         label: &str,
     ) -> Result<(), Refusal> {
-        if protocol.is_empty() && self.untyped {
-            return Ok(());
-        }
-        let Some(served) = self.served(protocol) else {
-            return Err(Refusal::UnknownProtocol {
-                actor: self.owner.clone(),
-                protocol: protocol.to_string(),
-            });
-        };
-        // Two parties: the sender must play the other role.
-        if role != served.peer_role {
-            return Err(Refusal::Violation(Violation::WrongRole {
-                protocol: served.protocol.name().into(),
-                role: served.role.clone(),
-                label: label.into(),
-                got: role.into(),
-                expected: vec![served.peer_role.clone()],
-            }));
-        }
-        let mut state = self.lock();
-        self.step(&mut state, served, peer, session, Direction::Receive, label)
-            .map_err(|e| match e {
-                Step::Violation(v) => Refusal::Violation(v),
-                Step::Full => Refusal::TooManySessions {
-                    actor: self.owner.clone(),
-                },
-            })
+        self.receiving().check(peer, protocol, session, role, label)
     }
 
+    /// The table locked for checking received messages: one lock for a batch of them.
+    pub(crate) fn receiving(&self) -> Receiving<'_> {
+        Receiving {
+            sessions: self,
+            state: None,
+        }
+    }
     /// Checks a message the actor sends to `to` in `session` of `protocol` (a reply).
     pub(crate) fn check_send(
         &self,
@@ -273,6 +259,56 @@ impl Sessions {
     }
 }
 
+/// [`Sessions::check_receive`] for many messages, locking the table once (at the first
+/// typed one).
+pub(crate) struct Receiving<'a> {
+    sessions: &'a Sessions,
+    state: Option<std::sync::MutexGuard<'a, State>>,
+}
+
+impl Receiving<'_> {
+    /// Checks a message received from `from`, playing `role`, in `session` of
+    /// `protocol`.
+    pub(crate) fn check(
+        &mut self,
+        peer: Peer,
+        protocol: &str,
+        session: u64,
+        role: &str,
+        label: &str,
+    ) -> Result<(), Refusal> {
+        let sessions = self.sessions;
+        if protocol.is_empty() && sessions.untyped {
+            return Ok(());
+        }
+        let Some(served) = sessions.served(protocol) else {
+            return Err(Refusal::UnknownProtocol {
+                actor: sessions.owner.clone(),
+                protocol: protocol.to_string(),
+            });
+        };
+        // Two parties: the sender must play the other role.
+        if role != served.peer_role {
+            return Err(Refusal::Violation(Violation::WrongRole {
+                protocol: served.protocol.name().into(),
+                role: served.role.clone(),
+                label: label.into(),
+                got: role.into(),
+                expected: vec![served.peer_role.clone()],
+            }));
+        }
+        let state = self.state.get_or_insert_with(|| sessions.lock());
+        sessions
+            .step(state, served, peer, session, Direction::Receive, label)
+            .map_err(|e| match e {
+                Step::Violation(v) => Refusal::Violation(v),
+                Step::Full => Refusal::TooManySessions {
+                    actor: sessions.owner.clone(),
+                },
+            })
+    }
+}
+
 enum Step {
     Violation(Violation),
     Full,
@@ -281,7 +317,7 @@ enum Step {
 /// One node holds at most this fraction of the table (1/16).
 const PEER_SHARE: usize = 16;
 
-fn forget(per_node: &mut HashMap<u64, usize>, node: u64) {
+fn forget(per_node: &mut HashMap<u64, usize, Hasher>, node: u64) {
     if let Some(n) = per_node.get_mut(&node) {
         *n -= 1;
         if *n == 0 {

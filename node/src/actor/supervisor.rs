@@ -16,8 +16,9 @@ use futures::FutureExt;
 use keys::Path;
 use protocols::actor::Refusal;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
+use super::mailbox::{Closed, Mailbox, Taken};
 use super::sessions::{Served, Sessions};
 use super::{Incoming, Inner, Sender, SpawnError, Spec, other_role, write};
 
@@ -131,7 +132,7 @@ struct Counters {
 pub(crate) struct Slot {
     pub(crate) path: Arc<Path>,
     pub(crate) sessions: Sessions,
-    mailbox: mpsc::Sender<Incoming>,
+    mailbox: Mailbox,
     counters: Mutex<Counters>,
     handled: AtomicU64,
     /// Set while the handler runs; replies dropped meanwhile wait for its outcome.
@@ -171,7 +172,7 @@ impl Slot {
             failures: c.failures,
             restarts: c.restarts,
             last_failure: c.last_failure.clone(),
-            queued: self.mailbox.max_capacity() - self.mailbox.capacity(),
+            queued: self.mailbox.queued(),
         }
     }
 
@@ -193,14 +194,9 @@ impl Slot {
         inner: &Inner,
         mut incoming: Incoming,
     ) -> Result<(), Refusal> {
-        if let Some(reply) = &mut incoming.reply {
-            reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
-        }
         if self.is_stopped() {
             disarm(incoming);
-            return Err(Refusal::NoSuchActor {
-                path: self.path.to_string(),
-            });
+            return Err(self.gone());
         }
         if let Err(refusal) = self.sessions.check_receive(
             incoming.peer,
@@ -212,27 +208,96 @@ impl Slot {
             disarm(incoming);
             return Err(refusal);
         }
-        // Room now (the usual case) costs no future; a full mailbox makes the caller wait.
-        let sent = match self.mailbox.try_send(incoming) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(incoming)) => self
-                .mailbox
-                .send(incoming)
-                .await
-                .map_err(|mpsc::error::SendError(incoming)| incoming),
-            Err(mpsc::error::TrySendError::Closed(incoming)) => Err(incoming),
-        };
-        match sent {
+        if let Some(reply) = &mut incoming.reply {
+            reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.mailbox.push_one(incoming).await {
             Ok(()) => {
                 inner.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(incoming) => {
                 disarm(incoming);
-                Err(Refusal::NoSuchActor {
-                    path: self.path.to_string(),
-                })
+                Err(self.gone())
             }
+        }
+    }
+
+    /// Checks each of `batch` against the actor's sessions (one lock for them all) and
+    /// queues those that pass, in order, waiting while the mailbox is full. Returns the
+    /// refused ones by their index in `batch`, their reply handles disarmed; `batch` is
+    /// left empty.
+    pub(crate) async fn deliver_all(
+        &self,
+        inner: &Inner,
+        batch: &mut Vec<Incoming>,
+    ) -> Vec<(usize, Refusal)> {
+        let mut refused = Vec::new();
+        if self.is_stopped() {
+            for (i, incoming) in batch.drain(..).enumerate() {
+                disarm(incoming);
+                refused.push((i, self.gone()));
+            }
+            return refused;
+        }
+        {
+            let mut receiving = self.sessions.receiving();
+            let mut i = 0;
+            batch.retain_mut(|incoming| {
+                let checked = receiving.check(
+                    incoming.peer,
+                    &incoming.protocol,
+                    incoming.session,
+                    &incoming.role,
+                    &incoming.label,
+                );
+                let index = i;
+                i += 1;
+                match checked {
+                    Ok(()) => {
+                        if let Some(reply) = &mut incoming.reply {
+                            reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        true
+                    }
+                    Err(refusal) => {
+                        refused.push((index, refusal));
+                        if let Some(reply) = &mut incoming.reply {
+                            reply.back = None;
+                        }
+                        false
+                    }
+                }
+            });
+        }
+        let passed = batch.len();
+        match self.mailbox.push(batch).await {
+            Ok(()) => {
+                inner.delivered.fetch_add(passed as u64, Ordering::Relaxed);
+            }
+            Err(Closed) => {
+                // The actor stopped meanwhile: what was not queued is refused. The
+                // messages that passed are, in order, those not refused above; the
+                // first `queued` of them went in.
+                let queued = passed - batch.len();
+                inner.delivered.fetch_add(queued as u64, Ordering::Relaxed);
+                let refused_before: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+                let unqueued = (0..passed + refused_before.len())
+                    .filter(|i| !refused_before.contains(i))
+                    .skip(queued);
+                for (incoming, i) in batch.drain(..).zip(unqueued) {
+                    disarm(incoming);
+                    refused.push((i, self.gone()));
+                }
+                refused.sort_by_key(|(i, _)| *i);
+            }
+        }
+        refused
+    }
+
+    fn gone(&self) -> Refusal {
+        Refusal::NoSuchActor {
+            path: self.path.to_string(),
         }
     }
 
@@ -270,7 +335,10 @@ impl Slot {
     }
 
     fn settle_orphans(&self, failure: Option<&str>) {
-        if !self.has_orphans.swap(false, Ordering::AcqRel) {
+        // A load first: the common case (no orphans) writes nothing.
+        if !self.has_orphans.load(Ordering::Acquire)
+            || !self.has_orphans.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let orphans: Vec<super::ReplyTo> = std::mem::take(
@@ -330,7 +398,6 @@ where
         }
     }
     let path = Arc::new(spec.path.clone());
-    let (mailbox, receiver) = mpsc::channel(inner.config.mailbox);
     let slot = Arc::new(Slot {
         path: path.clone(),
         sessions: Sessions::new(
@@ -339,7 +406,7 @@ where
             spec.untyped,
             inner.config.max_sessions,
         ),
-        mailbox,
+        mailbox: Mailbox::new(inner.config.mailbox),
         counters: Mutex::new(Counters {
             state: "running",
             ..Counters::default()
@@ -386,23 +453,32 @@ where
     };
     let span = tracing::info_span!("actor", path = %path);
     tokio::spawn(tracing::Instrument::instrument(
-        supervise(slot, receiver, make, ctx, spec.restart),
+        supervise(slot, make, ctx, spec.restart),
         span,
     ));
     Ok(())
 }
 
-async fn supervise<A, F>(
-    slot: Arc<Slot>,
-    mut mailbox: mpsc::Receiver<Incoming>,
-    make: F,
-    ctx: Context,
-    policy: Restart,
-) where
+/// Closes the actor's mailbox however its task ends (stopped, failed too often, or
+/// dropped with the runtime); what is still queued is dropped, refusing its asks.
+struct CloseOnExit(Arc<Slot>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        drop(self.0.mailbox.close());
+    }
+}
+
+async fn supervise<A, F>(slot: Arc<Slot>, make: F, ctx: Context, policy: Restart)
+where
     A: Actor,
     F: Fn() -> A + Send + Sync + 'static,
 {
+    let _close = CloseOnExit(slot.clone());
     let mut restarts: Vec<Instant> = Vec::new();
+    // Messages taken from the mailbox, handled in order; kept across restarts.
+    let mut batch = std::collections::VecDeque::new();
+    let mut handled = slot.handled.load(Ordering::Relaxed);
     loop {
         let mut actor = make();
         let failure = loop {
@@ -410,20 +486,24 @@ async fn supervise<A, F>(
                 slot.counters().state = "stopped";
                 return;
             }
-            // Busy: take the next message without arming the stop signal each time.
-            let message = match mailbox.try_recv() {
-                Ok(message) => Some(message),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
-                    biased;
-                    () = slot.stopped.notified() => None,
-                    message = mailbox.recv() => message,
-                },
+            let Some(message) = batch.pop_front() else {
+                match slot.mailbox.take(&mut batch) {
+                    Taken::Some => {}
+                    Taken::Empty => {
+                        tokio::select! {
+                            biased;
+                            () = slot.stopped.notified() => {}
+                            () = slot.mailbox.ready() => {}
+                        }
+                    }
+                    Taken::Closed => {
+                        slot.counters().state = "stopped";
+                        return;
+                    }
+                }
+                continue;
             };
-            let Some(message) = message else {
-                slot.counters().state = "stopped";
-                return;
-            };
+            slot.mailbox.holding(batch.len());
             let delivery = message.reply.as_ref().map_or(0, |r| r.delivery);
             slot.handling.store(delivery, Ordering::Release);
             let outcome = AssertUnwindSafe(actor.handle(&ctx, message))
@@ -436,7 +516,9 @@ async fn supervise<A, F>(
                 Err(panic) => Some(format!("panicked: {}", panic_message(&*panic))),
             };
             slot.settle_orphans(failure.as_deref());
-            slot.handled.fetch_add(1, Ordering::Relaxed);
+            // This task is the only writer.
+            handled += 1;
+            slot.handled.store(handled, Ordering::Relaxed);
             if let Some(reason) = failure {
                 let mut c = slot.counters();
                 c.failures += 1;
@@ -450,7 +532,8 @@ async fn supervise<A, F>(
             tracing::error!(reason = %failure, restarts = restarts.len(), "actor failed too often; stopped");
             slot.counters().state = "stopped";
             // Queued messages are dropped: their asks are refused as unanswered.
-            mailbox.close();
+            drop(slot.mailbox.close());
+            slot.mailbox.holding(0);
             return;
         }
         tracing::warn!(reason = %failure, "actor failed; restarting");
