@@ -69,7 +69,9 @@ pub use supervisor::{Actor, ActorStatus, Context, Failure, Restart};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Messages an actor's mailbox holds before senders wait (default 1024).
+    /// Messages an actor's mailbox queues before senders wait (default 1024). The actor
+    /// takes its whole queue at once, so up to as many more may be taken and waiting
+    /// to be handled.
     pub mailbox: usize,
     /// Bytes queued for one peer before senders wait (default 1 MiB).
     pub outbox_bytes: usize,
@@ -275,15 +277,21 @@ pub struct Status {
     pub published_out_of_order: u64,
 }
 
+/// Who sends a run of messages: the same for every message of a channel (or of a local
+/// session), so shared by them rather than copied into each.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) from: Arc<Path>,
+    pub(crate) protocol: Arc<str>,
+    pub(crate) role: Arc<str>,
+    /// The sender as the receiving actor's session table knows it.
+    pub(crate) peer: sessions::Peer,
+}
+
 /// What an actor is told: one message.
 #[derive(Debug)]
 pub struct Incoming {
-    /// The sending actor.
-    pub from: Arc<Path>,
-    /// The protocol (empty: untyped).
-    pub protocol: Arc<str>,
-    /// The role the sender plays (empty: untyped).
-    pub role: Arc<str>,
+    origin: Arc<Origin>,
     /// The session.
     pub session: u64,
     /// The label.
@@ -292,11 +300,28 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     /// Boxed: most messages are tells, and a small `Incoming` moves cheaply.
     reply: Option<Box<ReplyTo>>,
-    /// The sender as the receiving actor's session table knows it.
-    peer: sessions::Peer,
 }
 
 impl Incoming {
+    /// The sending actor.
+    pub fn from(&self) -> &Arc<Path> {
+        &self.origin.from
+    }
+
+    /// The protocol (empty: untyped).
+    pub fn protocol(&self) -> &str {
+        &self.origin.protocol
+    }
+
+    /// The role the sender plays (empty: untyped).
+    pub fn role(&self) -> &str {
+        &self.origin.role
+    }
+
+    fn peer(&self) -> sessions::Peer {
+        self.origin.peer
+    }
+
     /// Whether this is an ask.
     pub fn is_ask(&self) -> bool {
         self.reply.is_some()
@@ -797,7 +822,7 @@ impl Sender {
             monitor: Some(monitor),
             route: None,
             broken: None,
-            local_peer: None,
+            local_origin: None,
             last_label: None,
         })
     }
@@ -816,7 +841,7 @@ impl Sender {
             monitor: None,
             route: None,
             broken: None,
-            local_peer: None,
+            local_origin: None,
             last_label: None,
         }
     }
@@ -872,8 +897,8 @@ pub struct Session {
     route: Option<Route>,
     /// Why this session sends no more (it fell out of step with its peer).
     broken: Option<&'static str>,
-    /// The sender's key in a local receiver's session table (computed once per route).
-    local_peer: Option<sessions::Peer>,
+    /// The sender as a local receiver knows it (computed once per route).
+    local_origin: Option<Arc<Origin>>,
     /// The label last sent to a local receiver, shared with the next while the same.
     last_label: Option<Label>,
 }
@@ -937,16 +962,26 @@ impl Session {
             .sender
             .route(&self.to, &self.protocol, &self.role)
             .await?;
-        self.local_peer = match &route {
-            Route::Local(slot) => Some(slot.sessions.peer(
-                &self.sender.from,
-                &self.protocol,
-                &self.sender.inner.peer_id,
-            )),
+        self.local_origin = match &route {
+            Route::Local(slot) => Some(self.origin_at(slot)),
             Route::Remote { .. } => None,
         };
         self.route = Some(route.clone());
         Ok(route)
+    }
+
+    /// This session's sender as the local actor `slot` knows it.
+    fn origin_at(&self, slot: &supervisor::Slot) -> Arc<Origin> {
+        Arc::new(Origin {
+            from: self.sender.from.clone(),
+            protocol: self.protocol.clone(),
+            role: self.role.clone(),
+            peer: slot.sessions.peer(
+                &self.sender.from,
+                &self.protocol,
+                &self.sender.inner.peer_id,
+            ),
+        })
     }
 
     async fn deliver(
@@ -959,14 +994,11 @@ impl Session {
         match self.current_route().await? {
             Route::Local(slot) => {
                 let inner = &self.sender.inner;
-                let peer = match self.local_peer {
-                    Some(peer) => peer,
-                    None => slot.sessions.peer(
-                        &self.sender.from,
-                        &self.protocol,
-                        &self.sender.inner.peer_id,
-                    ),
+                let origin = match &self.local_origin {
+                    Some(origin) => origin.clone(),
+                    None => self.origin_at(&slot),
                 };
+                let peer = origin.peer;
                 let reply = match (kind, back) {
                     (Kind::Ask { id }, Some(back)) => Some(ReplyTo {
                         id,
@@ -981,14 +1013,11 @@ impl Session {
                     _ => None,
                 };
                 let incoming = Incoming {
-                    from: self.sender.from.clone(),
-                    protocol: self.protocol.clone(),
-                    role: self.role.clone(),
+                    origin,
                     session: self.id,
                     label: Label::reuse(&mut self.last_label, label),
                     payload: payload.into(),
                     reply: reply.map(Box::new),
-                    peer,
                 };
                 slot.deliver(inner, incoming).await?;
                 Ok(())

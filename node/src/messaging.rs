@@ -236,9 +236,9 @@ impl Actor for Listener {
         let reply = message.take_reply();
         let event = Event {
             kind: if reply.is_some() { "ask" } else { "tell" },
-            from: message.from.to_string(),
-            protocol: message.protocol.to_string(),
-            role: message.role.to_string(),
+            from: message.from().to_string(),
+            protocol: message.protocol().to_string(),
+            role: message.role().to_string(),
             session: message.session,
             label: message.label.into(),
             payload: to_json(&message.payload),

@@ -206,7 +206,11 @@ impl Actor for Collector {
         }
         let _ = self
             .out
-            .send((message.from.clone(), message.label.into(), message.payload))
+            .send((
+                message.from().clone(),
+                message.label.into(),
+                message.payload,
+            ))
             .await;
         Ok(())
     }

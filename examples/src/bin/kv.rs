@@ -224,7 +224,7 @@ impl Actor for Kv {
             // `bye` ends the session (the runtime has recorded that); a `get` or `put`
             // told rather than asked cannot be answered.
             if message.label != "bye" {
-                tracing::warn!(from = %message.from, label = %message.label, "not an ask; ignored");
+                tracing::warn!(from = %message.from(), label = %message.label, "not an ask; ignored");
             }
             return Ok(());
         };
@@ -239,7 +239,7 @@ impl Actor for Kv {
                         return Ok(());
                     }
                 };
-                tracing::debug!(from = %message.from, %key, "get");
+                tracing::debug!(from = %message.from(), %key, "get");
                 let value = {
                     let store = self.store();
                     from_json(store.get(&key).unwrap_or(&Value::Null))?
@@ -254,7 +254,7 @@ impl Actor for Kv {
                         return Ok(());
                     }
                 };
-                tracing::debug!(from = %message.from, %key, "put");
+                tracing::debug!(from = %message.from(), %key, "put");
                 self.store().insert(key, value);
                 reply.send("ok", &from_json(&NULL)?).await?;
             }

@@ -12,7 +12,7 @@ use protocols::actor::{EnvelopeRef, Frame, FrameDecoder, FrameRef, Hello, Kind, 
 
 use super::outbox::{Lane, Outbox};
 use super::supervisor::Slot;
-use super::{Back, Incoming, Inner, Label, RefusalNotice, ReplyTo, lock, read, write};
+use super::{Back, Incoming, Inner, Label, Origin, RefusalNotice, ReplyTo, lock, read, write};
 
 /// Bytes asked for per read.
 const READ_BYTES: usize = 64 * 1024;
@@ -111,8 +111,8 @@ struct Channel {
     role: Arc<str>,
     /// Until when the peer's chains cover `from` (none: they do not).
     authorized_until: Option<keys::Timestamp>,
-    /// The receiving actor, and the sender as its session table knows it.
-    target: Option<(Arc<Slot>, super::sessions::Peer)>,
+    /// The receiving actor, and the sender as it knows it.
+    target: Option<(Arc<Slot>, Arc<Origin>)>,
     /// The label of the last message, shared with the next while they are the same.
     label: Option<Label>,
     /// Where replies to this channel's asks go: our stream back and our channel on it.
@@ -121,6 +121,20 @@ struct Channel {
 
 /// A read message's channel, sequence and kind: what a refusal of it names.
 type Meta = (u32, u64, Kind);
+
+impl Channel {
+    /// The actor the channel is to, if one is here, and the sender as it knows it.
+    fn find_target(&self, inner: &Inner, peer: &PeerId) -> Option<(Arc<Slot>, Arc<Origin>)> {
+        let slot = read(&inner.actors).get(&self.to)?.clone();
+        let origin = Arc::new(Origin {
+            from: self.from.clone(),
+            protocol: self.protocol.clone(),
+            role: self.role.clone(),
+            peer: slot.sessions.peer(&self.from, &self.protocol, peer),
+        });
+        Some((slot, origin))
+    }
+}
 
 struct Reader {
     inner: Arc<Inner>,
@@ -287,22 +301,18 @@ impl Reader {
                 let inner = self.inner.clone();
                 let authorized_until =
                     read(&inner.verified).authorized_until(&self.principal, &from, self.now);
-                let to = Arc::new(to);
-                let from = Arc::new(from);
-                let target = read(&inner.actors).get(&to).map(|slot| {
-                    let sender = slot.sessions.peer(&from, &protocol, &self.peer);
-                    (slot.clone(), sender)
-                });
-                self.channels.push(Channel {
-                    from,
-                    to,
+                let mut channel = Channel {
+                    from: Arc::new(from),
+                    to: Arc::new(to),
                     protocol: Arc::from(protocol),
                     role: Arc::from(role),
                     authorized_until,
-                    target,
+                    target: None,
                     label: None,
                     back: None,
-                });
+                };
+                channel.target = channel.find_target(&inner, &self.peer);
+                self.channels.push(channel);
                 Ok(())
             }
             // Read by `message`, borrowed.
@@ -372,12 +382,9 @@ impl Reader {
             return Ok(false);
         }
         if ch.target.as_ref().is_none_or(|(t, _)| t.is_stopped()) {
-            ch.target = read(&self.inner.actors).get(&ch.to).map(|slot| {
-                let sender = slot.sessions.peer(&ch.from, &ch.protocol, &peer);
-                (slot.clone(), sender)
-            });
+            ch.target = ch.find_target(&self.inner, &peer);
         }
-        let Some((target, peer_key)) = ch.target.clone() else {
+        let Some((target, origin)) = ch.target.clone() else {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
@@ -416,7 +423,7 @@ impl Reader {
                         asker: ch.from.clone(),
                         protocol: ch.protocol.clone(),
                         session,
-                        peer: peer_key,
+                        peer: origin.peer,
                         delivery: 0,
                     })
                 })
@@ -424,14 +431,11 @@ impl Reader {
             _ => None,
         };
         let incoming = Incoming {
-            from: ch.from.clone(),
-            protocol: ch.protocol.clone(),
-            role: ch.role.clone(),
+            origin,
             session,
             label,
             payload: payload.to_vec(),
             reply,
-            peer: peer_key,
         };
         let meta = (channel, sequence, kind);
         if self

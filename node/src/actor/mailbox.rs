@@ -189,15 +189,18 @@ mod tests {
 
     fn message(n: u64) -> Incoming {
         let path = keys::Path::root_of(keys::Principal::from_bytes([1; 32]));
-        Incoming {
+        let origin = super::super::Origin {
             from: Arc::new(path),
             protocol: Arc::from(""),
             role: Arc::from(""),
+            peer: super::super::sessions::Peer { key: 0, node: 0 },
+        };
+        Incoming {
+            origin: Arc::new(origin),
             session: n,
             label: super::super::Label::new("n"),
             payload: Vec::new(),
             reply: None,
-            peer: super::super::sessions::Peer { key: 0, node: 0 },
         }
     }
 

@@ -199,10 +199,10 @@ impl Slot {
             return Err(self.gone());
         }
         if let Err(refusal) = self.sessions.check_receive(
-            incoming.peer,
-            &incoming.protocol,
+            incoming.peer(),
+            incoming.protocol(),
             incoming.session,
-            &incoming.role,
+            incoming.role(),
             &incoming.label,
         ) {
             disarm(incoming);
@@ -245,10 +245,10 @@ impl Slot {
             let mut i = 0;
             batch.retain_mut(|incoming| {
                 let checked = receiving.check(
-                    incoming.peer,
-                    &incoming.protocol,
+                    incoming.peer(),
+                    incoming.protocol(),
                     incoming.session,
-                    &incoming.role,
+                    incoming.role(),
                     &incoming.label,
                 );
                 let index = i;
