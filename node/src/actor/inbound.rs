@@ -209,32 +209,40 @@ impl Reader {
             self.stream.flush().await.map_err(|e| e.to_string())?;
         }
         loop {
-            while let Some(frame) = decoder.next_actor_frame_ref().map_err(|e| e.to_string())? {
-                // Reading a message is not async: building a future per message, and
-                // moving it into this one, cost more than the rest of the read.
-                let flush = match frame {
-                    FrameRef::Message(envelope) => self.message(envelope)?,
-                    FrameRef::Owned(frame) => match *frame {
-                        Frame::Message(envelope) => self.message(envelope.as_ref())?,
-                        frame => {
-                            self.frame(frame)?;
-                            false
-                        }
-                    },
-                };
-                if flush {
-                    self.flush().await;
-                }
-            }
+            let read = self.read_frames(&mut decoder).await;
             // Everything read is decoded: hand it over (and a message held back for
-            // another actor after it) before waiting for more.
+            // another actor after it) before waiting for more, or before giving up on a
+            // stream that sent a bad frame (what came before the bad frame still counts).
             while self.batch_target.is_some() {
                 self.flush().await;
             }
+            read?;
             if !self.fill(&mut decoder).await? {
                 return Ok(());
             }
         }
+    }
+
+    /// Reads every whole frame the decoder holds, batching messages.
+    async fn read_frames(&mut self, decoder: &mut FrameDecoder) -> Result<(), String> {
+        while let Some(frame) = decoder.next_actor_frame_ref().map_err(|e| e.to_string())? {
+            // Reading a message is not async: building a future per message, and moving
+            // it into this one, cost more than the rest of the read.
+            let flush = match frame {
+                FrameRef::Message(envelope) => self.message(envelope)?,
+                FrameRef::Owned(frame) => match *frame {
+                    Frame::Message(envelope) => self.message(envelope.as_ref())?,
+                    frame => {
+                        self.frame(frame)?;
+                        false
+                    }
+                },
+            };
+            if flush {
+                self.flush().await;
+            }
+        }
+        Ok(())
     }
 
     /// Hands the batch to its actor, and refuses what the actor's sessions refuse; then
