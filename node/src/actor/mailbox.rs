@@ -174,6 +174,7 @@ impl Mailbox {
             self.closed.store(true, Ordering::Release);
             std::mem::take(&mut *queue)
         };
+        self.held.store(0, Ordering::Relaxed);
         self.ready.notify_one();
         self.room.notify_waiters();
         queued

@@ -427,6 +427,9 @@ where
         }
         actors.insert(path.clone(), slot.clone());
     }
+    // From here the mailbox closes however this ends: a failed or cancelled registration
+    // leaves no open mailbox behind for senders that found the slot meanwhile.
+    let close = CloseOnExit(slot.clone());
     if spec.register {
         let registered = match inner.chain_for(&path) {
             Some(chain) => inner
@@ -438,7 +441,11 @@ where
             None => Err("no chain covers it".to_string()),
         };
         if let Err(reason) = registered {
-            write(&inner.actors).remove(&path);
+            let mut actors = write(&inner.actors);
+            if actors.get(&path).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                actors.remove(&path);
+            }
+            drop(actors);
             return Err(SpawnError::Register {
                 path: path.to_string(),
                 reason,
@@ -453,14 +460,15 @@ where
     };
     let span = tracing::info_span!("actor", path = %path);
     tokio::spawn(tracing::Instrument::instrument(
-        supervise(slot, make, ctx, spec.restart),
+        supervise(slot, close, make, ctx, spec.restart),
         span,
     ));
     Ok(())
 }
 
-/// Closes the actor's mailbox however its task ends (stopped, failed too often, or
-/// dropped with the runtime); what is still queued is dropped, refusing its asks.
+/// Closes the actor's mailbox however its spawn or its task ends (registration failed or
+/// cancelled, stopped, failed too often, or dropped with the runtime); what is still
+/// queued is dropped, refusing its asks.
 struct CloseOnExit(Arc<Slot>);
 
 impl Drop for CloseOnExit {
@@ -469,12 +477,16 @@ impl Drop for CloseOnExit {
     }
 }
 
-async fn supervise<A, F>(slot: Arc<Slot>, make: F, ctx: Context, policy: Restart)
-where
+async fn supervise<A, F>(
+    slot: Arc<Slot>,
+    _close: CloseOnExit,
+    make: F,
+    ctx: Context,
+    policy: Restart,
+) where
     A: Actor,
     F: Fn() -> A + Send + Sync + 'static,
 {
-    let _close = CloseOnExit(slot.clone());
     let mut restarts: Vec<Instant> = Vec::new();
     // Messages taken from the mailbox, handled in order; kept across restarts.
     let mut batch = std::collections::VecDeque::new();
