@@ -288,6 +288,24 @@ pub(crate) struct Origin {
     pub(crate) peer: sessions::Peer,
 }
 
+impl Origin {
+    /// `from` on `node`, speaking `protocol` as `role`, as the actor `to` knows it.
+    pub(crate) fn new(
+        to: &supervisor::Slot,
+        from: &Arc<Path>,
+        protocol: &Arc<str>,
+        role: &Arc<str>,
+        node: &PeerId,
+    ) -> Arc<Origin> {
+        Arc::new(Origin {
+            from: from.clone(),
+            protocol: protocol.clone(),
+            role: role.clone(),
+            peer: to.sessions.peer(from, protocol, node),
+        })
+    }
+}
+
 /// What an actor is told: one message.
 #[derive(Debug)]
 pub struct Incoming {
@@ -972,16 +990,13 @@ impl Session {
 
     /// This session's sender as the local actor `slot` knows it.
     fn origin_at(&self, slot: &supervisor::Slot) -> Arc<Origin> {
-        Arc::new(Origin {
-            from: self.sender.from.clone(),
-            protocol: self.protocol.clone(),
-            role: self.role.clone(),
-            peer: slot.sessions.peer(
-                &self.sender.from,
-                &self.protocol,
-                &self.sender.inner.peer_id,
-            ),
-        })
+        Origin::new(
+            slot,
+            &self.sender.from,
+            &self.protocol,
+            &self.role,
+            &self.sender.inner.peer_id,
+        )
     }
 
     async fn deliver(

@@ -126,12 +126,7 @@ impl Channel {
     /// The actor the channel is to, if one is here, and the sender as it knows it.
     fn find_target(&self, inner: &Inner, peer: &PeerId) -> Option<(Arc<Slot>, Arc<Origin>)> {
         let slot = read(&inner.actors).get(&self.to)?.clone();
-        let origin = Arc::new(Origin {
-            from: self.from.clone(),
-            protocol: self.protocol.clone(),
-            role: self.role.clone(),
-            peer: slot.sessions.peer(&self.from, &self.protocol, peer),
-        });
+        let origin = Origin::new(&slot, &self.from, &self.protocol, &self.role, peer);
         Some((slot, origin))
     }
 }
@@ -391,6 +386,8 @@ impl Reader {
         }
         if ch.target.as_ref().is_none_or(|(t, _)| t.is_stopped()) {
             ch.target = ch.find_target(&self.inner, &peer);
+            // The way back names the replying actor's role: found again with the actor.
+            ch.back = None;
         }
         let Some((target, origin)) = ch.target.clone() else {
             let refusal = Refusal::NoSuchActor {

@@ -154,6 +154,7 @@ impl Sessions {
             state: None,
         }
     }
+
     /// Checks a message the actor sends to `to` in `session` of `protocol` (a reply).
     pub(crate) fn check_send(
         &self,

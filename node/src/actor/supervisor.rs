@@ -18,7 +18,7 @@ use protocols::actor::Refusal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::mailbox::{Closed, Mailbox, Taken};
+use super::mailbox::{Mailbox, Taken};
 use super::sessions::{Served, Sessions};
 use super::{Incoming, Inner, Sender, SpawnError, Spec, other_role, write};
 
@@ -189,28 +189,13 @@ impl Slot {
     /// Checks `incoming` against the actor's sessions and queues it, waiting while the
     /// mailbox is full. On refusal the message's reply handle is disarmed: the caller
     /// reports the refusal.
-    pub(crate) async fn deliver(
-        &self,
-        inner: &Inner,
-        mut incoming: Incoming,
-    ) -> Result<(), Refusal> {
+    pub(crate) async fn deliver(&self, inner: &Inner, incoming: Incoming) -> Result<(), Refusal> {
         if self.is_stopped() {
             disarm(incoming);
             return Err(self.gone());
         }
-        if let Err(refusal) = self.sessions.check_receive(
-            incoming.peer(),
-            incoming.protocol(),
-            incoming.session,
-            incoming.role(),
-            &incoming.label,
-        ) {
-            disarm(incoming);
-            return Err(refusal);
-        }
-        if let Some(reply) = &mut incoming.reply {
-            reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
-        }
+        let mut incoming = incoming;
+        self.admit(&mut self.sessions.receiving(), &mut incoming)?;
         match self.mailbox.push_one(incoming).await {
             Ok(()) => {
                 inner.delivered.fetch_add(1, Ordering::Relaxed);
@@ -240,59 +225,62 @@ impl Slot {
             }
             return refused;
         }
+        // The indices in `batch` of the messages that pass, in order.
+        let mut passed = Vec::with_capacity(batch.len());
         {
             let mut receiving = self.sessions.receiving();
             let mut i = 0;
             batch.retain_mut(|incoming| {
-                let checked = receiving.check(
-                    incoming.peer(),
-                    incoming.protocol(),
-                    incoming.session,
-                    incoming.role(),
-                    &incoming.label,
-                );
                 let index = i;
                 i += 1;
-                match checked {
+                match self.admit(&mut receiving, incoming) {
                     Ok(()) => {
-                        if let Some(reply) = &mut incoming.reply {
-                            reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed);
-                        }
+                        passed.push(index);
                         true
                     }
                     Err(refusal) => {
                         refused.push((index, refusal));
-                        if let Some(reply) = &mut incoming.reply {
-                            reply.back = None;
-                        }
                         false
                     }
                 }
             });
         }
-        let passed = batch.len();
-        match self.mailbox.push(batch).await {
-            Ok(()) => {
-                inner.delivered.fetch_add(passed as u64, Ordering::Relaxed);
+        let result = self.mailbox.push(batch).await;
+        // On `Closed` (the actor stopped meanwhile) the first of those that passed went
+        // in, and what is left in `batch` is refused.
+        let queued = passed.len() - batch.len();
+        inner.delivered.fetch_add(queued as u64, Ordering::Relaxed);
+        if result.is_err() {
+            for (incoming, &i) in batch.drain(..).zip(&passed[queued..]) {
+                disarm(incoming);
+                refused.push((i, self.gone()));
             }
-            Err(Closed) => {
-                // The actor stopped meanwhile: what was not queued is refused. The
-                // messages that passed are, in order, those not refused above; the
-                // first `queued` of them went in.
-                let queued = passed - batch.len();
-                inner.delivered.fetch_add(queued as u64, Ordering::Relaxed);
-                let refused_before: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
-                let unqueued = (0..passed + refused_before.len())
-                    .filter(|i| !refused_before.contains(i))
-                    .skip(queued);
-                for (incoming, i) in batch.drain(..).zip(unqueued) {
-                    disarm(incoming);
-                    refused.push((i, self.gone()));
-                }
-                refused.sort_by_key(|(i, _)| *i);
-            }
+            refused.sort_by_key(|(i, _)| *i);
         }
         refused
+    }
+
+    /// Checks `incoming` against the actor's sessions and numbers it if it is an ask; a
+    /// refused message's reply handle is disarmed (the caller reports the refusal).
+    fn admit(
+        &self,
+        receiving: &mut super::sessions::Receiving<'_>,
+        incoming: &mut Incoming,
+    ) -> Result<(), Refusal> {
+        let checked = receiving.check(
+            incoming.peer(),
+            incoming.protocol(),
+            incoming.session,
+            incoming.role(),
+            &incoming.label,
+        );
+        if let Some(reply) = &mut incoming.reply {
+            match checked {
+                Ok(()) => reply.delivery = self.deliveries.fetch_add(1, Ordering::Relaxed),
+                Err(_) => reply.back = None,
+            }
+        }
+        checked
     }
 
     fn gone(&self) -> Refusal {
@@ -543,9 +531,8 @@ async fn supervise<A, F>(
         if restarts.len() as u32 >= policy.max_restarts {
             tracing::error!(reason = %failure, restarts = restarts.len(), "actor failed too often; stopped");
             slot.counters().state = "stopped";
-            // Queued messages are dropped: their asks are refused as unanswered.
-            drop(slot.mailbox.close());
-            slot.mailbox.holding(0);
+            // Queued messages are dropped (`CloseOnExit`): their asks are refused as
+            // unanswered.
             return;
         }
         tracing::warn!(reason = %failure, "actor failed; restarting");
