@@ -1,5 +1,5 @@
 //! The actor runtime: actors live at paths their node holds writecaps for and talk by
-//! `tell`, `ask` and pub-sub, over `/blocktree/actor/1.0.0` streams, with every message
+//! `tell`, `ask` and pub-sub, over `/blocktree/actor/2.0.0` streams, with every message
 //! checked against its session's protocol where it is received.
 //!
 //! # Delivery semantics

@@ -13,7 +13,7 @@ use btnode::actor::{
 use futures::{AsyncReadExt, AsyncWriteExt};
 use keys::{Chain, Path, SigningKey, Validity};
 use libp2p::{Multiaddr, StreamProtocol};
-use protocols::actor::{self as wire, EnvelopeRef, Frame, Hello, Kind, Refusal};
+use protocols::actor::{self as wire, ChannelState, EnvelopeRef, Frame, Hello, Kind, Refusal};
 use protocols::session::{Global, Protocol, Violation};
 use tokio::sync::mpsc;
 
@@ -563,10 +563,10 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
     )
     .unwrap();
     wire::encode_message(
+        &mut ChannelState::<String>::default(),
         EnvelopeRef {
             channel: 0,
             session: 1,
-            sequence: 0,
             kind: Kind::Tell,
             label: "get",
             payload: b"k",
@@ -649,6 +649,21 @@ async fn garbage_on_a_stream_closes_it_and_harms_no_one() {
             let mut b = Vec::new();
             wire::encode_frame(&Hello { chains: vec![] }, &mut b).unwrap();
             b.extend_from_slice(&[0, 0, 0, 3, 1, 2, 3]); // a hello, then junk
+            b
+        },
+        {
+            // A hello, a channel, then a message that never said its session.
+            let mut b = Vec::new();
+            wire::encode_frame(&Hello { chains: vec![] }, &mut b).unwrap();
+            let open = Frame::Open {
+                channel: 0,
+                from: net.path(0, "c"),
+                to: store.clone(),
+                protocol: String::new(),
+                role: String::new(),
+            };
+            wire::encode_frame(&open, &mut b).unwrap();
+            b.extend_from_slice(&[0, 0, 0, 3, 0b1000, 0, 0x60]);
             b
         },
     ] {

@@ -1,10 +1,11 @@
-//! The actor protocol's wire format (`/blocktree/actor/1.0.0`): a long-lived stream per
+//! The actor protocol's wire format (`/blocktree/actor/2.0.0`): a long-lived stream per
 //! peer pair that starts with a [`Hello`] (the sender's writecap chains, verified once and
-//! cached by the receiver) and then carries length-framed [`Frame`]s.
+//! cached by the receiver) and then carries length-framed messages and [`Frame`]s.
 //!
-//! A frame is a 4-byte big-endian length followed by that many bytes of a
-//! [`crate::wire`] message: the [`Hello`] first, then [`Frame`]s. [`FrameDecoder`] takes bytes as they arrive and hands
-//! out whole frames, refusing a length over [`MAX_MESSAGE_BYTES`] before buffering it.
+//! A frame is a 4-byte big-endian length followed by that many bytes: the [`Hello`] first
+//! (a [`crate::wire`] message), then message frames ([`MessageRef`], the hot path, written
+//! by hand) and other [`Frame`]s (CBOR). [`FrameDecoder`] takes bytes as they arrive and
+//! hands out whole frames, refusing a length over [`MAX_MESSAGE_BYTES`] before buffering it.
 
 use keys::limits::{MAX_CHAIN_BYTES, MAX_MESSAGE_BYTES};
 use keys::{Chain, Path};
@@ -14,7 +15,10 @@ use crate::session::Violation;
 use crate::wire::{self, DecodeError, EncodeError, Message};
 
 /// The libp2p protocol name.
-pub const PROTOCOL_NAME: &str = "/blocktree/actor/1.0.0";
+///
+/// Version 2 sends messages in compact frames ([`MessageRef`]); version 1 sent each as a
+/// CBOR array with its session, sequence number and label.
+pub const PROTOCOL_NAME: &str = "/blocktree/actor/2.0.0";
 
 /// The one byte a receiver answers a hello with, once it has taken the stream: until it
 /// comes, the opener sends nothing else, so a stream dropped unread loses nothing.
@@ -122,7 +126,8 @@ pub enum Refusal {
     },
 }
 
-/// Everything after the first [`Hello`] on an actor stream.
+/// Every frame after the first [`Hello`] on an actor stream but messages, which travel in
+/// compact frames of their own ([`MessageRef`]).
 ///
 /// Paths and protocol names travel once per *channel*: [`Frame::Open`] binds a channel
 /// number to `(from, to, protocol)` for the rest of the stream, and every message names
@@ -146,10 +151,8 @@ pub enum Frame {
         /// The role the sender plays in them.
         role: String,
     },
-    /// One message.
-    Message(Envelope),
-    /// The receiver refused the message `sequence` that came on `channel` of the
-    /// *other* direction's stream.
+    /// The receiver refused the message `sequence` (the count of messages before it on
+    /// its stream) that came on `channel` of the *other* direction's stream.
     Refused {
         /// The channel of the refused message (the refused sender's numbering).
         channel: u32,
@@ -164,7 +167,7 @@ pub enum Frame {
 
 impl Message for Frame {
     const NAME: &'static str = "actor frame";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
     const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
 
     fn validate(&self) -> Result<(), String> {
@@ -176,7 +179,6 @@ impl Message for Frame {
                 role,
                 ..
             } => (*channel, &[protocol.as_str(), role.as_str()]),
-            Frame::Message(e) => (e.channel, &[e.label.as_str()]),
             Frame::Refused { channel, .. } => (*channel, &[]),
         };
         if channel >= MAX_CHANNELS {
@@ -231,185 +233,181 @@ impl Message for Publication {
     }
 }
 
-/// One message on a channel: the hot path, encoded as a CBOR array (no field names) of
-/// `[channel, session, sequence, kind, ask id, label, payload]`, kind 0 tell, 1 ask,
-/// 2 reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+/// One message, as its sender means it: on `channel`, in `session`, with `label`.
+///
+/// Its sequence number is not written: it is the count of messages before it on the
+/// stream, which both ends keep (a [`Frame::Refused`] names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeRef<'a> {
     /// The channel (its `from`, `to`, protocol and role were bound by [`Frame::Open`]).
     pub channel: u32,
     /// The session, chosen by its initiator.
     pub session: u64,
-    /// Per-stream sequence number: 0 for the first message, then one more each time.
-    pub sequence: u64,
     /// Tell, ask or reply.
     pub kind: Kind,
     /// The message label in the protocol.
-    pub label: String,
+    pub label: &'a str,
     /// The payload (CBOR chosen by the protocol).
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
-/// The encoding side of [`Envelope`], borrowing label and payload, so a sender writes
-/// straight into its stream buffer without copying the payload first.
+/// One message frame as it travels: the session and the label only when they differ
+/// from the channel's previous message's (see [`ChannelState`]).
+///
+/// The frame's bytes: one tag byte `0000 L S K K` (`KK` the kind: 0 tell, 1 ask, 2 reply;
+/// `S` a session follows; `L` a label follows), then, as CBOR unsigned integers in their
+/// shortest form, the channel, the session if `S`, the ask id for an ask or a reply;
+/// then the label if `L` (a CBOR text string); then the payload, the rest of the frame.
+/// Every other frame is CBOR `[version, frame]` and begins with `0x82`, which is no tag.
+/// For a 100-byte tell on a steady channel that is 102 bytes, 106 with the length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EnvelopeRef<'a> {
+pub struct MessageRef<'a> {
     /// The channel.
     pub channel: u32,
-    /// The session.
-    pub session: u64,
-    /// Per-stream sequence number.
-    pub sequence: u64,
     /// Tell, ask or reply.
     pub kind: Kind,
-    /// The label.
-    pub label: &'a str,
+    /// The session, when it is not the channel's previous message's.
+    pub session: Option<u64>,
+    /// The label, when it is not the channel's previous message's.
+    pub label: Option<&'a str>,
     /// The payload.
     pub payload: &'a [u8],
 }
 
-impl Envelope {
-    /// The borrowing form.
-    pub fn as_ref(&self) -> EnvelopeRef<'_> {
-        EnvelopeRef {
-            channel: self.channel,
-            session: self.session,
-            sequence: self.sequence,
-            kind: self.kind,
-            label: &self.label,
-            payload: &self.payload,
+const TAG_KIND: u8 = 0b0011;
+const TAG_SESSION: u8 = 0b0100;
+const TAG_LABEL: u8 = 0b1000;
+
+/// What a channel's previous message said, as either end tracks it: the session and
+/// label the next message leaves out when they are the same. `L` holds a label (`String`,
+/// or a shared string on the receiving side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelState<L> {
+    session: Option<u64>,
+    label: Option<L>,
+}
+
+impl<L> Default for ChannelState<L> {
+    fn default() -> Self {
+        ChannelState {
+            session: None,
+            label: None,
         }
     }
 }
 
-impl Serialize for EnvelopeRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let (tag, id) = kind_parts(self.kind);
-        let mut t = serializer.serialize_tuple(7)?;
-        t.serialize_element(&self.channel)?;
-        t.serialize_element(&self.session)?;
-        t.serialize_element(&self.sequence)?;
-        t.serialize_element(&tag)?;
-        t.serialize_element(&id)?;
-        t.serialize_element(self.label)?;
-        t.serialize_element(serde_bytes::Bytes::new(self.payload))?;
-        t.end()
-    }
+/// A message frame that leaves out what its channel never said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a message on channel {channel} without a {what}, and none before it on the channel")]
+pub struct MissingContext {
+    /// The channel.
+    pub channel: u32,
+    /// "session" or "label".
+    pub what: &'static str,
 }
 
-impl Serialize for Envelope {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.as_ref().serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Envelope {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Seven;
-        impl<'de> serde::de::Visitor<'de> for Seven {
-            type Value = Envelope;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("[channel, session, sequence, kind, id, label, payload]")
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Envelope, A::Error> {
-                use serde::de::Error;
-                let missing = |what: &str| A::Error::custom(format_args!("missing {what}"));
-                let channel: u32 = seq.next_element()?.ok_or_else(|| missing("channel"))?;
-                let session: u64 = seq.next_element()?.ok_or_else(|| missing("session"))?;
-                let sequence: u64 = seq.next_element()?.ok_or_else(|| missing("sequence"))?;
-                let tag: u8 = seq.next_element()?.ok_or_else(|| missing("kind"))?;
-                let id: u64 = seq.next_element()?.ok_or_else(|| missing("id"))?;
-                let kind = match (tag, id) {
-                    (0, 0) => Kind::Tell,
-                    (1, id) => Kind::Ask { id },
-                    (2, id) => Kind::Reply { id },
-                    (tag, id) => {
-                        return Err(A::Error::custom(format_args!(
-                            "no message kind {tag} (with id {id})"
-                        )));
-                    }
-                };
-                let label: String = seq.next_element()?.ok_or_else(|| missing("label"))?;
-                let payload: serde_bytes::ByteBuf =
-                    seq.next_element()?.ok_or_else(|| missing("payload"))?;
-                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    return Err(A::Error::custom("more than seven fields"));
-                }
-                Ok(Envelope {
-                    channel,
-                    session,
-                    sequence,
-                    kind,
-                    label,
-                    payload: payload.into_vec(),
-                })
-            }
+impl<L: AsRef<str> + for<'s> From<&'s str>> ChannelState<L> {
+    /// The frame that says `envelope` after what this channel said so far.
+    pub fn compact<'a>(&self, envelope: EnvelopeRef<'a>) -> MessageRef<'a> {
+        MessageRef {
+            channel: envelope.channel,
+            kind: envelope.kind,
+            session: (self.session != Some(envelope.session)).then_some(envelope.session),
+            label: (self.label.as_ref().map(AsRef::as_ref) != Some(envelope.label))
+                .then_some(envelope.label),
+            payload: envelope.payload,
         }
-        deserializer.deserialize_tuple(7, Seven)
+    }
+
+    /// Takes in what `message` changed, and gives its session and label.
+    pub fn expand(&mut self, message: &MessageRef<'_>) -> Result<(u64, &L), MissingContext> {
+        let missing = |what| MissingContext {
+            channel: message.channel,
+            what,
+        };
+        if let Some(session) = message.session {
+            self.session = Some(session);
+        }
+        if let Some(label) = message.label {
+            self.label = Some(L::from(label));
+        }
+        let session = self.session.ok_or_else(|| missing("session"))?;
+        let label = self.label.as_ref().ok_or_else(|| missing("label"))?;
+        Ok((session, label))
     }
 }
 
-/// [`Frame::Message`] borrowing its envelope, encoded by serde (what [`encode_message`]
-/// writes by hand; the tests compare them).
-#[cfg(test)]
-#[derive(Debug, Clone, Copy, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum MessageRef<'a> {
-    Message(EnvelopeRef<'a>),
+/// Appends one message frame for `envelope` to `out`, leaving out what `state` (the
+/// channel's, on this stream) says already, and notes what it said in `state`. On an
+/// error nothing is written and `state` is as it was.
+pub fn encode_message<L: AsRef<str> + for<'s> From<&'s str>>(
+    state: &mut ChannelState<L>,
+    envelope: EnvelopeRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let message = state.compact(envelope);
+    write_message(message, out)?;
+    // Cannot fail: `compact` filled in whatever `state` lacked.
+    let _ = state.expand(&message);
+    Ok(())
 }
 
-/// Appends one frame holding `message` to `out`.
-pub fn encode_frame<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    append_frame(M::NAME, M::VERSION, M::MAX_BYTES, message, out)
-}
-
-/// Appends one [`Frame::Message`] to `out` without copying the payload first.
-///
-/// Written by hand: the bytes serde would write for the same frame (a test checks they are
-/// the same), without serde's per-field calls, on the path every message takes.
-pub fn encode_message(envelope: EnvelopeRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+/// Appends the frame of `message` to `out`.
+pub fn write_message(message: MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let refuse = |reason: String| EncodeError::Failed {
+        what: Frame::NAME,
+        reason,
+    };
+    if message.channel >= MAX_CHANNELS {
+        return Err(refuse(format!(
+            "channel {}, at most {}",
+            message.channel,
+            MAX_CHANNELS - 1
+        )));
+    }
+    let label = message.label.unwrap_or("").as_bytes();
+    if label.len() > MAX_NAME_BYTES {
+        return Err(refuse(format!(
+            "a label of {} bytes, at most {MAX_NAME_BYTES}",
+            label.len()
+        )));
+    }
     let start = out.len();
-    // Everything before the payload, at most: length, prefix, five integers, two string
-    // heads, and a label of at most `MAX_NAME_BYTES` (a longer one is written
-    // separately and refused below).
-    let mut head = [0u8; 4 + MESSAGE_PREFIX.len() + 7 * 9 + MAX_NAME_BYTES];
-    let mut at = 4;
-    head[at..at + MESSAGE_PREFIX.len()].copy_from_slice(MESSAGE_PREFIX);
-    at += MESSAGE_PREFIX.len();
-    let (tag, id) = kind_parts(envelope.kind);
-    at = put_head(&mut head, at, 0, u64::from(envelope.channel));
-    at = put_head(&mut head, at, 0, envelope.session);
-    at = put_head(&mut head, at, 0, envelope.sequence);
-    at = put_head(&mut head, at, 0, u64::from(tag));
-    at = put_head(&mut head, at, 0, id);
-    at = put_head(&mut head, at, 3, envelope.label.len() as u64);
-    let label = envelope.label.as_bytes();
-    let inline = label.len() <= MAX_NAME_BYTES;
-    if inline {
+    // Everything before the payload: length, tag, four CBOR heads, the label.
+    let mut head = [0u8; 4 + 1 + 4 * 9 + MAX_NAME_BYTES];
+    let (kind, id) = match message.kind {
+        Kind::Tell => (0, None),
+        Kind::Ask { id } => (1, Some(id)),
+        Kind::Reply { id } => (2, Some(id)),
+    };
+    let mut tag = kind;
+    if message.session.is_some() {
+        tag |= TAG_SESSION;
+    }
+    if message.label.is_some() {
+        tag |= TAG_LABEL;
+    }
+    head[4] = tag;
+    let mut at = put_head(&mut head, 5, 0, u64::from(message.channel));
+    if let Some(session) = message.session {
+        at = put_head(&mut head, at, 0, session);
+    }
+    if let Some(id) = id {
+        at = put_head(&mut head, at, 0, id);
+    }
+    if message.label.is_some() {
+        at = put_head(&mut head, at, 3, label.len() as u64);
         head[at..at + label.len()].copy_from_slice(label);
         at += label.len();
     }
-    out.reserve(at + label.len() + 9 + envelope.payload.len());
+    out.reserve(at + message.payload.len());
     out.extend_from_slice(&head[..at]);
-    if !inline {
-        out.extend_from_slice(label);
-    }
-    let mut payload_head = [0u8; 9];
-    let n = put_head(&mut payload_head, 0, 2, envelope.payload.len() as u64);
-    out.extend_from_slice(&payload_head[..n]);
-    out.extend_from_slice(envelope.payload);
+    out.extend_from_slice(message.payload);
     close_frame(Frame::NAME, Frame::MAX_BYTES, start, out)
 }
 
 /// Writes a CBOR head of major type `major` with argument `value` into `buf` at `at`, in
-/// the shortest form (as cbor4ii writes it); returns where it ends. `buf` has room for
-/// 9 bytes at `at`.
+/// the shortest form; returns where it ends. `buf` has room for 9 bytes at `at`.
 fn put_head(buf: &mut [u8], at: usize, major: u8, value: u64) -> usize {
     let major = major << 5;
     let (first, len) = if value < 24 {
@@ -428,132 +426,116 @@ fn put_head(buf: &mut [u8], at: usize, major: u8, value: u64) -> usize {
     at + 1 + len
 }
 
-/// How a [`Frame::Message`] of version 1 begins: `[1, {"message": [` + seven fields.
-const MESSAGE_PREFIX: &[u8] = b"\x82\x01\xa1\x67message\x87";
-
-fn kind_parts(kind: Kind) -> (u8, u64) {
-    match kind {
-        Kind::Tell => (0, 0),
-        Kind::Ask { id } => (1, id),
-        Kind::Reply { id } => (2, id),
-    }
-}
-
-/// Reads a CBOR head of major type `major` at the front of `bytes`: its argument and the
-/// bytes after it. `None` for anything else (another type, an indefinite length).
-fn read_head(bytes: &[u8], major: u8) -> Option<(u64, &[u8])> {
-    let (&first, rest) = bytes.split_first()?;
+/// Reads a CBOR head of major type `major` at the front of `bytes`, in its shortest form
+/// only (so a frame has one encoding): its argument and the bytes after it.
+fn read_head(bytes: &[u8], major: u8) -> Result<(u64, &[u8]), &'static str> {
+    let (&first, rest) = bytes.split_first().ok_or("truncated")?;
     if first >> 5 != major {
-        return None;
+        return Err("not the expected CBOR type");
     }
-    match first & 0x1f {
-        small @ 0..24 => Some((u64::from(small), rest)),
+    let (value, rest, least) = match first & 0x1f {
+        small @ 0..24 => return Ok((u64::from(small), rest)),
         24 => {
-            let (&v, rest) = rest.split_first()?;
-            Some((u64::from(v), rest))
+            let (&v, rest) = rest.split_first().ok_or("truncated")?;
+            (u64::from(v), rest, 24)
         }
         25 => {
-            let (v, rest) = rest.split_first_chunk::<2>()?;
-            Some((u64::from(u16::from_be_bytes(*v)), rest))
+            let (v, rest) = rest.split_first_chunk::<2>().ok_or("truncated")?;
+            (u64::from(u16::from_be_bytes(*v)), rest, 0x100)
         }
         26 => {
-            let (v, rest) = rest.split_first_chunk::<4>()?;
-            Some((u64::from(u32::from_be_bytes(*v)), rest))
+            let (v, rest) = rest.split_first_chunk::<4>().ok_or("truncated")?;
+            (u64::from(u32::from_be_bytes(*v)), rest, 0x1_0000)
         }
         27 => {
-            let (v, rest) = rest.split_first_chunk::<8>()?;
-            Some((u64::from_be_bytes(*v), rest))
+            let (v, rest) = rest.split_first_chunk::<8>().ok_or("truncated")?;
+            (u64::from_be_bytes(*v), rest, 0x1_0000_0000)
         }
-        _ => None,
+        _ => return Err("not a definite CBOR integer"),
+    };
+    if value < least {
+        return Err("an integer not in its shortest form");
     }
+    Ok((value, rest))
 }
 
-/// Reads a definite-length byte or text string of major type `major`.
-fn read_string(bytes: &[u8], major: u8) -> Option<(&[u8], &[u8])> {
-    let (len, rest) = read_head(bytes, major)?;
-    let len = usize::try_from(len).ok()?;
-    (len <= rest.len()).then(|| rest.split_at(len))
-}
-
-/// A decoded frame whose message, the hot case, borrows its label and payload from the
+/// A decoded frame: a message (the hot case) borrows its label and payload from the
 /// bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameRef<'a> {
-    /// A [`Frame::Message`], borrowed.
-    Message(EnvelopeRef<'a>),
-    /// Any other frame (a message only when serde had to read it). Boxed: frames are
-    /// large, and the hot case should not move their size around per message.
-    Owned(Box<Frame>),
+    /// A message frame.
+    Message(MessageRef<'a>),
+    /// Any other frame. Boxed: frames are large, and the hot case should not move their
+    /// size around per message.
+    Other(Box<Frame>),
 }
 
-impl FrameRef<'_> {
-    /// The owned frame.
-    pub fn into_owned(self) -> Frame {
-        match self {
-            FrameRef::Message(e) => Frame::Message(Envelope {
-                channel: e.channel,
-                session: e.session,
-                sequence: e.sequence,
-                kind: e.kind,
-                label: e.label.to_owned(),
-                payload: e.payload.to_vec(),
-            }),
-            FrameRef::Owned(frame) => *frame,
-        }
-    }
-}
-
-/// Decodes a frame; the hot [`Frame::Message`] is read by hand when it is in the form
-/// [`encode_message`] writes, anything else goes through serde ([`wire::decode`]). Both
-/// accept and refuse the same bytes (a property test checks it).
-pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
-    decode_frame_ref(bytes).map(FrameRef::into_owned)
-}
-
-/// [`decode_frame`] without copying a message's label and payload out of `bytes`.
+/// Decodes a frame: a message frame by its tag byte, anything else as CBOR
+/// ([`wire::decode`]).
 pub fn decode_frame_ref(bytes: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
-    match decode_message(bytes) {
-        Some(envelope) => Ok(FrameRef::Message(envelope)),
-        None => wire::decode(bytes).map(|frame| FrameRef::Owned(Box::new(frame))),
+    match bytes.first() {
+        Some(&tag) if tag & !(TAG_KIND | TAG_SESSION | TAG_LABEL) == 0 => decode_message(bytes)
+            .map(FrameRef::Message)
+            .map_err(|reason| DecodeError::Malformed {
+                what: "actor message",
+                reason: reason.to_string(),
+            }),
+        _ => wire::decode(bytes).map(|frame| FrameRef::Other(Box::new(frame))),
     }
 }
 
-/// The hand-read [`Frame::Message`]: `None` if `bytes` are not exactly one, in the form
-/// [`encode_message`] writes, that passes [`Frame::validate`].
-fn decode_message(bytes: &[u8]) -> Option<EnvelopeRef<'_>> {
+/// Reads a message frame, checking what [`write_message`] checks.
+fn decode_message(bytes: &[u8]) -> Result<MessageRef<'_>, &'static str> {
     if bytes.len() > Frame::MAX_BYTES {
-        return None;
+        return Err("over the frame limit");
     }
-    let rest = bytes.strip_prefix(MESSAGE_PREFIX)?;
-    let (channel, rest) = read_head(rest, 0)?;
-    let (session, rest) = read_head(rest, 0)?;
-    let (sequence, rest) = read_head(rest, 0)?;
-    let (tag, rest) = read_head(rest, 0)?;
-    let (id, rest) = read_head(rest, 0)?;
-    let (label, rest) = read_string(rest, 3)?;
-    let (payload, rest) = read_string(rest, 2)?;
-    let kind = match (tag, id) {
-        (0, 0) => Kind::Tell,
-        (1, id) => Kind::Ask { id },
-        (2, id) => Kind::Reply { id },
-        _ => return None,
+    let (&tag, rest) = bytes.split_first().ok_or("empty")?;
+    let (channel, mut rest) = read_head(rest, 0)?;
+    let channel = u32::try_from(channel)
+        .ok()
+        .filter(|&c| c < MAX_CHANNELS)
+        .ok_or("a channel number over the limit")?;
+    let mut session = None;
+    if tag & TAG_SESSION != 0 {
+        let (value, after) = read_head(rest, 0)?;
+        session = Some(value);
+        rest = after;
+    }
+    let kind = match tag & TAG_KIND {
+        0 => Kind::Tell,
+        kind => {
+            let (id, after) = read_head(rest, 0)?;
+            rest = after;
+            match kind {
+                1 => Kind::Ask { id },
+                2 => Kind::Reply { id },
+                _ => return Err("no such message kind"),
+            }
+        }
     };
-    if !rest.is_empty() {
-        return None;
+    let mut label = None;
+    if tag & TAG_LABEL != 0 {
+        let (len, after) = read_head(rest, 3)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= MAX_NAME_BYTES)
+            .ok_or("a label over the limit")?;
+        let (text, after) = after.split_at_checked(len).ok_or("truncated")?;
+        label = Some(std::str::from_utf8(text).map_err(|_| "a label that is not UTF-8")?);
+        rest = after;
     }
-    // What `Frame::validate` checks of a message.
-    let channel = u32::try_from(channel).ok().filter(|&c| c < MAX_CHANNELS)?;
-    if label.len() > MAX_NAME_BYTES {
-        return None;
-    }
-    Some(EnvelopeRef {
+    Ok(MessageRef {
         channel,
-        session,
-        sequence,
         kind,
-        label: std::str::from_utf8(label).ok()?,
-        payload,
+        session,
+        label,
+        payload: rest,
     })
+}
+
+/// Appends one frame holding `message` to `out`.
+pub fn encode_frame<M: Message>(message: &M, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    append_frame(M::NAME, M::VERSION, M::MAX_BYTES, message, out)
 }
 
 fn append_frame<T: Serialize>(
@@ -674,12 +656,7 @@ impl FrameDecoder {
         }
     }
 
-    /// The next whole [`Frame`] (see [`decode_frame`]).
-    pub fn next_actor_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        Ok(self.next_actor_frame_ref()?.map(FrameRef::into_owned))
-    }
-
-    /// The next whole [`Frame`], a message borrowed from the decoder's buffer (see
+    /// The next whole frame, a message borrowed from the decoder's buffer (see
     /// [`decode_frame_ref`]).
     pub fn next_actor_frame_ref(&mut self) -> Result<Option<FrameRef<'_>>, FrameError> {
         match self.next_frame()? {
@@ -707,6 +684,7 @@ mod tests {
     use super::*;
     use keys::{SigningKey, Validity};
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn path(name: &str) -> Path {
         Path::root_of(keys::Principal::from_bytes([3; 32]))
@@ -750,24 +728,6 @@ mod tests {
                     }
                 }
             ),
-            (
-                0..MAX_CHANNELS,
-                any::<u64>(),
-                any::<u64>(),
-                kind(),
-                "[a-z]{0,12}",
-                prop::collection::vec(any::<u8>(), 0..300)
-            )
-                .prop_map(|(channel, session, sequence, kind, label, payload)| {
-                    Frame::Message(Envelope {
-                        channel,
-                        session,
-                        sequence,
-                        kind,
-                        label,
-                        payload,
-                    })
-                }),
             (0..MAX_CHANNELS, any::<u64>(), kind()).prop_map(|(channel, sequence, kind)| {
                 Frame::Refused {
                     channel,
@@ -781,25 +741,81 @@ mod tests {
         ]
     }
 
-    fn encode_any(frame: &Frame, out: &mut Vec<u8>) {
-        match frame {
-            // Messages go through the borrowing encoder, as senders write them.
-            Frame::Message(envelope) => encode_message(envelope.as_ref(), out).unwrap(),
-            other => encode_frame(other, out).unwrap(),
+    /// A message as its sender means it, owned.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Sent {
+        channel: u32,
+        session: u64,
+        kind: Kind,
+        label: String,
+        payload: Vec<u8>,
+    }
+
+    impl Sent {
+        fn envelope(&self) -> EnvelopeRef<'_> {
+            EnvelopeRef {
+                channel: self.channel,
+                session: self.session,
+                kind: self.kind,
+                label: &self.label,
+                payload: &self.payload,
+            }
         }
+    }
+
+    /// Messages on a few channels, where sessions and labels often repeat (as they do),
+    /// sometimes not.
+    fn sent() -> impl Strategy<Value = Sent> {
+        (
+            prop_oneof![0..4u32, 0..MAX_CHANNELS],
+            prop_oneof![0..3u64, any::<u64>()],
+            kind(),
+            prop_oneof![Just("get".to_string()), "[a-z]{0,30}", "é{0,64}"],
+            prop::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(channel, session, kind, label, payload)| Sent {
+                channel,
+                session,
+                kind,
+                label,
+                payload,
+            })
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Item {
+        Frame(Frame),
+        Message(Sent),
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        prop_oneof![
+            1 => frame().prop_map(Item::Frame),
+            3 => sent().prop_map(Item::Message),
+        ]
     }
 
     proptest! {
         #[test]
-        fn frames_survive_any_split(
-            sent in prop::collection::vec(frame(), 1..8),
+        fn streams_survive_any_split(
+            items in prop::collection::vec(item(), 1..24),
             cuts in prop::collection::vec(1usize..64, 1..50),
         ) {
             let mut bytes = Vec::new();
-            for f in &sent {
-                encode_any(f, &mut bytes);
+            let mut sending: HashMap<u32, ChannelState<String>> = HashMap::new();
+            for item in &items {
+                match item {
+                    Item::Frame(f) => encode_frame(f, &mut bytes).unwrap(),
+                    Item::Message(m) => encode_message(
+                        sending.entry(m.channel).or_default(),
+                        m.envelope(),
+                        &mut bytes,
+                    )
+                    .unwrap(),
+                }
             }
             let mut decoder = FrameDecoder::new();
+            let mut receiving: HashMap<u32, ChannelState<String>> = HashMap::new();
             let mut received = Vec::new();
             let mut rest = &bytes[..];
             let mut cuts = cuts.into_iter().cycle();
@@ -807,12 +823,25 @@ mod tests {
                 let n = cuts.next().unwrap().min(rest.len());
                 decoder.extend(&rest[..n]);
                 rest = &rest[n..];
-                while let Some(f) = decoder.next_message::<Frame>().unwrap() {
-                    received.push(f);
+                while let Some(f) = decoder.next_actor_frame_ref().unwrap() {
+                    received.push(match f {
+                        FrameRef::Other(frame) => Item::Frame(*frame),
+                        FrameRef::Message(m) => {
+                            let state = receiving.entry(m.channel).or_default();
+                            let (session, label) = state.expand(&m).unwrap();
+                            Item::Message(Sent {
+                                channel: m.channel,
+                                session,
+                                kind: m.kind,
+                                label: label.clone(),
+                                payload: m.payload.to_vec(),
+                            })
+                        }
+                    });
                 }
                 decoder.compact();
             }
-            prop_assert_eq!(received, sent);
+            prop_assert_eq!(received, items);
             prop_assert_eq!(decoder.pending(), 0);
         }
 
@@ -820,11 +849,61 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
             let mut decoder = FrameDecoder::new();
             decoder.extend(&bytes);
-            while let Ok(Some(_)) = decoder.next_message::<Frame>() {}
+            while let Ok(Some(_)) = decoder.next_actor_frame_ref() {}
+            let _ = decode_frame_ref(&bytes);
             let _ = wire::decode::<Hello>(&bytes);
             let _ = wire::decode::<Publication>(&bytes);
         }
 
+        /// Whatever message frame the decoder takes (written, then perhaps damaged) is
+        /// written back to the same bytes: one encoding per message, nothing unchecked.
+        #[test]
+        fn a_message_frame_has_one_encoding(
+            m in sent(),
+            state in prop_oneof![
+                Just(None),
+                (any::<u64>(), "[a-z]{0,4}").prop_map(Some),
+            ],
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut channel = ChannelState::<String>::default();
+            if let Some((session, label)) = state {
+                let earlier = MessageRef {
+                    channel: m.channel,
+                    kind: Kind::Tell,
+                    session: Some(session),
+                    label: Some(&label),
+                    payload: &[],
+                };
+                channel.expand(&earlier).unwrap();
+            }
+            let mut frame = Vec::new();
+            encode_message(&mut channel, m.envelope(), &mut frame).unwrap();
+            prop_assert_eq!(&frame[..4], &((frame.len() - 4) as u32).to_be_bytes());
+            let mut bytes = frame[4..].to_vec();
+            let untouched = edits.is_empty() && !truncate;
+            for (at, value) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            match decode_frame_ref(&bytes) {
+                Ok(FrameRef::Message(read)) => {
+                    let mut again = Vec::new();
+                    write_message(read, &mut again).unwrap();
+                    prop_assert_eq!(&again[4..], &bytes[..]);
+                }
+                Ok(FrameRef::Other(_)) => prop_assert!(!untouched),
+                Err(_) => prop_assert!(!untouched),
+            }
+        }
+    }
+
+    proptest! {
         #[test]
         fn publications_round_trip(
             name in "[a-z]{1,8}",
@@ -859,123 +938,136 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_payload_is_refused_by_the_encoder_and_leaves_the_buffer() {
-        let payload = vec![0; MAX_MESSAGE_BYTES];
-        let mut out = vec![1, 2, 3];
-        let message = EnvelopeRef {
-            channel: 0,
-            session: 0,
-            sequence: 0,
-            kind: Kind::Tell,
-            label: "x",
-            payload: &payload,
-        };
-        assert!(matches!(
-            encode_message(message, &mut out),
-            Err(EncodeError::TooLarge { .. })
-        ));
-        assert_eq!(out, [1, 2, 3]);
-    }
-
-    fn envelope() -> impl Strategy<Value = Envelope> {
-        (
-            prop_oneof![0..30u32, 0..MAX_CHANNELS, Just(u32::MAX)],
-            prop_oneof![0..300u64, any::<u64>()],
-            prop_oneof![0..70_000u64, any::<u64>()],
-            kind(),
-            prop_oneof!["[a-z]{0,30}", "é{0,70}"],
-            prop::collection::vec(any::<u8>(), 0..400),
-        )
-            .prop_map(
-                |(channel, session, sequence, kind, label, payload)| Envelope {
-                    channel,
-                    session,
-                    sequence,
-                    kind,
-                    label,
-                    payload,
-                },
-            )
-    }
-
-    proptest! {
-        #[test]
-        fn messages_written_by_hand_are_what_serde_writes(e in envelope()) {
-            let mut by_hand = Vec::new();
-            encode_message(e.as_ref(), &mut by_hand).unwrap();
-            let mut by_serde = Vec::new();
-            append_frame(
-                Frame::NAME,
-                Frame::VERSION,
-                Frame::MAX_BYTES,
-                &MessageRef::Message(e.as_ref()),
-                &mut by_serde,
-            )
-            .unwrap();
-            prop_assert_eq!(by_hand, by_serde);
-        }
-
-        #[test]
-        fn messages_read_by_hand_are_what_serde_reads(
-            e in envelope(),
-            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
-            cut in any::<prop::sample::Index>(),
-            truncate in any::<bool>(),
-        ) {
-            let mut frame = Vec::new();
-            encode_message(e.as_ref(), &mut frame).unwrap();
-            let mut bytes = frame[4..].to_vec();
-            for (at, value) in edits {
-                let at = at.index(bytes.len());
-                bytes[at] = value;
-            }
-            if truncate {
-                bytes.truncate(cut.index(bytes.len() + 1));
-            }
-            let by_hand = decode_frame(&bytes);
-            let by_serde = wire::decode::<Frame>(&bytes);
-            prop_assert_eq!(&by_hand, &by_serde);
-            if decode_message(&bytes).is_some() {
-                prop_assert!(by_serde.is_ok());
-            }
-        }
-    }
-
-    #[test]
-    fn a_message_is_a_compact_array() {
-        let mut out = Vec::new();
-        let envelope = EnvelopeRef {
+    fn a_steady_tell_is_compact() {
+        let mut channel = ChannelState::<String>::default();
+        let tell = EnvelopeRef {
             channel: 1,
-            session: 2,
-            sequence: 3,
-            kind: Kind::Ask { id: 4 },
+            session: 0x1234_5678_9abc_def0,
+            kind: Kind::Tell,
             label: "get",
             payload: &[0xaa; 100],
         };
-        encode_message(envelope, &mut out).unwrap();
-        // 4 length bytes, [1, {"message": [1, 2, 3, 1, 4, "get", h'aa…']}].
-        assert!(out.len() < 4 + 100 + 24, "{} bytes", out.len());
-        // An unknown kind is refused.
-        let bad = keys::cbor::to_vec(&(
-            1u16,
-            MessageRef::Message(EnvelopeRef {
-                kind: Kind::Tell,
-                ..envelope
-            }),
-        ))
-        .unwrap();
-        let tell_with_id = {
-            let mut b = bad.clone();
-            // The id of a tell must be 0: patch the encoded id (the 5th element).
-            let at = b.iter().position(|&x| x == 0x87).unwrap() + 5;
-            b[at] = 9;
-            b
+        let mut first = Vec::new();
+        encode_message(&mut channel, tell, &mut first).unwrap();
+        // Length, tag, channel, session (9), label (4), payload.
+        assert_eq!(first.len(), 4 + 1 + 1 + 9 + 4 + 100);
+        let mut next = Vec::new();
+        encode_message(&mut channel, tell, &mut next).unwrap();
+        assert_eq!(next.len(), 4 + 1 + 1 + 100);
+        let ask = EnvelopeRef {
+            kind: Kind::Ask { id: 7 },
+            label: "put",
+            ..tell
         };
-        assert!(wire::decode::<Frame>(&bad).is_ok());
+        let mut third = Vec::new();
+        encode_message(&mut channel, ask, &mut third).unwrap();
+        assert_eq!(third[4], 0b1001, "an ask with a new label, same session");
+        assert_eq!(third.len(), 4 + 1 + 1 + 1 + 4 + 100);
+    }
+
+    #[test]
+    fn a_message_without_what_its_channel_never_said_is_refused() {
+        let mut channel = ChannelState::<String>::default();
+        let bare = MessageRef {
+            channel: 3,
+            kind: Kind::Tell,
+            session: None,
+            label: Some("x"),
+            payload: b"p",
+        };
+        assert_eq!(
+            channel.expand(&bare),
+            Err(MissingContext {
+                channel: 3,
+                what: "session"
+            })
+        );
+        let mut channel = ChannelState::<String>::default();
+        let no_label = MessageRef {
+            session: Some(1),
+            label: None,
+            ..bare
+        };
+        assert_eq!(channel.expand(&no_label).unwrap_err().what, "label");
+    }
+
+    #[test]
+    fn oversized_or_out_of_range_messages_are_refused_and_leave_buffer_and_state() {
+        let payload = vec![0; MAX_MESSAGE_BYTES];
+        let long_label = "l".repeat(MAX_NAME_BYTES + 1);
+        let ok = EnvelopeRef {
+            channel: 0,
+            session: 0,
+            kind: Kind::Tell,
+            label: "x",
+            payload: b"",
+        };
+        for bad in [
+            EnvelopeRef {
+                payload: &payload,
+                ..ok
+            },
+            EnvelopeRef {
+                label: &long_label,
+                ..ok
+            },
+            EnvelopeRef {
+                channel: MAX_CHANNELS,
+                ..ok
+            },
+        ] {
+            let mut channel = ChannelState::<String>::default();
+            let mut out = vec![1, 2, 3];
+            assert!(encode_message(&mut channel, bad, &mut out).is_err());
+            assert_eq!(out, [1, 2, 3]);
+            assert_eq!(channel, ChannelState::default());
+        }
+        let mut at_limit = Vec::new();
+        let label = "l".repeat(MAX_NAME_BYTES);
+        let mut channel = ChannelState::<String>::default();
+        encode_message(
+            &mut channel,
+            EnvelopeRef {
+                label: &label,
+                channel: MAX_CHANNELS - 1,
+                session: u64::MAX,
+                kind: Kind::Reply { id: u64::MAX },
+                ..ok
+            },
+            &mut at_limit,
+        )
+        .unwrap();
         assert!(matches!(
-            wire::decode::<Frame>(&tell_with_id),
-            Err(DecodeError::Malformed { .. })
+            decode_frame_ref(&at_limit[4..]),
+            Ok(FrameRef::Message(MessageRef {
+                label: Some(l),
+                ..
+            })) if l == label
         ));
+    }
+
+    #[test]
+    fn message_frames_and_cbor_frames_do_not_overlap() {
+        // Every CBOR frame is `[version, frame]`: 0x82, never a message tag.
+        let refused = Frame::Refused {
+            channel: 0,
+            sequence: 0,
+            kind: Kind::Tell,
+            refusal: Refusal::NoSuchActor { path: "x".into() },
+        };
+        let bytes = wire::encode(&refused).unwrap();
+        assert_eq!(bytes[0], 0x82);
+        assert_eq!(
+            decode_frame_ref(&bytes),
+            Ok(FrameRef::Other(Box::new(refused)))
+        );
+        // Kind 3, and a tag with high bits, are neither.
+        for tag in [0b0011, 0b0111, 0x10, 0x40] {
+            assert!(decode_frame_ref(&[tag, 0]).is_err(), "tag {tag:#x}");
+        }
+        // An integer not in its shortest form.
+        assert!(decode_frame_ref(&[0b0000, 24, 5]).is_err());
+        assert!(decode_frame_ref(&[0b0000, 5]).is_ok());
     }
 
     #[test]
@@ -991,7 +1083,7 @@ mod tests {
             open(MAX_CHANNELS, "p"),
             open(0, &"p".repeat(MAX_NAME_BYTES + 1)),
         ] {
-            let bytes = keys::cbor::to_vec(&(1u16, &bad)).unwrap();
+            let bytes = keys::cbor::to_vec(&(Frame::VERSION, &bad)).unwrap();
             assert!(matches!(
                 wire::decode::<Frame>(&bytes),
                 Err(DecodeError::Invalid { .. })

@@ -8,7 +8,9 @@ use std::time::Duration;
 use futures::{AsyncReadExt, StreamExt};
 use keys::Path;
 use libp2p::{PeerId, Stream};
-use protocols::actor::{EnvelopeRef, Frame, FrameDecoder, FrameRef, Hello, Kind, Refusal};
+use protocols::actor::{
+    ChannelState, Frame, FrameDecoder, FrameRef, Hello, Kind, MessageRef, Refusal,
+};
 
 use super::outbox::{Lane, Outbox};
 use super::supervisor::Slot;
@@ -113,8 +115,9 @@ struct Channel {
     authorized_until: Option<keys::Timestamp>,
     /// The receiving actor, and the sender as it knows it.
     target: Option<(Arc<Slot>, Arc<Origin>)>,
-    /// The label of the last message, shared with the next while they are the same.
-    label: Option<Label>,
+    /// The session and label of the last message: the next one says them only when they
+    /// change (and shares the label while it repeats).
+    state: ChannelState<Label>,
     /// Where replies to this channel's asks go: our stream back and our channel on it.
     back: Option<(Arc<Outbox>, u32)>,
 }
@@ -224,14 +227,11 @@ impl Reader {
             // Reading a message is not async: building a future per message, and moving
             // it into this one, cost more than the rest of the read.
             let flush = match frame {
-                FrameRef::Message(envelope) => self.message(envelope)?,
-                FrameRef::Owned(frame) => match *frame {
-                    Frame::Message(envelope) => self.message(envelope.as_ref())?,
-                    frame => {
-                        self.frame(frame)?;
-                        false
-                    }
-                },
+                FrameRef::Message(message) => self.message(message)?,
+                FrameRef::Other(frame) => {
+                    self.frame(*frame)?;
+                    false
+                }
             };
             if flush {
                 self.flush().await;
@@ -311,18 +311,13 @@ impl Reader {
                     role: Arc::from(role),
                     authorized_until,
                     target: None,
-                    label: None,
+                    state: ChannelState::default(),
                     back: None,
                 };
                 channel.target = channel.find_target(&inner, &self.peer);
                 self.channels.push(channel);
                 Ok(())
             }
-            // Read by `message`, borrowed.
-            Frame::Message(envelope) => Err(format!(
-                "a message frame on channel {} not read as one",
-                envelope.channel
-            )),
             Frame::Refused {
                 channel,
                 kind,
@@ -336,23 +331,23 @@ impl Reader {
     }
 
     /// Reads one message into the batch; true when the batch must be flushed now.
-    fn message(&mut self, envelope: EnvelopeRef<'_>) -> Result<bool, String> {
-        let EnvelopeRef {
+    fn message(&mut self, message: MessageRef<'_>) -> Result<bool, String> {
+        let MessageRef {
             channel,
-            session,
-            sequence,
             kind,
-            label,
             payload,
-        } = envelope;
-        if sequence != self.sequence {
-            return Err(format!("sequence {sequence}, expected {}", self.sequence));
-        }
+            ..
+        } = message;
+        let sequence = self.sequence;
         self.sequence += 1;
         let peer = self.peer;
         let Some(ch) = self.channels.get_mut(channel as usize) else {
             return Err(format!("message on unopened channel {channel}"));
         };
+        // Taken in before anything else: a refused message still tells its channel's
+        // session and label to the messages after it.
+        let (session, label) = ch.state.expand(&message).map_err(|e| e.to_string())?;
+        let label = label.clone();
         // Checked per message against the time of the last read: a writecap that expires
         // while the stream is open stops covering its channel then.
         if ch.authorized_until.is_none_or(|until| self.now >= until) {
@@ -363,7 +358,6 @@ impl Reader {
             refuse(&self.inner, peer, channel, sequence, kind, refusal, true);
             return Ok(false);
         }
-        let label = Label::reuse(&mut ch.label, label);
         if let Kind::Reply { id } = kind {
             let pending = {
                 let mut asks = lock(&self.inner.asks);

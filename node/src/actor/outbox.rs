@@ -15,7 +15,9 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use keys::{Chain, Path};
 use libp2p::{PeerId, StreamProtocol};
-use protocols::actor::{self, EnvelopeRef, Frame, Hello, Kind, MAX_CHANNELS, Refusal};
+use protocols::actor::{
+    self, ChannelState, EnvelopeRef, Frame, Hello, Kind, MAX_CHANNELS, Refusal,
+};
 use tokio::sync::{Notify, Semaphore};
 
 use super::SendError;
@@ -38,7 +40,9 @@ struct State {
     channels: HashMap<ChannelKey, u32>,
     /// The channels by number, for reading refusals.
     by_number: Vec<ChannelKey>,
-    sequence: u64,
+    /// What each channel's last message said (by number): the next one leaves out a
+    /// session and label that did not change.
+    sent: Vec<ChannelState<String>>,
     closed: Option<String>,
 }
 
@@ -192,6 +196,7 @@ impl Outbox {
             .map_err(|e| SendError::Encode(e.to_string()))?;
         state.channels.insert(key.clone(), channel);
         state.by_number.push(key);
+        state.sent.push(ChannelState::default());
         drop(state);
         self.wake.notify_one();
         Ok(channel)
@@ -293,28 +298,34 @@ impl Outbox {
         payload: &[u8],
         permits: usize,
     ) -> Result<(), SendError> {
-        let mut state = self.lock();
-        if state.closed.is_some() {
-            drop(state);
+        let mut guard = self.lock();
+        if guard.closed.is_some() {
+            drop(guard);
             self.budget.add_permits(permits);
             return Err(self.closed_error());
         }
         let envelope = EnvelopeRef {
             channel,
             session,
-            sequence: state.sequence,
             kind,
             label,
             payload,
         };
-        if let Err(e) = actor::encode_message(envelope, &mut state.buffer) {
-            drop(state);
+        let state = &mut *guard;
+        let encoded = match state.sent.get_mut(channel as usize) {
+            Some(sent) => actor::encode_message(sent, envelope, &mut state.buffer)
+                .map_err(|e| SendError::Encode(e.to_string())),
+            None => Err(SendError::Encode(format!(
+                "no channel {channel} on this stream"
+            ))),
+        };
+        if let Err(e) = encoded {
+            drop(guard);
             self.budget.add_permits(permits);
-            return Err(SendError::Encode(e.to_string()));
+            return Err(e);
         }
-        state.sequence += 1;
-        state.permits += permits;
-        drop(state);
+        guard.permits += permits;
+        drop(guard);
         self.wake.notify_one();
         Ok(())
     }
