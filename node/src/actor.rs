@@ -1047,6 +1047,19 @@ impl Session {
     /// delivery semantics); waits while the way to the receiver is full.
     pub async fn tell(&mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
         let before = self.check_send(label)?;
+        // The hot case: a stream that is up and has room takes the message at once.
+        if let Some(Route::Remote { outbox, channel }) = &self.route
+            && !outbox.is_closed()
+        {
+            match outbox.try_send(*channel, self.id, Kind::Tell, label, payload) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.rewind(before);
+                    return Err(e);
+                }
+            }
+        }
         // Cleared below; left set only if the caller drops this future midway.
         self.break_off("a tell was cancelled midway");
         let sent = self.deliver(Kind::Tell, label, payload, None).await;

@@ -383,7 +383,7 @@ impl Reader {
             // The way back names the replying actor's role: found again with the actor.
             ch.back = None;
         }
-        let Some((target, origin)) = ch.target.clone() else {
+        let Some((target, origin)) = &ch.target else {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
@@ -430,7 +430,7 @@ impl Reader {
             _ => None,
         };
         let incoming = Incoming {
-            origin,
+            origin: origin.clone(),
             session,
             label,
             payload: payload.to_vec(),
@@ -440,13 +440,15 @@ impl Reader {
         if self
             .batch_target
             .as_ref()
-            .is_some_and(|t| !Arc::ptr_eq(t, &target))
+            .is_some_and(|t| !Arc::ptr_eq(t, target))
         {
             // For another actor: it waits until this batch is handed over.
-            self.held = Some((target, incoming, meta));
+            self.held = Some((target.clone(), incoming, meta));
             return Ok(true);
         }
-        self.batch_target = Some(target);
+        if self.batch_target.is_none() {
+            self.batch_target = Some(target.clone());
+        }
         self.batch.push(incoming);
         self.batch_meta.push(meta);
         Ok(self.batch.len() >= MAX_BATCH)

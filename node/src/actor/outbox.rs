@@ -232,6 +232,28 @@ impl Outbox {
         self.push(channel, session, kind, label, payload, needed)
     }
 
+    /// Queues one message if the byte budget has room now: `Ok(false)` when it has not
+    /// (then [`Outbox::send`] waits for it). Nothing to await: the hot path of a tell.
+    pub(crate) fn try_send(
+        &self,
+        channel: u32,
+        session: u64,
+        kind: Kind,
+        label: &str,
+        payload: &[u8],
+    ) -> Result<bool, SendError> {
+        let needed = self.permits_for(label, payload);
+        match self.budget.try_acquire_many(needed as u32) {
+            Ok(permits) => {
+                permits.forget();
+                self.push(channel, session, kind, label, payload, needed)?;
+                Ok(true)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Ok(false),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(self.closed_error()),
+        }
+    }
+
     /// Queues more chains for the peer (it verifies them as it did the first hello).
     pub(crate) fn hello(&self, chain: Chain) {
         let frame = Frame::Hello(Hello {
@@ -312,6 +334,9 @@ impl Outbox {
             payload,
         };
         let state = &mut *guard;
+        // The writer waits only after finding the buffer empty: wake it for the first
+        // frame after that, not for every one.
+        let first = state.buffer.is_empty();
         let encoded = match state.sent.get_mut(channel as usize) {
             Some(sent) => actor::encode_message(sent, envelope, &mut state.buffer)
                 .map_err(|e| SendError::Encode(e.to_string())),
@@ -326,7 +351,9 @@ impl Outbox {
         }
         guard.permits += permits;
         drop(guard);
-        self.wake.notify_one();
+        if first {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
