@@ -301,7 +301,7 @@ impl Origin {
             from: from.clone(),
             protocol: protocol.clone(),
             role: role.clone(),
-            peer: to.sessions.peer(from, protocol, node),
+            peer: to.sessions.peer(from, protocol, role, node),
         })
     }
 }

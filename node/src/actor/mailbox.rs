@@ -194,7 +194,11 @@ mod tests {
             from: Arc::new(path),
             protocol: Arc::from(""),
             role: Arc::from(""),
-            peer: super::super::sessions::Peer { key: 0, node: 0 },
+            peer: super::super::sessions::Peer {
+                key: 0,
+                node: 0,
+                served: None,
+            },
         };
         Incoming {
             origin: Arc::new(origin),

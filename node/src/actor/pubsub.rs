@@ -123,7 +123,9 @@ impl Topics {
         let protocol: Arc<str> = Arc::from(publication.protocol.as_str());
         // A topic subscribed without a protocol observes everything, unchecked.
         if !entry.protocol.is_empty() {
-            let peer = entry.sessions.peer(from, &protocol, node);
+            let peer = entry
+                .sessions
+                .peer(from, &protocol, &publication.role, node);
             // Gossip is unordered and a subscriber may come after a session began: a
             // message out of its session's order is not delivered here, and not
             // forwarded by this node, but held against no one. What no order can

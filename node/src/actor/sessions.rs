@@ -22,6 +22,10 @@ pub(crate) struct Peer {
     pub(crate) key: u64,
     /// Keys the sending node, whose share of the table is bounded.
     pub(crate) node: u64,
+    /// Where the table found the sender's protocol among those the actor speaks, if
+    /// it speaks it and the sender plays the other role in it: found once, not per
+    /// message. `None` leaves it to each check (which then refuses, or finds it).
+    pub(crate) served: Option<usize>,
 }
 
 /// A protocol an actor speaks, with its role and the other side's.
@@ -99,6 +103,28 @@ impl Sessions {
             .map(|(_, served)| served)
     }
 
+    /// What the actor serves of `protocol` to a sender playing `role`; the refusal if
+    /// it does not speak it, or `role` is not the other side's.
+    fn resolve(&self, protocol: &str, role: &str, label: &str) -> Result<&Served, Refusal> {
+        let Some(served) = self.served(protocol) else {
+            return Err(Refusal::UnknownProtocol {
+                actor: self.owner.clone(),
+                protocol: protocol.to_string(),
+            });
+        };
+        // Two parties: the sender must play the other role.
+        if role != served.peer_role {
+            return Err(Refusal::Violation(Violation::WrongRole {
+                protocol: served.protocol.name().into(),
+                role: served.role.clone(),
+                label: label.into(),
+                got: role.into(),
+                expected: vec![served.peer_role.clone()],
+            }));
+        }
+        Ok(served)
+    }
+
     /// The protocols spoken, by name.
     pub(crate) fn protocols(&self) -> Vec<String> {
         let mut names: Vec<String> = self.served.iter().map(|(name, _)| name.clone()).collect();
@@ -109,14 +135,24 @@ impl Sessions {
         names
     }
 
-    /// The key of a sender (`from`, speaking `protocol`, on `node`) in this table: keyed
-    /// hashes, so a remote cannot make two senders collide. Compute it once per channel
-    /// or session.
-    pub(crate) fn peer(&self, from: &Path, protocol: &str, node: &libp2p::PeerId) -> Peer {
+    /// The key of a sender (`from`, speaking `protocol` as `role`, on `node`) in this
+    /// table: keyed hashes, so a remote cannot make two senders collide. Compute it once
+    /// per channel or session, and check its messages against this table only.
+    pub(crate) fn peer(
+        &self,
+        from: &Path,
+        protocol: &str,
+        role: &str,
+        node: &libp2p::PeerId,
+    ) -> Peer {
         use std::hash::BuildHasher;
         Peer {
             key: self.hasher.hash_one((from, protocol)),
             node: self.hasher.hash_one(node),
+            served: self
+                .served
+                .iter()
+                .position(|(name, served)| name == protocol && served.peer_role == role),
         }
     }
 
@@ -282,22 +318,12 @@ impl Receiving<'_> {
         if protocol.is_empty() && sessions.untyped {
             return Ok(());
         }
-        let Some(served) = sessions.served(protocol) else {
-            return Err(Refusal::UnknownProtocol {
-                actor: sessions.owner.clone(),
-                protocol: protocol.to_string(),
-            });
+        let served = match peer.served.and_then(|i| sessions.served.get(i)) {
+            // Found when the sender's channel or session was: `name == protocol` and
+            // the role was the other one.
+            Some((_, served)) => served,
+            None => sessions.resolve(protocol, role, label)?,
         };
-        // Two parties: the sender must play the other role.
-        if role != served.peer_role {
-            return Err(Refusal::Violation(Violation::WrongRole {
-                protocol: served.protocol.name().into(),
-                role: served.role.clone(),
-                label: label.into(),
-                got: role.into(),
-                expected: vec![served.peer_role.clone()],
-            }));
-        }
         let state = self.state.get_or_insert_with(|| sessions.lock());
         sessions
             .step(state, served, peer, session, Direction::Receive, label)
@@ -363,7 +389,11 @@ mod tests {
     }
 
     fn peer(key: u64, node: u64) -> Peer {
-        Peer { key, node }
+        Peer {
+            key,
+            node,
+            served: None,
+        }
     }
 
     #[test]
@@ -398,6 +428,32 @@ mod tests {
             "the longest idle was forgotten"
         );
         assert!(table.knows(peer(199, 99), 0));
+    }
+
+    #[test]
+    fn a_sender_is_placed_once_and_checked_the_same() {
+        let table = sessions(64);
+        let node = libp2p::PeerId::random();
+        let from = Path::root_of(keys::Principal::from_bytes([1; 32]));
+        let client = table.peer(&from, "p/1", "client", &node);
+        assert_eq!(client.served, Some(0));
+        table
+            .check_receive(client, "p/1", 1, "client", "ping")
+            .unwrap();
+        // Playing the actor's own role, or speaking what it does not: not placed, and
+        // refused as before.
+        let server = table.peer(&from, "p/1", "server", &node);
+        assert_eq!(server.served, None);
+        assert!(matches!(
+            table.check_receive(server, "p/1", 2, "server", "ping"),
+            Err(Refusal::Violation(Violation::WrongRole { .. }))
+        ));
+        let other = table.peer(&from, "nope/1", "client", &node);
+        assert_eq!(other.served, None);
+        assert!(matches!(
+            table.check_receive(other, "nope/1", 3, "client", "ping"),
+            Err(Refusal::UnknownProtocol { .. })
+        ));
     }
 
     #[test]
