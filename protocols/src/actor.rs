@@ -235,8 +235,8 @@ impl Message for Publication {
 
 /// One message, as its sender means it: on `channel`, in `session`, with `label`.
 ///
-/// Its sequence number is not written: it is the count of messages before it on the
-/// stream, which both ends keep (a [`Frame::Refused`] names it).
+/// Its sequence number is not written: the receiver counts the messages before it on the
+/// stream, and a [`Frame::Refused`] names it by that count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvelopeRef<'a> {
     /// The channel (its `from`, `to`, protocol and role were bound by [`Frame::Open`]).
@@ -1061,9 +1061,23 @@ mod tests {
             decode_frame_ref(&bytes),
             Ok(FrameRef::Other(Box::new(refused)))
         );
+        // An ask with a session and a label: channel 0, session 0, id 0, label "".
+        assert!(matches!(
+            decode_frame_ref(&[0b1101, 0, 0, 0, 0x60]),
+            Ok(FrameRef::Message(MessageRef {
+                kind: Kind::Ask { id: 0 },
+                session: Some(0),
+                label: Some(""),
+                ..
+            }))
+        ));
         // Kind 3, and a tag with high bits, are neither.
-        for tag in [0b0011, 0b0111, 0x10, 0x40] {
-            assert!(decode_frame_ref(&[tag, 0]).is_err(), "tag {tag:#x}");
+        for tag in [0b0011, 0b0111, 0b1111, 0x10, 0x40] {
+            // Long enough for every field such a tag could ask for.
+            assert!(
+                decode_frame_ref(&[tag, 0, 0, 0, 0x60]).is_err(),
+                "tag {tag:#x}"
+            );
         }
         // An integer not in its shortest form.
         assert!(decode_frame_ref(&[0b0000, 24, 5]).is_err());

@@ -320,8 +320,15 @@ impl Receiving<'_> {
         }
         let served = match peer.served.and_then(|i| sessions.served.get(i)) {
             // Found when the sender's channel or session was: `name == protocol` and
-            // the role was the other one.
-            Some((_, served)) => served,
+            // the role was the other one (by this table: a `Peer` is checked only
+            // against the table that made it).
+            Some((name, served)) => {
+                debug_assert!(
+                    name.as_str() == protocol && served.peer_role == role,
+                    "a sender placed for another protocol or role"
+                );
+                served
+            }
             None => sessions.resolve(protocol, role, label)?,
         };
         let state = self.state.get_or_insert_with(|| sessions.lock());
@@ -359,9 +366,11 @@ mod tests {
     use protocols::session::Global;
 
     /// client → server: any number of `ping`s, then `bye`.
-    fn sessions(max_open: usize) -> Sessions {
+    /// `name`: client → server, any number of `ping`s, then `bye`; the actor plays
+    /// `role`.
+    fn served(name: &str, role: &str) -> (String, Served) {
         let protocol = Protocol::new(
-            "p/1",
+            name,
             ["client", "server"],
             Global::repeat(
                 "l",
@@ -375,14 +384,19 @@ mod tests {
             ),
         )
         .unwrap();
+        let peer_role = if role == "server" { "client" } else { "server" };
         let served = Served {
             protocol: Arc::new(protocol),
-            role: "server".into(),
-            peer_role: "client".into(),
+            role: role.into(),
+            peer_role: peer_role.into(),
         };
+        (name.into(), served)
+    }
+
+    fn sessions(max_open: usize) -> Sessions {
         Sessions::new(
             "a".into(),
-            HashMap::from([("p/1".into(), served)]),
+            HashMap::from([served("p/1", "server")]),
             false,
             max_open,
         )
@@ -428,6 +442,32 @@ mod tests {
             "the longest idle was forgotten"
         );
         assert!(table.knows(peer(199, 99), 0));
+    }
+
+    #[test]
+    fn senders_are_placed_in_the_protocol_they_speak_among_several() {
+        // The actor serves p/1, q/1 and r/1 (in r/1 it is the client: the other side
+        // plays server).
+        let table = Sessions::new(
+            "a".into(),
+            HashMap::from([
+                served("p/1", "server"),
+                served("q/1", "server"),
+                served("r/1", "client"),
+            ]),
+            false,
+            64,
+        );
+        let node = libp2p::PeerId::random();
+        let from = Path::root_of(keys::Principal::from_bytes([1; 32]));
+        for (protocol, role) in [("p/1", "client"), ("q/1", "client"), ("r/1", "server")] {
+            let peer = table.peer(&from, protocol, role, &node);
+            let (name, served) = &table.served[peer.served.expect("placed")];
+            assert_eq!((name.as_str(), served.peer_role.as_str()), (protocol, role));
+        }
+        // In r/1 the sender must be the server; in p/1 the client.
+        assert_eq!(table.peer(&from, "r/1", "client", &node).served, None);
+        assert_eq!(table.peer(&from, "p/1", "server", &node).served, None);
     }
 
     #[test]
