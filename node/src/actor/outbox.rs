@@ -217,18 +217,16 @@ impl Outbox {
         label: &str,
         payload: &[u8],
     ) -> Result<(), SendError> {
+        if self.try_send(channel, session, kind, label, payload)? {
+            return Ok(());
+        }
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
         let needed = self.permits_for(label, payload);
-        let permits = match self.budget.try_acquire_many(needed as u32) {
-            Ok(permits) => permits,
-            Err(_) => {
-                self.counters.waits.fetch_add(1, Ordering::Relaxed);
-                self.budget
-                    .acquire_many(needed as u32)
-                    .await
-                    .map_err(|_| self.closed_error())?
-            }
-        };
-        permits.forget();
+        self.budget
+            .acquire_many(needed as u32)
+            .await
+            .map_err(|_| self.closed_error())?
+            .forget();
         self.push(channel, session, kind, label, payload, needed)
     }
 
