@@ -458,8 +458,14 @@ impl Reader {
     fn refused(&self, channel: u32, kind: Kind, refusal: Refusal) {
         let inner = self.inner.clone();
         inner.refusals_received.fetch_add(1, Ordering::Relaxed);
+        // The channel is numbered by the stream the refused message went out on: replies
+        // go on the replies stream, everything else on the requests stream.
+        let lane = match kind {
+            Kind::Reply { .. } => Lane::Replies,
+            Kind::Tell | Kind::Ask { .. } => Lane::Requests,
+        };
         let key = lock(&inner.outboxes)
-            .get(&(self.peer, Lane::Requests))
+            .get(&(self.peer, lane))
             .and_then(|o| o.channel_key(channel));
         let Some((from, to, protocol, _)) = key else {
             tracing::debug!(channel, "a refusal for a channel we do not know");
