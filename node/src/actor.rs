@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use keys::{Chain, Path, Revocations, VerifiedChains};
 use libp2p::{PeerId, StreamProtocol};
-use protocols::actor::{Kind, Refusal};
+use protocols::actor::{EnvelopeRef, Kind, Refusal};
 use protocols::session::{Monitor, Protocol, Violation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
@@ -409,13 +409,13 @@ impl ReplyTo {
                 outbox, channel, ..
             }) => {
                 outbox
-                    .send(
+                    .send(EnvelopeRef {
                         channel,
-                        self.session,
-                        Kind::Reply { id: self.id },
+                        session: self.session,
+                        kind: Kind::Reply { id: self.id },
                         label,
                         payload,
-                    )
+                    })
                     .await
             }
             None => Ok(()),
@@ -1038,7 +1038,15 @@ impl Session {
                 Ok(())
             }
             Route::Remote { outbox, channel } => {
-                outbox.send(channel, self.id, kind, label, payload).await
+                outbox
+                    .send(EnvelopeRef {
+                        channel,
+                        session: self.id,
+                        kind,
+                        label,
+                        payload,
+                    })
+                    .await
             }
         }
     }
@@ -1051,7 +1059,14 @@ impl Session {
         if let Some(Route::Remote { outbox, channel }) = &self.route
             && !outbox.is_closed()
         {
-            match outbox.try_send(*channel, self.id, Kind::Tell, label, payload) {
+            let tell = EnvelopeRef {
+                channel: *channel,
+                session: self.id,
+                kind: Kind::Tell,
+                label,
+                payload,
+            };
+            match outbox.try_send(tell) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => {

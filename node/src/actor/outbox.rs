@@ -38,11 +38,9 @@ struct State {
     /// Permits taken by the frames in `buffer`.
     permits: usize,
     channels: HashMap<ChannelKey, u32>,
-    /// The channels by number, for reading refusals.
-    by_number: Vec<ChannelKey>,
-    /// What each channel's last message said (by number): the next one leaves out a
-    /// session and label that did not change.
-    sent: Vec<ChannelState<String>>,
+    /// The channels by number (for reading refusals), each with what its last message
+    /// said: the next one leaves out a session and label that did not change.
+    by_number: Vec<(ChannelKey, ChannelState<String>)>,
     closed: Option<String>,
 }
 
@@ -195,8 +193,7 @@ impl Outbox {
         actor::encode_frame(&open, &mut state.buffer)
             .map_err(|e| SendError::Encode(e.to_string()))?;
         state.channels.insert(key.clone(), channel);
-        state.by_number.push(key);
-        state.sent.push(ChannelState::default());
+        state.by_number.push((key, ChannelState::default()));
         drop(state);
         self.wake.notify_one();
         Ok(channel)
@@ -204,47 +201,36 @@ impl Outbox {
 
     /// The `(from, to, protocol)` of one of our channels.
     pub(crate) fn channel_key(&self, channel: u32) -> Option<ChannelKey> {
-        self.lock().by_number.get(channel as usize).cloned()
+        self.lock()
+            .by_number
+            .get(channel as usize)
+            .map(|(key, _)| key.clone())
     }
 
     /// Queues one message, waiting while the byte budget is spent. Cancel-safe: a
     /// cancelled call has queued nothing.
-    pub(crate) async fn send(
-        &self,
-        channel: u32,
-        session: u64,
-        kind: Kind,
-        label: &str,
-        payload: &[u8],
-    ) -> Result<(), SendError> {
-        if self.try_send(channel, session, kind, label, payload)? {
+    pub(crate) async fn send(&self, envelope: EnvelopeRef<'_>) -> Result<(), SendError> {
+        if self.try_send(envelope)? {
             return Ok(());
         }
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
-        let needed = self.permits_for(label, payload);
+        let needed = self.permits_for(envelope);
         self.budget
             .acquire_many(needed as u32)
             .await
             .map_err(|_| self.closed_error())?
             .forget();
-        self.push(channel, session, kind, label, payload, needed)
+        self.push(envelope, needed)
     }
 
     /// Queues one message if the byte budget has room now: `Ok(false)` when it has not
     /// (then [`Outbox::send`] waits for it). Nothing to await: the hot path of a tell.
-    pub(crate) fn try_send(
-        &self,
-        channel: u32,
-        session: u64,
-        kind: Kind,
-        label: &str,
-        payload: &[u8],
-    ) -> Result<bool, SendError> {
-        let needed = self.permits_for(label, payload);
+    pub(crate) fn try_send(&self, envelope: EnvelopeRef<'_>) -> Result<bool, SendError> {
+        let needed = self.permits_for(envelope);
         match self.budget.try_acquire_many(needed as u32) {
             Ok(permits) => {
                 permits.forget();
-                self.push(channel, session, kind, label, payload, needed)?;
+                self.push(envelope, needed)?;
                 Ok(true)
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => Ok(false),
@@ -305,41 +291,27 @@ impl Outbox {
         Ok(())
     }
 
-    fn permits_for(&self, label: &str, payload: &[u8]) -> usize {
-        (payload.len() + label.len() + 48).min(self.capacity)
+    fn permits_for(&self, envelope: EnvelopeRef<'_>) -> usize {
+        (envelope.payload.len() + envelope.label.len() + 48).min(self.capacity)
     }
 
-    fn push(
-        &self,
-        channel: u32,
-        session: u64,
-        kind: Kind,
-        label: &str,
-        payload: &[u8],
-        permits: usize,
-    ) -> Result<(), SendError> {
+    fn push(&self, envelope: EnvelopeRef<'_>, permits: usize) -> Result<(), SendError> {
         let mut guard = self.lock();
         if guard.closed.is_some() {
             drop(guard);
             self.budget.add_permits(permits);
             return Err(self.closed_error());
         }
-        let envelope = EnvelopeRef {
-            channel,
-            session,
-            kind,
-            label,
-            payload,
-        };
         let state = &mut *guard;
         // The writer waits only after finding the buffer empty: wake it for the first
         // frame after that, not for every one.
         let first = state.buffer.is_empty();
-        let encoded = match state.sent.get_mut(channel as usize) {
-            Some(sent) => actor::encode_message(sent, envelope, &mut state.buffer)
+        let encoded = match state.by_number.get_mut(envelope.channel as usize) {
+            Some((_, sent)) => actor::encode_message(sent, envelope, &mut state.buffer)
                 .map_err(|e| SendError::Encode(e.to_string())),
             None => Err(SendError::Encode(format!(
-                "no channel {channel} on this stream"
+                "no channel {} on this stream",
+                envelope.channel
             ))),
         };
         if let Err(e) = encoded {
