@@ -1,16 +1,22 @@
-//! Replica-local persistence: the chunks and inode versions a replica holds, in redb.
+//! Replica-local persistence: the chunks and inode versions a replica holds.
 //!
 //! # What it holds
 //!
 //! Opaque bytes, under their ids:
 //!
 //! - **chunks**: ciphertext, up to about 1 MiB each, known by its [`ChunkId`] (the BLAKE3
-//!   hash of the ciphertext) and kept under a place number given in the order chunks are
-//!   stored, so a new chunk is written next to the last one (see `CHUNK_DATA`);
+//!   hash of the ciphertext). Their bytes are appended to segment files ([`Segments`]: a
+//!   directory beside the database, `blocks.chunks/` for `blocks.redb`), and redb records
+//!   where each one is;
 //! - **versions**: for each inode, the signed bytes of each of its versions, under
-//!   `(InodeId, VersionId)`, with the version's sequence number;
+//!   `(InodeId, VersionId)`, with the version's sequence number, in redb;
 //! - **pins**: `(chunk, version)` pairs saying a version still references a chunk, so
 //!   [`Store::collect_unpinned`] never removes it.
+//!
+//! Chunk bytes stay out of redb because redb copies every value into pages of its own
+//! and writes those: storing a chunk cost about twice writing it to a file, and the
+//! database file grew to 1.5 times the bytes stored. A segment is written once, in order,
+//! straight from the caller's buffer, and read straight into the buffer returned.
 //!
 //! # What is verified
 //!
@@ -28,6 +34,14 @@
 //! new one, never part of a write. A write that changes nothing (storing a chunk already
 //! held, say) commits nothing.
 //!
+//! Chunk bytes are written to the newest segment, past its end as redb last recorded it,
+//! inside the write transaction (which no other writer can enter). Before any durable
+//! commit, every segment written since the last one is synced, so a durable record of a
+//! chunk never points at bytes the disk may not have. A crash can leave bytes past the
+//! recorded end, and segments newer than it: opening the store cuts and deletes them. A
+//! removed chunk's bytes are given back (a hole punched, or its whole segment deleted)
+//! only once its removal is durable, so a crash never leaves a record pointing at a hole.
+//!
 //! A clone made with [`Store::deferred`] commits without waiting for the disk
 //! ([`redb::Durability::None`]): its writes are seen at once by every clone, and become
 //! durable at the next [`Store::sync`], the next durable write of any clone, or when the
@@ -36,14 +50,14 @@
 //! of one. This is for writes whose acknowledgement is a later `sync` (a file system's
 //! `fsync`), which then costs one commit instead of one per write.
 //!
-//! Two-phase commit rather than redb's default one-phase commit: chunk bytes come from other
-//! peers, and redb's one-phase commit relies on a non-cryptographic checksum that chosen data
-//! could, in theory, defeat (redb's design notes advise two-phase commit for untrusted
-//! input). It costs a second `fsync` per commit. redb's quick repair is off: it would make
-//! reopening after a crash fast, but writes the allocator state with every commit, which
-//! made small commits far slower; after a crash, opening walks and checks the whole
-//! database instead. Growing the file is made durable before the larger file is used (see
-//! the private `backend` module), which redb 2.6 does not do.
+//! Two-phase commit rather than redb's default one-phase commit: redb's one-phase commit
+//! relies on a non-cryptographic checksum that chosen data could, in theory, defeat
+//! (redb's design notes advise two-phase commit for untrusted input). It costs a second
+//! `fsync` per commit. redb's quick repair is off: it would make reopening after a crash
+//! fast, but writes the allocator state with every commit, which made small commits far
+//! slower; after a crash, opening walks and checks the whole database instead. Growing
+//! the file is made durable before the larger file is used (see the private `backend`
+//! module), which redb 2.6 does not do.
 //!
 //! Reads run in read transactions and proceed alongside a write. All methods block: from
 //! async code, call them through `tokio::task::spawn_blocking`.
@@ -75,12 +89,14 @@
 mod backend;
 mod chunks;
 mod error;
+mod segments;
 mod versions;
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -92,20 +108,21 @@ use crate::id::{ChunkId, VersionId};
 use self::backend::SyncedGrowth;
 use self::error::Context;
 pub use self::error::Error;
+pub use self::segments::{DirSegments, MemSegments, Segments};
 
-/// Place → ciphertext. A chunk's place is a number handed out in increasing order
-/// ([`META_NEXT_PLACE`]), so a new chunk goes at the right end of the tree, next to the
-/// chunk stored before it, which is still cached. Under its id (random) it went next to
-/// some older chunk: redb keeps a value in its key's leaf, so every insert read a whole
-/// other chunk back from the file once the store outgrew redb's cache (inserts were 23 %
-/// of a daemon's samples while it took a 1 GiB write through a mount, half of it that
-/// read; 4 % after).
-const CHUNK_DATA: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("chunk_data_v1");
-/// Chunk id → (place, length): what the store holds, without the bytes, which listing
-/// repair and collection page through.
-const CHUNK_PLACES: TableDefinition<'static, &[u8; 32], (u64, u64)> =
+/// Chunk id → (segment, offset, length): where the chunk's bytes are.
+const CHUNK_LOCATIONS: TableDefinition<'static, &[u8; 32], (u64, u64, u64)> =
+    TableDefinition::new("chunk_locations_v1");
+/// Segment → bytes of the chunks in it that are still stored. A segment has a row from
+/// when it is created until it is neither the newest nor holds any chunk.
+const SEGMENT_LIVE: TableDefinition<'static, u64, u64> = TableDefinition::new("segment_live_v1");
+/// Format 3: place → ciphertext (moved to segments when opened).
+const LEGACY_CHUNK_DATA: TableDefinition<'static, u64, &[u8]> =
+    TableDefinition::new("chunk_data_v1");
+/// Format 3: chunk id → (place, length) (moved to [`CHUNK_LOCATIONS`] when opened).
+const LEGACY_CHUNK_PLACES: TableDefinition<'static, &[u8; 32], (u64, u64)> =
     TableDefinition::new("chunk_places_v1");
-/// Formats 1 and 2: chunk id → ciphertext (moved to [`CHUNK_DATA`] when opened).
+/// Formats 1 and 2: chunk id → ciphertext (moved to segments when opened).
 const LEGACY_CHUNKS: TableDefinition<'static, &[u8; 32], &[u8]> = TableDefinition::new("chunks_v1");
 /// Format 2: chunk id → length (dropped when opened).
 const LEGACY_CHUNK_INDEX: TableDefinition<'static, &[u8; 32], u64> =
@@ -120,23 +137,31 @@ const PINS: TableDefinition<'static, &[u8; 64], ()> = TableDefinition::new("pins
 /// Chunk id → the inode it belongs to (a chunk's associated data binds it to one inode),
 /// for collecting chunks no version refers to any more.
 const OWNERS: TableDefinition<'static, &[u8; 32], &[u8; 32]> = TableDefinition::new("owners_v1");
-/// Counters and the format number.
+/// Counters, the format number and the end of the log.
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta_v1");
 
-/// The on-disk format this build reads and writes. 2 added an index of chunk ids; 3 keeps
-/// chunks under places in the order stored ([`CHUNK_DATA`], [`CHUNK_PLACES`]). A store of
-/// format 1 or 2 is moved to 3 when opened.
-const FORMAT: u64 = 3;
+/// The on-disk format this build reads and writes. 2 added an index of chunk ids; 3 kept
+/// chunks under places in the order stored; 4 keeps their bytes in segment files
+/// ([`CHUNK_LOCATIONS`]). A store of format 1, 2 or 3 is moved to 4 when opened.
+const FORMAT: u64 = 4;
 /// META key: the format number.
 const META_FORMAT: &str = "format";
-/// META key: the place the next new chunk takes.
+/// META key (format 3): the place the next new chunk took (dropped when moved to 4).
 const META_NEXT_PLACE: &str = "next_place";
-/// Bytes of chunks one transaction moves from the legacy table when a store is upgraded.
+/// META key: the segment new chunks are appended to.
+const META_LOG_SEGMENT: &str = "log_segment";
+/// META key: where in that segment the next new chunk goes.
+const META_LOG_END: &str = "log_end";
+/// Bytes of chunks one transaction moves from an older format's tables when a store is
+/// upgraded.
 const MIGRATION_BATCH_BYTES: usize = 64 << 20;
 /// META key: total bytes of stored chunks.
 const META_CHUNK_BYTES: &str = "chunk_bytes";
+/// A segment takes new chunks until it would grow past this; then the next one starts.
+const SEGMENT_BYTES: u64 = 1 << 30;
 
-/// The replica's store: chunks, inode versions and pins in one redb database.
+/// The replica's store: chunks, inode versions and pins; redb, and segment files for the
+/// chunks' bytes.
 ///
 /// Cheap to clone (the clones share the database); `Send` and `Sync`.
 #[derive(Clone)]
@@ -146,9 +171,25 @@ pub struct Store {
     deferred: bool,
 }
 
+/// Space to give back once the removal that freed it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    /// A removed chunk's bytes.
+    Punch { segment: u64, offset: u64, len: u64 },
+    /// A segment that holds no chunk and takes no more.
+    Segment(u64),
+}
+
 #[derive(Debug)]
 struct Inner {
     db: Database,
+    segments: Box<dyn Segments>,
+    /// Segments written since they were last synced.
+    dirty: Mutex<BTreeSet<u64>>,
+    /// Space freed by the write transaction running now.
+    freeing: Mutex<Vec<Reclaim>>,
+    /// Space freed by deferred commits, to give back after the next durable one.
+    freed: Mutex<Vec<Reclaim>>,
     /// Stored chunks found not to hash to their id since the store was opened.
     corrupt_found: AtomicU64,
     /// A deferred write committed since the last durable commit.
@@ -158,24 +199,66 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.pending.load(Ordering::Acquire)
-            && let Err(e) = sync(&self.db, &self.pending)
+            && let Err(e) = self.sync()
         {
             tracing::warn!(error = %e, "deferred writes were not made durable at close");
         }
     }
 }
 
-/// Commits durably, making every deferred write before it durable too.
-fn sync(db: &Database, pending: &AtomicBool) -> Result<(), Error> {
-    const WHAT: &str = "making deferred writes durable";
-    let mut txn = db.begin_write().context(WHAT)?;
-    txn.set_durability(Durability::Immediate);
-    txn.set_two_phase_commit(true);
-    // Holding the write transaction, no deferred write can slip in between.
-    pending.store(false, Ordering::Release);
-    txn.commit().context(WHAT).inspect_err(|_| {
-        pending.store(true, Ordering::Release);
-    })
+/// Takes what `lock` holds. A poisoned lock still gives its contents: they are plain
+/// lists, whole after every push.
+fn take<T>(lock: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *lock.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+impl Inner {
+    /// Commits durably, making every deferred write before it durable too.
+    fn sync(&self) -> Result<(), Error> {
+        const WHAT: &str = "making deferred writes durable";
+        let mut txn = self.db.begin_write().context(WHAT)?;
+        txn.set_durability(Durability::Immediate);
+        txn.set_two_phase_commit(true);
+        self.sync_segments(WHAT)?;
+        // Holding the write transaction, no deferred write can slip in between.
+        self.pending.store(false, Ordering::Release);
+        txn.commit().context(WHAT).inspect_err(|_| {
+            self.pending.store(true, Ordering::Release);
+        })?;
+        self.reclaim(take(&self.freed));
+        Ok(())
+    }
+
+    /// Syncs every segment written since its last sync. Call while holding the write
+    /// transaction, before a durable commit.
+    fn sync_segments(&self, what: &'static str) -> Result<(), Error> {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(&segment) = dirty.first() {
+            self.segments
+                .sync(segment)
+                .map_err(|e| Error::Io(format!("{what}: syncing segment {segment}: {e}")))?;
+            dirty.remove(&segment);
+        }
+        Ok(())
+    }
+
+    /// Gives back space whose removal is durable. A failure only leaks the space: it is
+    /// logged, not returned.
+    fn reclaim(&self, freed: Vec<Reclaim>) {
+        for item in freed {
+            let done = match item {
+                Reclaim::Punch {
+                    segment,
+                    offset,
+                    len,
+                } => self.segments.punch(segment, offset, len),
+                Reclaim::Segment(segment) => self.segments.remove(segment),
+            };
+            if let Err(e) = done {
+                tracing::warn!(?item, error = %e, "could not give back a removed chunk's space");
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -218,7 +301,8 @@ pub struct Stats {
 }
 
 impl Store {
-    /// Opens the store in the file at `path`, creating it if missing.
+    /// Opens the store in the file at `path`, creating it if missing, with its chunks'
+    /// segments in the directory [`Store::segment_dir`] names.
     ///
     /// If the process crashed while the store was open, this first repairs the database,
     /// reading all of it (see the module docs).
@@ -232,18 +316,33 @@ impl Store {
             .open(path)
             .map_err(|e| failed(&e))?;
         let backend = redb::backends::FileBackend::new(file).map_err(|e| failed(&e))?;
-        let db = redb::Builder::new()
-            .create_with_backend(SyncedGrowth(backend))
-            .map_err(|e| failed(&e))?;
-        Store::init(db)
+        let dir = Store::segment_dir(path);
+        let segments = DirSegments::open(&dir)
+            .map_err(|e| Error::Io(format!("opening {}: {e}", dir.display())))?;
+        Store::with_backends(backend, segments)
     }
 
-    /// Opens the store on a redb storage backend (tests use it to inject faults).
+    /// The directory beside the database at `path` that holds its segments: the same name
+    /// with the extension `chunks`.
+    pub fn segment_dir(path: &Path) -> PathBuf {
+        path.with_extension("chunks")
+    }
+
+    /// Opens the store on a redb storage backend, with segments in memory.
     pub fn with_backend(backend: impl redb::StorageBackend) -> Result<Store, Error> {
+        Store::with_backends(backend, MemSegments::default())
+    }
+
+    /// Opens the store on a redb storage backend and segments (tests use it to inject
+    /// faults).
+    pub fn with_backends(
+        backend: impl redb::StorageBackend,
+        segments: impl Segments,
+    ) -> Result<Store, Error> {
         let db = redb::Builder::new()
             .create_with_backend(SyncedGrowth(backend))
             .context("opening the store")?;
-        Store::init(db)
+        Store::init(db, Box::new(segments))
     }
 
     /// A store in memory, empty, gone when the last clone is dropped.
@@ -251,11 +350,16 @@ impl Store {
         Store::with_backend(redb::backends::InMemoryBackend::new())
     }
 
-    /// Creates the tables if missing and checks the format.
-    fn init(db: Database) -> Result<Store, Error> {
+    /// Creates the tables if missing, checks the format, moves an older format's chunks
+    /// to segments, and cuts what a crash left past the log's end.
+    fn init(db: Database, segments: Box<dyn Segments>) -> Result<Store, Error> {
         let store = Store {
             inner: Arc::new(Inner {
                 db,
+                segments,
+                dirty: Mutex::default(),
+                freeing: Mutex::default(),
+                freed: Mutex::default(),
                 corrupt_found: AtomicU64::new(0),
                 pending: AtomicBool::new(false),
             }),
@@ -266,7 +370,12 @@ impl Store {
             let mut meta = txn.open_table(META).context(WHAT)?;
             let found = meta.get(META_FORMAT).context(WHAT)?.map(|g| g.value());
             match found {
-                Some(1..=FORMAT) => return Ok((found, false)),
+                Some(FORMAT) => return Ok((found, false)),
+                Some(1..FORMAT) => {
+                    // Recorded first, so that an older build refuses a store half moved.
+                    meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
+                    return Ok((found, true));
+                }
                 Some(found) => {
                     return Err(Error::Format {
                         found,
@@ -277,71 +386,134 @@ impl Store {
             }
             meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
             drop(meta);
-            txn.open_table(CHUNK_DATA).context(WHAT)?;
-            txn.open_table(CHUNK_PLACES).context(WHAT)?;
+            txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
             txn.open_table(VERSIONS).context(WHAT)?;
             txn.open_table(INODES).context(WHAT)?;
             txn.open_table(PINS).context(WHAT)?;
             txn.open_table(OWNERS).context(WHAT)?;
             Ok((None, true))
         })?;
-        let legacy = match store.read(WHAT)?.open_table(LEGACY_CHUNKS) {
-            Ok(_) => true,
-            Err(redb::TableError::TableDoesNotExist(_)) => false,
-            Err(e) => return Err(e).context(WHAT),
-        };
-        if legacy || matches!(found, Some(1..FORMAT)) {
-            store.upgrade(found.unwrap_or(FORMAT))?;
+        store.recover_log()?;
+        let legacy = store.legacy_tables()?;
+        if legacy != Legacy::default() {
+            store.upgrade(found.unwrap_or(FORMAT), legacy)?;
         }
         Ok(store)
     }
 
-    /// Moves the chunks of a format 1 or 2 store to their places, a batch per transaction
+    /// Which tables of older formats the database still has.
+    fn legacy_tables(&self) -> Result<Legacy, Error> {
+        const WHAT: &str = "looking for tables of older formats";
+        let txn = self.read(WHAT)?;
+        let exists = |result: Result<(), redb::TableError>| match result {
+            Ok(()) => Ok(true),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e).context(WHAT),
+        };
+        Ok(Legacy {
+            by_id: exists(txn.open_table(LEGACY_CHUNKS).map(drop))?,
+            by_place: exists(txn.open_table(LEGACY_CHUNK_PLACES).map(drop))?,
+        })
+    }
+
+    /// Starts the log if the store has none yet; cuts the newest segment to the end redb
+    /// recorded and deletes segments redb does not know (what a crash left after the last
+    /// durable commit).
+    fn recover_log(&self) -> Result<(), Error> {
+        const WHAT: &str = "recovering the chunk log";
+        let io = |e: std::io::Error| Error::Io(format!("{WHAT}: {e}"));
+        let (tail, known) = {
+            let txn = self.read(WHAT)?;
+            let meta = txn.open_table(META).context(WHAT)?;
+            let get = |key| -> Result<Option<u64>, Error> {
+                Ok(meta.get(key).context(WHAT)?.map(|g| g.value()))
+            };
+            let tail = match (get(META_LOG_SEGMENT)?, get(META_LOG_END)?) {
+                (Some(segment), Some(end)) => Some((segment, end)),
+                _ => None,
+            };
+            let known: BTreeSet<u64> = match txn.open_table(SEGMENT_LIVE) {
+                Ok(live) => live
+                    .iter()
+                    .context(WHAT)?
+                    .map(|row| Ok(row.context(WHAT)?.0.value()))
+                    .collect::<Result<_, Error>>()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => BTreeSet::new(),
+                Err(e) => return Err(e).context(WHAT),
+            };
+            (tail, known)
+        };
+        let Some((segment, end)) = tail else {
+            // A new store (or one of an older format): segment 0 starts the log.
+            return self.write(WHAT, |txn| {
+                let mut log = chunks::Log::open(self, txn, WHAT)?;
+                log.start(txn, WHAT)?;
+                log.finish(txn, WHAT)?;
+                Ok(((), true))
+            });
+        };
+        let segments = &self.inner.segments;
+        let listed = segments.list().map_err(io)?;
+        for &n in &listed {
+            if n != segment && !known.contains(&n) {
+                tracing::info!(segment = n, "deleting a segment a crash left behind");
+                segments.remove(n).map_err(io)?;
+            }
+        }
+        if !listed.contains(&segment) {
+            tracing::warn!(
+                segment,
+                "the newest segment is missing; starting it again empty"
+            );
+            segments.create(segment).map_err(io)?;
+        }
+        segments.truncate(segment, end).map_err(io)
+    }
+
+    /// Moves the chunks of a format 1, 2 or 3 store to segments, a batch per transaction
     /// (a crash part way leaves every chunk in one table or the other, and the next open
-    /// goes on while the old table is there), then drops the old tables. Format 3 is
-    /// recorded first, so that an older build refuses a store half moved.
-    fn upgrade(&self, old: u64) -> Result<(), Error> {
-        const WHAT: &str = "moving chunks to format 3";
+    /// goes on while an old table is there), then drops the old tables. Format 4 was
+    /// recorded first (see [`Store::init`]).
+    fn upgrade(&self, old: u64, legacy: Legacy) -> Result<(), Error> {
+        const WHAT: &str = "moving chunks to segments (format 4)";
         tracing::info!(from = old, "upgrading the store to format {FORMAT}");
-        self.write(WHAT, |txn| {
-            let mut meta = txn.open_table(META).context(WHAT)?;
-            meta.insert(META_FORMAT, FORMAT).context(WHAT)?;
-            Ok(((), true))
-        })?;
         let mut moved = 0u64;
         loop {
             let done = self.write(WHAT, |txn| {
-                let mut legacy = txn.open_table(LEGACY_CHUNKS).context(WHAT)?;
-                let mut data = txn.open_table(CHUNK_DATA).context(WHAT)?;
-                let mut places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
-                let mut place = next_place(txn, WHAT)?;
-                let (mut taken, mut bytes, mut duplicate_bytes) = (0u64, 0, 0);
+                let mut log = chunks::Log::open(self, txn, WHAT)?;
+                let mut locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
+                let (mut taken, mut bytes, mut dropped_bytes) = (0u64, 0, 0);
                 while bytes < MIGRATION_BATCH_BYTES {
-                    let Some((id, value)) = legacy.pop_first().context(WHAT)? else {
+                    let Some((id, value)) = next_legacy_chunk(txn, legacy, &mut dropped_bytes)?
+                    else {
                         break;
                     };
-                    let (id, value) = (id.value(), value.value());
                     taken += 1;
                     bytes += value.len();
-                    if places.get(id).context(WHAT)?.is_some() {
-                        // Stored again at its place (only an interrupted upgrade run by
-                        // an older build could do that): this copy was counted twice.
-                        duplicate_bytes += value.len() as u64;
+                    if locations.get(&id).context(WHAT)?.is_some() {
+                        // Stored again since (only an interrupted upgrade run by an older
+                        // build could do that): this copy was counted twice.
+                        dropped_bytes += value.len() as u64;
                         continue;
                     }
-                    data.insert(place, value).context(WHAT)?;
-                    places
-                        .insert(id, (place, value.len() as u64))
+                    let (segment, offset) = log.append(txn, &value, WHAT)?;
+                    locations
+                        .insert(&id, (segment, offset, value.len() as u64))
                         .context(WHAT)?;
-                    place += 1;
                 }
-                set_next_place(txn, place, WHAT)?;
-                chunks::add_chunk_bytes(txn, 0, duplicate_bytes, WHAT)?;
+                drop(locations);
+                log.finish(txn, WHAT)?;
+                chunks::add_chunk_bytes(txn, 0, dropped_bytes, WHAT)?;
                 moved += taken;
                 if taken == 0 {
-                    drop((legacy, data, places));
                     txn.delete_table(LEGACY_CHUNKS).context(WHAT)?;
                     txn.delete_table(LEGACY_CHUNK_INDEX).context(WHAT)?;
+                    txn.delete_table(LEGACY_CHUNK_DATA).context(WHAT)?;
+                    txn.delete_table(LEGACY_CHUNK_PLACES).context(WHAT)?;
+                    txn.open_table(META)
+                        .context(WHAT)?
+                        .remove(META_NEXT_PLACE)
+                        .context(WHAT)?;
                     return Ok((true, true));
                 }
                 Ok((false, true))
@@ -365,7 +537,7 @@ impl Store {
             .map_or(0, |g| g.value());
         Ok(Stats {
             chunks: txn
-                .open_table(CHUNK_PLACES)
+                .open_table(CHUNK_LOCATIONS)
                 .context(WHAT)?
                 .len()
                 .context(WHAT)?,
@@ -392,20 +564,42 @@ impl Store {
             txn.set_durability(Durability::None);
         } else {
             txn.set_durability(Durability::Immediate);
-            // Chunk bytes come from other peers (see the module docs).
+            // See the module docs.
             txn.set_two_phase_commit(true);
         }
-        let (out, changed) = f(&txn)?;
-        if changed {
+        let inner = &self.inner;
+        // Whatever `f` freed is given back only if its removal commits.
+        let committed = (|| {
+            let (out, changed) = f(&txn)?;
+            if !changed {
+                txn.abort().context(what)?;
+                return Ok((out, false));
+            }
+            if !self.deferred {
+                inner.sync_segments(what)?;
+            }
             // Set while the write transaction is held, so that no other commit comes
             // between the flag and the commit it describes.
-            let pending = &self.inner.pending;
-            pending.store(self.deferred, Ordering::Release);
+            inner.pending.store(self.deferred, Ordering::Release);
             txn.commit().context(what).inspect_err(|_| {
-                pending.store(true, Ordering::Release);
+                inner.pending.store(true, Ordering::Release);
             })?;
-        } else {
-            txn.abort().context(what)?;
+            Ok((out, true))
+        })();
+        let freeing = take(&inner.freeing);
+        let (out, changed) = committed?;
+        if changed {
+            if self.deferred {
+                inner
+                    .freed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(freeing);
+            } else {
+                let mut freed = take(&inner.freed);
+                freed.extend(freeing);
+                inner.reclaim(freed);
+            }
         }
         Ok(out)
     }
@@ -423,7 +617,7 @@ impl Store {
     /// write is waiting for one, nothing otherwise.
     pub fn sync(&self) -> Result<(), Error> {
         if self.inner.pending.load(Ordering::Acquire) {
-            sync(&self.inner.db, &self.inner.pending)?;
+            self.inner.sync()?;
         }
         Ok(())
     }
@@ -444,20 +638,44 @@ impl Store {
     }
 }
 
-/// The place the next new chunk takes, in `txn`.
-fn next_place(txn: &WriteTransaction, what: &'static str) -> Result<u64, Error> {
-    let meta = txn.open_table(META).context(what)?;
-    Ok(meta
-        .get(META_NEXT_PLACE)
-        .context(what)?
-        .map_or(0, |g| g.value()))
+/// The tables of older formats a database still has.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Legacy {
+    /// Formats 1 and 2: [`LEGACY_CHUNKS`].
+    by_id: bool,
+    /// Format 3: [`LEGACY_CHUNK_PLACES`] and [`LEGACY_CHUNK_DATA`].
+    by_place: bool,
 }
 
-/// Records the place the next new chunk takes, in `txn`.
-fn set_next_place(txn: &WriteTransaction, place: u64, what: &'static str) -> Result<(), Error> {
-    let mut meta = txn.open_table(META).context(what)?;
-    meta.insert(META_NEXT_PLACE, place).context(what)?;
-    Ok(())
+/// A chunk taken out of an older format's tables: its id and bytes.
+type LegacyChunk = ([u8; 32], Vec<u8>);
+
+/// Takes one chunk out of an older format's tables, in `txn`: its id and bytes. A format
+/// 3 row whose bytes are missing is dropped, its length added to `dropped_bytes`.
+fn next_legacy_chunk(
+    txn: &WriteTransaction,
+    legacy: Legacy,
+    dropped_bytes: &mut u64,
+) -> Result<Option<LegacyChunk>, Error> {
+    const WHAT: &str = "moving chunks to segments (format 4)";
+    if legacy.by_id {
+        let mut table = txn.open_table(LEGACY_CHUNKS).context(WHAT)?;
+        if let Some((id, value)) = table.pop_first().context(WHAT)? {
+            return Ok(Some((*id.value(), value.value().to_vec())));
+        }
+    }
+    if legacy.by_place {
+        let mut places = txn.open_table(LEGACY_CHUNK_PLACES).context(WHAT)?;
+        let mut data = txn.open_table(LEGACY_CHUNK_DATA).context(WHAT)?;
+        while let Some((id, place)) = places.pop_first().context(WHAT)? {
+            let (id, (place, len)) = (*id.value(), place.value());
+            match data.remove(place).context(WHAT)? {
+                Some(bytes) => return Ok(Some((id, bytes.value().to_vec()))),
+                None => *dropped_bytes += len,
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The key for a pair of ids: `a ‖ b`, so keys sort by `a`, then `b`.
@@ -588,27 +806,43 @@ mod tests {
         assert!(read < 256 * 1024, "listing read {read} bytes");
     }
 
-    /// Writes `chunks` the way format `old` kept them, and marks the store so.
+    /// Writes `chunks` the way format `old` kept them (4: as format 3 did, left by an
+    /// upgrade a crash cut short), and marks the store so.
     fn as_legacy(store: &Store, old: u64, chunks: &[(ChunkId, Vec<u8>)]) {
         store
             .write("test", |txn| {
-                let mut legacy = txn.open_table(LEGACY_CHUNKS).context("test")?;
-                let mut index = txn.open_table(LEGACY_CHUNK_INDEX).context("test")?;
-                for (id, bytes) in chunks {
-                    legacy.insert(id.as_bytes(), &bytes[..]).context("test")?;
-                    if old == 2 {
+                if old <= 2 {
+                    let mut legacy = txn.open_table(LEGACY_CHUNKS).context("test")?;
+                    let mut index = txn.open_table(LEGACY_CHUNK_INDEX).context("test")?;
+                    for (id, bytes) in chunks {
+                        legacy.insert(id.as_bytes(), &bytes[..]).context("test")?;
                         index
                             .insert(id.as_bytes(), bytes.len() as u64)
                             .context("test")?;
                     }
-                }
-                drop((legacy, index));
-                if old == 1 {
-                    txn.delete_table(LEGACY_CHUNK_INDEX).context("test")?;
+                    drop((legacy, index));
+                    if old == 1 {
+                        txn.delete_table(LEGACY_CHUNK_INDEX).context("test")?;
+                    }
+                } else {
+                    let mut data = txn.open_table(LEGACY_CHUNK_DATA).context("test")?;
+                    let mut places = txn.open_table(LEGACY_CHUNK_PLACES).context("test")?;
+                    for (place, (id, bytes)) in (7..).zip(chunks) {
+                        data.insert(place, &bytes[..]).context("test")?;
+                        places
+                            .insert(id.as_bytes(), (place, bytes.len() as u64))
+                            .context("test")?;
+                    }
+                    // A row whose bytes are gone (counted, but not there to move).
+                    places.insert(&[0xee; 32], (1000, 10)).context("test")?;
                 }
                 let mut meta = txn.open_table(META).context("test")?;
                 meta.insert(META_FORMAT, old).context("test")?;
-                let bytes: u64 = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+                meta.insert(META_NEXT_PLACE, 99).context("test")?;
+                let mut bytes: u64 = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+                if old >= 3 {
+                    bytes += 10;
+                }
                 let held = meta
                     .get(META_CHUNK_BYTES)
                     .context("test")?
@@ -621,16 +855,16 @@ mod tests {
     }
 
     #[test]
-    fn stores_of_formats_1_and_2_are_moved_to_format_3() {
-        // 3: an upgrade by this build cut short (format 3 recorded, old rows left).
-        for old in [1, 2, 3] {
+    fn stores_of_older_formats_are_moved_to_format_4() {
+        for old in [1, 2, 3, 4] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("store.redb");
             let chunks = chunks_of(6, 30_000);
             let store = Store::open(&path).unwrap();
             // Two chunks already moved (an upgrade a crash cut short), four still to move;
-            // from format 2, one of those also stored again at a place, as an older build
-            // could have done after a cut-short upgrade (its bytes then counted twice).
+            // from format 2, one of those also stored again at its new place, as an older
+            // build could have done after a cut-short upgrade (its bytes then counted
+            // twice).
             let already = if old == 2 { 3 } else { 2 };
             let moved: Vec<(ChunkId, &[u8])> = chunks[..already]
                 .iter()
@@ -652,16 +886,24 @@ mod tests {
                 assert_eq!(store.get_chunk(id).unwrap().as_ref(), Some(bytes));
             }
             assert_eq!(store.stats().unwrap().chunks, 6);
-            assert_eq!(store.stats().unwrap().chunk_bytes, 6 * 30_000);
-            let txn = store.read("test").unwrap();
-            assert!(
-                txn.open_table(LEGACY_CHUNKS).is_err(),
-                "the old table is gone"
+            assert_eq!(
+                store.stats().unwrap().chunk_bytes,
+                6 * 30_000,
+                "format {old}"
             );
+            assert_eq!(store.legacy_tables().unwrap(), Legacy::default());
+            let txn = store.read("test").unwrap();
             let meta = txn.open_table(META).unwrap();
             assert_eq!(meta.get(META_FORMAT).unwrap().unwrap().value(), FORMAT);
+            assert!(meta.get(META_NEXT_PLACE).unwrap().is_none());
             drop((meta, txn));
-            // New chunks take places after the moved ones; removing one frees its bytes.
+            // The bytes are in the segment directory, not in the database.
+            let in_segments: u64 = std::fs::read_dir(Store::segment_dir(&path))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            assert_eq!(in_segments, 6 * 30_000);
+            // New chunks go after the moved ones; removing one frees its bytes.
             let more = chunks_of(8, 1000);
             let (id, bytes) = &more[7];
             assert!(store.put_chunk(id, bytes).unwrap());
@@ -673,6 +915,47 @@ mod tests {
             assert!(store.remove_chunk(&expected[0]).unwrap());
             assert_eq!(store.stats().unwrap().chunk_bytes, 5 * 30_000 + 1000);
         }
+    }
+
+    /// What a crash leaves past the log's recorded end (bytes of a transaction that did
+    /// not commit, a segment started by one) is cut when the store is opened.
+    #[test]
+    fn opening_cuts_what_a_crash_left_past_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let chunks = chunks_of(2, 5000);
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_chunk(&chunks[0].0, &chunks[0].1).unwrap();
+        }
+        let segments = DirSegments::open(&Store::segment_dir(&path)).unwrap();
+        segments.write(0, 5000, &[1; 777]).unwrap();
+        segments.create(1).unwrap();
+        segments.write(1, 0, &[2; 10]).unwrap();
+        drop(segments);
+        let store = Store::open(&path).unwrap();
+        let dir = Store::segment_dir(&path);
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        files.sort();
+        assert_eq!(files, vec![(format!("segment-{:020}", 0), 5000)]);
+        store.put_chunk(&chunks[1].0, &chunks[1].1).unwrap();
+        assert_eq!(
+            store.location(&chunks[1].0, "test").unwrap(),
+            Some((0, 5000, 5000))
+        );
+        assert_eq!(
+            store.get_chunk(&chunks[0].0).unwrap().as_ref(),
+            Some(&chunks[0].1)
+        );
     }
 
     #[test]

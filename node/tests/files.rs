@@ -137,16 +137,19 @@ fn five_processes_replicate_and_repair() {
 
 /// Replaces every copy of `window` in `file` with the same bytes, one bit flipped;
 /// returns how many copies there were.
-fn flip_everywhere(file: &Path, window: &[u8]) -> usize {
-    let mut bytes = std::fs::read(file).unwrap();
+fn flip_everywhere(dir: &Path, window: &[u8]) -> usize {
     let mut found = 0;
-    let mut at = 0;
-    while let Some(i) = bytes[at..].windows(window.len()).position(|w| w == window) {
-        bytes[at + i + window.len() / 2] ^= 0x01;
-        found += 1;
-        at += i + window.len();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let file = entry.unwrap().path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mut at = 0;
+        while let Some(i) = bytes[at..].windows(window.len()).position(|w| w == window) {
+            bytes[at + i + window.len() / 2] ^= 0x01;
+            found += 1;
+            at += i + window.len();
+        }
+        std::fs::write(&file, bytes).unwrap();
     }
-    std::fs::write(file, bytes).unwrap();
     found
 }
 
@@ -203,7 +206,7 @@ fn a_tampered_chunk_is_read_around_reported_and_repaired() {
     assert!(chunks.len() >= 4);
     for chunk in &chunks {
         let window = &chunk[chunk.len() / 2 - 16..chunk.len() / 2 + 16];
-        assert!(flip_everywhere(&db, window) >= 1);
+        assert!(flip_everywhere(&fs::store::Store::segment_dir(&db), window) >= 1);
     }
     net.restart(1).unwrap();
     net.wait_converged(Duration::from_secs(60)).unwrap();
@@ -308,19 +311,26 @@ fn storage_nodes_and_traffic_hold_no_plaintext() {
     net.stop(1).unwrap();
     net.stop(0).unwrap();
     for node in &net.nodes {
-        for entry in std::fs::read_dir(&node.data_dir).unwrap().flatten() {
-            if entry.path().is_file() {
-                let bytes = std::fs::read(entry.path()).unwrap();
-                assert!(
-                    !bytes.windows(marker.len()).any(|w| w == marker),
-                    "plaintext in {}",
-                    entry.path().display()
-                );
+        let mut stored = 0;
+        let mut dirs = vec![node.data_dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.is_file() {
+                    let bytes = std::fs::read(&path).unwrap();
+                    assert!(
+                        !bytes.windows(marker.len()).any(|w| w == marker),
+                        "plaintext in {}",
+                        path.display()
+                    );
+                    if path.starts_with(node.data_dir.join("blocks.chunks")) {
+                        stored += bytes.len() as u64;
+                    }
+                }
             }
         }
-        let stored = std::fs::metadata(node.data_dir.join("blocks.redb"))
-            .unwrap()
-            .len();
         assert!(
             stored > plaintext.len() as u64,
             "node {} stores only {stored} bytes",

@@ -1,15 +1,19 @@
-//! Chunks and the pins that keep them.
+//! Chunks, where their bytes are, and the pins that keep them.
 
+use std::io;
 use std::ops::Bound;
 
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    CHUNK_DATA, CHUNK_PLACES, Context, Error, META, META_CHUNK_BYTES, OWNERS, PINS, Store,
-    next_place, pair, pairs_of, second, set_next_place,
+    CHUNK_LOCATIONS, Context, Error, META, META_CHUNK_BYTES, META_LOG_END, META_LOG_SEGMENT,
+    OWNERS, PINS, Reclaim, SEGMENT_BYTES, SEGMENT_LIVE, Store, pair, pairs_of, second,
 };
 use crate::chunk::Sealed;
 use crate::id::{ChunkId, InodeId, VersionId};
+
+/// Where a chunk's bytes are: segment, offset, length.
+type Location = (u64, u64, u64);
 
 impl Store {
     /// Stores chunks in one transaction; returns how many were new.
@@ -77,8 +81,7 @@ impl Store {
         let mut unowned = Vec::new();
         {
             let txn = self.read(WHAT)?;
-            let data = txn.open_table(CHUNK_DATA).context(WHAT)?;
-            let places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
+            let locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
             if owner.is_some() {
                 let owners = txn.open_table(OWNERS).context(WHAT)?;
                 for (id, _) in chunks {
@@ -88,16 +91,13 @@ impl Store {
                 }
             }
             for (id, bytes) in chunks {
-                let Some(place) = places.get(id.as_bytes()).context(WHAT)? else {
+                let Some(at) = locations.get(id.as_bytes()).context(WHAT)? else {
                     missing.push((id, bytes));
                     continue;
                 };
-                match data.get(place.value().0).context(WHAT)? {
-                    Some(held) if held.value() == *bytes => {}
-                    _ => {
-                        self.found_corrupt(id);
-                        missing.push((id, bytes));
-                    }
+                if !self.holds(at.value(), bytes, WHAT)? {
+                    self.found_corrupt(id);
+                    missing.push((id, bytes));
                 }
             }
         }
@@ -113,43 +113,80 @@ impl Store {
                         .context(WHAT)?;
                 }
             }
-            let mut data = txn.open_table(CHUNK_DATA).context(WHAT)?;
-            let mut places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
-            let mut next = next_place(txn, WHAT)?;
+            let mut log = Log::open(self, txn, WHAT)?;
+            let mut locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
             let (mut new, mut added, mut removed) = (0, 0, 0);
             for (id, bytes) in missing {
-                let held = places.get(id.as_bytes()).context(WHAT)?.map(|g| g.value());
-                let place = match held {
-                    // Held since the read, or twice in `chunks`, or a corrupt copy (the
-                    // good bytes go where it was).
-                    Some((place, len)) => {
-                        let same = data
-                            .get(place)
-                            .context(WHAT)?
-                            .is_some_and(|held| held.value() == *bytes);
-                        if same {
-                            continue;
-                        }
-                        removed += len;
-                        place
+                let held = locations
+                    .get(id.as_bytes())
+                    .context(WHAT)?
+                    .map(|g| g.value());
+                // Held since the read, or twice in `chunks`, or a corrupt copy (which the
+                // good bytes replace).
+                if let Some(at) = held {
+                    if self.holds(at, bytes, WHAT)? {
+                        continue;
                     }
-                    None => {
-                        next += 1;
-                        next - 1
-                    }
-                };
-                data.insert(place, *bytes).context(WHAT)?;
-                places
-                    .insert(id.as_bytes(), (place, bytes.len() as u64))
+                    log.free(txn, at, WHAT)?;
+                    removed += at.2;
+                }
+                let (segment, offset) = log.append(txn, bytes, WHAT)?;
+                locations
+                    .insert(id.as_bytes(), (segment, offset, bytes.len() as u64))
                     .context(WHAT)?;
                 added += bytes.len() as u64;
                 new += 1;
             }
-            drop((data, places));
-            set_next_place(txn, next, WHAT)?;
+            drop(locations);
+            log.finish(txn, WHAT)?;
             add_chunk_bytes(txn, added, removed, WHAT)?;
             Ok((new, new > 0 || !unowned.is_empty()))
         })
+    }
+
+    /// Whether the chunk stored at `at` is exactly `bytes`: false if it differs, or cannot
+    /// be read whole (a segment cut or deleted behind the store's back).
+    fn holds(&self, at: Location, bytes: &[u8], what: &'static str) -> Result<bool, Error> {
+        if at.2 != bytes.len() as u64 {
+            return Ok(false);
+        }
+        Ok(self.read_at(at, what)?.is_some_and(|held| held == bytes))
+    }
+
+    /// The bytes stored at `at`, or `None` if the segment is missing or too short.
+    fn read_at(&self, at: Location, what: &'static str) -> Result<Option<Vec<u8>>, Error> {
+        let (segment, offset, len) = at;
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Io(format!("{what}: a chunk of {len} bytes")))?;
+        let mut bytes = vec![0; len];
+        match self.inner.segments.read(segment, offset, &mut bytes) {
+            Ok(()) => Ok(Some(bytes)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::Io(format!(
+                "{what}: reading segment {segment} at {offset}: {e}"
+            ))),
+        }
+    }
+
+    /// Where a chunk's bytes are, if it is stored.
+    pub(super) fn location(
+        &self,
+        id: &ChunkId,
+        what: &'static str,
+    ) -> Result<Option<Location>, Error> {
+        let txn = self.read(what)?;
+        let locations = txn.open_table(CHUNK_LOCATIONS).context(what)?;
+        Ok(locations
+            .get(id.as_bytes())
+            .context(what)?
+            .map(|g| g.value()))
     }
 
     /// Stores one chunk (see [`put_chunks`](Self::put_chunks)); true if it was new.
@@ -165,34 +202,37 @@ impl Store {
     /// good copy over it.
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, Error> {
         const WHAT: &str = "reading a chunk";
-        let txn = self.read(WHAT)?;
-        let places = txn.open_table(CHUNK_PLACES).context(WHAT)?;
-        let Some(place) = places.get(id.as_bytes()).context(WHAT)? else {
+        let Some(mut at) = self.location(id, WHAT)? else {
             return Ok(None);
         };
-        let data = txn.open_table(CHUNK_DATA).context(WHAT)?;
-        let guard = data.get(place.value().0).context(WHAT)?;
-        let bytes = guard.as_ref().map_or(&[][..], |g| g.value());
-        if guard.is_none() || ChunkId::of(bytes) != *id {
-            self.found_corrupt(id);
-            return Err(Error::Corrupt { id: *id });
+        // A chunk removed or replaced after it was located has its space given back: a
+        // read that fails the check is only corruption if the chunk is still there.
+        for _ in 0..4 {
+            if let Some(bytes) = self.read_at(at, WHAT)?
+                && ChunkId::of(&bytes) == *id
+            {
+                return Ok(Some(bytes));
+            }
+            match self.location(id, WHAT)? {
+                None => return Ok(None),
+                Some(now) if now != at => at = now,
+                Some(_) => break,
+            }
         }
-        Ok(Some(bytes.to_vec()))
+        self.found_corrupt(id);
+        Err(Error::Corrupt { id: *id })
     }
 
     /// Whether a chunk is stored (without reading or checking its bytes).
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, Error> {
-        const WHAT: &str = "looking up a chunk";
-        let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNK_PLACES).context(WHAT)?;
-        Ok(table.get(id.as_bytes()).context(WHAT)?.is_some())
+        Ok(self.location(id, "looking up a chunk")?.is_some())
     }
 
     /// Removes a chunk, pinned or not; true if it was stored. Its pins stay.
     pub fn remove_chunk(&self, id: &ChunkId) -> Result<bool, Error> {
         const WHAT: &str = "removing a chunk";
         self.write(WHAT, |txn| {
-            let removed = remove_chunk(txn, id, WHAT)?;
+            let removed = remove_chunk(self, txn, id, WHAT)?;
             Ok((removed.is_some(), removed.is_some()))
         })
     }
@@ -204,25 +244,22 @@ impl Store {
     pub fn remove_corrupt_chunk(&self, id: &ChunkId) -> Result<bool, Error> {
         const WHAT: &str = "removing a corrupt chunk";
         self.write(WHAT, |txn| {
-            let place = txn
-                .open_table(CHUNK_PLACES)
+            let at = txn
+                .open_table(CHUNK_LOCATIONS)
                 .context(WHAT)?
                 .get(id.as_bytes())
                 .context(WHAT)?
-                .map(|g| g.value().0);
-            let Some(place) = place else {
+                .map(|g| g.value());
+            let Some(at) = at else {
                 return Ok((false, false));
             };
-            let good = txn
-                .open_table(CHUNK_DATA)
-                .context(WHAT)?
-                .get(place)
-                .context(WHAT)?
-                .is_some_and(|bytes| ChunkId::of(bytes.value()) == *id);
+            let good = self
+                .read_at(at, WHAT)?
+                .is_some_and(|bytes| ChunkId::of(&bytes) == *id);
             if good {
                 return Ok((false, false));
             }
-            let removed = remove_chunk(txn, id, WHAT)?;
+            let removed = remove_chunk(self, txn, id, WHAT)?;
             Ok((removed.is_some(), removed.is_some()))
         })
     }
@@ -231,7 +268,7 @@ impl Store {
     pub fn chunk_ids(&self, after: Option<&ChunkId>, limit: usize) -> Result<Vec<ChunkId>, Error> {
         const WHAT: &str = "listing chunks";
         let txn = self.read(WHAT)?;
-        let table = txn.open_table(CHUNK_PLACES).context(WHAT)?;
+        let table = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
         let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes()));
         table
             .range::<&[u8; 32]>((start, Bound::Unbounded))
@@ -292,7 +329,7 @@ impl Store {
                 {
                     continue;
                 }
-                if remove_chunk(txn, id, WHAT)?.is_some() {
+                if remove_chunk(self, txn, id, WHAT)?.is_some() {
                     removed += 1;
                 }
             }
@@ -301,32 +338,192 @@ impl Store {
     }
 }
 
+/// The end of the chunk log within one write transaction: where the next chunk goes.
+/// Read from redb by [`Log::open`], written back by [`Log::finish`]; a transaction that
+/// does not commit leaves the log's end where it was, and the next writer writes over
+/// whatever this one put past it.
+pub(super) struct Log<'s> {
+    store: &'s Store,
+    segment: u64,
+    end: u64,
+}
+
+impl<'s> Log<'s> {
+    /// The log's end as `txn` sees it.
+    pub(super) fn open(
+        store: &'s Store,
+        txn: &WriteTransaction,
+        what: &'static str,
+    ) -> Result<Log<'s>, Error> {
+        let meta = txn.open_table(META).context(what)?;
+        let get = |key| -> Result<u64, Error> {
+            Ok(meta.get(key).context(what)?.map_or(0, |g| g.value()))
+        };
+        Ok(Log {
+            store,
+            segment: get(META_LOG_SEGMENT)?,
+            end: get(META_LOG_END)?,
+        })
+    }
+
+    /// Creates the log's segment empty and records it (a new store's first segment, or
+    /// the next one).
+    pub(super) fn start(
+        &mut self,
+        txn: &WriteTransaction,
+        what: &'static str,
+    ) -> Result<(), Error> {
+        let segment = self.segment;
+        self.store
+            .inner
+            .segments
+            .create(segment)
+            .map_err(|e| Error::Io(format!("{what}: creating segment {segment}: {e}")))?;
+        txn.open_table(SEGMENT_LIVE)
+            .context(what)?
+            .insert(segment, 0)
+            .context(what)?;
+        self.end = 0;
+        Ok(())
+    }
+
+    /// Appends `bytes`: where they went (segment, offset). A full segment is left for the
+    /// next one first.
+    pub(super) fn append(
+        &mut self,
+        txn: &WriteTransaction,
+        bytes: &[u8],
+        what: &'static str,
+    ) -> Result<(u64, u64), Error> {
+        let len = bytes.len() as u64;
+        if self.end > 0 && self.end.saturating_add(len) > SEGMENT_BYTES {
+            let left = self.segment;
+            self.segment += 1;
+            if live_bytes(txn, left, what)? == 0 {
+                self.store.free(txn, Reclaim::Segment(left), what)?;
+            }
+            self.start(txn, what)?;
+        }
+        let (segment, offset) = (self.segment, self.end);
+        let inner = &self.store.inner;
+        inner
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(segment);
+        inner
+            .segments
+            .write(segment, offset, bytes)
+            .map_err(|e| Error::Io(format!("{what}: writing segment {segment}: {e}")))?;
+        self.end += len;
+        let live = live_bytes(txn, segment, what)?;
+        txn.open_table(SEGMENT_LIVE)
+            .context(what)?
+            .insert(segment, live + len)
+            .context(what)?;
+        Ok((segment, offset))
+    }
+
+    /// Frees the chunk stored at `at`: its bytes are given back once the removal is
+    /// durable, and its segment with them if that was the segment's last chunk.
+    pub(super) fn free(
+        &mut self,
+        txn: &WriteTransaction,
+        at: Location,
+        what: &'static str,
+    ) -> Result<(), Error> {
+        free(self.store, txn, at, self.segment, what)
+    }
+
+    /// Records the log's end in `txn`.
+    pub(super) fn finish(self, txn: &WriteTransaction, what: &'static str) -> Result<(), Error> {
+        let mut meta = txn.open_table(META).context(what)?;
+        meta.insert(META_LOG_SEGMENT, self.segment).context(what)?;
+        meta.insert(META_LOG_END, self.end).context(what)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Gives `item` back once the transaction `txn` commits durably (see [`Reclaim`]); a
+    /// segment's row goes now.
+    fn free(&self, txn: &WriteTransaction, item: Reclaim, what: &'static str) -> Result<(), Error> {
+        if let Reclaim::Segment(segment) = item {
+            txn.open_table(SEGMENT_LIVE)
+                .context(what)?
+                .remove(segment)
+                .context(what)?;
+        }
+        self.inner
+            .freeing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(item);
+        Ok(())
+    }
+}
+
+/// The bytes of chunks still stored in `segment`, in `txn`.
+fn live_bytes(txn: &WriteTransaction, segment: u64, what: &'static str) -> Result<u64, Error> {
+    Ok(txn
+        .open_table(SEGMENT_LIVE)
+        .context(what)?
+        .get(segment)
+        .context(what)?
+        .map_or(0, |g| g.value()))
+}
+
+/// Frees the chunk at `at` in `txn`, `newest` being the log's segment (never deleted).
+fn free(
+    store: &Store,
+    txn: &WriteTransaction,
+    at: Location,
+    newest: u64,
+    what: &'static str,
+) -> Result<(), Error> {
+    let (segment, offset, len) = at;
+    let live = live_bytes(txn, segment, what)?.saturating_sub(len);
+    if live == 0 && segment != newest {
+        store.free(txn, Reclaim::Segment(segment), what)
+    } else {
+        txn.open_table(SEGMENT_LIVE)
+            .context(what)?
+            .insert(segment, live)
+            .context(what)?;
+        store.free(
+            txn,
+            Reclaim::Punch {
+                segment,
+                offset,
+                len,
+            },
+            what,
+        )
+    }
+}
+
 /// Removes a chunk in `txn`, keeping the byte count; its length if it was stored.
 fn remove_chunk(
+    store: &Store,
     txn: &WriteTransaction,
     id: &ChunkId,
     what: &'static str,
 ) -> Result<Option<u64>, Error> {
-    let place = txn
-        .open_table(CHUNK_PLACES)
+    let at = txn
+        .open_table(CHUNK_LOCATIONS)
         .context(what)?
         .remove(id.as_bytes())
         .context(what)?
         .map(|g| g.value());
-    let len = match place {
-        Some((place, len)) => {
-            txn.open_table(CHUNK_DATA)
-                .context(what)?
-                .remove(place)
-                .context(what)?;
-            Some(len)
-        }
-        None => None,
-    };
+    if let Some(at) = at {
+        let newest = Log::open(store, txn, what)?.segment;
+        free(store, txn, at, newest, what)?;
+    }
     txn.open_table(OWNERS)
         .context(what)?
         .remove(id.as_bytes())
         .context(what)?;
+    let len = at.map(|(_, _, len)| len);
     if let Some(len) = len {
         add_chunk_bytes(txn, 0, len, what)?;
     }
@@ -374,25 +571,56 @@ mod tests {
         assert!(!store.remove_corrupt_chunk(&id).unwrap());
         assert_eq!(store.get_chunk(&id).unwrap(), Some(bytes.clone()));
         // A bad one goes, with its bytes.
+        let (segment, offset, _) = store.location(&id, "test").unwrap().unwrap();
         store
-            .write("test", |txn| {
-                let place = txn
-                    .open_table(CHUNK_PLACES)
-                    .context("test")?
-                    .get(id.as_bytes())
-                    .context("test")?
-                    .map(|g| g.value().0)
-                    .unwrap();
-                txn.open_table(CHUNK_DATA)
-                    .context("test")?
-                    .insert(place, &b"rotten"[..])
-                    .context("test")?;
-                Ok(((), true))
-            })
+            .inner
+            .segments
+            .write(segment, offset + 10, b"rotten")
             .unwrap();
         assert!(matches!(store.get_chunk(&id), Err(Error::Corrupt { .. })));
         assert!(store.remove_corrupt_chunk(&id).unwrap());
         assert!(!store.has_chunk(&id).unwrap());
+        assert_eq!(store.stats().unwrap().chunk_bytes, 0);
+    }
+
+    /// A chunk's space is given back once its removal is durable: a hole where it was,
+    /// and its whole segment once that holds nothing and takes nothing more.
+    #[test]
+    fn removed_chunks_give_their_space_back() {
+        let store = Store::in_memory().unwrap();
+        let (a, a_bytes) = chunk(1, 3000);
+        let (b, b_bytes) = chunk(2, 3000);
+        store.put_chunks(&[(a, &a_bytes), (b, &b_bytes)]).unwrap();
+        let at_a = store.location(&a, "test").unwrap().unwrap();
+        let at_b = store.location(&b, "test").unwrap().unwrap();
+        assert_eq!((at_a.0, at_b.0), (0, 0));
+        let deferred = store.deferred();
+        assert!(deferred.remove_chunk(&a).unwrap());
+        // Not durable yet: the bytes are still there (a crash would bring the chunk back).
+        assert_eq!(store.read_at(at_a, "test").unwrap().unwrap(), a_bytes);
+        store.sync().unwrap();
+        assert_eq!(store.read_at(at_a, "test").unwrap().unwrap(), vec![0; 3000]);
+        assert_eq!(store.read_at(at_b, "test").unwrap().unwrap(), b_bytes);
+        // A segment left behind with nothing in it is deleted.
+        store
+            .write("test", |txn| {
+                let mut log = Log::open(&store, txn, "test")?;
+                log.end = SEGMENT_BYTES;
+                log.finish(txn, "test")?;
+                Ok(((), true))
+            })
+            .unwrap();
+        let (c, c_bytes) = chunk(3, 100);
+        store.put_chunk(&c, &c_bytes).unwrap();
+        assert_eq!(store.location(&c, "test").unwrap().unwrap(), (1, 0, 100));
+        assert_eq!(store.inner.segments.list().unwrap(), vec![0, 1]);
+        assert!(store.remove_chunk(&b).unwrap());
+        assert_eq!(store.inner.segments.list().unwrap(), vec![1]);
+        assert_eq!(store.get_chunk(&b).unwrap(), None);
+        assert_eq!(store.get_chunk(&c).unwrap(), Some(c_bytes));
+        // The newest segment stays, empty or not.
+        assert!(store.remove_chunk(&c).unwrap());
+        assert_eq!(store.inner.segments.list().unwrap(), vec![1]);
         assert_eq!(store.stats().unwrap().chunk_bytes, 0);
     }
 
