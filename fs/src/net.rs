@@ -116,6 +116,10 @@ pub struct Counters {
     /// Answers from replicas that did not verify (a chunk not matching its id, a forged
     /// version): the replica was skipped.
     pub bad_answers: AtomicU64,
+    /// Chunks peers asked this node to store.
+    pub peer_chunks: AtomicU64,
+    /// Commits that stored them (several chunks per commit when they arrive together).
+    pub peer_chunk_commits: AtomicU64,
 }
 
 fn refusal(e: Refused) -> Refusal {
@@ -198,6 +202,102 @@ fn answer_blocking(replica: &Replica, request: Request) -> Response {
     result.unwrap_or_else(|e| Response::Refused(refusal(e)))
 }
 
+/// Bytes of chunks from peers stored in one commit at most.
+const GROUP_COMMIT_BYTES: usize = 32 << 20;
+
+/// Chunk writes from peers, stored together: while one commit runs, the writes that
+/// arrive meanwhile wait and then go in the next, one commit for all of them (group
+/// commit). A write alone is stored at once. Each chunk is checked on its own, so a peer
+/// offering a bad chunk fails only that one.
+#[derive(Debug, Clone)]
+struct ChunkWriter {
+    queue: tokio::sync::mpsc::Sender<Offer>,
+}
+
+/// A chunk a peer asked this node to store, and where its answer goes.
+#[derive(Debug)]
+struct Offer {
+    owner: InodeId,
+    id: ChunkId,
+    data: Vec<u8>,
+    answer: tokio::sync::oneshot::Sender<Response>,
+}
+
+impl ChunkWriter {
+    /// Starts the writer; it stops when every clone is dropped.
+    fn spawn(replica: Replica, counters: Arc<Counters>) -> ChunkWriter {
+        let (queue, mut offers) = tokio::sync::mpsc::channel::<Offer>(64);
+        tokio::spawn(async move {
+            while let Some(first) = offers.recv().await {
+                let mut bytes = first.data.len();
+                let mut group = vec![first];
+                while bytes < GROUP_COMMIT_BYTES
+                    && let Ok(next) = offers.try_recv()
+                {
+                    bytes += next.data.len();
+                    group.push(next);
+                }
+                counters
+                    .peer_chunks
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                counters.peer_chunk_commits.fetch_add(1, Ordering::Relaxed);
+                let (items, answers): (Vec<_>, Vec<_>) = group
+                    .into_iter()
+                    .map(|o| ((o.owner, o.id, o.data), o.answer))
+                    .unzip();
+                let replica = replica.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    let refs: Vec<(InodeId, ChunkId, &[u8])> = items
+                        .iter()
+                        .map(|(owner, id, data)| (*owner, *id, &data[..]))
+                        .collect();
+                    replica.put_chunks_each(&refs)
+                })
+                .await
+                .unwrap_or_else(|e| Err(Refused::Store(format!("store task failed: {e}"))));
+                match stored {
+                    Ok(results) => {
+                        for (answer, result) in answers.into_iter().zip(results) {
+                            let response = match result {
+                                Ok(new) => Response::Stored { new },
+                                Err(e) => Response::Refused(refusal(e)),
+                            };
+                            let _ = answer.send(response);
+                        }
+                    }
+                    Err(e) => {
+                        let refusal = refusal(e);
+                        for answer in answers {
+                            let _ = answer.send(Response::Refused(refusal.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        ChunkWriter { queue }
+    }
+
+    /// Stores one chunk with whatever else is waiting; the answer for the peer.
+    async fn put(&self, owner: InodeId, id: ChunkId, data: Vec<u8>) -> Response {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let offer = Offer {
+            owner,
+            id,
+            data,
+            answer,
+        };
+        let stopped = || {
+            Response::Refused(Refusal::Internal {
+                reason: "the chunk writer stopped".into(),
+            })
+        };
+        if self.queue.send(offer).await.is_err() {
+            return stopped();
+        }
+        answered.await.unwrap_or_else(|_| stopped())
+    }
+}
+
 /// Serves the block protocol from `replica` until the node stops.
 pub fn serve(
     replica: Replica,
@@ -211,6 +311,7 @@ pub fn serve(
         .map_err(|e| format!("cannot serve {}: {e}", block::PROTOCOL_NAME))?;
     let permits = Arc::new(Semaphore::new(config.max_inbound));
     let timeout = config.request_timeout;
+    let writer = ChunkWriter::spawn(replica.clone(), counters.clone());
     Ok(tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -221,10 +322,11 @@ pub fn serve(
             let replica = replica.clone();
             let identity = identity.clone();
             let counters = counters.clone();
+            let writer = writer.clone();
             tokio::spawn(async move {
                 let served = tokio::time::timeout(
                     timeout,
-                    serve_one(&replica, &identity, stream, &counters),
+                    serve_one(&replica, &writer, &identity, stream, &counters),
                 )
                 .await;
                 if !matches!(served, Ok(Ok(()))) {
@@ -238,6 +340,7 @@ pub fn serve(
 
 async fn serve_one(
     replica: &Replica,
+    writer: &ChunkWriter,
     identity: &Arc<Vec<u8>>,
     mut stream: libp2p::Stream,
     counters: &Counters,
@@ -251,7 +354,12 @@ async fn serve_one(
             match block::decode_request(&body) {
                 Ok(request) => {
                     counters.served.fetch_add(1, Ordering::Relaxed);
-                    answer(replica, identity, request).await
+                    match request {
+                        Request::PutChunk { id, owner, data } => {
+                            writer.put(InodeId(owner), ChunkId(id), data).await
+                        }
+                        request => answer(replica, identity, request).await,
+                    }
                 }
                 Err(e) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);

@@ -145,6 +145,25 @@ impl Replica {
         })
     }
 
+    /// Stores chunks of several owners in one transaction, each checked against its id
+    /// on its own (see [`Store::put_chunks_each`]): one result per chunk.
+    pub fn put_chunks_each(
+        &self,
+        chunks: &[(InodeId, ChunkId, &[u8])],
+    ) -> Result<Vec<Result<bool, Refused>>, Refused> {
+        Ok(self
+            .store
+            .put_chunks_each(chunks)?
+            .into_iter()
+            .map(|result| {
+                result.map_err(|e| {
+                    self.counters.refused_chunks.fetch_add(1, Ordering::Relaxed);
+                    Refused::from(e)
+                })
+            })
+            .collect())
+    }
+
     /// Stores chunks sealed in this process (see [`Store::put_sealed_of`]).
     pub fn put_sealed(&self, owner: &InodeId, chunks: &[Sealed]) -> Result<usize, Refused> {
         Ok(self.store.put_sealed_of(owner, chunks)?)

@@ -351,6 +351,51 @@ async fn every_replica_refuses_forged_versions_and_bad_chunks() {
             protocols::block::Response::Refused(protocols::block::Refusal::Mismatch)
         );
     }
+    // Chunks offered at once may be stored in one commit (group commit); a bad one among
+    // them fails alone.
+    let target: libp2p::PeerId = nodes[1]
+        .dht
+        .status()
+        .await
+        .unwrap()
+        .peer_id
+        .parse()
+        .unwrap();
+    let offers: Vec<([u8; 32], Vec<u8>)> = (0..12u8)
+        .map(|n| {
+            let bytes = data(100_000, n);
+            let id = if n == 5 {
+                [9; 32]
+            } else {
+                *fs::id::ChunkId::of(&bytes).as_bytes()
+            };
+            (id, bytes)
+        })
+        .collect();
+    let answers = futures::future::join_all(offers.iter().map(|(id, bytes)| {
+        mallory.network.request(
+            target,
+            protocols::block::Request::PutChunk {
+                id: *id,
+                owner: [8; 32],
+                data: bytes.clone(),
+            },
+        )
+    }))
+    .await;
+    for (n, answer) in answers.into_iter().enumerate() {
+        let expected = if n == 5 {
+            protocols::block::Response::Refused(protocols::block::Refusal::Mismatch)
+        } else {
+            protocols::block::Response::Stored { new: true }
+        };
+        assert_eq!(answer.unwrap(), expected, "offer {n}");
+    }
+    let store = nodes[1].network.local().store();
+    for (n, (id, bytes)) in offers.iter().enumerate() {
+        let held = store.get_chunk(&fs::id::ChunkId(*id)).unwrap();
+        assert_eq!(held.as_ref(), (n != 5).then_some(bytes), "offer {n}");
+    }
     let mut out = Vec::new();
     writer.get(&file, &mut out, |_| {}).await.unwrap();
     assert_eq!(out, b"genuine");

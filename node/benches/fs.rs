@@ -626,6 +626,13 @@ fn three_nodes(
         let added: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let copies = added.iter().sum::<u64>() as f64 / added[0].max(1) as f64;
         eprintln!("  chunks added per node: {added:?}, {copies:.2} copies on average");
+        for i in 1..net.nodes.len() {
+            let fs = &net.json(i, &["status"])?["fs"];
+            eprintln!(
+                "  node {i} stored {} chunks from peers in {} commits",
+                fs["peer_chunks"], fs["peer_chunk_commits"]
+            );
+        }
         let mut note = format!("{copies:.2} copies per chunk");
         if failed > 0 {
             note = format!("{}; {note}", attempts_note(failed));

@@ -106,6 +106,9 @@ pub(crate) struct FsStatus {
     pub(crate) bad_answers: u64,
     /// Block requests served.
     pub(crate) served: u64,
+    /// Chunks peers asked this node to store, and the commits that stored them.
+    pub(crate) peer_chunks: u64,
+    pub(crate) peer_chunk_commits: u64,
     pub(crate) repair: repair::Status,
 }
 
@@ -227,6 +230,8 @@ impl Files {
             corrupt_dropped: local.counters().corrupt_dropped.load(Relaxed),
             bad_answers: net.bad_answers.load(Relaxed),
             served: net.served.load(Relaxed),
+            peer_chunks: net.peer_chunks.load(Relaxed),
+            peer_chunk_commits: net.peer_chunk_commits.load(Relaxed),
             repair: self.repair.status(),
         }
     }
@@ -668,6 +673,16 @@ impl prometheus_client::collector::Collector for Collector {
                 "blocktree_fs_bad_answers",
                 "Answers from replicas that did not verify",
                 self.network.counters().bad_answers.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_peer_chunks",
+                "Chunks peers asked this node to store",
+                self.network.counters().peer_chunks.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_peer_chunk_commits",
+                "Commits that stored chunks from peers (several per commit when they arrive together)",
+                self.network.counters().peer_chunk_commits.load(Relaxed),
             ),
         ];
         for (name, help, value) in counters {

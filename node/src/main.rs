@@ -493,6 +493,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "refused:       {} versions, {} chunks; {} bad answers from replicas",
                 fs.refused_versions, fs.refused_chunks, fs.bad_answers
             );
+            println!(
+                "from peers:    {} chunks stored in {} commits",
+                fs.peer_chunks, fs.peer_chunk_commits
+            );
             Ok(())
         }
         Command::Tell(args) => {

@@ -15,6 +15,14 @@ use crate::id::{ChunkId, InodeId, VersionId};
 /// Where a chunk's bytes are: segment, offset, length.
 type Location = (u64, u64, u64);
 
+/// A chunk to store: its owner (if known), id and bytes.
+type Offered<'a> = (Option<&'a InodeId>, ChunkId, &'a [u8]);
+
+/// How many are true.
+fn count(new: &[bool]) -> usize {
+    new.iter().filter(|n| **n).count()
+}
+
 impl Store {
     /// Stores chunks in one transaction; returns how many were new.
     ///
@@ -43,8 +51,38 @@ impl Store {
     /// are their hashes already (only [`crate::chunk::seal`] makes a [`Sealed`]), so they
     /// are not hashed again.
     pub fn put_sealed_of(&self, owner: &InodeId, chunks: &[Sealed]) -> Result<usize, Error> {
-        let items: Vec<(ChunkId, &[u8])> = chunks.iter().map(|c| (c.id(), c.bytes())).collect();
-        self.put_checked(Some(owner), &items)
+        let items: Vec<Offered<'_>> = chunks
+            .iter()
+            .map(|c| (Some(owner), c.id(), c.bytes()))
+            .collect();
+        Ok(count(&self.put_checked(&items)?))
+    }
+
+    /// Stores chunks of several owners in one transaction, each checked on its own: the
+    /// result has one entry per chunk, [`Error::Mismatch`] for a chunk whose bytes do not
+    /// hash to its id (not stored), else whether it was new. The others are stored even
+    /// if some do not match. A replica answering several peers' writes at once uses it,
+    /// so that one bad chunk fails only itself. `Err` if the store failed: then nothing
+    /// was stored.
+    pub fn put_chunks_each(
+        &self,
+        chunks: &[(InodeId, ChunkId, &[u8])],
+    ) -> Result<Vec<Result<bool, Error>>, Error> {
+        let mut results: Vec<Result<bool, Error>> = Vec::with_capacity(chunks.len());
+        let mut good = Vec::with_capacity(chunks.len());
+        for (owner, id, bytes) in chunks {
+            if ChunkId::of(bytes) == *id {
+                good.push((Some(owner), *id, *bytes));
+                results.push(Ok(false));
+            } else {
+                results.push(Err(Error::Mismatch { id: *id }));
+            }
+        }
+        let mut stored = self.put_checked(&good)?.into_iter();
+        for result in results.iter_mut().filter(|r| r.is_ok()) {
+            *result = Ok(stored.next().unwrap_or(false));
+        }
+        Ok(results)
     }
 
     /// The inode a stored chunk belongs to, if it was stored with one.
@@ -66,15 +104,13 @@ impl Store {
         if let Some((id, _)) = chunks.iter().find(|(id, bytes)| ChunkId::of(bytes) != *id) {
             return Err(Error::Mismatch { id: *id });
         }
-        self.put_checked(owner, chunks)
+        let items: Vec<Offered<'_>> = chunks.iter().map(|(id, b)| (owner, *id, *b)).collect();
+        Ok(count(&self.put_checked(&items)?))
     }
 
-    /// Stores chunks whose ids match their bytes.
-    fn put_checked(
-        &self,
-        owner: Option<&InodeId>,
-        chunks: &[(ChunkId, &[u8])],
-    ) -> Result<usize, Error> {
+    /// Stores chunks whose ids match their bytes, in one transaction; for each, whether
+    /// it was new.
+    fn put_checked(&self, chunks: &[Offered<'_>]) -> Result<Vec<bool>, Error> {
         // Which need writing: found in a read transaction, which leaves writers alone.
         const WHAT: &str = "storing chunks";
         let mut missing = Vec::new();
@@ -82,41 +118,40 @@ impl Store {
         {
             let txn = self.read(WHAT)?;
             let locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
-            if owner.is_some() {
-                let owners = txn.open_table(OWNERS).context(WHAT)?;
-                for (id, _) in chunks {
-                    if owners.get(id.as_bytes()).context(WHAT)?.is_none() {
-                        unowned.push(*id);
-                    }
+            let owners = txn.open_table(OWNERS).context(WHAT)?;
+            for (n, (owner, id, bytes)) in chunks.iter().enumerate() {
+                if let Some(owner) = owner
+                    && owners.get(id.as_bytes()).context(WHAT)?.is_none()
+                {
+                    unowned.push((*id, **owner));
                 }
-            }
-            for (id, bytes) in chunks {
                 let Some(at) = locations.get(id.as_bytes()).context(WHAT)? else {
-                    missing.push((id, bytes));
+                    missing.push(n);
                     continue;
                 };
                 if !self.holds(at.value(), bytes, WHAT)? {
                     self.found_corrupt(id);
-                    missing.push((id, bytes));
+                    missing.push(n);
                 }
             }
         }
+        let mut new = vec![false; chunks.len()];
         if missing.is_empty() && unowned.is_empty() {
-            return Ok(0);
+            return Ok(new);
         }
         self.write(WHAT, |txn| {
-            if let Some(owner) = owner {
-                let mut owners = txn.open_table(OWNERS).context(WHAT)?;
-                for id in &unowned {
-                    owners
-                        .insert(id.as_bytes(), owner.as_bytes())
-                        .context(WHAT)?;
-                }
+            let mut owners = txn.open_table(OWNERS).context(WHAT)?;
+            for (id, owner) in &unowned {
+                owners
+                    .insert(id.as_bytes(), owner.as_bytes())
+                    .context(WHAT)?;
             }
+            drop(owners);
             let mut log = Log::open(self, txn, WHAT)?;
             let mut locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
-            let (mut new, mut added, mut removed) = (0, 0, 0);
-            for (id, bytes) in missing {
+            let (mut added, mut removed) = (0, 0);
+            for n in missing {
+                let (_, id, bytes) = chunks[n];
                 let held = locations
                     .get(id.as_bytes())
                     .context(WHAT)?
@@ -135,12 +170,13 @@ impl Store {
                     .insert(id.as_bytes(), (segment, offset, bytes.len() as u64))
                     .context(WHAT)?;
                 added += bytes.len() as u64;
-                new += 1;
+                new[n] = true;
             }
             drop(locations);
             log.finish(txn, WHAT)?;
             add_chunk_bytes(txn, added, removed, WHAT)?;
-            Ok((new, new > 0 || !unowned.is_empty()))
+            let changed = new.contains(&true) || !unowned.is_empty();
+            Ok((new, changed))
         })
     }
 

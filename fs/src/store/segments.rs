@@ -180,8 +180,11 @@ impl Segments for DirSegments {
     }
 
     fn remove(&self, n: u64) -> io::Result<()> {
-        self.open.write().map_err(poisoned)?.remove(&n);
-        match std::fs::remove_file(self.path(n)) {
+        let mut open = self.open.write().map_err(poisoned)?;
+        open.remove(&n);
+        let removed = std::fs::remove_file(self.path(n));
+        drop(open);
+        match removed {
             Ok(()) => self.sync_dir(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
