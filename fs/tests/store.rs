@@ -667,15 +667,13 @@ impl Segments for FaultySegments {
         })
     }
 
-    fn read(&self, n: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read(&self, n: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let state = self.0.state.lock().unwrap();
         let file = state.segments.get(&n).ok_or_else(|| no_segment(n))?;
-        let bytes = file
-            .live
-            .get(offset as usize..offset as usize + buf.len())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(bytes);
-        Ok(())
+        file.live
+            .get(offset as usize..offset as usize + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
     }
 
     fn sync(&self, n: u64) -> io::Result<()> {

@@ -194,9 +194,8 @@ impl Store {
         let (segment, offset, len) = at;
         let len = usize::try_from(len)
             .map_err(|_| Error::Io(format!("{what}: a chunk of {len} bytes")))?;
-        let mut bytes = vec![0; len];
-        match self.inner.segments.read(segment, offset, &mut bytes) {
-            Ok(()) => Ok(Some(bytes)),
+        match self.inner.segments.read(segment, offset, len) {
+            Ok(bytes) => Ok(Some(bytes)),
             Err(e)
                 if matches!(
                     e.kind(),
