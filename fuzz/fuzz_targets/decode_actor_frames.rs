@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut again = Vec::new();
                 write_message(message, &mut again).expect("an accepted message writes");
                 assert_eq!(&again[4..], bytes);
-                let _ = channels.entry(message.channel).or_default().expand(&message);
+                let _ = channels
+                    .entry(message.channel)
+                    .or_default()
+                    .expand(&message);
             }
             Ok(FrameRef::Other(frame)) => {
                 let mut again = Vec::new();
@@ -50,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
     // Pub-sub publications arrive as whole gossipsub messages.
     if let Ok(publication) = wire::decode::<Publication>(data) {
         let bytes = wire::encode(&publication).expect("an accepted publication encodes");
-        assert_eq!(wire::decode::<Publication>(&bytes).as_ref(), Ok(&publication));
+        assert_eq!(
+            wire::decode::<Publication>(&bytes).as_ref(),
+            Ok(&publication)
+        );
     }
 });

@@ -6,8 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocols::block::{
-    Request, Response, decode_request, decode_response, encode_request, encode_response,
-    frame_len,
+    Request, Response, decode_request, decode_response, encode_request, encode_response, frame_len,
 };
 use protocols::wire::{EncodeError, Message};
 

@@ -22,8 +22,8 @@ thread_local! {
 fuzz_target!(|data: &[u8]| {
     let none = Revocations::default();
     if let Ok(verified) = Signed::verify(data, u64::MAX / 2, &none) {
-        let body = wire::encode(&verified.inode).expect("a verified inode encodes");
-        assert_eq!(wire::decode::<Inode>(&body).as_ref(), Ok(&verified.inode));
+        let body = wire::encode(&*verified.inode).expect("a verified inode encodes");
+        assert_eq!(wire::decode::<Inode>(&body).as_ref(), Ok(&*verified.inode));
         assert_eq!(verified.id, verified.inode.binding.id());
         REPLICA.with(|r| {
             let _ = r.borrow().put_version(&verified.id, data);
