@@ -206,10 +206,15 @@ impl Drop for Inner {
     }
 }
 
-/// Takes what `lock` holds. A poisoned lock still gives its contents: they are plain
-/// lists, whole after every push.
-fn take<T>(lock: &Mutex<Vec<T>>) -> Vec<T> {
-    std::mem::take(&mut *lock.lock().unwrap_or_else(|e| e.into_inner()))
+/// Locks `mutex`. A poisoned lock still gives its contents: they are plain lists and
+/// sets, whole after every change.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes what `mutex` holds.
+fn take<T>(mutex: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *lock(mutex))
 }
 
 impl Inner {
@@ -220,19 +225,23 @@ impl Inner {
         txn.set_durability(Durability::Immediate);
         txn.set_two_phase_commit(true);
         self.sync_segments(WHAT)?;
-        // Holding the write transaction, no deferred write can slip in between.
+        // Holding the write transaction, no deferred write can slip in between; what
+        // deferred writes freed is taken now for the same reason.
         self.pending.store(false, Ordering::Release);
-        txn.commit().context(WHAT).inspect_err(|_| {
+        let freed = take(&self.freed);
+        if let Err(e) = txn.commit() {
             self.pending.store(true, Ordering::Release);
-        })?;
-        self.reclaim(take(&self.freed));
+            lock(&self.freed).splice(0..0, freed);
+            return Err(e).context(WHAT);
+        }
+        self.reclaim(freed);
         Ok(())
     }
 
     /// Syncs every segment written since its last sync. Call while holding the write
     /// transaction, before a durable commit.
     fn sync_segments(&self, what: &'static str) -> Result<(), Error> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirty = lock(&self.dirty);
         while let Some(&segment) = dirty.first() {
             self.segments
                 .sync(segment)
@@ -569,38 +578,37 @@ impl Store {
         }
         let inner = &self.inner;
         // Whatever `f` freed is given back only if its removal commits.
-        let committed = (|| {
-            let (out, changed) = f(&txn)?;
+        // What this transaction freed is taken while it is still held: once it commits,
+        // the next writer's frees go to the same list.
+        let (out, reclaim) = (|| {
+            let result = f(&txn);
+            let freeing = take(&inner.freeing);
+            let (out, changed) = result?;
             if !changed {
                 txn.abort().context(what)?;
-                return Ok((out, false));
+                return Ok((out, Vec::new()));
             }
-            if !self.deferred {
-                inner.sync_segments(what)?;
+            if self.deferred {
+                inner.pending.store(true, Ordering::Release);
+                txn.commit().context(what)?;
+                lock(&inner.freed).extend(freeing);
+                return Ok((out, Vec::new()));
             }
+            inner.sync_segments(what)?;
             // Set while the write transaction is held, so that no other commit comes
             // between the flag and the commit it describes.
-            inner.pending.store(self.deferred, Ordering::Release);
-            txn.commit().context(what).inspect_err(|_| {
+            inner.pending.store(false, Ordering::Release);
+            // Space freed by deferred commits before this one becomes free with it.
+            let mut freed = take(&inner.freed);
+            if let Err(e) = txn.commit() {
                 inner.pending.store(true, Ordering::Release);
-            })?;
-            Ok((out, true))
-        })();
-        let freeing = take(&inner.freeing);
-        let (out, changed) = committed?;
-        if changed {
-            if self.deferred {
-                inner
-                    .freed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(freeing);
-            } else {
-                let mut freed = take(&inner.freed);
-                freed.extend(freeing);
-                inner.reclaim(freed);
+                lock(&inner.freed).splice(0..0, freed);
+                return Err(e).context(what);
             }
-        }
+            freed.extend(freeing);
+            Ok((out, freed))
+        })()?;
+        inner.reclaim(reclaim);
         Ok(out)
     }
 

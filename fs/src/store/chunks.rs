@@ -441,11 +441,7 @@ impl<'s> Log<'s> {
         }
         let (segment, offset) = (self.segment, self.end);
         let inner = &self.store.inner;
-        inner
-            .dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(segment);
+        super::lock(&inner.dirty).insert(segment);
         inner
             .segments
             .write(segment, offset, bytes)
@@ -489,11 +485,7 @@ impl Store {
                 .remove(segment)
                 .context(what)?;
         }
-        self.inner
-            .freeing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(item);
+        super::lock(&self.inner.freeing).push(item);
         Ok(())
     }
 }
