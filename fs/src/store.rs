@@ -63,7 +63,12 @@
 //! async code, call them through `tokio::task::spawn_blocking`.
 //!
 //! After an I/O error redb refuses further transactions until the database is reopened:
-//! calls return [`Error::Io`]; reopen the store.
+//! calls return [`Error::Io`]; reopen the store. The same holds after a segment could not
+//! be written or synced, and then nothing more is written to the database file at all,
+//! not even when it is dropped (redb would make its last deferred commits durable then):
+//! Linux may drop the pages of a failed sync and report the next sync a success, so a
+//! retried sync could otherwise record chunks durable whose bytes are gone. Reopening cuts
+//! the segments back to what the database last recorded durably.
 //!
 //! # Example
 //!
@@ -157,8 +162,12 @@ const META_LOG_END: &str = "log_end";
 const MIGRATION_BATCH_BYTES: usize = 64 << 20;
 /// META key: total bytes of stored chunks.
 const META_CHUNK_BYTES: &str = "chunk_bytes";
-/// A segment takes new chunks until it would grow past this; then the next one starts.
-const SEGMENT_BYTES: u64 = 1 << 30;
+/// A segment takes new chunks until it would grow past this; then the next one starts
+/// (see [`Store::with_backends_sized`]).
+pub const SEGMENT_BYTES: u64 = 1 << 30;
+/// The largest chunk the store takes: the block protocol's limit. A recorded length
+/// above it is corruption (a database changed on the disk), not an allocation to make.
+pub const MAX_CHUNK_BYTES: usize = protocols::limits::MAX_CHUNK_BYTES;
 
 /// The replica's store: chunks, inode versions and pins; redb, and segment files for the
 /// chunks' bytes.
@@ -184,6 +193,13 @@ enum Reclaim {
 struct Inner {
     db: Database,
     segments: Box<dyn Segments>,
+    /// See [`SEGMENT_BYTES`].
+    segment_bytes: u64,
+    /// A segment failed to be written or synced: writes are refused until the store is
+    /// reopened, and nothing more reaches the database file (see `SyncedGrowth`). Linux
+    /// may drop the pages of a failed sync and report the next sync a success, so a
+    /// retried sync could otherwise record bytes durable that are gone.
+    failed: Arc<AtomicBool>,
     /// Segments written since they were last synced.
     dirty: Mutex<BTreeSet<u64>>,
     /// Space freed by the write transaction running now.
@@ -221,6 +237,7 @@ impl Inner {
     /// Commits durably, making every deferred write before it durable too.
     fn sync(&self) -> Result<(), Error> {
         const WHAT: &str = "making deferred writes durable";
+        self.check_failed(WHAT)?;
         let mut txn = self.db.begin_write().context(WHAT)?;
         txn.set_durability(Durability::Immediate);
         txn.set_two_phase_commit(true);
@@ -245,8 +262,32 @@ impl Inner {
         while let Some(&segment) = dirty.first() {
             self.segments
                 .sync(segment)
-                .map_err(|e| Error::Io(format!("{what}: syncing segment {segment}: {e}")))?;
+                .map_err(|e| self.segment_failed(what, "syncing", segment, &e))?;
             dirty.remove(&segment);
+        }
+        Ok(())
+    }
+
+    /// Marks the store failed after a segment could not be written or synced; the error
+    /// to return.
+    fn segment_failed(
+        &self,
+        what: &'static str,
+        doing: &str,
+        segment: u64,
+        e: &std::io::Error,
+    ) -> Error {
+        self.failed.store(true, Ordering::Release);
+        tracing::error!(segment, error = %e, "{doing} a chunk segment failed; the store takes no more writes until reopened");
+        Error::Io(format!("{what}: {doing} segment {segment}: {e}"))
+    }
+
+    /// Refuses to write after a segment failed (see [`Inner::failed`]).
+    fn check_failed(&self, what: &'static str) -> Result<(), Error> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Io(format!(
+                "{what}: an earlier write or sync of a chunk segment failed; reopen the store"
+            )));
         }
         Ok(())
     }
@@ -337,35 +378,54 @@ impl Store {
         path.with_extension("chunks")
     }
 
-    /// Opens the store on a redb storage backend, with segments in memory.
-    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<Store, Error> {
-        Store::with_backends(backend, MemSegments::default())
-    }
-
     /// Opens the store on a redb storage backend and segments (tests use it to inject
     /// faults).
     pub fn with_backends(
         backend: impl redb::StorageBackend,
         segments: impl Segments,
     ) -> Result<Store, Error> {
+        Store::with_backends_sized(backend, segments, SEGMENT_BYTES)
+    }
+
+    /// [`Store::with_backends`], starting a new segment when one would grow past
+    /// `segment_bytes` (tests make it small, so that segments fill, roll over and go).
+    pub fn with_backends_sized(
+        backend: impl redb::StorageBackend,
+        segments: impl Segments,
+        segment_bytes: u64,
+    ) -> Result<Store, Error> {
+        let failed = Arc::new(AtomicBool::new(false));
         let db = redb::Builder::new()
-            .create_with_backend(SyncedGrowth(backend))
+            .create_with_backend(SyncedGrowth {
+                backend,
+                fenced: failed.clone(),
+            })
             .context("opening the store")?;
-        Store::init(db, Box::new(segments))
+        Store::init(db, Box::new(segments), segment_bytes.max(1), failed)
     }
 
     /// A store in memory, empty, gone when the last clone is dropped.
     pub fn in_memory() -> Result<Store, Error> {
-        Store::with_backend(redb::backends::InMemoryBackend::new())
+        Store::with_backends(
+            redb::backends::InMemoryBackend::new(),
+            MemSegments::default(),
+        )
     }
 
     /// Creates the tables if missing, checks the format, moves an older format's chunks
     /// to segments, and cuts what a crash left past the log's end.
-    fn init(db: Database, segments: Box<dyn Segments>) -> Result<Store, Error> {
+    fn init(
+        db: Database,
+        segments: Box<dyn Segments>,
+        segment_bytes: u64,
+        failed: Arc<AtomicBool>,
+    ) -> Result<Store, Error> {
         let store = Store {
             inner: Arc::new(Inner {
                 db,
                 segments,
+                segment_bytes,
+                failed,
                 dirty: Mutex::default(),
                 freeing: Mutex::default(),
                 freed: Mutex::default(),
@@ -568,6 +628,7 @@ impl Store {
         what: &'static str,
         f: impl FnOnce(&WriteTransaction) -> Result<(T, bool), Error>,
     ) -> Result<T, Error> {
+        self.inner.check_failed(what)?;
         let mut txn = self.inner.db.begin_write().context(what)?;
         if self.deferred {
             txn.set_durability(Durability::None);
@@ -795,13 +856,14 @@ mod tests {
             Arc::new(redb::backends::InMemoryBackend::new()),
             Arc::new(AtomicU64::new(0)),
         );
-        let store = Store::with_backend(disk.clone()).unwrap();
+        let segments = Arc::new(MemSegments::default());
+        let store = Store::with_backends(disk.clone(), segments.clone()).unwrap();
         let chunks = chunks_of(40, 100_000);
         let batch: Vec<(ChunkId, &[u8])> = chunks.iter().map(|(id, b)| (*id, &b[..])).collect();
         store.put_chunks(&batch).unwrap();
         drop(store);
         // Reopened: nothing in redb's cache.
-        let store = Store::with_backend(disk.clone()).unwrap();
+        let store = Store::with_backends(disk.clone(), segments).unwrap();
         let before = disk.1.load(Ordering::Relaxed);
         let mut ids = store.chunk_ids(None, 1000).unwrap();
         assert!(ids.iter().all(|id| store.has_chunk(id).unwrap()));

@@ -718,9 +718,17 @@ impl Segments for FaultySegments {
     }
 }
 
+/// Segments this small fill after a few of the pool's chunks: runs roll over to new
+/// segments and delete emptied ones.
+const TEST_SEGMENT_BYTES: u64 = 400_000;
+
 /// A store on `disk`: its database file and its segments.
 fn open_on(disk: &Arc<Disk>) -> Result<Store, Error> {
-    Store::with_backends(FaultyBackend(disk.clone()), FaultySegments(disk.clone()))
+    Store::with_backends_sized(
+        FaultyBackend(disk.clone()),
+        FaultySegments(disk.clone()),
+        TEST_SEGMENT_BYTES,
+    )
 }
 
 /// Runs `ops` until one fails; the model of what was acknowledged, and the failed op.
@@ -911,7 +919,8 @@ fn corrupt_chunks_are_detected() {
 #[test]
 fn a_bulk_write_is_one_commit() {
     let disk = Arc::new(Disk::default());
-    let store = open_on(&disk).unwrap();
+    let store =
+        Store::with_backends(FaultyBackend(disk.clone()), FaultySegments(disk.clone())).unwrap();
     let chunks: Vec<(ChunkId, Vec<u8>)> = (0..16)
         .map(|n| {
             let bytes = pattern(1000 + n, 1 << 20);
@@ -976,6 +985,60 @@ fn chunks_of_several_owners_are_checked_each_and_stored_in_one_commit() {
             .all(|(n, r)| n == 2 || matches!(r, Ok(false)))
     );
     assert_eq!(disk.ops(), ops);
+}
+
+/// A segment sync that fails is not retried into a success: the bytes it did not write
+/// may be gone (Linux marks them clean), so the store refuses every write until it is
+/// reopened, and the chunk is never recorded durable without its bytes.
+#[test]
+fn a_failed_segment_sync_is_not_retried_into_a_false_durable() {
+    let disk = Arc::new(Disk::default());
+    let store = open_on(&disk).unwrap();
+    let deferred = store.deferred();
+    let (id, bytes) = &POOL.chunks[6];
+    assert!(deferred.put_chunk(id, bytes).unwrap());
+    disk.arm(Fault::FailOnce(0));
+    assert!(matches!(store.sync(), Err(Error::Io(_))));
+    assert_eq!(disk.state.lock().unwrap().faulted, vec!["sync"]);
+    assert!(matches!(store.sync(), Err(Error::Io(_))), "a retried sync");
+    let (other, other_bytes) = &POOL.chunks[5];
+    assert!(matches!(
+        store.put_chunk(other, other_bytes),
+        Err(Error::Io(_))
+    ));
+    drop((store, deferred));
+    for (image, what) in [
+        (disk.durable_image(), "durable"),
+        (disk.live_image(), "live"),
+    ] {
+        let reopened = open_on(&Disk::with_image(&image)).unwrap();
+        // Never acknowledged: there whole, or not at all.
+        match reopened.get_chunk(id) {
+            Ok(None) => {}
+            Ok(Some(held)) => assert_eq!(&held, bytes),
+            Err(e) => panic!("{what}: the unsynced chunk reads back as {e:?}"),
+        }
+        assert!(reopened.put_chunk(other, other_bytes).unwrap());
+    }
+}
+
+/// An empty chunk keeps no segment alive, and reads back after its segment is gone.
+#[test]
+fn empty_chunks_outlive_their_segment() {
+    let disk = Arc::new(Disk::default());
+    let store = open_on(&disk).unwrap();
+    let (empty, nothing) = &POOL.chunks[0];
+    assert!(nothing.is_empty());
+    let (big, big_bytes) = &POOL.chunks[7];
+    let (next, next_bytes) = &POOL.chunks[SMALL];
+    store.put_chunk(big, big_bytes).unwrap();
+    store.put_chunk(empty, nothing).unwrap();
+    // The next chunk does not fit: segment 1 starts; removing the big chunk empties 0.
+    store.put_chunk(next, next_bytes).unwrap();
+    store.remove_chunk(big).unwrap();
+    assert!(!disk.state.lock().unwrap().segments.contains_key(&0));
+    assert_eq!(store.get_chunk(empty).unwrap().as_deref(), Some(&[][..]));
+    assert_eq!(store.get_chunk(next).unwrap().as_ref(), Some(next_bytes));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The storage backend wrapper every store runs on.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::StorageBackend;
 
@@ -14,32 +16,54 @@ use redb::StorageBackend;
 /// crash tests found it; redb 4.2 fixes it the same way, with a sync right after growing
 /// (cberner/redb commit fd82ced, "Make file growth durable"). The cost is one extra sync
 /// each time the file grows, which redb does in large steps.
+///
+/// It also fences the database once the store has failed (`fenced`, set when a chunk
+/// segment could not be written or synced): every later write and sync fails. redb makes
+/// its last commits durable when the database is dropped, and those could record chunks
+/// whose bytes the failed sync lost.
 #[derive(Debug)]
-pub(super) struct SyncedGrowth<B>(pub(super) B);
+pub(super) struct SyncedGrowth<B> {
+    pub(super) backend: B,
+    pub(super) fenced: Arc<AtomicBool>,
+}
+
+impl<B: StorageBackend> SyncedGrowth<B> {
+    fn check(&self) -> Result<(), io::Error> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "a chunk segment failed: the store takes no more writes until reopened",
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl<B: StorageBackend> StorageBackend for SyncedGrowth<B> {
     fn len(&self) -> Result<u64, io::Error> {
-        self.0.len()
+        self.backend.len()
     }
 
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
-        self.0.read(offset, len)
+        self.backend.read(offset, len)
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        let grows = len > self.0.len()?;
-        self.0.set_len(len)?;
+        self.check()?;
+        let grows = len > self.backend.len()?;
+        self.backend.set_len(len)?;
         if grows {
-            self.0.sync_data(false)?;
+            self.backend.sync_data(false)?;
         }
         Ok(())
     }
 
     fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
-        self.0.sync_data(eventual)
+        self.check()?;
+        self.backend.sync_data(eventual)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        self.0.write(offset, data)
+        self.check()?;
+        self.backend.write(offset, data)
     }
 }

@@ -6,8 +6,8 @@ use std::ops::Bound;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    CHUNK_LOCATIONS, Context, Error, META, META_CHUNK_BYTES, META_LOG_END, META_LOG_SEGMENT,
-    OWNERS, PINS, Reclaim, SEGMENT_BYTES, SEGMENT_LIVE, Store, pair, pairs_of, second,
+    CHUNK_LOCATIONS, Context, Error, MAX_CHUNK_BYTES, META, META_CHUNK_BYTES, META_LOG_END,
+    META_LOG_SEGMENT, OWNERS, PINS, Reclaim, SEGMENT_LIVE, Store, pair, pairs_of, second,
 };
 use crate::chunk::Sealed;
 use crate::id::{ChunkId, InodeId, VersionId};
@@ -71,7 +71,12 @@ impl Store {
         let mut results: Vec<Result<bool, Error>> = Vec::with_capacity(chunks.len());
         let mut good = Vec::with_capacity(chunks.len());
         for (owner, id, bytes) in chunks {
-            if ChunkId::of(bytes) == *id {
+            if bytes.len() > MAX_CHUNK_BYTES {
+                results.push(Err(Error::TooLarge {
+                    id: *id,
+                    len: bytes.len(),
+                }));
+            } else if ChunkId::of(bytes) == *id {
                 good.push((Some(owner), *id, *bytes));
                 results.push(Ok(false));
             } else {
@@ -113,14 +118,22 @@ impl Store {
     fn put_checked(&self, chunks: &[Offered<'_>]) -> Result<Vec<bool>, Error> {
         // Which need writing: found in a read transaction, which leaves writers alone.
         const WHAT: &str = "storing chunks";
+        if let Some((_, id, bytes)) = chunks.iter().find(|c| c.2.len() > MAX_CHUNK_BYTES) {
+            return Err(Error::TooLarge {
+                id: *id,
+                len: bytes.len(),
+            });
+        }
         let mut missing = Vec::new();
-        let mut unowned = Vec::new();
+        let mut unowned: Vec<(ChunkId, InodeId)> = Vec::new();
         {
             let txn = self.read(WHAT)?;
             let locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
             let owners = txn.open_table(OWNERS).context(WHAT)?;
             for (n, (owner, id, bytes)) in chunks.iter().enumerate() {
+                // The first owner offered is kept, as a later write would keep it.
                 if let Some(owner) = owner
+                    && !unowned.iter().any(|(held, _)| held == id)
                     && owners.get(id.as_bytes()).context(WHAT)?.is_none()
                 {
                     unowned.push((*id, **owner));
@@ -129,8 +142,13 @@ impl Store {
                     missing.push(n);
                     continue;
                 };
-                if !self.holds(at.value(), bytes, WHAT)? {
-                    self.found_corrupt(id);
+                let at = at.value();
+                if !self.holds(at, bytes, WHAT) {
+                    // Not corruption if it was removed or replaced since this read began
+                    // (its space given back).
+                    if self.location(id, WHAT)? == Some(at) {
+                        self.found_corrupt(id);
+                    }
                     missing.push(n);
                 }
             }
@@ -159,7 +177,7 @@ impl Store {
                 // Held since the read, or twice in `chunks`, or a corrupt copy (which the
                 // good bytes replace).
                 if let Some(at) = held {
-                    if self.holds(at, bytes, WHAT)? {
+                    if self.holds(at, bytes, WHAT) {
                         continue;
                     }
                     log.free(txn, at, WHAT)?;
@@ -181,19 +199,35 @@ impl Store {
     }
 
     /// Whether the chunk stored at `at` is exactly `bytes`: false if it differs, or cannot
-    /// be read whole (a segment cut or deleted behind the store's back).
-    fn holds(&self, at: Location, bytes: &[u8], what: &'static str) -> Result<bool, Error> {
+    /// be read whole (a segment cut or deleted behind the store's back, or a read error:
+    /// the good bytes are then written again, elsewhere).
+    fn holds(&self, at: Location, bytes: &[u8], what: &'static str) -> bool {
         if at.2 != bytes.len() as u64 {
-            return Ok(false);
+            return false;
         }
-        Ok(self.read_at(at, what)?.is_some_and(|held| held == bytes))
+        match self.read_at(at, what) {
+            Ok(held) => held.is_some_and(|held| held == bytes),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read a stored chunk; storing it again");
+                false
+            }
+        }
     }
 
-    /// The bytes stored at `at`, or `None` if the segment is missing or too short.
+    /// The bytes stored at `at`, or `None` if the segment is missing or too short, or the
+    /// recorded length is more than any chunk's (the database was changed on the disk).
     fn read_at(&self, at: Location, what: &'static str) -> Result<Option<Vec<u8>>, Error> {
         let (segment, offset, len) = at;
-        let len = usize::try_from(len)
-            .map_err(|_| Error::Io(format!("{what}: a chunk of {len} bytes")))?;
+        let Some(len) = usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= MAX_CHUNK_BYTES)
+        else {
+            return Ok(None);
+        };
+        if len == 0 {
+            // An empty chunk has no bytes to read, and keeps no segment alive.
+            return Ok(Some(Vec::new()));
+        }
         match self.inner.segments.read(segment, offset, len) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e)
@@ -409,11 +443,11 @@ impl<'s> Log<'s> {
         what: &'static str,
     ) -> Result<(), Error> {
         let segment = self.segment;
-        self.store
-            .inner
+        let inner = &self.store.inner;
+        inner
             .segments
             .create(segment)
-            .map_err(|e| Error::Io(format!("{what}: creating segment {segment}: {e}")))?;
+            .map_err(|e| inner.segment_failed(what, "creating", segment, &e))?;
         txn.open_table(SEGMENT_LIVE)
             .context(what)?
             .insert(segment, 0)
@@ -431,7 +465,7 @@ impl<'s> Log<'s> {
         what: &'static str,
     ) -> Result<(u64, u64), Error> {
         let len = bytes.len() as u64;
-        if self.end > 0 && self.end.saturating_add(len) > SEGMENT_BYTES {
+        if self.end > 0 && self.end.saturating_add(len) > self.store.inner.segment_bytes {
             let left = self.segment;
             self.segment += 1;
             if live_bytes(txn, left, what)? == 0 {
@@ -445,7 +479,7 @@ impl<'s> Log<'s> {
         inner
             .segments
             .write(segment, offset, bytes)
-            .map_err(|e| Error::Io(format!("{what}: writing segment {segment}: {e}")))?;
+            .map_err(|e| inner.segment_failed(what, "writing", segment, &e))?;
         self.end += len;
         let live = live_bytes(txn, segment, what)?;
         txn.open_table(SEGMENT_LIVE)
@@ -632,7 +666,7 @@ mod tests {
         store
             .write("test", |txn| {
                 let mut log = Log::open(&store, txn, "test")?;
-                log.end = SEGMENT_BYTES;
+                log.end = crate::store::SEGMENT_BYTES;
                 log.finish(txn, "test")?;
                 Ok(((), true))
             })
@@ -649,6 +683,39 @@ mod tests {
         assert!(store.remove_chunk(&c).unwrap());
         assert_eq!(store.inner.segments.list().unwrap(), vec![1]);
         assert_eq!(store.stats().unwrap().chunk_bytes, 0);
+    }
+
+    /// Writers that commit nothing (a pin already there) run between other writers'
+    /// commits and the next statement: every removed chunk's space is still given back,
+    /// by the transaction that removed it (before, a list shared by all transactions was
+    /// taken after the write lock was released, and some went to the wrong one).
+    #[test]
+    fn concurrent_writers_give_back_only_and_all_of_their_own_space() {
+        let store = Store::in_memory().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let idle = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (chunk, version) = (ChunkId([1; 32]), VersionId([2; 32]));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.pin(&chunk, &version).unwrap();
+                }
+            })
+        };
+        for n in 0..3000u32 {
+            let bytes: Vec<u8> = n.to_le_bytes().iter().copied().cycle().take(64).collect();
+            let id = ChunkId::of(&bytes);
+            store.put_chunk(&id, &bytes).unwrap();
+            let at = store.location(&id, "test").unwrap().unwrap();
+            store.remove_chunk(&id).unwrap();
+            assert_eq!(
+                store.read_at(at, "test").unwrap().unwrap(),
+                vec![0; 64],
+                "removal {n} did not give its space back"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        idle.join().unwrap();
     }
 
     #[test]

@@ -13,6 +13,18 @@ pub enum Error {
         /// The id the bytes were offered under.
         id: ChunkId,
     },
+    /// A chunk larger than [`MAX_CHUNK_BYTES`](super::MAX_CHUNK_BYTES) was offered. Nothing
+    /// was written.
+    #[error(
+        "chunk {id} has {len} bytes, more than the {} a chunk may have",
+        super::MAX_CHUNK_BYTES
+    )]
+    TooLarge {
+        /// The chunk's id.
+        id: ChunkId,
+        /// Its length.
+        len: usize,
+    },
     /// A stored chunk's bytes no longer hash to its id (disk corruption or tampering). The
     /// caller decides what to do: usually [`remove_chunk`](super::Store::remove_chunk) and
     /// fetch a good copy, or store a good copy over it with

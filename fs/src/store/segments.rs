@@ -43,6 +43,33 @@ pub trait Segments: Send + Sync + fmt::Debug + 'static {
     fn remove(&self, n: u64) -> io::Result<()>;
 }
 
+impl<S: Segments> Segments for Arc<S> {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        (**self).list()
+    }
+    fn create(&self, n: u64) -> io::Result<()> {
+        (**self).create(n)
+    }
+    fn write(&self, n: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        (**self).write(n, offset, data)
+    }
+    fn read(&self, n: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        (**self).read(n, offset, len)
+    }
+    fn sync(&self, n: u64) -> io::Result<()> {
+        (**self).sync(n)
+    }
+    fn truncate(&self, n: u64, len: u64) -> io::Result<()> {
+        (**self).truncate(n, len)
+    }
+    fn punch(&self, n: u64, offset: u64, len: u64) -> io::Result<()> {
+        (**self).punch(n, offset, len)
+    }
+    fn remove(&self, n: u64) -> io::Result<()> {
+        (**self).remove(n)
+    }
+}
+
 /// Segment files in a directory: `segment-<n>` (twenty digits, so they sort).
 pub struct DirSegments {
     dir: PathBuf,
@@ -82,14 +109,20 @@ impl DirSegments {
         if let Some(file) = self.open.read().map_err(poisoned)?.get(&n) {
             return Ok(file.clone());
         }
+        // Opened under the write lock, as `remove` deletes under it: a handle opened just
+        // before a deletion would otherwise be kept, and keep the deleted file's space.
+        let mut open = self.open.write().map_err(poisoned)?;
+        if let Some(file) = open.get(&n) {
+            return Ok(file.clone());
+        }
         let file = Arc::new(
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(self.path(n))?,
         );
-        let mut open = self.open.write().map_err(poisoned)?;
-        Ok(open.entry(n).or_insert(file).clone())
+        open.insert(n, file.clone());
+        Ok(file)
     }
 
     /// Makes the directory's entries (a segment created or deleted) durable.
@@ -240,7 +273,9 @@ impl Segments for MemSegments {
     fn write(&self, n: u64, offset: u64, data: &[u8]) -> io::Result<()> {
         self.with(n, |file| {
             let start = usize::try_from(offset).map_err(io::Error::other)?;
-            let end = start + data.len();
+            let end = start
+                .checked_add(data.len())
+                .ok_or_else(|| io::Error::other("a write past the end of memory"))?;
             if file.len() < end {
                 file.resize(end, 0);
             }
