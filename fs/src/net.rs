@@ -1202,6 +1202,50 @@ mod tests {
     use crate::store::Store;
     use crate::{Client, Config};
 
+    /// Writes offered together go in one commit, each answered for itself: on a
+    /// one-thread runtime every offer is queued before the writer first runs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn chunks_offered_together_are_stored_in_one_commit() {
+        let replica = Replica::new(Store::in_memory().unwrap());
+        let counters = Arc::new(Counters::default());
+        let writer = ChunkWriter::spawn(replica.clone(), counters.clone());
+        let offers: Vec<(ChunkId, Vec<u8>)> = (0..10u8)
+            .map(|n| {
+                let bytes = vec![n; 1000 + usize::from(n)];
+                let id = if n == 3 {
+                    ChunkId([3; 32])
+                } else {
+                    ChunkId::of(&bytes)
+                };
+                (id, bytes)
+            })
+            .collect();
+        let answers = futures::future::join_all(
+            offers
+                .iter()
+                .map(|(id, bytes)| writer.put(InodeId([1; 32]), *id, bytes.clone())),
+        )
+        .await;
+        for (n, answer) in answers.into_iter().enumerate() {
+            let expected = if n == 3 {
+                Response::Refused(Refusal::Mismatch)
+            } else {
+                Response::Stored { new: true }
+            };
+            assert_eq!(answer, expected, "offer {n}");
+        }
+        assert_eq!(counters.peer_chunks.load(Ordering::Relaxed), 10);
+        assert_eq!(counters.peer_chunk_commits.load(Ordering::Relaxed), 1);
+        assert_eq!(replica.store().stats().unwrap().chunks, 9);
+        assert_eq!(replica.counters().refused_chunks.load(Ordering::Relaxed), 1);
+        // Alone, a write is stored at once.
+        let again = writer
+            .put(InodeId([1; 32]), offers[0].0, offers[0].1.clone())
+            .await;
+        assert_eq!(again, Response::Stored { new: false });
+        assert_eq!(counters.peer_chunk_commits.load(Ordering::Relaxed), 2);
+    }
+
     /// A replica holding versions too large to be sent together: its answer leaves the
     /// oldest out, and the receiver can tell that it may have.
     #[tokio::test]
