@@ -303,7 +303,7 @@ impl<B: fs::Blocks> fs::Blocks for Timed<B> {
     }
 }
 
-/// 2: `fs::Client` over a `Replica` on a redb file, in this process, with the daemon's
+/// 2: `fs::Client` over a `Replica` on a store (redb and segments), in this process, with the daemon's
 /// reader and writer.
 fn in_process(table: &mut Table, dir: &FsPath, source: &FsPath, data: &[u8]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -338,7 +338,7 @@ fn in_process(table: &mut Table, dir: &FsPath, source: &FsPath, data: &[u8]) -> 
         })
     })?;
     table.add(
-        "in process: `fs::Client::put` over a redb `Replica`",
+        "in process: `fs::Client::put` over a `Replica` (redb and segments)",
         Kind::Write,
         took,
         data.len(),
