@@ -719,8 +719,8 @@ impl Segments for FaultySegments {
 }
 
 /// Segments this small fill after a few of the pool's chunks: runs roll over to new
-/// segments and delete emptied ones.
-const TEST_SEGMENT_BYTES: u64 = 400_000;
+/// segments and delete emptied ones (at 400 kB, random runs seldom rolled over at all).
+const TEST_SEGMENT_BYTES: u64 = 100_000;
 
 /// A store on `disk`: its database file and its segments.
 fn open_on(disk: &Arc<Disk>) -> Result<Store, Error> {

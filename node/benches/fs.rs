@@ -761,8 +761,8 @@ fn parts(dir: &FsPath, data: &[u8]) -> anyhow::Result<()> {
         },
     )?;
 
-    // redb keeps a value in a leaf page whose size is a power of two: a sealed chunk of
-    // 1 MiB + 40 bytes takes a 2 MiB page; one 4 KiB smaller fits in 1 MiB.
+    // The client's chunks (1 MiB - 4 KiB plaintext) beside full 1 MiB ones: when chunks
+    // were values in redb, a full one took a 2 MiB page; segment files have no such step.
     let smaller: Vec<fs::chunk::Sealed> = data
         .chunks(MIB - 4096)
         .enumerate()
