@@ -1,5 +1,5 @@
 //! The actor runtime: actors live at paths their node holds writecaps for and talk by
-//! `tell`, `ask` and pub-sub, over `/blocktree/actor/2.0.0` streams, with every message
+//! `tell`, `ask` and pub-sub, over `/blocktree/actor/3.0.0` streams, with every message
 //! checked against its session's protocol where it is received.
 //!
 //! # Delivery semantics
@@ -48,7 +48,7 @@ mod pubsub;
 mod sessions;
 mod supervisor;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -358,7 +358,8 @@ enum Back {
         outbox: Arc<Outbox>,
         /// Our channel to the asker.
         channel: u32,
-        /// The ask's channel and sequence on the asker's stream, for a refusal.
+        /// The ask's stream, channel and sequence (the asker's numbers), for a refusal.
+        their_stream: u64,
         their_channel: u32,
         sequence: u64,
     },
@@ -439,12 +440,14 @@ impl ReplyTo {
             }
             Some(Back::Remote {
                 outbox,
+                their_stream,
                 their_channel,
                 sequence,
                 ..
             }) => {
                 // Best effort: a full outbox leaves the asker to its timeout.
-                let _ = outbox.refuse(their_channel, sequence, Kind::Ask { id: self.id }, refusal);
+                let kind = Kind::Ask { id: self.id };
+                let _ = outbox.refuse(their_stream, their_channel, sequence, kind, refusal);
             }
             None => {}
         }
@@ -520,6 +523,12 @@ pub(crate) struct Inner {
     verified: RwLock<VerifiedChains>,
     actors: RwLock<HashMap<Arc<Path>, Arc<supervisor::Slot>>>,
     outboxes: Mutex<HashMap<(PeerId, Lane), Arc<Outbox>>>,
+    /// The number the next outbox's stream gets (from a random start, so that a restarted
+    /// node does not reuse the numbers a peer may still be refusing messages by).
+    next_stream: AtomicU64,
+    /// Outboxes closed lately, newest last: a refusal that comes back after its stream
+    /// was replaced is read against the channels of the stream it is about.
+    retired: Mutex<VecDeque<Arc<Outbox>>>,
     routes: Mutex<HashMap<Arc<Path>, (PeerId, Instant)>>,
     asks: Mutex<HashMap<u64, PendingAsk>>,
     next_ask: AtomicU64,
@@ -534,6 +543,11 @@ pub(crate) struct Inner {
     blocked: AtomicU64,
     outbox_counters: Arc<outbox::Counters>,
 }
+
+/// Closed outboxes kept for the refusals that may still come back about their streams.
+/// A refusal is sent as soon as the message is read, so it trails its stream's end by a
+/// round trip at most; this many covers many streams ending at once.
+const RETIRED_OUTBOXES: usize = 64;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -602,6 +616,8 @@ impl Runtime {
             verified: RwLock::new(VerifiedChains::default()),
             actors: RwLock::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(rand::random()),
+            retired: Mutex::new(VecDeque::new()),
             routes: Mutex::new(HashMap::new()),
             asks: Mutex::new(HashMap::new()),
             next_ask: AtomicU64::new(1),
@@ -1279,6 +1295,18 @@ impl Inner {
         Ok(peer)
     }
 
+    /// The outbox to `peer` on `lane` whose stream we numbered `stream`: the open one, or
+    /// one closed lately.
+    fn sent_on(&self, peer: PeerId, lane: Lane, stream: u64) -> Option<Arc<Outbox>> {
+        let ours = |o: &Arc<Outbox>| o.peer == peer && o.lane == lane && o.stream == stream;
+        if let Some(open) = lock(&self.outboxes).get(&(peer, lane))
+            && ours(open)
+        {
+            return Some(open.clone());
+        }
+        lock(&self.retired).iter().rev().find(|o| ours(o)).cloned()
+    }
+
     /// The open outbox to `peer` on `lane`, or a new one.
     fn outbox(self: &Arc<Self>, peer: PeerId, lane: Lane) -> Arc<Outbox> {
         let mut outboxes = lock(&self.outboxes);
@@ -1291,6 +1319,7 @@ impl Inner {
         let outbox = Outbox::open(
             peer,
             lane,
+            self.next_stream.fetch_add(1, Ordering::Relaxed),
             self.streams.clone(),
             read(&self.chains).clone(),
             self.config.outbox_bytes,
@@ -1312,6 +1341,13 @@ impl Inner {
             outboxes.remove(&key);
         }
         drop(outboxes);
+        {
+            let mut retired = lock(&self.retired);
+            if retired.len() >= RETIRED_OUTBOXES {
+                retired.pop_front();
+            }
+            retired.push_back(closed.clone());
+        }
         if closed.lane == Lane::Replies {
             return;
         }

@@ -515,7 +515,7 @@ async fn raw_stream(from: &Node, to: &Node, chains: Vec<Chain>, frames: Vec<u8>)
         .await
         .unwrap();
     let mut bytes = Vec::new();
-    wire::encode_frame(&Hello { chains }, &mut bytes).unwrap();
+    wire::encode_frame(&Hello { stream: 1, chains }, &mut bytes).unwrap();
     bytes.extend_from_slice(&frames);
     stream.write_all(&bytes).await.unwrap();
     stream.flush().await.unwrap();
@@ -603,6 +603,7 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
             let mut bytes = Vec::new();
             wire::encode_frame(
                 &Hello {
+                    stream: 2,
                     chains: vec![own_chain.clone()],
                 },
                 &mut bytes,
@@ -636,6 +637,160 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
     );
 }
 
+/// Takes the next actor stream opened to a node without a runtime, as a runtime would:
+/// reads its hello and welcomes it. Returns the stream and the opener's number for it.
+async fn take_stream(incoming: &mut libp2p_stream::IncomingStreams) -> (libp2p::Stream, u64) {
+    use futures::StreamExt;
+    let (_, mut stream) = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+        .await
+        .expect("no stream opened")
+        .unwrap();
+    let mut decoder = wire::FrameDecoder::new();
+    let hello = loop {
+        if let Some(hello) = decoder.next_message::<Hello>().unwrap() {
+            break hello;
+        }
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended before its hello");
+        decoder.extend(&buf[..n]);
+    };
+    stream.write_all(&[wire::WELCOME]).await.unwrap();
+    stream.flush().await.unwrap();
+    (stream, hello.stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_its_stream_was_replaced_names_the_message_it_refused() {
+    // Node 0 runs a runtime; node 1 is the test's hands: no runtime, it takes node 0's
+    // actor streams itself and refuses by hand, late.
+    let net = Net::start(1).await;
+    let root = &net.root;
+    let key = SigningKey::generate();
+    let dht_config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(vec![net.nodes[0].addr.clone()]);
+    let (hands, _task) = dht::start(
+        key.clone(),
+        dht_config,
+        dht::Store::in_memory(1000),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let home = Path::root_of(root.principal()).join("hands").unwrap();
+    let chain = Chain::root_grant(
+        root,
+        key.principal(),
+        home.clone(),
+        Validity::for_seconds(600),
+    );
+    hands.register(home.clone(), chain.clone()).await.unwrap();
+    let mut incoming = hands
+        .streams()
+        .accept(StreamProtocol::new(wire::PROTOCOL_NAME))
+        .unwrap();
+    let a = &net.nodes[0].runtime;
+    let mut notices = a.refusals();
+    let (x, y) = (home.join("x").unwrap(), home.join("y").unwrap());
+    let (a1, a2) = (net.path(0, "a1"), net.path(0, "a2"));
+
+    // a1 → x on the first stream (channel 0 there); the hands read it and drop the stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match a.sender(a1.clone()).unwrap().tell(&x, "hi", b"1").await {
+            Ok(()) => break,
+            Err(SendError::Unreachable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (first, first_number) = take_stream(&mut incoming).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(first);
+    // Node 0 sees it end; a2 → y then goes on a new stream, also as channel 0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.status().streams > 0 {
+        assert!(Instant::now() < deadline, "the dropped stream stayed open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.sender(a2.clone())
+        .unwrap()
+        .tell(&y, "hi", b"2")
+        .await
+        .unwrap();
+    let (_second, second_number) = take_stream(&mut incoming).await;
+    assert_ne!(first_number, second_number);
+
+    // Now the refusals come: the first stream's message, then the second's, then one
+    // for a stream node 0 never opened.
+    let refusal = |stream, to: &Path| Frame::Refused {
+        stream,
+        channel: 0,
+        sequence: 0,
+        kind: Kind::Tell,
+        refusal: Refusal::NoSuchActor {
+            path: to.to_string(),
+        },
+    };
+    let mut frames = Vec::new();
+    for (stream, to) in [
+        (first_number, &x),
+        (second_number, &y),
+        (second_number.wrapping_add(1000), &y),
+    ] {
+        wire::encode_frame(&refusal(stream, to), &mut frames).unwrap();
+    }
+    let mut control = hands.streams();
+    let mut back = control
+        .open_stream(
+            net.nodes[0].key.peer_id(),
+            StreamProtocol::new(wire::PROTOCOL_NAME),
+        )
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    wire::encode_frame(
+        &Hello {
+            stream: 9,
+            chains: vec![chain],
+        },
+        &mut bytes,
+    )
+    .unwrap();
+    back.write_all(&bytes).await.unwrap();
+    back.flush().await.unwrap();
+    let mut welcome = [0u8; 1];
+    back.read_exact(&mut welcome).await.unwrap();
+    back.write_all(&frames).await.unwrap();
+    back.flush().await.unwrap();
+
+    let mut named = Vec::new();
+    for _ in 0..2 {
+        let notice = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+            .await
+            .expect("no refusal notice")
+            .unwrap();
+        named.push((notice.from, notice.to));
+    }
+    assert_eq!(
+        named,
+        vec![
+            (a1.to_string(), x.to_string()),
+            (a2.to_string(), y.to_string())
+        ]
+    );
+    // The third names no stream of ours: counted, but no notice.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.status().refusals_received < 3 {
+        assert!(Instant::now() < deadline, "the third refusal was not read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(notices.try_recv().is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_a_stream_closes_it_and_harms_no_one() {
     let net = Net::start(2).await;
@@ -647,14 +802,28 @@ async fn garbage_on_a_stream_closes_it_and_harms_no_one() {
         (u32::MAX).to_be_bytes().to_vec(), // an absurd length
         {
             let mut b = Vec::new();
-            wire::encode_frame(&Hello { chains: vec![] }, &mut b).unwrap();
+            wire::encode_frame(
+                &Hello {
+                    stream: 1,
+                    chains: vec![],
+                },
+                &mut b,
+            )
+            .unwrap();
             b.extend_from_slice(&[0, 0, 0, 3, 1, 2, 3]); // a hello, then junk
             b
         },
         {
             // A hello, a channel, then a message that never said its session.
             let mut b = Vec::new();
-            wire::encode_frame(&Hello { chains: vec![] }, &mut b).unwrap();
+            wire::encode_frame(
+                &Hello {
+                    stream: 1,
+                    chains: vec![],
+                },
+                &mut b,
+            )
+            .unwrap();
             let open = Frame::Open {
                 channel: 0,
                 from: net.path(0, "c"),

@@ -1,4 +1,4 @@
-//! The actor protocol's wire format (`/blocktree/actor/2.0.0`): a long-lived stream per
+//! The actor protocol's wire format (`/blocktree/actor/3.0.0`): a long-lived stream per
 //! peer pair that starts with a [`Hello`] (the sender's writecap chains, verified once and
 //! cached by the receiver) and then carries length-framed messages and [`Frame`]s.
 //!
@@ -16,9 +16,11 @@ use crate::wire::{self, DecodeError, EncodeError, Message};
 
 /// The libp2p protocol name.
 ///
-/// Version 2 sends messages in compact frames ([`MessageRef`]); version 1 sent each as a
-/// CBOR array with its session, sequence number and label.
-pub const PROTOCOL_NAME: &str = "/blocktree/actor/2.0.0";
+/// Version 3 numbers each stream (in its [`Hello`]) and names that number in every
+/// [`Frame::Refused`]; version 2 sent messages in compact frames ([`MessageRef`]) but left
+/// a refusal to be matched with whichever stream to the peer was open when it came;
+/// version 1 sent each message as a CBOR array with its session, sequence number and label.
+pub const PROTOCOL_NAME: &str = "/blocktree/actor/3.0.0";
 
 /// The one byte a receiver answers a hello with, once it has taken the stream: until it
 /// comes, the opener sends nothing else, so a stream dropped unread loses nothing.
@@ -31,13 +33,18 @@ pub const MAX_HELLO_CHAINS: usize = 64;
 /// paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The opener's number for this stream, unique among its streams to this peer: a
+    /// refusal of a message sent on it names it, so a refusal that comes back after the
+    /// stream was replaced is still read against the channels of the stream it is about.
+    /// A later hello on the same stream repeats it.
+    pub stream: u64,
     /// Writecap chains held by the sending node.
     pub chains: Vec<Chain>,
 }
 
 impl Message for Hello {
     const NAME: &'static str = "actor hello";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
     const MAX_BYTES: usize = MAX_HELLO_CHAINS * MAX_CHAIN_BYTES + 64;
 
     fn validate(&self) -> Result<(), String> {
@@ -152,8 +159,10 @@ pub enum Frame {
         role: String,
     },
     /// The receiver refused the message `sequence` (the count of messages before it on
-    /// its stream) that came on `channel` of the *other* direction's stream.
+    /// its stream) that came on `channel` of the *other* direction's stream `stream`.
     Refused {
+        /// The stream the refused message came on (its opener's number, from its hello).
+        stream: u64,
         /// The channel of the refused message (the refused sender's numbering).
         channel: u32,
         /// Its sequence number.
@@ -167,7 +176,7 @@ pub enum Frame {
 
 impl Message for Frame {
     const NAME: &'static str = "actor frame";
-    const VERSION: u16 = 2;
+    const VERSION: u16 = 3;
     const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
 
     fn validate(&self) -> Result<(), String> {
@@ -728,8 +737,9 @@ mod tests {
                     }
                 }
             ),
-            (0..MAX_CHANNELS, any::<u64>(), kind()).prop_map(|(channel, sequence, kind)| {
-                Frame::Refused {
+            (any::<u64>(), 0..MAX_CHANNELS, any::<u64>(), kind()).prop_map(
+                |(stream, channel, sequence, kind)| Frame::Refused {
+                    stream,
                     channel,
                     sequence,
                     kind,
@@ -737,7 +747,7 @@ mod tests {
                         path: path("x").to_string(),
                     },
                 }
-            }),
+            ),
         ]
     }
 
@@ -1050,6 +1060,7 @@ mod tests {
     fn message_frames_and_cbor_frames_do_not_overlap() {
         // Every CBOR frame is `[version, frame]`: 0x82, never a message tag.
         let refused = Frame::Refused {
+            stream: 7,
             channel: 0,
             sequence: 0,
             kind: Kind::Tell,
@@ -1120,6 +1131,7 @@ mod tests {
             Validity::for_seconds(60),
         );
         let hello = Hello {
+            stream: u64::MAX,
             chains: vec![chain.clone(); 3],
         };
         let mut bytes = Vec::new();
@@ -1128,9 +1140,10 @@ mod tests {
         decoder.extend(&bytes);
         assert_eq!(decoder.next_message::<Hello>().unwrap(), Some(hello));
         let too_many = Hello {
+            stream: 1,
             chains: vec![chain; MAX_HELLO_CHAINS + 1],
         };
-        let bytes = keys::cbor::to_vec(&(1u16, &too_many)).unwrap();
+        let bytes = keys::cbor::to_vec(&(Hello::VERSION, &too_many)).unwrap();
         assert!(matches!(
             wire::decode::<Hello>(&bytes),
             Err(DecodeError::Invalid { .. })

@@ -23,7 +23,8 @@ const PAYLOAD: usize = 100;
 /// Throughput runs per pattern; the median is reported.
 const RUNS: usize = 5;
 
-/// Round trips sampled per pattern (after `ROUNDS / 10` unrecorded warm-up rounds).
+/// Round trips sampled per pattern (after a tenth as many unrecorded warm-up rounds),
+/// unless `ACTORS_BENCH_ROUNDS` says otherwise (more, to profile a round trip).
 const ROUNDS: usize = 10_000;
 
 const RAW_TCP_MESSAGES: u64 = 8_000_000;
@@ -153,6 +154,12 @@ fn main() -> anyhow::Result<()> {
             .context("ACTORS_BENCH_THREADS is not a number")?,
         Err(_) => cores,
     };
+    let rounds = match std::env::var("ACTORS_BENCH_ROUNDS") {
+        Ok(rounds) => rounds
+            .parse()
+            .context("ACTORS_BENCH_ROUNDS is not a number")?,
+        Err(_) => ROUNDS,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -171,7 +178,7 @@ fn main() -> anyhow::Result<()> {
         throughput(&runtime, RAW_TCP_MESSAGES, |n| {
             baselines::raw_tcp_throughput(n, PAYLOAD)
         })?,
-        run(&runtime, baselines::raw_tcp_round_trips(ROUNDS, PAYLOAD))?,
+        run(&runtime, baselines::raw_tcp_round_trips(rounds, PAYLOAD))?,
     ));
 
     if wanted("libp2p-stream") {
@@ -183,7 +190,7 @@ fn main() -> anyhow::Result<()> {
             })?,
             run(
                 &runtime,
-                baselines::libp2p_stream_round_trips(ROUNDS, PAYLOAD),
+                baselines::libp2p_stream_round_trips(rounds, PAYLOAD),
             )?,
         ));
     }
@@ -199,18 +206,20 @@ fn main() -> anyhow::Result<()> {
             })?,
             run(
                 &runtime,
-                baselines::request_response_round_trips(ROUNDS, PAYLOAD),
+                baselines::request_response_round_trips(rounds, PAYLOAD),
             )?,
         ));
     }
     if wanted("ours") {
         eprintln!("ours…");
+        let tells = throughput(&runtime, OURS_MESSAGES, |n| {
+            ours::tell_throughput(n, PAYLOAD)
+        })?;
+        eprintln!("ours, round trips…");
         rows.push(Row::new(
             "ours: tell / ask (typed, checked both ends; TCP+Noise+Yamux)",
-            throughput(&runtime, OURS_MESSAGES, |n| {
-                ours::tell_throughput(n, PAYLOAD)
-            })?,
-            run(&runtime, ours::ask_round_trips(ROUNDS, PAYLOAD))?,
+            tells,
+            run(&runtime, ours::ask_round_trips(rounds, PAYLOAD))?,
         ));
         eprintln!("ours, one node…");
         rows.push(Row::new(
@@ -224,7 +233,7 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "{PAYLOAD}-byte payloads, loopback, one process, {cores} cores, \
-         {threads} runtime worker threads; msgs/s is the median of {RUNS} runs, p50/p99 over {ROUNDS} round trips."
+         {threads} runtime worker threads; msgs/s is the median of {RUNS} runs, p50/p99 over {rounds} round trips."
     );
     println!();
     print_table(&rows, RAW_TCP);

@@ -139,6 +139,8 @@ struct Reader {
     peer: PeerId,
     principal: keys::Principal,
     stream: Stream,
+    /// The peer's number for this stream (from its hello): our refusals name it.
+    number: u64,
     channels: Vec<Channel>,
     sequence: u64,
     /// The time of the last read (seconds).
@@ -163,6 +165,7 @@ impl Reader {
             peer,
             principal,
             stream,
+            number: 0,
             channels: Vec::new(),
             sequence: 0,
             now: keys::now(),
@@ -196,6 +199,7 @@ impl Reader {
         })
         .await
         .map_err(|_| "no hello in time".to_string())??;
+        self.number = hello.stream;
         self.hello(hello)?;
         // Taken: the opener may now send what it holds (see `protocols::actor::WELCOME`).
         {
@@ -256,9 +260,8 @@ impl Reader {
             refuse(
                 &self.inner,
                 self.peer,
-                channel,
-                sequence,
-                kind,
+                self.number,
+                (channel, sequence, kind),
                 refusal,
                 penalise,
             );
@@ -272,6 +275,12 @@ impl Reader {
     }
 
     fn hello(&mut self, hello: Hello) -> Result<(), String> {
+        if hello.stream != self.number {
+            return Err(format!(
+                "a hello renumbered the stream from {} to {}",
+                self.number, hello.stream
+            ));
+        }
         let inner = self.inner.clone();
         let now = keys::now();
         let mut verified = write(&inner.verified);
@@ -319,12 +328,13 @@ impl Reader {
                 Ok(())
             }
             Frame::Refused {
+                stream,
                 channel,
                 kind,
                 refusal,
                 ..
             } => {
-                self.refused(channel, kind, refusal);
+                self.refused(stream, channel, kind, refusal);
                 Ok(())
             }
         }
@@ -355,7 +365,14 @@ impl Reader {
                 path: ch.from.to_string(),
                 peer: peer.to_string(),
             };
-            refuse(&self.inner, peer, channel, sequence, kind, refusal, true);
+            refuse(
+                &self.inner,
+                peer,
+                self.number,
+                (channel, sequence, kind),
+                refusal,
+                true,
+            );
             return Ok(false);
         }
         if let Kind::Reply { id } = kind {
@@ -387,7 +404,14 @@ impl Reader {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
-            refuse(&self.inner, peer, channel, sequence, kind, refusal, false);
+            refuse(
+                &self.inner,
+                peer,
+                self.number,
+                (channel, sequence, kind),
+                refusal,
+                false,
+            );
             return Ok(false);
         };
         let reply = match kind {
@@ -415,6 +439,7 @@ impl Reader {
                         back: Some(Back::Remote {
                             outbox: outbox.clone(),
                             channel: *back,
+                            their_stream: self.number,
                             their_channel: channel,
                             sequence,
                         }),
@@ -454,8 +479,8 @@ impl Reader {
         Ok(self.batch.len() >= MAX_BATCH)
     }
 
-    /// The peer refused one of our messages.
-    fn refused(&self, channel: u32, kind: Kind, refusal: Refusal) {
+    /// The peer refused one of our messages, sent on our stream numbered `stream`.
+    fn refused(&self, stream: u64, channel: u32, kind: Kind, refusal: Refusal) {
         let inner = self.inner.clone();
         inner.refusals_received.fetch_add(1, Ordering::Relaxed);
         // The channel is numbered by the stream the refused message went out on: replies
@@ -464,11 +489,17 @@ impl Reader {
             Kind::Reply { .. } => Lane::Replies,
             Kind::Tell | Kind::Ask { .. } => Lane::Requests,
         };
-        let key = lock(&inner.outboxes)
-            .get(&(self.peer, lane))
+        // Read against the channels of the stream it is about, which may have been
+        // replaced since (then it is among the retired ones, if not long gone).
+        let key = inner
+            .sent_on(self.peer, lane, stream)
             .and_then(|o| o.channel_key(channel));
         let Some((from, to, protocol, _)) = key else {
-            tracing::debug!(channel, "a refusal for a channel we do not know");
+            tracing::debug!(
+                stream,
+                channel,
+                "a refusal for a stream or channel we do not know"
+            );
             return;
         };
         if let Kind::Ask { id } = kind {
@@ -499,9 +530,8 @@ impl Reader {
 fn refuse(
     inner: &Arc<Inner>,
     peer: PeerId,
-    channel: u32,
-    sequence: u64,
-    kind: Kind,
+    stream: u64,
+    (channel, sequence, kind): Meta,
     refusal: Refusal,
     penalise: bool,
 ) {
@@ -509,7 +539,7 @@ fn refuse(
     tracing::info!(%peer, refusal = %refusal, "refused a message");
     if let Err(e) = inner
         .outbox(peer, Lane::Replies)
-        .refuse(channel, sequence, kind, refusal)
+        .refuse(stream, channel, sequence, kind, refusal)
     {
         tracing::debug!(error = %e, "could not send the refusal");
     }

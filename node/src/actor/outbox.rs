@@ -59,6 +59,8 @@ pub(crate) enum Lane {
 pub(crate) struct Outbox {
     pub(crate) peer: PeerId,
     pub(crate) lane: Lane,
+    /// Our number for the stream, told in its hello and named by the peer's refusals.
+    pub(crate) stream: u64,
     state: Mutex<State>,
     wake: Notify,
     budget: Semaphore,
@@ -86,10 +88,12 @@ impl std::fmt::Debug for Outbox {
 
 impl Outbox {
     /// An outbox to `peer` whose writer task runs on `streams`; `capacity` bytes may wait
-    /// unwritten.
+    /// unwritten. `stream` numbers it among this runtime's streams to `peer`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         peer: PeerId,
         lane: Lane,
+        stream: u64,
         streams: libp2p_stream::Control,
         chains: Vec<Chain>,
         capacity: usize,
@@ -99,6 +103,7 @@ impl Outbox {
         let outbox = Arc::new(Outbox {
             peer,
             lane,
+            stream,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             budget: Semaphore::new(capacity),
@@ -241,6 +246,7 @@ impl Outbox {
     /// Queues more chains for the peer (it verifies them as it did the first hello).
     pub(crate) fn hello(&self, chain: Chain) {
         let frame = Frame::Hello(Hello {
+            stream: self.stream,
             chains: vec![chain],
         });
         let mut state = self.lock();
@@ -255,15 +261,17 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Queues a refusal of a message the peer sent us.
+    /// Queues a refusal of a message the peer sent us on its stream numbered `stream`.
     pub(crate) fn refuse(
         &self,
+        stream: u64,
         channel: u32,
         sequence: u64,
         kind: Kind,
         refusal: Refusal,
     ) -> Result<(), SendError> {
         let frame = Frame::Refused {
+            stream,
             channel,
             sequence,
             kind,
@@ -338,7 +346,14 @@ impl Outbox {
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         let mut backoff = Duration::from_millis(100);
         let mut hello = Vec::new();
-        actor::encode_frame(&Hello { chains }, &mut hello).map_err(|e| e.to_string())?;
+        actor::encode_frame(
+            &Hello {
+                stream: self.stream,
+                chains,
+            },
+            &mut hello,
+        )
+        .map_err(|e| e.to_string())?;
         let stream = loop {
             let attempt =
                 tokio::time::timeout_at(deadline, streams.open_stream(self.peer, protocol.clone()))
