@@ -43,7 +43,7 @@ pub(crate) const REQUEST_WINDOW: u64 = 64;
 /// Long enough that no connection is closed as idle during a run.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/blocktree/bench-stream/1");
+pub(crate) const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/blocktree/bench-stream/1");
 const REQUEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/blocktree/bench-request/1");
 
 /// The sample at percentile `p` (0–100, nearest rank) of `samples`, which it sorts;
@@ -310,15 +310,15 @@ where
 // ---------------------------------------------------------------------------------------
 // One bare libp2p-stream stream.
 
-/// Both ends of one negotiated stream; the swarms run as long as this lives.
+/// Both ends of one negotiated stream; the swarms run as long as `_swarms` lives.
 #[derive(Debug)]
-struct StreamPair {
-    client: libp2p::swarm::Stream,
-    server: libp2p::swarm::Stream,
-    _swarms: [AbortOnDrop<()>; 2],
+pub(crate) struct StreamPair<G> {
+    pub(crate) client: libp2p::swarm::Stream,
+    pub(crate) server: libp2p::swarm::Stream,
+    pub(crate) _swarms: G,
 }
 
-async fn stream_pair() -> anyhow::Result<StreamPair> {
+async fn stream_pair() -> anyhow::Result<StreamPair<[AbortOnDrop<()>; 2]>> {
     let mut server = new_swarm(libp2p_stream::Behaviour::new())?;
     let mut incoming = server.behaviour().new_control().accept(STREAM_PROTOCOL)?;
     let mut client = new_swarm(libp2p_stream::Behaviour::new())?;
@@ -341,11 +341,20 @@ async fn stream_pair() -> anyhow::Result<StreamPair> {
 
 /// As [`raw_tcp_throughput`], over one libp2p-stream stream opened beforehand.
 pub(crate) async fn libp2p_stream_throughput(messages: u64, payload: usize) -> anyhow::Result<f64> {
+    stream_throughput(stream_pair().await?, messages, payload).await
+}
+
+/// As [`raw_tcp_throughput`], over `pair`.
+pub(crate) async fn stream_throughput<G>(
+    pair: StreamPair<G>,
+    messages: u64,
+    payload: usize,
+) -> anyhow::Result<f64> {
     let StreamPair {
         client,
         server,
         _swarms,
-    } = stream_pair().await?;
+    } = pair;
     let mut receiver = AbortOnDrop(tokio::spawn(async move {
         let mut reader = futures::io::BufReader::with_capacity(BUFFER, server);
         let mut body = Vec::new();
@@ -374,11 +383,20 @@ pub(crate) async fn libp2p_stream_round_trips(
     rounds: usize,
     payload: usize,
 ) -> anyhow::Result<Vec<Duration>> {
+    stream_round_trips(stream_pair().await?, rounds, payload).await
+}
+
+/// As [`raw_tcp_round_trips`], over `pair`.
+pub(crate) async fn stream_round_trips<G>(
+    pair: StreamPair<G>,
+    rounds: usize,
+    payload: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let StreamPair {
         client,
         server,
         _swarms,
-    } = stream_pair().await?;
+    } = pair;
     let _echo = AbortOnDrop(tokio::spawn(async move {
         let mut reader = futures::io::BufReader::with_capacity(BUFFER, server);
         let mut body = Vec::new();

@@ -32,6 +32,10 @@ const LIBP2P_STREAM_MESSAGES: u64 = 2_000_000;
 const REQUEST_RESPONSE_REQUESTS: u64 = 30_000;
 const OURS_MESSAGES: u64 = 2_000_000;
 
+/// A bare stream between two of our nodes: the floor the actor runtime stands on.
+const OVERLAY_STREAM: &str =
+    "libp2p-stream on the node's connection (every behaviour's handler on it)";
+
 /// The pattern every ratio is taken against.
 const RAW_TCP: &str = "raw TCP (tokio, length-prefixed)";
 
@@ -192,6 +196,16 @@ fn main() -> anyhow::Result<()> {
                 &runtime,
                 baselines::libp2p_stream_round_trips(rounds, PAYLOAD),
             )?,
+        ));
+    }
+    if wanted("libp2p-stream on the node") {
+        eprintln!("libp2p-stream on the node's connection…");
+        rows.push(Row::new(
+            OVERLAY_STREAM,
+            throughput(&runtime, LIBP2P_STREAM_MESSAGES, |n| {
+                ours::overlay_stream_throughput(n, PAYLOAD)
+            })?,
+            run(&runtime, ours::overlay_stream_round_trips(rounds, PAYLOAD))?,
         ));
     }
     if wanted("request-response") {

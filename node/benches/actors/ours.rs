@@ -10,6 +10,8 @@ use anyhow::{Context as _, bail};
 use btnode::actor::{Actor, Context, Failure, Incoming, SendError, Session, Spec};
 use btnode::embed::{Embedded, Options};
 use protocols::session::{Global, Protocol};
+
+use crate::baselines::{self, StreamPair};
 use tokio::sync::Notify;
 
 /// client → server: any number of `data` tells and `ping` asks (answered by `pong`).
@@ -113,6 +115,47 @@ async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
         done,
         _nodes: (a, b),
     })
+}
+
+/// Two embedded nodes that found each other through the DHT, and one bare stream of
+/// [`baselines::STREAM_PROTOCOL`] between them on the connection the overlay made: what
+/// the node's own connections cost (every behaviour's handler polled on it) before any
+/// of the actor runtime's work.
+async fn overlay_stream_pair() -> anyhow::Result<StreamPair<(Embedded, Embedded)>> {
+    let b = Embedded::start(Options::default()).await?;
+    let bootstrap = b.listen_addrs[0].parse()?;
+    let a = Embedded::start(Options {
+        bootstrap: vec![bootstrap],
+        ..Options::default()
+    })
+    .await?;
+    let mut incoming = b.client.streams().accept(baselines::STREAM_PROTOCOL)?;
+    let client = a
+        .client
+        .streams()
+        .open_stream(b.key.peer_id(), baselines::STREAM_PROTOCOL)
+        .await?;
+    let (_, server) = futures::StreamExt::next(&mut incoming)
+        .await
+        .context("the node stopped accepting streams")?;
+    Ok(StreamPair {
+        client,
+        server,
+        _swarms: (a, b),
+    })
+}
+
+/// [`baselines::libp2p_stream_throughput`] on the overlay's connection.
+pub(crate) async fn overlay_stream_throughput(messages: u64, payload: usize) -> anyhow::Result<f64> {
+    baselines::stream_throughput(overlay_stream_pair().await?, messages, payload).await
+}
+
+/// [`baselines::libp2p_stream_round_trips`] on the overlay's connection.
+pub(crate) async fn overlay_stream_round_trips(
+    rounds: usize,
+    payload: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    baselines::stream_round_trips(overlay_stream_pair().await?, rounds, payload).await
 }
 
 /// Tells per second: `messages` typed tells from one session, timed until the receiving
