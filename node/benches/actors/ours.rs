@@ -146,7 +146,10 @@ async fn overlay_stream_pair() -> anyhow::Result<StreamPair<(Embedded, Embedded)
 }
 
 /// [`baselines::libp2p_stream_throughput`] on the overlay's connection.
-pub(crate) async fn overlay_stream_throughput(messages: u64, payload: usize) -> anyhow::Result<f64> {
+pub(crate) async fn overlay_stream_throughput(
+    messages: u64,
+    payload: usize,
+) -> anyhow::Result<f64> {
     baselines::stream_throughput(overlay_stream_pair().await?, messages, payload).await
 }
 

@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use keys::Path;
+
+use super::Label;
 use protocols::actor::Refusal;
 use protocols::session::{Direction, Monitor, Protocol, Violation};
 
@@ -45,7 +47,8 @@ type Hasher = foldhash::fast::RandomState;
 struct State {
     /// Each open session's monitor, the tick of its last message and its node.
     open: HashMap<Key, (Monitor, u64, u64), Hasher>,
-    /// Counts messages; a full table forgets the sessions idle the longest.
+    /// Counts steps (a run of one message in a loop is one step: see [`Receiving`]); a
+    /// full table forgets the sessions idle the longest.
     tick: u64,
     /// Open sessions per sending node.
     per_node: HashMap<u64, usize, Hasher>,
@@ -180,7 +183,9 @@ impl Sessions {
         role: &str,
         label: &str,
     ) -> Result<(), Refusal> {
-        self.receiving().check(peer, protocol, session, role, label)
+        self.receiving()
+            .step(peer, protocol, session, role, label)
+            .map(|_| ())
     }
 
     /// The table locked for checking received messages: one lock for a batch of them.
@@ -188,6 +193,7 @@ impl Sessions {
         Receiving {
             sessions: self,
             state: None,
+            looped: None,
         }
     }
 
@@ -204,7 +210,7 @@ impl Sessions {
         };
         let mut state = self.lock();
         match self.step(&mut state, served, peer, session, Direction::Send, label) {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(Step::Violation(v)) => Err(v),
             // A reply belongs to a session the ask opened; a full table cannot arise.
             Err(Step::Full) => Ok(()),
@@ -219,18 +225,24 @@ impl Sessions {
         session: u64,
         direction: Direction,
         label: &str,
-    ) -> Result<(), Step> {
+    ) -> Result<Taken, Step> {
         let key = (peer.key, session);
         state.tick += 1;
         let tick = state.tick;
         let take = |monitor: &mut Monitor| {
+            let before = monitor.state();
             let result = match direction {
                 Direction::Receive => monitor.receive(&served.peer_role, label),
                 Direction::Send => monitor.send(&served.peer_role, label),
             };
             // Over when it may end and nothing may follow.
             let over = result.is_ok() && monitor.is_done() && monitor.expected().next().is_none();
-            (result, over)
+            let taken = if monitor.state() == before {
+                Taken::Looped
+            } else {
+                Taken::Moved
+            };
+            (result.map(|()| taken), over)
         };
         // The common case, an open session: one lookup.
         if let Some((monitor, last, _)) = state.open.get_mut(&key) {
@@ -240,6 +252,8 @@ impl Sessions {
                 state.open.remove(&key);
                 forget(&mut state.per_node, peer.node);
                 Self::remember_end(state, key);
+                // Ended: the same message again is refused, not taken as a loop.
+                return result.map(|_| Taken::Moved).map_err(Step::Violation);
             }
             return result.map_err(Step::Violation);
         }
@@ -262,10 +276,10 @@ impl Sessions {
             .map_err(|_| Step::Full)?;
         let (result, over) = take(&mut monitor);
         // A refused first message opens no session.
-        result.map_err(Step::Violation)?;
+        let taken = result.map_err(Step::Violation)?;
         if over {
             Self::remember_end(state, key);
-            return Ok(());
+            return Ok(Taken::Moved);
         }
         if state.open.len() >= self.max_open {
             // Forget sessions idle for the last half-table's worth of messages (peers that
@@ -282,7 +296,7 @@ impl Sessions {
         }
         *state.per_node.entry(peer.node).or_default() += 1;
         state.open.insert(key, (monitor, tick, peer.node));
-        Ok(())
+        Ok(taken)
     }
 
     fn remember_end(state: &mut State, key: Key) {
@@ -296,11 +310,27 @@ impl Sessions {
     }
 }
 
+/// What a step did to its session's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Left it as it was (a message a loop repeats): the same message again, in the same
+    /// session, is taken the same way.
+    Looped,
+    /// Moved it (or opened or ended the session).
+    Moved,
+}
+
 /// [`Sessions::check_receive`] for many messages, locking the table once (at the first
 /// typed one).
 pub(crate) struct Receiving<'a> {
     sessions: &'a Sessions,
     state: Option<std::sync::MutexGuard<'a, State>>,
+    /// The last message checked, if its step left its session's state as it was:
+    /// (sender, session, the protocol's place among those served, label). Machines are
+    /// deterministic and the table is locked meanwhile, so the same message next in the
+    /// same session is taken the same way, without a lookup (a run of tells in a loop
+    /// costs one step, not one per message).
+    looped: Option<(u64, u64, usize, Label)>,
 }
 
 impl Receiving<'_> {
@@ -312,11 +342,36 @@ impl Receiving<'_> {
         protocol: &str,
         session: u64,
         role: &str,
-        label: &str,
+        label: &Label,
     ) -> Result<(), Refusal> {
+        if let (Some((key, last_session, served, last_label)), Some(place)) =
+            (&self.looped, peer.served)
+            && *key == peer.key
+            && *last_session == session
+            && *served == place
+            && last_label == label
+        {
+            return Ok(());
+        }
+        self.looped = None;
+        let taken = self.step(peer, protocol, session, role, label)?;
+        if let (Taken::Looped, Some(place)) = (taken, peer.served) {
+            self.looped = Some((peer.key, session, place, label.clone()));
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        peer: Peer,
+        protocol: &str,
+        session: u64,
+        role: &str,
+        label: &str,
+    ) -> Result<Taken, Refusal> {
         let sessions = self.sessions;
         if protocol.is_empty() && sessions.untyped {
-            return Ok(());
+            return Ok(Taken::Moved);
         }
         let served = match peer.served.and_then(|i| sessions.served.get(i)) {
             // Found when the sender's channel or session was: `name == protocol` and
@@ -468,6 +523,43 @@ mod tests {
         // In r/1 the sender must be the server; in p/1 the client.
         assert_eq!(table.peer(&from, "r/1", "client", &node).served, None);
         assert_eq!(table.peer(&from, "p/1", "server", &node).served, None);
+    }
+
+    #[test]
+    fn a_run_of_one_looping_message_is_one_step_and_what_ends_it_is_checked() {
+        let table = sessions(64);
+        let node = libp2p::PeerId::random();
+        let from = Path::root_of(keys::Principal::from_bytes([1; 32]));
+        let client = table.peer(&from, "p/1", "client", &node);
+        let (ping, bye) = (Label::new("ping"), Label::new("bye"));
+        let mut receiving = table.receiving();
+        for _ in 0..5 {
+            receiving.check(client, "p/1", 1, "client", &ping).unwrap();
+        }
+        // Another session's pings are its own steps; then session 1 ends.
+        receiving.check(client, "p/1", 2, "client", &ping).unwrap();
+        receiving.check(client, "p/1", 1, "client", &ping).unwrap();
+        receiving.check(client, "p/1", 1, "client", &bye).unwrap();
+        // After the end, the message that looped before is refused, not repeated.
+        assert!(matches!(
+            receiving.check(client, "p/1", 1, "client", &ping),
+            Err(Refusal::Violation(Violation::AfterEnd { .. }))
+        ));
+        assert!(matches!(
+            receiving.check(client, "p/1", 1, "client", &ping),
+            Err(Refusal::Violation(Violation::AfterEnd { .. }))
+        ));
+        // A label the state has no step for breaks a run too.
+        receiving.check(client, "p/1", 2, "client", &ping).unwrap();
+        assert!(matches!(
+            receiving.check(client, "p/1", 2, "client", &Label::new("pong")),
+            Err(Refusal::Violation(Violation::Unexpected { .. }))
+        ));
+        drop(receiving);
+        // Steps: session 1's first ping, session 2's, session 1's again, its bye, the
+        // two refused pings, session 2's ping and the refused pong.
+        assert_eq!(table.lock().tick, 8);
+        assert!(table.knows(client, 2));
     }
 
     #[test]
