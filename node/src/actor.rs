@@ -48,7 +48,7 @@ mod pubsub;
 mod sessions;
 mod supervisor;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -526,9 +526,9 @@ pub(crate) struct Inner {
     /// The number the next outbox's stream gets (from a random start, so that a restarted
     /// node does not reuse the numbers a peer may still be refusing messages by).
     next_stream: AtomicU64,
-    /// Outboxes closed lately, newest last: a refusal that comes back after its stream
-    /// was replaced is read against the channels of the stream it is about.
-    retired: Mutex<VecDeque<Arc<Outbox>>>,
+    /// Outboxes closed lately, for refusals that come back after their stream was
+    /// replaced.
+    retired: Mutex<outbox::Retired>,
     routes: Mutex<HashMap<Arc<Path>, (PeerId, Instant)>>,
     asks: Mutex<HashMap<u64, PendingAsk>>,
     next_ask: AtomicU64,
@@ -543,11 +543,6 @@ pub(crate) struct Inner {
     blocked: AtomicU64,
     outbox_counters: Arc<outbox::Counters>,
 }
-
-/// Closed outboxes kept for the refusals that may still come back about their streams.
-/// A refusal is sent as soon as the message is read, so it trails its stream's end by a
-/// round trip at most; this many covers many streams ending at once.
-const RETIRED_OUTBOXES: usize = 64;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -617,7 +612,7 @@ impl Runtime {
             actors: RwLock::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(rand::random()),
-            retired: Mutex::new(VecDeque::new()),
+            retired: Mutex::new(outbox::Retired::default()),
             routes: Mutex::new(HashMap::new()),
             asks: Mutex::new(HashMap::new()),
             next_ask: AtomicU64::new(1),
@@ -1298,22 +1293,24 @@ impl Inner {
     /// The outbox to `peer` on `lane` whose stream we numbered `stream`: the open one, or
     /// one closed lately.
     fn sent_on(&self, peer: PeerId, lane: Lane, stream: u64) -> Option<Arc<Outbox>> {
-        let ours = |o: &Arc<Outbox>| o.peer == peer && o.lane == lane && o.stream == stream;
         if let Some(open) = lock(&self.outboxes).get(&(peer, lane))
-            && ours(open)
+            && open.stream == stream
         {
             return Some(open.clone());
         }
-        lock(&self.retired).iter().rev().find(|o| ours(o)).cloned()
+        lock(&self.retired).find(peer, lane, stream, Instant::now())
     }
 
     /// The open outbox to `peer` on `lane`, or a new one.
     fn outbox(self: &Arc<Self>, peer: PeerId, lane: Lane) -> Arc<Outbox> {
         let mut outboxes = lock(&self.outboxes);
-        if let Some(outbox) = outboxes.get(&(peer, lane))
-            && !outbox.is_closed()
-        {
-            return outbox.clone();
+        if let Some(outbox) = outboxes.get(&(peer, lane)) {
+            if !outbox.is_closed() {
+                return outbox.clone();
+            }
+            // Closed but its writer may not have ended yet: refusals about its stream
+            // are read against it from now on.
+            lock(&self.retired).retire(outbox, Instant::now());
         }
         let weak = Arc::downgrade(self);
         let outbox = Outbox::open(
@@ -1336,18 +1333,13 @@ impl Inner {
 
     fn outbox_closed(&self, closed: &Arc<Outbox>) {
         let key = (closed.peer, closed.lane);
+        // Retired before it leaves the map, so that a refusal finds it in one or the other.
+        lock(&self.retired).retire(closed, Instant::now());
         let mut outboxes = lock(&self.outboxes);
         if outboxes.get(&key).is_some_and(|o| Arc::ptr_eq(o, closed)) {
             outboxes.remove(&key);
         }
         drop(outboxes);
-        {
-            let mut retired = lock(&self.retired);
-            if retired.len() >= RETIRED_OUTBOXES {
-                retired.pop_front();
-            }
-            retired.push_back(closed.clone());
-        }
         if closed.lane == Lane::Replies {
             return;
         }

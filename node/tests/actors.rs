@@ -724,23 +724,25 @@ async fn a_refusal_after_its_stream_was_replaced_names_the_message_it_refused() 
     assert_ne!(first_number, second_number);
 
     // Now the refusals come: the first stream's message, then the second's, then one
-    // for a stream node 0 never opened.
-    let refusal = |stream, to: &Path| Frame::Refused {
+    // for a stream node 0 never opened, then a reply's (replies go on the other lane's
+    // streams, which node 0 never opened to the hands) naming the first stream.
+    let refusal = |stream, kind, to: &Path| Frame::Refused {
         stream,
         channel: 0,
         sequence: 0,
-        kind: Kind::Tell,
+        kind,
         refusal: Refusal::NoSuchActor {
             path: to.to_string(),
         },
     };
     let mut frames = Vec::new();
-    for (stream, to) in [
-        (first_number, &x),
-        (second_number, &y),
-        (second_number.wrapping_add(1000), &y),
+    for (stream, kind, to) in [
+        (first_number, Kind::Tell, &x),
+        (second_number, Kind::Tell, &y),
+        (second_number.wrapping_add(1000), Kind::Tell, &y),
+        (first_number, Kind::Reply { id: 1 }, &x),
     ] {
-        wire::encode_frame(&refusal(stream, to), &mut frames).unwrap();
+        wire::encode_frame(&refusal(stream, kind, to), &mut frames).unwrap();
     }
     let mut control = hands.streams();
     let mut back = control
@@ -781,10 +783,10 @@ async fn a_refusal_after_its_stream_was_replaced_names_the_message_it_refused() 
             (a2.to_string(), y.to_string())
         ]
     );
-    // The third names no stream of ours: counted, but no notice.
+    // The third and fourth name no stream of ours: counted, but no notice.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while a.status().refusals_received < 3 {
-        assert!(Instant::now() < deadline, "the third refusal was not read");
+    while a.status().refusals_received < 4 {
+        assert!(Instant::now() < deadline, "the last refusals were not read");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;

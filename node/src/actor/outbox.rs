@@ -7,10 +7,10 @@
 //! receiver reading, which waits on the receiving actor's mailbox. So a sender that never
 //! waits is slowed down to the receiver's pace; nothing queues without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use keys::{Chain, Path};
@@ -42,6 +42,98 @@ struct State {
     /// said: the next one leaves out a session and label that did not change.
     by_number: Vec<(ChannelKey, ChannelState<String>)>,
     closed: Option<String>,
+}
+
+/// How long a closed outbox is kept for refusals that may still come back about its
+/// stream. A refusal is sent as soon as the message is read, so it trails its stream's end
+/// by about a round trip.
+const RETIRED_FOR: Duration = Duration::from_secs(60);
+
+/// Closed outboxes kept per peer and lane: the one just replaced and the one before it.
+/// One peer resetting its streams again and again does not push out anyone else's.
+const RETIRED_PER_LANE: usize = 2;
+
+/// Closed outboxes kept in all.
+const RETIRED_OUTBOXES: usize = 64;
+
+/// Channels those may hold in all: each channel names two paths a peer may have chosen
+/// (up to 4 KB each), so what the closed outboxes keep is bounded by channels, not by
+/// outboxes.
+const RETIRED_CHANNELS: usize = 8192;
+
+/// Outboxes closed lately, oldest first: a refusal that comes back after its stream was
+/// replaced is read against the channels of the stream it is about.
+#[derive(Default)]
+pub(crate) struct Retired {
+    outboxes: VecDeque<(Instant, Arc<Outbox>, usize)>,
+    channels: usize,
+}
+
+impl Retired {
+    /// Keeps `outbox` (once, however often it is retired), dropping what is too old and
+    /// what is over the bounds.
+    pub(crate) fn retire(&mut self, outbox: &Arc<Outbox>, now: Instant) {
+        self.expire(now);
+        if self.outboxes.iter().any(|(_, o, _)| Arc::ptr_eq(o, outbox)) {
+            return;
+        }
+        let same_lane = |o: &Arc<Outbox>| o.peer == outbox.peer && o.lane == outbox.lane;
+        while self
+            .outboxes
+            .iter()
+            .filter(|(_, o, _)| same_lane(o))
+            .count()
+            >= RETIRED_PER_LANE
+        {
+            if let Some(i) = self.outboxes.iter().position(|(_, o, _)| same_lane(o)) {
+                self.remove(i);
+            }
+        }
+        let channels = outbox.channels();
+        self.outboxes.push_back((now, outbox.clone(), channels));
+        self.channels += channels;
+        while self.outboxes.len() > RETIRED_OUTBOXES || self.channels > RETIRED_CHANNELS {
+            self.remove(0);
+        }
+    }
+
+    /// The closed outbox to `peer` on `lane` whose stream we numbered `stream`.
+    pub(crate) fn find(
+        &mut self,
+        peer: PeerId,
+        lane: Lane,
+        stream: u64,
+        now: Instant,
+    ) -> Option<Arc<Outbox>> {
+        self.expire(now);
+        self.outboxes
+            .iter()
+            .rev()
+            .find(|(_, o, _)| o.peer == peer && o.lane == lane && o.stream == stream)
+            .map(|(_, o, _)| o.clone())
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .outboxes
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > RETIRED_FOR)
+        {
+            self.remove(0);
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        if let Some((_, _, channels)) = self.outboxes.remove(i) {
+            self.channels -= channels;
+        }
+    }
+
+    /// How many outboxes and channels are kept.
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        (self.outboxes.len(), self.channels)
+    }
 }
 
 /// Which of the two streams to a peer an outbox feeds.
@@ -202,6 +294,11 @@ impl Outbox {
         drop(state);
         self.wake.notify_one();
         Ok(channel)
+    }
+
+    /// How many channels the stream has opened.
+    fn channels(&self) -> usize {
+        self.lock().by_number.len()
     }
 
     /// The `(from, to, protocol)` of one of our channels.
@@ -435,5 +532,74 @@ impl Outbox {
                 spare = Vec::new();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outbox to `peer` with `channels` channels opened; its writer never reaches the
+    /// peer (no swarm runs), which these tests do not need.
+    fn outbox(peer: PeerId, lane: Lane, stream: u64, channels: usize) -> Arc<Outbox> {
+        let control = libp2p_stream::Behaviour::new().new_control();
+        let outbox = Outbox::open(
+            peer,
+            lane,
+            stream,
+            control,
+            Vec::new(),
+            1 << 20,
+            Arc::default(),
+            |_| {},
+        );
+        let root = Path::root_of(keys::Principal::from_bytes([1; 32]));
+        let to = Arc::new(root.join("to").unwrap());
+        let (protocol, role): (Arc<str>, Arc<str>) = (Arc::from("p/1"), Arc::from("client"));
+        for i in 0..channels {
+            let from = Arc::new(root.join(&format!("from{i}")).unwrap());
+            outbox.channel(&from, &to, &protocol, &role).unwrap();
+        }
+        outbox
+    }
+
+    #[tokio::test]
+    async fn closed_outboxes_are_kept_within_bounds_and_for_a_while() {
+        let now = Instant::now();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut retired = Retired::default();
+        // Per peer and lane, the last two; retiring one twice keeps it once.
+        let a1 = outbox(a, Lane::Requests, 1, 1);
+        retired.retire(&a1, now);
+        retired.retire(&a1, now);
+        assert_eq!(retired.held(), (1, 1));
+        for stream in 2..=4 {
+            retired.retire(&outbox(a, Lane::Requests, stream, 1), now);
+        }
+        retired.retire(&outbox(a, Lane::Replies, 5, 1), now);
+        retired.retire(&outbox(b, Lane::Requests, 6, 1), now);
+        assert_eq!(retired.held(), (4, 4));
+        assert!(retired.find(a, Lane::Requests, 2, now).is_none());
+        let found = retired.find(a, Lane::Requests, 4, now).unwrap();
+        assert_eq!(
+            (found.peer, found.lane, found.stream),
+            (a, Lane::Requests, 4)
+        );
+        // The stream numbers are looked up per lane and per peer.
+        assert!(retired.find(a, Lane::Replies, 4, now).is_none());
+        assert!(retired.find(b, Lane::Requests, 4, now).is_none());
+        assert!(retired.find(b, Lane::Requests, 6, now).is_some());
+        // Channels are bounded in all: the oldest go first.
+        for (i, peer) in (0..3).map(|_| PeerId::random()).enumerate() {
+            retired.retire(&outbox(peer, Lane::Replies, 10 + i as u64, 3000), now);
+        }
+        let (outboxes, channels) = retired.held();
+        assert!(channels <= RETIRED_CHANNELS, "{channels} channels kept");
+        assert_eq!(outboxes, 2, "only the two newest fit");
+        assert!(retired.find(b, Lane::Requests, 6, now).is_none());
+        // And time: a minute on, nothing is left.
+        let later = now + RETIRED_FOR + Duration::from_secs(1);
+        assert!(retired.find(a, Lane::Requests, 4, later).is_none());
+        assert_eq!(retired.held(), (0, 0));
     }
 }

@@ -562,6 +562,89 @@ mod tests {
         assert!(table.knows(client, 2));
     }
 
+    /// An actor serving `p/1` (any number of pings, then bye: ping loops) and `q/1` (a,
+    /// b, then ping to go round again or bye: nothing loops on itself), as server.
+    fn two_protocols(max_open: usize) -> Sessions {
+        let q = Protocol::new(
+            "q/1",
+            ["client", "server"],
+            Global::repeat(
+                "l",
+                Global::send(
+                    "client",
+                    "server",
+                    "a",
+                    Global::send(
+                        "client",
+                        "server",
+                        "b",
+                        Global::choice(
+                            "client",
+                            [
+                                Global::send("client", "server", "ping", Global::again("l")),
+                                Global::send("client", "server", "bye", Global::End),
+                            ],
+                        ),
+                    ),
+                ),
+            ),
+        )
+        .unwrap();
+        let q = Served {
+            protocol: Arc::new(q),
+            role: "server".into(),
+            peer_role: "client".into(),
+        };
+        Sessions::new(
+            "a".into(),
+            HashMap::from([served("p/1", "server"), ("q/1".into(), q)]),
+            false,
+            max_open,
+        )
+    }
+
+    /// One received message: (q/1 rather than p/1, node, sender, session, label).
+    type Message = (bool, u64, u64, u64, usize);
+
+    proptest::proptest! {
+        /// Batches checked under one lock (runs of a looping message taken in one step)
+        /// get exactly the answers that checking every message alone gets, with a table
+        /// of 16 (one session per node) that fills and forgets the longest idle.
+        #[test]
+        fn batches_are_checked_as_every_message_alone(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(
+                    (proptest::bool::ANY, 0..24u64, 0..2u64, 0..12u64, 0..5usize),
+                    1..30,
+                ),
+                1..20,
+            )
+        ) {
+            const LABELS: [&str; 5] = ["ping", "bye", "a", "b", "pong"];
+            let (batched, alone) = (two_protocols(16), two_protocols(16));
+            let peer = |table: &Sessions, (q, node, from, _, _): Message| {
+                let protocol = if q { "q/1" } else { "p/1" };
+                Peer {
+                    // Keyed per sender and protocol, as `Sessions::peer` keys them.
+                    key: from * 2 + u64::from(q),
+                    node,
+                    served: table.served.iter().position(|(name, _)| name == protocol),
+                }
+            };
+            for batch in batches {
+                let mut receiving = batched.receiving();
+                for message in batch {
+                    let (q, _, _, session, label) = message;
+                    let protocol = if q { "q/1" } else { "p/1" };
+                    let label = Label::new(LABELS[label]);
+                    let got = receiving.check(peer(&batched, message), protocol, session, "client", &label);
+                    let want = alone.check_receive(peer(&alone, message), protocol, session, "client", &label);
+                    proptest::prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_sender_is_placed_once_and_checked_the_same() {
         let table = sessions(64);
