@@ -382,8 +382,9 @@ pub fn write_message(message: MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), E
         )));
     }
     let start = out.len();
-    // Everything before the payload: length, tag, four CBOR heads, the label.
-    let mut head = [0u8; 4 + 1 + 4 * 9 + MAX_NAME_BYTES];
+    // Everything before the label and the payload: length, tag, four CBOR heads (a small
+    // array: it is zeroed for every message).
+    let mut head = [0u8; 4 + 1 + 4 * 9];
     let (kind, id) = match message.kind {
         Kind::Tell => (0, None),
         Kind::Ask { id } => (1, Some(id)),
@@ -406,11 +407,12 @@ pub fn write_message(message: MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), E
     }
     if message.label.is_some() {
         at = put_head(&mut head, at, 3, label.len() as u64);
-        head[at..at + label.len()].copy_from_slice(label);
-        at += label.len();
     }
-    out.reserve(at + message.payload.len());
+    out.reserve(at + label.len() + message.payload.len());
     out.extend_from_slice(&head[..at]);
+    if message.label.is_some() {
+        out.extend_from_slice(label);
+    }
     out.extend_from_slice(message.payload);
     close_frame(Frame::NAME, Frame::MAX_BYTES, start, out)
 }
