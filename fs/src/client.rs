@@ -210,6 +210,9 @@ pub struct DirEntry {
 struct Node {
     path: Path,
     binding: Binding,
+    /// The inode's id, hashed from `binding` at first use (a walk asks for it several
+    /// times per step): set again with [`Node::rebind`].
+    id: std::sync::OnceLock<InodeId>,
     key: DataKey,
     kind: Kind,
     /// Every version fetched (empty for an inode not yet written).
@@ -238,7 +241,13 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     fn id(&self) -> InodeId {
-        self.binding.id()
+        *self.id.get_or_init(|| self.binding.id())
+    }
+
+    /// Binds the node to another inode.
+    fn rebind(&mut self, binding: Binding) {
+        self.binding = binding;
+        self.id = std::sync::OnceLock::new();
     }
 
     fn stale_key(&self) -> bool {
@@ -726,6 +735,7 @@ impl<B: Blocks> Client<B> {
         let mut nodes = vec![Node {
             path: prefix.clone(),
             binding: winner.inode.binding.clone(),
+            id: std::sync::OnceLock::new(),
             key,
             kind: winner.inode.kind,
             key_epochs: winner.inode.key_epochs.clone(),
@@ -777,6 +787,7 @@ impl<B: Blocks> Client<B> {
         Ok(Node {
             path,
             binding: winner.inode.binding.clone(),
+            id: std::sync::OnceLock::new(),
             key: entry.data_key(),
             kind: winner.inode.kind,
             key_epochs: winner.inode.key_epochs.clone(),
@@ -1445,6 +1456,7 @@ impl<B: Blocks> Client<B> {
         let mut node = Node {
             path: prefix.clone(),
             binding: Binding::anchor(prefix),
+            id: std::sync::OnceLock::new(),
             key: self.identity.anchor_key(anchor.as_bytes()),
             kind: Kind::Dir,
             versions: Vec::new(),
@@ -1491,6 +1503,7 @@ impl<B: Blocks> Client<B> {
         nodes.push(Node {
             path,
             binding,
+            id: std::sync::OnceLock::new(),
             key: DataKey::generate(),
             kind: Kind::Dir,
             versions: Vec::new(),
@@ -1611,6 +1624,7 @@ impl<B: Blocks> Client<B> {
         nodes.push(Node {
             path: path.clone(),
             binding,
+            id: std::sync::OnceLock::new(),
             key: DataKey::generate(),
             kind: Kind::File,
             versions: Vec::new(),
@@ -2383,7 +2397,7 @@ impl<B: Blocks> Client<B> {
         let contents = self.read_all(&nodes[i]).await?;
         let old = nodes[i].clone();
         let node = &mut nodes[i];
-        node.binding = Binding::anchor(path.clone());
+        node.rebind(Binding::anchor(path.clone()));
         node.key = DataKey::generate();
         node.versions = Vec::new();
         node.current = None;

@@ -437,14 +437,26 @@ pub fn order(a: &Verified, b: &Verified) -> Ordering {
 /// The heads among `versions`: those no other version names as a parent, winner first
 /// (by [`order`]). More than one head is a fork.
 pub fn heads(versions: &[Verified]) -> Vec<&Verified> {
-    let superseded: std::collections::HashSet<&VersionId> = versions
-        .iter()
-        .flat_map(|v| v.inode.parents.iter())
-        .collect();
-    let mut heads: Vec<&Verified> = versions
-        .iter()
-        .filter(|v| !superseded.contains(&v.version))
-        .collect();
+    // Most inodes have a version or two: a scan beats hashing every parent.
+    let mut heads: Vec<&Verified> = if versions.len() <= 8 {
+        versions
+            .iter()
+            .filter(|v| {
+                !versions
+                    .iter()
+                    .any(|o| o.inode.parents.contains(&v.version))
+            })
+            .collect()
+    } else {
+        let superseded: std::collections::HashSet<&VersionId> = versions
+            .iter()
+            .flat_map(|v| v.inode.parents.iter())
+            .collect();
+        versions
+            .iter()
+            .filter(|v| !superseded.contains(&v.version))
+            .collect()
+    };
     heads.sort_by(|a, b| order(b, a));
     heads.dedup_by(|a, b| a.version == b.version);
     heads
@@ -628,6 +640,39 @@ mod tests {
             winner(&reversed).unwrap().version
         );
         assert!(heads.iter().all(|h| h.version != v1.version));
+    }
+
+    #[test]
+    fn heads_are_the_same_from_a_few_versions_or_many() {
+        let (root, chain, tree) = setup();
+        let path = tree.join("a").unwrap();
+        let (now, none) = (keys::now(), Revocations::default());
+        let verify = |body: &Inode| {
+            Signed::verify(&Signed::sign(body, root.signing_key()).unwrap(), now, &none).unwrap()
+        };
+        // Eleven versions in a line, then two that both follow the last: a fork.
+        let mut all = vec![verify(&inode(&root, &chain, path.clone(), 1))];
+        for seq in 2..=11 {
+            let mut body = inode(&root, &chain, path.clone(), seq);
+            body.parents = vec![all[all.len() - 1].version];
+            all.push(verify(&body));
+        }
+        let mut fork = inode(&root, &chain, path.clone(), 12);
+        fork.parents = vec![all[10].version];
+        let mut other = fork.clone();
+        other.mtime_ns += 1;
+        all.push(verify(&fork));
+        all.push(verify(&other));
+        let versions =
+            |heads: Vec<&Verified>| -> Vec<VersionId> { heads.iter().map(|h| h.version).collect() };
+        let many = versions(heads(&all));
+        assert_eq!(many.len(), 2);
+        // The last few alone (scanned, not hashed) have the same heads, in the same order.
+        assert_eq!(versions(heads(&all[all.len() - 4..])), many);
+        let mut reversed = all.clone();
+        reversed.reverse();
+        assert_eq!(versions(heads(&reversed)), many);
+        assert_eq!(versions(heads(&reversed[..3])), many);
     }
 
     proptest::proptest! {

@@ -398,6 +398,10 @@ const CACHED_CHUNK_BYTES: usize = 32 << 20;
 #[derive(Debug, Default)]
 struct Cache {
     versions: HashMap<InodeId, (Instant, Vec<Verified>)>,
+    /// When each entry of `versions` was made, oldest first (an inode kept again has a
+    /// newer entry here too; the older one no longer matches and is skipped): entries are
+    /// given up from the front, not by scanning the whole map at each insertion.
+    versions_order: std::collections::VecDeque<(Instant, InodeId)>,
     /// Bumped whenever what is remembered of an inode becomes stale (a write of it, a
     /// `forget`), per slot of [`GENERATION_SLOTS`] inodes alike: a fetch that started
     /// before is not remembered when it ends, or it would bring back what it replaced.
@@ -440,15 +444,18 @@ impl Cache {
     }
 
     fn keep_versions(&mut self, inode: InodeId, versions: &[Verified]) {
-        if self.versions.len() >= CACHED_INODES {
-            self.versions
-                .retain(|_, (at, _)| at.elapsed() < VERSIONS_TTL);
-            if self.versions.len() >= CACHED_INODES {
-                self.versions.clear();
+        let now = Instant::now();
+        // What has expired, then (when still full) the oldest.
+        while let Some(&(at, old)) = self.versions_order.front()
+            && (now.duration_since(at) >= VERSIONS_TTL || self.versions.len() >= CACHED_INODES)
+        {
+            self.versions_order.pop_front();
+            if self.versions.get(&old).is_some_and(|(made, _)| *made == at) {
+                self.versions.remove(&old);
             }
         }
-        self.versions
-            .insert(inode, (Instant::now(), versions.to_vec()));
+        self.versions.insert(inode, (now, versions.to_vec()));
+        self.versions_order.push_back((now, inode));
     }
 
     fn keep_chunk(&mut self, id: ChunkId, bytes: &[u8]) {
@@ -1201,6 +1208,36 @@ mod tests {
     use crate::inode::{ChunkRef, Signed};
     use crate::store::Store;
     use crate::{Client, Config};
+
+    #[test]
+    fn remembered_versions_are_bounded_and_the_oldest_go_first() {
+        let inode = |n: u32| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            InodeId(id)
+        };
+        let mut cache = Cache::default();
+        // Kept again while the table fills: its newer entry counts, not its first.
+        cache.keep_versions(inode(0), &[]);
+        for n in 1..CACHED_INODES as u32 + 100 {
+            cache.keep_versions(inode(n), &[]);
+            if n == CACHED_INODES as u32 - 10 {
+                cache.keep_versions(inode(0), &[]);
+            }
+        }
+        assert!(cache.versions.len() <= CACHED_INODES);
+        assert!(cache.versions(&inode(1)).is_none(), "the oldest went first");
+        assert!(cache.versions(&inode(CACHED_INODES as u32 + 99)).is_some());
+        assert!(
+            cache.versions(&inode(0)).is_some(),
+            "kept again late: its first entry went"
+        );
+        // Once expired, everything goes at the next insertion, and the order with it.
+        std::thread::sleep(VERSIONS_TTL);
+        cache.keep_versions(inode(1), &[]);
+        assert_eq!(cache.versions.len(), 1);
+        assert_eq!(cache.versions_order.len(), 1);
+    }
 
     /// Writes offered together go in one commit, each answered for itself: on a
     /// one-thread runtime every offer is queued before the writer first runs.
