@@ -506,6 +506,13 @@ async fn every_kind_of_violation_is_refused_with_its_typed_error() {
     assert_eq!(good.ask("get", b"k").await.unwrap().label, "value");
 }
 
+/// The bytes of a hello numbering its stream `stream`, presenting `chains`.
+fn hello(stream: u64, chains: Vec<Chain>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    wire::encode_frame(&Hello { stream, chains }, &mut bytes).unwrap();
+    bytes
+}
+
 /// Opens a raw actor stream from `from` to `to` and writes `frames` after a hello with
 /// `chains`.
 async fn raw_stream(from: &Node, to: &Node, chains: Vec<Chain>, frames: Vec<u8>) {
@@ -514,8 +521,7 @@ async fn raw_stream(from: &Node, to: &Node, chains: Vec<Chain>, frames: Vec<u8>)
         .open_stream(to.key.peer_id(), StreamProtocol::new(wire::PROTOCOL_NAME))
         .await
         .unwrap();
-    let mut bytes = Vec::new();
-    wire::encode_frame(&Hello { stream: 1, chains }, &mut bytes).unwrap();
+    let mut bytes = hello(1, chains);
     bytes.extend_from_slice(&frames);
     stream.write_all(&bytes).await.unwrap();
     stream.flush().await.unwrap();
@@ -600,15 +606,7 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
             StreamProtocol::new(wire::PROTOCOL_NAME),
         );
         if let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(3), open).await {
-            let mut bytes = Vec::new();
-            wire::encode_frame(
-                &Hello {
-                    stream: 2,
-                    chains: vec![own_chain.clone()],
-                },
-                &mut bytes,
-            )
-            .unwrap();
+            let mut bytes = hello(2, vec![own_chain.clone()]);
             bytes.extend_from_slice(&frames);
             let _ = stream.write_all(&bytes).await;
             let _ = stream.flush().await;
@@ -752,16 +750,7 @@ async fn a_refusal_after_its_stream_was_replaced_names_the_message_it_refused() 
         )
         .await
         .unwrap();
-    let mut bytes = Vec::new();
-    wire::encode_frame(
-        &Hello {
-            stream: 9,
-            chains: vec![chain],
-        },
-        &mut bytes,
-    )
-    .unwrap();
-    back.write_all(&bytes).await.unwrap();
+    back.write_all(&hello(9, vec![chain])).await.unwrap();
     back.flush().await.unwrap();
     let mut welcome = [0u8; 1];
     back.read_exact(&mut welcome).await.unwrap();
@@ -803,29 +792,13 @@ async fn garbage_on_a_stream_closes_it_and_harms_no_one() {
         vec![0xff; 64],                    // not a hello
         (u32::MAX).to_be_bytes().to_vec(), // an absurd length
         {
-            let mut b = Vec::new();
-            wire::encode_frame(
-                &Hello {
-                    stream: 1,
-                    chains: vec![],
-                },
-                &mut b,
-            )
-            .unwrap();
+            let mut b = hello(1, vec![]);
             b.extend_from_slice(&[0, 0, 0, 3, 1, 2, 3]); // a hello, then junk
             b
         },
         {
             // A hello, a channel, then a message that never said its session.
-            let mut b = Vec::new();
-            wire::encode_frame(
-                &Hello {
-                    stream: 1,
-                    chains: vec![],
-                },
-                &mut b,
-            )
-            .unwrap();
+            let mut b = hello(1, vec![]);
             let open = Frame::Open {
                 channel: 0,
                 from: net.path(0, "c"),

@@ -64,8 +64,8 @@ struct Pair {
     _nodes: (Embedded, Embedded),
 }
 
-async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
-    let protocol = protocol()?;
+/// Two embedded nodes, the first joined through the second.
+async fn two_nodes() -> anyhow::Result<(Embedded, Embedded)> {
     let b = Embedded::start(Options::default()).await?;
     let bootstrap = b.listen_addrs[0].parse()?;
     let a = Embedded::start(Options {
@@ -73,6 +73,12 @@ async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
         ..Options::default()
     })
     .await?;
+    Ok((a, b))
+}
+
+async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
+    let protocol = protocol()?;
+    let (a, b) = two_nodes().await?;
     // Local: both ends on node b, so no byte crosses the network.
     let (a, b) = if local { (b, a) } else { (a, b) };
     let server_node = if local { &a } else { &b };
@@ -122,13 +128,7 @@ async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
 /// the node's own connections cost (every behaviour's handler polled on it) before any
 /// of the actor runtime's work.
 async fn overlay_stream_pair() -> anyhow::Result<StreamPair<(Embedded, Embedded)>> {
-    let b = Embedded::start(Options::default()).await?;
-    let bootstrap = b.listen_addrs[0].parse()?;
-    let a = Embedded::start(Options {
-        bootstrap: vec![bootstrap],
-        ..Options::default()
-    })
-    .await?;
+    let (a, b) = two_nodes().await?;
     let mut incoming = b.client.streams().accept(baselines::STREAM_PROTOCOL)?;
     let client = a
         .client

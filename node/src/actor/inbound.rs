@@ -257,14 +257,7 @@ impl Reader {
                 refusal,
                 Refusal::Violation(_) | Refusal::UnknownProtocol { .. }
             );
-            refuse(
-                &self.inner,
-                self.peer,
-                self.number,
-                (channel, sequence, kind),
-                refusal,
-                penalise,
-            );
+            self.refuse((channel, sequence, kind), refusal, penalise);
         }
         self.batch_meta.clear();
         if let Some((target, incoming, meta)) = self.held.take() {
@@ -365,14 +358,7 @@ impl Reader {
                 path: ch.from.to_string(),
                 peer: peer.to_string(),
             };
-            refuse(
-                &self.inner,
-                peer,
-                self.number,
-                (channel, sequence, kind),
-                refusal,
-                true,
-            );
+            self.refuse((channel, sequence, kind), refusal, true);
             return Ok(false);
         }
         if let Kind::Reply { id } = kind {
@@ -404,14 +390,7 @@ impl Reader {
             let refusal = Refusal::NoSuchActor {
                 path: ch.to.to_string(),
             };
-            refuse(
-                &self.inner,
-                peer,
-                self.number,
-                (channel, sequence, kind),
-                refusal,
-                false,
-            );
+            self.refuse((channel, sequence, kind), refusal, false);
             return Ok(false);
         };
         let reply = match kind {
@@ -477,6 +456,11 @@ impl Reader {
         self.batch.push(incoming);
         self.batch_meta.push(meta);
         Ok(self.batch.len() >= MAX_BATCH)
+    }
+
+    /// Refuses the message `meta` read on this stream (see [`refuse`]).
+    fn refuse(&self, meta: Meta, refusal: Refusal, penalise: bool) {
+        refuse(&self.inner, self.peer, self.number, meta, refusal, penalise);
     }
 
     /// The peer refused one of our messages, sent on our stream numbered `stream`.
