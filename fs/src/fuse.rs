@@ -15,10 +15,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, OpenFlags,
@@ -31,6 +32,8 @@ use crate::blocks::Blocks;
 use crate::client::{Client, DirEntry, Error, Handle, Stat};
 use crate::id::VersionId;
 use crate::inode::Kind;
+
+pub mod linger;
 
 /// Files whose cached version a mount remembers (see `Mount::keep_cache`) at most.
 const CACHED_VERSIONS: usize = 65_536;
@@ -73,6 +76,25 @@ pub struct Mount<B: Blocks> {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// The session's `/dev/fuse`, watched for the next request after a reply.
+    device: Arc<OnceLock<OwnedFd>>,
+    window: Mutex<linger::Window>,
+}
+
+/// Watches for the next request when dropped (see [`Mount::request`]).
+struct Lingering<'a, B: Blocks>(&'a Mount<B>);
+
+impl<B: Blocks> Drop for Lingering<'_, B> {
+    fn drop(&mut self) {
+        let Some(device) = self.0.device.get() else {
+            return;
+        };
+        let window = match self.0.window.lock() {
+            Ok(mut w) => w.replied(Instant::now()),
+            Err(_) => return,
+        };
+        linger::watch(device, window);
+    }
 }
 
 impl<B: Blocks> std::fmt::Debug for Mount<B> {
@@ -121,6 +143,8 @@ impl<B: Blocks> Mount<B> {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
+            device: Arc::new(OnceLock::new()),
+            window: Mutex::new(linger::Window::default()),
         }
     }
 
@@ -298,6 +322,15 @@ impl<B: Blocks> Mount<B> {
         }
     }
 
+    /// Call first in every request: the returned guard, dropped once the method has
+    /// replied, watches for the next request for a moment (see [`linger`]).
+    fn request(&self) -> Lingering<'_, B> {
+        if let Ok(mut w) = self.window.lock() {
+            w.arrived(Instant::now());
+        }
+        Lingering(self)
+    }
+
     fn entry(&self, path: &Path, reply: ReplyEntry) {
         match self.stat_path(path) {
             Ok((ino, stat)) => reply.entry(&ATTR_TTL, &self.attr(ino, &stat), Generation(0)),
@@ -308,6 +341,7 @@ impl<B: Blocks> Mount<B> {
 
 impl<B: Blocks> Filesystem for Mount<B> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _lingering = self.request();
         match self.child(parent, name) {
             Ok(path) => self.entry(&path, reply),
             Err(e) => reply.error(e),
@@ -315,6 +349,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _lingering = self.request();
         if let Some(fh) = fh
             && let Ok(open) = self.get_open(fh)
         {
@@ -347,6 +382,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _lingering = self.request();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -397,6 +433,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _lingering = self.request();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -416,10 +453,12 @@ impl<B: Blocks> Filesystem for Mount<B> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _lingering = self.request();
         self.remove(parent, name, Kind::File, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _lingering = self.request();
         self.remove(parent, name, Kind::Dir, reply);
     }
 
@@ -433,6 +472,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _lingering = self.request();
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(f), Ok(t)) => (f, t),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -477,6 +517,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _lingering = self.request();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -513,6 +554,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _lingering = self.request();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -553,6 +595,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let _lingering = self.request();
         let open = match self.get_open(fh) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
@@ -578,6 +621,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _lingering = self.request();
         let open = match self.get_open(fh) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
@@ -603,6 +647,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _lingering = self.request();
         match self.sync(fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -617,6 +662,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _lingering = self.request();
         // A version first (as at close), then durable: what `fsync` promises.
         match self.sync(fh).and_then(|()| self.run(self.client.sync())) {
             Ok(()) => reply.ok(),
@@ -634,6 +680,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _lingering = self.request();
         let synced = self.sync(fh);
         if let Ok(mut open) = self.open.lock() {
             open.remove(&fh.0);
@@ -652,6 +699,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _lingering = self.request();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -691,6 +739,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _lingering = self.request();
         // Staged directory changes are written and everything is durable from here.
         match self.run(self.client.sync()) {
             Ok(()) => reply.ok(),
@@ -711,10 +760,12 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _lingering = self.request();
         reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _lingering = self.request();
         // The overlay's capacity is not known here; report a large, mostly free volume
         // so that tools checking free space go ahead.
         let blocks = 1u64 << 32;
@@ -731,6 +782,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _lingering = self.request();
         // Readcaps and writecaps decide; each operation says EACCES or EROFS itself.
         reply.ok();
     }
@@ -766,5 +818,9 @@ pub fn spawn<B: Blocks>(
         config.mount_options.push(fuser::MountOption::RO);
     }
     config.acl = fuser::SessionACL::All;
-    fuser::spawn_mount(mount, mountpoint, &config)
+    let device = mount.device.clone();
+    let session = fuser::Session::new(mount, mountpoint, &config)?;
+    // The mount watches its own device between requests (see `linger`).
+    let _ = device.set(session.as_fd().try_clone_to_owned()?);
+    session.spawn()
 }
