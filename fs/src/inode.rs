@@ -80,10 +80,22 @@ impl Binding {
     /// The inode's id.
     pub fn id(&self) -> InodeId {
         let mut hasher = blake3::Hasher::new_derive_key(BINDING_CONTEXT);
-        hasher.update(self.path.to_string().as_bytes());
+        // The path's text, hashed as it is written out.
+        let _ =
+            std::fmt::Write::write_fmt(&mut HashText(&mut hasher), format_args!("{}", self.path));
         hasher.update(&[0]);
         hasher.update(&self.nonce);
         InodeId(*hasher.finalize().as_bytes())
+    }
+}
+
+/// Text written into a hash.
+struct HashText<'a>(&'a mut blake3::Hasher);
+
+impl std::fmt::Write for HashText<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -513,6 +525,22 @@ mod tests {
             writer: writer.signing_key().public_key(),
             chain: chain.clone(),
             signed_at: keys::now(),
+        }
+    }
+
+    #[test]
+    fn an_inode_id_hashes_its_path_as_text() {
+        let root = Identity::generate();
+        let path: Path = format!("/{}/a/bé/c", root.principal()).parse().unwrap();
+        for binding in [
+            Binding::anchor(path.clone()),
+            Binding::new(path.clone()).unwrap(),
+        ] {
+            let mut hasher = blake3::Hasher::new_derive_key(BINDING_CONTEXT);
+            hasher.update(path.to_string().as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&binding.nonce);
+            assert_eq!(binding.id(), InodeId(*hasher.finalize().as_bytes()));
         }
     }
 

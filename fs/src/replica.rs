@@ -67,11 +67,19 @@ pub struct Counters {
     pub corrupt_dropped: AtomicU64,
 }
 
+/// Inodes whose decoded versions a replica remembers at most; it starts over when full.
+const HELD_ENTRIES: usize = 16_384;
+
+/// Decoded versions by inode, each with the store's [`Store::versions_epoch`] read before
+/// the store was: an entry holds while the epoch is unchanged.
+type Held = std::sync::Mutex<std::collections::HashMap<InodeId, (u64, Vec<Verified>)>>;
+
 /// The checking front of a node's [`Store`].
 #[derive(Debug, Clone)]
 pub struct Replica {
     store: Store,
     verified: Arc<inode::VerifiedCache>,
+    held: Arc<Held>,
     revocations: Arc<std::sync::RwLock<Revocations>>,
     counters: Arc<Counters>,
 }
@@ -82,6 +90,7 @@ impl Replica {
         Replica {
             store,
             verified: Arc::default(),
+            held: Arc::default(),
             revocations: Arc::default(),
             counters: Arc::default(),
         }
@@ -230,6 +239,14 @@ impl Replica {
     }
 
     fn held(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
+        // Read before the store is: a change committed after this makes the entry stale.
+        let epoch = self.store.versions_epoch(inode);
+        if let Ok(cache) = self.held.lock()
+            && let Some((at, held)) = cache.get(inode)
+            && *at == epoch
+        {
+            return Ok(held.clone());
+        }
         // Stored versions were checked when they came in; decode them without the chain
         // check (a writecap that has expired since does not unmake a version).
         let mut held = Vec::new();
@@ -246,6 +263,12 @@ impl Replica {
                     self.store.remove_version(inode, &stored.id)?;
                 }
             }
+        }
+        if let Ok(mut cache) = self.held.lock() {
+            if cache.len() >= HELD_ENTRIES && !cache.contains_key(inode) {
+                cache.clear();
+            }
+            cache.insert(*inode, (epoch, held.clone()));
         }
         Ok(held)
     }

@@ -210,6 +210,18 @@ struct Inner {
     corrupt_found: AtomicU64,
     /// A deferred write committed since the last durable commit.
     pending: AtomicBool,
+    /// Counters of changes to inodes' versions, by [`epoch_stripe`] (see
+    /// [`Store::versions_epoch`]).
+    versions_epochs: Box<[AtomicU64]>,
+}
+
+/// Stripes of [`Store::versions_epoch`]: inodes that share one see each other's changes
+/// as their own (a cache entry dropped for nothing, never one kept wrongly).
+const EPOCH_STRIPES: usize = 1024;
+
+fn epoch_stripe(inode: &crate::id::InodeId) -> usize {
+    let b = inode.as_bytes();
+    usize::from(u16::from_le_bytes([b[0], b[1]])) % EPOCH_STRIPES
 }
 
 impl Drop for Inner {
@@ -430,6 +442,7 @@ impl Store {
                 freeing: Mutex::default(),
                 freed: Mutex::default(),
                 corrupt_found: AtomicU64::new(0),
+                versions_epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 pending: AtomicBool::new(false),
             }),
             deferred: false,

@@ -823,3 +823,41 @@ async fn staged_changes_that_cannot_be_written_stay_staged() {
     staging.sync().await.unwrap();
     assert_eq!(get(&other, &file).await.unwrap(), b"kept");
 }
+
+#[tokio::test]
+async fn what_a_replica_remembers_of_an_inode_follows_every_change_to_its_store() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("a"), b"first").await;
+    let inode = owner.stat(&t.path("a")).await.unwrap().inode;
+    let before = t.replica.versions(&inode).unwrap();
+    assert_eq!(before.len(), 1);
+    // A second version, stored through another front of the same store.
+    let mut next = (*before[0].inode).clone();
+    next.seq += 1;
+    next.parents = vec![before[0].version];
+    let bytes = Signed::sign(&next, t.root.signing_key()).unwrap();
+    let other = Replica::new(t.replica.store().clone());
+    assert!(other.put_version(&inode, &bytes).unwrap());
+    let after = t.replica.versions(&inode).unwrap();
+    assert_eq!(after.len(), 2, "the version stored elsewhere is seen");
+    assert_eq!(after[0].inode.seq, next.seq);
+    // A removal made in the store alone.
+    let store = t.replica.store();
+    assert!(store.remove_version(&inode, &after[0].version).unwrap());
+    let left: Vec<_> = t.replica.versions(&inode).unwrap();
+    assert_eq!(
+        left.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![before[0].version],
+        "the removed version is gone"
+    );
+    // Storing a version already held changes nothing, and keeps what is remembered.
+    let epoch = store.versions_epoch(&inode);
+    let first = &before[0];
+    assert!(
+        !store
+            .put_version(&inode, &first.version, first.inode.seq, &first.signed)
+            .unwrap()
+    );
+    assert_eq!(store.versions_epoch(&inode), epoch);
+}

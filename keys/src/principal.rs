@@ -60,9 +60,11 @@ impl Principal {
 
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = data_encoding::BASE32_NOPAD.encode(&self.0);
+        // Encoded on the stack: this runs for every path a file system operation hashes.
+        let mut text = [0u8; TEXT_LEN];
+        data_encoding::BASE32_NOPAD.encode_mut(&self.0, &mut text);
         text.make_ascii_lowercase();
-        f.write_str(&text)
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -1,13 +1,28 @@
 //! Inode versions.
 
 use std::ops::Bound;
+use std::sync::atomic::Ordering;
 
 use redb::ReadableTable;
 
-use super::{Context, Error, INODES, Store, StoredVersion, VERSIONS, pair, pairs_of, second};
+use super::{
+    Context, Error, INODES, Store, StoredVersion, VERSIONS, epoch_stripe, pair, pairs_of, second,
+};
 use crate::id::{InodeId, VersionId};
 
 impl Store {
+    /// A number that changes whenever the versions stored for `inode` may have changed:
+    /// after every commit that stores or removes one (and after a failed attempt to). A
+    /// cache of what [`Store::versions`] gave holds while this stays what it was before
+    /// that read began.
+    pub fn versions_epoch(&self, inode: &InodeId) -> u64 {
+        self.inner.versions_epochs[epoch_stripe(inode)].load(Ordering::Acquire)
+    }
+
+    fn versions_changed(&self, inode: &InodeId) {
+        self.inner.versions_epochs[epoch_stripe(inode)].fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Stores a version of an inode: its sequence number and signed bytes, under
     /// `(inode, version)`. True if it was new; storing a version already held changes
     /// nothing (even if `seq` or `signed` differ) and gives false.
@@ -34,7 +49,7 @@ impl Store {
     ) -> Result<bool, Error> {
         const WHAT: &str = "storing a version";
         let key = pair(inode.as_bytes(), version.as_bytes());
-        self.write(WHAT, |txn| {
+        let written = self.write(WHAT, |txn| {
             let mut versions = txn.open_table(VERSIONS).context(WHAT)?;
             if versions.get(&key).context(WHAT)?.is_some() {
                 return Ok((false, false));
@@ -56,7 +71,11 @@ impl Store {
                 .insert(inode.as_bytes(), (count + 1).saturating_sub(removed).max(1))
                 .context(WHAT)?;
             Ok((true, true))
-        })
+        });
+        if !matches!(written, Ok(false)) {
+            self.versions_changed(inode);
+        }
+        written
     }
 
     /// Every stored version of an inode, highest `seq` first, equal `seq`s in id order.
@@ -95,7 +114,7 @@ impl Store {
     pub fn remove_version(&self, inode: &InodeId, version: &VersionId) -> Result<bool, Error> {
         const WHAT: &str = "removing a version";
         let key = pair(inode.as_bytes(), version.as_bytes());
-        self.write(WHAT, |txn| {
+        let removed = self.write(WHAT, |txn| {
             let mut versions = txn.open_table(VERSIONS).context(WHAT)?;
             if versions.remove(&key).context(WHAT)?.is_none() {
                 return Ok((false, false));
@@ -111,7 +130,11 @@ impl Store {
                 inodes.remove(inode.as_bytes()).context(WHAT)?;
             }
             Ok((true, true))
-        })
+        });
+        if !matches!(removed, Ok(false)) {
+            self.versions_changed(inode);
+        }
+        removed
     }
 
     /// Ids of inodes with stored versions, in id order, starting after `after` (all if
