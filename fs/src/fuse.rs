@@ -602,7 +602,9 @@ impl<B: Blocks> Filesystem for Mount<B> {
         };
         match self.run(async {
             let mut handle = open.handle.lock().await;
-            self.client.read(&mut handle, offset, size as usize).await
+            self.client
+                .read_shared(&mut handle, offset, size as usize)
+                .await
         }) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),

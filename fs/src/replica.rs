@@ -194,6 +194,12 @@ impl Replica {
         }
     }
 
+    /// A chunk's stored bytes, not checked against its id (see
+    /// [`crate::Blocks::get_chunk_unchecked`]).
+    pub fn get_chunk_unchecked(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, Refused> {
+        Ok(self.store.get_chunk_unchecked(id)?)
+    }
+
     /// Checks and stores an inode version; `true` if it was new. Older versions that are
     /// no longer heads and fall out of the kept history are dropped.
     pub fn put_version(&self, inode: &InodeId, signed: &[u8]) -> Result<bool, Refused> {

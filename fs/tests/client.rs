@@ -861,3 +861,47 @@ async fn what_a_replica_remembers_of_an_inode_follows_every_change_to_its_store(
     );
     assert_eq!(store.versions_epoch(&inode), epoch);
 }
+
+#[tokio::test]
+async fn a_chunk_changed_on_disk_is_found_corrupt_though_reads_open_it_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let mut t = tree();
+    t.replica = Arc::new(Replica::new(Store::open(&store).unwrap()));
+    let owner = t.owner();
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    put(&owner, &t.path("a"), &data).await;
+    put(&owner, &t.path("b"), &data).await;
+    let inode = owner.stat(&t.path("a")).await.unwrap().inode;
+    let chunk = t.replica.versions(&inode).unwrap()[0].inode.chunks[1].id;
+    let sealed = t.replica.get_chunk(&chunk).unwrap().unwrap();
+    // A byte changed in the segment file that holds the chunk.
+    let mut changed = 0;
+    for entry in std::fs::read_dir(Store::segment_dir(&store)).unwrap() {
+        let file = entry.unwrap().path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        if let Some(at) = bytes.windows(64).position(|w| w == &sealed[100..164]) {
+            bytes[at + 10] ^= 0x5a;
+            std::fs::write(&file, &bytes).unwrap();
+            changed += 1;
+        }
+    }
+    assert_eq!(changed, 1);
+    let unchecked = t.replica.get_chunk_unchecked(&chunk).unwrap().unwrap();
+    assert_ne!(
+        unchecked, sealed,
+        "unchecked, the changed bytes come as they are"
+    );
+    // The tag does not open them, so the read asks again with the id check, which finds
+    // the copy corrupt and drops it (there is no other replica to read).
+    let reader = t.owner();
+    let failed = get(&reader, &t.path("a")).await.unwrap_err();
+    assert!(
+        matches!(failed, Error::Blocks { .. } | Error::Corrupt { .. }),
+        "{failed}"
+    );
+    let dropped = &t.replica.counters().corrupt_dropped;
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(t.replica.get_chunk_unchecked(&chunk).unwrap().is_none());
+    assert_eq!(get(&reader, &t.path("b")).await.unwrap(), data);
+}
