@@ -381,14 +381,22 @@ impl Signed {
 
 /// Versions verified before, by version id: checking a signature and a writecap chain
 /// costs a few ed25519 verifications, and the same versions are read again and again.
-/// A version id is the hash of the signed bytes, so a hit is the same bytes. Bounded:
-/// emptied when full.
-#[derive(Debug, Default)]
+/// A version id is the hash of the signed bytes, so a hit is the same bytes. Bounded: two
+/// generations of [`VERIFIED_CACHE_ENTRIES`], so what was used lately stays.
+#[derive(Debug)]
 pub struct VerifiedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<VersionId, Verified>>,
+    entries: std::sync::Mutex<crate::memo::Generations<VersionId, Verified>>,
 }
 
-/// Entries a [`VerifiedCache`] holds before it starts over.
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        VerifiedCache {
+            entries: std::sync::Mutex::new(crate::memo::Generations::new(VERIFIED_CACHE_ENTRIES)),
+        }
+    }
+}
+
+/// Entries of one generation of a [`VerifiedCache`] (it holds at most twice as many).
 pub const VERIFIED_CACHE_ENTRIES: usize = 16_384;
 
 impl VerifiedCache {
@@ -417,7 +425,7 @@ impl VerifiedCache {
     ) -> Result<Verified, InodeError> {
         let id = VersionId::of(bytes);
         for cache in std::iter::once(self).chain(also) {
-            if let Ok(entries) = cache.entries.lock()
+            if let Ok(mut entries) = cache.entries.lock()
                 && let Some(v) = entries.get(&id)
             {
                 if &v.id != expected {
@@ -431,9 +439,6 @@ impl VerifiedCache {
         }
         let verified = Signed::verify_as(bytes, expected, now, revocations)?;
         if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= VERIFIED_CACHE_ENTRIES {
-                entries.clear();
-            }
             entries.insert(id, verified.clone());
         }
         Ok(verified)

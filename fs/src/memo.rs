@@ -1,6 +1,7 @@
-//! A bounded memo of results that never change for their key (a directory's contents for
-//! a set of version ids, the key a readcap opens): kept until a weight budget pushes the
-//! oldest out.
+//! Bounded memos: of results that never change for their key (a directory's contents for
+//! a set of version ids, the key a readcap opens), kept until a weight budget pushes the
+//! oldest out; and [`Generations`], for many small entries of which the recently used
+//! should stay.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -66,9 +67,103 @@ impl<K: Eq + Hash + Clone, V: Clone> Memo<K, V> {
     }
 }
 
+/// A map of at most `2 × capacity` entries that keeps what was used lately: entries go
+/// into the current generation; when it is full, it becomes the old one (the one before
+/// is dropped), and an entry found in the old generation moves back into the current.
+/// What was used within the last `capacity` insertions stays. (A map emptied when full
+/// would start over, every entry lost at once, each time a working set a little larger
+/// than it went round.)
+#[derive(Debug)]
+pub(crate) struct Generations<K, V> {
+    current: HashMap<K, V>,
+    old: HashMap<K, V>,
+    capacity: usize,
+}
+
+impl<K: Eq + Hash, V> Generations<K, V> {
+    /// An empty map whose generations hold `capacity` entries each.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Generations {
+            current: HashMap::new(),
+            old: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The entry for `key`, kept for another generation.
+    pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
+        if !self.current.contains_key(key) {
+            let (key, value) = self.old.remove_entry(key)?;
+            self.insert(key, value);
+        }
+        self.current.get(key)
+    }
+
+    /// Sets the entry for `key`.
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        if self.current.len() >= self.capacity && !self.current.contains_key(&key) {
+            self.old = std::mem::take(&mut self.current);
+        }
+        self.old.remove(&key);
+        self.current.insert(key, value);
+    }
+
+    /// Entries held, in both generations.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.current.len() + self.old.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_keep_what_was_used_within_a_generation() {
+        let mut g = Generations::new(3);
+        for k in 0..3 {
+            g.insert(k, k * 10);
+        }
+        // Full: the next insertion starts a generation; 0..3 are old, still found.
+        g.insert(3, 30);
+        assert_eq!(g.len(), 4);
+        assert_eq!(g.get(&0), Some(&0), "an old entry is found, and kept");
+        g.insert(4, 40);
+        // Current {3, 0, 4} is full: 5 starts another, and what was old and unused (1, 2)
+        // is gone.
+        g.insert(5, 50);
+        assert_eq!(g.get(&1), None);
+        assert_eq!(g.get(&2), None);
+        for k in [0, 3, 4, 5] {
+            assert_eq!(g.get(&k), Some(&(k * 10)), "{k}");
+        }
+        assert!(g.len() <= 6, "at most two generations");
+        // Setting a key again keeps one entry for it.
+        g.insert(5, 55);
+        assert_eq!(g.get(&5), Some(&55));
+    }
+
+    #[test]
+    fn what_is_used_often_stays_while_one_off_entries_pass_through() {
+        // 50 keys used in every round among 40 new ones: a map emptied when full would
+        // lose the 50 each time it filled; here none is missed after the first round.
+        let mut g = Generations::new(100);
+        let mut fresh = 1000;
+        for round in 0..20 {
+            for k in 0..50 {
+                if g.get(&k).is_none() {
+                    assert_eq!(round, 0, "key {k} lost in round {round}");
+                    g.insert(k, ());
+                }
+            }
+            for _ in 0..40 {
+                g.insert(fresh, ());
+                fresh += 1;
+            }
+            assert!(g.len() <= 200);
+        }
+    }
 
     #[test]
     fn keeps_within_budget_and_drops_the_oldest_first() {

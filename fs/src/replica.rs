@@ -67,12 +67,13 @@ pub struct Counters {
     pub corrupt_dropped: AtomicU64,
 }
 
-/// Inodes whose decoded versions a replica remembers at most; it starts over when full.
+/// Inodes whose decoded versions one generation of a replica's memo holds (see
+/// [`crate::memo::Generations`]).
 const HELD_ENTRIES: usize = 16_384;
 
 /// Decoded versions by inode, each with the store's [`Store::versions_epoch`] read before
 /// the store was: an entry holds while the epoch is unchanged.
-type Held = std::sync::Mutex<std::collections::HashMap<InodeId, (u64, Vec<Verified>)>>;
+type Held = std::sync::Mutex<crate::memo::Generations<InodeId, (u64, Vec<Verified>)>>;
 
 /// The checking front of a node's [`Store`].
 #[derive(Debug, Clone)]
@@ -90,7 +91,9 @@ impl Replica {
         Replica {
             store,
             verified: Arc::default(),
-            held: Arc::default(),
+            held: Arc::new(std::sync::Mutex::new(crate::memo::Generations::new(
+                HELD_ENTRIES,
+            ))),
             revocations: Arc::default(),
             counters: Arc::default(),
         }
@@ -247,7 +250,7 @@ impl Replica {
     fn held(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
         // Read before the store is: a change committed after this makes the entry stale.
         let epoch = self.store.versions_epoch(inode);
-        if let Ok(cache) = self.held.lock()
+        if let Ok(mut cache) = self.held.lock()
             && let Some((at, held)) = cache.get(inode)
             && *at == epoch
         {
@@ -271,9 +274,6 @@ impl Replica {
             }
         }
         if let Ok(mut cache) = self.held.lock() {
-            if cache.len() >= HELD_ENTRIES && !cache.contains_key(inode) {
-                cache.clear();
-            }
             cache.insert(*inode, (epoch, held.clone()));
         }
         Ok(held)
