@@ -122,15 +122,31 @@ pub fn seal(
     plaintext: &[u8],
 ) -> Result<Sealed, ChunkError> {
     let mut bytes = Vec::with_capacity(plaintext.len() + OVERHEAD);
-    bytes.resize(NONCE_LEN, 0);
-    getrandom::getrandom(&mut bytes[..NONCE_LEN]).map_err(|e| ChunkError::Random(e.to_string()))?;
     bytes.extend_from_slice(plaintext);
-    let (nonce, body) = bytes.split_at_mut(NONCE_LEN);
-    let (cipher, nonce) = subkey(key, nonce)?;
+    seal_vec(key, inode, index, bytes)
+}
+
+/// [`seal`] taking the plaintext, which it encrypts where it lies: no second buffer for
+/// the chunk when the vector has room for [`OVERHEAD`] more bytes.
+pub fn seal_vec(
+    key: &DataKey,
+    inode: &InodeId,
+    index: u64,
+    mut bytes: Vec<u8>,
+) -> Result<Sealed, ChunkError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut nonce).map_err(|e| ChunkError::Random(e.to_string()))?;
+    let (cipher, short) = subkey(key, &nonce)?;
     let tag = cipher
-        .seal_in_place_separate_tag(nonce, Aad::from(aad(inode, index)), body)
+        .seal_in_place_separate_tag(short, Aad::from(aad(inode, index)), &mut bytes)
         // Only a plaintext longer than 256 GiB fails; chunks are at most a few MiB.
         .map_err(|_| ChunkError::Open)?;
+    // The nonce goes in front of the ciphertext, the tag after it.
+    let len = bytes.len();
+    bytes.reserve_exact(OVERHEAD);
+    bytes.resize(len + NONCE_LEN, 0);
+    bytes.copy_within(..len, NONCE_LEN);
+    bytes[..NONCE_LEN].copy_from_slice(&nonce);
     bytes.extend_from_slice(tag.as_ref());
     Ok(Sealed {
         id: ChunkId::of(&bytes),
@@ -324,7 +340,15 @@ mod tests {
         fn round_trip(plaintext in proptest::collection::vec(any::<u8>(), 0..4096), index in any::<u64>()) {
             let key = DataKey::generate();
             let sealed = seal(&key, &inode(7), index, &plaintext).unwrap();
-            prop_assert_eq!(open(&key, &inode(7), index, &sealed.bytes).unwrap(), plaintext);
+            prop_assert_eq!(&open(&key, &inode(7), index, &sealed.bytes).unwrap(), &plaintext);
+            // Sealed where it lies, with or without room for the overhead.
+            for room in [0, OVERHEAD] {
+                let mut owned = Vec::with_capacity(plaintext.len() + room);
+                owned.extend_from_slice(&plaintext);
+                let sealed = seal_vec(&key, &inode(7), index, owned).unwrap();
+                prop_assert_eq!(sealed.bytes.len(), plaintext.len() + OVERHEAD);
+                prop_assert_eq!(rustcrypto_open(&key, &inode(7), index, &sealed.bytes), Some(plaintext.clone()));
+            }
         }
 
         #[test]

@@ -1852,10 +1852,12 @@ impl<B: Blocks> Client<B> {
             let index = pos / cs;
             let start = (pos - index * cs) as usize;
             let take = (handle.chunk_size - start).min(data.len() - written);
+            // A whole chunk has room to be sealed where it lies (see `chunk::seal_vec`).
+            let room = handle.chunk_size + chunk::OVERHEAD;
             if !handle.dirty.contains_key(&index) {
                 // A whole chunk written needs nothing of what was there.
                 let old = if start == 0 && take == handle.chunk_size {
-                    Vec::with_capacity(take)
+                    Vec::with_capacity(room)
                 } else {
                     self.plaintext_of(handle, index).await?
                 };
@@ -1866,10 +1868,25 @@ impl<B: Blocks> Client<B> {
                 .dirty
                 .get_mut(&index)
                 .ok_or_else(|| Error::Io("a buffered chunk went missing".into()))?;
-            if chunk.len() < start + take {
-                chunk.resize(start + take, 0);
+            if chunk.capacity() < start + take {
+                // Doubling, as a vector grows; a whole chunk's worth is given `room`.
+                let mut want = (chunk.capacity() * 2).max(start + take);
+                if want >= handle.chunk_size {
+                    want = room.max(start + take);
+                }
+                chunk.reserve_exact(want - chunk.len());
             }
-            chunk[start..start + take].copy_from_slice(&data[written..written + take]);
+            let bytes = &data[written..written + take];
+            // What lies over bytes already there replaces them; the rest is appended (a
+            // gap before it reads as zeros).
+            let over = chunk.len().saturating_sub(start).min(take);
+            if over > 0 {
+                chunk[start..start + over].copy_from_slice(&bytes[..over]);
+            }
+            if over < take {
+                chunk.resize(start + over, 0);
+                chunk.extend_from_slice(&bytes[over..]);
+            }
             written += take;
         }
         handle.size = handle.size.max(offset + data.len() as u64);
@@ -2605,7 +2622,7 @@ async fn seal(
             async move {
                 let len = u32::try_from(plaintext.len()).unwrap_or(u32::MAX);
                 tokio::task::spawn_blocking(move || {
-                    chunk::seal(&key, &id, index, &plaintext).map(|s| (index, len, s))
+                    chunk::seal_vec(&key, &id, index, plaintext).map(|s| (index, len, s))
                 })
                 .await
                 .map_err(|e| Error::Io(e.to_string()))?
