@@ -51,9 +51,11 @@ pub trait Blocks: Send + Sync + 'static {
     /// The bytes stored for chunk `id`, not checked against it where checking is all that
     /// reading them would cost (this node's own store, which checked them when it took
     /// them); by default [`Blocks::get_chunk`]. Only for a caller that checks them
-    /// another way, as opening a chunk with its data key does (its tag fails on any
-    /// changed byte), and asks [`Blocks::get_chunk`] when that check fails: that call
-    /// finds a corrupt copy, reports it, and reads another replica's.
+    /// another way and asks [`Blocks::get_chunk`] when that check fails (or this fails):
+    /// that call finds a corrupt copy, reports it, and reads another replica's. Opening
+    /// a chunk with its data key is such a check against changed bytes, though weaker
+    /// than the id: its tag binds the key, the inode and the index, not the version, so
+    /// it would take an older version's chunk for the same place.
     fn get_chunk_unchecked(
         &self,
         id: ChunkId,

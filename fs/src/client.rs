@@ -2667,28 +2667,27 @@ async fn fetch_and_open<B: Blocks>(
     index: u64,
     chunk: ChunkRef,
 ) -> Result<Vec<u8>, Error> {
-    // Opening checks every byte (the tag), so the bytes are first read unchecked; only if
-    // they do not open are they read again with the check against the chunk's id, which
-    // tells a corrupt copy (reported, and read around) from a key that does not open it.
+    // Opening checks every byte against the key, the inode and the index (the tag), so the
+    // bytes are first read without the check against the chunk's id. Anything short of a
+    // plaintext of the expected length reads them again with that check, which tells a
+    // corrupt or misplaced copy (reported, dropped, and read from another replica) from a
+    // key that does not open it.
+    if let Ok(sealed) = blocks.get_chunk_unchecked(chunk.id).await
+        && let Ok(plaintext) = open_sealed(keys.clone(), id, index, sealed).await?
+        && plaintext.len() == chunk.len as usize
+    {
+        return Ok(plaintext);
+    }
     let sealed = blocks
-        .get_chunk_unchecked(chunk.id)
+        .get_chunk(chunk.id)
         .await
         .map_err(blocks_err(&path))?;
-    let plaintext = match open_sealed(keys.clone(), id, index, sealed).await? {
-        Ok(plaintext) => plaintext,
-        Err(_) => {
-            let sealed = blocks
-                .get_chunk(chunk.id)
-                .await
-                .map_err(blocks_err(&path))?;
-            open_sealed(keys, id, index, sealed)
-                .await?
-                .map_err(|e| Error::Corrupt {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                })?
-        }
-    };
+    let plaintext = open_sealed(keys, id, index, sealed)
+        .await?
+        .map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
     if plaintext.len() != chunk.len as usize {
         return Err(Error::Corrupt {
             path: path.to_string(),

@@ -80,9 +80,11 @@ impl Binding {
     /// The inode's id.
     pub fn id(&self) -> InodeId {
         let mut hasher = blake3::Hasher::new_derive_key(BINDING_CONTEXT);
-        // The path's text, hashed as it is written out.
-        let _ =
+        // The path's text, hashed as it is written out (which cannot fail: the sink
+        // takes everything, and a path's and a principal's `Display` fail only on it).
+        let written =
             std::fmt::Write::write_fmt(&mut HashText(&mut hasher), format_args!("{}", self.path));
+        debug_assert!(written.is_ok());
         hasher.update(&[0]);
         hasher.update(&self.nonce);
         InodeId(*hasher.finalize().as_bytes())
@@ -400,6 +402,13 @@ impl Default for VerifiedCache {
 pub const VERIFIED_CACHE_ENTRIES: usize = 16_384;
 
 impl VerifiedCache {
+    /// Forgets everything (new revocation lists: a hit is not checked against them).
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            *entries = crate::memo::Generations::new(VERIFIED_CACHE_ENTRIES);
+        }
+    }
+
     /// [`Signed::verify_as`], remembering what verified. (The chain is checked at signing
     /// time, so a verified version stays verified; revocation lists are not consulted
     /// again for a cached version.)

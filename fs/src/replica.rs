@@ -1,5 +1,6 @@
 //! What a node does with the items placed on it: checks everything before storing it, and
-//! serves what it holds, verified again on the way out.
+//! serves what it holds, verified again on the way out (versions once per change of the
+//! store: see [`Replica::versions`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +134,8 @@ impl Replica {
         if let Ok(mut r) = self.revocations.write() {
             *r = revocations;
         }
+        // What was verified under the old lists is checked again under the new ones.
+        self.verified.clear();
     }
 
     fn revocations(&self) -> Revocations {
@@ -279,7 +282,9 @@ impl Replica {
         Ok(held)
     }
 
-    /// Every kept version of an inode, newest first, checked again.
+    /// Every kept version of an inode, newest first, checked again when they were last
+    /// read from the store; decoded versions are remembered until the store's
+    /// [`Store::versions_epoch`] for the inode changes.
     pub fn versions(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
         let mut held = self.held(inode)?;
         held.sort_by(|a, b| inode::order(b, a));

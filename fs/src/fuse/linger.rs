@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 /// The longest a FUSE thread watches for the next request after a reply.
-pub const MAX_WINDOW: Duration = Duration::from_micros(200);
+pub const MAX_WINDOW: Duration = Duration::from_micros(100);
 
 /// The first window after a quiet spell; windows shorter than this are none.
 pub const MIN_WINDOW: Duration = Duration::from_micros(25);
@@ -59,8 +59,9 @@ impl Window {
     }
 }
 
-/// Watches `device` until it has a request to read or `window` has passed; false if it
-/// stayed quiet (or cannot be polled).
+/// Watches `device` until it has a request to read (or reports an error or hang-up, which
+/// the session's next read will meet) or `window` has passed; false if it stayed quiet
+/// for the whole window, or cannot be polled.
 pub fn watch(device: &OwnedFd, window: Duration) -> bool {
     if window.is_zero() {
         return false;
@@ -113,7 +114,7 @@ mod tests {
         }
         assert_eq!(
             seen,
-            [us(25), us(50), us(100), us(200), us(200), us(200)],
+            [us(25), us(50), us(100), us(100), us(100), us(100)],
             "grows from the minimum to the bound"
         );
         // A request long after the reply (the program paused): the window halves each
@@ -127,7 +128,13 @@ mod tests {
         }
         assert_eq!(
             seen,
-            [us(100), us(50), us(25), Duration::ZERO, Duration::ZERO]
+            [
+                us(50),
+                us(25),
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::ZERO
+            ]
         );
         // A request just past the bound does not count as caught.
         t += MAX_WINDOW + us(1);
