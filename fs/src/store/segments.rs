@@ -244,7 +244,7 @@ impl DirSegments {
                 }
                 // A read ends inside a block only at the end of the file (and reading on
                 // from there would not be aligned).
-                if read == 0 || filled as u64 % block != 0 {
+                if read == 0 || !(filled as u64).is_multiple_of(block) {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
