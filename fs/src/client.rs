@@ -2131,32 +2131,101 @@ impl<B: Blocks> Client<B> {
         mut progress: impl FnMut(u64),
     ) -> Result<Stat, Error> {
         let mut handle = self.create(path).await?;
-        let mut buffer = vec![0u8; handle.chunk_size];
+        let size = handle.chunk_size;
         let mut offset = 0u64;
         loop {
-            let mut filled = 0;
-            while filled < buffer.len() {
-                let n = source
-                    .read(&mut buffer[filled..])
+            // Read where the chunk will be sealed, with room for it.
+            let mut piece = Vec::with_capacity(size + chunk::OVERHEAD);
+            while piece.len() < size {
+                let want = (size - piece.len()) as u64;
+                let n = (&mut source)
+                    .take(want)
+                    .read_buf(&mut piece)
                     .await
                     .map_err(|e| Error::Io(e.to_string()))?;
                 if n == 0 {
                     break;
                 }
-                filled += n;
             }
-            if filled == 0 {
+            let len = piece.len();
+            if len == 0 {
                 break;
             }
-            self.write(&mut handle, offset, &buffer[..filled]).await?;
-            offset += filled as u64;
+            self.write_owned(&mut handle, offset, piece).await?;
+            offset += len as u64;
             progress(offset);
-            if filled < buffer.len() {
+            if len < size {
                 break;
             }
         }
         self.fsync(&mut handle).await?;
         Ok(stat_of(handle.node()))
+    }
+
+    /// [`Client::put`] from a local file, read on a blocking thread a few chunks ahead of
+    /// the sealing, straight into the buffers the chunks are sealed in.
+    pub async fn put_file(
+        &self,
+        path: &Path,
+        file: std::fs::File,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Stat, Error> {
+        let mut handle = self.create(path).await?;
+        let size = handle.chunk_size;
+        let (pieces, mut read) = tokio::sync::mpsc::channel(READ_AHEAD as usize);
+        let reader = tokio::task::spawn_blocking(move || read_pieces(file, size, &pieces));
+        let mut offset = 0u64;
+        while let Some(piece) = read.recv().await {
+            let piece = piece.map_err(|e| Error::Io(format!("reading the file to put: {e}")))?;
+            let len = piece.len();
+            if len == 0 {
+                break;
+            }
+            self.write_owned(&mut handle, offset, piece).await?;
+            offset += len as u64;
+            progress(offset);
+            if len < size {
+                break;
+            }
+        }
+        drop(read);
+        reader
+            .await
+            .map_err(|e| Error::Io(format!("reading the file to put: {e}")))?;
+        self.fsync(&mut handle).await?;
+        Ok(stat_of(handle.node()))
+    }
+
+    /// [`Client::write`] of bytes the caller gives up: a piece that replaces a whole
+    /// chunk (it starts the chunk, and ends it or the file) becomes that chunk's buffer
+    /// without being copied. `piece` should have room for [`chunk::OVERHEAD`] more bytes
+    /// (see `chunk::seal_vec`).
+    pub async fn write_owned(
+        &self,
+        handle: &mut Handle,
+        offset: u64,
+        piece: Vec<u8>,
+    ) -> Result<usize, Error> {
+        let cs = handle.chunk_size as u64;
+        let len = piece.len();
+        let end = offset.saturating_add(len as u64);
+        let whole = offset.is_multiple_of(cs)
+            && offset <= handle.size
+            && len > 0
+            && (len as u64 == cs || (len as u64) < cs && end >= handle.size);
+        if !whole {
+            return self.write(handle, offset, &piece).await;
+        }
+        self.check_writable(handle)?;
+        check_size(handle, end)?;
+        handle.dirty.insert(offset / cs, piece);
+        handle.cache.clear();
+        handle.size = handle.size.max(end);
+        handle.changed = true;
+        if handle.dirty.len() >= self.config.max_dirty_chunks {
+            self.flush(handle).await?;
+        }
+        Ok(len)
     }
 
     /// Writes the file at `path` to `sink`, calling `progress` with the bytes so far.
@@ -2605,6 +2674,33 @@ impl<B: Blocks> Client<B> {
             prefix = p.parent();
         }
         Ok(found)
+    }
+}
+
+/// Reads `file` in pieces of `size` bytes (the last may be shorter), each in a vector
+/// with room for a chunk's overhead, and sends them until the end of the file, an error,
+/// or the receiver is gone.
+fn read_pieces(
+    file: std::fs::File,
+    size: usize,
+    pieces: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+) {
+    use std::io::Read as _;
+    let mut file = file;
+    loop {
+        let mut piece = Vec::with_capacity(size + chunk::OVERHEAD);
+        let read = (&mut file).take(size as u64).read_to_end(&mut piece);
+        let end = match &read {
+            Ok(_) => piece.len() < size,
+            Err(_) => true,
+        };
+        let sent = match read {
+            Ok(_) => pieces.blocking_send(Ok(piece)),
+            Err(e) => pieces.blocking_send(Err(e)),
+        };
+        if end || sent.is_err() {
+            return;
+        }
     }
 }
 

@@ -175,10 +175,29 @@ async fn random_access(c: &Client<Replica>, file: &keys::Path, span: u64, most: 
     };
     for step in 0..300 {
         match next(5) {
-            0 | 1 => {
+            0 => {
                 let offset = next(span);
                 let bytes = data(next(2500) as usize, step as u8);
                 c.write(&mut h, offset, &bytes).await.unwrap();
+                let end = offset as usize + bytes.len();
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&bytes);
+            }
+            1 => {
+                // Given up: at a chunk's start (a whole chunk, or one that may end the
+                // file) or anywhere.
+                let offset = match next(3) {
+                    0 => next(span),
+                    _ => next(span) / 1000 * 1000,
+                };
+                let len = match next(3) {
+                    0 => 1000,
+                    _ => next(2500) as usize,
+                };
+                let bytes = data(len, step as u8);
+                c.write_owned(&mut h, offset, bytes.clone()).await.unwrap();
                 let end = offset as usize + bytes.len();
                 if model.len() < end {
                     model.resize(end, 0);
@@ -217,6 +236,39 @@ async fn random_access(c: &Client<Replica>, file: &keys::Path, span: u64, most: 
     }
     c.fsync(&mut h).await.unwrap();
     assert_eq!(get(c, file).await.unwrap(), model);
+}
+
+#[tokio::test]
+async fn a_local_file_put_reads_back_at_every_size() {
+    let t = tree();
+    let c = t.owner();
+    let dir = tempfile::tempdir().unwrap();
+    let file = t.path("put/file");
+    // Chunks of 1000 bytes: none, part of one, one, one and a byte, several.
+    for (round, len) in [0usize, 1, 999, 1000, 1001, 3005, 2000, 0]
+        .into_iter()
+        .enumerate()
+    {
+        let content = data(len, round as u8);
+        let local = dir.path().join(format!("local-{round}"));
+        std::fs::write(&local, &content).unwrap();
+        let mut seen = Vec::new();
+        let stat = c
+            .put_file(&file, std::fs::File::open(&local).unwrap(), |n| {
+                seen.push(n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(stat.size, len as u64, "{len} bytes");
+        assert_eq!(get(&c, &file).await.unwrap(), content, "{len} bytes");
+        assert_eq!(seen.last().copied().unwrap_or(0), len as u64, "progress");
+    }
+    let unreadable = std::fs::File::open(dir.path()).unwrap();
+    let failed = c.put_file(&t.path("put/dir"), unreadable, |_| {}).await;
+    assert!(
+        matches!(&failed, Err(Error::Io(e)) if e.contains("reading the file to put")),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test]

@@ -502,7 +502,7 @@ impl Files {
         let (progress, mut updates) = tokio::sync::watch::channel(0u64);
         let put = self
             .client
-            .put(&path, tokio::io::BufReader::new(file), move |n| {
+            .put_file(&path, file.into_std().await, move |n| {
                 progress.send_replace(n);
             });
         tokio::pin!(put);
