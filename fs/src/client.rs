@@ -355,6 +355,9 @@ pub const MAX_UNSYNCED: std::time::Duration = std::time::Duration::from_secs(12 
 /// busy (690-850 MiB/s, at 4 MiB of memory per reader); eight read no faster.
 const READ_AHEAD: u64 = 4;
 
+/// How many chunks of a local file being put are read ahead of the one being written.
+const PUT_READ_AHEAD: usize = 4;
+
 /// Batches of written chunks a handle seals and stores in the background while its writer
 /// goes on: one being sealed, one being stored.
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -2172,7 +2175,7 @@ impl<B: Blocks> Client<B> {
     ) -> Result<Stat, Error> {
         let mut handle = self.create(path).await?;
         let size = handle.chunk_size;
-        let (pieces, mut read) = tokio::sync::mpsc::channel(READ_AHEAD as usize);
+        let (pieces, mut read) = tokio::sync::mpsc::channel(PUT_READ_AHEAD);
         let reader = tokio::task::spawn_blocking(move || read_pieces(file, size, &pieces));
         let mut offset = 0u64;
         while let Some(piece) = read.recv().await {

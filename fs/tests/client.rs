@@ -244,8 +244,9 @@ async fn a_local_file_put_reads_back_at_every_size() {
     let c = t.owner();
     let dir = tempfile::tempdir().unwrap();
     let file = t.path("put/file");
-    // Chunks of 1000 bytes: none, part of one, one, one and a byte, several.
-    for (round, len) in [0usize, 1, 999, 1000, 1001, 3005, 2000, 0]
+    // Chunks of 1000 bytes: none, part of one, one, one and a byte, several, more than
+    // the reader keeps ahead.
+    for (round, len) in [0usize, 1, 999, 1000, 1001, 3005, 10_500, 2000, 0]
         .into_iter()
         .enumerate()
     {

@@ -11,10 +11,13 @@
 //! disk without the page cache, and only the partial blocks at its two ends are written
 //! (and read) through it. Copying every chunk into the page cache was most of what storing
 //! cost, and the cache held ciphertext that the file system client above keeps as
-//! plaintext anyway. Direct and buffered writes never share a block: a block is wholly
-//! inside one chunk's direct range, or holds the ends of chunks, which are always written
-//! buffered. A direct read first writes back any cached dirty block it covers (the kernel
-//! does), so what it returns is what was written.
+//! plaintext anyway. A block here is at least a page and a file system block, so that
+//! appended chunks never have one block written both ways: a block lies wholly inside one
+//! chunk's direct range, or holds the ends of chunks, which are always written buffered.
+//! Bytes written again after a transaction that did not commit (see the store's `Log`)
+//! may land at other offsets; there, as for a direct read over a cached dirty block, the
+//! kernel writes cached blocks back and drops them around each direct call, so what is
+//! read is what was written last.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -26,8 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-/// Storage for segment files, numbered from 0. The store writes each segment only at
-/// offsets past what it wrote before, and reads only ranges it wrote.
+/// Storage for segment files, numbered from 0. The store appends to a segment past what
+/// it last committed (writing again over bytes a transaction wrote but did not commit),
+/// and reads only ranges it wrote.
 ///
 /// [`Store::with_backends`](super::Store::with_backends) takes one; tests implement it to
 /// inject I/O errors and crashes.
@@ -106,7 +110,8 @@ struct Segment {
 /// lengths in multiples of `block`, memory at multiples of `memory`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Alignment {
-    /// At least a page, so that a block the page cache holds is never half direct.
+    /// At least a page and a file system block, so that a page the page cache holds, or
+    /// a block the file system writes whole, is never half direct.
     block: u64,
     memory: usize,
 }
@@ -115,9 +120,9 @@ struct Alignment {
 /// whole blocks are not worth a second system call.
 pub(crate) const DIRECT_MIN: usize = 64 * 1024;
 
-/// The page size direct blocks are rounded up to (4 KiB: the largest base page of the
-/// machines we run on is larger only on some arm64 kernels, where `statx` asks more).
-const PAGE: u64 = 4096;
+/// Direct blocks larger than this are not used (a file system block or page this large
+/// would leave little of a chunk direct): such file systems go through the page cache.
+const MAX_BLOCK: u64 = 64 * 1024;
 
 impl fmt::Debug for DirSegments {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,8 +177,14 @@ impl DirSegments {
             Some(_) if !self.direct_failed.load(Ordering::Relaxed) => {
                 match open_direct(&self.path(n)) {
                     Ok(direct) => Some(direct),
-                    Err(e) => {
+                    Err(e) if refuses_direct(&e) => {
                         self.direct_failed("opening", &e);
+                        None
+                    }
+                    // Out of descriptors or memory, say: this segment goes through the
+                    // page cache, and the next is tried again.
+                    Err(e) => {
+                        tracing::debug!(segment = n, error = %e, "no direct descriptor for a segment");
                         None
                     }
                 }
@@ -271,13 +282,31 @@ fn probe_alignment(file: &File) -> Option<Alignment> {
         u64::from(found.stx_dio_offset_align),
         found.stx_dio_mem_align as usize,
     );
-    if !offset.is_power_of_two() || !memory.is_power_of_two() {
+    let page = rustix::param::page_size() as u64;
+    let block = offset.max(page).max(u64::from(found.stx_blksize));
+    if !block.is_power_of_two() || !memory.is_power_of_two() || block > MAX_BLOCK {
         return None;
     }
-    Some(Alignment {
-        block: offset.max(PAGE),
-        memory,
-    })
+    Some(Alignment { block, memory })
+}
+
+/// Whether `e` says the file system, or this call's alignment, does not take direct I/O.
+fn refuses_direct(e: &io::Error) -> bool {
+    let code = e.raw_os_error();
+    code == Some(rustix::io::Errno::INVAL.raw_os_error())
+        || code == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error())
+}
+
+/// Refuses a range that no segment can hold (its end past what a file offset can be),
+/// before it reaches a system call whose `EINVAL` would read as "no direct I/O".
+fn check_range(offset: u64, len: usize) -> io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= i64::MAX as u64 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{len} bytes at {offset} lie past the largest segment"),
+        )),
+    }
 }
 
 /// `path` opened for direct reads and writes.
@@ -296,7 +325,9 @@ const KEEP_ALIGNED: usize = 8 << 20;
 
 thread_local! {
     /// Each thread's buffer for direct I/O, kept so that its pages stay mapped (a first
-    /// touch of fresh memory is what made copying into the page cache slow).
+    /// touch of fresh memory is what made copying into the page cache slow). A thread
+    /// keeps at most the largest chunk it moved (under [`KEEP_ALIGNED`]) plus two blocks;
+    /// the threads are tokio's blocking pool's, which end after 10 s idle.
     static ALIGNED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -363,6 +394,7 @@ impl Segments for DirSegments {
     }
 
     fn write(&self, n: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        check_range(offset, data.len())?;
         let segment = self.file(n)?;
         if let (Some(direct), Some(alignment)) = (&segment.direct, self.alignment())
             && data.len() >= DIRECT_MIN
@@ -378,7 +410,7 @@ impl Segments for DirSegments {
                 match Self::write_direct(direct, alignment, first, middle) {
                     Ok(()) => {}
                     // Rewritten through the page cache: the same bytes at the same place.
-                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    Err(e) if refuses_direct(&e) => {
                         self.direct_failed("writing", &e);
                         segment.file.write_all_at(middle, first)?;
                     }
@@ -391,12 +423,13 @@ impl Segments for DirSegments {
     }
 
     fn read(&self, n: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        check_range(offset, len)?;
         let segment = self.file(n)?;
         if let (Some(direct), Some(alignment)) = (&segment.direct, self.alignment())
             && len >= DIRECT_MIN
         {
             match Self::read_direct(direct, alignment, offset, len) {
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                Err(e) if refuses_direct(&e) => {
                     self.direct_failed("reading", &e);
                 }
                 done => return done,
@@ -626,9 +659,11 @@ mod tests {
         }
         segments.sync(0).unwrap();
         let again = DirSegments::open(&path).unwrap();
+        let plain = buffered(&path);
         for (offset, bytes) in &placed {
             assert_eq!(&segments.read(0, *offset, bytes.len()).unwrap(), bytes);
             assert_eq!(&again.read(0, *offset, bytes.len()).unwrap(), bytes);
+            assert_eq!(&plain.read(0, *offset, bytes.len()).unwrap(), bytes);
         }
         assert_eq!(
             std::fs::metadata(path.join(format!("{PREFIX}{:020}", 0)))
@@ -655,7 +690,7 @@ mod tests {
 
     #[test]
     fn large_chunks_at_any_offset_read_back() {
-        let page = PAGE as usize;
+        let page = 4096;
         appended_chunks_read_back(
             &[
                 10,
@@ -692,6 +727,58 @@ mod tests {
         ) {
             appended_chunks_read_back(&sizes, reopen_every);
         }
+    }
+
+    /// Segments in `dir` that never use direct I/O.
+    fn buffered(dir: &Path) -> DirSegments {
+        let segments = DirSegments::open(dir).unwrap();
+        segments.direct.set(None).unwrap();
+        segments
+    }
+
+    #[test]
+    fn direct_and_buffered_writes_over_each_other_read_back() {
+        // What a transaction that did not commit leaves: the next writer writes over its
+        // bytes, at other offsets, so blocks written directly are written again through
+        // the page cache and the other way round.
+        let dir = tempfile::tempdir().unwrap();
+        let segments = DirSegments::open(dir.path()).unwrap();
+        segments.create(0).unwrap();
+        let first = vec![1u8; 300_000];
+        segments.write(0, 100, &first).unwrap();
+        let second: Vec<u8> = (0..250_000).map(|i| (i % 251) as u8).collect();
+        segments.write(0, 2100, &second).unwrap();
+        let third = vec![3u8; 5000];
+        segments.write(0, 2100 + 250_000, &third).unwrap();
+        segments.sync(0).unwrap();
+        let mut model = vec![0u8; 300_100];
+        model[100..300_100].copy_from_slice(&first);
+        model[2100..252_100].copy_from_slice(&second);
+        model[252_100..257_100].copy_from_slice(&third);
+        let plain = buffered(dir.path());
+        for reader in [&segments, &plain] {
+            assert_eq!(reader.read(0, 2100, 250_000).unwrap(), second);
+            assert_eq!(reader.read(0, 100, 300_000).unwrap(), model[100..300_100]);
+            assert_eq!(reader.read(0, 252_100, 5000).unwrap(), third);
+        }
+        // And the other way: written through the page cache, read directly.
+        plain.write(0, 4096, &first).unwrap();
+        assert_eq!(segments.read(0, 4096, first.len()).unwrap(), first);
+    }
+
+    #[test]
+    fn ranges_past_any_file_are_refused_without_giving_up_direct_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = DirSegments::open(dir.path()).unwrap();
+        segments.create(0).unwrap();
+        let direct = segments.direct_io();
+        for offset in [u64::MAX - 10, i64::MAX as u64] {
+            let e = segments.read(0, offset, DIRECT_MIN).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{offset}");
+            let e = segments.write(0, offset, &[0; DIRECT_MIN]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{offset}");
+        }
+        assert_eq!(segments.direct_io(), direct);
     }
 
     #[test]
