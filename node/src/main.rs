@@ -378,6 +378,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as a daemon that holds a
+/// connection per peer and two descriptors per chunk segment needs (the usual soft limit
+/// of 1024 is a few hundred GiB of segments); logs what it could not do.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none() || limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open file limit"
+        ),
+        Err(e) => tracing::warn!(
+            limit = ?limit.current,
+            error = %e,
+            "could not raise the open file limit"
+        ),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = match cli.data_dir {
         Some(dir) => dir,
@@ -432,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .transpose()?,
             };
             let fs_settings = config::files(&file)?;
+            raise_open_file_limit();
             runtime()?.block_on(daemon::run(data_dir, node, overlay, metrics, fs_settings))
         }
         Command::Status(args) => {

@@ -42,9 +42,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &Path, args: &[&str]) -> Daemon {
-        let mut child = btnode(data_dir)
-            .arg("run")
-            .args(args)
+        let mut command = btnode(data_dir);
+        command.arg("run").args(args);
+        Daemon::spawn(command)
+    }
+
+    /// Starts `command` (a `btnode run`, possibly behind a wrapper that execs it).
+    fn spawn(mut command: Command) -> Daemon {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -224,6 +229,39 @@ fn one_daemon_per_data_dir_and_signals_stop_it_cleanly() {
     assert_eq!(status(dir.path())["peers"], 0);
     fourth.signal("-TERM");
     assert!(fourth.wait(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn the_daemon_raises_its_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    // `prlimit` (util-linux) sets the limits and execs the daemon: same process.
+    let template = btnode(dir.path());
+    let mut command = Command::new("prlimit");
+    command
+        .arg("--nofile=256:2048")
+        .arg(template.get_program())
+        .args(template.get_args())
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("BT_PASSPHRASE", PASS)
+        .env_remove("BT_BOOTSTRAP")
+        .env_remove("BT_LISTEN")
+        .env_remove("BT_CONFIG")
+        .stdin(Stdio::null());
+    let daemon = Daemon::spawn(command);
+    daemon.expect("control socket", Duration::from_secs(20));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files, ["2048", "2048"], "{limits}");
+    daemon.signal("-TERM");
+    assert!(daemon.wait(Duration::from_secs(10)).success());
 }
 
 #[test]
