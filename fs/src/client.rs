@@ -2130,37 +2130,26 @@ impl<B: Blocks> Client<B> {
     pub async fn put(
         &self,
         path: &Path,
-        mut source: impl AsyncRead + Unpin,
-        mut progress: impl FnMut(u64),
+        source: impl AsyncRead + Unpin,
+        progress: impl FnMut(u64),
     ) -> Result<Stat, Error> {
         let mut handle = self.create(path).await?;
         let size = handle.chunk_size;
-        let mut offset = 0u64;
-        loop {
-            // Read where the chunk will be sealed, with room for it.
+        // Each piece is read where its chunk will be sealed, with room for it.
+        let pieces = futures::stream::unfold(source, move |mut source| async move {
             let mut piece = Vec::with_capacity(size + chunk::OVERHEAD);
             while piece.len() < size {
                 let want = (size - piece.len()) as u64;
-                let n = (&mut source)
-                    .take(want)
-                    .read_buf(&mut piece)
-                    .await
-                    .map_err(|e| Error::Io(e.to_string()))?;
-                if n == 0 {
-                    break;
+                match (&mut source).take(want).read_buf(&mut piece).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(Error::Io(e.to_string())), source)),
                 }
             }
-            let len = piece.len();
-            if len == 0 {
-                break;
-            }
-            self.write_owned(&mut handle, offset, piece).await?;
-            offset += len as u64;
-            progress(offset);
-            if len < size {
-                break;
-            }
-        }
+            Some((Ok(piece), source))
+        });
+        self.write_pieces(&mut handle, Box::pin(pieces), progress)
+            .await?;
         self.fsync(&mut handle).await?;
         Ok(stat_of(handle.node()))
     }
@@ -2171,32 +2160,49 @@ impl<B: Blocks> Client<B> {
         &self,
         path: &Path,
         file: std::fs::File,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<Stat, Error> {
         let mut handle = self.create(path).await?;
         let size = handle.chunk_size;
         let (pieces, mut read) = tokio::sync::mpsc::channel(PUT_READ_AHEAD);
         let reader = tokio::task::spawn_blocking(move || read_pieces(file, size, &pieces));
+        let pieces = futures::stream::poll_fn(move |cx| read.poll_recv(cx))
+            .map(|piece| piece.map_err(|e| Error::Io(format!("reading the file to put: {e}"))));
+        let written = self.write_pieces(&mut handle, pieces, progress).await;
+        // The reader ends once its channel is gone (it is, with `pieces`).
+        let read = reader
+            .await
+            .map_err(|e| Error::Io(format!("reading the file to put: {e}")));
+        written?;
+        read?;
+        self.fsync(&mut handle).await?;
+        Ok(stat_of(handle.node()))
+    }
+
+    /// Writes `pieces` of a new file from its start: chunk-sized, until one is shorter
+    /// (or empty), each handed over whole (see [`Client::write_owned`]).
+    async fn write_pieces(
+        &self,
+        handle: &mut Handle,
+        mut pieces: impl futures::Stream<Item = Result<Vec<u8>, Error>> + Unpin,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), Error> {
+        let size = handle.chunk_size;
         let mut offset = 0u64;
-        while let Some(piece) = read.recv().await {
-            let piece = piece.map_err(|e| Error::Io(format!("reading the file to put: {e}")))?;
+        while let Some(piece) = pieces.next().await {
+            let piece = piece?;
             let len = piece.len();
             if len == 0 {
                 break;
             }
-            self.write_owned(&mut handle, offset, piece).await?;
+            self.write_owned(handle, offset, piece).await?;
             offset += len as u64;
             progress(offset);
             if len < size {
                 break;
             }
         }
-        drop(read);
-        reader
-            .await
-            .map_err(|e| Error::Io(format!("reading the file to put: {e}")))?;
-        self.fsync(&mut handle).await?;
-        Ok(stat_of(handle.node()))
+        Ok(())
     }
 
     /// [`Client::write`] of bytes the caller gives up: a piece that replaces a whole

@@ -576,6 +576,22 @@ async fn a_failed_chunk_store_is_never_committed() {
         get(&owner, &t.path("f")).await.unwrap(),
         b"the good version"
     );
+    // A put from a local file that fails while its reader is ahead of it ends (the
+    // reader is not left waiting to hand over a piece) and leaves the file as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("large");
+    std::fs::write(&local, data(100_000, 9)).unwrap();
+    let put = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        c.put_file(&t.path("f"), std::fs::File::open(&local).unwrap(), |_| {}),
+    )
+    .await
+    .expect("the put ended");
+    assert!(matches!(put, Err(Error::Blocks { .. })), "{put:?}");
+    assert_eq!(
+        get(&owner, &t.path("f")).await.unwrap(),
+        b"the good version"
+    );
     // Opening again starts afresh.
     let mut h = owner.open(&t.path("f")).await.unwrap();
     owner.write(&mut h, 0, b"THE").await.unwrap();
