@@ -358,6 +358,9 @@ const READ_AHEAD: u64 = 4;
 /// How many chunks of a local file being put are read ahead of the one being written.
 const PUT_READ_AHEAD: usize = 4;
 
+/// How many chunks of a file being got wait to be written to the local file.
+const GET_WRITE_BEHIND: usize = 4;
+
 /// Batches of written chunks a handle seals and stores in the background while its writer
 /// goes on: one being sealed, one being stored.
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -2245,13 +2248,7 @@ impl<B: Blocks> Client<B> {
         mut progress: impl FnMut(u64),
     ) -> Result<u64, Error> {
         let handle = self.open(path).await?;
-        let node = handle.node();
-        let mut chunks = futures::stream::iter(handle.refs.clone().into_iter().enumerate())
-            .map(|(i, c)| {
-                self.fetch_chunk(node, &node.key, node.id(), i as u64, c)
-                    .boxed()
-            })
-            .buffered(self.config.parallel);
+        let mut chunks = self.plaintexts(&handle);
         let mut done = 0u64;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -2263,6 +2260,67 @@ impl<B: Blocks> Client<B> {
         }
         sink.flush().await.map_err(|e| Error::Io(e.to_string()))?;
         Ok(done)
+    }
+
+    /// [`Client::get`] into a local file, written on a blocking thread while the next
+    /// chunks are fetched and opened: the bytes written, and the file (to sync, say).
+    pub async fn get_file(
+        &self,
+        path: &Path,
+        file: std::fs::File,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(u64, std::fs::File), Error> {
+        let handle = self.open(path).await?;
+        let (pieces, mut take) = tokio::sync::mpsc::channel::<Vec<u8>>(GET_WRITE_BEHIND);
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut file = file;
+            while let Some(piece) = take.blocking_recv() {
+                file.write_all(&piece)?;
+            }
+            Ok::<_, std::io::Error>(file)
+        });
+        let mut chunks = self.plaintexts(&handle);
+        let mut done = 0u64;
+        let mut fetched = Ok(());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    fetched = Err(e);
+                    break;
+                }
+            };
+            let len = chunk.len() as u64;
+            // Refused only when the writer stopped: its error is the answer.
+            if pieces.send(chunk).await.is_err() {
+                break;
+            }
+            done += len;
+            progress(done);
+        }
+        drop(pieces);
+        let written = writer
+            .await
+            .map_err(|e| Error::Io(format!("writing the file got: {e}")))?
+            .map_err(|e| Error::Io(format!("writing the file got: {e}")));
+        fetched?;
+        Ok((done, written?))
+    }
+
+    /// The plaintext of a file's chunks in order, fetched and opened
+    /// [`Config::parallel`] at a time.
+    fn plaintexts<'a>(
+        &'a self,
+        handle: &'a Handle,
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, Error>> + Unpin + 'a {
+        let node = handle.node();
+        futures::stream::iter(handle.refs.iter().copied().enumerate())
+            .map(move |(i, c)| {
+                self.fetch_chunk(node, &node.key, node.id(), i as u64, c)
+                    .boxed()
+            })
+            .buffered(self.config.parallel)
     }
 
     /// Removes a file or an empty directory. Removing a conflict copy merges the fork

@@ -263,7 +263,34 @@ async fn a_local_file_put_reads_back_at_every_size() {
         assert_eq!(stat.size, len as u64, "{len} bytes");
         assert_eq!(get(&c, &file).await.unwrap(), content, "{len} bytes");
         assert_eq!(seen.last().copied().unwrap_or(0), len as u64, "progress");
+        let back = dir.path().join(format!("back-{round}"));
+        let (bytes, _) = c
+            .get_file(&file, std::fs::File::create(&back).unwrap(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(bytes, len as u64);
+        assert_eq!(std::fs::read(&back).unwrap(), content, "{len} bytes got");
     }
+    // A local file that cannot be written: a clear error, whatever the chunks ahead.
+    let five = t.path("put/five");
+    put(&c, &five, &data(5000, 1)).await;
+    let read_only = std::fs::File::open(dir.path().join("local-6")).unwrap();
+    let failed = c.get_file(&five, read_only, |_| {}).await;
+    assert!(
+        matches!(&failed, Err(Error::Io(e)) if e.contains("writing the file got")),
+        "{failed:?}"
+    );
+    let missing = c
+        .get_file(
+            &t.path("put/none"),
+            std::fs::File::create(dir.path().join("x")).unwrap(),
+            |_| {},
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
     let unreadable = std::fs::File::open(dir.path()).unwrap();
     let failed = c.put_file(&t.path("put/dir"), unreadable, |_| {}).await;
     assert!(

@@ -11,7 +11,6 @@ use fs::{Client, Replica, repair};
 use keys::{Identity, Path, Principal, PublicIdentity, Validity};
 use protocols::block::{Request as BlockRequest, Response as BlockResponse};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::caps;
@@ -551,10 +550,10 @@ impl Files {
         let file = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = file.into_std().await;
         let (progress, mut updates) = tokio::sync::watch::channel(0u64);
-        let mut sink = tokio::io::BufWriter::new(file);
         let result = {
-            let get = self.client.get(&path, &mut sink, move |n| {
+            let get = self.client.get_file(&path, file, move |n| {
                 progress.send_replace(n);
             });
             tokio::pin!(get);
@@ -571,10 +570,10 @@ impl Files {
             }
         };
         let finished = match result {
-            Ok(bytes) => {
-                let mut file = sink.into_inner();
-                file.flush().await?;
-                file.sync_all().await?;
+            Ok((bytes, file)) => {
+                tokio::task::spawn_blocking(move || file.sync_all())
+                    .await
+                    .context("syncing the file got")??;
                 tokio::fs::rename(&tmp, &target)
                     .await
                     .with_context(|| format!("cannot write {}", target.display()))?;
