@@ -169,8 +169,13 @@ pub struct Stat {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
-    /// Last modification, nanoseconds since the UNIX epoch.
+    /// Last modification, nanoseconds since the UNIX epoch (set by utimes, else when
+    /// the contents last changed).
     pub mtime_ns: u64,
+    /// When the shown version was signed, seconds since the UNIX epoch (the status
+    /// change time: later than `mtime_ns` after a utimes into the past).
+    #[serde(default)]
+    pub changed_at: u64,
     /// The shown version's sequence number.
     pub seq: u64,
     /// The shown version.
@@ -258,6 +263,9 @@ struct Node {
     read_only: bool,
     /// Permission bits for the next version of a directory (chmod).
     mode_override: Option<u32>,
+    /// Modification time for the next version of a directory (utimes; `chmod` keeps
+    /// the current one): `None` is the time it is written.
+    mtime_override: Option<u64>,
     /// The key before the last replacement, tried when `key` does not open a version.
     previous_key: Option<DataKey>,
 }
@@ -331,6 +339,9 @@ pub struct Handle {
     /// Something changed since the last version.
     changed: bool,
     mode: u32,
+    /// The next version's modification time, when set (utimes) or kept (a `chmod` of an
+    /// unchanged file) rather than the time of the version; a write clears it.
+    mtime: Option<u64>,
     /// Plaintext of stored chunks: the last read, and the next ones being fetched.
     cache: ReadCache,
     /// When the first chunk stored since the last version was stored.
@@ -417,6 +428,9 @@ impl Handle {
         let mut stat = stat_of(self.node());
         stat.size = self.size;
         stat.mode = self.mode;
+        if let Some(mtime) = self.mtime {
+            stat.mtime_ns = mtime;
+        }
         stat
     }
 
@@ -782,6 +796,7 @@ impl<B: Blocks> Client<B> {
             governing,
             read_only: false,
             mode_override: None,
+            mtime_override: None,
             previous_key: None,
         }];
         let rest = &path.segments()[prefix.segments().len()..];
@@ -834,6 +849,7 @@ impl<B: Blocks> Client<B> {
             governing,
             read_only: false,
             mode_override: None,
+            mtime_override: None,
             previous_key: entry.previous.map(DataKey::from_bytes),
         })
     }
@@ -1123,6 +1139,7 @@ impl<B: Blocks> Client<B> {
             chunk_size,
             chunks,
             mode,
+            mtime_ns,
             parents,
         } = contents;
         let chain = self.chain_for(&node.path, &node.binding.path)?;
@@ -1150,7 +1167,7 @@ impl<B: Blocks> Client<B> {
             kind: node.kind,
             size,
             mode,
-            mtime_ns: now_ns(),
+            mtime_ns: mtime_ns.unwrap_or_else(now_ns),
             chunk_size: u32::try_from(chunk_size).unwrap_or(u32::MAX),
             chunks,
             key_epochs: node.key_epochs.clone(),
@@ -1233,6 +1250,7 @@ impl<B: Blocks> Client<B> {
             .mode_override
             .take()
             .unwrap_or_else(|| node.current.as_ref().map_or(0o755, |v| v.inode.mode));
+        let mtime_ns = node.mtime_override.take();
         let chunk_size = self.config.chunk_size;
         let written = self
             .commit(
@@ -1242,6 +1260,7 @@ impl<B: Blocks> Client<B> {
                     chunk_size,
                     chunks,
                     mode,
+                    mtime_ns,
                     parents,
                 },
                 None,
@@ -1503,6 +1522,7 @@ impl<B: Blocks> Client<B> {
             key_epochs: Vec::new(),
             read_only: false,
             mode_override: None,
+            mtime_override: None,
             previous_key: None,
         };
         let bytes = Directory::default()
@@ -1517,6 +1537,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size: self.config.chunk_size,
                 chunks,
                 mode: 0o755,
+                mtime_ns: None,
                 parents: Vec::new(),
             },
             Some(AnchorChange {
@@ -1550,6 +1571,7 @@ impl<B: Blocks> Client<B> {
             key_epochs: parent.governing.clone(),
             read_only: false,
             mode_override: None,
+            mtime_override: None,
             previous_key: None,
         });
         let i = nodes.len() - 1;
@@ -1626,6 +1648,7 @@ impl<B: Blocks> Client<B> {
             dirty: BTreeMap::new(),
             changed: false,
             mode,
+            mtime: None,
             cache: ReadCache::default(),
             unsynced_since: None,
             storing: std::collections::VecDeque::new(),
@@ -1671,6 +1694,7 @@ impl<B: Blocks> Client<B> {
             governing,
             read_only: false,
             mode_override: None,
+            mtime_override: None,
             previous_key: None,
         });
         Ok(Handle {
@@ -1681,6 +1705,7 @@ impl<B: Blocks> Client<B> {
             dirty: BTreeMap::new(),
             changed: true,
             mode: 0o644,
+            mtime: None,
             cache: ReadCache::default(),
             unsynced_since: None,
             storing: std::collections::VecDeque::new(),
@@ -1897,6 +1922,7 @@ impl<B: Blocks> Client<B> {
         }
         handle.size = handle.size.max(offset + data.len() as u64);
         handle.changed = true;
+        handle.mtime = None;
         if handle.dirty.len() >= self.config.max_dirty_chunks {
             self.flush(handle).await?;
         }
@@ -1917,6 +1943,7 @@ impl<B: Blocks> Client<B> {
         self.refresh(&mut nodes[i]).await?;
         let dir = self.read_dir(&nodes[i]).await?;
         nodes[i].mode_override = Some(mode & 0o7777);
+        nodes[i].mtime_override = nodes[i].current.as_ref().map(|v| v.inode.mtime_ns);
         self.write_dir(&mut nodes, i, &dir).await
     }
 
@@ -1924,9 +1951,42 @@ impl<B: Blocks> Client<B> {
     /// next version ([`Client::fsync`]).
     pub fn set_mode(&self, handle: &mut Handle, mode: u32) -> Result<(), Error> {
         self.check_writable(handle)?;
+        if !handle.changed {
+            // A change of mode alone leaves the modification time as it was.
+            handle.mtime = handle.node().current.as_ref().map(|v| v.inode.mtime_ns);
+        }
         handle.mode = mode & 0o7777;
         handle.changed = true;
         Ok(())
+    }
+
+    /// Sets the modification time (nanoseconds since the UNIX epoch) of an open file's
+    /// next version ([`Client::fsync`]); a later write sets it to the time of that
+    /// version again.
+    pub fn set_mtime(&self, handle: &mut Handle, mtime_ns: u64) -> Result<(), Error> {
+        self.check_writable(handle)?;
+        handle.mtime = Some(mtime_ns);
+        handle.changed = true;
+        Ok(())
+    }
+
+    /// Sets the modification time of the file or directory at `path` (a new version, as
+    /// [`Client::chmod`] makes).
+    pub async fn set_times(&self, path: &Path, mtime_ns: u64) -> Result<(), Error> {
+        let mut nodes = self.walk(path).await?;
+        let i = nodes.len() - 1;
+        if nodes[i].kind == Kind::File {
+            let mut handle = self.open(path).await?;
+            self.set_mtime(&mut handle, mtime_ns)?;
+            return self.fsync(&mut handle).await;
+        }
+        self.chain_for(path, &nodes[i].binding.path)?;
+        // Entries staged for it go in first, so they do not move the time on later.
+        self.flush_dir(nodes[i].id()).await?;
+        self.refresh(&mut nodes[i]).await?;
+        let dir = self.read_dir(&nodes[i]).await?;
+        nodes[i].mtime_override = Some(mtime_ns);
+        self.write_dir(&mut nodes, i, &dir).await
     }
 
     /// Sets the file's length: shorter drops bytes, longer appends zeros.
@@ -1969,6 +2029,7 @@ impl<B: Blocks> Client<B> {
         handle.size = size;
         handle.cache.clear();
         handle.changed = true;
+        handle.mtime = None;
         Ok(())
     }
 
@@ -2096,6 +2157,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size,
                 chunks,
                 mode,
+                mtime_ns: handle.mtime,
                 parents,
             },
             None,
@@ -2113,6 +2175,7 @@ impl<B: Blocks> Client<B> {
             handle.unlinked = false;
         }
         handle.changed = false;
+        handle.mtime = None;
         handle.unsynced_since = None;
         Ok(())
     }
@@ -2234,6 +2297,7 @@ impl<B: Blocks> Client<B> {
         handle.cache.clear();
         handle.size = handle.size.max(end);
         handle.changed = true;
+        handle.mtime = None;
         if handle.dirty.len() >= self.config.max_dirty_chunks {
             self.flush(handle).await?;
         }
@@ -2404,6 +2468,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size: i.chunk_size as usize,
                 chunks: i.chunks.clone(),
                 mode: i.mode,
+                mtime_ns: None,
                 parents: heads,
             },
             None,
@@ -2622,6 +2687,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size: self.config.chunk_size,
                 chunks,
                 mode,
+                mtime_ns: None,
                 parents,
             },
             Some(AnchorChange {
@@ -2683,6 +2749,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size,
                 chunks,
                 mode,
+                mtime_ns: None,
                 parents,
             },
             Some(change),
@@ -2906,6 +2973,8 @@ struct Contents {
     chunk_size: usize,
     chunks: Vec<ChunkRef>,
     mode: u32,
+    /// The version's modification time; `None`: now.
+    mtime_ns: Option<u64>,
     parents: Vec<VersionId>,
 }
 
@@ -2924,6 +2993,7 @@ fn stat_of(node: &Node) -> Stat {
             size: v.inode.size,
             mode: v.inode.mode,
             mtime_ns: v.inode.mtime_ns,
+            changed_at: v.inode.signed_at,
             seq: v.inode.seq,
             version: v.version,
             writer: v.inode.writer.principal(),
@@ -2944,6 +3014,7 @@ fn stat_of(node: &Node) -> Stat {
             size: 0,
             mode: 0,
             mtime_ns: 0,
+            changed_at: 0,
             seq: 0,
             version: VersionId([0; 32]),
             writer: Principal::of_key(&[0; 32]),

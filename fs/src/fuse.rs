@@ -184,14 +184,20 @@ impl<B: Blocks> Mount<B> {
         } else {
             stat.mode
         };
+        // No access times are kept (as `noatime`); the status change time is when the
+        // version was signed, or its modification time when that is later.
         let time = time_of(stat.mtime_ns);
+        let changed = time_of(
+            stat.mtime_ns
+                .max(stat.changed_at.saturating_mul(1_000_000_000)),
+        );
         FileAttr {
             ino: INodeNo(ino),
             size: stat.size,
             blocks: stat.size.div_ceil(512),
             atime: time,
             mtime: time,
-            ctime: time,
+            ctime: changed,
             crtime: time,
             kind,
             perm: u16::try_from(mode & 0o7777).unwrap_or(0o644),
@@ -373,7 +379,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -387,8 +393,13 @@ impl<B: Blocks> Filesystem for Mount<B> {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        // Times follow the versions (mtime is when a version was made); owners are the
-        // mounting user's. Size and mode change the file.
+        // Size, mode and the modification time (in that order: a time set with a
+        // truncation stays) change the file; owners are the mounting user's, and access
+        // times are not kept.
+        let mtime = match mtime.map(mtime_ns).transpose() {
+            Ok(t) => t,
+            Err(e) => return reply.error(e),
+        };
         let open = fh
             .and_then(|fh| self.get_open(fh).ok())
             .or_else(|| self.find_open(ino.0));
@@ -402,9 +413,14 @@ impl<B: Blocks> Filesystem for Mount<B> {
                     if let Some(mode) = mode {
                         self.client.set_mode(&mut handle, mode)?;
                     }
+                    if let Some(mtime) = mtime {
+                        self.client.set_mtime(&mut handle, mtime)?;
+                    }
                     Ok(handle.stat())
                 }
-                None if size.is_none() && mode.is_none() => self.client.stat(&path).await,
+                None if size.is_none() && mode.is_none() && mtime.is_none() => {
+                    self.client.stat(&path).await
+                }
                 None => {
                     if let Some(size) = size {
                         let mut handle = self.client.open(&path).await?;
@@ -413,6 +429,9 @@ impl<B: Blocks> Filesystem for Mount<B> {
                     }
                     if let Some(mode) = mode {
                         self.client.chmod(&path, mode).await?;
+                    }
+                    if let Some(mtime) = mtime {
+                        self.client.set_times(&path, mtime).await?;
                     }
                     self.client.stat(&path).await
                 }
@@ -788,6 +807,19 @@ impl<B: Blocks> Filesystem for Mount<B> {
         // Readcaps and writecaps decide; each operation says EACCES or EROFS itself.
         reply.ok();
     }
+}
+
+/// A time to set, in nanoseconds since the UNIX epoch: before it (or past 2554) is
+/// `EINVAL`, as the inode keeps no such times.
+fn mtime_ns(time: TimeOrNow) -> Result<u64, Errno> {
+    let time = match time {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    time.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .ok_or(Errno::EINVAL)
 }
 
 const fn libc_o_trunc() -> i32 {

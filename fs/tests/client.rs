@@ -1001,3 +1001,61 @@ async fn a_chunk_changed_on_disk_is_found_corrupt_though_reads_open_it_unchecked
     assert!(t.replica.get_chunk_unchecked(&chunk).unwrap().is_none());
     assert_eq!(get(&reader, &t.path("b")).await.unwrap(), data);
 }
+
+#[tokio::test]
+async fn modification_times_are_set_kept_by_chmod_and_moved_on_by_writes() {
+    const T: u64 = 981_173_106_123_456_789; // 2001-02-03 04:05:06.123456789 UTC
+    let t = tree();
+    let c = t.owner();
+    let file = t.path("docs/a.txt");
+    put(&c, &file, b"first").await;
+    let written = c.stat(&file).await.unwrap().mtime_ns;
+    assert!(written > T, "a new version's time is now");
+
+    // utimes on a path: a new version, signed, seen by a client with no caches.
+    c.set_times(&file, T).await.unwrap();
+    let stat = t.owner().stat(&file).await.unwrap();
+    assert_eq!((stat.mtime_ns, stat.seq), (T, 2));
+    assert!(
+        stat.changed_at * 1_000_000_000 > T,
+        "the change itself is now"
+    );
+    // A change of mode alone keeps the time; so does a move.
+    c.chmod(&file, 0o600).await.unwrap();
+    assert_eq!(c.stat(&file).await.unwrap().mtime_ns, T);
+    let moved = t.path("docs/b.txt");
+    c.rename(&file, &moved).await.unwrap();
+    assert_eq!(t.owner().stat(&moved).await.unwrap().mtime_ns, T);
+
+    // On an open file: a write after the time moves it on, a time after the write stays.
+    let mut handle = c.open(&moved).await.unwrap();
+    c.set_mtime(&mut handle, T).unwrap();
+    c.write(&mut handle, 0, b"second").await.unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert!(c.stat(&moved).await.unwrap().mtime_ns > T);
+    c.write(&mut handle, 0, b"third").await.unwrap();
+    c.set_mtime(&mut handle, T + 1).unwrap();
+    assert_eq!(
+        handle.stat().mtime_ns,
+        T + 1,
+        "an open file shows its time at once"
+    );
+    c.fsync(&mut handle).await.unwrap();
+    let stat = t.owner().stat(&moved).await.unwrap();
+    assert_eq!((stat.mtime_ns, stat.size), (T + 1, 6));
+    assert_eq!(get(&c, &moved).await.unwrap(), b"thirdd");
+
+    // Directories: set, kept by chmod, moved on by a new name in them.
+    let dir = t.path("docs");
+    c.set_times(&dir, T).await.unwrap();
+    assert_eq!(t.owner().stat(&dir).await.unwrap().mtime_ns, T);
+    c.chmod(&dir, 0o700).await.unwrap();
+    assert_eq!(t.owner().stat(&dir).await.unwrap().mtime_ns, T);
+    put(&c, &t.path("docs/c.txt"), b"new").await;
+    assert!(t.owner().stat(&dir).await.unwrap().mtime_ns > T);
+
+    // Without a writecap, no time is set.
+    let (_, stranger) = t.stranger();
+    assert!(stranger.set_times(&moved, T).await.is_err());
+    assert_eq!(c.stat(&moved).await.unwrap().mtime_ns, T + 1);
+}

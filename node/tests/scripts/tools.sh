@@ -32,5 +32,23 @@ touch gone/file
 if rmdir gone 2>/dev/null; then echo "rmdir removed a directory that is not empty" >&2; exit 1; fi
 rm gone/file
 rmdir gone
+# Modification times: rsync -a keeps the files', tar restores the archive's (all 0
+# here, directories included), touch sets one to the nanosecond.
+file_times() { (cd "$1" && find . -type f -printf '%p %T@\n' | sort); }
+if [ "$(file_times copied)" != "$(file_times synced)" ]; then
+  echo "rsync -a did not keep the modification times:" >&2
+  diff <(file_times copied) <(file_times synced) >&2 || true
+  exit 1
+fi
+if [ -n "$(find extracted/copied -printf '%Ts %p\n' | grep -v '^0 ')" ]; then
+  echo "tar did not restore the modification times:" >&2
+  find extracted/copied -printf '%Ts %p\n' >&2
+  exit 1
+fi
+touch -d '2001-02-03 04:05:06.123456789 UTC' notes.txt
+if [ "$(find notes.txt -printf '%T@')" != "981173106.1234567890" ]; then
+  echo "touch -d set $(find notes.txt -printf '%T@'), not 981173106.1234567890" >&2
+  exit 1
+fi
 find . -path ./repo/.git -prune -o -path ./cloned/.git -prune -o -type f -print | sort > ../find-"$(basename "$dir")".txt
 du -s . > /dev/null
