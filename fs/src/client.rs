@@ -24,7 +24,7 @@ use crate::blocks::{BlockError, Blocks};
 use crate::chunk::{self, DEFAULT_CHUNK_SIZE};
 use crate::dir::{self, Directory, Entry};
 use crate::id::{InodeId, VersionId};
-use crate::inode::{self, Binding, ChunkRef, Inode, Kind, Signed, Verified};
+use crate::inode::{self, Binding, ChunkRef, Inode, Kind, MAX_LINK_TARGET, Signed, Verified};
 use crate::memo::Memo;
 
 /// How a [`Client`] reads and writes.
@@ -339,9 +339,13 @@ pub struct Handle {
     /// Something changed since the last version.
     changed: bool,
     mode: u32,
-    /// The next version's modification time, when set (utimes) or kept (a `chmod` of an
-    /// unchanged file) rather than the time of the version; a write clears it.
+    /// Bytes changed since the last version (else only metadata did: the version is
+    /// then made on the latest one, keeping its modification time).
+    data_changed: bool,
+    /// The next version's modification time, when set (utimes) after the last write.
     mtime: Option<u64>,
+    /// The last version was made on a newer one than this handle had read.
+    rebased: bool,
     /// Plaintext of stored chunks: the last read, and the next ones being fetched.
     cache: ReadCache,
     /// When the first chunk stored since the last version was stored.
@@ -418,6 +422,18 @@ impl Handle {
         self.mode
     }
 
+    /// Whether the last [`Client::fsync`], which changed only the mode or the time, made
+    /// its version on a newer one than this handle had read (so bytes read or cached
+    /// through it may be stale).
+    pub fn rebased(&self) -> bool {
+        self.rebased
+    }
+
+    /// A modification time set (utimes) that no version holds yet.
+    pub fn mtime_set(&self) -> Option<u64> {
+        self.mtime
+    }
+
     /// Whether writes are buffered that no version holds yet.
     pub fn is_dirty(&self) -> bool {
         self.changed
@@ -432,6 +448,13 @@ impl Handle {
             stat.mtime_ns = mtime;
         }
         stat
+    }
+
+    /// Marks the bytes as changed, before any is: the next version's time is its own.
+    fn touch_data(&mut self) {
+        self.changed = true;
+        self.data_changed = true;
+        self.mtime = None;
     }
 
     fn node(&self) -> &Node {
@@ -1620,17 +1643,19 @@ impl<B: Blocks> Client<B> {
     /// Opens the file at `path` for reading and writing.
     pub async fn open(&self, path: &Path) -> Result<Handle, Error> {
         let nodes = self.walk(path).await?;
+        refuse_symlink(path, &nodes)?;
         self.handle_of(path, nodes)
     }
 
-    /// A handle on the file a walk to `path` found (`nodes`, not empty).
+    /// A handle on the file (or symbolic link) a walk to `path` found (`nodes`, not
+    /// empty).
     fn handle_of(&self, path: &Path, nodes: Vec<Node>) -> Result<Handle, Error> {
         let Some(node) = nodes.last() else {
             return Err(Error::NotFound {
                 path: path.to_string(),
             });
         };
-        if node.kind != Kind::File {
+        if node.kind == Kind::Dir {
             return Err(Error::IsADirectory {
                 path: path.to_string(),
             });
@@ -1648,7 +1673,9 @@ impl<B: Blocks> Client<B> {
             dirty: BTreeMap::new(),
             changed: false,
             mode,
+            data_changed: false,
             mtime: None,
+            rebased: false,
             cache: ReadCache::default(),
             unsynced_since: None,
             storing: std::collections::VecDeque::new(),
@@ -1661,10 +1688,77 @@ impl<B: Blocks> Client<B> {
     pub async fn create(&self, path: &Path) -> Result<Handle, Error> {
         let (found, missing) = self.walk_partial(path).await?;
         if missing.is_empty() && !found.is_empty() {
+            refuse_symlink(path, &found)?;
             let mut handle = self.handle_of(path, found)?;
             self.truncate(&mut handle, 0).await?;
             return Ok(handle);
         }
+        self.create_new(path, found, missing, Kind::File).await
+    }
+
+    /// Creates a symbolic link at `path` to `target` (the bytes the kernel gives: the
+    /// file system neither follows nor checks them; on a mount the kernel resolves
+    /// links). The target is sealed like a file's contents, so replicas cannot read it.
+    /// Refused if `path` exists.
+    pub async fn symlink(&self, path: &Path, target: &[u8]) -> Result<Stat, Error> {
+        if target.is_empty() || target.len() > MAX_LINK_TARGET || target.contains(&0) {
+            return Err(Error::Invalid(format!(
+                "{path}: a link target is 1 to {MAX_LINK_TARGET} bytes without NUL"
+            )));
+        }
+        let (found, missing) = self.walk_partial(path).await?;
+        if missing.is_empty() && !found.is_empty() {
+            return Err(Error::Exists {
+                path: path.to_string(),
+            });
+        }
+        let mut handle = self.create_new(path, found, missing, Kind::Symlink).await?;
+        handle.mode = 0o777;
+        self.write(&mut handle, 0, target).await?;
+        self.fsync(&mut handle).await?;
+        Ok(stat_of(handle.node()))
+    }
+
+    /// The target of the symbolic link at `path`.
+    pub async fn readlink(&self, path: &Path) -> Result<Vec<u8>, Error> {
+        let nodes = self.walk(path).await?;
+        let node = &nodes[nodes.len() - 1];
+        if node.kind != Kind::Symlink {
+            return Err(Error::Invalid(format!("{path}: not a symbolic link")));
+        }
+        let Some(current) = &node.current else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.to_string(),
+            reason,
+        };
+        if current.inode.size > MAX_LINK_TARGET as u64 {
+            // A co-writer's oversized "link" is not fetched.
+            return Err(corrupt(format!(
+                "a link target of {} bytes (at most {MAX_LINK_TARGET})",
+                current.inode.size
+            )));
+        }
+        let target = self.read_version(node, current).await?;
+        if target.is_empty() || target.contains(&0) {
+            return Err(corrupt("an empty link target, or one with NUL".into()));
+        }
+        Ok(target)
+    }
+
+    /// A handle on a new inode of `kind` (a file or a link) at `path`, which the walk
+    /// did not find (`found` and `missing` are that walk's); its directory names it at
+    /// its first [`Client::fsync`].
+    async fn create_new(
+        &self,
+        path: &Path,
+        found: Vec<Node>,
+        missing: Vec<String>,
+        kind: Kind,
+    ) -> Result<Handle, Error> {
         let name = path.segments().last().cloned().unwrap_or_default();
         dir::check_name(&name).map_err(Error::Invalid)?;
         // Only the name missing: the walk ended at its directory (one walk, not two).
@@ -1687,7 +1781,7 @@ impl<B: Blocks> Client<B> {
             binding,
             id: std::sync::OnceLock::new(),
             key: DataKey::generate(),
-            kind: Kind::File,
+            kind,
             versions: Vec::new(),
             current: None,
             key_epochs: governing.clone(),
@@ -1705,7 +1799,9 @@ impl<B: Blocks> Client<B> {
             dirty: BTreeMap::new(),
             changed: true,
             mode: 0o644,
+            data_changed: true,
             mtime: None,
+            rebased: false,
             cache: ReadCache::default(),
             unsynced_since: None,
             storing: std::collections::VecDeque::new(),
@@ -1873,6 +1969,7 @@ impl<B: Blocks> Client<B> {
     ) -> Result<usize, Error> {
         self.check_writable(handle)?;
         check_size(handle, offset.saturating_add(data.len() as u64))?;
+        handle.touch_data();
         if offset > handle.size {
             self.set_len(handle, offset).await?;
         }
@@ -1921,8 +2018,6 @@ impl<B: Blocks> Client<B> {
             written += take;
         }
         handle.size = handle.size.max(offset + data.len() as u64);
-        handle.changed = true;
-        handle.mtime = None;
         if handle.dirty.len() >= self.config.max_dirty_chunks {
             self.flush(handle).await?;
         }
@@ -1931,19 +2026,38 @@ impl<B: Blocks> Client<B> {
 
     /// Sets the permission bits of the file or directory at `path` (a new version).
     pub async fn chmod(&self, path: &Path, mode: u32) -> Result<(), Error> {
-        let mut nodes = self.walk(path).await?;
-        let i = nodes.len() - 1;
-        if nodes[i].kind == Kind::File {
-            let mut handle = self.open(path).await?;
+        let nodes = self.walk(path).await?;
+        if nodes[nodes.len() - 1].kind != Kind::Dir {
+            let mut handle = self.handle_of(path, nodes)?;
             self.set_mode(&mut handle, mode)?;
             return self.fsync(&mut handle).await;
         }
-        self.chain_for(path, &nodes[i].binding.path)?;
+        self.restamp_dir(nodes, Some(mode), None).await
+    }
+
+    /// A new version of the directory a walk ended at, with the same entries and a new
+    /// mode or modification time (`chmod`, `utimes`; the time is kept when not given).
+    async fn restamp_dir(
+        &self,
+        mut nodes: Vec<Node>,
+        mode: Option<u32>,
+        mtime_ns: Option<u64>,
+    ) -> Result<(), Error> {
+        let i = nodes.len() - 1;
+        if nodes[i].read_only {
+            return Err(Error::ReadOnly {
+                path: nodes[i].path.to_string(),
+                reason: "a conflict copy cannot be written; remove it or copy it".into(),
+            });
+        }
+        self.chain_for(&nodes[i].path, &nodes[i].binding.path)?;
+        // Entries staged for it go in first, so that they do not move its time later.
         self.flush_dir(nodes[i].id()).await?;
         self.refresh(&mut nodes[i]).await?;
         let dir = self.read_dir(&nodes[i]).await?;
-        nodes[i].mode_override = Some(mode & 0o7777);
-        nodes[i].mtime_override = nodes[i].current.as_ref().map(|v| v.inode.mtime_ns);
+        let node = &mut nodes[i];
+        node.mode_override = mode.map(|m| m & 0o7777);
+        node.mtime_override = mtime_ns.or_else(|| node.current.as_ref().map(|v| v.inode.mtime_ns));
         self.write_dir(&mut nodes, i, &dir).await
     }
 
@@ -1951,10 +2065,6 @@ impl<B: Blocks> Client<B> {
     /// next version ([`Client::fsync`]).
     pub fn set_mode(&self, handle: &mut Handle, mode: u32) -> Result<(), Error> {
         self.check_writable(handle)?;
-        if !handle.changed {
-            // A change of mode alone leaves the modification time as it was.
-            handle.mtime = handle.node().current.as_ref().map(|v| v.inode.mtime_ns);
-        }
         handle.mode = mode & 0o7777;
         handle.changed = true;
         Ok(())
@@ -1973,20 +2083,13 @@ impl<B: Blocks> Client<B> {
     /// Sets the modification time of the file or directory at `path` (a new version, as
     /// [`Client::chmod`] makes).
     pub async fn set_times(&self, path: &Path, mtime_ns: u64) -> Result<(), Error> {
-        let mut nodes = self.walk(path).await?;
-        let i = nodes.len() - 1;
-        if nodes[i].kind == Kind::File {
-            let mut handle = self.open(path).await?;
+        let nodes = self.walk(path).await?;
+        if nodes[nodes.len() - 1].kind != Kind::Dir {
+            let mut handle = self.handle_of(path, nodes)?;
             self.set_mtime(&mut handle, mtime_ns)?;
             return self.fsync(&mut handle).await;
         }
-        self.chain_for(path, &nodes[i].binding.path)?;
-        // Entries staged for it go in first, so they do not move the time on later.
-        self.flush_dir(nodes[i].id()).await?;
-        self.refresh(&mut nodes[i]).await?;
-        let dir = self.read_dir(&nodes[i]).await?;
-        nodes[i].mtime_override = Some(mtime_ns);
-        self.write_dir(&mut nodes, i, &dir).await
+        self.restamp_dir(nodes, None, Some(mtime_ns)).await
     }
 
     /// Sets the file's length: shorter drops bytes, longer appends zeros.
@@ -1999,15 +2102,22 @@ impl<B: Blocks> Client<B> {
     async fn set_len(&self, handle: &mut Handle, size: u64) -> Result<(), Error> {
         // Refs change below: the batches under way put theirs in first.
         self.wait_stored(handle).await?;
+        handle.touch_data();
         let cs = handle.chunk_size as u64;
         let count = chunk_count(size, handle.chunk_size);
         if size < handle.size {
-            handle.refs.truncate(count);
-            handle.dirty.retain(|i, _| (*i as usize) < count);
-            if !size.is_multiple_of(cs) {
+            // The new last chunk is read first: a read that fails leaves the file whole.
+            let last = if size.is_multiple_of(cs) {
+                None
+            } else {
                 let last = (count - 1) as u64;
                 let mut chunk = self.plaintext_of(handle, last).await?;
                 chunk.resize((size - last * cs) as usize, 0);
+                Some((last, chunk))
+            };
+            handle.refs.truncate(count);
+            handle.dirty.retain(|i, _| (*i as usize) < count);
+            if let Some((last, chunk)) = last {
                 handle.dirty.insert(last, chunk);
             }
         } else if size > handle.size {
@@ -2028,8 +2138,6 @@ impl<B: Blocks> Client<B> {
         }
         handle.size = size;
         handle.cache.clear();
-        handle.changed = true;
-        handle.mtime = None;
         Ok(())
     }
 
@@ -2115,8 +2223,37 @@ impl<B: Blocks> Client<B> {
         self.check_writable(handle)?;
         let i = handle.nodes.len() - 1;
         let new = handle.nodes[i].current.is_none();
+        handle.rebased = false;
+        if !handle.data_changed && !new {
+            // Only the mode or the time changed: the version is made on the latest one
+            // (another handle or node may have written since this one was opened), with
+            // its bytes and the key its directory now gives for them.
+            let path = handle.node().path.clone();
+            let nodes = self.walk(&path).await?;
+            let fresh = &nodes[nodes.len() - 1];
+            let version = |n: &Node| n.current.as_ref().map(|v| v.version);
+            if fresh.id() == handle.nodes[i].id()
+                && !fresh.read_only
+                && version(fresh) != version(&handle.nodes[i])
+                && let Some(current) = fresh.current.clone()
+            {
+                handle.size = current.inode.size;
+                handle.chunk_size = current.inode.chunk_size as usize;
+                handle.refs = current.inode.chunks.clone();
+                handle.cache.clear();
+                handle.nodes = nodes;
+                handle.rebased = true;
+            }
+        }
+        let i = handle.nodes.len() - 1;
         let rekey = !new && handle.nodes[i].stale_key();
         if rekey {
+            // Resealed bytes are not new bytes (the time stays), but a retry must not
+            // take other chunks in place of these.
+            if !handle.data_changed && handle.mtime.is_none() {
+                handle.mtime = handle.nodes[i].current.as_ref().map(|v| v.inode.mtime_ns);
+            }
+            handle.data_changed = true;
             // Everything is sealed again under a new key.
             for index in 0..chunk_count(handle.size, handle.chunk_size) as u64 {
                 if !handle.dirty.contains_key(&index) {
@@ -2150,6 +2287,12 @@ impl<B: Blocks> Client<B> {
         let parents = node.current.iter().map(|v| v.version).collect();
         let chunks = handle.refs.clone();
         let (size, chunk_size, mode) = (handle.size, handle.chunk_size, handle.mode);
+        // Set by utimes, else the time of this version if the bytes changed, else kept.
+        let mtime_ns = match handle.mtime {
+            Some(t) => Some(t),
+            None if !handle.data_changed => node.current.as_ref().map(|v| v.inode.mtime_ns),
+            None => None,
+        };
         self.commit(
             node,
             Contents {
@@ -2157,7 +2300,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size,
                 chunks,
                 mode,
-                mtime_ns: handle.mtime,
+                mtime_ns,
                 parents,
             },
             None,
@@ -2175,6 +2318,7 @@ impl<B: Blocks> Client<B> {
             handle.unlinked = false;
         }
         handle.changed = false;
+        handle.data_changed = false;
         handle.mtime = None;
         handle.unsynced_since = None;
         Ok(())
@@ -2293,11 +2437,10 @@ impl<B: Blocks> Client<B> {
         }
         self.check_writable(handle)?;
         check_size(handle, end)?;
+        handle.touch_data();
         handle.dirty.insert(offset / cs, piece);
         handle.cache.clear();
         handle.size = handle.size.max(end);
-        handle.changed = true;
-        handle.mtime = None;
         if handle.dirty.len() >= self.config.max_dirty_chunks {
             self.flush(handle).await?;
         }
@@ -2399,13 +2542,13 @@ impl<B: Blocks> Client<B> {
         let mut nodes = self.walk(path).await?;
         let target = nodes.len() - 1;
         match (expected, nodes[target].kind) {
-            (Some(Kind::File), Kind::Dir) => {
-                return Err(Error::IsADirectory {
+            (Some(Kind::Dir), Kind::File | Kind::Symlink) => {
+                return Err(Error::NotADirectory {
                     path: path.to_string(),
                 });
             }
-            (Some(Kind::Dir), Kind::File) => {
-                return Err(Error::NotADirectory {
+            (Some(Kind::File | Kind::Symlink), Kind::Dir) => {
+                return Err(Error::IsADirectory {
                     path: path.to_string(),
                 });
             }
@@ -2468,7 +2611,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size: i.chunk_size as usize,
                 chunks: i.chunks.clone(),
                 mode: i.mode,
-                mtime_ns: None,
+                mtime_ns: Some(i.mtime_ns),
                 parents: heads,
             },
             None,
@@ -2687,7 +2830,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size: self.config.chunk_size,
                 chunks,
                 mode,
-                mtime_ns: None,
+                mtime_ns: old.current.as_ref().map(|v| v.inode.mtime_ns),
                 parents,
             },
             Some(AnchorChange {
@@ -2749,7 +2892,7 @@ impl<B: Blocks> Client<B> {
                 chunk_size,
                 chunks,
                 mode,
-                mtime_ns: None,
+                mtime_ns: current.as_ref().map(|c| c.mtime_ns),
                 parents,
             },
             Some(change),
@@ -2963,6 +3106,15 @@ fn check_size(handle: &Handle, size: u64) -> Result<(), Error> {
             "{}: {size} bytes is over the largest file ({max} bytes)",
             handle.node().path
         )));
+    }
+    Ok(())
+}
+
+/// Files are opened and created; a symbolic link is not (the kernel follows it on a
+/// mount, and a put or a get through one would act on the link, not on its target).
+fn refuse_symlink(path: &Path, nodes: &[Node]) -> Result<(), Error> {
+    if nodes.last().is_some_and(|n| n.kind == Kind::Symlink) {
+        return Err(Error::Invalid(format!("{path}: a symbolic link")));
     }
     Ok(())
 }

@@ -175,12 +175,13 @@ impl<B: Blocks> Mount<B> {
     }
 
     fn attr(&self, ino: u64, stat: &Stat) -> FileAttr {
-        let kind = match stat.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        };
+        let kind = file_type(stat.kind);
         let mode = if stat.mode == 0 {
-            if stat.kind == Kind::Dir { 0o755 } else { 0o644 }
+            match stat.kind {
+                Kind::Dir => 0o755,
+                Kind::File => 0o644,
+                Kind::Symlink => 0o777,
+            }
         } else {
             stat.mode
         };
@@ -232,19 +233,31 @@ impl<B: Blocks> Mount<B> {
         {
             stat.size = h.size();
             stat.mode = h.mode();
+            if let Some(mtime) = h.mtime_set() {
+                stat.mtime_ns = mtime;
+            }
         }
         stat
     }
 
-    /// A file handle open on inode `ino` in this mount, if any: changes to an open file
-    /// go through its handle, or the handle's next version would fork from them.
+    /// A file handle open on inode `ino` in this mount, if any, one with unsynced
+    /// changes first: changes to an open file go through its handle, or the handle's
+    /// next version would fork from them (a handle with only a new mode or time makes
+    /// its version on the latest one).
     fn find_open(&self, ino: u64) -> Option<Arc<Open>> {
         let open: Vec<Arc<Open>> = self
             .open
             .lock()
             .map(|o| o.values().cloned().collect())
             .unwrap_or_default();
-        open.into_iter().find(|o| o.ino == ino)
+        let mut clean = None;
+        for o in open.into_iter().filter(|o| o.ino == ino) {
+            if o.handle.try_lock().is_ok_and(|h| h.is_dirty()) {
+                return Some(o);
+            }
+            clean.get_or_insert(o);
+        }
+        clean
     }
 
     fn add_open(&self, handle: Handle) -> u64 {
@@ -273,13 +286,22 @@ impl<B: Blocks> Mount<B> {
 
     fn sync(&self, fh: FileHandle) -> Result<(), Errno> {
         let open = self.get_open(fh)?;
-        let version = self.run(async {
+        let (version, rebased) = self.run(async {
             let mut handle = open.handle.lock().await;
             self.client.fsync(&mut handle).await?;
-            Ok(handle.stat().version)
+            Ok((handle.stat().version, handle.rebased()))
         })?;
-        // The kernel's pages of this file hold what was written through it: that version.
-        self.keep_cache(open.ino, version);
+        if rebased {
+            // A new mode or time on bytes written elsewhere since this file was opened:
+            // the kernel's pages of it are older than that version.
+            if let Ok(mut cached) = self.cached.lock() {
+                cached.remove(&open.ino);
+            }
+        } else {
+            // The kernel's pages of this file hold what was written through it: that
+            // version.
+            self.keep_cache(open.ino, version);
+        }
         Ok(())
     }
 
@@ -471,6 +493,37 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
     }
 
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &FsPath,
+        reply: ReplyEntry,
+    ) {
+        let _lingering = self.request();
+        let path = match self.child(parent, link_name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        use std::os::unix::ffi::OsStrExt as _;
+        match self.run(self.client.symlink(&path, target.as_os_str().as_bytes())) {
+            Ok(_) => self.entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _lingering = self.request();
+        match self
+            .path(ino)
+            .and_then(|p| self.run(self.client.readlink(&p)))
+        {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _lingering = self.request();
         self.remove(parent, name, Kind::File, reply);
@@ -511,6 +564,11 @@ impl<B: Blocks> Filesystem for Mount<B> {
                     let moving = self.client.stat(&from).await?;
                     if existing.kind == Kind::Dir && moving.kind != Kind::Dir {
                         return Err(Error::IsADirectory {
+                            path: to.to_string(),
+                        });
+                    }
+                    if moving.kind == Kind::Dir && existing.kind != Kind::Dir {
+                        return Err(Error::NotADirectory {
                             path: to.to_string(),
                         });
                     }
@@ -734,10 +792,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
             (1, FileType::Directory, "..".to_string()),
         ];
         for e in entries {
-            let kind = match e.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-            };
+            let kind = file_type(e.kind);
             all.push((ino_of(&e.inode, e.conflict.as_ref()), kind, e.name));
         }
         for (i, (ino, kind, name)) in all
@@ -806,6 +861,14 @@ impl<B: Blocks> Filesystem for Mount<B> {
         let _lingering = self.request();
         // Readcaps and writecaps decide; each operation says EACCES or EROFS itself.
         reply.ok();
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 

@@ -101,14 +101,20 @@ impl std::fmt::Write for HashText<'_> {
     }
 }
 
-/// Whether an inode is a file or a directory.
+/// Whether an inode is a file, a directory or a symbolic link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// A regular file.
     File,
     /// A directory: its contents are an encrypted [`Directory`](crate::dir::Directory).
     Dir,
+    /// A symbolic link: its contents are the target, encrypted like a file's (at most
+    /// [`MAX_LINK_TARGET`] bytes), never followed by the file system itself.
+    Symlink,
 }
+
+/// The longest target of a symbolic link: Linux's `PATH_MAX` less its NUL.
+pub const MAX_LINK_TARGET: usize = 4095;
 
 /// One chunk of the contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -728,6 +734,12 @@ mod tests {
             seq in 1u64..1000,
             sizes in proptest::collection::vec(1u32..=64, 0..20),
             mode in 0u32..=0o7777,
+            kind in proptest::prop_oneof![
+                proptest::strategy::Just(Kind::File),
+                proptest::strategy::Just(Kind::Dir),
+                proptest::strategy::Just(Kind::Symlink),
+            ],
+            mtime_ns in proptest::prelude::any::<u64>(),
             flip in proptest::prelude::any::<proptest::sample::Index>(),
         ) {
             let (root, chain, tree) = setup();
@@ -741,6 +753,8 @@ mod tests {
                 .collect();
             body.size = body.chunks.iter().map(|c| u64::from(c.len)).sum();
             body.mode = mode;
+            body.kind = kind;
+            body.mtime_ns = mtime_ns;
             let bytes = Signed::sign(&body, root.signing_key()).unwrap();
             let verified = Signed::verify(&bytes, keys::now(), &Revocations::default()).unwrap();
             proptest::prop_assert_eq!(&*verified.inode, &body);

@@ -1054,8 +1054,114 @@ async fn modification_times_are_set_kept_by_chmod_and_moved_on_by_writes() {
     put(&c, &t.path("docs/c.txt"), b"new").await;
     assert!(t.owner().stat(&dir).await.unwrap().mtime_ns > T);
 
-    // Without a writecap, no time is set.
-    let (_, stranger) = t.stranger();
-    assert!(stranger.set_times(&moved, T).await.is_err());
+    // A reader without a writecap sets no time.
+    let (reader_id, reader) = t.stranger();
+    c.share(&dir, &reader_id.public(), None).await.unwrap();
+    assert_eq!(reader.stat(&moved).await.unwrap().mtime_ns, T + 1);
+    assert!(matches!(
+        reader.set_times(&moved, T).await,
+        Err(Error::NotAuthorized { .. } | Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        reader.set_times(&dir, T).await,
+        Err(Error::NotAuthorized { .. } | Error::ReadOnly { .. })
+    ));
     assert_eq!(c.stat(&moved).await.unwrap().mtime_ns, T + 1);
+
+    // Only the mode or the time through a handle opened before another write: the
+    // version is made on the latest one, not on what the handle read.
+    let mut stale = c.open(&moved).await.unwrap();
+    put(&c, &moved, b"fourth").await;
+    c.set_mode(&mut stale, 0o640).unwrap();
+    c.fsync(&mut stale).await.unwrap();
+    let stat = t.owner().stat(&moved).await.unwrap();
+    assert_eq!((stat.mode, stat.conflicts), (0o640, 0));
+    assert_eq!(get(&c, &moved).await.unwrap(), b"fourth");
+    let written = stat.mtime_ns;
+    c.set_mtime(&mut stale, T).unwrap();
+    c.fsync(&mut stale).await.unwrap();
+    assert_eq!(t.owner().stat(&moved).await.unwrap().mtime_ns, T);
+    assert!(written > T);
+}
+
+#[tokio::test]
+async fn symbolic_links_keep_their_target_sealed_and_are_not_opened_as_files() {
+    use fs::inode::Kind;
+    let t = tree();
+    let c = t.owner();
+    put(&c, &t.path("docs/a.txt"), b"contents").await;
+    let link = t.path("docs/alias");
+    let stat = c.symlink(&link, b"a.txt").await.unwrap();
+    assert_eq!((stat.kind, stat.size, stat.mode), (Kind::Symlink, 5, 0o777));
+    // Another client (no caches) reads the target and lists the link as a link.
+    let other = t.owner();
+    assert_eq!(other.readlink(&link).await.unwrap(), b"a.txt");
+    let listed: Vec<(String, Kind)> = other
+        .readdir(&t.path("docs"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.kind))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("a.txt".into(), Kind::File),
+            ("alias".into(), Kind::Symlink)
+        ]
+    );
+    // Not followed, not opened, not replaced by a new link or a new file.
+    assert!(matches!(c.open(&link).await, Err(Error::Invalid(_))));
+    assert!(matches!(c.create(&link).await, Err(Error::Invalid(_))));
+    assert!(matches!(get(&c, &link).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        c.symlink(&link, b"b.txt").await,
+        Err(Error::Exists { .. })
+    ));
+    assert!(matches!(
+        c.readlink(&t.path("docs/a.txt")).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        c.stat(&t.path("docs/alias/x")).await,
+        Err(Error::NotADirectory { .. })
+    ));
+    // Targets: dangling and absolute are fine; empty, NUL and overlong are not.
+    c.symlink(&t.path("docs/dangling"), b"/nowhere/at/all")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.readlink(&t.path("docs/dangling")).await.unwrap(),
+        b"/nowhere/at/all"
+    );
+    for bad in [&b""[..], b"a\0b", &[b'x'; fs::inode::MAX_LINK_TARGET + 1]] {
+        assert!(matches!(
+            c.symlink(&t.path("docs/bad"), bad).await,
+            Err(Error::Invalid(_))
+        ));
+    }
+    let longest = vec![b'y'; fs::inode::MAX_LINK_TARGET];
+    c.symlink(&t.path("docs/long"), &longest).await.unwrap();
+    assert_eq!(
+        t.owner().readlink(&t.path("docs/long")).await.unwrap(),
+        longest
+    );
+    // Times, moves and removal as for a file; rmdir refuses it.
+    c.set_times(&link, 7).await.unwrap();
+    assert_eq!(t.owner().stat(&link).await.unwrap().mtime_ns, 7);
+    let moved = t.path("moved");
+    c.rename(&link, &moved).await.unwrap();
+    assert_eq!(t.owner().readlink(&moved).await.unwrap(), b"a.txt");
+    assert!(matches!(
+        c.remove(&moved, Some(Kind::Dir)).await,
+        Err(Error::NotADirectory { .. })
+    ));
+    c.remove(&moved, Some(Kind::File)).await.unwrap();
+    assert!(matches!(
+        c.readlink(&moved).await,
+        Err(Error::NotFound { .. })
+    ));
+    // The target is sealed like a file's contents: no readcap, no target.
+    let (_, stranger) = t.stranger();
+    assert!(stranger.readlink(&t.path("docs/dangling")).await.is_err());
 }

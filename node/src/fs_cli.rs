@@ -77,6 +77,7 @@ pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
             let kind = match e.kind {
                 fs::inode::Kind::Dir => "d",
                 fs::inode::Kind::File => "-",
+                fs::inode::Kind::Symlink => "l",
             };
             let conflict = if e.conflict.is_some() {
                 "  (conflict copy)"
@@ -98,6 +99,7 @@ fn print_stat(stat: &fs::Stat) {
     let kind = match stat.kind {
         fs::inode::Kind::Dir => "directory",
         fs::inode::Kind::File => "file",
+        fs::inode::Kind::Symlink => "symbolic link",
     };
     println!(
         "{kind}, {} bytes in {} chunks, mode {:o}",

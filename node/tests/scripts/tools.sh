@@ -6,6 +6,11 @@ dir=$1
 src=$2
 cd "$dir"
 cp -r "$src" copied
+# Symbolic links, to a file, to a directory and to nothing: copied, synced, archived,
+# committed and cloned as links.
+ln -s main.rs copied/alias.rs
+ln -s actor copied/actor-link
+ln -s ../nowhere copied/dangling
 rsync -a copied/ synced/
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf archive.tar copied
 mkdir extracted
@@ -45,6 +50,14 @@ if [ -n "$(find extracted/copied -printf '%Ts %p\n' | grep -v '^0 ')" ]; then
   find extracted/copied -printf '%Ts %p\n' >&2
   exit 1
 fi
+# Links read back, the kernel follows them, and every copy kept them as links.
+[ "$(readlink copied/alias.rs)" = main.rs ] || { echo "readlink: $(readlink copied/alias.rs)" >&2; exit 1; }
+cmp copied/alias.rs copied/main.rs
+[ -f copied/actor-link/mailbox.rs ] || { echo "the directory link does not lead into actor/" >&2; exit 1; }
+for copy in synced extracted/copied repo cloned; do
+  [ -L "$copy/dangling" ] && [ "$(readlink "$copy/dangling")" = ../nowhere ] ||
+    { echo "$copy/dangling is not the link to ../nowhere" >&2; exit 1; }
+done
 touch -d '2001-02-03 04:05:06.123456789 UTC' notes.txt
 if [ "$(find notes.txt -printf '%T@')" != "981173106.1234567890" ]; then
   echo "touch -d set $(find notes.txt -printf '%T@'), not 981173106.1234567890" >&2
