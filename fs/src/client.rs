@@ -2026,24 +2026,29 @@ impl<B: Blocks> Client<B> {
 
     /// Sets the permission bits of the file or directory at `path` (a new version).
     pub async fn chmod(&self, path: &Path, mode: u32) -> Result<(), Error> {
-        let nodes = self.walk(path).await?;
-        if nodes[nodes.len() - 1].kind != Kind::Dir {
-            let mut handle = self.handle_of(path, nodes)?;
-            self.set_mode(&mut handle, mode)?;
-            return self.fsync(&mut handle).await;
-        }
-        self.restamp_dir(nodes, Some(mode), None).await
+        self.restamp(path, Some(mode), None).await
     }
 
-    /// A new version of the directory a walk ended at, with the same entries and a new
-    /// mode or modification time (`chmod`, `utimes`; the time is kept when not given).
-    async fn restamp_dir(
+    /// A new version of what is at `path`, with the same contents and a new mode or
+    /// modification time (`chmod`, `utimes`; the time is kept when not given).
+    async fn restamp(
         &self,
-        mut nodes: Vec<Node>,
+        path: &Path,
         mode: Option<u32>,
         mtime_ns: Option<u64>,
     ) -> Result<(), Error> {
+        let mut nodes = self.walk(path).await?;
         let i = nodes.len() - 1;
+        if nodes[i].kind != Kind::Dir {
+            let mut handle = self.handle_of(path, nodes)?;
+            if let Some(mode) = mode {
+                self.set_mode(&mut handle, mode)?;
+            }
+            if let Some(mtime_ns) = mtime_ns {
+                self.set_mtime(&mut handle, mtime_ns)?;
+            }
+            return self.fsync(&mut handle).await;
+        }
         if nodes[i].read_only {
             return Err(Error::ReadOnly {
                 path: nodes[i].path.to_string(),
@@ -2083,13 +2088,7 @@ impl<B: Blocks> Client<B> {
     /// Sets the modification time of the file or directory at `path` (a new version, as
     /// [`Client::chmod`] makes).
     pub async fn set_times(&self, path: &Path, mtime_ns: u64) -> Result<(), Error> {
-        let nodes = self.walk(path).await?;
-        if nodes[nodes.len() - 1].kind != Kind::Dir {
-            let mut handle = self.handle_of(path, nodes)?;
-            self.set_mtime(&mut handle, mtime_ns)?;
-            return self.fsync(&mut handle).await;
-        }
-        self.restamp_dir(nodes, None, Some(mtime_ns)).await
+        self.restamp(path, None, Some(mtime_ns)).await
     }
 
     /// Sets the file's length: shorter drops bytes, longer appends zeros.
