@@ -59,6 +59,16 @@ pub fn errno(error: &Error) -> Errno {
 struct Open {
     ino: u64,
     handle: tokio::sync::Mutex<Handle>,
+    /// Whether the handle holds changes no version has yet, as of the last request that
+    /// used it: read without its lock (which a request under way may hold).
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl Open {
+    /// Records whether `handle` (this open's, locked by the caller) has unsynced changes.
+    fn note(&self, handle: &Handle) {
+        self.dirty.store(handle.is_dirty(), Ordering::Relaxed);
+    }
 }
 
 /// A mounted tree: a [`Filesystem`] over a [`Client`].
@@ -252,7 +262,7 @@ impl<B: Blocks> Mount<B> {
             .unwrap_or_default();
         let mut clean = None;
         for o in open.into_iter().filter(|o| o.ino == ino) {
-            if o.handle.try_lock().is_ok_and(|h| h.is_dirty()) {
+            if o.dirty.load(Ordering::Relaxed) {
                 return Some(o);
             }
             clean.get_or_insert(o);
@@ -268,6 +278,7 @@ impl<B: Blocks> Mount<B> {
                 fh,
                 Arc::new(Open {
                     ino,
+                    dirty: std::sync::atomic::AtomicBool::new(handle.is_dirty()),
                     handle: tokio::sync::Mutex::new(handle),
                 }),
             );
@@ -288,8 +299,9 @@ impl<B: Blocks> Mount<B> {
         let open = self.get_open(fh)?;
         let (version, rebased) = self.run(async {
             let mut handle = open.handle.lock().await;
-            self.client.fsync(&mut handle).await?;
-            Ok((handle.stat().version, handle.rebased()))
+            let synced = self.client.fsync(&mut handle).await;
+            open.note(&handle);
+            synced.map(|()| (handle.stat().version, handle.rebased()))
         })?;
         if rebased {
             // A new mode or time on bytes written elsewhere since this file was opened:
@@ -429,16 +441,21 @@ impl<B: Blocks> Filesystem for Mount<B> {
             match open {
                 Some(open) => {
                     let mut handle = open.handle.lock().await;
-                    if let Some(size) = size {
-                        self.client.truncate(&mut handle, size).await?;
+                    let changed = async {
+                        if let Some(size) = size {
+                            self.client.truncate(&mut handle, size).await?;
+                        }
+                        if let Some(mode) = mode {
+                            self.client.set_mode(&mut handle, mode)?;
+                        }
+                        if let Some(mtime) = mtime {
+                            self.client.set_mtime(&mut handle, mtime)?;
+                        }
+                        Ok(())
                     }
-                    if let Some(mode) = mode {
-                        self.client.set_mode(&mut handle, mode)?;
-                    }
-                    if let Some(mtime) = mtime {
-                        self.client.set_mtime(&mut handle, mtime)?;
-                    }
-                    Ok(handle.stat())
+                    .await;
+                    open.note(&handle);
+                    changed.map(|()| handle.stat())
                 }
                 None if size.is_none() && mode.is_none() && mtime.is_none() => {
                     self.client.stat(&path).await
@@ -711,7 +728,9 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
         match self.run(async {
             let mut handle = open.handle.lock().await;
-            self.client.write(&mut handle, offset, data).await
+            let written = self.client.write(&mut handle, offset, data).await;
+            open.note(&handle);
+            written
         }) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
