@@ -306,15 +306,20 @@ impl<B: Blocks> Mount<B> {
         if rebased {
             // A new mode or time on bytes written elsewhere since this file was opened:
             // the kernel's pages of it are older than that version.
-            if let Ok(mut cached) = self.cached.lock() {
-                cached.remove(&open.ino);
-            }
+            self.forget_cache(open.ino);
         } else {
             // The kernel's pages of this file hold what was written through it: that
             // version.
             self.keep_cache(open.ino, version);
         }
         Ok(())
+    }
+
+    /// The kernel's pages of `ino` are of no known version: the next open drops them.
+    fn forget_cache(&self, ino: u64) {
+        if let Ok(mut cached) = self.cached.lock() {
+            cached.remove(&ino);
+        }
     }
 
     /// Whether the kernel may keep its cached pages of `ino` at an open of `version`;
@@ -723,9 +728,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
             Err(e) => return reply.error(e),
         };
         // Until these bytes are a version, what the kernel caches is no version at all.
-        if let Ok(mut cached) = self.cached.lock() {
-            cached.remove(&open.ino);
-        }
+        self.forget_cache(open.ino);
         match self.run(async {
             let mut handle = open.handle.lock().await;
             let written = self.client.write(&mut handle, offset, data).await;
