@@ -114,6 +114,129 @@ fn subkey(key: &DataKey, nonce: &[u8]) -> Result<(LessSafeKey, Nonce), ChunkErro
     ))
 }
 
+/// A chunk's plaintext in a buffer with room in front of it for the nonce and behind it
+/// for the tag, so that it is sealed where it lies ([`seal_buf`]): the sealed chunk is
+/// the same allocation, and no byte of it is moved. (Sealing a plain vector would move
+/// the whole chunk to make room for the nonce in front: a `memmove` of the chunk for
+/// every chunk written.)
+///
+/// It dereferences to the plaintext; its length and capacity are the plaintext's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChunkBuf {
+    /// `NONCE_LEN` bytes of room (their contents mean nothing), then the plaintext.
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkBuf")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ChunkBuf {
+    fn default() -> Self {
+        ChunkBuf::with_capacity(0)
+    }
+}
+
+impl ChunkBuf {
+    /// An empty chunk with room for `capacity` bytes of plaintext, and for sealing them.
+    pub fn with_capacity(capacity: usize) -> ChunkBuf {
+        let mut buf = Vec::with_capacity(capacity.saturating_add(OVERHEAD));
+        buf.resize(NONCE_LEN, 0);
+        ChunkBuf { buf }
+    }
+
+    /// A copy of `plaintext`, with room to seal it.
+    pub fn from_slice(plaintext: &[u8]) -> ChunkBuf {
+        let mut chunk = ChunkBuf::with_capacity(plaintext.len());
+        chunk.buf.extend_from_slice(plaintext);
+        chunk
+    }
+
+    /// Bytes of plaintext.
+    pub fn len(&self) -> usize {
+        self.buf.len() - NONCE_LEN
+    }
+
+    /// Whether it holds no plaintext.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of plaintext it holds without growing, leaving room for the tag.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity().saturating_sub(OVERHEAD)
+    }
+
+    /// Makes room for `len` bytes of plaintext in all (and the tag), growing to
+    /// exactly that if it must grow.
+    pub fn reserve_total(&mut self, len: usize) {
+        let want = len.saturating_add(OVERHEAD);
+        self.buf.reserve_exact(want.saturating_sub(self.buf.len()));
+    }
+
+    /// Appends `bytes` to the plaintext.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Cuts or extends the plaintext to `len` bytes (with `value`s).
+    pub fn resize(&mut self, len: usize, value: u8) {
+        self.buf.resize(NONCE_LEN.saturating_add(len), value);
+    }
+
+    /// Appends up to `want` bytes read from `reader`, fewer only at its end; the bytes
+    /// appended. They are read straight into the spare room, which is not zeroed first.
+    /// On an error, what was read before it stays.
+    pub fn fill_from(
+        &mut self,
+        reader: &mut impl std::io::Read,
+        want: usize,
+    ) -> std::io::Result<usize> {
+        use std::io::Read as _;
+        let start = self.buf.len();
+        self.buf.reserve(want);
+        let read = reader.take(want as u64).read_to_end(&mut self.buf);
+        read.map(|_| self.buf.len() - start)
+    }
+
+    /// [`ChunkBuf::fill_from`] from an asynchronous reader: up to `want` bytes, fewer only
+    /// at its end, read straight into the spare room.
+    pub async fn fill_from_async(
+        &mut self,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+        want: usize,
+    ) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt as _;
+        let start = self.buf.len();
+        self.buf.reserve(want);
+        while self.buf.len() - start < want {
+            let left = (want - (self.buf.len() - start)) as u64;
+            if reader.take(left).read_buf(&mut self.buf).await? == 0 {
+                break;
+            }
+        }
+        Ok(self.buf.len() - start)
+    }
+}
+
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[NONCE_LEN..]
+    }
+}
+
+impl std::ops::DerefMut for ChunkBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[NONCE_LEN..]
+    }
+}
+
 /// Seals chunk number `index` of `inode` under `key`.
 pub fn seal(
     key: &DataKey,
@@ -121,31 +244,25 @@ pub fn seal(
     index: u64,
     plaintext: &[u8],
 ) -> Result<Sealed, ChunkError> {
-    let mut bytes = Vec::with_capacity(plaintext.len() + OVERHEAD);
-    bytes.extend_from_slice(plaintext);
-    seal_vec(key, inode, index, bytes)
+    seal_buf(key, inode, index, ChunkBuf::from_slice(plaintext))
 }
 
-/// [`seal`] taking the plaintext, which it encrypts where it lies: no second buffer for
-/// the chunk when the vector has room for [`OVERHEAD`] more bytes.
-pub fn seal_vec(
+/// [`seal`] taking the plaintext, which it encrypts where it lies, writing the nonce in
+/// the room before it and the tag after it.
+pub fn seal_buf(
     key: &DataKey,
     inode: &InodeId,
     index: u64,
-    mut bytes: Vec<u8>,
+    chunk: ChunkBuf,
 ) -> Result<Sealed, ChunkError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|e| ChunkError::Random(e.to_string()))?;
     let (cipher, short) = subkey(key, &nonce)?;
+    let mut bytes = chunk.buf;
     let tag = cipher
-        .seal_in_place_separate_tag(short, Aad::from(aad(inode, index)), &mut bytes)
+        .seal_in_place_separate_tag(short, Aad::from(aad(inode, index)), &mut bytes[NONCE_LEN..])
         // Only a plaintext longer than 256 GiB fails; chunks are at most a few MiB.
         .map_err(|_| ChunkError::Open)?;
-    // The nonce goes in front of the ciphertext, the tag after it.
-    let len = bytes.len();
-    bytes.reserve_exact(OVERHEAD);
-    bytes.resize(len + NONCE_LEN, 0);
-    bytes.copy_within(..len, NONCE_LEN);
     bytes[..NONCE_LEN].copy_from_slice(&nonce);
     bytes.extend_from_slice(tag.as_ref());
     Ok(Sealed {
@@ -299,6 +416,112 @@ mod tests {
             .ok()
     }
 
+    /// Gives at most `step` bytes per read, with an interruption before each, then an
+    /// error after `fail_after` bytes if set.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+        interrupt: bool,
+        fail_after: Option<usize>,
+    }
+
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let interrupt = self.interrupt;
+            self.interrupt = !interrupt;
+            if interrupt {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            if self.fail_after.is_some_and(|f| self.at >= f) {
+                return Err(std::io::Error::other("the disk went away"));
+            }
+            let n = buf.len().min(self.step).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn chunk_buffers_fill_from_readers_and_seal_where_they_lie() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reader = Trickle {
+            data: data.clone(),
+            at: 0,
+            step: 777,
+            interrupt: true,
+            fail_after: None,
+        };
+        // Whole pieces, then a short one at the end, then nothing.
+        let mut pieces = Vec::new();
+        loop {
+            let mut piece = ChunkBuf::with_capacity(4096);
+            let got = piece.fill_from(&mut reader, 4096).unwrap();
+            assert_eq!(got, piece.len());
+            assert!(piece.capacity() >= 4096);
+            pieces.push(piece);
+            if got < 4096 {
+                break;
+            }
+        }
+        let lens: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+        assert_eq!(lens, [4096, 4096, 1808]);
+        let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(joined, data);
+        let key = DataKey::generate();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let plaintext = piece.to_vec();
+            let sealed = seal_buf(&key, &inode(3), i as u64, piece).unwrap();
+            assert_eq!(
+                open(&key, &inode(3), i as u64, &sealed.bytes).unwrap(),
+                plaintext
+            );
+        }
+        // An error keeps what was read before it, and says so.
+        let mut failing = Trickle {
+            data,
+            at: 0,
+            step: 1000,
+            interrupt: false,
+            fail_after: Some(2500),
+        };
+        let mut piece = ChunkBuf::from_slice(b"head");
+        let err = piece.fill_from(&mut failing, 4096).unwrap_err();
+        assert_eq!(err.to_string(), "the disk went away");
+        assert_eq!(piece.len(), 4 + 3000);
+        assert_eq!(&piece[..4], b"head");
+        // Growing and cutting work on the plaintext only.
+        piece.resize(2, 0);
+        assert_eq!(&piece[..], b"he");
+        piece.resize(4, 7);
+        assert_eq!(&piece[..], b"he\x07\x07");
+        assert!(ChunkBuf::default().is_empty());
+    }
+
+    #[tokio::test]
+    async fn chunk_buffers_fill_from_async_readers() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
+        let (mut tx, mut rx) = tokio::io::duplex(300);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            tx.write_all(&sent).await.unwrap();
+        });
+        let mut got = Vec::new();
+        loop {
+            let mut piece = ChunkBuf::with_capacity(2048);
+            let n = piece.fill_from_async(&mut rx, 2048).await.unwrap();
+            assert_eq!(n, piece.len());
+            got.extend_from_slice(&piece);
+            if n < 2048 {
+                break;
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got, data);
+    }
+
     #[test]
     fn open_vec_refuses_what_open_refuses() {
         let key = DataKey::generate();
@@ -341,12 +564,22 @@ mod tests {
             let key = DataKey::generate();
             let sealed = seal(&key, &inode(7), index, &plaintext).unwrap();
             prop_assert_eq!(&open(&key, &inode(7), index, &sealed.bytes).unwrap(), &plaintext);
-            // Sealed where it lies, with or without room for the overhead.
-            for room in [0, OVERHEAD] {
-                let mut owned = Vec::with_capacity(plaintext.len() + room);
-                owned.extend_from_slice(&plaintext);
-                let sealed = seal_vec(&key, &inode(7), index, owned).unwrap();
+            // Sealed where it lies, in a buffer grown piece by piece (with or without
+            // room to spare): the same allocation becomes the sealed chunk.
+            for spare in [0, 1, OVERHEAD] {
+                let mut chunk = ChunkBuf::with_capacity(0);
+                let (head, tail) = plaintext.split_at(plaintext.len() / 2);
+                chunk.extend_from_slice(head);
+                chunk.reserve_total(plaintext.len() + spare);
+                chunk.extend_from_slice(tail);
+                prop_assert_eq!(&chunk[..], &plaintext[..]);
+                let room = chunk.capacity() >= plaintext.len();
+                let before = chunk.as_ptr() as usize - NONCE_LEN;
+                let sealed = seal_buf(&key, &inode(7), index, chunk).unwrap();
                 prop_assert_eq!(sealed.bytes.len(), plaintext.len() + OVERHEAD);
+                if room {
+                    prop_assert_eq!(sealed.bytes.as_ptr() as usize, before, "sealed where it lay");
+                }
                 prop_assert_eq!(rustcrypto_open(&key, &inode(7), index, &sealed.bytes), Some(plaintext.clone()));
             }
         }

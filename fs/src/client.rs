@@ -18,10 +18,10 @@ use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use keys::{Chain, DataKey, Identity, Path, Principal, PublicIdentity, Readcap, Validity};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::blocks::{BlockError, Blocks};
-use crate::chunk::{self, DEFAULT_CHUNK_SIZE};
+use crate::chunk::{self, ChunkBuf, DEFAULT_CHUNK_SIZE};
 use crate::dir::{self, Directory, Entry};
 use crate::id::{InodeId, VersionId};
 use crate::inode::{self, Binding, ChunkRef, Inode, Kind, MAX_LINK_TARGET, Signed, Verified};
@@ -335,7 +335,7 @@ pub struct Handle {
     /// Stored chunks; entries for indices in `dirty` or in a batch under way are
     /// placeholders.
     refs: Vec<ChunkRef>,
-    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty: BTreeMap<u64, ChunkBuf>,
     /// Something changed since the last version.
     changed: bool,
     mode: u32,
@@ -1224,10 +1224,10 @@ impl<B: Blocks> Client<B> {
     /// Seals `data` as the contents of `node` and stores the chunks.
     async fn store_contents(&self, node: &Node, data: &[u8]) -> Result<Vec<ChunkRef>, Error> {
         let chunk_size = self.config.chunk_size;
-        let pieces: BTreeMap<u64, Vec<u8>> = data
+        let pieces: BTreeMap<u64, ChunkBuf> = data
             .chunks(chunk_size)
             .enumerate()
-            .map(|(i, c)| (i as u64, c.to_vec()))
+            .map(|(i, c)| (i as u64, ChunkBuf::from_slice(c)))
             .collect();
         let sealed = self.seal_and_store(node, &node.key, pieces).await?;
         Ok(sealed.into_values().collect())
@@ -1238,7 +1238,7 @@ impl<B: Blocks> Client<B> {
         &self,
         node: &Node,
         key: &DataKey,
-        pieces: BTreeMap<u64, Vec<u8>>,
+        pieces: BTreeMap<u64, ChunkBuf>,
     ) -> Result<BTreeMap<u64, ChunkRef>, Error> {
         let (refs, batch) = seal(node.id(), key, pieces, self.config.parallel).await?;
         self.blocks
@@ -1811,11 +1811,11 @@ impl<B: Blocks> Client<B> {
     }
 
     /// Chunk `index` as plaintext, unsynced writes included (empty past the end).
-    async fn plaintext_of(&self, handle: &mut Handle, index: u64) -> Result<Vec<u8>, Error> {
+    async fn plaintext_of(&self, handle: &mut Handle, index: u64) -> Result<ChunkBuf, Error> {
         if let Some(d) = handle.dirty.get(&index) {
             return Ok(d.clone());
         }
-        Ok(Arc::unwrap_or_clone(self.stored(handle, index).await?))
+        Ok(ChunkBuf::from_slice(&self.stored(handle, index).await?))
     }
 
     /// The plaintext of stored chunk `index` (empty past the end), and the next ones
@@ -1924,7 +1924,7 @@ impl<B: Blocks> Client<B> {
             let stop = ((end - index * cs) as usize).min(handle.chunk_size);
             let stored;
             let chunk: &[u8] = match handle.dirty.get(&index) {
-                Some(d) => d,
+                Some(d) => &d[..],
                 None => {
                     stored = self.stored(handle, index).await?;
                     &stored
@@ -1980,12 +1980,10 @@ impl<B: Blocks> Client<B> {
             let index = pos / cs;
             let start = (pos - index * cs) as usize;
             let take = (handle.chunk_size - start).min(data.len() - written);
-            // A whole chunk has room to be sealed where it lies (see `chunk::seal_vec`).
-            let room = handle.chunk_size + chunk::OVERHEAD;
             if !handle.dirty.contains_key(&index) {
                 // A whole chunk written needs nothing of what was there.
                 let old = if start == 0 && take == handle.chunk_size {
-                    Vec::with_capacity(room)
+                    ChunkBuf::with_capacity(handle.chunk_size)
                 } else {
                     self.plaintext_of(handle, index).await?
                 };
@@ -1997,12 +1995,12 @@ impl<B: Blocks> Client<B> {
                 .get_mut(&index)
                 .ok_or_else(|| Error::Io("a buffered chunk went missing".into()))?;
             if chunk.capacity() < start + take {
-                // Doubling, as a vector grows; a whole chunk's worth is given `room`.
+                // Doubling, as a vector grows, up to a whole chunk.
                 let mut want = (chunk.capacity() * 2).max(start + take);
                 if want >= handle.chunk_size {
-                    want = room.max(start + take);
+                    want = handle.chunk_size.max(start + take);
                 }
-                chunk.reserve_exact(want - chunk.len());
+                chunk.reserve_total(want);
             }
             let bytes = &data[written..written + take];
             // What lies over bytes already there replaces them; the rest is appended (a
@@ -2346,16 +2344,11 @@ impl<B: Blocks> Client<B> {
         let size = handle.chunk_size;
         // Each piece is read where its chunk will be sealed, with room for it.
         let pieces = futures::stream::unfold(source, move |mut source| async move {
-            let mut piece = Vec::with_capacity(size + chunk::OVERHEAD);
-            while piece.len() < size {
-                let want = (size - piece.len()) as u64;
-                match (&mut source).take(want).read_buf(&mut piece).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => return Some((Err(Error::Io(e.to_string())), source)),
-                }
+            let mut piece = ChunkBuf::with_capacity(size);
+            match piece.fill_from_async(&mut source, size).await {
+                Ok(_) => Some((Ok(piece), source)),
+                Err(e) => Some((Err(Error::Io(e.to_string())), source)),
             }
-            Some((Ok(piece), source))
         });
         self.write_pieces(&mut handle, Box::pin(pieces), progress)
             .await?;
@@ -2393,7 +2386,7 @@ impl<B: Blocks> Client<B> {
     async fn write_pieces(
         &self,
         handle: &mut Handle,
-        mut pieces: impl futures::Stream<Item = Result<Vec<u8>, Error>> + Unpin,
+        mut pieces: impl futures::Stream<Item = Result<ChunkBuf, Error>> + Unpin,
         mut progress: impl FnMut(u64),
     ) -> Result<(), Error> {
         let size = handle.chunk_size;
@@ -2416,13 +2409,12 @@ impl<B: Blocks> Client<B> {
 
     /// [`Client::write`] of bytes the caller gives up: a piece that replaces a whole
     /// chunk (it starts the chunk, and ends it or the file) becomes that chunk's buffer
-    /// without being copied. `piece` should have room for [`chunk::OVERHEAD`] more bytes
-    /// (see `chunk::seal_vec`).
+    /// without being copied, and is sealed where it lies.
     pub async fn write_owned(
         &self,
         handle: &mut Handle,
         offset: u64,
-        piece: Vec<u8>,
+        piece: ChunkBuf,
     ) -> Result<usize, Error> {
         let cs = handle.chunk_size as u64;
         let len = piece.len();
@@ -2959,13 +2951,12 @@ impl<B: Blocks> Client<B> {
 fn read_pieces(
     file: std::fs::File,
     size: usize,
-    pieces: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+    pieces: &tokio::sync::mpsc::Sender<std::io::Result<ChunkBuf>>,
 ) {
-    use std::io::Read as _;
     let mut file = file;
     loop {
-        let mut piece = Vec::with_capacity(size + chunk::OVERHEAD);
-        let read = (&mut file).take(size as u64).read_to_end(&mut piece);
+        let mut piece = ChunkBuf::with_capacity(size);
+        let read = piece.fill_from(&mut file, size);
         let end = match &read {
             Ok(_) => piece.len() < size,
             Err(_) => true,
@@ -2985,7 +2976,7 @@ fn read_pieces(
 async fn seal(
     id: InodeId,
     key: &DataKey,
-    pieces: BTreeMap<u64, Vec<u8>>,
+    pieces: BTreeMap<u64, ChunkBuf>,
     parallel: usize,
 ) -> Result<(BTreeMap<u64, ChunkRef>, Vec<chunk::Sealed>), Error> {
     let sealed: Vec<(u64, u32, chunk::Sealed)> = futures::stream::iter(pieces)
@@ -2994,7 +2985,7 @@ async fn seal(
             async move {
                 let len = u32::try_from(plaintext.len()).unwrap_or(u32::MAX);
                 tokio::task::spawn_blocking(move || {
-                    chunk::seal_vec(&key, &id, index, plaintext).map(|s| (index, len, s))
+                    chunk::seal_buf(&key, &id, index, plaintext).map(|s| (index, len, s))
                 })
                 .await
                 .map_err(|e| Error::Io(e.to_string()))?

@@ -197,7 +197,9 @@ async fn random_access(c: &Client<Replica>, file: &keys::Path, span: u64, most: 
                     _ => next(2500) as usize,
                 };
                 let bytes = data(len, step as u8);
-                c.write_owned(&mut h, offset, bytes.clone()).await.unwrap();
+                c.write_owned(&mut h, offset, fs::chunk::ChunkBuf::from_slice(&bytes))
+                    .await
+                    .unwrap();
                 let end = offset as usize + bytes.len();
                 if model.len() < end {
                     model.resize(end, 0);

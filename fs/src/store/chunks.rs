@@ -477,22 +477,25 @@ impl<'s> Log<'s> {
         what: &'static str,
     ) -> Result<(u64, u64), Error> {
         let len = bytes.len() as u64;
-        if self.end > 0 && self.end.saturating_add(len) > self.store.inner.segment_bytes {
+        let inner = &self.store.inner;
+        // A few bytes may be left unused before the chunk (see `Segments::skew`).
+        let mut offset = self.end + inner.segments.skew(self.end, bytes);
+        if self.end > 0 && offset.saturating_add(len) > inner.segment_bytes {
             let left = self.segment;
             self.segment += 1;
             if live_bytes(txn, left, what)? == 0 {
                 self.store.free(txn, Reclaim::Segment(left), what)?;
             }
             self.start(txn, what)?;
+            offset = inner.segments.skew(0, bytes);
         }
-        let (segment, offset) = (self.segment, self.end);
-        let inner = &self.store.inner;
+        let segment = self.segment;
         super::lock(&inner.dirty).insert(segment);
         inner
             .segments
             .write(segment, offset, bytes)
             .map_err(|e| inner.segment_failed(what, "writing", segment, &e))?;
-        self.end += len;
+        self.end = offset + len;
         let live = live_bytes(txn, segment, what)?;
         txn.open_table(SEGMENT_LIVE)
             .context(what)?

@@ -56,6 +56,12 @@ pub trait Segments: Send + Sync + fmt::Debug + 'static {
     fn punch(&self, n: u64, offset: u64, len: u64) -> io::Result<()>;
     /// Deletes segment `n`, if it exists.
     fn remove(&self, n: u64) -> io::Result<()>;
+    /// Bytes to leave unused before writing `data` at `offset`, so that it is written
+    /// more cheaply there (see [`DirSegments`]); 0 by default.
+    fn skew(&self, offset: u64, data: &[u8]) -> u64 {
+        let _ = (offset, data);
+        0
+    }
 }
 
 impl<S: Segments> Segments for Arc<S> {
@@ -82,6 +88,9 @@ impl<S: Segments> Segments for Arc<S> {
     }
     fn remove(&self, n: u64) -> io::Result<()> {
         (**self).remove(n)
+    }
+    fn skew(&self, offset: u64, data: &[u8]) -> u64 {
+        (**self).skew(offset, data)
     }
 }
 
@@ -226,6 +235,11 @@ impl DirSegments {
         offset: u64,
         data: &[u8],
     ) -> io::Result<()> {
+        // Bytes placed where their address and their offset agree (see `skew`) go from
+        // where they lie; others through this thread's aligned buffer.
+        if (data.as_ptr() as usize).is_multiple_of(alignment.memory) {
+            return direct.write_all_at(data, offset);
+        }
         with_aligned(alignment.memory, data.len(), |buffer| {
             buffer.copy_from_slice(data);
             direct.write_all_at(buffer, offset)
@@ -495,6 +509,21 @@ impl Segments for DirSegments {
             Err(e) => Err(e),
         }
     }
+
+    /// A chunk written with direct I/O is placed where its offset and its address in
+    /// memory agree modulo the memory alignment direct I/O needs: its whole blocks then
+    /// lie at an aligned address and go to the disk from where they are, instead of
+    /// being copied into an aligned buffer first (a copy of the chunk for every chunk
+    /// stored). At most `memory - 1` bytes (511 here) are left unused before the chunk.
+    fn skew(&self, offset: u64, data: &[u8]) -> u64 {
+        match self.alignment() {
+            Some(alignment) if data.len() >= DIRECT_MIN => {
+                let memory = alignment.memory as u64;
+                (data.as_ptr() as u64).wrapping_sub(offset) % memory
+            }
+            _ => 0,
+        }
+    }
 }
 
 /// Segments in memory (the simulator's and tests' stores): gone when dropped.
@@ -641,10 +670,18 @@ mod tests {
     /// another as the store does, in segments opened anew between writes: each reads back
     /// whole, through both paths, from a handle that opened the files again too.
     fn appended_chunks_read_back(sizes: &[usize], reopen_every: usize) {
-        appended_chunks_read_back_in(&tempfile::tempdir().unwrap(), sizes, reopen_every);
+        appended_chunks_read_back_in(&tempfile::tempdir().unwrap(), sizes, reopen_every, false);
     }
 
-    fn appended_chunks_read_back_in(dir: &tempfile::TempDir, sizes: &[usize], reopen_every: usize) {
+    /// Writes chunks one after another (each placed after its `skew` if `skewed`, as
+    /// the store places them, from buffers at addresses of every remainder), and reads
+    /// them back.
+    fn appended_chunks_read_back_in(
+        dir: &tempfile::TempDir,
+        sizes: &[usize],
+        reopen_every: usize,
+        skewed: bool,
+    ) {
         let path = dir.path().join("chunks");
         let segments = DirSegments::open(&path).unwrap();
         segments.create(0).unwrap();
@@ -652,9 +689,28 @@ mod tests {
         let mut placed = Vec::new();
         let mut offset = 0u64;
         for (i, &size) in sizes.iter().enumerate() {
-            let bytes: Vec<u8> = (0..size).map(|b| (b * 31 + i * 7) as u8).collect();
-            segments.write(0, offset, &bytes).unwrap();
-            placed.push((offset, bytes));
+            // The chunk lies `shift` bytes into its buffer, so that its address varies.
+            let shift = if skewed { i * 37 % 601 } else { 0 };
+            let buffer: Vec<u8> = (0..size + shift).map(|b| (b * 31 + i * 7) as u8).collect();
+            let bytes = &buffer[shift..];
+            if skewed {
+                let skew = segments.skew(offset, bytes);
+                match segments.alignment() {
+                    Some(alignment) if size >= DIRECT_MIN => {
+                        assert!(skew < alignment.memory as u64);
+                        assert!(
+                            (bytes.as_ptr() as u64)
+                                .wrapping_sub(offset + skew)
+                                .is_multiple_of(alignment.memory as u64),
+                            "placed where its address and offset agree"
+                        );
+                    }
+                    _ => assert_eq!(skew, 0, "only chunks written directly are placed"),
+                }
+                offset += skew;
+            }
+            segments.write(0, offset, bytes).unwrap();
+            placed.push((offset, bytes.to_vec()));
             offset += size as u64;
             if reopen_every > 0 && i % reopen_every == 0 {
                 segments.open.write().unwrap().clear();
@@ -711,6 +767,27 @@ mod tests {
     }
 
     #[test]
+    fn chunks_placed_at_their_skew_go_from_where_they_lie_and_read_back() {
+        let page = 4096;
+        appended_chunks_read_back_in(
+            &tempfile::tempdir().unwrap(),
+            &[
+                10,
+                DIRECT_MIN,
+                (1 << 20) + 40,
+                3,
+                DIRECT_MIN - 1,
+                2 * page + DIRECT_MIN + 1,
+                (1 << 20) - 4096 + 40,
+                (1 << 20) + 40,
+                4 * page,
+            ],
+            4,
+            true,
+        );
+    }
+
+    #[test]
     fn a_file_system_without_direct_io_goes_through_the_page_cache() {
         // tmpfs reports no direct I/O alignment (this kernel's does not; newer ones may).
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
@@ -721,7 +798,7 @@ mod tests {
         if segments.direct_io() {
             return;
         }
-        appended_chunks_read_back_in(&dir, &[10, 1 << 20, (1 << 20) + 40, 3], 1);
+        appended_chunks_read_back_in(&dir, &[10, 1 << 20, (1 << 20) + 40, 3], 1, true);
     }
 
     proptest::proptest! {
