@@ -8,7 +8,8 @@
 //!    a redb file, reading the raw file and writing the file it gets back the way the
 //!    daemon does (so the difference to the next rows is the daemon, the CLI and the
 //!    network layer);
-//! 3. through one real `btnode` daemon with R = 1: `btnode fs put`, then `btnode fs get`;
+//! 3. through one real `btnode` daemon with R = 1: `btnode fs put`, then `btnode fs get`,
+//!    five times (medians, like the baselines: a single run moves by a third here);
 //! 4. through three real `btnode` processes with R = 3, W = 2: put on node 0, get on node 2
 //!    (after node 0 shared the tree with it), then get on node 0. Each command gets up to
 //!    [`ATTEMPTS`] tries, as the block protocol drops streams under load; the table says
@@ -112,6 +113,27 @@ impl Table {
     }
 
     /// Adds `note` to the last row.
+    /// A row of the median of `runs` (each moving `bytes`), noting their range.
+    fn add_median(&mut self, operation: &str, kind: Kind, mut runs: Vec<Duration>, bytes: usize) {
+        let seconds: Vec<String> = runs
+            .iter()
+            .map(|t| format!("{:.2}", t.as_secs_f64()))
+            .collect();
+        eprintln!("  {operation}, runs (s): {}", seconds.join(" "));
+        if runs.is_empty() {
+            return;
+        }
+        runs.sort();
+        self.add(operation, kind, runs[runs.len() / 2], bytes);
+        let rate = |t: &Duration| bytes as f64 / MIB as f64 / t.as_secs_f64();
+        self.note(format!(
+            "median of {}; runs {:.0} to {:.0} MiB/s",
+            runs.len(),
+            rate(&runs[runs.len() - 1]),
+            rate(&runs[0])
+        ));
+    }
+
     fn note(&mut self, note: String) {
         if let Some(row) = self.rows.last_mut() {
             row.note = note;
@@ -212,24 +234,8 @@ fn raw(table: &mut Table, dir: &FsPath, data: &[u8]) -> anyhow::Result<PathBuf> 
         reads.push(took);
         ensure!(back == data, "the raw file reads back different bytes");
     }
-    for (runs, operation, kind) in [
-        (&mut writes, RAW_WRITE, Kind::Write),
-        (&mut reads, RAW_READ, Kind::Read),
-    ] {
-        let seconds: Vec<String> = runs
-            .iter()
-            .map(|t| format!("{:.2}", t.as_secs_f64()))
-            .collect();
-        eprintln!("  {operation}, runs (s): {}", seconds.join(" "));
-        runs.sort();
-        table.add(operation, kind, runs[runs.len() / 2], data.len());
-        let rate = |t: &Duration| data.len() as f64 / MIB as f64 / t.as_secs_f64();
-        table.note(format!(
-            "median of {RAW_RUNS}; runs {:.0} to {:.0} MiB/s",
-            rate(&runs[runs.len() - 1]),
-            rate(&runs[0])
-        ));
-    }
+    table.add_median(RAW_WRITE, Kind::Write, writes, data.len());
+    table.add_median(RAW_READ, Kind::Read, reads, data.len());
     Ok(source)
 }
 
@@ -527,22 +533,32 @@ fn one_node(
             "  `btnode status` round trip: {:.1} ms",
             cli.as_secs_f64() * 1e3
         );
-        let path = net.path("bench/data.bin");
-        let cpu = nodes_cpu(net);
-        let took = put(net, 0, source, &path).map_err(anyhow::Error::msg)?;
-        table.add(ONE_NODE_PUT, Kind::Write, took, data.len());
-        report_cpu(net, &cpu, took);
-        let size = store_size(&net.nodes[0].data_dir.join("blocks.redb"))?;
-        eprintln!("    {size}");
-        let cpu = nodes_cpu(net);
-        let took = get(net, 0, &path, dir, data)?.map_err(anyhow::Error::msg)?;
-        table.add(
+        // As many runs as of the raw baseline, each file removed after its get: one run
+        // on this VM moves by a third from minute to minute.
+        let (mut puts, mut gets) = (Vec::new(), Vec::new());
+        for run in 0..RAW_RUNS {
+            let path = net.path(&format!("bench/data-{run}.bin"));
+            let cpu = nodes_cpu(net);
+            let took = put(net, 0, source, &path).map_err(anyhow::Error::msg)?;
+            report_cpu(net, &cpu, took);
+            puts.push(took);
+            if run == 0 {
+                let size = store_size(&net.nodes[0].data_dir.join("blocks.redb"))?;
+                eprintln!("    {size}");
+            }
+            let cpu = nodes_cpu(net);
+            let took = get(net, 0, &path, dir, data)?.map_err(anyhow::Error::msg)?;
+            report_cpu(net, &cpu, took);
+            gets.push(took);
+            net.json(0, &["fs", "rm", &path])?;
+        }
+        table.add_median(ONE_NODE_PUT, Kind::Write, puts, data.len());
+        table.add_median(
             "1 node, R=1: `btnode fs get` (to a file, sync_all)",
             Kind::Read,
-            took,
+            gets,
             data.len(),
         );
-        report_cpu(net, &cpu, took);
         Ok(())
     })
 }
