@@ -121,7 +121,7 @@ fn subkey(key: &DataKey, nonce: &[u8]) -> Result<(LessSafeKey, Nonce), ChunkErro
 /// every chunk written.)
 ///
 /// It dereferences to the plaintext; its length and capacity are the plaintext's.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct ChunkBuf {
     /// `NONCE_LEN` bytes of room (their contents mean nothing), then the plaintext.
     buf: Vec<u8>,
@@ -132,6 +132,14 @@ impl std::fmt::Debug for ChunkBuf {
         f.debug_struct("ChunkBuf")
             .field("len", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Clone for ChunkBuf {
+    /// A copy with room to seal it (a derived clone would copy the vector without the
+    /// tag's room).
+    fn clone(&self) -> Self {
+        ChunkBuf::from_slice(self)
     }
 }
 
@@ -497,6 +505,13 @@ mod tests {
         piece.resize(4, 7);
         assert_eq!(&piece[..], b"he\x07\x07");
         assert!(ChunkBuf::default().is_empty());
+        // A copy has room to be sealed where it lies too.
+        let copy = piece.clone();
+        assert_eq!(&copy[..], &piece[..]);
+        assert!(copy.capacity() >= copy.len());
+        let at = copy.as_ptr() as usize - NONCE_LEN;
+        let sealed = seal_buf(&key, &inode(3), 9, copy).unwrap();
+        assert_eq!(sealed.bytes.as_ptr() as usize, at);
     }
 
     #[tokio::test]

@@ -1000,6 +1000,98 @@ mod tests {
         }
     }
 
+    /// Chunks on segments that take direct I/O are placed at their skew (the offset
+    /// agrees with the buffer's address, see `Segments::skew`), through segments rolling
+    /// over, removals and reopening; every chunk reads back, and a store opened again
+    /// goes on after the recorded end.
+    #[test]
+    fn large_chunks_are_placed_at_their_skew_across_segments_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let open = || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap();
+            let backend = redb::backends::FileBackend::new(file).unwrap();
+            let segments = DirSegments::open(&Store::segment_dir(&path)).unwrap();
+            Store::with_backends_sized(backend, segments, 3 << 20).unwrap()
+        };
+        // Buffers whose chunk starts `shift` bytes in, so that addresses vary.
+        let sizes = [
+            (1 << 20) + 40,
+            70_000,
+            1000,
+            MAX_CHUNK_BYTES,
+            65_536,
+            (1 << 20) - 4056,
+        ];
+        let buffers: Vec<(usize, Vec<u8>)> = (0..18)
+            .map(|i| {
+                let shift = i * 97 % 509;
+                let len = sizes[i % sizes.len()];
+                (
+                    shift,
+                    (0..shift + len).map(|b| (b * 13 + i) as u8).collect(),
+                )
+            })
+            .collect();
+        let chunk = |i: usize| &buffers[i].1[buffers[i].0..];
+        let id = |i: usize| ChunkId::of(chunk(i));
+        // Opened on its own to ask where each chunk should lie (its alignment is
+        // probed when it first opens a segment).
+        let probe = DirSegments::open(&Store::segment_dir(&path)).unwrap();
+        let check_placed = |store: &Store, i: usize| {
+            let (segment, offset, len) = store.location(&id(i), "test").unwrap().unwrap();
+            assert_eq!(len, chunk(i).len() as u64);
+            let _ = probe.read(segment, 0, 0);
+            assert_eq!(
+                probe.skew(offset, chunk(i)),
+                0,
+                "chunk {i} lies at its skew"
+            );
+            segment
+        };
+        let mut segments_used = BTreeSet::new();
+        {
+            let store = open();
+            let mut gaps = 0;
+            let mut end = (0, 0);
+            for i in 0..12 {
+                assert!(store.put_chunk(&id(i), chunk(i)).unwrap());
+                segments_used.insert(check_placed(&store, i));
+                let (segment, offset, len) = store.location(&id(i), "test").unwrap().unwrap();
+                if (segment, offset) != end && offset != 0 {
+                    gaps += 1;
+                }
+                end = (segment, offset + len);
+            }
+            if probe.direct_io() {
+                assert!(gaps > 0, "some chunk was placed after a few unused bytes");
+            }
+            for i in [1, 4, 7] {
+                assert!(store.remove_chunk(&id(i)).unwrap());
+            }
+        }
+        assert!(segments_used.len() > 2, "the segments rolled over");
+        let store = open();
+        for i in 12..18 {
+            assert!(store.put_chunk(&id(i), chunk(i)).unwrap());
+            check_placed(&store, i);
+        }
+        for i in 0..18 {
+            let got = store.get_chunk(&id(i)).unwrap();
+            if [1, 4, 7].contains(&i) {
+                assert_eq!(got, None);
+            } else {
+                assert_eq!(got.as_deref(), Some(chunk(i)), "chunk {i}");
+            }
+        }
+    }
+
     /// What a crash leaves past the log's recorded end (bytes of a transaction that did
     /// not commit, a segment started by one) is cut when the store is opened.
     #[test]

@@ -514,10 +514,15 @@ impl Segments for DirSegments {
     /// memory agree modulo the memory alignment direct I/O needs: its whole blocks then
     /// lie at an aligned address and go to the disk from where they are, instead of
     /// being copied into an aligned buffer first (a copy of the chunk for every chunk
-    /// stored). At most `memory - 1` bytes (511 here) are left unused before the chunk.
+    /// stored). At most `memory - 1` bytes (511 here) are left unused before the chunk,
+    /// and none where the memory alignment does not divide the block (the whole blocks'
+    /// start could not be aligned then).
     fn skew(&self, offset: u64, data: &[u8]) -> u64 {
         match self.alignment() {
-            Some(alignment) if data.len() >= DIRECT_MIN => {
+            Some(alignment)
+                if data.len() >= DIRECT_MIN
+                    && alignment.block.is_multiple_of(alignment.memory as u64) =>
+            {
                 let memory = alignment.memory as u64;
                 (data.as_ptr() as u64).wrapping_sub(offset) % memory
             }
