@@ -121,7 +121,6 @@ fn subkey(key: &DataKey, nonce: &[u8]) -> Result<(LessSafeKey, Nonce), ChunkErro
 /// every chunk written.)
 ///
 /// It dereferences to the plaintext; its length and capacity are the plaintext's.
-#[derive(PartialEq, Eq)]
 pub struct ChunkBuf {
     /// `NONCE_LEN` bytes of room (their contents mean nothing), then the plaintext.
     buf: Vec<u8>,
@@ -197,8 +196,9 @@ impl ChunkBuf {
     }
 
     /// Appends up to `want` bytes read from `reader`, fewer only at its end; the bytes
-    /// appended. They are read straight into the spare room, which is not zeroed first.
-    /// On an error, what was read before it stays.
+    /// appended. A reader that reads into uninitialised memory (a file does) reads
+    /// straight into the spare room, without zeroing it first. On an error, what was
+    /// read before it stays.
     pub fn fill_from(
         &mut self,
         reader: &mut impl std::io::Read,
