@@ -1,18 +1,22 @@
 //! The composed overlay behaviour and the swarm built around it.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
-use libp2p::core::transport::MemoryTransport;
-use libp2p::core::upgrade::Version;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{self, MemoryTransport};
+use libp2p::core::upgrade::{UpgradeInfo, Version};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, gossipsub, identify,
-    identity, kad, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, gossipsub,
+    identify, identity, kad, noise, ping, tcp, yamux,
 };
 
 use crate::config::Config;
 use crate::store::Store;
+#[cfg(feature = "plaintext-memory")]
+use crate::streams::STREAMS_PLAINTEXT;
+use crate::streams::{self, Renamed, Rewind, STREAMS_NOISE, StreamBehaviour};
 
 /// Kademlia under Blocktree's own protocol name, so the overlay never merges into
 /// another network's DHT.
@@ -36,8 +40,6 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Pub-sub.
     pub gossipsub: gossipsub::Behaviour,
-    /// Long-lived streams of our own protocols (the actor protocol).
-    pub stream: libp2p_stream::Behaviour,
     /// Peers refused for a while (penalised for misbehaving).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
@@ -113,72 +115,165 @@ impl Behaviour {
             identify,
             ping,
             gossipsub,
-            stream: libp2p_stream::Behaviour::new(),
             blocked: allow_block_list::Behaviour::default(),
         })
     }
 }
 
-/// Builds a swarm for `key` over `transports`.
+/// A node's two swarms: the overlay's, and the lean one that carries our own stream
+/// protocols on the same listening port (see [`crate::streams`]).
+#[allow(missing_debug_implementations)] // libp2p swarms implement no Debug
+pub struct Swarms {
+    /// Kademlia, identify, ping and gossipsub.
+    pub overlay: Swarm<Behaviour>,
+    /// Streams of our own protocols; it listens through the overlay swarm's listeners.
+    pub streams: Swarm<StreamBehaviour>,
+}
+
+/// How long one stream connection may take to connect and upgrade.
+const STREAM_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxedTransport = transport::Boxed<(PeerId, StreamMuxerBox)>;
+
+fn build_error(e: impl std::fmt::Display) -> BuildError {
+    BuildError(e.to_string())
+}
+
+fn renamed<U: UpgradeInfo>(security: U, name: &'static str) -> Result<Renamed<U>, BuildError> {
+    Renamed::new(security, name)
+        .ok_or_else(|| BuildError(format!("{name}: the handshake names no protocol")))
+}
+
+fn tcp_transport() -> tcp::tokio::Transport {
+    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+}
+
+/// The stream swarm over `transport`; it listens on the diverted transport's one listener
+/// (the overlay's listeners are the real ones, so its address is empty).
+fn stream_swarm(
+    key: identity::Keypair,
+    transport: BoxedTransport,
+    idle: Duration,
+) -> Result<Swarm<StreamBehaviour>, BuildError> {
+    let mut swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|_| Ok::<_, BoxError>(transport))
+        .map_err(build_error)?
+        .with_behaviour(|_| StreamBehaviour::new())
+        .map_err(build_error)?
+        // One address at a time, in the address book's order (the overlay's confirmed
+        // address first), each bounded by the transport's timeout.
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle)
+                .with_dial_concurrency_factor(NonZeroU8::MIN)
+        })
+        .build();
+    swarm
+        .listen_on(Multiaddr::empty())
+        .map_err(|e| BuildError(format!("stream swarm: {e}")))?;
+    Ok(swarm)
+}
+
+/// Builds the swarms for `key` over `transports`.
 pub fn build_swarm(
     key: identity::Keypair,
     store: Store,
     config: &Config,
     transports: Transports,
-) -> Result<Swarm<Behaviour>, BuildError> {
+) -> Result<Swarms, BuildError> {
     let idle = config.idle_connection_timeout;
-    let behaviour = |key: &identity::Keypair| Behaviour::new(key, store, config);
-    let swarm = match transports {
-        Transports::Network => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| BuildError(e.to_string()))?
-            .with_quic()
-            .with_behaviour(|key| {
-                behaviour(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .map_err(|e| BuildError(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        Transports::Memory => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| {
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    MemoryTransport::default()
-                        .upgrade(Version::V1)
-                        .authenticate(noise::Config::new(key)?)
-                        .multiplex(yamux::Config::default()),
-                )
-            })
-            .map_err(|e| BuildError(e.to_string()))?
-            .with_behaviour(|key| {
-                behaviour(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .map_err(|e| BuildError(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        #[cfg(feature = "plaintext-memory")]
-        Transports::MemoryPlaintext => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| {
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    MemoryTransport::default()
-                        .upgrade(Version::V1)
-                        .authenticate(libp2p::plaintext::Config::new(key))
-                        .multiplex(yamux::Config::default()),
-                )
-            })
-            .map_err(|e| BuildError(e.to_string()))?
-            .with_behaviour(|key| {
-                behaviour(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .map_err(|e| BuildError(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
+    let behaviour = |key: &identity::Keypair| {
+        Behaviour::new(key, store, config).map_err(|e| Box::new(e) as BoxError)
     };
-    Ok(swarm)
+    let (overlay, streams) = match transports {
+        Transports::Network => {
+            let (divert, diverted) = streams::divert(tcp_transport(), STREAMS_NOISE);
+            let security = noise::Config::new(&key).map_err(build_error)?;
+            let streams = diverted
+                .or_transport(tcp_transport().map(|io, _| Rewind::new(io)))
+                .upgrade(Version::V1)
+                .authenticate(renamed(security, STREAMS_NOISE)?)
+                .multiplex(yamux::Config::default())
+                .timeout(STREAM_DIAL_TIMEOUT)
+                .boxed();
+            let overlay = SwarmBuilder::with_existing_identity(key.clone())
+                .with_tokio()
+                .with_quic()
+                .with_other_transport(|key| {
+                    Ok::<_, BoxError>(
+                        divert
+                            .upgrade(Version::V1)
+                            .authenticate(noise::Config::new(key)?)
+                            .multiplex(yamux::Config::default()),
+                    )
+                })
+                .map_err(build_error)?
+                .with_behaviour(behaviour)
+                .map_err(build_error)?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build();
+            (overlay, streams)
+        }
+        Transports::Memory => {
+            let (divert, diverted) = streams::divert(MemoryTransport::default(), STREAMS_NOISE);
+            let security = noise::Config::new(&key).map_err(build_error)?;
+            let streams = diverted
+                .or_transport(MemoryTransport::default().map(|io, _| Rewind::new(io)))
+                .upgrade(Version::V1)
+                .authenticate(renamed(security, STREAMS_NOISE)?)
+                .multiplex(yamux::Config::default())
+                .timeout(STREAM_DIAL_TIMEOUT)
+                .boxed();
+            let overlay = SwarmBuilder::with_existing_identity(key.clone())
+                .with_tokio()
+                .with_other_transport(|key| {
+                    Ok::<_, BoxError>(
+                        divert
+                            .upgrade(Version::V1)
+                            .authenticate(noise::Config::new(key)?)
+                            .multiplex(yamux::Config::default()),
+                    )
+                })
+                .map_err(build_error)?
+                .with_behaviour(behaviour)
+                .map_err(build_error)?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build();
+            (overlay, streams)
+        }
+        #[cfg(feature = "plaintext-memory")]
+        Transports::MemoryPlaintext => {
+            let (divert, diverted) = streams::divert(MemoryTransport::default(), STREAMS_PLAINTEXT);
+            let security = libp2p::plaintext::Config::new(&key);
+            let streams = diverted
+                .or_transport(MemoryTransport::default().map(|io, _| Rewind::new(io)))
+                .upgrade(Version::V1)
+                .authenticate(renamed(security, STREAMS_PLAINTEXT)?)
+                .multiplex(yamux::Config::default())
+                .timeout(STREAM_DIAL_TIMEOUT)
+                .boxed();
+            let overlay = SwarmBuilder::with_existing_identity(key.clone())
+                .with_tokio()
+                .with_other_transport(|key| {
+                    Ok::<_, BoxError>(
+                        divert
+                            .upgrade(Version::V1)
+                            .authenticate(libp2p::plaintext::Config::new(key))
+                            .multiplex(yamux::Config::default()),
+                    )
+                })
+                .map_err(build_error)?
+                .with_behaviour(behaviour)
+                .map_err(build_error)?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build();
+            (overlay, streams)
+        }
+    };
+    Ok(Swarms {
+        overlay,
+        streams: stream_swarm(key, streams, idle)?,
+    })
 }

@@ -8,12 +8,13 @@ pub mod config;
 pub mod node;
 pub mod record;
 pub mod store;
+pub mod streams;
 
-pub use behaviour::{Behaviour, KAD_PROTOCOL, Transports, build_swarm};
+pub use behaviour::{Behaviour, KAD_PROTOCOL, Swarms, Transports, build_swarm};
 pub use config::Config;
 pub use node::{
     Candidate, Client, Error, EventLoop, GOSSIP_QUEUE, Gossip, KadCounters, PeerInfo, QueryCount,
-    Registered, Resolution, StartError, Status, Verdict, start, start_with_metrics,
+    Registered, Resolution, StartError, Status, Streams, Verdict, start, start_with_metrics,
 };
 pub use record::{PathRecord, RecordError, key_of};
 pub use store::{Inserted, Store, StoreError};

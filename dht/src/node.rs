@@ -16,6 +16,8 @@
 //! back republishes its records with a higher sequence number and resolves again.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,16 +29,17 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum};
 use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, ping};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, ping};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, Transports, build_swarm};
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, Swarms, Transports, build_swarm};
 use crate::config::Config;
 use crate::record::{PathRecord, key_of};
 use crate::store::{Store, error_chain};
+use crate::streams::{StreamBehaviour, StreamBehaviourEvent};
 
 /// Most prefixes of a path that one resolution asks for.
 pub const MAX_PREFIXES: usize = 16;
@@ -132,6 +135,9 @@ pub struct Status {
     pub listen_addrs: Vec<String>,
     /// Connected peers.
     pub peers: usize,
+    /// Peers the stream swarm (our own protocols' connections) is connected to.
+    #[serde(default)]
+    pub stream_peers: usize,
     /// Entries in the Kademlia routing table.
     pub routing_table: usize,
     /// Path records held in the store.
@@ -261,6 +267,10 @@ enum Command {
         peer: PeerId,
         duration: Duration,
     },
+    ConnectStreams {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Closest {
         key: Vec<u8>,
         count: usize,
@@ -312,6 +322,9 @@ pub enum Verdict {
     Ignore,
 }
 
+/// How long a stream dial waits for the overlay to learn where a connected peer listens.
+const ADDRESS_WAIT: Duration = Duration::from_secs(5);
+
 /// Capacity of the channel of received pub-sub messages; when it is full, new messages
 /// are ignored (pub-sub is best effort) and counted.
 pub const GOSSIP_QUEUE: usize = 4096;
@@ -321,9 +334,75 @@ pub const GOSSIP_QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
-    streams: libp2p_stream::Control,
+    streams: Streams,
     membership: tokio::sync::watch::Receiver<u64>,
     routing: Arc<std::sync::RwLock<Arc<RoutingView>>>,
+}
+
+/// Opens and accepts streams of our own protocols on the node's stream swarm (see
+/// [`crate::streams`]). Cheap to clone.
+///
+/// A stream to a peer the stream swarm is not connected to first has the node dial it
+/// (at the addresses the overlay learned of it) and waits for that dial's outcome:
+/// `libp2p-stream` asks its swarm for one dial at a time and forgets the others, so
+/// streams opened to several new peers at once would otherwise wait forever.
+#[derive(Clone)]
+pub struct Streams {
+    control: libp2p_stream::Control,
+    connected: Arc<std::sync::RwLock<HashSet<PeerId>>>,
+    commands: Option<mpsc::Sender<Command>>,
+}
+
+impl fmt::Debug for Streams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
+impl Streams {
+    /// A handle attached to no node: it accepts streams that never come and opens none.
+    /// For tests of code that holds one.
+    pub fn detached() -> Streams {
+        Streams {
+            control: libp2p_stream::Behaviour::new().new_control(),
+            connected: Arc::default(),
+            commands: None,
+        }
+    }
+
+    /// Opens a stream of `protocol` to `peer`, connecting first if need be.
+    pub async fn open_stream(
+        &mut self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, libp2p_stream::OpenStreamError> {
+        let connected = match self.connected.read() {
+            Ok(set) => set.contains(&peer),
+            Err(poisoned) => poisoned.into_inner().contains(&peer),
+        };
+        if !connected {
+            let stopped = || io::Error::other("the node has stopped");
+            let commands = self.commands.as_ref().ok_or_else(stopped)?;
+            let (reply, answer) = oneshot::channel();
+            commands
+                .send(Command::ConnectStreams { peer, reply })
+                .await
+                .map_err(|_| stopped())?;
+            answer
+                .await
+                .map_err(|_| stopped())?
+                .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
+        }
+        self.control.open_stream(peer, protocol).await
+    }
+
+    /// The streams of `protocol` that peers open to this node; one taker per protocol.
+    pub fn accept(
+        &mut self,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p_stream::IncomingStreams, libp2p_stream::AlreadyRegistered> {
+        self.control.accept(protocol)
+    }
 }
 
 /// The routing table as the event loop last published it, for [`Client::closest_known`].
@@ -446,9 +525,9 @@ impl Client {
         self.membership.clone()
     }
 
-    /// A handle that opens and accepts streams of our own protocols on this node's
+    /// A handle that opens and accepts streams of our own protocols on this node's stream
     /// connections (dialling the peer when not connected).
-    pub fn streams(&self) -> libp2p_stream::Control {
+    pub fn streams(&self) -> Streams {
         self.streams.clone()
     }
 
@@ -525,7 +604,10 @@ pub async fn start_with_metrics(
     transports: Transports,
     registry: Option<&mut Registry>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), StartError> {
-    let mut swarm = build_swarm(key.to_libp2p(), store, &config, transports)?;
+    let Swarms {
+        overlay: mut swarm,
+        streams: stream_swarm,
+    } = build_swarm(key.to_libp2p(), store, &config, transports)?;
     let mut pending = HashSet::new();
     for address in &config.listen {
         let id = swarm
@@ -569,8 +651,13 @@ pub async fn start_with_metrics(
         }
     }
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-    let streams = swarm.behaviour().stream.new_control();
-    let mut event_loop = EventLoop::new(swarm, key, config, receiver);
+    let control = stream_swarm.behaviour().stream.new_control();
+    let mut event_loop = EventLoop::new(swarm, stream_swarm, key, config, receiver);
+    let streams = Streams {
+        control,
+        connected: event_loop.stream_peers.clone(),
+        commands: Some(commands.clone()),
+    };
     event_loop.metrics = registry.map(NodeMetrics::new);
     event_loop.listen_addrs = listen_addrs;
     event_loop.start_bootstrap();
@@ -692,6 +779,14 @@ struct PendingResolve {
 /// The task that owns the swarm.
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// The lean swarm of our own stream protocols (see [`crate::streams`]).
+    streams: Swarm<StreamBehaviour>,
+    /// The peers it is connected to, for [`Streams::open_stream`].
+    stream_peers: Arc<std::sync::RwLock<HashSet<PeerId>>>,
+    /// Who waits for the stream swarm to connect to a peer.
+    stream_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Stream dials that wait for the overlay to learn where the peer listens, until when.
+    awaiting_addresses: HashMap<PeerId, Instant>,
     key: SigningKey,
     peer_id: PeerId,
     config: Config,
@@ -785,6 +880,7 @@ impl std::fmt::Debug for EventLoop {
 impl EventLoop {
     fn new(
         swarm: Swarm<Behaviour>,
+        streams: Swarm<StreamBehaviour>,
         key: SigningKey,
         config: Config,
         commands: mpsc::Receiver<Command>,
@@ -805,6 +901,10 @@ impl EventLoop {
         EventLoop {
             peer_id,
             swarm,
+            streams,
+            stream_peers: Arc::default(),
+            stream_dials: HashMap::new(),
+            awaiting_addresses: HashMap::new(),
             key,
             config,
             commands,
@@ -849,6 +949,7 @@ impl EventLoop {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.streams.select_next_some() => self.on_stream_event(event),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
                         tracing::info!("shutting down");
@@ -984,10 +1085,20 @@ impl EventLoop {
             .filter(|(_, until)| now >= **until)
             .map(|(peer, _)| *peer)
             .collect();
+        let waited: Vec<PeerId> = self
+            .awaiting_addresses
+            .iter()
+            .filter(|(_, until)| now >= **until)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in waited {
+            self.dial_streams(peer);
+        }
         for peer in expired {
             tracing::info!(%peer, "block lifted");
             self.blocked.remove(&peer);
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.streams.behaviour_mut().blocked.unblock_peer(peer);
         }
         // Alone again (every peer left or restarted): join through the bootstrap peers anew.
         if !self.bootstraps.is_empty() && self.swarm.connected_peers().next().is_none() {
@@ -1137,9 +1248,11 @@ impl EventLoop {
                 );
                 self.closest_lookups.insert(query, (key, count, reply));
             }
+            Command::ConnectStreams { peer, reply } => self.connect_streams(peer, reply),
             Command::Block { peer, duration } => {
                 tracing::warn!(%peer, ?duration, "blocking peer");
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.streams.behaviour_mut().blocked.block_peer(peer);
                 self.blocked.insert(peer, Instant::now() + duration);
             }
         }
@@ -1165,6 +1278,7 @@ impl EventLoop {
                 .map(|a| format!("{a}/p2p/{}", self.peer_id))
                 .collect(),
             peers: self.swarm.connected_peers().count(),
+            stream_peers: self.streams.connected_peers().count(),
             routing_table,
             records: self.swarm.behaviour_mut().kad.store_mut().len(),
             registered,
@@ -1595,6 +1709,116 @@ impl EventLoop {
         }
     }
 
+    /// Has the stream swarm connect to `peer` and answers once it is (or cannot be).
+    /// A peer the overlay is connected to but whose addresses are not known yet (it
+    /// dialled us, and its identify has not arrived) is dialled once they are, or after
+    /// [`ADDRESS_WAIT`].
+    fn connect_streams(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
+        if self.streams.is_connected(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.stream_dials.entry(peer).or_default().push(reply);
+        let known = !self
+            .streams
+            .behaviour_mut()
+            .addresses
+            .addresses(&peer)
+            .is_empty();
+        if !known && self.swarm.is_connected(&peer) {
+            self.awaiting_addresses
+                .entry(peer)
+                .or_insert_with(|| Instant::now() + ADDRESS_WAIT);
+            return;
+        }
+        self.dial_streams(peer);
+    }
+
+    /// Dials `peer` on the stream swarm unless a dial is under way; a dial that cannot
+    /// start answers its waiters at once.
+    fn dial_streams(&mut self, peer: PeerId) {
+        self.awaiting_addresses.remove(&peer);
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.streams.dial(opts) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => self.stream_dial_done(peer, Err(error_chain(&e))),
+        }
+    }
+
+    /// The overlay learned addresses of `peer`: a stream dial waiting for them starts.
+    fn addresses_learned(&mut self, peer: PeerId) {
+        if self.awaiting_addresses.contains_key(&peer) {
+            self.dial_streams(peer);
+        }
+    }
+
+    /// Answers everyone waiting for the stream swarm to connect to `peer`.
+    fn stream_dial_done(&mut self, peer: PeerId, outcome: Result<(), String>) {
+        for reply in self.stream_dials.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+
+    fn set_stream_peer(&self, peer: PeerId, connected: bool) {
+        let mut set = match self.stream_peers.write() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if connected {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+
+    /// The stream swarm's events: who it is connected to, for [`Streams::open_stream`];
+    /// the streams themselves are the stream behaviour's business.
+    fn on_stream_event(&mut self, event: SwarmEvent<StreamBehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "stream connection opened");
+                if num_established.get() == 1 {
+                    self.set_stream_peer(peer_id, true);
+                }
+                self.stream_dial_done(peer_id, Ok(()));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, cause = ?cause, "stream connection closed");
+                if num_established == 0 {
+                    self.set_stream_peer(peer_id, false);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error_chain(&error), "stream connection failed");
+                if let Some(peer) = peer_id
+                    && !self.streams.is_connected(&peer)
+                {
+                    self.stream_dial_done(peer, Err(error_chain(&error)));
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(address = %send_back_addr, error = %error_chain(&error), "inbound stream connection failed");
+            }
+            _ => {}
+        }
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         if let Some(metrics) = &self.metrics {
             metrics.libp2p.record(&event);
@@ -1629,6 +1853,11 @@ impl EventLoop {
                 ..
             })) => {
                 self.agents.insert(peer_id, info.agent_version.clone());
+                let book = &mut self.streams.behaviour_mut().addresses;
+                for address in &info.listen_addrs {
+                    book.add(peer_id, address.clone());
+                }
+                self.addresses_learned(peer_id);
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     for address in info.listen_addrs {
                         self.swarm
@@ -1669,6 +1898,13 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    self.streams
+                        .behaviour_mut()
+                        .addresses
+                        .confirm(peer_id, endpoint.get_remote_address().clone());
+                    self.addresses_learned(peer_id);
+                }
                 self.connections
                     .entry(peer_id)
                     .or_default()
@@ -1769,9 +2005,18 @@ impl EventLoop {
             }
             kad::Event::RoutingUpdated {
                 peer,
-                is_new_peer: true,
+                is_new_peer,
+                addresses,
                 ..
             } => {
+                let book = &mut self.streams.behaviour_mut().addresses;
+                for address in addresses.iter() {
+                    book.add(peer, address.clone());
+                }
+                self.addresses_learned(peer);
+                if !is_new_peer {
+                    return;
+                }
                 self.hand_off(peer);
                 // A record that found no peer at all: publish it once this one settles.
                 let soon = Instant::now() + Duration::from_millis(300);

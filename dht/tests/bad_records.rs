@@ -108,7 +108,8 @@ impl Attacker {
             &Config::new(),
             Transports::Memory,
         )
-        .unwrap();
+        .unwrap()
+        .overlay;
         swarm.listen_on("/memory/0".parse().unwrap()).unwrap();
         let addr = loop {
             if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {

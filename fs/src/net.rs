@@ -302,7 +302,7 @@ impl ChunkWriter {
 pub fn serve(
     replica: Replica,
     identity: Arc<Vec<u8>>,
-    mut control: libp2p_stream::Control,
+    mut control: dht::Streams,
     config: &Config,
     counters: Arc<Counters>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {

@@ -514,7 +514,7 @@ struct Penalty {
 /// The state shared by every handle.
 pub(crate) struct Inner {
     node: dht::Client,
-    streams: libp2p_stream::Control,
+    streams: dht::Streams,
     peer_id: PeerId,
     principal: keys::Principal,
     config: Config,

@@ -474,7 +474,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } = serde_json::from_value(status)?;
             println!("peer id:       {}", status.peer_id);
             println!("principal:     {}", status.principal);
-            println!("peers:         {}", status.peers);
+            println!(
+                "peers:         {} ({} on stream connections)",
+                status.peers, status.stream_peers
+            );
             println!("routing table: {}", status.routing_table);
             println!("records:       {}", status.records);
             println!("uptime:        {}s", status.uptime_secs);

@@ -292,11 +292,13 @@ fn storage_nodes_and_traffic_hold_no_plaintext() {
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("known.txt");
     std::fs::write(&local, &plaintext).unwrap();
-    net.json(
-        0,
-        &["fs", "put", local.to_str().unwrap(), &net.path("known.txt")],
-    )
-    .unwrap();
+    // Node 1 writes, so that the file's chunks travel on its stream connection to node 0,
+    // which it dials at the address its overlay connection reached node 0 at: the relay.
+    let file = net.path("known.txt");
+    let tree = file.rsplit_once('/').unwrap().0.to_string();
+    net.grant(1, &tree).unwrap();
+    net.json(1, &["fs", "put", local.to_str().unwrap(), &file])
+        .unwrap();
     let captured = seen.lock().unwrap().clone();
     assert!(
         captured.len() > plaintext.len(),

@@ -34,7 +34,7 @@ const OURS_MESSAGES: u64 = 2_000_000;
 
 /// A bare stream between two of our nodes: the floor the actor runtime stands on.
 const OVERLAY_STREAM: &str =
-    "libp2p-stream on the node's connection (every behaviour's handler on it)";
+    "libp2p-stream on the node's stream connection (diverted from its listener)";
 
 /// The pattern every ratio is taken against.
 const RAW_TCP: &str = "raw TCP (tokio, length-prefixed)";

@@ -130,11 +130,21 @@ async fn pair(target: u64, local: bool) -> anyhow::Result<Pair> {
 async fn overlay_stream_pair() -> anyhow::Result<StreamPair<(Embedded, Embedded)>> {
     let (a, b) = two_nodes().await?;
     let mut incoming = b.client.streams().accept(baselines::STREAM_PROTOCOL)?;
-    let client = a
-        .client
-        .streams()
-        .open_stream(b.key.peer_id(), baselines::STREAM_PROTOCOL)
-        .await?;
+    // The stream swarm dials at the addresses the overlay learned: retry until a has
+    // joined through b.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        match a
+            .client
+            .streams()
+            .open_stream(b.key.peer_id(), baselines::STREAM_PROTOCOL)
+            .await
+        {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
     let (_, server) = futures::StreamExt::next(&mut incoming)
         .await
         .context("the node stopped accepting streams")?;

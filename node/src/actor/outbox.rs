@@ -186,7 +186,7 @@ impl Outbox {
         peer: PeerId,
         lane: Lane,
         stream: u64,
-        streams: libp2p_stream::Control,
+        streams: dht::Streams,
         chains: Vec<Chain>,
         capacity: usize,
         counters: Arc<Counters>,
@@ -432,11 +432,7 @@ impl Outbox {
         Ok(())
     }
 
-    async fn write(
-        &self,
-        mut streams: libp2p_stream::Control,
-        chains: Vec<Chain>,
-    ) -> Result<(), String> {
+    async fn write(&self, mut streams: dht::Streams, chains: Vec<Chain>) -> Result<(), String> {
         let protocol = StreamProtocol::new(actor::PROTOCOL_NAME);
         // A connection may be dropping or still coming up: try again for a while before
         // giving up on what is queued.
@@ -542,7 +538,7 @@ mod tests {
     /// An outbox to `peer` with `channels` channels opened; its writer never reaches the
     /// peer (no swarm runs), which these tests do not need.
     fn outbox(peer: PeerId, lane: Lane, stream: u64, channels: usize) -> Arc<Outbox> {
-        let control = libp2p_stream::Behaviour::new().new_control();
+        let control = dht::Streams::detached();
         let outbox = Outbox::open(
             peer,
             lane,
