@@ -1,6 +1,6 @@
 //! The composed overlay behaviour and the swarm built around it.
 
-use std::num::{NonZeroU8, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
@@ -40,6 +40,9 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Pub-sub.
     pub gossipsub: gossipsub::Behaviour,
+    /// Streams of our own protocols on the overlay's connections: only where the stream
+    /// swarm cannot reach a peer (see [`crate::Streams`]).
+    pub stream: libp2p_stream::Behaviour,
     /// Peers refused for a while (penalised for misbehaving).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
@@ -115,6 +118,7 @@ impl Behaviour {
             identify,
             ping,
             gossipsub,
+            stream: libp2p_stream::Behaviour::new(),
             blocked: allow_block_list::Behaviour::default(),
         })
     }
@@ -146,6 +150,15 @@ fn renamed<U: UpgradeInfo>(security: U, name: &'static str) -> Result<Renamed<U>
         .ok_or_else(|| BuildError(format!("{name}: the handshake names no protocol")))
 }
 
+/// The stream swarm's Noise: its name is bound into the handshake (the prologue), so a
+/// connection whose proposal was rewritten on the way fails instead of landing in the
+/// other swarm.
+fn streams_noise(key: &identity::Keypair) -> Result<noise::Config, BuildError> {
+    Ok(noise::Config::new(key)
+        .map_err(build_error)?
+        .with_prologue(STREAMS_NOISE.as_bytes().to_vec()))
+}
+
 fn tcp_transport() -> tcp::tokio::Transport {
     tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
 }
@@ -163,12 +176,7 @@ fn stream_swarm(
         .map_err(build_error)?
         .with_behaviour(|_| StreamBehaviour::new())
         .map_err(build_error)?
-        // One address at a time, in the address book's order (the overlay's confirmed
-        // address first), each bounded by the transport's timeout.
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(idle)
-                .with_dial_concurrency_factor(NonZeroU8::MIN)
-        })
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();
     swarm
         .listen_on(Multiaddr::empty())
@@ -190,10 +198,10 @@ pub fn build_swarm(
     let (overlay, streams) = match transports {
         Transports::Network => {
             let (divert, diverted) = streams::divert(tcp_transport(), STREAMS_NOISE);
-            let security = noise::Config::new(&key).map_err(build_error)?;
+            let security = streams_noise(&key)?;
             let streams = diverted
                 .or_transport(tcp_transport().map(|io, _| Rewind::new(io)))
-                .upgrade(Version::V1)
+                .upgrade(Version::V1Lazy)
                 .authenticate(renamed(security, STREAMS_NOISE)?)
                 .multiplex(yamux::Config::default())
                 .timeout(STREAM_DIAL_TIMEOUT)
@@ -204,7 +212,7 @@ pub fn build_swarm(
                 .with_other_transport(|key| {
                     Ok::<_, BoxError>(
                         divert
-                            .upgrade(Version::V1)
+                            .upgrade(Version::V1Lazy)
                             .authenticate(noise::Config::new(key)?)
                             .multiplex(yamux::Config::default()),
                     )
@@ -218,10 +226,10 @@ pub fn build_swarm(
         }
         Transports::Memory => {
             let (divert, diverted) = streams::divert(MemoryTransport::default(), STREAMS_NOISE);
-            let security = noise::Config::new(&key).map_err(build_error)?;
+            let security = streams_noise(&key)?;
             let streams = diverted
                 .or_transport(MemoryTransport::default().map(|io, _| Rewind::new(io)))
-                .upgrade(Version::V1)
+                .upgrade(Version::V1Lazy)
                 .authenticate(renamed(security, STREAMS_NOISE)?)
                 .multiplex(yamux::Config::default())
                 .timeout(STREAM_DIAL_TIMEOUT)
@@ -231,7 +239,7 @@ pub fn build_swarm(
                 .with_other_transport(|key| {
                     Ok::<_, BoxError>(
                         divert
-                            .upgrade(Version::V1)
+                            .upgrade(Version::V1Lazy)
                             .authenticate(noise::Config::new(key)?)
                             .multiplex(yamux::Config::default()),
                     )
@@ -249,7 +257,7 @@ pub fn build_swarm(
             let security = libp2p::plaintext::Config::new(&key);
             let streams = diverted
                 .or_transport(MemoryTransport::default().map(|io, _| Rewind::new(io)))
-                .upgrade(Version::V1)
+                .upgrade(Version::V1Lazy)
                 .authenticate(renamed(security, STREAMS_PLAINTEXT)?)
                 .multiplex(yamux::Config::default())
                 .timeout(STREAM_DIAL_TIMEOUT)
@@ -259,7 +267,7 @@ pub fn build_swarm(
                 .with_other_transport(|key| {
                     Ok::<_, BoxError>(
                         divert
-                            .upgrade(Version::V1)
+                            .upgrade(Version::V1Lazy)
                             .authenticate(libp2p::plaintext::Config::new(key))
                             .multiplex(yamux::Config::default()),
                     )

@@ -13,8 +13,9 @@ pub mod streams;
 pub use behaviour::{Behaviour, KAD_PROTOCOL, Swarms, Transports, build_swarm};
 pub use config::Config;
 pub use node::{
-    Candidate, Client, Error, EventLoop, GOSSIP_QUEUE, Gossip, KadCounters, PeerInfo, QueryCount,
-    Registered, Resolution, StartError, Status, Streams, Verdict, start, start_with_metrics,
+    Candidate, Client, Error, EventLoop, GOSSIP_QUEUE, Gossip, IncomingStreams, KadCounters,
+    PeerInfo, QueryCount, Registered, Resolution, StartError, Status, Streams, Verdict, start,
+    start_with_metrics,
 };
 pub use record::{PathRecord, RecordError, key_of};
 pub use store::{Inserted, Store, StoreError};

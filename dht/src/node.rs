@@ -269,7 +269,7 @@ enum Command {
     },
     ConnectStreams {
         peer: PeerId,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<Route, String>>,
     },
     Closest {
         key: Vec<u8>,
@@ -323,7 +323,11 @@ pub enum Verdict {
 }
 
 /// How long a stream dial waits for the overlay to learn where a connected peer listens.
-const ADDRESS_WAIT: Duration = Duration::from_secs(5);
+const ADDRESS_WAIT: Duration = Duration::from_secs(2);
+
+/// How long streams to a peer the stream swarm could not reach ride the overlay's
+/// connection before the stream swarm tries again.
+const STREAM_FALLBACK_FOR: Duration = Duration::from_secs(60);
 
 /// Capacity of the channel of received pub-sub messages; when it is full, new messages
 /// are ignored (pub-sub is best effort) and counted.
@@ -339,18 +343,36 @@ pub struct Client {
     routing: Arc<std::sync::RwLock<Arc<RoutingView>>>,
 }
 
-/// Opens and accepts streams of our own protocols on the node's stream swarm (see
+/// Opens and accepts streams of our own protocols, on the node's stream swarm (see
 /// [`crate::streams`]). Cheap to clone.
 ///
 /// A stream to a peer the stream swarm is not connected to first has the node dial it
 /// (at the addresses the overlay learned of it) and waits for that dial's outcome:
 /// `libp2p-stream` asks its swarm for one dial at a time and forgets the others, so
-/// streams opened to several new peers at once would otherwise wait forever.
+/// streams opened to several new peers at once would otherwise wait forever. Where the
+/// stream swarm cannot reach a peer the overlay is connected to (the peer dialled us
+/// from behind a NAT, announced no address, or runs an older version), the stream rides
+/// the overlay's connection instead, and further streams to that peer do for a minute.
+/// Streams are accepted from both.
 #[derive(Clone)]
 pub struct Streams {
     control: libp2p_stream::Control,
+    overlay: libp2p_stream::Control,
     connected: Arc<std::sync::RwLock<HashSet<PeerId>>>,
     commands: Option<mpsc::Sender<Command>>,
+}
+
+/// The streams peers open to this node, on either swarm.
+pub type IncomingStreams =
+    futures::stream::Select<libp2p_stream::IncomingStreams, libp2p_stream::IncomingStreams>;
+
+/// Which connection a stream to a peer takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The stream swarm's.
+    Streams,
+    /// The overlay's: the stream swarm could not reach the peer.
+    Overlay,
 }
 
 impl fmt::Debug for Streams {
@@ -365,6 +387,7 @@ impl Streams {
     pub fn detached() -> Streams {
         Streams {
             control: libp2p_stream::Behaviour::new().new_control(),
+            overlay: libp2p_stream::Behaviour::new().new_control(),
             connected: Arc::default(),
             commands: None,
         }
@@ -380,7 +403,9 @@ impl Streams {
             Ok(set) => set.contains(&peer),
             Err(poisoned) => poisoned.into_inner().contains(&peer),
         };
-        if !connected {
+        let route = if connected {
+            Route::Streams
+        } else {
             let stopped = || io::Error::other("the node has stopped");
             let commands = self.commands.as_ref().ok_or_else(stopped)?;
             let (reply, answer) = oneshot::channel();
@@ -391,17 +416,22 @@ impl Streams {
             answer
                 .await
                 .map_err(|_| stopped())?
-                .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?;
+                .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?
+        };
+        match route {
+            Route::Streams => self.control.open_stream(peer, protocol).await,
+            Route::Overlay => self.overlay.open_stream(peer, protocol).await,
         }
-        self.control.open_stream(peer, protocol).await
     }
 
     /// The streams of `protocol` that peers open to this node; one taker per protocol.
     pub fn accept(
         &mut self,
         protocol: StreamProtocol,
-    ) -> Result<libp2p_stream::IncomingStreams, libp2p_stream::AlreadyRegistered> {
-        self.control.accept(protocol)
+    ) -> Result<IncomingStreams, libp2p_stream::AlreadyRegistered> {
+        let lean = self.control.accept(protocol.clone())?;
+        let overlay = self.overlay.accept(protocol)?;
+        Ok(futures::stream::select(lean, overlay))
     }
 }
 
@@ -652,9 +682,11 @@ pub async fn start_with_metrics(
     }
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
     let control = stream_swarm.behaviour().stream.new_control();
+    let overlay = swarm.behaviour().stream.new_control();
     let mut event_loop = EventLoop::new(swarm, stream_swarm, key, config, receiver);
     let streams = Streams {
         control,
+        overlay,
         connected: event_loop.stream_peers.clone(),
         commands: Some(commands.clone()),
     };
@@ -784,7 +816,10 @@ pub struct EventLoop {
     /// The peers it is connected to, for [`Streams::open_stream`].
     stream_peers: Arc<std::sync::RwLock<HashSet<PeerId>>>,
     /// Who waits for the stream swarm to connect to a peer.
-    stream_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    stream_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<Route, String>>>>,
+    /// Peers the stream swarm could not reach lately, until when: streams to them ride
+    /// the overlay's connection while there is one.
+    stream_unreachable: HashMap<PeerId, Instant>,
     /// Stream dials that wait for the overlay to learn where the peer listens, until when.
     awaiting_addresses: HashMap<PeerId, Instant>,
     key: SigningKey,
@@ -904,6 +939,7 @@ impl EventLoop {
             streams,
             stream_peers: Arc::default(),
             stream_dials: HashMap::new(),
+            stream_unreachable: HashMap::new(),
             awaiting_addresses: HashMap::new(),
             key,
             config,
@@ -1713,9 +1749,18 @@ impl EventLoop {
     /// A peer the overlay is connected to but whose addresses are not known yet (it
     /// dialled us, and its identify has not arrived) is dialled once they are, or after
     /// [`ADDRESS_WAIT`].
-    fn connect_streams(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
+    fn connect_streams(&mut self, peer: PeerId, reply: oneshot::Sender<Result<Route, String>>) {
         if self.streams.is_connected(&peer) {
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Ok(Route::Streams));
+            return;
+        }
+        if self.swarm.is_connected(&peer)
+            && self
+                .stream_unreachable
+                .get(&peer)
+                .is_some_and(|until| Instant::now() < *until)
+        {
+            let _ = reply.send(Ok(Route::Overlay));
             return;
         }
         self.stream_dials.entry(peer).or_default().push(reply);
@@ -1754,10 +1799,26 @@ impl EventLoop {
         }
     }
 
-    /// Answers everyone waiting for the stream swarm to connect to `peer`.
+    /// Answers everyone waiting for the stream swarm to connect to `peer`: a peer it
+    /// cannot reach is reached on the overlay's connection, if there is one.
     fn stream_dial_done(&mut self, peer: PeerId, outcome: Result<(), String>) {
-        for reply in self.stream_dials.remove(&peer).unwrap_or_default() {
-            let _ = reply.send(outcome.clone());
+        let waiting = self.stream_dials.remove(&peer).unwrap_or_default();
+        let answer = match outcome {
+            Ok(()) => Ok(Route::Streams),
+            Err(e) if self.swarm.is_connected(&peer) => {
+                tracing::debug!(%peer, error = %e, "the stream swarm cannot reach a peer; its streams ride the overlay's connection");
+                let now = Instant::now();
+                if self.stream_unreachable.len() >= 4096 {
+                    self.stream_unreachable.retain(|_, until| now < *until);
+                }
+                self.stream_unreachable
+                    .insert(peer, now + STREAM_FALLBACK_FOR);
+                Ok(Route::Overlay)
+            }
+            Err(e) => Err(e),
+        };
+        for reply in waiting {
+            let _ = reply.send(answer.clone());
         }
     }
 
@@ -1779,11 +1840,25 @@ impl EventLoop {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "stream connection opened");
+                // Bounded like the overlay's: a connection beyond the bound that a peer
+                // opened is closed again (streams then ride the overlay's connection).
+                if endpoint.is_listener()
+                    && self
+                        .streams
+                        .network_info()
+                        .connection_counters()
+                        .num_established() as usize
+                        > self.config.max_connections
+                {
+                    tracing::debug!(peer = %peer_id, limit = self.config.max_connections, "too many stream connections; closing a new one");
+                    self.streams.close_connection(connection_id);
+                }
                 if num_established.get() == 1 {
                     self.set_stream_peer(peer_id, true);
                 }

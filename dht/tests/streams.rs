@@ -21,17 +21,29 @@ struct Node {
     addr: Multiaddr,
 }
 
+/// A node listening at `listen` (nowhere if empty: it can dial, not be dialled).
 async fn spawn(listen: &str, transports: Transports, bootstrap: Option<&Multiaddr>) -> Node {
     let key = SigningKey::generate();
     let config = Config::new()
-        .with_listen(vec![listen.parse().unwrap()])
+        .with_listen(
+            Some(listen)
+                .filter(|l| !l.is_empty())
+                .map(|l| l.parse().unwrap())
+                .into_iter()
+                .collect(),
+        )
         .with_bootstrap(bootstrap.into_iter().cloned().collect());
     let (client, _task) = dht::start(key.clone(), config, Store::in_memory(1000), transports)
         .await
         .unwrap();
-    let addr = client.status().await.unwrap().listen_addrs[0]
-        .parse()
-        .unwrap();
+    let addr = client
+        .status()
+        .await
+        .unwrap()
+        .listen_addrs
+        .first()
+        .map(|a| a.parse().unwrap())
+        .unwrap_or_else(Multiaddr::empty);
     // Every node echoes what a stream of ECHO sends it, 16 bytes at a time.
     let mut incoming = client.streams().accept(ECHO).unwrap();
     tokio::spawn(async move {
@@ -136,8 +148,32 @@ async fn the_stream_swarm_shares_the_overlays_tcp_port() {
         junk_connections.push(tcp);
     }
 
-    echo(&b.client, a.peer, 1).await.unwrap();
-    echo(&a.client, b.peer, 2).await.unwrap();
+    // a dials b's stream swarm (b dialled a's overlay), then b reuses that connection.
+    echo(&a.client, b.peer, 1).await.unwrap();
+    assert_eq!(a.client.status().await.unwrap().stream_peers, 1);
+    echo(&b.client, a.peer, 2).await.unwrap();
     assert_eq!(b.client.status().await.unwrap().peers, 1);
     drop(junk_connections);
+}
+
+/// A peer that announces no address (it dialled us, say from behind a NAT) cannot be
+/// dialled by the stream swarm: streams to it ride the overlay's connection it opened,
+/// and its own streams to us take the stream swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_be_dialled_is_reached_on_the_overlays_connection() {
+    let a = spawn("/memory/0", Transports::Memory, None).await;
+    let b = spawn("", Transports::Memory, Some(&a.addr)).await;
+    eventually("b to join a", Duration::from_secs(20), async || {
+        (a.client.status().await.unwrap().peers == 1).then_some(())
+    })
+    .await;
+    for tag in 0..3 {
+        tokio::time::timeout(Duration::from_secs(20), echo(&a.client, b.peer, tag))
+            .await
+            .expect("the stream opens within 20 s")
+            .unwrap();
+    }
+    assert_eq!(a.client.status().await.unwrap().stream_peers, 0);
+    echo(&b.client, a.peer, 9).await.unwrap();
+    assert_eq!(b.client.status().await.unwrap().stream_peers, 1);
 }

@@ -637,7 +637,7 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
 
 /// Takes the next actor stream opened to a node without a runtime, as a runtime would:
 /// reads its hello and welcomes it. Returns the stream and the opener's number for it.
-async fn take_stream(incoming: &mut libp2p_stream::IncomingStreams) -> (libp2p::Stream, u64) {
+async fn take_stream(incoming: &mut dht::IncomingStreams) -> (libp2p::Stream, u64) {
     use futures::StreamExt;
     let (_, mut stream) = tokio::time::timeout(Duration::from_secs(10), incoming.next())
         .await

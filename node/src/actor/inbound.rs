@@ -26,7 +26,7 @@ const MAX_BATCH: usize = 256;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts actor streams until the runtime is gone.
-pub(super) async fn accept(inner: Weak<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
+pub(super) async fn accept(inner: Weak<Inner>, mut incoming: dht::IncomingStreams) {
     while let Some((peer, stream)) = incoming.next().await {
         let Some(strong) = inner.upgrade() else {
             return;
