@@ -322,6 +322,10 @@ pub enum Verdict {
     Ignore,
 }
 
+/// An open on a connected stream swarm that takes longer than this has the node make
+/// sure of the connection.
+const SLOW_OPEN: Duration = Duration::from_secs(2);
+
 /// How long a stream dial waits for the overlay to learn where a connected peer listens.
 const ADDRESS_WAIT: Duration = Duration::from_secs(2);
 
@@ -403,25 +407,42 @@ impl Streams {
             Ok(set) => set.contains(&peer),
             Err(poisoned) => poisoned.into_inner().contains(&peer),
         };
-        let route = if connected {
-            Route::Streams
-        } else {
-            let stopped = || io::Error::other("the node has stopped");
-            let commands = self.commands.as_ref().ok_or_else(stopped)?;
-            let (reply, answer) = oneshot::channel();
-            commands
-                .send(Command::ConnectStreams { peer, reply })
-                .await
-                .map_err(|_| stopped())?;
-            answer
-                .await
-                .map_err(|_| stopped())?
-                .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))?
-        };
-        match route {
-            Route::Streams => self.control.open_stream(peer, protocol).await,
+        if !connected {
+            return match self.connect(peer).await? {
+                Route::Streams => self.control.open_stream(peer, protocol).await,
+                Route::Overlay => self.overlay.open_stream(peer, protocol).await,
+            };
+        }
+        // The connection may close between the look above and the open: libp2p-stream
+        // then asks its swarm for a dial, which it may drop (see above). An open that
+        // takes long has the node connect; the new connection takes the waiting open.
+        let mut control = self.control.clone();
+        let open = control.open_stream(peer, protocol.clone());
+        tokio::pin!(open);
+        tokio::select! {
+            opened = &mut open => return opened,
+            () = tokio::time::sleep(SLOW_OPEN) => {}
+        }
+        match self.connect(peer).await? {
+            Route::Streams => open.await,
             Route::Overlay => self.overlay.open_stream(peer, protocol).await,
         }
+    }
+
+    /// Has the node connect the stream swarm to `peer`, or say to take the overlay's
+    /// connection.
+    async fn connect(&self, peer: PeerId) -> io::Result<Route> {
+        let stopped = || io::Error::other("the node has stopped");
+        let commands = self.commands.as_ref().ok_or_else(stopped)?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::ConnectStreams { peer, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
     }
 
     /// The streams of `protocol` that peers open to this node; one taker per protocol.
