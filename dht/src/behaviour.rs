@@ -195,90 +195,69 @@ pub fn build_swarm(
     let behaviour = |key: &identity::Keypair| {
         Behaviour::new(key, store, config).map_err(|e| Box::new(e) as BoxError)
     };
+    // Both swarms' transports over `$base` (a fresh one for each): the overlay's through
+    // `Divert`, the stream swarm's listening through `Diverted` and dialling through its
+    // own, each with its security upgrade.
+    macro_rules! transports {
+        ($base:expr, $overlay_security:expr, $streams_security:expr, $name:expr) => {{
+            let (divert, diverted) = streams::divert($base, $name);
+            let streams: BoxedTransport = diverted
+                .or_transport($base.map(|io, _| Rewind::new(io)))
+                .upgrade(Version::V1Lazy)
+                .authenticate(renamed($streams_security, $name)?)
+                .multiplex(yamux::Config::default())
+                .timeout(STREAM_DIAL_TIMEOUT)
+                .boxed();
+            let overlay: BoxedTransport = divert
+                .upgrade(Version::V1Lazy)
+                .authenticate($overlay_security)
+                .multiplex(yamux::Config::default())
+                .boxed();
+            (overlay, streams)
+        }};
+    }
+    let overlay_noise = || noise::Config::new(&key).map_err(build_error);
     let (overlay, streams) = match transports {
         Transports::Network => {
-            let (divert, diverted) = streams::divert(tcp_transport(), STREAMS_NOISE);
-            let security = streams_noise(&key)?;
-            let streams = diverted
-                .or_transport(tcp_transport().map(|io, _| Rewind::new(io)))
-                .upgrade(Version::V1Lazy)
-                .authenticate(renamed(security, STREAMS_NOISE)?)
-                .multiplex(yamux::Config::default())
-                .timeout(STREAM_DIAL_TIMEOUT)
-                .boxed();
-            let overlay = SwarmBuilder::with_existing_identity(key.clone())
-                .with_tokio()
-                .with_quic()
-                .with_other_transport(|key| {
-                    Ok::<_, BoxError>(
-                        divert
-                            .upgrade(Version::V1Lazy)
-                            .authenticate(noise::Config::new(key)?)
-                            .multiplex(yamux::Config::default()),
-                    )
-                })
-                .map_err(build_error)?
-                .with_behaviour(behaviour)
-                .map_err(build_error)?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build();
-            (overlay, streams)
+            transports!(
+                tcp_transport(),
+                overlay_noise()?,
+                streams_noise(&key)?,
+                STREAMS_NOISE
+            )
         }
-        Transports::Memory => {
-            let (divert, diverted) = streams::divert(MemoryTransport::default(), STREAMS_NOISE);
-            let security = streams_noise(&key)?;
-            let streams = diverted
-                .or_transport(MemoryTransport::default().map(|io, _| Rewind::new(io)))
-                .upgrade(Version::V1Lazy)
-                .authenticate(renamed(security, STREAMS_NOISE)?)
-                .multiplex(yamux::Config::default())
-                .timeout(STREAM_DIAL_TIMEOUT)
-                .boxed();
-            let overlay = SwarmBuilder::with_existing_identity(key.clone())
-                .with_tokio()
-                .with_other_transport(|key| {
-                    Ok::<_, BoxError>(
-                        divert
-                            .upgrade(Version::V1Lazy)
-                            .authenticate(noise::Config::new(key)?)
-                            .multiplex(yamux::Config::default()),
-                    )
-                })
-                .map_err(build_error)?
-                .with_behaviour(behaviour)
-                .map_err(build_error)?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build();
-            (overlay, streams)
-        }
+        Transports::Memory => transports!(
+            MemoryTransport::default(),
+            overlay_noise()?,
+            streams_noise(&key)?,
+            STREAMS_NOISE
+        ),
         #[cfg(feature = "plaintext-memory")]
-        Transports::MemoryPlaintext => {
-            let (divert, diverted) = streams::divert(MemoryTransport::default(), STREAMS_PLAINTEXT);
-            let security = libp2p::plaintext::Config::new(&key);
-            let streams = diverted
-                .or_transport(MemoryTransport::default().map(|io, _| Rewind::new(io)))
-                .upgrade(Version::V1Lazy)
-                .authenticate(renamed(security, STREAMS_PLAINTEXT)?)
-                .multiplex(yamux::Config::default())
-                .timeout(STREAM_DIAL_TIMEOUT)
-                .boxed();
-            let overlay = SwarmBuilder::with_existing_identity(key.clone())
-                .with_tokio()
-                .with_other_transport(|key| {
-                    Ok::<_, BoxError>(
-                        divert
-                            .upgrade(Version::V1Lazy)
-                            .authenticate(libp2p::plaintext::Config::new(key))
-                            .multiplex(yamux::Config::default()),
-                    )
-                })
-                .map_err(build_error)?
-                .with_behaviour(behaviour)
-                .map_err(build_error)?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build();
-            (overlay, streams)
-        }
+        Transports::MemoryPlaintext => transports!(
+            MemoryTransport::default(),
+            libp2p::plaintext::Config::new(&key),
+            libp2p::plaintext::Config::new(&key),
+            STREAMS_PLAINTEXT
+        ),
+    };
+    let builder = SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
+    let overlay = if transports == Transports::Network {
+        builder
+            .with_quic()
+            .with_other_transport(|_| Ok::<_, BoxError>(overlay))
+            .map_err(build_error)?
+            .with_behaviour(behaviour)
+            .map_err(build_error)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build()
+    } else {
+        builder
+            .with_other_transport(|_| Ok::<_, BoxError>(overlay))
+            .map_err(build_error)?
+            .with_behaviour(behaviour)
+            .map_err(build_error)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build()
     };
     Ok(Swarms {
         overlay,
