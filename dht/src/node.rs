@@ -326,6 +326,15 @@ pub enum Verdict {
 /// sure of the connection.
 const SLOW_OPEN: Duration = Duration::from_secs(2);
 
+/// The peers whose deadline in `deadlines` has passed at `now`.
+fn due(deadlines: &HashMap<PeerId, Instant>, now: Instant) -> Vec<PeerId> {
+    deadlines
+        .iter()
+        .filter(|(_, until)| now >= **until)
+        .map(|(peer, _)| *peer)
+        .collect()
+}
+
 /// How long a stream dial waits for the overlay to learn where a connected peer listens.
 const ADDRESS_WAIT: Duration = Duration::from_secs(2);
 
@@ -1136,19 +1145,8 @@ impl EventLoop {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.trim_connections(now);
-        let expired: Vec<PeerId> = self
-            .blocked
-            .iter()
-            .filter(|(_, until)| now >= **until)
-            .map(|(peer, _)| *peer)
-            .collect();
-        let waited: Vec<PeerId> = self
-            .awaiting_addresses
-            .iter()
-            .filter(|(_, until)| now >= **until)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in waited {
+        let expired = due(&self.blocked, now);
+        for peer in due(&self.awaiting_addresses, now) {
             self.dial_streams(peer);
         }
         for peer in expired {

@@ -223,7 +223,7 @@ pub struct DivertedConnection<S> {
     send_back_addr: Multiaddr,
 }
 
-type Sorting<S, E> = BoxFuture<'static, Option<Sorted<S, E>>>;
+type Sorting<S, E> = BoxFuture<'static, Sorted<S, E>>;
 
 struct Sorted<S, E> {
     listener_id: ListenerId,
@@ -321,7 +321,7 @@ where
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
         let this = self.get_mut();
         loop {
-            if let Poll::Ready(Some(Some(sorted))) = this.sorting.poll_next_unpin(cx) {
+            if let Poll::Ready(Some(sorted)) = this.sorting.poll_next_unpin(cx) {
                 let Sorted {
                     listener_id,
                     local_addr,
@@ -394,12 +394,12 @@ where
                             })
                             .await
                             .unwrap_or(Err(SortFailure::TimedOut));
-                            Some(Sorted {
+                            Sorted {
                                 listener_id,
                                 local_addr,
                                 send_back_addr,
                                 result: sorted,
-                            })
+                            }
                         }
                         .boxed(),
                     );
@@ -623,8 +623,8 @@ impl AddressBook {
         };
         if self.confirmed.len() >= ADDRESS_BOOK_PEERS && !self.confirmed.contains_key(&peer) {
             // Bounded: forget an arbitrary half; their listen addresses remain.
-            let keep: Vec<PeerId> = self.confirmed.keys().copied().step_by(2).collect();
-            for gone in keep {
+            let forget: Vec<PeerId> = self.confirmed.keys().copied().step_by(2).collect();
+            for gone in forget {
                 self.confirmed.remove(&gone);
             }
         }

@@ -114,8 +114,8 @@ async fn streams_to_many_new_peers_at_once_all_open() {
 }
 
 /// Over TCP, both swarms listen on one port: the overlay connects (the nodes see each
-/// other), streams open both ways, and a connection that speaks neither is dropped
-/// without harm.
+/// other), streams open both ways, and connections that speak neither protocol, left
+/// hanging meanwhile, do no harm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_swarm_shares_the_overlays_tcp_port() {
     let a = spawn("/ip4/127.0.0.1/tcp/0", Transports::Network, None).await;
