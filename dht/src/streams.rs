@@ -56,9 +56,16 @@ const MULTISTREAM_HEADER: &[u8] = b"/multistream/1.0.0\n";
 const SORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connections being sorted at once; more are closed at once (their dialers retry). To
-/// keep a node refusing, a peer must open this many silent connections every
-/// [`SORT_TIMEOUT`] (libp2p's own handshakes are bounded by neither).
+/// keep a node refusing, peers must open this many silent connections every
+/// [`SORT_TIMEOUT`], from at least `MAX_SORTING / MAX_SORTING_PER_SOURCE` sources
+/// (libp2p's own handshakes are bounded by neither).
 const MAX_SORTING: usize = 1024;
+
+/// Connections from one source (an IPv4 address, an IPv6 /64) being sorted at once; more
+/// from it are closed at once. An honest dialer's connection is sorted within a round
+/// trip, so even many peers behind one NAT stay far below this; one host that keeps
+/// silent connections coming takes no more than this share of [`MAX_SORTING`].
+pub const MAX_SORTING_PER_SOURCE: usize = 64;
 
 /// Sorted connections waiting for the stream swarm; more are closed.
 const DIVERTED_QUEUE: usize = 64;
@@ -226,6 +233,7 @@ pub struct DivertedConnection<S> {
 type Sorting<S, E> = BoxFuture<'static, Sorted<S, E>>;
 
 struct Sorted<S, E> {
+    source: Source,
     listener_id: ListenerId,
     local_addr: Multiaddr,
     send_back_addr: Multiaddr,
@@ -243,9 +251,34 @@ pub struct Divert<T: Transport> {
     inner: T,
     preamble: Arc<[u8]>,
     sorting: FuturesUnordered<Sorting<T::Output, T::Error>>,
+    /// Connections being sorted, per source (none: absent).
+    sources: HashMap<Source, usize>,
     diverted: mpsc::Sender<DivertedConnection<T::Output>>,
-    /// When the limit of connections being sorted was last reported.
+    /// When a limit of connections being sorted was last reported.
     warned: Option<std::time::Instant>,
+}
+
+/// Where an inbound connection comes from, as far as bounding what one host may hold:
+/// an IPv4 address, an IPv6 /64 (what one host or site is usually given), or any other
+/// transport's address whole.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    V4(std::net::Ipv4Addr),
+    V6(u64),
+    Other(Multiaddr),
+}
+
+impl Source {
+    fn of(addr: &Multiaddr) -> Source {
+        match addr.iter().next() {
+            Some(Protocol::Ip4(ip)) => Source::V4(ip),
+            Some(Protocol::Ip6(ip)) => match ip.to_ipv4_mapped() {
+                Some(v4) => Source::V4(v4),
+                None => Source::V6((ip.to_bits() >> 64) as u64),
+            },
+            _ => Source::Other(addr.clone()),
+        }
+    }
 }
 
 impl<T: Transport> std::fmt::Debug for Divert<T> {
@@ -269,6 +302,7 @@ where
             inner,
             preamble: stream_preamble(name).into(),
             sorting: FuturesUnordered::new(),
+            sources: HashMap::new(),
             diverted: sender,
             warned: None,
         },
@@ -323,11 +357,18 @@ where
         loop {
             if let Poll::Ready(Some(sorted)) = this.sorting.poll_next_unpin(cx) {
                 let Sorted {
+                    source,
                     listener_id,
                     local_addr,
                     send_back_addr,
                     result,
                 } = sorted;
+                if let Some(held) = this.sources.get_mut(&source) {
+                    *held -= 1;
+                    if *held == 0 {
+                        this.sources.remove(&source);
+                    }
+                }
                 match result {
                     Ok((Lane::Overlay, io)) => {
                         return Poll::Ready(TransportEvent::Incoming {
@@ -372,17 +413,28 @@ where
                     local_addr,
                     send_back_addr,
                 }) => {
-                    if this.sorting.len() >= MAX_SORTING {
+                    let source = Source::of(&send_back_addr);
+                    let from_source = this.sources.get(&source).copied().unwrap_or(0);
+                    let full = if this.sorting.len() >= MAX_SORTING {
+                        Some(("in all", MAX_SORTING))
+                    } else if from_source >= MAX_SORTING_PER_SOURCE {
+                        Some(("from one source", MAX_SORTING_PER_SOURCE))
+                    } else {
+                        None
+                    };
+                    if let Some((scope, limit)) = full {
+                        // Dropping the connection closes it.
                         let now = std::time::Instant::now();
                         if this
                             .warned
                             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
                         {
                             this.warned = Some(now);
-                            tracing::warn!(address = %send_back_addr, limit = MAX_SORTING, "too many inbound connections sent nothing yet; closing new ones (warned once a minute)");
+                            tracing::warn!(address = %send_back_addr, limit, "too many inbound connections {scope} sent nothing yet; closing new ones (warned once a minute)");
                         }
                         continue;
                     }
+                    *this.sources.entry(source.clone()).or_default() += 1;
                     let preamble = this.preamble.clone();
                     this.sorting.push(
                         async move {
@@ -395,6 +447,7 @@ where
                             .await
                             .unwrap_or(Err(SortFailure::TimedOut));
                             Sorted {
+                                source,
                                 listener_id,
                                 local_addr,
                                 send_back_addr,
@@ -750,6 +803,28 @@ mod tests {
         let mut bytes = frame(MULTISTREAM_HEADER);
         bytes.extend(frame(format!("{proposal}\n").as_bytes()));
         bytes
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64() {
+        let of = |addr: &str| Source::of(&addr.parse().unwrap());
+        // Ports do not matter; addresses do.
+        assert_eq!(of("/ip4/10.0.0.1/tcp/1"), of("/ip4/10.0.0.1/tcp/2"));
+        assert_ne!(of("/ip4/10.0.0.1/tcp/1"), of("/ip4/10.0.0.2/tcp/1"));
+        // One /64 is one source, whatever its lower half; the next /64 is another.
+        assert_eq!(
+            of("/ip6/2001:db8:1:2::1/tcp/1"),
+            of("/ip6/2001:db8:1:2:ffff:ffff:ffff:ffff/tcp/9")
+        );
+        assert_ne!(
+            of("/ip6/2001:db8:1:2::1/tcp/1"),
+            of("/ip6/2001:db8:1:3::1/tcp/1")
+        );
+        // An IPv4 host reached over IPv6 is the same host.
+        assert_eq!(of("/ip6/::ffff:10.0.0.1/tcp/1"), of("/ip4/10.0.0.1/tcp/7"));
+        // Anything else is taken whole.
+        assert_ne!(of("/memory/1"), of("/memory/2"));
+        assert_eq!(of("/memory/1"), of("/memory/1"));
     }
 
     #[test]

@@ -127,14 +127,7 @@ async fn the_stream_swarm_shares_the_overlays_tcp_port() {
 
     // Bytes that are no multistream-select at all, and a proposal the node does not
     // speak, left hanging while streams open: the overlay's negotiation has them.
-    let port = a
-        .addr
-        .iter()
-        .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .unwrap();
+    let port = tcp_port(&a.addr);
     let mut junk_connections = Vec::new();
     for junk in [
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
@@ -154,6 +147,69 @@ async fn the_stream_swarm_shares_the_overlays_tcp_port() {
     echo(&b.client, a.peer, 2).await.unwrap();
     assert_eq!(b.client.status().await.unwrap().peers, 1);
     drop(junk_connections);
+}
+
+/// One host that opens connections and sends nothing holds at most
+/// [`dht::streams::MAX_SORTING_PER_SOURCE`] of them while the node waits for their first
+/// bytes: the next one from that host is closed unanswered, and a dialer from another
+/// address is still answered. (Without the bound, one host could take every one of the
+/// node's slots for connections being sorted, and with them its inbound connections.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_silent_host_holds_a_bounded_share_of_the_connections_being_sorted() {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let a = spawn("/ip4/127.0.0.1/tcp/0", Transports::Network, None).await;
+    let port = tcp_port(&a.addr);
+    // Loopback answers for all of 127.0.0.0/8: each address is another source.
+    let connect_from = async |host: Ipv4Addr| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((host, 0))).unwrap();
+        socket
+            .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+            .unwrap()
+    };
+    let flooder = Ipv4Addr::new(127, 0, 0, 2);
+    let mut silent = Vec::new();
+    for _ in 0..dht::streams::MAX_SORTING_PER_SOURCE {
+        silent.push(connect_from(flooder).await);
+    }
+    // multistream-select's header and a proposal of Noise: what a dialer of the overlay
+    // sends first, and what the node answers with the same header.
+    let header = [&[19u8][..], b"/multistream/1.0.0\n"].concat();
+    let hello = [&header[..], &[7u8], b"/noise\n"].concat();
+
+    let mut one_more = connect_from(flooder).await;
+    // Written before the node closes it, or refused (a reset): either way unanswered.
+    let _ = one_more.write_all(&hello).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), one_more.read_to_end(&mut answer))
+        .await
+        .expect("the connection over the bound is closed");
+    assert!(
+        answer.is_empty(),
+        "a connection over the bound was answered: {answer:?} ({read:?})"
+    );
+
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 3)).await;
+    other.write_all(&hello).await.unwrap();
+    let mut answer = vec![0u8; header.len()];
+    tokio::time::timeout(Duration::from_secs(20), other.read_exact(&mut answer))
+        .await
+        .expect("another host is answered")
+        .unwrap();
+    assert_eq!(answer, header);
+    drop(silent);
+}
+
+fn tcp_port(addr: &Multiaddr) -> u16 {
+    addr.iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap()
 }
 
 /// A peer that announces no address (it dialled us, say from behind a NAT) cannot be
