@@ -302,6 +302,11 @@ fn table(report: &simulator::Report) -> String {
         kad_served(&w.kad),
     );
     row(
+        "CPU time (s) / per node on line (ms per second)",
+        format!("{:.1} / {:.2}", a.cpu_secs, a.cpu_ms_per_node_sec),
+        format!("{:.1} / {:.2}", w.cpu_secs, w.cpu_ms_per_node_sec),
+    );
+    row(
         "wall time (s) / events played late by at most (s)",
         format!("{:.1} / {:.1}", report.wall_secs, report.lag_max_secs),
         String::new(),

@@ -125,6 +125,13 @@ pub struct Window {
     /// Kademlia's work in the window (counted from the previous window's start to this
     /// one's, over the nodes on line at both).
     pub kad: KadWork,
+    /// CPU time the whole process took in the window (user and system, every thread),
+    /// seconds.
+    #[serde(default)]
+    pub cpu_secs: f64,
+    /// Nodes on line times real seconds, summed over the window: what `cpu_secs` served.
+    #[serde(default)]
+    pub node_secs: f64,
 }
 
 /// Kademlia requests in a window, all nodes together.
@@ -237,6 +244,13 @@ pub struct Totals {
     pub repair_bytes: u64,
     /// Kademlia's work.
     pub kad: KadWork,
+    /// CPU time the process took, seconds.
+    #[serde(default)]
+    pub cpu_secs: f64,
+    /// That per node on line per real second, milliseconds: 1000 makes one core busy
+    /// for every node (the simulator's own work included).
+    #[serde(default)]
+    pub cpu_ms_per_node_sec: f64,
 }
 
 /// The run's report.
@@ -468,6 +482,10 @@ pub async fn play(
     let begin = Instant::now();
     let total = schedule.events.len().max(1);
     let mut sampled_window = usize::MAX;
+    // The process's CPU time when the sampled window began, and when the last event was
+    // played (nodes on line are integrated over real time from event to event).
+    let mut cpu_mark = cpu_secs();
+    let mut last_event = Instant::now();
     let mut kad_seen = HashMap::new();
     let path_of = |node: u32, name: u32| -> Option<Path> {
         tree.join(&format!("n{node}"))
@@ -505,11 +523,19 @@ pub async fn play(
             }
         }
         let window = ((event.at_ms / window_ms) as usize).min(windows - 1);
-        let lag = Instant::now().saturating_duration_since(due).as_secs_f64();
+        let now = Instant::now();
+        let lag = now.saturating_duration_since(due).as_secs_f64();
         let w = &mut state.report.windows[window];
         w.lag_secs = w.lag_secs.max(lag);
+        w.node_secs += nodes.len() as f64 * now.duration_since(last_event).as_secs_f64();
+        last_event = now;
         state.report.lag_max_secs = state.report.lag_max_secs.max(lag);
         if window != sampled_window {
+            let cpu = cpu_secs();
+            if let Some(w) = state.report.windows.get_mut(sampled_window) {
+                w.cpu_secs += cpu - cpu_mark;
+            }
+            cpu_mark = cpu;
             sampled_window = window;
             let rss = rss_mib();
             state.report.peak_rss_mib = state.report.peak_rss_mib.max(rss);
@@ -761,9 +787,11 @@ pub async fn play(
         state.record(o, &mut nodes, &epochs);
     }
     let end = Instant::now();
-    // The last window's Kademlia work, taken before the audit adds its own.
+    // The last window's Kademlia work and CPU, taken before the audit adds its own.
     if let Some(last) = state.report.windows.get_mut(sampled_window) {
         last.kad = tables(&nodes, &mut kad_seen).await.2;
+        last.cpu_secs += cpu_secs() - cpu_mark;
+        last.node_secs += nodes.len() as f64 * end.duration_since(last_event).as_secs_f64();
     }
     if let Some(owner) = &owner {
         let files: Vec<u32> = (0..state.written.len() as u32)
@@ -1039,6 +1067,7 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         ..Totals::default()
     };
     let mut latencies = Vec::new();
+    let mut node_secs = 0.0;
     let mut hops = Vec::new();
     let mut put_latencies = Vec::new();
     let mut get_latencies = Vec::new();
@@ -1059,12 +1088,17 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         t.repair_copies += w.repair_copies;
         t.repair_bytes += w.repair_bytes;
         t.kad.add(&w.kad);
+        t.cpu_secs += w.cpu_secs;
+        node_secs += w.node_secs;
         latencies.extend_from_slice(&s.latencies);
         hops.extend_from_slice(&s.hops);
         put_latencies.extend_from_slice(&s.put_latencies);
         get_latencies.extend_from_slice(&s.get_latencies);
     }
     t.availability = ratio(t.gets_ok, t.gets_ok + t.gets_failed);
+    if node_secs > 0.0 {
+        t.cpu_ms_per_node_sec = 1000.0 * t.cpu_secs / node_secs;
+    }
     t.put_latency_p50_ms = percentile(&mut put_latencies, 50.0);
     t.get_latency_p50_ms = percentile(&mut get_latencies, 50.0);
     t.get_latency_p99_ms = percentile(&mut get_latencies, 99.0);
@@ -1112,6 +1146,26 @@ async fn tables(
     *kad_seen = seen;
     let count = count.max(1) as f64;
     (peers as f64 / count, routing as f64 / count, work)
+}
+
+/// The CPU time this process has taken, user and system, every thread, seconds (0 where
+/// `/proc` is not there).
+pub fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // After the command's name (in parentheses, which it may itself contain) come the
+    // state (field 3), ..., utime (14) and stime (15), in clock ticks.
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let ticks: u64 = fields
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 /// This process's resident set, MiB (0 where `/proc` is not there).

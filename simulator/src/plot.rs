@@ -46,6 +46,7 @@ pub fn svg(report: &Report) -> Result<String, String> {
     let delivery = minutes(&|w| rate(w.delivered, w.deliveries_due));
     let connections = minutes(&|w| (w.live > 0).then_some(w.connections_mean));
     let routing = minutes(&|w| (w.live > 0).then_some(w.routing_table_mean));
+    let cpu = minutes(&|w| (w.node_secs > 0.0).then(|| 1000.0 * w.cpu_secs / w.node_secs));
     let files = report.files_written > 0
         || report
             .windows
@@ -87,6 +88,11 @@ pub fn svg(report: &Report) -> Result<String, String> {
                 ("connections", BLUE, connections),
                 ("routing table", MAGENTA, routing),
             ],
+        },
+        Panel {
+            title: "CPU per node on line, ms a second",
+            y: (0.0, max(&cpu) * 1.1),
+            series: vec![("whole process / nodes", RED, cpu)],
         },
     ];
     if files {

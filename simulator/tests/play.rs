@@ -51,6 +51,22 @@ async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_pub
     let sum = |f: fn(&simulator::Window) -> u64| report.windows.iter().map(f).sum::<u64>();
     assert_eq!(sum(|w| w.resolved), all.resolved);
     assert_eq!(sum(|w| w.delivered), all.delivered);
+    // CPU time: measured, shared out over the windows, and no more than the cores could
+    // have given in the run's wall time.
+    let cpu: f64 = report.windows.iter().map(|w| w.cpu_secs).sum();
+    assert!(
+        (cpu - all.cpu_secs).abs() < 1e-6,
+        "{cpu} against {}",
+        all.cpu_secs
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    assert!(
+        all.cpu_secs > 0.0 && all.cpu_secs <= report.wall_secs * cores + 1.0,
+        "{} CPU-seconds in {} s",
+        all.cpu_secs,
+        report.wall_secs
+    );
+    assert!(all.cpu_ms_per_node_sec > 0.0);
     // Files: every put and get of the schedule is accounted for; some were written and
     // read back (churn here is far faster than the default's, so no floor near 1).
     assert!(summary.puts > 0 && summary.gets > 0);
@@ -73,6 +89,7 @@ async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_pub
         "lookup success rate",
         "hops",
         "pub-sub delivery ratio",
+        "CPU per node on line",
         "data availability",
         "repair",
     ] {
