@@ -67,6 +67,11 @@ const MAX_SORTING: usize = 1024;
 /// silent connections coming takes no more than this share of [`MAX_SORTING`].
 pub const MAX_SORTING_PER_SOURCE: usize = 64;
 
+/// Connections from one IPv6 /48 being sorted at once, whatever /64s in it they come
+/// from: a site is often given a /48 or a /56, and 6to4 gives each IPv4 address a /48,
+/// so one holder of many /64s takes at most this share of [`MAX_SORTING`].
+pub const MAX_SORTING_PER_SITE: usize = 256;
+
 /// Sorted connections waiting for the stream swarm; more are closed.
 const DIVERTED_QUEUE: usize = 64;
 
@@ -233,7 +238,7 @@ pub struct DivertedConnection<S> {
 type Sorting<S, E> = BoxFuture<'static, Sorted<S, E>>;
 
 struct Sorted<S, E> {
-    source: Source,
+    sources: Sources,
     listener_id: ListenerId,
     local_addr: Multiaddr,
     send_back_addr: Multiaddr,
@@ -254,29 +259,45 @@ pub struct Divert<T: Transport> {
     /// Connections being sorted, per source (none: absent).
     sources: HashMap<Source, usize>,
     diverted: mpsc::Sender<DivertedConnection<T::Output>>,
-    /// When a limit of connections being sorted was last reported.
-    warned: Option<std::time::Instant>,
+    /// When the bound in all, and a bound per source, was last reported.
+    warned: [Option<std::time::Instant>; 2],
 }
 
 /// Where an inbound connection comes from, as far as bounding what one host may hold:
-/// an IPv4 address, an IPv6 /64 (what one host or site is usually given), or any other
-/// transport's address whole.
+/// an IPv4 address, an IPv6 /64 (what one host is usually given) and its /48 (a site),
+/// or any other transport's address whole (the memory transport's are each new: the
+/// bound per source does not apply there).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Source {
     V4(std::net::Ipv4Addr),
     V6(u64),
+    V6Site(u64),
     Other(Multiaddr),
 }
 
+/// The sources one connection counts against: its host's and, over IPv6, its site's.
+type Sources = (Source, Option<Source>);
+
 impl Source {
-    fn of(addr: &Multiaddr) -> Source {
+    fn of(addr: &Multiaddr) -> Sources {
         match addr.iter().next() {
-            Some(Protocol::Ip4(ip)) => Source::V4(ip),
+            Some(Protocol::Ip4(ip)) => (Source::V4(ip), None),
             Some(Protocol::Ip6(ip)) => match ip.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4),
-                None => Source::V6((ip.to_bits() >> 64) as u64),
+                Some(v4) => (Source::V4(v4), None),
+                None => (
+                    Source::V6((ip.to_bits() >> 64) as u64),
+                    Some(Source::V6Site((ip.to_bits() >> 80) as u64)),
+                ),
             },
-            _ => Source::Other(addr.clone()),
+            _ => (Source::Other(addr.clone()), None),
+        }
+    }
+
+    /// How many of its connections may be sorted at once.
+    fn limit(&self) -> usize {
+        match self {
+            Source::V6Site(_) => MAX_SORTING_PER_SITE,
+            _ => MAX_SORTING_PER_SOURCE,
         }
     }
 }
@@ -304,7 +325,7 @@ where
             sorting: FuturesUnordered::new(),
             sources: HashMap::new(),
             diverted: sender,
-            warned: None,
+            warned: [None; 2],
         },
         Diverted {
             incoming: receiver,
@@ -357,16 +378,18 @@ where
         loop {
             if let Poll::Ready(Some(sorted)) = this.sorting.poll_next_unpin(cx) {
                 let Sorted {
-                    source,
+                    sources: (host, site),
                     listener_id,
                     local_addr,
                     send_back_addr,
                     result,
                 } = sorted;
-                if let Some(held) = this.sources.get_mut(&source) {
-                    *held -= 1;
-                    if *held == 0 {
-                        this.sources.remove(&source);
+                for source in std::iter::once(host).chain(site) {
+                    if let Some(held) = this.sources.get_mut(&source) {
+                        *held -= 1;
+                        if *held == 0 {
+                            this.sources.remove(&source);
+                        }
                     }
                 }
                 match result {
@@ -413,28 +436,35 @@ where
                     local_addr,
                     send_back_addr,
                 }) => {
-                    let source = Source::of(&send_back_addr);
-                    let from_source = this.sources.get(&source).copied().unwrap_or(0);
-                    let full = if this.sorting.len() >= MAX_SORTING {
-                        Some(("in all", MAX_SORTING))
-                    } else if from_source >= MAX_SORTING_PER_SOURCE {
-                        Some(("from one source", MAX_SORTING_PER_SOURCE))
-                    } else {
-                        None
+                    let sources = Source::of(&send_back_addr);
+                    let (host, site) = &sources;
+                    let over = |source: &Source| {
+                        this.sources
+                            .get(source)
+                            .is_some_and(|&n| n >= source.limit())
                     };
-                    if let Some((scope, limit)) = full {
+                    let full = if this.sorting.len() >= MAX_SORTING {
+                        Some((0, "in all", MAX_SORTING))
+                    } else {
+                        std::iter::once(host)
+                            .chain(site)
+                            .find(|s| over(s))
+                            .map(|source| (1, "from one source", source.limit()))
+                    };
+                    if let Some((scope, what, limit)) = full {
                         // Dropping the connection closes it.
                         let now = std::time::Instant::now();
-                        if this
-                            .warned
-                            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
+                        let warned = &mut this.warned[scope];
+                        if warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
                         {
-                            this.warned = Some(now);
-                            tracing::warn!(address = %send_back_addr, limit, "too many inbound connections {scope} sent nothing yet; closing new ones (warned once a minute)");
+                            *warned = Some(now);
+                            tracing::warn!(address = %send_back_addr, limit, "too many inbound connections {what} sent nothing yet; closing new ones (warned once a minute)");
                         }
                         continue;
                     }
-                    *this.sources.entry(source.clone()).or_default() += 1;
+                    for source in std::iter::once(host).chain(site) {
+                        *this.sources.entry(source.clone()).or_default() += 1;
+                    }
                     let preamble = this.preamble.clone();
                     this.sorting.push(
                         async move {
@@ -447,7 +477,7 @@ where
                             .await
                             .unwrap_or(Err(SortFailure::TimedOut));
                             Sorted {
-                                source,
+                                sources,
                                 listener_id,
                                 local_addr,
                                 send_back_addr,
@@ -806,8 +836,9 @@ mod tests {
     }
 
     #[test]
-    fn a_source_is_an_ipv4_address_or_an_ipv6_64() {
-        let of = |addr: &str| Source::of(&addr.parse().unwrap());
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64_and_its_48() {
+        let of = |addr: &str| Source::of(&addr.parse().unwrap()).0;
+        let site = |addr: &str| Source::of(&addr.parse().unwrap()).1;
         // Ports do not matter; addresses do.
         assert_eq!(of("/ip4/10.0.0.1/tcp/1"), of("/ip4/10.0.0.1/tcp/2"));
         assert_ne!(of("/ip4/10.0.0.1/tcp/1"), of("/ip4/10.0.0.2/tcp/1"));
@@ -820,6 +851,20 @@ mod tests {
             of("/ip6/2001:db8:1:2::1/tcp/1"),
             of("/ip6/2001:db8:1:3::1/tcp/1")
         );
+        // Every /64 of a /48 counts against the /48 too; IPv4 has no such second bound.
+        assert_eq!(
+            site("/ip6/2001:db8:1:2::1/tcp/1"),
+            site("/ip6/2001:db8:1:ff::1/tcp/1")
+        );
+        assert_ne!(
+            site("/ip6/2001:db8:1:2::1/tcp/1"),
+            site("/ip6/2001:db8:2:2::1/tcp/1")
+        );
+        assert_eq!(
+            site("/ip6/2001:db8:1:2::1/tcp/1").map(|s| s.limit()),
+            Some(MAX_SORTING_PER_SITE)
+        );
+        assert_eq!(site("/ip4/10.0.0.1/tcp/1"), None);
         // An IPv4 host reached over IPv6 is the same host.
         assert_eq!(of("/ip6/::ffff:10.0.0.1/tcp/1"), of("/ip4/10.0.0.1/tcp/7"));
         // Anything else is taken whole.

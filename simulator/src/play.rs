@@ -525,10 +525,13 @@ pub async fn play(
         let window = ((event.at_ms / window_ms) as usize).min(windows - 1);
         let now = Instant::now();
         let lag = now.saturating_duration_since(due).as_secs_f64();
+        // The time since the last event belongs to its window, as its CPU time does.
+        if let Some(w) = state.report.windows.get_mut(sampled_window) {
+            w.node_secs += nodes.len() as f64 * now.duration_since(last_event).as_secs_f64();
+        }
+        last_event = now;
         let w = &mut state.report.windows[window];
         w.lag_secs = w.lag_secs.max(lag);
-        w.node_secs += nodes.len() as f64 * now.duration_since(last_event).as_secs_f64();
-        last_event = now;
         state.report.lag_max_secs = state.report.lag_max_secs.max(lag);
         if window != sampled_window {
             let cpu = cpu_secs();
@@ -1151,7 +1154,12 @@ async fn tables(
 /// The CPU time this process has taken, user and system, every thread, seconds (0 where
 /// `/proc` is not there).
 pub fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_secs_of("/proc/self/stat")
+}
+
+/// The CPU time in a `/proc` stat file (a process's or a thread's), seconds.
+fn cpu_secs_of(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // After the command's name (in parentheses, which it may itself contain) come the
@@ -1329,5 +1337,31 @@ impl Tally<'_> {
                 self.error("get", result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that spins until it has itself taken 0.3 s of CPU (by its own count) has
+    /// added at least that much to the process's.
+    #[test]
+    fn cpu_time_counts_what_a_thread_spins() {
+        let before = cpu_secs();
+        let thread_before = cpu_secs_of("/proc/thread-self/stat");
+        let mut x = 1u64;
+        let started = Instant::now();
+        while cpu_secs_of("/proc/thread-self/stat") - thread_before < 0.3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the thread's own CPU time did not grow"
+            );
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        let grew = cpu_secs() - before;
+        assert!(grew >= 0.29, "the process's CPU time grew by {grew} s");
     }
 }
