@@ -53,13 +53,13 @@ const MULTISTREAM_HEADER: &[u8] = b"/multistream/1.0.0\n";
 /// How long a connection may take to send its first proposal. A dialer sends it in its
 /// first flight, right after the TCP handshake, so this only bounds what a connection
 /// that never speaks holds.
-const SORT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const SORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connections being sorted at once; more are closed at once (their dialers retry). To
 /// keep a node refusing, peers must open this many silent connections every
 /// [`SORT_TIMEOUT`], from at least `MAX_SORTING / MAX_SORTING_PER_SOURCE` sources
 /// (libp2p's own handshakes are bounded by neither).
-const MAX_SORTING: usize = 1024;
+pub const MAX_SORTING: usize = 1024;
 
 /// Connections from one source (an IPv4 address, an IPv6 /64) being sorted at once; more
 /// from it are closed at once. An honest dialer's connection is sorted within a round
