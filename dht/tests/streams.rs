@@ -1,5 +1,7 @@
 //! The stream swarm: streams of our own protocols on a lean connection of their own,
-//! diverted from the overlay's listener on the same port.
+//! diverted from the overlay's listener on the same port; and what sharing a TCP port
+//! asks of the listener (sorting bounded per source) and of dials (from the listening
+//! port, or not).
 
 #![allow(clippy::unwrap_used)]
 
@@ -161,9 +163,13 @@ async fn one_silent_host_holds_a_bounded_share_of_the_connections_being_sorted()
 
     let a = spawn("/ip4/127.0.0.1/tcp/0", Transports::Network, None).await;
     let port = tcp_port(&a.addr);
-    // Loopback answers for all of 127.0.0.0/8: each address is another source.
+    // Loopback answers for all of 127.0.0.0/8: each address is another source. Ports
+    // allowed to be reused: what these connections leave in TIME_WAIT then does not stop
+    // a later process from binding the same port on another address (see
+    // `a_node_joins_when_its_listening_port_is_taken_elsewhere`).
     let connect_from = async |host: Ipv4Addr| {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
         socket.bind(SocketAddr::from((host, 0))).unwrap();
         socket
             .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
@@ -215,6 +221,36 @@ async fn one_silent_host_holds_a_bounded_share_of_the_connections_being_sorted()
         async || answered(flooder).await,
     )
     .await;
+}
+
+/// A dial from the listening port binds the wildcard address at that port, which fails
+/// ("address already in use") while any other socket holds the port on another address
+/// of the machine without allowing reuse: a node listening on loopback at a port that,
+/// say, another program's connection from 127.0.0.2 uses. The node still joins its
+/// bootstrap peer: its next attempt dials from a port of its own. (On CI, a short-lived
+/// `kv get` once failed so at every attempt of its 10 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_when_its_listening_port_is_taken_elsewhere() {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    let a = spawn("/ip4/127.0.0.1/tcp/0", Transports::Network, None).await;
+    let elsewhere = tokio::net::TcpSocket::new_v4().unwrap();
+    elsewhere
+        .bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 0)))
+        .unwrap();
+    let port = elsewhere.local_addr().unwrap().port();
+
+    let b = spawn(
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+        Transports::Network,
+        Some(&a.addr),
+    )
+    .await;
+    eventually("b to join a", Duration::from_secs(20), async || {
+        (b.client.status().await.unwrap().peers == 1).then_some(())
+    })
+    .await;
+    drop(elsewhere);
 }
 
 fn tcp_port(addr: &Multiaddr) -> u16 {
