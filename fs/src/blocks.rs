@@ -87,6 +87,17 @@ pub trait Blocks: Send + Sync + 'static {
         inode: InodeId,
     ) -> impl Future<Output = Result<Vec<Verified>, BlockError>> + Send;
 
+    /// [`Blocks::get_versions`] of an inode known to exist (a directory names it): where
+    /// the nearest replicas hold no version, a network looks farther out before it
+    /// answers "none" (an item stays where it was put until repair moves it to nodes
+    /// that joined nearer its id).
+    fn get_versions_expected(
+        &self,
+        inode: InodeId,
+    ) -> impl Future<Output = Result<Vec<Verified>, BlockError>> + Send {
+        self.get_versions(inode)
+    }
+
     /// [`Blocks::get_versions`] from every node the inode belongs on, none skipped and
     /// nothing remembered: for decisions a partial view must not make (creating an
     /// anchor that seems missing, collecting chunks that seem unreferenced). Fails when

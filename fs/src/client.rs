@@ -673,6 +673,15 @@ impl<B: Blocks> Client<B> {
         self.blocks.get_versions(id).await.map_err(blocks_err(path))
     }
 
+    /// [`Client::versions`] of an inode a directory names (see
+    /// [`Blocks::get_versions_expected`]).
+    async fn versions_expected(&self, path: &Path, id: InodeId) -> Result<Vec<Verified>, Error> {
+        self.blocks
+            .get_versions_expected(id)
+            .await
+            .map_err(blocks_err(path))
+    }
+
     /// Opens the anchor's key with a readcap sealed to this principal.
     fn open_anchor(&self, winner: &Verified) -> Result<DataKey, String> {
         if let Some(key) = self.anchor_keys.get(&winner.version) {
@@ -848,7 +857,7 @@ impl<B: Blocks> Client<B> {
     }
 
     async fn child(&self, parent: &Node, path: Path, entry: &Entry) -> Result<Node, Error> {
-        let versions = self.versions(&path, entry.inode).await?;
+        let versions = self.versions_expected(&path, entry.inode).await?;
         let winner = inode::winner(&versions)
             .cloned()
             .ok_or_else(|| Error::Blocks {
@@ -1116,7 +1125,10 @@ impl<B: Blocks> Client<B> {
                 async move {
                     let child_path = node.path.join(&name).ok();
                     let versions = match child_path {
-                        Some(p) => self.versions(&p, entry.inode).await.unwrap_or_default(),
+                        Some(p) => self
+                            .versions_expected(&p, entry.inode)
+                            .await
+                            .unwrap_or_default(),
                         None => Vec::new(),
                     };
                     let heads = inode::heads(&versions);
@@ -1457,7 +1469,7 @@ impl<B: Blocks> Client<B> {
 
     /// Fetches a node's versions again (others may have written since the walk).
     async fn refresh(&self, node: &mut Node) -> Result<(), Error> {
-        let versions = self.versions(&node.path, node.id()).await?;
+        let versions = self.versions_expected(&node.path, node.id()).await?;
         if let Some(winner) = inode::winner(&versions) {
             node.current = Some(winner.clone());
         }

@@ -635,7 +635,7 @@ impl Network {
     /// the overlay, as a Kademlia PUT does, and its answer is kept for
     /// [`Config::placement_ttl`].
     async fn placement(&self, key: &[u8; 32]) -> Result<(usize, Vec<PeerId>), BlockError> {
-        let near = self.nearest(key, self.config.replicas + 4).await?;
+        let near = self.nearest(key, self.config.replicas + BEYOND_R).await?;
         let known = near.len();
         let live = near
             .into_iter()
@@ -846,6 +846,14 @@ impl Network {
     }
 }
 
+/// Nodes a read asks, at most, when none of the nearest holds an item: Kademlia's k.
+const WIDER_READ: usize = 20;
+
+/// Candidates for an item beyond its R nearest: where writes go when some of those fail,
+/// and where reads look next. A read looks farther out ([`Network::wider`]) only when it
+/// had this many: fewer means every node known was asked.
+const BEYOND_R: usize = 4;
+
 fn kind(response: &Response) -> &'static str {
     match response {
         Response::Stored { .. } => "stored",
@@ -963,7 +971,25 @@ impl Blocks for Network {
             },
             Err(_) => 0,
         };
-        let versions = self.versions_from(inode, 1).await?;
+        let versions = self.versions_from(inode, 1, false).await?;
+        if let Ok(mut cache) = self.cache.lock()
+            && cache.generation(&inode) == generation
+        {
+            cache.keep_versions(inode, &versions);
+        }
+        Ok(versions)
+    }
+
+    async fn get_versions_expected(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        let versions = self.get_versions(inode).await?;
+        if !versions.is_empty() {
+            return Ok(versions);
+        }
+        let generation = match self.cache.lock() {
+            Ok(cache) => cache.generation(&inode),
+            Err(_) => 0,
+        };
+        let versions = self.versions_from(inode, 1, true).await?;
         if let Ok(mut cache) = self.cache.lock()
             && cache.generation(&inode) == generation
         {
@@ -1008,9 +1034,9 @@ impl Network {
         // repair moves it, and a wrong "nothing there" here creates a second root or
         // collects a chunk still in use.
         let mut near = self
-            .nearest(inode.as_bytes(), self.config.replicas + 4)
+            .nearest(inode.as_bytes(), self.config.replicas + BEYOND_R)
             .await?;
-        near.truncate(self.config.replicas + 4);
+        near.truncate(self.config.replicas + BEYOND_R);
         // A node known to be down cannot answer: no decision, at once.
         if let Some(down) = near.iter().find(|p| **p != self.me && self.is_down(p)) {
             return Err(BlockError::Unavailable {
@@ -1064,6 +1090,25 @@ impl Network {
         Ok((found.into_values().collect(), cut))
     }
 
+    /// The nodes nearest to `key` that an overlay lookup finds (up to Kademlia's k), but
+    /// this one and those in `asked`: where a read looks when none of the R + 4 nearest
+    /// by this node's view holds an item. An item stays where it was put until repair
+    /// hands it off to nodes that joined nearer its key (at its next interval), and a
+    /// network that grows fast puts more than four such nodes in front of it meanwhile.
+    async fn wider(&self, key: &[u8; 32], asked: &[PeerId]) -> Vec<PeerId> {
+        match self.dht.look_up_closest(key.to_vec(), WIDER_READ).await {
+            Ok(found) => found
+                .into_iter()
+                .map(|c| c.peer)
+                .filter(|p| *p != self.me && !asked.contains(p) && !self.is_down(p))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no wider lookup");
+                Vec::new()
+            }
+        }
+    }
+
     /// The chunk from this node's store (checked against its id there), if held intact.
     fn local_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
         match self.local.get_chunk(id) {
@@ -1079,9 +1124,28 @@ impl Network {
     /// The chunk from another replica, checked against its id.
     async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
         let mut errors = Vec::new();
-        let candidates = self.candidates(id.as_bytes()).await?;
-        for peer in candidates.iter().filter(|p| **p != self.me) {
-            match self.exchange(*peer, Request::GetChunk { id: id.0 }).await {
+        let (known, candidates) = self.placement(id.as_bytes()).await?;
+        let mut wider = Vec::new();
+        if known >= self.config.replicas + BEYOND_R {
+            // Asked only once every candidate said it holds nothing (see `Network::wider`).
+            wider.push(None);
+        }
+        let mut peers: Vec<Option<PeerId>> = candidates
+            .iter()
+            .filter(|p| **p != self.me)
+            .map(|p| Some(*p))
+            .chain(wider)
+            .collect();
+        peers.reverse();
+        while let Some(next) = peers.pop() {
+            let Some(peer) = next else {
+                if errors.is_empty() {
+                    let farther = self.wider(id.as_bytes(), &candidates).await;
+                    peers.extend(farther.into_iter().rev().map(Some));
+                }
+                continue;
+            };
+            match self.exchange(peer, Request::GetChunk { id: id.0 }).await {
                 Ok(Response::Chunk { data }) if ChunkId::of(&data) == id => return Ok(data),
                 Ok(Response::Chunk { .. }) => {
                     self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
@@ -1129,10 +1193,15 @@ impl Network {
     /// nearest are asked (and this node); when none of them holds a version, the next
     /// nearest too: after nodes joined near the inode and before repair reached them, the
     /// versions are a little farther out.
+    ///
+    /// With `farther`, for an inode known to exist (a directory names it): when none of
+    /// the R + 4 nearest holds a version, the nodes nearest it that an overlay lookup
+    /// finds are asked too (up to Kademlia's k).
     pub async fn versions_from(
         &self,
         inode: InodeId,
         quorum: usize,
+        farther: bool,
     ) -> Result<Vec<Verified>, BlockError> {
         let (known, candidates) = self.placement(inode.as_bytes()).await?;
         let first = candidates.len().min(self.config.replicas + 1);
@@ -1141,14 +1210,23 @@ impl Network {
         let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
         let mut answered = 0;
         let mut errors = Vec::new();
-        for (round, batch) in [&candidates[..first], &candidates[first..]]
-            .into_iter()
-            .enumerate()
-        {
-            if round > 0 && (!found.is_empty() || batch.is_empty()) {
+        for round in 0..3 {
+            if round > 0 && !found.is_empty() {
                 break;
             }
-            let mut asked: Vec<PeerId> = batch.to_vec();
+            let batch = match round {
+                0 => candidates[..first].to_vec(),
+                1 => candidates[first..].to_vec(),
+                // None of the nearest holds a version: farther out (see `Network::wider`).
+                _ if farther && known >= self.config.replicas + BEYOND_R => {
+                    self.wider(inode.as_bytes(), &candidates).await
+                }
+                _ => Vec::new(),
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let mut asked: Vec<PeerId> = batch;
             // This node may hold versions while no longer among the nearest.
             if round == 0 && !asked.contains(&self.me) {
                 asked.push(self.me);

@@ -32,7 +32,7 @@ fn trace() {
     });
 }
 
-async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
+async fn start_node(bootstrap: Option<&Multiaddr>, repairing: bool) -> Node {
     let identity = Arc::new(Identity::generate());
     let key = identity.signing_key().clone();
     let config = dht::Config::new()
@@ -77,25 +77,27 @@ async fn start_node(bootstrap: Option<&Multiaddr>) -> Node {
         },
         ..repair::Config::new()
     };
-    let repairing = repair::spawn(
-        network.clone(),
-        dht.membership(),
-        repair_config,
-        repair.clone(),
-    );
+    let mut tasks = vec![
+        serving,
+        tokio::spawn(async move {
+            let _ = task.await;
+        }),
+    ];
+    if repairing {
+        tasks.push(repair::spawn(
+            network.clone(),
+            dht.membership(),
+            repair_config,
+            repair.clone(),
+        ));
+    }
     Node {
         identity,
         dht,
         network,
         repair,
         addr,
-        _tasks: vec![
-            serving,
-            repairing,
-            tokio::spawn(async move {
-                let _ = task.await;
-            }),
-        ],
+        _tasks: tasks,
     }
 }
 
@@ -120,11 +122,16 @@ fn owner_writer(owner: &Node, config: Config) -> (Path, Client<Network>) {
 
 /// `n` nodes joined through the first, each knowing all the others.
 async fn start_net(n: usize) -> Vec<Node> {
-    let first = start_node(None).await;
+    start_net_repairing(n, true).await
+}
+
+/// [`start_net`], with repair running on every node or on none.
+async fn start_net_repairing(n: usize, repairing: bool) -> Vec<Node> {
+    let first = start_node(None, repairing).await;
     let mut nodes = vec![first];
     for _ in 1..n {
         let addr = nodes[0].addr.clone();
-        nodes.push(start_node(Some(&addr)).await);
+        nodes.push(start_node(Some(&addr), repairing).await);
     }
     for node in &nodes {
         let dht = node.dht.clone();
@@ -506,6 +513,116 @@ async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
         .network;
     let chunk = fs::Blocks::get_chunk(reader.as_ref(), id).await.unwrap();
     assert_eq!(chunk, bytes);
+}
+
+/// An item held only farther out than the R + 4 nodes nearest its key (as one put before
+/// many nodes joined nearer, and not yet handed off to them, is) still reads: a read that
+/// finds it at none of those asks the nodes nearest the key that the overlay finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_held_farther_out_than_its_candidates_still_reads() {
+    trace();
+    // Without repair, nothing moves the copy to where it belongs.
+    let nodes = start_net_repairing(12, false).await;
+    let bytes = data(4000, 11);
+    let id = fs::ChunkId::of(&bytes);
+    let peer = |n: &Node| n.identity.signing_key().peer_id();
+    // Every node knows every other: the first's view ranks them all.
+    let ranked = nodes[0].dht.closest_known(id.as_bytes(), nodes.len());
+    assert_eq!(ranked.len(), nodes.len());
+    let node = |rank: usize| nodes.iter().find(|n| peer(n) == ranked[rank].peer).unwrap();
+    // The farthest of twelve holds it, past the R + 4 = 7 nearest that a read asks first.
+    node(11)
+        .network
+        .local()
+        .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
+        .unwrap();
+    let chunk = fs::Blocks::get_chunk(node(0).network.as_ref(), id)
+        .await
+        .unwrap();
+    assert_eq!(chunk, bytes);
+}
+
+/// The same for a file's inode: its versions held only by the farthest of twelve nodes,
+/// the file still reads through another node (its directory names it, so the read looks
+/// farther out before it calls the file missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_versions_are_held_farther_out_still_reads() {
+    use protocols::block::{Request, Response};
+    trace();
+    let nodes = start_net_repairing(12, false).await;
+    let owner = &nodes[0];
+    let (tree, writer) = owner_writer(owner, Config::new());
+    let file = tree.join("far").unwrap();
+    writer.put(&file, &b"held far"[..], |_| {}).await.unwrap();
+    let inode = writer.stat(&file).await.unwrap().inode;
+    let peer = |n: &Node| n.identity.signing_key().peer_id();
+
+    // Every version of the inode, from whichever nodes hold them.
+    let mut signed = Vec::new();
+    for node in &nodes {
+        if let Response::Versions { signed: held } = owner
+            .network
+            .request(peer(node), Request::GetVersions { inode: inode.0 })
+            .await
+            .unwrap()
+        {
+            signed.extend(held);
+        }
+    }
+    assert!(!signed.is_empty());
+    // Moved to the farthest node from the inode's id (every node knows every other).
+    let ranked = owner.dht.closest_known(inode.as_bytes(), nodes.len());
+    assert_eq!(ranked.len(), nodes.len());
+    let node = |rank: usize| nodes.iter().find(|n| peer(n) == ranked[rank].peer).unwrap();
+    let far = node(nodes.len() - 1);
+    for bytes in &signed {
+        let answer = owner
+            .network
+            .request(
+                peer(far),
+                Request::PutVersion {
+                    inode: inode.0,
+                    signed: bytes.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
+    }
+    let versions = {
+        use fs::Blocks;
+        far.network.local().get_versions(inode).await.unwrap()
+    };
+    for n in nodes.iter().filter(|n| !std::ptr::eq(*n, far)) {
+        for v in &versions {
+            n.network
+                .local()
+                .store()
+                .remove_version(&inode, &v.version)
+                .unwrap();
+        }
+    }
+
+    // Read through another node (not the writer's: its cache holds the versions).
+    let reading = nodes
+        .iter()
+        .find(|n| !std::ptr::eq(*n, owner) && !std::ptr::eq(*n, far))
+        .unwrap();
+    let chain = Chain::root_grant(
+        owner.identity.signing_key(),
+        owner.identity.principal(),
+        tree.clone(),
+        Validity::for_seconds(3600),
+    );
+    let reader = Client::new(
+        reading.network.clone(),
+        owner.identity.clone(),
+        vec![chain],
+        Config::new(),
+    );
+    let mut out = Vec::new();
+    reader.get(&file, &mut out, |_| {}).await.unwrap();
+    assert_eq!(out, b"held far");
 }
 
 /// A version held away from its inode's nodes after they moved more than the kept history
