@@ -1125,37 +1125,28 @@ impl Network {
     async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
         let mut errors = Vec::new();
         let (known, candidates) = self.placement(id.as_bytes()).await?;
-        let mut wider = Vec::new();
-        if known >= self.config.replicas + BEYOND_R {
-            // Asked only once every candidate said it holds nothing (see `Network::wider`).
-            wider.push(None);
-        }
-        let mut peers: Vec<Option<PeerId>> = candidates
-            .iter()
-            .filter(|p| **p != self.me)
-            .map(|p| Some(*p))
-            .chain(wider)
-            .collect();
-        peers.reverse();
-        while let Some(next) = peers.pop() {
-            let Some(peer) = next else {
-                if errors.is_empty() {
-                    let farther = self.wider(id.as_bytes(), &candidates).await;
-                    peers.extend(farther.into_iter().rev().map(Some));
+        for round in 0..2 {
+            let peers = match round {
+                0 => candidates.clone(),
+                // None of the nearest holds it: farther out (see `Network::wider`).
+                _ if known >= self.config.replicas + BEYOND_R => {
+                    self.wider(id.as_bytes(), &candidates).await
                 }
-                continue;
+                _ => break,
             };
-            match self.exchange(peer, Request::GetChunk { id: id.0 }).await {
-                Ok(Response::Chunk { data }) if ChunkId::of(&data) == id => return Ok(data),
-                Ok(Response::Chunk { .. }) => {
-                    self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, chunk = %id, "a replica served bytes that do not match the chunk id");
-                    errors.push(format!("{peer}: bytes do not match"));
+            for peer in peers.into_iter().filter(|p| *p != self.me) {
+                match self.exchange(peer, Request::GetChunk { id: id.0 }).await {
+                    Ok(Response::Chunk { data }) if ChunkId::of(&data) == id => return Ok(data),
+                    Ok(Response::Chunk { .. }) => {
+                        self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, chunk = %id, "a replica served bytes that do not match the chunk id");
+                        errors.push(format!("{peer}: bytes do not match"));
+                    }
+                    Ok(Response::NotFound) => {}
+                    Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
+                    Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
+                    Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
                 }
-                Ok(Response::NotFound) => {}
-                Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
-                Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
-                Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
             }
         }
         if errors.is_empty() {

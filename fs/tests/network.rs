@@ -104,6 +104,12 @@ async fn start_node(bootstrap: Option<&Multiaddr>, repairing: bool) -> Node {
 /// The tree rooted at `owner`'s principal, and a client writing it through `owner`'s node
 /// with the root grant.
 fn owner_writer(owner: &Node, config: Config) -> (Path, Client<Network>) {
+    owner_client(owner, owner, config)
+}
+
+/// The tree rooted at `owner`'s principal, and a client of `owner`'s with the root grant
+/// through `node`'s node.
+fn owner_client(owner: &Node, node: &Node, config: Config) -> (Path, Client<Network>) {
     let tree = Path::root_of(owner.identity.principal());
     let chain = Chain::root_grant(
         owner.identity.signing_key(),
@@ -111,13 +117,13 @@ fn owner_writer(owner: &Node, config: Config) -> (Path, Client<Network>) {
         tree.clone(),
         Validity::for_seconds(3600),
     );
-    let writer = Client::new(
-        owner.network.clone(),
+    let client = Client::new(
+        node.network.clone(),
         owner.identity.clone(),
         vec![chain],
         config,
     );
-    (tree, writer)
+    (tree, client)
 }
 
 /// `n` nodes joined through the first, each knowing all the others.
@@ -608,18 +614,7 @@ async fn a_file_whose_versions_are_held_farther_out_still_reads() {
         .iter()
         .find(|n| !std::ptr::eq(*n, owner) && !std::ptr::eq(*n, far))
         .unwrap();
-    let chain = Chain::root_grant(
-        owner.identity.signing_key(),
-        owner.identity.principal(),
-        tree.clone(),
-        Validity::for_seconds(3600),
-    );
-    let reader = Client::new(
-        reading.network.clone(),
-        owner.identity.clone(),
-        vec![chain],
-        Config::new(),
-    );
+    let (_, reader) = owner_client(owner, reading, Config::new());
     let mut out = Vec::new();
     reader.get(&file, &mut out, |_| {}).await.unwrap();
     assert_eq!(out, b"held far");
