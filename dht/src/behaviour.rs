@@ -9,7 +9,7 @@ use libp2p::core::upgrade::{UpgradeInfo, Version};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, gossipsub,
-    identify, identity, kad, noise, ping, tcp, yamux,
+    identify, identity, kad, noise, ping, quic, tcp, yamux,
 };
 
 use crate::config::Config;
@@ -240,25 +240,27 @@ pub fn build_swarm(
             STREAMS_PLAINTEXT
         ),
     };
-    let builder = SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
+    // On the network, QUIC beside TCP (as `SwarmBuilder::with_quic` adds it): its
+    // connections are the overlay's alone, not diverted (see `crate::streams`).
     let overlay = if transports == Transports::Network {
-        builder
-            .with_quic()
-            .with_other_transport(|_| Ok::<_, BoxError>(overlay))
-            .map_err(build_error)?
-            .with_behaviour(behaviour)
-            .map_err(build_error)?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build()
+        quic::tokio::Transport::new(quic::Config::new(&key))
+            .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)))
+            .or_transport(overlay)
+            .map(|either, _| match either {
+                futures::future::Either::Left(out) | futures::future::Either::Right(out) => out,
+            })
+            .boxed()
     } else {
-        builder
-            .with_other_transport(|_| Ok::<_, BoxError>(overlay))
-            .map_err(build_error)?
-            .with_behaviour(behaviour)
-            .map_err(build_error)?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build()
+        overlay
     };
+    let overlay = SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_other_transport(|_| Ok::<_, BoxError>(overlay))
+        .map_err(build_error)?
+        .with_behaviour(behaviour)
+        .map_err(build_error)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
     Ok(Swarms {
         overlay,
         streams: stream_swarm(key, streams, idle)?,

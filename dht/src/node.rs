@@ -746,10 +746,10 @@ struct Bootstrap {
     dialing: Option<ConnectionId>,
     connected: bool,
     /// Dial from a port of its own rather than from the listening port. A dial from the
-    /// listening port (which lets the peer see the address we listen at) fails while a
-    /// connection between the same two ports lingers in `TIME_WAIT`, as one that a
-    /// process which had this port before made to the same peer does for a minute: so
-    /// attempts alternate.
+    /// listening port (which lets the peer see the address we listen at) binds that port
+    /// on every address, which fails ("address already in use") while another socket
+    /// holds the port on some other address without allowing reuse; libp2p tries again
+    /// from a new port only on other errors. So attempts alternate.
     new_port: bool,
 }
 

@@ -253,6 +253,27 @@ async fn a_node_joins_when_its_listening_port_is_taken_elsewhere() {
     drop(elsewhere);
 }
 
+/// QUIC connections are the overlay's alone (not diverted): two nodes that only speak
+/// QUIC join, and their streams ride the overlay's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_over_quic_and_open_streams() {
+    let a = spawn("/ip4/127.0.0.1/udp/0/quic-v1", Transports::Network, None).await;
+    let b = spawn(
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        Transports::Network,
+        Some(&a.addr),
+    )
+    .await;
+    eventually(
+        "b to join a over QUIC",
+        Duration::from_secs(20),
+        async || (a.client.status().await.unwrap().peers == 1).then_some(()),
+    )
+    .await;
+    echo(&a.client, b.peer, 3).await.unwrap();
+    echo(&b.client, a.peer, 4).await.unwrap();
+}
+
 fn tcp_port(addr: &Multiaddr) -> u16 {
     addr.iter()
         .find_map(|p| match p {
