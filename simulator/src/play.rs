@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::files::{Disk, Mounted, Owner};
 use crate::scenario::Scenario;
-use crate::schedule::{EventKind, Schedule};
+use crate::schedule::{Event, EventKind, Schedule};
 
 /// The generator stream the nodes' keys come from (the schedule uses 1, 2 and 4).
 const KEYS: u64 = 3;
@@ -510,8 +510,19 @@ pub async fn play(
         requests: &mut requests,
         written: &mut written,
     };
-    for (done, event) in schedule.events.iter().enumerate() {
-        let due = begin + Duration::from_secs_f64(event.at_ms as f64 / 1000.0 / scale);
+    // Every window's start and the scenario's end are played as marks beside the events,
+    // so that a window without events is still measured and a run lasts its duration.
+    let end_ms = scenario.duration_secs * 1000;
+    let mut timeline: Vec<(u64, Option<(usize, &Event)>)> = schedule
+        .events
+        .iter()
+        .enumerate()
+        .map(|(done, event)| (event.at_ms, Some((done, event))))
+        .chain((1..=windows as u64).map(|w| ((w * window_ms).min(end_ms), None)))
+        .collect();
+    timeline.sort_by_key(|&(at_ms, _)| at_ms);
+    for (at_ms, event) in timeline {
+        let due = begin + Duration::from_secs_f64(at_ms as f64 / 1000.0 / scale);
         // Take in what finished meanwhile while waiting for the event's moment.
         loop {
             tokio::select! {
@@ -522,7 +533,7 @@ pub async fn play(
                 },
             }
         }
-        let window = ((event.at_ms / window_ms) as usize).min(windows - 1);
+        let window = ((at_ms / window_ms) as usize).min(windows - 1);
         let now = Instant::now();
         let lag = now.saturating_duration_since(due).as_secs_f64();
         // The time since the last event belongs to its window, as its CPU time does.
@@ -565,6 +576,10 @@ pub async fn play(
                     .sum();
             }
         }
+        let Some((done, event)) = event else {
+            state.report.windows[window].live = nodes.len() as u32;
+            continue;
+        };
         match event.kind {
             EventKind::Join { node } => {
                 // Through a node on line picked by the event's place, so joins spread

@@ -96,3 +96,57 @@ async fn the_small_scenario_resolves_what_is_registered_and_delivers_what_is_pub
         assert!(svg.contains(title), "{title} missing from the plots");
     }
 }
+
+/// A scenario whose nodes only join and then do nothing still runs for its whole
+/// duration, and every window, even one without a single event, is measured: what a
+/// quiet network costs is one of the things the simulator is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_scenario_lasts_its_duration_and_measures_every_window() {
+    let scenario = Scenario::from_toml(
+        r#"
+        name = "quiet"
+        nodes = 4
+        duration_secs = 200
+        time_scale = 20.0
+        warm_up_secs = 10
+
+        [churn]
+        distribution = { kind = "exponential" }
+        median_session_secs = 1.0e9
+        median_offline_secs = 1800.0
+        crash_fraction = 0.0
+
+        [workload]
+        resolves_per_sec = 0.0
+        publishes_per_sec = 0.0
+
+        [files]
+        puts_per_sec = 0.0
+        "#,
+    )
+    .unwrap();
+    let schedule = Schedule::generate(&scenario, 5).unwrap();
+    // Every event is in the first 10 simulated seconds: the rest of the run has none.
+    assert!(schedule.events.iter().all(|e| e.at_ms < 10_000));
+    let report = simulator::play(&scenario, &schedule, |_, _, _| {}).await;
+    // 200 simulated seconds at 20x: 10 s of real time at least.
+    assert!(report.wall_secs >= 10.0, "{} s", report.wall_secs);
+    assert_eq!(report.windows.len(), 4);
+    for w in &report.windows {
+        assert_eq!(w.live, 4, "{w:?}");
+    }
+    // Nodes on line are integrated over each window's real time: 60 simulated seconds
+    // at 20x are 3 s, the last window's 20 are 1 s. (CPU time is counted in ticks of
+    // 10 ms, which four idle nodes may not fill in a window.)
+    for (w, real_secs) in report.windows[1..].iter().zip([3.0, 3.0, 1.0]) {
+        let expected = 4.0 * real_secs;
+        assert!(
+            (w.node_secs - expected).abs() < 0.2 * expected,
+            "{} node-seconds, about {expected} expected: {w:?}",
+            w.node_secs
+        );
+        // Sampled at the window's start (the first window's before any node joined).
+        assert!(w.connections_mean > 0.0, "{w:?}");
+    }
+    assert!(report.all.cpu_secs > 0.0);
+}
