@@ -13,6 +13,7 @@ use libp2p::{
 };
 
 use crate::config::Config;
+use crate::port::NewPortWhenTaken;
 use crate::store::Store;
 #[cfg(feature = "plaintext-memory")]
 use crate::streams::STREAMS_PLAINTEXT;
@@ -159,8 +160,10 @@ fn streams_noise(key: &identity::Keypair) -> Result<noise::Config, BuildError> {
         .with_prologue(STREAMS_NOISE.as_bytes().to_vec()))
 }
 
-fn tcp_transport() -> tcp::tokio::Transport {
-    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+fn tcp_transport() -> NewPortWhenTaken<tcp::tokio::Transport> {
+    NewPortWhenTaken(tcp::tokio::Transport::new(
+        tcp::Config::default().nodelay(true),
+    ))
 }
 
 /// The stream swarm over `transport`; it listens on the diverted transport's one listener

@@ -6,6 +6,7 @@
 pub mod behaviour;
 pub mod config;
 pub mod node;
+mod port;
 pub mod record;
 pub mod store;
 pub mod streams;

@@ -745,12 +745,6 @@ struct Bootstrap {
     backoff: Duration,
     dialing: Option<ConnectionId>,
     connected: bool,
-    /// Dial from a port of its own rather than from the listening port. A dial from the
-    /// listening port (which lets the peer see the address we listen at) binds that port
-    /// on every address, which fails ("address already in use") while another socket
-    /// holds the port on some other address without allowing reuse; libp2p tries again
-    /// from a new port only on other errors. So attempts alternate.
-    new_port: bool,
 }
 
 struct Registration {
@@ -966,7 +960,6 @@ impl EventLoop {
                 backoff: config.bootstrap_retry,
                 dialing: None,
                 connected: false,
-                new_port: false,
             })
             .collect();
         let peer_id = *swarm.local_peer_id();
@@ -1173,13 +1166,9 @@ impl EventLoop {
             if b.connected || b.dialing.is_some() || now < b.next_attempt {
                 continue;
             }
-            let opts = DialOpts::unknown_peer_id().address(b.address.clone());
-            let opts = if b.new_port {
-                opts.allocate_new_port()
-            } else {
-                opts
-            }
-            .build();
+            let opts = DialOpts::unknown_peer_id()
+                .address(b.address.clone())
+                .build();
             let id = opts.connection_id();
             match self.swarm.dial(opts) {
                 Ok(()) => b.dialing = Some(id),
@@ -2079,7 +2068,6 @@ impl EventLoop {
                 {
                     b.dialing = None;
                     tracing::warn!(address = %b.address, error = %error_chain(&error), retry_in = ?b.backoff, "bootstrap peer unreachable; retrying");
-                    b.new_port = !b.new_port;
                     b.next_attempt = now + b.backoff;
                     b.backoff = (b.backoff * 2).min(Duration::from_secs(30));
                 }

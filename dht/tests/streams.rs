@@ -227,7 +227,7 @@ async fn one_silent_host_holds_a_bounded_share_of_the_connections_being_sorted()
 /// ("address already in use") while any other socket holds the port on another address
 /// of the machine without allowing reuse: a node listening on loopback at a port that,
 /// say, another program's connection from 127.0.0.2 uses. The node still joins its
-/// bootstrap peer: its next attempt dials from a port of its own. (On CI, a short-lived
+/// bootstrap peer: the dial goes out again from a port of its own. (On CI, a short-lived
 /// `kv get` once failed so at every attempt of its 10 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_when_its_listening_port_is_taken_elsewhere() {
