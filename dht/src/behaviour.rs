@@ -160,10 +160,8 @@ fn streams_noise(key: &identity::Keypair) -> Result<noise::Config, BuildError> {
         .with_prologue(STREAMS_NOISE.as_bytes().to_vec()))
 }
 
-fn tcp_transport() -> NewPortWhenTaken<tcp::tokio::Transport> {
-    NewPortWhenTaken(tcp::tokio::Transport::new(
-        tcp::Config::default().nodelay(true),
-    ))
+fn tcp_transport() -> NewPortWhenTaken {
+    NewPortWhenTaken::new(tcp::Config::default().nodelay(true))
 }
 
 /// The stream swarm over `transport`; it listens on the diverted transport's one listener

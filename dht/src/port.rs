@@ -8,7 +8,8 @@
 //! from a new port only when the address is not available, not when it is in use, so
 //! every dial from the listening port fails until that socket is gone: bootstrap,
 //! Kademlia's and identify's dials alike. [`NewPortWhenTaken`] dials once more from a port
-//! of its own when a dial from the listening port fails so.
+//! of its own when a dial from the listening port fails so. (A transport that does not
+//! listen, as the stream swarm's dialling one, always dials from a new port.)
 
 use std::io;
 use std::pin::Pin;
@@ -16,36 +17,44 @@ use std::task::{Context, Poll};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use libp2p::Multiaddr;
 use libp2p::core::Transport;
 use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent};
+use libp2p::{Multiaddr, tcp};
 
-/// `T` (a TCP transport), whose dials from the listening port are made again from a new
-/// port when the listening port cannot be bound for them.
-#[derive(Debug)]
-pub(crate) struct NewPortWhenTaken<T>(pub(crate) T);
+/// libp2p-tcp's tokio transport, whose dials from the listening port are made again from
+/// a new port when the listening port cannot be bound for them.
+#[allow(missing_debug_implementations)] // libp2p-tcp's transport implements no Debug
+pub(crate) struct NewPortWhenTaken {
+    inner: tcp::tokio::Transport,
+    config: tcp::Config,
+}
 
-impl<T> Transport for NewPortWhenTaken<T>
-where
-    T: Transport<Error = io::Error> + Unpin,
-    T::Dial: Send + 'static,
-    T::Output: Send + 'static,
-{
-    type Output = T::Output;
+impl NewPortWhenTaken {
+    /// A TCP transport with `config`.
+    pub(crate) fn new(config: tcp::Config) -> Self {
+        NewPortWhenTaken {
+            inner: tcp::tokio::Transport::new(config.clone()),
+            config,
+        }
+    }
+}
+
+impl Transport for NewPortWhenTaken {
+    type Output = tcp::tokio::TcpStream;
     type Error = io::Error;
-    type ListenerUpgrade = T::ListenerUpgrade;
-    type Dial = BoxFuture<'static, Result<T::Output, io::Error>>;
+    type ListenerUpgrade = <tcp::tokio::Transport as Transport>::ListenerUpgrade;
+    type Dial = BoxFuture<'static, Result<Self::Output, io::Error>>;
 
     fn listen_on(
         &mut self,
         id: ListenerId,
         addr: Multiaddr,
     ) -> Result<(), TransportError<io::Error>> {
-        self.0.listen_on(id, addr)
+        self.inner.listen_on(id, addr)
     }
 
     fn remove_listener(&mut self, id: ListenerId) -> bool {
-        self.0.remove_listener(id)
+        self.inner.remove_listener(id)
     }
 
     fn dial(
@@ -53,29 +62,28 @@ where
         addr: Multiaddr,
         opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<io::Error>> {
+        let first = self.inner.dial(addr.clone(), opts)?;
         if opts.port_use == PortUse::New {
-            return Ok(self.0.dial(addr, opts)?.boxed());
+            return Ok(first.boxed());
         }
-        let first = self.0.dial(addr.clone(), opts)?;
-        // Made now, since the future cannot reach the transport later; it is only a socket
-        // not yet connected, and is closed unused unless the first attempt fails so.
-        let fresh = self
-            .0
-            .dial(
-                addr.clone(),
-                DialOpts {
-                    port_use: PortUse::New,
-                    ..opts
-                },
-            )
-            .ok();
+        let config = self.config.clone();
         Ok(async move {
-            match (first.await, fresh) {
-                (Err(e), Some(fresh)) if e.kind() == io::ErrorKind::AddrInUse => {
+            match first.await {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     tracing::debug!(%addr, "the listening port is taken for dialling; dialling from a new port");
-                    fresh.await
+                    // A dial from a new port needs none of the listeners' state: a
+                    // transport of its own makes it.
+                    let fresh = DialOpts {
+                        port_use: PortUse::New,
+                        ..opts
+                    };
+                    match tcp::tokio::Transport::new(config).dial(addr, fresh) {
+                        Ok(dial) => dial.await,
+                        Err(TransportError::Other(e)) => Err(e),
+                        Err(TransportError::MultiaddrNotSupported(_)) => Err(e),
+                    }
                 }
-                (outcome, _) => outcome,
+                outcome => outcome,
             }
         }
         .boxed())
@@ -85,7 +93,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, io::Error>> {
-        Pin::new(&mut self.get_mut().0).poll(cx)
+        Pin::new(&mut self.get_mut().inner).poll(cx)
     }
 }
 
@@ -95,7 +103,6 @@ mod tests {
 
     use libp2p::core::Endpoint;
     use libp2p::core::multiaddr::Protocol;
-    use libp2p::tcp;
 
     use super::*;
 
@@ -120,6 +127,8 @@ mod tests {
         port_use: PortUse::Reuse,
     };
 
+    // 127.0.0.2 is a loopback address of its own on Linux (not on macOS, say).
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_dial_from_a_listening_port_taken_elsewhere_goes_out_from_a_new_port() {
         let elsewhere = tokio::net::TcpSocket::new_v4().unwrap();
@@ -132,10 +141,9 @@ mod tests {
             .unwrap();
         let peer_addr = Multiaddr::from(Ipv4Addr::LOCALHOST)
             .with(Protocol::Tcp(peer.local_addr().unwrap().port()));
-        let tcp = || tcp::tokio::Transport::new(tcp::Config::default());
-
         // libp2p-tcp alone: the dial binds 0.0.0.0 at the port and fails.
-        let (mut plain, _) = listening_where_taken(tcp(), port).await;
+        let plain = tcp::tokio::Transport::new(tcp::Config::default());
+        let (mut plain, _) = listening_where_taken(plain, port).await;
         let error = plain
             .dial(peer_addr.clone(), FROM_LISTENING_PORT)
             .unwrap()
@@ -145,7 +153,8 @@ mod tests {
         drop(plain);
 
         // Wrapped: the same dial connects, from another port.
-        let (mut wrapped, _) = listening_where_taken(NewPortWhenTaken(tcp()), port).await;
+        let wrapped = NewPortWhenTaken::new(tcp::Config::default());
+        let (mut wrapped, _) = listening_where_taken(wrapped, port).await;
         let stream = wrapped
             .dial(peer_addr.clone(), FROM_LISTENING_PORT)
             .unwrap()
