@@ -400,8 +400,9 @@ struct Samples {
     get_latencies: Vec<f64>,
 }
 
-/// Plays `schedule` and reports; `progress` is called with the share done (0 to 1), the
-/// nodes on line and how late the last event was played (real seconds).
+/// Plays `schedule` and reports; `progress` is called with the share of the scenario's
+/// time played (0 to 1), the nodes on line and how late the last event was played (real
+/// seconds).
 pub async fn play(
     scenario: &Scenario,
     schedule: &Schedule,
@@ -480,7 +481,6 @@ pub async fn play(
     let mut samples: Vec<Samples> = vec![Samples::default(); windows];
     let mut requests: Vec<f64> = Vec::new();
     let begin = Instant::now();
-    let total = schedule.events.len().max(1);
     let mut sampled_window = usize::MAX;
     // The process's CPU time when the sampled window began, and when the last event was
     // played (nodes on line are integrated over real time from event to event).
@@ -577,7 +577,9 @@ pub async fn play(
             }
         }
         let Some((done, event)) = event else {
-            state.report.windows[window].live = nodes.len() as u32;
+            let live = nodes.len() as u32;
+            state.report.windows[window].live = live;
+            progress(at_ms as f64 / end_ms.max(1) as f64, live, lag);
             continue;
         };
         match event.kind {
@@ -790,7 +792,7 @@ pub async fn play(
         state.report.windows[window].live = live;
         state.report.peak_live = state.report.peak_live.max(live);
         if done % 64 == 0 {
-            progress(done as f64 / total as f64, live, lag);
+            progress(at_ms as f64 / end_ms.max(1) as f64, live, lag);
         }
     }
     // Let the last resolutions, deliveries, puts and gets finish: each is bounded by its

@@ -136,12 +136,13 @@ async fn a_quiet_scenario_lasts_its_duration_and_measures_every_window() {
         assert_eq!(w.live, 4, "{w:?}");
     }
     // Nodes on line are integrated over each window's real time: 60 simulated seconds
-    // at 20x are 3 s, the last window's 20 are 1 s. (CPU time is counted in ticks of
-    // 10 ms, which four idle nodes may not fill in a window.)
+    // at 20x are 3 s, the last window's 20 are 1 s. A loaded machine plays marks late,
+    // which moves time between windows: a second of it is allowed. (CPU time is counted
+    // in ticks of 10 ms, which four idle nodes may not fill in a window.)
     for (w, real_secs) in report.windows[1..].iter().zip([3.0, 3.0, 1.0]) {
         let expected = 4.0 * real_secs;
         assert!(
-            (w.node_secs - expected).abs() < 0.2 * expected,
+            (w.node_secs - expected).abs() <= 4.0,
             "{} node-seconds, about {expected} expected: {w:?}",
             w.node_secs
         );
