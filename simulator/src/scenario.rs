@@ -437,18 +437,15 @@ mod tests {
         assert_eq!(default, Scenario::default());
         let small = Scenario::from_toml(include_str!("../scenarios/small.toml")).unwrap();
         assert_eq!(small.nodes, 30);
-        // Every file shipped in scenarios/ reads and passes the checks.
+        // Every file shipped in scenarios/ reads and passes the checks (`from_toml`
+        // runs them).
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut checked = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                let scenario = Scenario::from_toml(&text)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                scenario
-                    .check()
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                Scenario::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 checked += 1;
             }
         }
