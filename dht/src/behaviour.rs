@@ -77,7 +77,9 @@ impl Behaviour {
             .set_publication_interval(None) // the node republishes its own, freshly signed
             .set_replication_interval(config.replication_interval)
             .set_query_timeout(config.query_timeout)
-            .set_periodic_bootstrap_interval(Some(config.bootstrap_interval))
+            // The node refreshes stale buckets itself (`crate::refresh`); Kademlia's
+            // automatic bootstrap, while the table is small, stays.
+            .set_periodic_bootstrap_interval(None)
             // Kademlia's default frame limit (16 KiB) is below the largest valid path
             // record; leave room for the closer-peers list of a GET reply too.
             .set_max_packet_size(keys::limits::MAX_PATH_RECORD_BYTES + 16 * 1024);

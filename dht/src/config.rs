@@ -47,9 +47,11 @@ pub struct Config {
     /// registration waits for as many acknowledgements (or all the peers it reached), so a
     /// resolution after it finds the new record. Default: 3.
     pub resolve_quorum: u32,
-    /// How often the routing table is refreshed (a lookup of the own key, then one per
-    /// bucket farther away). Joins and new peers trigger refreshes too. Default: 10 min
-    /// (go-libp2p-kad-dht's; each refresh is a dozen lookups in a network of a thousand).
+    /// How long a routing-table bucket may go without a lookup through it before the node
+    /// refreshes it (a lookup of a random key in it), and how often the own key is looked
+    /// up. Lookups for records and placements count, so in a busy node only the near
+    /// buckets are refreshed (see `crate::refresh`). Joins refresh every bucket. Default:
+    /// 10 min (go-libp2p-kad-dht's).
     pub bootstrap_interval: Duration,
     /// Most connected peers: beyond this, those least recently connected or heard from
     /// over pub-sub are disconnected down to three quarters of it (peers in a pub-sub mesh, and connections younger

@@ -8,6 +8,7 @@ pub mod config;
 pub mod node;
 mod port;
 pub mod record;
+mod refresh;
 pub mod store;
 pub mod streams;
 

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, Swarms, Transports, build_swarm};
 use crate::config::Config;
 use crate::record::{PathRecord, key_of};
+use crate::refresh::{Refresh, Target};
 use crate::store::{Store, error_chain};
 use crate::streams::{StreamBehaviour, StreamBehaviourEvent};
 
@@ -46,6 +47,9 @@ pub const MAX_PREFIXES: usize = 16;
 
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 64;
+
+/// How often the event loop looks for routing-table buckets due a refresh.
+const REFRESH_CHECK: Duration = Duration::from_secs(5);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +163,8 @@ pub struct KadCounters {
     pub served_get_record: u64,
     /// Records (PUT_VALUE) this node was asked to store.
     pub served_put_record: u64,
-    /// Routing-table refreshes (each a lookup per bucket) this node ran.
+    /// Routing-table refresh lookups (of the own key or a key in one bucket) this node
+    /// ran: its own (see `crate::refresh`) and Kademlia's bootstrap's while joining.
     pub bootstrap: QueryCount,
     /// Lookups of the peers closest to a key.
     pub closest: QueryCount,
@@ -889,6 +894,10 @@ pub struct EventLoop {
     routing_changed: bool,
     /// Entries in the last published table (the next one's capacity).
     routing_len: usize,
+    /// Which buckets lookups went through lately, and the refresh lookup in flight.
+    refresh: Refresh,
+    /// When to look for stale buckets next.
+    refresh_check: Instant,
 }
 
 /// The overlay's metrics, beside libp2p's.
@@ -963,6 +972,7 @@ impl EventLoop {
             })
             .collect();
         let peer_id = *swarm.local_peer_id();
+        let refresh = Refresh::new(peer_id, config.bootstrap_interval, now);
         EventLoop {
             peer_id,
             swarm,
@@ -1001,6 +1011,8 @@ impl EventLoop {
                 peers: Vec::new(),
             }))),
             routing_changed: true,
+            refresh,
+            refresh_check: now,
             routing_len: 0,
         }
     }
@@ -1110,6 +1122,25 @@ impl EventLoop {
             .report_message_validation_result(&id, &propagated_by, verdict);
     }
 
+    /// Starts a lookup that refreshes the routing table, if one is due (see
+    /// [`crate::refresh`]).
+    fn refresh_stale_bucket(&mut self, now: Instant) {
+        if self.refresh.is_running() {
+            return;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let nearest = kad.kbuckets().next().and_then(|b| b.range().0.ilog2());
+        let Some(target) = self.refresh.due(nearest, now) else {
+            return;
+        };
+        let query = match &target {
+            Target::Own => kad.get_closest_peers(self.peer_id),
+            Target::Bucket { key, .. } => kad.get_closest_peers(key.clone()),
+        };
+        tracing::debug!(?target, "refreshing the routing table");
+        self.refresh.start(query, &target, now);
+    }
+
     /// Disconnects the least recently active peers while more than
     /// [`Config::max_connections`] are connected (see there).
     fn trim_connections(&mut self, now: Instant) {
@@ -1145,6 +1176,10 @@ impl EventLoop {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.trim_connections(now);
+        if now >= self.refresh_check {
+            self.refresh_check = now + REFRESH_CHECK;
+            self.refresh_stale_bucket(now);
+        }
         let expired = due(&self.blocked, now);
         for peer in due(&self.awaiting_addresses, now) {
             self.dial_streams(peer);
@@ -1297,6 +1332,8 @@ impl EventLoop {
             }
             Command::LookUpClosest { key, count, reply } => {
                 let count = count.clamp(1, kad::K_VALUE.get());
+                self.refresh
+                    .looked_up(&kad::KBucketKey::new(key.clone()), Instant::now());
                 let query = self.swarm.behaviour_mut().kad.get_n_closest_peers(
                     key.clone(),
                     NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
@@ -1440,6 +1477,10 @@ impl EventLoop {
         let kad_record = record.to_kad().map_err(|e| Error::Publish(e.to_string()))?;
         let quorum =
             NonZeroUsize::new(self.config.resolve_quorum as usize).unwrap_or(NonZeroUsize::MIN);
+        self.refresh.looked_up(
+            &kad::KBucketKey::new(kad_record.key.clone()),
+            Instant::now(),
+        );
         self.swarm
             .behaviour_mut()
             .kad
@@ -1610,11 +1651,10 @@ impl EventLoop {
         for (index, lookup) in resolve.lookups.iter_mut().enumerate() {
             if !lookup.started {
                 lookup.started = true;
-                let query = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .get_record(key_of(&lookup.prefix));
+                let key = key_of(&lookup.prefix);
+                self.refresh
+                    .looked_up(&kad::KBucketKey::new(key.clone()), Instant::now());
+                let query = self.swarm.behaviour_mut().kad.get_record(key);
                 self.gets.insert(query, (id, index));
                 return;
             }
@@ -2026,6 +2066,7 @@ impl EventLoop {
                     // passed k during the first: two full refreshes per join, 480
                     // requests, half of all Kademlia traffic in a simulated warm-up.
                     kad.get_closest_peers(self.peer_id);
+                    self.refresh.looked_up_own(Instant::now());
                     self.republish_due = Some(Instant::now() + Duration::from_millis(500));
                 }
                 self.on_peer_reachable(peer_id);
@@ -2183,6 +2224,10 @@ impl EventLoop {
                     }));
                 }
                 QueryResult::GetClosestPeers(result) => {
+                    if self.refresh.finished(id) {
+                        // Kademlia has put what the lookup found in the table.
+                        return;
+                    }
                     let Some((key, count, reply)) = self.closest_lookups.remove(&id) else {
                         return;
                     };
@@ -2220,8 +2265,14 @@ impl EventLoop {
                     };
                     let _ = reply.send(answer);
                 }
-                QueryResult::Bootstrap(Ok(ok)) if step.last => {
-                    tracing::debug!(peer = %ok.peer, "kademlia bootstrap done");
+                QueryResult::Bootstrap(Ok(ok)) => {
+                    // Each step of Kademlia's own bootstrap (while joining) is a lookup of
+                    // its own key or of one in a bucket: those are refreshed too.
+                    let target = kad::KBucketKey::from(ok.peer);
+                    self.refresh.looked_up(&target, Instant::now());
+                    if step.last {
+                        tracing::debug!(peer = %ok.peer, "kademlia bootstrap done");
+                    }
                 }
                 _ => {}
             },
@@ -2238,15 +2289,25 @@ impl EventLoop {
                 kad::InboundRequest::PutRecord { .. } => counters.served_put_record += 1,
                 _ => {}
             },
-            // A refresh runs one lookup per bucket, each reported as a step with its own
-            // counts; the other kinds report counts that grow to the last step.
+            // Kademlia's bootstrap runs one lookup per bucket, each reported as a step with
+            // its own counts; the other kinds report counts that grow to the last step.
             kad::Event::OutboundQueryProgressed {
                 result: QueryResult::Bootstrap(_),
                 stats,
-                step,
                 ..
             } => {
-                counters.bootstrap.queries += u64::from(step.last);
+                counters.bootstrap.queries += 1;
+                counters.bootstrap.requests += u64::from(stats.num_requests());
+            }
+            // Refresh lookups of our own (see `crate::refresh`) count as refreshes.
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetClosestPeers(_),
+                stats,
+                step,
+                ..
+            } if step.last && self.refresh.is_query(*id) => {
+                counters.bootstrap.queries += 1;
                 counters.bootstrap.requests += u64::from(stats.num_requests());
             }
             kad::Event::OutboundQueryProgressed {
