@@ -48,7 +48,9 @@ pub const MAX_PREFIXES: usize = 16;
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 64;
 
-/// How often the event loop looks for routing-table buckets due a refresh.
+/// How often the event loop looks for routing-table buckets due a refresh, at most
+/// (a quarter of the refresh interval when that is shorter). A refresh lookup that ends
+/// starts the next one due at once.
 const REFRESH_CHECK: Duration = Duration::from_secs(5);
 
 /// Why a node could not start.
@@ -178,6 +180,10 @@ pub struct KadCounters {
     /// Records this node sent to a peer that joined near them, to store (see `hand_off`).
     #[serde(default)]
     pub handed_off: u64,
+    /// Of the refresh lookups, those of a key in a bucket no other lookup went through
+    /// within the interval (see `crate::refresh`).
+    #[serde(default)]
+    pub refreshed_buckets: u64,
 }
 
 /// Queries of one kind that ended, and the requests they sent.
@@ -1138,6 +1144,9 @@ impl EventLoop {
             Target::Bucket { key, .. } => kad.get_closest_peers(key.clone()),
         };
         tracing::debug!(?target, "refreshing the routing table");
+        if matches!(target, Target::Bucket { .. }) {
+            self.kad_counters.refreshed_buckets += 1;
+        }
         self.refresh.start(query, &target, now);
     }
 
@@ -1177,7 +1186,7 @@ impl EventLoop {
         let now = Instant::now();
         self.trim_connections(now);
         if now >= self.refresh_check {
-            self.refresh_check = now + REFRESH_CHECK;
+            self.refresh_check = now + REFRESH_CHECK.min(self.config.bootstrap_interval / 4);
             self.refresh_stale_bucket(now);
         }
         let expired = due(&self.blocked, now);
@@ -2225,7 +2234,9 @@ impl EventLoop {
                 }
                 QueryResult::GetClosestPeers(result) => {
                     if self.refresh.finished(id) {
-                        // Kademlia has put what the lookup found in the table.
+                        // Kademlia has put what the lookup found in the table; go on with
+                        // the next bucket due, if any.
+                        self.refresh_stale_bucket(Instant::now());
                         return;
                     }
                     let Some((key, count, reply)) = self.closest_lookups.remove(&id) else {

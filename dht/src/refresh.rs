@@ -13,6 +13,13 @@
 //!
 //! Refresh lookups run one at a time, as the bootstrap's do, so a node that finds many
 //! buckets stale spreads their lookups out rather than sending them all at once.
+//!
+//! A key in a bucket is found by hashing random keys until one falls in it (Kademlia's
+//! wire protocol carries preimages): bucket `i` takes 2^(256 - i) tries on average, so
+//! only buckets from [`NEAREST_REFRESHED`] out are refreshed this way (as
+//! go-libp2p-kad-dht refreshes common prefixes up to 15 bits). A node has peers nearer
+//! than that only in a network of some ten thousand nodes or more; there the buckets
+//! between are left to the lookups that cross them.
 
 use std::time::{Duration, Instant};
 
@@ -22,12 +29,14 @@ use libp2p::kad::{KBucketKey, QueryId};
 /// Buckets of a 256-bit key space, indexed by the base-2 logarithm of the distance.
 const BUCKETS: usize = 256;
 
-/// Most random keys tried to find one in a bucket. The chance that a random key falls
-/// in bucket `i` is 2^(i - 256), so this finds keys for the 14 farthest buckets within a
-/// few milliseconds of hashing (one in a network of ~16 000 peers has no non-empty bucket
-/// nearer than that); a nearer bucket that no key was found for waits until the next
-/// interval, and the own-key lookup keeps the nearest neighbours fresh meanwhile.
-const MAX_TRIES: usize = 1 << 15;
+/// The nearest bucket refreshed by a lookup of its own: a key in it takes 2^14 tries
+/// on average (a few milliseconds of hashing).
+const NEAREST_REFRESHED: usize = 242;
+
+/// Most random keys tried to find one in a bucket: four times the average for the
+/// nearest one refreshed, which fails to find one 2 % of the time (then the bucket waits
+/// for the next interval).
+const MAX_TRIES: usize = 1 << 16;
 
 /// What to look up next to refresh the routing table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,14 +53,15 @@ pub(crate) struct Refresh {
     local: KBucketKey<PeerId>,
     interval: Duration,
     /// When a lookup last targeted each bucket; a bucket not yet looked into counts from
-    /// the time the node started, as a new node's join refreshes every bucket.
+    /// the time the node started (a joining node's lookups fill its table).
     last: Vec<Instant>,
     /// When the own key was last looked up.
     own: Instant,
     /// The refresh lookup in flight.
     in_flight: Option<QueryId>,
-    /// Refresh lookups started, and buckets skipped for want of a key.
-    pub(crate) started: u64,
+    /// The nearest bucket refreshed ([`NEAREST_REFRESHED`]).
+    nearest_refreshed: usize,
+    /// Buckets skipped for want of a key.
     pub(crate) skipped: u64,
 }
 
@@ -63,7 +73,7 @@ impl Refresh {
             last: vec![now; BUCKETS],
             own: now,
             in_flight: None,
-            started: 0,
+            nearest_refreshed: NEAREST_REFRESHED,
             skipped: 0,
         }
     }
@@ -94,8 +104,9 @@ impl Refresh {
     /// The next lookup due, if any, with the nearest non-empty bucket `nearest` (none:
     /// the table is empty, and there is nothing to refresh from). Buckets nearer than
     /// `nearest` hold no peer and are covered by the own-key lookup, and `nearest` itself
-    /// too, as in libp2p's bootstrap. The stalest bucket goes first; a bucket no key was
-    /// found for counts as refreshed (see [`MAX_TRIES`]).
+    /// too, as in libp2p's bootstrap. The stalest bucket goes first. A bucket no key was
+    /// found for counts as refreshed (see [`MAX_TRIES`]), and then nothing else is
+    /// searched for in this call, so one call hashes at most [`MAX_TRIES`] keys.
     pub(crate) fn due(&mut self, nearest: Option<u32>, now: Instant) -> Option<Target> {
         let nearest = nearest?;
         if self.in_flight.is_some() {
@@ -104,21 +115,19 @@ impl Refresh {
         if now.duration_since(self.own) >= self.interval {
             return Some(Target::Own);
         }
-        loop {
-            let stale = (nearest as usize + 1..BUCKETS)
-                .filter(|&b| now.duration_since(self.last[b]) >= self.interval)
-                .min_by_key(|&b| self.last[b])?;
-            match self.key_in(stale as u32) {
-                Some(key) => {
-                    return Some(Target::Bucket {
-                        bucket: stale as u32,
-                        key,
-                    });
-                }
-                None => {
-                    self.skipped += 1;
-                    self.last[stale] = now;
-                }
+        let first = (nearest as usize + 1).max(self.nearest_refreshed);
+        let stale = (first..BUCKETS)
+            .filter(|&b| now.duration_since(self.last[b]) >= self.interval)
+            .min_by_key(|&b| self.last[b])?;
+        match self.key_in(stale as u32) {
+            Some(key) => Some(Target::Bucket {
+                bucket: stale as u32,
+                key,
+            }),
+            None => {
+                self.skipped += 1;
+                self.last[stale] = now;
+                None
             }
         }
     }
@@ -130,7 +139,6 @@ impl Refresh {
             Target::Bucket { bucket, .. } => self.last[*bucket as usize] = now,
         }
         self.in_flight = Some(query);
-        self.started += 1;
     }
 
     /// Whether `query` is the refresh lookup in flight.
@@ -151,8 +159,9 @@ impl Refresh {
     /// A random key whose hash falls in `bucket`, if one turns up within [`MAX_TRIES`].
     fn key_in(&self, bucket: u32) -> Option<Vec<u8>> {
         (0..MAX_TRIES)
-            .map(|_| rand::random::<[u8; 32]>().to_vec())
-            .find(|key| self.bucket_of(&KBucketKey::new(key.clone())) == Some(bucket))
+            .map(|_| rand::random::<[u8; 32]>())
+            .find(|key| self.bucket_of(&KBucketKey::new(*key)) == Some(bucket))
+            .map(Vec::from)
     }
 }
 
@@ -232,18 +241,26 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_too_near_for_a_random_key_waits_for_the_next_interval() {
+    fn buckets_too_near_for_a_random_key_are_left_to_other_lookups() {
         let start = Instant::now();
         let mut r = refresh(start);
         let now = start + Duration::from_secs(600);
         r.looked_up_own(now);
-        for b in 202..BUCKETS {
+        for b in NEAREST_REFRESHED..BUCKETS {
             r.last[b] = now;
         }
-        // Bucket 201 would take ~2^55 tries: it is skipped, and counted.
+        // Buckets 201 to 241 are stale, and would take 2^15 to 2^55 tries: not searched.
+        assert_eq!(r.due(Some(200), now), None);
+        assert_eq!(r.skipped, 0);
+        // A bucket searched in vain waits an interval: with the floor lowered to 201, a
+        // key in bucket 201 (2^55 tries on average) is not found.
+        r.nearest_refreshed = 201;
         assert_eq!(r.due(Some(200), now), None);
         assert_eq!(r.skipped, 1);
         assert!(now.duration_since(r.last[201]) < Duration::from_secs(1));
+        // The others are fresh, or left alone.
+        assert_eq!(r.due(Some(200), now), None);
+        assert_eq!(r.skipped, 2, "bucket 202 next");
     }
 
     /// A `QueryId` from a real Kademlia behaviour (the type has no public constructor):
