@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(r.due(Some(200), now), None);
         assert_eq!(r.skipped, 1);
         assert!(now.duration_since(r.last[201]) < Duration::from_secs(1));
-        // The others are fresh, or left alone.
+        // The next call searches the next stalest, bucket 202, in vain too.
         assert_eq!(r.due(Some(200), now), None);
         assert_eq!(r.skipped, 2, "bucket 202 next");
     }
