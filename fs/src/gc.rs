@@ -8,6 +8,14 @@
 //! - it was found unreferenced like that twice, at least `grace` apart (default 24 h), so
 //!   that chunks of a write still under way (stored before its version) are kept.
 //!
+//! A node walks its whole store once every quarter of `grace` (a sweep, a batch of chunks
+//! per repair round), not at every round: reading an inode's versions takes an overlay
+//! lookup unless the inode belongs near this node, so looking at every chunk every round
+//! costs lookups in proportion to what is stored, on every node, for nothing (a chunk is
+//! collected no sooner than `grace` after it was first found unreferenced either way).
+//! An unreferenced chunk goes between `grace` and 1.5 × `grace` after it was first looked
+//! at unreferenced.
+//!
 //! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
 //! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
 //! unknown (all zero) is never collected; neither is one whose inode cannot be asked.
@@ -49,6 +57,8 @@ impl Default for Config {
 pub struct Counters {
     /// Chunks removed.
     pub collected: AtomicU64,
+    /// Chunks looked at (their inode's versions read, or tried).
+    pub looked_at: AtomicU64,
     /// Chunks found unreferenced and waiting out the grace period (last pass).
     pub waiting: AtomicU64,
 }
@@ -59,6 +69,8 @@ pub struct Counters {
 pub struct Collector {
     config: Config,
     cursor: Option<ChunkId>,
+    /// When the sweep under way (or the last one) started.
+    sweep_started: Option<Instant>,
     unreferenced_since: HashMap<ChunkId, Instant>,
 }
 
@@ -68,6 +80,7 @@ impl Collector {
         Collector {
             config,
             cursor: None,
+            sweep_started: None,
             unreferenced_since: HashMap::new(),
         }
     }
@@ -78,9 +91,23 @@ impl Collector {
         self.unreferenced_since.contains_key(chunk)
     }
 
+    /// The time between the starts of two sweeps of the whole store.
+    fn sweep_every(&self) -> Duration {
+        self.config.grace / 4
+    }
+
     /// Looks at the next batch of chunks this node holds and removes those that have
-    /// stayed unreferenced for the grace period.
+    /// stayed unreferenced for the grace period; between sweeps, nothing.
     pub async fn pass(&mut self, network: &Network, counters: &Counters) -> Result<(), String> {
+        if self.cursor.is_none() {
+            if self
+                .sweep_started
+                .is_some_and(|at| at.elapsed() < self.sweep_every())
+            {
+                return Ok(());
+            }
+            self.sweep_started = Some(Instant::now());
+        }
         let local = network.local().clone();
         let cursor = self.cursor;
         let batch = self.config.batch;
@@ -97,12 +124,18 @@ impl Collector {
                     owned.entry(owner).or_default().push(*id);
                 }
             }
-            Ok::<_, String>((ids.last().copied(), owned))
+            // A short batch ends the sweep.
+            let last = (ids.len() >= batch).then(|| ids.last().copied()).flatten();
+            Ok::<_, String>((last, owned))
         })
         .await
         .map_err(|e| e.to_string())??;
         let (last, owned) = owned;
         self.cursor = last;
+        let looked: usize = owned.values().map(Vec::len).sum();
+        counters
+            .looked_at
+            .fetch_add(looked as u64, Ordering::Relaxed);
         let now = Instant::now();
         for (owner, chunks) in owned {
             let versions = match network.versions_complete(owner).await {

@@ -120,6 +120,35 @@ pub struct Counters {
     pub peer_chunks: AtomicU64,
     /// Commits that stored them (several chunks per commit when they arrive together).
     pub peer_chunk_commits: AtomicU64,
+    /// Overlay lookups of where an item belongs, by what needed them.
+    pub lookups: Lookups,
+}
+
+/// Overlay lookups of the nodes nearest a key, counted by what needed them: a key near
+/// this node is placed from its routing table, and one looked up lately from the cache
+/// (see [`Config::placement_ttl`]); neither is counted.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    /// For writes (chunks and versions).
+    pub put: AtomicU64,
+    /// For reads (a strict read before a write included).
+    pub get: AtomicU64,
+    /// For repair's placement of the items a node holds.
+    pub repair: AtomicU64,
+    /// For collection's reads of the versions of the inodes owning the chunks it looks
+    /// at.
+    pub collect: AtomicU64,
+    /// Wider lookups, when none of an item's nearest nodes held it.
+    pub wider: AtomicU64,
+}
+
+/// What a placement is for, as [`Lookups`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Put,
+    Get,
+    Repair,
+    Collect,
 }
 
 fn refusal(e: Refused) -> Refusal {
@@ -621,8 +650,9 @@ impl Network {
 
     /// Peers nearest to `key` that are not known to be down, nearest first; the first
     /// R are where the item belongs.
+    /// Repair's placement (counted as such in [`Lookups::repair`]).
     pub async fn candidates(&self, key: &[u8; 32]) -> Result<Vec<PeerId>, BlockError> {
-        Ok(self.placement(key).await?.1)
+        Ok(self.placement(key, Why::Repair).await?.1)
     }
 
     /// The number of nodes known near `key` (this one included, down or not), and
@@ -634,8 +664,14 @@ impl Network {
     /// than asked for (a small overlay, all known); otherwise an iterative lookup asks
     /// the overlay, as a Kademlia PUT does, and its answer is kept for
     /// [`Config::placement_ttl`].
-    async fn placement(&self, key: &[u8; 32]) -> Result<(usize, Vec<PeerId>), BlockError> {
-        let near = self.nearest(key, self.config.replicas + BEYOND_R).await?;
+    async fn placement(
+        &self,
+        key: &[u8; 32],
+        why: Why,
+    ) -> Result<(usize, Vec<PeerId>), BlockError> {
+        let near = self
+            .nearest(key, self.config.replicas + BEYOND_R, why)
+            .await?;
         let known = near.len();
         let live = near
             .into_iter()
@@ -647,13 +683,26 @@ impl Network {
     /// The `wanted` nodes nearest to `key` (this one included), down or not, nearest
     /// first: from the routing table when it knows, else from an overlay lookup (see
     /// [`Network::placement`]).
-    async fn nearest(&self, key: &[u8; 32], wanted: usize) -> Result<Vec<PeerId>, BlockError> {
+    async fn nearest(
+        &self,
+        key: &[u8; 32],
+        wanted: usize,
+        why: Why,
+    ) -> Result<Vec<PeerId>, BlockError> {
         let (local, known) = self.nearest_known(key, wanted);
         let near: Vec<PeerId> = if known {
             local
         } else if let Some(found) = self.placements.get(key, self.config.placement_ttl) {
             found
         } else {
+            let lookups = &self.counters.lookups;
+            let counter = match why {
+                Why::Put => &lookups.put,
+                Why::Get => &lookups.get,
+                Why::Repair => &lookups.repair,
+                Why::Collect => &lookups.collect,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             let found: Vec<PeerId> = self
                 .dht
                 .look_up_closest(key.to_vec(), wanted)
@@ -790,7 +839,7 @@ impl Network {
         request: Request,
         stored_here: bool,
     ) -> Result<usize, BlockError> {
-        let (known, mut candidates) = self.placement(key).await?;
+        let (known, mut candidates) = self.placement(key, Why::Put).await?;
         if stored_here {
             candidates.retain(|p| *p != self.me);
         }
@@ -873,7 +922,7 @@ impl Blocks for Network {
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for chunk in chunks {
-            let candidates = self.candidates(chunk.id().as_bytes()).await?;
+            let (_, candidates) = self.placement(chunk.id().as_bytes(), Why::Put).await?;
             if candidates
                 .iter()
                 .take(self.config.replicas)
@@ -1004,7 +1053,7 @@ impl Network {
     /// routing table, down or not, or an overlay lookup where the table cannot know) must
     /// all answer.
     pub async fn versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        self.versions_strict_gathered(inode)
+        self.versions_strict_gathered(inode, Why::Get)
             .await
             .map(|(found, _)| found)
     }
@@ -1012,7 +1061,7 @@ impl Network {
     /// [`Network::versions_strict`], refused unless every answer was whole (see
     /// [`may_be_cut`]): what collection decides on.
     pub async fn versions_complete(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        match self.versions_strict_gathered(inode).await? {
+        match self.versions_strict_gathered(inode, Why::Collect).await? {
             (found, false) => Ok(found),
             (found, true) => Err(BlockError::Unavailable {
                 needed: 1,
@@ -1029,12 +1078,13 @@ impl Network {
     async fn versions_strict_gathered(
         &self,
         inode: InodeId,
+        why: Why,
     ) -> Result<(Vec<Verified>, bool), BlockError> {
         // Not only the R nearest: after churn a version may sit a little farther out until
         // repair moves it, and a wrong "nothing there" here creates a second root or
         // collects a chunk still in use.
         let mut near = self
-            .nearest(inode.as_bytes(), self.config.replicas + BEYOND_R)
+            .nearest(inode.as_bytes(), self.config.replicas + BEYOND_R, why)
             .await?;
         near.truncate(self.config.replicas + BEYOND_R);
         // A node known to be down cannot answer: no decision, at once.
@@ -1096,6 +1146,7 @@ impl Network {
     /// hands it off to nodes that joined nearer its key (at its next interval), and a
     /// network that grows fast puts more than four such nodes in front of it meanwhile.
     async fn wider(&self, key: &[u8; 32], asked: &[PeerId]) -> Vec<PeerId> {
+        self.counters.lookups.wider.fetch_add(1, Ordering::Relaxed);
         match self.dht.look_up_closest(key.to_vec(), WIDER_READ).await {
             Ok(found) => found
                 .into_iter()
@@ -1124,7 +1175,7 @@ impl Network {
     /// The chunk from another replica, checked against its id.
     async fn fetch_chunk(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
         let mut errors = Vec::new();
-        let (known, candidates) = self.placement(id.as_bytes()).await?;
+        let (known, candidates) = self.placement(id.as_bytes(), Why::Get).await?;
         for round in 0..2 {
             let peers = match round {
                 0 => candidates.clone(),
@@ -1194,7 +1245,7 @@ impl Network {
         quorum: usize,
         farther: bool,
     ) -> Result<Vec<Verified>, BlockError> {
-        let (known, candidates) = self.placement(inode.as_bytes()).await?;
+        let (known, candidates) = self.placement(inode.as_bytes(), Why::Get).await?;
         let first = candidates.len().min(self.config.replicas + 1);
         let now = keys::now();
         let revocations = keys::Revocations::default();

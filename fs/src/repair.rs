@@ -11,7 +11,7 @@
 //! (scrubbing), so a chunk corrupted on disk is dropped and copied back even when nobody
 //! reads it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +38,11 @@ pub struct Config {
     pub bandwidth: u64,
     /// Chunks re-read against their ids per round. Default 256.
     pub scrub_per_round: usize,
+    /// How long an item held away from where it belongs is left alone after a full round
+    /// found it needing nothing from this node (its R nodes held it, or one of them holds
+    /// it and sends the copies). Placing such an item takes an overlay lookup; at every
+    /// round, on every node, those grow with what is stored. Default 10 min.
+    pub away_recheck: Duration,
     /// Collection of chunks no kept version refers to, a batch after every round.
     pub gc: crate::gc::Config,
 }
@@ -51,6 +56,7 @@ impl Config {
             membership_gap: Duration::from_secs(10),
             bandwidth: 64 << 20,
             scrub_per_round: 256,
+            away_recheck: Duration::from_secs(600),
             gc: crate::gc::Config::new(),
         }
     }
@@ -79,6 +85,8 @@ pub struct Counters {
     pub copies_sent: AtomicU64,
     /// Bytes sent by repair.
     pub bytes_sent: AtomicU64,
+    /// Items placed and asked about, every round's and every second asking's together.
+    pub surveyed: AtomicU64,
     /// Copies held away from where they belong, dropped once every one of the R nodes
     /// where they belong said it held the item.
     pub handed_off: AtomicU64,
@@ -129,7 +137,7 @@ impl Counters {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Item {
     Chunk(ChunkId),
     Version(InodeId, VersionId),
@@ -162,6 +170,13 @@ impl Budget {
     }
 }
 
+/// Items held away from where they belong that a full round found needing nothing from
+/// this node, and until when they are left alone (see [`Config::away_recheck`]).
+#[derive(Debug, Default)]
+pub struct Away {
+    quiet_until: HashMap<Item, Instant>,
+}
+
 /// Runs repair rounds until the task is dropped.
 pub fn spawn(
     network: Arc<Network>,
@@ -173,6 +188,7 @@ pub fn spawn(
         let mut membership = membership;
         let mut scrub_cursor: Option<ChunkId> = None;
         let mut collector = crate::gc::Collector::new(config.gc.clone());
+        let mut away = Away::default();
         // Scrubbing and collection run at the interval; repair also after membership
         // changes (once they settled), at most once per gap.
         let now = tokio::time::Instant::now;
@@ -210,7 +226,7 @@ pub fn spawn(
                 }
             }
             let skip = |c: &ChunkId| collector.unreferenced(c);
-            if let Err(e) = round(&network, &config, &counters, &skip, full).await {
+            if let Err(e) = round(&network, &config, &counters, &skip, full, &mut away).await {
                 tracing::warn!(error = %e, "repair round failed");
             }
         }
@@ -251,10 +267,10 @@ async fn scrub(
 type Survey = (
     Vec<(Item, Vec<PeerId>)>,
     HashMap<(usize, PeerId), bool>,
-    bool,
+    HashSet<PeerId>,
 );
 
-/// Where each item belongs, which of those peers hold it, and whether a peer failed to
+/// Where each item belongs, which of those peers hold it, and the peers that failed to
 /// answer.
 async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
     let r = network.config().replicas;
@@ -275,7 +291,7 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
         }
     }
     let mut has: HashMap<(usize, PeerId), bool> = HashMap::new();
-    let mut failed = false;
+    let mut failed = HashSet::new();
     for (peer, indices) in asks {
         for batch in indices.chunks(MAX_HAVE_ITEMS) {
             let mut chunks = Vec::new();
@@ -297,7 +313,7 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
                 }) if (c.len(), v.len()) == asked => (c.into_iter(), v.into_iter()),
                 other => {
                     tracing::debug!(%peer, answer = ?other.err(), "a peer did not say what it holds");
-                    failed = true;
+                    failed.insert(peer);
                     (
                         vec![false; asked.0].into_iter(),
                         vec![false; asked.1].into_iter(),
@@ -328,37 +344,61 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
 /// version held elsewhere that those nodes refuse as superseded (older than the history
 /// they keep of its inode) is dropped too, rather than sent again at every round.
 /// Chunks for which `skip` says so are left alone (garbage waiting to be collected).
+/// An item held elsewhere that a full round found needing nothing from this node is left
+/// alone for [`Config::away_recheck`], as `away` remembers.
 pub async fn round(
     network: &Network,
     config: &Config,
     counters: &Counters,
     skip: &(dyn Fn(&ChunkId) -> bool + Sync),
     full: bool,
+    away: &mut Away,
 ) -> Result<(), String> {
     let mut items = held_items(network).await?;
     items.retain(|item| !matches!(item, Item::Chunk(c) if skip(c)));
-    let mut home: Vec<bool> = items
+    let home: Vec<bool> = items
         .iter()
         .map(|item| network.at_home(item.key()))
         .collect();
-    if !full {
-        items = items
-            .into_iter()
-            .zip(&home)
-            .filter_map(|(item, home)| home.then_some(item))
-            .collect();
-        home = vec![true; items.len()];
-    }
-    // Placement and who holds what; asked again when a peer did not answer (it is then
-    // marked down, and the items it should hold are placed around it).
-    let mut attempt = 0;
-    let (placement, has) = loop {
-        attempt += 1;
-        let (placement, has, failed) = survey(network, &items).await?;
-        if !failed || attempt == 3 {
-            break (placement, has);
+    let now = Instant::now();
+    away.quiet_until.retain(|_, until| *until > now);
+    let (items, home): (Vec<Item>, Vec<bool>) = items
+        .into_iter()
+        .zip(home)
+        .filter(|(item, home)| *home || (full && !away.quiet_until.contains_key(item)))
+        .unzip();
+    // Placement and who holds what. The items a peer that did not answer should hold are
+    // asked about again (the peer is then marked down, and they are placed around it),
+    // twice at most; the others are not placed again.
+    let (mut placement, mut has, mut failed) = survey(network, &items).await?;
+    counters
+        .surveyed
+        .fetch_add(items.len() as u64, Ordering::Relaxed);
+    for _ in 0..2 {
+        if failed.is_empty() {
+            break;
         }
-    };
+        let again: Vec<usize> = placement
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, targets))| targets.iter().any(|p| failed.contains(p)))
+            .map(|(i, _)| i)
+            .collect();
+        let subset: Vec<Item> = again.iter().map(|&i| placement[i].0).collect();
+        counters
+            .surveyed
+            .fetch_add(subset.len() as u64, Ordering::Relaxed);
+        let (placed, held, still) = survey(network, &subset).await?;
+        let asked: HashSet<usize> = again.iter().copied().collect();
+        has.retain(|(i, _), _| !asked.contains(i));
+        for (j, placed) in placed.into_iter().enumerate() {
+            placement[again[j]] = placed;
+        }
+        for ((j, peer), held) in held {
+            has.insert((again[j], peer), held);
+        }
+        failed = still;
+    }
     let mut budget = Budget {
         rate: config.bandwidth,
         started: Instant::now(),
@@ -374,6 +414,7 @@ pub async fn round(
         }
     };
     let mut handed = Vec::new();
+    let mut quiet = Vec::new();
     for (i, (item, targets)) in placement.iter().enumerate() {
         let holds = |peer: &PeerId| *peer == me || has.get(&(i, *peer)).copied().unwrap_or(false);
         let missing: Vec<PeerId> = targets.iter().filter(|p| !holds(p)).copied().collect();
@@ -381,6 +422,8 @@ pub async fn round(
             // Only on what the R others said, never on this node counting itself.
             if !home[i] && targets.len() == network.config().replicas && !targets.contains(&me) {
                 handed.push(*item);
+            } else if !home[i] {
+                quiet.push(*item);
             }
             continue;
         }
@@ -389,6 +432,9 @@ pub async fn round(
         let responsible = targets.iter().find(|p| holds(p)).is_none_or(|p| *p == me);
         if !responsible {
             count_short(i);
+            if !home[i] {
+                quiet.push(*item);
+            }
             continue;
         }
         let Some((request, bytes)) = load(network, item).await else {
@@ -427,6 +473,9 @@ pub async fn round(
             handed.push(*item);
         }
     }
+    let until = Instant::now() + config.away_recheck;
+    away.quiet_until
+        .extend(quiet.into_iter().map(|item| (item, until)));
     let dropped = hand_off(network, handed).await?;
     counters.handed_off.fetch_add(dropped, Ordering::Relaxed);
     if full {

@@ -467,6 +467,58 @@ async fn chunks_no_kept_version_refers_to_are_collected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_looks_at_each_chunk_once_a_sweep() {
+    // Reading a chunk's inode takes an overlay lookup on a large network: a collector
+    // called at every repair round looks at the store once every quarter of the grace
+    // period, not at every call.
+    trace();
+    let nodes = start_net_repairing(3, false).await;
+    let owner = &nodes[0];
+    let (tree, writer) = owner_writer(owner, Config::new().with_chunk_size(4096));
+    writer
+        .put(
+            &tree.join("f").unwrap(),
+            data(5 * 4096, 1).as_slice(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let node = &nodes[1];
+    let held = node
+        .network
+        .local()
+        .store()
+        .chunk_ids(None, 1000)
+        .unwrap()
+        .len() as u64;
+    assert!(held >= 5, "{held} chunks held");
+    let grace = Duration::from_secs(2);
+    let mut collector = fs::gc::Collector::new(fs::gc::Config { grace, batch: 2 });
+    let counters = fs::gc::Counters::default();
+    let looked = || {
+        counters
+            .looked_at
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Batches of two: a sweep takes several calls, then calls do nothing until the next.
+    for _ in 0..20 {
+        collector.pass(&node.network, &counters).await.unwrap();
+    }
+    assert_eq!(looked(), held);
+    tokio::time::sleep(grace / 4).await;
+    for _ in 0..20 {
+        collector.pass(&node.network, &counters).await.unwrap();
+    }
+    assert_eq!(looked(), 2 * held);
+    assert_eq!(
+        counters
+            .collected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
     trace();
     let nodes = start_net(6).await;
@@ -519,6 +571,64 @@ async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
         .network;
     let chunk = fs::Blocks::get_chunk(reader.as_ref(), id).await.unwrap();
     assert_eq!(chunk, bytes);
+}
+
+/// A copy held away from where it belongs that needs nothing from its holder (one of the
+/// nodes where it belongs holds it, and sends the copies) is placed, with an overlay
+/// lookup, at one full round, then left alone for `away_recheck`, not placed again at
+/// every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_held_away_that_needs_nothing_is_not_placed_at_every_round() {
+    trace();
+    // Rounds are called here, not by repair tasks.
+    let nodes = start_net_repairing(12, false).await;
+    let bytes = data(4000, 13);
+    let id = fs::ChunkId::of(&bytes);
+    let peer = |n: &Node| n.identity.signing_key().peer_id();
+    let ranked = nodes[0].dht.closest_known(id.as_bytes(), nodes.len());
+    assert_eq!(ranked.len(), nodes.len());
+    let node = |rank: usize| nodes.iter().find(|n| peer(n) == ranked[rank].peer).unwrap();
+    // The nearest holds it, and the farthest: the nearest is the one that sends.
+    for rank in [0, 11] {
+        node(rank)
+            .network
+            .local()
+            .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
+            .unwrap();
+    }
+    let far = node(11);
+    assert!(!far.network.at_home(id.as_bytes()));
+    let round = async |config: &repair::Config, away: &mut repair::Away| {
+        repair::round(&far.network, config, &far.repair, &|_| false, true, away)
+            .await
+            .unwrap();
+        far.repair
+            .surveyed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let lookups = || {
+        far.network
+            .counters()
+            .lookups
+            .repair
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let config = repair::Config::new();
+    let mut away = repair::Away::default();
+    assert_eq!(round(&config, &mut away).await, 1);
+    assert_eq!(lookups(), 1);
+    assert_eq!(round(&config, &mut away).await, 1, "placed again");
+    assert_eq!(lookups(), 1);
+    // Still held, not handed off: the nearest has not sent the copies yet.
+    assert!(far.network.local().store().has_chunk(&id).unwrap());
+    // With no wait, every full round places it again.
+    let eager = repair::Config {
+        away_recheck: Duration::ZERO,
+        ..repair::Config::new()
+    };
+    let mut away = repair::Away::default();
+    assert_eq!(round(&eager, &mut away).await, 2);
+    assert_eq!(round(&eager, &mut away).await, 3);
 }
 
 /// An item held only farther out than the R + 4 nodes nearest its key (as one put before

@@ -55,6 +55,11 @@ impl Disk {
     pub fn repair(&self) -> &repair::Counters {
         &self.repair
     }
+
+    /// The network side's counters (they add up over the node's sessions).
+    pub fn served(&self) -> &net::Counters {
+        &self.served
+    }
 }
 
 /// The file system of a node on line: its network side and the tasks serving and
@@ -99,6 +104,7 @@ impl Mounted {
             interval: Duration::from_secs_f64((files.repair_secs / scenario.time_scale).max(0.001)),
             settle: node.settle.div_f64(scenario.time_scale.max(1.0)),
             membership_gap: node.membership_gap.div_f64(scenario.time_scale.max(1.0)),
+            away_recheck: node.away_recheck.div_f64(scenario.time_scale.max(1.0)),
             ..node
         };
         let repairing = repair::spawn(

@@ -119,12 +119,18 @@ pub struct Window {
     pub repair_copies: u64,
     /// Bytes repair sent in the window, all nodes.
     pub repair_bytes: u64,
+    /// Items repair placed and asked about in the window, all nodes.
+    #[serde(default)]
+    pub repair_surveyed: u64,
     /// Items the nodes on line counted as lacking copies after their last repair round
     /// (sampled at the window's start).
     pub under_replicated: u64,
     /// Kademlia's work in the window (counted from the previous window's start to this
     /// one's, over the nodes on line at both).
     pub kad: KadWork,
+    /// The file system's overlay lookups in the window, all nodes.
+    #[serde(default)]
+    pub lookups: FsLookups,
     /// CPU time the whole process took in the window (user and system, every thread),
     /// seconds.
     #[serde(default)]
@@ -132,6 +138,77 @@ pub struct Window {
     /// Nodes on line times real seconds, summed over the window: what `cpu_secs` served.
     #[serde(default)]
     pub node_secs: f64,
+}
+
+/// The file system's lookups of the nodes nearest a key, by what needed them (see
+/// `fs::net::Lookups`), all nodes together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsLookups {
+    /// For writes.
+    pub put: u64,
+    /// For reads.
+    pub get: u64,
+    /// For repair's placements.
+    pub repair: u64,
+    /// For collection's reads of the owners of chunks.
+    pub collect: u64,
+    /// Wider lookups of reads that found nothing among the nearest.
+    pub wider: u64,
+}
+
+impl FsLookups {
+    fn of(counters: &fs::net::Counters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = &counters.lookups;
+        FsLookups {
+            put: l.put.load(Relaxed),
+            get: l.get.load(Relaxed),
+            repair: l.repair.load(Relaxed),
+            collect: l.collect.load(Relaxed),
+            wider: l.wider.load(Relaxed),
+        }
+    }
+
+    fn add(&mut self, o: &FsLookups) {
+        self.put += o.put;
+        self.get += o.get;
+        self.repair += o.repair;
+        self.collect += o.collect;
+        self.wider += o.wider;
+    }
+
+    fn since(&self, before: &FsLookups) -> FsLookups {
+        FsLookups {
+            put: self.put.saturating_sub(before.put),
+            get: self.get.saturating_sub(before.get),
+            repair: self.repair.saturating_sub(before.repair),
+            collect: self.collect.saturating_sub(before.collect),
+            wider: self.wider.saturating_sub(before.wider),
+        }
+    }
+}
+
+/// Repair's copies and bytes and the file system's lookups, all nodes, at a moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct FsMark {
+    copies: u64,
+    bytes: u64,
+    surveyed: u64,
+    lookups: FsLookups,
+}
+
+impl FsMark {
+    fn of(disks: &HashMap<u32, crate::files::Disk>) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut mark = FsMark::default();
+        for disk in disks.values() {
+            mark.copies += disk.repair().copies_sent.load(Relaxed);
+            mark.bytes += disk.repair().bytes_sent.load(Relaxed);
+            mark.surveyed += disk.repair().surveyed.load(Relaxed);
+            mark.lookups.add(&FsLookups::of(disk.served()));
+        }
+        mark
+    }
 }
 
 /// Kademlia requests in a window, all nodes together.
@@ -244,6 +321,9 @@ pub struct Totals {
     pub repair_bytes: u64,
     /// Kademlia's work.
     pub kad: KadWork,
+    /// The file system's lookups.
+    #[serde(default)]
+    pub lookups: FsLookups,
     /// CPU time the process took, seconds.
     #[serde(default)]
     pub cpu_secs: f64,
@@ -502,8 +582,8 @@ pub async fn play(
             fs::net::VERSIONS_TTL.as_millis()
         ));
     }
-    // Repair's copies and bytes, all nodes, at each window's start.
-    let mut repair_marks: Vec<Option<(u64, u64)>> = vec![None; windows];
+    // Repair's copies and bytes and the lookups, all nodes, at each window's start.
+    let mut fs_marks: Vec<Option<FsMark>> = vec![None; windows];
     let mut state = Tally {
         report: &mut report,
         samples: &mut samples,
@@ -563,12 +643,7 @@ pub async fn play(
             w.rss_mib = rss;
             if owner.is_some() {
                 use std::sync::atomic::Ordering::Relaxed;
-                let (mut copies, mut bytes) = (0, 0);
-                for disk in disks.values() {
-                    copies += disk.repair().copies_sent.load(Relaxed);
-                    bytes += disk.repair().bytes_sent.load(Relaxed);
-                }
-                repair_marks[window] = Some((copies, bytes));
+                fs_marks[window] = Some(FsMark::of(&disks));
                 w.under_replicated = nodes
                     .keys()
                     .filter_map(|n| disks.get(n))
@@ -807,7 +882,9 @@ pub async fn play(
         state.record(o, &mut nodes, &epochs);
     }
     let end = Instant::now();
-    // The last window's Kademlia work and CPU, taken before the audit adds its own.
+    // The last window's Kademlia work, file system's work and CPU, taken before the audit
+    // adds its own.
+    let end_mark = FsMark::of(&disks);
     if let Some(last) = state.report.windows.get_mut(sampled_window) {
         last.kad = tables(&nodes, &mut kad_seen).await.2;
         last.cpu_secs += cpu_secs() - cpu_mark;
@@ -822,19 +899,15 @@ pub async fn play(
         let auditor = next_key();
         state.report.files_lost = audit(scenario, auditor, bootstrap, owner, &files).await;
     }
-    // Repair's traffic per window: the difference of the marks around it.
+    // Repair's traffic and the lookups per window: the difference of the marks around it.
     {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (mut copies, mut bytes) = (0, 0);
-        for disk in disks.values() {
-            copies += disk.repair().copies_sent.load(Relaxed);
-            bytes += disk.repair().bytes_sent.load(Relaxed);
-        }
-        let mut next = (copies, bytes);
-        for (w, mark) in state.report.windows.iter_mut().zip(&repair_marks).rev() {
+        let mut next = end_mark;
+        for (w, mark) in state.report.windows.iter_mut().zip(&fs_marks).rev() {
             if let Some(mark) = mark {
-                w.repair_copies = next.0.saturating_sub(mark.0);
-                w.repair_bytes = next.1.saturating_sub(mark.1);
+                w.repair_copies = next.copies.saturating_sub(mark.copies);
+                w.repair_bytes = next.bytes.saturating_sub(mark.bytes);
+                w.repair_surveyed = next.surveyed.saturating_sub(mark.surveyed);
+                w.lookups = next.lookups.since(&mark.lookups);
                 next = *mark;
             }
         }
@@ -1108,6 +1181,7 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         t.repair_copies += w.repair_copies;
         t.repair_bytes += w.repair_bytes;
         t.kad.add(&w.kad);
+        t.lookups.add(&w.lookups);
         t.cpu_secs += w.cpu_secs;
         node_secs += w.node_secs;
         latencies.extend_from_slice(&s.latencies);
