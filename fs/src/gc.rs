@@ -13,8 +13,9 @@
 //! lookup unless the inode belongs near this node, so looking at every chunk every round
 //! costs lookups in proportion to what is stored, on every node, for nothing (a chunk is
 //! collected no sooner than `grace` after it was first found unreferenced either way).
-//! An unreferenced chunk goes between `grace` and 1.5 × `grace` after it was first looked
-//! at unreferenced.
+//! An unreferenced chunk goes between `grace` and 1.25 × `grace` after it was first looked
+//! at unreferenced, when a sweep takes less than a quarter of `grace` (a store of more
+//! than `batch` chunks takes a round per batch).
 //!
 //! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
 //! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is

@@ -683,6 +683,36 @@ impl prometheus_client::collector::Collector for Collector {
                 "Commits that stored chunks from peers (several per commit when they arrive together)",
                 self.network.counters().peer_chunk_commits.load(Relaxed),
             ),
+            (
+                "blocktree_fs_repair_surveyed",
+                "Items repair placed and asked their nodes about",
+                self.repair.surveyed.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_lookups_put",
+                "Overlay lookups of where an item belongs, for writes",
+                self.network.counters().lookups.put.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_lookups_get",
+                "Overlay lookups of where an item belongs, for reads",
+                self.network.counters().lookups.get.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_lookups_repair",
+                "Overlay lookups of where an item belongs, for repair",
+                self.network.counters().lookups.repair.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_lookups_collect",
+                "Overlay lookups of where an inode belongs, for collection of unreferenced chunks",
+                self.network.counters().lookups.collect.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_lookups_wider",
+                "Wider overlay lookups of reads that found nothing among an item's nearest nodes",
+                self.network.counters().lookups.wider.load(Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
