@@ -13,9 +13,12 @@
 //! lookup unless the inode belongs near this node, so looking at every chunk every round
 //! costs lookups in proportion to what is stored, on every node, for nothing (a chunk is
 //! collected no sooner than `grace` after it was first found unreferenced either way).
-//! An unreferenced chunk goes between `grace` and 1.25 × `grace` after it was first looked
-//! at unreferenced, when a sweep takes less than a quarter of `grace` (a store of more
-//! than `batch` chunks takes a round per batch).
+//! The chunks a sweep found unreferenced are looked at again at every round until they
+//! go or are referenced (a write under way refers to its chunks once its version is
+//! stored; repair leaves a marked chunk alone, so a mark must not outlive that). An
+//! unreferenced chunk goes between `grace` and 1.25 × `grace` after it became so, when a
+//! sweep takes less than a quarter of `grace` (a store of more than `batch` chunks takes
+//! a round per batch).
 //!
 //! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
 //! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
@@ -100,39 +103,68 @@ impl Collector {
     /// Looks at the next batch of chunks this node holds and removes those that have
     /// stayed unreferenced for the grace period; between sweeps, nothing.
     pub async fn pass(&mut self, network: &Network, counters: &Counters) -> Result<(), String> {
+        let mut sweeping = true;
         if self.cursor.is_none() {
             if self
                 .sweep_started
                 .is_some_and(|at| at.elapsed() < self.sweep_every())
             {
-                return Ok(());
+                sweeping = false;
+            } else {
+                self.sweep_started = Some(Instant::now());
             }
-            self.sweep_started = Some(Instant::now());
+        }
+        // Chunks found unreferenced are looked at again at every pass, between sweeps
+        // too: one found so while its write was under way (its chunks are stored before
+        // the version that refers to them) must not stay marked, and left alone by
+        // repair, until the next sweep.
+        let suspects: Vec<ChunkId> = self.unreferenced_since.keys().copied().collect();
+        if !sweeping && suspects.is_empty() {
+            return Ok(());
         }
         let local = network.local().clone();
         let cursor = self.cursor;
         let batch = self.config.batch;
         let owned = tokio::task::spawn_blocking(move || {
             let store = local.store();
-            let ids = store
-                .chunk_ids(cursor.as_ref(), batch)
-                .map_err(|e| e.to_string())?;
+            let ids = if sweeping {
+                store
+                    .chunk_ids(cursor.as_ref(), batch)
+                    .map_err(|e| e.to_string())?
+            } else {
+                Vec::new()
+            };
             let mut owned: BTreeMap<InodeId, Vec<ChunkId>> = BTreeMap::new();
-            for id in &ids {
-                if let Some(owner) = store.owner(id).map_err(|e| e.to_string())?
-                    && owner != InodeId([0; 32])
-                {
-                    owned.entry(owner).or_default().push(*id);
+            let mut gone = Vec::new();
+            let swept: HashSet<ChunkId> = ids.iter().copied().collect();
+            for id in ids
+                .iter()
+                .chain(suspects.iter().filter(|c| !swept.contains(c)))
+            {
+                match store.owner(id).map_err(|e| e.to_string())? {
+                    Some(owner) if owner != InodeId([0; 32]) => {
+                        owned.entry(owner).or_default().push(*id);
+                    }
+                    Some(_) => {}
+                    None => gone.push(*id),
                 }
             }
             // A short batch ends the sweep.
-            let last = (ids.len() >= batch).then(|| ids.last().copied()).flatten();
-            Ok::<_, String>((last, owned))
+            let last = (sweeping && ids.len() >= batch)
+                .then(|| ids.last().copied())
+                .flatten();
+            Ok::<_, String>((last, owned, gone))
         })
         .await
         .map_err(|e| e.to_string())??;
-        let (last, owned) = owned;
-        self.cursor = last;
+        let (last, owned, gone) = owned;
+        if sweeping {
+            self.cursor = last;
+        }
+        // Dropped meanwhile (handed off, or corrupt and removed by scrubbing).
+        for chunk in gone {
+            self.unreferenced_since.remove(&chunk);
+        }
         let looked: usize = owned.values().map(Vec::len).sum();
         counters
             .looked_at

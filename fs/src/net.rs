@@ -627,7 +627,8 @@ impl Network {
         self.me
     }
 
-    fn is_down(&self, peer: &PeerId) -> bool {
+    /// Whether `peer` failed to answer lately (it is skipped for [`Config::down_for`]).
+    pub fn is_down(&self, peer: &PeerId) -> bool {
         let Ok(mut down) = self.down.lock() else {
             return false;
         };

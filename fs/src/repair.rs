@@ -171,10 +171,12 @@ impl Budget {
 }
 
 /// Items held away from where they belong that a full round found needing nothing from
-/// this node, and until when they are left alone (see [`Config::away_recheck`]).
+/// this node: until when they are left alone (see [`Config::away_recheck`]), and the
+/// nodes where they belonged then. The memo holds only while that placement stands: an
+/// item is looked at again as soon as one of those nodes is found down.
 #[derive(Debug, Default)]
 pub struct Away {
-    quiet_until: HashMap<Item, Instant>,
+    quiet: HashMap<Item, (Instant, Vec<PeerId>)>,
 }
 
 /// Runs repair rounds until the task is dropped.
@@ -361,11 +363,12 @@ pub async fn round(
         .map(|item| network.at_home(item.key()))
         .collect();
     let now = Instant::now();
-    away.quiet_until.retain(|_, until| *until > now);
+    away.quiet
+        .retain(|_, (until, targets)| *until > now && !targets.iter().any(|p| network.is_down(p)));
     let (items, home): (Vec<Item>, Vec<bool>) = items
         .into_iter()
         .zip(home)
-        .filter(|(item, home)| *home || (full && !away.quiet_until.contains_key(item)))
+        .filter(|(item, home)| *home || (full && !away.quiet.contains_key(item)))
         .unzip();
     // Placement and who holds what. The items a peer that did not answer should hold are
     // asked about again (the peer is then marked down, and they are placed around it),
@@ -422,8 +425,9 @@ pub async fn round(
             // Only on what the R others said, never on this node counting itself.
             if !home[i] && targets.len() == network.config().replicas && !targets.contains(&me) {
                 handed.push(*item);
-            } else if !home[i] {
-                quiet.push(*item);
+            } else if !home[i] && !targets.contains(&me) {
+                tracing::debug!(item = ?item, ?targets, "held away, needs nothing from here");
+                quiet.push((*item, targets.clone()));
             }
             continue;
         }
@@ -431,9 +435,13 @@ pub async fn round(
         // holder, or when no target holds the item at all.
         let responsible = targets.iter().find(|p| holds(p)).is_none_or(|p| *p == me);
         if !responsible {
+            tracing::debug!(item = ?item, home = home[i], ?targets, ?missing, "short; another holder sends");
             count_short(i);
-            if !home[i] {
-                quiet.push(*item);
+            // Not when the placement names this node (its routing table may not, yet):
+            // it may be the holder that sends once a nearer holder leaves.
+            if !home[i] && !targets.contains(&me) {
+                tracing::debug!(item = ?item, ?targets, "held away, another holder sends");
+                quiet.push((*item, targets.clone()));
             }
             continue;
         }
@@ -463,6 +471,7 @@ pub async fn round(
             }
         }
         if !sent_all {
+            tracing::debug!(item = ?item, home = home[i], "short; a copy was not stored");
             count_short(i);
         } else if superseded
             && !home[i]
@@ -474,8 +483,11 @@ pub async fn round(
         }
     }
     let until = Instant::now() + config.away_recheck;
-    away.quiet_until
-        .extend(quiet.into_iter().map(|item| (item, until)));
+    away.quiet.extend(
+        quiet
+            .into_iter()
+            .map(|(item, targets)| (item, (until, targets))),
+    );
     let dropped = hand_off(network, handed).await?;
     counters.handed_off.fetch_add(dropped, Ordering::Relaxed);
     if full {

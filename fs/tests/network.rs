@@ -519,6 +519,57 @@ async fn collection_looks_at_each_chunk_once_a_sweep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_found_unreferenced_during_its_write_is_looked_at_again_at_the_next_pass() {
+    // The chunks of a write under way are stored before the version that refers to
+    // them. A sweep that finds them then marks them unreferenced, and repair leaves marked
+    // chunks alone: the mark must not outlive the write until the next sweep.
+    trace();
+    let nodes = start_net_repairing(3, false).await;
+    let owner = &nodes[0];
+    let config = Config {
+        max_dirty_chunks: 2,
+        ..Config::new().with_chunk_size(4096)
+    };
+    let (tree, writer) = owner_writer(owner, config);
+    let mut handle = writer.create(&tree.join("slow").unwrap()).await.unwrap();
+    writer
+        .write(&mut handle, 0, &data(6 * 4096, 3))
+        .await
+        .unwrap();
+    let node = &nodes[1];
+    let store = node.network.local().store();
+    // The buffered chunks go out in the background (no fsync yet).
+    eventually(
+        "the written chunks to be stored",
+        Duration::from_secs(30),
+        async || store.chunk_ids(None, 1000).unwrap().len() >= 6,
+    )
+    .await;
+    let held = store.chunk_ids(None, 1000).unwrap();
+    let grace = Duration::from_secs(3600);
+    let mut collector = fs::gc::Collector::new(fs::gc::Config { grace, batch: 1024 });
+    let counters = fs::gc::Counters::default();
+    collector.pass(&node.network, &counters).await.unwrap();
+    let marked: Vec<_> = held.iter().filter(|c| collector.unreferenced(c)).collect();
+    assert_eq!(
+        marked.len(),
+        6,
+        "the sweep finds the written chunks unreferenced"
+    );
+    writer.fsync(&mut handle).await.unwrap();
+    collector.pass(&node.network, &counters).await.unwrap();
+    let still: Vec<_> = marked
+        .iter()
+        .filter(|c| collector.unreferenced(c))
+        .collect();
+    assert!(
+        still.is_empty(),
+        "{} chunks still marked after the fsync",
+        still.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_held_away_from_where_it_belongs_is_moved_there_then_dropped() {
     trace();
     let nodes = start_net(6).await;

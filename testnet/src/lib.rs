@@ -137,6 +137,16 @@ impl Testnet {
         if n == 0 {
             bail!("a testnet needs at least one node");
         }
+        // `BTTESTNET_KEEP=1` keeps a temporary directory (data and logs) for a look after
+        // the test; its path goes to stderr.
+        let temp = match temp {
+            Some(temp) if std::env::var_os("BTTESTNET_KEEP").is_some_and(|v| v == "1") => {
+                eprintln!("testnet: keeping {}", temp.path().display());
+                let _ = temp.keep();
+                None
+            }
+            temp => temp,
+        };
         std::fs::create_dir_all(&dir)?;
         let mut net = Testnet {
             btnode: btnode.to_path_buf(),
