@@ -13,9 +13,10 @@
 //! lookup unless the inode belongs near this node, so looking at every chunk every round
 //! costs lookups in proportion to what is stored, on every node, for nothing (a chunk is
 //! collected no sooner than `grace` after it was first found unreferenced either way).
-//! The chunks a sweep found unreferenced are looked at again at every round until they
-//! go or are referenced (a write under way refers to its chunks once its version is
-//! stored; repair leaves a marked chunk alone, so a mark must not outlive that). An
+//! The chunks a sweep found unreferenced are looked at again at every round (a batch of
+//! them, the latest found first) until they go or are referenced (a write under way
+//! refers to its chunks once its version is stored; repair leaves a marked chunk alone,
+//! so a mark must not outlive that). An
 //! unreferenced chunk goes between `grace` and 1.25 × `grace` after it became so, when a
 //! sweep takes less than a quarter of `grace` (a store of more than `batch` chunks takes
 //! a round per batch).
@@ -117,8 +118,19 @@ impl Collector {
         // Chunks found unreferenced are looked at again at every pass, between sweeps
         // too: one found so while its write was under way (its chunks are stored before
         // the version that refers to them) must not stay marked, and left alone by
-        // repair, until the next sweep.
-        let suspects: Vec<ChunkId> = self.unreferenced_since.keys().copied().collect();
+        // repair, until the next sweep. At most a batch of them, the latest found first
+        // (a write under way is referred to within a round or two; what stays
+        // unreferenced longer is garbage, looked at again by the sweeps).
+        let mut suspects: Vec<(Instant, ChunkId)> = self
+            .unreferenced_since
+            .iter()
+            .map(|(chunk, since)| (*since, *chunk))
+            .collect();
+        if suspects.len() > self.config.batch {
+            suspects.select_nth_unstable_by(self.config.batch, |a, b| b.0.cmp(&a.0));
+            suspects.truncate(self.config.batch);
+        }
+        let suspects: Vec<ChunkId> = suspects.into_iter().map(|(_, chunk)| chunk).collect();
         if !sweeping && suspects.is_empty() {
             return Ok(());
         }
@@ -136,34 +148,40 @@ impl Collector {
             };
             let mut owned: BTreeMap<InodeId, Vec<ChunkId>> = BTreeMap::new();
             let mut gone = Vec::new();
+            let mut undecided = Vec::new();
             let swept: HashSet<ChunkId> = ids.iter().copied().collect();
             for id in ids
                 .iter()
                 .chain(suspects.iter().filter(|c| !swept.contains(c)))
             {
-                match store.owner(id).map_err(|e| e.to_string())? {
-                    Some(owner) if owner != InodeId([0; 32]) => {
+                match store.owner(id) {
+                    Ok(Some(owner)) if owner != InodeId([0; 32]) => {
                         owned.entry(owner).or_default().push(*id);
                     }
-                    Some(_) => {}
-                    None => gone.push(*id),
+                    Ok(Some(_)) => {}
+                    Ok(None) => gone.push(*id),
+                    // Undecided is not unreferenced: kept, and repaired.
+                    Err(e) => {
+                        tracing::warn!(chunk = %id, error = %e, "cannot read a chunk's owner");
+                        undecided.push(*id);
+                    }
                 }
             }
             // A short batch ends the sweep.
             let last = (sweeping && ids.len() >= batch)
                 .then(|| ids.last().copied())
                 .flatten();
-            Ok::<_, String>((last, owned, gone))
+            Ok::<_, String>((last, owned, gone, undecided))
         })
         .await
         .map_err(|e| e.to_string())??;
-        let (last, owned, gone) = owned;
+        let (last, owned, gone, undecided) = owned;
         if sweeping {
             self.cursor = last;
         }
         // Dropped meanwhile (handed off, or corrupt and removed by scrubbing).
-        for chunk in gone {
-            self.unreferenced_since.remove(&chunk);
+        for chunk in gone.iter().chain(&undecided) {
+            self.unreferenced_since.remove(chunk);
         }
         let looked: usize = owned.values().map(Vec::len).sum();
         counters

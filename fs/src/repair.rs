@@ -74,7 +74,9 @@ pub struct Counters {
     /// Rounds finished.
     pub rounds: AtomicU64,
     /// Items held here that, after the last round, still lack copies on some of the
-    /// peers they belong on.
+    /// peers they belong on. A copy held away that is left alone while another holder
+    /// sends (see [`Config::away_recheck`]) is not counted here meanwhile; the nodes
+    /// where it belongs count it.
     pub under_replicated: AtomicU64,
     /// Items checked in the last round.
     pub checked: AtomicU64,
@@ -176,7 +178,14 @@ impl Budget {
 /// item is looked at again as soon as one of those nodes is found down.
 #[derive(Debug, Default)]
 pub struct Away {
-    quiet: HashMap<Item, (Instant, Vec<PeerId>)>,
+    quiet: HashMap<Item, Quiet>,
+}
+
+#[derive(Debug)]
+struct Quiet {
+    until: Instant,
+    /// The nodes where the item belonged.
+    targets: Vec<PeerId>,
 }
 
 /// Runs repair rounds until the task is dropped.
@@ -364,7 +373,7 @@ pub async fn round(
         .collect();
     let now = Instant::now();
     away.quiet
-        .retain(|_, (until, targets)| *until > now && !targets.iter().any(|p| network.is_down(p)));
+        .retain(|_, q| q.until > now && !q.targets.iter().any(|p| network.is_down(p)));
     let (items, home): (Vec<Item>, Vec<bool>) = items
         .into_iter()
         .zip(home)
@@ -377,6 +386,7 @@ pub async fn round(
     counters
         .surveyed
         .fetch_add(items.len() as u64, Ordering::Relaxed);
+    let mut silent: HashSet<PeerId> = failed.clone();
     for _ in 0..2 {
         if failed.is_empty() {
             break;
@@ -400,7 +410,14 @@ pub async fn round(
         for ((j, peer), held) in held {
             has.insert((again[j], peer), held);
         }
+        silent.extend(still.iter().copied());
         failed = still;
+    }
+    // A peer that did not answer may have left: what was left quiet around it is
+    // looked at again at the next full round.
+    if !silent.is_empty() {
+        away.quiet
+            .retain(|_, q| !q.targets.iter().any(|p| silent.contains(p)));
     }
     let mut budget = Budget {
         rate: config.bandwidth,
@@ -425,7 +442,10 @@ pub async fn round(
             // Only on what the R others said, never on this node counting itself.
             if !home[i] && targets.len() == network.config().replicas && !targets.contains(&me) {
                 handed.push(*item);
-            } else if !home[i] && !targets.contains(&me) {
+            } else if !home[i]
+                && !targets.contains(&me)
+                && !targets.iter().any(|p| failed.contains(p))
+            {
                 tracing::debug!(item = ?item, ?targets, "held away, needs nothing from here");
                 quiet.push((*item, targets.clone()));
             }
@@ -439,7 +459,8 @@ pub async fn round(
             count_short(i);
             // Not when the placement names this node (its routing table may not, yet):
             // it may be the holder that sends once a nearer holder leaves.
-            if !home[i] && !targets.contains(&me) {
+            // Nor when a peer where it belongs did not answer (counted as lacking it).
+            if !home[i] && !targets.contains(&me) && !targets.iter().any(|p| failed.contains(p)) {
                 tracing::debug!(item = ?item, ?targets, "held away, another holder sends");
                 quiet.push((*item, targets.clone()));
             }
@@ -482,12 +503,13 @@ pub async fn round(
             handed.push(*item);
         }
     }
-    let until = Instant::now() + config.away_recheck;
-    away.quiet.extend(
-        quiet
-            .into_iter()
-            .map(|(item, targets)| (item, (until, targets))),
-    );
+    if let Some(until) = Instant::now().checked_add(config.away_recheck) {
+        away.quiet.extend(
+            quiet
+                .into_iter()
+                .map(|(item, targets)| (item, Quiet { until, targets })),
+        );
+    }
     let dropped = hand_off(network, handed).await?;
     counters.handed_off.fetch_add(dropped, Ordering::Relaxed);
     if full {
