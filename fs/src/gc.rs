@@ -16,10 +16,9 @@
 //! The chunks a sweep found unreferenced are looked at again at every round (a batch of
 //! them, the latest found first) until they go or are referenced (a write under way
 //! refers to its chunks once its version is stored; repair leaves a marked chunk alone,
-//! so a mark must not outlive that). An
-//! unreferenced chunk goes between `grace` and 1.25 × `grace` after it became so, when a
-//! sweep takes less than a quarter of `grace` (a store of more than `batch` chunks takes
-//! a round per batch).
+//! so a mark must not outlive that). An unreferenced chunk goes between `grace` and
+//! 1.25 × `grace` after it became so, when a sweep takes less than a quarter of `grace`
+//! (a store of more than `batch` chunks takes a round per batch).
 //!
 //! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
 //! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
@@ -101,8 +100,9 @@ impl Collector {
         self.config.grace / 4
     }
 
-    /// Looks at the next batch of chunks this node holds and removes those that have
-    /// stayed unreferenced for the grace period; between sweeps, nothing.
+    /// Looks at the next batch of chunks this node holds (between sweeps, none) and at a
+    /// batch of those found unreferenced before, and removes those that have stayed
+    /// unreferenced for the grace period.
     pub async fn pass(&mut self, network: &Network, counters: &Counters) -> Result<(), String> {
         let mut sweeping = true;
         if self.cursor.is_none() {
