@@ -184,6 +184,10 @@ pub struct KadCounters {
     /// within the interval (see `crate::refresh`).
     #[serde(default)]
     pub refreshed_buckets: u64,
+    /// Peers dropped from the routing table because a dial to them failed while no
+    /// connection to them was open (see `EventLoop::forget`).
+    #[serde(default)]
+    pub forgotten: u64,
 }
 
 /// Queries of one kind that ended, and the requests they sent.
@@ -474,6 +478,19 @@ impl Streams {
         let overlay = self.overlay.accept(protocol)?;
         Ok(futures::stream::select(lean, overlay))
     }
+}
+
+/// `address` without its trailing `/p2p/<peer>`, as Kademlia keeps addresses and a dial
+/// reports them with it.
+fn without_p2p(address: &Multiaddr) -> Multiaddr {
+    let mut address = address.clone();
+    if matches!(
+        address.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
+        address.pop();
+    }
+    address
 }
 
 /// The routing table as the event loop last published it, for [`Client::closest_known`].
@@ -1949,6 +1966,18 @@ impl EventLoop {
                     && !self.streams.is_connected(&peer)
                 {
                     self.stream_dial_done(peer, Err(error_chain(&error)));
+                    // The stream swarm dials one address, and only over TCP: whether the
+                    // peer is gone is for an overlay dial, at every address Kademlia holds,
+                    // to say (see `forget`).
+                    if matches!(error, libp2p::swarm::DialError::Transport(_))
+                        && !self.swarm.is_connected(&peer)
+                    {
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(peer)
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build(),
+                        );
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -2125,10 +2154,47 @@ impl EventLoop {
                     && !self.swarm.is_connected(&peer)
                 {
                     self.on_peer_unreachable(peer);
+                    self.forget(peer, &error);
                 }
             }
             _ => {}
         }
+    }
+
+    /// Drops `peer` from the routing table after an overlay dial to it failed at every
+    /// address the table holds for it while no connection to it was open, as
+    /// go-libp2p-kad-dht drops a peer its query could not dial. Kademlia keeps a
+    /// disconnected entry until a newcomer needs its slot in a full bucket, and the
+    /// buckets near a node are sparse: a neighbour that left would stay among the nearest
+    /// of every key around this node for good, taken for where items belong (so this node
+    /// would count itself away from what it should look after) and asked at every lookup.
+    /// A live peer dropped by mistake comes back at its next overlay connection (see
+    /// `RoutingUpdated`). Kademlia has already struck the failed addresses but the last.
+    fn forget(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+        let libp2p::swarm::DialError::Transport(failed) = error else {
+            return;
+        };
+        if self.swarm.is_connected(&peer) || self.streams.is_connected(&peer) {
+            return;
+        }
+        let failed: HashSet<Multiaddr> = failed.iter().map(|(a, _)| without_p2p(a)).collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let key = kad::KBucketKey::from(peer);
+        let untried = kad.kbucket(peer).is_some_and(|bucket| {
+            bucket
+                .iter()
+                .filter(|entry| *entry.node.key == key)
+                .flat_map(|entry| entry.node.value.iter().map(without_p2p).collect::<Vec<_>>())
+                .any(|a| !failed.contains(&a))
+        });
+        if untried || kad.remove_peer(&peer).is_none() {
+            return;
+        }
+        tracing::debug!(%peer, error = %error_chain(error), "dropped from the routing table: it cannot be dialled");
+        self.kad_counters.forgotten += 1;
+        self.routing_changed = true;
+        // Where items near it belong has changed.
+        self.membership.send_modify(|n| *n += 1);
     }
 
     fn on_kad(&mut self, event: kad::Event) {

@@ -210,6 +210,56 @@ async fn a_dead_node_stops_resolving_and_comes_back() {
     }
 }
 
+/// A peer that left is dropped from the routing table once a dial to it fails: Kademlia
+/// alone keeps a disconnected entry until a newcomer needs its bucket's slot, which near a
+/// node may never happen, and the departed peer would stay among the nearest of every key
+/// around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_left_is_dropped_from_the_routing_table_once_it_cannot_be_dialled() {
+    let a = spawn(SigningKey::generate(), None).await;
+    let b = spawn(SigningKey::generate(), Some(&a.addr)).await;
+    let c_key = SigningKey::generate();
+    let c = spawn(c_key.clone(), Some(&a.addr)).await;
+    let c_peer = c_key.peer_id();
+    let knows_c = |node: &TestNode| {
+        node.client
+            .closest_known(&c_peer.to_bytes(), 10)
+            .iter()
+            .any(|p| p.peer == c_peer)
+    };
+    eventually("a and b to know c", Duration::from_secs(10), async || {
+        (knows_c(&a) && knows_c(&b)).then_some(())
+    })
+    .await;
+    c.client.shutdown().await.unwrap();
+    c.task.await.unwrap();
+    // Its connections closed; it is still in the table until something dials it.
+    eventually(
+        "c's connections to close",
+        Duration::from_secs(10),
+        async || {
+            let peers = a.client.peers().await.unwrap();
+            (!peers.iter().any(|p| p.peer_id == c_peer.to_string())).then_some(())
+        },
+    )
+    .await;
+    // A lookup near it dials it, and fails.
+    eventually("a to drop c", Duration::from_secs(10), async || {
+        let _ = a.client.look_up_closest(c_peer.to_bytes(), 3).await;
+        (!knows_c(&a)).then_some(())
+    })
+    .await;
+    assert_eq!(a.client.status().await.unwrap().kad.forgotten, 1);
+    // A live peer stays.
+    let b_peer = b.key.peer_id();
+    assert!(
+        a.client
+            .closest_known(&b_peer.to_bytes(), 10)
+            .iter()
+            .any(|p| p.peer == b_peer)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_without_a_writecap_is_refused() {
     let root = SigningKey::generate();

@@ -7,9 +7,11 @@
 //! For every item it holds, a node asks the item's R nearest live peers which of them
 //! hold it (`Have`, batched per peer). The nearest holder among those peers and itself is
 //! responsible and sends the missing copies, so that holders do not all send the same
-//! bytes. A round also re-reads a slice of the local store against the chunk ids
-//! (scrubbing), so a chunk corrupted on disk is dropped and copied back even when nobody
-//! reads it.
+//! bytes. Nodes place items by their own routing tables, which disagree under churn; a
+//! holder that keeps finding an item short while another is to send sends the copies
+//! itself after [`Config::takeover`]. A round also re-reads a slice of the local store
+//! against the chunk ids (scrubbing), so a chunk corrupted on disk is dropped and copied
+//! back even when nobody reads it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,6 +45,16 @@ pub struct Config {
     /// it and sends the copies). Placing such an item takes an overlay lookup; at every
     /// round, on every node, those grow with what is stored. Default 10 min.
     pub away_recheck: Duration,
+    /// How long an item may stay short while another holder is the one to send before
+    /// this node sends the copies itself: this long for the second nearest holder
+    /// among the nodes where the item belongs, twice as long for the third, and so on,
+    /// and for a holder away from them once those all had their turn. Each node places
+    /// items by its own routing table, and under churn those disagree: the holder this
+    /// node names may place the item elsewhere, count itself away from it, or name yet
+    /// another holder, and never send. Waiting, by rank, keeps holders from all sending
+    /// the same bytes when the responsible one is merely busy. Default 2 min (two
+    /// intervals).
+    pub takeover: Duration,
     /// Collection of chunks no kept version refers to, a batch after every round.
     pub gc: crate::gc::Config,
 }
@@ -57,6 +69,7 @@ impl Config {
             bandwidth: 64 << 20,
             scrub_per_round: 256,
             away_recheck: Duration::from_secs(600),
+            takeover: Duration::from_secs(120),
             gc: crate::gc::Config::new(),
         }
     }
@@ -85,6 +98,9 @@ pub struct Counters {
     elsewhere_short: AtomicU64,
     /// Copies sent by repair.
     pub copies_sent: AtomicU64,
+    /// Items whose copies this node sent after they stayed short for
+    /// [`Config::takeover`] while another holder was to send.
+    pub taken_over: AtomicU64,
     /// Bytes sent by repair.
     pub bytes_sent: AtomicU64,
     /// Items placed and asked about, every round's and every second asking's together.
@@ -109,6 +125,9 @@ pub struct Status {
     pub checked: u64,
     /// Copies sent by repair.
     pub copies_sent: u64,
+    /// Items sent after staying short while another holder was to send.
+    #[serde(default)]
+    pub taken_over: u64,
     /// Bytes sent by repair.
     pub bytes_sent: u64,
     /// Copies held away from where they belong, dropped once the R nodes where they
@@ -130,6 +149,7 @@ impl Counters {
             under_replicated: self.under_replicated.load(Ordering::Relaxed),
             checked: self.checked.load(Ordering::Relaxed),
             copies_sent: self.copies_sent.load(Ordering::Relaxed),
+            taken_over: self.taken_over.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
             scrub_corrupt: self.scrub_corrupt.load(Ordering::Relaxed),
@@ -172,13 +192,25 @@ impl Budget {
     }
 }
 
+/// What repair carries from one round to the next.
+///
 /// Items held away from where they belong that a full round found needing nothing from
 /// this node: until when they are left alone (see [`Config::away_recheck`]), and the
-/// nodes where they belonged then. The memo holds only while that placement stands: an
-/// item is looked at again as soon as one of those nodes is found down.
+/// nodes where they belonged then. That holds only while the placement stands: an item
+/// is looked at again as soon as one of those nodes is found down.
+///
+/// Items found short while another holder was to send: since when, and when last (see
+/// [`Config::takeover`]).
 #[derive(Debug, Default)]
-pub struct Away {
+pub struct State {
     quiet: HashMap<Item, Quiet>,
+    waiting: HashMap<Item, Waiting>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    since: Instant,
+    last: Instant,
 }
 
 #[derive(Debug)]
@@ -199,7 +231,7 @@ pub fn spawn(
         let mut membership = membership;
         let mut scrub_cursor: Option<ChunkId> = None;
         let mut collector = crate::gc::Collector::new(config.gc.clone());
-        let mut away = Away::default();
+        let mut state = State::default();
         // Scrubbing and collection run at the interval; repair also after membership
         // changes (once they settled), at most once per gap.
         let now = tokio::time::Instant::now;
@@ -237,7 +269,7 @@ pub fn spawn(
                 }
             }
             let skip = |c: &ChunkId| collector.unreferenced(c);
-            if let Err(e) = round(&network, &config, &counters, &skip, full, &mut away).await {
+            if let Err(e) = round(&network, &config, &counters, &skip, full, &mut state).await {
                 tracing::warn!(error = %e, "repair round failed");
             }
         }
@@ -356,28 +388,34 @@ async fn survey(network: &Network, items: &[Item]) -> Result<Survey, String> {
 /// they keep of its inode) is dropped too, rather than sent again at every round.
 /// Chunks for which `skip` says so are left alone (garbage waiting to be collected).
 /// An item held elsewhere that a full round found needing nothing from this node is left
-/// alone for [`Config::away_recheck`], as `away` remembers.
+/// alone for [`Config::away_recheck`], and an item short for [`Config::takeover`] while
+/// another holder was to send is sent by this node, as `state` remembers.
 pub async fn round(
     network: &Network,
     config: &Config,
     counters: &Counters,
     skip: &(dyn Fn(&ChunkId) -> bool + Sync),
     full: bool,
-    away: &mut Away,
+    state: &mut State,
 ) -> Result<(), String> {
     let mut items = held_items(network).await?;
     items.retain(|item| !matches!(item, Item::Chunk(c) if skip(c)));
+    if full {
+        let held: HashSet<&Item> = items.iter().collect();
+        state.waiting.retain(|item, _| held.contains(item));
+    }
     let home: Vec<bool> = items
         .iter()
         .map(|item| network.at_home(item.key()))
         .collect();
     let now = Instant::now();
-    away.quiet
+    state
+        .quiet
         .retain(|_, q| q.until > now && !q.targets.iter().any(|p| network.is_down(p)));
     let (items, home): (Vec<Item>, Vec<bool>) = items
         .into_iter()
         .zip(home)
-        .filter(|(item, home)| *home || (full && !away.quiet.contains_key(item)))
+        .filter(|(item, home)| *home || (full && !state.quiet.contains_key(item)))
         .unzip();
     // Placement and who holds what. The items a peer that did not answer should hold are
     // asked about again (the peer is then marked down, and they are placed around it),
@@ -416,7 +454,8 @@ pub async fn round(
     // A peer that did not answer may have left: what was left quiet around it is
     // looked at again at the next full round.
     if !silent.is_empty() {
-        away.quiet
+        state
+            .quiet
             .retain(|_, q| !q.targets.iter().any(|p| silent.contains(p)));
     }
     let mut budget = Budget {
@@ -438,37 +477,79 @@ pub async fn round(
     for (i, (item, targets)) in placement.iter().enumerate() {
         let holds = |peer: &PeerId| *peer == me || has.get(&(i, *peer)).copied().unwrap_or(false);
         let missing: Vec<PeerId> = targets.iter().filter(|p| !holds(p)).copied().collect();
+        // Left alone for a while: held away, and needing nothing from here. Not when the
+        // placement names this node (its routing table may not, yet): it may be the
+        // holder that sends once a nearer holder leaves. Nor when a peer where it belongs
+        // did not answer (counted as lacking it).
+        let may_quiet =
+            !home[i] && !targets.contains(&me) && !targets.iter().any(|p| failed.contains(p));
         if missing.is_empty() {
+            state.waiting.remove(item);
             // Only on what the R others said, never on this node counting itself.
             if !home[i] && targets.len() == network.config().replicas && !targets.contains(&me) {
                 handed.push(*item);
-            } else if !home[i]
-                && !targets.contains(&me)
-                && !targets.iter().any(|p| failed.contains(p))
-            {
+            } else if may_quiet {
                 tracing::debug!(item = ?item, ?targets, "held away, needs nothing from here");
-                quiet.push((*item, targets.clone()));
+                quiet.push((*item, targets.clone(), config.away_recheck));
             }
             continue;
         }
         // The nearest holder among the targets sends; this node sends when it is that
-        // holder, or when no target holds the item at all.
+        // holder, or when no target holds the item at all, or when the item has stayed
+        // short for `takeover` while another holder was to send.
         let responsible = targets.iter().find(|p| holds(p)).is_none_or(|p| *p == me);
-        if !responsible {
-            tracing::debug!(item = ?item, home = home[i], ?targets, ?missing, "short; another holder sends");
-            count_short(i);
-            // Not when the placement names this node (its routing table may not, yet):
-            // it may be the holder that sends once a nearer holder leaves.
-            // Nor when a peer where it belongs did not answer (counted as lacking it).
-            if !home[i] && !targets.contains(&me) && !targets.iter().any(|p| failed.contains(p)) {
-                tracing::debug!(item = ?item, ?targets, "held away, another holder sends");
-                quiet.push((*item, targets.clone()));
+        if responsible {
+            state.waiting.remove(item);
+        } else {
+            // Holders nearer than this node (all of them, for a holder away from where
+            // the item belongs) have their turn first.
+            let ahead = targets
+                .iter()
+                .take_while(|p| **p != me)
+                .filter(|p| holds(p))
+                .count();
+            let wait = config.takeover.saturating_mul(ahead.max(1) as u32);
+            // Only what is known short counts, not a peer that did not answer; and the
+            // clock starts again when the item went unseen for longer than its wait and
+            // a round (a copy held away is looked at again at its turn, below).
+            let known_short = missing.iter().any(|p| !failed.contains(p));
+            let unseen_at_most = wait + config.takeover + config.interval;
+            let since = match state.waiting.get(item) {
+                _ if !known_short => None,
+                Some(w) if now.duration_since(w.last) <= unseen_at_most => Some(w.since),
+                _ => Some(now),
+            };
+            if let Some(since) = since {
+                state.waiting.insert(*item, Waiting { since, last: now });
             }
-            continue;
+            if since.is_none_or(|since| now.duration_since(since) < wait) {
+                tracing::debug!(item = ?item, home = home[i], ?targets, ?missing, "short; another holder sends");
+                count_short(i);
+                if may_quiet {
+                    tracing::debug!(item = ?item, ?targets, "held away, another holder sends");
+                    // Looked at again at its turn, if that comes sooner.
+                    let turn =
+                        since.map_or(wait, |since| wait.saturating_sub(now.duration_since(since)));
+                    quiet.push((*item, targets.clone(), turn.min(config.away_recheck)));
+                }
+                continue;
+            }
+            tracing::debug!(item = ?item, home = home[i], ?targets, ?missing, ?wait, "short while another holder was to send; sending");
+            // If this does not mend it either, the next holder's turn comes first.
+            state.waiting.insert(
+                *item,
+                Waiting {
+                    since: now,
+                    last: now,
+                },
+            );
         }
         let Some((request, bytes)) = load(network, item).await else {
             continue;
         };
+        if !responsible {
+            counters.taken_over.fetch_add(1, Ordering::Relaxed);
+        }
         let mut sent_all = true;
         let mut superseded = false;
         for peer in missing {
@@ -503,13 +584,13 @@ pub async fn round(
             handed.push(*item);
         }
     }
-    if let Some(until) = Instant::now().checked_add(config.away_recheck) {
-        away.quiet.extend(
-            quiet
-                .into_iter()
-                .map(|(item, targets)| (item, Quiet { until, targets })),
-        );
-    }
+    let now = Instant::now();
+    state
+        .quiet
+        .extend(quiet.into_iter().filter_map(|(item, targets, wait)| {
+            let until = now.checked_add(wait)?;
+            Some((item, Quiet { until, targets }))
+        }));
     let dropped = hand_off(network, handed).await?;
     counters.handed_off.fetch_add(dropped, Ordering::Relaxed);
     if full {

@@ -649,7 +649,7 @@ async fn a_copy_held_away_that_needs_nothing_is_not_placed_at_every_round() {
     }
     let far = node(11);
     assert!(!far.network.at_home(id.as_bytes()));
-    let round = async |config: &repair::Config, away: &mut repair::Away| {
+    let round = async |config: &repair::Config, away: &mut repair::State| {
         repair::round(&far.network, config, &far.repair, &|_| false, true, away)
             .await
             .unwrap();
@@ -665,7 +665,7 @@ async fn a_copy_held_away_that_needs_nothing_is_not_placed_at_every_round() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     let config = repair::Config::new();
-    let mut away = repair::Away::default();
+    let mut away = repair::State::default();
     assert_eq!(round(&config, &mut away).await, 1);
     assert_eq!(lookups(), 1);
     assert_eq!(round(&config, &mut away).await, 1, "placed again");
@@ -677,9 +677,82 @@ async fn a_copy_held_away_that_needs_nothing_is_not_placed_at_every_round() {
         away_recheck: Duration::ZERO,
         ..repair::Config::new()
     };
-    let mut away = repair::Away::default();
+    let mut away = repair::State::default();
     assert_eq!(round(&eager, &mut away).await, 2);
     assert_eq!(round(&eager, &mut away).await, 3);
+}
+
+/// Nodes place items by their own routing tables, which disagree under churn, so the
+/// holder one node counts on to send the copies may never do so. A holder that keeps
+/// finding an item short while another was to send sends them itself after `takeover`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_sends_the_copies_another_holder_left_missing() {
+    trace();
+    // Rounds are called here, not by repair tasks: the nearest holder never sends.
+    let nodes = start_net_repairing(6, false).await;
+    let bytes = data(4000, 21);
+    let id = fs::ChunkId::of(&bytes);
+    let peer = |n: &Node| n.identity.signing_key().peer_id();
+    let ranked = nodes[0].dht.closest_known(id.as_bytes(), nodes.len());
+    assert_eq!(ranked.len(), nodes.len());
+    let node = |rank: usize| nodes.iter().find(|n| peer(n) == ranked[rank].peer).unwrap();
+    // The nearest and the second nearest hold it; the third, where it belongs too, not.
+    for rank in [0, 1] {
+        node(rank)
+            .network
+            .local()
+            .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
+            .unwrap();
+    }
+    let (second, third) = (node(1), node(2));
+    assert!(second.network.at_home(id.as_bytes()));
+    let config = repair::Config {
+        takeover: Duration::from_millis(300),
+        ..repair::Config::new()
+    };
+    let mut state = repair::State::default();
+    let round = async |state: &mut repair::State| {
+        repair::round(
+            &second.network,
+            &config,
+            &second.repair,
+            &|_| false,
+            false,
+            state,
+        )
+        .await
+        .unwrap();
+        second.repair.status()
+    };
+    let third_holds = || third.network.local().store().has_chunk(&id).unwrap();
+    let status = round(&mut state).await;
+    assert!(!third_holds(), "sent while the nearest holder was to send");
+    assert_eq!((status.under_replicated, status.copies_sent), (1, 0));
+    // Mended meanwhile (as by the nearest), then short again: the wait starts over.
+    third
+        .network
+        .local()
+        .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
+        .unwrap();
+    assert_eq!(round(&mut state).await.under_replicated, 0);
+    assert!(third.network.local().store().remove_chunk(&id).unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = round(&mut state).await;
+    assert!(
+        !third_holds(),
+        "sent at once, on an earlier shortage's wait"
+    );
+    assert_eq!((status.under_replicated, status.copies_sent), (1, 0));
+    // Still short after the wait: the second sends.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = round(&mut state).await;
+    assert!(third_holds());
+    assert_eq!((status.taken_over, status.copies_sent), (1, 1));
+    assert_eq!(status.under_replicated, 0);
+    // Nothing is short any more, and nothing is sent again.
+    let status = round(&mut state).await;
+    assert_eq!((status.taken_over, status.copies_sent), (1, 1));
+    assert_eq!(status.under_replicated, 0);
 }
 
 /// An item held only farther out than the R + 4 nodes nearest its key (as one put before

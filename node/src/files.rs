@@ -168,6 +168,8 @@ impl Files {
         let repair = Arc::new(repair::Counters::default());
         let repair_config = repair::Config {
             interval: settings.repair_interval,
+            // Two rounds: a holder waits out one of the holder that was to send.
+            takeover: 2 * settings.repair_interval,
             bandwidth: settings.repair_bandwidth,
             gc: fs::gc::Config {
                 grace: settings.gc_grace,
@@ -647,6 +649,11 @@ impl prometheus_client::collector::Collector for Collector {
                 "blocktree_fs_repair_copies",
                 "Copies sent by repair",
                 self.repair.copies_sent.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_repair_taken_over",
+                "Items this node sent after they stayed short while another holder was to send",
+                self.repair.taken_over.load(Relaxed),
             ),
             (
                 "blocktree_fs_repair_handed_off",

@@ -511,11 +511,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fs.replicas, fs.write_quorum, fs.chunks, fs.chunk_bytes, fs.inodes, fs.versions
             );
             println!(
-                "repair:        {} rounds, {} under-replicated, {} copies sent ({} bytes), {} handed off, {} corrupt dropped, {} unreferenced chunks collected",
+                "repair:        {} rounds, {} under-replicated, {} copies sent ({} bytes; {} items taken over), {} handed off, {} corrupt dropped, {} unreferenced chunks collected",
                 fs.repair.rounds,
                 fs.repair.under_replicated,
                 fs.repair.copies_sent,
                 fs.repair.bytes_sent,
+                fs.repair.taken_over,
                 fs.repair.handed_off,
                 fs.corrupt_dropped,
                 fs.repair.collected

@@ -100,8 +100,11 @@ impl Mounted {
             disk.served.clone(),
         ));
         let node = repair::Config::new();
+        let interval =
+            Duration::from_secs_f64((files.repair_secs / scenario.time_scale).max(0.001));
         let repair_config = repair::Config {
-            interval: Duration::from_secs_f64((files.repair_secs / scenario.time_scale).max(0.001)),
+            interval,
+            takeover: 2 * interval,
             settle: node.settle.div_f64(scenario.time_scale.max(1.0)),
             membership_gap: node.membership_gap.div_f64(scenario.time_scale.max(1.0)),
             away_recheck: node.away_recheck.div_f64(scenario.time_scale.max(1.0)),

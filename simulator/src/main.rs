@@ -252,16 +252,18 @@ fn table(report: &simulator::Report) -> String {
             ),
         );
         row(
-            "repair: copies / MiB sent",
+            "repair: copies / MiB sent / items taken over",
             format!(
-                "{} / {:.1}",
+                "{} / {:.1} / {}",
                 a.repair_copies,
-                a.repair_bytes as f64 / 1048576.0
+                a.repair_bytes as f64 / 1048576.0,
+                a.repair_taken_over
             ),
             format!(
-                "{} / {:.1}",
+                "{} / {:.1} / {}",
                 w.repair_copies,
-                w.repair_bytes as f64 / 1048576.0
+                w.repair_bytes as f64 / 1048576.0,
+                w.repair_taken_over
             ),
         );
         row(

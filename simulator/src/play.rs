@@ -122,6 +122,10 @@ pub struct Window {
     /// Items repair placed and asked about in the window, all nodes.
     #[serde(default)]
     pub repair_surveyed: u64,
+    /// Items whose copies a holder sent after they stayed short while another holder was
+    /// to send (`fs::repair::Config::takeover`), in the window, all nodes.
+    #[serde(default)]
+    pub repair_taken_over: u64,
     /// Items the nodes on line counted as lacking copies after their last repair round
     /// (sampled at the window's start).
     pub under_replicated: u64,
@@ -194,6 +198,7 @@ struct FsMark {
     copies: u64,
     bytes: u64,
     surveyed: u64,
+    taken_over: u64,
     lookups: FsLookups,
 }
 
@@ -205,6 +210,7 @@ impl FsMark {
             mark.copies += disk.repair().copies_sent.load(Relaxed);
             mark.bytes += disk.repair().bytes_sent.load(Relaxed);
             mark.surveyed += disk.repair().surveyed.load(Relaxed);
+            mark.taken_over += disk.repair().taken_over.load(Relaxed);
             mark.lookups.add(&FsLookups::of(disk.served()));
         }
         mark
@@ -238,6 +244,9 @@ pub struct KadWork {
     /// Records sent to a peer that joined near them, to store (among the record stores).
     #[serde(default)]
     pub handed_off: u64,
+    /// Peers dropped from routing tables because a dial to them failed.
+    #[serde(default)]
+    pub forgotten: u64,
 }
 
 impl KadWork {
@@ -255,6 +264,7 @@ impl KadWork {
             puts: d(before.put_record.queries, after.put_record.queries),
             puts_unacknowledged: d(before.put_unacknowledged, after.put_unacknowledged),
             handed_off: d(before.handed_off, after.handed_off),
+            forgotten: d(before.forgotten, after.forgotten),
         }
     }
 
@@ -269,6 +279,7 @@ impl KadWork {
         self.puts += other.puts;
         self.puts_unacknowledged += other.puts_unacknowledged;
         self.handed_off += other.handed_off;
+        self.forgotten += other.forgotten;
     }
 }
 
@@ -319,6 +330,9 @@ pub struct Totals {
     pub repair_copies: u64,
     /// Bytes repair sent.
     pub repair_bytes: u64,
+    /// Items a holder sent after they stayed short while another holder was to send.
+    #[serde(default)]
+    pub repair_taken_over: u64,
     /// Kademlia's work.
     pub kad: KadWork,
     /// The file system's lookups.
@@ -907,6 +921,7 @@ pub async fn play(
                 w.repair_copies = next.copies.saturating_sub(mark.copies);
                 w.repair_bytes = next.bytes.saturating_sub(mark.bytes);
                 w.repair_surveyed = next.surveyed.saturating_sub(mark.surveyed);
+                w.repair_taken_over = next.taken_over.saturating_sub(mark.taken_over);
                 w.lookups = next.lookups.since(&mark.lookups);
                 next = *mark;
             }
@@ -1180,6 +1195,7 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         t.gets_failed += w.gets_failed;
         t.repair_copies += w.repair_copies;
         t.repair_bytes += w.repair_bytes;
+        t.repair_taken_over += w.repair_taken_over;
         t.kad.add(&w.kad);
         t.lookups.add(&w.lookups);
         t.cpu_secs += w.cpu_secs;
