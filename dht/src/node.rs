@@ -2184,7 +2184,7 @@ impl EventLoop {
             bucket
                 .iter()
                 .filter(|entry| *entry.node.key == key)
-                .flat_map(|entry| entry.node.value.iter().map(without_p2p).collect::<Vec<_>>())
+                .flat_map(|entry| entry.node.value.iter().map(without_p2p))
                 .any(|a| !failed.contains(&a))
         });
         if untried || kad.remove_peer(&peer).is_none() {

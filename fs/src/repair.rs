@@ -400,7 +400,7 @@ pub async fn round(
 ) -> Result<(), String> {
     let mut items = held_items(network).await?;
     items.retain(|item| !matches!(item, Item::Chunk(c) if skip(c)));
-    if full {
+    if full && !state.waiting.is_empty() {
         let held: HashSet<&Item> = items.iter().collect();
         state.waiting.retain(|item, _| held.contains(item));
     }

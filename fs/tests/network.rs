@@ -180,6 +180,26 @@ fn copies(nodes: &[&Node]) -> std::collections::BTreeMap<ItemId, usize> {
     count
 }
 
+/// `nodes`, nearest to `id` first (every node knows every other).
+fn by_distance<'a>(nodes: &'a [Node], id: &fs::ChunkId) -> Vec<&'a Node> {
+    let peer = |n: &Node| n.identity.signing_key().peer_id();
+    let ranked = nodes[0].dht.closest_known(id.as_bytes(), nodes.len());
+    assert_eq!(ranked.len(), nodes.len());
+    ranked
+        .iter()
+        .map(|c| nodes.iter().find(|n| peer(n) == c.peer).unwrap())
+        .collect()
+}
+
+/// Stores `bytes` as a chunk owned by nobody on `node` alone.
+fn hold(node: &Node, bytes: &[u8]) {
+    let id = fs::ChunkId::of(bytes);
+    node.network
+        .local()
+        .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes)])
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_survive_two_departures() {
     trace();
@@ -635,17 +655,11 @@ async fn a_copy_held_away_that_needs_nothing_is_not_placed_at_every_round() {
     let nodes = start_net_repairing(12, false).await;
     let bytes = data(4000, 13);
     let id = fs::ChunkId::of(&bytes);
-    let peer = |n: &Node| n.identity.signing_key().peer_id();
-    let ranked = nodes[0].dht.closest_known(id.as_bytes(), nodes.len());
-    assert_eq!(ranked.len(), nodes.len());
-    let node = |rank: usize| nodes.iter().find(|n| peer(n) == ranked[rank].peer).unwrap();
+    let ranked = by_distance(&nodes, &id);
+    let node = |rank: usize| ranked[rank];
     // The nearest holds it, and the farthest: the nearest is the one that sends.
     for rank in [0, 11] {
-        node(rank)
-            .network
-            .local()
-            .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
-            .unwrap();
+        hold(node(rank), &bytes);
     }
     let far = node(11);
     assert!(!far.network.at_home(id.as_bytes()));
@@ -692,17 +706,11 @@ async fn a_holder_sends_the_copies_another_holder_left_missing() {
     let nodes = start_net_repairing(6, false).await;
     let bytes = data(4000, 21);
     let id = fs::ChunkId::of(&bytes);
-    let peer = |n: &Node| n.identity.signing_key().peer_id();
-    let ranked = nodes[0].dht.closest_known(id.as_bytes(), nodes.len());
-    assert_eq!(ranked.len(), nodes.len());
-    let node = |rank: usize| nodes.iter().find(|n| peer(n) == ranked[rank].peer).unwrap();
+    let ranked = by_distance(&nodes, &id);
+    let node = |rank: usize| ranked[rank];
     // The nearest and the second nearest hold it; the third, where it belongs too, not.
     for rank in [0, 1] {
-        node(rank)
-            .network
-            .local()
-            .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
-            .unwrap();
+        hold(node(rank), &bytes);
     }
     let (second, third) = (node(1), node(2));
     assert!(second.network.at_home(id.as_bytes()));
@@ -729,11 +737,7 @@ async fn a_holder_sends_the_copies_another_holder_left_missing() {
     assert!(!third_holds(), "sent while the nearest holder was to send");
     assert_eq!((status.under_replicated, status.copies_sent), (1, 0));
     // Mended meanwhile (as by the nearest), then short again: the wait starts over.
-    third
-        .network
-        .local()
-        .put_chunks(&fs::InodeId([0; 32]), &[(id, bytes.as_slice())])
-        .unwrap();
+    hold(third, &bytes);
     assert_eq!(round(&mut state).await.under_replicated, 0);
     assert!(third.network.local().store().remove_chunk(&id).unwrap());
     tokio::time::sleep(Duration::from_millis(400)).await;
