@@ -524,6 +524,23 @@ impl RoutingView {
             .map(|(_, peer, connected)| Candidate { peer, connected })
             .collect()
     }
+
+    /// The `count` peers nearest to this node, nearest first: where the items this node
+    /// holds at home are held too.
+    fn neighbourhood(&self, count: usize) -> Vec<PeerId> {
+        let me = kad::KBucketKey::from(self.me);
+        let mut near: Vec<(kad::KBucketDistance, PeerId)> = self
+            .peers
+            .iter()
+            .map(|(peer, _)| (peer.distance(&me), *peer.preimage()))
+            .collect();
+        if near.len() > count {
+            near.select_nth_unstable(count);
+            near.truncate(count);
+        }
+        near.sort();
+        near.into_iter().map(|(_, peer)| peer).collect()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -607,8 +624,11 @@ impl Client {
             .await
     }
 
-    /// A counter that changes whenever a peer connects for the first time or loses its
-    /// last connection: a cue to check what depends on who is around.
+    /// A counter that changes whenever this node's neighbourhood changes: which peers are
+    /// the k (the replication factor) nearest to it in the routing table, or one of
+    /// them lost its last connection (it may have crashed). A cue to check what is held
+    /// near this node; connections to peers farther away, which lookups open and idle
+    /// timeouts close all the time, do not move it.
     pub fn membership(&self) -> tokio::sync::watch::Receiver<u64> {
         self.membership.clone()
     }
@@ -917,6 +937,8 @@ pub struct EventLoop {
     routing_changed: bool,
     /// Entries in the last published table (the next one's capacity).
     routing_len: usize,
+    /// The peers nearest this node at the last publication (see [`Client::membership`]).
+    neighbourhood: Vec<PeerId>,
     /// Which buckets lookups went through lately, and the refresh lookup in flight.
     refresh: Refresh,
     /// When to look for stale buckets next.
@@ -1037,6 +1059,7 @@ impl EventLoop {
             refresh,
             refresh_check: now,
             routing_len: 0,
+            neighbourhood: Vec::new(),
         }
     }
 
@@ -1073,6 +1096,11 @@ impl EventLoop {
     fn publish_routing(&mut self) {
         self.routing_changed = false;
         let view = Arc::new(self.routing_view());
+        let neighbourhood = view.neighbourhood(self.config.replication_factor.max(1));
+        if neighbourhood != self.neighbourhood {
+            self.neighbourhood = neighbourhood;
+            self.membership.send_modify(|n| *n += 1);
+        }
         match self.routing.write() {
             Ok(mut published) => *published = view,
             Err(poisoned) => *poisoned.into_inner() = view,
@@ -2108,9 +2136,6 @@ impl EventLoop {
                     self.republish_due = Some(Instant::now() + Duration::from_millis(500));
                 }
                 self.on_peer_reachable(peer_id);
-                if self.connections.get(&peer_id).is_some_and(|a| a.len() == 1) {
-                    self.membership.send_modify(|n| *n += 1);
-                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -2126,7 +2151,9 @@ impl EventLoop {
                     self.agents.remove(&peer_id);
                     // Answers that point at this node are no longer known to be live.
                     self.cache.retain(|_, (_, peer, _)| *peer != peer_id);
-                    self.membership.send_modify(|n| *n += 1);
+                    if self.neighbourhood.contains(&peer_id) {
+                        self.membership.send_modify(|n| *n += 1);
+                    }
                 } else if let Some(set) = self.connections.get_mut(&peer_id) {
                     set.remove(endpoint.get_remote_address());
                 }
@@ -2192,9 +2219,8 @@ impl EventLoop {
         }
         tracing::debug!(%peer, error = %error_chain(error), "dropped from the routing table: it cannot be dialled");
         self.kad_counters.forgotten += 1;
+        // Where items near it belong may have changed (see `publish_routing`).
         self.routing_changed = true;
-        // Where items near it belong has changed.
-        self.membership.send_modify(|n| *n += 1);
     }
 
     fn on_kad(&mut self, event: kad::Event) {

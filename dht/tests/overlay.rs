@@ -261,6 +261,81 @@ async fn a_peer_that_left_is_dropped_from_the_routing_table_once_it_cannot_be_di
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_moves_with_the_nearest_peers_only() {
+    // A neighbourhood of the two nearest peers, among five.
+    let with_k = |bootstrap: Option<&Multiaddr>| {
+        let mut c = config(bootstrap);
+        c.replication_factor = 2;
+        c
+    };
+    let a = spawn_with(SigningKey::generate(), with_k(None)).await;
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(spawn_with(SigningKey::generate(), with_k(Some(&a.addr))).await);
+    }
+    let me = libp2p::kad::KBucketKey::from(a.key.peer_id());
+    others.sort_by_key(|n| libp2p::kad::KBucketKey::from(n.key.peer_id()).distance(&me));
+    let known = |node: &TestNode| {
+        let peer = node.key.peer_id();
+        a.client
+            .closest_known(&peer.to_bytes(), 10)
+            .iter()
+            .any(|p| p.peer == peer)
+    };
+    eventually(
+        "a to know every peer",
+        Duration::from_secs(10),
+        async || others.iter().all(known).then_some(()),
+    )
+    .await;
+    for node in &others {
+        a.client.dial(node.addr.clone()).await.unwrap();
+    }
+    // Settled: nothing moves it for a second.
+    let membership = a.client.membership();
+    let settled = eventually(
+        "the neighbourhood to settle",
+        Duration::from_secs(10),
+        async || {
+            let before = *membership.borrow();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (*membership.borrow() == before).then_some(before)
+        },
+    )
+    .await;
+    // The farthest peer leaves: its connection closes, and the count stays.
+    let far = others.pop().unwrap();
+    let far_peer = far.key.peer_id().to_string();
+    far.client.shutdown().await.unwrap();
+    far.task.await.unwrap();
+    eventually(
+        "the far peer's connection to close",
+        Duration::from_secs(10),
+        async || {
+            let peers = a.client.peers().await.unwrap();
+            (!peers.iter().any(|p| p.peer_id == far_peer)).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *membership.borrow(),
+        settled,
+        "a far peer's leaving moved it"
+    );
+    // The nearest leaves: it moves.
+    let near = others.remove(0);
+    near.client.shutdown().await.unwrap();
+    near.task.await.unwrap();
+    eventually(
+        "a neighbour's leaving to move it",
+        Duration::from_secs(10),
+        async || (*membership.borrow() != settled).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_without_a_writecap_is_refused() {
     let root = SigningKey::generate();
     let tree = Path::root_of(root.principal());

@@ -1,7 +1,8 @@
 //! Repair: every item a node holds is checked against the R peers it belongs on, and the
 //! copies they lack are sent to them, within a bandwidth budget.
 //!
-//! A round runs when membership changes (after a short settling delay, at most once per
+//! A round runs when membership changes (the peers nearest this node, see
+//! `dht::Client::membership`; after a short settling delay, at most once per
 //! [`Config::membership_gap`]) and periodically; scrubbing and collection only
 //! periodically.
 //! For every item it holds, a node asks the item's R nearest live peers which of them

@@ -126,6 +126,14 @@ pub struct Window {
     /// to send (`fs::repair::Config::takeover`), in the window, all nodes.
     #[serde(default)]
     pub repair_taken_over: u64,
+    /// Repair rounds the nodes ran in the window (at the interval and after membership
+    /// changes), all nodes.
+    #[serde(default)]
+    pub repair_rounds: u64,
+    /// Block-protocol requests the nodes served in the window (repair's `Have`s
+    /// included), all nodes.
+    #[serde(default)]
+    pub block_served: u64,
     /// Items the nodes on line counted as lacking copies after their last repair round
     /// (sampled at the window's start).
     pub under_replicated: u64,
@@ -199,6 +207,8 @@ struct FsMark {
     bytes: u64,
     surveyed: u64,
     taken_over: u64,
+    rounds: u64,
+    served: u64,
     lookups: FsLookups,
 }
 
@@ -211,6 +221,8 @@ impl FsMark {
             mark.bytes += disk.repair().bytes_sent.load(Relaxed);
             mark.surveyed += disk.repair().surveyed.load(Relaxed);
             mark.taken_over += disk.repair().taken_over.load(Relaxed);
+            mark.rounds += disk.repair().rounds.load(Relaxed);
+            mark.served += disk.served().served.load(Relaxed);
             mark.lookups.add(&FsLookups::of(disk.served()));
         }
         mark
@@ -922,6 +934,8 @@ pub async fn play(
                 w.repair_bytes = next.bytes.saturating_sub(mark.bytes);
                 w.repair_surveyed = next.surveyed.saturating_sub(mark.surveyed);
                 w.repair_taken_over = next.taken_over.saturating_sub(mark.taken_over);
+                w.repair_rounds = next.rounds.saturating_sub(mark.rounds);
+                w.block_served = next.served.saturating_sub(mark.served);
                 w.lookups = next.lookups.since(&mark.lookups);
                 next = *mark;
             }
