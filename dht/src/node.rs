@@ -1179,9 +1179,14 @@ impl EventLoop {
         if self.refresh.is_running() {
             return;
         }
+        let k = self.config.replication_factor.max(1);
+        let kth = match self.neighbourhood.get(k - 1) {
+            Some(peer) => self.refresh.bucket_of(&kad::KBucketKey::from(*peer)),
+            None => None,
+        };
         let kad = &mut self.swarm.behaviour_mut().kad;
         let nearest = kad.kbuckets().next().and_then(|b| b.range().0.ilog2());
-        let Some(target) = self.refresh.due(nearest, now) else {
+        let Some(target) = self.refresh.due(nearest, kth, now) else {
             return;
         };
         let query = match &target {

@@ -14,6 +14,13 @@
 //! Refresh lookups run one at a time, as the bootstrap's do, so a node that finds many
 //! buckets stale spreads their lookups out rather than sending them all at once.
 //!
+//! Nor are the buckets the lookup of the own key covers refreshed on their own: it finds
+//! the k nearest nodes, so every bucket nearer than the one holding the k-th nearest
+//! peer in the table is filled by it (in a network of a thousand, buckets up to 249 of
+//! the 247 to 255 that hold peers). Each such bucket holds a handful of nodes, and a
+//! lookup of its own (some forty requests) finds no more of them than the own-key
+//! lookup, which runs at every interval anyway.
+//!
 //! A key in a bucket is found by hashing random keys until one falls in it (Kademlia's
 //! wire protocol carries preimages): bucket `i` takes 2^(256 - i) tries on average, so
 //! only buckets from [`NEAREST_REFRESHED`] out are refreshed this way (as
@@ -103,12 +110,19 @@ impl Refresh {
     }
 
     /// The next lookup due, if any, with the nearest non-empty bucket `nearest` (none:
-    /// the table is empty, and there is nothing to refresh from). Buckets nearer than
+    /// the table is empty, and there is nothing to refresh from) and the bucket of the
+    /// k-th nearest peer, `kth` (none: the table holds fewer than k). Buckets nearer than
     /// `nearest` hold no peer and are covered by the own-key lookup, and `nearest` itself
-    /// too, as in libp2p's bootstrap. The stalest bucket goes first. A bucket no key was
-    /// found for counts as refreshed (see [`MAX_TRIES`]), and then nothing else is
-    /// searched for in this call, so one call hashes at most [`MAX_TRIES`] keys.
-    pub(crate) fn due(&mut self, nearest: Option<u32>, now: Instant) -> Option<Target> {
+    /// too, as in libp2p's bootstrap; so are those nearer than `kth`, whose peers are all
+    /// among the k nearest. The stalest bucket goes first. A bucket no key was found for
+    /// counts as refreshed (see [`MAX_TRIES`]), and then nothing else is searched for in
+    /// this call, so one call hashes at most [`MAX_TRIES`] keys.
+    pub(crate) fn due(
+        &mut self,
+        nearest: Option<u32>,
+        kth: Option<u32>,
+        now: Instant,
+    ) -> Option<Target> {
         let nearest = nearest?;
         if self.in_flight.is_some() {
             return None;
@@ -116,7 +130,9 @@ impl Refresh {
         if now.duration_since(self.own) >= self.interval {
             return Some(Target::Own);
         }
-        let first = (nearest as usize + 1).max(self.nearest_refreshed);
+        let first = (nearest as usize + 1)
+            .max(kth.map_or(0, |b| b as usize))
+            .max(self.nearest_refreshed);
         let stale = (first..BUCKETS)
             .filter(|&b| now.duration_since(self.last[b]) >= self.interval)
             .min_by_key(|&b| self.last[b])?;
@@ -178,8 +194,8 @@ mod tests {
     fn nothing_is_due_within_the_interval_or_with_an_empty_table() {
         let now = Instant::now();
         let mut r = refresh(now);
-        assert_eq!(r.due(Some(250), now + Duration::from_secs(599)), None);
-        assert_eq!(r.due(None, now + Duration::from_secs(6000)), None);
+        assert_eq!(r.due(Some(250), None, now + Duration::from_secs(599)), None);
+        assert_eq!(r.due(None, None, now + Duration::from_secs(6000)), None);
     }
 
     #[test]
@@ -199,7 +215,7 @@ mod tests {
         let now = start + Duration::from_secs(600);
         // The own key first, then buckets 251, 252 and 254 (nearest non-empty: 250),
         // each a key that falls in it, one lookup at a time.
-        assert_eq!(r.due(Some(250), now), Some(Target::Own));
+        assert_eq!(r.due(Some(250), None, now), Some(Target::Own));
         let mut query = 0;
         let mut next_id = || {
             query += 1;
@@ -208,11 +224,11 @@ mod tests {
         };
         let id = next_id();
         r.start(id, &Target::Own, now);
-        assert_eq!(r.due(Some(250), now), None, "one refresh at a time");
+        assert_eq!(r.due(Some(250), None, now), None, "one refresh at a time");
         assert!(!r.finished(next_id()));
         assert!(r.finished(id));
         let mut refreshed = Vec::new();
-        while let Some(target) = r.due(Some(250), now) {
+        while let Some(target) = r.due(Some(250), None, now) {
             let Target::Bucket { bucket, key } = &target else {
                 panic!("the own key again");
             };
@@ -227,7 +243,7 @@ mod tests {
         // The two buckets the lookups went through are due an interval after them.
         let later = early + Duration::from_secs(600);
         let mut next = Vec::new();
-        while let Some(target) = r.due(Some(250), later) {
+        while let Some(target) = r.due(Some(250), None, later) {
             let Target::Bucket { bucket, .. } = target else {
                 panic!("the own key again");
             };
@@ -242,6 +258,46 @@ mod tests {
     }
 
     #[test]
+    fn buckets_the_own_lookup_fills_are_not_refreshed_on_their_own() {
+        let start = Instant::now();
+        let mut r = refresh(start);
+        let now = start + Duration::from_secs(600);
+        r.looked_up_own(now);
+        // Peers from bucket 246 out; the k-th nearest in bucket 250: 246 to 249 are the
+        // own lookup's, and 250 to 255 are refreshed.
+        let mut refreshed = Vec::new();
+        let mut query = 0;
+        while let Some(target) = r.due(Some(246), Some(250), now) {
+            let Target::Bucket { bucket, .. } = target else {
+                panic!("the own key again");
+            };
+            query += 1;
+            let id = test_query_id(query);
+            r.start(id, &target, now);
+            assert!(r.finished(id));
+            refreshed.push(bucket);
+        }
+        refreshed.sort_unstable();
+        assert_eq!(refreshed, (250..=255).collect::<Vec<u32>>());
+        // Fewer than k peers: every bucket beyond the nearest.
+        let later = now + Duration::from_secs(600);
+        r.looked_up_own(later);
+        let mut all = Vec::new();
+        while let Some(target) = r.due(Some(246), None, later) {
+            let Target::Bucket { bucket, .. } = target else {
+                panic!("the own key again");
+            };
+            query += 1;
+            let id = test_query_id(query);
+            r.start(id, &target, later);
+            assert!(r.finished(id));
+            all.push(bucket);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (247..=255).collect::<Vec<u32>>());
+    }
+
+    #[test]
     fn buckets_too_near_for_a_random_key_are_left_to_other_lookups() {
         let start = Instant::now();
         let mut r = refresh(start);
@@ -251,16 +307,16 @@ mod tests {
             r.last[b] = now;
         }
         // Buckets 201 to 241 are stale, and would take 2^15 to 2^55 tries: not searched.
-        assert_eq!(r.due(Some(200), now), None);
+        assert_eq!(r.due(Some(200), None, now), None);
         assert_eq!(r.skipped, 0);
         // A bucket searched in vain waits an interval: with the floor lowered to 201, a
         // key in bucket 201 (2^55 tries on average) is not found.
         r.nearest_refreshed = 201;
-        assert_eq!(r.due(Some(200), now), None);
+        assert_eq!(r.due(Some(200), None, now), None);
         assert_eq!(r.skipped, 1);
         assert!(now.duration_since(r.last[201]) < Duration::from_secs(1));
         // The next call searches the next stalest, bucket 202, in vain too.
-        assert_eq!(r.due(Some(200), now), None);
+        assert_eq!(r.due(Some(200), None, now), None);
         assert_eq!(r.skipped, 2, "bucket 202 next");
     }
 
