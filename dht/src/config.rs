@@ -39,8 +39,17 @@ pub struct Config {
     pub bootstrap_retry: Duration,
     /// Most records the store holds. Default: 65 536.
     pub max_records: usize,
-    /// Kademlia replication factor. Default: 20 (Kademlia's k).
+    /// Kademlia replication factor: how many nodes store a record, and how many nearest
+    /// peers a lookup finds (so the buckets nearer than the k-th nearest peer's are
+    /// filled by the lookup of the own key, and not refreshed on their own). Default: 20
+    /// (Kademlia's k).
     pub replication_factor: usize,
+    /// How many of the peers nearest this node make its neighbourhood: a change among
+    /// them (one joins or leaves the routing table, or loses its last connection) moves
+    /// [`crate::Client::membership`]. A store that keeps R copies of each item on the R
+    /// nodes nearest its key should make it at least 4R, so that the other holders of
+    /// what this node keeps are in it. Default: 20.
+    pub neighbourhood: usize,
     /// A lookup stops once this many peers returned a valid record for its key (the
     /// newest of them wins); fewer only when the lookup runs out of peers. When the node
     /// it names is found dead, the lookup runs again for newer records only. A
@@ -49,9 +58,10 @@ pub struct Config {
     pub resolve_quorum: u32,
     /// How long a routing-table bucket may go without a lookup through it before the node
     /// refreshes it (a lookup of a random key in it), and how often the own key is looked
-    /// up. Lookups for records and placements count, so in a busy node only the near
-    /// buckets are refreshed (see `crate::refresh`). Joins refresh every bucket. Default:
-    /// 10 min (go-libp2p-kad-dht's).
+    /// up. Lookups for records and placements count, so in a busy node mostly the near
+    /// buckets are refreshed, those the own key's lookup does not fill (see
+    /// `crate::refresh`). Joins refresh every bucket. Default: 10 min
+    /// (go-libp2p-kad-dht's).
     pub bootstrap_interval: Duration,
     /// Most connected peers: beyond this, those least recently connected or heard from
     /// over pub-sub are disconnected down to three quarters of it (peers in a pub-sub mesh, and connections younger
@@ -89,6 +99,7 @@ impl Config {
             bootstrap_retry: Duration::from_secs(1),
             max_records: 65_536,
             replication_factor: 20,
+            neighbourhood: 20,
             resolve_quorum: 3,
             max_connections: 256,
             bootstrap_interval: Duration::from_secs(600),

@@ -525,8 +525,7 @@ impl RoutingView {
             .collect()
     }
 
-    /// The `count` peers nearest to this node, nearest first: where the items this node
-    /// holds at home are held too.
+    /// The `count` peers nearest to this node, nearest first.
     fn neighbourhood(&self, count: usize) -> Vec<PeerId> {
         let me = kad::KBucketKey::from(self.me);
         let mut near: Vec<(kad::KBucketDistance, PeerId)> = self
@@ -625,10 +624,11 @@ impl Client {
     }
 
     /// A counter that changes whenever this node's neighbourhood changes: which peers are
-    /// the k (the replication factor) nearest to it in the routing table, or one of
-    /// them lost its last connection (it may have crashed). A cue to check what is held
-    /// near this node; connections to peers farther away, which lookups open and idle
-    /// timeouts close all the time, do not move it.
+    /// the [`Config::neighbourhood`] nearest to it in the routing table, or one of them
+    /// lost its last connection (it may have crashed). A cue to check what is held near
+    /// this node; connections to peers farther away, which lookups open and idle
+    /// timeouts close all the time, do not move it, nor does a neighbour that returns
+    /// before it left the table.
     pub fn membership(&self) -> tokio::sync::watch::Receiver<u64> {
         self.membership.clone()
     }
@@ -1096,7 +1096,12 @@ impl EventLoop {
     fn publish_routing(&mut self) {
         self.routing_changed = false;
         let view = Arc::new(self.routing_view());
-        let neighbourhood = view.neighbourhood(self.config.replication_factor.max(1));
+        let size = self
+            .config
+            .neighbourhood
+            .max(self.config.replication_factor)
+            .max(1);
+        let neighbourhood = view.neighbourhood(size);
         if neighbourhood != self.neighbourhood {
             self.neighbourhood = neighbourhood;
             self.membership.send_modify(|n| *n += 1);
@@ -1391,8 +1396,14 @@ impl EventLoop {
             }
             Command::LookUpClosest { key, count, reply } => {
                 let count = count.clamp(1, kad::K_VALUE.get());
-                self.refresh
-                    .looked_up(&kad::KBucketKey::new(key.clone()), Instant::now());
+                // A lookup of the own key for fewer than k peers does not fill the near
+                // buckets as the own key's refresh does (see `crate::refresh`).
+                let target = kad::KBucketKey::new(key.clone());
+                if count >= self.config.replication_factor
+                    || self.refresh.bucket_of(&target).is_some()
+                {
+                    self.refresh.looked_up(&target, Instant::now());
+                }
                 let query = self.swarm.behaviour_mut().kad.get_n_closest_peers(
                     key.clone(),
                     NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),

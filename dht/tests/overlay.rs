@@ -266,6 +266,7 @@ async fn membership_moves_with_the_nearest_peers_only() {
     let with_k = |bootstrap: Option<&Multiaddr>| {
         let mut c = config(bootstrap);
         c.replication_factor = 2;
+        c.neighbourhood = 2;
         c
     };
     let a = spawn_with(SigningKey::generate(), with_k(None)).await;
@@ -323,7 +324,39 @@ async fn membership_moves_with_the_nearest_peers_only() {
         settled,
         "a far peer's leaving moved it"
     );
-    // The nearest leaves: it moves.
+    // A peer joins farther out than the second nearest: the count stays.
+    let distance = |key: &SigningKey| libp2p::kad::KBucketKey::from(key.peer_id()).distance(&me);
+    let second = distance(&others[1].key);
+    let far_key = std::iter::repeat_with(SigningKey::generate)
+        .find(|k| distance(k) > second)
+        .unwrap();
+    let newcomer = spawn_with(far_key, with_k(Some(&a.addr))).await;
+    eventually(
+        "a to know the far newcomer",
+        Duration::from_secs(10),
+        async || known(&newcomer).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *membership.borrow(),
+        settled,
+        "a far peer's joining moved it"
+    );
+    // One joins nearer than the nearest: it moves.
+    let nearest = distance(&others[0].key);
+    let near_key = std::iter::repeat_with(SigningKey::generate)
+        .find(|k| distance(k) < nearest)
+        .unwrap();
+    let _near_newcomer = spawn_with(near_key, with_k(Some(&a.addr))).await;
+    eventually(
+        "a near peer's joining to move it",
+        Duration::from_secs(10),
+        async || (*membership.borrow() != settled).then_some(()),
+    )
+    .await;
+    let settled = *membership.borrow();
+    // The nearest of the first five leaves: it moves.
     let near = others.remove(0);
     near.client.shutdown().await.unwrap();
     near.task.await.unwrap();

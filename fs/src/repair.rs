@@ -34,8 +34,8 @@ pub struct Config {
     pub interval: Duration,
     /// Wait after a membership change before a round. Default 2 s.
     pub settle: Duration,
-    /// Least time between two rounds started by membership changes (a node with
-    /// hundreds of connections sees one every few seconds). Default 10 s.
+    /// Least time between two rounds started by membership changes (while nodes join
+    /// near it, a node may see one every few seconds). Default 10 s.
     pub membership_gap: Duration,
     /// Bytes per second repair may send. Default 64 MiB/s.
     pub bandwidth: u64,

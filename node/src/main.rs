@@ -445,7 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => config::FileConfig::read(path)?,
                 None => config::FileConfig::default(),
             };
-            let overlay = config::overlay(&args.bootstrap, &args.listen, &file)?;
+            let mut overlay = config::overlay(&args.bootstrap, &args.listen, &file)?;
             let node = args.store.load(&data_dir, false)?;
             let metrics = match args.metrics {
                 Some(address) => Some(address),
@@ -459,6 +459,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .transpose()?,
             };
             let fs_settings = config::files(&file)?;
+            // Repair's membership cue covers the other holders of what this node keeps.
+            overlay.neighbourhood = overlay.neighbourhood.max(4 * fs_settings.replicas);
             raise_open_file_limit();
             runtime()?.block_on(daemon::run(data_dir, node, overlay, metrics, fs_settings))
         }

@@ -480,6 +480,10 @@ fn node_config(scenario: &Scenario, bootstrap: Option<Multiaddr>) -> dht::Config
     config.idle_connection_timeout = real(timers.idle_connection_secs);
     config.ping_interval = real(timers.ping_secs);
     config.max_connections = timers.max_connections;
+    // Repair's membership cue covers the other holders of what a node keeps.
+    config.neighbourhood = config
+        .neighbourhood
+        .max(4 * scenario.files.replicas as usize);
     config.resolve_cache_ttl = config.resolve_cache_ttl.min(real(60.0));
     config
 }
