@@ -227,34 +227,37 @@ mod tests {
         assert_eq!(r.due(Some(250), None, now), None, "one refresh at a time");
         assert!(!r.finished(next_id()));
         assert!(r.finished(id));
+        assert_eq!(
+            refresh_all(&mut r, Some(250), None, now),
+            vec![251, 252, 254]
+        );
+        // The two buckets the lookups went through are due an interval after them.
+        let later = early + Duration::from_secs(600);
+        assert_eq!(refresh_all(&mut r, Some(250), None, later), vec![253, 255]);
+        assert_eq!(r.skipped, 0);
+    }
+
+    /// Runs every refresh lookup due at `now`, one at a time, each a key in its bucket;
+    /// the buckets refreshed, in order.
+    fn refresh_all(
+        r: &mut Refresh,
+        nearest: Option<u32>,
+        kth: Option<u32>,
+        now: Instant,
+    ) -> Vec<u32> {
         let mut refreshed = Vec::new();
-        while let Some(target) = r.due(Some(250), None, now) {
+        while let Some(target) = r.due(nearest, kth, now) {
             let Target::Bucket { bucket, key } = &target else {
                 panic!("the own key again");
             };
             assert_eq!(r.bucket_of(&KBucketKey::new(key.clone())), Some(*bucket));
-            let id = next_id();
+            let id = test_query_id(refreshed.len() + 1);
             r.start(id, &target, now);
             assert!(r.finished(id));
             refreshed.push(*bucket);
         }
         refreshed.sort_unstable();
-        assert_eq!(refreshed, vec![251, 252, 254]);
-        // The two buckets the lookups went through are due an interval after them.
-        let later = early + Duration::from_secs(600);
-        let mut next = Vec::new();
-        while let Some(target) = r.due(Some(250), None, later) {
-            let Target::Bucket { bucket, .. } = target else {
-                panic!("the own key again");
-            };
-            let id = next_id();
-            r.start(id, &target, later);
-            assert!(r.finished(id));
-            next.push(bucket);
-        }
-        next.sort_unstable();
-        assert_eq!(next, vec![253, 255]);
-        assert_eq!(r.skipped, 0);
+        refreshed
     }
 
     #[test]
@@ -265,36 +268,17 @@ mod tests {
         r.looked_up_own(now);
         // Peers from bucket 246 out; the k-th nearest in bucket 250: 246 to 249 are the
         // own lookup's, and 250 to 255 are refreshed.
-        let mut refreshed = Vec::new();
-        let mut query = 0;
-        while let Some(target) = r.due(Some(246), Some(250), now) {
-            let Target::Bucket { bucket, .. } = target else {
-                panic!("the own key again");
-            };
-            query += 1;
-            let id = test_query_id(query);
-            r.start(id, &target, now);
-            assert!(r.finished(id));
-            refreshed.push(bucket);
-        }
-        refreshed.sort_unstable();
-        assert_eq!(refreshed, (250..=255).collect::<Vec<u32>>());
+        assert_eq!(
+            refresh_all(&mut r, Some(246), Some(250), now),
+            (250..=255).collect::<Vec<u32>>()
+        );
         // Fewer than k peers: every bucket beyond the nearest.
         let later = now + Duration::from_secs(600);
         r.looked_up_own(later);
-        let mut all = Vec::new();
-        while let Some(target) = r.due(Some(246), None, later) {
-            let Target::Bucket { bucket, .. } = target else {
-                panic!("the own key again");
-            };
-            query += 1;
-            let id = test_query_id(query);
-            r.start(id, &target, later);
-            assert!(r.finished(id));
-            all.push(bucket);
-        }
-        all.sort_unstable();
-        assert_eq!(all, (247..=255).collect::<Vec<u32>>());
+        assert_eq!(
+            refresh_all(&mut r, Some(246), None, later),
+            (247..=255).collect::<Vec<u32>>()
+        );
     }
 
     #[test]
