@@ -48,7 +48,8 @@ pub struct Config {
     /// them (one joins or leaves the routing table, or loses its last connection) moves
     /// [`crate::Client::membership`]. A store that keeps R copies of each item on the R
     /// nodes nearest its key should make it at least 4R, so that the other holders of
-    /// what this node keeps are in it. Default: 20.
+    /// what this node keeps are in it. Never fewer than `replication_factor` (refresh
+    /// reads the k-th nearest peer from the same list). Default: 20.
     pub neighbourhood: usize,
     /// A lookup stops once this many peers returned a valid record for its key (the
     /// newest of them wins); fewer only when the lookup runs out of peers. When the node
