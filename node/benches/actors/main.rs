@@ -171,7 +171,8 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
 
-    // ACTORS_BENCH_ONLY=ours (for profiling) runs only the rows whose name contains it;
+    // ACTORS_BENCH_ONLY=ours (for profiling) runs only the rows whose name contains it
+    // (`ours: tell /` the remote tells and asks alone);
     // raw TCP always runs, as every ratio needs it.
     let only = std::env::var("ACTORS_BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || name.contains(&only);
@@ -224,20 +225,24 @@ fn main() -> anyhow::Result<()> {
             )?,
         ));
     }
-    if wanted("ours") {
+    const OURS: &str = "ours: tell / ask (typed, checked both ends; TCP+Noise+Yamux)";
+    if wanted(OURS) {
         eprintln!("ours…");
         let tells = throughput(&runtime, OURS_MESSAGES, |n| {
             ours::tell_throughput(n, PAYLOAD)
         })?;
         eprintln!("ours, round trips…");
         rows.push(Row::new(
-            "ours: tell / ask (typed, checked both ends; TCP+Noise+Yamux)",
+            OURS,
             tells,
             run(&runtime, ours::ask_round_trips(rounds, PAYLOAD))?,
         ));
+    }
+    const OURS_LOCAL: &str = "ours: tell within one node (no network)";
+    if wanted(OURS_LOCAL) {
         eprintln!("ours, one node…");
         rows.push(Row::new(
-            "ours: tell within one node (no network)",
+            OURS_LOCAL,
             throughput(&runtime, OURS_MESSAGES, |n| {
                 ours::local_tell_throughput(n, PAYLOAD)
             })?,
