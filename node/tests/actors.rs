@@ -506,6 +506,89 @@ async fn every_kind_of_violation_is_refused_with_its_typed_error() {
     assert_eq!(good.ask("get", b"k").await.unwrap().label, "value");
 }
 
+/// A peer that keeps breaking a protocol is blocked: its messages are refused, its
+/// connection is closed and it cannot come back until the block ends; then it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_violating_a_protocol_is_blocked_for_a_while() {
+    let block_for = Duration::from_secs(5);
+    let net = Net::start_with(2, |i| {
+        if i == 1 {
+            Config::new().with_penalty(3, Duration::from_secs(60), block_for)
+        } else {
+            Config::new().with_ask_timeout(Duration::from_secs(2))
+        }
+    })
+    .await;
+    let store = spawn_kv(&net, 1, "kv").await;
+    let kv = kv_protocol();
+    let me = net.nodes[0].runtime.sender(net.path(0, "c")).unwrap();
+    // Below the limit: refused, not blocked; a good session still works.
+    for session in 1..=2 {
+        let err = me
+            .unchecked(store.clone(), "kv/1", "client", session)
+            .ask("value", b"")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AskError::Refused(Refusal::Violation(_))),
+            "{err:?}"
+        );
+    }
+    assert_eq!(net.nodes[1].runtime.status().blocked, 0);
+    let mut good = me.session(store.clone(), &kv, "client").unwrap();
+    assert_eq!(good.ask("get", b"k").await.unwrap().label, "value");
+    // The third violation within the window: blocked (from some time after `before`).
+    let before = Instant::now();
+    let err = me
+        .unchecked(store.clone(), "kv/1", "client", 3)
+        .ask("value", b"")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AskError::Refused(Refusal::Violation(_))),
+        "{err:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[1].runtime.status().blocked == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the violating peer was not blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While blocked, even a well-formed ask goes unanswered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut during = me.session(store.clone(), &kv, "client").unwrap();
+    let err = during.ask("get", b"k").await.unwrap_err();
+    assert!(
+        !matches!(err, AskError::Refused(_)),
+        "a blocked peer's ask reached the actor: {err:?}"
+    );
+    assert!(
+        before.elapsed() < block_for,
+        "the block may have ended before it was checked; the test's timings are off"
+    );
+    // Once the block is over, the peer is let back.
+    let deadline = Instant::now() + block_for + Duration::from_secs(20);
+    loop {
+        let mut after = me.session(store.clone(), &kv, "client").unwrap();
+        match after.ask("get", b"k").await {
+            Ok(reply) => {
+                assert_eq!(reply.label, "value");
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never let back: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        before.elapsed() >= block_for,
+        "let back before the block ended"
+    );
+}
+
 /// The bytes of a hello numbering its stream `stream`, presenting `chains`.
 fn hello(stream: u64, chains: Vec<Chain>) -> Vec<u8> {
     let mut bytes = Vec::new();
