@@ -183,6 +183,120 @@ fn kv_put_then_get() {
     assert_eq!(stdout(&absent), "null");
 }
 
+/// The README's way: a three-node `bttestnet`, the kv service joining it through node 0,
+/// and a testnet node talking to it with `btnode ask`/`tell` (separate processes all).
+/// Its protocol holds across processes: a message out of order, from the wrong role or
+/// after the session's end is refused with that reason.
+#[test]
+fn kv_from_the_btnode_command_line_on_a_testnet() {
+    let btnode = testnet::find_btnode();
+    assert!(
+        btnode.is_file(),
+        "no btnode binary at {} (build it: cargo build -p btnode, or set BTNODE)",
+        btnode.display()
+    );
+    let mut net = testnet::Testnet::start(&btnode, 3).unwrap();
+    net.wait_converged(PATIENCE).unwrap();
+    // As `bttestnet up` leaves it: node 1 holds a writecap for `/<root>/node1`.
+    net.grant(1, &net.path("node1")).unwrap();
+    let bootstrap = net.nodes[0].address.clone().unwrap();
+    let kv = env!("CARGO_BIN_EXE_kv");
+    let mut server = Running::start("kv serve", kv, &["serve", "--bootstrap", &bootstrap]);
+    let path = server.expect("service path", |l| {
+        l.strip_prefix("kv service at ").map(str::to_string)
+    });
+    let ask = |args: &[&str]| {
+        let mut all = vec!["ask", &path];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--protocol", "kv/1", "--timeout", "5s"]);
+        net.cli(1, &all).unwrap()
+    };
+    let answer = |out: &Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply
+    };
+    let refused = |out: &Output| {
+        assert!(!out.status.success(), "accepted: {}", stdout(out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Once the service's registration has spread: a put, then a get.
+    let put = testnet::eventually("the kv service to answer", PATIENCE, || {
+        let out = ask(&[
+            r#"["greeting", "hello"]"#,
+            "--role",
+            "client",
+            "--label",
+            "put",
+            "--json",
+        ]);
+        out.status.success().then(|| answer(&out))
+    });
+    assert_eq!(put["label"], "ok");
+    assert_eq!(put["from"], path.as_str());
+    let got = answer(&ask(&[
+        r#""greeting""#,
+        "--role",
+        "client",
+        "--label",
+        "get",
+        "--json",
+    ]));
+    assert_eq!(got["label"], "value");
+    assert_eq!(got["payload"], "hello");
+
+    // Out of order: `value` is the server's message.
+    let err = refused(&ask(&["null", "--role", "client", "--label", "value"]));
+    assert!(err.contains("cannot receive \"client:value\" now"), "{err}");
+    // From the wrong role.
+    let err = refused(&ask(&[
+        r#""greeting""#,
+        "--role",
+        "server",
+        "--label",
+        "get",
+    ]));
+    assert!(err.contains("expected \"get\" with"), "{err}");
+    // After the end: a session that said `bye` takes nothing more.
+    let bye = net
+        .cli(
+            1,
+            &[
+                "tell",
+                &path,
+                "null",
+                "--protocol",
+                "kv/1",
+                "--role",
+                "client",
+                "--label",
+                "bye",
+                "--session",
+                "7",
+            ],
+        )
+        .unwrap();
+    assert!(
+        bye.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bye.stderr)
+    );
+    let err = refused(&ask(&[
+        r#""greeting""#,
+        "--role",
+        "client",
+        "--label",
+        "get",
+        "--session",
+        "7",
+    ]));
+    assert!(err.contains("came after the end"), "{err}");
+}
+
 #[test]
 fn two_chats_hear_each_other() {
     let chat = env!("CARGO_BIN_EXE_chat");
