@@ -209,3 +209,48 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
     }
     net.stop(0).unwrap();
 }
+
+/// Pub-sub across twenty real processes: nineteen subscribers, each a `btnode sub` on its
+/// own daemon, hear node 0's publications; once the mesh has formed, a single
+/// publication reaches every one of them.
+#[test]
+fn pub_sub_reaches_every_subscriber_of_twenty_processes() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 20).unwrap();
+    net.wait_converged(Duration::from_secs(120)).unwrap();
+    let topic = net.path("mesh");
+    let subscribers: Vec<Streaming> = (1..20)
+        .map(|i| Streaming::start(&net, i, &["sub", &topic]))
+        .collect();
+    for s in &subscribers {
+        assert_eq!(s.next("sub's answer")["subscribed"], topic.as_str());
+    }
+    // Best effort while the mesh forms: publish until every subscriber has heard one.
+    let mut heard = vec![false; subscribers.len()];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut n = 0;
+    while heard.contains(&false) {
+        assert!(Instant::now() < deadline, "subscribers heard {heard:?}");
+        net.json(
+            0,
+            &["pub", &topic, &format!("{{\"n\":{n}}}"), "--label", "post"],
+        )
+        .unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        for (i, s) in subscribers.iter().enumerate() {
+            while let Ok(event) = s.lines.try_recv() {
+                assert_eq!(event["label"], "post");
+                assert_eq!(event["from"], net.path("cli"));
+                heard[i] = true;
+            }
+        }
+    }
+    // The mesh has formed: one publication reaches all nineteen.
+    net.json(0, &["pub", &topic, "\"last\"", "--label", "post"])
+        .unwrap();
+    for s in &subscribers {
+        while s.next("the last publication")["payload"] != "last" {}
+    }
+    net.stop(0).unwrap();
+}
