@@ -905,3 +905,136 @@ async fn a_superseded_version_held_away_is_dropped_not_copied_back() {
     writer.get(&file, &mut out, |_| {}).await.unwrap();
     assert_eq!(out, (fs::replica::KEEP_HISTORY + 2).to_string().as_bytes());
 }
+
+/// A replica that lies: it acknowledges every write without keeping anything, and
+/// answers every chunk asked of it with bytes of its own.
+struct Liar {
+    addr: Multiaddr,
+    /// Chunks it answered (with the wrong bytes).
+    lies: Arc<std::sync::atomic::AtomicU64>,
+    _dht: dht::Client,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn start_liar(bootstrap: &Multiaddr) -> Liar {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use protocols::block::{self, Request, Response};
+    use protocols::wire::Message;
+    let identity = Identity::generate();
+    let config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(vec![bootstrap.clone()]);
+    let (dht, task) = dht::start(
+        identity.signing_key().clone(),
+        config,
+        dht::Store::in_memory(1000),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let addr = dht.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let mut incoming = dht.streams().accept(net::PROTOCOL).unwrap();
+    let public = protocols::wire::encode(&identity.public()).unwrap();
+    let lies = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = lies.clone();
+    let server = tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let (public, counted) = (public.clone(), counted.clone());
+            tokio::spawn(async move {
+                let mut header = [0u8; 4];
+                if stream.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let Ok(len) = block::frame_len(header, Request::MAX_BYTES) else {
+                    return;
+                };
+                let mut body = vec![0; len];
+                if stream.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let response = match block::decode_request(&body) {
+                    Ok(Request::PutChunk { .. } | Request::PutVersion { .. }) => {
+                        Response::Stored { new: true }
+                    }
+                    Ok(Request::GetChunk { .. }) => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Response::Chunk {
+                            data: vec![0xEE; 4096],
+                        }
+                    }
+                    Ok(Request::Identity) => Response::Identity {
+                        identity: public.clone(),
+                    },
+                    _ => Response::NotFound,
+                };
+                let frame = block::encode_response(&response).unwrap();
+                let _ = stream.write_all(&frame).await;
+                let _ = stream.close().await;
+            });
+        }
+    });
+    let tasks = vec![
+        server,
+        tokio::spawn(async move {
+            let _ = task.await;
+        }),
+    ];
+    Liar {
+        addr,
+        lies,
+        _dht: dht,
+        _tasks: tasks,
+    }
+}
+
+/// Two of a file's three replicas lie (they took the writes and kept nothing, and serve
+/// wrong bytes). A node that holds no copy still reads the file whole: it checks every
+/// chunk against its id, counts each bad answer and asks the next replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serving_wrong_bytes_are_read_around() {
+    trace();
+    let honest = start_node(None, false).await;
+    let liars = [
+        start_liar(&honest.addr).await,
+        start_liar(&honest.addr).await,
+    ];
+    let dht = honest.dht.clone();
+    eventually(
+        "the liars in the routing table",
+        Duration::from_secs(20),
+        async || dht.status().await.unwrap().routing_table >= 2,
+    )
+    .await;
+    // R = 3 of three nodes: every chunk goes to the honest node and both liars.
+    let config = Config::new().with_chunk_size(16 * 1024);
+    let (tree, writer) = owner_writer(&honest, config.clone());
+    let file = tree.join("f").unwrap();
+    let bytes = data(24 * 16 * 1024, 5);
+    writer.put(&file, bytes.as_slice(), |_| {}).await.unwrap();
+    // A node that joins now holds nothing: every chunk comes from the others, nearest
+    // to the chunk first, so a liar is asked first for about two chunks in three (and
+    // for none of the 24 with a chance of 3^-24).
+    let reader_node = start_node(Some(&liars[0].addr), false).await;
+    let dht = reader_node.dht.clone();
+    eventually(
+        "the reader to know the other three",
+        Duration::from_secs(20),
+        async || dht.status().await.unwrap().routing_table >= 3,
+    )
+    .await;
+    let (_, reader) = owner_client(&honest, &reader_node, config);
+    let mut out = Vec::new();
+    reader.get(&file, &mut out, |_| {}).await.unwrap();
+    assert!(out == bytes, "the file read back differs");
+    let bad = reader_node
+        .network
+        .counters()
+        .bad_answers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let lies: u64 = liars
+        .iter()
+        .map(|l| l.lies.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(bad > 0, "no wrong bytes were served first");
+    assert_eq!(bad, lies, "every wrong answer counted, nothing else");
+}
