@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,6 +86,9 @@ pub struct Mount<B: Blocks> {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// A directory on the file system that holds this node's block store: `statfs`
+    /// reports that file system's size and free space (see [`Mount::new`]).
+    space: PathBuf,
     /// The session's `/dev/fuse`, watched for the next request after a reply.
     device: Arc<OnceLock<OwnedFd>>,
     window: Mutex<linger::Window>,
@@ -133,13 +136,17 @@ fn time_of(ns: u64) -> SystemTime {
 
 impl<B: Blocks> Mount<B> {
     /// A mount of `root`, running the core's futures on `runtime`, with files owned by
-    /// `uid`/`gid`.
+    /// `uid`/`gid`. `space` is a directory on the file system that holds this node's
+    /// block store: `statfs` (`df`) reports that file system's size and free space, the
+    /// room this node has for what is written through the mount (its peers keep the
+    /// other replicas in room of their own, which this node cannot see).
     pub fn new(
         client: Arc<Client<B>>,
         runtime: tokio::runtime::Handle,
         root: Path,
         uid: u32,
         gid: u32,
+        space: PathBuf,
     ) -> Self {
         let mut paths = HashMap::new();
         paths.insert(1, root.clone());
@@ -153,6 +160,7 @@ impl<B: Blocks> Mount<B> {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
+            space,
             device: Arc::new(OnceLock::new()),
             window: Mutex::new(linger::Window::default()),
         }
@@ -864,19 +872,23 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let _lingering = self.request();
-        // The overlay's capacity is not known here; report a large, mostly free volume
-        // so that tools checking free space go ahead.
-        let blocks = 1u64 << 32;
-        reply.statfs(
-            blocks,
-            blocks / 2,
-            blocks / 2,
-            1 << 32,
-            1 << 31,
-            4096,
-            255,
-            4096,
-        );
+        // The block store's file system (see `Mount::new`); names as the core allows.
+        match rustix::fs::statvfs(&self.space) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                u32::try_from(s.f_bsize).unwrap_or(u32::MAX),
+                keys::limits::MAX_SEGMENT_LEN as u32,
+                u32::try_from(s.f_frsize).unwrap_or(u32::MAX),
+            ),
+            Err(e) => {
+                tracing::warn!(space = %self.space.display(), error = %e, "statfs of the block store's file system failed");
+                reply.error(Errno::from_i32(e.raw_os_error()));
+            }
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -364,6 +364,7 @@ impl Files {
         let runtime = tokio::runtime::Handle::current();
         let root = path.clone();
         let mp = mountpoint.clone();
+        let space = self.data_dir.clone();
         let session = tokio::task::spawn_blocking(move || {
             // A stale mount of a killed daemon is cleaned first (inside `spawn`); the
             // files belong to whoever owns the mount point.
@@ -371,7 +372,7 @@ impl Files {
                 Ok(m) => (m.uid(), m.gid()),
                 Err(_) => (0, 0),
             };
-            let mount = fs::fuse::Mount::new(client, runtime, root, uid, gid);
+            let mount = fs::fuse::Mount::new(client, runtime, root, uid, gid, space);
             fs::fuse::spawn(mount, &mp, read_only)
         })
         .await?

@@ -109,6 +109,42 @@ fn ordinary_tools_work_on_a_mount_as_on_a_plain_directory() {
     umount(&net, 0, &mnt);
 }
 
+/// `df` on a mount shows the file system that holds the node's block store (the room
+/// it has for what is written through the mount), and a daemon stopped with SIGTERM
+/// unmounts before it exits.
+#[test]
+fn df_shows_the_block_stores_file_system_and_sigterm_unmounts() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    std::fs::write(mnt.join("a.txt"), "something\n").unwrap();
+    let on_mount = rustix::fs::statvfs(&mnt).unwrap();
+    let store = rustix::fs::statvfs(&net.nodes[0].data_dir).unwrap();
+    let bytes = |blocks: u64, s: &rustix::fs::StatVfs| blocks * s.f_frsize;
+    assert_eq!(
+        bytes(on_mount.f_blocks, &on_mount),
+        bytes(store.f_blocks, &store),
+        "the mount's size is not its store's file system's"
+    );
+    let (free_mount, free_store) = (
+        bytes(on_mount.f_bavail, &on_mount),
+        bytes(store.f_bavail, &store),
+    );
+    assert!(
+        free_mount.abs_diff(free_store) < 256 << 20,
+        "free: {free_mount} on the mount, {free_store} on the store's file system"
+    );
+    assert_eq!(on_mount.f_namemax, 255);
+    // SIGTERM: the daemon unmounts and exits cleanly; the mount point is a plain
+    // directory again.
+    let status = net.stop(0).unwrap();
+    assert!(status.success(), "the daemon exited with {status}");
+    assert!(!mounted(&mnt), "{} is still mounted", mnt.display());
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+}
+
 #[test]
 fn a_second_node_sees_the_first_nodes_writes() {
     let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
@@ -138,9 +174,10 @@ fn a_second_node_sees_the_first_nodes_writes() {
         (std::fs::read_to_string(b.join("shared/hello.txt")).ok()? == "changed\n").then_some(())
     });
     let refused = std::fs::write(b.join("shared/other.txt"), "no");
-    assert!(
-        refused.is_err(),
-        "a node without a writecap wrote through its mount"
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ReadOnlyFilesystem),
+        "a node without a writecap wrote through its mount, or got another error"
     );
     umount(&net, 0, &a);
     umount(&net, 1, &b);
