@@ -1613,8 +1613,12 @@ impl<B: Blocks> Client<B> {
         self.write_dir(nodes, i, &Directory::default()).await
     }
 
-    /// Creates a directory; its parent must exist.
+    /// Creates a directory; its parent must exist (a tree's root is made when its owner
+    /// first uses it, as by `put` and [`Client::mkdir_all`]).
     pub async fn mkdir(&self, path: &Path) -> Result<(), Error> {
+        if let Some(root) = path.parent().filter(|p| p.parent().is_none()) {
+            self.mkdir_all(&root).await?;
+        }
         let mut nodes = self.parent_dirs(path, false).await?;
         let name = path.segments().last().cloned().unwrap_or_default();
         let parent = &nodes[nodes.len() - 1];
@@ -2633,10 +2637,22 @@ impl<B: Blocks> Client<B> {
         self.flush_staged().await?;
         let source = self.walk(from).await?;
         let s = source.len() - 1;
-        if s == 0 || source[s].read_only {
+        if s == 0 || source[s].read_only || source[s].binding.is_anchor() {
             return Err(Error::ReadOnly {
                 path: from.to_string(),
-                reason: "anchors and conflict copies are not moved".into(),
+                reason: "a tree's root, shared directories and conflict copies are not moved \
+                         (readers find a shared directory by its path)"
+                    .into(),
+            });
+        }
+        if source[s].kind == Kind::Dir
+            && let Some(shared) = self.anchor_below(from).await?
+        {
+            return Err(Error::ReadOnly {
+                path: from.to_string(),
+                reason: format!(
+                    "{shared} below it is shared, and readers find a shared directory by its path"
+                ),
             });
         }
         let entry = source[s].entry();
@@ -2680,6 +2696,28 @@ impl<B: Blocks> Client<B> {
             self.write_dir(&mut source, p, &dir).await?;
         }
         Ok(())
+    }
+
+    /// The first directory below `dir` that is an anchor (shared, or a tree's root
+    /// bound there), if any. An anchor's id is its path's, so it is one exactly where
+    /// an entry names the inode of the anchor at the entry's path.
+    async fn anchor_below(&self, dir: &Path) -> Result<Option<Path>, Error> {
+        let mut pending = vec![dir.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in self.readdir(&dir).await? {
+                if entry.kind != Kind::Dir || entry.conflict.is_some() {
+                    continue;
+                }
+                let child = dir
+                    .join(&entry.name)
+                    .map_err(|e| Error::Invalid(format!("{dir}/{}: {e}", entry.name)))?;
+                if entry.inode == Binding::anchor(child.clone()).id() {
+                    return Ok(Some(child));
+                }
+                pending.push(child);
+            }
+        }
+        Ok(None)
     }
 
     // ---- sharing ----

@@ -94,6 +94,13 @@ async fn put_get_list_move_remove() {
     let c = t.owner();
     let file = t.path("docs/reports/a.bin");
     let content = data(4321, 1);
+    // A directory at the top of a tree nobody used yet: the tree's root comes with it.
+    assert!(matches!(
+        c.readdir(&t.tree).await,
+        Err(Error::NotFound { .. })
+    ));
+    c.mkdir(&t.path("top")).await.unwrap();
+    assert!(c.stat(&t.path("top")).await.unwrap().kind == fs::inode::Kind::Dir);
     put(&c, &file, &content).await;
     assert_eq!(get(&c, &file).await.unwrap(), content);
     let stat = c.stat(&file).await.unwrap();
@@ -1166,4 +1173,123 @@ async fn symbolic_links_keep_their_target_sealed_and_are_not_opened_as_files() {
     // The target is sealed like a file's contents: no readcap, no target.
     let (_, stranger) = t.stranger();
     assert!(stranger.readlink(&t.path("docs/dangling")).await.is_err());
+}
+
+/// Every error the core API gives a mount reaches the program as the errno its tools
+/// expect: each one made by a real call here, not built by hand.
+#[tokio::test]
+async fn core_errors_reach_programs_as_the_errno_tools_expect() {
+    use fs::fuse::errno;
+    use fuser::Errno;
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("dir/file"), b"contents").await;
+    let (reader_id, reader) = t.stranger();
+    let (_, stranger) = t.stranger();
+    owner
+        .share(&t.path("dir"), &reader_id.public(), None)
+        .await
+        .unwrap();
+    let cases: Vec<(&str, Result<(), Error>, Errno)> = vec![
+        (
+            "stat of a missing name",
+            owner.stat(&t.path("dir/missing")).await.map(drop),
+            Errno::ENOENT,
+        ),
+        (
+            "mkdir over a file",
+            owner.mkdir(&t.path("dir/file")).await,
+            Errno::EEXIST,
+        ),
+        (
+            "rmdir of a directory with a file in it",
+            owner.unlink(&t.path("dir")).await,
+            Errno::ENOTEMPTY,
+        ),
+        (
+            "reading a directory as a file",
+            get(&owner, &t.path("dir")).await.map(drop),
+            Errno::EISDIR,
+        ),
+        (
+            "a file as a directory",
+            owner.stat(&t.path("dir/file/below")).await.map(drop),
+            Errno::ENOTDIR,
+        ),
+        (
+            "moving a directory into itself",
+            owner.rename(&t.path("dir"), &t.path("dir/inner")).await,
+            Errno::EINVAL,
+        ),
+        (
+            "moving a shared directory (an anchor)",
+            owner.rename(&t.path("dir"), &t.path("elsewhere")).await,
+            Errno::EROFS,
+        ),
+        (
+            "reading without a readcap",
+            get(&stranger, &t.path("dir/file")).await.map(drop),
+            Errno::EACCES,
+        ),
+        (
+            "writing with a readcap and no writecap",
+            reader.c_put(&t.path("dir/new"), b"nope").await,
+            Errno::EROFS,
+        ),
+    ];
+    for (what, result, expected) in cases {
+        let error = result.expect_err(what);
+        assert_eq!(errno(&error), expected, "{what}: {error}");
+    }
+}
+
+/// A shared directory is bound to its path (readers find it from the path alone): moving
+/// it, or a directory above it, would leave its readers reading it at the old path and
+/// its owner unable to revoke them at the new one. Both moves are refused.
+#[tokio::test]
+async fn shared_directories_and_their_parents_are_not_moved() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("top/dir/file"), b"contents").await;
+    put(&owner, &t.path("top/plain/other"), b"other").await;
+    let (reader_id, reader) = t.stranger();
+    owner
+        .share(&t.path("top/dir"), &reader_id.public(), None)
+        .await
+        .unwrap();
+    for (from, to) in [
+        ("top/dir", "moved"),
+        ("top", "moved"),
+        ("top/dir", "top/renamed"),
+    ] {
+        let refused = owner.rename(&t.path(from), &t.path(to)).await;
+        assert!(
+            matches!(refused, Err(Error::ReadOnly { .. })),
+            "{from} -> {to}: {refused:?}"
+        );
+    }
+    // A directory with nothing shared below it moves as before.
+    owner
+        .rename(&t.path("top/plain"), &t.path("top/moved"))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&owner, &t.path("top/moved/other")).await.unwrap(),
+        b"other"
+    );
+    // The share is as it was: the reader reads, the owner revokes, the reader loses the
+    // next version.
+    assert_eq!(
+        get(&reader, &t.path("top/dir/file")).await.unwrap(),
+        b"contents"
+    );
+    owner
+        .revoke(&t.path("top/dir"), &reader_id.principal())
+        .await
+        .unwrap();
+    put(&owner, &t.path("top/dir/file"), b"second").await;
+    assert!(matches!(
+        get(&reader, &t.path("top/dir/file")).await,
+        Err(Error::PermissionDenied { .. })
+    ));
 }

@@ -93,14 +93,26 @@ impl FromStr for Principal {
     }
 }
 
+/// 32 bytes on the wire and on disk (CBOR); the text form where people read it (the
+/// JSON of the command line and of reports).
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::Bytes::new(&self.0).serialize(serializer)
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serde_bytes::Bytes::new(&self.0).serialize(serializer)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Principal {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            return text.parse().map_err(|e| {
+                serde::de::Error::custom(format!("{text:?} is not a principal: {e}"))
+            });
+        }
         let bytes: serde_bytes::ByteArray<32> = Deserialize::deserialize(deserializer)?;
         Ok(Principal(bytes.into_array()))
     }
@@ -118,6 +130,18 @@ mod tests {
             let text = p.to_string();
             prop_assert_eq!(text.len(), TEXT_LEN);
             prop_assert_eq!(text.parse::<Principal>().unwrap(), p);
+        }
+
+        #[test]
+        fn json_is_the_text_form_and_cbor_the_bytes(bytes in any::<[u8; 32]>()) {
+            let p = Principal::from_bytes(bytes);
+            let json = serde_json::to_string(&p).unwrap();
+            prop_assert_eq!(&json, &format!("\"{p}\""));
+            prop_assert_eq!(serde_json::from_str::<Principal>(&json).unwrap(), p);
+            let cbor = cbor4ii::serde::to_vec(Vec::new(), &p).unwrap();
+            prop_assert_eq!(&cbor[..2], &[0x58, 32][..]);
+            prop_assert_eq!(&cbor[2..], &bytes[..]);
+            prop_assert_eq!(cbor4ii::serde::from_slice::<Principal>(&cbor).unwrap(), p);
         }
 
         #[test]

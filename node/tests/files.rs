@@ -405,3 +405,156 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
         );
     }
 }
+
+/// The names in a directory listing.
+fn names(net: &Testnet, node: usize, dir: &str) -> Vec<String> {
+    let listing = net.json(node, &["fs", "ls", dir]).unwrap();
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `btnode fs get` of `path` on `node`: the bytes, or the error it printed.
+fn fetch(net: &Testnet, node: usize, path: &str, out: &Path) -> Result<Vec<u8>, String> {
+    let done = net
+        .cli(node, &["fs", "get", path, out.to_str().unwrap()])
+        .unwrap();
+    if done.status.success() {
+        Ok(std::fs::read(out).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&done.stderr).into_owned())
+    }
+}
+
+#[test]
+fn shared_writers_move_files_and_revoked_principals_lose_new_versions() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 3).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let team = net.path("team");
+    let (draft_path, final_path) = (net.path("team/draft.txt"), net.path("team/final.txt"));
+    let draft = random_file(work.path(), "draft", 300_000, 21);
+    net.json(0, &["fs", "mkdir", &team]).unwrap();
+    net.json(0, &["fs", "put", draft.to_str().unwrap(), &draft_path])
+        .unwrap();
+    let (writer, reader) = (
+        net.nodes[1].principal.clone(),
+        net.nodes[2].principal.clone(),
+    );
+
+    // Node 1 may read and write under team/, node 2 only read.
+    net.json(0, &["fs", "share", &team, &writer, "--write"])
+        .unwrap();
+    let shared = net.json(0, &["fs", "share", &team, &reader]).unwrap();
+    let readers: Vec<&str> = shared["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(readers.contains(&writer.as_str()) && readers.contains(&reader.as_str()));
+
+    let notes = random_file(work.path(), "notes", 5000, 22);
+    net.json(
+        1,
+        &[
+            "fs",
+            "put",
+            notes.to_str().unwrap(),
+            &net.path("team/notes.txt"),
+        ],
+    )
+    .unwrap();
+    let moved = net
+        .json(1, &["fs", "mv", &draft_path, &final_path])
+        .unwrap();
+    assert_eq!(moved["size"], 300_000);
+    // Node 0 shows node 1's version of the directory once its cache of versions it
+    // read (500 ms) expires.
+    eventually(
+        "node 0 to show node 1's version of the directory",
+        Duration::from_secs(10),
+        || {
+            (net.json(0, &["fs", "stat", &team]).unwrap()["writer"] == writer.as_str())
+                .then_some(())
+        },
+    );
+    for node in 0..3 {
+        assert_eq!(
+            names(&net, node, &team),
+            ["final.txt", "notes.txt"],
+            "node {node}"
+        );
+        let out = work.path().join(format!("final-{node}"));
+        assert!(fetch(&net, node, &final_path, &out).unwrap() == std::fs::read(&draft).unwrap());
+        let out = work.path().join(format!("notes-{node}"));
+        let got = fetch(&net, node, &net.path("team/notes.txt"), &out).unwrap();
+        assert!(got == std::fs::read(&notes).unwrap());
+    }
+    let gone = fetch(&net, 2, &draft_path, &work.path().join("gone")).unwrap_err();
+    assert!(gone.contains("no such file or directory"), "{gone}");
+
+    // A reader is not a writer: node 2's put, mv and rm are refused.
+    for args in [
+        vec!["fs", "put", notes.to_str().unwrap(), &draft_path],
+        vec!["fs", "mv", &final_path, &draft_path],
+        vec!["fs", "rm", &final_path],
+    ] {
+        let refused = net.cli(2, &args).unwrap();
+        assert!(!refused.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("not authorised to write"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(names(&net, 0, &team), ["final.txt", "notes.txt"]);
+
+    // Node 2 is revoked, then node 1 writes a new version: node 2 cannot read it, the
+    // owner and node 1 can.
+    let revoked = net.json(0, &["fs", "revoke", &team, &reader]).unwrap();
+    assert!(
+        revoked["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.as_str() != Some(reader.as_str()))
+    );
+    let second = random_file(work.path(), "second", 200_000, 23);
+    net.json(1, &["fs", "put", second.to_str().unwrap(), &final_path])
+        .unwrap();
+    let expected = std::fs::read(&second).unwrap();
+    for node in [0, 1] {
+        // Node 0 read the file before: it sees the new version once its cache expires.
+        let out = work.path().join(format!("second-{node}"));
+        eventually("the new version", Duration::from_secs(10), || {
+            (fetch(&net, node, &final_path, &out).unwrap() == expected).then_some(())
+        });
+    }
+    let denied = fetch(&net, 2, &final_path, &work.path().join("denied")).unwrap_err();
+    assert!(denied.contains("permission denied"), "{denied}");
+
+    // Revoking the writer too: its next write is refused, and nothing it tried shows.
+    net.json(0, &["fs", "revoke", &team, &writer]).unwrap();
+    let refused = net
+        .cli(
+            1,
+            &[
+                "fs",
+                "put",
+                notes.to_str().unwrap(),
+                &net.path("team/late.txt"),
+            ],
+        )
+        .unwrap();
+    assert!(!refused.status.success(), "a revoked writer wrote");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert_eq!(names(&net, 0, &team), ["final.txt", "notes.txt"]);
+    let out = work.path().join("owner");
+    assert!(fetch(&net, 0, &final_path, &out).unwrap() == std::fs::read(&second).unwrap());
+}

@@ -166,8 +166,9 @@ fn a_second_node_sees_the_first_nodes_writes() {
     });
     let took = written.elapsed();
     assert_eq!(seen, "from node 0\n");
+    // How soon is measured by `cargo bench -p btnode --bench visibility`; here it must
+    // only show (within the 10 s above).
     eprintln!("node 1 saw node 0's file after {took:?}");
-    assert!(took < Duration::from_secs(3), "took {took:?}");
     // A change shows too, and node 1 (no writecap) may not write.
     std::fs::write(a.join("shared/hello.txt"), "changed\n").unwrap();
     eventually("node 1 to see the change", Duration::from_secs(10), || {
