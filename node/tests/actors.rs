@@ -1274,3 +1274,118 @@ async fn a_failure_is_reported_only_for_the_ask_that_caused_it() {
         "{kept:?}"
     );
 }
+
+/// The impostor across real processes: a `btnode` daemon runs an actor (`btnode
+/// listen`), and a node in this process, over TCP on 127.0.0.1 with a writecap of its
+/// own under another root, opens an actor stream to it claiming a path of the daemon's
+/// tree. The daemon refuses: the refusal comes back, the actor hears nothing, the
+/// daemon counts it, and a genuine tell from the tree's root still arrives.
+#[test]
+fn an_impostor_is_refused_by_a_btnode_process() {
+    let btnode = std::path::Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = testnet::Testnet::start(btnode, 2).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    net.grant(1, &net.path("n1")).unwrap();
+    let echo = net.path("n1/echo");
+    let listener = net.stream(1, &["listen", &echo]).unwrap();
+    assert_eq!(listener.next("listen's answer")["listening"], echo.as_str());
+    let target: Multiaddr = net.nodes[1].address.clone().unwrap().parse().unwrap();
+    let claimed: Path = net.path("n0").parse().unwrap();
+    let to: Path = echo.parse().unwrap();
+    let peer_id = net.nodes[1].peer_id.clone();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let other_root = SigningKey::generate();
+    let home = Path::root_of(other_root.principal())
+        .join("impostor")
+        .unwrap();
+    runtime.block_on(async {
+        let key = SigningKey::generate();
+        let config = dht::Config::new().with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]);
+        let store = dht::Store::in_memory(10_000);
+        let (client, _task) = dht::start(key.clone(), config, store, dht::Transports::Network)
+            .await
+            .unwrap();
+        let own_chain = Chain::root_grant(
+            &other_root,
+            key.principal(),
+            home.clone(),
+            Validity::for_seconds(60),
+        );
+        let runtime = Runtime::start(client.clone(), &key, vec![own_chain.clone()], Config::new())
+            .await
+            .unwrap();
+        client.dial(target.clone()).await.unwrap();
+        // One tell, from `from`, on a stream of its own after a hello with our chain.
+        let peer: libp2p::PeerId = peer_id.parse().unwrap();
+        let send = |from: Path, stream_id: u64| {
+            let (client, own_chain, to) = (client.clone(), own_chain.clone(), to.clone());
+            async move {
+                let mut bytes = hello(stream_id, vec![own_chain]);
+                wire::encode_frame(
+                    &Frame::Open {
+                        channel: 0,
+                        from,
+                        to,
+                        protocol: String::new(),
+                        role: String::new(),
+                    },
+                    &mut bytes,
+                )
+                .unwrap();
+                wire::encode_message(
+                    &mut ChannelState::<String>::default(),
+                    EnvelopeRef {
+                        channel: 0,
+                        session: 1,
+                        kind: Kind::Tell,
+                        label: "message",
+                        // CBOR for the text "forged".
+                        payload: b"\x66forged",
+                    },
+                    &mut bytes,
+                )
+                .unwrap();
+                let mut stream = client
+                    .streams()
+                    .open_stream(peer, StreamProtocol::new(wire::PROTOCOL_NAME))
+                    .await
+                    .unwrap();
+                stream.write_all(&bytes).await.unwrap();
+                stream.flush().await.unwrap();
+                stream
+            }
+        };
+        // Claiming the daemon's tree: refused, and the refusal comes back.
+        let forged = send(claimed.clone(), 1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runtime.status().refusals_received == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no refusal came back from the daemon"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The same bytes from the path it does hold: delivered (so what was refused was
+        // the claim, nothing else).
+        let honest = send(home.clone(), 2).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop((forged, honest));
+    });
+    // The actor heard the honest tell only, and the daemon counted one refusal.
+    let heard = listener.next("the tell from the path the sender holds");
+    assert_eq!(heard["from"], home.to_string());
+    assert_eq!(heard["payload"], "forged");
+    assert_eq!(listener.next_within(Duration::from_millis(500)), None);
+    let status = net.json(1, &["status"]).unwrap();
+    assert_eq!(status["actors"]["refused"], 1, "{status}");
+    // The path still works for its rightful senders.
+    net.json(0, &["tell", &echo, "\"genuine\""]).unwrap();
+    let told = listener.next("node 0's tell");
+    assert_eq!(told["payload"], "genuine");
+    assert_eq!(told["from"], net.path("cli"));
+}

@@ -3,58 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testnet::{Testnet, eventually};
-
-/// A streaming command (`listen`, `sub`) whose JSON lines arrive on a channel.
-struct Streaming {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Streaming {
-    fn start(net: &Testnet, index: usize, args: &[&str]) -> Streaming {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_btnode"))
-            .arg("--data-dir")
-            .arg(&net.nodes[index].data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (send, lines) = mpsc::sync_channel(1024);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Ok(value) = serde_json::from_str(&line)
-                    && send.send(value).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Streaming { child, lines }
-    }
-
-    fn next(&self, what: &str) -> serde_json::Value {
-        self.lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("no {what}: {e}"))
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use testnet::{Streaming, Testnet, eventually};
 
 #[test]
 fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
@@ -67,7 +20,7 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
     let echo = net.path("n1/echo");
 
     // An actor on node 1, for as long as `listen` runs.
-    let listener = Streaming::start(&net, 1, &["listen", &echo]);
+    let listener = net.stream(1, &["listen", &echo]).unwrap();
     assert_eq!(listener.next("listen's answer")["listening"], echo.as_str());
 
     // Node 0 asks it (once the registration has spread).
@@ -181,7 +134,7 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
     let room = net.path("room");
     let subscribers: Vec<Streaming> = [1, 2]
         .iter()
-        .map(|&i| Streaming::start(&net, i, &["sub", &room]))
+        .map(|&i| net.stream(i, &["sub", &room]).unwrap())
         .collect();
     for s in &subscribers {
         assert_eq!(s.next("sub's answer")["subscribed"], room.as_str());
@@ -200,7 +153,7 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
         n += 1;
         std::thread::sleep(Duration::from_millis(300));
         for (i, s) in subscribers.iter().enumerate() {
-            while let Ok(event) = s.lines.try_recv() {
+            while let Some(event) = s.next_within(Duration::ZERO) {
                 assert_eq!(event["label"], "post");
                 assert_eq!(event["from"], net.path("cli"));
                 heard[i] = true;
@@ -220,7 +173,7 @@ fn pub_sub_reaches_every_subscriber_of_twenty_processes() {
     net.wait_converged(Duration::from_secs(120)).unwrap();
     let topic = net.path("mesh");
     let subscribers: Vec<Streaming> = (1..20)
-        .map(|i| Streaming::start(&net, i, &["sub", &topic]))
+        .map(|i| net.stream(i, &["sub", &topic]).unwrap())
         .collect();
     for s in &subscribers {
         assert_eq!(s.next("sub's answer")["subscribed"], topic.as_str());
@@ -239,7 +192,7 @@ fn pub_sub_reaches_every_subscriber_of_twenty_processes() {
         n += 1;
         std::thread::sleep(Duration::from_millis(500));
         for (i, s) in subscribers.iter().enumerate() {
-            while let Ok(event) = s.lines.try_recv() {
+            while let Some(event) = s.next_within(Duration::ZERO) {
                 assert_eq!(event["label"], "post");
                 assert_eq!(event["from"], net.path("cli"));
                 heard[i] = true;

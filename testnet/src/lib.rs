@@ -441,6 +441,64 @@ impl Drop for Testnet {
     }
 }
 
+/// A streaming command (`btnode listen`, `btnode sub`) on one node, whose JSON lines
+/// arrive on a channel; killed when dropped.
+#[derive(Debug)]
+pub struct Streaming {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Testnet {
+    /// Starts `btnode <args>` against node `index`'s data directory, reading its output.
+    pub fn stream(&self, index: usize, args: &[&str]) -> anyhow::Result<Streaming> {
+        let mut child = Command::new(&self.btnode)
+            .arg("--data-dir")
+            .arg(&self.nodes[index].data_dir)
+            .args(args)
+            .env("BT_PASSPHRASE", PASSPHRASE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.btnode.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (send, lines) = mpsc::sync_channel(1024);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(value) = serde_json::from_str(&line)
+                    && send.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Streaming { child, lines })
+    }
+}
+
+impl Streaming {
+    /// The next JSON line; panics (failing the test) after 20 s, naming `what`.
+    pub fn next(&self, what: &str) -> serde_json::Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no {what}: {e}"))
+    }
+
+    /// The next JSON line if one comes within `timeout`.
+    pub fn next_within(&self, timeout: Duration) -> Option<serde_json::Value> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Calls `f` every 100 ms until it gives a value; panics (failing the test) after
 /// `timeout`, naming `what` it waited for.
 pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
