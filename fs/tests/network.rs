@@ -32,7 +32,25 @@ fn trace() {
     });
 }
 
+/// Repair as the tests run it: rounds every 500 ms.
+fn test_repair() -> repair::Config {
+    repair::Config {
+        interval: Duration::from_millis(500),
+        settle: Duration::from_millis(200),
+        gc: fs::gc::Config {
+            grace: Duration::from_secs(2),
+            batch: 1024,
+        },
+        ..repair::Config::new()
+    }
+}
+
 async fn start_node(bootstrap: Option<&Multiaddr>, repairing: bool) -> Node {
+    start_node_with(bootstrap, repairing.then(test_repair)).await
+}
+
+/// A node; with a repair task running `repair` if given.
+async fn start_node_with(bootstrap: Option<&Multiaddr>, repair: Option<repair::Config>) -> Node {
     let identity = Arc::new(Identity::generate());
     let key = identity.signing_key().clone();
     let config = dht::Config::new()
@@ -67,35 +85,26 @@ async fn start_node(bootstrap: Option<&Multiaddr>, repairing: bool) -> Node {
         net_config,
         counters,
     ));
-    let repair = Arc::new(repair::Counters::default());
-    let repair_config = repair::Config {
-        interval: Duration::from_millis(500),
-        settle: Duration::from_millis(200),
-        gc: fs::gc::Config {
-            grace: Duration::from_secs(2),
-            batch: 1024,
-        },
-        ..repair::Config::new()
-    };
+    let counters_of_repair = Arc::new(repair::Counters::default());
     let mut tasks = vec![
         serving,
         tokio::spawn(async move {
             let _ = task.await;
         }),
     ];
-    if repairing {
+    if let Some(config) = repair {
         tasks.push(repair::spawn(
             network.clone(),
             dht.membership(),
-            repair_config,
-            repair.clone(),
+            config,
+            counters_of_repair.clone(),
         ));
     }
     Node {
         identity,
         dht,
         network,
-        repair,
+        repair: counters_of_repair,
         addr,
         _tasks: tasks,
     }
@@ -133,11 +142,16 @@ async fn start_net(n: usize) -> Vec<Node> {
 
 /// [`start_net`], with repair running on every node or on none.
 async fn start_net_repairing(n: usize, repairing: bool) -> Vec<Node> {
-    let first = start_node(None, repairing).await;
+    start_net_with(n, repairing.then(test_repair)).await
+}
+
+/// [`start_net`], every node running repair with `repair` if given.
+async fn start_net_with(n: usize, repair: Option<repair::Config>) -> Vec<Node> {
+    let first = start_node_with(None, repair.clone()).await;
     let mut nodes = vec![first];
     for _ in 1..n {
         let addr = nodes[0].addr.clone();
-        nodes.push(start_node(Some(&addr), repairing).await);
+        nodes.push(start_node_with(Some(&addr), repair.clone()).await);
     }
     for node in &nodes {
         let dht = node.dht.clone();
@@ -1037,4 +1051,109 @@ async fn replicas_serving_wrong_bytes_are_read_around() {
         .sum();
     assert!(bad > 0, "no wrong bytes were served first");
     assert_eq!(bad, lies, "every wrong answer counted, nothing else");
+}
+
+/// Repair starts when membership changes, not only at its interval: with periodic rounds
+/// an hour apart, a departure alone brings every item back to three copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departure_alone_starts_repair() {
+    trace();
+    let config = repair::Config {
+        interval: Duration::from_secs(3600),
+        settle: Duration::from_millis(200),
+        membership_gap: Duration::from_millis(500),
+        ..repair::Config::new()
+    };
+    let nodes = start_net_with(5, Some(config)).await;
+    let (tree, writer) = owner_writer(&nodes[0], Config::new().with_chunk_size(16 * 1024));
+    let file = tree.join("file").unwrap();
+    let bytes = data(200_000, 9);
+    writer.put(&file, bytes.as_slice(), |_| {}).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    // A put stores every item on its three nodes itself (W = 2 of them acknowledged).
+    eventually(
+        "three copies of everything",
+        Duration::from_secs(30),
+        async || copies(&all).values().all(|&n| n >= 3),
+    )
+    .await;
+    let items = copies(&all).len();
+    let full_rounds_before: Vec<u64> = nodes.iter().map(|n| n.repair.status().rounds).collect();
+    nodes[1].dht.shutdown().await.unwrap();
+    let live: Vec<&Node> = [0, 2, 3, 4].iter().map(|&i| &nodes[i]).collect();
+    eventually(
+        "repair, started by the departure, back to three copies",
+        Duration::from_secs(30),
+        async || {
+            let c = copies(&live);
+            c.len() == items && c.values().all(|&n| n >= 3)
+        },
+    )
+    .await;
+    let rounds: Vec<u64> = nodes.iter().map(|n| n.repair.status().rounds).collect();
+    assert!(
+        [0, 2, 3, 4]
+            .iter()
+            .any(|&i| rounds[i] > full_rounds_before[i]),
+        "no round ran: {full_rounds_before:?} -> {rounds:?}"
+    );
+    let mut out = Vec::new();
+    writer.get(&file, &mut out, |_| {}).await.unwrap();
+    assert!(out == bytes);
+}
+
+/// Repair sends at most its bandwidth: a round that copies 256 KiB at 128 KiB/s takes
+/// at least the time the budget allows for all but the last copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_keeps_to_its_bandwidth() {
+    trace();
+    let nodes = start_net_repairing(4, false).await;
+    let sender = &nodes[0];
+    // Chunks whose nearest node is the sender, held there alone: it sends each to the
+    // two other nodes where it belongs.
+    let mut chunks = Vec::new();
+    let mut seed = 0u8;
+    while chunks.len() < 8 {
+        seed = seed.wrapping_add(1);
+        let bytes = data(16 * 1024, seed);
+        let id = fs::ChunkId::of(&bytes);
+        if std::ptr::eq(by_distance(&nodes, &id)[0], sender) {
+            hold(sender, &bytes);
+            chunks.push(id);
+        }
+    }
+    let rate = 128 * 1024;
+    let config = repair::Config {
+        bandwidth: rate,
+        ..repair::Config::new()
+    };
+    let started = Instant::now();
+    repair::round(
+        &sender.network,
+        &config,
+        &sender.repair,
+        &|_| false,
+        true,
+        &mut repair::State::default(),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let status = sender.repair.status();
+    assert_eq!(status.copies_sent, 16, "{status:?}");
+    assert_eq!(status.bytes_sent, 16 * 16 * 1024);
+    // The budget lets a copy go once the bytes before it fit the rate.
+    let least = Duration::from_secs_f64((status.bytes_sent - 16 * 1024) as f64 / rate as f64);
+    assert!(
+        took >= least,
+        "{took:?} for {} bytes at {rate} B/s",
+        status.bytes_sent
+    );
+    for id in &chunks {
+        let holders = nodes
+            .iter()
+            .filter(|n| n.network.local().store().has_chunk(id).unwrap())
+            .count();
+        assert_eq!(holders, 3);
+    }
 }
