@@ -2646,7 +2646,7 @@ impl<B: Blocks> Client<B> {
             });
         }
         if source[s].kind == Kind::Dir
-            && let Some(shared) = self.anchor_below(from).await?
+            && let Some(shared) = self.anchors_below(from, 1).await?.pop()
         {
             return Err(Error::ReadOnly {
                 path: from.to_string(),
@@ -2698,10 +2698,11 @@ impl<B: Blocks> Client<B> {
         Ok(())
     }
 
-    /// The first directory below `dir` that is an anchor (shared, or a tree's root
-    /// bound there), if any. An anchor's id is its path's, so it is one exactly where
-    /// an entry names the inode of the anchor at the entry's path.
-    async fn anchor_below(&self, dir: &Path) -> Result<Option<Path>, Error> {
+    /// Up to `most` directories below `dir` that are anchors (shared, or a tree's root
+    /// bound there). An anchor's id is its path's, so it is one exactly where an entry
+    /// names the inode of the anchor at the entry's path.
+    async fn anchors_below(&self, dir: &Path, most: usize) -> Result<Vec<Path>, Error> {
+        let mut found = Vec::new();
         let mut pending = vec![dir.clone()];
         while let Some(dir) = pending.pop() {
             for entry in self.readdir(&dir).await? {
@@ -2712,12 +2713,15 @@ impl<B: Blocks> Client<B> {
                     .join(&entry.name)
                     .map_err(|e| Error::Invalid(format!("{dir}/{}: {e}", entry.name)))?;
                 if entry.inode == Binding::anchor(child.clone()).id() {
-                    return Ok(Some(child));
+                    found.push(child.clone());
+                    if found.len() >= most {
+                        return Ok(found);
+                    }
                 }
                 pending.push(child);
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     // ---- sharing ----
@@ -2782,11 +2786,32 @@ impl<B: Blocks> Client<B> {
         .await
     }
 
-    /// Takes `principal`'s readcap (and writecap grant) off the anchor at `path`. The
-    /// anchor gets a new key at once; everything below gets a new key on its next write,
-    /// so the revoked principal can read no version written from now on.
+    /// Takes `principal`'s access to `path` away: its readcap and writecap grant at
+    /// `path`, if shared, and at every shared directory below it. Each of those anchors
+    /// gets a new key at once, and everything below it a new key on its next write, so
+    /// the principal can read no version written there from now on.
     pub async fn revoke(&self, path: &Path, principal: &Principal) -> Result<(), Error> {
         self.flush_staged().await?;
+        if principal == &self.me() {
+            return Err(Error::Invalid("a node does not revoke itself".into()));
+        }
+        let mut revoked = self.revoke_at(path, principal).await?;
+        if self.stat(path).await?.kind == Kind::Dir {
+            for anchor in self.anchors_below(path, usize::MAX).await? {
+                revoked |= self.revoke_at(&anchor, principal).await?;
+            }
+        }
+        if !revoked {
+            return Err(Error::Invalid(format!(
+                "{principal} holds no readcap at or below {path}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Revokes `principal` at the anchor at `path`: whether it held anything there
+    /// (nothing is written if not, nor where `path` is not shared).
+    async fn revoke_at(&self, path: &Path, principal: &Principal) -> Result<bool, Error> {
         let mut nodes = self.walk(path).await?;
         let i = nodes.len() - 1;
         let Some(current) = nodes[i].current.clone().map(|v| v.inode) else {
@@ -2795,10 +2820,7 @@ impl<B: Blocks> Client<B> {
             });
         };
         if !current.binding.is_anchor() || current.binding.path != *path {
-            return Err(Error::Invalid(format!("{path} is not shared")));
-        }
-        if principal == &self.me() {
-            return Err(Error::Invalid("a node does not revoke itself".into()));
+            return Ok(false);
         }
         let mut readers = current.readers.clone();
         let mut grants = current.grants.clone();
@@ -2806,9 +2828,7 @@ impl<B: Blocks> Client<B> {
         readers.retain(|r| &r.principal() != principal);
         grants.retain(|g| g.holder() != Some(principal));
         if readers.len() + grants.len() == before {
-            return Err(Error::Invalid(format!(
-                "{principal} holds no readcap at {path}"
-            )));
+            return Ok(false);
         }
         // Validation bounds epochs by MAX_SEQ, so this only fails on a tree revoked 2^48 times.
         let epoch = current
@@ -2828,7 +2848,8 @@ impl<B: Blocks> Client<B> {
             },
             true,
         )
-        .await
+        .await?;
+        Ok(true)
     }
 
     /// The nodes down to `path`, whose last is `path`'s anchor (made from the inode there

@@ -1293,3 +1293,53 @@ async fn shared_directories_and_their_parents_are_not_moved() {
         Err(Error::PermissionDenied { .. })
     ));
 }
+
+/// Revoking at a directory takes the principal's access to everything below it away,
+/// shares of directories further down included; a principal with no share there is a
+/// clear error.
+#[tokio::test]
+async fn revoking_a_directory_revokes_the_shares_below_it() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("dir/sub/x"), b"x").await;
+    put(&owner, &t.path("dir/other/y"), b"y").await;
+    let (reader_id, reader) = t.stranger();
+    owner
+        .share(&t.path("dir"), &reader_id.public(), None)
+        .await
+        .unwrap();
+    owner
+        .share(&t.path("dir/sub"), &reader_id.public(), None)
+        .await
+        .unwrap();
+    assert_eq!(get(&reader, &t.path("dir/sub/x")).await.unwrap(), b"x");
+    owner
+        .revoke(&t.path("dir"), &reader_id.principal())
+        .await
+        .unwrap();
+    put(&owner, &t.path("dir/sub/x"), b"x, second").await;
+    put(&owner, &t.path("dir/other/y"), b"y, second").await;
+    for path in ["dir/sub/x", "dir/other/y"] {
+        let denied = get(&reader, &t.path(path)).await;
+        assert!(
+            matches!(denied, Err(Error::PermissionDenied { .. })),
+            "{path}: {denied:?}"
+        );
+    }
+    for path in ["dir", "dir/sub"] {
+        let readers = owner.stat(&t.path(path)).await.unwrap().readers;
+        assert!(!readers.contains(&reader_id.principal()), "{path}");
+    }
+    // Revoked everywhere already; and at a path with no share at or below it.
+    for path in ["dir", "dir/other"] {
+        let refused = owner.revoke(&t.path(path), &reader_id.principal()).await;
+        assert!(
+            matches!(refused, Err(Error::Invalid(_))),
+            "{path}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        get(&owner, &t.path("dir/sub/x")).await.unwrap(),
+        b"x, second"
+    );
+}

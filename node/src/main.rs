@@ -173,7 +173,8 @@ enum FsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Take PRINCIPAL's access to PATH away: versions written from now on are under new keys.
+    /// Take PRINCIPAL's access to PATH away (its shares at PATH and at every shared
+    /// directory below it): versions written from now on are under new keys.
     Revoke {
         path: String,
         principal: String,
