@@ -2669,14 +2669,37 @@ impl<B: Blocks> Client<B> {
         // two names, never none.
         self.refresh(&mut dest[d]).await?;
         let mut dir = self.read_dir(&dest[d]).await?;
+        // Over an existing name, as rename(2): a file replaces a file, a directory an
+        // empty directory; a file over a directory, or the other way round, is refused.
         if let Some(existing) = dir.entries.get(&name) {
             if existing.inode == entry.inode {
                 return Ok(());
             }
-            if existing.kind == Kind::Dir {
-                return Err(Error::Exists {
-                    path: to.to_string(),
-                });
+            match (entry.kind == Kind::Dir, existing.kind == Kind::Dir) {
+                (false, true) => {
+                    return Err(Error::IsADirectory {
+                        path: to.to_string(),
+                    });
+                }
+                (true, false) => {
+                    return Err(Error::NotADirectory {
+                        path: to.to_string(),
+                    });
+                }
+                (true, true) => {
+                    if existing.inode == Binding::anchor(to.clone()).id() {
+                        return Err(Error::ReadOnly {
+                            path: to.to_string(),
+                            reason: "a shared directory is not replaced".into(),
+                        });
+                    }
+                    if !self.readdir(to).await?.is_empty() {
+                        return Err(Error::NotEmpty {
+                            path: to.to_string(),
+                        });
+                    }
+                }
+                (false, false) => {}
             }
         }
         dir.entries.insert(name, entry.clone());

@@ -1343,3 +1343,46 @@ async fn revoking_a_directory_revokes_the_shares_below_it() {
         b"x, second"
     );
 }
+
+/// A move over an existing name does what rename(2) does: a file replaces a file and a
+/// directory an empty directory; a directory over a file, a file over a directory, and
+/// a directory over one with something in it are refused, and nothing is lost.
+#[tokio::test]
+async fn moves_over_existing_names_follow_rename() {
+    let t = tree();
+    let o = t.owner();
+    put(&o, &t.path("dir/f"), b"f").await;
+    put(&o, &t.path("full/g"), b"g").await;
+    o.mkdir(&t.path("empty")).await.unwrap();
+    put(&o, &t.path("file"), b"file").await;
+    put(&o, &t.path("other"), b"other").await;
+    let refusals = [
+        ("dir", "file", "ENOTDIR"),
+        ("file", "empty", "EISDIR"),
+        ("dir", "full", "ENOTEMPTY"),
+    ];
+    for (from, to, errno) in refusals {
+        let refused = o.rename(&t.path(from), &t.path(to)).await;
+        let ok = match errno {
+            "ENOTDIR" => matches!(refused, Err(Error::NotADirectory { .. })),
+            "EISDIR" => matches!(refused, Err(Error::IsADirectory { .. })),
+            _ => matches!(refused, Err(Error::NotEmpty { .. })),
+        };
+        assert!(ok, "{from} over {to}: {refused:?}, not {errno}");
+    }
+    assert_eq!(get(&o, &t.path("file")).await.unwrap(), b"file");
+    assert_eq!(get(&o, &t.path("full/g")).await.unwrap(), b"g");
+    // What rename(2) allows.
+    o.rename(&t.path("other"), &t.path("file")).await.unwrap();
+    assert_eq!(get(&o, &t.path("file")).await.unwrap(), b"other");
+    o.rename(&t.path("dir"), &t.path("empty")).await.unwrap();
+    assert_eq!(get(&o, &t.path("empty/f")).await.unwrap(), b"f");
+    let names: Vec<String> = o
+        .readdir(&t.tree)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["empty", "file", "full"]);
+}
