@@ -584,34 +584,20 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let result = self.run(async {
-            match self.client.stat(&to).await {
-                Ok(existing) => {
-                    if noreplace {
+            if noreplace {
+                match self.client.stat(&to).await {
+                    Ok(_) => {
                         return Err(Error::Exists {
                             path: to.to_string(),
                         });
                     }
-                    let moving = self.client.stat(&from).await?;
-                    if existing.kind == Kind::Dir && moving.kind != Kind::Dir {
-                        return Err(Error::IsADirectory {
-                            path: to.to_string(),
-                        });
-                    }
-                    if moving.kind == Kind::Dir && existing.kind != Kind::Dir {
-                        return Err(Error::NotADirectory {
-                            path: to.to_string(),
-                        });
-                    }
-                    // Rename over an existing file replaces its entry in one directory
-                    // write (atomic, as an editor's save needs); an empty directory in
-                    // the way is removed first.
-                    if existing.inode != moving.inode && existing.kind == Kind::Dir {
-                        self.client.unlink(&to).await?;
-                    }
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
             }
+            // Over an existing name the core follows rename(2): a file replaces a file
+            // in one directory write (atomic, as an editor's save needs), a directory an
+            // empty directory; the rest is refused with the errno rename(2) gives.
             self.client.rename(&from, &to).await
         });
         match result {

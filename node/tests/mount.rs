@@ -265,3 +265,47 @@ fn fsynced_writes_through_a_mount_survive_kill_9() {
     assert_eq!(std::fs::read(mnt.join("d/fsynced")).unwrap(), bytes);
     umount(&net, 0, &mnt);
 }
+
+/// rename(2) over existing names through a real mount: a file replaces a file and a
+/// directory an empty one; the rest fails with the errno rename(2) gives, and nothing in
+/// the way is lost.
+#[test]
+fn renames_over_existing_names_through_a_mount() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    for dir in ["dir", "full", "empty"] {
+        std::fs::create_dir(mnt.join(dir)).unwrap();
+    }
+    std::fs::write(mnt.join("dir/f"), "f").unwrap();
+    std::fs::write(mnt.join("full/g"), "g").unwrap();
+    std::fs::write(mnt.join("file"), "file").unwrap();
+    std::fs::write(mnt.join("other"), "other").unwrap();
+    for (from, to, errno) in [
+        ("dir", "file", rustix::io::Errno::NOTDIR),
+        ("file", "empty", rustix::io::Errno::ISDIR),
+        ("dir", "full", rustix::io::Errno::NOTEMPTY),
+    ] {
+        let err = std::fs::rename(mnt.join(from), mnt.join(to)).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(errno.raw_os_error()),
+            "{from} over {to}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(mnt.join("file")).unwrap(), "file");
+    std::fs::rename(mnt.join("other"), mnt.join("file")).unwrap();
+    std::fs::rename(mnt.join("dir"), mnt.join("empty")).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("file")).unwrap(), "other");
+    assert_eq!(std::fs::read_to_string(mnt.join("empty/f")).unwrap(), "f");
+    assert_eq!(std::fs::read_to_string(mnt.join("full/g")).unwrap(), "g");
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["empty", "file", "full"]);
+    umount(&net, 0, &mnt);
+}
