@@ -56,6 +56,16 @@ pub fn errno(error: &Error) -> Errno {
     }
 }
 
+/// The errno for a name that makes no path: a name or a path too long is
+/// `ENAMETOOLONG`, as on any file system; anything else (a NUL, `.` or `..` where the
+/// kernel would not send them) `EINVAL`.
+pub fn name_errno(error: &keys::PathError) -> Errno {
+    match error {
+        keys::PathError::SegmentTooLong { .. } | keys::PathError::TooLong(_) => Errno::ENAMETOOLONG,
+        _ => Errno::EINVAL,
+    }
+}
+
 struct Open {
     ino: u64,
     handle: tokio::sync::Mutex<Handle>,
@@ -177,7 +187,7 @@ impl<B: Blocks> Mount<B> {
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<Path, Errno> {
         let name = name.to_str().ok_or(Errno::EINVAL)?;
-        self.path(parent)?.join(name).map_err(|_| Errno::EINVAL)
+        self.path(parent)?.join(name).map_err(|e| name_errno(&e))
     }
 
     fn remember(&self, path: &Path, stat: &Stat, conflict: bool) -> u64 {

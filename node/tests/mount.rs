@@ -268,7 +268,7 @@ fn fsynced_writes_through_a_mount_survive_kill_9() {
 
 /// rename(2) over existing names through a real mount: a file replaces a file and a
 /// directory an empty one; the rest fails with the errno rename(2) gives, and nothing in
-/// the way is lost.
+/// the way is lost. A name too long fails as it does elsewhere.
 #[test]
 fn renames_over_existing_names_through_a_mount() {
     let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
@@ -307,5 +307,13 @@ fn renames_over_existing_names_through_a_mount() {
         .collect();
     names.sort();
     assert_eq!(names, ["empty", "file", "full"]);
+    // A name longer than 255 bytes: ENAMETOOLONG, as on any file system (was EINVAL).
+    let err = std::fs::write(mnt.join("n".repeat(256)), "x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::NAMETOOLONG.raw_os_error()),
+        "{err}"
+    );
+    std::fs::write(mnt.join("n".repeat(255)), "x").unwrap();
     umount(&net, 0, &mnt);
 }
