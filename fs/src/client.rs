@@ -536,27 +536,75 @@ const KEEP_WRITTEN_FLUSHES: usize = 64;
 /// A staged change to one name in a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
-    /// The name names this entry.
-    Put(Entry),
-    /// The name is removed, if it still names this inode.
-    Remove(InodeId),
+    /// The name names this entry, a new file, in place of any of `replaces` (the inodes
+    /// this client removed from the name before): another inode found under the name
+    /// (made meanwhile by another writer) keeps it, and the new file is linked beside it
+    /// under a conflict name, so neither is lost.
+    Put {
+        entry: Entry,
+        replaces: Vec<InodeId>,
+    },
+    /// The name is removed, if it still names one of these inodes.
+    Remove(Vec<InodeId>),
 }
 
 impl Change {
     /// Applies the change to `name` in `dir`; whether that changed anything.
     fn apply(&self, dir: &mut Directory, name: &str) -> bool {
         match self {
-            Change::Put(entry) => {
-                dir.entries.insert(name.to_string(), entry.clone()).as_ref() != Some(entry)
+            Change::Put { entry, replaces } => {
+                let name = link_name(dir, name, entry, replaces);
+                dir.entries.insert(name, entry.clone()).as_ref() != Some(entry)
             }
-            Change::Remove(inode) => {
-                let named = dir.entries.get(name).is_some_and(|e| e.inode == *inode);
+            Change::Remove(inodes) => {
+                let named = dir
+                    .entries
+                    .get(name)
+                    .is_some_and(|e| inodes.contains(&e.inode));
                 if named {
                     dir.entries.remove(name);
                 }
                 named
             }
         }
+    }
+
+    /// This change after `earlier` to the same name: what both do, as one change.
+    fn after(self, earlier: Option<Change>) -> Change {
+        let (mut gone, earlier_entry) = match earlier {
+            None => return self,
+            Some(Change::Remove(inodes)) => (inodes, None),
+            Some(Change::Put { entry, replaces }) => (replaces, Some(entry.inode)),
+        };
+        gone.extend(earlier_entry);
+        match self {
+            Change::Put {
+                entry,
+                mut replaces,
+            } => {
+                replaces.extend(gone.into_iter().filter(|i| *i != entry.inode));
+                replaces.sort();
+                replaces.dedup();
+                Change::Put { entry, replaces }
+            }
+            Change::Remove(mut inodes) => {
+                inodes.extend(gone);
+                inodes.sort();
+                inodes.dedup();
+                Change::Remove(inodes)
+            }
+        }
+    }
+}
+
+/// The name a new file `entry` is linked under in `dir` for `name`: `name` unless it
+/// names another inode (not one of `replaces`), then a conflict name beside it.
+fn link_name(dir: &Directory, name: &str, entry: &Entry, replaces: &[InodeId]) -> String {
+    match dir.entries.get(name) {
+        Some(there) if there.inode != entry.inode && !replaces.contains(&there.inode) => {
+            dir::conflict_name(name, &entry.inode)
+        }
+        _ => name.to_string(),
     }
 }
 
@@ -1080,8 +1128,14 @@ impl<B: Blocks> Client<B> {
             })
         });
         match change {
-            Some(Change::Put(entry)) => Some(entry.clone()),
-            Some(Change::Remove(gone)) => committed.filter(|e| e.inode != gone).cloned(),
+            Some(Change::Put { entry, replaces }) => match committed {
+                // Another writer's file keeps the name (this one is linked beside it).
+                Some(there) if there.inode != entry.inode && !replaces.contains(&there.inode) => {
+                    Some(there.clone())
+                }
+                _ => Some(entry),
+            },
+            Some(Change::Remove(gone)) => committed.filter(|e| !gone.contains(&e.inode)).cloned(),
             None => committed.cloned(),
         }
     }
@@ -1335,6 +1389,23 @@ impl<B: Blocks> Client<B> {
         Box::pin(self.write_dir(nodes, parent, &dir)).await
     }
 
+    /// Links the new file `nodes[i]` into its directory, read afresh: under its name, or,
+    /// where another writer's file took the name meanwhile, beside it under a conflict
+    /// name (see [`Change::Put`]).
+    async fn link_new(&self, nodes: &mut [Node], i: usize) -> Result<(), Error> {
+        if i == 0 {
+            return Ok(());
+        }
+        let entry = nodes[i].entry();
+        let parent = i - 1;
+        Box::pin(self.flush_dir(nodes[parent].id())).await?;
+        self.refresh(&mut nodes[parent]).await?;
+        let mut dir = self.read_dir(&nodes[parent]).await?;
+        let name = link_name(&dir, &nodes[i].name(), &entry, &[]);
+        dir.entries.insert(name, entry);
+        Box::pin(self.write_dir(nodes, parent, &dir)).await
+    }
+
     /// Stages `change` to `name` in the directory `nodes[last]` (see
     /// [`Config::stage_directories`]).
     fn stage(&self, nodes: &[Node], name: String, change: Change) -> Result<(), Error> {
@@ -1353,7 +1424,9 @@ impl<B: Blocks> Client<B> {
                 written: std::collections::VecDeque::new(),
             })
             .changes
-            .insert(name, change);
+            .entry(name)
+            .and_modify(|earlier| *earlier = change.clone().after(Some(earlier.clone())))
+            .or_insert(change);
         Ok(())
     }
 
@@ -2324,9 +2397,13 @@ impl<B: Blocks> Client<B> {
             // changed, and the next fsync writes and links again.
             if self.config.stage_directories && i > 0 {
                 let node = &handle.nodes[i];
-                self.stage(&handle.nodes[..i], node.name(), Change::Put(node.entry()))?;
+                let link = Change::Put {
+                    entry: node.entry(),
+                    replaces: Vec::new(),
+                };
+                self.stage(&handle.nodes[..i], node.name(), link)?;
             } else {
-                self.link_up(&mut handle.nodes, i).await?;
+                self.link_new(&mut handle.nodes, i).await?;
             }
             handle.unlinked = false;
         }
@@ -2586,7 +2663,7 @@ impl<B: Blocks> Client<B> {
         if self.config.stage_directories {
             // The walk found it, in this client's view.
             let gone = nodes[target].id();
-            return self.stage(&nodes[..=parent], name, Change::Remove(gone));
+            return self.stage(&nodes[..=parent], name, Change::Remove(vec![gone]));
         }
         self.flush_dir(nodes[parent].id()).await?;
         self.refresh(&mut nodes[parent]).await?;
