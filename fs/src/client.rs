@@ -1318,6 +1318,21 @@ impl<B: Blocks> Client<B> {
     /// when a revocation above made it stale, and then links changed keys upwards.
     async fn write_dir(&self, nodes: &mut [Node], i: usize, dir: &Directory) -> Result<(), Error> {
         let new = nodes[i].current.is_none();
+        self.write_dir_version(nodes, i, dir).await?;
+        if new {
+            self.link_up(nodes, i).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Client::write_dir`] without linking a new directory into its parent.
+    async fn write_dir_version(
+        &self,
+        nodes: &mut [Node],
+        i: usize,
+        dir: &Directory,
+    ) -> Result<(), Error> {
+        let new = nodes[i].current.is_none();
         let rekey = !new && nodes[i].stale_key();
         // Refused before anything is stored: a write that cannot be signed leaves no
         // chunks behind.
@@ -1367,9 +1382,6 @@ impl<B: Blocks> Client<B> {
                 written.inode.size,
             );
         }
-        if new {
-            self.link_up(nodes, i).await?;
-        }
         Ok(())
     }
 
@@ -1391,19 +1403,33 @@ impl<B: Blocks> Client<B> {
 
     /// Links the new file `nodes[i]` into its directory, read afresh: under its name, or,
     /// where another writer's file took the name meanwhile, beside it under a conflict
-    /// name (see [`Change::Put`]).
-    async fn link_new(&self, nodes: &mut [Node], i: usize) -> Result<(), Error> {
+    /// name (see [`Change::Put`]). A new directory is linked only where the name is still
+    /// free: whether it was.
+    async fn link_new(&self, nodes: &mut [Node], i: usize) -> Result<bool, Error> {
         if i == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let entry = nodes[i].entry();
         let parent = i - 1;
         Box::pin(self.flush_dir(nodes[parent].id())).await?;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
-        let name = link_name(&dir, &nodes[i].name(), &entry, &[]);
+        let name = nodes[i].name();
+        let name = if entry.kind == Kind::Dir {
+            if dir
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.inode != entry.inode)
+            {
+                return Ok(false);
+            }
+            name
+        } else {
+            link_name(&dir, &name, &entry, &[])
+        };
         dir.entries.insert(name, entry);
-        Box::pin(self.write_dir(nodes, parent, &dir)).await
+        Box::pin(self.write_dir(nodes, parent, &dir)).await?;
+        Ok(true)
     }
 
     /// Stages `change` to `name` in the directory `nodes[last]` (see
@@ -1577,7 +1603,10 @@ impl<B: Blocks> Client<B> {
             }
         }
         for name in missing {
-            self.mkdir_in(&mut nodes, &name).await?;
+            match self.mkdir_in(&mut nodes, &name).await {
+                Err(Error::Exists { .. }) => self.enter_made(&mut nodes, &name).await?,
+                done => done?,
+            }
         }
         Ok(nodes)
     }
@@ -1683,7 +1712,40 @@ impl<B: Blocks> Client<B> {
             previous_key: None,
         });
         let i = nodes.len() - 1;
-        self.write_dir(nodes, i, &Directory::default()).await
+        self.write_dir_version(nodes, i, &Directory::default())
+            .await?;
+        if self.link_new(nodes, i).await? {
+            return Ok(());
+        }
+        // Another writer made the name meanwhile: theirs stays (with whatever they put
+        // in it), and this empty one is left unlinked.
+        let path = nodes[i].path.to_string();
+        nodes.pop();
+        Err(Error::Exists { path })
+    }
+
+    /// Into the directory `name` below `nodes` that another writer made meanwhile (a
+    /// [`Client::mkdir_in`] found it there), asked for afresh.
+    async fn enter_made(&self, nodes: &mut Vec<Node>, name: &str) -> Result<(), Error> {
+        let parent = &nodes[nodes.len() - 1];
+        let path = parent
+            .path
+            .join(name)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.blocks.forget(parent.id());
+        let (found, missing) = self.walk_partial(&path).await?;
+        match found.last() {
+            Some(node) if missing.is_empty() && node.path == path && node.kind == Kind::Dir => {
+                *nodes = found;
+                Ok(())
+            }
+            Some(node) if missing.is_empty() && node.path == path => Err(Error::NotADirectory {
+                path: path.to_string(),
+            }),
+            _ => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+        }
     }
 
     /// Creates a directory; its parent must exist (a tree's root is made when its owner
@@ -1726,7 +1788,11 @@ impl<B: Blocks> Client<B> {
         if nodes.last().is_some_and(|n| n.path == *path) {
             return Ok(());
         }
-        self.mkdir_in(&mut nodes, &name).await
+        match self.mkdir_in(&mut nodes, &name).await {
+            // Made meanwhile by another writer: a directory is what was asked for.
+            Err(Error::Exists { .. }) => self.enter_made(&mut nodes, &name).await,
+            done => done,
+        }
     }
 
     /// Opens the file at `path` for reading and writing.

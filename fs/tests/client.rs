@@ -655,10 +655,12 @@ async fn files_beyond_the_largest_size_are_refused_before_any_work() {
 }
 
 /// Blocks that show, for chosen inodes, the versions of an earlier moment: replicas that
-/// lag behind writes made since.
+/// lag behind writes made since (with `thaw_on_write`, until the client writes a version
+/// of anything, as a node's cache of versions is refreshed around its own writes).
 struct Lagging {
     replica: Arc<Replica>,
     frozen: std::sync::Mutex<std::collections::HashMap<fs::InodeId, Vec<fs::inode::Verified>>>,
+    thaw_on_write: bool,
 }
 
 impl fs::Blocks for Lagging {
@@ -675,6 +677,9 @@ impl fs::Blocks for Lagging {
     }
 
     async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
+        if self.thaw_on_write {
+            self.frozen.lock().unwrap().clear();
+        }
         fs::Blocks::put_version(&*self.replica, inode, signed).await
     }
 
@@ -695,6 +700,7 @@ async fn a_stale_parent_never_gets_a_version_sealed_under_a_revoked_key() {
     let blocks = Arc::new(Lagging {
         replica: t.replica.clone(),
         frozen: Default::default(),
+        thaw_on_write: false,
     });
     let owner = Client::new(
         blocks.clone(),
@@ -1453,4 +1459,56 @@ async fn a_staged_remove_and_create_of_one_name_replaces_it() {
     c.unlink(&t.path("d/z")).await.unwrap();
     c.flush_staged().await.unwrap();
     assert!(fresh.readdir(&t.path("d")).await.unwrap().is_empty());
+}
+
+/// Two writers that each make the same new directory, the second having walked its
+/// parent before the first linked theirs and reading it afresh to link its own: both end
+/// up in one directory, nothing inside either lost; an explicit mkdir of a name made
+/// meanwhile is EEXIST. (The second directory used to replace the first, with the file
+/// put in it.)
+#[tokio::test]
+async fn two_writers_making_one_directory_share_it() {
+    let t = tree();
+    let a = t.owner();
+    let lagging = Arc::new(Lagging {
+        replica: t.replica.clone(),
+        frozen: Default::default(),
+        thaw_on_write: true,
+    });
+    let b = Client::new(
+        lagging.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    put(&a, &t.path("base"), b"base").await;
+    let root = Binding::anchor(t.tree.clone()).id();
+    let names = |listing: Vec<fs::DirEntry>| -> Vec<String> {
+        listing.into_iter().map(|e| e.name).collect()
+    };
+    let fresh = t.owner();
+    for (made, by_b) in [("docs", "docs/from-b"), ("more", "more")] {
+        // B's walks see the root as it is now; its link, after it wrote its new
+        // directory, reads it afresh. A makes the directory in between.
+        let before = t.replica.versions(&root).unwrap();
+        lagging.frozen.lock().unwrap().insert(root, before);
+        put(&a, &t.path(&format!("{made}/from-a")), b"a").await;
+        if by_b == made {
+            let refused = b.mkdir(&t.path(made)).await;
+            assert!(matches!(refused, Err(Error::Exists { .. })), "{refused:?}");
+        } else {
+            b.put(&t.path(by_b), &b"b"[..], |_| {}).await.unwrap();
+        }
+    }
+    assert_eq!(
+        names(fresh.readdir(&t.tree).await.unwrap()),
+        ["base", "docs", "more"]
+    );
+    assert_eq!(
+        names(fresh.readdir(&t.path("docs")).await.unwrap()),
+        ["from-a", "from-b"]
+    );
+    assert_eq!(get(&fresh, &t.path("docs/from-a")).await.unwrap(), b"a");
+    assert_eq!(get(&fresh, &t.path("docs/from-b")).await.unwrap(), b"b");
+    assert_eq!(get(&fresh, &t.path("more/from-a")).await.unwrap(), b"a");
 }
