@@ -2604,16 +2604,28 @@ impl<B: Blocks> Client<B> {
         mut sink: impl AsyncWrite + Unpin,
         mut progress: impl FnMut(u64),
     ) -> Result<u64, Error> {
-        let handle = self.open(path).await?;
-        let mut chunks = self.plaintexts(&handle);
+        let mut handle = self.open(path).await?;
+        let mut afresh = false;
         let mut done = 0u64;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            sink.write_all(&chunk)
-                .await
-                .map_err(|e| Error::Io(e.to_string()))?;
-            done += chunk.len() as u64;
-            progress(done);
+        'again: loop {
+            let mut chunks = self.plaintexts(&handle);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = match chunk {
+                    Err(Error::Corrupt { .. }) if done == 0 && !afresh => {
+                        drop(chunks);
+                        afresh = true;
+                        handle = self.open_afresh(path, &handle).await?;
+                        continue 'again;
+                    }
+                    chunk => chunk?,
+                };
+                sink.write_all(&chunk)
+                    .await
+                    .map_err(|e| Error::Io(e.to_string()))?;
+                done += chunk.len() as u64;
+                progress(done);
+            }
+            break;
         }
         sink.flush().await.map_err(|e| Error::Io(e.to_string()))?;
         Ok(done)
@@ -2627,7 +2639,7 @@ impl<B: Blocks> Client<B> {
         file: std::fs::File,
         mut progress: impl FnMut(u64),
     ) -> Result<(u64, std::fs::File), Error> {
-        let handle = self.open(path).await?;
+        let mut handle = self.open(path).await?;
         let (pieces, mut take) = tokio::sync::mpsc::channel::<Vec<u8>>(GET_WRITE_BEHIND);
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write as _;
@@ -2637,24 +2649,40 @@ impl<B: Blocks> Client<B> {
             }
             Ok::<_, std::io::Error>(file)
         });
-        let mut chunks = self.plaintexts(&handle);
         let mut done = 0u64;
         let mut fetched = Ok(());
-        while let Some(chunk) = chunks.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    fetched = Err(e);
+        let mut afresh = false;
+        'again: loop {
+            let mut chunks = self.plaintexts(&handle);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(Error::Corrupt { .. }) if done == 0 && !afresh => {
+                        drop(chunks);
+                        afresh = true;
+                        match self.open_afresh(path, &handle).await {
+                            Ok(h) => handle = h,
+                            Err(e) => fetched = Err(e),
+                        }
+                        if fetched.is_ok() {
+                            continue 'again;
+                        }
+                        break 'again;
+                    }
+                    Err(e) => {
+                        fetched = Err(e);
+                        break;
+                    }
+                };
+                let len = chunk.len() as u64;
+                // Refused only when the writer stopped: its error is the answer.
+                if pieces.send(chunk).await.is_err() {
                     break;
                 }
-            };
-            let len = chunk.len() as u64;
-            // Refused only when the writer stopped: its error is the answer.
-            if pieces.send(chunk).await.is_err() {
-                break;
+                done += len;
+                progress(done);
             }
-            done += len;
-            progress(done);
+            break;
         }
         drop(pieces);
         let written = writer
@@ -2663,6 +2691,17 @@ impl<B: Blocks> Client<B> {
             .map_err(|e| Error::Io(format!("writing the file got: {e}")));
         fetched?;
         Ok((done, written?))
+    }
+
+    /// Opens `path` again, every inode on the way asked for afresh: for a reader whose
+    /// first chunk did not open with the key its directory gave (a directory version
+    /// from a cache, older than another writer's re-keying of the file after a
+    /// revocation, names the old key).
+    async fn open_afresh(&self, path: &Path, handle: &Handle) -> Result<Handle, Error> {
+        for node in &handle.nodes {
+            self.blocks.forget(node.id());
+        }
+        self.open(path).await
     }
 
     /// The plaintext of a file's chunks in order, fetched and opened

@@ -655,12 +655,12 @@ async fn files_beyond_the_largest_size_are_refused_before_any_work() {
 }
 
 /// Blocks that show, for chosen inodes, the versions of an earlier moment: replicas that
-/// lag behind writes made since (with `thaw_on_write`, until the client writes a version
-/// of anything, as a node's cache of versions is refreshed around its own writes).
+/// lag behind writes made since (with `thaws`, until the client writes a version of
+/// anything or forgets the inode, as a node's cache of versions does).
 struct Lagging {
     replica: Arc<Replica>,
     frozen: std::sync::Mutex<std::collections::HashMap<fs::InodeId, Vec<fs::inode::Verified>>>,
-    thaw_on_write: bool,
+    thaws: bool,
 }
 
 impl fs::Blocks for Lagging {
@@ -677,10 +677,16 @@ impl fs::Blocks for Lagging {
     }
 
     async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
-        if self.thaw_on_write {
+        if self.thaws {
             self.frozen.lock().unwrap().clear();
         }
         fs::Blocks::put_version(&*self.replica, inode, signed).await
+    }
+
+    fn forget(&self, inode: fs::InodeId) {
+        if self.thaws {
+            self.frozen.lock().unwrap().remove(&inode);
+        }
     }
 
     async fn get_versions(
@@ -700,7 +706,7 @@ async fn a_stale_parent_never_gets_a_version_sealed_under_a_revoked_key() {
     let blocks = Arc::new(Lagging {
         replica: t.replica.clone(),
         frozen: Default::default(),
-        thaw_on_write: false,
+        thaws: false,
     });
     let owner = Client::new(
         blocks.clone(),
@@ -1473,7 +1479,7 @@ async fn two_writers_making_one_directory_share_it() {
     let lagging = Arc::new(Lagging {
         replica: t.replica.clone(),
         frozen: Default::default(),
-        thaw_on_write: true,
+        thaws: true,
     });
     let b = Client::new(
         lagging.clone(),
@@ -1511,4 +1517,47 @@ async fn two_writers_making_one_directory_share_it() {
     assert_eq!(get(&fresh, &t.path("docs/from-a")).await.unwrap(), b"a");
     assert_eq!(get(&fresh, &t.path("docs/from-b")).await.unwrap(), b"b");
     assert_eq!(get(&fresh, &t.path("more/from-a")).await.unwrap(), b"a");
+}
+
+/// A reader whose view of a directory is from before another writer re-keyed a file in
+/// it (after a revocation) reads the file's new version: the old key in its directory
+/// does not open it, and the walk is asked afresh once (it failed with "contents do
+/// not open" until the cache expired).
+#[tokio::test]
+async fn a_directory_from_before_a_rekeying_does_not_fail_a_read() {
+    let t = tree();
+    let a = t.owner();
+    put(&a, &t.path("team/f"), b"first").await;
+    let (revoked_id, _) = t.stranger();
+    a.share(&t.path("team"), &revoked_id.public(), None)
+        .await
+        .unwrap();
+    let lagging = Arc::new(Lagging {
+        replica: t.replica.clone(),
+        frozen: Default::default(),
+        thaws: true,
+    });
+    let b = Client::new(
+        lagging.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    let read = async |c: &Client<Lagging>| {
+        let mut out = Vec::new();
+        c.get(&t.path("team/f"), &mut out, |_| {})
+            .await
+            .map(|_| out)
+    };
+    assert_eq!(read(&b).await.unwrap(), b"first");
+    // B's view of `team` stays as it is now; A revokes there and writes the file again,
+    // under a new key.
+    let team = Binding::anchor(t.path("team")).id();
+    let before = t.replica.versions(&team).unwrap();
+    lagging.frozen.lock().unwrap().insert(team, before);
+    a.revoke(&t.path("team"), &revoked_id.principal())
+        .await
+        .unwrap();
+    put(&a, &t.path("team/f"), b"second").await;
+    assert_eq!(read(&b).await.unwrap(), b"second");
 }
