@@ -1994,11 +1994,26 @@ impl<B: Blocks> Client<B> {
                 fetching.abort();
             }
         }
-        let bytes = match handle.cache.ahead.pop_front() {
+        let fetched = match handle.cache.ahead.pop_front() {
             Some((_, fetching)) => fetching
                 .await
-                .map_err(|e| Error::Io(format!("reading ahead: {e}")))??,
+                .map_err(|e| Error::Io(format!("reading ahead: {e}")))?,
             None => {
+                let node = handle.node();
+                self.fetch_chunk(
+                    node,
+                    &node.key,
+                    node.id(),
+                    index,
+                    handle.refs[index as usize],
+                )
+                .await
+            }
+        };
+        let bytes = match fetched {
+            // Opened with a key from a directory older than the file's re-keying
+            // elsewhere: the key a directory read afresh gives, once.
+            Err(Error::Corrupt { .. }) if self.take_fresh_key(handle).await => {
                 let node = handle.node();
                 self.fetch_chunk(
                     node,
@@ -2009,11 +2024,40 @@ impl<B: Blocks> Client<B> {
                 )
                 .await?
             }
+            fetched => fetched?,
         };
         let bytes = Arc::new(bytes);
         handle.cache.last = Some((index, bytes.clone()));
         self.read_ahead(handle, index);
         Ok(bytes)
+    }
+
+    /// Takes the key that the file of `handle` has in its directory, read afresh (with
+    /// every inode on the way), where it differs from the handle's: whether it did. A
+    /// handle opened through a directory version older than another writer's re-keying of
+    /// the file (its first write after a revocation) holds the old key.
+    async fn take_fresh_key(&self, handle: &mut Handle) -> bool {
+        let (path, id) = (handle.node().path.clone(), handle.node().id());
+        for node in &handle.nodes {
+            self.blocks.forget(node.id());
+        }
+        let Ok(nodes) = self.walk(&path).await else {
+            return false;
+        };
+        let Some(fresh) = nodes.last().filter(|n| n.id() == id) else {
+            return false;
+        };
+        let i = handle.nodes.len() - 1;
+        let mine = &mut handle.nodes[i];
+        if fresh.key == mine.key && fresh.previous_key == mine.previous_key {
+            return false;
+        }
+        mine.key = fresh.key.clone();
+        mine.previous_key = fresh.previous_key.clone();
+        while let Some((_, fetching)) = handle.cache.ahead.pop_front() {
+            fetching.abort();
+        }
+        true
     }
 
     /// Starts fetching the stored chunks after `index` (up to [`READ_AHEAD`] of them).

@@ -1560,4 +1560,17 @@ async fn a_directory_from_before_a_rekeying_does_not_fail_a_read() {
         .unwrap();
     put(&a, &t.path("team/f"), b"second").await;
     assert_eq!(read(&b).await.unwrap(), b"second");
+    // The same through a handle, as a mount reads.
+    let (other_id, _) = t.stranger();
+    a.share(&t.path("team"), &other_id.public(), None)
+        .await
+        .unwrap();
+    let before = t.replica.versions(&team).unwrap();
+    lagging.frozen.lock().unwrap().insert(team, before);
+    a.revoke(&t.path("team"), &other_id.principal())
+        .await
+        .unwrap();
+    put(&a, &t.path("team/f"), b"third").await;
+    let mut handle = b.open(&t.path("team/f")).await.unwrap();
+    assert_eq!(b.read(&mut handle, 0, 100).await.unwrap(), b"third");
 }
