@@ -390,9 +390,15 @@ impl std::fmt::Debug for ReplyTo {
     }
 }
 
+/// The wire format's limits on a message (see [`protocols::actor::check_fits`]).
+fn fits(label: &str, payload: &[u8]) -> Result<(), SendError> {
+    protocols::actor::check_fits(label, payload.len()).map_err(|e| SendError::Encode(e.to_string()))
+}
+
 impl ReplyTo {
     /// Sends the reply, after checking it against the session's protocol.
     pub async fn send(mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
+        fits(label, payload)?;
         self.actor
             .sessions
             .check_send(self.peer, &self.protocol, self.session, label)?;
@@ -1019,6 +1025,8 @@ impl Session {
     ) -> Result<(), SendError> {
         match self.current_route().await? {
             Route::Local(slot) => {
+                // What the network would refuse is refused here too.
+                fits(label, payload)?;
                 let inner = &self.sender.inner;
                 let origin = match &self.local_origin {
                     Some(origin) => origin.clone(),

@@ -1389,3 +1389,30 @@ fn an_impostor_is_refused_by_a_btnode_process() {
     assert_eq!(told["payload"], "genuine");
     assert_eq!(told["from"], net.path("cli"));
 }
+
+/// A message the wire format would refuse (a label over 128 bytes, a payload over a
+/// frame's limit) is refused the same way between actors on one node, where it never
+/// becomes a frame: it used to be delivered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_network_refuses_is_refused_locally_too() {
+    let net = Net::start(2).await;
+    let (collector, mut received) = spawn_collector(&net, 1, "sink", 0).await;
+    let long_label = "l".repeat(129);
+    let big = vec![7u8; keys::limits::MAX_MESSAGE_BYTES];
+    for (i, place) in [(0, "across the network"), (1, "on one node")] {
+        let me = net.nodes[i].runtime.sender(net.path(i, "me")).unwrap();
+        for (label, payload) in [(long_label.as_str(), &b"x"[..]), ("big", &big[..])] {
+            let refused = me.tell(&collector, label, payload).await;
+            assert!(
+                matches!(refused, Err(SendError::Encode(_))),
+                "{place}, label of {} bytes, payload of {}: {refused:?}",
+                label.len(),
+                payload.len()
+            );
+        }
+        me.tell(&collector, &"l".repeat(128), b"x").await.unwrap();
+        let (from, label, _) = received.recv().await.unwrap();
+        assert_eq!((*from).clone(), net.path(i, "me"));
+        assert_eq!(label.len(), 128);
+    }
+}

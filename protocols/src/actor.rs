@@ -361,6 +361,37 @@ pub fn encode_message<L: AsRef<str> + for<'s> From<&'s str>>(
     Ok(())
 }
 
+/// Everything a message frame holds besides its label and payload, at most: the
+/// frame's length, its tag and four CBOR heads.
+const MESSAGE_HEAD_BYTES: usize = 4 + 1 + 4 * 9;
+
+fn check_label(label: &[u8]) -> Result<(), EncodeError> {
+    if label.len() > MAX_NAME_BYTES {
+        return Err(EncodeError::Failed {
+            what: Frame::NAME,
+            reason: format!("a label of {} bytes, at most {MAX_NAME_BYTES}", label.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a message with `label` and a payload of `payload` bytes fits a message frame:
+/// the limits [`write_message`] holds every message to. Messages between actors on one
+/// node, which never become frames, are held to them too, so that what one node takes
+/// from its own actors it would also take from the network.
+pub fn check_fits(label: &str, payload: usize) -> Result<(), EncodeError> {
+    check_label(label.as_bytes())?;
+    let len = MESSAGE_HEAD_BYTES - 4 + label.len() + payload;
+    if len > Frame::MAX_BYTES {
+        return Err(EncodeError::TooLarge {
+            what: Frame::NAME,
+            len,
+            max: Frame::MAX_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// Appends the frame of `message` to `out`.
 pub fn write_message(message: MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let refuse = |reason: String| EncodeError::Failed {
@@ -375,16 +406,11 @@ pub fn write_message(message: MessageRef<'_>, out: &mut Vec<u8>) -> Result<(), E
         )));
     }
     let label = message.label.unwrap_or("").as_bytes();
-    if label.len() > MAX_NAME_BYTES {
-        return Err(refuse(format!(
-            "a label of {} bytes, at most {MAX_NAME_BYTES}",
-            label.len()
-        )));
-    }
+    check_label(label)?;
     let start = out.len();
     // Everything before the label and the payload: length, tag, four CBOR heads (a small
     // array: it is zeroed for every message).
-    let mut head = [0u8; 4 + 1 + 4 * 9];
+    let mut head = [0u8; MESSAGE_HEAD_BYTES];
     let (kind, id) = match message.kind {
         Kind::Tell => (0, None),
         Kind::Ask { id } => (1, Some(id)),
