@@ -120,7 +120,44 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
             ));
         }
     };
+    if number == 0 {
+        return Err(format!(
+            "{text:?}: a writecap that expires at once grants nothing; give a length such as 90s"
+        ));
+    }
     number
         .checked_mul(unit)
         .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_and_nonsense_is_refused() {
+        for (text, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("30m", 1800),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("1y", 31_536_000),
+        ] {
+            assert_eq!(parse_duration(text), Ok(secs), "{text}");
+        }
+        for text in [
+            "",
+            "s",
+            "0",
+            "0s",
+            "0d",
+            "1w",
+            "-1s",
+            "1.5h",
+            "99999999999999999999y",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text:?} was taken");
+        }
+    }
 }
