@@ -1998,31 +1998,13 @@ impl<B: Blocks> Client<B> {
             Some((_, fetching)) => fetching
                 .await
                 .map_err(|e| Error::Io(format!("reading ahead: {e}")))?,
-            None => {
-                let node = handle.node();
-                self.fetch_chunk(
-                    node,
-                    &node.key,
-                    node.id(),
-                    index,
-                    handle.refs[index as usize],
-                )
-                .await
-            }
+            None => self.fetch_stored(handle, index).await,
         };
         let bytes = match fetched {
             // Opened with a key from a directory older than the file's re-keying
             // elsewhere: the key a directory read afresh gives, once.
             Err(Error::Corrupt { .. }) if self.take_fresh_key(handle).await => {
-                let node = handle.node();
-                self.fetch_chunk(
-                    node,
-                    &node.key,
-                    node.id(),
-                    index,
-                    handle.refs[index as usize],
-                )
-                .await?
+                self.fetch_stored(handle, index).await?
             }
             fetched => fetched?,
         };
@@ -2030,6 +2012,14 @@ impl<B: Blocks> Client<B> {
         handle.cache.last = Some((index, bytes.clone()));
         self.read_ahead(handle, index);
         Ok(bytes)
+    }
+
+    /// Fetches and opens stored chunk `index` of the file of `handle` (in range).
+    async fn fetch_stored(&self, handle: &Handle, index: u64) -> Result<Vec<u8>, Error> {
+        let node = handle.node();
+        let chunk = handle.refs[index as usize];
+        self.fetch_chunk(node, &node.key, node.id(), index, chunk)
+            .await
     }
 
     /// Takes the key that the file of `handle` has in its directory, read afresh (with
