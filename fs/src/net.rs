@@ -122,6 +122,13 @@ pub struct Counters {
     pub peer_chunk_commits: AtomicU64,
     /// Overlay lookups of where an item belongs, by what needed them.
     pub lookups: Lookups,
+    /// Reads sent to one more replica because those asked were slow to answer (hedged
+    /// requests): what a replica that is overloaded or gone silent costs.
+    pub hedged: AtomicU64,
+    /// Reads of versions that went on without the read quorum (R − W + 1 answers), on a
+    /// replica's versions, when the others stayed silent past [`Network`]'s patience: a
+    /// version newer than what they returned may have been missed.
+    pub short_reads: AtomicU64,
 }
 
 /// Overlay lookups of the nodes nearest a key, counted by what needed them: a key near
@@ -536,6 +543,57 @@ impl Placements {
     }
 }
 
+/// Round trips remembered for [`RoundTrips::hedge_after`].
+const ROUND_TRIPS_KEPT: usize = 128;
+/// Bounds of the wait before a read asks one more replica: never sooner (a hedge doubles
+/// a read's load, so only the slowest tenth are hedged)…
+const HEDGE_MIN: Duration = Duration::from_millis(50);
+/// …and never later, however slow the last answers were.
+const HEDGE_MAX: Duration = Duration::from_secs(1);
+/// The wait before the first round trips are known.
+const HEDGE_FIRST: Duration = Duration::from_millis(250);
+/// A read of versions waits this many hedge delays for the read quorum once a replica
+/// returned versions, and at least [`PATIENCE_MIN`].
+const PATIENCE_HEDGES: u32 = 4;
+const PATIENCE_MIN: Duration = Duration::from_millis(500);
+
+/// The round trips of this node's last answered requests: how long to wait before a read
+/// also asks the next replica ("The Tail at Scale": hedge after about the 90th
+/// percentile), instead of a whole request timeout.
+#[derive(Debug, Default)]
+struct RoundTrips(Mutex<std::collections::VecDeque<Duration>>);
+
+impl RoundTrips {
+    fn record(&self, took: Duration) {
+        if let Ok(mut kept) = self.0.lock() {
+            if kept.len() >= ROUND_TRIPS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(took);
+        }
+    }
+
+    /// The 90th percentile of the kept round trips, within [`HEDGE_MIN`] and
+    /// [`HEDGE_MAX`]; [`HEDGE_FIRST`] before any.
+    fn hedge_after(&self) -> Duration {
+        let Ok(kept) = self.0.lock() else {
+            return HEDGE_FIRST;
+        };
+        if kept.is_empty() {
+            return HEDGE_FIRST;
+        }
+        let mut sorted: Vec<Duration> = kept.iter().copied().collect();
+        let at = (sorted.len() * 9 / 10).min(sorted.len() - 1);
+        let (_, p90, _) = sorted.select_nth_unstable(at);
+        (*p90).clamp(HEDGE_MIN, HEDGE_MAX)
+    }
+
+    /// How long a read of versions that has some waits for the read quorum.
+    fn patience(&self) -> Duration {
+        (self.hedge_after() * PATIENCE_HEDGES).max(PATIENCE_MIN)
+    }
+}
+
 /// Attempts of one request before the peer is skipped for a while.
 const EXCHANGE_ATTEMPTS: u32 = 4;
 /// Requests to one peer in flight at once (each is a stream).
@@ -566,6 +624,7 @@ pub struct Network {
     config: Config,
     down: Mutex<HashMap<PeerId, Instant>>,
     placements: Placements,
+    round_trips: RoundTrips,
     counters: Arc<Counters>,
 }
 
@@ -597,6 +656,7 @@ impl Network {
             config,
             down: Mutex::default(),
             placements: Placements::default(),
+            round_trips: RoundTrips::default(),
             counters,
         }
     }
@@ -771,9 +831,13 @@ impl Network {
         let mut attempt = 0u32;
         let result = loop {
             attempt += 1;
+            let sent = Instant::now();
             match tokio::time::timeout(self.config.request_timeout, self.once(peer, &frame)).await {
                 Ok(Ok(Response::Refused(r))) => break Err(Failure::Refused(r)),
-                Ok(Ok(response)) => break Ok(response),
+                Ok(Ok(response)) => {
+                    self.round_trips.record(sent.elapsed());
+                    break Ok(response);
+                }
                 // A stream can be dropped unread when the peer's accept queue is full
                 // (libp2p-stream keeps one slot), or reset: try again before giving up.
                 Ok(Err(e)) if attempt < EXCHANGE_ATTEMPTS => {
@@ -1186,19 +1250,8 @@ impl Network {
                 }
                 _ => break,
             };
-            for peer in peers.into_iter().filter(|p| *p != self.me) {
-                match self.exchange(peer, Request::GetChunk { id: id.0 }).await {
-                    Ok(Response::Chunk { data }) if ChunkId::of(&data) == id => return Ok(data),
-                    Ok(Response::Chunk { .. }) => {
-                        self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, chunk = %id, "a replica served bytes that do not match the chunk id");
-                        errors.push(format!("{peer}: bytes do not match"));
-                    }
-                    Ok(Response::NotFound) => {}
-                    Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
-                    Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
-                    Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
-                }
+            if let Some(data) = self.first_chunk(id, peers, &mut errors).await {
+                return Ok(data);
             }
         }
         if errors.is_empty() {
@@ -1209,6 +1262,65 @@ impl Network {
                 acks: 0,
                 reason: errors.join("; "),
             })
+        }
+    }
+
+    /// The chunk from the first of `peers` to serve it intact, nearest first. The next
+    /// peer is asked as soon as one fails, and also when those asked are slower than
+    /// recent round trips ([`RoundTrips::hedge_after`]): a replica that is overloaded or
+    /// silent costs a read a hedge delay, not a request timeout. The other requests are
+    /// dropped once one answers. What went wrong is added to `errors`.
+    async fn first_chunk(
+        &self,
+        id: ChunkId,
+        peers: Vec<PeerId>,
+        errors: &mut Vec<String>,
+    ) -> Option<Vec<u8>> {
+        let mut waiting: std::collections::VecDeque<PeerId> =
+            peers.into_iter().filter(|p| *p != self.me).collect();
+        let mut asked = futures::stream::FuturesUnordered::new();
+        let ask = |peer: PeerId| async move {
+            (
+                peer,
+                self.exchange(peer, Request::GetChunk { id: id.0 }).await,
+            )
+        };
+        loop {
+            if asked.is_empty() {
+                asked.push(ask(waiting.pop_front()?));
+            }
+            let answered = if waiting.is_empty() {
+                asked.next().await
+            } else {
+                match tokio::time::timeout(self.round_trips.hedge_after(), asked.next()).await {
+                    Ok(answered) => answered,
+                    Err(_) => {
+                        self.counters.hedged.fetch_add(1, Ordering::Relaxed);
+                        if let Some(peer) = waiting.pop_front() {
+                            asked.push(ask(peer));
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some((peer, answer)) = answered else {
+                continue;
+            };
+            match answer {
+                Ok(Response::Chunk { data }) if ChunkId::of(&data) == id => return Some(data),
+                Ok(Response::Chunk { .. }) => {
+                    self.counters.bad_answers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, chunk = %id, "a replica served bytes that do not match the chunk id");
+                    errors.push(format!("{peer}: bytes do not match"));
+                }
+                Ok(Response::NotFound) => {}
+                Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
+                Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
+                Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
+            }
+            if let Some(next) = waiting.pop_front() {
+                asked.push(ask(next));
+            }
         }
     }
 
@@ -1237,6 +1349,11 @@ impl Network {
     /// nearest too: after nodes joined near the inode and before repair reached them, the
     /// versions are a little farther out.
     ///
+    /// A read does not wait on every replica asked: once it holds versions, the rest
+    /// get a hedge delay ([`RoundTrips::hedge_after`]) after R − W + 1 of the nearest
+    /// answered, or [`RoundTrips::patience`] before that (counted in
+    /// [`Counters::short_reads`]). "None there" waits for every answer.
+    ///
     /// With `farther`, for an inode known to exist (a directory names it): when none of
     /// the R + 4 nearest holds a version, the nodes nearest it that an overlay lookup
     /// finds are asked too (up to Kademlia's k).
@@ -1248,6 +1365,10 @@ impl Network {
     ) -> Result<Vec<Verified>, BlockError> {
         let (known, candidates) = self.placement(inode.as_bytes(), Why::Get).await?;
         let first = candidates.len().min(self.config.replicas + 1);
+        let read_quorum = (self.config.replicas + 1)
+            .saturating_sub(self.config.write_quorum)
+            .max(quorum)
+            .max(1);
         let now = keys::now();
         let revocations = keys::Revocations::default();
         let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
@@ -1269,21 +1390,57 @@ impl Network {
             if batch.is_empty() {
                 continue;
             }
+            let batch_len = batch.len();
             let mut asked: Vec<PeerId> = batch;
             // This node may hold versions while no longer among the nearest.
             if round == 0 && !asked.contains(&self.me) {
                 asked.push(self.me);
             }
-            let answers = futures::future::join_all(
-                asked
-                    .iter()
-                    .map(|peer| self.exchange(*peer, Request::GetVersions { inode: inode.0 })),
-            )
-            .await;
-            for (peer, answer) in asked.iter().zip(answers) {
+            // Answers that settle a read: R − W + 1 of the R nearest meet every write's
+            // W (when placement held still). Farther out, every answer.
+            let (settling, settle) = if round == 0 {
+                let nearest = batch_len.min(self.config.replicas);
+                (nearest, read_quorum.min(nearest))
+            } else {
+                (batch_len, batch_len)
+            };
+            let mut settled = 0;
+            let mut pending: futures::stream::FuturesUnordered<_> = asked
+                .iter()
+                .enumerate()
+                .map(|(at, peer)| async move {
+                    let answer = self
+                        .exchange(*peer, Request::GetVersions { inode: inode.0 })
+                        .await;
+                    (at, *peer, answer)
+                })
+                .collect();
+            // With versions in hand, the others get a hedge delay more to add what they
+            // hold once the read is settled, and [`RoundTrips::patience`] before: a
+            // silent replica does not hold a read for a whole request timeout.
+            let mut until: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match until {
+                    None => pending.next().await,
+                    Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if settled < settle {
+                                self.counters.short_reads.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%inode, settled, settle, "read versions without the read quorum: the others are silent");
+                            }
+                            break;
+                        }
+                    },
+                };
+                let Some((at, peer, answer)) = next else {
+                    break;
+                };
+                let settles = at < settling;
                 match answer {
                     Ok(Response::Versions { signed }) => {
                         answered += 1;
+                        settled += usize::from(settles);
                         for bytes in signed {
                             // Checked at its signing time, like a replica does.
                             // What this node's replica stored it checked already,
@@ -1305,10 +1462,26 @@ impl Network {
                             }
                         }
                     }
-                    Ok(Response::NotFound) => answered += 1,
+                    Ok(Response::NotFound) => {
+                        answered += 1;
+                        settled += usize::from(settles);
+                    }
                     Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
                     Err(Failure::Refused(r)) => errors.push(format!("{peer}: {r}")),
                     Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
+                }
+                let wait = if found.is_empty() {
+                    // "Nothing there" is only trusted from every answer, as before a
+                    // write of a new root or a wider search rests on it.
+                    None
+                } else if settled >= settle {
+                    Some(self.round_trips.hedge_after())
+                } else {
+                    Some(self.round_trips.patience())
+                };
+                if let Some(wait) = wait {
+                    let at = tokio::time::Instant::now() + wait;
+                    until = Some(until.map_or(at, |u| u.min(at)));
                 }
             }
         }

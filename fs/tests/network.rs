@@ -51,6 +51,15 @@ async fn start_node(bootstrap: Option<&Multiaddr>, repairing: bool) -> Node {
 
 /// A node; with a repair task running `repair` if given.
 async fn start_node_with(bootstrap: Option<&Multiaddr>, repair: Option<repair::Config>) -> Node {
+    start_node_configured(bootstrap, repair, net::Config::new()).await
+}
+
+/// [`start_node_with`], its block protocol configured by `net_config`.
+async fn start_node_configured(
+    bootstrap: Option<&Multiaddr>,
+    repair: Option<repair::Config>,
+    net_config: net::Config,
+) -> Node {
     let identity = Arc::new(Identity::generate());
     let key = identity.signing_key().clone();
     let config = dht::Config::new()
@@ -67,7 +76,6 @@ async fn start_node_with(bootstrap: Option<&Multiaddr>, repair: Option<repair::C
     let addr = dht.status().await.unwrap().listen_addrs[0].parse().unwrap();
     let replica = Replica::new(Store::in_memory().unwrap());
     let counters = Arc::new(net::Counters::default());
-    let net_config = net::Config::new();
     let public = Arc::new(protocols::wire::encode(&identity.public()).unwrap());
     let serving = net::serve(
         replica.clone(),
@@ -921,11 +929,14 @@ async fn a_superseded_version_held_away_is_dropped_not_copied_back() {
 }
 
 /// A replica that lies: it acknowledges every write without keeping anything, and
-/// answers every chunk asked of it with bytes of its own.
+/// answers every chunk asked of it with bytes of its own — or, once `silent`, reads no
+/// answer at all (their streams are held open).
 struct Liar {
     addr: Multiaddr,
     /// Chunks it answered (with the wrong bytes).
     lies: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether reads (of chunks and of versions) are left unanswered.
+    silent: Arc<std::sync::atomic::AtomicBool>,
     _dht: dht::Client,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -950,10 +961,11 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
     let mut incoming = dht.streams().accept(net::PROTOCOL).unwrap();
     let public = protocols::wire::encode(&identity.public()).unwrap();
     let lies = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = lies.clone();
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counted, quiet) = (lies.clone(), silent.clone());
     let server = tokio::spawn(async move {
         while let Some((_, mut stream)) = incoming.next().await {
-            let (public, counted) = (public.clone(), counted.clone());
+            let (public, counted, quiet) = (public.clone(), counted.clone(), quiet.clone());
             tokio::spawn(async move {
                 let mut header = [0u8; 4];
                 if stream.read_exact(&mut header).await.is_err() {
@@ -966,7 +978,15 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
                 if stream.read_exact(&mut body).await.is_err() {
                     return;
                 }
-                let response = match block::decode_request(&body) {
+                let request = block::decode_request(&body);
+                if matches!(
+                    request,
+                    Ok(Request::GetChunk { .. } | Request::GetVersions { .. })
+                ) && quiet.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    std::future::pending::<()>().await;
+                }
+                let response = match request {
                     Ok(Request::PutChunk { .. } | Request::PutVersion { .. }) => {
                         Response::Stored { new: true }
                     }
@@ -996,6 +1016,7 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
     Liar {
         addr,
         lies,
+        silent,
         _dht: dht,
         _tasks: tasks,
     }
@@ -1051,6 +1072,68 @@ async fn replicas_serving_wrong_bytes_are_read_around() {
         .sum();
     assert!(bad > 0, "no wrong bytes were served first");
     assert_eq!(bad, lies, "every wrong answer counted, nothing else");
+}
+
+/// Two of a file's three replicas go silent: they hold every read's stream open and
+/// never answer. A reader whose requests would wait an hour for them still reads the
+/// file whole: it asks the next replica once the first is slower than recent round trips
+/// (a hedged read) and goes on with the versions one replica returned (after its
+/// patience where the silent ones were two of the R nearest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_replicas_do_not_hold_a_read() {
+    trace();
+    let honest = start_node(None, false).await;
+    let silent = [
+        start_liar(&honest.addr).await,
+        start_liar(&honest.addr).await,
+    ];
+    let dht = honest.dht.clone();
+    eventually(
+        "the others in the routing table",
+        Duration::from_secs(20),
+        async || dht.status().await.unwrap().routing_table >= 2,
+    )
+    .await;
+    let config = Config::new().with_chunk_size(16 * 1024);
+    let (tree, writer) = owner_writer(&honest, config.clone());
+    let file = tree.join("d").unwrap().join("f").unwrap();
+    let bytes = data(12 * 16 * 1024, 6);
+    writer.put(&file, bytes.as_slice(), |_| {}).await.unwrap();
+    for s in &silent {
+        s.silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let waiting = net::Config {
+        request_timeout: Duration::from_secs(3600),
+        ..net::Config::new()
+    };
+    let reader_node = start_node_configured(Some(&honest.addr), None, waiting).await;
+    let dht = reader_node.dht.clone();
+    eventually(
+        "the reader to know the other three",
+        Duration::from_secs(20),
+        async || dht.status().await.unwrap().routing_table >= 3,
+    )
+    .await;
+    let (_, reader) = owner_client(&honest, &reader_node, config);
+    let mut out = Vec::new();
+    // Far beyond what the read takes (hedge delays of at most 1 s, a patience of at most
+    // 4 s per directory), far below the request timeout it would otherwise wait out.
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        reader.get(&file, &mut out, |_| {}),
+    )
+    .await
+    .expect("the read waited on the silent replicas")
+    .unwrap();
+    assert!(out == bytes, "the file read back differs");
+    let counters = reader_node.network.counters();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    // A silent replica is nearest for about two chunks in three (and for none of the 12
+    // with a chance of 3^-12).
+    assert!(
+        counters.hedged.load(relaxed) > 0,
+        "no chunk was asked of a second replica"
+    );
 }
 
 /// Repair starts when membership changes, not only at its interval: with periodic rounds

@@ -105,6 +105,12 @@ pub(crate) struct FsStatus {
     pub(crate) bad_answers: u64,
     /// Block requests served.
     pub(crate) served: u64,
+    /// Reads sent to one more replica because those asked were slow (hedged), and reads
+    /// of versions that went on without the read quorum.
+    #[serde(default)]
+    pub(crate) hedged: u64,
+    #[serde(default)]
+    pub(crate) short_reads: u64,
     /// Chunks peers asked this node to store, and the commits that stored them.
     pub(crate) peer_chunks: u64,
     pub(crate) peer_chunk_commits: u64,
@@ -231,6 +237,8 @@ impl Files {
             corrupt_dropped: local.counters().corrupt_dropped.load(Relaxed),
             bad_answers: net.bad_answers.load(Relaxed),
             served: net.served.load(Relaxed),
+            hedged: net.hedged.load(Relaxed),
+            short_reads: net.short_reads.load(Relaxed),
             peer_chunks: net.peer_chunks.load(Relaxed),
             peer_chunk_commits: net.peer_chunk_commits.load(Relaxed),
             repair: self.repair.status(),
@@ -680,6 +688,16 @@ impl prometheus_client::collector::Collector for Collector {
                 "blocktree_fs_bad_answers",
                 "Answers from replicas that did not verify",
                 self.network.counters().bad_answers.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_reads_hedged",
+                "Reads sent to one more replica because those asked were slow",
+                self.network.counters().hedged.load(Relaxed),
+            ),
+            (
+                "blocktree_fs_reads_short",
+                "Reads of versions that went on without the read quorum, the rest silent",
+                self.network.counters().short_reads.load(Relaxed),
             ),
             (
                 "blocktree_fs_peer_chunks",

@@ -532,6 +532,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "from peers:    {} chunks stored in {} commits",
                 fs.peer_chunks, fs.peer_chunk_commits
             );
+            println!(
+                "slow replicas: {} reads hedged, {} version reads short of quorum",
+                fs.hedged, fs.short_reads
+            );
             Ok(())
         }
         Command::Tell(args) => {

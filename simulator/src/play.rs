@@ -134,6 +134,12 @@ pub struct Window {
     /// included), all nodes.
     #[serde(default)]
     pub block_served: u64,
+    /// Reads the nodes sent to one more replica because those asked were slow (hedged).
+    #[serde(default)]
+    pub reads_hedged: u64,
+    /// Reads of versions that went on without the read quorum, the rest silent.
+    #[serde(default)]
+    pub reads_short: u64,
     /// Items the nodes on line counted as lacking copies after their last repair round
     /// (sampled at the window's start).
     pub under_replicated: u64,
@@ -209,6 +215,8 @@ struct FsMark {
     taken_over: u64,
     rounds: u64,
     served: u64,
+    hedged: u64,
+    short_reads: u64,
     lookups: FsLookups,
 }
 
@@ -223,6 +231,8 @@ impl FsMark {
             mark.taken_over += disk.repair().taken_over.load(Relaxed);
             mark.rounds += disk.repair().rounds.load(Relaxed);
             mark.served += disk.served().served.load(Relaxed);
+            mark.hedged += disk.served().hedged.load(Relaxed);
+            mark.short_reads += disk.served().short_reads.load(Relaxed);
             mark.lookups.add(&FsLookups::of(disk.served()));
         }
         mark
@@ -350,6 +360,12 @@ pub struct Totals {
     /// The file system's lookups.
     #[serde(default)]
     pub lookups: FsLookups,
+    /// Reads sent to one more replica because those asked were slow (hedged).
+    #[serde(default)]
+    pub reads_hedged: u64,
+    /// Reads of versions that went on without the read quorum, the rest silent.
+    #[serde(default)]
+    pub reads_short: u64,
     /// CPU time the process took, seconds.
     #[serde(default)]
     pub cpu_secs: f64,
@@ -940,6 +956,8 @@ pub async fn play(
                 w.repair_taken_over = next.taken_over.saturating_sub(mark.taken_over);
                 w.repair_rounds = next.rounds.saturating_sub(mark.rounds);
                 w.block_served = next.served.saturating_sub(mark.served);
+                w.reads_hedged = next.hedged.saturating_sub(mark.hedged);
+                w.reads_short = next.short_reads.saturating_sub(mark.short_reads);
                 w.lookups = next.lookups.since(&mark.lookups);
                 next = *mark;
             }
@@ -1216,6 +1234,8 @@ fn totals(windows: &[Window], samples: &[Samples], from_secs: u64) -> Totals {
         t.repair_taken_over += w.repair_taken_over;
         t.kad.add(&w.kad);
         t.lookups.add(&w.lookups);
+        t.reads_hedged += w.reads_hedged;
+        t.reads_short += w.reads_short;
         t.cpu_secs += w.cpu_secs;
         node_secs += w.node_secs;
         latencies.extend_from_slice(&s.latencies);
