@@ -909,19 +909,36 @@ impl Network {
             candidates.retain(|p| *p != self.me);
         }
         let r = self.config.replicas;
+        let needed = self.config.write_quorum.min(known).max(1);
         let mut acks = usize::from(stored_here);
         let mut errors = Vec::new();
         let mut next = 0usize;
-        while acks < r && next < candidates.len() {
+        // Once W acknowledged, the others of a wave get [`RoundTrips::patience`] more: a
+        // silent replica does not hold a write for a whole request timeout (repair adds
+        // the copy it did not take).
+        let mut until: Option<tokio::time::Instant> = None;
+        'waves: while acks < r && next < candidates.len() {
             let wave: Vec<PeerId> =
                 candidates[next..(next + r - acks).min(candidates.len())].to_vec();
             next += wave.len();
-            let results = futures::future::join_all(
-                wave.iter()
-                    .map(|peer| self.exchange(*peer, request.clone())),
-            )
-            .await;
-            for (peer, result) in wave.iter().zip(results) {
+            let mut pending: futures::stream::FuturesUnordered<_> = wave
+                .iter()
+                .map(|peer| {
+                    let request = request.clone();
+                    async move { (*peer, self.exchange(*peer, request).await) }
+                })
+                .collect();
+            loop {
+                let answered = match until {
+                    None => pending.next().await,
+                    Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                        Ok(answered) => answered,
+                        Err(_) => break 'waves,
+                    },
+                };
+                let Some((peer, result)) = answered else {
+                    break;
+                };
                 match result {
                     Ok(Response::Stored { .. }) => acks += 1,
                     Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
@@ -938,9 +955,11 @@ impl Network {
                     Err(Failure::Refused(refusal)) => errors.push(format!("{peer}: {refusal}")),
                     Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
                 }
+                if acks >= needed && until.is_none() {
+                    until = Some(tokio::time::Instant::now() + self.round_trips.patience());
+                }
             }
         }
-        let needed = self.config.write_quorum.min(known).max(1);
         if acks >= needed {
             if acks < r {
                 tracing::debug!(

@@ -929,14 +929,16 @@ async fn a_superseded_version_held_away_is_dropped_not_copied_back() {
 }
 
 /// A replica that lies: it acknowledges every write without keeping anything, and
-/// answers every chunk asked of it with bytes of its own — or, once `silent`, reads no
-/// answer at all (their streams are held open).
+/// answers every chunk asked of it with bytes of its own — or, once silent, no answer
+/// at all (their streams are held open) to reads or to writes.
 struct Liar {
     addr: Multiaddr,
     /// Chunks it answered (with the wrong bytes).
     lies: Arc<std::sync::atomic::AtomicU64>,
     /// Whether reads (of chunks and of versions) are left unanswered.
-    silent: Arc<std::sync::atomic::AtomicBool>,
+    silent_reads: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether writes (of chunks and of versions) are left unanswered.
+    silent_writes: Arc<std::sync::atomic::AtomicBool>,
     _dht: dht::Client,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -961,8 +963,9 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
     let mut incoming = dht.streams().accept(net::PROTOCOL).unwrap();
     let public = protocols::wire::encode(&identity.public()).unwrap();
     let lies = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (counted, quiet) = (lies.clone(), silent.clone());
+    let silent_reads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let silent_writes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counted, quiet) = (lies.clone(), (silent_reads.clone(), silent_writes.clone()));
     let server = tokio::spawn(async move {
         while let Some((_, mut stream)) = incoming.next().await {
             let (public, counted, quiet) = (public.clone(), counted.clone(), quiet.clone());
@@ -979,11 +982,13 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
                     return;
                 }
                 let request = block::decode_request(&body);
-                if matches!(
-                    request,
-                    Ok(Request::GetChunk { .. } | Request::GetVersions { .. })
-                ) && quiet.load(std::sync::atomic::Ordering::Relaxed)
-                {
+                let never = std::sync::atomic::AtomicBool::new(false);
+                let silent = match request {
+                    Ok(Request::GetChunk { .. } | Request::GetVersions { .. }) => &*quiet.0,
+                    Ok(Request::PutChunk { .. } | Request::PutVersion { .. }) => &*quiet.1,
+                    _ => &never,
+                };
+                if silent.load(std::sync::atomic::Ordering::Relaxed) {
                     std::future::pending::<()>().await;
                 }
                 let response = match request {
@@ -1016,7 +1021,8 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
     Liar {
         addr,
         lies,
-        silent,
+        silent_reads,
+        silent_writes,
         _dht: dht,
         _tasks: tasks,
     }
@@ -1100,7 +1106,8 @@ async fn silent_replicas_do_not_hold_a_read() {
     let bytes = data(12 * 16 * 1024, 6);
     writer.put(&file, bytes.as_slice(), |_| {}).await.unwrap();
     for s in &silent {
-        s.silent.store(true, std::sync::atomic::Ordering::Relaxed);
+        s.silent_reads
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let waiting = net::Config {
         request_timeout: Duration::from_secs(3600),
@@ -1134,6 +1141,50 @@ async fn silent_replicas_do_not_hold_a_read() {
         counters.hedged.load(relaxed) > 0,
         "no chunk was asked of a second replica"
     );
+}
+
+/// One of a file's three replicas takes every write's stream and never answers. A writer
+/// whose requests would wait an hour for it still has its file acknowledged (W = 2: its
+/// own node and the other), and another node reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_does_not_hold_a_write() {
+    trace();
+    let waiting = net::Config {
+        request_timeout: Duration::from_secs(3600),
+        ..net::Config::new()
+    };
+    let writer_node = start_node_configured(None, None, waiting).await;
+    let other = start_node(Some(&writer_node.addr), false).await;
+    let silent = start_liar(&writer_node.addr).await;
+    silent
+        .silent_writes
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for node in [&writer_node, &other] {
+        let dht = node.dht.clone();
+        eventually(
+            "the routing tables to fill",
+            Duration::from_secs(20),
+            async || dht.status().await.unwrap().routing_table >= 2,
+        )
+        .await;
+    }
+    let config = Config::new().with_chunk_size(16 * 1024);
+    let (tree, writer) = owner_writer(&writer_node, config.clone());
+    let file = tree.join("d").unwrap().join("f").unwrap();
+    let bytes = data(12 * 16 * 1024, 7);
+    // Far beyond what the write takes (a patience of at most 4 s per item), far below
+    // the request timeout it would otherwise wait out.
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        writer.put(&file, bytes.as_slice(), |_| {}),
+    )
+    .await
+    .expect("the write waited on the silent replica")
+    .unwrap();
+    let (_, reader) = owner_client(&writer_node, &other, config);
+    let mut out = Vec::new();
+    reader.get(&file, &mut out, |_| {}).await.unwrap();
+    assert!(out == bytes, "the file read back differs");
 }
 
 /// Repair starts when membership changes, not only at its interval: with periodic rounds
