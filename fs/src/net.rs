@@ -125,9 +125,9 @@ pub struct Counters {
     /// Reads sent to one more replica because those asked were slow to answer (hedged
     /// requests): what a replica that is overloaded or gone silent costs.
     pub hedged: AtomicU64,
-    /// Reads of versions that went on without the read quorum (R − W + 1 answers), on a
-    /// replica's versions, when the others stayed silent past [`Network`]'s patience: a
-    /// version newer than what they returned may have been missed.
+    /// Reads of versions that went on without the read quorum (R − W + 2 of the R + 1
+    /// nearest), on another replica's versions, when the others stayed silent past a
+    /// patience: a version newer than what they returned may have been missed.
     pub short_reads: AtomicU64,
 }
 
@@ -543,6 +543,9 @@ impl Placements {
     }
 }
 
+/// Each further hedge of one read waits twice as long as the one before, up to this many
+/// doublings: replicas that are merely slow are not all asked for the same bytes at once.
+const HEDGE_DOUBLINGS: u32 = 4;
 /// Round trips remembered for [`RoundTrips::hedge_after`].
 const ROUND_TRIPS_KEPT: usize = 128;
 /// Bounds of the wait before a read asks one more replica: never sooner (a hedge doubles
@@ -557,15 +560,44 @@ const HEDGE_FIRST: Duration = Duration::from_millis(250);
 const PATIENCE_HEDGES: u32 = 4;
 const PATIENCE_MIN: Duration = Duration::from_millis(500);
 
-/// The round trips of this node's last answered requests: how long to wait before a read
-/// also asks the next replica ("The Tail at Scale": hedge after about the 90th
-/// percentile), instead of a whole request timeout.
+/// The round trips of this node's last answered requests (from the wait for a turn to
+/// the answer), chunks apart from the small requests (a chunk's bytes take their time):
+/// how long to wait before a request also goes to the next replica ("The Tail at Scale":
+/// hedge after about the 90th percentile), instead of a whole request timeout.
 #[derive(Debug, Default)]
-struct RoundTrips(Mutex<std::collections::VecDeque<Duration>>);
+struct RoundTrips {
+    chunks: Mutex<std::collections::VecDeque<Duration>>,
+    small: Mutex<std::collections::VecDeque<Duration>>,
+}
+
+/// Which of [`RoundTrips`]' rings a request counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Size {
+    /// A chunk's bytes go one way.
+    Chunk,
+    /// Versions, presence, identity.
+    Small,
+}
+
+impl Size {
+    fn of(request: &Request) -> Size {
+        match request {
+            Request::PutChunk { .. } | Request::GetChunk { .. } => Size::Chunk,
+            _ => Size::Small,
+        }
+    }
+}
 
 impl RoundTrips {
-    fn record(&self, took: Duration) {
-        if let Ok(mut kept) = self.0.lock() {
+    fn ring(&self, size: Size) -> &Mutex<std::collections::VecDeque<Duration>> {
+        match size {
+            Size::Chunk => &self.chunks,
+            Size::Small => &self.small,
+        }
+    }
+
+    fn record(&self, size: Size, took: Duration) {
+        if let Ok(mut kept) = self.ring(size).lock() {
             if kept.len() >= ROUND_TRIPS_KEPT {
                 kept.pop_front();
             }
@@ -573,10 +605,10 @@ impl RoundTrips {
         }
     }
 
-    /// The 90th percentile of the kept round trips, within [`HEDGE_MIN`] and
-    /// [`HEDGE_MAX`]; [`HEDGE_FIRST`] before any.
-    fn hedge_after(&self) -> Duration {
-        let Ok(kept) = self.0.lock() else {
+    /// The 90th percentile of the kept round trips of requests of `size`, within
+    /// [`HEDGE_MIN`] and [`HEDGE_MAX`]; [`HEDGE_FIRST`] before any.
+    fn hedge_after(&self, size: Size) -> Duration {
+        let Ok(kept) = self.ring(size).lock() else {
             return HEDGE_FIRST;
         };
         if kept.is_empty() {
@@ -588,9 +620,10 @@ impl RoundTrips {
         (*p90).clamp(HEDGE_MIN, HEDGE_MAX)
     }
 
-    /// How long a read of versions that has some waits for the read quorum.
-    fn patience(&self) -> Duration {
-        (self.hedge_after() * PATIENCE_HEDGES).max(PATIENCE_MIN)
+    /// How long a read of versions that has some waits for the read quorum, and a write
+    /// that has W acknowledgements for the rest.
+    fn patience(&self, size: Size) -> Duration {
+        (self.hedge_after(size) * PATIENCE_HEDGES).max(PATIENCE_MIN)
     }
 }
 
@@ -827,15 +860,28 @@ impl Network {
         }
         let frame = block::encode_request(&request)
             .map_err(|e| Failure::Refused(Refusal::invalid(e.to_string())))?;
-        let permit = self.in_flight(peer).acquire_owned().await;
+        let size = Size::of(&request);
+        let asked = Instant::now();
+        // The wait for a turn is bounded too (so a request may take up to twice the
+        // request timeout): behind requests that a silent peer holds, it would otherwise
+        // last as long as all of theirs.
+        let Ok(permit) = tokio::time::timeout(
+            self.config.request_timeout,
+            self.in_flight(peer).acquire_owned(),
+        )
+        .await
+        else {
+            return Err(Failure::Unreachable(format!(
+                "{PER_PEER_IN_FLIGHT} requests to it unanswered"
+            )));
+        };
         let mut attempt = 0u32;
         let result = loop {
             attempt += 1;
-            let sent = Instant::now();
             match tokio::time::timeout(self.config.request_timeout, self.once(peer, &frame)).await {
                 Ok(Ok(Response::Refused(r))) => break Err(Failure::Refused(r)),
                 Ok(Ok(response)) => {
-                    self.round_trips.record(sent.elapsed());
+                    self.round_trips.record(size, asked.elapsed());
                     break Ok(response);
                 }
                 // A stream can be dropped unread when the peer's accept queue is full
@@ -917,7 +963,15 @@ impl Network {
         // silent replica does not hold a write for a whole request timeout (repair adds
         // the copy it did not take).
         let mut until: Option<tokio::time::Instant> = None;
+        let size = Size::of(&request);
         'waves: while acks < r && next < candidates.len() {
+            // A wave that would be dropped before it could be answered is not sent.
+            if let Some(at) = until
+                && at.saturating_duration_since(tokio::time::Instant::now())
+                    < self.round_trips.hedge_after(size)
+            {
+                break;
+            }
             let wave: Vec<PeerId> =
                 candidates[next..(next + r - acks).min(candidates.len())].to_vec();
             next += wave.len();
@@ -956,7 +1010,7 @@ impl Network {
                     Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),
                 }
                 if acks >= needed && until.is_none() {
-                    until = Some(tokio::time::Instant::now() + self.round_trips.patience());
+                    until = Some(tokio::time::Instant::now() + self.round_trips.patience(size));
                 }
             }
         }
@@ -1286,9 +1340,10 @@ impl Network {
 
     /// The chunk from the first of `peers` to serve it intact, nearest first. The next
     /// peer is asked as soon as one fails, and also when those asked are slower than
-    /// recent round trips ([`RoundTrips::hedge_after`]): a replica that is overloaded or
-    /// silent costs a read a hedge delay, not a request timeout. The other requests are
-    /// dropped once one answers. What went wrong is added to `errors`.
+    /// recent round trips ([`RoundTrips::hedge_after`], doubled at each further hedge):
+    /// a replica that is overloaded or silent costs a read a hedge delay, not a request
+    /// timeout. The other requests are dropped once one answers. What went
+    /// wrong is added to `errors`.
     async fn first_chunk(
         &self,
         id: ChunkId,
@@ -1298,6 +1353,7 @@ impl Network {
         let mut waiting: std::collections::VecDeque<PeerId> =
             peers.into_iter().filter(|p| *p != self.me).collect();
         let mut asked = futures::stream::FuturesUnordered::new();
+        let mut hedges = 0u32;
         let ask = |peer: PeerId| async move {
             (
                 peer,
@@ -1308,12 +1364,16 @@ impl Network {
             if asked.is_empty() {
                 asked.push(ask(waiting.pop_front()?));
             }
+            // A failure moves on to the next at once.
             let answered = if waiting.is_empty() {
                 asked.next().await
             } else {
-                match tokio::time::timeout(self.round_trips.hedge_after(), asked.next()).await {
+                let delay =
+                    self.round_trips.hedge_after(Size::Chunk) * (1 << hedges.min(HEDGE_DOUBLINGS));
+                match tokio::time::timeout(delay, asked.next()).await {
                     Ok(answered) => answered,
                     Err(_) => {
+                        hedges += 1;
                         self.counters.hedged.fetch_add(1, Ordering::Relaxed);
                         if let Some(peer) = waiting.pop_front() {
                             asked.push(ask(peer));
@@ -1369,9 +1429,10 @@ impl Network {
     /// versions are a little farther out.
     ///
     /// A read does not wait on every replica asked: once it holds versions, the rest
-    /// get a hedge delay ([`RoundTrips::hedge_after`]) after R − W + 1 of the nearest
-    /// answered, or [`RoundTrips::patience`] before that (counted in
-    /// [`Counters::short_reads`]). "None there" waits for every answer.
+    /// get a hedge delay ([`RoundTrips::hedge_after`]) after R − W + 2 of the R + 1
+    /// nearest answered, or [`RoundTrips::patience`] before that once another replica
+    /// than this node returned versions (counted in [`Counters::short_reads`]). "None
+    /// there" waits for every answer.
     ///
     /// With `farther`, for an inode known to exist (a directory names it): when none of
     /// the R + 4 nearest holds a version, the nodes nearest it that an overlay lookup
@@ -1384,7 +1445,9 @@ impl Network {
     ) -> Result<Vec<Verified>, BlockError> {
         let (known, candidates) = self.placement(inode.as_bytes(), Why::Get).await?;
         let first = candidates.len().min(self.config.replicas + 1);
-        let read_quorum = (self.config.replicas + 1)
+        // R + 1 are asked first (one node may have joined among the R nearest since a
+        // write); R − W + 2 answers of theirs meet the W that acknowledged it.
+        let read_quorum = (self.config.replicas + 2)
             .saturating_sub(self.config.write_quorum)
             .max(quorum)
             .max(1);
@@ -1415,15 +1478,17 @@ impl Network {
             if round == 0 && !asked.contains(&self.me) {
                 asked.push(self.me);
             }
-            // Answers that settle a read: R − W + 1 of the R nearest meet every write's
-            // W (when placement held still). Farther out, every answer.
-            let (settling, settle) = if round == 0 {
-                let nearest = batch_len.min(self.config.replicas);
-                (nearest, read_quorum.min(nearest))
+            // Answers that settle a read: the read quorum of the R + 1 nearest. Farther
+            // out, every answer.
+            let settle = if round == 0 {
+                read_quorum.min(batch_len)
             } else {
-                (batch_len, batch_len)
+                batch_len
             };
             let mut settled = 0;
+            // Whether a replica other than this node returned versions: this node's own
+            // answer comes at once, and alone it starts no patience (it may be stale).
+            let mut remote_found = false;
             let mut pending: futures::stream::FuturesUnordered<_> = asked
                 .iter()
                 .enumerate()
@@ -1455,11 +1520,12 @@ impl Network {
                 let Some((at, peer, answer)) = next else {
                     break;
                 };
-                let settles = at < settling;
+                let settles = at < batch_len;
                 match answer {
                     Ok(Response::Versions { signed }) => {
                         answered += 1;
                         settled += usize::from(settles);
+                        remote_found |= peer != self.me && !signed.is_empty();
                         for bytes in signed {
                             // Checked at its signing time, like a replica does.
                             // What this node's replica stored it checked already,
@@ -1494,9 +1560,11 @@ impl Network {
                     // write of a new root or a wider search rests on it.
                     None
                 } else if settled >= settle {
-                    Some(self.round_trips.hedge_after())
+                    Some(self.round_trips.hedge_after(Size::Small))
+                } else if remote_found {
+                    Some(self.round_trips.patience(Size::Small))
                 } else {
-                    Some(self.round_trips.patience())
+                    None
                 };
                 if let Some(wait) = wait {
                     let at = tokio::time::Instant::now() + wait;

@@ -1028,12 +1028,8 @@ async fn start_liar(bootstrap: &Multiaddr) -> Liar {
     }
 }
 
-/// Two of a file's three replicas lie (they took the writes and kept nothing, and serve
-/// wrong bytes). A node that holds no copy still reads the file whole: it checks every
-/// chunk against its id, counts each bad answer and asks the next replica.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_serving_wrong_bytes_are_read_around() {
-    trace();
+/// An honest node and two liars that joined through it, each known to it.
+async fn honest_and_two_liars() -> (Node, [Liar; 2]) {
     let honest = start_node(None, false).await;
     let liars = [
         start_liar(&honest.addr).await,
@@ -1046,6 +1042,29 @@ async fn replicas_serving_wrong_bytes_are_read_around() {
         async || dht.status().await.unwrap().routing_table >= 2,
     )
     .await;
+    (honest, liars)
+}
+
+/// A node that joins through `bootstrap`, holding nothing, once it knows the three others.
+async fn reader_of_three(bootstrap: &Multiaddr, net_config: net::Config) -> Node {
+    let reader = start_node_configured(Some(bootstrap), None, net_config).await;
+    let dht = reader.dht.clone();
+    eventually(
+        "the reader to know the other three",
+        Duration::from_secs(20),
+        async || dht.status().await.unwrap().routing_table >= 3,
+    )
+    .await;
+    reader
+}
+
+/// Two of a file's three replicas lie (they took the writes and kept nothing, and serve
+/// wrong bytes). A node that holds no copy still reads the file whole: it checks every
+/// chunk against its id, counts each bad answer and asks the next replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serving_wrong_bytes_are_read_around() {
+    trace();
+    let (honest, liars) = honest_and_two_liars().await;
     // R = 3 of three nodes: every chunk goes to the honest node and both liars.
     let config = Config::new().with_chunk_size(16 * 1024);
     let (tree, writer) = owner_writer(&honest, config.clone());
@@ -1055,14 +1074,7 @@ async fn replicas_serving_wrong_bytes_are_read_around() {
     // A node that joins now holds nothing: every chunk comes from the others, nearest
     // to the chunk first, so a liar is asked first for about two chunks in three (and
     // for none of the 24 with a chance of 3^-24).
-    let reader_node = start_node(Some(&liars[0].addr), false).await;
-    let dht = reader_node.dht.clone();
-    eventually(
-        "the reader to know the other three",
-        Duration::from_secs(20),
-        async || dht.status().await.unwrap().routing_table >= 3,
-    )
-    .await;
+    let reader_node = reader_of_three(&liars[0].addr, net::Config::new()).await;
     let (_, reader) = owner_client(&honest, &reader_node, config);
     let mut out = Vec::new();
     reader.get(&file, &mut out, |_| {}).await.unwrap();
@@ -1077,7 +1089,9 @@ async fn replicas_serving_wrong_bytes_are_read_around() {
         .map(|l| l.lies.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     assert!(bad > 0, "no wrong bytes were served first");
-    assert_eq!(bad, lies, "every wrong answer counted, nothing else");
+    // A liar asked beside another (a hedged read, when it was slow) may answer after
+    // the read is done, unheard.
+    assert!(bad <= lies, "{bad} bad answers counted, {lies} lies told");
 }
 
 /// Two of a file's three replicas go silent: they hold every read's stream open and
@@ -1088,18 +1102,7 @@ async fn replicas_serving_wrong_bytes_are_read_around() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_replicas_do_not_hold_a_read() {
     trace();
-    let honest = start_node(None, false).await;
-    let silent = [
-        start_liar(&honest.addr).await,
-        start_liar(&honest.addr).await,
-    ];
-    let dht = honest.dht.clone();
-    eventually(
-        "the others in the routing table",
-        Duration::from_secs(20),
-        async || dht.status().await.unwrap().routing_table >= 2,
-    )
-    .await;
+    let (honest, silent) = honest_and_two_liars().await;
     let config = Config::new().with_chunk_size(16 * 1024);
     let (tree, writer) = owner_writer(&honest, config.clone());
     let file = tree.join("d").unwrap().join("f").unwrap();
@@ -1113,14 +1116,7 @@ async fn silent_replicas_do_not_hold_a_read() {
         request_timeout: Duration::from_secs(3600),
         ..net::Config::new()
     };
-    let reader_node = start_node_configured(Some(&honest.addr), None, waiting).await;
-    let dht = reader_node.dht.clone();
-    eventually(
-        "the reader to know the other three",
-        Duration::from_secs(20),
-        async || dht.status().await.unwrap().routing_table >= 3,
-    )
-    .await;
+    let reader_node = reader_of_three(&honest.addr, waiting).await;
     let (_, reader) = owner_client(&honest, &reader_node, config);
     let mut out = Vec::new();
     // Far beyond what the read takes (hedge delays of at most 1 s, a patience of at most
@@ -1185,6 +1181,50 @@ async fn a_silent_replica_does_not_hold_a_write() {
     let mut out = Vec::new();
     reader.get(&file, &mut out, |_| {}).await.unwrap();
     assert!(out == bytes, "the file read back differs");
+}
+
+/// Two of three replicas never answer writes: with W = 2 a write is not acknowledged on
+/// its writer's copy alone; it fails once the silent ones' requests time out, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_one_replica_took_is_not_acknowledged() {
+    trace();
+    let hurried = net::Config {
+        request_timeout: Duration::from_secs(2),
+        ..net::Config::new()
+    };
+    let writer_node = start_node_configured(None, None, hurried).await;
+    let silent = [
+        start_liar(&writer_node.addr).await,
+        start_liar(&writer_node.addr).await,
+    ];
+    for s in &silent {
+        s.silent_writes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let dht = writer_node.dht.clone();
+    eventually(
+        "the liars in the routing table",
+        Duration::from_secs(20),
+        async || dht.status().await.unwrap().routing_table >= 2,
+    )
+    .await;
+    let (tree, writer) = owner_writer(&writer_node, Config::new());
+    let file = tree.join("f").unwrap();
+    let put = writer.put(&file, &b"not enough copies"[..], |_| {}).await;
+    assert!(
+        matches!(
+            put,
+            Err(fs::Error::Blocks {
+                source: fs::BlockError::Unavailable {
+                    needed: 2,
+                    acks: 1,
+                    ..
+                },
+                ..
+            })
+        ),
+        "{put:?}"
+    );
 }
 
 /// Repair starts when membership changes, not only at its interval: with periodic rounds
