@@ -267,6 +267,11 @@ fn table(report: &simulator::Report) -> String {
             ),
         );
         row(
+            "slow replicas: reads hedged / version reads short of quorum",
+            format!("{} / {}", a.reads_hedged, a.reads_short),
+            format!("{} / {}", w.reads_hedged, w.reads_short),
+        );
+        row(
             "files acknowledged / lost (unreadable at the end)",
             format!("{} / {}", report.files_written, report.files_lost),
             String::new(),
