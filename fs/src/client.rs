@@ -1584,6 +1584,14 @@ impl<B: Blocks> Client<B> {
             reason: "a tree's root is made with the tree, not created or replaced".into(),
         })?;
         let (mut nodes, missing) = self.walk_partial(&parent).await?;
+        // A file where a directory is needed (it was read as one: "contents do not open").
+        if let Some(last) = nodes.last()
+            && last.kind != Kind::Dir
+        {
+            return Err(Error::NotADirectory {
+                path: last.path.to_string(),
+            });
+        }
         if missing.is_empty() && !nodes.is_empty() {
             return Ok(nodes);
         }
@@ -1626,8 +1634,12 @@ impl<B: Blocks> Client<B> {
                     .any(|c| c.verify(p, &me, now, &keys::Revocations::default()).is_ok())
             })
             .max_by_key(|p| p.segments().len())
-            .ok_or_else(|| Error::NotFound {
+            // Nothing there, and this node may not make it: say the second (a node set up
+            // without a tree of its own, writing to its own principal's, was told "no such
+            // file or directory").
+            .ok_or_else(|| Error::NotAuthorized {
                 path: path.to_string(),
+                binding: path.to_string(),
             })?;
         // Only when every node it belongs on says it is not there: a root created because
         // its replicas were out of reach would hide the real one.
@@ -2848,6 +2860,11 @@ impl<B: Blocks> Client<B> {
     pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), Error> {
         if to.starts_with(from) && to != from {
             return Err(Error::Invalid(format!("cannot move {from} into itself")));
+        }
+        if to == from {
+            // As rename(2): nothing to do once it exists (it wrote a new version).
+            self.walk(from).await?;
+            return Ok(());
         }
         // Both directories as written: the move reads and writes them itself.
         self.flush_staged().await?;

@@ -8,8 +8,31 @@ use serde::{Deserialize, Serialize};
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        pub struct $name(#[serde(with = "serde_bytes")] pub [u8; 32]);
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; 32]);
+
+        /// 32 bytes on the wire and on disk (CBOR); hex where people read it (the JSON
+        /// of the command line and of reports).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if serializer.is_human_readable() {
+                    serializer.collect_str(self)
+                } else {
+                    serde_bytes::Bytes::new(&self.0).serialize(serializer)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                if deserializer.is_human_readable() {
+                    let text = String::deserialize(deserializer)?;
+                    return text.parse().map_err(serde::de::Error::custom);
+                }
+                let bytes: serde_bytes::ByteArray<32> = Deserialize::deserialize(deserializer)?;
+                Ok($name(bytes.into_array()))
+            }
+        }
 
         impl $name {
             /// The id's bytes.
@@ -109,5 +132,22 @@ mod tests {
         assert_eq!(id.to_string().parse::<ChunkId>().unwrap(), id);
         assert!("zz".parse::<ChunkId>().is_err());
         assert!("abcd".parse::<ChunkId>().is_err());
+    }
+
+    proptest::proptest! {
+        /// JSON carries ids as hex text (they were arrays of 32 numbers); CBOR, on the
+        /// wire and on disk, as 32 bytes, as before.
+        #[test]
+        fn json_is_hex_and_cbor_the_bytes(bytes in proptest::prelude::any::<[u8; 32]>()) {
+            let id = InodeId(bytes);
+            let json = serde_json::to_string(&id).unwrap();
+            proptest::prop_assert_eq!(&json, &format!("\"{id}\""));
+            proptest::prop_assert_eq!(serde_json::from_str::<InodeId>(&json).unwrap(), id);
+            let cbor = cbor4ii::serde::to_vec(Vec::new(), &id).unwrap();
+            proptest::prop_assert_eq!(&cbor[..2], &[0x58, 32][..]);
+            proptest::prop_assert_eq!(&cbor[2..], &bytes[..]);
+            proptest::prop_assert_eq!(cbor4ii::serde::from_slice::<InodeId>(&cbor).unwrap(), id);
+            proptest::prop_assert!(serde_json::from_str::<ChunkId>("\"zz\"").is_err());
+        }
     }
 }

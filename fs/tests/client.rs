@@ -525,12 +525,16 @@ async fn concurrent_writers_keep_both_versions() {
 async fn no_writecap_no_tree() {
     let t = tree();
     let (_, stranger) = t.stranger();
+    // A tree nobody made yet: the stranger may not make it, and is told so (it was told
+    // "no such file or directory").
     let refused = stranger.c_put(&t.path("a"), b"x").await;
     assert!(
-        matches!(
-            refused,
-            Err(Error::NotFound { .. }) | Err(Error::NotAuthorized { .. })
-        ),
+        matches!(refused, Err(Error::NotAuthorized { .. })),
+        "{refused:?}"
+    );
+    let refused = stranger.mkdir_all(&t.path("d")).await;
+    assert!(
+        matches!(refused, Err(Error::NotAuthorized { .. })),
         "{refused:?}"
     );
     let owner = t.owner();
@@ -1229,6 +1233,17 @@ async fn core_errors_reach_programs_as_the_errno_tools_expect() {
             Errno::ENOTDIR,
         ),
         (
+            // It read the file as a directory: "contents do not open" (EIO).
+            "mkdir under a file",
+            owner.mkdir(&t.path("dir/file/below")).await,
+            Errno::ENOTDIR,
+        ),
+        (
+            "mkdir -p under a file",
+            owner.mkdir_all(&t.path("dir/file/below/more")).await,
+            Errno::ENOTDIR,
+        ),
+        (
             "moving a directory into itself",
             owner.rename(&t.path("dir"), &t.path("dir/inner")).await,
             Errno::EINVAL,
@@ -1253,6 +1268,19 @@ async fn core_errors_reach_programs_as_the_errno_tools_expect() {
         let error = result.expect_err(what);
         assert_eq!(errno(&error), expected, "{what}: {error}");
     }
+    // As rename(2), a move onto itself does nothing (it wrote a new version).
+    let before = owner.stat(&t.path("dir/file")).await.unwrap();
+    owner
+        .rename(&t.path("dir/file"), &t.path("dir/file"))
+        .await
+        .unwrap();
+    let after = owner.stat(&t.path("dir/file")).await.unwrap();
+    assert_eq!(before.version, after.version);
+    let missing = owner.rename(&t.path("dir/gone"), &t.path("dir/gone")).await;
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
 }
 
 /// A shared directory is bound to its path (readers find it from the path alone): moving

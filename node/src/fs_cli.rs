@@ -16,6 +16,12 @@ fn absolute(local: &FsPath) -> anyhow::Result<PathBuf> {
 pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
     let (request, json) = match command {
         FsCommand::Put { local, path, json } => {
+            // The daemon reads the file itself (direct I/O where it can): a stream it
+            // cannot open would be copied through this process.
+            anyhow::ensure!(
+                local.as_os_str() != "-",
+                "`-` (standard input) is not supported: give a local file to put"
+            );
             let local = absolute(&local)?;
             anyhow::ensure!(
                 local.is_file(),
@@ -29,6 +35,10 @@ pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
             return transfer(data_dir, request, json);
         }
         FsCommand::Get { path, local, json } => {
+            anyhow::ensure!(
+                local.as_os_str() != "-",
+                "`-` (standard output) is not supported: give a local file to write"
+            );
             let local = absolute(&local)?;
             let request = FsRequest::Get {
                 path,
