@@ -935,6 +935,14 @@ pub fn spawn<B: Blocks>(
             .arg(mountpoint)
             .status();
     }
+    // mount(2) puts a directory over a file too, hiding it (it mounted over
+    // /etc/hostname): only a directory is a mount point here.
+    if !std::fs::metadata(mountpoint)?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory; mount on a directory",
+        ));
+    }
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("blocktree:{}", mount.root)),

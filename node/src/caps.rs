@@ -127,12 +127,32 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     }
     number
         .checked_mul(unit)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        .filter(|secs| *secs <= MAX_DURATION_SECS)
+        .ok_or_else(|| format!("{text:?} is longer than 100 years"))
 }
+
+/// `secs` as people say it: the largest whole unit of [`parse_duration`]'s.
+pub(crate) fn describe_secs(secs: u64) -> String {
+    let (unit, name) = [
+        (365 * 86_400, "year"),
+        (86_400, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+    ]
+    .into_iter()
+    .find(|(unit, _)| secs >= *unit)
+    .unwrap_or((1, "second"));
+    let n = secs / unit;
+    format!("{n} {name}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The longest writecap a command grants: 100 years (it granted one of 274 million years,
+/// its expiry printed as a 16-digit number).
+const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{describe_secs, parse_duration};
 
     #[test]
     fn durations_parse_and_nonsense_is_refused() {
@@ -143,6 +163,7 @@ mod tests {
             ("12h", 43_200),
             ("7d", 604_800),
             ("1y", 31_536_000),
+            ("100y", 3_153_600_000),
         ] {
             assert_eq!(parse_duration(text), Ok(secs), "{text}");
         }
@@ -152,6 +173,8 @@ mod tests {
             "0",
             "0s",
             "0d",
+            "101y",
+            "99999999999d",
             "1w",
             "-1s",
             "1.5h",
@@ -159,5 +182,9 @@ mod tests {
         ] {
             assert!(parse_duration(text).is_err(), "{text:?} was taken");
         }
+        assert_eq!(describe_secs(30 * 86_400), "30 days");
+        assert_eq!(describe_secs(3600), "1 hour");
+        assert_eq!(describe_secs(59), "59 seconds");
+        assert_eq!(describe_secs(2 * 365 * 86_400 + 5), "2 years");
     }
 }

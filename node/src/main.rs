@@ -660,8 +660,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{principal}.writecap")));
             caps::write(&out, &chain)?;
             println!(
-                "granted {principal} the right to write under {prefix} until {}; wrote {}",
+                "granted {principal} the right to write under {prefix} until {} (UNIX time, {} \
+                 from now); wrote {}",
                 validity.expires,
+                caps::describe_secs(expires),
                 out.display()
             );
             Ok(())

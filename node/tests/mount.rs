@@ -118,6 +118,19 @@ fn df_shows_the_block_stores_file_system_and_sigterm_unmounts() {
     let mut net = Testnet::start(btnode, 1).unwrap();
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
+    // A file is no mount point: it stays as it was (mount(2) would hide it).
+    let file = work.path().join("a-file");
+    std::fs::write(&file, "kept\n").unwrap();
+    let refused = net
+        .json(
+            0,
+            &["mount", &format!("/{}", net.root), file.to_str().unwrap()],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not a directory"), "{refused}");
+    assert!(!mounted(&file));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
     mount(&net, 0, &format!("/{}", net.root), &mnt);
     std::fs::write(mnt.join("a.txt"), "something\n").unwrap();
     let on_mount = rustix::fs::statvfs(&mnt).unwrap();
