@@ -137,6 +137,16 @@ pub enum Error {
     /// A name or argument is not acceptable.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// A size or offset past the largest file.
+    #[error("{path}: {size} bytes is over the largest file ({max} bytes)")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The size asked for.
+        size: u64,
+        /// The largest.
+        max: u64,
+    },
     /// The replicas failed or refused.
     #[error("{path}: {source}")]
     Blocks {
@@ -3430,10 +3440,11 @@ async fn open_sealed(
 fn check_size(handle: &Handle, size: u64) -> Result<(), Error> {
     let max = inode::MAX_CHUNKS as u64 * handle.chunk_size as u64;
     if size > max {
-        return Err(Error::Invalid(format!(
-            "{}: {size} bytes is over the largest file ({max} bytes)",
-            handle.node().path
-        )));
+        return Err(Error::TooLarge {
+            path: handle.node().path.to_string(),
+            size,
+            max,
+        });
     }
     Ok(())
 }

@@ -52,6 +52,9 @@ pub fn errno(error: &Error) -> Errno {
         Error::Exists { .. } => Errno::EEXIST,
         Error::NotEmpty { .. } => Errno::ENOTEMPTY,
         Error::Invalid(_) => Errno::EINVAL,
+        // As write(2) and truncate(2) past the largest file (dd and truncate said
+        // "Invalid argument").
+        Error::TooLarge { .. } => Errno::EFBIG,
         Error::Blocks { .. } | Error::Corrupt { .. } | Error::Io(_) => Errno::EIO,
     }
 }

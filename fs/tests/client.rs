@@ -648,9 +648,19 @@ async fn files_beyond_the_largest_size_are_refused_before_any_work() {
     let c = t.owner();
     let mut h = c.create(&t.path("huge")).await.unwrap();
     let refused = c.truncate(&mut h, 1 << 40).await;
-    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::TooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        fs::fuse::errno(refused.as_ref().unwrap_err()),
+        fuser::Errno::EFBIG
+    );
     let refused = c.write(&mut h, u64::MAX - 2, b"abc").await;
-    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::TooLarge { .. })),
+        "{refused:?}"
+    );
     assert_eq!(
         t.replica.store().stats().unwrap().chunks,
         1,
