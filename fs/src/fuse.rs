@@ -307,6 +307,15 @@ impl<B: Blocks> Mount<B> {
         fh
     }
 
+    /// Another file handle on `shared`.
+    fn share_open(&self, shared: Arc<Open>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(fh, shared);
+        }
+        fh
+    }
+
     fn get_open(&self, fh: FileHandle) -> Result<Arc<Open>, Errno> {
         self.open
             .lock()
@@ -629,6 +638,36 @@ impl<B: Blocks> Filesystem for Mount<B> {
             Err(e) => return reply.error(e),
         };
         let truncate = flags.0 & libc_o_trunc() != 0;
+        // A file open here already is shared, as one inode's pages are on any file
+        // system: what one descriptor wrote, another reads before it is closed, and two
+        // appenders both keep their bytes (each open had a handle of its own, and the
+        // last one closed replaced the other's writes).
+        if let Some(shared) = self.find_open(ino.0) {
+            let opened = self.run(async {
+                let mut handle = shared.handle.lock().await;
+                if !handle.is_dirty() {
+                    // Nothing unsynced here: a fresh open sees versions written elsewhere.
+                    *handle = self.client.open(&path).await?;
+                }
+                if truncate {
+                    self.client.truncate(&mut handle, 0).await?;
+                }
+                shared.note(&handle);
+                Ok(handle.stat().version)
+            });
+            return match opened {
+                Ok(version) => {
+                    let keep = !truncate && self.keep_cache(ino.0, version);
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(self.share_open(shared)), flags);
+                }
+                Err(e) => reply.error(e),
+            };
+        }
         let opened = self.run(async {
             let mut handle = self.client.open(&path).await?;
             if truncate {

@@ -330,3 +330,60 @@ fn renames_over_existing_names_through_a_mount() {
     std::fs::write(mnt.join("n".repeat(255)), "x").unwrap();
     umount(&net, 0, &mnt);
 }
+
+/// Two descriptors on one file of a mount share it, as on any file system: what one
+/// wrote the other reads before either is closed, and two appenders both keep their
+/// bytes. (Each open had a handle of its own: the reader read nothing, and the last
+/// appender closed replaced the other's bytes with a hole.) A file larger than the
+/// largest is EFBIG, as write(2) says elsewhere.
+#[test]
+fn descriptors_on_one_file_share_it() {
+    use std::io::{Read, Seek, Write};
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    let file = mnt.join("shared");
+    let mut writer = std::fs::File::create(&file).unwrap();
+    writer.write_all(&[b'x'; 5000]).unwrap();
+    let mut reader = std::fs::File::open(&file).unwrap();
+    let mut read = Vec::new();
+    reader.read_to_end(&mut read).unwrap();
+    assert_eq!(
+        read.len(),
+        5000,
+        "the second descriptor missed the first's writes"
+    );
+    drop((writer, reader));
+
+    let log = mnt.join("log");
+    let append = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap()
+    };
+    let (mut a, mut b) = (append(), append());
+    for _ in 0..50 {
+        a.write_all(&[b'A'; 10]).unwrap();
+        b.write_all(&[b'B'; 10]).unwrap();
+    }
+    drop((a, b));
+    let bytes = std::fs::read(&log).unwrap();
+    assert_eq!(bytes.len(), 1000);
+    assert_eq!(bytes.iter().filter(|c| **c == b'A').count(), 500);
+    assert_eq!(bytes.iter().filter(|c| **c == b'B').count(), 500);
+
+    let mut big = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    big.seek(std::io::SeekFrom::Start(1 << 40)).unwrap();
+    let err = big.write_all(b"x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::FBIG.raw_os_error()),
+        "{err}"
+    );
+    drop(big);
+    umount(&net, 0, &mnt);
+}
