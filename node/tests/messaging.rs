@@ -53,6 +53,12 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
         assert_eq!(told["from"], from.as_str());
         assert_eq!(told["payload"], format!("m{i}"));
     }
+    // A payload of 100 KB, as far as a command line carries (the control socket took
+    // lines of 64 KiB).
+    let large = "x".repeat(100_000);
+    net.json(2, &["tell", &echo, &format!("\"{large}\"")])
+        .unwrap();
+    assert_eq!(listener.next("a large tell")["payload"], large.as_str());
 
     // A node that stops answering (SIGSTOP: alive, connected, silent): the ask times out
     // with a clear error, and works again once the node resumes.
@@ -86,7 +92,7 @@ fn three_processes_tell_ask_and_pub_sub_from_the_command_line() {
     // Status shows the actor; errors are clear.
     let status = net.json(1, &["status"]).unwrap();
     assert_eq!(status["actors"]["actors"][0]["path"], echo.as_str());
-    assert_eq!(status["actors"]["actors"][0]["handled"], 6);
+    assert_eq!(status["actors"]["actors"][0]["handled"], 7);
     assert_eq!(status["actors"]["refused"], 0);
     let out = net
         .cli(0, &["ask", &net.path("n2/nobody"), "1", "--timeout", "2s"])
