@@ -642,48 +642,44 @@ impl<B: Blocks> Filesystem for Mount<B> {
         // system: what one descriptor wrote, another reads before it is closed, and two
         // appenders both keep their bytes (each open had a handle of its own, and the
         // last one closed replaced the other's writes).
-        if let Some(shared) = self.find_open(ino.0) {
-            let opened = self.run(async {
-                let mut handle = shared.handle.lock().await;
-                if !handle.is_dirty() {
-                    // Nothing unsynced here: a fresh open sees versions written elsewhere.
-                    *handle = self.client.open(&path).await?;
-                }
-                if truncate {
-                    self.client.truncate(&mut handle, 0).await?;
-                }
-                shared.note(&handle);
-                Ok(handle.stat().version)
-            });
-            return match opened {
-                Ok(version) => {
-                    let keep = !truncate && self.keep_cache(ino.0, version);
-                    let flags = if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(self.share_open(shared)), flags);
-                }
-                Err(e) => reply.error(e),
-            };
-        }
-        let opened = self.run(async {
-            let mut handle = self.client.open(&path).await?;
-            if truncate {
-                self.client.truncate(&mut handle, 0).await?;
-            }
-            Ok(handle)
-        });
+        let opened = match self.find_open(ino.0) {
+            Some(shared) => self
+                .run(async {
+                    let mut handle = shared.handle.lock().await;
+                    if !handle.is_dirty() {
+                        // Nothing unsynced here: a fresh open sees versions written
+                        // elsewhere.
+                        *handle = self.client.open(&path).await?;
+                    }
+                    if truncate {
+                        self.client.truncate(&mut handle, 0).await?;
+                    }
+                    shared.note(&handle);
+                    Ok(handle.stat().version)
+                })
+                .map(|version| (self.share_open(shared), version)),
+            None => self
+                .run(async {
+                    let mut handle = self.client.open(&path).await?;
+                    if truncate {
+                        self.client.truncate(&mut handle, 0).await?;
+                    }
+                    Ok(handle)
+                })
+                .map(|handle| {
+                    let version = handle.stat().version;
+                    (self.add_open(handle), version)
+                }),
+        };
         match opened {
-            Ok(handle) => {
-                let keep = !truncate && self.keep_cache(ino.0, handle.stat().version);
+            Ok((fh, version)) => {
+                let keep = !truncate && self.keep_cache(ino.0, version);
                 let flags = if keep {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(self.add_open(handle)), flags);
+                reply.opened(FileHandle(fh), flags);
             }
             Err(e) => reply.error(e),
         }
