@@ -333,8 +333,9 @@ fn renames_over_existing_names_through_a_mount() {
 
 /// Two descriptors on one file of a mount share it, as on any file system: what one
 /// wrote the other reads before either is closed, and two appenders both keep their
-/// bytes. (Each open had a handle of its own: the reader read nothing, and the last
-/// appender closed replaced the other's bytes with a hole.) A file larger than the
+/// bytes. (Each open had a handle of its own: the reader read nothing, and the two
+/// appenders forked the file, each version with holes where the other's bytes were,
+/// one shown as a conflict copy.) A file larger than the
 /// largest is EFBIG, as write(2) says elsewhere.
 #[test]
 fn descriptors_on_one_file_share_it() {
