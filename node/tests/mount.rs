@@ -376,6 +376,16 @@ fn descriptors_on_one_file_share_it() {
     assert_eq!(bytes.len(), 1000);
     assert_eq!(bytes.iter().filter(|c| **c == b'A').count(), 500);
     assert_eq!(bytes.iter().filter(|c| **c == b'B').count(), 500);
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["log", "shared"],
+        "a fork of one file, shown as a conflict"
+    );
 
     let mut big = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     big.seek(std::io::SeekFrom::Start(1 << 40)).unwrap();
