@@ -449,6 +449,11 @@ impl Handle {
         self.changed
     }
 
+    /// Whether storing its writes failed: it makes no version any more.
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// The file's metadata as of its last version, with the handle's size and mode.
     pub fn stat(&self) -> Stat {
         let mut stat = stat_of(self.node());

@@ -75,13 +75,22 @@ struct Open {
     /// Whether the handle holds changes no version has yet, as of the last request that
     /// used it: read without its lock (which a request under way may hold).
     dirty: std::sync::atomic::AtomicBool,
+    /// Whether storing its writes failed (it makes no version any more): a later open
+    /// gets a handle of its own rather than this one's error.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Open {
     /// Records whether `handle` (this open's, locked by the caller) has unsynced changes.
     fn note(&self, handle: &Handle) {
         self.dirty.store(handle.is_dirty(), Ordering::Relaxed);
+        self.failed.store(handle.has_failed(), Ordering::Relaxed);
     }
+}
+
+/// The inode number the kernel knows a file's handle by (a conflict copy has its own).
+fn ino_of_stat(stat: &Stat) -> u64 {
+    ino_of(&stat.inode, stat.conflict_copy.then_some(&stat.version))
 }
 
 /// A mounted tree: a [`Filesystem`] over a [`Client`].
@@ -282,7 +291,10 @@ impl<B: Blocks> Mount<B> {
             .map(|o| o.values().cloned().collect())
             .unwrap_or_default();
         let mut clean = None;
-        for o in open.into_iter().filter(|o| o.ino == ino) {
+        for o in open
+            .into_iter()
+            .filter(|o| o.ino == ino && !o.failed.load(Ordering::Relaxed))
+        {
             if o.dirty.load(Ordering::Relaxed) {
                 return Some(o);
             }
@@ -291,15 +303,17 @@ impl<B: Blocks> Mount<B> {
         clean
     }
 
-    fn add_open(&self, handle: Handle) -> u64 {
+    /// A new file handle on `handle`, open on inode number `ino` (the kernel's: a
+    /// conflict copy's is not its file's).
+    fn add_open(&self, ino: u64, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let ino = ino_of(&handle.stat().inode, None);
         if let Ok(mut open) = self.open.lock() {
             open.insert(
                 fh,
                 Arc::new(Open {
                     ino,
                     dirty: std::sync::atomic::AtomicBool::new(handle.is_dirty()),
+                    failed: std::sync::atomic::AtomicBool::new(handle.has_failed()),
                     handle: tokio::sync::Mutex::new(handle),
                 }),
             );
@@ -642,6 +656,12 @@ impl<B: Blocks> Filesystem for Mount<B> {
         // system: what one descriptor wrote, another reads before it is closed, and two
         // appenders both keep their bytes (each open had a handle of its own, and the
         // last one closed replaced the other's writes).
+        // The path may name another file by now (renamed over, elsewhere or here): the
+        // kernel looks the name up again on ESTALE.
+        let fresh = async || {
+            let handle = self.client.open(&path).await?;
+            Ok(handle)
+        };
         let opened = match self.find_open(ino.0) {
             Some(shared) => self
                 .run(async {
@@ -649,30 +669,43 @@ impl<B: Blocks> Filesystem for Mount<B> {
                     if !handle.is_dirty() {
                         // Nothing unsynced here: a fresh open sees versions written
                         // elsewhere.
-                        *handle = self.client.open(&path).await?;
+                        let opened = fresh().await?;
+                        if ino_of_stat(&opened.stat()) != ino.0 {
+                            return Ok(None);
+                        }
+                        *handle = opened;
                     }
                     if truncate {
                         self.client.truncate(&mut handle, 0).await?;
                     }
                     shared.note(&handle);
-                    Ok(handle.stat().version)
+                    Ok(Some((handle.stat().version, handle.is_dirty())))
                 })
-                .map(|version| (self.share_open(shared), version)),
+                .map(|found| found.map(|(v, dirty)| (self.share_open(shared), v, dirty))),
             None => self
                 .run(async {
-                    let mut handle = self.client.open(&path).await?;
+                    let mut handle = fresh().await?;
                     if truncate {
                         self.client.truncate(&mut handle, 0).await?;
                     }
                     Ok(handle)
                 })
                 .map(|handle| {
-                    let version = handle.stat().version;
-                    (self.add_open(handle), version)
+                    let stat = handle.stat();
+                    (ino_of_stat(&stat) == ino.0).then(|| {
+                        let dirty = handle.is_dirty();
+                        (self.add_open(ino.0, handle), stat.version, dirty)
+                    })
                 }),
         };
         match opened {
-            Ok((fh, version)) => {
+            Ok(None) => reply.error(Errno::ESTALE),
+            Ok(Some((fh, _, true))) => {
+                // Writes no version holds yet: pages read now are of no version.
+                self.forget_cache(ino.0);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Ok(Some((fh, version, false))) => {
                 let keep = !truncate && self.keep_cache(ino.0, version);
                 let flags = if keep {
                     FopenFlags::FOPEN_KEEP_CACHE
@@ -712,7 +745,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
                 let stat = handle.stat();
                 let ino = self.remember(&path, &stat, false);
                 let attr = self.attr(ino, &stat);
-                let fh = self.add_open(handle);
+                let fh = self.add_open(ino, handle);
                 reply.created(
                     &ATTR_TTL,
                     &attr,
@@ -981,6 +1014,8 @@ pub fn spawn<B: Blocks>(
             "not a directory; mount on a directory",
         ));
     }
+    // One thread serves requests (fuser's default), one at a time: `open` finds a
+    // handle to share and adds its file handle in two steps, which relies on it.
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("blocktree:{}", mount.root)),

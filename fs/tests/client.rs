@@ -1612,3 +1612,37 @@ async fn a_directory_from_before_a_rekeying_does_not_fail_a_read() {
     let mut handle = b.open(&t.path("team/f")).await.unwrap();
     assert_eq!(b.read(&mut handle, 0, 100).await.unwrap(), b"third");
 }
+
+/// A file open for writing (made a version at once, as a mount's create does) while the
+/// same client puts the whole file: both writes are kept, one as the file and the other
+/// as a conflict copy.
+#[tokio::test]
+async fn a_put_while_a_handle_writes_keeps_both() {
+    for staging in [false, true] {
+        let t = tree();
+        let c = if staging {
+            t.staging(t.replica.clone())
+        } else {
+            t.owner()
+        };
+        let p = t.path("f");
+        let mut h = c.create(&p).await.unwrap();
+        c.fsync(&mut h).await.unwrap();
+        c.write(&mut h, 0, b"from the mount\n").await.unwrap();
+        c.put(&p, &b"from put\n"[..], |_| {}).await.unwrap();
+        c.fsync(&mut h).await.unwrap();
+        c.flush_staged().await.unwrap();
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for e in c.readdir(&t.tree).await.unwrap() {
+            let mut out = Vec::new();
+            c.get(&t.path(&e.name), &mut out, |_| {}).await.unwrap();
+            seen.push(out);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [b"from put\n".to_vec(), b"from the mount\n".to_vec()],
+            "staging {staging}"
+        );
+    }
+}

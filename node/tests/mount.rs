@@ -396,5 +396,50 @@ fn descriptors_on_one_file_share_it() {
         "{err}"
     );
     drop(big);
+
+    // A fork: the file open here, written before and after `btnode fs put` wrote it
+    // (a command makes what a mount wrote a version first: the put follows it, and the
+    // write after the put forks). Its conflict copy and the file, open at once, read as
+    // two files (the copy's handle was filed under the file's inode number, and the
+    // file's open took it over: `diff` saw no difference).
+    let forked = mnt.join("forked");
+    let mut open_here = std::fs::File::create(&forked).unwrap();
+    open_here.write_all(b"from the mount\n").unwrap();
+    let source = work.path().join("source");
+    std::fs::write(&source, "from put\n").unwrap();
+    net.json(
+        0,
+        &[
+            "fs",
+            "put",
+            source.to_str().unwrap(),
+            &format!("/{}/forked", net.root),
+        ],
+    )
+    .unwrap();
+    open_here.write_all(b"more\n").unwrap();
+    drop(open_here);
+    // Listed once this node's cache of the file's versions (500 ms) has expired.
+    let conflict = eventually("a conflict copy", Duration::from_secs(10), || {
+        std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("forked.conflict-"))
+            })
+    });
+    let (mut copy, mut file) = (
+        std::fs::File::open(&conflict).unwrap(),
+        std::fs::File::open(&forked).unwrap(),
+    );
+    let (mut a, mut b) = (String::new(), String::new());
+    copy.read_to_string(&mut a).unwrap();
+    file.read_to_string(&mut b).unwrap();
+    let mut both = [a, b];
+    both.sort();
+    assert_eq!(both, ["from put\n", "from the mount\nmore\n"]);
+    drop((copy, file));
     umount(&net, 0, &mnt);
 }
