@@ -1429,10 +1429,10 @@ impl Network {
     /// versions are a little farther out.
     ///
     /// A read does not wait on every replica asked: once it holds versions, the rest
-    /// get a hedge delay ([`RoundTrips::hedge_after`]) after R − W + 2 of the R + 1
-    /// nearest answered, or [`RoundTrips::patience`] before that once another replica
-    /// than this node returned versions (counted in [`Counters::short_reads`]). "None
-    /// there" waits for every answer.
+    /// get a hedge delay (about the 90th percentile of recent round trips) after
+    /// R − W + 2 of the R + 1 nearest answered, or a patience (four hedge delays, at
+    /// least 500 ms) before that once another replica than this node returned versions
+    /// (counted in [`Counters::short_reads`]). "None there" waits for every answer.
     ///
     /// With `farther`, for an inode known to exist (a directory names it): when none of
     /// the R + 4 nearest holds a version, the nodes nearest it that an overlay lookup
