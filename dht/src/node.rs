@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use keys::{Chain, Path, Revocations, SigningKey};
+use keys::{Chain, Path, SigningKey};
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum};
 use libp2p::metrics::{Metrics, Recorder, Registry};
@@ -1501,11 +1501,18 @@ impl EventLoop {
         chain: Chain,
         reply: oneshot::Sender<Result<Registered, Error>>,
     ) {
+        let revocations = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .revocations()
+            .clone();
         if let Err(e) = chain.verify(
             &path,
             &self.key.principal(),
             keys::now(),
-            &Revocations::default(),
+            &revocations.read(),
         ) {
             let _ = reply.send(Err(Error::NotAuthorized {
                 path: path.to_string(),
@@ -2449,13 +2456,15 @@ impl EventLoop {
         let Some(resolve) = self.resolves.get_mut(&resolve_id) else {
             return false;
         };
+        let revocations = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .revocations()
+            .clone();
         let lookup = &mut resolve.lookups[index];
-        match PathRecord::from_kad(
-            &record.key,
-            &record.value,
-            keys::now(),
-            &Revocations::default(),
-        ) {
+        match PathRecord::from_kad(&record.key, &record.value, keys::now(), &revocations.read()) {
             Ok(found)
                 if found.path() == &lookup.prefix
                     && lookup.floor.is_none_or(|floor| found.sequence() > floor) =>

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path as FsPath;
 
-use keys::Revocations;
+use keys::SharedRevocations;
 use libp2p::PeerId;
 use libp2p::kad::store::{self, RecordStore};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
@@ -56,7 +56,7 @@ pub struct Store {
     /// Where records are written through; none for a store in memory only.
     db: Option<redb::Database>,
     records: HashMap<RecordKey, (Record, u64)>,
-    revocations: Revocations,
+    revocations: SharedRevocations,
     max_records: usize,
 }
 
@@ -81,7 +81,7 @@ impl Store {
         Store {
             db: None,
             records: HashMap::new(),
-            revocations: Revocations::default(),
+            revocations: SharedRevocations::default(),
             max_records,
         }
     }
@@ -98,7 +98,7 @@ impl Store {
             for entry in table.iter().map_err(db_err)? {
                 let (key, value) = entry.map_err(db_err)?;
                 let key = RecordKey::new(&key.value());
-                match PathRecord::from_kad(&key, value.value(), now, &self.revocations) {
+                match PathRecord::from_kad(&key, value.value(), now, &self.revocations.read()) {
                     Ok(record) => {
                         let sequence = record.sequence();
                         let kad = kad_record(key.clone(), value.value().to_vec(), &record);
@@ -120,8 +120,12 @@ impl Store {
 
     /// Checks `record` and stores it if it is new or newer than the one held.
     pub fn insert(&mut self, record: Record) -> Result<Inserted, StoreError> {
-        let path_record =
-            PathRecord::from_kad(&record.key, &record.value, keys::now(), &self.revocations)?;
+        let path_record = PathRecord::from_kad(
+            &record.key,
+            &record.value,
+            keys::now(),
+            &self.revocations.read(),
+        )?;
         let sequence = path_record.sequence();
         match self.records.get(&record.key) {
             Some((held, _)) if held.value == record.value => return Ok(Inserted::Unchanged),
@@ -157,7 +161,7 @@ impl Store {
     /// The valid record of a key, decoded.
     pub fn path_record(&self, key: &RecordKey) -> Option<PathRecord> {
         let (record, _) = self.records.get(key)?;
-        PathRecord::from_kad(key, &record.value, keys::now(), &self.revocations).ok()
+        PathRecord::from_kad(key, &record.value, keys::now(), &self.revocations.read()).ok()
     }
 
     /// How many records are held.
@@ -170,9 +174,16 @@ impl Store {
         self.records.is_empty()
     }
 
-    /// Replaces the revocations that records are checked against.
-    pub fn set_revocations(&mut self, revocations: Revocations) {
+    /// Checks records against `revocations` from now on (lists the node takes later
+    /// apply as they come): a record whose writecap is revoked is neither stored nor
+    /// served.
+    pub fn set_revocations(&mut self, revocations: SharedRevocations) {
         self.revocations = revocations;
+    }
+
+    /// The revocation lists records are checked against.
+    pub fn revocations(&self) -> &SharedRevocations {
+        &self.revocations
     }
 
     fn delete(&mut self, keys: &[RecordKey]) -> Result<(), StoreError> {
@@ -228,7 +239,15 @@ impl RecordStore for Store {
 
     fn get(&self, key: &RecordKey) -> Option<Cow<'_, Record>> {
         let (record, _) = self.records.get(key)?;
-        (!record.is_expired(std::time::Instant::now())).then_some(Cow::Borrowed(record))
+        if record.is_expired(std::time::Instant::now()) {
+            return None;
+        }
+        // Checked when stored; checked again only where a revocation list may have come
+        // since (a revoked node's record is not served).
+        if !self.revocations.read().is_empty() {
+            self.path_record(key)?;
+        }
+        Some(Cow::Borrowed(record))
     }
 
     fn put(&mut self, record: Record) -> store::Result<()> {

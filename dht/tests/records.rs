@@ -247,16 +247,21 @@ fn oversized_and_misfiled_records_are_refused() {
 fn revoked_node_is_refused() {
     let f = fixture();
     let mut store = Store::in_memory(100);
-    let mut revocations = Revocations::default();
+    let revocations = keys::SharedRevocations::default();
+    store.set_revocations(revocations.clone());
+    // Stored before the revocation list arrives: no longer served once it has.
+    let key = key_of(&f.path);
+    store.put(record(&f, 1).to_kad().unwrap()).unwrap();
+    assert!(store.get(&key).is_some());
     revocations
         .insert(
             &keys::RevocationList::issue(&f.root, 1, now(), vec![], vec![f.node.principal()])
                 .unwrap(),
         )
         .unwrap();
-    store.set_revocations(revocations);
+    assert!(store.get(&key).is_none());
     assert!(matches!(
-        refused(&mut store, record(&f, 1).to_kad().unwrap()),
+        refused(&mut store, record(&f, 2).to_kad().unwrap()),
         RecordError::Writecap { .. }
     ));
 }

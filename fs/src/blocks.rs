@@ -77,6 +77,12 @@ pub trait Blocks: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// The revocation lists versions are checked against, and the node's own writecaps
+    /// (none by default).
+    fn revocations(&self) -> keys::SharedRevocations {
+        keys::SharedRevocations::default()
+    }
+
     /// Drops whatever is remembered of an inode's versions, so the next
     /// [`Blocks::get_versions`] asks the replicas (a cache may lag writes made elsewhere).
     fn forget(&self, _inode: InodeId) {}
@@ -127,13 +133,20 @@ impl Blocks for Replica {
         Replica::get_chunk_unchecked(self, &id)?.ok_or(BlockError::NotFound)
     }
 
+    fn revocations(&self) -> keys::SharedRevocations {
+        Replica::revocations(self).clone()
+    }
+
     async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
         Replica::put_version(self, &inode, &signed)?;
         Ok(())
     }
 
     async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
-        Ok(self.versions(&inode)?)
+        Ok(crate::inode::drop_revoked(
+            self.versions(&inode)?,
+            &self.revocations().read(),
+        ))
     }
 
     async fn sync(&self) -> Result<(), BlockError> {

@@ -13,11 +13,11 @@
 //! durable then, or, where the blocks let this node's own store defer its commits, at the
 //! next [`Client::sync`] (a mount's `fsync`; the daemon's commands sync before answering).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use keys::{Chain, DataKey, Identity, Path, Principal, PublicIdentity, Readcap, Validity};
+use keys::{CapId, Chain, DataKey, Identity, Path, Principal, PublicIdentity, Readcap, Validity};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::blocks::{BlockError, Blocks};
@@ -482,6 +482,9 @@ impl Handle {
 #[derive(Debug)]
 pub struct Client<B> {
     blocks: Arc<B>,
+    /// The block layer's revocation lists: this node's own writecaps are checked
+    /// against them too.
+    revocations: keys::SharedRevocations,
     identity: Arc<Identity>,
     chains: RwLock<Vec<Chain>>,
     config: Config,
@@ -670,6 +673,7 @@ impl<B: Blocks> Client<B> {
         config: Config,
     ) -> Self {
         Client {
+            revocations: blocks.revocations(),
             blocks,
             identity,
             chains: RwLock::new(chains),
@@ -704,7 +708,7 @@ impl<B: Blocks> Client<B> {
         chains.iter().any(|c| {
             c.prefix().is_some_and(|prefix| {
                 (path.starts_with(prefix) || prefix.starts_with(path))
-                    && c.verify_remembering(prefix, &me, now, &keys::Revocations::default())
+                    && c.verify_remembering(prefix, &me, now, &self.revocations.read())
                         .is_ok()
             })
         })
@@ -721,7 +725,7 @@ impl<B: Blocks> Client<B> {
         chains
             .into_iter()
             .find(|c| {
-                c.verify_remembering(binding, &me, now, &keys::Revocations::default())
+                c.verify_remembering(binding, &me, now, &self.revocations.read())
                     .is_ok()
             })
             .ok_or_else(|| Error::NotAuthorized {
@@ -1646,7 +1650,7 @@ impl<B: Blocks> Client<B> {
             .filter(|p| {
                 chains
                     .iter()
-                    .any(|c| c.verify(p, &me, now, &keys::Revocations::default()).is_ok())
+                    .any(|c| c.verify(p, &me, now, &self.revocations.read()).is_ok())
             })
             .max_by_key(|p| p.segments().len())
             // Nothing there, and this node may not make it: say the second (a node set up
@@ -2998,14 +3002,16 @@ impl<B: Blocks> Client<B> {
     // ---- sharing ----
 
     /// Lets `reader` read everything under `path` (a readcap for it), and with `write`
-    /// also write there (a writecap delegated from this node's, valid for `write`).
+    /// also write there (a writecap delegated from this node's, valid for `write`, which
+    /// is returned: the caller keeps it, to revoke it by later even after the anchor no
+    /// longer lists it).
     /// A directory that is not an anchor yet becomes one.
     pub async fn share(
         &self,
         path: &Path,
         reader: &PublicIdentity,
         write: Option<Validity>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Chain>, Error> {
         reader
             .verify()
             .map_err(|e| Error::Invalid(format!("the reader's identity does not verify: {e}")))?;
@@ -3026,6 +3032,7 @@ impl<B: Blocks> Client<B> {
         let principal = reader.principal();
         readers.retain(|r| r.principal() != principal);
         readers.push(reader.clone());
+        let mut granted = None;
         if let Some(validity) = write {
             let mine = self.chain_for(path, path)?;
             let chain = mine
@@ -3038,7 +3045,8 @@ impl<B: Blocks> Client<B> {
                 )
                 .map_err(|e| Error::Invalid(format!("cannot delegate a writecap: {e}")))?;
             grants.retain(|g| g.holder() != Some(&principal));
-            grants.push(chain);
+            grants.push(chain.clone());
+            granted = Some(chain);
         }
         if readers.len() > inode::MAX_READCAPS || grants.len() > inode::MAX_GRANTS {
             return Err(Error::Invalid(
@@ -3054,30 +3062,160 @@ impl<B: Blocks> Client<B> {
             },
             false,
         )
-        .await
+        .await?;
+        Ok(granted)
     }
 
     /// Takes `principal`'s access to `path` away: its readcap and writecap grant at
     /// `path`, if shared, and at every shared directory below it. Each of those anchors
     /// gets a new key at once, and everything below it a new key on its next write, so
     /// the principal can read no version written there from now on.
-    pub async fn revoke(&self, path: &Path, principal: &Principal) -> Result<(), Error> {
+    ///
+    /// The writecaps this node granted the principal there are returned for the caller
+    /// to revoke (a [`keys::RevocationList`] of this node's, made known to replicas and
+    /// readers, who then refuse whatever they sign, whenever it claims to be signed).
+    /// So that nothing the principal wrote before is lost with them, every current
+    /// version under `path` signed through one of them (the principal's, or a writer's
+    /// it delegated to) is first signed again by this node, with the same contents.
+    pub async fn revoke(&self, path: &Path, principal: &Principal) -> Result<Revoked, Error> {
+        self.revoke_with(path, principal, &[]).await
+    }
+
+    /// [`Client::revoke`], revoking `also` too: writecaps this node granted the principal
+    /// at or below `path` that the anchors may no longer list (a share again replaces
+    /// the grant in the anchor, but the older writecap stays valid until revoked).
+    pub async fn revoke_with(
+        &self,
+        path: &Path,
+        principal: &Principal,
+        also: &[CapId],
+    ) -> Result<Revoked, Error> {
         self.flush_staged().await?;
         if principal == &self.me() {
             return Err(Error::Invalid("a node does not revoke itself".into()));
         }
-        let mut revoked = self.revoke_at(path, principal).await?;
+        let mut anchors = vec![path.clone()];
         if self.stat(path).await?.kind == Kind::Dir {
-            for anchor in self.anchors_below(path, usize::MAX).await? {
-                revoked |= self.revoke_at(&anchor, principal).await?;
+            anchors.extend(self.anchors_below(path, usize::MAX).await?);
+        }
+        let mut revoked = Revoked::default();
+        for anchor in &anchors {
+            let versions = self
+                .versions(anchor, Binding::anchor(anchor.clone()).id())
+                .await?;
+            let Some(current) = inode::winner(&versions) else {
+                continue;
+            };
+            for grant in current
+                .inode
+                .grants
+                .iter()
+                .filter(|g| g.holder() == Some(principal))
+            {
+                let Some(link) = grant.links().last() else {
+                    continue;
+                };
+                if link.issuer().principal() == self.me() {
+                    revoked.caps.push(link.id());
+                } else {
+                    revoked.granted_by_others.push(link.issuer().principal());
+                }
             }
         }
-        if !revoked {
+        revoked.caps.extend_from_slice(also);
+        revoked.caps.sort_unstable();
+        revoked.caps.dedup();
+        revoked.granted_by_others.sort_unstable();
+        revoked.granted_by_others.dedup();
+        if !revoked.caps.is_empty() {
+            let caps: BTreeSet<CapId> = revoked.caps.iter().copied().collect();
+            (revoked.resigned, revoked.not_resigned) = self.resign_under(path, &caps).await;
+        }
+        let mut any = false;
+        for anchor in &anchors {
+            any |= self.revoke_at(anchor, principal).await?;
+        }
+        if !any {
             return Err(Error::Invalid(format!(
                 "{principal} holds no readcap at or below {path}"
             )));
         }
-        Ok(())
+        Ok(revoked)
+    }
+
+    /// Signs again, as this node and with the same contents, every head version at and
+    /// below `path` whose writer's chain has a link in `caps`: how many, and the paths it
+    /// could not read or sign again (skipped, so that an entry the revoked writer made
+    /// unreadable does not stop its revocation; what it holds is lost with it).
+    async fn resign_under(&self, path: &Path, caps: &BTreeSet<CapId>) -> (usize, Vec<String>) {
+        let mut resigned = 0;
+        let mut failed = Vec::new();
+        let mut pending = vec![path.clone()];
+        while let Some(p) = pending.pop() {
+            let step = async {
+                let mut nodes = self.walk(&p).await?;
+                let i = nodes.len() - 1;
+                let n = self.resign_heads(&mut nodes[i], caps).await?;
+                let below = if nodes[i].kind == Kind::Dir {
+                    self.readdir(&p).await?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, Error>((n, below))
+            };
+            match step.await {
+                Ok((n, below)) => {
+                    resigned += n;
+                    for entry in below.into_iter().filter(|e| e.conflict.is_none()) {
+                        match p.join(&entry.name) {
+                            Ok(child) => pending.push(child),
+                            Err(e) => failed.push(format!("{p}/{}: {e}", entry.name)),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %p, error = %e, "cannot sign again what a revoked writer wrote here");
+                    failed.push(format!("{p}: {e}"));
+                }
+            }
+        }
+        (resigned, failed)
+    }
+
+    /// [`Client::resign_under`] for one inode: each head signed through a link in `caps`
+    /// gets a successor that is the same but for its sequence, parents, writer, chain and
+    /// signing time (a fork stays a fork).
+    async fn resign_heads(&self, node: &mut Node, caps: &BTreeSet<CapId>) -> Result<usize, Error> {
+        let heads: Vec<Verified> = inode::heads(&node.versions)
+            .into_iter()
+            .filter(|h| h.inode.chain.links().iter().any(|l| caps.contains(&l.id())))
+            .cloned()
+            .collect();
+        for head in &heads {
+            let chain = self.chain_for(&node.path, &node.binding.path)?;
+            let mut inode = Inode::clone(&head.inode);
+            inode.seq = node.versions.iter().map(|v| v.inode.seq).max().unwrap_or(0) + 1;
+            // What the head superseded stays superseded once it is left out
+            // (`inode::drop_revoked`).
+            inode.parents = vec![head.version];
+            inode.writer = self.identity.signing_key().public_key();
+            inode.chain = chain;
+            inode.signed_at = keys::now();
+            let signed = Signed::sign(&inode, self.identity.signing_key())
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let verified = Verified {
+                id: inode.id(),
+                version: VersionId::of(&signed),
+                inode: inode.into(),
+                signed: signed.as_slice().into(),
+            };
+            self.blocks
+                .put_version(verified.id, signed)
+                .await
+                .map_err(blocks_err(&node.path))?;
+            node.versions.push(verified);
+        }
+        Ok(heads.len())
     }
 
     /// Revokes `principal` at the anchor at `path`: whether it held anything there
@@ -3273,7 +3411,7 @@ impl<B: Blocks> Client<B> {
             if let Some(w) = inode::winner(&versions) {
                 for g in &w.inode.grants {
                     if g.holder() == Some(&me)
-                        && g.verify(&p, &me, keys::now(), &keys::Revocations::default())
+                        && g.verify(&p, &me, keys::now(), &self.revocations.read())
                             .is_ok()
                     {
                         self.add_chain(g.clone());
@@ -3472,6 +3610,22 @@ struct Contents {
     /// The version's modification time; `None`: now.
     mtime_ns: Option<u64>,
     parents: Vec<VersionId>,
+}
+
+/// What [`Client::revoke`] took away.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// Writecaps this node had granted the principal at the paths revoked, to be put in
+    /// this node's revocation list.
+    pub caps: Vec<CapId>,
+    /// The nodes that granted the principal the other writecaps found there: taken out
+    /// of the anchors, but only those nodes (or one above them) can revoke them.
+    pub granted_by_others: Vec<Principal>,
+    /// Versions signed again by this node (see [`Client::revoke`]).
+    pub resigned: usize,
+    /// Paths under the revoked one that could not be read or signed again, with why:
+    /// what the revoked writer last wrote there is no longer shown.
+    pub not_resigned: Vec<String>,
 }
 
 struct AnchorChange {

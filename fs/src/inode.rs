@@ -290,6 +290,16 @@ pub enum InodeError {
         /// What the chain check said.
         reason: String,
     },
+    /// The writer's chain covers the binding, but a link of it is revoked.
+    #[error("the writecap of {writer} for {path} is revoked: {reason}")]
+    Revoked {
+        /// The writer.
+        writer: keys::Principal,
+        /// The binding's path.
+        path: Path,
+        /// What the chain check said.
+        reason: String,
+    },
     /// Signed too far in the future.
     #[error("signed at {signed_at}, more than {MAX_CLOCK_SKEW} s after now ({now})")]
     FromTheFuture {
@@ -356,10 +366,17 @@ impl Signed {
         inode
             .chain
             .verify_remembering(&inode.binding.path, &writer, inode.signed_at, revocations)
-            .map_err(|e| InodeError::NotAuthorized {
-                writer,
-                path: inode.binding.path.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                keys::WritecapError::Revoked { .. } => InodeError::Revoked {
+                    writer,
+                    path: inode.binding.path.clone(),
+                    reason: e.to_string(),
+                },
+                e => InodeError::NotAuthorized {
+                    writer,
+                    path: inode.binding.path.clone(),
+                    reason: e.to_string(),
+                },
             })?;
         Ok(Verified {
             id: inode.id(),
@@ -458,6 +475,59 @@ impl VerifiedCache {
         }
         Ok(verified)
     }
+}
+
+/// The versions to show under `revocations`. None signed through a revoked writecap is
+/// shown; and where any is held, only the heads among the rest, each version that a shown
+/// one descends from (through any versions held, revoked ones too) left out: so what a
+/// revoked version superseded on the way to a shown one stays superseded (a re-signed
+/// copy names only the version it replaces), while one that no shown version descends
+/// from supersedes nothing (a revoked writer cannot hide versions by naming them as
+/// parents).
+pub fn drop_revoked(versions: Vec<Verified>, revocations: &Revocations) -> Vec<Verified> {
+    if revocations.is_empty() {
+        return versions;
+    }
+    let revoked: std::collections::HashSet<VersionId> = versions
+        .iter()
+        .filter(|v| is_revoked(v, revocations))
+        .map(|v| v.version)
+        .collect();
+    if revoked.is_empty() {
+        return versions;
+    }
+    let by_id: std::collections::HashMap<VersionId, &Verified> =
+        versions.iter().map(|v| (v.version, v)).collect();
+    let mut superseded = std::collections::HashSet::new();
+    let mut pending: Vec<VersionId> = versions
+        .iter()
+        .filter(|v| !revoked.contains(&v.version))
+        .flat_map(|v| v.inode.parents.iter().copied())
+        .collect();
+    while let Some(id) = pending.pop() {
+        if superseded.insert(id)
+            && let Some(v) = by_id.get(&id)
+        {
+            pending.extend(v.inode.parents.iter().copied());
+        }
+    }
+    versions
+        .into_iter()
+        .filter(|v| !revoked.contains(&v.version) && !superseded.contains(&v.version))
+        .collect()
+}
+
+/// Whether `revocations` revoke a link of the chain `v` was signed through.
+pub fn is_revoked(v: &Verified, revocations: &Revocations) -> bool {
+    matches!(
+        v.inode.chain.verify_remembering(
+            &v.inode.binding.path,
+            &v.inode.writer.principal(),
+            v.inode.signed_at,
+            revocations,
+        ),
+        Err(keys::WritecapError::Revoked { .. })
+    )
 }
 
 /// Orders versions for showing: the higher sequence, then the later signing time, then
@@ -562,6 +632,79 @@ mod tests {
             hasher.update(&binding.nonce);
             assert_eq!(binding.id(), InodeId(*hasher.finalize().as_bytes()));
         }
+    }
+
+    /// Versions written by the owner (o) and a writer (w) whose writecap is then revoked:
+    /// o1 ← w2 ← w3 ← o4 (o4 a re-signed copy of w3), and w5, a revoked version naming
+    /// o4 as its parent. Shown: o4 alone (not o1 back as a head, and w5 hides nothing).
+    #[test]
+    fn revoked_versions_are_left_out_without_bringing_back_what_they_superseded() {
+        let (root, chain, tree) = setup();
+        let path = tree.join("shared").unwrap();
+        let writer = Identity::generate();
+        let grant = chain
+            .delegate(
+                root.signing_key(),
+                writer.principal(),
+                path.clone(),
+                Validity::for_seconds(3600),
+                keys::now(),
+            )
+            .unwrap();
+        let mut versions: Vec<Verified> = Vec::new();
+        let mut add = |who: &Identity, chain: &Chain, seq: u64, parents: Vec<VersionId>| {
+            let mut i = inode(who, chain, path.clone(), seq);
+            i.parents = parents;
+            let signed = Signed::sign(&i, who.signing_key()).unwrap();
+            let v = Signed::verify(&signed, keys::now(), &Revocations::default()).unwrap();
+            versions.push(v.clone());
+            v.version
+        };
+        let o1 = add(&root, &chain, 1, vec![]);
+        let w2 = add(&writer, &grant, 2, vec![o1]);
+        let w3 = add(&writer, &grant, 3, vec![w2]);
+        let o4 = add(&root, &chain, 4, vec![w3]);
+        let _w5 = add(&writer, &grant, 5, vec![o4]);
+        // Before the revocation: the writer's latest is the head.
+        assert_eq!(heads(&versions).len(), 1);
+        assert_eq!(heads(&versions)[0].inode.seq, 5);
+        let mut revocations = Revocations::default();
+        let list = keys::RevocationList::issue(
+            root.signing_key(),
+            1,
+            keys::now(),
+            vec![grant.links().last().unwrap().id()],
+            vec![],
+        )
+        .unwrap();
+        revocations.insert(&list).unwrap();
+        let shown = drop_revoked(versions.clone(), &revocations);
+        let shown: Vec<VersionId> = shown.iter().map(|v| v.version).collect();
+        assert_eq!(shown, vec![o4]);
+        // Without lists, nothing is left out.
+        assert_eq!(
+            drop_revoked(versions.clone(), &Revocations::default()).len(),
+            5
+        );
+        // A revoked version naming the owner's head: the owner's head stays.
+        let only_owner_and_attacker: Vec<Verified> = versions
+            .iter()
+            .filter(|v| v.version == o1 || v.inode.seq == 5)
+            .cloned()
+            .collect();
+        let mut attack = only_owner_and_attacker[1].clone();
+        let mut forged = (*attack.inode).clone();
+        forged.parents = vec![o1];
+        let signed = Signed::sign(&forged, writer.signing_key()).unwrap();
+        attack = Signed::verify(&signed, keys::now(), &Revocations::default()).unwrap();
+        let shown = drop_revoked(
+            vec![only_owner_and_attacker[0].clone(), attack],
+            &revocations,
+        );
+        assert_eq!(
+            shown.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![o1]
+        );
     }
 
     #[test]

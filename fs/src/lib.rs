@@ -22,7 +22,7 @@ pub mod repair;
 pub mod replica;
 
 pub use blocks::{BlockError, Blocks};
-pub use client::{Client, Config, DirEntry, Error, Handle, Stat};
+pub use client::{Client, Config, DirEntry, Error, Handle, Revoked, Stat};
 pub use replica::Replica;
 
 /// Compile-time guard: the client's futures over the network must stay `Send` (the

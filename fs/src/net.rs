@@ -474,6 +474,19 @@ impl Cache {
         }
     }
 
+    /// Forgets the versions of every inode (new revocation lists), and that fetches
+    /// under way may remember them.
+    fn invalidate_all(&mut self) {
+        self.versions.clear();
+        self.versions_order.clear();
+        if self.generations.is_empty() {
+            self.generations = vec![0; GENERATION_SLOTS];
+        }
+        for g in &mut self.generations {
+            *g += 1;
+        }
+    }
+
     fn versions(&self, inode: &InodeId) -> Option<Vec<Verified>> {
         let (at, versions) = self.versions.get(inode)?;
         (at.elapsed() < VERSIONS_TTL).then(|| versions.clone())
@@ -650,6 +663,9 @@ pub struct Network {
     /// The replica this node's own requests go to: `local`, deferred if so configured.
     own: Replica,
     verified: crate::inode::VerifiedCache,
+    /// The generation of the local replica's revocation lists `verified` and `cache`
+    /// were filled under.
+    checked_at: AtomicU64,
     cache: Mutex<Cache>,
     identity: Arc<Vec<u8>>,
     me: PeerId,
@@ -682,6 +698,7 @@ impl Network {
             own,
             local,
             verified: crate::inode::VerifiedCache::default(),
+            checked_at: AtomicU64::new(0),
             cache: Mutex::default(),
             identity,
             me,
@@ -691,6 +708,19 @@ impl Network {
             placements: Placements::default(),
             round_trips: RoundTrips::default(),
             counters,
+        }
+    }
+
+    /// Forgets versions checked under older revocation lists than those in force.
+    fn refresh(&self) {
+        // The replica's cache first: versions found in it are taken as checked.
+        self.local.refresh();
+        let generation = self.local.revocations().generation();
+        if self.checked_at.swap(generation, Ordering::AcqRel) != generation {
+            self.verified.clear();
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.invalidate_all();
+            }
         }
     }
 
@@ -1144,6 +1174,10 @@ impl Blocks for Network {
         Network::sync(self).await
     }
 
+    fn revocations(&self) -> keys::SharedRevocations {
+        self.local.revocations().clone()
+    }
+
     fn forget(&self, inode: InodeId) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.invalidate(&inode);
@@ -1151,6 +1185,7 @@ impl Blocks for Network {
     }
 
     async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
+        self.refresh();
         let generation = match self.cache.lock() {
             Ok(cache) => match cache.versions(&inode) {
                 Some(v) => return Ok(v),
@@ -1452,7 +1487,8 @@ impl Network {
             .max(quorum)
             .max(1);
         let now = keys::now();
-        let revocations = keys::Revocations::default();
+        self.refresh();
+        let revocations = self.local.revocations().read();
         let mut found: BTreeMap<VersionId, Verified> = BTreeMap::new();
         let mut answered = 0;
         let mut errors = Vec::new();
@@ -1527,14 +1563,14 @@ impl Network {
                         settled += usize::from(settles);
                         remote_found |= peer != self.me && !signed.is_empty();
                         for bytes in signed {
-                            // Checked at its signing time, like a replica does.
-                            // What this node's replica stored it checked already,
-                            // with its revocations.
+                            // Checked at its signing time, like a replica does
+                            // (what this node's replica stored it checked already);
+                            // revocations are applied to the whole set below.
                             match self.verified.verify_trusting(
                                 &bytes,
                                 &inode,
                                 now,
-                                &revocations,
+                                &keys::Revocations::default(),
                                 Some(self.local.verified()),
                             ) {
                                 Ok(v) => {
@@ -1580,7 +1616,11 @@ impl Network {
                 reason: errors.join("; "),
             });
         }
-        Ok(found.into_values().collect())
+        // A replica that lacks a revocation list serves what it revokes: left out here.
+        Ok(crate::inode::drop_revoked(
+            found.into_values().collect(),
+            &revocations,
+        ))
     }
 }
 

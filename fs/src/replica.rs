@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keys::Revocations;
+use keys::SharedRevocations;
 
 use crate::chunk::Sealed;
 use crate::id::{ChunkId, InodeId, VersionId};
@@ -82,7 +82,9 @@ pub struct Replica {
     store: Store,
     verified: Arc<inode::VerifiedCache>,
     held: Arc<Held>,
-    revocations: Arc<std::sync::RwLock<Revocations>>,
+    revocations: SharedRevocations,
+    /// The generation of `revocations` the caches were filled under.
+    checked_at: Arc<std::sync::atomic::AtomicU64>,
     counters: Arc<Counters>,
 }
 
@@ -95,8 +97,18 @@ impl Replica {
             held: Arc::new(std::sync::Mutex::new(crate::memo::Generations::new(
                 HELD_ENTRIES,
             ))),
-            revocations: Arc::default(),
+            revocations: SharedRevocations::default(),
+            checked_at: Arc::default(),
             counters: Arc::default(),
+        }
+    }
+
+    /// The same replica, checking versions against `revocations` (lists the node
+    /// receives and issues), from now on.
+    pub fn with_revocations(self, revocations: SharedRevocations) -> Self {
+        Replica {
+            revocations,
+            ..self
         }
     }
 
@@ -129,20 +141,20 @@ impl Replica {
         &self.counters
     }
 
-    /// Revocation lists consulted when versions are checked.
-    pub fn set_revocations(&self, revocations: Revocations) {
-        if let Ok(mut r) = self.revocations.write() {
-            *r = revocations;
-        }
-        // What was verified under the old lists is checked again under the new ones.
-        self.verified.clear();
+    /// The revocation lists versions are checked against.
+    pub fn revocations(&self) -> &SharedRevocations {
+        &self.revocations
     }
 
-    fn revocations(&self) -> Revocations {
-        self.revocations
-            .read()
-            .map(|r| r.clone())
-            .unwrap_or_default()
+    /// Forgets what was checked under older revocation lists than those in force.
+    pub(crate) fn refresh(&self) {
+        let generation = self.revocations.generation();
+        if self.checked_at.swap(generation, Ordering::AcqRel) != generation {
+            self.verified.clear();
+            if let Ok(mut held) = self.held.lock() {
+                *held = crate::memo::Generations::new(HELD_ENTRIES);
+            }
+        }
     }
 
     /// Stores chunks of the inode `owner` (checked against their ids) in one transaction;
@@ -209,9 +221,10 @@ impl Replica {
     /// Checks and stores an inode version; `true` if it was new. Older versions that are
     /// no longer heads and fall out of the kept history are dropped.
     pub fn put_version(&self, inode: &InodeId, signed: &[u8]) -> Result<bool, Refused> {
+        self.refresh();
         let verified = self
             .verified
-            .verify_as(signed, inode, keys::now(), &self.revocations())
+            .verify_as(signed, inode, keys::now(), &self.revocations.read())
             .inspect_err(|e| {
                 self.counters
                     .refused_versions
@@ -222,7 +235,10 @@ impl Replica {
             return Ok(false);
         }
         let mut held = self.held(inode)?;
-        let newest = held.iter().map(|v| v.inode.seq).max().unwrap_or(0);
+        // Versions signed through revoked writecaps count for nothing here: readers do not
+        // see them, and a revoked writer's high sequence or forks must not stop others'.
+        let shown = inode::drop_revoked(held.clone(), &self.revocations.read());
+        let newest = shown.iter().map(|v| v.inode.seq).max().unwrap_or(0);
         if verified.inode.seq + KEEP_HISTORY <= newest {
             self.counters
                 .refused_versions
@@ -233,7 +249,9 @@ impl Replica {
             });
         }
         held.push(verified.clone());
-        if inode::heads(&held).len() > MAX_HEADS {
+        let mut shown = shown;
+        shown.push(verified.clone());
+        if inode::heads(&shown).len() > MAX_HEADS {
             self.counters
                 .refused_versions
                 .fetch_add(1, Ordering::Relaxed);
@@ -259,15 +277,16 @@ impl Replica {
         {
             return Ok(held.clone());
         }
-        // Stored versions were checked when they came in; decode them without the chain
-        // check (a writecap that has expired since does not unmake a version).
+        // Stored versions were checked when they came in, their chains at signing time
+        // (a writecap that has expired since does not unmake a version; one revoked
+        // since is for readers to leave out, see `inode::drop_revoked`).
         let mut held = Vec::new();
         for stored in self.store.versions(inode)? {
             match self.verified.verify_as(
                 &stored.signed,
                 inode,
                 u64::MAX - inode::MAX_CLOCK_SKEW,
-                &Revocations::default(),
+                &keys::Revocations::default(),
             ) {
                 Ok(v) => held.push(v),
                 Err(e) => {
@@ -286,6 +305,7 @@ impl Replica {
     /// read from the store; decoded versions are remembered until the store's
     /// [`Store::versions_epoch`] for the inode changes.
     pub fn versions(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {
+        self.refresh();
         let mut held = self.held(inode)?;
         held.sort_by(|a, b| inode::order(b, a));
         Ok(held)

@@ -1646,3 +1646,117 @@ async fn a_put_while_a_handle_writes_keeps_both() {
         );
     }
 }
+
+/// A writer whose grant is revoked: what it wrote before stays readable (the owner signs
+/// it again), and once the owner's revocation list is in force, every write it signs is
+/// refused, backdated or not, and what it wrote is no longer shown.
+#[tokio::test]
+async fn a_revoked_writer_loses_its_writes_from_then_on_and_nothing_before() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("shared/mine"), b"the owner's").await;
+    let (alice_id, alice) = t.stranger();
+    // Shared twice: the anchor lists the second writecap only, the first stays valid.
+    let mut granted = Vec::new();
+    for secs in [600, 900] {
+        let chain = owner
+            .share(
+                &t.path("shared"),
+                &alice_id.public(),
+                Some(Validity::for_seconds(secs)),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        granted.push(chain);
+    }
+    let grants = alice.pick_up_grants(&t.path("shared")).await.unwrap();
+    assert_eq!(grants, vec![granted[1].clone()]);
+    put(&alice, &t.path("shared/hers"), b"alice's file").await;
+    put(&alice, &t.path("shared/mine"), b"alice's edit").await;
+    put(&alice, &t.path("shared/deep/down"), b"alice's deep file").await;
+
+    // The node that shared keeps what it granted (the daemon does, in its data
+    // directory) and revokes the first writecap too.
+    let first = granted[0].links().last().unwrap().id();
+    let revoked = owner
+        .revoke_with(&t.path("shared"), &alice_id.principal(), &[first])
+        .await
+        .unwrap();
+    let mut caps: Vec<keys::CapId> = granted
+        .iter()
+        .map(|c| c.links().last().unwrap().id())
+        .collect();
+    caps.sort_unstable();
+    assert_eq!(revoked.caps, caps);
+    assert!(revoked.granted_by_others.is_empty());
+    assert!(revoked.not_resigned.is_empty(), "{revoked:?}");
+    // Her three files, the two directories she wrote, and the anchor's entry of `deep`.
+    assert!(revoked.resigned >= 4, "{revoked:?}");
+    let list = keys::RevocationList::issue(
+        t.root.signing_key(),
+        1,
+        keys::now(),
+        revoked.caps.clone(),
+        vec![],
+    )
+    .unwrap();
+    t.replica.revocations().insert(&list).unwrap();
+
+    // Nothing she wrote before is lost: the owner signed it again.
+    for (path, data) in [
+        ("shared/hers", &b"alice's file"[..]),
+        ("shared/mine", b"alice's edit"),
+        ("shared/deep/down", b"alice's deep file"),
+    ] {
+        assert_eq!(get(&owner, &t.path(path)).await.unwrap(), data, "{path}");
+        let stat = owner.stat(&t.path(path)).await.unwrap();
+        assert_eq!(stat.conflicts, 0, "{path}");
+    }
+    for path in ["shared", "shared/deep"] {
+        let stat = owner.stat(&t.path(path)).await.unwrap();
+        assert_eq!(stat.conflicts, 0, "{path}: {stat:?}");
+    }
+    // Her client writes nothing: it reads the directory no more (her readcap is gone).
+    let refused = alice.c_put(&t.path("shared/after"), b"nope").await;
+    assert!(
+        matches!(refused, Err(Error::PermissionDenied { .. })),
+        "{refused:?}"
+    );
+    // A version she signs herself, even dated before the revocation, is refused by the
+    // replica.
+    let file = Binding::anchor(t.path("shared")).id();
+    let current = fs::inode::winner(&t.replica.versions(&file).unwrap())
+        .unwrap()
+        .clone();
+    // The earliest time her chain held: before the revocation, and before the version.
+    let backdated = grants[0]
+        .links()
+        .iter()
+        .map(|l| l.validity().not_before)
+        .max()
+        .unwrap();
+    for (chain, signed_at) in [
+        (&granted[1], keys::now()),
+        (&granted[1], backdated),
+        (&granted[0], keys::now()),
+    ] {
+        let mut forged = fs::inode::Inode::clone(&current.inode);
+        forged.seq += 1;
+        forged.parents = vec![current.version];
+        forged.writer = alice_id.signing_key().public_key();
+        forged.chain = chain.clone();
+        forged.signed_at = signed_at;
+        let signed = Signed::sign(&forged, alice_id.signing_key()).unwrap();
+        let refused = t.replica.put_version(&file, &signed);
+        assert!(
+            matches!(
+                refused,
+                Err(fs::replica::Refused::Inode(
+                    fs::inode::InodeError::Revoked { .. }
+                ))
+            ),
+            "{refused:?}"
+        );
+    }
+}

@@ -38,7 +38,7 @@ pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use path::{Path, PathError};
 pub use principal::Principal;
 pub use readcap::{DataKey, Readcap, ReadcapError};
-pub use revocation::{RevocationError, RevocationList, Revocations};
+pub use revocation::{RevocationError, RevocationList, Revocations, SharedRevocations};
 pub use sign::{PublicKey, Signature, SignatureError, SigningKey};
 pub use verified::VerifiedChains;
 pub use writecap::{CapId, Chain, Timestamp, Validity, Writecap, WritecapError, now};

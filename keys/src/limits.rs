@@ -15,6 +15,12 @@ pub const MAX_CHAIN_LEN: usize = 8;
 /// Most entries in one revocation list.
 pub const MAX_REVOCATIONS: usize = 16_384;
 
+/// Most issuers whose revocation lists a node takes from the overlay (lists of the roots
+/// of its own writecaps are always taken): anyone can make keys and sign lists, and
+/// every node keeps what it takes (at most this many lists of at most
+/// [`MAX_REVOCATION_LIST_BYTES`] each).
+pub const MAX_REVOCATION_ISSUERS: usize = 256;
+
 /// Largest encoded principal (a tagged 32-byte hash).
 pub const MAX_PRINCIPAL_BYTES: usize = 64;
 

@@ -1,7 +1,19 @@
-//! Revocation lists: writecaps and principals a tree's root no longer vouches for.
+//! Revocation lists: writecaps and principals an issuer of writecaps no longer vouches
+//! for.
+//!
+//! Whoever issues writecaps may revoke them: a list signed by a principal revokes, in
+//! every chain that passes through that principal (it issued a link of the chain), the
+//! links it names at or after the principal's own, by their [`CapId`] or by their
+//! subject. A tree's root thus revokes anything in its tree, and a node that delegated a
+//! writecap (a `share --write`) revokes what it delegated, but nobody revokes a link
+//! above their own. Revocation does not look at time: a revoked link fails every check,
+//! whenever what it signed was signed (a revoked holder could backdate); whoever revokes
+//! re-signs first what should outlive it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,9 +24,10 @@ use crate::writecap::{CapId, Timestamp, Writecap};
 
 const CONTEXT: &str = "blocktree 2026-11 revocation list v1";
 
-/// A list signed by a tree's root: every writecap in `caps`, and every writecap whose
-/// subject is in `principals`, is revoked in that tree. A list replaces all lists of
-/// lower sequence from the same root.
+/// A list signed by an issuer of writecaps: every writecap in `caps`, and every writecap
+/// whose subject is in `principals`, is revoked in the chains that pass through the
+/// issuer (see the module's documentation). A list replaces all lists of lower sequence
+/// from the same issuer.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationList {
     issuer: PublicKey,
@@ -55,9 +68,9 @@ struct Signed<'a> {
 }
 
 impl RevocationList {
-    /// Signs a list. `root` is the key of the tree's root principal.
+    /// Signs a list as `issuer`.
     pub fn issue(
-        root: &SigningKey,
+        issuer: &SigningKey,
         sequence: u64,
         issued_at: Timestamp,
         mut caps: Vec<CapId>,
@@ -71,13 +84,18 @@ impl RevocationList {
         if len > MAX_REVOCATIONS {
             return Err(RevocationError::TooLarge(len));
         }
-        let issuer = root.public_key();
-        let signature = root.sign(
+        let signature = issuer.sign(
             CONTEXT,
-            &Self::signed_bytes(&issuer, sequence, issued_at, &caps, &principals),
+            &Self::signed_bytes(
+                &issuer.public_key(),
+                sequence,
+                issued_at,
+                &caps,
+                &principals,
+            ),
         );
         Ok(RevocationList {
-            issuer,
+            issuer: issuer.public_key(),
             sequence,
             issued_at,
             caps,
@@ -103,9 +121,24 @@ impl RevocationList {
         cbor4ii::serde::to_vec(Vec::new(), &signed).unwrap_or_default()
     }
 
-    /// The root principal that signed the list.
-    pub fn root(&self) -> Principal {
+    /// The principal that signed the list.
+    pub fn issuer(&self) -> Principal {
         self.issuer.principal()
+    }
+
+    /// When it was issued (the issuer's clock).
+    pub fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+
+    /// The writecaps it revokes by id.
+    pub fn caps(&self) -> &[CapId] {
+        &self.caps
+    }
+
+    /// The principals whose writecaps it revokes.
+    pub fn principals(&self) -> &[Principal] {
+        &self.principals
     }
 
     /// The list's sequence number.
@@ -145,7 +178,7 @@ impl RevocationList {
 impl fmt::Debug for RevocationList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RevocationList")
-            .field("root", &self.root())
+            .field("issuer", &self.issuer())
             .field("sequence", &self.sequence)
             .field("caps", &self.caps.len())
             .field("principals", &self.principals.len())
@@ -153,26 +186,104 @@ impl fmt::Debug for RevocationList {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Revoked {
-    sequence: u64,
+    list: RevocationList,
     caps: BTreeSet<CapId>,
     principals: BTreeSet<Principal>,
 }
 
-/// The verified revocation lists a node holds, the newest per root.
+/// The verified revocation lists a node holds, the newest per issuer (each shared, so
+/// that a copy of the whole copies no list).
 #[derive(Debug, Default, Clone)]
 pub struct Revocations {
-    by_root: BTreeMap<Principal, Revoked>,
+    by_issuer: BTreeMap<Principal, Arc<Revoked>>,
 }
 
 impl Revocations {
-    /// Verifies `list` and makes it the one in force for its root, unless a list of the
+    /// Verifies `list` and makes it the one in force for its issuer, unless a list of the
     /// same or a later sequence is already held.
     pub fn insert(&mut self, list: &RevocationList) -> Result<(), RevocationError> {
         list.verify()?;
-        let root = list.root();
-        if let Some(held) = self.by_root.get(&root)
+        let issuer = list.issuer();
+        if let Some(held) = self.by_issuer.get(&issuer)
+            && held.list.sequence >= list.sequence
+        {
+            return Err(RevocationError::Stale {
+                have: held.list.sequence,
+                got: list.sequence,
+            });
+        }
+        self.by_issuer.insert(
+            issuer,
+            Arc::new(Revoked {
+                list: list.clone(),
+                caps: list.caps.iter().copied().collect(),
+                principals: list.principals.iter().copied().collect(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Whether `authority`'s list revokes `cap` (by its id or its subject). A chain's
+    /// link is revoked when this holds for the issuer of that link or of any link before
+    /// it ([`crate::Chain::verify`]).
+    pub fn revokes(&self, authority: &Principal, cap: &Writecap) -> bool {
+        self.by_issuer
+            .get(authority)
+            .is_some_and(|r| r.principals.contains(cap.subject()) || r.caps.contains(&cap.id()))
+    }
+
+    /// Whether no list is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    /// How many issuers' lists are held.
+    pub fn len(&self) -> usize {
+        self.by_issuer.len()
+    }
+
+    /// The list in force for `issuer`.
+    pub fn get(&self, issuer: &Principal) -> Option<&RevocationList> {
+        self.by_issuer.get(issuer).map(|r| &r.list)
+    }
+
+    /// Every list held, one per issuer.
+    pub fn lists(&self) -> impl Iterator<Item = &RevocationList> {
+        self.by_issuer.values().map(|r| &r.list)
+    }
+}
+
+/// Revocation lists shared by every part of a node that checks writecaps, with a
+/// generation that moves at every list taken, so that caches of checks made before
+/// (verified chains, verified inode versions) know to forget them. Reading takes a
+/// reference-counted copy of the lists in force (no copying, no lock held while it is
+/// used); taking a list copies them once.
+#[derive(Clone, Default)]
+pub struct SharedRevocations(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    lists: RwLock<Arc<Revocations>>,
+    generation: AtomicU64,
+}
+
+impl SharedRevocations {
+    /// The lists in force now.
+    pub fn read(&self) -> Arc<Revocations> {
+        self.0
+            .lists
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// [`Revocations::insert`]; the generation moves when the list is taken.
+    pub fn insert(&self, list: &RevocationList) -> Result<(), RevocationError> {
+        // Stale lists (most of what arrives more than once) cost no copy and no write
+        // lock.
+        if let Some(held) = self.read().get(&list.issuer())
             && held.sequence >= list.sequence
         {
             return Err(RevocationError::Stale {
@@ -180,21 +291,26 @@ impl Revocations {
                 got: list.sequence,
             });
         }
-        self.by_root.insert(
-            root,
-            Revoked {
-                sequence: list.sequence,
-                caps: list.caps.iter().copied().collect(),
-                principals: list.principals.iter().copied().collect(),
-            },
-        );
+        let mut lists = self.0.lists.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Revocations::clone(&lists);
+        next.insert(list)?;
+        *lists = Arc::new(next);
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
-    /// Whether `cap`, in the tree of `root`, is revoked.
-    pub fn is_revoked(&self, root: &Principal, cap: &Writecap) -> bool {
-        self.by_root
-            .get(root)
-            .is_some_and(|r| r.principals.contains(cap.subject()) || r.caps.contains(&cap.id()))
+    /// How many lists were taken so far: a cache filled at an older generation may hold
+    /// checks a list taken since would fail.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for SharedRevocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRevocations")
+            .field("lists", &self.read().by_issuer.len())
+            .field("generation", &self.generation())
+            .finish()
     }
 }

@@ -21,6 +21,8 @@ struct Grant {
     prefix: Path,
     not_before: Timestamp,
     expires: Timestamp,
+    /// Kept to check it again under new revocation lists.
+    chain: Chain,
 }
 
 /// The verified grants of each holder.
@@ -68,6 +70,7 @@ impl VerifiedChains {
                 .map(|c| c.validity().expires)
                 .min()
                 .unwrap_or(0),
+            chain: chain.clone(),
         };
         if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(holder) {
             self.grants
@@ -114,6 +117,21 @@ impl VerifiedChains {
         self.grants.remove(holder);
     }
 
+    /// Forgets every grant whose chain `revocations` revoke (new lists arrived); the
+    /// others stay, so peers need not present their chains again.
+    pub fn revalidate(&mut self, now: Timestamp, revocations: &Revocations) {
+        for (holder, grants) in &mut self.grants {
+            grants.retain(|g| {
+                matches!(
+                    g.chain
+                        .verify_remembering(&g.prefix, holder, now, revocations),
+                    Ok(()) | Err(WritecapError::NotYetValid { .. } | WritecapError::Expired { .. })
+                ) && g.expires > now
+            });
+        }
+        self.grants.retain(|_, grants| !grants.is_empty());
+    }
+
     /// Forgets everything (for instance when a new revocation list arrives).
     pub fn clear(&mut self) {
         self.grants.clear();
@@ -149,6 +167,36 @@ mod tests {
         assert_eq!(cache.authorized_until(&holder, &apps, 150), Some(200));
         cache.forget(&holder);
         assert!(!cache.authorizes(&holder, &apps, 150));
+    }
+
+    #[test]
+    fn revalidating_drops_revoked_grants_and_keeps_the_rest() {
+        let root = SigningKey::generate();
+        let (alice, bob) = (SigningKey::generate(), SigningKey::generate());
+        let apps = Path::root_of(root.principal()).join("apps").unwrap();
+        let now = crate::now();
+        let mut cache = VerifiedChains::default();
+        for node in [&alice, &bob] {
+            let chain = Chain::root_grant(
+                &root,
+                node.principal(),
+                apps.clone(),
+                Validity::for_seconds(60),
+            );
+            cache
+                .insert(&node.principal(), &chain, now, &Revocations::default())
+                .unwrap();
+        }
+        let mut revocations = Revocations::default();
+        revocations
+            .insert(
+                &crate::RevocationList::issue(&root, 1, now, vec![], vec![alice.principal()])
+                    .unwrap(),
+            )
+            .unwrap();
+        cache.revalidate(now, &revocations);
+        assert!(!cache.authorizes(&alice.principal(), &apps, now));
+        assert!(cache.authorizes(&bob.principal(), &apps, now));
     }
 
     #[test]

@@ -267,7 +267,7 @@ pub enum WritecapError {
         /// The time of the check.
         now: Timestamp,
     },
-    /// A link, or its subject, is revoked by the root.
+    /// A link, or its subject, is revoked by its issuer or an issuer above it.
     #[error("link {link}: revoked")]
     Revoked {
         /// The link.
@@ -352,7 +352,8 @@ impl Chain {
     /// Checks that the chain lets `holder` write at `path` at time `now`: it is rooted at
     /// the path's root principal, every signature verifies, every link's issuer is the
     /// previous subject and its prefix lies inside the previous prefix, no link is
-    /// expired, premature or revoked, and `path` lies under the last prefix.
+    /// expired, premature or revoked (by the list of its issuer or of an issuer before it),
+    /// and `path` lies under the last prefix.
     pub fn verify(
         &self,
         path: &Path,
@@ -402,6 +403,8 @@ impl Chain {
         }
         let mut held = Path::root_of(*root);
         let mut holder_of_held = *root;
+        // The issuers so far: each may revoke its own link and every link after it.
+        let mut authorities: Vec<Principal> = Vec::with_capacity(links.len());
         for (link, cap) in links.iter().enumerate() {
             if cap.validity.not_before >= cap.validity.expires {
                 return Err(WritecapError::Malformed(format!(
@@ -433,7 +436,8 @@ impl Chain {
                     now,
                 });
             }
-            if revocations.is_revoked(root, cap) {
+            authorities.push(issuer);
+            if !revocations.is_empty() && authorities.iter().any(|a| revocations.revokes(a, cap)) {
                 return Err(WritecapError::Revoked { link });
             }
             if !cap.verify_signature(remember) {

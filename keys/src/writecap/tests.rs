@@ -320,6 +320,76 @@ fn revoked_cap_and_revoked_principal() {
 }
 
 #[test]
+fn an_issuer_revokes_what_it_delegated_and_nothing_above_it() {
+    let t = Tree::new();
+    let chain = t.chain();
+    let path = t.path("apps/chat");
+    let node = t.node.principal();
+    // The admin issued link 1: its list revokes it, by id or by subject.
+    for (caps, principals) in [(vec![chain.links()[1].id()], vec![]), (vec![], vec![node])] {
+        let mut revocations = Revocations::default();
+        let list = RevocationList::issue(&t.admin, 1, NOW, caps, principals).unwrap();
+        revocations.insert(&list).unwrap();
+        assert_eq!(
+            chain.verify(&path, &node, NOW, &revocations),
+            Err(WritecapError::Revoked { link: 1 })
+        );
+    }
+    // Nobody revokes a link above their own: the node's list naming the admin's link or
+    // the admin, and the admin's naming its own link, change nothing.
+    for (issuer, caps, principals) in [
+        (
+            &t.node,
+            vec![chain.links()[0].id()],
+            vec![t.admin.principal()],
+        ),
+        (
+            &t.admin,
+            vec![chain.links()[0].id()],
+            vec![t.admin.principal()],
+        ),
+    ] {
+        let mut revocations = Revocations::default();
+        let list = RevocationList::issue(issuer, 1, NOW, caps, principals).unwrap();
+        revocations.insert(&list).unwrap();
+        chain.verify(&path, &node, NOW, &revocations).unwrap();
+    }
+    // A list is the newest of its issuer only: the root's and the admin's both hold.
+    let mut revocations = Revocations::default();
+    let admins = RevocationList::issue(&t.admin, 5, NOW, vec![], vec![node]).unwrap();
+    let roots = RevocationList::issue(&t.root, 1, NOW, vec![], vec![]).unwrap();
+    revocations.insert(&admins).unwrap();
+    revocations.insert(&roots).unwrap();
+    assert_eq!(revocations.lists().count(), 2);
+    assert_eq!(revocations.get(&t.admin.principal()), Some(&admins));
+    assert_eq!(
+        chain.verify(&path, &node, NOW, &revocations),
+        Err(WritecapError::Revoked { link: 1 })
+    );
+}
+
+#[test]
+fn shared_revocations_move_their_generation_only_when_a_list_is_taken() {
+    let t = Tree::new();
+    let shared = crate::SharedRevocations::default();
+    assert_eq!(shared.generation(), 0);
+    let list = RevocationList::issue(&t.root, 1, NOW, vec![], vec![t.node.principal()]).unwrap();
+    shared.insert(&list).unwrap();
+    assert_eq!(shared.generation(), 1);
+    assert!(shared.insert(&list).is_err());
+    assert_eq!(shared.generation(), 1);
+    assert_eq!(
+        t.chain().verify(
+            &t.path("apps/chat"),
+            &t.node.principal(),
+            NOW,
+            &shared.read()
+        ),
+        Err(WritecapError::Revoked { link: 1 })
+    );
+}
+
+#[test]
 fn forged_revocation_list_is_refused() {
     let t = Tree::new();
     let list = RevocationList::issue(&t.root, 1, NOW, vec![], vec![t.node.principal()]).unwrap();
