@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use keys::{Chain, Path, Revocations, VerifiedChains};
+use keys::{Chain, Path, VerifiedChains};
 use libp2p::{PeerId, StreamProtocol};
 use protocols::actor::{EnvelopeRef, Kind, Refusal};
 use protocols::session::{Monitor, Protocol, Violation};
@@ -88,6 +88,9 @@ pub struct Config {
     pub block_for: Duration,
     /// How long a path's resolution is reused (default 5 s).
     pub route_ttl: Duration,
+    /// The revocation lists writecaps are checked against, shared with the rest of the
+    /// node (empty by default). Lists that arrive on [`REVOCATION_TOPIC`] are added.
+    pub revocations: keys::SharedRevocations,
 }
 
 impl Config {
@@ -102,7 +105,14 @@ impl Config {
             violation_window: Duration::from_secs(60),
             block_for: Duration::from_secs(300),
             route_ttl: Duration::from_secs(5),
+            revocations: keys::SharedRevocations::default(),
         }
+    }
+
+    /// Sets [`Config::revocations`].
+    pub fn with_revocations(mut self, revocations: keys::SharedRevocations) -> Self {
+        self.revocations = revocations;
+        self
     }
 
     /// Sets [`Config::ask_timeout`].
@@ -275,6 +285,13 @@ pub struct Status {
     /// Pub-sub messages out of their session's order (gossip is unordered; a late
     /// subscriber misses a session's start): not delivered, not held against anyone.
     pub published_out_of_order: u64,
+    /// Revocation lists in force (one per issuer), and how many writecaps and
+    /// principals they revoke in all.
+    #[serde(default)]
+    pub revocation_lists: usize,
+    /// See [`Status::revocation_lists`].
+    #[serde(default)]
+    pub revoked_entries: usize,
 }
 
 /// Who sends a run of messages: the same for every message of a channel (or of a local
@@ -548,7 +565,50 @@ pub(crate) struct Inner {
     refusals_received: AtomicU64,
     blocked: AtomicU64,
     outbox_counters: Arc<outbox::Counters>,
+    /// The generation of [`Config::revocations`] the verified chains were last checked
+    /// against: streams that cached an authorisation under an older one ask again.
+    checked_revocations: AtomicU64,
+    /// Revocation lists taken (from the overlay or issued here), for the node to keep.
+    lists_taken: broadcast::Sender<keys::RevocationList>,
+    /// When a list of each issuer was last taken from the overlay (see
+    /// [`REVOCATION_INTERVAL`]).
+    revocation_arrivals: Mutex<HashMap<keys::Principal, Instant>>,
 }
+
+/// The shortest time between two lists of one issuer taken from the overlay: one that
+/// comes sooner is not taken (nor passed on) and arrives again at its republication.
+/// Each list taken is copied, checked against every verified chain and written to disk.
+pub const REVOCATION_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Inner {
+    fn take_revocations(&self, list: &keys::RevocationList) -> Result<(), keys::RevocationError> {
+        self.config.revocations.insert(list)?;
+        self.refresh_revocations();
+        let _ = self.lists_taken.send(list.clone());
+        tracing::info!(issuer = %list.issuer(), sequence = list.sequence(), entries = list.len(), "revocation list in force");
+        Ok(())
+    }
+
+    /// Checks the verified chains again when revocation lists were added since they
+    /// last were (here, or by another part of the node sharing them); returns the
+    /// generation of lists they reflect now.
+    pub(crate) fn refresh_revocations(&self) -> u64 {
+        let revocations = &self.config.revocations;
+        let generation = revocations.generation();
+        if self.checked_revocations.load(Ordering::Acquire) != generation {
+            let lists = revocations.read();
+            let now = keys::now();
+            write(&self.verified).revalidate(now, &lists);
+            write(&self.own).revalidate(now, &lists);
+            self.checked_revocations
+                .store(generation, Ordering::Release);
+        }
+        generation
+    }
+}
+
+/// The pub-sub topic every node joins for revocation lists.
+pub const REVOCATION_TOPIC: &str = "/blocktree/revocations/1";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -607,7 +667,7 @@ impl Runtime {
         let gossip = node.gossip().await?;
         let (refusals, _) = broadcast::channel(256);
         let inner = Arc::new(Inner {
-            node,
+            node: node.clone(),
             streams,
             peer_id: key.peer_id(),
             principal: key.principal(),
@@ -631,7 +691,11 @@ impl Runtime {
             refusals_received: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
             outbox_counters: Arc::default(),
+            checked_revocations: AtomicU64::new(0),
+            lists_taken: broadcast::channel(64).0,
+            revocation_arrivals: Mutex::new(HashMap::new()),
         });
+        node.subscribe(REVOCATION_TOPIC.to_string()).await?;
         let runtime = Runtime { inner };
         for chain in chains {
             runtime.add_chain(chain);
@@ -659,7 +723,7 @@ impl Runtime {
             &self.inner.principal,
             &chain,
             keys::now(),
-            &Revocations::default(),
+            &self.inner.config.revocations.read(),
         );
         match result {
             Ok(()) => {
@@ -674,6 +738,39 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "ignoring a writecap that does not hold"),
         }
+    }
+
+    /// Takes a revocation list (one this node issued, or read from its disk): checks
+    /// it, puts it in force for the whole node, and drops every verified chain it
+    /// revokes (open streams ask again). Whether it was new; a list older than the
+    /// issuer's list in force, or a forged one, is an error.
+    pub fn take_revocations(
+        &self,
+        list: &keys::RevocationList,
+    ) -> Result<(), keys::RevocationError> {
+        self.inner.take_revocations(list)
+    }
+
+    /// Publishes `list` on [`REVOCATION_TOPIC`] (after [`Runtime::take_revocations`]):
+    /// every node that receives it checks it, puts it in force and passes it on.
+    pub async fn publish_revocations(&self, list: &keys::RevocationList) -> Result<(), dht::Error> {
+        let bytes = protocols::wire::encode(list)
+            .map_err(|e| dht::Error::PubSub(format!("cannot encode a revocation list: {e}")))?;
+        self.inner
+            .node
+            .publish(REVOCATION_TOPIC.to_string(), bytes)
+            .await
+    }
+
+    /// The revocation lists taken from now on (from the overlay or
+    /// [`Runtime::take_revocations`]), for the node to keep on its disk.
+    pub fn revocations_taken(&self) -> broadcast::Receiver<keys::RevocationList> {
+        self.inner.lists_taken.subscribe()
+    }
+
+    /// The revocation lists in force.
+    pub fn revocations(&self) -> &keys::SharedRevocations {
+        &self.inner.config.revocations
     }
 
     /// The writecap chains this node presents.
@@ -752,6 +849,14 @@ impl Runtime {
             published_delivered: inner.topics.delivered.load(Ordering::Relaxed),
             published_rejected: inner.topics.rejected.load(Ordering::Relaxed),
             published_out_of_order: inner.topics.out_of_order.load(Ordering::Relaxed),
+            revocation_lists: inner.config.revocations.read().lists().count(),
+            revoked_entries: inner
+                .config
+                .revocations
+                .read()
+                .lists()
+                .map(|l| l.len())
+                .sum(),
             published_dropped: inner.topics.dropped.load(Ordering::Relaxed),
         }
     }
@@ -1235,6 +1340,7 @@ fn other_role(protocol: &Protocol, role: &str) -> Option<String> {
 impl Inner {
     /// Whether this node holds a writecap for `path`.
     fn holds(&self, path: &Path) -> bool {
+        self.refresh_revocations();
         read(&self.own).authorizes(&self.principal, path, keys::now())
     }
 

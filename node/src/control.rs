@@ -42,14 +42,26 @@ const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 pub(crate) enum Request {
     Status,
     Peers,
-    Register { path: String },
-    Resolve { path: String },
+    Register {
+        path: String,
+    },
+    Resolve {
+        path: String,
+    },
     Tell(Outgoing),
     Ask(Outgoing),
     Publish(Outgoing),
-    Subscribe { topic: String },
-    Listen { path: String },
+    Subscribe {
+        topic: String,
+    },
+    Listen {
+        path: String,
+    },
     Fs(crate::files::FsRequest),
+    /// A revocation list signed by the CLI (wire-encoded): put it in force and publish it.
+    Revoke {
+        list: Vec<u8>,
+    },
 }
 
 /// A message the CLI asks the daemon to send.

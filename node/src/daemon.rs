@@ -47,9 +47,17 @@ pub(crate) async fn run(
     // First, so that a second daemon on the same data directory is told so plainly.
     let (listener, socket) = control::bind(&data_dir).await?;
     let _socket_guard = SocketGuard(socket.clone());
+    // The revocation lists in force, before anything checks a writecap.
+    let revocations = keys::SharedRevocations::default();
+    for list in crate::revocations::load(&data_dir)? {
+        if let Err(e) = revocations.insert(&list) {
+            tracing::warn!(issuer = %list.issuer(), error = %e, "skipping a kept revocation list");
+        }
+    }
     let records = data_dir.join("records.redb");
-    let store = dht::Store::open(&records, config.max_records)
+    let mut store = dht::Store::open(&records, config.max_records)
         .with_context(|| format!("cannot open the record store {}", records.display()))?;
+    store.set_revocations(revocations.clone());
     let key = node.identity.signing_key().clone();
     let principal = key.principal();
     let joining = !config.bootstrap.is_empty();
@@ -71,6 +79,7 @@ pub(crate) async fn run(
         ),
         client.clone(),
         &fs_settings,
+        revocations.clone(),
         registry.as_mut(),
     )
     .await
@@ -99,10 +108,18 @@ pub(crate) async fn run(
         client.clone(),
         node.identity.signing_key(),
         chains.clone(),
-        btnode::actor::Config::new(),
+        btnode::actor::Config::new().with_revocations(revocations),
     )
     .await
     .context("cannot start the actor runtime")?;
+    let _revocation_tasks = [
+        tokio::spawn(keep_revocations(
+            data_dir.clone(),
+            runtime.revocations().clone(),
+            runtime.revocations_taken(),
+        )),
+        tokio::spawn(republish_revocations(runtime.clone(), principal)),
+    ];
     let daemon = Arc::new(Daemon {
         files,
         data_dir: data_dir.clone(),
@@ -149,6 +166,25 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Puts a revocation list the CLI signed in force here, keeps it, and publishes it.
+    async fn revoke(&self, bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+        let list: keys::RevocationList =
+            protocols::wire::decode(bytes).context("not a revocation list")?;
+        let runtime = self.messaging.runtime();
+        runtime.take_revocations(&list)?;
+        crate::revocations::save(&self.data_dir, &list)?;
+        let published = runtime.publish_revocations(&list).await;
+        if let Err(e) = &published {
+            tracing::warn!(error = %e, "the revocation list is in force here but not published yet; it will be republished");
+        }
+        Ok(serde_json::json!({
+            "issuer": list.issuer().to_string(),
+            "sequence": list.sequence(),
+            "entries": list.len(),
+            "published": published.is_ok(),
+        }))
+    }
+
     async fn serve(&self, mut stream: UnixStream) {
         let response = match control::read_request(&mut stream).await {
             Ok(Request::Subscribe { topic }) => {
@@ -175,6 +211,10 @@ impl Daemon {
                 Err(e) => Response::err(e),
             },
             Request::Fs(request) => self.files.handle(request).await,
+            Request::Revoke { list } => match self.revoke(&list).await {
+                Ok(value) => Response::ok(value),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             Request::Tell(m) => self.messaging.tell(m).await,
             Request::Ask(m) => self.messaging.ask(m).await,
             Request::Publish(m) => self.messaging.publish(m).await,
@@ -227,6 +267,76 @@ impl Daemon {
             match self.register(&path).await {
                 Ok(r) => tracing::info!(path = %r.path, sequence = r.sequence, "registered again"),
                 Err(e) => tracing::warn!(%path, error = %format!("{e:#}"), "cannot register again"),
+            }
+        }
+    }
+}
+
+/// Writes every revocation list the runtime takes from the overlay to the data
+/// directory (lists issued here are written before they are published).
+async fn keep_revocations(
+    data_dir: PathBuf,
+    revocations: keys::SharedRevocations,
+    mut taken: tokio::sync::broadcast::Receiver<keys::RevocationList>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let lists: Vec<keys::RevocationList> = match taken.recv().await {
+            Ok(list) => vec![list],
+            // Lists came faster than they were written: every list in force, then.
+            Err(RecvError::Lagged(_)) => revocations.read().lists().cloned().collect(),
+            Err(RecvError::Closed) => return,
+        };
+        let dir = data_dir.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            lists
+                .iter()
+                .try_for_each(|list| crate::revocations::save(&dir, list))
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot keep a revocation list")
+            }
+            Err(e) => tracing::warn!(error = %e, "the task keeping revocation lists failed"),
+        }
+    }
+}
+
+/// How often a node publishes its own revocation lists again, for nodes that were away
+/// when they were first published; every [`REPUBLISH_ALL_EVERY`]th time it publishes
+/// every list it holds (their issuers may be away themselves).
+const REPUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+const REPUBLISH_ALL_EVERY: u32 = 6;
+const REPUBLISH_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn republish_revocations(runtime: btnode::actor::Runtime, me: keys::Principal) {
+    let mut round = 0u32;
+    // Once soon after start too: lists taken while the node was down (issued by the
+    // CLI, or kept from before) reach the overlay without waiting a whole interval.
+    tokio::time::sleep(REPUBLISH_FIRST).await;
+    let lists: Vec<keys::RevocationList> = runtime.revocations().read().lists().cloned().collect();
+    for list in lists {
+        if let Err(e) = runtime.publish_revocations(&list).await {
+            tracing::debug!(error = %e, "cannot republish a revocation list");
+        }
+    }
+    loop {
+        // Spread out, so that holders of a list do not all publish it at once.
+        let jitter = rand::random::<u64>() % (REPUBLISH_EVERY.as_secs() / 5);
+        tokio::time::sleep(REPUBLISH_EVERY + std::time::Duration::from_secs(jitter)).await;
+        round = round.wrapping_add(1);
+        let lists: Vec<keys::RevocationList> = runtime
+            .revocations()
+            .read()
+            .lists()
+            .filter(|l| l.issuer() == me || round.is_multiple_of(REPUBLISH_ALL_EVERY))
+            .cloned()
+            .collect();
+        for list in lists {
+            if let Err(e) = runtime.publish_revocations(&list).await {
+                tracing::debug!(error = %e, "cannot republish a revocation list");
             }
         }
     }

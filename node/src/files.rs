@@ -126,6 +126,8 @@ pub(crate) struct Files {
     data_dir: PathBuf,
     principal: Principal,
     dht: dht::Client,
+    /// This node's key, for the revocation lists it issues.
+    key: keys::SigningKey,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -135,6 +137,7 @@ impl Files {
         identity: Arc<Identity>,
         dht: dht::Client,
         settings: &FsSettings,
+        revocations: keys::SharedRevocations,
         registry: Option<&mut prometheus_client::registry::Registry>,
     ) -> anyhow::Result<Files> {
         let file = data_dir.join("blocks.redb");
@@ -145,7 +148,7 @@ impl Files {
             .await
             .context("the block store's opening task failed")?
             .with_context(|| format!("cannot open the block store {}", file.display()))?;
-        let replica = Replica::new(store);
+        let replica = Replica::new(store).with_revocations(revocations);
         let counters = Arc::new(net::Counters::default());
         let config = net::Config {
             // A mount's writes to this node's own store are durable at `fsync` (or the next
@@ -196,6 +199,7 @@ impl Files {
             }));
         }
         let principal = identity.principal();
+        let key = identity.signing_key().clone();
         let chains = caps::installed(data_dir, &principal, keys::now());
         let client = Arc::new(Client::new(
             network.clone(),
@@ -216,8 +220,42 @@ impl Files {
             data_dir: data_dir.to_path_buf(),
             principal,
             dht,
+            key,
             _tasks: vec![serving, repairing, syncing],
         })
+    }
+
+    /// Puts `caps` (writecaps this node granted) in this node's next revocation list:
+    /// in force here at once, kept on disk, and published to the overlay (every node
+    /// also republishes the lists it holds from time to time, for nodes that missed it).
+    async fn revoke_writecaps(
+        &self,
+        caps: &[keys::CapId],
+    ) -> anyhow::Result<Option<keys::RevocationList>> {
+        if caps.is_empty() {
+            return Ok(None);
+        }
+        let revocations = self.network.local().revocations();
+        let mut attempts = 0;
+        let list = loop {
+            let list = crate::revocations::next(&revocations.read(), &self.key, caps, &[])?;
+            match revocations.insert(&list) {
+                Ok(()) => break list,
+                // Another revocation took this sequence meanwhile: build on it.
+                Err(keys::RevocationError::Stale { .. }) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        crate::revocations::save(&self.data_dir, &list)?;
+        let bytes = protocols::wire::encode(&list)?;
+        if let Err(e) = self
+            .dht
+            .publish(btnode::actor::REVOCATION_TOPIC.to_string(), bytes)
+            .await
+        {
+            tracing::warn!(error = %e, "the revocation list is in force here but not published yet; it will be republished");
+        }
+        Ok(Some(list))
     }
 
     pub(crate) fn status(&self) -> FsStatus {
@@ -305,7 +343,11 @@ impl Files {
                 self.refresh_caps(&path).await;
                 let identity = self.identity_of(&principal).await?;
                 let write = write.then(|| Validity::for_seconds(expires_secs));
-                self.client.share(&path, &identity, write).await?;
+                if let Some(chain) = self.client.share(&path, &identity, write).await?
+                    && let Some(link) = chain.links().last()
+                {
+                    crate::grants::record(&self.data_dir, principal, path.clone(), link.id())?;
+                }
                 serde_json::to_value(self.client.stat(&path).await?)?
             }
             FsRequest::Revoke { path, principal } => {
@@ -314,8 +356,22 @@ impl Files {
                     .parse()
                     .map_err(|e| anyhow::anyhow!("{principal:?} is not a principal: {e}"))?;
                 self.refresh_caps(&path).await;
-                self.client.revoke(&path, &principal).await?;
-                serde_json::to_value(self.client.stat(&path).await?)?
+                let granted = crate::grants::issued(&self.data_dir, &principal, &path)?;
+                let revoked = self.client.revoke_with(&path, &principal, &granted).await?;
+                let list = self.revoke_writecaps(&revoked.caps).await?;
+                let mut value = serde_json::to_value(self.client.stat(&path).await?)?;
+                value["revoked"] = serde_json::json!({
+                    "writecaps": revoked.caps.len(),
+                    "resigned_versions": revoked.resigned,
+                    "not_resigned": revoked.not_resigned,
+                    "granted_by_others": revoked
+                        .granted_by_others
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>(),
+                    "revocation_list": list.map(|l| l.sequence()),
+                });
+                value
             }
             FsRequest::Mount { path, mountpoint } => {
                 let path = parse(&path)?;

@@ -77,6 +77,7 @@ pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
         } => (FsRequest::Revoke { path, principal }, json),
     };
     let ls = matches!(request, FsRequest::Ls { .. });
+    let revoke = matches!(request, FsRequest::Revoke { .. });
     let result = crate::call(data_dir, &Request::Fs(request))?;
     if json {
         return crate::print_json(&result);
@@ -102,7 +103,46 @@ pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
         Ok(stat) => print_stat(&stat),
         Err(_) => crate::print_json(&result)?,
     }
+    if revoke && let Some(revoked) = result.get("revoked") {
+        print_revoked(revoked);
+    }
     Ok(())
+}
+
+fn print_revoked(revoked: &serde_json::Value) {
+    let count = |key: &str| revoked.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    if let Some(sequence) = revoked.get("revocation_list").and_then(|v| v.as_u64()) {
+        println!(
+            "revoked {} writecap(s): in this node's revocation list (sequence {sequence}), \
+             published to the overlay; {} version(s) the writer made were signed again by \
+             this node",
+            count("writecaps"),
+            count("resigned_versions")
+        );
+    }
+    for failed in revoked
+        .get("not_resigned")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+    {
+        println!(
+            "not signed again (what the writer last wrote there is no longer shown): {failed}"
+        );
+    }
+    for issuer in revoked
+        .get("granted_by_others")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+    {
+        println!(
+            "a writecap granted by {issuer} was taken out of the shared directory but is \
+             still valid: only that node (or one above it) can revoke it"
+        );
+    }
 }
 
 fn print_stat(stat: &fs::Stat) {

@@ -6,9 +6,11 @@ mod control;
 mod daemon;
 mod files;
 mod fs_cli;
+mod grants;
 mod identity;
 mod messaging;
 mod metrics;
+mod revocations;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -276,6 +278,16 @@ enum CapCommand {
         #[command(flatten)]
         store: KeyStoreArgs,
     },
+    /// Revoke every writecap of PRINCIPAL: in the whole tree when this node holds the
+    /// tree's root key (from `init --root`), or else those this node granted it. The
+    /// running node puts the list in force and publishes it; every node that receives it
+    /// refuses what PRINCIPAL signs from then on.
+    Revoke {
+        /// Whose writecaps.
+        principal: keys::Principal,
+        #[command(flatten)]
+        store: KeyStoreArgs,
+    },
     /// Install a writecap granted to this node.
     Install {
         /// The file `cap grant` wrote.
@@ -494,6 +506,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "messages:      {} delivered, {} refused here, {} refusals received, {} peers blocked",
                 actors.delivered, actors.refused, actors.refusals_received, actors.blocked
             );
+            println!(
+                "revocations:   {} list(s) in force, {} writecap(s) or principal(s) revoked",
+                actors.revocation_lists, actors.revoked_entries
+            );
             for actor in &actors.actors {
                 println!(
                     "actor:         {} [{}] handled {} failures {} restarts {}{}",
@@ -666,6 +682,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 caps::describe_secs(expires),
                 out.display()
             );
+            Ok(())
+        }
+        Command::Cap(CapCommand::Revoke { principal, store }) => {
+            let node = store.load(&data_dir, true)?;
+            if principal == node.identity.principal() {
+                anyhow::bail!("a node does not revoke itself");
+            }
+            let (signer, scope) = match &node.root {
+                Some(root) => (
+                    root.signing_key(),
+                    format!("the tree /{}", root.principal()),
+                ),
+                None => (
+                    node.identity.signing_key(),
+                    "what this node granted".to_string(),
+                ),
+            };
+            let mut held = keys::Revocations::default();
+            for list in revocations::load(&data_dir)? {
+                let _ = held.insert(&list);
+            }
+            if held
+                .get(&signer.principal())
+                .is_some_and(|l| l.principals().contains(&principal))
+            {
+                anyhow::bail!("{principal} is revoked in {scope} already");
+            }
+            let list = revocations::next(&held, signer, &[], &[principal])?;
+            let request = control::Request::Revoke {
+                list: protocols::wire::encode(&list)?,
+            };
+            if data_dir.join(control::SOCKET).exists() {
+                let answer = call(&data_dir, &request)?;
+                let published = answer["published"].as_bool().unwrap_or(false);
+                println!(
+                    "revoked every writecap of {principal} in {scope} (revocation list {}); in \
+                     force on this node and {}",
+                    list.sequence(),
+                    if published {
+                        "published to the overlay"
+                    } else {
+                        "published once the node has peers"
+                    }
+                );
+            } else {
+                revocations::save(&data_dir, &list)?;
+                println!(
+                    "revoked every writecap of {principal} in {scope} (revocation list {}); the \
+                     node is not running: in force and published when it starts",
+                    list.sequence()
+                );
+            }
             Ok(())
         }
         Command::Cap(CapCommand::Install { file, store }) => {

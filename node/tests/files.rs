@@ -538,8 +538,31 @@ fn shared_writers_move_files_and_revoked_principals_lose_new_versions() {
     let denied = fetch(&net, 2, &final_path, &work.path().join("denied")).unwrap_err();
     assert!(denied.contains("permission denied"), "{denied}");
 
-    // Revoking the writer too: its next write is refused, and nothing it tried shows.
-    net.json(0, &["fs", "revoke", &team, &writer]).unwrap();
+    // Revoking the writer too: the owner signs again what node 1 wrote (nothing of it
+    // is lost), puts node 1's writecap in its revocation list and publishes that; every
+    // node has it in force soon, and keeps it across a restart.
+    let revoked = net.json(0, &["fs", "revoke", &team, &writer]).unwrap();
+    assert_eq!(revoked["revoked"]["writecaps"], 1, "{revoked}");
+    assert_eq!(revoked["revoked"]["revocation_list"], 1, "{revoked}");
+    // final.txt and notes.txt (the directory's latest version is the owner's, from the
+    // reader's revocation).
+    assert_eq!(revoked["revoked"]["resigned_versions"], 2, "{revoked}");
+    assert_eq!(revoked["conflicts"], 0, "{revoked}");
+    for node in 0..3 {
+        eventually(
+            "every node to hold the revocation list",
+            Duration::from_secs(30),
+            || {
+                let status = net.json(node, &["status"]).unwrap();
+                (status["actors"]["revocation_lists"] == 1).then_some(())
+            },
+        );
+    }
+    net.restart(2).unwrap();
+    assert_eq!(
+        net.json(2, &["status"]).unwrap()["actors"]["revocation_lists"],
+        1
+    );
     let refused = net
         .cli(
             1,
@@ -557,4 +580,8 @@ fn shared_writers_move_files_and_revoked_principals_lose_new_versions() {
     assert_eq!(names(&net, 0, &team), ["final.txt", "notes.txt"]);
     let out = work.path().join("owner");
     assert!(fetch(&net, 0, &final_path, &out).unwrap() == std::fs::read(&second).unwrap());
+    let out = work.path().join("owner-notes");
+    let got = fetch(&net, 0, &net.path("team/notes.txt"), &out).unwrap();
+    assert!(got == std::fs::read(&notes).unwrap());
+    assert_eq!(net.json(0, &["fs", "stat", &team]).unwrap()["conflicts"], 0);
 }

@@ -213,3 +213,75 @@ fn pub_sub_reaches_every_subscriber_of_twenty_processes() {
     }
     net.stop(0).unwrap();
 }
+
+/// The root revokes node 1 (`btnode cap revoke`): every node takes the list from the
+/// overlay and keeps it across a restart; node 1's actor no longer answers as its path
+/// (its record is refused, its replies too), and what node 1 tells others is refused.
+#[test]
+fn a_node_the_root_revokes_is_refused_by_every_node() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let mut net = Testnet::start(btnode, 3).unwrap();
+    net.wait_converged(Duration::from_secs(60)).unwrap();
+    for i in 1..3 {
+        net.grant(i, &net.path(&format!("n{i}"))).unwrap();
+    }
+    let (echo, inbox) = (net.path("n1/echo"), net.path("n2/inbox"));
+    let echoing = net.stream(1, &["listen", &echo]).unwrap();
+    assert_eq!(echoing.next("listen's answer")["listening"], echo.as_str());
+    let receiving = net.stream(2, &["listen", &inbox]).unwrap();
+    assert_eq!(
+        receiving.next("listen's answer")["listening"],
+        inbox.as_str()
+    );
+    eventually(
+        "node 2 to reach node 1's actor",
+        Duration::from_secs(20),
+        || net.json(2, &["ask", &echo, "1", "--label", "ping"]).ok(),
+    );
+    echoing.next("the ask");
+    eventually(
+        "node 1 to reach node 2's actor",
+        Duration::from_secs(20),
+        || net.json(1, &["tell", &inbox, "\"before\""]).ok(),
+    );
+    assert_eq!(receiving.next("the tell")["payload"], "before");
+
+    let node1 = net.nodes[1].principal.clone();
+    let revoked = net.cli(0, &["cap", "revoke", &node1]).unwrap();
+    let stdout = String::from_utf8_lossy(&revoked.stdout);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    assert!(stdout.contains("revoked every writecap of"), "{stdout}");
+    let again = net.cli(0, &["cap", "revoke", &node1]).unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("revoked in the tree"));
+    for node in 0..3 {
+        eventually(
+            "every node to hold the revocation list",
+            Duration::from_secs(30),
+            || {
+                let status = net.json(node, &["status"]).unwrap();
+                (status["actors"]["revocation_lists"] == 1).then_some(())
+            },
+        );
+    }
+    // Node 2 no longer gets an answer from node 1's path.
+    let refused = net
+        .cli(2, &["ask", &echo, "2", "--label", "ping", "--json"])
+        .unwrap();
+    assert!(!refused.status.success(), "a revoked node answered");
+    // What node 1 tells node 2's actor is refused there, not delivered.
+    let _ = net.cli(1, &["tell", &inbox, "\"after\""]).unwrap();
+    assert!(
+        receiving.next_within(Duration::from_secs(3)).is_none(),
+        "a revoked node's tell was delivered"
+    );
+    net.restart(2).unwrap();
+    assert_eq!(
+        net.json(2, &["status"]).unwrap()["actors"]["revocation_lists"],
+        1
+    );
+}

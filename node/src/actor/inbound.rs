@@ -145,6 +145,8 @@ struct Reader {
     sequence: u64,
     /// The time of the last read (seconds).
     now: keys::Timestamp,
+    /// The generation of revocation lists the channels' authorisations were taken under.
+    revocations: u64,
     /// Messages read for one actor and not yet handed to it: delivered together when the
     /// read's frames are done, when a message for another actor comes, or when full.
     batch: Vec<Incoming>,
@@ -161,18 +163,19 @@ impl Reader {
             .ok_or("the peer's id carries no ed25519 key")?
             .principal();
         Ok(Reader {
-            inner,
             peer,
             principal,
             stream,
             number: 0,
             channels: Vec::new(),
             sequence: 0,
+            revocations: inner.refresh_revocations(),
             now: keys::now(),
             batch: Vec::new(),
             batch_meta: Vec::new(),
             batch_target: None,
             held: None,
+            inner,
         })
     }
 
@@ -182,6 +185,17 @@ impl Reader {
         let n = self.stream.read(room).await.map_err(|e| e.to_string())?;
         decoder.filled(n);
         self.now = keys::now();
+        let revocations = self.inner.refresh_revocations();
+        if revocations != self.revocations {
+            // New revocation lists: what the verified chains say now holds for every
+            // channel, at once.
+            self.revocations = revocations;
+            let verified = read(&self.inner.verified);
+            for ch in &mut self.channels {
+                ch.authorized_until =
+                    verified.authorized_until(&self.principal, &ch.from, self.now);
+            }
+        }
         Ok(n > 0)
     }
 
@@ -278,9 +292,12 @@ impl Reader {
         let now = keys::now();
         let mut verified = write(&inner.verified);
         for chain in &hello.chains {
-            if let Err(e) =
-                verified.insert(&self.principal, chain, now, &keys::Revocations::default())
-            {
+            if let Err(e) = verified.insert(
+                &self.principal,
+                chain,
+                now,
+                &inner.config.revocations.read(),
+            ) {
                 tracing::debug!(error = %e, "a chain in the peer's hello does not hold");
             }
         }

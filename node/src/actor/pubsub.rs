@@ -314,6 +314,10 @@ pub(super) async fn receive(inner: Weak<Inner>, mut gossip: mpsc::Receiver<dht::
 }
 
 fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
+    if message.topic == super::REVOCATION_TOPIC {
+        return check_revocations(inner, message);
+    }
+    inner.refresh_revocations();
     let publication: Publication = match wire::decode(&message.data) {
         Ok(p) => p,
         Err(e) => {
@@ -333,7 +337,7 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
                 &principal,
                 &publication.chain,
                 now,
-                &keys::Revocations::default(),
+                &inner.config.revocations.read(),
             )
             .is_ok()
             && verified.authorizes(&principal, &publication.from, now)
@@ -351,6 +355,62 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
         Err(None) => dht::Verdict::Ignore,
         Err(Some(refusal)) => {
             tracing::info!(source = %message.source, refusal = %refusal, "rejected a publication");
+            dht::Verdict::Reject
+        }
+    }
+}
+
+/// A revocation list from the overlay: taken and passed on when it is newer than the
+/// issuer's list in force, ignored when not, and its sender penalised when it is not a
+/// list or not signed by its issuer.
+fn check_revocations(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
+    let list: keys::RevocationList = match wire::decode(&message.data) {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::info!(source = %message.source, error = %e, "rejected a malformed revocation list");
+            return dht::Verdict::Reject;
+        }
+    };
+    let issuer = list.issuer();
+    let held = inner.config.revocations.read();
+    if held.get(&issuer).is_none()
+        && held.len() >= keys::limits::MAX_REVOCATION_ISSUERS
+        && !read(&inner.chains).iter().any(|c| {
+            c.links()
+                .first()
+                .is_some_and(|l| l.issuer().principal() == issuer)
+        })
+    {
+        tracing::debug!(%issuer, "ignoring a revocation list: lists of too many issuers held");
+        return dht::Verdict::Ignore;
+    }
+    let newer = held
+        .get(&issuer)
+        .is_none_or(|l| l.sequence() < list.sequence());
+    drop(held);
+    if !newer {
+        return dht::Verdict::Ignore;
+    }
+    {
+        let mut arrivals = super::lock(&inner.revocation_arrivals);
+        let now = std::time::Instant::now();
+        if arrivals
+            .get(&issuer)
+            .is_some_and(|at| now.duration_since(*at) < super::REVOCATION_INTERVAL)
+        {
+            tracing::debug!(%issuer, "ignoring a revocation list: its issuer's last came moments ago");
+            return dht::Verdict::Ignore;
+        }
+        if arrivals.len() >= keys::limits::MAX_REVOCATION_ISSUERS * 2 {
+            arrivals.retain(|_, at| now.duration_since(*at) < super::REVOCATION_INTERVAL);
+        }
+        arrivals.insert(issuer, now);
+    }
+    match inner.take_revocations(&list) {
+        Ok(()) => dht::Verdict::Accept,
+        Err(keys::RevocationError::Stale { .. }) => dht::Verdict::Ignore,
+        Err(e) => {
+            tracing::info!(source = %message.source, error = %e, "rejected a revocation list");
             dht::Verdict::Reject
         }
     }
