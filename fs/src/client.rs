@@ -2793,7 +2793,17 @@ impl<B: Blocks> Client<B> {
     /// [`Client::unlink`], refused unless the path is of kind `expected` (when given):
     /// POSIX's `unlink` and `rmdir`.
     pub async fn remove(&self, path: &Path, expected: Option<Kind>) -> Result<(), Error> {
-        let mut nodes = self.walk(path).await?;
+        let mut nodes = match self.walk(path).await {
+            Ok(nodes) => nodes,
+            // A name whose inode has no version any replica holds or any reader may be
+            // shown (every version signed through a revoked writecap): nothing to keep,
+            // and nothing else to do with the name but take it away.
+            Err(Error::Blocks {
+                source: BlockError::NotFound,
+                ..
+            }) if path.parent().is_some() => return self.remove_dangling(path).await,
+            Err(e) => return Err(e),
+        };
         let target = nodes.len() - 1;
         match (expected, nodes[target].kind) {
             (Some(Kind::Dir), Kind::File | Kind::Symlink) => {
@@ -2836,6 +2846,31 @@ impl<B: Blocks> Client<B> {
             return self.stage(&nodes[..=parent], name, Change::Remove(vec![gone]));
         }
         self.flush_dir(nodes[parent].id()).await?;
+        self.refresh(&mut nodes[parent]).await?;
+        let mut dir = self.read_dir(&nodes[parent]).await?;
+        if dir.entries.remove(&name).is_none() {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        }
+        self.write_dir(&mut nodes[..=parent], parent, &dir).await
+    }
+
+    /// Takes the name `path` out of its directory, whose entry names an inode without a
+    /// version to show (see [`Client::remove`]).
+    async fn remove_dangling(&self, path: &Path) -> Result<(), Error> {
+        let parent_path = path.parent().ok_or_else(|| Error::NotFound {
+            path: path.to_string(),
+        })?;
+        let name = path.segments().last().cloned().unwrap_or_default();
+        self.flush_staged().await?;
+        let mut nodes = self.walk(&parent_path).await?;
+        let parent = nodes.len() - 1;
+        if nodes[parent].kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: parent_path.to_string(),
+            });
+        }
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
         if dir.entries.remove(&name).is_none() {

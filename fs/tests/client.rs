@@ -1760,3 +1760,64 @@ async fn a_revoked_writer_loses_its_writes_from_then_on_and_nothing_before() {
         );
     }
 }
+
+/// Every writecap of a principal revoked by the root (`btnode cap revoke`, which signs
+/// nothing again): a file only it wrote has no version to show, and its name can still
+/// be removed and written again.
+#[tokio::test]
+async fn a_name_left_without_a_version_to_show_can_be_removed_and_written_again() {
+    let t = tree();
+    let owner = t.owner();
+    owner.mkdir(&t.path("shared")).await.unwrap();
+    let (alice_id, alice) = t.stranger();
+    owner
+        .share(
+            &t.path("shared"),
+            &alice_id.public(),
+            Some(Validity::for_seconds(600)),
+        )
+        .await
+        .unwrap();
+    alice.pick_up_grants(&t.path("shared")).await.unwrap();
+    put(&alice, &t.path("shared/only-hers"), b"alice's").await;
+    // The owner's next change to the directory keeps her file's entry: a version of the
+    // directory that stays shown.
+    put(&owner, &t.path("shared/owners"), b"the owner's file").await;
+    let list = keys::RevocationList::issue(
+        t.root.signing_key(),
+        1,
+        keys::now(),
+        vec![],
+        vec![alice_id.principal()],
+    )
+    .unwrap();
+    t.replica.revocations().insert(&list).unwrap();
+    let path = t.path("shared/only-hers");
+    let names: Vec<String> = owner
+        .readdir(&t.path("shared"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"only-hers".to_string()), "{names:?}");
+    assert!(matches!(
+        get(&owner, &path).await,
+        Err(Error::Blocks { .. })
+    ));
+    owner
+        .remove(&path, Some(fs::inode::Kind::File))
+        .await
+        .unwrap();
+    assert!(matches!(
+        owner.stat(&path).await,
+        Err(Error::NotFound { .. })
+    ));
+    put(&owner, &path, b"the owner's").await;
+    assert_eq!(get(&owner, &path).await.unwrap(), b"the owner's");
+    // A name that was never there is still "not found".
+    assert!(matches!(
+        owner.remove(&t.path("shared/never"), None).await,
+        Err(Error::NotFound { .. })
+    ));
+}
