@@ -1287,6 +1287,15 @@ impl<B: Blocks> Client<B> {
             chain,
             signed_at: keys::now(),
         };
+        debug_assert_eq!(inode.id(), id);
+        let verified = self.sign_and_store(node, inode).await?;
+        node.current = Some(verified.clone());
+        Ok(verified)
+    }
+
+    /// Signs `inode` as this node, stores it on the replicas and adds it to `node`'s
+    /// versions.
+    async fn sign_and_store(&self, node: &mut Node, inode: Inode) -> Result<Verified, Error> {
         let signed = Signed::sign(&inode, self.identity.signing_key())
             .map_err(|e| Error::Invalid(e.to_string()))?;
         // What this node has just signed it need not check again: every replica checks it
@@ -1298,11 +1307,10 @@ impl<B: Blocks> Client<B> {
             signed: signed.as_slice().into(),
         };
         self.blocks
-            .put_version(id, signed)
+            .put_version(verified.id, signed)
             .await
             .map_err(blocks_err(&node.path))?;
         node.versions.push(verified.clone());
-        node.current = Some(verified.clone());
         Ok(verified)
     }
 
@@ -2846,14 +2854,20 @@ impl<B: Blocks> Client<B> {
             return self.stage(&nodes[..=parent], name, Change::Remove(vec![gone]));
         }
         self.flush_dir(nodes[parent].id()).await?;
+        self.remove_entry(&mut nodes[..=parent], &name, path).await
+    }
+
+    /// Takes `name` (of `path`) out of the directory last in `nodes`, read afresh.
+    async fn remove_entry(&self, nodes: &mut [Node], name: &str, path: &Path) -> Result<(), Error> {
+        let parent = nodes.len() - 1;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
-        if dir.entries.remove(&name).is_none() {
+        if dir.entries.remove(name).is_none() {
             return Err(Error::NotFound {
                 path: path.to_string(),
             });
         }
-        self.write_dir(&mut nodes[..=parent], parent, &dir).await
+        self.write_dir(nodes, parent, &dir).await
     }
 
     /// Takes the name `path` out of its directory, whose entry names an inode without a
@@ -2871,14 +2885,7 @@ impl<B: Blocks> Client<B> {
                 path: parent_path.to_string(),
             });
         }
-        self.refresh(&mut nodes[parent]).await?;
-        let mut dir = self.read_dir(&nodes[parent]).await?;
-        if dir.entries.remove(&name).is_none() {
-            return Err(Error::NotFound {
-                path: path.to_string(),
-            });
-        }
-        self.write_dir(&mut nodes[..=parent], parent, &dir).await
+        self.remove_entry(&mut nodes, &name, path).await
     }
 
     /// A version of a forked file naming every head, with the shown version's contents.
@@ -3236,19 +3243,7 @@ impl<B: Blocks> Client<B> {
             inode.writer = self.identity.signing_key().public_key();
             inode.chain = chain;
             inode.signed_at = keys::now();
-            let signed = Signed::sign(&inode, self.identity.signing_key())
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-            let verified = Verified {
-                id: inode.id(),
-                version: VersionId::of(&signed),
-                inode: inode.into(),
-                signed: signed.as_slice().into(),
-            };
-            self.blocks
-                .put_version(verified.id, signed)
-                .await
-                .map_err(blocks_err(&node.path))?;
-            node.versions.push(verified);
+            self.sign_and_store(node, inode).await?;
         }
         Ok(heads.len())
     }
