@@ -391,23 +391,24 @@ fn check_revocations(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
     if !newer {
         return dht::Verdict::Ignore;
     }
+    let now = std::time::Instant::now();
+    if super::lock(&inner.revocation_arrivals)
+        .get(&issuer)
+        .is_some_and(|at| now.duration_since(*at) < super::REVOCATION_INTERVAL)
     {
-        let mut arrivals = super::lock(&inner.revocation_arrivals);
-        let now = std::time::Instant::now();
-        if arrivals
-            .get(&issuer)
-            .is_some_and(|at| now.duration_since(*at) < super::REVOCATION_INTERVAL)
-        {
-            tracing::debug!(%issuer, "ignoring a revocation list: its issuer's last came moments ago");
-            return dht::Verdict::Ignore;
-        }
-        if arrivals.len() >= keys::limits::MAX_REVOCATION_ISSUERS * 2 {
-            arrivals.retain(|_, at| now.duration_since(*at) < super::REVOCATION_INTERVAL);
-        }
-        arrivals.insert(issuer, now);
+        tracing::debug!(%issuer, "ignoring a revocation list: its issuer's last came moments ago");
+        return dht::Verdict::Ignore;
     }
     match inner.take_revocations(&list) {
-        Ok(()) => dht::Verdict::Accept,
+        Ok(()) => {
+            // Only a list taken counts (a forged one must not hold back its issuer's).
+            let mut arrivals = super::lock(&inner.revocation_arrivals);
+            if arrivals.len() >= keys::limits::MAX_REVOCATION_ISSUERS * 2 {
+                arrivals.retain(|_, at| now.duration_since(*at) < super::REVOCATION_INTERVAL);
+            }
+            arrivals.insert(issuer, now);
+            dht::Verdict::Accept
+        }
         Err(keys::RevocationError::Stale { .. }) => dht::Verdict::Ignore,
         Err(e) => {
             tracing::info!(source = %message.source, error = %e, "rejected a revocation list");
