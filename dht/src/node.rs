@@ -1501,19 +1501,8 @@ impl EventLoop {
         chain: Chain,
         reply: oneshot::Sender<Result<Registered, Error>>,
     ) {
-        let revocations = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .store_mut()
-            .revocations()
-            .clone();
-        if let Err(e) = chain.verify(
-            &path,
-            &self.key.principal(),
-            keys::now(),
-            &revocations.read(),
-        ) {
+        let revocations = self.revocations();
+        if let Err(e) = chain.verify(&path, &self.key.principal(), keys::now(), &revocations) {
             let _ = reply.send(Err(Error::NotAuthorized {
                 path: path.to_string(),
                 reason: e.to_string(),
@@ -2451,20 +2440,24 @@ impl EventLoop {
         }
     }
 
-    /// Takes in a record a lookup found; true once the lookup has found enough.
-    fn on_found(&mut self, resolve_id: u64, index: usize, record: &kad::Record) -> bool {
-        let Some(resolve) = self.resolves.get_mut(&resolve_id) else {
-            return false;
-        };
-        let revocations = self
-            .swarm
+    /// The revocation lists in force (the record store's, shared with the node).
+    fn revocations(&mut self) -> std::sync::Arc<keys::Revocations> {
+        self.swarm
             .behaviour_mut()
             .kad
             .store_mut()
             .revocations()
-            .clone();
+            .read()
+    }
+
+    /// Takes in a record a lookup found; true once the lookup has found enough.
+    fn on_found(&mut self, resolve_id: u64, index: usize, record: &kad::Record) -> bool {
+        let revocations = self.revocations();
+        let Some(resolve) = self.resolves.get_mut(&resolve_id) else {
+            return false;
+        };
         let lookup = &mut resolve.lookups[index];
-        match PathRecord::from_kad(&record.key, &record.value, keys::now(), &revocations.read()) {
+        match PathRecord::from_kad(&record.key, &record.value, keys::now(), &revocations) {
             Ok(found)
                 if found.path() == &lookup.prefix
                     && lookup.floor.is_none_or(|floor| found.sequence() > floor) =>

@@ -237,8 +237,17 @@ impl Replica {
         let mut held = self.held(inode)?;
         // Versions signed through revoked writecaps count for nothing here: readers do not
         // see them, and a revoked writer's high sequence or forks must not stop others'.
-        let shown = inode::drop_revoked(held.clone(), &self.revocations.read());
-        let newest = shown.iter().map(|v| v.inode.seq).max().unwrap_or(0);
+        // (Without lists, what is held is what is shown: no copy.)
+        let revocations = self.revocations.read();
+        let mut filtered =
+            (!revocations.is_empty()).then(|| inode::drop_revoked(held.clone(), &revocations));
+        let newest = filtered
+            .as_deref()
+            .unwrap_or(&held)
+            .iter()
+            .map(|v| v.inode.seq)
+            .max()
+            .unwrap_or(0);
         if verified.inode.seq + KEEP_HISTORY <= newest {
             self.counters
                 .refused_versions
@@ -249,9 +258,10 @@ impl Replica {
             });
         }
         held.push(verified.clone());
-        let mut shown = shown;
-        shown.push(verified.clone());
-        if inode::heads(&shown).len() > MAX_HEADS {
+        if let Some(filtered) = &mut filtered {
+            filtered.push(verified.clone());
+        }
+        if inode::heads(filtered.as_deref().unwrap_or(&held)).len() > MAX_HEADS {
             self.counters
                 .refused_versions
                 .fetch_add(1, Ordering::Relaxed);
