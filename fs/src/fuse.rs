@@ -114,6 +114,9 @@ pub struct Mount<B: Blocks> {
     /// The session's `/dev/fuse`, watched for the next request after a reply.
     device: Arc<OnceLock<OwnedFd>>,
     window: Mutex<linger::Window>,
+    /// Whether the FUSE thread watches for the next request after a reply, and keeps the
+    /// requester's CPU awake meanwhile (see [`linger`]).
+    spin: bool,
 }
 
 /// Watches for the next request when dropped (see [`Mount::request`]).
@@ -121,7 +124,7 @@ struct Lingering<'a, B: Blocks>(&'a Mount<B>);
 
 impl<B: Blocks> Drop for Lingering<'_, B> {
     fn drop(&mut self) {
-        let Some(device) = self.0.device.get() else {
+        let Some(device) = self.0.device.get().filter(|_| self.0.spin) else {
             return;
         };
         let window = match self.0.window.lock() {
@@ -185,7 +188,18 @@ impl<B: Blocks> Mount<B> {
             space,
             device: Arc::new(OnceLock::new()),
             window: Mutex::new(linger::Window::default()),
+            spin: true,
         }
+    }
+
+    /// Whether the FUSE thread spins between requests that come close together (on by
+    /// default): it watches for the next request for up to [`linger::MAX_WINDOW`] after a
+    /// reply, and a [`linger::Keepers`] thread keeps the requester's CPU from halting while
+    /// it waits. Off, every request waits for the kernel to wake both sides: slower by
+    /// tens of microseconds a request on a virtual machine, but never spinning.
+    pub fn spinning(mut self, spin: bool) -> Self {
+        self.spin = spin;
+        self
     }
 
     fn path(&self, ino: INodeNo) -> Result<Path, Errno> {
@@ -253,8 +267,14 @@ impl<B: Blocks> Mount<B> {
 
     fn run<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Errno> {
         self.runtime.block_on(f).map_err(|e| {
-            tracing::debug!(error = %e, "file system operation failed");
-            errno(&e)
+            let errno = errno(&e);
+            if errno == Errno::EIO {
+                // Not the program's doing: the operator should see it.
+                tracing::warn!(error = %e, "file system operation failed (EIO)");
+            } else {
+                tracing::debug!(error = %e, "file system operation failed");
+            }
+            errno
         })
     }
 
@@ -413,9 +433,26 @@ impl<B: Blocks> Mount<B> {
 
     /// Call first in every request: the returned guard, dropped once the method has
     /// replied, watches for the next request for a moment (see [`linger`]).
-    fn request(&self) -> Lingering<'_, B> {
-        if let Ok(mut w) = self.window.lock() {
-            w.arrived(Instant::now());
+    fn request(&self, req: &Request) -> Lingering<'_, B> {
+        if !self.spin {
+            return Lingering(self);
+        }
+        let now = Instant::now();
+        let pid = req.pid();
+        let Some((look, window)) = self.window.lock().ok().map(|mut w| {
+            w.arrived(now);
+            (w.look_again(pid, now), w.current())
+        }) else {
+            return Lingering(self);
+        };
+        if !window.is_zero() {
+            let finder = linger::CpuFinder::global();
+            if look {
+                finder.look(pid);
+            }
+            if let Some(cpu) = finder.cpu(pid) {
+                linger::Keepers::global().keep(cpu, window);
+            }
         }
         Lingering(self)
     }
@@ -429,16 +466,16 @@ impl<B: Blocks> Mount<B> {
 }
 
 impl<B: Blocks> Filesystem for Mount<B> {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _lingering = self.request();
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _lingering = self.request(req);
         match self.child(parent, name) {
             Ok(path) => self.entry(&path, reply),
             Err(e) => reply.error(e),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _lingering = self.request();
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _lingering = self.request(req);
         if let Some(fh) = fh
             && let Ok(open) = self.get_open(fh)
         {
@@ -455,7 +492,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         _uid: Option<u32>,
@@ -471,7 +508,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -533,14 +570,14 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -561,13 +598,13 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &FsPath,
         reply: ReplyEntry,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let path = match self.child(parent, link_name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -579,8 +616,8 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _lingering = self.request();
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _lingering = self.request(req);
         match self
             .path(ino)
             .and_then(|p| self.run(self.client.readlink(&p)))
@@ -590,19 +627,19 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _lingering = self.request();
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _lingering = self.request(req);
         self.remove(parent, name, Kind::File, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _lingering = self.request();
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _lingering = self.request(req);
         self.remove(parent, name, Kind::Dir, reply);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -610,7 +647,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(f), Ok(t)) => (f, t),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -645,8 +682,8 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _lingering = self.request();
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _lingering = self.request(req);
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -720,7 +757,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -728,7 +765,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -760,7 +797,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -769,7 +806,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let open = match self.get_open(fh) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
@@ -787,7 +824,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -797,7 +834,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let open = match self.get_open(fh) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
@@ -817,13 +854,13 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         match self.sync(fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -832,13 +869,13 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         // A version first (as at close), then durable: what `fsync` promises.
         match self.sync(fh).and_then(|()| self.run(self.client.sync())) {
             Ok(()) => reply.ok(),
@@ -848,7 +885,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -856,7 +893,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let synced = self.sync(fh);
         if let Ok(mut open) = self.open.lock() {
             open.remove(&fh.0);
@@ -869,13 +906,13 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -906,13 +943,13 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         // Staged directory changes are written and everything is durable from here.
         match self.run(self.client.sync()) {
             Ok(()) => reply.ok(),
@@ -924,7 +961,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
     /// buffered open; fuser's default would log each one).
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -933,12 +970,12 @@ impl<B: Blocks> Filesystem for Mount<B> {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        let _lingering = self.request();
+        let _lingering = self.request(req);
         reply.error(Errno::ENOTTY);
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _lingering = self.request();
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _lingering = self.request(req);
         // The block store's file system (see `Mount::new`); names as the core allows.
         match rustix::fs::statvfs(&self.space) {
             Ok(s) => reply.statfs(
@@ -958,8 +995,8 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        let _lingering = self.request();
+    fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _lingering = self.request(req);
         // Readcaps and writecaps decide; each operation says EACCES or EROFS itself.
         reply.ok();
     }

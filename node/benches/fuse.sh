@@ -27,7 +27,12 @@ btnode=$PWD/target/release/btnode
 
 work=$(mktemp -d /var/tmp/btbench.XXXXXX)
 cleanup() {
+  status=$?
   set +e
+  if [ "$status" -ne 0 ] && [ -f "$work/node.log" ]; then
+    echo "the benchmark failed; the node's log ends:" >&2
+    tail -n 30 "$work/node.log" >&2
+  fi
   fusermount3 -u "$work/gocrypt" 2>/dev/null
   [ -n "${node_pid:-}" ] && "$btnode" --data-dir "$work/node" umount "$work/mnt" >/dev/null 2>&1
   [ -n "${node_pid:-}" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null

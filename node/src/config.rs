@@ -42,6 +42,11 @@ pub(crate) struct FileConfig {
     /// (`BT_GC_GRACE_SECS`); writes left unsynced for half of it are refused. Default:
     /// 86400 (24 h); at least 60.
     pub(crate) gc_grace_secs: Option<u64>,
+    /// Whether a mount's FUSE thread spins between requests that come close together,
+    /// keeping the requesting program's CPU awake meanwhile (`BT_FUSE_SPIN`, `true` or
+    /// `false`). It spins only while requests keep coming within 100 µs of each reply, and
+    /// saves tens of microseconds a request on a virtual machine. Default: true.
+    pub(crate) fuse_spin: Option<bool>,
 }
 
 impl FileConfig {
@@ -131,7 +136,16 @@ pub(crate) fn files(file: &FileConfig) -> anyhow::Result<crate::files::FsSetting
         .map(|n| n as u64)
         .or(file.repair_interval_secs)
         .unwrap_or(60);
+    let fuse_spin = match std::env::var("BT_FUSE_SPIN") {
+        Ok(text) => match text.as_str() {
+            "1" | "true" | "on" | "yes" => true,
+            "0" | "false" | "off" | "no" => false,
+            _ => bail!("BT_FUSE_SPIN={text:?} is not true or false"),
+        },
+        Err(_) => file.fuse_spin.unwrap_or(true),
+    };
     Ok(crate::files::FsSettings {
+        fuse_spin,
         replicas,
         write_quorum,
         repair_interval: Duration::from_secs(interval.max(1)),

@@ -24,6 +24,9 @@ pub(crate) struct FsSettings {
     pub(crate) repair_interval: Duration,
     pub(crate) repair_bandwidth: u64,
     pub(crate) gc_grace: Duration,
+    /// Whether mounts spin between requests that come close together
+    /// ([`fs::fuse::Mount::spinning`]).
+    pub(crate) fuse_spin: bool,
 }
 
 /// A file system command.
@@ -124,6 +127,8 @@ pub(crate) struct Files {
     network: Arc<Network>,
     repair: Arc<repair::Counters>,
     data_dir: PathBuf,
+    /// Whether mounts spin between requests ([`FsSettings::fuse_spin`]).
+    fuse_spin: bool,
     principal: Principal,
     dht: dht::Client,
     /// This node's key, for the revocation lists it issues.
@@ -218,6 +223,7 @@ impl Files {
             network,
             repair,
             data_dir: data_dir.to_path_buf(),
+            fuse_spin: settings.fuse_spin,
             principal,
             dht,
             key,
@@ -429,6 +435,7 @@ impl Files {
         let root = path.clone();
         let mp = mountpoint.clone();
         let space = self.data_dir.clone();
+        let spin = self.fuse_spin;
         let session = tokio::task::spawn_blocking(move || {
             // A stale mount of a killed daemon is cleaned first (inside `spawn`); the
             // files belong to whoever owns the mount point.
@@ -436,7 +443,7 @@ impl Files {
                 Ok(m) => (m.uid(), m.gid()),
                 Err(_) => (0, 0),
             };
-            let mount = fs::fuse::Mount::new(client, runtime, root, uid, gid, space);
+            let mount = fs::fuse::Mount::new(client, runtime, root, uid, gid, space).spinning(spin);
             fs::fuse::spawn(mount, &mp, read_only)
         })
         .await?

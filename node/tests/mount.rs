@@ -443,3 +443,38 @@ fn descriptors_on_one_file_share_it() {
     drop((copy, file));
     umount(&net, 0, &mnt);
 }
+
+/// A program that starts another while it holds a file open on the mount, between calls
+/// that come close together: the new program closes its copy of the descriptor inside
+/// `execve`, and that close waits for our reply to its `FLUSH`. The mount's spinning once
+/// read that program's `/proc/<pid>/stat` on the FUSE thread, which waits while the
+/// program is in `execve`: a deadlock (a mount test hung on it).
+#[test]
+fn a_program_started_while_a_file_is_open_on_the_mount_does_not_hang_it() {
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    mount(&net, 0, &format!("/{}", net.root), &mnt);
+    let file = mnt.join("held");
+    std::fs::write(&file, "x").unwrap();
+    let (done, finished) = std::sync::mpsc::sync_channel(1);
+    let held = file.clone();
+    std::thread::spawn(move || {
+        // Close-on-exec, as Rust opens every file: closed inside the child's `execve`.
+        let _open = std::fs::File::open(&held).unwrap();
+        for _ in 0..100 {
+            for _ in 0..20 {
+                std::fs::metadata(&held).unwrap();
+            }
+            let status = Command::new("true").status().unwrap();
+            assert!(status.success());
+        }
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("starting programs while a file is open on the mount hung");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    umount(&net, 0, &mnt);
+}
