@@ -1607,7 +1607,8 @@ impl EventLoop {
         let table = view.peers.iter().map(|(key, _)| key);
         let kad = &mut self.swarm.behaviour_mut().kad;
         let mut records = Vec::new();
-        for record in kad.store_mut().records() {
+        let store: &Store = kad.store_mut();
+        for record in store.records() {
             let target = kad::KBucketKey::new(record.key.clone());
             let (to_new, to_me) = (new_key.distance(&target), me.distance(&target));
             let (mut nearer_than_new, mut nearer_than_me) = (0, 0);
@@ -1616,7 +1617,10 @@ impl EventLoop {
                 nearer_than_new += usize::from(d < to_new);
                 nearer_than_me += usize::from(d < to_me);
             }
-            if nearer_than_new < k && nearer_than_me <= 1 {
+            // `get` checks the record again where revocation lists are held (only for
+            // the few handed off: that check verifies signatures): a revoked node's
+            // record is not spread.
+            if nearer_than_new < k && nearer_than_me <= 1 && store.get(&record.key).is_some() {
                 records.push(record.into_owned());
             }
         }

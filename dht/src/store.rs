@@ -217,34 +217,20 @@ fn kad_record(key: RecordKey, value: Vec<u8>, record: &PathRecord) -> Record {
 }
 
 type Entry = (Record, u64);
+type RecordsIter<'a> = std::iter::Map<
+    std::iter::Filter<
+        std::collections::hash_map::Values<'a, RecordKey, Entry>,
+        fn(&&'a Entry) -> bool,
+    >,
+    fn(&'a Entry) -> Cow<'a, Record>,
+>;
 
-/// The records Kademlia republishes: live ones, and where revocation lists are held, only
-/// those no list revokes (a record stored before its node was revoked is not spread).
-#[derive(Debug)]
-pub struct RecordsIter<'a> {
-    values: std::collections::hash_map::Values<'a, RecordKey, Entry>,
-    now: std::time::Instant,
-    /// The lists to check against; `None` while none is held.
-    revocations: Option<std::sync::Arc<keys::Revocations>>,
+fn borrow_record(entry: &Entry) -> Cow<'_, Record> {
+    Cow::Borrowed(&entry.0)
 }
 
-impl<'a> Iterator for RecordsIter<'a> {
-    type Item = Cow<'a, Record>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (record, _) = self.values.next()?;
-            if record.is_expired(self.now) {
-                continue;
-            }
-            if let Some(lists) = &self.revocations
-                && PathRecord::from_kad(&record.key, &record.value, keys::now(), lists).is_err()
-            {
-                continue;
-            }
-            return Some(Cow::Borrowed(record));
-        }
-    }
+fn live(entry: &&Entry) -> bool {
+    !entry.0.is_expired(std::time::Instant::now())
 }
 
 impl RecordStore for Store {
@@ -284,12 +270,10 @@ impl RecordStore for Store {
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
-        let lists = self.revocations.read();
-        RecordsIter {
-            values: self.records.values(),
-            now: std::time::Instant::now(),
-            revocations: (!lists.is_empty()).then_some(lists),
-        }
+        self.records
+            .values()
+            .filter(live as fn(&&Entry) -> bool)
+            .map(borrow_record as fn(&Entry) -> Cow<'_, Record>)
     }
 
     fn add_provider(&mut self, _record: ProviderRecord) -> store::Result<()> {
