@@ -242,9 +242,11 @@ impl Files {
             return Ok(None);
         }
         let revocations = self.network.local().revocations();
+        let expired = crate::grants::expired(&self.data_dir, keys::now())?;
         let mut attempts = 0;
         let list = loop {
-            let list = crate::revocations::next(&revocations.read(), &self.key, caps, &[])?;
+            let list =
+                crate::revocations::next(&revocations.read(), &self.key, caps, &[], &expired)?;
             match revocations.insert(&list) {
                 Ok(()) => break list,
                 // Another revocation took this sequence meanwhile: build on it.
@@ -352,7 +354,13 @@ impl Files {
                 if let Some(chain) = self.client.share(&path, &identity, write).await?
                     && let Some(link) = chain.links().last()
                 {
-                    crate::grants::record(&self.data_dir, principal, path.clone(), link.id())?;
+                    crate::grants::record(
+                        &self.data_dir,
+                        principal,
+                        path.clone(),
+                        link.id(),
+                        link.validity().expires,
+                    )?;
                 }
                 serde_json::to_value(self.client.stat(&path).await?)?
             }

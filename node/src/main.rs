@@ -709,7 +709,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 anyhow::bail!("{principal} is revoked in {scope} already");
             }
-            let list = revocations::next(&held, signer, &[], &[principal])?;
+            // Writecaps this node granted that expired long ago are dropped from the list.
+            let expired = grants::expired(&data_dir, keys::now())?;
+            let list = revocations::next(&held, signer, &[], &[principal], &expired)?;
             let request = control::Request::Revoke {
                 list: protocols::wire::encode(&list)?,
             };
