@@ -242,11 +242,9 @@ impl Files {
             return Ok(None);
         }
         let revocations = self.network.local().revocations();
-        let expired = crate::grants::expired(&self.data_dir, keys::now())?;
         let mut attempts = 0;
         let list = loop {
-            let list =
-                crate::revocations::next(&revocations.read(), &self.key, caps, &[], &expired)?;
+            let list = crate::revocations::next(&revocations.read(), &self.key, caps, &[])?;
             match revocations.insert(&list) {
                 Ok(()) => break list,
                 // Another revocation took this sequence meanwhile: build on it.
@@ -354,13 +352,7 @@ impl Files {
                 if let Some(chain) = self.client.share(&path, &identity, write).await?
                     && let Some(link) = chain.links().last()
                 {
-                    crate::grants::record(
-                        &self.data_dir,
-                        principal,
-                        path.clone(),
-                        link.id(),
-                        link.validity().expires,
-                    )?;
+                    crate::grants::record(&self.data_dir, principal, path.clone(), link.id())?;
                 }
                 serde_json::to_value(self.client.stat(&path).await?)?
             }

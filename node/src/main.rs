@@ -709,9 +709,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 anyhow::bail!("{principal} is revoked in {scope} already");
             }
-            // Writecaps this node granted that expired long ago are dropped from the list.
-            let expired = grants::expired(&data_dir, keys::now())?;
-            let list = revocations::next(&held, signer, &[], &[principal], &expired)?;
+            let list = revocations::next(&held, signer, &[], &[principal])?;
             let request = control::Request::Revoke {
                 list: protocols::wire::encode(&list)?,
             };

@@ -70,28 +70,16 @@ pub(crate) fn save(data_dir: &FsPath, list: &RevocationList) -> anyhow::Result<(
         .with_context(|| format!("cannot write {}", file.display()))
 }
 
-/// The list that follows `key`'s list in force in `held`: everything it revoked but the
-/// writecaps in `expired` (no verifier takes them any more, see
-/// [`crate::grants::expired`]), and `caps` and `principals` too. Without dropping them, a
-/// list would only grow, up to [`keys::limits::MAX_REVOCATIONS`] entries, and then no revocation
-/// could be made.
+/// The list that follows `key`'s list in force in `held`: everything it revoked, and
+/// `caps` and `principals` too.
 pub(crate) fn next(
     held: &Revocations,
     key: &SigningKey,
     caps: &[CapId],
     principals: &[Principal],
-    expired: &std::collections::HashSet<CapId>,
 ) -> anyhow::Result<RevocationList> {
     let current = held.get(&key.principal());
-    let mut all_caps: Vec<CapId> = current
-        .map(|l| {
-            l.caps()
-                .iter()
-                .filter(|c| !expired.contains(c))
-                .copied()
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut all_caps: Vec<CapId> = current.map(|l| l.caps().to_vec()).unwrap_or_default();
     all_caps.extend_from_slice(caps);
     let mut all_principals: Vec<Principal> =
         current.map(|l| l.principals().to_vec()).unwrap_or_default();
@@ -112,10 +100,10 @@ mod tests {
         let victim = SigningKey::generate().principal();
         assert!(load(dir.path()).unwrap().is_empty());
         let mut held = Revocations::default();
-        let first = next(&held, &a, &[], &[victim], &Default::default()).unwrap();
+        let first = next(&held, &a, &[], &[victim]).unwrap();
         held.insert(&first).unwrap();
         save(dir.path(), &first).unwrap();
-        let second = next(&held, &a, &[], &[b.principal()], &Default::default()).unwrap();
+        let second = next(&held, &a, &[], &[b.principal()]).unwrap();
         assert_eq!(second.sequence(), 2);
         assert_eq!(
             second.principals().len(),
@@ -125,14 +113,7 @@ mod tests {
         save(dir.path(), &second).unwrap();
         save(
             dir.path(),
-            &next(
-                &Revocations::default(),
-                &b,
-                &[],
-                &[victim],
-                &Default::default(),
-            )
-            .unwrap(),
+            &next(&Revocations::default(), &b, &[], &[victim]).unwrap(),
         )
         .unwrap();
         let mut loaded = load(dir.path()).unwrap();
@@ -145,35 +126,6 @@ mod tests {
         assert!(
             format!("{error:#}").contains("is not a revocation list"),
             "{error:#}"
-        );
-    }
-
-    #[test]
-    fn the_next_list_drops_expired_writecaps_and_keeps_the_rest() {
-        let key = SigningKey::generate();
-        let victim = SigningKey::generate().principal();
-        let mut held = Revocations::default();
-        let first = next(
-            &held,
-            &key,
-            &[CapId([1; 32]), CapId([2; 32])],
-            &[victim],
-            &Default::default(),
-        )
-        .unwrap();
-        held.insert(&first).unwrap();
-        let expired = [CapId([1; 32])].into_iter().collect();
-        let second = next(&held, &key, &[CapId([3; 32])], &[], &expired).unwrap();
-        assert_eq!(second.sequence(), 2);
-        assert_eq!(second.caps(), &[CapId([2; 32]), CapId([3; 32])]);
-        assert_eq!(second.principals(), &[victim], "principals never expire");
-        held.insert(&second).unwrap();
-        assert!(
-            !held
-                .get(&key.principal())
-                .unwrap()
-                .caps()
-                .contains(&CapId([1; 32]))
         );
     }
 }
