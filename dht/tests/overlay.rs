@@ -562,6 +562,119 @@ async fn a_record_reaches_nodes_that_join_nearer_its_key() {
     }
 }
 
+/// The record of a node revoked after it registered is not handed to the nodes that join
+/// near its key (`hand_off` checks each record against the lists its node holds), while
+/// another node's record beside it is. The joining nodes hold no list: without the check
+/// they would take the revoked node's record (as the node's own store did before the list
+/// arrived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_nodes_record_is_not_handed_to_nodes_that_join() {
+    const K: usize = 3;
+    async fn spawn_k(
+        key: SigningKey,
+        bootstrap: Option<&Multiaddr>,
+        revocations: keys::SharedRevocations,
+    ) -> TestNode {
+        let mut config = config(bootstrap);
+        config.replication_factor = K;
+        let mut store = Store::in_memory(10_000);
+        store.set_revocations(revocations);
+        let (client, task) = dht::start(key.clone(), config, store, Transports::Memory)
+            .await
+            .unwrap();
+        let addr = client.status().await.unwrap().listen_addrs[0]
+            .parse()
+            .unwrap();
+        TestNode {
+            key,
+            client,
+            addr,
+            task,
+        }
+    }
+    let root = SigningKey::generate();
+    let tree = Path::root_of(root.principal());
+    let revoked_path = tree.join("revoked").unwrap();
+    let target = |p: &Path| libp2p::kad::KBucketKey::new(dht::key_of(p));
+    // A second path whose key shares its first 20 bits with the first's, so that nodes
+    // nearer the one than every node of the overlay can be nearer the other too (keys
+    // apart from the first bit have no such nodes).
+    let kept_path = (0..)
+        .map(|n| tree.join(&format!("kept-{n}")).unwrap())
+        .find(|p| {
+            target(p)
+                .distance(&target(&revoked_path))
+                .ilog2()
+                .is_some_and(|bits| bits < 236)
+        })
+        .unwrap();
+    let targets = [&revoked_path, &kept_path].map(target);
+    let mut lists = vec![];
+    let mut old: Vec<TestNode> = vec![];
+    for _ in 0..4 {
+        let revocations = keys::SharedRevocations::default();
+        lists.push(revocations.clone());
+        let bootstrap = old.first().map(|n| n.addr.clone());
+        old.push(spawn_k(SigningKey::generate(), bootstrap.as_ref(), revocations).await);
+    }
+    for node in &old {
+        eventually("routing tables", Duration::from_secs(30), async || {
+            (node.client.status().await.unwrap().routing_table >= 3).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (revoked, kept) = (&old[1], &old[2]);
+    for (node, path) in [(revoked, &revoked_path), (kept, &kept_path)] {
+        let registered = node
+            .client
+            .register(path.clone(), grant(&root, &node.key, path))
+            .await
+            .unwrap();
+        assert!(registered.acks >= 1);
+    }
+    // The root revokes the first node; every node of the overlay holds the list.
+    let list =
+        keys::RevocationList::issue(&root, 1, keys::now(), vec![], vec![revoked.key.principal()])
+            .unwrap();
+    for revocations in &lists {
+        revocations.insert(&list).unwrap();
+    }
+
+    // Nodes nearer both keys than every node of the overlay join it.
+    let distances = |key: &SigningKey| {
+        let id = libp2p::kad::KBucketKey::from(key.peer_id());
+        targets.clone().map(|t| id.distance(&t))
+    };
+    let nearest_old = [0, 1].map(|i| old.iter().map(|n| distances(&n.key)[i]).min().unwrap());
+    let mut new = vec![];
+    while new.len() < K {
+        let key = SigningKey::generate();
+        let d = distances(&key);
+        if d[0] < nearest_old[0] && d[1] < nearest_old[1] {
+            let bootstrap = old[0].addr.clone();
+            new.push(spawn_k(key, Some(&bootstrap), keys::SharedRevocations::default()).await);
+        }
+    }
+    for node in &new {
+        eventually(
+            "the kept record at a node that joined near it",
+            Duration::from_secs(20),
+            async || (node.client.status().await.unwrap().records >= 1).then_some(()),
+        )
+        .await;
+    }
+    // Handed off together, were they both: give the revoked one time to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in &new {
+        assert_eq!(
+            node.client.status().await.unwrap().records,
+            1,
+            "only the record of the node not revoked was handed off"
+        );
+    }
+}
+
 /// The bucket of `peer`'s routing table that its nearest peer among `peers` falls in.
 fn nearest_bucket(peer: PeerId, peers: impl IntoIterator<Item = PeerId>) -> Option<u32> {
     let local = KBucketKey::from(peer);
