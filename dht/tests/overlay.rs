@@ -32,7 +32,10 @@ async fn spawn(key: SigningKey, bootstrap: Option<&Multiaddr>) -> TestNode {
 }
 
 async fn spawn_with(key: SigningKey, config: Config) -> TestNode {
-    let store = Store::in_memory(10_000);
+    spawn_on(key, config, Store::in_memory(10_000)).await
+}
+
+async fn spawn_on(key: SigningKey, config: Config, store: Store) -> TestNode {
     let (client, task) = dht::start(key.clone(), config, store, Transports::Memory)
         .await
         .unwrap();
@@ -579,18 +582,7 @@ async fn a_revoked_nodes_record_is_not_handed_to_nodes_that_join() {
         config.replication_factor = K;
         let mut store = Store::in_memory(10_000);
         store.set_revocations(revocations);
-        let (client, task) = dht::start(key.clone(), config, store, Transports::Memory)
-            .await
-            .unwrap();
-        let addr = client.status().await.unwrap().listen_addrs[0]
-            .parse()
-            .unwrap();
-        TestNode {
-            key,
-            client,
-            addr,
-            task,
-        }
+        spawn_on(key, config, store).await
     }
     let root = SigningKey::generate();
     let tree = Path::root_of(root.principal());
@@ -652,8 +644,7 @@ async fn a_revoked_nodes_record_is_not_handed_to_nodes_that_join() {
         let key = SigningKey::generate();
         let d = distances(&key);
         if d[0] < nearest_old[0] && d[1] < nearest_old[1] {
-            let bootstrap = old[0].addr.clone();
-            new.push(spawn_k(key, Some(&bootstrap), keys::SharedRevocations::default()).await);
+            new.push(spawn_k(key, Some(&old[0].addr), keys::SharedRevocations::default()).await);
         }
     }
     for node in &new {
