@@ -208,8 +208,14 @@ struct Inner {
     freed: Mutex<Vec<Reclaim>>,
     /// Stored chunks found not to hash to their id since the store was opened.
     corrupt_found: AtomicU64,
-    /// A deferred write committed since the last durable commit.
-    pending: AtomicBool,
+    /// Deferred commits begun, numbered from 1 (bumped while the commit holds the write
+    /// transaction).
+    deferred_seq: AtomicU64,
+    /// Every deferred commit up to this number is durable: set only after a durable
+    /// commit has returned, to the number read while that commit held the write
+    /// transaction. A flag cleared before the commit returned let a concurrent `sync`
+    /// report success while the commit it counted on was still running, or failed.
+    durable_seq: AtomicU64,
     /// Counters of changes to inodes' versions, by [`epoch_stripe`] (see
     /// [`Store::versions_epoch`]).
     versions_epochs: Box<[AtomicU64]>,
@@ -226,8 +232,8 @@ fn epoch_stripe(inode: &crate::id::InodeId) -> usize {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.pending.load(Ordering::Acquire)
-            && let Err(e) = self.sync()
+        if self.has_deferred()
+            && let Err(e) = self.sync(self.deferred_seq.load(Ordering::Acquire))
         {
             tracing::warn!(error = %e, "deferred writes were not made durable at close");
         }
@@ -246,23 +252,37 @@ fn take<T>(mutex: &Mutex<Vec<T>>) -> Vec<T> {
 }
 
 impl Inner {
-    /// Commits durably, making every deferred write before it durable too.
-    fn sync(&self) -> Result<(), Error> {
+    /// Whether a deferred commit may not be durable yet.
+    fn has_deferred(&self) -> bool {
+        self.durable_seq.load(Ordering::Acquire) < self.deferred_seq.load(Ordering::Acquire)
+    }
+
+    /// Makes deferred commits up to number `upto` durable: returns once a durable commit
+    /// that followed them has returned, running one if none has.
+    fn sync(&self, upto: u64) -> Result<(), Error> {
         const WHAT: &str = "making deferred writes durable";
+        if self.durable_seq.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
         self.check_failed(WHAT)?;
+        // Waits for any commit under way; one that made them durable meanwhile is enough.
         let mut txn = self.db.begin_write().context(WHAT)?;
+        if self.durable_seq.load(Ordering::Acquire) >= upto {
+            txn.abort().context(WHAT)?;
+            return Ok(());
+        }
         txn.set_durability(Durability::Immediate);
         txn.set_two_phase_commit(true);
         self.sync_segments(WHAT)?;
         // Holding the write transaction, no deferred write can slip in between; what
         // deferred writes freed is taken now for the same reason.
-        self.pending.store(false, Ordering::Release);
+        let covered = self.deferred_seq.load(Ordering::Acquire);
         let freed = take(&self.freed);
         if let Err(e) = txn.commit() {
-            self.pending.store(true, Ordering::Release);
             lock(&self.freed).splice(0..0, freed);
             return Err(e).context(WHAT);
         }
+        self.durable_seq.fetch_max(covered, Ordering::AcqRel);
         self.reclaim(freed);
         Ok(())
     }
@@ -443,7 +463,8 @@ impl Store {
                 freed: Mutex::default(),
                 corrupt_found: AtomicU64::new(0),
                 versions_epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-                pending: AtomicBool::new(false),
+                deferred_seq: AtomicU64::new(0),
+                durable_seq: AtomicU64::new(0),
             }),
             deferred: false,
         };
@@ -658,27 +679,32 @@ impl Store {
             let result = f(&txn);
             let freeing = take(&inner.freeing);
             let (out, changed) = result?;
-            if !changed {
+            // A durable write that changed nothing still commits while deferred commits
+            // wait: what it found held (and reports stored) may be theirs, not durable
+            // yet.
+            if !changed && (self.deferred || !inner.has_deferred()) {
                 txn.abort().context(what)?;
                 return Ok((out, Vec::new()));
             }
             if self.deferred {
-                inner.pending.store(true, Ordering::Release);
+                // Numbered while the write transaction is held: a durable commit that
+                // reads the counter after this one was numbered comes after its commit.
+                inner.deferred_seq.fetch_add(1, Ordering::AcqRel);
                 txn.commit().context(what)?;
                 lock(&inner.freed).extend(freeing);
                 return Ok((out, Vec::new()));
             }
             inner.sync_segments(what)?;
-            // Set while the write transaction is held, so that no other commit comes
-            // between the flag and the commit it describes.
-            inner.pending.store(false, Ordering::Release);
+            // Read while the write transaction is held: every deferred commit numbered
+            // up to here has committed, and this commit makes it durable.
+            let covered = inner.deferred_seq.load(Ordering::Acquire);
             // Space freed by deferred commits before this one becomes free with it.
             let mut freed = take(&inner.freed);
             if let Err(e) = txn.commit() {
-                inner.pending.store(true, Ordering::Release);
                 lock(&inner.freed).splice(0..0, freed);
                 return Err(e).context(what);
             }
+            inner.durable_seq.fetch_max(covered, Ordering::AcqRel);
             freed.extend(freeing);
             Ok((out, freed))
         })()?;
@@ -698,15 +724,15 @@ impl Store {
     /// Makes every write acknowledged so far durable: one durable commit if a deferred
     /// write is waiting for one, nothing otherwise.
     pub fn sync(&self) -> Result<(), Error> {
-        if self.inner.pending.load(Ordering::Acquire) {
-            self.inner.sync()?;
-        }
-        Ok(())
+        // Every deferred commit acknowledged before this call is numbered at most this.
+        let upto = self.inner.deferred_seq.load(Ordering::Acquire);
+        self.inner.sync(upto)
     }
 
-    /// Whether deferred writes wait for [`Store::sync`].
+    /// Whether deferred writes wait for [`Store::sync`]: false only once every deferred
+    /// commit made so far is durable (a durable commit after them has returned).
     pub fn has_deferred(&self) -> bool {
-        self.inner.pending.load(Ordering::Acquire)
+        self.inner.has_deferred()
     }
 
     fn read(&self, what: &'static str) -> Result<ReadTransaction, Error> {

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use fs::id::{ChunkId, InodeId, VersionId};
-use fs::store::{Error, Segments, Store, StoredVersion};
+use fs::store::{Error, MemSegments, Segments, Store, StoredVersion};
 use proptest::prelude::*;
 use redb::StorageBackend;
 use redb::backends::InMemoryBackend;
@@ -1027,6 +1027,131 @@ fn a_failed_segment_sync_is_not_retried_into_a_false_durable() {
         }
         assert!(reopened.put_chunk(other, other_bytes).unwrap());
     }
+}
+
+/// A durable write that finds a chunk already held (stored by a deferred write, not yet
+/// synced) makes it durable before it reports it stored: a peer's put acknowledged by
+/// this replica survives a crash. Fails if such a put returns without a commit.
+#[test]
+fn a_durable_put_of_a_chunk_held_by_a_deferred_write_makes_it_durable() {
+    let disk = Arc::new(Disk::default());
+    let store = open_on(&disk).unwrap();
+    let deferred = store.deferred();
+    let (id, bytes) = &POOL.chunks[5];
+    assert!(deferred.put_chunk(id, bytes).unwrap());
+    assert!(store.has_deferred());
+    // Already held: nothing new to write, but it must not stay only deferred.
+    store.put_chunk(id, bytes).unwrap();
+    assert!(!store.has_deferred());
+    let reopened = open_on(&Disk::with_image(&disk.durable_image())).unwrap();
+    assert_eq!(reopened.get_chunk(id).unwrap().as_deref(), Some(&bytes[..]));
+}
+
+/// What a [`Gate`] holds: whether syncs are held, whether one waits, whether it may go.
+#[derive(Debug, Default)]
+struct GateState {
+    armed: bool,
+    waiting: bool,
+    open: bool,
+}
+
+/// An in-memory backend whose next `sync_data` can be held until the test lets it go.
+#[derive(Debug, Clone, Default)]
+struct Gate {
+    backend: Arc<InMemoryBackend>,
+    state: Arc<(Mutex<GateState>, std::sync::Condvar)>,
+}
+
+impl Gate {
+    fn arm(&self) {
+        self.state.0.lock().unwrap().armed = true;
+    }
+
+    fn wait_for_a_held_sync(&self) {
+        let (lock, signal) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        while !state.waiting {
+            state = signal.wait(state).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        let (lock, signal) = &*self.state;
+        lock.lock().unwrap().open = true;
+        signal.notify_all();
+    }
+}
+
+impl StorageBackend for Gate {
+    fn len(&self) -> io::Result<u64> {
+        self.backend.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.backend.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.backend.set_len(len)
+    }
+
+    fn sync_data(&self, eventual: bool) -> io::Result<()> {
+        let (lock, signal) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        if state.armed {
+            state.waiting = true;
+            signal.notify_all();
+            while !state.open {
+                state = signal.wait(state).unwrap();
+            }
+        }
+        drop(state);
+        self.backend.sync_data(eventual)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.backend.write(offset, data)
+    }
+}
+
+/// `sync` returns only once a durable commit that followed the deferred writes has
+/// returned, not while one is still under way: a commit begun by another writer (a
+/// peer's put, a second `fsync`) and stopped in its disk sync keeps `sync` waiting.
+/// Fails if `sync` trusts a flag the other commit cleared before it finished.
+#[test]
+fn sync_waits_for_a_durable_commit_under_way() {
+    let gate = Gate::default();
+    let store = Store::with_backends(gate.clone(), MemSegments::default()).unwrap();
+    let deferred = store.deferred();
+    let (id, bytes) = &POOL.chunks[4];
+    assert!(deferred.put_chunk(id, bytes).unwrap());
+    gate.arm();
+    let (other, other_bytes) = POOL.chunks[5].clone();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.put_chunk(&other, &other_bytes))
+    };
+    gate.wait_for_a_held_sync();
+    let (done, synced) = std::sync::mpsc::sync_channel(1);
+    let syncer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let result = store.sync();
+            let _ = done.send(());
+            result
+        })
+    };
+    assert!(
+        synced
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "sync returned while the commit it relies on was still syncing"
+    );
+    assert!(store.has_deferred());
+    gate.open();
+    assert!(writer.join().unwrap().unwrap());
+    syncer.join().unwrap().unwrap();
+    assert!(!store.has_deferred());
 }
 
 /// An empty chunk keeps no segment alive, and reads back after its segment is gone.

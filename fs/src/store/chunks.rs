@@ -155,6 +155,11 @@ impl Store {
         }
         let mut new = vec![false; chunks.len()];
         if missing.is_empty() && unowned.is_empty() {
+            // All held: durable here only once deferred writes (which may have stored
+            // them) are.
+            if !self.deferred {
+                self.sync()?;
+            }
             return Ok(new);
         }
         self.write(WHAT, |txn| {
