@@ -718,6 +718,73 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
     );
 }
 
+/// Channels are held by what they take in memory, not only by their number: a peer that
+/// opens channels whose paths are long runs of one-letter segments (4 KiB on the wire,
+/// ~100 KiB each in memory) has its stream dropped and is penalised once the stream's
+/// table passes 4 MiB, where 4096 of them would have held gigabytes. Fewer are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
+    let net = Net::start_with(2, |i| {
+        if i == 1 {
+            // One violation blocks, so that being blocked shows the stream was dropped.
+            Config::new().with_penalty(1, Duration::from_secs(60), Duration::from_secs(60))
+        } else {
+            Config::new()
+        }
+    })
+    .await;
+    let other_root = SigningKey::generate();
+    let peer = start_node(&other_root, 9, Some(&net.nodes[0].addr), Config::new()).await;
+    peer.client.dial(net.nodes[1].addr.clone()).await.unwrap();
+    let chain = Chain::root_grant(
+        &other_root,
+        peer.key.principal(),
+        peer.home.clone(),
+        Validity::for_seconds(60),
+    );
+    // Paths its writecap covers (its own home, deep down), so that only their size
+    // counts against it.
+    let deep = |base: &Path| {
+        let mut path = base.clone();
+        while let Ok(longer) = path.join("a") {
+            path = longer;
+        }
+        path
+    };
+    let (from, to) = (deep(&peer.home), deep(&net.path(1, "x")));
+    let opens = |count: u32| {
+        let mut frames = Vec::new();
+        for channel in 0..count {
+            wire::encode_frame(
+                &Frame::Open {
+                    channel,
+                    from: from.clone(),
+                    to: to.clone(),
+                    protocol: "kv/1".into(),
+                    role: "client".into(),
+                },
+                &mut frames,
+            )
+            .unwrap();
+        }
+        frames
+    };
+    // Ten channels of such paths (about 2 MiB held): kept.
+    raw_stream(&peer, &net.nodes[1], vec![chain.clone()], opens(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(net.nodes[1].runtime.status().blocked, 0);
+    // Forty: the stream is dropped, and the peer with it.
+    raw_stream(&peer, &net.nodes[1], vec![chain], opens(40)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[1].runtime.status().blocked == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a stream holding 40 channels of 4 KiB paths was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Takes the next actor stream opened to a node without a runtime, as a runtime would:
 /// reads its hello and welcomes it. Returns the stream and the opener's number for it.
 async fn take_stream(incoming: &mut dht::IncomingStreams) -> (libp2p::Stream, u64) {

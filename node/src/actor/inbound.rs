@@ -25,6 +25,27 @@ const MAX_BATCH: usize = 256;
 /// How long a new stream may take to present its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Memory one stream's channel table may take, as [`held_bytes`] counts it. A channel
+/// holds two paths of up to 4 KiB each on the wire, and a path is held segment by
+/// segment (a 4 KiB path of one-letter segments takes ~110 KiB): without a bound in
+/// memory, 4096 channels of such paths from one peer held gigabytes.
+const MAX_TABLE_BYTES: usize = 4 << 20;
+
+/// About what `path` takes in memory: its text, and a string per segment.
+fn path_bytes(path: &Path) -> usize {
+    path.text_len() + path.segments().len() * 48
+}
+
+/// About what a channel of these names takes in memory.
+fn held_bytes(from: &Path, to: &Path, protocol: &str, role: &str) -> usize {
+    std::mem::size_of::<Channel>()
+        + path_bytes(from)
+        + path_bytes(to)
+        + protocol.len()
+        + role.len()
+        + 128
+}
+
 /// Accepts actor streams until the runtime is gone.
 pub(super) async fn accept(inner: Weak<Inner>, mut incoming: dht::IncomingStreams) {
     while let Some((peer, stream)) = incoming.next().await {
@@ -142,6 +163,8 @@ struct Reader {
     /// The peer's number for this stream (from its hello): our refusals name it.
     number: u64,
     channels: Vec<Channel>,
+    /// What `channels` takes in memory, as [`held_bytes`] counts it.
+    table_bytes: usize,
     sequence: u64,
     /// The time of the last read (seconds).
     now: keys::Timestamp,
@@ -168,6 +191,7 @@ impl Reader {
             stream,
             number: 0,
             channels: Vec::new(),
+            table_bytes: 0,
             sequence: 0,
             revocations: inner.refresh_revocations(),
             now: keys::now(),
@@ -320,9 +344,22 @@ impl Reader {
                         self.channels.len()
                     ));
                 }
+                self.table_bytes += held_bytes(&from, &to, &protocol, &role);
+                if self.table_bytes > MAX_TABLE_BYTES {
+                    return Err(format!(
+                        "the peer's channels take more than {MAX_TABLE_BYTES} bytes"
+                    ));
+                }
                 let inner = self.inner.clone();
                 let authorized_until =
                     read(&inner.verified).authorized_until(&self.principal, &from, self.now);
+                if authorized_until.is_none() {
+                    // Its messages will be refused; a peer that opens channels for paths
+                    // it holds no writecap for is counted as violating, as each of those
+                    // messages would be.
+                    tracing::debug!(from = %from, "a channel opened without a writecap for its sender");
+                    inner.penalise(self.peer);
+                }
                 let mut channel = Channel {
                     from: Arc::new(from),
                     to: Arc::new(to),
