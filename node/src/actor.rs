@@ -412,8 +412,20 @@ fn fits(label: &str, payload: &[u8]) -> Result<(), SendError> {
     protocols::actor::check_fits(label, payload.len()).map_err(|e| SendError::Encode(e.to_string()))
 }
 
+/// How long a reply waits for room on the asker's reply stream. An asker that reads
+/// its replies makes room in far less; one that does not would otherwise hold the
+/// replying actor (every other asker's messages wait behind it) until its stream stalls
+/// out (30 s), again and again.
+const REPLY_WAIT: Duration = Duration::from_secs(2);
+
 impl ReplyTo {
     /// Sends the reply, after checking it against the session's protocol.
+    ///
+    /// An error means the reply breaks the protocol or the wire's limits: the replying
+    /// actor's own fault. A way back that is gone (the asker's node left, or refused our
+    /// reply stream) or that stays full for [`REPLY_WAIT`] (the asker reads nothing) drops
+    /// the reply, and the asker's ask ends with its timeout, as with an asker on this
+    /// node that stopped waiting: a remote asker cannot make the actor fail.
     pub async fn send(mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
         fits(label, payload)?;
         self.actor
@@ -432,15 +444,25 @@ impl ReplyTo {
             Some(Back::Remote {
                 outbox, channel, ..
             }) => {
-                outbox
-                    .send(EnvelopeRef {
-                        channel,
-                        session: self.session,
-                        kind: Kind::Reply { id: self.id },
-                        label,
-                        payload,
-                    })
-                    .await
+                let reply = EnvelopeRef {
+                    channel,
+                    session: self.session,
+                    kind: Kind::Reply { id: self.id },
+                    label,
+                    payload,
+                };
+                match tokio::time::timeout(REPLY_WAIT, outbox.send(reply)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(SendError::Encode(e))) => return Err(SendError::Encode(e)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(asker = %self.asker, error = %e, "a reply was dropped: its way back is gone");
+                    }
+                    Err(_) => {
+                        tracing::warn!(asker = %self.asker, peer = %outbox.peer, "an asker read no replies for {REPLY_WAIT:?}; its reply stream is closed and the reply dropped");
+                        outbox.close(format!("the peer read no replies for {REPLY_WAIT:?}"));
+                    }
+                }
+                Ok(())
             }
             None => Ok(()),
         }

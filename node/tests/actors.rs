@@ -785,6 +785,123 @@ async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
     }
 }
 
+/// Answers every ask with its payload, a little later: the way back can change meanwhile.
+struct SlowEcho;
+
+impl Actor for SlowEcho {
+    async fn handle(&mut self, _ctx: &Context, mut message: Incoming) -> Result<(), Failure> {
+        if let Some(reply) = message.take_reply() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            reply.send("echo", &message.payload).await?;
+        }
+        Ok(())
+    }
+}
+
+/// An asker that drops our reply stream cannot make the actor it asks fail: the replies
+/// that find the way back gone are dropped (its asks time out), and the actor, written
+/// the usual way (`reply.send(..).await?`), goes on without a failure or a restart. A
+/// reply that found the way back gone was the actor's error before, so such an asker
+/// stopped it after a few restarts; this test fails then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asker_that_drops_its_replies_cannot_make_the_actor_fail() {
+    let net = Net::start(2).await;
+    let echo = net.path(1, "echo");
+    net.nodes[1]
+        .runtime
+        .spawn(Spec::new(echo.clone()).untyped(), || SlowEcho)
+        .await
+        .unwrap();
+    let root = SigningKey::generate();
+    let key = SigningKey::generate();
+    let dht_config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(vec![net.nodes[0].addr.clone()]);
+    let (hands, _task) = dht::start(
+        key.clone(),
+        dht_config,
+        dht::Store::in_memory(1000),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    hands.dial(net.nodes[1].addr.clone()).await.unwrap();
+    let mut incoming = hands
+        .streams()
+        .accept(StreamProtocol::new(wire::PROTOCOL_NAME))
+        .unwrap();
+    let home = Path::root_of(root.principal()).join("asker").unwrap();
+    let chain = Chain::root_grant(
+        &root,
+        key.principal(),
+        home.clone(),
+        Validity::for_seconds(600),
+    );
+    let mut frames = Vec::new();
+    wire::encode_frame(
+        &Frame::Open {
+            channel: 0,
+            from: home.clone(),
+            to: echo.clone(),
+            protocol: String::new(),
+            role: String::new(),
+        },
+        &mut frames,
+    )
+    .unwrap();
+    let mut state = ChannelState::<String>::default();
+    for id in 1..=3 {
+        wire::encode_message(
+            &mut state,
+            EnvelopeRef {
+                channel: 0,
+                session: 1,
+                kind: Kind::Ask { id },
+                label: "ping",
+                payload: b"p",
+            },
+            &mut frames,
+        )
+        .unwrap();
+    }
+    let mut control = hands.streams();
+    let mut stream = control
+        .open_stream(
+            net.nodes[1].key.peer_id(),
+            StreamProtocol::new(wire::PROTOCOL_NAME),
+        )
+        .await
+        .unwrap();
+    let mut bytes = hello(1, vec![chain]);
+    bytes.extend_from_slice(&frames);
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+    // The first reply opens the way back: taken, then dropped.
+    let (replies, _) = take_stream(&mut incoming).await;
+    drop(replies);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = net.nodes[1].runtime.status();
+        let actor = &status.actors[0];
+        assert_eq!(
+            (actor.failures, actor.restarts),
+            (0, 0),
+            "the actor failed: {:?}",
+            actor.last_failure
+        );
+        if actor.handled == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the asks were not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still serving: an ordinary ask is answered.
+    let sender = net.nodes[0].runtime.sender(net.path(0, "c")).unwrap();
+    let reply = sender.ask(&echo, "ping", b"again").await.unwrap();
+    assert_eq!(reply.payload, b"again");
+    drop(stream);
+}
+
 /// Takes the next actor stream opened to a node without a runtime, as a runtime would:
 /// reads its hello and welcomes it. Returns the stream and the opener's number for it.
 async fn take_stream(incoming: &mut dht::IncomingStreams) -> (libp2p::Stream, u64) {

@@ -232,7 +232,9 @@ impl Outbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    fn close(&self, reason: String) {
+    /// Closes the outbox (also from our side, for a peer that stopped reading): queued
+    /// frames are dropped, waiting senders see the stream lost, the writer stops.
+    pub(crate) fn close(&self, reason: String) {
         let mut state = self.lock();
         if !state.buffer.is_empty() {
             // Taken by `tell` (at most once) but never written: say so.
