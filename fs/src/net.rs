@@ -66,6 +66,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Requests served at once. Default 64.
     pub max_inbound: usize,
+    /// Requests served at once for one peer. Default 16: a peer that opens streams and
+    /// sends nothing holds at most these, and the other peers' requests are still served.
+    pub max_inbound_per_peer: usize,
     /// How long a peer that failed is skipped. Default 10 s.
     pub down_for: Duration,
     /// How long the nearest nodes of a key far from this node, found by an overlay
@@ -86,6 +89,7 @@ impl Config {
             write_quorum: 2,
             request_timeout: Duration::from_secs(20),
             max_inbound: 64,
+            max_inbound_per_peer: 16,
             down_for: Duration::from_secs(10),
             placement_ttl: Duration::from_secs(10),
             defer_own_writes: false,
@@ -346,10 +350,17 @@ pub fn serve(
         .accept(PROTOCOL)
         .map_err(|e| format!("cannot serve {}: {e}", block::PROTOCOL_NAME))?;
     let permits = Arc::new(Semaphore::new(config.max_inbound));
+    let per_peer = config.max_inbound_per_peer.max(1);
+    let serving = Arc::new(Mutex::new(HashMap::<PeerId, usize>::new()));
     let timeout = config.request_timeout;
     let writer = ChunkWriter::spawn(replica.clone(), counters.clone());
     Ok(tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
+            let Some(peer_slot) = PeerSlot::take(&serving, peer, per_peer) else {
+                tracing::debug!(%peer, "the peer's block requests at their limit; dropping a stream");
+                drop(stream);
+                continue;
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 tracing::debug!(%peer, "block requests at their limit; dropping a stream");
                 drop(stream);
@@ -368,10 +379,53 @@ pub fn serve(
                 if !matches!(served, Ok(Ok(()))) {
                     tracing::debug!(%peer, "block request failed or timed out");
                 }
-                drop(permit);
+                drop((permit, peer_slot));
             });
         }
     }))
+}
+
+/// One of a peer's requests being served, counted in the map it came from until dropped.
+struct PeerSlot {
+    serving: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl PeerSlot {
+    /// A slot for `peer` if it has fewer than `limit` requests being served.
+    fn take(
+        serving: &Arc<Mutex<HashMap<PeerId, usize>>>,
+        peer: PeerId,
+        limit: usize,
+    ) -> Option<PeerSlot> {
+        let mut map = serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = map.entry(peer).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            serving: serving.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 async fn serve_one(

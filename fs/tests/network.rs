@@ -1353,3 +1353,78 @@ async fn repair_keeps_to_its_bandwidth() {
         assert_eq!(holders, 3);
     }
 }
+
+/// A bare overlay node joined through `bootstrap`: the test's hands on the block protocol.
+async fn bare_peer(bootstrap: &Multiaddr) -> (dht::Client, tokio::task::JoinHandle<()>) {
+    let config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(vec![bootstrap.clone()]);
+    let (dht, task) = dht::start(
+        Identity::generate().signing_key().clone(),
+        config,
+        dht::Store::in_memory(1000),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = task.await;
+    });
+    (dht, task)
+}
+
+/// A peer that opens block streams and never writes on them holds at most its share of
+/// the server's slots: the requests of other peers, more than the slots it left, are
+/// all served. (One peer could take all 64 before, and every other peer's streams were
+/// dropped unread until its own timed out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_streams_open_leaves_room_for_others() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use protocols::block::{self, Request, Response};
+    trace();
+    let server = start_node(None, false).await;
+    let server_id = server.dht.status().await.unwrap().peer_id.parse().unwrap();
+    let (hog, _hog_task) = bare_peer(&server.addr).await;
+    let (asker, _asker_task) = bare_peer(&server.addr).await;
+    // The hog opens 60 streams (of the server's 64 slots) and writes nothing.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let mut control = hog.streams();
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            control.open_stream(server_id, net::PROTOCOL),
+        )
+        .await
+        {
+            held.push(stream);
+        }
+    }
+    assert!(held.len() >= 50, "the hog opened {} streams", held.len());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another peer asks 30 things at once: every one is answered.
+    let request = block::encode_request(&Request::Identity).unwrap();
+    let asks = (0..30).map(|_| {
+        let mut control = asker.streams();
+        let request = request.clone();
+        async move {
+            let mut stream = control.open_stream(server_id, net::PROTOCOL).await.ok()?;
+            stream.write_all(&request).await.ok()?;
+            stream.flush().await.ok()?;
+            let mut header = [0u8; 4];
+            stream.read_exact(&mut header).await.ok()?;
+            let len = block::frame_len(header, protocols::limits::MAX_BLOCK_RESPONSE_BYTES).ok()?;
+            let mut body = vec![0; len];
+            stream.read_exact(&mut body).await.ok()?;
+            Some(matches!(
+                block::decode_response(&body),
+                Ok(Response::Identity { .. })
+            ))
+        }
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(asks))
+        .await
+        .expect("the asks were not answered in time");
+    let answered = answers.iter().filter(|a| **a == Some(true)).count();
+    assert_eq!(answered, 30, "answers: {answers:?}");
+    drop(held);
+}
