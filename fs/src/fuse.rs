@@ -88,6 +88,9 @@ impl Open {
     }
 }
 
+/// One name of a directory listing: (inode number, type, name).
+type Listed = (u64, FileType, String);
+
 /// The inode number the kernel knows a file's handle by (a conflict copy has its own).
 fn ino_of_stat(stat: &Stat) -> u64 {
     ino_of(&stat.inode, stat.conflict_copy.then_some(&stat.version))
@@ -106,6 +109,12 @@ pub struct Mount<B: Blocks> {
     /// any other drops it (libfuse's `auto_cache`, by version rather than mtime).
     cached: Mutex<HashMap<u64, VersionId>>,
     next_fh: AtomicU64,
+    /// Open directories' listings, by their handle: taken at the first read (and at a
+    /// rewind), served from there by position, so that names added or removed meanwhile
+    /// do not shift the positions the kernel asks from (a listing taken afresh at every
+    /// read skipped names when earlier ones were removed between reads, as `rm -r` and
+    /// `find -delete` do).
+    listings: Mutex<HashMap<u64, Arc<Vec<Listed>>>>,
     uid: u32,
     gid: u32,
     /// A directory on the file system that holds this node's block store: `statfs`
@@ -183,6 +192,7 @@ impl<B: Blocks> Mount<B> {
             open: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            listings: Mutex::new(HashMap::new()),
             uid,
             gid,
             space,
@@ -263,6 +273,23 @@ impl<B: Blocks> Mount<B> {
             blksize: 4096,
             flags: 0,
         }
+    }
+
+    /// The listing of the directory `ino`: `.` and `..`, then its entries.
+    fn list(&self, ino: INodeNo) -> Result<Vec<Listed>, Errno> {
+        let path = self.path(ino)?;
+        let entries: Vec<DirEntry> = self.run(self.client.readdir(&path))?;
+        let mut all = Vec::with_capacity(entries.len() + 2);
+        all.push((ino.0, FileType::Directory, ".".to_string()));
+        all.push((1, FileType::Directory, "..".to_string()));
+        for e in entries {
+            all.push((
+                ino_of(&e.inode, e.conflict.as_ref()),
+                file_type(e.kind),
+                e.name,
+            ));
+        }
+        Ok(all)
     }
 
     fn run<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Errno> {
@@ -904,39 +931,64 @@ impl<B: Blocks> Filesystem for Mount<B> {
         }
     }
 
+    fn opendir(&self, req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _lingering = self.request(req);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
     fn readdir(
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _lingering = self.request(req);
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
+        let kept = (offset > 0)
+            .then(|| {
+                let listings = self.listings.lock().ok()?;
+                listings.get(&fh.0).cloned()
+            })
+            .flatten();
+        let listing = match kept {
+            Some(listing) => listing,
+            None => match self.list(ino) {
+                Ok(listing) => {
+                    let listing = Arc::new(listing);
+                    // Handle 0: a directory opened before this mount answered opendir
+                    // (never here); listed afresh at every read, as before.
+                    if fh.0 != 0
+                        && let Ok(mut listings) = self.listings.lock()
+                    {
+                        listings.insert(fh.0, listing.clone());
+                    }
+                    listing
+                }
+                Err(e) => return reply.error(e),
+            },
         };
-        let entries: Vec<DirEntry> = match self.run(self.client.readdir(&path)) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        let mut all = vec![
-            (ino.0, FileType::Directory, ".".to_string()),
-            (1, FileType::Directory, "..".to_string()),
-        ];
-        for e in entries {
-            let kind = file_type(e.kind);
-            all.push((ino_of(&e.inode, e.conflict.as_ref()), kind, e.name));
-        }
-        for (i, (ino, kind, name)) in all
-            .into_iter()
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(start) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                 break;
             }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _lingering = self.request(req);
+        if let Ok(mut listings) = self.listings.lock() {
+            listings.remove(&fh.0);
         }
         reply.ok();
     }
