@@ -1428,6 +1428,47 @@ impl<B: Blocks> Client<B> {
         Box::pin(self.write_dir(nodes, parent, &dir)).await
     }
 
+    /// Brings the key epochs of the anchors governing `nodes` up to date. A walk reads
+    /// them, and a handle keeps the walk it was opened with: without this, a revocation
+    /// made while a file was open left its later versions (and its directory's) sealed
+    /// under keys the revoked reader holds.
+    async fn refresh_governing(&self, nodes: &mut [Node]) -> Result<(), Error> {
+        let mut latest: Vec<(InodeId, u64)> = Vec::new();
+        for node in nodes.iter_mut() {
+            for (anchor, epoch) in &mut node.governing {
+                let known = match latest.iter().find(|(a, _)| a == anchor) {
+                    Some((_, e)) => *e,
+                    None => {
+                        let versions = self.versions(&node.path, *anchor).await?;
+                        let e = inode::winner(&versions).map_or(0, |w| w.inode.epoch);
+                        latest.push((*anchor, e));
+                        e
+                    }
+                };
+                *epoch = (*epoch).max(known);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with [`Error::NotFound`] unless `nodes[i]`'s directory, read afresh, still
+    /// names it under its name.
+    async fn check_still_named(&self, nodes: &mut [Node], i: usize) -> Result<(), Error> {
+        if i == 0 {
+            return Ok(());
+        }
+        let parent = i - 1;
+        Box::pin(self.flush_dir(nodes[parent].id())).await?;
+        self.refresh(&mut nodes[parent]).await?;
+        let dir = self.read_dir(&nodes[parent]).await?;
+        if dir.entries.get(&nodes[i].name()).map(|e| e.inode) == Some(nodes[i].id()) {
+            return Ok(());
+        }
+        Err(Error::NotFound {
+            path: format!("{} (moved or removed while open)", nodes[i].path),
+        })
+    }
+
     /// Links the new file `nodes[i]` into its directory, read afresh: under its name, or,
     /// where another writer's file took the name meanwhile, beside it under a conflict
     /// name (see [`Change::Put`]). A new directory is linked only where the name is still
@@ -2454,7 +2495,14 @@ impl<B: Blocks> Client<B> {
             // (another handle or node may have written since this one was opened), with
             // its bytes and the key its directory now gives for them.
             let path = handle.node().path.clone();
-            let nodes = self.walk(&path).await?;
+            // Renamed or removed since it was opened (the handle keeps the path it was
+            // opened at): the version is made on what the handle holds, by its inode,
+            // as a write's is. Failing here lost the change and failed the close.
+            let nodes = match self.walk(&path).await {
+                Ok(nodes) => nodes,
+                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => handle.nodes.clone(),
+                Err(e) => return Err(e),
+            };
             let fresh = &nodes[nodes.len() - 1];
             let version = |n: &Node| n.current.as_ref().map(|v| v.version);
             if fresh.id() == handle.nodes[i].id()
@@ -2471,6 +2519,28 @@ impl<B: Blocks> Client<B> {
             }
         }
         let i = handle.nodes.len() - 1;
+        // Revocations since the handle was opened: its file and the directories above it
+        // must be sealed under new keys, as a write through a fresh walk would be. The
+        // directories above are taken afresh (the anchor's key changed with the
+        // revocation); a file moved or removed meanwhile is not found there.
+        self.refresh_governing(&mut handle.nodes).await?;
+        if !new && handle.nodes.iter().any(Node::stale_key) {
+            let path = handle.node().path.clone();
+            let moved = || Error::NotFound {
+                path: format!("{path} (moved or removed while open)"),
+            };
+            let fresh = match self.walk(&path).await {
+                Ok(fresh) => fresh,
+                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Err(moved()),
+                Err(e) => return Err(e),
+            };
+            if fresh.len() != handle.nodes.len() || fresh[i].id() != handle.nodes[i].id() {
+                return Err(moved());
+            }
+            let governing = fresh[i].governing.clone();
+            handle.nodes.splice(..i, fresh.into_iter().take(i));
+            handle.nodes[i].governing = governing;
+        }
         let rekey = !new && handle.nodes[i].stale_key();
         if rekey {
             // Resealed bytes are not new bytes (the time stays), but a retry must not
@@ -2493,6 +2563,10 @@ impl<B: Blocks> Client<B> {
         if rekey {
             // The directory learns the new key (keeping the old one) before the version
             // under it exists: a crash in between leaves a file every reader still opens.
+            // Only where its name still names this file: one renamed or removed while
+            // open would otherwise be put back under its old name (over whatever took
+            // the name since).
+            self.check_still_named(&mut handle.nodes, i).await?;
             self.link_up(&mut handle.nodes, i).await?;
         }
         if handle

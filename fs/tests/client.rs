@@ -1821,3 +1821,94 @@ async fn a_name_left_without_a_version_to_show_can_be_removed_and_written_again(
         Err(Error::NotFound { .. })
     ));
 }
+
+/// A handle keeps the path it was opened at. A change of mode alone, made through it
+/// after the file was renamed or removed, is made on the file it holds (failing, it was
+/// lost and the close failed); and a write that must re-key the file (a reader was
+/// revoked meanwhile) does not put a file removed while open back under its name.
+#[tokio::test]
+async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings_it_back() {
+    let t = tree();
+    let c = t.owner();
+    let file = t.path("docs/a");
+    put(&c, &file, b"bytes").await;
+    let mut handle = c.open(&file).await.unwrap();
+    c.set_mode(&mut handle, 0o600).unwrap();
+    let moved = t.path("docs/b");
+    c.rename(&file, &moved).await.unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    let stat = t.owner().stat(&moved).await.unwrap();
+    assert_eq!((stat.mode, stat.conflicts), (0o600, 0));
+    assert_eq!(get(&c, &moved).await.unwrap(), b"bytes");
+    assert!(matches!(
+        t.owner().stat(&file).await,
+        Err(Error::NotFound { .. })
+    ));
+    // Removed while open: the close succeeds, and nothing comes back.
+    let mut handle = c.open(&moved).await.unwrap();
+    c.set_mode(&mut handle, 0o644).unwrap();
+    c.remove(&moved, None).await.unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert!(matches!(
+        t.owner().stat(&moved).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Written while open, removed, and a reader revoked before the close: the re-keying
+    // write is refused rather than linking the file back in.
+    let shared = t.path("shared/f");
+    put(&c, &shared, b"before").await;
+    let (alice_id, _) = t.stranger();
+    c.share(&t.path("shared"), &alice_id.public(), None)
+        .await
+        .unwrap();
+    let mut handle = c.open(&shared).await.unwrap();
+    c.write(&mut handle, 0, b"after").await.unwrap();
+    c.remove(&shared, None).await.unwrap();
+    c.revoke(&t.path("shared"), &alice_id.principal())
+        .await
+        .unwrap();
+    let closed = c.fsync(&mut handle).await;
+    assert!(
+        matches!(closed, Err(Error::NotFound { .. })),
+        "closing the removed file: {closed:?}"
+    );
+    assert!(matches!(
+        t.owner().stat(&shared).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Opened before a revocation, written after it: the file and the directory above it
+    // get new keys, made under the anchor's new epoch, not the keys the revoked reader
+    // holds (the handle's walk predates the revocation; it sealed under those before).
+    let (bob_id, _) = t.stranger();
+    let deep = t.path("team/sub/g");
+    put(&c, &deep, b"old").await;
+    c.share(&t.path("team"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    let mut handle = c.open(&deep).await.unwrap();
+    c.revoke(&t.path("team"), &bob_id.principal())
+        .await
+        .unwrap();
+    c.write(&mut handle, 0, b"new").await.unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert_eq!(get(&t.owner(), &deep).await.unwrap(), b"new");
+    let anchor = Binding::anchor(t.path("team")).id();
+    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .inode
+        .epoch;
+    assert!(epoch > 0);
+    for path in [deep.clone(), t.path("team/sub")] {
+        let inode = t.owner().stat(&path).await.unwrap().inode;
+        let winner = fs::inode::winner(&t.replica.versions(&inode).unwrap())
+            .unwrap()
+            .clone();
+        assert!(
+            winner.inode.key_epochs.contains(&(anchor, epoch)),
+            "{path} was sealed under a key from before the revocation: {:?}",
+            winner.inode.key_epochs
+        );
+    }
+}
