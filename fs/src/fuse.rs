@@ -429,19 +429,24 @@ impl<B: Blocks> Mount<B> {
     /// After a rename, the moved entry and everything below it live at new paths.
     fn moved(&self, from: &Path, to: &Path) {
         if let Ok(mut paths) = self.paths.lock() {
-            for path in paths.values_mut() {
-                if path.starts_with(from) {
-                    let rest = &path.segments()[from.segments().len()..];
-                    let mut moved = to.clone();
-                    for segment in rest {
-                        match moved.join(segment) {
-                            Ok(p) => moved = p,
-                            Err(_) => break,
-                        }
-                    }
-                    *path = moved;
+            paths.retain(|_, path| {
+                if !path.starts_with(from) {
+                    return true;
                 }
-            }
+                let rest = &path.segments()[from.segments().len()..];
+                let mut moved = to.clone();
+                for segment in rest {
+                    match moved.join(segment) {
+                        Ok(p) => moved = p,
+                        // Past the longest path: forgotten (the kernel's next use of
+                        // the number is ESTALE), never kept as a shorter path that names
+                        // an ancestor.
+                        Err(_) => return false,
+                    }
+                }
+                *path = moved;
+                true
+            });
         }
     }
 
@@ -1120,4 +1125,60 @@ pub fn spawn<B: Blocks>(
     // The mount watches its own device between requests (see `linger`).
     let _ = device.set(session.as_fd().try_clone_to_owned()?);
     session.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Replica, store::Store};
+    use keys::{Chain, Identity, Validity};
+
+    fn mount(runtime: &tokio::runtime::Runtime) -> Mount<Replica> {
+        let root = Arc::new(Identity::generate());
+        let tree = Path::root_of(root.principal());
+        let chain = Chain::root_grant(
+            root.signing_key(),
+            root.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        let replica = Arc::new(Replica::new(Store::in_memory().unwrap()));
+        let client = Arc::new(Client::new(replica, root, vec![chain], Config::new()));
+        Mount::new(
+            client,
+            runtime.handle().clone(),
+            tree,
+            0,
+            0,
+            std::env::temp_dir(),
+        )
+    }
+
+    /// A rename that would make a path below it longer than the longest path forgets
+    /// that inode number (ESTALE at its next use) instead of keeping a prefix of the
+    /// path, which named an ancestor: a `touch x` from a directory there made `x` in
+    /// its parent.
+    #[test]
+    fn a_rename_past_the_longest_path_forgets_the_numbers_below_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mount = mount(&runtime);
+        let top = mount.root.join("top").unwrap();
+        let mut deep = top.clone();
+        while deep.text_len() < keys::limits::MAX_PATH_LEN - 300 {
+            deep = deep.join(&"d".repeat(100)).unwrap();
+        }
+        let near = top.join("near").unwrap();
+        {
+            let mut paths = mount.paths.lock().unwrap();
+            paths.insert(7, deep.clone());
+            paths.insert(8, near.clone());
+        }
+        let longer = mount.root.join(&"n".repeat(255)).unwrap();
+        mount.moved(&top, &longer);
+        assert_eq!(mount.path(INodeNo(7)), Err(Errno::ESTALE));
+        assert_eq!(mount.path(INodeNo(8)), Ok(longer.join("near").unwrap()));
+        assert_eq!(mount.path(INodeNo(1)), Ok(mount.root.clone()));
+    }
 }
