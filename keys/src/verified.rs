@@ -16,6 +16,26 @@ pub const MAX_CHAINS_PER_HOLDER: usize = 64;
 /// arbitrary ones (they verify again when next seen).
 pub const MAX_HOLDERS: usize = 16_384;
 
+/// Memory one holder's grants may take, as [`held_bytes`] counts it; its oldest go
+/// first. A chain of 8 links, each with a 4 KiB prefix of one-letter segments, takes
+/// ~1 MB in memory: counting chains alone let one peer hold 64 of those.
+pub const MAX_BYTES_PER_HOLDER: usize = 1 << 20;
+
+/// Memory all grants may take; past it, holders whose grants all expired go first, then
+/// arbitrary ones.
+pub const MAX_BYTES: usize = 64 << 20;
+
+/// About what `chain` takes in memory: each link's prefix (its text, and a string per
+/// segment) and the rest of the link.
+pub fn held_bytes(chain: &Chain) -> usize {
+    chain
+        .links()
+        .iter()
+        .map(|link| link.prefix().text_len() + link.prefix().segments().len() * 48 + 256)
+        .sum::<usize>()
+        * 2
+}
+
 #[derive(Debug, Clone)]
 struct Grant {
     prefix: Path,
@@ -23,6 +43,16 @@ struct Grant {
     expires: Timestamp,
     /// Kept to check it again under new revocation lists.
     chain: Chain,
+    /// [`held_bytes`] of the grant (its prefix is counted with its chain's).
+    bytes: usize,
+}
+
+/// A chain checked for its holder (by [`VerifiedChains::verify`], without the cache's
+/// lock), to remember with [`VerifiedChains::remember`].
+#[derive(Debug, Clone)]
+pub struct CheckedChain {
+    holder: Principal,
+    grant: Grant,
 }
 
 /// The verified grants of each holder.
@@ -41,6 +71,8 @@ struct Grant {
 #[derive(Debug, Default, Clone)]
 pub struct VerifiedChains {
     grants: HashMap<Principal, Vec<Grant>>,
+    /// What `grants` takes, as [`held_bytes`] counts it.
+    bytes: usize,
 }
 
 impl VerifiedChains {
@@ -53,41 +85,104 @@ impl VerifiedChains {
         now: Timestamp,
         revocations: &Revocations,
     ) -> Result<(), WritecapError> {
+        let checked = Self::verify(holder, chain, now, revocations)?;
+        self.remember(checked, now);
+        Ok(())
+    }
+
+    /// Verifies `chain` for `holder` (for its own prefix, at `now`), touching no cache:
+    /// the signatures are checked without holding the lock a shared cache sits behind.
+    pub fn verify(
+        holder: &Principal,
+        chain: &Chain,
+        now: Timestamp,
+        revocations: &Revocations,
+    ) -> Result<CheckedChain, WritecapError> {
         let prefix = chain
             .prefix()
             .ok_or_else(|| WritecapError::Malformed("the chain is empty".into()))?;
         chain.verify(prefix, holder, now, revocations)?;
         let links = chain.links();
-        let grant = Grant {
-            prefix: prefix.clone(),
-            not_before: links
-                .iter()
-                .map(|c| c.validity().not_before)
-                .max()
-                .unwrap_or(0),
-            expires: links
-                .iter()
-                .map(|c| c.validity().expires)
-                .min()
-                .unwrap_or(0),
-            chain: chain.clone(),
-        };
-        if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(holder) {
-            self.grants
-                .retain(|_, grants| grants.iter().any(|g| g.expires > now));
-            if self.grants.len() >= MAX_HOLDERS
-                && let Some(victim) = self.grants.keys().next().copied()
-            {
-                self.grants.remove(&victim);
+        Ok(CheckedChain {
+            holder: *holder,
+            grant: Grant {
+                prefix: prefix.clone(),
+                not_before: links
+                    .iter()
+                    .map(|c| c.validity().not_before)
+                    .max()
+                    .unwrap_or(0),
+                expires: links
+                    .iter()
+                    .map(|c| c.validity().expires)
+                    .min()
+                    .unwrap_or(0),
+                chain: chain.clone(),
+                bytes: held_bytes(chain),
+            },
+        })
+    }
+
+    /// Remembers a chain [`VerifiedChains::verify`] checked, within the bounds above
+    /// (what goes to make room verifies again when next seen).
+    pub fn remember(&mut self, checked: CheckedChain, now: Timestamp) {
+        let CheckedChain { holder, grant } = checked;
+        if grant.bytes > MAX_BYTES_PER_HOLDER {
+            return;
+        }
+        if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(&holder) {
+            self.drop_holders(now, |cache| cache.grants.len() < MAX_HOLDERS);
+        }
+        if self.bytes + grant.bytes > MAX_BYTES {
+            let wanted = MAX_BYTES - grant.bytes;
+            self.drop_holders(now, |cache| cache.bytes <= wanted);
+        }
+        let grants = self.grants.entry(holder).or_default();
+        let mut freed = 0;
+        grants.retain(|g| {
+            let keep = g.expires > now;
+            if !keep {
+                freed += g.bytes;
             }
+            keep
+        });
+        let mut held: usize = grants.iter().map(|g| g.bytes).sum();
+        while !grants.is_empty()
+            && (grants.len() >= MAX_CHAINS_PER_HOLDER || held + grant.bytes > MAX_BYTES_PER_HOLDER)
+        {
+            let old = grants.remove(0);
+            held -= old.bytes;
+            freed += old.bytes;
         }
-        let grants = self.grants.entry(*holder).or_default();
-        grants.retain(|g| g.expires > now);
-        if grants.len() >= MAX_CHAINS_PER_HOLDER {
-            grants.remove(0);
-        }
+        self.bytes = self.bytes - freed + grant.bytes;
         grants.push(grant);
-        Ok(())
+    }
+
+    /// Drops holders until `enough`: those whose grants all expired first, then any.
+    fn drop_holders(&mut self, now: Timestamp, enough: impl Fn(&Self) -> bool) {
+        let expired: Vec<Principal> = self
+            .grants
+            .iter()
+            .filter(|(_, grants)| grants.iter().all(|g| g.expires <= now))
+            .map(|(holder, _)| *holder)
+            .collect();
+        for holder in expired {
+            if enough(self) {
+                return;
+            }
+            self.forget(&holder);
+        }
+        while !enough(self) {
+            let Some(victim) = self.grants.keys().next().copied() else {
+                return;
+            };
+            self.forget(&victim);
+        }
+    }
+
+    /// What the remembered grants take, as [`held_bytes`] counts it.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether a remembered chain lets `holder` speak for `path` at `now`.
@@ -114,27 +209,36 @@ impl VerifiedChains {
 
     /// Forgets everything about `holder` (its connection closed, or revocations changed).
     pub fn forget(&mut self, holder: &Principal) {
-        self.grants.remove(holder);
+        if let Some(grants) = self.grants.remove(holder) {
+            self.bytes -= grants.iter().map(|g| g.bytes).sum::<usize>();
+        }
     }
 
     /// Forgets every grant whose chain `revocations` revoke (new lists arrived); the
     /// others stay, so peers need not present their chains again.
     pub fn revalidate(&mut self, now: Timestamp, revocations: &Revocations) {
+        let mut freed = 0;
         for (holder, grants) in &mut self.grants {
             grants.retain(|g| {
-                matches!(
+                let keep = matches!(
                     g.chain
                         .verify_remembering(&g.prefix, holder, now, revocations),
                     Ok(()) | Err(WritecapError::NotYetValid { .. } | WritecapError::Expired { .. })
-                ) && g.expires > now
+                ) && g.expires > now;
+                if !keep {
+                    freed += g.bytes;
+                }
+                keep
             });
         }
+        self.bytes -= freed;
         self.grants.retain(|_, grants| !grants.is_empty());
     }
 
     /// Forgets everything (for instance when a new revocation list arrives).
     pub fn clear(&mut self) {
         self.grants.clear();
+        self.bytes = 0;
     }
 }
 
@@ -167,6 +271,62 @@ mod tests {
         assert_eq!(cache.authorized_until(&holder, &apps, 150), Some(200));
         cache.forget(&holder);
         assert!(!cache.authorizes(&holder, &apps, 150));
+    }
+
+    /// A chain whose prefix is about 4 KiB of one-letter segments (~200 KB in memory).
+    fn deep_chain(root: &SigningKey, holder: &SigningKey) -> (Chain, Path) {
+        let top = Path::root_of(root.principal()).to_string();
+        let segments = (crate::limits::MAX_PATH_LEN - top.len()) / 2;
+        let prefix: Path = format!("{top}{}", "/a".repeat(segments)).parse().unwrap();
+        let now = crate::now();
+        let validity = Validity {
+            not_before: now - 60,
+            expires: now + 600,
+        };
+        let chain = Chain::root_grant(root, holder.principal(), prefix.clone(), validity);
+        (chain, prefix)
+    }
+
+    /// Grants are held by what they take in memory, for each holder and in all: chains
+    /// with deep prefixes from one peer, or from many, hold at most the bounds (a peer
+    /// could make the cache hold gigabytes by counting chains alone). The newest grant is
+    /// always remembered, and forgetting gives its bytes back.
+    #[test]
+    fn remembered_chains_are_bounded_by_what_they_take_in_memory() {
+        let now = crate::now();
+        let none = Revocations::default();
+        let mut cache = VerifiedChains::default();
+        let holder = SigningKey::generate();
+        let mut last = None;
+        for _ in 0..20 {
+            let root = SigningKey::generate();
+            let (chain, prefix) = deep_chain(&root, &holder);
+            assert!(held_bytes(&chain) > 100_000);
+            cache
+                .insert(&holder.principal(), &chain, now, &none)
+                .unwrap();
+            last = Some(prefix);
+            assert!(cache.bytes() <= MAX_BYTES_PER_HOLDER);
+        }
+        assert!(cache.authorizes(&holder.principal(), &last.unwrap(), now));
+        cache.forget(&holder.principal());
+        assert_eq!(cache.bytes(), 0);
+
+        let root = SigningKey::generate();
+        let per_chain = held_bytes(&deep_chain(&root, &holder).0);
+        let holders = MAX_BYTES / per_chain + 3;
+        for _ in 0..holders {
+            let holder = SigningKey::generate();
+            let (chain, prefix) = deep_chain(&root, &holder);
+            cache
+                .insert(&holder.principal(), &chain, now, &none)
+                .unwrap();
+            assert!(cache.bytes() <= MAX_BYTES);
+            assert!(cache.authorizes(&holder.principal(), &prefix, now));
+        }
+        assert!(cache.bytes() > MAX_BYTES - 2 * per_chain);
+        cache.clear();
+        assert_eq!(cache.bytes(), 0);
     }
 
     #[test]

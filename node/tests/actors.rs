@@ -773,13 +773,69 @@ async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
     raw_stream(&peer, &net.nodes[1], vec![chain.clone()], opens(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(net.nodes[1].runtime.status().blocked, 0);
-    // Forty: the stream is dropped, and the peer with it.
-    raw_stream(&peer, &net.nodes[1], vec![chain], opens(40)).await;
+    // Forty: the stream is dropped, and the peer with it (its writes may then fail).
+    let mut control = peer.client.streams();
+    let mut stream = control
+        .open_stream(
+            net.nodes[1].key.peer_id(),
+            StreamProtocol::new(wire::PROTOCOL_NAME),
+        )
+        .await
+        .unwrap();
+    let mut bytes = hello(2, vec![chain]);
+    bytes.extend_from_slice(&opens(40));
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.flush().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while net.nodes[1].runtime.status().blocked == 0 {
         assert!(
             Instant::now() < deadline,
             "a stream holding 40 channels of 4 KiB paths was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A hello whose chain does not hold for the peer that sent it (here: granted to someone
+/// else) counts against the peer: verifying it cost the receiver, sending it cost the
+/// peer nothing. An expired one does not (an honest node's may have just expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_a_chain_that_is_not_the_peers_counts_against_it() {
+    let net = Net::start_with(2, |i| {
+        if i == 1 {
+            Config::new().with_penalty(1, Duration::from_secs(60), Duration::from_secs(60))
+        } else {
+            Config::new()
+        }
+    })
+    .await;
+    let other_root = SigningKey::generate();
+    let peer = start_node(&other_root, 9, Some(&net.nodes[0].addr), Config::new()).await;
+    peer.client.dial(net.nodes[1].addr.clone()).await.unwrap();
+    let expired = Chain::root_grant(
+        &other_root,
+        peer.key.principal(),
+        peer.home.clone(),
+        Validity {
+            not_before: 1,
+            expires: 2,
+        },
+    );
+    raw_stream(&peer, &net.nodes[1], vec![expired], Vec::new()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(net.nodes[1].runtime.status().blocked, 0);
+    let someone_elses = Chain::root_grant(
+        &other_root,
+        SigningKey::generate().principal(),
+        peer.home.clone(),
+        Validity::for_seconds(60),
+    );
+    raw_stream(&peer, &net.nodes[1], vec![someone_elses], Vec::new()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[1].runtime.status().blocked == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a hello with another holder's chain went uncounted"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

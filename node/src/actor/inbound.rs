@@ -100,6 +100,13 @@ impl Drop for StreamSlot {
                 *open -= 1;
                 if *open == 0 {
                     streams.remove(&self.peer);
+                    drop(streams);
+                    // Its last stream is gone: so are the chains its hellos brought (a
+                    // new stream brings them again). Peers that come and go under new
+                    // ids would otherwise fill the cache up to its bounds.
+                    if let Some(key) = keys::PublicKey::from_peer_id(&self.peer) {
+                        write(&inner.verified).forget(&key.principal());
+                    }
                 }
             }
         }
@@ -314,16 +321,39 @@ impl Reader {
         }
         let inner = self.inner.clone();
         let now = keys::now();
+        // Checked before the shared cache is locked: the signatures of a hello's chains
+        // (up to 8 links each) are not verified while every other stream waits.
+        let mut forged = false;
+        let checked: Vec<keys::CheckedChain> = {
+            let revocations = inner.config.revocations.read();
+            hello
+                .chains
+                .iter()
+                .filter_map(|chain| {
+                    keys::VerifiedChains::verify(&self.principal, chain, now, &revocations)
+                        .map_err(|e| {
+                            tracing::debug!(error = %e, "a chain in the peer's hello does not hold");
+                            // An expired, premature or revoked chain may be an honest
+                            // node's that does not know yet; any other fault is not.
+                            forged |= !matches!(
+                                e,
+                                keys::WritecapError::Expired { .. }
+                                    | keys::WritecapError::NotYetValid { .. }
+                                    | keys::WritecapError::Revoked { .. }
+                            );
+                        })
+                        .ok()
+                })
+                .collect()
+        };
+        if forged {
+            // Counted against the peer, as a refused message is: verifying costs us,
+            // sending costs it nothing.
+            inner.penalise(self.peer);
+        }
         let mut verified = write(&inner.verified);
-        for chain in &hello.chains {
-            if let Err(e) = verified.insert(
-                &self.principal,
-                chain,
-                now,
-                &inner.config.revocations.read(),
-            ) {
-                tracing::debug!(error = %e, "a chain in the peer's hello does not hold");
-            }
+        for chain in checked {
+            verified.remember(chain, now);
         }
         Ok(())
     }

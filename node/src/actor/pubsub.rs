@@ -331,16 +331,18 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
     };
     let now = keys::now();
     let authorized = read(&inner.verified).authorizes(&principal, &publication.from, now) || {
-        let mut verified = write(&inner.verified);
-        verified
-            .insert(
-                &principal,
-                &publication.chain,
-                now,
-                &inner.config.revocations.read(),
-            )
-            .is_ok()
-            && verified.authorizes(&principal, &publication.from, now)
+        // Verified before the shared cache is locked.
+        let checked = keys::VerifiedChains::verify(
+            &principal,
+            &publication.chain,
+            now,
+            &inner.config.revocations.read(),
+        );
+        checked.is_ok_and(|checked| {
+            let mut verified = write(&inner.verified);
+            verified.remember(checked, now);
+            verified.authorizes(&principal, &publication.from, now)
+        })
     };
     if !authorized {
         tracing::info!(source = %message.source, from = %publication.from, "rejected a publication from an impostor");
