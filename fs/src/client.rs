@@ -1931,6 +1931,20 @@ impl<B: Blocks> Client<B> {
         self.create_new(path, found, missing, Kind::File).await
     }
 
+    /// Creates the file `path` only where no file has the name: [`Error::Exists`] else,
+    /// and the file there is left as it is. A mount creates with it: the kernel asks to
+    /// create a name its lookup found free, and another node's file may have taken the
+    /// name since; [`Client::create`] would have emptied that file.
+    pub async fn create_new_file(&self, path: &Path) -> Result<Handle, Error> {
+        let (found, missing) = self.walk_partial(path).await?;
+        if missing.is_empty() && !found.is_empty() {
+            return Err(Error::Exists {
+                path: path.to_string(),
+            });
+        }
+        self.create_new(path, found, missing, Kind::File).await
+    }
+
     /// Creates a symbolic link at `path` to `target` (the bytes the kernel gives: the
     /// file system neither follows nor checks them; on a mount the kernel resolves
     /// links). The target is sealed like a file's contents, so replicas cannot read it.

@@ -803,12 +803,19 @@ impl<B: Blocks> Filesystem for Mount<B> {
             Err(e) => return reply.error(e),
         };
         // The new file is a version at once, so that other lookups see it before close.
+        // A file that took the name since the kernel's lookup (another node's) is left
+        // as it is: ESTALE has the kernel look the name up again and open what is there
+        // as open(2) says (EEXIST for O_EXCL, emptied only for O_TRUNC).
         let created = self.run(async {
-            let mut handle = self.client.create(&path).await?;
+            let mut handle = self.client.create_new_file(&path).await?;
             self.client.set_mode(&mut handle, mode & !umask & 0o7777)?;
             self.client.fsync(&mut handle).await?;
             Ok(handle)
         });
+        let created = match created {
+            Err(Errno::EEXIST) => Err(Errno::ESTALE),
+            other => other,
+        };
         match created {
             Ok(handle) => {
                 let stat = handle.stat();

@@ -1912,3 +1912,24 @@ async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings
         );
     }
 }
+
+/// `create_new_file` (a mount's create) leaves a file that has the name as it is, where
+/// `create` empties it: the kernel asks to create a name its lookup found free, and
+/// another node's file may have taken it since.
+#[tokio::test]
+async fn creating_a_new_file_leaves_one_that_took_the_name_alone() {
+    let t = tree();
+    let c = t.owner();
+    let file = t.path("docs/taken");
+    put(&c, &file, b"another node's bytes").await;
+    assert!(matches!(
+        c.create_new_file(&file).await,
+        Err(Error::Exists { .. })
+    ));
+    assert_eq!(get(&c, &file).await.unwrap(), b"another node's bytes");
+    let fresh = t.path("docs/fresh");
+    let mut handle = c.create_new_file(&fresh).await.unwrap();
+    c.write(&mut handle, 0, b"new").await.unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert_eq!(get(&c, &fresh).await.unwrap(), b"new");
+}
