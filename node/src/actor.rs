@@ -423,7 +423,7 @@ impl ReplyTo {
     ///
     /// An error means the reply breaks the protocol or the wire's limits: the replying
     /// actor's own fault. A way back that is gone (the asker's node left, or refused our
-    /// reply stream) or that stays full for [`REPLY_WAIT`] (the asker reads nothing) drops
+    /// reply stream) or that stays full for 2 s (the asker reads nothing) drops
     /// the reply, and the asker's ask ends with its timeout, as with an asker on this
     /// node that stopped waiting: a remote asker cannot make the actor fail.
     pub async fn send(mut self, label: &str, payload: &[u8]) -> Result<(), SendError> {
