@@ -94,21 +94,35 @@ pub(crate) fn overlay(
         config.listen = multiaddrs("listen address", &listen)?;
     }
     if let Some(secs) = file.record_ttl_secs {
-        if secs < 60 {
-            bail!("record_ttl_secs must be at least 60");
+        // Longer-lived records are refused by every store, this node's own included.
+        let max = keys::limits::MAX_RECORD_TTL_SECS;
+        if !(60..=max).contains(&secs) {
+            bail!("record_ttl_secs must be between 60 and {max} (a day), not {secs}");
         }
         config.record_ttl = Duration::from_secs(secs);
     }
     if let Some(secs) = file.republish_secs {
-        config.republish_interval = Duration::from_secs(secs.max(1));
+        config.republish_interval = Duration::from_secs(at_most(secs, "republish_secs")?.max(1));
     }
     if let Some(secs) = file.resolve_cache_secs {
-        config.resolve_cache_ttl = Duration::from_secs(secs);
+        config.resolve_cache_ttl = Duration::from_secs(at_most(secs, "resolve_cache_secs")?);
     }
     if config.republish_interval >= config.record_ttl {
         bail!("republish_secs must be shorter than record_ttl_secs");
     }
     Ok(config)
+}
+
+/// The longest setting in seconds taken: a year. Timers add these to the current
+/// instant, and a value near `u64::MAX` made that overflow and panic the task.
+const MAX_SETTING_SECS: u64 = 365 * 24 * 3600;
+
+/// `secs`, or a clear error naming `what` when it is past [`MAX_SETTING_SECS`].
+fn at_most(secs: u64, what: &str) -> anyhow::Result<u64> {
+    if secs > MAX_SETTING_SECS {
+        bail!("{what} must be at most {MAX_SETTING_SECS} (a year), not {secs}");
+    }
+    Ok(secs)
 }
 
 /// The file system settings from the environment and the file.
@@ -132,10 +146,13 @@ pub(crate) fn files(file: &FileConfig) -> anyhow::Result<crate::files::FsSetting
     if write_quorum == 0 || write_quorum > replicas {
         bail!("fs_write_quorum must be between 1 and fs_replicas ({replicas}), not {write_quorum}");
     }
-    let interval = env("BT_REPAIR_INTERVAL_SECS")?
-        .map(|n| n as u64)
-        .or(file.repair_interval_secs)
-        .unwrap_or(60);
+    let interval = at_most(
+        env("BT_REPAIR_INTERVAL_SECS")?
+            .map(|n| n as u64)
+            .or(file.repair_interval_secs)
+            .unwrap_or(60),
+        "repair_interval_secs",
+    )?;
     let fuse_spin = match std::env::var("BT_FUSE_SPIN") {
         Ok(text) => match text.as_str() {
             "1" | "true" | "on" | "yes" => true,
@@ -151,11 +168,58 @@ pub(crate) fn files(file: &FileConfig) -> anyhow::Result<crate::files::FsSetting
         repair_interval: Duration::from_secs(interval.max(1)),
         repair_bandwidth: file.repair_bandwidth.unwrap_or(64 << 20).max(1024),
         gc_grace: Duration::from_secs(
-            env("BT_GC_GRACE_SECS")?
-                .map(|n| n as u64)
-                .or(file.gc_grace_secs)
-                .unwrap_or(24 * 3600)
-                .max(60),
+            at_most(
+                env("BT_GC_GRACE_SECS")?
+                    .map(|n| n as u64)
+                    .or(file.gc_grace_secs)
+                    .unwrap_or(24 * 3600),
+                "gc_grace_secs",
+            )?
+            .max(60),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    /// Durations past what the node can use are refused with the setting's name: a
+    /// record lifetime over a day (every store refused the node's own records, and
+    /// `register` said only that the value was too large to store), and values near
+    /// `u64::MAX` (a timer's deadline overflowed and panicked its task).
+    #[test]
+    fn durations_past_what_the_node_can_use_are_refused_by_name() {
+        for (text, named) in [
+            ("record_ttl_secs = 172800", "record_ttl_secs"),
+            ("record_ttl_secs = 30", "record_ttl_secs"),
+            ("record_ttl_secs = 9223372036854775807", "record_ttl_secs"),
+            ("republish_secs = 9223372036854775807", "republish_secs"),
+            (
+                "resolve_cache_secs = 9223372036854775807",
+                "resolve_cache_secs",
+            ),
+        ] {
+            let err = overlay(&[], &[], &parsed(text)).unwrap_err().to_string();
+            assert!(err.contains(named), "{text}: {err}");
+        }
+        let fine = overlay(&[], &[], &parsed("record_ttl_secs = 86400")).unwrap();
+        assert_eq!(fine.record_ttl, Duration::from_secs(86_400));
+        for (text, named) in [
+            (
+                "repair_interval_secs = 9223372036854775807",
+                "repair_interval_secs",
+            ),
+            ("gc_grace_secs = 9223372036854775807", "gc_grace_secs"),
+        ] {
+            let err = files(&parsed(text)).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(named), "{text}: {err}");
+        }
+        let fine = files(&parsed("repair_interval_secs = 3600")).unwrap();
+        assert_eq!(fine.repair_interval, Duration::from_secs(3600));
+    }
 }

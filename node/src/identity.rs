@@ -92,6 +92,16 @@ pub(crate) fn init(data_dir: &Path, options: &InitOptions) -> anyhow::Result<Nod
             data_dir.display()
         );
     }
+    // A tree's root key is the one thing nothing else can replace: never removed or
+    // replaced without --force, even where the node's own files are gone.
+    if !options.force && data_dir.join(ROOT_KEY_FILE).exists() {
+        bail!(
+            "{} holds a tree's root key ({}); pass --force to replace or remove it (the tree \
+             can then never be written or shared again: back it up first)",
+            data_dir.display(),
+            data_dir.join(ROOT_KEY_FILE).display()
+        );
+    }
     let (kind, reason, tcti) = choose_store(options)?;
     let mut store = open_store(kind, tcti.as_deref(), &options.passphrase, true)?;
     let identity = Identity::generate();

@@ -181,6 +181,33 @@ fn init_refuses_to_replace_without_force() {
     assert_eq!(id["principal"], second["principal"]);
 }
 
+/// A tree's root key is never removed or replaced by `init` without `--force`, even
+/// where the node's own files are gone (someone resetting the node's identity): it
+/// deleted `keys/root.key` (without `--root`) or overwrote it (with it).
+#[test]
+fn init_keeps_a_root_key_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        btnode(dir.path(), &["init", "--key-store", "software", "--root"])
+            .env("BT_PASSPHRASE", PASS),
+    );
+    let root_key = dir.path().join("keys/root.key");
+    let before = std::fs::read(&root_key).unwrap();
+    std::fs::remove_file(dir.path().join("node.cbor")).unwrap();
+    std::fs::remove_file(dir.path().join("keys/node.key")).unwrap();
+    for args in [
+        &["init", "--key-store", "software"][..],
+        &["init", "--key-store", "software", "--root"][..],
+    ] {
+        let err = fails(btnode(dir.path(), args).env("BT_PASSPHRASE", PASS));
+        assert!(
+            err.contains("root key") && err.contains("--force"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(std::fs::read(&root_key).unwrap(), before, "{args:?}");
+    }
+}
+
 #[test]
 fn wrong_passphrase_and_missing_passphrase_are_clear() {
     let dir = tempfile::tempdir().unwrap();
