@@ -136,20 +136,29 @@ pub(crate) async fn bind(data_dir: &FsPath) -> anyhow::Result<(UnixListener, Pat
         std::fs::remove_file(&path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    // Created owner-only: a socket made with the process's umask and restricted after
+    // was open to others in between (where the data directory itself is not private).
+    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = UnixListener::bind(&path);
+    rustix::process::umask(umask);
+    let listener =
+        bound.with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok((listener, path))
 }
 
+/// How long a connection may take to send its request: one that sends nothing would
+/// otherwise hold one of the daemon's connection slots for ever.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads one request from a connection.
 pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     let mut line = String::new();
     let mut reader = BufReader::new(stream).take(MAX_REQUEST);
-    reader
-        .read_line(&mut line)
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
         .await
+        .map_err(|_| format!("no request within {} s", REQUEST_TIMEOUT.as_secs()))?
         .map_err(|e| format!("cannot read the request: {e}"))?;
     if !line.ends_with('\n') {
         return Err(format!(

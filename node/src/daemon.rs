@@ -134,8 +134,23 @@ pub(crate) async fn run(
     let result = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break Ok(()) };
+                Ok((mut stream, _)) => {
+                    // Never waited for here: a loop stuck on a slot would hear no signal
+                    // (SIGTERM waited for a client to leave). A client past the limit is
+                    // told so at once.
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        tokio::spawn(async move {
+                            let busy = control::Response::err(format!(
+                                "the daemon is serving {MAX_CONTROL_CONNECTIONS} control connections; try again"
+                            ));
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(1),
+                                control::write_response(&mut stream, &busy),
+                            )
+                            .await;
+                        });
+                        continue;
+                    };
                     let daemon = daemon.clone();
                     tokio::spawn(async move {
                         daemon.serve(stream).await;

@@ -192,6 +192,57 @@ fn unreachable_bootstrap_is_retried_until_it_appears() {
     assert!(status(b.path())["peers"].as_u64().unwrap() >= 1);
 }
 
+/// Clients that connect to the control socket and send nothing neither wedge it nor
+/// keep the daemon from stopping: past its 32 connections a client is told the daemon
+/// is busy at once, the idle ones are let go after 10 s, and SIGTERM stops the daemon
+/// meanwhile. (The accept loop waited for a free slot, hearing no signal, and an idle
+/// client held its slot for ever: `btnode status` hung, and so did SIGTERM.)
+#[test]
+fn idle_control_clients_neither_wedge_the_socket_nor_hold_off_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let daemon = Daemon::start(dir.path(), &["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    daemon.expect("control socket", Duration::from_secs(10));
+    let socket = dir.path().join("control.sock");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..40)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let out = btnode(dir.path()).args(["status"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("busy") || err.contains("try again"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a busy daemon kept its client waiting"
+    );
+    // The idle clients are let go: the daemon answers again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = btnode(dir.path())
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle clients kept their slots"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // And SIGTERM stops it while more idle clients wait.
+    let more: Vec<std::os::unix::net::UnixStream> = (0..40)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal("-TERM");
+    assert!(daemon.wait(Duration::from_secs(10)).success());
+    drop((idle, more));
+}
+
 #[test]
 fn one_daemon_per_data_dir_and_signals_stop_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
