@@ -108,7 +108,21 @@ pub enum Error {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,
+    /// The resolution took longer than it may.
+    #[error("resolving {path} took more than {secs} s")]
+    TimedOut {
+        /// The path.
+        path: String,
+        /// The limit, in seconds.
+        secs: u64,
+    },
 }
+
+/// How long a resolution may take in all. Its prefixes are looked up one after another,
+/// each within Kademlia's query timeout and then a liveness dial, and a lookup is run
+/// again for newer records when its node is gone: bounded each, but not together (a node
+/// that had just joined, with departed peers in its table, took over a minute).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a path resolves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -879,6 +893,8 @@ struct Lookup {
 
 struct PendingResolve {
     path: Path,
+    /// When it is given up (see [`RESOLVE_TIMEOUT`]).
+    deadline: Instant,
     lookups: Vec<Lookup>,
     /// Index of the lookup whose node is being dialled for liveness.
     checking: Option<(usize, Instant)>,
@@ -1287,6 +1303,26 @@ impl EventLoop {
             .collect();
         for id in expired {
             self.liveness_failed(id);
+        }
+        // Resolutions past their deadline: answered with the error, their lookups ended.
+        let late: Vec<u64> = self
+            .resolves
+            .iter()
+            .filter(|(_, r)| now >= r.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.finish_lookups(id);
+            if let Some(resolve) = self.resolves.remove(&id) {
+                tracing::debug!(path = %resolve.path, "a resolution ran out of time");
+                if let Some(m) = &self.metrics {
+                    m.resolves_failed.inc();
+                }
+                let _ = resolve.reply.send(Err(Error::TimedOut {
+                    path: resolve.path.to_string(),
+                    secs: RESOLVE_TIMEOUT.as_secs(),
+                }));
+            }
         }
         if self.republish_due.is_some_and(|due| now >= due) {
             self.republish_due = None;
@@ -1701,6 +1737,7 @@ impl EventLoop {
                 path,
                 lookups,
                 checking: None,
+                deadline: Instant::now() + RESOLVE_TIMEOUT,
                 reply,
                 dead: None,
             },

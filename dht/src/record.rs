@@ -83,6 +83,20 @@ pub enum RecordError {
         /// The record's path.
         path: Path,
     },
+    /// The record's sequence (its writer's clock, in milliseconds) is further ahead of
+    /// ours than clocks drift: a record numbered near `u64::MAX` would otherwise hold the
+    /// path against every later one.
+    #[error(
+        "path record for {path}: sequence {sequence} is ahead of this node's clock ({now_ms} ms)"
+    )]
+    FromTheFuture {
+        /// The record's path.
+        path: Path,
+        /// Its sequence.
+        sequence: u64,
+        /// This node's clock, in milliseconds since the epoch.
+        now_ms: u64,
+    },
     /// A record with this sequence or a later one is already held.
     #[error("path record for {path}: sequence {got} is not newer than {have}")]
     Stale {

@@ -118,7 +118,9 @@ impl Store {
         Ok(())
     }
 
-    /// Checks `record` and stores it if it is new or newer than the one held.
+    /// Checks `record` and stores it if it is new or newer than the one held. A held
+    /// record that has expired, or no longer holds (its writecap expired or was revoked),
+    /// is replaced whatever its sequence: it must not keep the path from its next holder.
     pub fn insert(&mut self, record: Record) -> Result<Inserted, StoreError> {
         let path_record = PathRecord::from_kad(
             &record.key,
@@ -127,9 +129,18 @@ impl Store {
             &self.revocations.read(),
         )?;
         let sequence = path_record.sequence();
+        let now_ms = now_ms();
+        if sequence > now_ms.saturating_add(SEQUENCE_SLACK_MS) {
+            return Err(RecordError::FromTheFuture {
+                path: path_record.path().clone(),
+                sequence,
+                now_ms,
+            }
+            .into());
+        }
         match self.records.get(&record.key) {
             Some((held, _)) if held.value == record.value => return Ok(Inserted::Unchanged),
-            Some((_, have)) if *have >= sequence => {
+            Some((_, have)) if *have >= sequence && self.holds(&record.key) => {
                 return Err(RecordError::Stale {
                     path: path_record.path().clone(),
                     have: *have,
@@ -139,7 +150,17 @@ impl Store {
             }
             Some(_) => {}
             None if self.records.len() >= self.max_records => {
-                return Err(StoreError::Full(self.records.len()));
+                // Room made from what no longer holds before refusing.
+                let dead: Vec<RecordKey> = self
+                    .records
+                    .keys()
+                    .filter(|key| !self.holds(key))
+                    .cloned()
+                    .collect();
+                self.delete(&dead)?;
+                if self.records.len() >= self.max_records {
+                    return Err(StoreError::Full(self.records.len()));
+                }
             }
             None => {}
         }
@@ -156,6 +177,15 @@ impl Store {
         let kad = kad_record(record.key.clone(), record.value, &path_record);
         self.records.insert(record.key, (kad, sequence));
         Ok(Inserted::New)
+    }
+
+    /// Whether the record held under `key` is unexpired and still holds (its writecap
+    /// valid and unrevoked now).
+    fn holds(&self, key: &RecordKey) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|(record, _)| !record.is_expired(std::time::Instant::now()))
+            && self.path_record(key).is_some()
     }
 
     /// The valid record of a key, decoded.
@@ -227,6 +257,16 @@ type RecordsIter<'a> = std::iter::Map<
 
 fn borrow_record(entry: &Entry) -> Cow<'_, Record> {
     Cow::Borrowed(&entry.0)
+}
+
+/// How far a record's sequence (its writer's clock) may be ahead of ours: a day, far
+/// beyond any clock drift.
+const SEQUENCE_SLACK_MS: u64 = 24 * 3600 * 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn live(entry: &&Entry) -> bool {

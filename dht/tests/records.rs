@@ -266,6 +266,90 @@ fn revoked_node_is_refused() {
     ));
 }
 
+/// A held record that no longer holds does not keep its path from the next holder,
+/// whatever sequence it claimed: one whose node was revoked (a revoked writer had
+/// numbered its record near `u64::MAX` and held the path for good), and one that
+/// expired. A sequence further ahead of our clock than a day is refused outright.
+#[test]
+fn a_record_that_no_longer_holds_gives_way_and_one_from_the_future_is_refused() {
+    let f = fixture();
+    let mut store = Store::in_memory(100);
+    let revocations = keys::SharedRevocations::default();
+    store.set_revocations(revocations.clone());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(matches!(
+        refused(&mut store, record(&f, u64::MAX).to_kad().unwrap()),
+        RecordError::FromTheFuture { .. }
+    ));
+    assert!(matches!(
+        refused(
+            &mut store,
+            record(&f, now_ms + 2 * 86_400_000).to_kad().unwrap()
+        ),
+        RecordError::FromTheFuture { .. }
+    ));
+    // Held with a high sequence, then its node revoked: another node's record for the
+    // same path, numbered lower, takes its place.
+    store
+        .insert(record(&f, now_ms + 3_600_000).to_kad().unwrap())
+        .unwrap();
+    revocations
+        .insert(
+            &keys::RevocationList::issue(&f.root, 1, now(), vec![], vec![f.node.principal()])
+                .unwrap(),
+        )
+        .unwrap();
+    let next = SigningKey::generate();
+    let granted = Path::root_of(f.root.principal()).join("services").unwrap();
+    let chain = Chain::root_grant(
+        &f.root,
+        next.principal(),
+        granted,
+        Validity::for_seconds(3600),
+    );
+    let successor = PathRecord::new(
+        &next,
+        f.path.clone(),
+        vec![addr()],
+        chain.clone(),
+        5,
+        now() + 600,
+    );
+    assert_eq!(
+        store.insert(successor.to_kad().unwrap()).unwrap(),
+        Inserted::New
+    );
+    assert_eq!(store.path_record(&key_of(&f.path)).unwrap(), successor);
+    // Held until it expired: a lower sequence takes its place after.
+    let g = fixture();
+    let short = PathRecord::new(
+        &g.node,
+        g.path.clone(),
+        vec![],
+        g.chain.clone(),
+        100,
+        now() + 2,
+    );
+    store.insert(short.to_kad().unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let later = PathRecord::new(
+        &g.node,
+        g.path.clone(),
+        vec![],
+        g.chain.clone(),
+        50,
+        now() + 600,
+    );
+    assert_eq!(
+        store.insert(later.to_kad().unwrap()).unwrap(),
+        Inserted::New
+    );
+    assert_eq!(store.path_record(&key_of(&g.path)).unwrap(), later);
+}
+
 #[test]
 fn records_survive_a_restart_and_expired_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
