@@ -25,9 +25,7 @@ pub(crate) fn install(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = blake3::hash(&bytes).to_hex();
     let file = dir.join(format!("{}.cap", &name[..16]));
-    let tmp = file.with_extension("cap.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::rename(&tmp, &file))
+    crate::atomic::write(&file, &bytes)
         .with_context(|| format!("cannot write {}", file.display()))?;
     Ok(file)
 }

@@ -370,11 +370,9 @@ fn load_registered(data_dir: &FsPath) -> BTreeSet<String> {
 
 fn save_registered(data_dir: &FsPath, paths: &BTreeSet<String>) {
     let file = data_dir.join(REGISTERED);
-    let tmp = file.with_extension("json.tmp");
     let result = serde_json::to_vec_pretty(paths)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, &file));
+        .and_then(|bytes| crate::atomic::write(&file, &bytes));
     if let Err(e) = result {
         tracing::warn!(file = %file.display(), error = %e, "cannot save the list of registrations");
     }

@@ -62,12 +62,8 @@ pub(crate) fn record(
     }
     grants.push(granted);
     let file = data_dir.join(FILE);
-    let tmp = file.with_extension("cbor.tmp");
     let bytes = keys::cbor::to_vec(&grants)?;
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .with_context(|| format!("cannot write {}", file.display()))
+    crate::atomic::write(&file, &bytes).with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// The writecaps this node granted `principal` at or below `path`.

@@ -311,11 +311,7 @@ fn read_passphrase(source: &PassphraseSource, confirm: bool) -> anyhow::Result<P
 
 fn write_node_file(path: &Path, record: &NodeFile) -> anyhow::Result<()> {
     let bytes = keys::cbor::to_vec(record)?;
-    let tmp = path.with_extension("cbor.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::atomic::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn read_node_file(path: &Path) -> anyhow::Result<NodeFile> {

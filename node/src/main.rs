@@ -1,5 +1,6 @@
 //! `btnode`: the Blocktree node daemon and its command line.
 
+mod atomic;
 mod caps;
 mod config;
 mod control;

@@ -60,14 +60,8 @@ pub(crate) fn save(data_dir: &FsPath, list: &RevocationList) -> anyhow::Result<(
     let dir = data_dir.join(DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = file_of(data_dir, &list.issuer());
-    // A name of its own per write: two saves of one issuer's list may run at once.
-    let tmp = file.with_extension(format!("list.{:016x}.tmp", rand::random::<u64>()));
     let bytes = wire::encode(list)?;
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .and_then(|()| std::fs::File::open(&dir)?.sync_all())
-        .with_context(|| format!("cannot write {}", file.display()))
+    crate::atomic::write(&file, &bytes).with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// The list that follows `key`'s list in force in `held`: everything it revoked, and
