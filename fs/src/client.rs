@@ -1428,6 +1428,40 @@ impl<B: Blocks> Client<B> {
         Box::pin(self.write_dir(nodes, parent, &dir)).await
     }
 
+    /// Takes the nodes above `nodes`' last (and, with `take_last`, the last too) from a
+    /// fresh walk to its path: the anchors governing it and their epochs, and the keys
+    /// of the directories, as they are now (a kept walk may predate a share, which puts
+    /// an anchor above, or a revocation, which re-keys one). Where the path no longer
+    /// leads to it (moved or removed since), the kept walk stays, its epochs brought up
+    /// to date; a key that must change then has no entry to go to: [`Error::NotFound`].
+    async fn refresh_above(&self, nodes: &mut Vec<Node>, take_last: bool) -> Result<(), Error> {
+        let i = nodes.len() - 1;
+        let path = nodes[i].path.clone();
+        match self.walk(&path).await {
+            Ok(mut fresh) if fresh.last().map(Node::id) == Some(nodes[i].id()) => {
+                if !take_last {
+                    let governing = fresh[fresh.len() - 1].governing.clone();
+                    fresh.pop();
+                    let mut last = nodes.pop().expect("a walk has a last node");
+                    last.governing = governing;
+                    fresh.push(last);
+                }
+                *nodes = fresh;
+                Ok(())
+            }
+            Ok(_) | Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => {
+                self.refresh_governing(nodes).await?;
+                if nodes.iter().any(Node::stale_key) {
+                    return Err(Error::NotFound {
+                        path: format!("{path} (moved or removed since it was opened)"),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Brings the key epochs of the anchors governing `nodes` up to date. A walk reads
     /// them, and a handle keeps the walk it was opened with: without this, a revocation
     /// made while a file was open left its later versions (and its directory's) sealed
@@ -1600,6 +1634,12 @@ impl<B: Blocks> Client<B> {
         // What an earlier flush wrote stays known, even if a replica's answer (or what a
         // fetch under way then left in a cache) does not have it yet.
         let known = std::mem::take(&mut nodes[d].versions);
+        // The walk kept with the staged changes may predate a share or a revocation:
+        // the directory and those above it are taken afresh (their keys too), as a write
+        // through a fresh walk would, so that nothing is sealed under a key a revoked
+        // reader holds (and a directory another node re-keyed meanwhile still opens).
+        self.refresh_above(&mut nodes, true).await?;
+        let d = nodes.len() - 1;
         self.refresh(&mut nodes[d]).await?;
         for version in known {
             if !nodes[d]
@@ -2532,29 +2572,12 @@ impl<B: Blocks> Client<B> {
                 handle.rebased = true;
             }
         }
-        let i = handle.nodes.len() - 1;
-        // Revocations since the handle was opened: its file and the directories above it
-        // must be sealed under new keys, as a write through a fresh walk would be. The
-        // directories above are taken afresh (the anchor's key changed with the
-        // revocation); a file moved or removed meanwhile is not found there.
-        self.refresh_governing(&mut handle.nodes).await?;
-        if !new && handle.nodes.iter().any(Node::stale_key) {
-            let path = handle.node().path.clone();
-            let moved = || Error::NotFound {
-                path: format!("{path} (moved or removed while open)"),
-            };
-            let fresh = match self.walk(&path).await {
-                Ok(fresh) => fresh,
-                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Err(moved()),
-                Err(e) => return Err(e),
-            };
-            if fresh.len() != handle.nodes.len() || fresh[i].id() != handle.nodes[i].id() {
-                return Err(moved());
-            }
-            let governing = fresh[i].governing.clone();
-            handle.nodes.splice(..i, fresh.into_iter().take(i));
-            handle.nodes[i].governing = governing;
+        // Shares and revocations since the handle was opened: its file and the
+        // directories above it must be sealed under the keys a fresh walk would use.
+        if !new {
+            self.refresh_above(&mut handle.nodes, false).await?;
         }
+        let i = handle.nodes.len() - 1;
         let rekey = !new && handle.nodes[i].stale_key();
         if rekey {
             // Resealed bytes are not new bytes (the time stays), but a retry must not

@@ -1933,3 +1933,44 @@ async fn creating_a_new_file_leaves_one_that_took_the_name_alone() {
     c.fsync(&mut handle).await.unwrap();
     assert_eq!(get(&c, &fresh).await.unwrap(), b"new");
 }
+
+/// Directory changes staged on a walk from before a revocation are written under new
+/// keys: the walk kept with the staged changes predated the revocation, and the flush
+/// sealed the directory again under the key the revoked reader held.
+#[tokio::test]
+async fn staged_changes_after_a_revocation_are_sealed_under_new_keys() {
+    let t = tree();
+    let c = t.staging(t.replica.clone());
+    put(&c, &t.path("team/sub/a"), b"a").await;
+    c.sync().await.unwrap();
+    let (bob_id, _) = t.stranger();
+    c.share(&t.path("team"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    // A change staged now keeps this walk of `team/sub`.
+    put(&c, &t.path("team/sub/b"), b"b").await;
+    c.revoke(&t.path("team"), &bob_id.principal())
+        .await
+        .unwrap();
+    put(&c, &t.path("team/sub/c"), b"c").await;
+    c.sync().await.unwrap();
+    let anchor = Binding::anchor(t.path("team")).id();
+    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .inode
+        .epoch;
+    assert!(epoch > 0);
+    let sub = t.owner().stat(&t.path("team/sub")).await.unwrap().inode;
+    let winner = fs::inode::winner(&t.replica.versions(&sub).unwrap())
+        .unwrap()
+        .clone();
+    assert!(
+        winner.inode.key_epochs.contains(&(anchor, epoch)),
+        "team/sub was sealed under a key from before the revocation: {:?}",
+        winner.inode.key_epochs
+    );
+    for name in ["a", "b", "c"] {
+        let path = t.path(&format!("team/sub/{name}"));
+        assert_eq!(get(&t.owner(), &path).await.unwrap(), name.as_bytes());
+    }
+}
