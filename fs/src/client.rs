@@ -3132,9 +3132,13 @@ impl<B: Blocks> Client<B> {
     async fn anchors_below(&self, dir: &Path, most: usize) -> Result<Vec<Path>, Error> {
         let mut found = Vec::new();
         let mut pending = vec![dir.clone()];
+        // Each directory once: a writer may name a directory (its own, or one above it)
+        // in an entry below it, and the walk went round until the path grew too long.
+        let mut seen = std::collections::HashSet::new();
         while let Some(dir) = pending.pop() {
             for entry in self.readdir(&dir).await? {
-                if entry.kind != Kind::Dir || entry.conflict.is_some() {
+                if entry.kind != Kind::Dir || entry.conflict.is_some() || !seen.insert(entry.inode)
+                {
                     continue;
                 }
                 let child = dir
@@ -3304,10 +3308,16 @@ impl<B: Blocks> Client<B> {
         let mut resigned = 0;
         let mut failed = Vec::new();
         let mut pending = vec![path.clone()];
+        // Each inode once: an entry that names a directory above it (a hostile writer's)
+        // made this walk go round, doubling at every level it had two such entries.
+        let mut seen = std::collections::HashSet::new();
         while let Some(p) = pending.pop() {
             let step = async {
                 let mut nodes = self.walk(&p).await?;
                 let i = nodes.len() - 1;
+                if !seen.insert(nodes[i].id()) {
+                    return Ok((0, Vec::new()));
+                }
                 let n = self.resign_heads(&mut nodes[i], caps).await?;
                 let below = if nodes[i].kind == Kind::Dir {
                     self.readdir(&p).await?
@@ -3815,5 +3825,62 @@ fn stat_of(node: &Node) -> Stat {
             chunks: 0,
             conflict_copy: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Replica, store::Store};
+    use keys::Validity;
+
+    fn owner() -> (Client<Replica>, Path) {
+        let root = Arc::new(Identity::generate());
+        let tree = Path::root_of(root.principal());
+        let chain = Chain::root_grant(
+            root.signing_key(),
+            root.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        let replica = Arc::new(Replica::new(Store::in_memory().unwrap()));
+        let client = Client::new(replica, root, vec![chain], Config::new());
+        (client, tree)
+    }
+
+    /// A directory named again below itself (as a hostile co-writer may write it) is
+    /// walked once by the walks that go down a tree: finding the anchors below a path
+    /// (it went round until the path grew too long, failing every revoke and move) and
+    /// signing again what a revoked writer wrote (with two such names it doubled at
+    /// every level: it never ended).
+    #[tokio::test]
+    async fn a_directory_named_below_itself_is_walked_once() {
+        let (client, tree) = owner();
+        let team = tree.join("team").unwrap();
+        let sub = team.join("sub").unwrap();
+        client
+            .put(&sub.join("f").unwrap(), &b"x"[..], |_| {})
+            .await
+            .unwrap();
+        let mut nodes = client.walk(&sub).await.unwrap();
+        let i = nodes.len() - 1;
+        let team_entry = nodes[i - 1].entry();
+        let mut dir = client.read_dir(&nodes[i]).await.unwrap();
+        dir.entries.insert("again".into(), team_entry.clone());
+        dir.entries.insert("and-again".into(), team_entry);
+        client.write_dir(&mut nodes, i, &dir).await.unwrap();
+        let bounded = std::time::Duration::from_secs(20);
+        let found = tokio::time::timeout(bounded, client.anchors_below(&team, 100))
+            .await
+            .expect("looking for anchors below went round")
+            .unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        let (resigned, failed) =
+            tokio::time::timeout(bounded, client.resign_under(&team, &BTreeSet::new()))
+                .await
+                .expect("signing again went round");
+        assert_eq!(resigned, 0);
+        assert!(failed.is_empty(), "{failed:?}");
     }
 }
