@@ -620,8 +620,18 @@ impl Files {
             .context("the local path names no file")?
             .to_string_lossy()
             .into_owned();
-        let tmp = target.with_file_name(format!(".{name}.btnode-partial"));
-        let file = tokio::fs::File::create(&tmp)
+        // A name no one can have made ready for us (a symbolic link or a file another
+        // user can read, in a shared directory such as /tmp), created afresh and
+        // readable by this user alone until it is complete.
+        let tmp = target.with_file_name(format!(
+            ".{name}.{:016x}.btnode-partial",
+            rand::random::<u64>()
+        ));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .await
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         let file = file.into_std().await;
@@ -645,9 +655,19 @@ impl Files {
         };
         let finished = match result {
             Ok((bytes, file)) => {
-                tokio::task::spawn_blocking(move || file.sync_all())
-                    .await
-                    .context("syncing the file got")??;
+                // The file it replaces keeps its mode (a private file stays private); a
+                // new one is readable by all, as a file a program writes usually is.
+                use std::os::unix::fs::PermissionsExt;
+                let mode = match tokio::fs::symlink_metadata(&target).await {
+                    Ok(held) if held.is_file() => held.permissions().mode() & 0o7777,
+                    _ => 0o644,
+                };
+                tokio::task::spawn_blocking(move || {
+                    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                    file.sync_all()
+                })
+                .await
+                .context("syncing the file got")??;
                 tokio::fs::rename(&tmp, &target)
                     .await
                     .with_context(|| format!("cannot write {}", target.display()))?;

@@ -586,3 +586,53 @@ fn shared_writers_move_files_and_revoked_principals_lose_new_versions() {
     assert!(got == std::fs::read(&notes).unwrap());
     assert_eq!(net.json(0, &["fs", "stat", &team]).unwrap()["conflicts"], 0);
 }
+
+/// `fs get` writes through a temporary file no one could have made ready for it (a
+/// symbolic link or a file another user reads, in a shared directory): a link at the
+/// old fixed name is left alone and its target untouched. A file it replaces keeps its
+/// mode (a private file stayed readable by all before); a new one is 0644.
+#[test]
+fn fs_get_writes_through_a_fresh_private_file_and_keeps_the_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let btnode = Path::new(env!("CARGO_BIN_EXE_btnode"));
+    let net = Testnet::start(btnode, 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let local = random_file(work.path(), "secret.bin", 10_000, 3);
+    let path = net.path("secret.bin");
+    net.json(0, &["fs", "put", local.to_str().unwrap(), &path])
+        .unwrap();
+    // A link at the name the temporary file had, to a file of someone else's.
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    let out = work.path().join("out");
+    std::os::unix::fs::symlink(&victim, work.path().join(".out.btnode-partial")).unwrap();
+    std::fs::write(&out, b"old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+    net.json(0, &["fs", "get", &path, out.to_str().unwrap()])
+        .unwrap();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private file it replaced was {mode:o}");
+    let fresh = work.path().join("fresh");
+    net.json(0, &["fs", "get", &path, fresh.to_str().unwrap()])
+        .unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    // Nothing left behind but the link that was there.
+    let mut names: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".out.btnode-partial",
+            "fresh",
+            "out",
+            "secret.bin",
+            "victim"
+        ]
+    );
+}
