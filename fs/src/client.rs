@@ -1097,15 +1097,17 @@ impl<B: Blocks> Client<B> {
         let mut merged = self.read_dir_version(node, first).await?;
         for other in heads.iter().skip(1) {
             let theirs = self.read_dir_version(node, other).await?;
-            // The newest version both name as a parent is the common ancestor when it is
-            // still held; otherwise merge against nothing (a union: nothing is lost).
-            let base = node
-                .versions
+            // The newest common ancestor still held is the base (the two sides may be
+            // any number of versions deep: a base only where both named one parent
+            // merged against nothing, and names one side had removed came back);
+            // without one, merge against nothing (a union: nothing is lost).
+            let ours: std::collections::HashSet<VersionId> = ancestors(&node.versions, first)
                 .iter()
-                .filter(|v| {
-                    first.inode.parents.contains(&v.version)
-                        && other.inode.parents.contains(&v.version)
-                })
+                .map(|v| v.version)
+                .collect();
+            let base = ancestors(&node.versions, other)
+                .into_iter()
+                .filter(|v| ours.contains(&v.version))
                 .max_by(|a, b| inode::order(a, b));
             let base = match base {
                 Some(b) => self.read_dir_version(node, b).await?,
@@ -3826,6 +3828,25 @@ fn stat_of(node: &Node) -> Stat {
             conflict_copy: false,
         },
     }
+}
+
+/// The versions among `versions` that `head` descends from (itself not included), by its
+/// parents and theirs: each once, so a parent list that loops ends.
+fn ancestors<'a>(versions: &'a [Verified], head: &Verified) -> Vec<&'a Verified> {
+    let by_id: HashMap<VersionId, &Verified> = versions.iter().map(|v| (v.version, v)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut found = Vec::new();
+    let mut pending: Vec<VersionId> = head.inode.parents.clone();
+    while let Some(id) = pending.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Some(v) = by_id.get(&id) {
+            found.push(*v);
+            pending.extend(v.inode.parents.iter().copied());
+        }
+    }
+    found
 }
 
 #[cfg(test)]

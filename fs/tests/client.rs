@@ -1974,3 +1974,42 @@ async fn staged_changes_after_a_revocation_are_sealed_under_new_keys() {
         assert_eq!(get(&t.owner(), &path).await.unwrap(), name.as_bytes());
     }
 }
+
+/// Two writers fork a directory at different depths: one removed a name and then added
+/// another (two versions), the other, from before both, added a third. The merge is
+/// against their newest common ancestor, so the removed name stays removed. (The base
+/// was only a version both named as a parent: none here, the merge became a union and
+/// the removed file came back.)
+#[tokio::test]
+async fn a_fork_of_a_directory_merges_against_its_newest_common_ancestor() {
+    let t = tree();
+    let a = t.owner();
+    let lagging = Arc::new(Lagging {
+        replica: t.replica.clone(),
+        frozen: Default::default(),
+        thaws: false,
+    });
+    let b = Client::new(
+        lagging.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    put(&a, &t.path("d/f"), b"f").await;
+    put(&a, &t.path("d/keep"), b"k").await;
+    let d = a.stat(&t.path("d")).await.unwrap().inode;
+    let before = t.replica.versions(&d).unwrap();
+    lagging.frozen.lock().unwrap().insert(d, before);
+    a.remove(&t.path("d/f"), None).await.unwrap();
+    put(&a, &t.path("d/g"), b"g").await;
+    b.put(&t.path("d/h"), &b"h"[..], |_| {}).await.unwrap();
+    let names: Vec<String> = t
+        .owner()
+        .readdir(&t.path("d"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["g", "h", "keep"]);
+}
