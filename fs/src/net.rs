@@ -66,8 +66,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Requests served at once. Default 64.
     pub max_inbound: usize,
-    /// Requests served at once for one peer. Default 16: a peer that opens streams and
-    /// sends nothing holds at most these, and the other peers' requests are still served.
+    /// Requests kept for the other peers. Default 16: a peer that already has this many
+    /// served at once gets no more of the last this many slots (it may take the others:
+    /// one busy peer alone is served at full speed). A peer that opens streams and sends
+    /// nothing cannot shut the others out.
     pub max_inbound_per_peer: usize,
     /// How long a peer that failed is skipped. Default 10 s.
     pub down_for: Duration,
@@ -356,7 +358,8 @@ pub fn serve(
     let writer = ChunkWriter::spawn(replica.clone(), counters.clone());
     Ok(tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
-            let Some(peer_slot) = PeerSlot::take(&serving, peer, per_peer) else {
+            let limit = peer_limit(permits.available_permits(), per_peer);
+            let Some(peer_slot) = PeerSlot::take(&serving, peer, limit) else {
                 tracing::debug!(%peer, "the peer's block requests at their limit; dropping a stream");
                 drop(stream);
                 continue;
@@ -383,6 +386,13 @@ pub fn serve(
             });
         }
     }))
+}
+
+/// How many requests one peer may have served at once when `available` slots are free:
+/// any number while more than `kept` are, else `kept` (a peer with that many under way
+/// takes none of the last slots, which stay for the others).
+fn peer_limit(available: usize, kept: usize) -> usize {
+    if available > kept { usize::MAX } else { kept }
 }
 
 /// One of a peer's requests being served, counted in the map it came from until dropped.
@@ -1688,6 +1698,33 @@ mod tests {
 
     use super::*;
     use crate::inode::{ChunkRef, Signed};
+
+    /// A peer alone may use all but the last kept slots; with only those free, a peer
+    /// with that many under way gets none, one with fewer still gets one; and a slot
+    /// taken is given back when its request ends.
+    #[test]
+    fn the_last_slots_are_kept_for_peers_with_fewer_requests_under_way() {
+        let serving = Arc::new(Mutex::new(HashMap::new()));
+        let (hog, other) = (PeerId::random(), PeerId::random());
+        let mut held = Vec::new();
+        let mut available = 64;
+        while let Some(slot) = PeerSlot::take(&serving, hog, peer_limit(available, 16)) {
+            held.push(slot);
+            available -= 1;
+        }
+        assert_eq!((held.len(), available), (48, 16));
+        let mut others = Vec::new();
+        while available > 0 {
+            let slot = PeerSlot::take(&serving, other, peer_limit(available, 16)).unwrap();
+            others.push(slot);
+            available -= 1;
+        }
+        assert_eq!(others.len(), 16);
+        drop(held.pop());
+        assert_eq!(serving.lock().unwrap()[&hog], 47);
+        drop(held);
+        assert!(!serving.lock().unwrap().contains_key(&hog));
+    }
     use crate::store::Store;
     use crate::{Client, Config};
 

@@ -1373,10 +1373,10 @@ async fn bare_peer(bootstrap: &Multiaddr) -> (dht::Client, tokio::task::JoinHand
     (dht, task)
 }
 
-/// A peer that opens block streams and never writes on them holds at most its share of
-/// the server's slots: the requests of other peers, more than the slots it left, are
-/// all served. (One peer could take all 64 before, and every other peer's streams were
-/// dropped unread until its own timed out.)
+/// A peer that opens block streams and never finishes a request on them cannot take the
+/// slots kept for the others (16 of 64): another peer's burst of requests, after it, is
+/// all served. (The admission rule itself is unit-tested in `net`; here it runs on real
+/// streams.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_holding_streams_open_leaves_room_for_others() {
     use futures::{AsyncReadExt, AsyncWriteExt};
@@ -1386,24 +1386,28 @@ async fn a_peer_holding_streams_open_leaves_room_for_others() {
     let server_id = server.dht.status().await.unwrap().peer_id.parse().unwrap();
     let (hog, _hog_task) = bare_peer(&server.addr).await;
     let (asker, _asker_task) = bare_peer(&server.addr).await;
-    // The hog opens 60 streams (of the server's 64 slots) and writes nothing.
+    // The hog opens 60 streams (of the server's 64 slots) and writes half a header.
     let mut held = Vec::new();
     for _ in 0..60 {
         let mut control = hog.streams();
-        if let Ok(Ok(stream)) = tokio::time::timeout(
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(
             Duration::from_secs(5),
             control.open_stream(server_id, net::PROTOCOL),
         )
         .await
         {
-            held.push(stream);
+            // Half a header: the stream reaches the server, which waits for the rest
+            // (or drops it, past what the hog may hold).
+            if stream.write_all(&[0, 0]).await.is_ok() && stream.flush().await.is_ok() {
+                held.push(stream);
+            }
         }
     }
-    assert!(held.len() >= 50, "the hog opened {} streams", held.len());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Another peer asks 30 things at once: every one is answered.
+    assert!(held.len() >= 40, "the hog opened {} streams", held.len());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Another peer asks 12 things at once: every one is answered.
     let request = block::encode_request(&Request::Identity).unwrap();
-    let asks = (0..30).map(|_| {
+    let asks = (0..12).map(|_| {
         let mut control = asker.streams();
         let request = request.clone();
         async move {
@@ -1425,6 +1429,6 @@ async fn a_peer_holding_streams_open_leaves_room_for_others() {
         .await
         .expect("the asks were not answered in time");
     let answered = answers.iter().filter(|a| **a == Some(true)).count();
-    assert_eq!(answered, 30, "answers: {answers:?}");
+    assert_eq!(answered, 12, "answers: {answers:?}");
     drop(held);
 }
