@@ -225,12 +225,19 @@ async fn open(
     })?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream.write_all(&line).await?;
+    // A daemon that turns the connection away (busy) answers and closes at once, maybe
+    // before the request is written: its answer is read whether the write went through
+    // or not, and the write's error counts only when there is none.
+    let written = stream.write_all(&line).await;
     let mut lines = BufReader::new(stream.take(max)).lines();
-    let first = lines
-        .next_line()
-        .await?
-        .context("the daemon closed the connection without answering")?;
+    let first = match (lines.next_line().await, written) {
+        (Ok(Some(first)), _) => first,
+        (_, Err(e)) => {
+            return Err(anyhow::Error::new(e).context("cannot send the request to the daemon"));
+        }
+        (Ok(None), Ok(())) => anyhow::bail!("the daemon closed the connection without answering"),
+        (Err(e), Ok(())) => return Err(e.into()),
+    };
     Ok((first, lines))
 }
 
