@@ -714,7 +714,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let request = control::Request::Revoke {
                 list: protocols::wire::encode(&list)?,
             };
-            if data_dir.join(control::SOCKET).exists() {
+            // A daemon that answers takes the list; a socket left by one that crashed
+            // (or none) means the list is saved for the next start.
+            if std::os::unix::net::UnixStream::connect(data_dir.join(control::SOCKET)).is_ok() {
                 let answer = call(&data_dir, &request)?;
                 let published = answer["published"].as_bool().unwrap_or(false);
                 println!(

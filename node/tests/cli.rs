@@ -329,3 +329,32 @@ fn tpm_store_survives_a_tpm_restart() {
         "{err}"
     );
 }
+
+/// `cap revoke` with no daemon answering saves the list for the next start, also where a
+/// daemon that crashed left its socket behind (it tried that daemon, failed, and saved
+/// nothing: a compromised principal could not be revoked while the node was down).
+#[test]
+fn cap_revoke_with_a_stale_socket_saves_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        btnode(dir.path(), &["init", "--key-store", "software", "--root"])
+            .env("BT_PASSPHRASE", PASS),
+    );
+    let other = tempfile::tempdir().unwrap();
+    let id = json(&ok(btnode(
+        other.path(),
+        &["init", "--key-store", "software", "--json"],
+    )
+    .env("BT_PASSPHRASE", PASS)));
+    let principal = id["principal"].as_str().unwrap();
+    // What a killed daemon leaves: a socket no one listens on.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("control.sock")).unwrap());
+    let out = ok(btnode(dir.path(), &["cap", "revoke", principal]).env("BT_PASSPHRASE", PASS));
+    assert!(out.contains("not running"), "{out}");
+    let lists: Vec<_> = std::fs::read_dir(dir.path().join("revocations"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".list"))
+        .collect();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+}
