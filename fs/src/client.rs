@@ -3853,22 +3853,6 @@ fn ancestors<'a>(versions: &'a [Verified], head: &Verified) -> Vec<&'a Verified>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::{Replica, store::Store};
-    use keys::Validity;
-
-    fn owner() -> (Client<Replica>, Path) {
-        let root = Arc::new(Identity::generate());
-        let tree = Path::root_of(root.principal());
-        let chain = Chain::root_grant(
-            root.signing_key(),
-            root.principal(),
-            tree.clone(),
-            Validity::for_seconds(3600),
-        );
-        let replica = Arc::new(Replica::new(Store::in_memory().unwrap()));
-        let client = Client::new(replica, root, vec![chain], Config::new());
-        (client, tree)
-    }
 
     /// A directory named again below itself (as a hostile co-writer may write it) is
     /// walked once by the walks that go down a tree: finding the anchors below a path
@@ -3877,7 +3861,7 @@ mod tests {
     /// every level: it never ended).
     #[tokio::test]
     async fn a_directory_named_below_itself_is_walked_once() {
-        let (client, tree) = owner();
+        let (client, _, tree) = crate::testing::owner();
         let team = tree.join("team").unwrap();
         let sub = team.join("sub").unwrap();
         client

@@ -1137,22 +1137,12 @@ pub fn spawn<B: Blocks>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Config, Replica, store::Store};
-    use keys::{Chain, Identity, Validity};
+    use crate::Replica;
 
     fn mount(runtime: &tokio::runtime::Runtime) -> Mount<Replica> {
-        let root = Arc::new(Identity::generate());
-        let tree = Path::root_of(root.principal());
-        let chain = Chain::root_grant(
-            root.signing_key(),
-            root.principal(),
-            tree.clone(),
-            Validity::for_seconds(3600),
-        );
-        let replica = Arc::new(Replica::new(Store::in_memory().unwrap()));
-        let client = Arc::new(Client::new(replica, root, vec![chain], Config::new()));
+        let (client, _, tree) = crate::testing::owner();
         Mount::new(
-            client,
+            Arc::new(client),
             runtime.handle().clone(),
             tree,
             0,

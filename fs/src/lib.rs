@@ -45,3 +45,29 @@ fn _send_check(c: &'static Client<net::Network>, p: &'static keys::Path, h: &'st
     s(c.get(p, tokio::io::sink(), |_| {}));
     s(c.fsync(h));
 }
+
+/// What the unit tests of several modules start from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use keys::{Chain, Identity, Path, Validity};
+
+    use crate::{Client, Config, Replica, store::Store};
+
+    /// A tree's owner: a client holding its root's writecap over a replica in memory,
+    /// the replica, and the tree's root path.
+    pub(crate) fn owner() -> (Client<Replica>, Arc<Replica>, Path) {
+        let root = Arc::new(Identity::generate());
+        let tree = Path::root_of(root.principal());
+        let chain = Chain::root_grant(
+            root.signing_key(),
+            root.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        let replica = Arc::new(Replica::new(Store::in_memory().expect("a store in memory")));
+        let client = Client::new(replica.clone(), root, vec![chain], Config::new());
+        (client, replica, tree)
+    }
+}

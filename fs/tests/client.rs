@@ -70,6 +70,23 @@ impl Tree {
     fn path(&self, rest: &str) -> Path {
         format!("{}/{rest}", self.tree).parse().unwrap()
     }
+
+    /// The owner over a [`Lagging`] view of the replica (a cache that keeps versions
+    /// frozen until `thaws` lets a write clear it), and that view.
+    fn lagging(&self, thaws: bool) -> (Arc<Lagging>, Client<Lagging>) {
+        let lagging = Arc::new(Lagging {
+            replica: self.replica.clone(),
+            frozen: Default::default(),
+            thaws,
+        });
+        let client = Client::new(
+            lagging.clone(),
+            self.root.clone(),
+            vec![self.chain.clone()],
+            small(),
+        );
+        (lagging, client)
+    }
 }
 
 async fn put(c: &Client<Replica>, p: &Path, data: &[u8]) {
@@ -1514,17 +1531,7 @@ async fn a_staged_remove_and_create_of_one_name_replaces_it() {
 async fn two_writers_making_one_directory_share_it() {
     let t = tree();
     let a = t.owner();
-    let lagging = Arc::new(Lagging {
-        replica: t.replica.clone(),
-        frozen: Default::default(),
-        thaws: true,
-    });
-    let b = Client::new(
-        lagging.clone(),
-        t.root.clone(),
-        vec![t.chain.clone()],
-        small(),
-    );
+    let (lagging, b) = t.lagging(true);
     put(&a, &t.path("base"), b"base").await;
     let root = Binding::anchor(t.tree.clone()).id();
     let names = |listing: Vec<fs::DirEntry>| -> Vec<String> {
@@ -1570,17 +1577,7 @@ async fn a_directory_from_before_a_rekeying_does_not_fail_a_read() {
     a.share(&t.path("team"), &revoked_id.public(), None)
         .await
         .unwrap();
-    let lagging = Arc::new(Lagging {
-        replica: t.replica.clone(),
-        frozen: Default::default(),
-        thaws: true,
-    });
-    let b = Client::new(
-        lagging.clone(),
-        t.root.clone(),
-        vec![t.chain.clone()],
-        small(),
-    );
+    let (lagging, b) = t.lagging(true);
     let read = async |c: &Client<Lagging>| {
         let mut out = Vec::new();
         c.get(&t.path("team/f"), &mut out, |_| {})
@@ -1984,17 +1981,7 @@ async fn staged_changes_after_a_revocation_are_sealed_under_new_keys() {
 async fn a_fork_of_a_directory_merges_against_its_newest_common_ancestor() {
     let t = tree();
     let a = t.owner();
-    let lagging = Arc::new(Lagging {
-        replica: t.replica.clone(),
-        frozen: Default::default(),
-        thaws: false,
-    });
-    let b = Client::new(
-        lagging.clone(),
-        t.root.clone(),
-        vec![t.chain.clone()],
-        small(),
-    );
+    let (lagging, b) = t.lagging(false);
     put(&a, &t.path("d/f"), b"f").await;
     put(&a, &t.path("d/keep"), b"k").await;
     let d = a.stat(&t.path("d")).await.unwrap().inode;

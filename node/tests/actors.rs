@@ -718,15 +718,11 @@ async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
     );
 }
 
-/// Channels are held by what they take in memory, not only by their number: a peer that
-/// opens channels whose paths are long runs of one-letter segments (4 KiB on the wire,
-/// ~100 KiB each in memory) has its stream dropped and is penalised once the stream's
-/// table passes 4 MiB, where 4096 of them would have held gigabytes. Fewer are kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
+/// Two nodes, the second blocking a peer at its first violation (so that being blocked
+/// shows a violation was counted), and a peer under a root of its own, connected to it.
+async fn strict_node_and_a_peer() -> (Net, SigningKey, Node) {
     let net = Net::start_with(2, |i| {
         if i == 1 {
-            // One violation blocks, so that being blocked shows the stream was dropped.
             Config::new().with_penalty(1, Duration::from_secs(60), Duration::from_secs(60))
         } else {
             Config::new()
@@ -736,6 +732,16 @@ async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
     let other_root = SigningKey::generate();
     let peer = start_node(&other_root, 9, Some(&net.nodes[0].addr), Config::new()).await;
     peer.client.dial(net.nodes[1].addr.clone()).await.unwrap();
+    (net, other_root, peer)
+}
+
+/// Channels are held by what they take in memory, not only by their number: a peer that
+/// opens channels whose paths are long runs of one-letter segments (4 KiB on the wire,
+/// ~100 KiB each in memory) has its stream dropped and is penalised once the stream's
+/// table passes 4 MiB, where 4096 of them would have held gigabytes. Fewer are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
+    let (net, other_root, peer) = strict_node_and_a_peer().await;
     let chain = Chain::root_grant(
         &other_root,
         peer.key.principal(),
@@ -801,17 +807,7 @@ async fn a_peer_whose_channels_would_take_too_much_memory_is_dropped() {
 /// peer nothing. An expired one does not (an honest node's may have just expired).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_with_a_chain_that_is_not_the_peers_counts_against_it() {
-    let net = Net::start_with(2, |i| {
-        if i == 1 {
-            Config::new().with_penalty(1, Duration::from_secs(60), Duration::from_secs(60))
-        } else {
-            Config::new()
-        }
-    })
-    .await;
-    let other_root = SigningKey::generate();
-    let peer = start_node(&other_root, 9, Some(&net.nodes[0].addr), Config::new()).await;
-    peer.client.dial(net.nodes[1].addr.clone()).await.unwrap();
+    let (net, other_root, peer) = strict_node_and_a_peer().await;
     let expired = Chain::root_grant(
         &other_root,
         peer.key.principal(),
