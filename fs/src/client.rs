@@ -1006,6 +1006,19 @@ impl<B: Blocks> Client<B> {
     }
 
     /// The plaintext of a node's shown version.
+    /// What a version that replaces every head of `node` must hold: for a directory with
+    /// more than one head, the merge of all of them (and true); else the winner's bytes.
+    /// (Sharing or revoking a forked directory wrote the winner's entries alone under all
+    /// heads, and the other head's names were gone.)
+    async fn contents_to_rewrite(&self, node: &Node) -> Result<(Vec<u8>, bool), Error> {
+        if node.kind == Kind::Dir && inode::heads(&node.versions).len() > 1 {
+            let merged = self.read_dir(node).await?;
+            let bytes = merged.encode().map_err(|e| Error::Invalid(e.to_string()))?;
+            return Ok((bytes, true));
+        }
+        Ok((self.read_all(node).await?, false))
+    }
+
     async fn read_all(&self, node: &Node) -> Result<Vec<u8>, Error> {
         let Some(current) = &node.current else {
             return Ok(Vec::new());
@@ -3430,7 +3443,7 @@ impl<B: Blocks> Client<B> {
         }
         // A rename across bindings: the contents move to a new inode, the anchor, sealed
         // again under a new key (chunks are bound to their inode).
-        let contents = self.read_all(&nodes[i]).await?;
+        let (contents, _) = self.contents_to_rewrite(&nodes[i]).await?;
         let old = nodes[i].clone();
         let node = &mut nodes[i];
         node.rebind(Binding::anchor(path.clone()));
@@ -3475,7 +3488,7 @@ impl<B: Blocks> Client<B> {
         rekey: bool,
     ) -> Result<(), Error> {
         let i = nodes.len() - 1;
-        let contents = self.read_all(&nodes[i]).await?;
+        let (contents, merged) = self.contents_to_rewrite(&nodes[i]).await?;
         if rekey {
             // The parent's entry learns the new key (keeping the old one) first; when the
             // anchor was reached directly, its parent is found from above.
@@ -3486,7 +3499,7 @@ impl<B: Blocks> Client<B> {
             }
         }
         let node = &mut nodes[i];
-        let chunks = if rekey {
+        let chunks = if rekey || merged {
             self.store_contents(node, &contents).await?
         } else {
             node.current
@@ -3500,7 +3513,7 @@ impl<B: Blocks> Client<B> {
             .map_or((0o755, self.config.chunk_size), |c| {
                 (c.mode, c.chunk_size as usize)
             });
-        let chunk_size = if rekey {
+        let chunk_size = if rekey || merged {
             self.config.chunk_size
         } else {
             chunk_size

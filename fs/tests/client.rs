@@ -2000,3 +2000,61 @@ async fn a_fork_of_a_directory_merges_against_its_newest_common_ancestor() {
         .collect();
     assert_eq!(names, ["g", "h", "keep"]);
 }
+
+/// Sharing and revoking a forked directory keep both heads' names: the version that
+/// replaces the heads holds their merge. (It held the winner's entries alone, and a
+/// file the other writer had added was gone from the listing.)
+#[tokio::test]
+async fn sharing_and_revoking_a_forked_directory_keep_both_sides() {
+    let t = tree();
+    let a = t.owner();
+    let (lagging, b) = t.lagging(false);
+    put(&a, &t.path("d/base"), b"base").await;
+    let d = a.stat(&t.path("d")).await.unwrap().inode;
+    lagging
+        .frozen
+        .lock()
+        .unwrap()
+        .insert(d, t.replica.versions(&d).unwrap());
+    put(&a, &t.path("d/from-a"), b"a").await;
+    b.put(&t.path("d/from-b"), &b"b"[..], |_| {}).await.unwrap();
+    let names = async || -> Vec<String> {
+        t.owner()
+            .readdir(&t.path("d"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    };
+    assert_eq!(names().await, ["base", "from-a", "from-b"]);
+    let (reader, _) = t.stranger();
+    a.share(&t.path("d"), &reader.public(), None).await.unwrap();
+    assert_eq!(
+        names().await,
+        ["base", "from-a", "from-b"],
+        "after the share"
+    );
+    // Forked again, then revoked.
+    let anchor = Binding::anchor(t.path("d")).id();
+    lagging
+        .frozen
+        .lock()
+        .unwrap()
+        .insert(anchor, t.replica.versions(&anchor).unwrap());
+    put(&a, &t.path("d/again-a"), b"a").await;
+    b.put(&t.path("d/again-b"), &b"b"[..], |_| {})
+        .await
+        .unwrap();
+    a.revoke(&t.path("d"), &reader.principal()).await.unwrap();
+    assert_eq!(
+        names().await,
+        ["again-a", "again-b", "base", "from-a", "from-b"],
+        "after the revocation"
+    );
+    for name in ["from-a", "from-b", "again-a", "again-b"] {
+        get(&t.owner(), &t.path(&format!("d/{name}")))
+            .await
+            .unwrap();
+    }
+}
