@@ -29,7 +29,7 @@ pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
                 local.display()
             );
             let request = FsRequest::Put {
-                local: local.display().to_string(),
+                local: utf8(&local)?,
                 path,
             };
             return transfer(data_dir, request, json);
@@ -42,7 +42,7 @@ pub(crate) fn run(data_dir: &FsPath, command: FsCommand) -> anyhow::Result<()> {
             let local = absolute(&local)?;
             let request = FsRequest::Get {
                 path,
-                local: local.display().to_string(),
+                local: utf8(&local)?,
             };
             return transfer(data_dir, request, json);
         }
@@ -229,6 +229,17 @@ fn transfer(data_dir: &FsPath, request: FsRequest, json: bool) -> anyhow::Result
     Ok(())
 }
 
+/// `path` as the daemon is told it: a path that is not UTF-8 is refused with a clear
+/// error (it was passed on with its odd bytes replaced, naming another file).
+fn utf8(path: &FsPath) -> anyhow::Result<String> {
+    path.to_str().map(str::to_owned).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8; give a path the daemon can be told as text",
+            path.display()
+        )
+    })
+}
+
 pub(crate) fn mount(
     data_dir: &FsPath,
     path: String,
@@ -238,7 +249,7 @@ pub(crate) fn mount(
     let mountpoint = absolute(mountpoint)?;
     let request = FsRequest::Mount {
         path,
-        mountpoint: mountpoint.display().to_string(),
+        mountpoint: utf8(&mountpoint)?,
     };
     let result = crate::call(data_dir, &Request::Fs(request))?;
     if json {
@@ -260,7 +271,7 @@ pub(crate) fn mount(
 pub(crate) fn umount(data_dir: &FsPath, mountpoint: &FsPath, json: bool) -> anyhow::Result<()> {
     let mountpoint = absolute(mountpoint)?;
     let request = FsRequest::Umount {
-        mountpoint: mountpoint.display().to_string(),
+        mountpoint: utf8(&mountpoint)?,
     };
     let result = crate::call(data_dir, &Request::Fs(request))?;
     if json {

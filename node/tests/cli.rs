@@ -358,3 +358,35 @@ fn cap_revoke_with_a_stale_socket_saves_the_list() {
         .collect();
     assert_eq!(lists.len(), 1, "{lists:?}");
 }
+
+/// A local path that is not UTF-8 is refused with a clear error before the daemon is
+/// asked (it was passed on with its odd bytes replaced, naming another file).
+#[test]
+fn a_local_path_that_is_not_utf8_is_refused_clearly() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    for args in [
+        vec![
+            std::ffi::OsStr::new("fs"),
+            std::ffi::OsStr::new("get"),
+            std::ffi::OsStr::new("/x/y"),
+            odd.as_os_str(),
+        ],
+        vec![
+            std::ffi::OsStr::new("mount"),
+            std::ffi::OsStr::new("/x"),
+            odd.as_os_str(),
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_btnode"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not valid UTF-8"), "{args:?}: {err}");
+    }
+}
