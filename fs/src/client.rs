@@ -1449,6 +1449,7 @@ impl<B: Blocks> Client<B> {
     /// an anchor above, or a revocation, which re-keys one). Where the path no longer
     /// leads to it (moved or removed since), the kept walk stays, its epochs brought up
     /// to date; a key that must change then has no entry to go to: [`Error::NotFound`].
+    /// Where the walk fails otherwise, the kept walk stays as it is.
     async fn refresh_above(&self, nodes: &mut Vec<Node>, take_last: bool) -> Result<(), Error> {
         let i = nodes.len() - 1;
         let path = nodes[i].path.clone();
@@ -1473,7 +1474,13 @@ impl<B: Blocks> Client<B> {
                 }
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // The tree cannot be walked now (say, its anchors' replicas are out of
+                // reach): the version is made on the kept walk, as it was before this
+                // check existed, rather than failing a write that can be stored.
+                tracing::debug!(path = %path, error = %e, "cannot walk afresh; the kept walk is used");
+                Ok(())
+            }
         }
     }
 
