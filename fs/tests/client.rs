@@ -1821,7 +1821,8 @@ async fn a_name_left_without_a_version_to_show_can_be_removed_and_written_again(
 
 /// A handle keeps the path it was opened at. A change of mode alone, made through it
 /// after the file was renamed or removed, is made on the file it holds (failing, it was
-/// lost and the close failed), and a removed file does not come back.
+/// lost and the close failed), and a removed file does not come back, not even through
+/// a write that re-keys it.
 #[tokio::test]
 async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings_it_back() {
     let t = tree();
@@ -1847,6 +1848,30 @@ async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings
     c.fsync(&mut handle).await.unwrap();
     assert!(matches!(
         t.owner().stat(&moved).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Opened after a revocation (its key must change at the next write), written,
+    // removed, closed: the re-keying write is refused rather than linking it back in.
+    let shared = t.path("shared/f");
+    put(&c, &shared, b"before").await;
+    let (alice_id, _) = t.stranger();
+    c.share(&t.path("shared"), &alice_id.public(), None)
+        .await
+        .unwrap();
+    c.revoke(&t.path("shared"), &alice_id.principal())
+        .await
+        .unwrap();
+    let mut handle = c.open(&shared).await.unwrap();
+    c.write(&mut handle, 0, b"after").await.unwrap();
+    c.remove(&shared, None).await.unwrap();
+    let closed = c.fsync(&mut handle).await;
+    assert!(
+        matches!(closed, Err(Error::NotFound { .. })),
+        "closing the removed file: {closed:?}"
+    );
+    assert!(matches!(
+        t.owner().stat(&shared).await,
         Err(Error::NotFound { .. })
     ));
 }
