@@ -48,19 +48,19 @@ pub trait Blocks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
     /// A chunk whose bytes hash to `id`.
     fn get_chunk(&self, id: ChunkId) -> impl Future<Output = Result<Vec<u8>, BlockError>> + Send;
-    /// The bytes stored for chunk `id`, not checked against it where checking is all that
-    /// reading them would cost (this node's own store, which checked them when it took
-    /// them); by default [`Blocks::get_chunk`]. Only for a caller that checks them
-    /// another way and asks [`Blocks::get_chunk`] when that check fails (or this fails):
-    /// that call finds a corrupt copy, reports it, and reads another replica's. Opening
-    /// a chunk with its data key is such a check against changed bytes, though weaker
-    /// than the id: its tag binds the key, the inode and the index, not the version, so
-    /// it would take an older version's chunk for the same place.
-    fn get_chunk_unchecked(
-        &self,
-        id: ChunkId,
-    ) -> impl Future<Output = Result<Vec<u8>, BlockError>> + Send {
-        self.get_chunk(id)
+    /// This node's own copy of chunk `id`, its bytes as stored and not checked against
+    /// `id` (the store checked them when it took them): `None` where this node holds no
+    /// copy, or reading it failed. Only for a caller that checks the bytes another way and
+    /// asks [`Blocks::get_chunk`] when that check fails (or there is no copy here): that
+    /// call finds a corrupt copy, reports it, and reads another replica's. Opening a chunk
+    /// with its data key is such a check against changed bytes, though weaker than the
+    /// id: its tag binds the key, the inode and the index, not the version, so it would
+    /// take an older version's chunk for the same place.
+    ///
+    /// It reads the disk and waits for it: call it where blocking is allowed (a blocking
+    /// thread), never on the runtime's threads. None by default.
+    fn local_chunk_unchecked(&self, _id: &ChunkId) -> Option<Vec<u8>> {
+        None
     }
     /// Stores a signed inode version on enough replicas before returning (durably, but
     /// for what [`Blocks::sync`] waits for).
@@ -129,8 +129,8 @@ impl Blocks for Replica {
         Replica::get_chunk(self, &id)?.ok_or(BlockError::NotFound)
     }
 
-    async fn get_chunk_unchecked(&self, id: ChunkId) -> Result<Vec<u8>, BlockError> {
-        Replica::get_chunk_unchecked(self, &id)?.ok_or(BlockError::NotFound)
+    fn local_chunk_unchecked(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        Replica::get_chunk_unchecked(self, id).ok().flatten()
     }
 
     fn revocations(&self) -> keys::SharedRevocations {

@@ -3619,15 +3619,25 @@ async fn fetch_and_open<B: Blocks>(
     index: u64,
     chunk: ChunkRef,
 ) -> Result<Vec<u8>, Error> {
-    // Opening checks every byte against the key, the inode and the index (the tag), so the
-    // bytes are first read without the check against the chunk's id. Anything short of a
-    // plaintext of the expected length reads them again with that check, which tells a
-    // corrupt or misplaced copy (reported, dropped, and read from another replica) from a
-    // key that does not open it.
-    if let Ok(sealed) = blocks.get_chunk_unchecked(chunk.id).await
-        && let Ok(plaintext) = open_sealed(keys.clone(), id, index, sealed).await?
-        && plaintext.len() == chunk.len as usize
-    {
+    // Opening checks every byte against the key, the inode and the index (the tag), so
+    // this node's own copy is first read without the check against the chunk's id, and
+    // opened on the same blocking thread (the read waits for the disk: on the runtime's
+    // threads it held up every task, the ones finishing the chunks read ahead among them).
+    // Anything short of a plaintext of the expected length reads the chunk again with
+    // that check, which tells a corrupt or misplaced copy (reported, dropped, and read
+    // from another replica) from a key that does not open it.
+    let local = {
+        let (blocks, keys) = (blocks.clone(), keys.clone());
+        tokio::task::spawn_blocking(move || {
+            let sealed = blocks.local_chunk_unchecked(&chunk.id)?;
+            open_with(&keys, &id, index, sealed)
+                .ok()
+                .filter(|plaintext| plaintext.len() == chunk.len as usize)
+        })
+        .await
+        .map_err(|e| Error::Io(e.to_string()))?
+    };
+    if let Some(plaintext) = local {
         return Ok(plaintext);
     }
     let sealed = blocks
@@ -3661,20 +3671,28 @@ async fn open_sealed(
     index: u64,
     sealed: Vec<u8>,
 ) -> Result<Result<Vec<u8>, chunk::ChunkError>, Error> {
-    tokio::task::spawn_blocking(move || {
-        let Some((last_key, earlier)) = keys.split_last() else {
-            return Err(chunk::ChunkError::Open);
-        };
-        for key in earlier {
-            if let Ok(plaintext) = chunk::open(key, &id, index, &sealed) {
-                return Ok(plaintext);
-            }
+    tokio::task::spawn_blocking(move || open_with(&keys, &id, index, sealed))
+        .await
+        .map_err(|e| Error::Io(e.to_string()))
+}
+
+/// Opens chunk `index` of inode `id` with the first of `keys` that opens it.
+fn open_with(
+    keys: &[DataKey],
+    id: &InodeId,
+    index: u64,
+    sealed: Vec<u8>,
+) -> Result<Vec<u8>, chunk::ChunkError> {
+    let Some((last_key, earlier)) = keys.split_last() else {
+        return Err(chunk::ChunkError::Open);
+    };
+    for key in earlier {
+        if let Ok(plaintext) = chunk::open(key, id, index, &sealed) {
+            return Ok(plaintext);
         }
-        // The last (usually the only) key opens the chunk where it lies.
-        chunk::open_vec(last_key, &id, index, sealed)
-    })
-    .await
-    .map_err(|e| Error::Io(e.to_string()))
+    }
+    // The last (usually the only) key opens the chunk where it lies.
+    chunk::open_vec(last_key, id, index, sealed)
 }
 
 /// Refuses a size beyond what one inode can describe, before any work.

@@ -213,7 +213,7 @@ impl Replica {
     }
 
     /// A chunk's stored bytes, not checked against its id (see
-    /// [`crate::Blocks::get_chunk_unchecked`]).
+    /// [`crate::Blocks::local_chunk_unchecked`]).
     pub fn get_chunk_unchecked(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, Refused> {
         Ok(self.store.get_chunk_unchecked(id)?)
     }
