@@ -8,6 +8,7 @@
 //! not verify, is counted and the next replica is asked).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -587,6 +588,49 @@ impl Cache {
         self.chunks.insert(id, bytes.to_vec());
         self.chunk_order.push_back(id);
     }
+}
+
+/// Fetches an inode's versions with `fetch` and remembers them, unless what is
+/// remembered of the inode went stale while the fetch was under way (see
+/// [`Cache::generations`]).
+async fn remember_fetched(
+    cache: &Mutex<Cache>,
+    inode: InodeId,
+    fetch: impl Future<Output = Result<Vec<Verified>, BlockError>>,
+) -> Result<Vec<Verified>, BlockError> {
+    let generation = match cache.lock() {
+        Ok(cache) => cache.generation(&inode),
+        Err(_) => 0,
+    };
+    let versions = fetch.await?;
+    if let Ok(mut cache) = cache.lock()
+        && cache.generation(&inode) == generation
+    {
+        cache.keep_versions(inode, &versions);
+    }
+    Ok(versions)
+}
+
+/// Runs `write`, a write of a version of `inode`, with what is remembered of the inode
+/// forgotten before and after it. Before: nothing older than the write is read from
+/// here once it began. After: a fetch that began while the write was under way may have
+/// found the replicas without it (this node's own store takes a write on a blocking
+/// thread, and answers reads at once meanwhile), and what it remembered would have hidden
+/// the write for [`VERSIONS_TTL`] after it returned (a directory just made was not found
+/// in its parent, and `git clone` on a mount failed with it).
+async fn forget_around<T>(
+    cache: &Mutex<Cache>,
+    inode: &InodeId,
+    write: impl Future<Output = T>,
+) -> T {
+    if let Ok(mut cache) = cache.lock() {
+        cache.invalidate(inode);
+    }
+    let written = write.await;
+    if let Ok(mut cache) = cache.lock() {
+        cache.invalidate(inode);
+    }
+    written
 }
 
 /// Keys whose looked-up nearest nodes are remembered at most.
@@ -1221,10 +1265,12 @@ impl Blocks for Network {
 
     async fn put_version(&self, inode: InodeId, signed: Vec<u8>) -> Result<(), BlockError> {
         // Whatever was remembered of this inode is older than what is written now.
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.invalidate(&inode);
-        }
-        self.put_version_uncached(inode, signed).await
+        forget_around(
+            &self.cache,
+            &inode,
+            self.put_version_uncached(inode, signed),
+        )
+        .await
     }
 
     async fn get_versions_strict(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
@@ -1247,20 +1293,10 @@ impl Blocks for Network {
 
     async fn get_versions(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
         self.refresh();
-        let generation = match self.cache.lock() {
-            Ok(cache) => match cache.versions(&inode) {
-                Some(v) => return Ok(v),
-                None => cache.generation(&inode),
-            },
-            Err(_) => 0,
-        };
-        let versions = self.versions_from(inode, 1, false).await?;
-        if let Ok(mut cache) = self.cache.lock()
-            && cache.generation(&inode) == generation
-        {
-            cache.keep_versions(inode, &versions);
+        if let Some(versions) = self.cache.lock().ok().and_then(|c| c.versions(&inode)) {
+            return Ok(versions);
         }
-        Ok(versions)
+        remember_fetched(&self.cache, inode, self.versions_from(inode, 1, false)).await
     }
 
     async fn get_versions_expected(&self, inode: InodeId) -> Result<Vec<Verified>, BlockError> {
@@ -1268,17 +1304,7 @@ impl Blocks for Network {
         if !versions.is_empty() {
             return Ok(versions);
         }
-        let generation = match self.cache.lock() {
-            Ok(cache) => cache.generation(&inode),
-            Err(_) => 0,
-        };
-        let versions = self.versions_from(inode, 1, true).await?;
-        if let Ok(mut cache) = self.cache.lock()
-            && cache.generation(&inode) == generation
-        {
-            cache.keep_versions(inode, &versions);
-        }
-        Ok(versions)
+        remember_fetched(&self.cache, inode, self.versions_from(inode, 1, true)).await
     }
 }
 
@@ -1753,6 +1779,57 @@ mod tests {
         cache.keep_versions(inode(1), &[]);
         assert_eq!(cache.versions.len(), 1);
         assert_eq!(cache.versions_order.len(), 1);
+    }
+
+    /// A fetch of an inode's versions that runs while a write of it is under way (this
+    /// node's store takes the write on a blocking thread and answers reads meanwhile)
+    /// may find the replicas without the write; what it remembered is forgotten when the
+    /// write returns, so that the next read finds the write. Before, it hid the write
+    /// for up to [`VERSIONS_TTL`]: a directory just made was not found in its parent.
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_a_read_found_during_a_write_is_forgotten_when_the_write_returns() {
+        let cache = Mutex::new(Cache::default());
+        let inode = InodeId([7; 32]);
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        // Polled first: the write begins, then waits for the gate.
+        let write = forget_around(&cache, &inode, async {
+            gate.await.ok();
+        });
+        let read_during_it = async {
+            let found = remember_fetched(&cache, inode, async { Ok(Vec::new()) }).await;
+            assert_eq!(found.map(|v| v.len()), Ok(0));
+            assert!(
+                cache.lock().unwrap().versions(&inode).is_some(),
+                "remembered while the write is under way"
+            );
+            release.send(()).unwrap();
+        };
+        tokio::join!(write, read_during_it);
+        assert!(
+            cache.lock().unwrap().versions(&inode).is_none(),
+            "what the read found before the write was stored is not kept past it"
+        );
+        // A fetch that began before the write is not remembered at all.
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let (started, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let read_before = remember_fetched(&cache, inode, async {
+            started.send(()).unwrap();
+            gate.await.ok();
+            Ok(Vec::new())
+        });
+        let write_then_release = async {
+            started_rx.await.unwrap();
+            forget_around(&cache, &inode, async {}).await;
+            release.send(()).unwrap();
+        };
+        let (found, ()) = tokio::join!(read_before, write_then_release);
+        assert_eq!(found.map(|v| v.len()), Ok(0));
+        assert!(cache.lock().unwrap().versions(&inode).is_none());
+        // Without a write, a fetch is remembered.
+        remember_fetched(&cache, inode, async { Ok(Vec::new()) })
+            .await
+            .unwrap();
+        assert!(cache.lock().unwrap().versions(&inode).is_some());
     }
 
     /// Writes offered together go in one commit, each answered for itself: on a
