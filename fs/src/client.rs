@@ -1443,6 +1443,70 @@ impl<B: Blocks> Client<B> {
         Box::pin(self.write_dir(nodes, parent, &dir)).await
     }
 
+    /// Takes the nodes above `nodes`' last (and, with `take_last`, the last too) from a
+    /// fresh walk to its path: the anchors governing it and their epochs, and the keys
+    /// of the directories, as they are now (a kept walk may predate a share, which puts
+    /// an anchor above, or a revocation, which re-keys one). Where the path no longer
+    /// leads to it (moved or removed since), the kept walk stays, its epochs brought up
+    /// to date; a key that must change then has no entry to go to: [`Error::NotFound`].
+    /// Where the walk fails otherwise, the kept walk stays as it is.
+    async fn refresh_above(&self, nodes: &mut Vec<Node>, take_last: bool) -> Result<(), Error> {
+        let i = nodes.len() - 1;
+        let path = nodes[i].path.clone();
+        match self.walk(&path).await {
+            Ok(mut fresh) if fresh.last().map(Node::id) == Some(nodes[i].id()) => {
+                if !take_last {
+                    let governing = fresh[fresh.len() - 1].governing.clone();
+                    fresh.pop();
+                    let mut last = nodes.pop().expect("a walk has a last node");
+                    last.governing = governing;
+                    fresh.push(last);
+                }
+                *nodes = fresh;
+                Ok(())
+            }
+            Ok(_) | Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => {
+                self.refresh_governing(nodes).await?;
+                if nodes.iter().any(Node::stale_key) {
+                    return Err(Error::NotFound {
+                        path: format!("{path} (moved or removed since it was opened)"),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The tree cannot be walked now (say, its anchors' replicas are out of
+                // reach): the version is made on the kept walk, as it was before this
+                // check existed, rather than failing a write that can be stored.
+                tracing::debug!(path = %path, error = %e, "cannot walk afresh; the kept walk is used");
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings the key epochs of the anchors governing `nodes` up to date. A walk reads
+    /// them, and a handle keeps the walk it was opened with: without this, a revocation
+    /// made while a file was open left its later versions (and its directory's) sealed
+    /// under keys the revoked reader holds.
+    async fn refresh_governing(&self, nodes: &mut [Node]) -> Result<(), Error> {
+        let mut latest: Vec<(InodeId, u64)> = Vec::new();
+        for node in nodes.iter_mut() {
+            for (anchor, epoch) in &mut node.governing {
+                let known = match latest.iter().find(|(a, _)| a == anchor) {
+                    Some((_, e)) => *e,
+                    None => {
+                        let versions = self.versions(&node.path, *anchor).await?;
+                        let e = inode::winner(&versions).map_or(0, |w| w.inode.epoch);
+                        latest.push((*anchor, e));
+                        e
+                    }
+                };
+                *epoch = (*epoch).max(known);
+            }
+        }
+        Ok(())
+    }
+
     /// Fails with [`Error::NotFound`] unless `nodes[i]`'s directory, read afresh, still
     /// names it under its name.
     async fn check_still_named(&self, nodes: &mut [Node], i: usize) -> Result<(), Error> {
@@ -1592,6 +1656,12 @@ impl<B: Blocks> Client<B> {
         // What an earlier flush wrote stays known, even if a replica's answer (or what a
         // fetch under way then left in a cache) does not have it yet.
         let known = std::mem::take(&mut nodes[d].versions);
+        // The walk kept with the staged changes may predate a share or a revocation:
+        // the directory and those above it are taken afresh (their keys too), as a write
+        // through a fresh walk would, so that nothing is sealed under a key a revoked
+        // reader holds (and a directory another node re-keyed meanwhile still opens).
+        self.refresh_above(&mut nodes, true).await?;
+        let d = nodes.len() - 1;
         self.refresh(&mut nodes[d]).await?;
         for version in known {
             if !nodes[d]
@@ -2523,6 +2593,11 @@ impl<B: Blocks> Client<B> {
                 handle.nodes = nodes;
                 handle.rebased = true;
             }
+        }
+        // Shares and revocations since the handle was opened: its file and the
+        // directories above it must be sealed under the keys a fresh walk would use.
+        if !new {
+            self.refresh_above(&mut handle.nodes, false).await?;
         }
         let i = handle.nodes.len() - 1;
         let rekey = !new && handle.nodes[i].stale_key();

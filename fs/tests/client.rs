@@ -1821,8 +1821,9 @@ async fn a_name_left_without_a_version_to_show_can_be_removed_and_written_again(
 
 /// A handle keeps the path it was opened at. A change of mode alone, made through it
 /// after the file was renamed or removed, is made on the file it holds (failing, it was
-/// lost and the close failed), and a removed file does not come back, not even through
-/// a write that re-keys it.
+/// lost and the close failed); and a write that must re-key the file (a reader was
+/// revoked meanwhile, or before it was opened) does not put a file removed while open
+/// back under its name.
 #[tokio::test]
 async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings_it_back() {
     let t = tree();
@@ -1851,20 +1852,20 @@ async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings
         Err(Error::NotFound { .. })
     ));
 
-    // Opened after a revocation (its key must change at the next write), written,
-    // removed, closed: the re-keying write is refused rather than linking it back in.
+    // Written while open, removed, and a reader revoked before the close: the re-keying
+    // write is refused rather than linking the file back in.
     let shared = t.path("shared/f");
     put(&c, &shared, b"before").await;
     let (alice_id, _) = t.stranger();
     c.share(&t.path("shared"), &alice_id.public(), None)
         .await
         .unwrap();
-    c.revoke(&t.path("shared"), &alice_id.principal())
-        .await
-        .unwrap();
     let mut handle = c.open(&shared).await.unwrap();
     c.write(&mut handle, 0, b"after").await.unwrap();
     c.remove(&shared, None).await.unwrap();
+    c.revoke(&t.path("shared"), &alice_id.principal())
+        .await
+        .unwrap();
     let closed = c.fsync(&mut handle).await;
     assert!(
         matches!(closed, Err(Error::NotFound { .. })),
@@ -1874,6 +1875,64 @@ async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings
         t.owner().stat(&shared).await,
         Err(Error::NotFound { .. })
     ));
+
+    // Opened after a revocation (its key must change at the next write), written,
+    // removed, closed: refused alike.
+    let again = t.path("shared/g");
+    put(&c, &again, b"before").await;
+    let (carol_id, _) = t.stranger();
+    c.share(&t.path("shared"), &carol_id.public(), None)
+        .await
+        .unwrap();
+    c.revoke(&t.path("shared"), &carol_id.principal())
+        .await
+        .unwrap();
+    let mut handle = c.open(&again).await.unwrap();
+    c.write(&mut handle, 0, b"after").await.unwrap();
+    c.remove(&again, None).await.unwrap();
+    let closed = c.fsync(&mut handle).await;
+    assert!(
+        matches!(closed, Err(Error::NotFound { .. })),
+        "closing the removed file: {closed:?}"
+    );
+    assert!(matches!(
+        t.owner().stat(&again).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Opened before a revocation, written after it: the file and the directory above it
+    // get new keys, made under the anchor's new epoch, not the keys the revoked reader
+    // holds (the handle's walk predates the revocation; it sealed under those before).
+    let (bob_id, _) = t.stranger();
+    let deep = t.path("team/sub/g");
+    put(&c, &deep, b"old").await;
+    c.share(&t.path("team"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    let mut handle = c.open(&deep).await.unwrap();
+    c.revoke(&t.path("team"), &bob_id.principal())
+        .await
+        .unwrap();
+    c.write(&mut handle, 0, b"new").await.unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert_eq!(get(&t.owner(), &deep).await.unwrap(), b"new");
+    let anchor = Binding::anchor(t.path("team")).id();
+    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .inode
+        .epoch;
+    assert!(epoch > 0);
+    for path in [deep.clone(), t.path("team/sub")] {
+        let inode = t.owner().stat(&path).await.unwrap().inode;
+        let winner = fs::inode::winner(&t.replica.versions(&inode).unwrap())
+            .unwrap()
+            .clone();
+        assert!(
+            winner.inode.key_epochs.contains(&(anchor, epoch)),
+            "{path} was sealed under a key from before the revocation: {:?}",
+            winner.inode.key_epochs
+        );
+    }
 }
 
 /// `create_new_file` (a mount's create) leaves a file that has the name as it is, where
@@ -1895,6 +1954,47 @@ async fn creating_a_new_file_leaves_one_that_took_the_name_alone() {
     c.write(&mut handle, 0, b"new").await.unwrap();
     c.fsync(&mut handle).await.unwrap();
     assert_eq!(get(&c, &fresh).await.unwrap(), b"new");
+}
+
+/// Directory changes staged on a walk from before a revocation are written under new
+/// keys: the walk kept with the staged changes predated the revocation, and the flush
+/// sealed the directory again under the key the revoked reader held.
+#[tokio::test]
+async fn staged_changes_after_a_revocation_are_sealed_under_new_keys() {
+    let t = tree();
+    let c = t.staging(t.replica.clone());
+    put(&c, &t.path("team/sub/a"), b"a").await;
+    c.sync().await.unwrap();
+    let (bob_id, _) = t.stranger();
+    c.share(&t.path("team"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    // A change staged now keeps this walk of `team/sub`.
+    put(&c, &t.path("team/sub/b"), b"b").await;
+    c.revoke(&t.path("team"), &bob_id.principal())
+        .await
+        .unwrap();
+    put(&c, &t.path("team/sub/c"), b"c").await;
+    c.sync().await.unwrap();
+    let anchor = Binding::anchor(t.path("team")).id();
+    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .inode
+        .epoch;
+    assert!(epoch > 0);
+    let sub = t.owner().stat(&t.path("team/sub")).await.unwrap().inode;
+    let winner = fs::inode::winner(&t.replica.versions(&sub).unwrap())
+        .unwrap()
+        .clone();
+    assert!(
+        winner.inode.key_epochs.contains(&(anchor, epoch)),
+        "team/sub was sealed under a key from before the revocation: {:?}",
+        winner.inode.key_epochs
+    );
+    for name in ["a", "b", "c"] {
+        let path = t.path(&format!("team/sub/{name}"));
+        assert_eq!(get(&t.owner(), &path).await.unwrap(), name.as_bytes());
+    }
 }
 
 /// Two writers fork a directory at different depths: one removed a name and then added
