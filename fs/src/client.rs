@@ -953,7 +953,8 @@ impl<B: Blocks> Client<B> {
         })
     }
 
-    /// `name.conflict-<8 hex digits>`: a losing head of a forked file in `dir`.
+    /// `name.conflict-<8 hex digits>`: a losing head of a forked file in `dir` (a
+    /// directory's forks are merged: none of its heads is a copy).
     async fn conflict_copy(
         &self,
         parent: &Node,
@@ -964,7 +965,14 @@ impl<B: Blocks> Client<B> {
         let Some((base, tag)) = name.rsplit_once(".conflict-") else {
             return Ok(None);
         };
-        let Some(entry) = self.entry_in(parent, dir, base) else {
+        // Only files have conflict copies, as listings show them: the forks of a
+        // directory are merged, and a copy of one of its heads named here could be
+        // removed, which wrote the winner's names alone over both heads (the other's
+        // names were lost).
+        let Some(entry) = self
+            .entry_in(parent, dir, base)
+            .filter(|e| e.kind == Kind::File)
+        else {
             return Ok(None);
         };
         let mut node = self.child(parent, path, &entry).await?;

@@ -2083,3 +2083,40 @@ async fn sharing_and_revoking_a_forked_directory_keep_both_sides() {
             .unwrap();
     }
 }
+
+/// A forked directory's heads are merged, never shown as copies: naming one as
+/// `d.conflict-<id>` finds nothing, so removing it cannot write one head's names alone
+/// over both (the names only the other head had were lost).
+#[tokio::test]
+async fn removing_a_directory_conflict_copy_loses_no_name() {
+    let t = tree();
+    let a = t.owner();
+    let (lagging, b) = t.lagging(false);
+    put(&a, &t.path("d/base"), b"base").await;
+    let d = a.stat(&t.path("d")).await.unwrap().inode;
+    lagging
+        .frozen
+        .lock()
+        .unwrap()
+        .insert(d, t.replica.versions(&d).unwrap());
+    put(&a, &t.path("d/from-a"), b"a").await;
+    b.put(&t.path("d/from-b"), &b"b"[..], |_| {}).await.unwrap();
+    let versions = t.replica.versions(&d).unwrap();
+    let heads = fs::inode::heads(&versions);
+    assert_eq!(heads.len(), 2, "the directory forked");
+    let copy = t.path(&format!(
+        "d.conflict-{}",
+        &heads[1].version.to_string()[..8]
+    ));
+    let mut removed = Vec::new();
+    for kind in [Some(fs::inode::Kind::Dir), None] {
+        removed.push(t.owner().remove(&copy, kind).await);
+    }
+    assert_eq!(
+        names(&t.owner(), &t.path("d")).await,
+        ["base", "from-a", "from-b"]
+    );
+    for r in removed {
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+    }
+}
