@@ -530,10 +530,21 @@ pub fn is_revoked(v: &Verified, revocations: &Revocations) -> bool {
     )
 }
 
-/// Orders versions for showing: the higher sequence, then the later signing time, then
-/// the higher version id. Every node picks the same winner of a fork.
+/// Orders versions for showing: the higher key epoch (only anchors have one), then the
+/// higher sequence, then the later signing time, then the higher version id. Every node
+/// picks the same winner of a fork. The epoch comes first because an anchor's readers,
+/// grants and key are taken from its winner: a revocation (which bumps the epoch) that
+/// forked with another writer's version made from before it lost to that version when
+/// its sequence was lower, and the revoked reader came back with readcaps for the new
+/// key. A share made at the same time on the older epoch loses instead (shown by
+/// `stat`, and made again).
 pub fn order(a: &Verified, b: &Verified) -> Ordering {
-    (a.inode.seq, a.inode.signed_at, a.version).cmp(&(b.inode.seq, b.inode.signed_at, b.version))
+    (a.inode.epoch, a.inode.seq, a.inode.signed_at, a.version).cmp(&(
+        b.inode.epoch,
+        b.inode.seq,
+        b.inode.signed_at,
+        b.version,
+    ))
 }
 
 /// The heads among `versions`: those no other version names as a parent, winner first

@@ -2120,3 +2120,53 @@ async fn removing_a_directory_conflict_copy_loses_no_name() {
         assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
     }
 }
+
+/// A revocation that forks with another writer's versions of the anchor, made from
+/// before it, stays: the head with the newer key epoch is shown whatever the sequence
+/// numbers, so the revoked reader is not among the readers again, and the next write
+/// seals no readcap for it.
+#[tokio::test]
+async fn a_revocation_forked_with_a_stale_write_stays_revoked() {
+    let t = tree();
+    let owner = t.owner();
+    put(&owner, &t.path("team/f"), b"f").await;
+    let (alice_id, alice) = t.stranger();
+    owner
+        .share(&t.path("team"), &alice_id.public(), None)
+        .await
+        .unwrap();
+    let team = Binding::anchor(t.path("team")).id();
+    // One node revokes from a view of `team` frozen now; another, up to date, writes
+    // twice meanwhile (its head's sequence is the higher).
+    let (lagging, a) = t.lagging(false);
+    lagging
+        .frozen
+        .lock()
+        .unwrap()
+        .insert(team, t.replica.versions(&team).unwrap());
+    let b = t.owner();
+    put(&b, &t.path("team/x"), b"x").await;
+    put(&b, &t.path("team/y"), b"y").await;
+    a.revoke(&t.path("team"), &alice_id.principal())
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::inode::heads(&t.replica.versions(&team).unwrap()).len(),
+        2,
+        "the anchor forked"
+    );
+    let readers = t.owner().stat(&t.path("team")).await.unwrap().readers;
+    assert!(
+        !readers.contains(&alice_id.principal()),
+        "revocation undone: {readers:?}"
+    );
+    put(&t.owner(), &t.path("team/after"), b"secret").await;
+    assert!(matches!(
+        get(&alice, &t.path("team/after")).await,
+        Err(Error::PermissionDenied { .. })
+    ));
+    assert_eq!(
+        names(&t.owner(), &t.path("team")).await,
+        ["after", "f", "x", "y"]
+    );
+}
