@@ -623,14 +623,19 @@ async fn forget_around<T>(
     inode: &InodeId,
     write: impl Future<Output = T>,
 ) -> T {
-    if let Ok(mut cache) = cache.lock() {
-        cache.invalidate(inode);
+    /// Forgets the inode when dropped: after the write, or when the write is dropped
+    /// (a timeout), since this node's store may take it all the same.
+    struct Forget<'a>(&'a Mutex<Cache>, &'a InodeId);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut cache) = self.0.lock() {
+                cache.invalidate(self.1);
+            }
+        }
     }
-    let written = write.await;
-    if let Ok(mut cache) = cache.lock() {
-        cache.invalidate(inode);
-    }
-    written
+    drop(Forget(cache, inode));
+    let _after = Forget(cache, inode);
+    write.await
 }
 
 /// Keys whose looked-up nearest nodes are remembered at most.
@@ -1824,6 +1829,21 @@ mod tests {
         };
         let (found, ()) = tokio::join!(read_before, write_then_release);
         assert_eq!(found.map(|v| v.len()), Ok(0));
+        assert!(cache.lock().unwrap().versions(&inode).is_none());
+        // A write dropped while under way (a timeout) forgets too: this node's store
+        // may take it all the same.
+        let (_release, gate) = tokio::sync::oneshot::channel::<()>();
+        {
+            let write = forget_around(&cache, &inode, async {
+                gate.await.ok();
+            });
+            let mut write = std::pin::pin!(write);
+            assert!(futures::poll!(&mut write).is_pending());
+            remember_fetched(&cache, inode, async { Ok(Vec::new()) })
+                .await
+                .unwrap();
+            assert!(cache.lock().unwrap().versions(&inode).is_some());
+        }
         assert!(cache.lock().unwrap().versions(&inode).is_none());
         // Without a write, a fetch is remembered.
         remember_fetched(&cache, inode, async { Ok(Vec::new()) })

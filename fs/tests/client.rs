@@ -1969,7 +1969,9 @@ async fn staged_changes_after_a_revocation_are_sealed_under_new_keys() {
     c.share(&t.path("team"), &bob_id.public(), None)
         .await
         .unwrap();
-    // A change staged now keeps this walk of `team/sub`.
+    // A change staged now keeps this walk of `team/sub`. The revocation writes it
+    // first (it flushes what is staged), and the walk stays with the staged entry: the
+    // change after the revocation is staged on it.
     put(&c, &t.path("team/sub/b"), b"b").await;
     c.revoke(&t.path("team"), &bob_id.principal())
         .await
