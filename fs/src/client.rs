@@ -2606,6 +2606,19 @@ impl<B: Blocks> Client<B> {
         // directories above it must be sealed under the keys a fresh walk would use.
         if !new {
             self.refresh_above(&mut handle.nodes, false).await?;
+        } else if i > 0 && !self.config.stage_directories {
+            // A new file is linked into its directory now, with the walk it was created
+            // on: that walk is taken afresh as well, and the file's key (new, and in no
+            // directory yet) is labelled with the epochs it gives. Where changes are
+            // staged, the flush that links the file takes its walk afresh.
+            let mut above = handle.nodes[..i].to_vec();
+            self.refresh_above(&mut above, true).await?;
+            let governing = above[above.len() - 1].governing.clone();
+            let mut file = handle.nodes[i].clone();
+            file.governing = governing.clone();
+            file.key_epochs = governing;
+            above.push(file);
+            handle.nodes = above;
         }
         let i = handle.nodes.len() - 1;
         let rekey = !new && handle.nodes[i].stale_key();

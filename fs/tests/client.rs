@@ -2172,3 +2172,48 @@ async fn a_revocation_forked_with_a_stale_write_stays_revoked() {
         ["after", "f", "x", "y"]
     );
 }
+
+/// A file created before a revocation and first closed after it, by a client that does
+/// not stage directory changes: its directory is written under a key of the new epoch
+/// (it was written with the walk the file was created on, under the key the revoked
+/// reader held).
+#[tokio::test]
+async fn a_new_file_first_closed_after_a_revocation_is_linked_under_new_keys() {
+    let t = tree();
+    let c = t.owner();
+    put(&c, &t.path("team/sub/a"), b"a").await;
+    let (bob_id, _) = t.stranger();
+    c.share(&t.path("team"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    let mut handle = c.create_new_file(&t.path("team/sub/new")).await.unwrap();
+    c.write(&mut handle, 0, b"made before, closed after")
+        .await
+        .unwrap();
+    t.owner()
+        .revoke(&t.path("team"), &bob_id.principal())
+        .await
+        .unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert_eq!(
+        get(&t.owner(), &t.path("team/sub/new")).await.unwrap(),
+        b"made before, closed after"
+    );
+    let anchor = Binding::anchor(t.path("team")).id();
+    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .inode
+        .epoch;
+    assert!(epoch > 0);
+    for path in [t.path("team/sub/new"), t.path("team/sub")] {
+        let inode = t.owner().stat(&path).await.unwrap().inode;
+        let winner = fs::inode::winner(&t.replica.versions(&inode).unwrap())
+            .unwrap()
+            .clone();
+        assert!(
+            winner.inode.key_epochs.contains(&(anchor, epoch)),
+            "{path} was sealed under a key from before the revocation: {:?}",
+            winner.inode.key_epochs
+        );
+    }
+}
