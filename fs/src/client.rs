@@ -3488,6 +3488,15 @@ impl<B: Blocks> Client<B> {
             .map(|v| v.version)
             .collect();
         let readers = vec![self.identity.public()];
+        // Above every epoch the old anchor reached: the head with the higher epoch wins
+        // a fork (see `inode::order`), and an old head this node did not see (a replica
+        // behind) won over the new anchor and brought the old readers back.
+        let epoch = node
+            .versions
+            .iter()
+            .map(|v| v.inode.epoch.saturating_add(1))
+            .max()
+            .unwrap_or(0);
         self.commit(
             node,
             Contents {
@@ -3501,7 +3510,7 @@ impl<B: Blocks> Client<B> {
             Some(AnchorChange {
                 readers,
                 grants: Vec::new(),
-                epoch: 0,
+                epoch,
             }),
         )
         .await?;
