@@ -3478,9 +3478,25 @@ impl<B: Blocks> Client<B> {
         node.key = DataKey::generate();
         node.versions = Vec::new();
         node.current = None;
-        node.key_epochs = node.governing.clone();
-        // An anchor may have been here before (a shared directory removed since).
+        // An anchor may have been here before (a shared directory removed since): the
+        // new one starts above every epoch the old one reached, since the head with the
+        // higher epoch wins a fork (see `inode::order`), and an old head this node did
+        // not see (a replica behind) won over the new anchor and brought the old readers
+        // back. What is below keys made before it is re-keyed at its next write.
         node.versions = self.versions(path, node.id()).await?;
+        let epoch = match node.versions.iter().map(|v| v.inode.epoch).max() {
+            None => 0,
+            Some(old) => old
+                .checked_add(1)
+                .filter(|e| *e <= inode::MAX_SEQ)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("{path}: no key epoch left to share with"))
+                })?,
+        };
+        let id = node.id();
+        node.governing.retain(|(a, _)| a != &id);
+        node.governing.push((id, epoch));
+        node.key_epochs = node.governing.clone();
         let chunks = self.store_contents(node, &contents).await?;
         let mode = old.current.as_ref().map_or(0o644, |v| v.inode.mode);
         let parents = inode::heads(&node.versions)
@@ -3488,15 +3504,6 @@ impl<B: Blocks> Client<B> {
             .map(|v| v.version)
             .collect();
         let readers = vec![self.identity.public()];
-        // Above every epoch the old anchor reached: the head with the higher epoch wins
-        // a fork (see `inode::order`), and an old head this node did not see (a replica
-        // behind) won over the new anchor and brought the old readers back.
-        let epoch = node
-            .versions
-            .iter()
-            .map(|v| v.inode.epoch.saturating_add(1))
-            .max()
-            .unwrap_or(0);
         self.commit(
             node,
             Contents {

@@ -2258,6 +2258,21 @@ async fn an_anchor_made_again_where_one_was_wins_over_its_old_heads() {
         .unwrap();
     let readers = t.owner().stat(&t.path("d")).await.unwrap().readers;
     assert!(readers.contains(&dave_id.principal()), "{readers:?}");
+    // Its key is of its own epoch: not taken for stale (and re-keyed) at every write.
+    for v in fs::inode::heads(&t.replica.versions(&anchor).unwrap()) {
+        if v.inode
+            .readers
+            .iter()
+            .any(|r| r.principal() == dave_id.principal())
+        {
+            assert!(
+                v.inode.key_epochs.contains(&(anchor, v.inode.epoch)),
+                "{:?} at epoch {}",
+                v.inode.key_epochs,
+                v.inode.epoch
+            );
+        }
+    }
     assert!(
         !readers.contains(&carol_id.principal()),
         "the removed directory's reader is back: {readers:?}"
