@@ -1461,8 +1461,23 @@ impl<B: Blocks> Client<B> {
     async fn refresh_above(&self, nodes: &mut Vec<Node>, take_last: bool) -> Result<(), Error> {
         let i = nodes.len() - 1;
         let path = nodes[i].path.clone();
+        // A directory shared since (by another client) is at its anchor now, a new
+        // inode its contents moved to: what is written in it goes there (written to the
+        // old inode, which nothing names any more, it was lost).
+        let shared_since = |fresh: &[Node]| {
+            fresh.last().is_some_and(|f| {
+                take_last
+                    && f.kind == Kind::Dir
+                    && nodes[i].kind == Kind::Dir
+                    && !nodes[i].binding.is_anchor()
+                    && f.binding.is_anchor()
+                    && f.binding.path == path
+            })
+        };
         match self.walk(&path).await {
-            Ok(mut fresh) if fresh.last().map(Node::id) == Some(nodes[i].id()) => {
+            Ok(mut fresh)
+                if fresh.last().map(Node::id) == Some(nodes[i].id()) || shared_since(&fresh) =>
+            {
                 if !take_last {
                     let governing = fresh[fresh.len() - 1].governing.clone();
                     fresh.pop();
@@ -1671,6 +1686,13 @@ impl<B: Blocks> Client<B> {
         self.refresh_above(&mut nodes, true).await?;
         let d = nodes.len() - 1;
         self.refresh(&mut nodes[d]).await?;
+        // Not when the directory moved to its anchor (shared since): those are the old
+        // inode's versions.
+        let known = if nodes[d].id() == id {
+            known
+        } else {
+            Vec::new()
+        };
         for version in known {
             if !nodes[d]
                 .versions

@@ -2281,3 +2281,36 @@ async fn an_anchor_made_again_where_one_was_wins_over_its_old_heads() {
     // that do not open each other's contents, so listing `d` fails here (the sharing
     // node's view of the old anchor was behind; see the README).
 }
+
+/// A directory shared by another client between a file's creation and the write of its
+/// name moves to a new inode (its anchor): the name goes to the anchor, for a file
+/// first closed then (no staging) and for a change staged then. Both were written into
+/// the directory's old inode, which nothing names any more: the file was lost.
+#[tokio::test]
+async fn a_name_written_after_its_directory_was_shared_elsewhere_is_kept() {
+    let t = tree();
+    let c = t.owner();
+    put(&c, &t.path("d/f"), b"f").await;
+    let mut handle = c.create_new_file(&t.path("d/x")).await.unwrap();
+    c.write(&mut handle, 0, b"x").await.unwrap();
+    let (bob_id, _) = t.stranger();
+    t.owner()
+        .share(&t.path("d"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert_eq!(names(&t.owner(), &t.path("d")).await, ["f", "x"]);
+    assert_eq!(get(&t.owner(), &t.path("d/x")).await.unwrap(), b"x");
+
+    let s = t.staging(t.replica.clone());
+    put(&s, &t.path("e/f"), b"f").await;
+    s.sync().await.unwrap();
+    put(&s, &t.path("e/y"), b"y").await;
+    t.owner()
+        .share(&t.path("e"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    s.sync().await.unwrap();
+    assert_eq!(names(&t.owner(), &t.path("e")).await, ["f", "y"]);
+    assert_eq!(get(&t.owner(), &t.path("e/y")).await.unwrap(), b"y");
+}
