@@ -1463,21 +1463,32 @@ impl<B: Blocks> Client<B> {
         let path = nodes[i].path.clone();
         // A directory shared since (by another client) is at its anchor now, a new
         // inode its contents moved to: what is written in it goes there (written to the
-        // old inode, which nothing names any more, it was lost).
-        let shared_since = |fresh: &[Node]| {
-            fresh.last().is_some_and(|f| {
-                take_last
-                    && f.kind == Kind::Dir
-                    && nodes[i].kind == Kind::Dir
-                    && !nodes[i].binding.is_anchor()
-                    && f.binding.is_anchor()
-                    && f.binding.path == path
-            })
-        };
-        match self.walk(&path).await {
-            Ok(mut fresh)
-                if fresh.last().map(Node::id) == Some(nodes[i].id()) || shared_since(&fresh) =>
+        // old inode, which nothing names any more, it was lost). Not where the old
+        // inode is still named, elsewhere (renamed, and another directory shared under
+        // its old name): it stays the directory written to, as a directory renamed
+        // under an open file is.
+        let walked = self.walk(&path).await;
+        let shared_since = match &walked {
+            Ok(fresh)
+                if take_last
+                    && fresh.len() > 1
+                    && fresh.last().is_some_and(|f| {
+                        f.id() != nodes[i].id()
+                            && f.kind == Kind::Dir
+                            && nodes[i].kind == Kind::Dir
+                            && !nodes[i].binding.is_anchor()
+                            && f.binding.is_anchor()
+                            && f.binding.path == path
+                    }) =>
             {
+                let old = nodes[i].id();
+                let parent = self.read_dir_shared(&fresh[fresh.len() - 2]).await?;
+                !parent.entries.values().any(|e| e.inode == old)
+            }
+            _ => false,
+        };
+        match walked {
+            Ok(mut fresh) if fresh.last().map(Node::id) == Some(nodes[i].id()) || shared_since => {
                 if !take_last {
                     let governing = fresh[fresh.len() - 1].governing.clone();
                     fresh.pop();
@@ -1679,6 +1690,7 @@ impl<B: Blocks> Client<B> {
         // What an earlier flush wrote stays known, even if a replica's answer (or what a
         // fetch under way then left in a cache) does not have it yet.
         let known = std::mem::take(&mut nodes[d].versions);
+        let before = nodes[d].id();
         // The walk kept with the staged changes may predate a share or a revocation:
         // the directory and those above it are taken afresh (their keys too), as a write
         // through a fresh walk would, so that nothing is sealed under a key a revoked
@@ -1688,7 +1700,7 @@ impl<B: Blocks> Client<B> {
         self.refresh(&mut nodes[d]).await?;
         // Not when the directory moved to its anchor (shared since): those are the old
         // inode's versions.
-        let known = if nodes[d].id() == id {
+        let known = if nodes[d].id() == before {
             known
         } else {
             Vec::new()

@@ -2314,3 +2314,26 @@ async fn a_name_written_after_its_directory_was_shared_elsewhere_is_kept() {
     assert_eq!(names(&t.owner(), &t.path("e")).await, ["f", "y"]);
     assert_eq!(get(&t.owner(), &t.path("e/y")).await.unwrap(), b"y");
 }
+
+/// A directory renamed under a new file, and another directory shared under its old
+/// name: the file goes to the directory it was created in (now named `moved`), not to
+/// the one shared there since.
+#[tokio::test]
+async fn a_new_file_follows_its_directory_renamed_while_another_is_shared_in_its_place() {
+    let t = tree();
+    let c = t.owner();
+    put(&c, &t.path("d/f"), b"f").await;
+    let mut handle = c.create_new_file(&t.path("d/x")).await.unwrap();
+    c.write(&mut handle, 0, b"x").await.unwrap();
+    let other = t.owner();
+    other.rename(&t.path("d"), &t.path("moved")).await.unwrap();
+    put(&other, &t.path("d/theirs"), b"t").await;
+    let (bob_id, _) = t.stranger();
+    other
+        .share(&t.path("d"), &bob_id.public(), None)
+        .await
+        .unwrap();
+    c.fsync(&mut handle).await.unwrap();
+    assert_eq!(names(&t.owner(), &t.path("d")).await, ["theirs"]);
+    assert_eq!(names(&t.owner(), &t.path("moved")).await, ["f", "x"]);
+}
