@@ -862,6 +862,28 @@ async fn names(c: &Client<Replica>, dir: &Path) -> Vec<String> {
     names
 }
 
+/// Asserts that the shown version of each of `paths` was sealed under a key of the
+/// current epoch of the anchor at `anchor`, after a revocation there bumped it.
+async fn assert_sealed_under_current_epoch(t: &Tree, anchor: &str, paths: &[Path]) {
+    let anchor = Binding::anchor(t.path(anchor)).id();
+    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
+        .unwrap()
+        .inode
+        .epoch;
+    assert!(epoch > 0);
+    for path in paths {
+        let inode = t.owner().stat(path).await.unwrap().inode;
+        let winner = fs::inode::winner(&t.replica.versions(&inode).unwrap())
+            .unwrap()
+            .clone();
+        assert!(
+            winner.inode.key_epochs.contains(&(anchor, epoch)),
+            "{path} was sealed under a key from before the revocation: {:?}",
+            winner.inode.key_epochs
+        );
+    }
+}
+
 #[tokio::test]
 async fn staged_directory_changes_are_seen_at_once_and_written_together() {
     let t = tree();
@@ -1916,23 +1938,7 @@ async fn a_handle_whose_file_moved_or_went_away_neither_fails_a_chmod_nor_brings
     c.write(&mut handle, 0, b"new").await.unwrap();
     c.fsync(&mut handle).await.unwrap();
     assert_eq!(get(&t.owner(), &deep).await.unwrap(), b"new");
-    let anchor = Binding::anchor(t.path("team")).id();
-    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
-        .unwrap()
-        .inode
-        .epoch;
-    assert!(epoch > 0);
-    for path in [deep.clone(), t.path("team/sub")] {
-        let inode = t.owner().stat(&path).await.unwrap().inode;
-        let winner = fs::inode::winner(&t.replica.versions(&inode).unwrap())
-            .unwrap()
-            .clone();
-        assert!(
-            winner.inode.key_epochs.contains(&(anchor, epoch)),
-            "{path} was sealed under a key from before the revocation: {:?}",
-            winner.inode.key_epochs
-        );
-    }
+    assert_sealed_under_current_epoch(&t, "team", &[deep, t.path("team/sub")]).await;
 }
 
 /// `create_new_file` (a mount's create) leaves a file that has the name as it is, where
@@ -1978,21 +1984,7 @@ async fn staged_changes_after_a_revocation_are_sealed_under_new_keys() {
         .unwrap();
     put(&c, &t.path("team/sub/c"), b"c").await;
     c.sync().await.unwrap();
-    let anchor = Binding::anchor(t.path("team")).id();
-    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
-        .unwrap()
-        .inode
-        .epoch;
-    assert!(epoch > 0);
-    let sub = t.owner().stat(&t.path("team/sub")).await.unwrap().inode;
-    let winner = fs::inode::winner(&t.replica.versions(&sub).unwrap())
-        .unwrap()
-        .clone();
-    assert!(
-        winner.inode.key_epochs.contains(&(anchor, epoch)),
-        "team/sub was sealed under a key from before the revocation: {:?}",
-        winner.inode.key_epochs
-    );
+    assert_sealed_under_current_epoch(&t, "team", &[t.path("team/sub")]).await;
     for name in ["a", "b", "c"] {
         let path = t.path(&format!("team/sub/{name}"));
         assert_eq!(get(&t.owner(), &path).await.unwrap(), name.as_bytes());
@@ -2199,23 +2191,8 @@ async fn a_new_file_first_closed_after_a_revocation_is_linked_under_new_keys() {
         get(&t.owner(), &t.path("team/sub/new")).await.unwrap(),
         b"made before, closed after"
     );
-    let anchor = Binding::anchor(t.path("team")).id();
-    let epoch = fs::inode::winner(&t.replica.versions(&anchor).unwrap())
-        .unwrap()
-        .inode
-        .epoch;
-    assert!(epoch > 0);
-    for path in [t.path("team/sub/new"), t.path("team/sub")] {
-        let inode = t.owner().stat(&path).await.unwrap().inode;
-        let winner = fs::inode::winner(&t.replica.versions(&inode).unwrap())
-            .unwrap()
-            .clone();
-        assert!(
-            winner.inode.key_epochs.contains(&(anchor, epoch)),
-            "{path} was sealed under a key from before the revocation: {:?}",
-            winner.inode.key_epochs
-        );
-    }
+    assert_sealed_under_current_epoch(&t, "team", &[t.path("team/sub/new"), t.path("team/sub")])
+        .await;
 }
 
 /// A shared directory removed and shared again at the same path reuses its anchor's
