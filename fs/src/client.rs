@@ -1013,7 +1013,6 @@ impl<B: Blocks> Client<B> {
         Ok(nodes)
     }
 
-    /// The plaintext of a node's shown version.
     /// What a version that replaces every head of `node` must hold: for a directory with
     /// more than one head, the merge of all of them (and true); else the winner's bytes.
     /// (Sharing or revoking a forked directory wrote the winner's entries alone under all
@@ -1027,6 +1026,7 @@ impl<B: Blocks> Client<B> {
         Ok((self.read_all(node).await?, false))
     }
 
+    /// The plaintext of a node's shown version.
     async fn read_all(&self, node: &Node) -> Result<Vec<u8>, Error> {
         let Some(current) = &node.current else {
             return Ok(Vec::new());
@@ -3970,7 +3970,7 @@ mod tests {
     /// every level: it never ended).
     #[tokio::test]
     async fn a_directory_named_below_itself_is_walked_once() {
-        let (client, _, tree) = crate::testing::owner();
+        let crate::testing::Owner { client, tree, .. } = crate::testing::owner();
         let team = tree.join("team").unwrap();
         let sub = team.join("sub").unwrap();
         client

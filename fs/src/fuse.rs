@@ -1140,7 +1140,7 @@ mod tests {
     use crate::Replica;
 
     fn mount(runtime: &tokio::runtime::Runtime) -> Mount<Replica> {
-        let (client, _, tree) = crate::testing::owner();
+        let crate::testing::Owner { client, tree, .. } = crate::testing::owner();
         Mount::new(
             Arc::new(client),
             runtime.handle().clone(),

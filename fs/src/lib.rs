@@ -55,9 +55,18 @@ pub(crate) mod testing {
 
     use crate::{Client, Config, Replica, store::Store};
 
-    /// A tree's owner: a client holding its root's writecap over a replica in memory,
-    /// the replica, and the tree's root path.
-    pub(crate) fn owner() -> (Client<Replica>, Arc<Replica>, Path) {
+    /// A tree's owner: a client holding its root's writecap over a replica in memory.
+    pub(crate) struct Owner {
+        pub(crate) client: Client<Replica>,
+        pub(crate) replica: Arc<Replica>,
+        /// The tree's root path.
+        pub(crate) tree: Path,
+        /// The root's key, which signs the root's grants.
+        pub(crate) root: Arc<Identity>,
+    }
+
+    /// A new tree and its owner.
+    pub(crate) fn owner() -> Owner {
         let root = Arc::new(Identity::generate());
         let tree = Path::root_of(root.principal());
         let chain = Chain::root_grant(
@@ -67,7 +76,12 @@ pub(crate) mod testing {
             Validity::for_seconds(3600),
         );
         let replica = Arc::new(Replica::new(Store::in_memory().expect("a store in memory")));
-        let client = Client::new(replica.clone(), root, vec![chain], Config::new());
-        (client, replica, tree)
+        let client = Client::new(replica.clone(), root.clone(), vec![chain], Config::new());
+        Owner {
+            client,
+            replica,
+            tree,
+            root,
+        }
     }
 }

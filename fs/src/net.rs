@@ -1722,10 +1722,9 @@ mod tests {
 
     use std::sync::Arc;
 
-    use keys::{Chain, Identity, Path, Validity};
-
     use super::*;
     use crate::inode::{ChunkRef, Signed};
+    use crate::store::Store;
 
     /// A peer alone may use all but the last kept slots; with only those free, a peer
     /// with that many under way gets none, one with fewer still gets one; and a slot
@@ -1753,8 +1752,6 @@ mod tests {
         drop(held);
         assert!(!serving.lock().unwrap().contains_key(&hog));
     }
-    use crate::store::Store;
-    use crate::{Client, Config};
 
     #[test]
     fn remembered_versions_are_bounded_and_the_oldest_go_first() {
@@ -1900,16 +1897,12 @@ mod tests {
     /// oldest out, and the receiver can tell that it may have.
     #[tokio::test]
     async fn an_answer_cut_to_fit_is_known_as_possibly_cut() {
-        let root = Arc::new(Identity::generate());
-        let tree = Path::root_of(root.principal());
-        let chain = Chain::root_grant(
-            root.signing_key(),
-            root.principal(),
-            tree.clone(),
-            Validity::for_seconds(3600),
-        );
-        let replica = Arc::new(Replica::new(Store::in_memory().unwrap()));
-        let client = Client::new(replica.clone(), root.clone(), vec![chain], Config::new());
+        let crate::testing::Owner {
+            client,
+            replica,
+            tree,
+            root,
+        } = crate::testing::owner();
         let path = tree.join("big").unwrap();
         client.put(&path, &b"small"[..], |_| {}).await.unwrap();
         let inode = client.stat(&path).await.unwrap().inode;
