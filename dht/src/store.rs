@@ -58,7 +58,16 @@ pub struct Store {
     records: HashMap<RecordKey, (Record, u64)>,
     revocations: SharedRevocations,
     max_records: usize,
+    /// When a full store last looked for records whose writecap lapsed or was revoked
+    /// (see [`SWEEP_EVERY`]).
+    swept_at: Option<std::time::Instant>,
 }
+
+/// How often a full store checks every record's writecap chain for room: a check is a
+/// signature verification per record, and a full store asked to take record after
+/// record (a flood) verified all it held for each of them. Expired records are dropped
+/// at each refusal, which costs a clock comparison each.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Store {
     /// Opens (or creates) the store in the redb file at `path`, loading every record that
@@ -83,6 +92,7 @@ impl Store {
             records: HashMap::new(),
             revocations: SharedRevocations::default(),
             max_records,
+            swept_at: None,
         }
     }
 
@@ -150,12 +160,22 @@ impl Store {
             }
             Some(_) => {}
             None if self.records.len() >= self.max_records => {
-                // Room made from what no longer holds before refusing.
+                // Room made from what no longer holds before refusing: what expired at
+                // once, what lost its writecap at most every `SWEEP_EVERY`.
+                let now = std::time::Instant::now();
+                let verify = self
+                    .swept_at
+                    .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY);
+                if verify {
+                    self.swept_at = Some(now);
+                }
                 let dead: Vec<RecordKey> = self
                     .records
-                    .keys()
-                    .filter(|key| !self.holds(key))
-                    .cloned()
+                    .iter()
+                    .filter(|(key, (record, _))| {
+                        record.is_expired(now) || (verify && !self.holds(key))
+                    })
+                    .map(|(key, _)| key.clone())
                     .collect();
                 self.delete(&dead)?;
                 if self.records.len() >= self.max_records {

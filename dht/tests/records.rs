@@ -392,6 +392,57 @@ fn a_full_store_says_so() {
     ));
 }
 
+/// A full store makes room from records that no longer hold before it refuses one:
+/// expired ones at every refusal, ones whose node was revoked at most once a minute
+/// (each such check verifies a chain: offered record after record, a full store
+/// verified everything it held for each).
+#[test]
+fn a_full_store_makes_room_from_what_no_longer_holds_and_checks_chains_once_a_minute() {
+    let mut store = Store::in_memory(2);
+    let revocations = keys::SharedRevocations::default();
+    store.set_revocations(revocations.clone());
+    let revoke = |f: &Fixture| {
+        revocations
+            .insert(
+                &keys::RevocationList::issue(&f.root, 1, now(), vec![], vec![f.node.principal()])
+                    .unwrap(),
+            )
+            .unwrap();
+    };
+    let (a, b, c) = (fixture(), fixture(), fixture());
+    store.insert(record(&a, 1).to_kad().unwrap()).unwrap();
+    store.insert(record(&b, 1).to_kad().unwrap()).unwrap();
+    revoke(&a);
+    // Full: the chains are checked, and the revoked node's record gives way.
+    let short = PathRecord::new(
+        &c.node,
+        c.path.clone(),
+        vec![],
+        c.chain.clone(),
+        1,
+        now() + 2,
+    );
+    assert_eq!(
+        store.insert(short.to_kad().unwrap()).unwrap(),
+        Inserted::New
+    );
+    // Within the minute the chains are not checked again: b's record stays.
+    revoke(&b);
+    assert!(matches!(
+        store.insert(record(&fixture(), 1).to_kad().unwrap()),
+        Err(StoreError::Full(2))
+    ));
+    // An expired record gives way at once.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    assert_eq!(
+        store
+            .insert(record(&fixture(), 1).to_kad().unwrap())
+            .unwrap(),
+        Inserted::New
+    );
+    assert_eq!(store.len(), 2);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
