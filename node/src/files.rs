@@ -671,6 +671,18 @@ impl Files {
                 tokio::fs::rename(&tmp, &target)
                     .await
                     .with_context(|| format!("cannot write {}", target.display()))?;
+                // The rename is kept only once its directory is synced: without that, a
+                // crash just after the get returned could leave the old file (or none).
+                let dir = match target.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+                    .await
+                    .context("syncing the directory got")?
+                    .with_context(|| {
+                        format!("cannot sync the directory of {}", target.display())
+                    })?;
                 Ok(serde_json::json!({ "bytes": bytes, "local": target.display().to_string() }))
             }
             Err(e) => Err(anyhow::Error::new(e)),
