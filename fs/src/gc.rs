@@ -22,7 +22,9 @@
 //!
 //! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
 //! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
-//! unknown (all zero) is never collected; neither is one whose inode cannot be asked.
+//! unknown (all zero) is never collected; neither is one whose inode cannot be asked, nor
+//! one offered under two inodes (see [`crate::store::NO_OWNER`]): the owner is what the
+//! peer that stored the chunk said, and a node without keys cannot check it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,7 +157,7 @@ impl Collector {
                 .chain(suspects.iter().filter(|c| !swept.contains(c)))
             {
                 match store.owner(id) {
-                    Ok(Some(owner)) if owner != InodeId([0; 32]) => {
+                    Ok(Some(owner)) if owner != crate::store::NO_OWNER => {
                         owned.entry(owner).or_default().push(*id);
                     }
                     Ok(Some(_)) => {}

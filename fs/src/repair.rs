@@ -684,7 +684,7 @@ async fn load(network: &Network, item: &Item) -> Option<(Request, u64)> {
                     .owner(&id)
                     .ok()
                     .flatten()
-                    .unwrap_or(InodeId([0; 32]));
+                    .unwrap_or(crate::store::NO_OWNER);
                 Some((
                     Request::PutChunk {
                         id: id.0,

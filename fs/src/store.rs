@@ -111,6 +111,7 @@ use redb::{
 use crate::id::{ChunkId, VersionId};
 
 use self::backend::SyncedGrowth;
+pub use self::chunks::NO_OWNER;
 use self::error::Context;
 pub use self::error::Error;
 pub use self::segments::{DirSegments, MemSegments, Segments};

@@ -509,6 +509,83 @@ async fn chunks_no_kept_version_refers_to_are_collected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_a_peer_offered_first_under_another_inode_is_not_collected() {
+    // A replica records the inode a chunk belongs to as the peer that stored it says; it
+    // cannot check that without keys. A peer that races the writer (one of the replicas
+    // the writer sent the chunk to, say) offers it to the others first under another
+    // inode, one that does not refer to it: had the first claim stood, collection would
+    // have taken the chunk from under the file everywhere the peer got there first.
+    trace();
+    let nodes = start_net_repairing(3, false).await;
+    let (tree, writer) = owner_writer(&nodes[0], Config::new().with_chunk_size(4096));
+    let (file, other) = (tree.join("kept").unwrap(), tree.join("other").unwrap());
+    let contents = data(3 * 4096, 1);
+    writer
+        .put(&file, contents.as_slice(), |_| {})
+        .await
+        .unwrap();
+    writer
+        .put(&other, data(4096, 2).as_slice(), |_| {})
+        .await
+        .unwrap();
+    let file_id = writer.stat(&file).await.unwrap().inode;
+    let other_id = writer.stat(&other).await.unwrap().inode;
+    let replica = &nodes[1];
+    let store = replica.network.local().store();
+    let chunk = store
+        .chunk_ids(None, 1000)
+        .unwrap()
+        .into_iter()
+        .find(|c| store.owner(c).unwrap() == Some(file_id))
+        .expect("a chunk of the file on every replica");
+    let bytes = store.get_chunk(&chunk).unwrap().unwrap();
+    // The order of the race: the other peer's offer lands first, the writer's after it.
+    store.remove_chunk(&chunk).unwrap();
+    let offer = |owner: fs::InodeId| protocols::block::Request::PutChunk {
+        id: chunk.0,
+        owner: owner.0,
+        data: bytes.clone(),
+    };
+    let to = replica.network.me();
+    for (from, owner) in [(&nodes[2], other_id), (&nodes[0], file_id)] {
+        let answer = from.network.request(to, offer(owner)).await.unwrap();
+        assert!(
+            matches!(answer, protocols::block::Response::Stored { .. }),
+            "{answer:?}"
+        );
+    }
+    // No grace: a chunk found unreferenced twice goes at once.
+    let mut collector = fs::gc::Collector::new(fs::gc::Config {
+        grace: Duration::ZERO,
+        batch: 1024,
+    });
+    let counters = fs::gc::Counters::default();
+    for _ in 0..3 {
+        collector.pass(&replica.network, &counters).await.unwrap();
+    }
+    assert!(
+        store.has_chunk(&chunk).unwrap(),
+        "the chunk was collected from under the file that refers to it"
+    );
+    assert_eq!(store.owner(&chunk).unwrap(), Some(fs::store::NO_OWNER));
+    // The same passes do collect what nothing refers to: they ran.
+    let stray = fs::chunk::seal(&keys::DataKey::generate(), &other_id, 7, b"stray").unwrap();
+    store
+        .put_sealed_of(&other_id, std::slice::from_ref(&stray))
+        .unwrap();
+    for _ in 0..3 {
+        collector.pass(&replica.network, &counters).await.unwrap();
+    }
+    assert!(
+        !store.has_chunk(&stray.id()).unwrap(),
+        "a stray chunk was kept"
+    );
+    let mut out = Vec::new();
+    writer.get(&file, &mut out, |_| {}).await.unwrap();
+    assert_eq!(out, contents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collection_looks_at_each_chunk_once_a_sweep() {
     // Reading a chunk's inode takes an overlay lookup on a large network: a collector
     // called at every repair round looks at the store once every quarter of the grace

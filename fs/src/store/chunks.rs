@@ -15,6 +15,10 @@ use crate::id::{ChunkId, InodeId, VersionId};
 /// Where a chunk's bytes are: segment, offset, length.
 type Location = (u64, u64, u64);
 
+/// The owner of a chunk whose owner is unknown, or disputed (offered under two inodes):
+/// such a chunk is never collected.
+pub const NO_OWNER: InodeId = InodeId([0; 32]);
+
 /// A chunk to store: its owner (if known), id and bytes.
 type Offered<'a> = (Option<&'a InodeId>, ChunkId, &'a [u8]);
 
@@ -90,7 +94,8 @@ impl Store {
         Ok(results)
     }
 
-    /// The inode a stored chunk belongs to, if it was stored with one.
+    /// The inode a stored chunk belongs to, if it was stored with one: the one it was
+    /// offered under, or [`NO_OWNER`] once it was offered under two.
     pub fn owner(&self, chunk: &ChunkId) -> Result<Option<InodeId>, Error> {
         const WHAT: &str = "looking up a chunk's owner";
         let txn = self.read(WHAT)?;
@@ -131,12 +136,28 @@ impl Store {
             let locations = txn.open_table(CHUNK_LOCATIONS).context(WHAT)?;
             let owners = txn.open_table(OWNERS).context(WHAT)?;
             for (n, (owner, id, bytes)) in chunks.iter().enumerate() {
-                // The first owner offered is kept, as a later write would keep it.
-                if let Some(owner) = owner
-                    && !unowned.iter().any(|(held, _)| held == id)
-                    && owners.get(id.as_bytes()).context(WHAT)?.is_none()
-                {
-                    unowned.push((*id, **owner));
+                if let Some(owner) = owner {
+                    let held = match unowned.iter().find(|(held, _)| held == id) {
+                        Some((_, claimed)) => Some(*claimed),
+                        None => owners
+                            .get(id.as_bytes())
+                            .context(WHAT)?
+                            .map(|g| InodeId(*g.value())),
+                    };
+                    match held {
+                        None => unowned.push((*id, **owner)),
+                        // A second, different claim. A node without keys cannot tell which
+                        // is true, and honest writers never share a chunk (sealing binds
+                        // it to its inode), so someone lied: owned by nobody from now on,
+                        // never collected. Keeping the first claim let a peer that offered
+                        // a chunk first, under an inode that does not refer to it, have
+                        // it collected from under the file that does.
+                        Some(held) if held != **owner && held != NO_OWNER => {
+                            unowned.retain(|(claimed, _)| claimed != id);
+                            unowned.push((*id, NO_OWNER));
+                        }
+                        Some(_) => {}
+                    }
                 }
                 let Some(at) = locations.get(id.as_bytes()).context(WHAT)? else {
                     missing.push(n);
@@ -165,6 +186,17 @@ impl Store {
         self.write(WHAT, |txn| {
             let mut owners = txn.open_table(OWNERS).context(WHAT)?;
             for (id, owner) in &unowned {
+                // Decided again under the write lock: a claim another put recorded since
+                // the read above is disputed the same way.
+                let held = owners
+                    .get(id.as_bytes())
+                    .context(WHAT)?
+                    .map(|g| InodeId(*g.value()));
+                let owner = match held {
+                    Some(held) if held == *owner || held == NO_OWNER => continue,
+                    Some(_) => NO_OWNER,
+                    None => *owner,
+                };
                 owners
                     .insert(id.as_bytes(), owner.as_bytes())
                     .context(WHAT)?;
@@ -759,6 +791,52 @@ mod tests {
             assert_eq!(store.owner(&s.id()).unwrap(), Some(owner));
         }
         assert_eq!(store.chunk_ids(None, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_chunk_offered_under_two_owners_is_owned_by_nobody() {
+        let store = Store::in_memory().unwrap();
+        let key = keys::DataKey::generate();
+        let (true_owner, liar) = (InodeId([4; 32]), InodeId([5; 32]));
+        let sealed: Vec<Sealed> = (0..3)
+            .map(|i| crate::chunk::seal(&key, &true_owner, i, &[i as u8; 5000]).unwrap())
+            .collect();
+        fn item(s: &Sealed) -> (ChunkId, &[u8]) {
+            (s.id(), s.bytes())
+        }
+        // A peer that offers a chunk first, under an inode that does not refer to it.
+        store.put_chunks_of(&liar, &[item(&sealed[0])]).unwrap();
+        assert_eq!(store.owner(&sealed[0].id()).unwrap(), Some(liar));
+        // The true owner's offer disputes it, and so does any later one.
+        store.put_sealed_of(&true_owner, &sealed).unwrap();
+        assert_eq!(store.owner(&sealed[0].id()).unwrap(), Some(NO_OWNER));
+        store.put_chunks_of(&liar, &[item(&sealed[0])]).unwrap();
+        store
+            .put_chunks_of(&true_owner, &[item(&sealed[0])])
+            .unwrap();
+        assert_eq!(store.owner(&sealed[0].id()).unwrap(), Some(NO_OWNER));
+        // Undisputed chunks keep their owner, offered again or not.
+        store.put_sealed_of(&true_owner, &sealed[1..]).unwrap();
+        assert_eq!(store.owner(&sealed[1].id()).unwrap(), Some(true_owner));
+        // Two claims in one batch dispute each other too; a claim of nobody disputes.
+        let each = store
+            .put_chunks_each(&[
+                (liar, sealed[1].id(), sealed[1].bytes()),
+                (true_owner, sealed[2].id(), sealed[2].bytes()),
+                (NO_OWNER, sealed[2].id(), sealed[2].bytes()),
+            ])
+            .unwrap();
+        assert!(each.iter().all(Result::is_ok));
+        assert_eq!(store.owner(&sealed[1].id()).unwrap(), Some(NO_OWNER));
+        assert_eq!(store.owner(&sealed[2].id()).unwrap(), Some(NO_OWNER));
+        let fresh = crate::chunk::seal(&key, &true_owner, 9, b"fresh").unwrap();
+        store
+            .put_chunks_each(&[
+                (true_owner, fresh.id(), fresh.bytes()),
+                (liar, fresh.id(), fresh.bytes()),
+            ])
+            .unwrap();
+        assert_eq!(store.owner(&fresh.id()).unwrap(), Some(NO_OWNER));
     }
 
     #[test]
