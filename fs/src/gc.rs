@@ -1,7 +1,9 @@
 //! Collecting chunks that no kept version refers to any more.
 //!
 //! Every chunk is stored with the inode it belongs to (its encryption binds it to that
-//! inode, so there is exactly one). A node collects a chunk it holds only when
+//! inode, so there is exactly one), as the peer that stored it says: a node without keys
+//! cannot check the claim, so a chunk offered under two inodes is owned by nobody
+//! ([`crate::store::NO_OWNER`]) and never collected. A node collects a chunk it holds only when
 //!
 //! - the versions of its inode, gathered from every one of the R nodes the inode belongs
 //!   on (down or not: one that does not answer means no decision), all leave it out, and
@@ -22,9 +24,9 @@
 //!
 //! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
 //! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
-//! unknown (all zero) is never collected; neither is one whose inode cannot be asked, nor
-//! one offered under two inodes (see [`crate::store::NO_OWNER`]): the owner is what the
-//! peer that stored the chunk said, and a node without keys cannot check it.
+//! unknown or disputed (all zero) is never collected; neither is one whose inode cannot
+//! be asked, nor one disputed while its inode was being asked (it is removed only if its
+//! owner is still the one asked about).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,8 +162,9 @@ impl Collector {
                     Ok(Some(owner)) if owner != crate::store::NO_OWNER => {
                         owned.entry(owner).or_default().push(*id);
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) => gone.push(*id),
+                    // Owned by nobody (unknown or disputed): never collected, so not
+                    // waiting to be either (a mark made under an earlier claim goes).
+                    Ok(Some(_)) | Ok(None) => gone.push(*id),
                     // Undecided is not unreferenced: kept, and repaired.
                     Err(e) => {
                         tracing::warn!(chunk = %id, error = %e, "cannot read a chunk's owner");
@@ -213,7 +216,7 @@ impl Collector {
                 }
                 let since = *self.unreferenced_since.entry(chunk).or_insert(now);
                 if now.duration_since(since) >= self.config.grace {
-                    match network.local().store().remove_chunk(&chunk) {
+                    match network.local().store().remove_chunk_of(&chunk, &owner) {
                         Ok(_) => {
                             self.unreferenced_since.remove(&chunk);
                             counters.collected.fetch_add(1, Ordering::Relaxed);

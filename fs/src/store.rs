@@ -140,8 +140,9 @@ const VERSIONS: TableDefinition<'static, &[u8; 64], (u64, &[u8])> =
 const INODES: TableDefinition<'static, &[u8; 32], u64> = TableDefinition::new("inodes_v1");
 /// Chunk id ‖ version id → (): the version pins the chunk.
 const PINS: TableDefinition<'static, &[u8; 64], ()> = TableDefinition::new("pins_v1");
-/// Chunk id → the inode it belongs to (a chunk's associated data binds it to one inode),
-/// for collecting chunks no version refers to any more.
+/// Chunk id → the inode it belongs to (a chunk's associated data binds it to one inode)
+/// as the peer that stored it said, or [`NO_OWNER`] once two said different ones: for
+/// collecting chunks no version refers to any more.
 const OWNERS: TableDefinition<'static, &[u8; 32], &[u8; 32]> = TableDefinition::new("owners_v1");
 /// Counters, the format number and the end of the log.
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta_v1");

@@ -57,7 +57,8 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         id: [u8; 32],
         /// The inode the chunk belongs to (its encryption binds it to that inode): the
-        /// replica collects the chunk once no kept version of that inode refers to it.
+        /// replica collects the chunk once no kept version of that inode refers to it,
+        /// unless another offer named another inode (all zero names none): then never.
         #[serde(with = "serde_bytes")]
         owner: [u8; 32],
         /// The encrypted chunk, at most [`MAX_CHUNK_BYTES`].

@@ -355,6 +355,26 @@ impl Store {
         })
     }
 
+    /// Removes a chunk only if it is still owned by `owner`, in one transaction; true if
+    /// it removed it. Collection calls this: a chunk disputed (see [`NO_OWNER`]) while its
+    /// owner's versions were being read is kept.
+    pub fn remove_chunk_of(&self, id: &ChunkId, owner: &InodeId) -> Result<bool, Error> {
+        const WHAT: &str = "collecting a chunk";
+        self.write(WHAT, |txn| {
+            let held = txn
+                .open_table(OWNERS)
+                .context(WHAT)?
+                .get(id.as_bytes())
+                .context(WHAT)?
+                .map(|g| InodeId(*g.value()));
+            if held != Some(*owner) || *owner == NO_OWNER {
+                return Ok((false, false));
+            }
+            let removed = remove_chunk(self, txn, id, WHAT)?;
+            Ok((removed.is_some(), removed.is_some()))
+        })
+    }
+
     /// Removes a chunk only if its stored bytes still do not hash to its id, in one
     /// transaction; true if it removed it. A reader that found a chunk corrupt calls this,
     /// so that a good copy stored since (a repair, or a writer offering the chunk again)
@@ -818,7 +838,8 @@ mod tests {
         // Undisputed chunks keep their owner, offered again or not.
         store.put_sealed_of(&true_owner, &sealed[1..]).unwrap();
         assert_eq!(store.owner(&sealed[1].id()).unwrap(), Some(true_owner));
-        // Two claims in one batch dispute each other too; a claim of nobody disputes.
+        // An offer disputes a stored claim within a batch of other chunks too, and so does
+        // a claim of nobody.
         let each = store
             .put_chunks_each(&[
                 (liar, sealed[1].id(), sealed[1].bytes()),
@@ -829,7 +850,21 @@ mod tests {
         assert!(each.iter().all(Result::is_ok));
         assert_eq!(store.owner(&sealed[1].id()).unwrap(), Some(NO_OWNER));
         assert_eq!(store.owner(&sealed[2].id()).unwrap(), Some(NO_OWNER));
+        // Two claims in one batch dispute each other; one claim made twice stands.
         let fresh = crate::chunk::seal(&key, &true_owner, 9, b"fresh").unwrap();
+        let twice = crate::chunk::seal(&key, &true_owner, 10, b"twice").unwrap();
+        store
+            .put_chunks_each(&[
+                (true_owner, twice.id(), twice.bytes()),
+                (true_owner, twice.id(), twice.bytes()),
+            ])
+            .unwrap();
+        assert_eq!(store.owner(&twice.id()).unwrap(), Some(true_owner));
+        // Collection removes a chunk only under the owner it looked at.
+        assert!(!store.remove_chunk_of(&twice.id(), &liar).unwrap());
+        assert!(!store.remove_chunk_of(&sealed[0].id(), &NO_OWNER).unwrap());
+        assert!(store.remove_chunk_of(&twice.id(), &true_owner).unwrap());
+        assert!(!store.has_chunk(&twice.id()).unwrap());
         store
             .put_chunks_each(&[
                 (true_owner, fresh.id(), fresh.bytes()),
