@@ -962,32 +962,48 @@ impl<B: Blocks> Client<B> {
         name: &str,
         path: Path,
     ) -> Result<Option<Node>, Error> {
-        let Some((base, tag)) = name.rsplit_once(".conflict-") else {
+        let Some((base, _)) = name.rsplit_once(".conflict-") else {
             return Ok(None);
         };
         // Only files have conflict copies, as listings show them: the forks of a
         // directory are merged, and a copy of one of its heads named here could be
         // removed, which wrote the winner's names alone over both heads (the other's
         // names were lost).
-        let Some(entry) = self
-            .entry_in(parent, dir, base)
-            .filter(|e| e.kind == Kind::File)
-        else {
-            return Ok(None);
+        let file = |n: &str| {
+            self.entry_in(parent, dir, n)
+                .filter(|e| e.kind == Kind::File)
         };
-        let mut node = self.child(parent, path, &entry).await?;
-        let heads = inode::heads(&node.versions);
-        let Some(head) = heads
-            .iter()
-            .skip(1)
-            .find(|h| h.version.to_string().starts_with(tag))
-            .map(|h| (*h).clone())
-        else {
-            return Ok(None);
-        };
-        node.current = Some(head);
-        node.read_only = true;
-        Ok(Some(node))
+        let mut candidates: Vec<(String, Entry)> = file(base)
+            .map(|e| (base.to_string(), e))
+            .into_iter()
+            .collect();
+        // A long name is cut short in its copies' names (by up to 3 bytes more, to end
+        // on a character): the longer files it may be.
+        if name.len() + 4 > keys::limits::MAX_SEGMENT_LEN {
+            let longer = (std::ops::Bound::Excluded(base), std::ops::Bound::Unbounded);
+            candidates.extend(
+                dir.entries
+                    .range::<str, _>(longer)
+                    .take_while(|(n, _)| n.starts_with(base))
+                    .filter_map(|(n, _)| file(n).map(|entry| (n.clone(), entry))),
+            );
+        }
+        for (shown, entry) in candidates {
+            let mut node = self.child(parent, path.clone(), &entry).await?;
+            let heads = inode::heads(&node.versions);
+            let Some(head) = heads
+                .iter()
+                .skip(1)
+                .find(|h| dir::conflict_copy_name(&shown, &h.version) == name)
+                .map(|h| (*h).clone())
+            else {
+                continue;
+            };
+            node.current = Some(head);
+            node.read_only = true;
+            return Ok(Some(node));
+        }
+        Ok(None)
     }
 
     async fn walk(&self, path: &Path) -> Result<Vec<Node>, Error> {
@@ -1238,7 +1254,7 @@ impl<B: Blocks> Client<B> {
                     if entry.kind == Kind::File {
                         for head in heads.iter().skip(1) {
                             shown.push(DirEntry {
-                                name: format!("{name}.conflict-{}", &head.version.to_string()[..8]),
+                                name: dir::conflict_copy_name(&name, &head.version),
                                 kind: Kind::File,
                                 inode: entry.inode,
                                 size: head.inode.size,

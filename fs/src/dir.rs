@@ -8,7 +8,7 @@ use keys::DataKey;
 use protocols::wire::{self, Message};
 use serde::{Deserialize, Serialize};
 
-use crate::id::InodeId;
+use crate::id::{InodeId, VersionId};
 use crate::inode::Kind;
 
 /// Most entries in one directory.
@@ -137,9 +137,20 @@ pub fn merge(base: &Directory, ours: &Directory, theirs: &Directory) -> Director
 
 /// The name a conflicting copy of `name` is shown under.
 pub fn conflict_name(name: &str, id: &InodeId) -> String {
-    let tag = &id.to_string()[..8];
-    let mut base = name.to_string();
+    conflicting(name, &id.to_string()[..8])
+}
+
+/// The name the losing head `version` of a forked file `name` is shown under:
+/// `name.conflict-<the version's first 8 hex digits>`.
+pub fn conflict_copy_name(name: &str, version: &VersionId) -> String {
+    conflicting(name, &version.to_string()[..8])
+}
+
+/// `name.conflict-<tag>`, `name` cut short (at a character's boundary) where the whole
+/// would be longer than a name may be: a longer name could be listed but never opened.
+fn conflicting(name: &str, tag: &str) -> String {
     let suffix = format!(".conflict-{tag}");
+    let mut base = name.to_string();
     while base.len() + suffix.len() > keys::limits::MAX_SEGMENT_LEN {
         base.pop();
     }

@@ -495,6 +495,47 @@ async fn forged_versions_are_refused_by_the_replica() {
     );
 }
 
+/// A forked file whose name leaves no room for `.conflict-<tag>` shows its copy under
+/// the name cut short (on a character's boundary), and the copy opens under it: the
+/// listing showed names longer than a name may be, which nothing could open.
+#[tokio::test]
+async fn a_long_named_files_conflict_copy_is_listed_under_a_name_that_opens() {
+    let t = tree();
+    let (a, b) = (t.owner(), t.owner());
+    // 250 bytes of two-byte characters, and a second file whose name the cut also
+    // reaches (its copy must not be taken for the first's).
+    let long = "é".repeat(125);
+    let longer = format!("{long}x");
+    for (name, fill) in [(&long, b'a'), (&longer, b'c')] {
+        put(&a, &t.path(name), b"base").await;
+        let mut ha = a.open(&t.path(name)).await.unwrap();
+        let mut hb = b.open(&t.path(name)).await.unwrap();
+        a.write(&mut ha, 0, &[fill; 6]).await.unwrap();
+        b.write(&mut hb, 0, &[fill + 1; 6]).await.unwrap();
+        a.fsync(&mut ha).await.unwrap();
+        b.fsync(&mut hb).await.unwrap();
+    }
+    let listing = a.readdir(&t.tree).await.unwrap();
+    assert_eq!(listing.len(), 4, "{listing:?}");
+    for (name, fill) in [(&long, b'a'), (&longer, b'c')] {
+        let inode = a.stat(&t.path(name)).await.unwrap().inode;
+        let copies: Vec<_> = listing
+            .iter()
+            .filter(|e| e.conflict.is_some() && e.inode == inode)
+            .collect();
+        assert_eq!(copies.len(), 1, "{listing:?}");
+        let copy = &copies[0].name;
+        assert!(copy.len() <= 255, "{} bytes", copy.len());
+        assert!(copy.contains(".conflict-"), "{copy}");
+        let shown = get(&a, &t.path(name)).await.unwrap();
+        let copied = get(&a, &t.path(copy)).await.unwrap();
+        let mut both = vec![shown, copied];
+        both.sort();
+        assert_eq!(both, vec![vec![fill; 6], vec![fill + 1; 6]], "{copy}");
+        assert_eq!(a.stat(&t.path(copy)).await.unwrap().size, 6);
+    }
+}
+
 #[tokio::test]
 async fn concurrent_writers_keep_both_versions() {
     let t = tree();
