@@ -101,7 +101,9 @@ impl VerifiedChains {
         let prefix = chain
             .prefix()
             .ok_or_else(|| WritecapError::Malformed("the chain is empty".into()))?;
-        chain.verify(prefix, holder, now, revocations)?;
+        // A link verified before in this process is not verified again (a peer's hellos
+        // repeat the same chains on every stream).
+        chain.verify_remembering(prefix, holder, now, revocations)?;
         let links = chain.links();
         Ok(CheckedChain {
             holder: *holder,

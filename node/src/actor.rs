@@ -473,7 +473,7 @@ impl ReplyTo {
     pub fn reject(mut self, reason: &str) {
         let refusal = Refusal::Failed {
             actor: self.actor.path.to_string(),
-            reason: reason.into(),
+            reason: protocols::actor::failure_reason(reason),
         };
         self.refuse(refusal);
     }

@@ -612,6 +612,53 @@ async fn raw_stream(from: &Node, to: &Node, chains: Vec<Chain>, frames: Vec<u8>)
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+/// Chains cost signature checks: a peer that presents its (valid) chains again and again
+/// in later hellos on one stream loses the stream and is penalised, where each hello used
+/// to cost the receiver 8 checks per chain on a runtime thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_repeats_its_chains_is_dropped() {
+    let net = Net::start_with(2, |i| {
+        if i == 1 {
+            Config::new().with_penalty(1, Duration::from_secs(60), Duration::from_secs(60))
+        } else {
+            Config::new()
+        }
+    })
+    .await;
+    let root = SigningKey::generate();
+    let peer = start_node(&root, 9, Some(&net.nodes[0].addr), Config::new()).await;
+    peer.client.dial(net.nodes[1].addr.clone()).await.unwrap();
+    let chain = Chain::root_grant(
+        &root,
+        peer.key.principal(),
+        peer.home.clone(),
+        Validity::for_seconds(60),
+    );
+    let later = |n: usize| {
+        let mut bytes = Vec::new();
+        wire::encode_frame(
+            &Frame::Hello(Hello {
+                stream: 1,
+                chains: vec![chain.clone(); n],
+            }),
+            &mut bytes,
+        )
+        .unwrap();
+        bytes
+    };
+    // A few later hellos are a node's new writecaps: taken.
+    raw_stream(&peer, &net.nodes[1], vec![chain.clone()], later(3)).await;
+    assert_eq!(net.nodes[1].runtime.status().blocked, 0);
+    // Hello after hello of the most chains one may hold: dropped, and penalised.
+    let frames: Vec<u8> = (0..5).flat_map(|_| later(wire::MAX_HELLO_CHAINS)).collect();
+    raw_stream(&peer, &net.nodes[1], vec![chain.clone()], frames).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.nodes[1].runtime.status().blocked == 0 {
+        assert!(Instant::now() < deadline, "the peer was not penalised");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_is_refused_and_a_persistent_one_blocked() {
     let net = Net::start_with(2, |i| {

@@ -38,8 +38,15 @@ pub struct Hello {
     /// stream was replaced is still read against the channels of the stream it is about.
     /// A later hello on the same stream repeats it.
     pub stream: u64,
-    /// Writecap chains held by the sending node.
+    /// Writecap chains held by the sending node (at most [`MAX_HELLO_CHAINS`], counted as
+    /// they are decoded: a hello of millions of empty chains held a hundred times its
+    /// size in memory before its count was checked).
+    #[serde(deserialize_with = "hello_chains")]
     pub chains: Vec<Chain>,
+}
+
+fn hello_chains<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Chain>, D::Error> {
+    wire::bounded::seq(d, MAX_HELLO_CHAINS, "chains", |c: Chain| c)
 }
 
 impl Message for Hello {
@@ -81,6 +88,24 @@ pub const MAX_CHANNELS: u32 = 4096;
 
 /// Longest protocol name or message label.
 pub const MAX_NAME_BYTES: usize = 128;
+
+/// Longest reason a [`Refusal::Failed`] carries: see [`failure_reason`].
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Largest [`Refusal`] a [`Frame::Refused`] carries (CBOR-encoded). The largest honest
+/// one, a violation naming [`crate::session::MAX_EXPECTED`] expected messages, takes
+/// about 17 KiB; a refusal of megabytes was logged and queued whole for subscribers.
+pub const MAX_REFUSAL_BYTES: usize = 64 * 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] (on a character's boundary), as a
+/// [`Refusal::Failed`] carries it.
+pub fn failure_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
 
 /// Why a receiver refused a message; sent back to the sender in [`Frame::Refused`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -188,7 +213,17 @@ impl Message for Frame {
                 role,
                 ..
             } => (*channel, &[protocol.as_str(), role.as_str()]),
-            Frame::Refused { channel, .. } => (*channel, &[]),
+            Frame::Refused {
+                channel, refusal, ..
+            } => {
+                let len = wire::encoded_len(refusal)?;
+                if len > MAX_REFUSAL_BYTES {
+                    return Err(format!(
+                        "a refusal of {len} bytes, at most {MAX_REFUSAL_BYTES}"
+                    ));
+                }
+                (*channel, &[])
+            }
         };
         if channel >= MAX_CHANNELS {
             return Err(format!("channel {channel}, at most {}", MAX_CHANNELS - 1));
@@ -1172,9 +1207,10 @@ mod tests {
             chains: vec![chain; MAX_HELLO_CHAINS + 1],
         };
         let bytes = keys::cbor::to_vec(&(Hello::VERSION, &too_many)).unwrap();
+        // Refused while decoding, at the list's head (see `hello_chains`).
         assert!(matches!(
             wire::decode::<Hello>(&bytes),
-            Err(DecodeError::Invalid { .. })
+            Err(DecodeError::Malformed { .. })
         ));
     }
 }

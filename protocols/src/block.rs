@@ -243,7 +243,7 @@ impl Response {
     pub fn versions_that_fit(signed: &[Vec<u8>]) -> usize {
         // The encoding of an empty list, whose one-byte array head is replaced below.
         let empty = Response::Versions { signed: Vec::new() };
-        let Ok(base) = encoded_len(&(Response::VERSION, &empty)) else {
+        let Ok(base) = crate::wire::encoded_len(&(Response::VERSION, &empty)) else {
             return 0;
         };
         let mut entries = 0;
@@ -416,7 +416,7 @@ fn encode_frame<M: Message>(message: &M) -> Result<Vec<u8>, EncodeError> {
         reason: format!("invalid: {reason}"),
     })?;
     let versioned = (M::VERSION, message);
-    let len = encoded_len(&versioned).map_err(|reason| EncodeError::Failed {
+    let len = crate::wire::encoded_len(&versioned).map_err(|reason| EncodeError::Failed {
         what: M::NAME,
         reason,
     })?;
@@ -478,76 +478,6 @@ fn cbor_head_len(n: usize) -> usize {
     }
 }
 
-/// The length of `value`'s CBOR encoding, found without writing it.
-fn encoded_len<T: Serialize>(value: &T) -> Result<usize, String> {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    cbor4ii::serde::to_writer(&mut counter, value).map_err(|e| e.to_string())?;
-    Ok(counter.0)
-}
-
-/// Lists whose length is checked as they are decoded, so a list longer than its limit
-/// is refused before its elements are, and no more than the limit is allocated.
-mod bounded {
-    use std::fmt;
-
-    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
-
-    pub(super) fn seq<'de, D, W, T>(
-        deserializer: D,
-        max: usize,
-        what: &'static str,
-        convert: fn(W) -> T,
-    ) -> Result<Vec<T>, D::Error>
-    where
-        D: Deserializer<'de>,
-        W: Deserialize<'de>,
-    {
-        deserializer.deserialize_seq(Bounded { max, what, convert })
-    }
-
-    struct Bounded<W, T> {
-        max: usize,
-        what: &'static str,
-        convert: fn(W) -> T,
-    }
-
-    impl<'de, W: Deserialize<'de>, T> Visitor<'de> for Bounded<W, T> {
-        type Value = Vec<T>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "a list of at most {} {}", self.max, self.what)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let too_many =
-                || A::Error::custom(format_args!("more than {} {}", self.max, self.what));
-            let announced = seq.size_hint().unwrap_or(0);
-            if announced > self.max {
-                return Err(too_many());
-            }
-            let mut items = Vec::with_capacity(announced);
-            while let Some(item) = seq.next_element::<W>()? {
-                if items.len() == self.max {
-                    return Err(too_many());
-                }
-                items.push((self.convert)(item));
-            }
-            Ok(items)
-        }
-    }
-}
-
 /// `Vec<[u8; 32]>` as a list of byte strings.
 mod ids {
     use keys::limits::MAX_HAVE_ITEMS;
@@ -559,7 +489,7 @@ mod ids {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
-        super::bounded::seq(d, MAX_HAVE_ITEMS, "ids", ByteArray::<32>::into_array)
+        crate::wire::bounded::seq(d, MAX_HAVE_ITEMS, "ids", ByteArray::<32>::into_array)
     }
 }
 
@@ -576,7 +506,7 @@ mod id_pairs {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pair>, D::Error> {
-        super::bounded::seq(
+        crate::wire::bounded::seq(
             d,
             MAX_HAVE_ITEMS,
             "id pairs",
@@ -596,7 +526,7 @@ mod blobs {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        super::bounded::seq(d, MAX_VERSIONS_PER_INODE, "versions", ByteBuf::into_vec)
+        crate::wire::bounded::seq(d, MAX_VERSIONS_PER_INODE, "versions", ByteBuf::into_vec)
     }
 }
 
@@ -610,7 +540,7 @@ mod flags {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<bool>, D::Error> {
-        super::bounded::seq(d, MAX_HAVE_ITEMS, "answers", |b: bool| b)
+        crate::wire::bounded::seq(d, MAX_HAVE_ITEMS, "answers", |b: bool| b)
     }
 }
 

@@ -31,7 +31,7 @@ mod machine;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use machine::{Direction, LocalMachine, Monitor, Transition, Violation};
+pub use machine::{Direction, LocalMachine, MAX_EXPECTED, Monitor, Transition, Violation};
 
 /// A global protocol, as written by its designer.
 #[derive(Debug, Clone, PartialEq, Eq)]

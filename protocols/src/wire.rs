@@ -197,3 +197,73 @@ impl<'de, M: Message> Visitor<'de> for VersionedSeed<'_, M> {
         Ok(message)
     }
 }
+
+/// The length of `value`'s CBOR encoding, found without writing it.
+pub(crate) fn encoded_len<T: Serialize>(value: &T) -> Result<usize, String> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    cbor4ii::serde::to_writer(&mut counter, value).map_err(|e| e.to_string())?;
+    Ok(counter.0)
+}
+
+/// Lists whose length is checked as they are decoded, so a list longer than its limit
+/// is refused before its elements are, and no more than the limit is allocated.
+pub(crate) mod bounded {
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    pub(crate) fn seq<'de, D, W, T>(
+        deserializer: D,
+        max: usize,
+        what: &'static str,
+        convert: fn(W) -> T,
+    ) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        W: Deserialize<'de>,
+    {
+        deserializer.deserialize_seq(Bounded { max, what, convert })
+    }
+
+    struct Bounded<W, T> {
+        max: usize,
+        what: &'static str,
+        convert: fn(W) -> T,
+    }
+
+    impl<'de, W: Deserialize<'de>, T> Visitor<'de> for Bounded<W, T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {} {}", self.max, self.what)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let too_many =
+                || A::Error::custom(format_args!("more than {} {}", self.max, self.what));
+            let announced = seq.size_hint().unwrap_or(0);
+            if announced > self.max {
+                return Err(too_many());
+            }
+            let mut items = Vec::with_capacity(announced);
+            while let Some(item) = seq.next_element::<W>()? {
+                if items.len() == self.max {
+                    return Err(too_many());
+                }
+                items.push((self.convert)(item));
+            }
+            Ok(items)
+        }
+    }
+}

@@ -19,6 +19,14 @@ use super::{Back, Incoming, Inner, Label, Origin, RefusalNotice, ReplyTo, lock, 
 /// Bytes asked for per read.
 const READ_BYTES: usize = 64 * 1024;
 
+/// Most chains a stream may present in hellos after its first. A node sends one such
+/// hello per writecap it receives while the stream is open, with that one chain.
+const MAX_LATER_CHAINS: usize = 4 * protocols::actor::MAX_HELLO_CHAINS;
+
+/// How often a stream's refusals of our messages are logged as warnings at most (the
+/// others at debug level).
+const REFUSALS_WARNED_EVERY: Duration = Duration::from_secs(1);
+
 /// Most messages handed to a mailbox at once.
 const MAX_BATCH: usize = 256;
 
@@ -185,6 +193,12 @@ struct Reader {
     batch_target: Option<Arc<Slot>>,
     /// A message for another actor than the batch's, read before the batch was flushed.
     held: Option<(Arc<Slot>, Incoming, Meta)>,
+    /// When a refusal of ours was last logged as a warning, and how many were logged
+    /// quietly since: a peer may send refusals as fast as it likes, and the log is read
+    /// by people.
+    warned: Option<(std::time::Instant, u64)>,
+    /// Chains presented in hellos after the first (see [`MAX_LATER_CHAINS`]).
+    later_chains: usize,
 }
 
 impl Reader {
@@ -206,6 +220,8 @@ impl Reader {
             batch_meta: Vec::new(),
             batch_target: None,
             held: None,
+            warned: None,
+            later_chains: 0,
             inner,
         })
     }
@@ -360,7 +376,17 @@ impl Reader {
 
     fn frame(&mut self, frame: Frame) -> Result<(), String> {
         match frame {
-            Frame::Hello(hello) => self.hello(hello),
+            Frame::Hello(hello) => {
+                // Each chain costs up to 8 signature checks: a peer that sends chains again
+                // and again (its own tree's, valid ones) is not given a core.
+                self.later_chains += hello.chains.len();
+                if self.later_chains > MAX_LATER_CHAINS {
+                    return Err(format!(
+                        "more than {MAX_LATER_CHAINS} chains in hellos after the first"
+                    ));
+                }
+                self.hello(hello)
+            }
             Frame::Open {
                 channel,
                 from,
@@ -548,7 +574,7 @@ impl Reader {
     }
 
     /// The peer refused one of our messages, sent on our stream numbered `stream`.
-    fn refused(&self, stream: u64, channel: u32, kind: Kind, refusal: Refusal) {
+    fn refused(&mut self, stream: u64, channel: u32, kind: Kind, refusal: Refusal) {
         let inner = self.inner.clone();
         inner.refusals_received.fetch_add(1, Ordering::Relaxed);
         // The channel is numbered by the stream the refused message went out on: replies
@@ -583,7 +609,18 @@ impl Reader {
                 return;
             }
         }
-        tracing::warn!(from = %from, to = %to, protocol = %protocol, refusal = %refusal, "message refused");
+        let now = std::time::Instant::now();
+        match &mut self.warned {
+            Some((at, quiet)) if now.duration_since(*at) < REFUSALS_WARNED_EVERY => {
+                *quiet += 1;
+                tracing::debug!(from = %from, to = %to, protocol = %protocol, refusal = %refusal, "message refused");
+            }
+            _ => {
+                let quiet = self.warned.map_or(0, |(_, quiet)| quiet);
+                tracing::warn!(from = %from, to = %to, protocol = %protocol, refusal = %refusal, more_since_last_warning = quiet, "message refused");
+                self.warned = Some((now, 0));
+            }
+        }
         let _ = inner.refusals.send(RefusalNotice {
             from: from.to_string(),
             to: to.to_string(),

@@ -376,7 +376,12 @@ impl Outbox {
             kind,
             refusal,
         };
-        let needed = self.capacity.min(256);
+        // Charged what it takes: a refusal names paths of up to 4 KiB, and a peer that
+        // sends messages to be refused and reads none of the refusals would otherwise
+        // make the outbox hold many times its budget.
+        let mut encoded = Vec::new();
+        actor::encode_frame(&frame, &mut encoded).map_err(|e| SendError::Encode(e.to_string()))?;
+        let needed = self.capacity.min(encoded.len());
         let permits = self
             .budget
             .try_acquire_many(needed as u32)
@@ -385,13 +390,10 @@ impl Outbox {
         let mut state = self.lock();
         if state.closed.is_some() {
             drop(state);
+            self.budget.add_permits(needed);
             return Err(self.closed_error());
         }
-        if let Err(e) = actor::encode_frame(&frame, &mut state.buffer) {
-            drop(state);
-            self.budget.add_permits(needed);
-            return Err(SendError::Encode(e.to_string()));
-        }
+        state.buffer.extend_from_slice(&encoded);
         state.permits += needed;
         drop(state);
         self.wake.notify_one();

@@ -339,7 +339,7 @@ impl Slot {
             let refusal = match failure {
                 Some(reason) => Refusal::Failed {
                     actor: self.path.to_string(),
-                    reason: reason.into(),
+                    reason: protocols::actor::failure_reason(reason),
                 },
                 None => self.unanswered(),
             };

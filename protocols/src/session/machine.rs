@@ -321,7 +321,8 @@ pub enum Violation {
         direction: DirectionText,
         /// The offending `peer:label`.
         got: String,
-        /// What would have been accepted, as `peer:label`.
+        /// What would have been accepted, as `peer:label` (at most [`MAX_EXPECTED`]).
+        #[serde(deserialize_with = "expected_list")]
         expected: Vec<String>,
     },
     /// The label is right but it comes from (or goes to) the wrong role.
@@ -335,7 +336,8 @@ pub enum Violation {
         label: String,
         /// The role on the other end.
         got: String,
-        /// The roles that may send or receive it now.
+        /// The roles that may send or receive it now (at most [`MAX_EXPECTED`]).
+        #[serde(deserialize_with = "expected_list")]
         expected: Vec<String>,
     },
     /// The session is over; nothing more may be sent or received.
@@ -348,6 +350,15 @@ pub enum Violation {
         /// The offending `peer:label`.
         got: String,
     },
+}
+
+/// Most alternatives a [`Violation`] names; a state with more names the first ones.
+pub const MAX_EXPECTED: usize = 64;
+
+/// A violation's list of alternatives, counted as it is decoded: a refusal naming
+/// millions of empty ones held a hundred times its size in memory.
+fn expected_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    crate::wire::bounded::seq(d, MAX_EXPECTED, "expected messages", |s: String| s)
 }
 
 /// "send" or "receive", for messages.
@@ -442,6 +453,7 @@ impl Monitor {
             .iter()
             .filter(|t| t.direction == direction && t.label == label)
             .map(|t| t.peer.clone())
+            .take(MAX_EXPECTED)
             .collect();
         if !same_label.is_empty() {
             return Err(Violation::WrongRole {
@@ -461,6 +473,7 @@ impl Monitor {
                 .iter()
                 .filter(|t| t.direction == direction)
                 .map(|t| format!("{}:{}", t.peer, t.label))
+                .take(MAX_EXPECTED)
                 .collect(),
         })
     }
