@@ -49,6 +49,11 @@ pub struct Config {
     /// file (it is written whole: per file, that is quadratic in its size). Other nodes
     /// see the changes when they are flushed. Default false.
     pub stage_directories: bool,
+    /// Most names a directory may hold: a new name in a full directory (a file, a
+    /// directory or a link made there) is refused with [`Error::DirectoryFull`]. At most,
+    /// and by default, [`dir::MAX_ENTRIES`], the most a directory may decode with: a
+    /// directory written with more could not be read back, by any node.
+    pub max_entries: usize,
 }
 
 impl Config {
@@ -60,6 +65,7 @@ impl Config {
             max_dirty_chunks: 16,
             max_unsynced: MAX_UNSYNCED,
             stage_directories: false,
+            max_entries: dir::MAX_ENTRIES,
         }
     }
 
@@ -137,6 +143,14 @@ pub enum Error {
     /// A name or argument is not acceptable.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The directory holds the most names it may (see [`Config::max_entries`]).
+    #[error("{path}: the directory holds the most names it may ({max})")]
+    DirectoryFull {
+        /// The directory.
+        path: String,
+        /// The most.
+        max: usize,
+    },
     /// A size or offset past the largest file.
     #[error("{path}: {size} bytes is over the largest file ({max} bytes)")]
     TooLarge {
@@ -962,7 +976,7 @@ impl<B: Blocks> Client<B> {
         name: &str,
         path: Path,
     ) -> Result<Option<Node>, Error> {
-        let Some((base, _)) = name.rsplit_once(".conflict-") else {
+        let Some((base, _)) = dir::parse_conflict_copy_name(name) else {
             return Ok(None);
         };
         // Only files have conflict copies, as listings show them: the forks of a
@@ -977,19 +991,25 @@ impl<B: Blocks> Client<B> {
             .map(|e| (base.to_string(), e))
             .into_iter()
             .collect();
-        // A long name is cut short in its copies' names (by up to 3 bytes more, to end
-        // on a character): the longer files it may be.
-        if name.len() + 4 > keys::limits::MAX_SEGMENT_LEN {
-            let longer = (std::ops::Bound::Excluded(base), std::ops::Bound::Unbounded);
-            candidates.extend(
-                dir.entries
-                    .range::<str, _>(longer)
-                    .take_while(|(n, _)| n.starts_with(base))
-                    .filter_map(|(n, _)| file(n).map(|entry| (n.clone(), entry))),
-            );
-        }
+        // A long name is cut short in its copies' names: the longer files whose names
+        // are cut to this base (only names that long: a made-up name with a short base
+        // costs no fetch of every file it begins).
+        let longer = (std::ops::Bound::Excluded(base), std::ops::Bound::Unbounded);
+        candidates.extend(
+            dir.entries
+                .range::<str, _>(longer)
+                .take_while(|(n, _)| n.starts_with(base))
+                .filter(|(n, _)| dir::conflict_copy_base(n) == base)
+                .filter_map(|(n, _)| file(n).map(|entry| (n.clone(), entry))),
+        );
         for (shown, entry) in candidates {
-            let mut node = self.child(parent, path.clone(), &entry).await?;
+            let mut node = match self.child(parent, path.clone(), &entry).await {
+                Ok(node) => node,
+                // Another long name it may be: one that cannot be read now is not this
+                // copy's file, or the copy is not there either.
+                Err(_) if shown != base => continue,
+                Err(e) => return Err(e),
+            };
             let heads = inode::heads(&node.versions);
             let Some(head) = heads
                 .iter()
@@ -1408,6 +1428,13 @@ impl<B: Blocks> Client<B> {
             // needs it: a crash in between leaves a directory every reader still opens.
             nodes[i].new_key();
             self.link_up(nodes, i).await?;
+        }
+        if dir.entries.len() > dir::MAX_ENTRIES {
+            // No node could read it back: every name in it would be lost.
+            return Err(Error::DirectoryFull {
+                path: nodes[i].path.to_string(),
+                max: dir::MAX_ENTRIES,
+            });
         }
         let node = &mut nodes[i];
         let bytes = dir.encode().map_err(|e| Error::Invalid(e.to_string()))?;
@@ -1888,9 +1915,24 @@ impl<B: Blocks> Client<B> {
         Ok(node)
     }
 
+    /// Refuses a new `name` in the directory `parent` when it is full (see
+    /// [`Config::max_entries`]); a name it holds (or has staged) is not new.
+    async fn check_room(&self, parent: &Node, name: &str) -> Result<(), Error> {
+        let max = self.config.max_entries.min(dir::MAX_ENTRIES);
+        let dir = self.with_staged(parent, self.read_dir_shared(parent).await?);
+        if dir.entries.len() >= max && !dir.entries.contains_key(name) {
+            return Err(Error::DirectoryFull {
+                path: parent.path.to_string(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
     async fn mkdir_in(&self, nodes: &mut Vec<Node>, name: &str) -> Result<(), Error> {
         dir::check_name(name).map_err(Error::Invalid)?;
         let parent = &nodes[nodes.len() - 1];
+        self.check_room(parent, name).await?;
         let path = parent
             .path
             .join(name)
@@ -2143,6 +2185,7 @@ impl<B: Blocks> Client<B> {
             });
         }
         self.chain_for(path, path)?;
+        self.check_room(parent, &name).await?;
         let binding = Binding::new(path.clone()).map_err(|e| Error::Io(e.to_string()))?;
         let governing = parent.governing.clone();
         nodes.push(Node {

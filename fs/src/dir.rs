@@ -137,29 +137,55 @@ pub fn merge(base: &Directory, ours: &Directory, theirs: &Directory) -> Director
 
 /// The name a conflicting copy of `name` is shown under.
 pub fn conflict_name(name: &str, id: &InodeId) -> String {
-    conflicting(name, &id.to_string()[..8])
+    format!(
+        "{}.conflict-{}",
+        conflict_copy_base(name),
+        &id.to_string()[..8]
+    )
 }
 
 /// The name the losing head `version` of a forked file `name` is shown under:
 /// `name.conflict-<the version's first 8 hex digits>`.
 pub fn conflict_copy_name(name: &str, version: &VersionId) -> String {
-    conflicting(name, &version.to_string()[..8])
+    format!(
+        "{}.conflict-{}",
+        conflict_copy_base(name),
+        &version.to_string()[..8]
+    )
 }
 
-/// `name.conflict-<tag>`, `name` cut short (at a character's boundary) where the whole
-/// would be longer than a name may be: a longer name could be listed but never opened.
-fn conflicting(name: &str, tag: &str) -> String {
-    let suffix = format!(".conflict-{tag}");
-    let mut base = name.to_string();
-    while base.len() + suffix.len() > keys::limits::MAX_SEGMENT_LEN {
-        base.pop();
+/// What of `name` its conflict copies' names begin with (see [`conflict_copy_name`]):
+/// all of it, or as much as leaves room for the suffix (cut on a character's boundary):
+/// a longer name could be listed but never opened.
+pub fn conflict_copy_base(name: &str) -> &str {
+    let room = keys::limits::MAX_SEGMENT_LEN - COPY_SUFFIX_LEN;
+    let mut end = name.len().min(room);
+    while !name.is_char_boundary(end) {
+        end -= 1;
     }
-    base + &suffix
+    &name[..end]
+}
+
+/// The length of `.conflict-<8 hex digits>`.
+const COPY_SUFFIX_LEN: usize = ".conflict-".len() + 8;
+
+/// The name of the file, and the tag of the version, that `name` would show as a conflict
+/// copy of: `None` when it is not such a name. The base is cut short for a long name.
+pub fn parse_conflict_copy_name(name: &str) -> Option<(&str, &str)> {
+    let (base, tag) = name.rsplit_once(".conflict-")?;
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    (tag.len() == 8 && tag.bytes().all(hex)).then_some((base, tag))
 }
 
 impl Directory {
-    /// Encodes the directory.
+    /// Encodes the directory; one that breaks the rules [`Directory::decode`] holds it
+    /// to (too many entries, a bad name) is refused, as no node could read it back.
     pub fn encode(&self) -> Result<Vec<u8>, wire::EncodeError> {
+        self.validate()
+            .map_err(|reason| wire::EncodeError::Failed {
+                what: Self::NAME,
+                reason,
+            })?;
         wire::encode(self)
     }
 
@@ -217,8 +243,46 @@ mod tests {
     fn round_trips_and_checks_names() {
         let d = dir(&[("a", 1), ("b", 2)]);
         assert_eq!(Directory::decode(&d.encode().unwrap()).unwrap(), d);
-        assert!(Directory::decode(&dir(&[("a/b", 1)]).encode().unwrap()).is_err());
-        assert!(Directory::decode(&dir(&[("..", 1)]).encode().unwrap()).is_err());
+        // Bad names are refused when decoding (written here past `encode`'s own check).
+        for bad in ["a/b", ".."] {
+            assert!(Directory::decode(&wire::encode(&dir(&[(bad, 1)])).unwrap()).is_err());
+            assert!(dir(&[(bad, 1)]).encode().is_err());
+        }
         assert!(conflict_name(&"x".repeat(255), &InodeId([1; 32])).len() <= 255);
+    }
+
+    #[test]
+    fn a_directory_that_could_not_be_read_back_is_not_encoded() {
+        let mut full = Directory::default();
+        for i in 0..MAX_ENTRIES {
+            full.entries.insert(format!("{i}"), entry(1));
+        }
+        let bytes = full.encode().unwrap();
+        assert_eq!(Directory::decode(&bytes).unwrap(), full);
+        full.entries.insert("one more".into(), entry(2));
+        assert!(full.encode().is_err());
+
+        // A copy's name is its file's base and the suffix, whatever the characters' widths.
+        let version = VersionId([0xab; 32]);
+        for name in [
+            "short".to_string(),
+            "x".repeat(237),
+            "x".repeat(238),
+            "é".repeat(125),
+            format!("x{}", "€".repeat(84)),
+            format!("xy{}", "😀".repeat(63)),
+        ] {
+            let copy = conflict_copy_name(&name, &version);
+            assert!(copy.len() <= 255, "{} bytes", copy.len());
+            assert_eq!(
+                parse_conflict_copy_name(&copy),
+                Some((conflict_copy_base(&name), "abababab"))
+            );
+            assert!(name.starts_with(conflict_copy_base(&name)));
+        }
+        assert_eq!(parse_conflict_copy_name("a.conflict-ABABABAB"), None);
+        assert_eq!(parse_conflict_copy_name("a.conflict-abab"), None);
+        assert_eq!(parse_conflict_copy_name("a.conflict-"), None);
+        assert_eq!(parse_conflict_copy_name("a"), None);
     }
 }

@@ -55,6 +55,7 @@ pub fn errno(error: &Error) -> Errno {
         // As write(2) and truncate(2) past the largest file (dd and truncate said
         // "Invalid argument").
         Error::TooLarge { .. } => Errno::EFBIG,
+        Error::DirectoryFull { .. } => Errno::ENOSPC,
         Error::Blocks { .. } | Error::Corrupt { .. } | Error::Io(_) => Errno::EIO,
     }
 }
@@ -517,8 +518,20 @@ impl<B: Blocks> Filesystem for Mount<B> {
             return reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
         }
         match self.path(ino).and_then(|p| self.stat_path(&p)) {
-            Ok((_, stat)) => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
-            Err(e) => reply.error(e),
+            Ok((found, stat)) if found == ino.0 => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
+            // The name names another file now (one renamed over it), or none (it was
+            // removed): a handle still open on this one knows it (`fstat` asks by
+            // number, without the handle). Else the other file's attributes must not be
+            // given as this one's.
+            found => match self.find_open(ino.0) {
+                Some(open) => {
+                    let stat = self
+                        .runtime
+                        .block_on(async { open.handle.lock().await.stat() });
+                    reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
+                }
+                None => reply.error(found.err().unwrap_or(Errno::ESTALE)),
+            },
         }
     }
 

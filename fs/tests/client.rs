@@ -495,6 +495,52 @@ async fn forged_versions_are_refused_by_the_replica() {
     );
 }
 
+/// A full directory refuses new names (files, directories, links) with a clear error,
+/// staged or not, and keeps every name it holds readable: a directory written with more
+/// names than a directory may decode with could not be read back by any node, and every
+/// name in it was lost.
+#[tokio::test]
+async fn a_full_directory_refuses_new_names_and_loses_none() {
+    let t = tree();
+    for staging in [false, true] {
+        let client = Client::new(
+            t.replica.clone(),
+            t.root.clone(),
+            vec![t.chain.clone()],
+            Config {
+                max_entries: 3,
+                stage_directories: staging,
+                ..small()
+            },
+        );
+        let dir = t.path(&format!("full-{staging}"));
+        client.mkdir(&dir).await.unwrap();
+        let at = |name: &str| dir.join(name).unwrap();
+        put(&client, &at("a"), b"a").await;
+        client.mkdir(&at("d")).await.unwrap();
+        client.symlink(&at("l"), b"a").await.unwrap();
+        let full = |e: Result<(), Error>| matches!(e, Err(Error::DirectoryFull { max: 3, .. }));
+        assert!(full(client.create(&at("b")).await.map(|_| ())));
+        assert!(full(client.mkdir(&at("e")).await));
+        assert!(full(client.symlink(&at("m"), b"a").await.map(|_| ())));
+        // A name it holds is written again; one freed makes room.
+        put(&client, &at("a"), b"again").await;
+        client.unlink(&at("l")).await.unwrap();
+        put(&client, &at("b"), b"b").await;
+        client.sync().await.unwrap();
+        let names: Vec<String> = t
+            .owner()
+            .readdir(&dir)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a", "b", "d"], "staging: {staging}");
+        assert_eq!(get(&t.owner(), &at("a")).await.unwrap(), b"again");
+    }
+}
+
 /// A forked file whose name leaves no room for `.conflict-<tag>` shows its copy under
 /// the name cut short (on a character's boundary), and the copy opens under it: the
 /// listing showed names longer than a name may be, which nothing could open.
@@ -533,6 +579,18 @@ async fn a_long_named_files_conflict_copy_is_listed_under_a_name_that_opens() {
         both.sort();
         assert_eq!(both, vec![vec![fill; 6], vec![fill + 1; 6]], "{copy}");
         assert_eq!(a.stat(&t.path(copy)).await.unwrap().size, 6);
+    }
+    // Names that look like copies but name none are not found.
+    let cut = fs::dir::conflict_copy_base(&long);
+    for made_up in [
+        format!("{cut}.conflict-00000000"),
+        "é.conflict-abcdef01".to_string(),
+        format!("{cut}.conflict-"),
+    ] {
+        assert!(
+            matches!(a.stat(&t.path(&made_up)).await, Err(Error::NotFound { .. })),
+            "{made_up}"
+        );
     }
 }
 
