@@ -623,8 +623,15 @@ impl Files {
         // A name no one can have made ready for us (a symbolic link or a file another
         // user can read, in a shared directory such as /tmp), created afresh and
         // readable by this user alone until it is complete.
+        // The name cut short so that the whole fits in a name (255 bytes): a target name
+        // over 222 bytes could never be got.
+        let mut cut = name.len().min(200);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
         let tmp = target.with_file_name(format!(
-            ".{name}.{:016x}.btnode-partial",
+            ".{}.{:016x}.btnode-partial",
+            &name[..cut],
             rand::random::<u64>()
         ));
         let file = tokio::fs::OpenOptions::new()

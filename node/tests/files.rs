@@ -619,6 +619,12 @@ fn fs_get_writes_through_a_fresh_private_file_and_keeps_the_mode() {
         .unwrap();
     let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
+    // A local name as long as a name may be (its temporary file's name is cut short).
+    let long = work.path().join("é".repeat(127));
+    net.json(0, &["fs", "get", &path, long.to_str().unwrap()])
+        .unwrap();
+    assert!(std::fs::read(&long).unwrap() == std::fs::read(&local).unwrap());
+    std::fs::remove_file(&long).unwrap();
     // Nothing left behind but the link that was there.
     let mut names: Vec<String> = std::fs::read_dir(work.path())
         .unwrap()

@@ -309,7 +309,20 @@ fn renames_over_existing_names_through_a_mount() {
         );
     }
     assert_eq!(std::fs::read_to_string(mnt.join("file")).unwrap(), "file");
+    // A file open while it is renamed over (an editor's save) or removed (a log
+    // rotated) is still itself to `fstat`, which asks by inode number: it got the new
+    // file's size, or ENOENT.
+    let mut replaced = std::fs::File::open(mnt.join("file")).unwrap();
+    std::fs::write(mnt.join("doomed"), "doomed!").unwrap();
+    let removed = std::fs::File::open(mnt.join("doomed")).unwrap();
     std::fs::rename(mnt.join("other"), mnt.join("file")).unwrap();
+    std::fs::remove_file(mnt.join("doomed")).unwrap();
+    assert_eq!(replaced.metadata().unwrap().len(), 4);
+    assert_eq!(removed.metadata().unwrap().len(), 7);
+    let mut was = String::new();
+    std::io::Read::read_to_string(&mut replaced, &mut was).unwrap();
+    assert_eq!(was, "file");
+    drop((replaced, removed));
     std::fs::rename(mnt.join("dir"), mnt.join("empty")).unwrap();
     assert_eq!(std::fs::read_to_string(mnt.join("file")).unwrap(), "other");
     assert_eq!(std::fs::read_to_string(mnt.join("empty/f")).unwrap(), "f");
