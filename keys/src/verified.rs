@@ -182,6 +182,14 @@ impl VerifiedChains {
         }
     }
 
+    /// Whether `chain` is remembered for `holder` (and not expired at `now`): presenting
+    /// it again needs no second check.
+    pub fn holds(&self, holder: &Principal, chain: &Chain, now: Timestamp) -> bool {
+        self.grants
+            .get(holder)
+            .is_some_and(|grants| grants.iter().any(|g| g.expires > now && &g.chain == chain))
+    }
+
     /// What the remembered grants take, as [`held_bytes`] counts it.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -755,9 +755,12 @@ impl Runtime {
         match result {
             Ok(()) => {
                 let mut chains = write(&self.inner.chains);
-                if chains.len() < protocols::actor::MAX_HELLO_CHAINS {
-                    chains.push(chain.clone());
+                // Peers keep at most this many chains of a node: one past them is not
+                // announced (it was, again at every refresh, to every peer).
+                if chains.len() >= protocols::actor::MAX_HELLO_CHAINS {
+                    return;
                 }
+                chains.push(chain.clone());
                 drop(chains);
                 for outbox in lock(&self.inner.outboxes).values() {
                     outbox.hello(chain.clone());

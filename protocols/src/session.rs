@@ -137,6 +137,10 @@ pub enum DefinitionError {
     /// Two roles have the same name.
     #[error("role {0:?} is declared twice")]
     DuplicateRole(String),
+    /// A protocol, role or label name longer than the wire carries
+    /// ([`crate::actor::MAX_NAME_BYTES`]).
+    #[error("the name {0:?} is longer than {max} bytes", max = crate::actor::MAX_NAME_BYTES)]
+    NameTooLong(String),
 }
 
 /// A checked protocol with its projections, one per role.
@@ -171,10 +175,24 @@ impl Protocol {
             }
             names.push(role.into());
         }
+        let too_long = |n: &str| n.len() > crate::actor::MAX_NAME_BYTES;
+        if let Some(long) = std::iter::once(name)
+            .chain(names.iter().map(String::as_str))
+            .find(|n| too_long(n))
+        {
+            return Err(DefinitionError::NameTooLong(long.into()));
+        }
         let automaton = machine::Automaton::build(&global, &names)?;
         let mut projected = BTreeMap::new();
         for role in &names {
-            projected.insert(role.clone(), Arc::new(automaton.project(role)?));
+            let local = automaton.project(role)?;
+            // Labels travel in messages and refusals, which hold them to the wire's limit.
+            for state in 0..local.len() {
+                if let Some(t) = local.transitions(state).iter().find(|t| too_long(&t.label)) {
+                    return Err(DefinitionError::NameTooLong(t.label.clone()));
+                }
+            }
+            projected.insert(role.clone(), Arc::new(local));
         }
         Ok(Protocol {
             name: name.into(),

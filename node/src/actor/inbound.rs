@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
-use keys::Path;
+use keys::{Chain, Path};
 use libp2p::{PeerId, Stream};
 use protocols::actor::{
     ChannelState, Frame, FrameDecoder, FrameRef, Hello, Kind, MessageRef, Refusal,
@@ -19,8 +19,9 @@ use super::{Back, Incoming, Inner, Label, Origin, RefusalNotice, ReplyTo, lock, 
 /// Bytes asked for per read.
 const READ_BYTES: usize = 64 * 1024;
 
-/// Most chains a stream may present in hellos after its first. A node sends one such
-/// hello per writecap it receives while the stream is open, with that one chain.
+/// Most new chains (not remembered for the peer already) a stream may present in hellos
+/// after its first. A node sends one such hello per writecap it receives while the
+/// stream is open (of its first 64), with that one chain.
 const MAX_LATER_CHAINS: usize = 4 * protocols::actor::MAX_HELLO_CHAINS;
 
 /// How often a stream's refusals of our messages are logged as warnings at most (the
@@ -197,7 +198,7 @@ struct Reader {
     /// quietly since: a peer may send refusals as fast as it likes, and the log is read
     /// by people.
     warned: Option<(std::time::Instant, u64)>,
-    /// Chains presented in hellos after the first (see [`MAX_LATER_CHAINS`]).
+    /// New chains presented in hellos after the first (see [`MAX_LATER_CHAINS`]).
     later_chains: usize,
 }
 
@@ -261,7 +262,7 @@ impl Reader {
         .await
         .map_err(|_| "no hello in time".to_string())??;
         self.number = hello.stream;
-        self.hello(hello)?;
+        self.hello(hello, false)?;
         // Taken: the opener may now send what it holds (see `protocols::actor::WELCOME`).
         {
             use futures::AsyncWriteExt;
@@ -328,7 +329,8 @@ impl Reader {
         }
     }
 
-    fn hello(&mut self, hello: Hello) -> Result<(), String> {
+    /// Takes the chains of a hello (`later`: one after the stream's first).
+    fn hello(&mut self, hello: Hello, later: bool) -> Result<(), String> {
         if hello.stream != self.number {
             return Err(format!(
                 "a hello renumbered the stream from {} to {}",
@@ -337,13 +339,31 @@ impl Reader {
         }
         let inner = self.inner.clone();
         let now = keys::now();
+        // Chains remembered for the peer already need no second check.
+        let fresh: Vec<Chain> = {
+            let verified = read(&inner.verified);
+            hello
+                .chains
+                .into_iter()
+                .filter(|chain| !verified.holds(&self.principal, chain, now))
+                .collect()
+        };
+        if later {
+            // Each new chain costs up to 8 signature checks: a peer that keeps sending
+            // new ones (its own tree's, valid) on one stream is not given a core.
+            self.later_chains += fresh.len();
+            if self.later_chains > MAX_LATER_CHAINS {
+                return Err(format!(
+                    "more than {MAX_LATER_CHAINS} new chains in hellos after the first"
+                ));
+            }
+        }
         // Checked before the shared cache is locked: the signatures of a hello's chains
         // (up to 8 links each) are not verified while every other stream waits.
         let mut forged = false;
         let checked: Vec<keys::CheckedChain> = {
             let revocations = inner.config.revocations.read();
-            hello
-                .chains
+            fresh
                 .iter()
                 .filter_map(|chain| {
                     keys::VerifiedChains::verify(&self.principal, chain, now, &revocations)
@@ -376,17 +396,7 @@ impl Reader {
 
     fn frame(&mut self, frame: Frame) -> Result<(), String> {
         match frame {
-            Frame::Hello(hello) => {
-                // Each chain costs up to 8 signature checks: a peer that sends chains again
-                // and again (its own tree's, valid ones) is not given a core.
-                self.later_chains += hello.chains.len();
-                if self.later_chains > MAX_LATER_CHAINS {
-                    return Err(format!(
-                        "more than {MAX_LATER_CHAINS} chains in hellos after the first"
-                    ));
-                }
-                self.hello(hello)
-            }
+            Frame::Hello(hello) => self.hello(hello, true),
             Frame::Open {
                 channel,
                 from,

@@ -18,6 +18,7 @@ use libp2p::{PeerId, StreamProtocol};
 use protocols::actor::{
     self, ChannelState, EnvelopeRef, Frame, Hello, Kind, MAX_CHANNELS, Refusal,
 };
+use protocols::wire;
 use tokio::sync::{Notify, Semaphore};
 
 use super::SendError;
@@ -379,6 +380,8 @@ impl Outbox {
         // Charged what it takes: a refusal names paths of up to 4 KiB, and a peer that
         // sends messages to be refused and reads none of the refusals would otherwise
         // make the outbox hold many times its budget.
+        // One the peer would refuse (and count against us) is not sent.
+        wire::Message::validate(&frame).map_err(SendError::Encode)?;
         let mut encoded = Vec::new();
         actor::encode_frame(&frame, &mut encoded).map_err(|e| SendError::Encode(e.to_string()))?;
         let needed = self.capacity.min(encoded.len());

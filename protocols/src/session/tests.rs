@@ -248,6 +248,32 @@ fn ill_formed_protocols_are_refused() {
         Protocol::new("p", ["a", "a"], Global::End).unwrap_err(),
         DefinitionError::DuplicateRole("a".into())
     );
+    // Names the wire could not carry (a violation naming them could outgrow a refusal).
+    let long = "n".repeat(crate::actor::MAX_NAME_BYTES + 1);
+    let fits = "n".repeat(crate::actor::MAX_NAME_BYTES);
+    for (name, role, label) in [
+        (long.as_str(), "b", "x"),
+        ("p", long.as_str(), "x"),
+        ("p", "b", long.as_str()),
+    ] {
+        assert_eq!(
+            Protocol::new(
+                name,
+                ["a", role],
+                Global::send("a", role, label, Global::End)
+            )
+            .unwrap_err(),
+            DefinitionError::NameTooLong(long.clone())
+        );
+    }
+    assert!(
+        Protocol::new(
+            &fits,
+            ["a", &fits],
+            Global::send("a", &fits, &fits, Global::End)
+        )
+        .is_ok()
+    );
     assert!(chat().monitor("observer").is_err());
 }
 
