@@ -50,9 +50,11 @@ pub struct Config {
     /// see the changes when they are flushed. Default false.
     pub stage_directories: bool,
     /// Most names a directory may hold: a new name in a full directory (a file, a
-    /// directory or a link made there) is refused with [`Error::DirectoryFull`]. At most,
-    /// and by default, [`dir::MAX_ENTRIES`], the most a directory may decode with: a
-    /// directory written with more could not be read back, by any node.
+    /// directory or a link made there) is refused with [`Error::DirectoryFull`], as one
+    /// whose names would take more than [`dir::MAX_DIRECTORY_BYTES`] is. At most, and by
+    /// default, [`dir::MAX_ENTRIES`], half what a directory may be read with
+    /// ([`dir::MAX_DECODED_ENTRIES`]): the merge of two full forks is still written and
+    /// read back, and a directory past that is never written.
     pub max_entries: usize,
 }
 
@@ -1182,11 +1184,11 @@ impl<B: Blocks> Client<B> {
             path: node.path.to_string(),
             reason,
         };
-        if version.inode.size > dir::MAX_DIRECTORY_BYTES as u64 {
+        if version.inode.size > dir::MAX_DECODED_BYTES as u64 {
             return Err(corrupt(format!(
                 "a directory of {} bytes (at most {})",
                 version.inode.size,
-                dir::MAX_DIRECTORY_BYTES
+                dir::MAX_DECODED_BYTES
             )));
         }
         let bytes = self.read_version(node, version).await?;
@@ -1420,6 +1422,15 @@ impl<B: Blocks> Client<B> {
     ) -> Result<(), Error> {
         let new = nodes[i].current.is_none();
         let rekey = !new && nodes[i].stale_key();
+        let at = nodes[i].path.to_string();
+        let full = || Error::DirectoryFull {
+            path: at.clone(),
+            max: dir::MAX_DECODED_ENTRIES,
+        };
+        if dir.entries.len() > dir::MAX_DECODED_ENTRIES {
+            // No node could read it back: every name in it would be lost.
+            return Err(full());
+        }
         // Refused before anything is stored: a write that cannot be signed leaves no
         // chunks behind.
         self.chain_for(&nodes[i].path, &nodes[i].binding.path)?;
@@ -1429,15 +1440,11 @@ impl<B: Blocks> Client<B> {
             nodes[i].new_key();
             self.link_up(nodes, i).await?;
         }
-        if dir.entries.len() > dir::MAX_ENTRIES {
-            // No node could read it back: every name in it would be lost.
-            return Err(Error::DirectoryFull {
-                path: nodes[i].path.to_string(),
-                max: dir::MAX_ENTRIES,
-            });
-        }
+        let bytes = dir.encode().map_err(|e| match e {
+            protocols::wire::EncodeError::TooLarge { .. } => full(),
+            e => Error::Invalid(e.to_string()),
+        })?;
         let node = &mut nodes[i];
-        let bytes = dir.encode().map_err(|e| Error::Invalid(e.to_string()))?;
         let chunks = self.store_contents(node, &bytes).await?;
         let parents = inode::heads(&node.versions)
             .iter()
@@ -1920,7 +1927,12 @@ impl<B: Blocks> Client<B> {
     async fn check_room(&self, parent: &Node, name: &str) -> Result<(), Error> {
         let max = self.config.max_entries.min(dir::MAX_ENTRIES);
         let dir = self.with_staged(parent, self.read_dir_shared(parent).await?);
-        if dir.entries.len() >= max && !dir.entries.contains_key(name) {
+        if dir.entries.contains_key(name) {
+            return Ok(());
+        }
+        // Long names fill a directory's bytes before its count.
+        let bytes = dir::estimated_size(&dir) + name.len() + dir::ENTRY_BYTES;
+        if dir.entries.len() >= max || bytes > dir::MAX_DIRECTORY_BYTES {
             return Err(Error::DirectoryFull {
                 path: parent.path.to_string(),
                 max,

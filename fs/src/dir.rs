@@ -11,10 +11,29 @@ use serde::{Deserialize, Serialize};
 use crate::id::{InodeId, VersionId};
 use crate::inode::Kind;
 
-/// Most entries in one directory.
+/// Most names a client puts in one directory (a new name past them is refused).
 pub const MAX_ENTRIES: usize = 65_536;
-/// Largest encoded directory.
+/// Largest directory, encoded, a client lets new names make (about: see
+/// [`estimated_size`]).
 pub const MAX_DIRECTORY_BYTES: usize = 16 << 20;
+/// Most entries a directory is read (and written) with: twice [`MAX_ENTRIES`], so that
+/// the merge of two forks of full directories can still be written and read back.
+pub const MAX_DECODED_ENTRIES: usize = 2 * MAX_ENTRIES;
+/// Largest encoded directory read (and written): twice [`MAX_DIRECTORY_BYTES`], for the
+/// same reason.
+pub const MAX_DECODED_BYTES: usize = 2 * MAX_DIRECTORY_BYTES;
+
+/// About what a directory's encoding takes: its names and a bound on each entry's rest
+/// (an inode id, a key, a previous key, a kind, and CBOR's heads).
+pub fn estimated_size(dir: &Directory) -> usize {
+    dir.entries
+        .keys()
+        .map(|name| name.len() + ENTRY_BYTES)
+        .sum()
+}
+
+/// A bound on what an entry's encoding takes besides its name.
+pub const ENTRY_BYTES: usize = 128;
 
 /// One name in a directory.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,12 +78,12 @@ pub struct Directory {
 impl Message for Directory {
     const NAME: &'static str = "directory";
     const VERSION: u16 = 1;
-    const MAX_BYTES: usize = MAX_DIRECTORY_BYTES;
+    const MAX_BYTES: usize = MAX_DECODED_BYTES;
 
     fn validate(&self) -> Result<(), String> {
-        if self.entries.len() > MAX_ENTRIES {
+        if self.entries.len() > MAX_DECODED_ENTRIES {
             return Err(format!(
-                "{} entries (at most {MAX_ENTRIES})",
+                "{} entries (at most {MAX_DECODED_ENTRIES})",
                 self.entries.len()
             ));
         }
@@ -254,11 +273,12 @@ mod tests {
     #[test]
     fn a_directory_that_could_not_be_read_back_is_not_encoded() {
         let mut full = Directory::default();
-        for i in 0..MAX_ENTRIES {
+        for i in 0..MAX_DECODED_ENTRIES {
             full.entries.insert(format!("{i}"), entry(1));
         }
         let bytes = full.encode().unwrap();
         assert_eq!(Directory::decode(&bytes).unwrap(), full);
+        assert!(estimated_size(&full) >= bytes.len());
         full.entries.insert("one more".into(), entry(2));
         assert!(full.encode().is_err());
 

@@ -518,7 +518,11 @@ impl<B: Blocks> Filesystem for Mount<B> {
             return reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
         }
         match self.path(ino).and_then(|p| self.stat_path(&p)) {
-            Ok((found, stat)) if found == ino.0 => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
+            // A directory shared meanwhile moved to an anchor (a new inode) under the
+            // same name: still the directory a shell sits in.
+            Ok((found, stat)) if found == ino.0 || stat.kind == Kind::Dir => {
+                reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
+            }
             // The name names another file now (one renamed over it), or none (it was
             // removed): a handle still open on this one knows it (`fstat` asks by
             // number, without the handle). Else the other file's attributes must not be

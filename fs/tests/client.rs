@@ -923,9 +923,10 @@ async fn an_oversized_directory_version_is_refused_before_its_chunks_are_fetched
     let t = tree();
     let owner = t.owner();
     put(&owner, &t.path("a"), b"kept").await;
-    // A co-writer's "directory" of 17 MiB: every reader would gather all of it before
-    // finding it too large to be a directory. Its chunks exist nowhere, so a reader that
-    // fetched any would fail on a missing chunk rather than on the size.
+    // A co-writer's "directory" of 33 MiB (over the 32 MiB a directory is read with):
+    // every reader would gather all of it before finding it too large to be a
+    // directory. Its chunks exist nowhere, so a reader that fetched any would fail on a
+    // missing chunk rather than on the size.
     let root = owner.stat(&t.tree).await.unwrap();
     let versions = t.replica.versions(&root.inode).unwrap();
     let newest = versions.iter().max_by_key(|v| v.inode.seq).unwrap();
@@ -933,13 +934,13 @@ async fn an_oversized_directory_version_is_refused_before_its_chunks_are_fetched
     huge.seq += 1;
     huge.parents = vec![newest.version];
     huge.chunk_size = 1 << 20;
-    huge.chunks = (0..17u8)
+    huge.chunks = (0..33u8)
         .map(|i| fs::inode::ChunkRef {
             id: fs::ChunkId::of(&[i]),
             len: 1 << 20,
         })
         .collect();
-    huge.size = 17 << 20;
+    huge.size = 33 << 20;
     let bytes = Signed::sign(&huge, t.root.signing_key()).unwrap();
     t.replica.put_version(&root.inode, &bytes).unwrap();
     let refused = t.owner().readdir(&t.tree).await;
