@@ -1431,6 +1431,11 @@ impl<B: Blocks> Client<B> {
             // No node could read it back: every name in it would be lost.
             return Err(full());
         }
+        // Encoded before a re-key changes anything: one too large is refused first.
+        let bytes = dir.encode().map_err(|e| match e {
+            protocols::wire::EncodeError::TooLarge { .. } => full(),
+            e => Error::Invalid(e.to_string()),
+        })?;
         // Refused before anything is stored: a write that cannot be signed leaves no
         // chunks behind.
         self.chain_for(&nodes[i].path, &nodes[i].binding.path)?;
@@ -1440,10 +1445,6 @@ impl<B: Blocks> Client<B> {
             nodes[i].new_key();
             self.link_up(nodes, i).await?;
         }
-        let bytes = dir.encode().map_err(|e| match e {
-            protocols::wire::EncodeError::TooLarge { .. } => full(),
-            e => Error::Invalid(e.to_string()),
-        })?;
         let node = &mut nodes[i];
         let chunks = self.store_contents(node, &bytes).await?;
         let parents = inode::heads(&node.versions)

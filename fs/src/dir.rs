@@ -32,8 +32,10 @@ pub fn estimated_size(dir: &Directory) -> usize {
         .sum()
 }
 
-/// A bound on what an entry's encoding takes besides its name.
-pub const ENTRY_BYTES: usize = 128;
+/// A bound on what an entry's encoding takes besides its name: CBOR's map of field
+/// names (`inode`, `key`, `kind`, `previous`) and values takes 137 bytes at most, and
+/// the name's head 2.
+pub const ENTRY_BYTES: usize = 160;
 
 /// One name in a directory.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +281,19 @@ mod tests {
         let bytes = full.encode().unwrap();
         assert_eq!(Directory::decode(&bytes).unwrap(), full);
         assert!(estimated_size(&full) >= bytes.len());
+        // The estimate bounds the largest entries too: the longest kind, a previous key,
+        // the longest names.
+        let mut big = Directory::default();
+        for i in 0..1000u32 {
+            let name = format!("{i:0>255}");
+            let e = Entry {
+                kind: Kind::Symlink,
+                previous: Some([9; 32]),
+                ..entry(4)
+            };
+            big.entries.insert(name, e);
+        }
+        assert!(estimated_size(&big) >= big.encode().unwrap().len());
         full.entries.insert("one more".into(), entry(2));
         assert!(full.encode().is_err());
 

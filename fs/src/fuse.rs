@@ -518,15 +518,10 @@ impl<B: Blocks> Filesystem for Mount<B> {
             return reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
         }
         match self.path(ino).and_then(|p| self.stat_path(&p)) {
-            // A directory shared meanwhile moved to an anchor (a new inode) under the
-            // same name: still the directory a shell sits in.
-            Ok((found, stat)) if found == ino.0 || stat.kind == Kind::Dir => {
-                reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
-            }
+            Ok((found, stat)) if found == ino.0 => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
             // The name names another file now (one renamed over it), or none (it was
             // removed): a handle still open on this one knows it (`fstat` asks by
-            // number, without the handle). Else the other file's attributes must not be
-            // given as this one's.
+            // number, without the handle).
             found => match self.find_open(ino.0) {
                 Some(open) => {
                     let stat = self
@@ -534,7 +529,12 @@ impl<B: Blocks> Filesystem for Mount<B> {
                         .block_on(async { open.handle.lock().await.stat() });
                     reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
                 }
-                None => reply.error(found.err().unwrap_or(Errno::ESTALE)),
+                // As before, what the name holds now: a directory shared meanwhile
+                // moved to an anchor (another inode) under the same name.
+                None => match found {
+                    Ok((_, stat)) => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
+                    Err(e) => reply.error(e),
+                },
             },
         }
     }

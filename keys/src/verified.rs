@@ -129,7 +129,8 @@ impl VerifiedChains {
     /// (what goes to make room verifies again when next seen).
     pub fn remember(&mut self, checked: CheckedChain, now: Timestamp) {
         let CheckedChain { holder, grant } = checked;
-        if grant.bytes > MAX_BYTES_PER_HOLDER {
+        // Held already: kept once (a duplicate pushed out another grant of the holder).
+        if grant.bytes > MAX_BYTES_PER_HOLDER || self.holds(&holder, &grant.chain, now) {
             return;
         }
         if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(&holder) {

@@ -756,7 +756,10 @@ impl Runtime {
             Ok(()) => {
                 let mut chains = write(&self.inner.chains);
                 // Peers keep at most this many chains of a node: one past them is not
-                // announced (it was, again at every refresh, to every peer).
+                // announced (it was, again at every refresh, to every peer). Expired
+                // ones make room for their renewals.
+                let now = keys::now();
+                chains.retain(|c| c.links().iter().all(|l| l.validity().expires > now));
                 if chains.len() >= protocols::actor::MAX_HELLO_CHAINS {
                     return;
                 }
