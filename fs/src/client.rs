@@ -1422,19 +1422,18 @@ impl<B: Blocks> Client<B> {
     ) -> Result<(), Error> {
         let new = nodes[i].current.is_none();
         let rekey = !new && nodes[i].stale_key();
-        let at = nodes[i].path.to_string();
-        let full = || Error::DirectoryFull {
-            path: at.clone(),
-            max: dir::MAX_DECODED_ENTRIES,
-        };
-        if dir.entries.len() > dir::MAX_DECODED_ENTRIES {
-            // No node could read it back: every name in it would be lost.
-            return Err(full());
-        }
-        // Encoded before a re-key changes anything: one too large is refused first.
-        let bytes = dir.encode().map_err(|e| match e {
-            protocols::wire::EncodeError::TooLarge { .. } => full(),
-            e => Error::Invalid(e.to_string()),
+        // Encoded before a re-key changes anything. One no node could read back (too many
+        // names or bytes: every name in it would be lost) is refused as full.
+        let bytes = dir.encode().map_err(|e| {
+            let too_large = matches!(e, protocols::wire::EncodeError::TooLarge { .. });
+            if too_large || dir.entries.len() > dir::MAX_DECODED_ENTRIES {
+                Error::DirectoryFull {
+                    path: nodes[i].path.to_string(),
+                    max: dir::MAX_DECODED_ENTRIES,
+                }
+            } else {
+                Error::Invalid(e.to_string())
+            }
         })?;
         // Refused before anything is stored: a write that cannot be signed leaves no
         // chunks behind.

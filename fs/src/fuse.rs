@@ -509,34 +509,26 @@ impl<B: Blocks> Filesystem for Mount<B> {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _lingering = self.request(req);
-        if let Some(fh) = fh
-            && let Ok(open) = self.get_open(fh)
-        {
-            let stat = self
-                .runtime
-                .block_on(async { open.handle.lock().await.stat() });
-            return reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
+        let open_stat = |open: Arc<Open>| {
+            self.runtime
+                .block_on(async { open.handle.lock().await.stat() })
+        };
+        if let Some(open) = fh.and_then(|fh| self.get_open(fh).ok()) {
+            return reply.attr(&ATTR_TTL, &self.attr(ino.0, &open_stat(open)));
         }
-        match self.path(ino).and_then(|p| self.stat_path(&p)) {
-            Ok((found, stat)) if found == ino.0 => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
+        let stat = match self.path(ino).and_then(|p| self.stat_path(&p)) {
+            Ok((found, stat)) if found == ino.0 => stat,
             // The name names another file now (one renamed over it), or none (it was
             // removed): a handle still open on this one knows it (`fstat` asks by
-            // number, without the handle).
-            found => match self.find_open(ino.0) {
-                Some(open) => {
-                    let stat = self
-                        .runtime
-                        .block_on(async { open.handle.lock().await.stat() });
-                    reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
-                }
-                // As before, what the name holds now: a directory shared meanwhile
-                // moved to an anchor (another inode) under the same name.
-                None => match found {
-                    Ok((_, stat)) => reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat)),
-                    Err(e) => reply.error(e),
-                },
+            // number, without the handle). Else, as before, what the name holds now (a
+            // directory shared meanwhile moved to an anchor, another inode, under it).
+            found => match (self.find_open(ino.0), found) {
+                (Some(open), _) => open_stat(open),
+                (None, Ok((_, stat))) => stat,
+                (None, Err(e)) => return reply.error(e),
             },
-        }
+        };
+        reply.attr(&ATTR_TTL, &self.attr(ino.0, &stat));
     }
 
     fn setattr(

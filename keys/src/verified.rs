@@ -284,6 +284,31 @@ mod tests {
         assert!(!cache.authorizes(&holder, &apps, 150));
     }
 
+    /// A chain presented again is kept once: a duplicate pushed out the holder's other
+    /// grants (64 at most per holder), so a node that announced the same chain at every
+    /// refresh lost the writecaps it held beside it.
+    #[test]
+    fn a_chain_remembered_again_is_kept_once() {
+        let root = SigningKey::generate();
+        let node = SigningKey::generate();
+        let tree = Path::root_of(root.principal());
+        let validity = Validity::for_seconds(3600);
+        let grant = |name: &str| {
+            Chain::root_grant(&root, node.principal(), tree.join(name).unwrap(), validity)
+        };
+        let (holder, none) = (node.principal(), Revocations::default());
+        let mut cache = VerifiedChains::default();
+        let now = crate::now();
+        cache.insert(&holder, &grant("kept"), now, &none).unwrap();
+        let again = grant("again");
+        for _ in 0..2 * MAX_CHAINS_PER_HOLDER {
+            cache.insert(&holder, &again, now, &none).unwrap();
+        }
+        assert!(cache.holds(&holder, &again, now));
+        assert!(cache.authorizes(&holder, &tree.join("kept").unwrap(), now));
+        assert!(!cache.holds(&holder, &grant("other"), now));
+    }
+
     /// A chain whose prefix is about 4 KiB of one-letter segments (~200 KB in memory).
     fn deep_chain(root: &SigningKey, holder: &SigningKey) -> (Chain, Path) {
         let top = Path::root_of(root.principal()).to_string();

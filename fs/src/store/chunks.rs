@@ -19,6 +19,20 @@ type Location = (u64, u64, u64);
 /// such a chunk is never collected.
 pub const NO_OWNER: InodeId = InodeId([0; 32]);
 
+/// The owner to record for a chunk held under `held` (none yet) that is offered under
+/// `offered`; `None` when the record stays as it is. A second, different claim makes the
+/// chunk owned by nobody, never collected: a node without keys cannot tell which claim
+/// is true, and honest writers never share a chunk (sealing binds it to its inode), so
+/// someone lied. Keeping the first claim let a peer that offered a chunk first, under an
+/// inode that does not refer to it, have it collected from under the file that does.
+fn owner_after(held: Option<InodeId>, offered: InodeId) -> Option<InodeId> {
+    match held {
+        None => Some(offered),
+        Some(held) if held == offered || held == NO_OWNER => None,
+        Some(_) => Some(NO_OWNER),
+    }
+}
+
 /// A chunk to store: its owner (if known), id and bytes.
 type Offered<'a> = (Option<&'a InodeId>, ChunkId, &'a [u8]);
 
@@ -144,19 +158,9 @@ impl Store {
                             .context(WHAT)?
                             .map(|g| InodeId(*g.value())),
                     };
-                    match held {
-                        None => unowned.push((*id, **owner)),
-                        // A second, different claim. A node without keys cannot tell which
-                        // is true, and honest writers never share a chunk (sealing binds
-                        // it to its inode), so someone lied: owned by nobody from now on,
-                        // never collected. Keeping the first claim let a peer that offered
-                        // a chunk first, under an inode that does not refer to it, have
-                        // it collected from under the file that does.
-                        Some(held) if held != **owner && held != NO_OWNER => {
-                            unowned.retain(|(claimed, _)| claimed != id);
-                            unowned.push((*id, NO_OWNER));
-                        }
-                        Some(_) => {}
+                    if let Some(recorded) = owner_after(held, **owner) {
+                        unowned.retain(|(claimed, _)| claimed != id);
+                        unowned.push((*id, recorded));
                     }
                 }
                 let Some(at) = locations.get(id.as_bytes()).context(WHAT)? else {
@@ -192,10 +196,8 @@ impl Store {
                     .get(id.as_bytes())
                     .context(WHAT)?
                     .map(|g| InodeId(*g.value()));
-                let owner = match held {
-                    Some(held) if held == *owner || held == NO_OWNER => continue,
-                    Some(_) => NO_OWNER,
-                    None => *owner,
+                let Some(owner) = owner_after(held, *owner) else {
+                    continue;
                 };
                 owners
                     .insert(id.as_bytes(), owner.as_bytes())
