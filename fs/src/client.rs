@@ -492,6 +492,11 @@ impl Handle {
         // A handle always holds at least the file's node.
         &self.nodes[self.nodes.len() - 1]
     }
+
+    /// The path the file was opened at (or moved to through this client since).
+    pub fn path(&self) -> &Path {
+        &self.node().path
+    }
 }
 
 /// The file system for one principal.
@@ -532,6 +537,59 @@ struct Staged {
     /// that holds them and when: a walk that read an older version (before the write)
     /// still sees them.
     written: std::collections::VecDeque<(u64, std::time::Instant, BTreeMap<String, Change>)>,
+    /// Set while flushes of the directory fail: it is then tried again later and later
+    /// (see [`Failing::retry_at`]), and its error is reported to what its changes concern,
+    /// not to every sync.
+    failing: Option<Failing>,
+}
+
+/// Flushes of one directory that failed in a row.
+#[derive(Debug)]
+struct Failing {
+    times: u32,
+    error: String,
+    /// Before this, flushes of other directories leave it alone.
+    retry_at: std::time::Instant,
+}
+
+impl Failing {
+    /// The wait after `times` failures in a row: 1 s, doubling up to [`FLUSH_RETRY_MAX`].
+    fn backoff(times: u32) -> std::time::Duration {
+        let doublings = times.saturating_sub(1).min(16);
+        (std::time::Duration::from_secs(1) * (1u32 << doublings)).min(FLUSH_RETRY_MAX)
+    }
+}
+
+/// The longest wait before a directory whose flushes fail is tried again unasked.
+const FLUSH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which staged directories a flush writes, and whose errors it returns.
+#[derive(Debug, Clone, Copy)]
+enum Flush<'a> {
+    /// Every one; the first error.
+    All,
+    /// Those not waiting to be tried again after failing; none (each is logged).
+    Due,
+    /// Those due, and every one at, above or below one of these paths whether due or
+    /// not; the first error among the latter.
+    For(&'a [&'a Path]),
+}
+
+impl Flush<'_> {
+    /// Whether a flush of this kind writes the directory at `path` (`waiting` if it
+    /// waits to be tried again), and whether it reports its error.
+    fn takes(&self, path: &Path, waiting: bool) -> (bool, bool) {
+        match self {
+            Flush::All => (true, true),
+            Flush::Due => (!waiting, false),
+            Flush::For(paths) => {
+                let related = paths
+                    .iter()
+                    .any(|p| p.starts_with(path) || path.starts_with(p));
+                (related || !waiting, related)
+            }
+        }
+    }
 }
 
 impl Staged {
@@ -1656,6 +1714,7 @@ impl<B: Blocks> Client<B> {
                 nodes: nodes.to_vec(),
                 changes: BTreeMap::new(),
                 written: std::collections::VecDeque::new(),
+                failing: None,
             })
             .changes
             .entry(name)
@@ -1668,7 +1727,28 @@ impl<B: Blocks> Client<B> {
     /// directory once, its changes merged into its latest version. Changes that could not
     /// be written stay staged for the next flush; the first such error is returned.
     pub async fn flush_staged(&self) -> Result<(), Error> {
-        let dirs: Vec<InodeId> = match self.staged.lock() {
+        self.flush_which(Flush::All).await
+    }
+
+    /// [`Client::flush_staged`] as a periodic flush does it: a directory whose flushes
+    /// failed is left alone until it is due to be tried again (1 s after the first
+    /// failure, doubling up to a minute), and errors are logged, not returned.
+    pub async fn flush_due(&self) {
+        let _ = self.flush_which(Flush::Due).await;
+    }
+
+    /// [`Client::flush_staged`] on behalf of an operation on `paths`: every directory at,
+    /// above or below one of them is written, and the first error among those is
+    /// returned; the others are written if due (see [`Client::flush_due`]), and their
+    /// errors are logged. One directory that cannot be written (removed elsewhere, its
+    /// writecap expired) fails what concerns it, not every `fsync`.
+    pub async fn flush_staged_for(&self, paths: &[&Path]) -> Result<(), Error> {
+        self.flush_which(Flush::For(paths)).await
+    }
+
+    async fn flush_which(&self, which: Flush<'_>) -> Result<(), Error> {
+        let now = std::time::Instant::now();
+        let dirs: Vec<(InodeId, bool)> = match self.staged.lock() {
             Ok(mut staged) => {
                 staged.retain(|_, s| {
                     s.prune();
@@ -1677,7 +1757,12 @@ impl<B: Blocks> Client<B> {
                 staged
                     .iter()
                     .filter(|(_, s)| !s.changes.is_empty())
-                    .map(|(id, _)| *id)
+                    .filter_map(|(id, s)| {
+                        let path = &s.nodes.last()?.path;
+                        let waiting = s.failing.as_ref().is_some_and(|f| f.retry_at > now);
+                        let (takes, reports) = which.takes(path, waiting);
+                        takes.then_some((*id, reports))
+                    })
                     .collect()
             }
             Err(_) => {
@@ -1687,13 +1772,80 @@ impl<B: Blocks> Client<B> {
             }
         };
         let mut first_error = None;
-        for dir in dirs {
-            if let Err(e) = self.flush_dir(dir).await {
-                tracing::warn!(error = %e, "cannot write staged directory changes");
+        for (dir, reports) in dirs {
+            let flushed = self.flush_dir(dir).await;
+            self.note_flush(dir, flushed.as_ref().err());
+            if let Err(e) = flushed
+                && reports
+            {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Notes how a flush of directory `id` went: a failure sets when it is tried again
+    /// unasked, and is logged as a warning the first time (and when the error changes),
+    /// not at every try.
+    fn note_flush(&self, id: InodeId, error: Option<&Error>) {
+        let Ok(mut staged) = self.staged.lock() else {
+            return;
+        };
+        let Some(s) = staged.get_mut(&id) else {
+            return;
+        };
+        let path = s
+            .nodes
+            .last()
+            .map(|n| n.path.to_string())
+            .unwrap_or_default();
+        match (error, s.failing.as_mut()) {
+            (None, None) => {}
+            (None, Some(failing)) => {
+                tracing::info!(%path, failures = failing.times, "staged directory changes written after failing");
+                s.failing = None;
+            }
+            (Some(e), failing) => {
+                let error = e.to_string();
+                let times = failing.as_ref().map_or(0, |f| f.times) + 1;
+                let names = s.changes.len();
+                if failing.as_ref().is_none_or(|f| f.error != error) {
+                    tracing::warn!(%path, names, %error, "cannot write staged directory changes; they stay staged and are tried again");
+                } else {
+                    tracing::debug!(%path, names, %error, times, "cannot write staged directory changes yet");
+                }
+                s.failing = Some(Failing {
+                    times,
+                    error,
+                    retry_at: std::time::Instant::now() + Failing::backoff(times),
+                });
+            }
+        }
+    }
+
+    /// New names still staged, with the error of their directory's last flush: what a
+    /// node that stops now loses (their files' data is stored, but nothing links it).
+    pub fn unlinked(&self) -> Vec<(Path, String)> {
+        let Ok(staged) = self.staged.lock() else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        for s in staged.values() {
+            let Some(dir) = s.nodes.last() else { continue };
+            for (name, _) in s
+                .changes
+                .iter()
+                .filter(|(_, c)| matches!(c, Change::Put { .. }))
+            {
+                let path = dir.path.join(name).unwrap_or_else(|_| dir.path.clone());
+                let error = s
+                    .failing
+                    .as_ref()
+                    .map_or_else(|| "not written yet".to_owned(), |f| f.error.clone());
+                lost.push((path, error));
+            }
+        }
+        lost
     }
 
     /// Writes the changes staged for directory `id`, if any. They stay visible to this
@@ -2816,11 +2968,33 @@ impl<B: Blocks> Client<B> {
     /// durable (see the module docs).
     pub async fn sync(&self) -> Result<(), Error> {
         let flushed = self.flush_staged().await;
+        self.sync_blocks().await?;
+        flushed
+    }
+
+    /// [`Client::sync`] on behalf of an operation on `paths` (an `fsync` of one file, a
+    /// command): the staged changes are flushed as [`Client::flush_staged_for`] does, so
+    /// only errors of the directories at, above or below `paths` are returned.
+    pub async fn sync_for(&self, paths: &[&Path]) -> Result<(), Error> {
+        let flushed = self.flush_staged_for(paths).await;
+        self.sync_blocks().await?;
+        flushed
+    }
+
+    /// [`Client::sync`] as a periodic sync does it: the staged changes are flushed as
+    /// [`Client::flush_due`] does (errors logged), and every write acknowledged so far is
+    /// made durable.
+    pub async fn sync_due(&self) -> Result<(), Error> {
+        self.flush_due().await;
+        self.sync_blocks().await
+    }
+
+    /// Makes every write the store acknowledged durable.
+    async fn sync_blocks(&self) -> Result<(), Error> {
         self.blocks
             .sync()
             .await
-            .map_err(|e| Error::Io(format!("making writes durable: {e}")))?;
-        flushed
+            .map_err(|e| Error::Io(format!("making writes durable: {e}")))
     }
 
     /// Writes everything from `source` as the file at `path` (created or replaced),
@@ -3136,7 +3310,7 @@ impl<B: Blocks> Client<B> {
             path: path.to_string(),
         })?;
         let name = path.segments().last().cloned().unwrap_or_default();
-        self.flush_staged().await?;
+        self.flush_staged_for(&[path]).await?;
         let mut nodes = self.walk(&parent_path).await?;
         let parent = nodes.len() - 1;
         if nodes[parent].kind != Kind::Dir {
@@ -3187,7 +3361,7 @@ impl<B: Blocks> Client<B> {
             return Ok(());
         }
         // Both directories as written: the move reads and writes them itself.
-        self.flush_staged().await?;
+        self.flush_staged_for(&[from, to]).await?;
         let source = self.walk(from).await?;
         let s = source.len() - 1;
         if s == 0 || source[s].read_only || source[s].binding.is_anchor() {
@@ -3321,7 +3495,7 @@ impl<B: Blocks> Client<B> {
             .verify()
             .map_err(|e| Error::Invalid(format!("the reader's identity does not verify: {e}")))?;
         // Anchors are rewritten and relinked from the directories as written.
-        self.flush_staged().await?;
+        self.flush_staged_for(&[path]).await?;
         let mut nodes = self.anchor_at(path).await?;
         let i = nodes.len() - 1;
         let current = nodes[i].current.clone().map(|v| v.inode);
@@ -3395,7 +3569,7 @@ impl<B: Blocks> Client<B> {
         principal: &Principal,
         also: &[CapId],
     ) -> Result<Revoked, Error> {
-        self.flush_staged().await?;
+        self.flush_staged_for(&[path]).await?;
         if principal == &self.me() {
             return Err(Error::Invalid("a node does not revoke itself".into()));
         }

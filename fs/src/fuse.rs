@@ -387,13 +387,20 @@ impl<B: Blocks> Mount<B> {
             .ok_or(Errno::EBADF)
     }
 
-    fn sync(&self, fh: FileHandle) -> Result<(), Errno> {
+    /// Writes a version of the file open as `fh` (as at close); its path.
+    fn sync(&self, fh: FileHandle) -> Result<Path, Errno> {
         let open = self.get_open(fh)?;
-        let (version, rebased) = self.run(async {
+        let (version, rebased, path) = self.run(async {
             let mut handle = open.handle.lock().await;
             let synced = self.client.fsync(&mut handle).await;
             open.note(&handle);
-            synced.map(|()| (handle.stat().version, handle.rebased()))
+            synced.map(|()| {
+                (
+                    handle.stat().version,
+                    handle.rebased(),
+                    handle.path().clone(),
+                )
+            })
         })?;
         if rebased {
             // A new mode or time on bytes written elsewhere since this file was opened:
@@ -404,7 +411,7 @@ impl<B: Blocks> Mount<B> {
             // version.
             self.keep_cache(open.ino, version);
         }
-        Ok(())
+        Ok(path)
     }
 
     /// The kernel's pages of `ino` are of no known version: the next open drops them.
@@ -910,7 +917,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
     ) {
         let _lingering = self.request(req);
         match self.sync(fh) {
-            Ok(()) => reply.ok(),
+            Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -924,8 +931,14 @@ impl<B: Blocks> Filesystem for Mount<B> {
         reply: ReplyEmpty,
     ) {
         let _lingering = self.request(req);
-        // A version first (as at close), then durable: what `fsync` promises.
-        match self.sync(fh).and_then(|()| self.run(self.client.sync())) {
+        // A version first (as at close), then durable with its name and the directories
+        // above it: what `fsync` promises. Changes staged in other directories are
+        // written too, but a directory that cannot be written fails the `fsync` of its
+        // own files only.
+        match self
+            .sync(fh)
+            .and_then(|path| self.run(self.client.sync_for(&[&path])))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -947,7 +960,7 @@ impl<B: Blocks> Filesystem for Mount<B> {
             open.remove(&fh.0);
         }
         match synced {
-            Ok(()) => reply.ok(),
+            Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -1017,14 +1030,19 @@ impl<B: Blocks> Filesystem for Mount<B> {
     fn fsyncdir(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         let _lingering = self.request(req);
-        // Staged directory changes are written and everything is durable from here.
-        match self.run(self.client.sync()) {
+        let path = match self.path(ino) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
+        };
+        // Staged directory changes are written and everything is durable from here; the
+        // errors are those of this directory and the ones above and below it.
+        match self.run(self.client.sync_for(&[&path])) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

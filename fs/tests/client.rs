@@ -1094,6 +1094,102 @@ async fn staged_changes_that_cannot_be_written_stay_staged() {
     assert_eq!(get(&other, &file).await.unwrap(), b"kept");
 }
 
+/// A store that refuses every version of one inode (a directory whose writes fail for
+/// good, as one whose writecap expired), and counts the attempts.
+struct RefusingOne {
+    inner: Replica,
+    refused: std::sync::Mutex<Option<fs::InodeId>>,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl fs::Blocks for RefusingOne {
+    async fn put_chunks(
+        &self,
+        owner: fs::InodeId,
+        chunks: Vec<fs::chunk::Sealed>,
+    ) -> Result<(), fs::BlockError> {
+        fs::Blocks::put_chunks(&self.inner, owner, chunks).await
+    }
+    async fn get_chunk(&self, id: fs::ChunkId) -> Result<Vec<u8>, fs::BlockError> {
+        fs::Blocks::get_chunk(&self.inner, id).await
+    }
+    async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
+        if *self.refused.lock().unwrap() == Some(inode) {
+            self.attempts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(fs::BlockError::Refused("not this one".into()));
+        }
+        fs::Blocks::put_version(&self.inner, inode, signed).await
+    }
+    async fn get_versions(
+        &self,
+        inode: fs::InodeId,
+    ) -> Result<Vec<fs::inode::Verified>, fs::BlockError> {
+        fs::Blocks::get_versions(&self.inner, inode).await
+    }
+}
+
+/// One directory whose staged changes cannot be written fails what concerns it (a sync
+/// of a path in it, a move there), not the syncs, moves and shares of other directories,
+/// and is tried again later and later instead of at every flush.
+#[tokio::test]
+async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let t = tree();
+    let blocks = Arc::new(RefusingOne {
+        inner: (*t.replica).clone(),
+        refused: std::sync::Mutex::new(None),
+        attempts: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let staging = t.staging(blocks.clone());
+    let other = t.owner();
+    staging.mkdir_all(&t.path("good")).await.unwrap();
+    staging.mkdir_all(&t.path("bad")).await.unwrap();
+    staging.sync().await.unwrap();
+    *blocks.refused.lock().unwrap() = Some(staging.stat(&t.path("bad")).await.unwrap().inode);
+    let (kept, stuck) = (t.path("good/kept"), t.path("bad/stuck"));
+    staging.put(&stuck, &b"stuck"[..], |_| {}).await.unwrap();
+    staging.put(&kept, &b"kept"[..], |_| {}).await.unwrap();
+    // A sync of everything reports the directory that cannot be written...
+    assert!(staging.sync().await.is_err());
+    let tried = blocks.attempts.load(SeqCst);
+    assert!(tried > 0);
+    // ...but one for a path elsewhere writes that path's directory and succeeds, and
+    // does not try the failing one again before it is due.
+    staging.sync_for(&[&kept]).await.unwrap();
+    assert_eq!(get(&other, &kept).await.unwrap(), b"kept");
+    assert_eq!(blocks.attempts.load(SeqCst), tried, "tried again at once");
+    staging.flush_due().await;
+    assert_eq!(blocks.attempts.load(SeqCst), tried, "tried again at once");
+    // Moves and shares elsewhere go on.
+    let moved = t.path("good/moved");
+    staging.rename(&kept, &moved).await.unwrap();
+    assert_eq!(get(&other, &moved).await.unwrap(), b"kept");
+    let (reader, _) = t.stranger();
+    staging
+        .share(&t.path("good"), &reader.public(), None)
+        .await
+        .unwrap();
+    // What concerns the directory fails, and says which name is not linked.
+    assert!(staging.sync_for(&[&stuck]).await.is_err());
+    assert!(staging.rename(&stuck, &t.path("good/out")).await.is_err());
+    assert!(blocks.attempts.load(SeqCst) > tried);
+    let unlinked = staging.unlinked();
+    assert_eq!(unlinked.len(), 1, "{unlinked:?}");
+    assert_eq!(unlinked[0].0, stuck);
+    assert!(unlinked[0].1.contains("not this one"), "{unlinked:?}");
+    assert!(matches!(
+        other.stat(&stuck).await,
+        Err(Error::NotFound { .. })
+    ));
+    // Once the directory takes writes again, the name is written.
+    *blocks.refused.lock().unwrap() = None;
+    staging.sync_for(&[&stuck]).await.unwrap();
+    assert_eq!(get(&other, &stuck).await.unwrap(), b"stuck");
+    assert!(staging.unlinked().is_empty());
+    staging.sync().await.unwrap();
+}
+
 #[tokio::test]
 async fn what_a_replica_remembers_of_an_inode_follows_every_change_to_its_store() {
     let t = tree();

@@ -307,6 +307,9 @@ impl Files {
     }
 
     async fn run(&self, request: FsRequest) -> anyhow::Result<serde_json::Value> {
+        // The paths the command changes: errors of the directories at, above and below
+        // them fail it; those of directories staged elsewhere (a mount's) are logged.
+        let mut touched: Vec<Path> = Vec::new();
         let value = match request {
             FsRequest::Ls { path } => {
                 serde_json::to_value(self.client.readdir(&parse(&path)?).await?)?
@@ -316,6 +319,7 @@ impl Files {
             }
             FsRequest::Mkdir { path, parents } => {
                 let path = parse(&path)?;
+                touched.push(path.clone());
                 self.refresh_caps(&path).await;
                 if parents {
                     self.client.mkdir_all(&path).await?;
@@ -326,12 +330,14 @@ impl Files {
             }
             FsRequest::Rm { path } => {
                 let path = parse(&path)?;
+                touched.push(path.clone());
                 self.refresh_caps(&path).await;
                 self.client.unlink(&path).await?;
                 serde_json::json!({ "removed": path.to_string() })
             }
             FsRequest::Mv { from, to } => {
                 let (from, to) = (parse(&from)?, parse(&to)?);
+                touched.extend([from.clone(), to.clone()]);
                 self.refresh_caps(&to).await;
                 self.client.rename(&from, &to).await?;
                 serde_json::to_value(self.client.stat(&to).await?)?
@@ -348,6 +354,7 @@ impl Files {
                     .map_err(|e| anyhow::anyhow!("{principal:?} is not a principal: {e}"))?;
                 self.refresh_caps(&path).await;
                 let identity = self.identity_of(&principal).await?;
+                touched.push(path.clone());
                 let write = write.then(|| Validity::for_seconds(expires_secs));
                 if let Some(chain) = self.client.share(&path, &identity, write).await?
                     && let Some(link) = chain.links().last()
@@ -362,6 +369,7 @@ impl Files {
                     .parse()
                     .map_err(|e| anyhow::anyhow!("{principal:?} is not a principal: {e}"))?;
                 self.refresh_caps(&path).await;
+                touched.push(path.clone());
                 let granted = crate::grants::issued(&self.data_dir, &principal, &path)?;
                 let revoked = self.client.revoke_with(&path, &principal, &granted).await?;
                 let list = self.revoke_writecaps(&revoked.caps).await?;
@@ -402,7 +410,8 @@ impl Files {
         };
         // What a command changed is durable before it is reported done (a mount's writes
         // become durable here too, or at its `fsync`, or at the next periodic sync).
-        self.client.sync().await?;
+        let touched: Vec<&Path> = touched.iter().collect();
+        self.client.sync_for(&touched).await?;
         Ok(value)
     }
 
@@ -483,6 +492,11 @@ impl Files {
         self.unmount_all().await;
         if let Err(e) = self.client.sync().await {
             tracing::warn!(error = %e, "writes since the last sync may not be durable");
+        }
+        // Files whose names could not be linked: their data is stored, but nothing
+        // finds it once this node forgets what it staged.
+        for (path, error) in self.client.unlinked() {
+            tracing::error!(%path, %error, "a new file's name was never written to its directory; it is lost at this stop");
         }
     }
 
@@ -584,7 +598,7 @@ impl Files {
                 done = &mut put => {
                     let stat = done?;
                     // Acknowledged to the user: durable first.
-                    self.client.sync().await?;
+                    self.client.sync_for(&[&path]).await?;
                     return Ok(serde_json::to_value(stat)?);
                 }
                 changed = updates.changed() => {
@@ -873,12 +887,13 @@ async fn sync_periodically(client: Arc<Client<Network>>) {
         tick.tick().await;
         if synced.elapsed() >= SYNC_INTERVAL {
             synced = tokio::time::Instant::now();
-            if let Err(e) = client.sync().await {
+            if let Err(e) = client.sync_due().await {
                 tracing::warn!(error = %e, "cannot make deferred writes durable");
             }
         } else {
-            // A directory that cannot be written is logged by the flush and stays staged.
-            let _ = client.flush_staged().await;
+            // A directory that cannot be written is logged by the flush, stays staged and
+            // is tried again later and later.
+            client.flush_due().await;
         }
     }
 }
