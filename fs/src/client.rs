@@ -1918,26 +1918,73 @@ impl<B: Blocks> Client<B> {
         }
         nodes[d].current = inode::winner(&nodes[d].versions).cloned();
         let mut dir = self.read_dir(&nodes[d]).await?;
-        let mut changed = false;
+        let mut applied = changes.clone();
         for (name, change) in &changes {
+            if self.holds_new_names(&nodes[d], &dir, name, change).await? {
+                // Another writer made names in the directory after this client saw it
+                // empty and removed it: it stays, with them.
+                tracing::info!(path = %nodes[d].path, %name, "a directory removed here holds names made elsewhere since; it is kept");
+                applied.remove(name);
+            }
+        }
+        let mut changed = false;
+        for (name, change) in &applied {
             changed |= change.apply(&mut dir, name);
         }
         if changed {
             self.write_dir(&mut nodes, d, &dir).await?;
         }
-        // Written (or found written): what was not changed again meanwhile is no longer
-        // staged, and walks that read an older version still see it.
+        // Written (or found written, or given up as above): what was not changed again
+        // meanwhile is no longer staged, and walks that read an older version still see
+        // what was written.
         if let Ok(mut staged) = self.staged.lock()
             && let Some(s) = staged.get_mut(&id)
         {
             s.changes
                 .retain(|name, change| changes.get(name) != Some(change));
             s.written
-                .push_back((seq_of(&nodes[d]), std::time::Instant::now(), changes));
+                .push_back((seq_of(&nodes[d]), std::time::Instant::now(), applied));
             s.prune();
             s.nodes = nodes;
         }
         Ok(())
+    }
+
+    /// Whether `change` removes a directory named `name` in `dir` (directory `parent`'s)
+    /// that is not empty as it is now, with this client's staged changes to it: another
+    /// writer made names there after this client found it empty.
+    async fn holds_new_names(
+        &self,
+        parent: &Node,
+        dir: &Directory,
+        name: &str,
+        change: &Change,
+    ) -> Result<bool, Error> {
+        let Change::Remove(inodes) = change else {
+            return Ok(false);
+        };
+        let Some(entry) = dir.entries.get(name) else {
+            return Ok(false);
+        };
+        if entry.kind != Kind::Dir || !inodes.contains(&entry.inode) {
+            return Ok(false);
+        }
+        let path = parent
+            .path
+            .join(name)
+            .map_err(|e| Error::Invalid(format!("{}/{name}: {e}", parent.path)))?;
+        self.blocks.forget(entry.inode);
+        let child = match self.child(parent, path, entry).await {
+            Ok(child) => child,
+            // Nothing to be found there, new names least of all.
+            Err(Error::Blocks {
+                source: BlockError::NotFound,
+                ..
+            }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let now = self.with_staged(&child, self.read_dir_shared(&child).await?);
+        Ok(!now.entries.is_empty())
     }
 
     /// Fetches a node's versions again (others may have written since the walk).
@@ -3268,6 +3315,12 @@ impl<B: Blocks> Client<B> {
         }
         if nodes[target].read_only {
             return self.resolve_fork(&mut nodes[target]).await;
+        }
+        if nodes[target].kind == Kind::Dir {
+            // Empty as it is now, not as a walk remembered it: a file another writer made
+            // there since would go with the directory.
+            self.blocks.forget(nodes[target].id());
+            self.refresh(&mut nodes[target]).await?;
         }
         if nodes[target].kind == Kind::Dir
             && !self

@@ -1782,6 +1782,53 @@ async fn two_writers_making_one_directory_share_it() {
     assert_eq!(get(&fresh, &t.path("more/from-a")).await.unwrap(), b"a");
 }
 
+/// A directory is removed only if it is empty as it is now: a writer whose view of it
+/// is from before another writer's new file there is refused (the file went with the
+/// directory, unseen by either).
+#[tokio::test]
+async fn a_directory_is_removed_only_if_empty_now() {
+    let t = tree();
+    let a = t.owner();
+    let (lagging, b) = t.lagging(true);
+    a.mkdir(&t.path("d")).await.unwrap();
+    let d = a.stat(&t.path("d")).await.unwrap().inode;
+    // B's view of the directory: empty.
+    let empty = t.replica.versions(&d).unwrap();
+    assert!(b.readdir(&t.path("d")).await.unwrap().is_empty());
+    put(&a, &t.path("d/new"), b"new").await;
+    lagging.frozen.lock().unwrap().insert(d, empty);
+    let refused = b.unlink(&t.path("d")).await;
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&a, &t.path("d/new")).await.unwrap(), b"new");
+}
+
+/// A removal staged for a directory is given up at the flush if the directory is not
+/// empty by then: another writer's file made there meanwhile stays, with it. A removal
+/// of a directory emptied by the same client (`rm -r`) goes through.
+#[tokio::test]
+async fn a_staged_removal_keeps_a_directory_that_gained_names() {
+    let t = tree();
+    let staging = t.staging(t.replica.clone());
+    let other = t.owner();
+    staging.mkdir_all(&t.path("d")).await.unwrap();
+    put(&staging, &t.path("gone/f"), b"f").await;
+    staging.sync().await.unwrap();
+    staging.unlink(&t.path("d")).await.unwrap();
+    staging.unlink(&t.path("gone/f")).await.unwrap();
+    staging.unlink(&t.path("gone")).await.unwrap();
+    put(&other, &t.path("d/new"), b"new").await;
+    staging.sync().await.unwrap();
+    assert_eq!(get(&other, &t.path("d/new")).await.unwrap(), b"new");
+    assert_eq!(get(&staging, &t.path("d/new")).await.unwrap(), b"new");
+    assert!(matches!(
+        other.stat(&t.path("gone")).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
 /// A reader whose view of a directory is from before another writer re-keyed a file in
 /// it (after a revocation) reads the file's new version: the old key in its directory
 /// does not open it, and the walk is asked afresh once (it failed with "contents do
