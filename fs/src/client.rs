@@ -653,8 +653,11 @@ impl Change {
                     .entries
                     .get(name)
                     .is_some_and(|e| inodes.contains(&e.inode));
-                if named {
-                    dir.entries.remove(name);
+                if named
+                    && let Some(gone) = dir.entries.remove(name)
+                    && gone.kind == Kind::Dir
+                {
+                    dir.note_removed(gone.inode);
                 }
                 named
             }
@@ -727,6 +730,17 @@ fn now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// `path` (at or below `from`) with `from` replaced by `to`.
+fn rebased(path: &Path, from: &Path, to: &Path) -> Result<Path, Error> {
+    let mut out = to.clone();
+    for segment in path.segments().iter().skip(from.segments().len()) {
+        out = out
+            .join(segment)
+            .map_err(|e| Error::Invalid(format!("{to}/…/{segment}: {e}")))?;
+    }
+    Ok(out)
 }
 
 /// The highest sequence number of a node's versions (0 before the first).
@@ -1898,6 +1912,9 @@ impl<B: Blocks> Client<B> {
         // through a fresh walk would, so that nothing is sealed under a key a revoked
         // reader holds (and a directory another node re-keyed meanwhile still opens).
         self.refresh_above(&mut nodes, true).await?;
+        if changes.values().any(|c| matches!(c, Change::Put { .. })) {
+            self.relink_removed(&mut nodes).await?;
+        }
         let d = nodes.len() - 1;
         self.refresh(&mut nodes[d]).await?;
         // Not when the directory moved to its anchor (shared since): those are the old
@@ -1946,6 +1963,63 @@ impl<B: Blocks> Client<B> {
                 .push_back((seq_of(&nodes[d]), std::time::Instant::now(), applied));
             s.prune();
             s.nodes = nodes;
+        }
+        Ok(())
+    }
+
+    /// Links back the directories of `nodes` (the walk to a directory this client made
+    /// new names in) that another writer removed since, finding them empty: from the top,
+    /// a directory its parent no longer names but lists as removed
+    /// ([`Directory::removed`]) is named there again, under its old name or, where that
+    /// is taken now, a conflict name (the paths in `nodes` follow). A directory moved
+    /// elsewhere meanwhile is left where it is: the new names go there with it.
+    async fn relink_removed(&self, nodes: &mut [Node]) -> Result<(), Error> {
+        let d = nodes.len() - 1;
+        if d == 0 {
+            return Ok(());
+        }
+        // Where the walk to the path, with the parent read afresh, leads to the directory,
+        // nothing was removed.
+        self.blocks.forget(nodes[d - 1].id());
+        if let Ok(walk) = self.walk(&nodes[d].path).await
+            && walk.last().map(Node::id) == Some(nodes[d].id())
+        {
+            return Ok(());
+        }
+        for i in 1..=d {
+            self.blocks.forget(nodes[i - 1].id());
+            self.refresh(&mut nodes[i - 1]).await?;
+            let mut dir = self.read_dir(&nodes[i - 1]).await?;
+            let id = nodes[i].id();
+            let name = nodes[i].name();
+            let view = self.with_staged(&nodes[i - 1], Arc::new(dir.clone()));
+            if view.entries.get(&name).is_some_and(|e| e.inode == id) {
+                continue;
+            }
+            if view.entries.values().any(|e| e.inode == id) || !dir.removed.contains(&id) {
+                // Renamed, or moved elsewhere (or removed long ago): not ours to relink.
+                return Ok(());
+            }
+            dir.removed.retain(|r| *r != id);
+            let entry = nodes[i].entry();
+            let linked = link_name(&dir, &name, &entry, &[]);
+            tracing::warn!(
+                path = %nodes[i].path,
+                linked = %linked,
+                "a directory another node removed holds names made here since; it is linked back"
+            );
+            dir.entries.insert(linked.clone(), entry);
+            self.write_dir(&mut nodes[..i], i - 1, &dir).await?;
+            if linked != name {
+                let old = nodes[i].path.clone();
+                let new = nodes[i - 1]
+                    .path
+                    .join(&linked)
+                    .map_err(|e| Error::Invalid(format!("{linked}: {e}")))?;
+                for node in &mut nodes[i..] {
+                    node.path = rebased(&node.path, &old, &new)?;
+                }
+            }
         }
         Ok(())
     }
@@ -2917,6 +2991,8 @@ impl<B: Blocks> Client<B> {
             // staged, the flush that links the file takes its walk afresh.
             let mut above = handle.nodes[..i].to_vec();
             self.refresh_above(&mut above, true).await?;
+            // Removed by another writer that found it empty: back, with this file.
+            self.relink_removed(&mut above).await?;
             let governing = above[above.len() - 1].governing.clone();
             let mut file = handle.nodes[i].clone();
             file.governing = governing.clone();
@@ -3348,10 +3424,14 @@ impl<B: Blocks> Client<B> {
         let parent = nodes.len() - 1;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
-        if dir.entries.remove(name).is_none() {
-            return Err(Error::NotFound {
-                path: path.to_string(),
-            });
+        match dir.entries.remove(name) {
+            None => {
+                return Err(Error::NotFound {
+                    path: path.to_string(),
+                });
+            }
+            Some(gone) if gone.kind == Kind::Dir => dir.note_removed(gone.inode),
+            Some(_) => {}
         }
         self.write_dir(nodes, parent, &dir).await
     }
@@ -3473,11 +3553,16 @@ impl<B: Blocks> Client<B> {
                             reason: "a shared directory is not replaced".into(),
                         });
                     }
+                    // Empty as it is now (see `remove`).
+                    self.blocks.forget(existing.inode);
                     if !self.readdir(to).await?.is_empty() {
                         return Err(Error::NotEmpty {
                             path: to.to_string(),
                         });
                     }
+                    // Replaced: removed, as far as a writer of new names there goes.
+                    let replaced = existing.inode;
+                    dir.note_removed(replaced);
                 }
                 (false, false) => {}
             }

@@ -26,10 +26,13 @@ pub const MAX_DECODED_BYTES: usize = 2 * MAX_DIRECTORY_BYTES;
 /// About what a directory's encoding takes: its names and a bound on each entry's rest
 /// (an inode id, a key, a previous key, a kind, and CBOR's heads).
 pub fn estimated_size(dir: &Directory) -> usize {
-    dir.entries
+    let entries: usize = dir
+        .entries
         .keys()
         .map(|name| name.len() + ENTRY_BYTES)
-        .sum()
+        .sum();
+    // A removed directory's id: 32 bytes and a head.
+    entries + dir.removed.len() * 34
 }
 
 /// A bound on what an entry's encoding takes besides its name: CBOR's map of field
@@ -75,6 +78,26 @@ impl Entry {
 pub struct Directory {
     /// Entries by name.
     pub entries: BTreeMap<String, Entry>,
+    /// Directories removed from this one lately, oldest first, at most [`MAX_REMOVED`]:
+    /// a writer that made names in one of them, unseen by the node that removed it (it
+    /// looked empty there), links it back instead of losing them. Directories written by
+    /// builds before it have none, and those builds drop it when they write one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<InodeId>,
+}
+
+/// Most removed directories a directory remembers (see [`Directory::removed`]).
+pub const MAX_REMOVED: usize = 256;
+
+impl Directory {
+    /// Notes that the directory `inode` was removed from this one (see
+    /// [`Directory::removed`]).
+    pub fn note_removed(&mut self, inode: InodeId) {
+        self.removed.retain(|i| *i != inode);
+        self.removed.push(inode);
+        let over = self.removed.len().saturating_sub(MAX_REMOVED);
+        self.removed.drain(..over);
+    }
 }
 
 impl Message for Directory {
@@ -83,6 +106,12 @@ impl Message for Directory {
     const MAX_BYTES: usize = MAX_DECODED_BYTES;
 
     fn validate(&self) -> Result<(), String> {
+        if self.removed.len() > MAX_REMOVED {
+            return Err(format!(
+                "{} removed directories (at most {MAX_REMOVED})",
+                self.removed.len()
+            ));
+        }
         if self.entries.len() > MAX_DECODED_ENTRIES {
             return Err(format!(
                 "{} entries (at most {MAX_DECODED_ENTRIES})",
@@ -153,6 +182,13 @@ pub fn merge(base: &Directory, ours: &Directory, theirs: &Directory) -> Director
             merged.entries.insert(name.clone(), entry.clone());
         }
     }
+    for removed in ours.removed.iter().chain(&theirs.removed) {
+        if !merged.removed.contains(removed) {
+            merged.removed.push(*removed);
+        }
+    }
+    let over = merged.removed.len().saturating_sub(MAX_REMOVED);
+    merged.removed.drain(..over);
     merged
 }
 
@@ -236,7 +272,51 @@ mod tests {
                 .iter()
                 .map(|(n, i)| (n.to_string(), entry(*i)))
                 .collect(),
+            ..Directory::default()
         }
+    }
+
+    #[test]
+    fn remembers_the_directories_removed_from_it() {
+        let mut d = dir(&[("a", 1)]);
+        // Written by a build before the list: read with none.
+        assert!(
+            Directory::decode(&d.encode().unwrap())
+                .unwrap()
+                .removed
+                .is_empty()
+        );
+        for i in 0..=MAX_REMOVED as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            d.note_removed(InodeId(id));
+        }
+        d.note_removed(InodeId([7; 32]));
+        d.note_removed(InodeId([7; 32]));
+        assert_eq!(d.removed.len(), MAX_REMOVED);
+        assert_eq!(d.removed.last(), Some(&InodeId([7; 32])));
+        assert_eq!(
+            d.removed.iter().filter(|i| **i == InodeId([7; 32])).count(),
+            1
+        );
+        assert_eq!(Directory::decode(&d.encode().unwrap()).unwrap(), d);
+        assert!(estimated_size(&d) >= d.encode().unwrap().len());
+        // More than a client keeps is refused when decoding.
+        let mut over = d.clone();
+        over.removed.push(InodeId([8; 32]));
+        assert!(Directory::decode(&wire::encode(&over).unwrap()).is_err());
+        // A merge keeps what either side removed, the newest at most.
+        let base = dir(&[("a", 1)]);
+        let mut ours = base.clone();
+        ours.note_removed(InodeId([1; 32]));
+        let mut theirs = base.clone();
+        theirs.note_removed(InodeId([2; 32]));
+        theirs.note_removed(InodeId([1; 32]));
+        assert_eq!(
+            merge(&base, &ours, &theirs).removed,
+            [InodeId([1; 32]), InodeId([2; 32])]
+        );
+        assert_eq!(merge(&base, &d, &theirs).removed.len(), MAX_REMOVED);
     }
 
     #[test]

@@ -1796,8 +1796,17 @@ async fn a_directory_is_removed_only_if_empty_now() {
     let empty = t.replica.versions(&d).unwrap();
     assert!(b.readdir(&t.path("d")).await.unwrap().is_empty());
     put(&a, &t.path("d/new"), b"new").await;
-    lagging.frozen.lock().unwrap().insert(d, empty);
+    lagging.frozen.lock().unwrap().insert(d, empty.clone());
     let refused = b.unlink(&t.path("d")).await;
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&a, &t.path("d/new")).await.unwrap(), b"new");
+    // Nor is it replaced by a move over it.
+    a.mkdir(&t.path("other")).await.unwrap();
+    lagging.frozen.lock().unwrap().insert(d, empty);
+    let refused = b.rename(&t.path("other"), &t.path("d")).await;
     assert!(
         matches!(refused, Err(Error::NotEmpty { .. })),
         "{refused:?}"
@@ -1827,6 +1836,55 @@ async fn a_staged_removal_keeps_a_directory_that_gained_names() {
         other.stat(&t.path("gone")).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// A directory another writer removed while this client had new names staged in it (it
+/// looked empty there) is linked back with them at the flush, and so are the directories
+/// above it that went with it (`rm -r`); what the remover saw and removed stays removed.
+/// Where the name was taken meanwhile, the directory comes back under a conflict name.
+#[tokio::test]
+async fn new_names_in_a_directory_removed_elsewhere_bring_it_back() {
+    let t = tree();
+    let staging = t.staging(t.replica.clone());
+    let other = t.owner();
+    staging.mkdir_all(&t.path("top/d")).await.unwrap();
+    put(&staging, &t.path("top/old"), b"old").await;
+    staging.sync().await.unwrap();
+    put(&staging, &t.path("top/d/new"), b"new").await;
+    for gone in ["top/old", "top/d", "top"] {
+        other.unlink(&t.path(gone)).await.unwrap();
+    }
+    staging.sync().await.unwrap();
+    assert_eq!(get(&other, &t.path("top/d/new")).await.unwrap(), b"new");
+    assert!(matches!(
+        other.stat(&t.path("top/old")).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(names(&other, &t.path("top")).await, ["d"]);
+    // Removed again, and its name taken by a new directory: back beside it.
+    put(&staging, &t.path("top/d/newer"), b"newer").await;
+    other.unlink(&t.path("top/d/new")).await.unwrap();
+    other.unlink(&t.path("top/d")).await.unwrap();
+    other.mkdir(&t.path("top/d")).await.unwrap();
+    staging.sync().await.unwrap();
+    let listed = names(&other, &t.path("top")).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0], "d");
+    assert!(listed[1].starts_with("d.conflict-"), "{listed:?}");
+    let back = t.path(&format!("top/{}", listed[1]));
+    assert_eq!(names(&other, &back).await, ["newer"]);
+    assert!(names(&other, &t.path("top/d")).await.is_empty());
+    // Later names staged there go to where it is now.
+    put(&staging, &back.join("later").unwrap(), b"later").await;
+    staging.sync().await.unwrap();
+    assert_eq!(names(&other, &back).await, ["later", "newer"]);
+    // A client that links new files at once does the same.
+    let direct = t.owner();
+    let mut handle = direct.create(&t.path("top/d/made")).await.unwrap();
+    other.unlink(&t.path("top/d")).await.unwrap();
+    direct.write(&mut handle, 0, b"made").await.unwrap();
+    direct.fsync(&mut handle).await.unwrap();
+    assert_eq!(get(&other, &t.path("top/d/made")).await.unwrap(), b"made");
 }
 
 /// A reader whose view of a directory is from before another writer re-keyed a file in
