@@ -541,6 +541,10 @@ struct Staged {
     /// (see [`Failing::retry_at`]), and its error is reported to what its changes concern,
     /// not to every sync.
     failing: Option<Failing>,
+    /// Directories whose staged removal a flush gave up (they had gained names made
+    /// elsewhere), and when: kept for a while (see [`Staged::prune`]) for a flush on
+    /// behalf of one of them to report.
+    given_up: Vec<(Path, std::time::Instant)>,
 }
 
 /// Flushes of one directory that failed in a row.
@@ -613,10 +617,13 @@ impl Staged {
         {
             self.written.pop_front();
         }
+        self.given_up.retain(|(_, at)| at.elapsed() <= KEEP_WRITTEN);
+        let over = self.given_up.len().saturating_sub(KEEP_WRITTEN_FLUSHES);
+        self.given_up.drain(..over);
     }
 
     fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.written.is_empty()
+        self.changes.is_empty() && self.written.is_empty() && self.given_up.is_empty()
     }
 }
 
@@ -1729,6 +1736,7 @@ impl<B: Blocks> Client<B> {
                 changes: BTreeMap::new(),
                 written: std::collections::VecDeque::new(),
                 failing: None,
+                given_up: Vec::new(),
             })
             .changes
             .entry(name)
@@ -1787,21 +1795,27 @@ impl<B: Blocks> Client<B> {
         };
         let mut first_error = None;
         for (dir, reports) in dirs {
-            let flushed = self.flush_dir(dir).await;
-            self.note_flush(dir, flushed.as_ref().err());
-            if let Err(e) = flushed
-                && reports
-            {
-                first_error.get_or_insert(e);
+            if let Err(e) = self.flush_dir(dir).await {
+                self.note_failure(dir, &e);
+                if reports {
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        // A removal asked for that a flush (this one or another) gave up is an error of
+        // what asked for it.
+        if let Some(kept) = self.take_given_up(which) {
+            first_error.get_or_insert(Error::NotEmpty {
+                path: format!("{kept} (another node made names in it meanwhile)"),
+            });
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Notes how a flush of directory `id` went: a failure sets when it is tried again
-    /// unasked, and is logged as a warning the first time (and when the error changes),
-    /// not at every try.
-    fn note_flush(&self, id: InodeId, error: Option<&Error>) {
+    /// Notes that a flush of directory `id` failed with `error`: it is tried again unasked
+    /// later and later, and logged as a warning the first time (and when the error
+    /// changes), not at every try. (A flush that succeeds clears this itself.)
+    fn note_failure(&self, id: InodeId, error: &Error) {
         let Ok(mut staged) = self.staged.lock() else {
             return;
         };
@@ -1813,28 +1827,34 @@ impl<B: Blocks> Client<B> {
             .last()
             .map(|n| n.path.to_string())
             .unwrap_or_default();
-        match (error, s.failing.as_mut()) {
-            (None, None) => {}
-            (None, Some(failing)) => {
-                tracing::info!(%path, failures = failing.times, "staged directory changes written after failing");
-                s.failing = None;
-            }
-            (Some(e), failing) => {
-                let error = e.to_string();
-                let times = failing.as_ref().map_or(0, |f| f.times) + 1;
-                let names = s.changes.len();
-                if failing.as_ref().is_none_or(|f| f.error != error) {
-                    tracing::warn!(%path, names, %error, "cannot write staged directory changes; they stay staged and are tried again");
-                } else {
-                    tracing::debug!(%path, names, %error, times, "cannot write staged directory changes yet");
-                }
-                s.failing = Some(Failing {
-                    times,
-                    error,
-                    retry_at: std::time::Instant::now() + Failing::backoff(times),
-                });
+        let error = error.to_string();
+        let times = s.failing.as_ref().map_or(0, |f| f.times) + 1;
+        let names = s.changes.len();
+        if s.failing.as_ref().is_none_or(|f| f.error != error) {
+            tracing::warn!(%path, names, %error, "cannot write staged directory changes; they stay staged and are tried again");
+        } else {
+            tracing::debug!(%path, names, %error, times, "cannot write staged directory changes yet");
+        }
+        s.failing = Some(Failing {
+            times,
+            error,
+            retry_at: std::time::Instant::now() + Failing::backoff(times),
+        });
+    }
+
+    /// A removal given up at a flush (see [`Staged::given_up`]) of one of the paths
+    /// `which` is for, taken out of those kept.
+    fn take_given_up(&self, which: Flush<'_>) -> Option<Path> {
+        let Flush::For(paths) = which else {
+            return None;
+        };
+        let mut staged = self.staged.lock().ok()?;
+        for s in staged.values_mut() {
+            if let Some(at) = s.given_up.iter().position(|(g, _)| paths.contains(&g)) {
+                return Some(s.given_up.swap_remove(at).0);
             }
         }
+        None
     }
 
     /// New names still staged, with the error of their directory's last flush: what a
@@ -1936,12 +1956,27 @@ impl<B: Blocks> Client<B> {
         nodes[d].current = inode::winner(&nodes[d].versions).cloned();
         let mut dir = self.read_dir(&nodes[d]).await?;
         let mut applied = changes.clone();
+        let mut deferred = std::collections::BTreeSet::new();
+        let mut given_up = Vec::new();
         for (name, change) in &changes {
-            if self.holds_new_names(&nodes[d], &dir, name, change).await? {
-                // Another writer made names in the directory after this client saw it
-                // empty and removed it: it stays, with them.
-                tracing::info!(path = %nodes[d].path, %name, "a directory removed here holds names made elsewhere since; it is kept");
-                applied.remove(name);
+            match self.holds_new_names(&nodes[d], &dir, name, change).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    // Another writer made names in the directory after this client saw
+                    // it empty and removed it: it stays, with them.
+                    tracing::info!(path = %nodes[d].path, %name, "a directory removed here holds names made elsewhere since; it is kept");
+                    applied.remove(name);
+                    if let Ok(path) = nodes[d].path.join(name) {
+                        given_up.push(path);
+                    }
+                }
+                Err(e) => {
+                    // Cannot be told now: this removal waits for the next flush, the
+                    // directory's other changes do not.
+                    tracing::debug!(path = %nodes[d].path, %name, error = %e, "cannot read a directory removed here; its removal waits");
+                    applied.remove(name);
+                    deferred.insert(name.clone());
+                }
             }
         }
         let mut changed = false;
@@ -1957,12 +1992,22 @@ impl<B: Blocks> Client<B> {
         if let Ok(mut staged) = self.staged.lock()
             && let Some(s) = staged.get_mut(&id)
         {
-            s.changes
-                .retain(|name, change| changes.get(name) != Some(change));
-            s.written
-                .push_back((seq_of(&nodes[d]), std::time::Instant::now(), applied));
+            s.changes.retain(|name, change| {
+                changes.get(name) != Some(change) || deferred.contains(name)
+            });
+            let now = std::time::Instant::now();
+            s.written.push_back((seq_of(&nodes[d]), now, applied));
+            s.given_up.extend(given_up.into_iter().map(|g| (g, now)));
             s.prune();
             s.nodes = nodes;
+            if let Some(failing) = s.failing.take() {
+                let path = s
+                    .nodes
+                    .last()
+                    .map(|n| n.path.to_string())
+                    .unwrap_or_default();
+                tracing::info!(%path, failures = failing.times, "staged directory changes written after failing");
+            }
         }
         Ok(())
     }
@@ -1979,12 +2024,13 @@ impl<B: Blocks> Client<B> {
             return Ok(());
         }
         // Where the walk to the path, with the parent read afresh, leads to the directory,
-        // nothing was removed.
+        // nothing was removed; where it cannot be walked now, nothing can be told (the
+        // kept walk is used, as `refresh_above` does).
         self.blocks.forget(nodes[d - 1].id());
-        if let Ok(walk) = self.walk(&nodes[d].path).await
-            && walk.last().map(Node::id) == Some(nodes[d].id())
-        {
-            return Ok(());
+        match self.walk(&nodes[d].path).await {
+            Ok(walk) if walk.last().map(Node::id) == Some(nodes[d].id()) => return Ok(()),
+            Ok(_) | Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => {}
+            Err(_) => return Ok(()),
         }
         for i in 1..=d {
             self.blocks.forget(nodes[i - 1].id());
@@ -1996,8 +2042,19 @@ impl<B: Blocks> Client<B> {
             if view.entries.get(&name).is_some_and(|e| e.inode == id) {
                 continue;
             }
-            if view.entries.values().any(|e| e.inode == id) || !dir.removed.contains(&id) {
-                // Renamed, or moved elsewhere (or removed long ago): not ours to relink.
+            if let Some(now) = view
+                .entries
+                .iter()
+                .find(|(_, e)| e.inode == id)
+                .map(|(n, _)| n.clone())
+            {
+                // Renamed where it was: followed.
+                self.follow(nodes, i, &now)?;
+                continue;
+            }
+            if !dir.removed.contains(&id) {
+                // Moved elsewhere (or removed longer ago than the directory remembers):
+                // the new names go where the directory is.
                 return Ok(());
             }
             dir.removed.retain(|r| *r != id);
@@ -2011,13 +2068,31 @@ impl<B: Blocks> Client<B> {
             dir.entries.insert(linked.clone(), entry);
             self.write_dir(&mut nodes[..i], i - 1, &dir).await?;
             if linked != name {
-                let old = nodes[i].path.clone();
-                let new = nodes[i - 1]
-                    .path
-                    .join(&linked)
-                    .map_err(|e| Error::Invalid(format!("{linked}: {e}")))?;
-                for node in &mut nodes[i..] {
-                    node.path = rebased(&node.path, &old, &new)?;
+                self.follow(nodes, i, &linked)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that `nodes[i]` is named `name` in `nodes[i - 1]` now: the paths of it and
+    /// of those below it change, in `nodes` and in the walks kept with staged changes
+    /// (which would otherwise be flushed through the old path).
+    fn follow(&self, nodes: &mut [Node], i: usize, name: &str) -> Result<(), Error> {
+        let old = nodes[i].path.clone();
+        let id = nodes[i].id();
+        let new = nodes[i - 1]
+            .path
+            .join(name)
+            .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        for node in &mut nodes[i..] {
+            node.path = rebased(&node.path, &old, &new)?;
+        }
+        if let Ok(mut staged) = self.staged.lock() {
+            for s in staged.values_mut() {
+                if let Some(k) = s.nodes.iter().position(|n| n.id() == id && n.path == old) {
+                    for node in &mut s.nodes[k..] {
+                        node.path = rebased(&node.path, &old, &new)?;
+                    }
                 }
             }
         }
@@ -3567,6 +3642,9 @@ impl<B: Blocks> Client<B> {
                 (false, false) => {}
             }
         }
+        // Named here now: not a removed directory (see `relink_removed`) here or where
+        // it was, whatever a merge kept.
+        dir.removed.retain(|r| *r != entry.inode);
         dir.entries.insert(name, entry.clone());
         self.write_dir(&mut dest, d, &dir).await?;
         let mut source = self
@@ -3581,6 +3659,7 @@ impl<B: Blocks> Client<B> {
             .is_some_and(|e| e.inode == entry.inode)
         {
             dir.entries.remove(&old);
+            dir.removed.retain(|r| *r != entry.inode);
             self.write_dir(&mut source, p, &dir).await?;
         }
         Ok(())

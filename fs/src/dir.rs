@@ -88,6 +88,9 @@ pub struct Directory {
 
 /// Most removed directories a directory remembers (see [`Directory::removed`]).
 pub const MAX_REMOVED: usize = 256;
+/// Most removed directories a directory is read with: more than any writer keeps, so a
+/// later build that keeps more does not make every name in its directories unreadable.
+pub const MAX_DECODED_REMOVED: usize = 16 * MAX_REMOVED;
 
 impl Directory {
     /// Notes that the directory `inode` was removed from this one (see
@@ -106,9 +109,9 @@ impl Message for Directory {
     const MAX_BYTES: usize = MAX_DECODED_BYTES;
 
     fn validate(&self) -> Result<(), String> {
-        if self.removed.len() > MAX_REMOVED {
+        if self.removed.len() > MAX_DECODED_REMOVED {
             return Err(format!(
-                "{} removed directories (at most {MAX_REMOVED})",
+                "{} removed directories (at most {MAX_DECODED_REMOVED})",
                 self.removed.len()
             ));
         }
@@ -182,13 +185,23 @@ pub fn merge(base: &Directory, ours: &Directory, theirs: &Directory) -> Director
             merged.entries.insert(name.clone(), entry.clone());
         }
     }
-    for removed in ours.removed.iter().chain(&theirs.removed) {
-        if !merged.removed.contains(removed) {
-            merged.removed.push(*removed);
+    // Removed on either side, three ways as the entries: what one side took off the
+    // list (a directory linked back) stays off, and a directory named again is not
+    // listed as removed.
+    if !ours.removed.is_empty() || !theirs.removed.is_empty() {
+        let named: std::collections::HashSet<&InodeId> =
+            merged.entries.values().map(|e| &e.inode).collect();
+        let dropped = |id: &InodeId| {
+            base.removed.contains(id) && !(ours.removed.contains(id) && theirs.removed.contains(id))
+        };
+        for removed in ours.removed.iter().chain(&theirs.removed) {
+            if !merged.removed.contains(removed) && !dropped(removed) && !named.contains(removed) {
+                merged.removed.push(*removed);
+            }
         }
+        let over = merged.removed.len().saturating_sub(MAX_REMOVED);
+        merged.removed.drain(..over);
     }
-    let over = merged.removed.len().saturating_sub(MAX_REMOVED);
-    merged.removed.drain(..over);
     merged
 }
 
@@ -279,13 +292,6 @@ mod tests {
     #[test]
     fn remembers_the_directories_removed_from_it() {
         let mut d = dir(&[("a", 1)]);
-        // Written by a build before the list: read with none.
-        assert!(
-            Directory::decode(&d.encode().unwrap())
-                .unwrap()
-                .removed
-                .is_empty()
-        );
         for i in 0..=MAX_REMOVED as u32 {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&i.to_le_bytes());
@@ -301,22 +307,69 @@ mod tests {
         );
         assert_eq!(Directory::decode(&d.encode().unwrap()).unwrap(), d);
         assert!(estimated_size(&d) >= d.encode().unwrap().len());
-        // More than a client keeps is refused when decoding.
-        let mut over = d.clone();
-        over.removed.push(InodeId([8; 32]));
-        assert!(Directory::decode(&wire::encode(&over).unwrap()).is_err());
-        // A merge keeps what either side removed, the newest at most.
+        // More than any writer keeps is read (a later build may keep more), far more is
+        // refused when decoding.
+        let id = |i: u32| {
+            let mut id = [0xff; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            InodeId(id)
+        };
+        let mut more = d.clone();
+        more.removed.extend((0..MAX_REMOVED as u32).map(id));
+        assert_eq!(
+            Directory::decode(&wire::encode(&more).unwrap()).unwrap(),
+            more
+        );
+        more.removed
+            .extend((0..MAX_DECODED_REMOVED as u32).map(|i| id(i + 1_000_000)));
+        assert!(Directory::decode(&wire::encode(&more).unwrap()).is_err());
+        // A merge keeps what either side removed, the newest at most; not what one side
+        // took off the list (linked back), nor what the merge names.
         let base = dir(&[("a", 1)]);
         let mut ours = base.clone();
-        ours.note_removed(InodeId([1; 32]));
+        ours.note_removed(InodeId([11; 32]));
         let mut theirs = base.clone();
-        theirs.note_removed(InodeId([2; 32]));
-        theirs.note_removed(InodeId([1; 32]));
+        theirs.note_removed(InodeId([12; 32]));
+        theirs.note_removed(InodeId([11; 32]));
         assert_eq!(
             merge(&base, &ours, &theirs).removed,
-            [InodeId([1; 32]), InodeId([2; 32])]
+            [InodeId([11; 32]), InodeId([12; 32])]
         );
         assert_eq!(merge(&base, &d, &theirs).removed.len(), MAX_REMOVED);
+        let mut relinked = theirs.clone();
+        relinked.removed.retain(|r| *r != InodeId([12; 32]));
+        let mut removed_more = theirs.clone();
+        removed_more.note_removed(InodeId([13; 32]));
+        assert_eq!(
+            merge(&theirs, &relinked, &removed_more).removed,
+            [InodeId([11; 32]), InodeId([13; 32])]
+        );
+        let mut named = theirs.clone();
+        named.entries.insert(
+            "back".into(),
+            Entry {
+                inode: InodeId([11; 32]),
+                ..entry(1)
+            },
+        );
+        assert_eq!(merge(&theirs, &named, &theirs).removed, [InodeId([12; 32])]);
+        // A directory of a build before the list reads with none.
+        #[derive(Serialize, Deserialize)]
+        struct Old {
+            entries: BTreeMap<String, Entry>,
+        }
+        impl Message for Old {
+            const NAME: &'static str = "directory";
+            const VERSION: u16 = 1;
+            const MAX_BYTES: usize = MAX_DECODED_BYTES;
+        }
+        let old = Old {
+            entries: dir(&[("a", 1)]).entries,
+        };
+        assert_eq!(
+            Directory::decode(&wire::encode(&old).unwrap()).unwrap(),
+            dir(&[("a", 1)])
+        );
     }
 
     #[test]

@@ -1151,16 +1151,29 @@ async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
     staging.put(&stuck, &b"stuck"[..], |_| {}).await.unwrap();
     staging.put(&kept, &b"kept"[..], |_| {}).await.unwrap();
     // A sync of everything reports the directory that cannot be written...
+    let failed_at = std::time::Instant::now();
     assert!(staging.sync().await.is_err());
     let tried = blocks.attempts.load(SeqCst);
     assert!(tried > 0);
     // ...but one for a path elsewhere writes that path's directory and succeeds, and
-    // does not try the failing one again before it is due.
-    staging.sync_for(&[&kept]).await.unwrap();
-    assert_eq!(get(&other, &kept).await.unwrap(), b"kept");
-    assert_eq!(blocks.attempts.load(SeqCst), tried, "tried again at once");
+    // does not try the failing one again before it is due (1 s after its failure).
+    let second = t.path("good/second");
+    staging.put(&second, &b"second"[..], |_| {}).await.unwrap();
+    staging.sync_for(&[&second]).await.unwrap();
+    assert_eq!(get(&other, &second).await.unwrap(), b"second");
     staging.flush_due().await;
-    assert_eq!(blocks.attempts.load(SeqCst), tried, "tried again at once");
+    if failed_at.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(blocks.attempts.load(SeqCst), tried, "tried again at once");
+    }
+    // Once due, it is tried again by a flush for another path, which still succeeds.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let third = t.path("good/third");
+    staging.put(&third, &b"third"[..], |_| {}).await.unwrap();
+    staging.sync_for(&[&third]).await.unwrap();
+    assert_eq!(get(&other, &third).await.unwrap(), b"third");
+    let tried_again = blocks.attempts.load(SeqCst);
+    assert!(tried_again > tried, "not tried again once due");
+    let tried = tried_again;
     // Moves and shares elsewhere go on.
     let moved = t.path("good/moved");
     staging.rename(&kept, &moved).await.unwrap();
@@ -1885,6 +1898,70 @@ async fn new_names_in_a_directory_removed_elsewhere_bring_it_back() {
     direct.write(&mut handle, 0, b"made").await.unwrap();
     direct.fsync(&mut handle).await.unwrap();
     assert_eq!(get(&other, &t.path("top/d/made")).await.unwrap(), b"made");
+}
+
+/// New names in nested directories staged by one client, while another removes the
+/// whole tree and makes a new directory under its top name: every level comes back
+/// (the top under a conflict name), whatever order the directories flush in, and later
+/// names follow. A directory moved elsewhere is not linked back: the names go where it is.
+#[tokio::test]
+async fn nested_new_names_bring_back_a_tree_and_follow_a_move() {
+    let t = tree();
+    let staging = t.staging(t.replica.clone());
+    let other = t.owner();
+    staging.mkdir_all(&t.path("top/d/e")).await.unwrap();
+    staging.sync().await.unwrap();
+    put(&staging, &t.path("top/d/x"), b"x").await;
+    put(&staging, &t.path("top/d/e/y"), b"y").await;
+    for gone in ["top/d/e", "top/d", "top"] {
+        other.unlink(&t.path(gone)).await.unwrap();
+    }
+    other.mkdir(&t.path("top")).await.unwrap();
+    staging.sync().await.unwrap();
+    let tops = names(&other, &t.tree).await;
+    assert_eq!(tops.len(), 2, "{tops:?}");
+    let back = t.path(&tops[1]);
+    assert!(tops[1].starts_with("top.conflict-"), "{tops:?}");
+    let x = back.join("d").unwrap().join("x").unwrap();
+    let y = back
+        .join("d")
+        .unwrap()
+        .join("e")
+        .unwrap()
+        .join("y")
+        .unwrap();
+    assert_eq!(get(&other, &x).await.unwrap(), b"x");
+    assert_eq!(get(&other, &y).await.unwrap(), b"y");
+    assert!(names(&other, &t.path("top")).await.is_empty());
+    // Moved elsewhere: the new name follows it, and nothing is linked back.
+    other.mkdir(&t.path("elsewhere")).await.unwrap();
+    let e = back.join("d").unwrap().join("e").unwrap();
+    put(&staging, &e.join("z").unwrap(), b"z").await;
+    other.rename(&e, &t.path("elsewhere/e")).await.unwrap();
+    staging.sync().await.unwrap();
+    assert_eq!(names(&other, &t.path("elsewhere/e")).await, ["y", "z"]);
+    assert_eq!(names(&other, &back.join("d").unwrap()).await, ["x"]);
+}
+
+/// A removal asked for on behalf of a path (a command) that the flush gives up (the
+/// directory gained names elsewhere) is that path's error, not a success.
+#[tokio::test]
+async fn a_removal_given_up_is_reported_to_what_asked_for_it() {
+    let t = tree();
+    let staging = t.staging(t.replica.clone());
+    let other = t.owner();
+    let d = t.path("d");
+    staging.mkdir_all(&d).await.unwrap();
+    staging.sync().await.unwrap();
+    staging.unlink(&d).await.unwrap();
+    put(&other, &t.path("d/new"), b"new").await;
+    let refused = staging.sync_for(&[&d]).await;
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&staging, &t.path("d/new")).await.unwrap(), b"new");
+    staging.sync_for(&[&d]).await.unwrap();
 }
 
 /// A reader whose view of a directory is from before another writer re-keyed a file in

@@ -391,7 +391,29 @@ impl Files {
                 let path = parse(&path)?;
                 self.mount(&path, PathBuf::from(mountpoint)).await?
             }
-            FsRequest::Umount { mountpoint } => self.umount(&PathBuf::from(mountpoint)).await?,
+            FsRequest::Umount { mountpoint } => {
+                let mut value = self.umount(&PathBuf::from(mountpoint)).await?;
+                // New names the mount made that cannot be written yet are said here:
+                // nothing else will once it is gone (they are tried again meanwhile).
+                if let Some(root) = value
+                    .get("path")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|p| parse(p).ok())
+                {
+                    let _ = self.client.flush_staged_for(&[&root]).await;
+                    let unwritten: Vec<serde_json::Value> = self
+                        .client
+                        .unlinked()
+                        .into_iter()
+                        .filter(|(path, _)| path.starts_with(&root))
+                        .map(|(path, error)| serde_json::json!({ "path": path.to_string(), "error": error }))
+                        .collect();
+                    if !unwritten.is_empty() {
+                        value["unwritten"] = serde_json::Value::Array(unwritten);
+                    }
+                }
+                value
+            }
             FsRequest::Mounts => {
                 let mounts = self
                     .mounts

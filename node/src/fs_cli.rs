@@ -278,5 +278,12 @@ pub(crate) fn umount(data_dir: &FsPath, mountpoint: &FsPath, json: bool) -> anyh
         return crate::print_json(&result);
     }
     println!("unmounted {}", mountpoint.display());
+    for unwritten in result["unwritten"].as_array().into_iter().flatten() {
+        eprintln!(
+            "not written yet (tried again while the node runs): {}: {}",
+            unwritten["path"].as_str().unwrap_or(""),
+            unwritten["error"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
 }
