@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::path::Path;
 use crate::principal::Principal;
-use crate::revocation::Revocations;
+use crate::revocation::{Revocations, SharedRevocations};
 use crate::writecap::{Chain, Timestamp, WritecapError};
 
 /// Most chains remembered per holder; older ones are dropped first.
@@ -161,6 +161,27 @@ impl VerifiedChains {
         grants.push(grant);
     }
 
+    /// Remembers chains [`VerifiedChains::verify`] checked against `revocations` as they
+    /// were at generation `checked_at` or later (the generation read before the lists
+    /// were). Where lists were taken since, every remembered grant is checked against them
+    /// again: a chain one of them revokes is not kept, though the new list's own check of
+    /// this cache ([`VerifiedChains::revalidate`]) ran before it was remembered (it stayed
+    /// until it expired).
+    pub fn remember_checked(
+        &mut self,
+        checked: impl IntoIterator<Item = CheckedChain>,
+        checked_at: u64,
+        revocations: &SharedRevocations,
+        now: Timestamp,
+    ) {
+        for chain in checked {
+            self.remember(chain, now);
+        }
+        if revocations.generation() != checked_at {
+            self.revalidate(now, &revocations.read());
+        }
+    }
+
     /// Drops holders until `enough`: those whose grants all expired first, then any.
     fn drop_holders(&mut self, now: Timestamp, enough: impl Fn(&Self) -> bool) {
         let expired: Vec<Principal> = self
@@ -282,6 +303,45 @@ mod tests {
         assert_eq!(cache.authorized_until(&holder, &apps, 150), Some(200));
         cache.forget(&holder);
         assert!(!cache.authorizes(&holder, &apps, 150));
+    }
+
+    /// A chain verified against the lists of one generation while a list revoking it
+    /// was taken (and the cache checked against it) is not kept once remembered.
+    #[test]
+    fn a_chain_revoked_while_it_was_checked_is_not_kept() {
+        let root = SigningKey::generate();
+        let node = SigningKey::generate();
+        let tree = Path::root_of(root.principal());
+        let chain = Chain::root_grant(
+            &root,
+            node.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        let other = SigningKey::generate();
+        let kept = Chain::root_grant(
+            &root,
+            other.principal(),
+            tree.clone(),
+            Validity::for_seconds(3600),
+        );
+        let holder = node.principal();
+        let shared = SharedRevocations::default();
+        let now = crate::now();
+        let checked_at = shared.generation();
+        let checked = [
+            VerifiedChains::verify(&holder, &chain, now, &shared.read()).unwrap(),
+            VerifiedChains::verify(&other.principal(), &kept, now, &shared.read()).unwrap(),
+        ];
+        // Meanwhile: a list revoking the first holder, and the cache's check against it.
+        let list = crate::RevocationList::issue(&root, 1, now, Vec::new(), vec![holder]).unwrap();
+        shared.insert(&list).unwrap();
+        let mut cache = VerifiedChains::default();
+        cache.revalidate(now, &shared.read());
+        cache.remember_checked(checked, checked_at, &shared, now);
+        assert!(!cache.holds(&holder, &chain, now));
+        assert!(!cache.authorizes(&holder, &tree, now));
+        assert!(cache.holds(&other.principal(), &kept, now));
     }
 
     /// A chain presented again is kept once: a duplicate pushed out the holder's other

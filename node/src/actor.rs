@@ -612,6 +612,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Remembers `checked`, chains verified against revocation lists of generation
+    /// `checked_at` or later (read before the lists were), and returns the table, still
+    /// locked. Where lists arrived since, the table is checked against them again under
+    /// the same lock: a chain verified outside it against older lists while a newer one
+    /// revoked it would otherwise stay until it expired (the new list's own check of the
+    /// table may have run before it was remembered).
+    fn remember_checked(
+        &self,
+        checked: impl IntoIterator<Item = keys::CheckedChain>,
+        checked_at: u64,
+        now: keys::Timestamp,
+    ) -> std::sync::RwLockWriteGuard<'_, VerifiedChains> {
+        let mut verified = write(&self.verified);
+        verified.remember_checked(checked, checked_at, &self.config.revocations, now);
+        verified
+    }
+
     /// Checks the verified chains again when revocation lists were added since they
     /// last were (here, or by another part of the node sharing them); returns the
     /// generation of lists they reflect now.

@@ -361,6 +361,7 @@ impl Reader {
         // Checked before the shared cache is locked: the signatures of a hello's chains
         // (up to 8 links each) are not verified while every other stream waits.
         let mut forged = false;
+        let checked_at = inner.config.revocations.generation();
         let checked: Vec<keys::CheckedChain> = {
             let revocations = inner.config.revocations.read();
             fresh
@@ -387,10 +388,7 @@ impl Reader {
             // sending costs it nothing.
             inner.penalise(self.peer);
         }
-        let mut verified = write(&inner.verified);
-        for chain in checked {
-            verified.remember(chain, now);
-        }
+        drop(inner.remember_checked(checked, checked_at, now));
         Ok(())
     }
 

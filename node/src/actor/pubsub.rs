@@ -14,7 +14,7 @@ use protocols::wire;
 use tokio::sync::mpsc;
 
 use super::sessions::{Served, Sessions};
-use super::{Inner, SendError, other_role, read, write};
+use super::{Inner, SendError, other_role, read};
 
 /// Publications one subscription holds before new ones are dropped (best effort).
 const SUBSCRIPTION_QUEUE: usize = 1024;
@@ -332,6 +332,7 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
     let now = keys::now();
     let authorized = read(&inner.verified).authorizes(&principal, &publication.from, now) || {
         // Verified before the shared cache is locked.
+        let checked_at = inner.config.revocations.generation();
         let checked = keys::VerifiedChains::verify(
             &principal,
             &publication.chain,
@@ -339,9 +340,9 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
             &inner.config.revocations.read(),
         );
         checked.is_ok_and(|checked| {
-            let mut verified = write(&inner.verified);
-            verified.remember(checked, now);
-            verified.authorizes(&principal, &publication.from, now)
+            inner
+                .remember_checked([checked], checked_at, now)
+                .authorizes(&principal, &publication.from, now)
         })
     };
     if !authorized {
