@@ -988,22 +988,37 @@ impl Network {
 
     async fn exchange(&self, peer: PeerId, request: Request) -> Result<Response, Failure> {
         if peer == self.me {
-            // Small reads of this node's own store are answered in place: a hop to the
-            // blocking pool and back costs more than the read (a stat makes several).
-            let answered = match request {
-                Request::GetVersions { .. } | Request::Have { .. } => {
-                    answer_blocking(&self.own, request)
-                }
-                request => answer(&self.own, &self.identity, request).await,
-            };
-            return match answered {
-                Response::Refused(r) => Err(Failure::Refused(r)),
-                other => Ok(other),
-            };
+            return self.answer_here(request).await;
         }
         let frame = block::encode_request(&request)
             .map_err(|e| Failure::Refused(Refusal::invalid(e.to_string())))?;
-        let size = Size::of(&request);
+        self.exchange_frame(peer, &frame, Size::of(&request)).await
+    }
+
+    /// [`Network::exchange`] of a request this node answers itself.
+    async fn answer_here(&self, request: Request) -> Result<Response, Failure> {
+        // Small reads of this node's own store are answered in place: a hop to the
+        // blocking pool and back costs more than the read (a stat makes several).
+        let answered = match request {
+            Request::GetVersions { .. } | Request::Have { .. } => {
+                answer_blocking(&self.own, request)
+            }
+            request => answer(&self.own, &self.identity, request).await,
+        };
+        match answered {
+            Response::Refused(r) => Err(Failure::Refused(r)),
+            other => Ok(other),
+        }
+    }
+
+    /// [`Network::exchange`] of a request encoded already (`frame`, a request of `size`),
+    /// with a peer other than this node.
+    async fn exchange_frame(
+        &self,
+        peer: PeerId,
+        frame: &[u8],
+        size: Size,
+    ) -> Result<Response, Failure> {
         let asked = Instant::now();
         // The wait for a turn is bounded too (so a request may take up to twice the
         // request timeout): behind requests that a silent peer holds, it would otherwise
@@ -1021,7 +1036,7 @@ impl Network {
         let mut attempt = 0u32;
         let result = loop {
             attempt += 1;
-            match tokio::time::timeout(self.config.request_timeout, self.once(peer, &frame)).await {
+            match tokio::time::timeout(self.config.request_timeout, self.once(peer, frame)).await {
                 Ok(Ok(Response::Refused(r))) => break Err(Failure::Refused(r)),
                 Ok(Ok(response)) => {
                     self.round_trips.record(size, asked.elapsed());
@@ -1093,6 +1108,21 @@ impl Network {
         request: Request,
         stored_here: bool,
     ) -> Result<usize, BlockError> {
+        let frame = block::encode_request(&request)
+            .map_err(|e| BlockError::Refused(Refusal::invalid(e.to_string()).to_string()))?;
+        self.put_frame(key, &frame, Size::of(&request), stored_here)
+            .await
+    }
+
+    /// [`Network::put_item`] of a request encoded already (`frame`, of `size`): every
+    /// replica is sent the same bytes.
+    async fn put_frame(
+        &self,
+        key: &[u8; 32],
+        frame: &[u8],
+        size: Size,
+        stored_here: bool,
+    ) -> Result<usize, BlockError> {
         let (known, mut candidates) = self.placement(key, Why::Put).await?;
         if stored_here {
             candidates.retain(|p| *p != self.me);
@@ -1106,7 +1136,6 @@ impl Network {
         // silent replica does not hold a write for a whole request timeout (repair adds
         // the copy it did not take).
         let mut until: Option<tokio::time::Instant> = None;
-        let size = Size::of(&request);
         'waves: while acks < r && next < candidates.len() {
             // A wave that would be dropped before it could be answered is not sent.
             if let Some(at) = until
@@ -1120,9 +1149,18 @@ impl Network {
             next += wave.len();
             let mut pending: futures::stream::FuturesUnordered<_> = wave
                 .iter()
-                .map(|peer| {
-                    let request = request.clone();
-                    async move { (*peer, self.exchange(*peer, request).await) }
+                .map(|peer| async move {
+                    let answered = if *peer == self.me {
+                        // This node, farther out than where the item belongs: answered
+                        // here, from the frame (rare: not worth a request kept beside it).
+                        match block::decode_request(frame.get(4..).unwrap_or_default()) {
+                            Ok(request) => self.answer_here(request).await,
+                            Err(e) => Err(Failure::Refused(Refusal::invalid(e.to_string()))),
+                        }
+                    } else {
+                        self.exchange_frame(*peer, frame, size).await
+                    };
+                    (*peer, answered)
                 })
                 .collect();
             loop {
@@ -1214,31 +1252,31 @@ impl Blocks for Network {
                 remote.push(chunk);
             }
         }
-        if !local.is_empty() {
-            // With R = 1 the copy here is the only one: nothing is left to send.
-            let stored = if self.config.replicas > 1 {
-                local.clone()
-            } else {
-                std::mem::take(&mut local)
-            };
-            Blocks::put_chunks(&self.own, owner, stored).await?;
+        // A chunk sent is encoded once, for every replica it goes to (it was copied for
+        // each); this node's own copy goes to its store from the chunk itself.
+        let encode = |chunk: &Sealed| {
+            let key = *chunk.id().as_bytes();
+            block::encode_put_chunk(&key, &owner.0, chunk.bytes())
+                .map(|frame| (key, frame))
+                .map_err(|e| BlockError::Refused(Refusal::invalid(e.to_string()).to_string()))
+        };
+        let mut sends = Vec::with_capacity(local.len() + remote.len());
+        if self.config.replicas > 1 {
+            for chunk in &local {
+                let (key, frame) = encode(chunk)?;
+                sends.push((key, frame, true));
+            }
         }
-        let puts = local
-            .into_iter()
-            .map(|c| (c, true))
-            .chain(remote.into_iter().map(|c| (c, false)));
-        let results: Vec<Result<usize, BlockError>> = futures::stream::iter(puts)
-            .map(|(chunk, stored_here)| {
-                async move {
-                    let key = *chunk.id().as_bytes();
-                    let request = Request::PutChunk {
-                        id: key,
-                        owner: owner.0,
-                        data: chunk.into_bytes(),
-                    };
-                    self.put_item(&key, request, stored_here).await
-                }
-                .boxed()
+        for chunk in remote {
+            let (key, frame) = encode(&chunk)?;
+            sends.push((key, frame, false));
+        }
+        if !local.is_empty() {
+            Blocks::put_chunks(&self.own, owner, local).await?;
+        }
+        let results: Vec<Result<usize, BlockError>> = futures::stream::iter(sends)
+            .map(|(key, frame, stored_here)| {
+                async move { self.put_frame(&key, &frame, Size::Chunk, stored_here).await }.boxed()
             })
             .buffer_unordered(8)
             .collect()

@@ -410,32 +410,62 @@ pub fn encode_response(response: &Response) -> Result<Vec<u8>, EncodeError> {
     encode_frame(response)
 }
 
+/// [`encode_request`] of a [`Request::PutChunk`] with borrowed bytes: the same frame,
+/// without copying the chunk into a request first (a chunk sent to several replicas is
+/// encoded once, and the chunk stays where it is for this node's own store).
+pub fn encode_put_chunk(
+    id: &[u8; 32],
+    owner: &[u8; 32],
+    data: &[u8],
+) -> Result<Vec<u8>, EncodeError> {
+    /// [`Request`]'s encoding of its one variant, borrowed.
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    enum RequestRef<'a> {
+        PutChunk {
+            #[serde(with = "serde_bytes")]
+            id: &'a [u8; 32],
+            #[serde(with = "serde_bytes")]
+            owner: &'a [u8; 32],
+            #[serde(with = "serde_bytes")]
+            data: &'a [u8],
+        },
+    }
+    at_most("chunk bytes", data.len(), MAX_CHUNK_BYTES).map_err(|reason| EncodeError::Failed {
+        what: Request::NAME,
+        reason: format!("invalid: {reason}"),
+    })?;
+    frame_of(
+        Request::NAME,
+        Request::MAX_BYTES,
+        &(Request::VERSION, RequestRef::PutChunk { id, owner, data }),
+    )
+}
+
 fn encode_frame<M: Message>(message: &M) -> Result<Vec<u8>, EncodeError> {
     message.validate().map_err(|reason| EncodeError::Failed {
         what: M::NAME,
         reason: format!("invalid: {reason}"),
     })?;
-    let versioned = (M::VERSION, message);
-    let len = crate::wire::encoded_len(&versioned).map_err(|reason| EncodeError::Failed {
-        what: M::NAME,
-        reason,
-    })?;
+    frame_of(M::NAME, M::MAX_BYTES, &(M::VERSION, message))
+}
+
+/// The frame of `versioned` (a version and a message), sized before it is written.
+fn frame_of<T: Serialize>(
+    what: &'static str,
+    max: usize,
+    versioned: &T,
+) -> Result<Vec<u8>, EncodeError> {
+    let len = crate::wire::encoded_len(versioned)
+        .map_err(|reason| EncodeError::Failed { what, reason })?;
     let header = match u32::try_from(len) {
-        Ok(header) if len <= M::MAX_BYTES => header,
-        _ => {
-            return Err(EncodeError::TooLarge {
-                what: M::NAME,
-                len,
-                max: M::MAX_BYTES,
-            });
-        }
+        Ok(header) if len <= max => header,
+        _ => return Err(EncodeError::TooLarge { what, len, max }),
     };
     let mut frame = Vec::with_capacity(4 + len);
     frame.extend_from_slice(&header.to_be_bytes());
-    keys::cbor::append(&mut frame, &versioned).map_err(|e| EncodeError::Failed {
-        what: M::NAME,
-        reason: e.0,
-    })?;
+    keys::cbor::append(&mut frame, versioned)
+        .map_err(|e| EncodeError::Failed { what, reason: e.0 })?;
     debug_assert_eq!(frame.len(), 4 + len);
     Ok(frame)
 }
@@ -670,6 +700,24 @@ mod tests {
             let len = frame_len(frame[..4].try_into().unwrap(), Request::MAX_BYTES).unwrap();
             prop_assert_eq!(len, frame.len() - 4);
             prop_assert_eq!(decode_request(body(&frame)), Ok(request));
+        }
+
+        #[test]
+        fn a_borrowed_put_chunk_is_the_same_frame(
+            id in id(),
+            owner in id(),
+            data in bytes(MAX_CHUNK_BYTES + 1),
+        ) {
+            let borrowed = encode_put_chunk(&id, &owner, &data);
+            let owned = encode_request(&Request::PutChunk { id, owner, data });
+            match (borrowed, owned) {
+                (Ok(borrowed), Ok(owned)) => {
+                    prop_assert_eq!(borrowed.capacity(), borrowed.len());
+                    prop_assert_eq!(borrowed, owned);
+                }
+                (Err(_), Err(_)) => {}
+                (borrowed, owned) => prop_assert!(false, "{borrowed:?} against {owned:?}"),
+            }
         }
 
         #[test]
