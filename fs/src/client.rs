@@ -1802,13 +1802,6 @@ impl<B: Blocks> Client<B> {
                 }
             }
         }
-        // A removal asked for that a flush (this one or another) gave up is an error of
-        // what asked for it.
-        if let Some(kept) = self.take_given_up(which) {
-            first_error.get_or_insert(Error::NotEmpty {
-                path: format!("{kept} (another node made names in it meanwhile)"),
-            });
-        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -1842,12 +1835,9 @@ impl<B: Blocks> Client<B> {
         });
     }
 
-    /// A removal given up at a flush (see [`Staged::given_up`]) of one of the paths
-    /// `which` is for, taken out of those kept.
-    fn take_given_up(&self, which: Flush<'_>) -> Option<Path> {
-        let Flush::For(paths) = which else {
-            return None;
-        };
+    /// A removal of one of `paths` given up at a flush (see [`Staged::given_up`]), taken
+    /// out of those kept.
+    fn take_given_up(&self, paths: &[&Path]) -> Option<Path> {
         let mut staged = self.staged.lock().ok()?;
         for s in staged.values_mut() {
             if let Some(at) = s.given_up.iter().position(|(g, _)| paths.contains(&g)) {
@@ -1957,6 +1947,7 @@ impl<B: Blocks> Client<B> {
         let mut dir = self.read_dir(&nodes[d]).await?;
         let mut applied = changes.clone();
         let mut deferred = std::collections::BTreeSet::new();
+        let mut deferred_error = None;
         let mut given_up = Vec::new();
         for (name, change) in &changes {
             match self.holds_new_names(&nodes[d], &dir, name, change).await {
@@ -1976,6 +1967,7 @@ impl<B: Blocks> Client<B> {
                     tracing::debug!(path = %nodes[d].path, %name, error = %e, "cannot read a directory removed here; its removal waits");
                     applied.remove(name);
                     deferred.insert(name.clone());
+                    deferred_error.get_or_insert(e);
                 }
             }
         }
@@ -2000,7 +1992,9 @@ impl<B: Blocks> Client<B> {
             s.given_up.extend(given_up.into_iter().map(|g| (g, now)));
             s.prune();
             s.nodes = nodes;
-            if let Some(failing) = s.failing.take() {
+            if deferred_error.is_none()
+                && let Some(failing) = s.failing.take()
+            {
                 let path = s
                     .nodes
                     .last()
@@ -2009,7 +2003,9 @@ impl<B: Blocks> Client<B> {
                 tracing::info!(%path, failures = failing.times, "staged directory changes written after failing");
             }
         }
-        Ok(())
+        // The rest is written; a removal that waits is this flush's error (tried again
+        // later and later, reported to what concerns the directory).
+        deferred_error.map_or(Ok(()), Err)
     }
 
     /// Links back the directories of `nodes` (the walk to a directory this client made
@@ -2024,13 +2020,14 @@ impl<B: Blocks> Client<B> {
             return Ok(());
         }
         // Where the walk to the path, with the parent read afresh, leads to the directory,
-        // nothing was removed; where it cannot be walked now, nothing can be told (the
-        // kept walk is used, as `refresh_above` does).
+        // nothing was removed; otherwise each level is read (a read that fails there fails
+        // the flush, which is tried again: the names are not written where nothing may
+        // find them).
         self.blocks.forget(nodes[d - 1].id());
-        match self.walk(&nodes[d].path).await {
-            Ok(walk) if walk.last().map(Node::id) == Some(nodes[d].id()) => return Ok(()),
-            Ok(_) | Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => {}
-            Err(_) => return Ok(()),
+        if let Ok(walk) = self.walk(&nodes[d].path).await
+            && walk.last().map(Node::id) == Some(nodes[d].id())
+        {
+            return Ok(());
         }
         for i in 1..=d {
             self.blocks.forget(nodes[i - 1].id());
@@ -3173,10 +3170,19 @@ impl<B: Blocks> Client<B> {
     /// [`Client::sync`] on behalf of an operation on `paths` (an `fsync` of one file, a
     /// command): the staged changes are flushed as [`Client::flush_staged_for`] does, so
     /// only errors of the directories at, above or below `paths` are returned.
+    /// A removal of one of `paths` that a flush gave up (the directory gained names made
+    /// elsewhere) is reported as [`Error::NotEmpty`]: the command that asked for it did
+    /// not do it.
     pub async fn sync_for(&self, paths: &[&Path]) -> Result<(), Error> {
         let flushed = self.flush_staged_for(paths).await;
         self.sync_blocks().await?;
-        flushed
+        flushed?;
+        match self.take_given_up(paths) {
+            Some(kept) => Err(Error::NotEmpty {
+                path: format!("{kept} (another node made names in it meanwhile)"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// [`Client::sync`] as a periodic sync does it: the staged changes are flushed as

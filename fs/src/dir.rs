@@ -189,13 +189,19 @@ pub fn merge(base: &Directory, ours: &Directory, theirs: &Directory) -> Director
     // list (a directory linked back) stays off, and a directory named again is not
     // listed as removed.
     if !ours.removed.is_empty() || !theirs.removed.is_empty() {
-        let named: std::collections::HashSet<&InodeId> =
-            merged.entries.values().map(|e| &e.inode).collect();
+        use std::collections::HashSet;
+        let named: HashSet<&InodeId> = merged.entries.values().map(|e| &e.inode).collect();
+        let (in_base, in_ours, in_theirs): (HashSet<_>, HashSet<_>, HashSet<_>) = (
+            base.removed.iter().collect(),
+            ours.removed.iter().collect(),
+            theirs.removed.iter().collect(),
+        );
         let dropped = |id: &InodeId| {
-            base.removed.contains(id) && !(ours.removed.contains(id) && theirs.removed.contains(id))
+            in_base.contains(id) && !(in_ours.contains(id) && in_theirs.contains(id))
         };
+        let mut seen = HashSet::new();
         for removed in ours.removed.iter().chain(&theirs.removed) {
-            if !merged.removed.contains(removed) && !dropped(removed) && !named.contains(removed) {
+            if !dropped(removed) && !named.contains(removed) && seen.insert(removed) {
                 merged.removed.push(*removed);
             }
         }

@@ -1110,19 +1110,21 @@ impl Network {
     ) -> Result<usize, BlockError> {
         let frame = block::encode_request(&request)
             .map_err(|e| BlockError::Refused(Refusal::invalid(e.to_string()).to_string()))?;
-        self.put_frame(key, &frame, Size::of(&request), stored_here)
+        self.put_frame(key, &frame, Some(&request), stored_here)
             .await
     }
 
-    /// [`Network::put_item`] of a request encoded already (`frame`, of `size`): every
-    /// replica is sent the same bytes.
+    /// [`Network::put_item`] of a request encoded already (`frame`; `request` itself, if
+    /// kept, for this node to answer where it is among the replicas): every replica is
+    /// sent the same bytes.
     async fn put_frame(
         &self,
         key: &[u8; 32],
         frame: &[u8],
-        size: Size,
+        request: Option<&Request>,
         stored_here: bool,
     ) -> Result<usize, BlockError> {
+        let size = request.map_or(Size::Chunk, Size::of);
         let (known, mut candidates) = self.placement(key, Why::Put).await?;
         if stored_here {
             candidates.retain(|p| *p != self.me);
@@ -1151,9 +1153,14 @@ impl Network {
                 .iter()
                 .map(|peer| async move {
                     let answered = if *peer == self.me {
-                        // This node, farther out than where the item belongs: answered
-                        // here, from the frame (rare: not worth a request kept beside it).
-                        match block::decode_request(frame.get(4..).unwrap_or_default()) {
+                        // This node: answered here, from the request or else from the
+                        // frame (a chunk this node stores itself is not sent here; one
+                        // placed elsewhere comes here only when nearer replicas fail).
+                        let request = match request {
+                            Some(request) => Ok(request.clone()),
+                            None => block::decode_request(frame.get(4..).unwrap_or_default()),
+                        };
+                        match request {
                             Ok(request) => self.answer_here(request).await,
                             Err(e) => Err(Failure::Refused(Refusal::invalid(e.to_string()))),
                         }
@@ -1276,7 +1283,7 @@ impl Blocks for Network {
         }
         let results: Vec<Result<usize, BlockError>> = futures::stream::iter(sends)
             .map(|(key, frame, stored_here)| {
-                async move { self.put_frame(&key, &frame, Size::Chunk, stored_here).await }.boxed()
+                async move { self.put_frame(&key, &frame, None, stored_here).await }.boxed()
             })
             .buffer_unordered(8)
             .collect()

@@ -666,6 +666,22 @@ async fn no_writecap_no_tree() {
 struct Flaky {
     inner: Replica,
     chunk_puts_left: std::sync::atomic::AtomicUsize,
+    /// Every version of this inode is refused (a directory whose writes fail for good,
+    /// as one whose writecap expired), and the attempts counted.
+    refused: std::sync::Mutex<Option<fs::InodeId>>,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl Flaky {
+    /// Over `inner`, taking `chunk_puts` batches of chunks before it fails them.
+    fn new(inner: &Replica, chunk_puts: usize) -> Self {
+        Flaky {
+            inner: inner.clone(),
+            chunk_puts_left: std::sync::atomic::AtomicUsize::new(chunk_puts),
+            refused: std::sync::Mutex::new(None),
+            attempts: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
 }
 
 impl fs::Blocks for Flaky {
@@ -692,6 +708,11 @@ impl fs::Blocks for Flaky {
         fs::Blocks::get_chunk(&self.inner, id).await
     }
     async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
+        if *self.refused.lock().unwrap() == Some(inode) {
+            self.attempts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(fs::BlockError::Refused("not this one".into()));
+        }
         fs::Blocks::put_version(&self.inner, inode, signed).await
     }
     async fn get_versions(
@@ -708,10 +729,7 @@ async fn a_failed_chunk_store_is_never_committed() {
     let owner = t.owner();
     put(&owner, &t.path("f"), b"the good version").await;
     // The same store, now failing after two more batches of chunks.
-    let flaky = Arc::new(Flaky {
-        inner: (*t.replica).clone(),
-        chunk_puts_left: std::sync::atomic::AtomicUsize::new(2),
-    });
+    let flaky = Arc::new(Flaky::new(&t.replica, 2));
     let c = Client::new(flaky, t.root.clone(), vec![t.chain.clone()], small());
     let mut h = c.open(&t.path("f")).await.unwrap();
     let mut failed = None;
@@ -1065,10 +1083,7 @@ async fn staged_directory_changes_are_seen_at_once_and_written_together() {
 #[tokio::test]
 async fn staged_changes_that_cannot_be_written_stay_staged() {
     let t = tree();
-    let flaky = Arc::new(Flaky {
-        inner: (*t.replica).clone(),
-        chunk_puts_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
-    });
+    let flaky = Arc::new(Flaky::new(&t.replica, usize::MAX));
     let staging = t.staging(flaky.clone());
     let other = t.owner();
     staging.mkdir_all(&t.path("d")).await.unwrap();
@@ -1094,41 +1109,6 @@ async fn staged_changes_that_cannot_be_written_stay_staged() {
     assert_eq!(get(&other, &file).await.unwrap(), b"kept");
 }
 
-/// A store that refuses every version of one inode (a directory whose writes fail for
-/// good, as one whose writecap expired), and counts the attempts.
-struct RefusingOne {
-    inner: Replica,
-    refused: std::sync::Mutex<Option<fs::InodeId>>,
-    attempts: std::sync::atomic::AtomicUsize,
-}
-
-impl fs::Blocks for RefusingOne {
-    async fn put_chunks(
-        &self,
-        owner: fs::InodeId,
-        chunks: Vec<fs::chunk::Sealed>,
-    ) -> Result<(), fs::BlockError> {
-        fs::Blocks::put_chunks(&self.inner, owner, chunks).await
-    }
-    async fn get_chunk(&self, id: fs::ChunkId) -> Result<Vec<u8>, fs::BlockError> {
-        fs::Blocks::get_chunk(&self.inner, id).await
-    }
-    async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
-        if *self.refused.lock().unwrap() == Some(inode) {
-            self.attempts
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(fs::BlockError::Refused("not this one".into()));
-        }
-        fs::Blocks::put_version(&self.inner, inode, signed).await
-    }
-    async fn get_versions(
-        &self,
-        inode: fs::InodeId,
-    ) -> Result<Vec<fs::inode::Verified>, fs::BlockError> {
-        fs::Blocks::get_versions(&self.inner, inode).await
-    }
-}
-
 /// One directory whose staged changes cannot be written fails what concerns it (a sync
 /// of a path in it, a move there), not the syncs, moves and shares of other directories,
 /// and is tried again later and later instead of at every flush.
@@ -1136,11 +1116,7 @@ impl fs::Blocks for RefusingOne {
 async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
     use std::sync::atomic::Ordering::SeqCst;
     let t = tree();
-    let blocks = Arc::new(RefusingOne {
-        inner: (*t.replica).clone(),
-        refused: std::sync::Mutex::new(None),
-        attempts: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let blocks = Arc::new(Flaky::new(&t.replica, usize::MAX));
     let staging = t.staging(blocks.clone());
     let other = t.owner();
     staging.mkdir_all(&t.path("good")).await.unwrap();
@@ -1955,6 +1931,11 @@ async fn a_removal_given_up_is_reported_to_what_asked_for_it() {
     staging.sync().await.unwrap();
     staging.unlink(&d).await.unwrap();
     put(&other, &t.path("d/new"), b"new").await;
+    // Given up by a periodic flush; an operation on the path meanwhile is not failed by
+    // it (a share flushes what concerns the path first), the command's sync is.
+    staging.flush_due().await;
+    let (reader, _) = t.stranger();
+    staging.share(&d, &reader.public(), None).await.unwrap();
     let refused = staging.sync_for(&[&d]).await;
     assert!(
         matches!(refused, Err(Error::NotEmpty { .. })),

@@ -400,7 +400,14 @@ impl Files {
                     .and_then(serde_json::Value::as_str)
                     .and_then(|p| parse(p).ok())
                 {
-                    let _ = self.client.flush_staged_for(&[&root]).await;
+                    // Tried once more, for a short while: a node cut off from its
+                    // replicas does not hold the command for a request timeout per
+                    // directory.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        self.client.flush_staged_for(&[&root]),
+                    )
+                    .await;
                     let unwritten: Vec<serde_json::Value> = self
                         .client
                         .unlinked()
