@@ -660,11 +660,8 @@ impl Change {
                     .entries
                     .get(name)
                     .is_some_and(|e| inodes.contains(&e.inode));
-                if named
-                    && let Some(gone) = dir.entries.remove(name)
-                    && gone.kind == Kind::Dir
-                {
-                    dir.note_removed(gone.inode);
+                if named {
+                    dir.remove_name(name);
                 }
                 named
             }
@@ -3505,14 +3502,10 @@ impl<B: Blocks> Client<B> {
         let parent = nodes.len() - 1;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
-        match dir.entries.remove(name) {
-            None => {
-                return Err(Error::NotFound {
-                    path: path.to_string(),
-                });
-            }
-            Some(gone) if gone.kind == Kind::Dir => dir.note_removed(gone.inode),
-            Some(_) => {}
+        if dir.remove_name(name).is_none() {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
         }
         self.write_dir(nodes, parent, &dir).await
     }

@@ -93,6 +93,16 @@ pub const MAX_REMOVED: usize = 256;
 pub const MAX_DECODED_REMOVED: usize = 16 * MAX_REMOVED;
 
 impl Directory {
+    /// Takes `name` out, remembering a directory it named as removed (see
+    /// [`Directory::removed`]).
+    pub fn remove_name(&mut self, name: &str) -> Option<Entry> {
+        let gone = self.entries.remove(name)?;
+        if gone.kind == Kind::Dir {
+            self.note_removed(gone.inode);
+        }
+        Some(gone)
+    }
+
     /// Notes that the directory `inode` was removed from this one (see
     /// [`Directory::removed`]).
     pub fn note_removed(&mut self, inode: InodeId) {
@@ -305,6 +315,20 @@ mod tests {
         }
         d.note_removed(InodeId([7; 32]));
         d.note_removed(InodeId([7; 32]));
+        // A name taken out is remembered only if it named a directory.
+        let mut one = dir(&[("f", 5)]);
+        one.entries.insert(
+            "sub".into(),
+            Entry {
+                kind: Kind::Dir,
+                ..entry(6)
+            },
+        );
+        assert_eq!(one.remove_name("f"), Some(entry(5)));
+        assert!(one.removed.is_empty());
+        assert!(one.remove_name("sub").is_some());
+        assert_eq!(one.removed, [InodeId([6; 32])]);
+        assert_eq!(one.remove_name("sub"), None);
         assert_eq!(d.removed.len(), MAX_REMOVED);
         assert_eq!(d.removed.last(), Some(&InodeId([7; 32])));
         assert_eq!(
