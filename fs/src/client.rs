@@ -545,7 +545,45 @@ struct Staged {
     /// elsewhere), and when: kept for a while (see [`Staged::prune`]) for a flush on
     /// behalf of one of them to report.
     given_up: Vec<(Path, std::time::Instant)>,
+    /// Directories whose removal from this directory was written but whose check
+    /// afterwards (see [`Client::relink_if_filled`]) could not be made: checked at the
+    /// next flush.
+    rechecks: Vec<Recheck>,
 }
+
+/// A directory to be checked, in a staged directory, for names made in it while it was
+/// removed from there (see [`Client::relink_if_filled`]).
+#[derive(Debug, Clone)]
+struct Recheck {
+    /// Its name there.
+    name: String,
+    entry: Entry,
+    /// Whether this client removed it (else it wrote new names in it, and could not
+    /// check afterwards that it was still linked).
+    removal: bool,
+    /// Checks that failed so far.
+    attempts: u32,
+}
+
+/// What [`Client::relink_if_filled`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relinked {
+    /// The directory holds no names: nothing to keep.
+    Empty,
+    /// It holds names and was linked back here.
+    Back,
+    /// It holds names and is named here or elsewhere already (linked back by another
+    /// writer, or moved), or its parent no longer remembers removing it.
+    Named,
+}
+
+/// Checks of a removed directory that fail in a row before it is given up (logged as an
+/// error): with the backoff of failing flushes, about a quarter of an hour.
+const MAX_RECHECK_ATTEMPTS: u32 = 20;
+
+/// Passes of [`Client::relink_settled`] before it gives up (each one linked a directory
+/// back that was removed again).
+const RELINK_PASSES: usize = 8;
 
 /// Flushes of one directory that failed in a row.
 #[derive(Debug)]
@@ -597,6 +635,18 @@ impl Flush<'_> {
 }
 
 impl Staged {
+    /// Nothing staged yet for the directory last in `nodes` (the walk to it).
+    fn new(nodes: &[Node]) -> Self {
+        Staged {
+            nodes: nodes.to_vec(),
+            changes: BTreeMap::new(),
+            written: std::collections::VecDeque::new(),
+            failing: None,
+            given_up: Vec::new(),
+            rechecks: Vec::new(),
+        }
+    }
+
     /// The changes a reader of a version with sequence number `seq` does not see in it,
     /// oldest first.
     fn unseen(&self, seq: u64) -> impl DoubleEndedIterator<Item = &BTreeMap<String, Change>> {
@@ -623,7 +673,15 @@ impl Staged {
     }
 
     fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.written.is_empty() && self.given_up.is_empty()
+        self.changes.is_empty()
+            && self.written.is_empty()
+            && self.given_up.is_empty()
+            && self.rechecks.is_empty()
+    }
+
+    /// Whether a flush has anything to write or check.
+    fn has_work(&self) -> bool {
+        !self.changes.is_empty() || !self.rechecks.is_empty()
     }
 }
 
@@ -745,6 +803,30 @@ fn rebased(path: &Path, from: &Path, to: &Path) -> Result<Path, Error> {
             .map_err(|e| Error::Invalid(format!("{to}/…/{segment}: {e}")))?;
     }
     Ok(out)
+}
+
+/// The directory entry `change` removes from `dir` under `name`, if it removes one.
+fn removes_dir<'a>(dir: &'a Directory, name: &str, change: &Change) -> Option<&'a Entry> {
+    let Change::Remove(inodes) = change else {
+        return None;
+    };
+    dir.entries
+        .get(name)
+        .filter(|e| e.kind == Kind::Dir && inodes.contains(&e.inode))
+}
+
+/// Sets the path of the node last in `nodes` to its name in the one before it (which
+/// may have been renamed or linked back under another name meanwhile).
+fn follow_parent(nodes: &mut [Node]) -> Result<(), Error> {
+    let [.., parent, node] = nodes else {
+        return Ok(());
+    };
+    let name = node.name();
+    node.path = parent
+        .path
+        .join(&name)
+        .map_err(|e| Error::Invalid(format!("{}/{name}: {e}", parent.path)))?;
+    Ok(())
 }
 
 /// The highest sequence number of a node's versions (0 before the first).
@@ -1713,6 +1795,10 @@ impl<B: Blocks> Client<B> {
         };
         dir.entries.insert(name, entry);
         Box::pin(self.write_dir(nodes, parent, &dir)).await?;
+        // Written: the directory may have been removed meanwhile (see
+        // `relink_if_filled`); then it is linked back.
+        Box::pin(self.settle_or_recheck(&mut nodes[..=parent])).await;
+        follow_parent(&mut nodes[..=i])?;
         Ok(true)
     }
 
@@ -1728,13 +1814,7 @@ impl<B: Blocks> Client<B> {
             .map_err(|_| Error::Io("the staged directory changes are poisoned".into()))?;
         staged
             .entry(dir.id())
-            .or_insert_with(|| Staged {
-                nodes: nodes.to_vec(),
-                changes: BTreeMap::new(),
-                written: std::collections::VecDeque::new(),
-                failing: None,
-                given_up: Vec::new(),
-            })
+            .or_insert_with(|| Staged::new(nodes))
             .changes
             .entry(name)
             .and_modify(|earlier| *earlier = change.clone().after(Some(earlier.clone())))
@@ -1767,7 +1847,7 @@ impl<B: Blocks> Client<B> {
 
     async fn flush_which(&self, which: Flush<'_>) -> Result<(), Error> {
         let now = std::time::Instant::now();
-        let dirs: Vec<(InodeId, bool)> = match self.staged.lock() {
+        let mut dirs: Vec<(usize, InodeId, bool)> = match self.staged.lock() {
             Ok(mut staged) => {
                 staged.retain(|_, s| {
                     s.prune();
@@ -1775,12 +1855,12 @@ impl<B: Blocks> Client<B> {
                 });
                 staged
                     .iter()
-                    .filter(|(_, s)| !s.changes.is_empty())
+                    .filter(|(_, s)| s.has_work())
                     .filter_map(|(id, s)| {
                         let path = &s.nodes.last()?.path;
                         let waiting = s.failing.as_ref().is_some_and(|f| f.retry_at > now);
                         let (takes, reports) = which.takes(path, waiting);
-                        takes.then_some((*id, reports))
+                        takes.then_some((path.segments().len(), *id, reports))
                     })
                     .collect()
             }
@@ -1790,8 +1870,13 @@ impl<B: Blocks> Client<B> {
                 ));
             }
         };
+        // Deepest first: an `rm -r` writes the removals inside a directory before the
+        // directory's own, whose check for emptiness then sees them written (and a
+        // removal given up inside, because another writer made names there, keeps the
+        // directory above it too).
+        dirs.sort_by_key(|(depth, _, _)| std::cmp::Reverse(*depth));
         let mut first_error = None;
-        for (dir, reports) in dirs {
+        for (_, dir, reports) in dirs {
             if let Err(e) = self.flush_dir(dir).await {
                 self.note_failure(dir, &e);
                 if reports {
@@ -1819,7 +1904,7 @@ impl<B: Blocks> Client<B> {
             .unwrap_or_default();
         let error = error.to_string();
         let times = s.failing.as_ref().map_or(0, |f| f.times) + 1;
-        let names = s.changes.len();
+        let names = s.changes.len() + s.rechecks.len();
         if s.failing.as_ref().is_none_or(|f| f.error != error) {
             tracing::warn!(%path, names, %error, "cannot write staged directory changes; they stay staged and are tried again");
         } else {
@@ -1845,7 +1930,9 @@ impl<B: Blocks> Client<B> {
     }
 
     /// New names still staged, with the error of their directory's last flush: what a
-    /// node that stops now loses (their files' data is stored, but nothing links it).
+    /// node that stops now loses (their files' data is stored, but nothing links it);
+    /// and directories removed here whose check for names made elsewhere meanwhile is
+    /// still to be made.
     pub fn unlinked(&self) -> Vec<(Path, String)> {
         let Ok(staged) = self.staged.lock() else {
             return Vec::new();
@@ -1865,19 +1952,59 @@ impl<B: Blocks> Client<B> {
                     .map_or_else(|| "not written yet".to_owned(), |f| f.error.clone());
                 lost.push((path, error));
             }
+            for check in &s.rechecks {
+                let path = dir
+                    .path
+                    .join(&check.name)
+                    .unwrap_or_else(|_| dir.path.clone());
+                let owed = if check.removal {
+                    "removed here, and not checked for names another node made in it \
+                     meanwhile (they would be unlinked)"
+                } else {
+                    "new names made in it here, and not checked that it was not removed \
+                     meanwhile (they would be unlinked)"
+                };
+                lost.push((path, owed.to_owned()));
+            }
         }
         lost
+    }
+
+    /// Whether directory `id` has staged changes not written yet.
+    fn has_staged(&self, id: InodeId) -> bool {
+        self.staged
+            .lock()
+            .map_or(true, |s| s.get(&id).is_some_and(|s| !s.changes.is_empty()))
     }
 
     /// Writes the changes staged for directory `id`, if any. They stay visible to this
     /// client until they are written (and afterwards as part of the directory).
     async fn flush_dir(&self, id: InodeId) -> Result<(), Error> {
-        if !self
-            .staged
-            .lock()
-            .is_ok_and(|s| s.get(&id).is_some_and(|s| !s.changes.is_empty()))
-        {
-            return Ok(());
+        // The directories its changes remove, with changes of their own staged: written
+        // first (a removal waits for them, see `flush_dir_locked`), before this one's
+        // flush lock is taken (a flush takes its ancestors' locks, never its
+        // descendants'). Their errors are theirs: the removal then waits.
+        let inside: Vec<InodeId> = match self.staged.lock() {
+            Ok(staged) => match staged.get(&id) {
+                Some(s) if s.has_work() => s
+                    .changes
+                    .values()
+                    .filter_map(|c| match c {
+                        Change::Remove(inodes) => Some(inodes),
+                        Change::Put { .. } => None,
+                    })
+                    .flatten()
+                    .filter(|i| staged.get(i).is_some_and(|s| !s.changes.is_empty()))
+                    .copied()
+                    .collect(),
+                _ => return Ok(()),
+            },
+            Err(_) => return Ok(()),
+        };
+        for child in inside {
+            if let Err(e) = Box::pin(self.flush_dir(child)).await {
+                self.note_failure(child, &e);
+            }
         }
         let lock = match self.flushing.lock() {
             Ok(mut locks) => locks.entry(id).or_default().clone(),
@@ -1899,14 +2026,14 @@ impl<B: Blocks> Client<B> {
         let taken = match self.staged.lock() {
             Ok(staged) => staged
                 .get(&id)
-                .map(|s| (s.nodes.clone(), s.changes.clone())),
+                .map(|s| (s.nodes.clone(), s.changes.clone(), s.rechecks.clone())),
             Err(_) => {
                 return Err(Error::Io(
                     "the staged directory changes are poisoned".into(),
                 ));
             }
         };
-        let Some((mut nodes, changes)) = taken else {
+        let Some((mut nodes, changes, rechecks)) = taken else {
             return Ok(());
         };
         let d = nodes.len() - 1;
@@ -1919,9 +2046,7 @@ impl<B: Blocks> Client<B> {
         // through a fresh walk would, so that nothing is sealed under a key a revoked
         // reader holds (and a directory another node re-keyed meanwhile still opens).
         self.refresh_above(&mut nodes, true).await?;
-        if changes.values().any(|c| matches!(c, Change::Put { .. })) {
-            self.relink_removed(&mut nodes).await?;
-        }
+        let puts = changes.values().any(|c| matches!(c, Change::Put { .. }));
         let d = nodes.len() - 1;
         self.refresh(&mut nodes[d]).await?;
         // Not when the directory moved to its anchor (shared since): those are the old
@@ -1947,6 +2072,16 @@ impl<B: Blocks> Client<B> {
         let mut deferred_error = None;
         let mut given_up = Vec::new();
         for (name, change) in &changes {
+            if let Some(entry) = removes_dir(&dir, name, change) {
+                // Not while the directory's own staged changes are unwritten (its flush
+                // failed): it only looks empty with them, and nobody else could check
+                // it afresh. Written at a later flush.
+                if self.has_staged(entry.inode) {
+                    applied.remove(name);
+                    deferred.insert(name.clone());
+                    continue;
+                }
+            }
             match self.holds_new_names(&nodes[d], &dir, name, change).await {
                 Ok(false) => {}
                 Ok(true) => {
@@ -1968,12 +2103,84 @@ impl<B: Blocks> Client<B> {
                 }
             }
         }
+        // Directories this flush removes: checked again once the removal is written.
+        let mut to_check = rechecks.clone();
+        for (name, change) in &applied {
+            if let Some(entry) = removes_dir(&dir, name, change)
+                && !to_check.iter().any(|r| r.entry.inode == entry.inode)
+            {
+                to_check.push(Recheck {
+                    name: name.clone(),
+                    entry: entry.clone(),
+                    removal: true,
+                    attempts: 0,
+                });
+            }
+        }
+        let taken: Vec<InodeId> = rechecks.iter().map(|r| r.entry.inode).collect();
         let mut changed = false;
         for (name, change) in &applied {
             changed |= change.apply(&mut dir, name);
         }
-        if changed {
-            self.write_dir(&mut nodes, d, &dir).await?;
+        if changed && let Err(e) = self.write_dir(&mut nodes, d, &dir).await {
+            // Nothing written, as far as this client knows; but a replica may have taken
+            // it and show it later, when the removal no longer applies: checked then.
+            if let Ok(mut staged) = self.staged.lock()
+                && let Some(s) = staged.get_mut(&id)
+            {
+                s.rechecks.retain(|r| !taken.contains(&r.entry.inode));
+                s.rechecks.extend(to_check);
+            }
+            return Err(e);
+        }
+        // Written: each side of a race between new names in a directory and its removal
+        // checks the other's item afresh (see `relink_if_filled`). First the directories
+        // removed here.
+        let mut failed_checks = Vec::new();
+        for mut check in to_check {
+            match self
+                .relink_if_filled(&mut nodes[..=d], &check.name, &check.entry)
+                .await
+            {
+                Ok(Relinked::Empty) => {}
+                Ok(_) if !check.removal => {}
+                Ok(Relinked::Back | Relinked::Named) => {
+                    if let Some(Change::Remove(inodes)) = applied.get(&check.name)
+                        && inodes.contains(&check.entry.inode)
+                    {
+                        applied.remove(&check.name);
+                    }
+                    if let Ok(path) = nodes[d].path.join(&check.name) {
+                        given_up.push(path);
+                    }
+                }
+                Err(e) => {
+                    check.attempts += 1;
+                    let path = nodes[d].path.join(&check.name).ok();
+                    if check.attempts >= MAX_RECHECK_ATTEMPTS {
+                        tracing::error!(?path, error = %e, attempts = check.attempts, "cannot check a directory removed here for names made elsewhere; given up (names another node made in it meanwhile would be unlinked)");
+                    } else {
+                        tracing::debug!(?path, error = %e, "cannot check a directory removed here; checked again at the next flush");
+                        failed_checks.push(check);
+                    }
+                    deferred_error.get_or_insert(e);
+                }
+            }
+        }
+        // Then this client's new names: their directory may have been removed since the
+        // walk, and so may a directory this flush kept a name in (a removal given up, in
+        // a directory this client removed with it: `rm -r` here while another writer
+        // wrote deeper down).
+        if (puts || !given_up.is_empty())
+            && let Err(e) = self.relink_settled(&mut nodes).await
+        {
+            // The names are written: what is owed is the check, made at the next flush
+            // of the parent (see `settle_or_recheck`). This flush reports it.
+            if d > 0 {
+                let (name, entry) = (nodes[d].name(), nodes[d].entry());
+                self.recheck_later(&nodes[..d], &name, &entry, false, &e);
+            }
+            deferred_error.get_or_insert(e);
         }
         // Written (or found written, or given up as above): what was not changed again
         // meanwhile is no longer staged, and walks that read an older version still see
@@ -1988,6 +2195,8 @@ impl<B: Blocks> Client<B> {
             s.written.push_back((seq_of(&nodes[d]), now, applied));
             s.given_up.extend(given_up.into_iter().map(|g| (g, now)));
             s.prune();
+            s.rechecks.retain(|r| !taken.contains(&r.entry.inode));
+            s.rechecks.extend(failed_checks);
             s.nodes = nodes;
             if deferred_error.is_none()
                 && let Some(failing) = s.failing.take()
@@ -2005,27 +2214,61 @@ impl<B: Blocks> Client<B> {
         deferred_error.map_or(Ok(()), Err)
     }
 
+    /// After this client wrote new names in the directory last in `nodes`: links back
+    /// the directories of `nodes` that another writer removed meanwhile, finding them
+    /// empty (see [`Client::relink_removed`]), until a pass finds nothing to link (a
+    /// directory linked back is a new name in its parent, whose own removal may have
+    /// raced with it).
+    async fn relink_settled(&self, nodes: &mut [Node]) -> Result<(), Error> {
+        let mut thorough = false;
+        for _ in 0..RELINK_PASSES {
+            if !self.relink_removed(nodes, thorough).await? {
+                return Ok(());
+            }
+            thorough = true;
+        }
+        Err(Error::Io(format!(
+            "{}: its directories were linked back {RELINK_PASSES} times and removed again",
+            nodes[nodes.len() - 1].path
+        )))
+    }
+
     /// Links back the directories of `nodes` (the walk to a directory this client made
     /// new names in) that another writer removed since, finding them empty: from the top,
     /// a directory its parent no longer names but lists as removed
     /// ([`Directory::removed`]) is named there again, under its old name or, where that
     /// is taken now, a conflict name (the paths in `nodes` follow). A directory moved
-    /// elsewhere meanwhile is left where it is: the new names go there with it.
-    async fn relink_removed(&self, nodes: &mut [Node]) -> Result<(), Error> {
+    /// elsewhere meanwhile is left where it is: the new names go there with it. Whether
+    /// anything was linked back.
+    ///
+    /// Called after the names are written (see [`Client::relink_if_filled`] for the
+    /// other side of the race). Unless `thorough`, the parent read afresh naming the
+    /// directory settles it: a directory higher up is removed only once the one below it
+    /// is (it is not empty before), which the parent shows.
+    async fn relink_removed(&self, nodes: &mut [Node], thorough: bool) -> Result<bool, Error> {
         let d = nodes.len() - 1;
         if d == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        // Where the walk to the path, with the parent read afresh, leads to the directory,
-        // nothing was removed; otherwise each level is read (a read that fails there fails
-        // the flush, which is tried again: the names are not written where nothing may
-        // find them).
-        self.blocks.forget(nodes[d - 1].id());
-        if let Ok(walk) = self.walk(&nodes[d].path).await
-            && walk.last().map(Node::id) == Some(nodes[d].id())
-        {
-            return Ok(());
+        // Where the parent, read afresh, names the directory, nothing was removed;
+        // otherwise each level is read (a read that fails there fails
+        // the flush, which is tried again: the names are not left where nothing may find
+        // them).
+        if !thorough {
+            self.blocks.forget(nodes[d - 1].id());
+            let mut parent = nodes[d - 1].clone();
+            if self.refresh(&mut parent).await.is_ok()
+                && let Ok(dir) = self.read_dir_shared(&parent).await
+                && self
+                    .with_staged(&parent, dir)
+                    .entries
+                    .get(&nodes[d].name())
+                    .is_some_and(|e| e.inode == nodes[d].id())
+            {
+                return Ok(false);
+            }
         }
+        let mut wrote = false;
         for i in 1..=d {
             self.blocks.forget(nodes[i - 1].id());
             self.refresh(&mut nodes[i - 1]).await?;
@@ -2049,7 +2292,7 @@ impl<B: Blocks> Client<B> {
             if !dir.removed.contains(&id) {
                 // Moved elsewhere (or removed longer ago than the directory remembers):
                 // the new names go where the directory is.
-                return Ok(());
+                return Ok(wrote);
             }
             dir.removed.retain(|r| *r != id);
             let entry = nodes[i].entry();
@@ -2061,11 +2304,12 @@ impl<B: Blocks> Client<B> {
             );
             dir.entries.insert(linked.clone(), entry);
             self.write_dir(&mut nodes[..i], i - 1, &dir).await?;
+            wrote = true;
             if linked != name {
                 self.follow(nodes, i, &linked)?;
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// Notes that `nodes[i]` is named `name` in `nodes[i - 1]` now: the paths of it and
@@ -2081,11 +2325,17 @@ impl<B: Blocks> Client<B> {
         for node in &mut nodes[i..] {
             node.path = rebased(&node.path, &old, &new)?;
         }
+        self.follow_staged(id, &old, &new)
+    }
+
+    /// Notes that directory `id` at `old` is at `new` now, in the walks kept with staged
+    /// changes.
+    fn follow_staged(&self, id: InodeId, old: &Path, new: &Path) -> Result<(), Error> {
         if let Ok(mut staged) = self.staged.lock() {
             for s in staged.values_mut() {
-                if let Some(k) = s.nodes.iter().position(|n| n.id() == id && n.path == old) {
+                if let Some(k) = s.nodes.iter().position(|n| n.id() == id && n.path == *old) {
                     for node in &mut s.nodes[k..] {
-                        node.path = rebased(&node.path, &old, &new)?;
+                        node.path = rebased(&node.path, old, new)?;
                     }
                 }
             }
@@ -2103,15 +2353,20 @@ impl<B: Blocks> Client<B> {
         name: &str,
         change: &Change,
     ) -> Result<bool, Error> {
-        let Change::Remove(inodes) = change else {
-            return Ok(false);
-        };
-        let Some(entry) = dir.entries.get(name) else {
-            return Ok(false);
-        };
-        if entry.kind != Kind::Dir || !inodes.contains(&entry.inode) {
-            return Ok(false);
+        match removes_dir(dir, name, change) {
+            Some(entry) => self.holds_names_now(parent, name, entry).await,
+            None => Ok(false),
         }
+    }
+
+    /// Whether directory `entry`, named `name` in `parent` (or just taken out of it),
+    /// holds names as it is now, read afresh, with this client's staged changes to it.
+    async fn holds_names_now(
+        &self,
+        parent: &Node,
+        name: &str,
+        entry: &Entry,
+    ) -> Result<bool, Error> {
         let path = parent
             .path
             .join(name)
@@ -2128,6 +2383,99 @@ impl<B: Blocks> Client<B> {
         };
         let now = self.with_staged(&child, self.read_dir_shared(&child).await?);
         Ok(!now.entries.is_empty())
+    }
+
+    /// After this client wrote the removal of directory `entry`, named `name` in the
+    /// directory last in `nodes`: if it holds names now, it is linked back there, under
+    /// `name` or, where that is taken, a conflict name; whether it was.
+    ///
+    /// The removal checked that the directory was empty before it wrote; another writer
+    /// may have written new names there in between, after its own check that the
+    /// directory was still named (see [`Client::relink_removed`]). Each of the two
+    /// writes first and reads the other's item afresh second (with read quorums that
+    /// meet the write quorum), so at least one of them sees the other's write and
+    /// links the directory back: the names are not lost with it.
+    async fn relink_if_filled(
+        &self,
+        nodes: &mut [Node],
+        name: &str,
+        entry: &Entry,
+    ) -> Result<Relinked, Error> {
+        let p = nodes.len() - 1;
+        if !self.holds_names_now(&nodes[p], name, entry).await? {
+            return Ok(Relinked::Empty);
+        }
+        self.blocks.forget(nodes[p].id());
+        self.refresh(&mut nodes[p]).await?;
+        let mut dir = self.read_dir(&nodes[p]).await?;
+        if !dir.removed.contains(&entry.inode) {
+            // Named (still, or again: linked back by the writer of the names, here or
+            // elsewhere after a move), or forgotten by the directory (removed longer ago
+            // than it remembers): not linked a second time.
+            return Ok(Relinked::Named);
+        }
+        dir.removed.retain(|r| *r != entry.inode);
+        let linked = link_name(&dir, name, entry, &[]);
+        tracing::warn!(
+            path = %nodes[p].path,
+            %name,
+            %linked,
+            "a directory removed here holds names another node made meanwhile; it is linked back"
+        );
+        dir.entries.insert(linked.clone(), entry.clone());
+        self.write_dir(nodes, p, &dir).await?;
+        if linked != name
+            && let (Ok(old), Ok(new)) = (nodes[p].path.join(name), nodes[p].path.join(&linked))
+            && let Err(e) = self.follow_staged(entry.inode, &old, &new)
+        {
+            tracing::debug!(%old, %new, error = %e, "staged walks do not follow a directory linked back");
+        }
+        // A new name in this directory, whose own removal may have raced with it.
+        self.settle_or_recheck(nodes).await;
+        Ok(Relinked::Back)
+    }
+
+    /// [`Client::relink_settled`] after a new name was written in the directory last in
+    /// `nodes`; where that cannot be done now, the directory is checked at the next flush
+    /// of its parent (as a directory removed there: linked back if it holds names and
+    /// the parent lists it as removed).
+    async fn settle_or_recheck(&self, nodes: &mut [Node]) {
+        let d = nodes.len() - 1;
+        if let Err(e) = self.relink_settled(nodes).await
+            && d > 0
+        {
+            let (name, entry) = (nodes[d].name(), nodes[d].entry());
+            self.recheck_later(&nodes[..d], &name, &entry, false, &e);
+        }
+    }
+
+    /// Keeps the check of directory `entry`, named `name` in the directory last in
+    /// `nodes` (or removed from there by this client, with `removal`), for the next
+    /// flush (see [`Client::relink_if_filled`]): it could not be made now (`error`).
+    fn recheck_later(
+        &self,
+        nodes: &[Node],
+        name: &str,
+        entry: &Entry,
+        removal: bool,
+        error: &Error,
+    ) {
+        let Some(parent) = nodes.last() else { return };
+        tracing::warn!(path = %parent.path, %name, removal, %error, "cannot check whether a directory was removed while names were made in it; checked again later");
+        let Ok(mut staged) = self.staged.lock() else {
+            return;
+        };
+        let s = staged
+            .entry(parent.id())
+            .or_insert_with(|| Staged::new(nodes));
+        if !s.rechecks.iter().any(|r| r.entry.inode == entry.inode) {
+            s.rechecks.push(Recheck {
+                name: name.to_string(),
+                entry: entry.clone(),
+                removal,
+                attempts: 1,
+            });
+        }
     }
 
     /// Fetches a node's versions again (others may have written since the walk).
@@ -3060,8 +3408,6 @@ impl<B: Blocks> Client<B> {
             // staged, the flush that links the file takes its walk afresh.
             let mut above = handle.nodes[..i].to_vec();
             self.refresh_above(&mut above, true).await?;
-            // Removed by another writer that found it empty: back, with this file.
-            self.relink_removed(&mut above).await?;
             let governing = above[above.len() - 1].governing.clone();
             let mut file = handle.nodes[i].clone();
             file.governing = governing.clone();
@@ -3145,6 +3491,7 @@ impl<B: Blocks> Client<B> {
                 };
                 self.stage(&handle.nodes[..i], node.name(), link)?;
             } else {
+                // Linked back with its directory if that was removed meanwhile.
                 self.link_new(&mut handle.nodes, i).await?;
             }
             handle.unlinked = false;
@@ -3494,20 +3841,57 @@ impl<B: Blocks> Client<B> {
             return self.stage(&nodes[..=parent], name, Change::Remove(vec![gone]));
         }
         self.flush_dir(nodes[parent].id()).await?;
-        self.remove_entry(&mut nodes[..=parent], &name, path).await
+        let gone = self
+            .remove_entry(&mut nodes[..=parent], &name, path)
+            .await?;
+        self.check_removed(&mut nodes[..=parent], &name, &gone, path)
+            .await
     }
 
-    /// Takes `name` (of `path`) out of the directory last in `nodes`, read afresh.
-    async fn remove_entry(&self, nodes: &mut [Node], name: &str, path: &Path) -> Result<(), Error> {
+    /// After directory `gone` (or anything else) was removed from the directory last in
+    /// `nodes` under `name` (of `path`): [`Client::relink_if_filled`], a directory that
+    /// comes back reported as [`Error::NotEmpty`]. The removal is written: a check that
+    /// cannot be made now is made later, and not this operation's error.
+    async fn check_removed(
+        &self,
+        nodes: &mut [Node],
+        name: &str,
+        gone: &Entry,
+        path: &Path,
+    ) -> Result<(), Error> {
+        if gone.kind != Kind::Dir {
+            return Ok(());
+        }
+        match self.relink_if_filled(nodes, name, gone).await {
+            Ok(Relinked::Empty) => Ok(()),
+            Ok(Relinked::Back | Relinked::Named) => Err(Error::NotEmpty {
+                path: format!("{path} (another node made names in it meanwhile)"),
+            }),
+            Err(e) => {
+                self.recheck_later(nodes, name, gone, true, &e);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes `name` (of `path`) out of the directory last in `nodes`, read afresh; the
+    /// entry it named.
+    async fn remove_entry(
+        &self,
+        nodes: &mut [Node],
+        name: &str,
+        path: &Path,
+    ) -> Result<Entry, Error> {
         let parent = nodes.len() - 1;
         self.refresh(&mut nodes[parent]).await?;
         let mut dir = self.read_dir(&nodes[parent]).await?;
-        if dir.remove_name(name).is_none() {
+        let Some(gone) = dir.remove_name(name) else {
             return Err(Error::NotFound {
                 path: path.to_string(),
             });
-        }
-        self.write_dir(nodes, parent, &dir).await
+        };
+        self.write_dir(nodes, parent, &dir).await?;
+        Ok(gone)
     }
 
     /// Takes the name `path` out of its directory, whose entry names an inode without a
@@ -3525,7 +3909,7 @@ impl<B: Blocks> Client<B> {
                 path: parent_path.to_string(),
             });
         }
-        self.remove_entry(&mut nodes, &name, path).await
+        self.remove_entry(&mut nodes, &name, path).await.map(|_| ())
     }
 
     /// A version of a forked file naming every head, with the shown version's contents.
@@ -3605,6 +3989,7 @@ impl<B: Blocks> Client<B> {
         let mut dir = self.read_dir(&dest[d]).await?;
         // Over an existing name, as rename(2): a file replaces a file, a directory an
         // empty directory; a file over a directory, or the other way round, is refused.
+        let mut replaced_dir = None;
         if let Some(existing) = dir.entries.get(&name) {
             if existing.inode == entry.inode {
                 return Ok(());
@@ -3635,8 +4020,8 @@ impl<B: Blocks> Client<B> {
                         });
                     }
                     // Replaced: removed, as far as a writer of new names there goes.
-                    let replaced = existing.inode;
-                    dir.note_removed(replaced);
+                    replaced_dir = Some(existing.clone());
+                    dir.note_removed(existing.inode);
                 }
                 (false, false) => {}
             }
@@ -3644,8 +4029,20 @@ impl<B: Blocks> Client<B> {
         // Named here now: not a removed directory (see `relink_removed`) here or where
         // it was, whatever a merge kept.
         dir.removed.retain(|r| *r != entry.inode);
-        dir.entries.insert(name, entry.clone());
+        dir.entries.insert(name.clone(), entry.clone());
         self.write_dir(&mut dest, d, &dir).await?;
+        // Names another node made in the replaced directory meanwhile bring it back
+        // beside (see `relink_if_filled`); the move stands.
+        if let Some(replaced) = replaced_dir
+            && let Err(e) = self.relink_if_filled(&mut dest, &name, &replaced).await
+        {
+            self.recheck_later(&dest, &name, &replaced, true, &e);
+        }
+        // A new name in the destination, whose removal may have raced with it; not
+        // within one directory, which held the moved name all along (never empty).
+        if source[s - 1].id() != dest[d].id() {
+            self.settle_or_recheck(&mut dest).await;
+        }
         let mut source = self
             .walk(&from.parent().unwrap_or_else(|| from.clone()))
             .await?;

@@ -1919,6 +1919,397 @@ async fn nested_new_names_bring_back_a_tree_and_follow_a_move() {
     assert_eq!(names(&other, &back.join("d").unwrap()).await, ["x"]);
 }
 
+/// Blocks over a replica that, once, run another client's work just before a version of
+/// a chosen inode lands: two writers' writes interleaved at the worst moment.
+struct Interleaved {
+    replica: Arc<Replica>,
+    hook: std::sync::Mutex<Option<(fs::InodeId, futures::future::BoxFuture<'static, ()>)>>,
+    /// Reads of this inode fail, this many more times.
+    failing_reads: std::sync::Mutex<Option<(fs::InodeId, usize)>>,
+    /// Versions of this inode are refused.
+    refused: std::sync::Mutex<Option<fs::InodeId>>,
+}
+
+impl Interleaved {
+    fn new(replica: &Arc<Replica>) -> Arc<Self> {
+        Arc::new(Interleaved {
+            replica: replica.clone(),
+            hook: std::sync::Mutex::new(None),
+            failing_reads: std::sync::Mutex::new(None),
+            refused: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Versions of `inode` are refused (none: taken again).
+    fn refuse(&self, inode: Option<fs::InodeId>) {
+        *self.refused.lock().unwrap() = inode;
+    }
+
+    /// The next `times` reads of `inode`'s versions fail.
+    fn fail_reads(&self, inode: fs::InodeId, times: usize) {
+        *self.failing_reads.lock().unwrap() = Some((inode, times));
+    }
+
+    /// Runs `work` to its end before the next version of `inode` is written.
+    fn before_version_of(
+        &self,
+        inode: fs::InodeId,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        *self.hook.lock().unwrap() = Some((inode, Box::pin(work)));
+    }
+
+    /// Whether the work ran.
+    fn ran(&self) -> bool {
+        self.hook.lock().unwrap().is_none()
+    }
+}
+
+impl fs::Blocks for Interleaved {
+    async fn put_chunks(
+        &self,
+        owner: fs::InodeId,
+        chunks: Vec<fs::chunk::Sealed>,
+    ) -> Result<(), fs::BlockError> {
+        fs::Blocks::put_chunks(&*self.replica, owner, chunks).await
+    }
+
+    async fn get_chunk(&self, id: fs::ChunkId) -> Result<Vec<u8>, fs::BlockError> {
+        fs::Blocks::get_chunk(&*self.replica, id).await
+    }
+
+    async fn put_version(&self, inode: fs::InodeId, signed: Vec<u8>) -> Result<(), fs::BlockError> {
+        let work = {
+            let mut hook = self.hook.lock().unwrap();
+            match hook.take() {
+                Some((at, work)) if at == inode => Some(work),
+                other => {
+                    *hook = other;
+                    None
+                }
+            }
+        };
+        if let Some(work) = work {
+            work.await;
+        }
+        if *self.refused.lock().unwrap() == Some(inode) {
+            return Err(fs::BlockError::Refused("not this one".into()));
+        }
+        fs::Blocks::put_version(&*self.replica, inode, signed).await
+    }
+
+    async fn get_versions(
+        &self,
+        inode: fs::InodeId,
+    ) -> Result<Vec<fs::inode::Verified>, fs::BlockError> {
+        if let Some((at, left)) = &mut *self.failing_reads.lock().unwrap()
+            && *at == inode
+            && *left > 0
+        {
+            *left -= 1;
+            return Err(fs::BlockError::Unavailable {
+                needed: 1,
+                acks: 0,
+                reason: "no replica answers".into(),
+            });
+        }
+        fs::Blocks::get_versions(&*self.replica, inode).await
+    }
+}
+
+/// A removal of a directory found empty, and another writer's new name in it written
+/// after that check but before the removal lands (the writer's own check finds the
+/// directory still named): the remover, checking afresh after its write, links the
+/// directory back, and says so. Through a removal written at once, a staged one, and a
+/// move over the directory (which stands, the directory back beside it).
+#[tokio::test]
+async fn a_directory_removed_while_names_land_in_it_comes_back() {
+    let t = tree();
+    let writer = Arc::new(t.owner());
+    let blocks = Interleaved::new(&t.replica);
+    let direct = Client::new(
+        blocks.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    let staging = t.staging(blocks.clone());
+    let root = Binding::anchor(t.tree.clone()).id();
+    let put_during = |file: &str| {
+        let writer = writer.clone();
+        let path = t.path(file);
+        async move {
+            writer.put(&path, &b"new"[..], |_| {}).await.unwrap();
+        }
+    };
+    // Written at once.
+    writer.mkdir(&t.path("d")).await.unwrap();
+    blocks.before_version_of(root, put_during("d/new"));
+    let refused = direct.unlink(&t.path("d")).await;
+    assert!(blocks.ran());
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&writer, &t.path("d/new")).await.unwrap(), b"new");
+    // Staged, and reported to the command's sync.
+    writer.mkdir(&t.path("e")).await.unwrap();
+    staging.unlink(&t.path("e")).await.unwrap();
+    blocks.before_version_of(root, put_during("e/new"));
+    let refused = staging.sync_for(&[&t.path("e")]).await;
+    assert!(blocks.ran());
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&writer, &t.path("e/new")).await.unwrap(), b"new");
+    // The check after the removal fails (the directory cannot be read then): it fails
+    // the sync, and is made again at the next flush.
+    writer.mkdir(&t.path("g")).await.unwrap();
+    let g = writer.stat(&t.path("g")).await.unwrap().inode;
+    staging.unlink(&t.path("g")).await.unwrap();
+    let then_unreadable = {
+        let put = put_during("g/new");
+        let blocks = blocks.clone();
+        async move {
+            put.await;
+            blocks.fail_reads(g, 1);
+        }
+    };
+    blocks.before_version_of(root, then_unreadable);
+    let failed = staging.sync_for(&[&t.path("g")]).await;
+    assert!(blocks.ran());
+    assert!(matches!(failed, Err(Error::Blocks { .. })), "{failed:?}");
+    let refused = staging.sync_for(&[&t.path("g")]).await;
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&writer, &t.path("g/new")).await.unwrap(), b"new");
+    // A move over it.
+    writer.mkdir(&t.path("f")).await.unwrap();
+    writer.mkdir(&t.path("moved")).await.unwrap();
+    blocks.before_version_of(root, put_during("f/new"));
+    direct.rename(&t.path("moved"), &t.path("f")).await.unwrap();
+    assert!(blocks.ran());
+    let listed = names(&writer, &t.tree).await;
+    let back = listed
+        .iter()
+        .find(|n| n.starts_with("f.conflict-"))
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(
+        get(&writer, &t.path(&format!("{back}/new"))).await.unwrap(),
+        b"new"
+    );
+    assert!(names(&writer, &t.path("f")).await.is_empty());
+    assert!(!listed.contains(&"moved".to_string()), "{listed:?}");
+}
+
+/// New names written into a directory after the writer checked it was still named, and
+/// another writer's removal of it (it looked empty there) landing before them: the
+/// writer, checking afresh after its write, links the directory back. Staged, and
+/// linked at once.
+#[tokio::test]
+async fn new_names_written_as_their_directory_is_removed_bring_it_back() {
+    let t = tree();
+    let remover = Arc::new(t.owner());
+    let blocks = Interleaved::new(&t.replica);
+    let direct = Client::new(
+        blocks.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    let staging = t.staging(blocks.clone());
+    let remove_during = |dir: &str| {
+        let remover = remover.clone();
+        let path = t.path(dir);
+        async move { remover.unlink(&path).await.unwrap() }
+    };
+    for (client, dir) in [(&staging, "s"), (&direct, "d")] {
+        remover.mkdir(&t.path(dir)).await.unwrap();
+        let id = remover.stat(&t.path(dir)).await.unwrap().inode;
+        let file = t.path(&format!("{dir}/new"));
+        let mut handle = client.create(&file).await.unwrap();
+        client.write(&mut handle, 0, b"new").await.unwrap();
+        blocks.before_version_of(id, remove_during(dir));
+        client.fsync(&mut handle).await.unwrap();
+        client.sync().await.unwrap();
+        assert!(blocks.ran(), "{dir}");
+        assert_eq!(get(&remover, &file).await.unwrap(), b"new", "{dir}");
+    }
+    // A directory made, and a file moved, into a directory as it is removed.
+    remover.mkdir(&t.path("m")).await.unwrap();
+    let m = remover.stat(&t.path("m")).await.unwrap().inode;
+    blocks.before_version_of(m, remove_during("m"));
+    direct.mkdir(&t.path("m/sub")).await.unwrap();
+    assert!(blocks.ran());
+    assert_eq!(names(&remover, &t.path("m")).await, ["sub"]);
+    remover.mkdir(&t.path("r")).await.unwrap();
+    put(&remover, &t.path("moved"), b"moved").await;
+    let r = remover.stat(&t.path("r")).await.unwrap().inode;
+    blocks.before_version_of(r, remove_during("r"));
+    direct
+        .rename(&t.path("moved"), &t.path("r/moved"))
+        .await
+        .unwrap();
+    assert!(blocks.ran());
+    assert_eq!(get(&remover, &t.path("r/moved")).await.unwrap(), b"moved");
+}
+
+/// New names written by a flush whose check afterwards (is their directory still
+/// linked?) fails: the flush reports it, the check is made later, and the names are
+/// not written a second time (a file removed meanwhile stays removed).
+#[tokio::test]
+async fn a_failed_check_after_new_names_writes_them_once() {
+    let t = tree();
+    let other = t.owner();
+    let blocks = Interleaved::new(&t.replica);
+    let staging = t.staging(blocks.clone());
+    let root = Binding::anchor(t.tree.clone()).id();
+    staging.mkdir_all(&t.path("d")).await.unwrap();
+    staging.sync().await.unwrap();
+    let d = staging.stat(&t.path("d")).await.unwrap().inode;
+    let mut handle = staging.create(&t.path("d/f")).await.unwrap();
+    staging.write(&mut handle, 0, b"f").await.unwrap();
+    staging.fsync(&mut handle).await.unwrap();
+    let unreadable = {
+        let blocks = blocks.clone();
+        async move { blocks.fail_reads(root, 2) }
+    };
+    blocks.before_version_of(d, unreadable);
+    let failed = staging.sync_for(&[&t.path("d/f")]).await;
+    assert!(blocks.ran());
+    assert!(matches!(failed, Err(Error::Blocks { .. })), "{failed:?}");
+    assert_eq!(names(&other, &t.path("d")).await, ["f"]);
+    other.unlink(&t.path("d/f")).await.unwrap();
+    // The check is made (the directory is linked): no error, and `f` stays removed.
+    staging.sync_for(&[&t.path("d")]).await.unwrap();
+    assert!(names(&other, &t.path("d")).await.is_empty());
+    // Again, the directory holding names when it is checked: no error either.
+    let mut handle = staging.create(&t.path("d/h")).await.unwrap();
+    staging.write(&mut handle, 0, b"h").await.unwrap();
+    staging.fsync(&mut handle).await.unwrap();
+    let unreadable = {
+        let blocks = blocks.clone();
+        async move { blocks.fail_reads(root, 2) }
+    };
+    blocks.before_version_of(d, unreadable);
+    assert!(staging.sync_for(&[&t.path("d/h")]).await.is_err());
+    staging.sync_for(&[&t.path("d")]).await.unwrap();
+    assert_eq!(names(&other, &t.path("d")).await, ["h"]);
+}
+
+/// A directory whose own staged changes cannot be written is not removed from its
+/// parent until they are (`rm -r` of a directory whose removals inside fail).
+#[tokio::test]
+async fn a_directory_is_not_removed_before_what_was_removed_inside_it() {
+    let t = tree();
+    let other = t.owner();
+    let blocks = Interleaved::new(&t.replica);
+    let staging = t.staging(blocks.clone());
+    put(&other, &t.path("top/d/f"), b"f").await;
+    let d = other.stat(&t.path("top/d")).await.unwrap().inode;
+    staging.unlink(&t.path("top/d/f")).await.unwrap();
+    staging.unlink(&t.path("top/d")).await.unwrap();
+    blocks.refuse(Some(d));
+    assert!(staging.sync().await.is_err());
+    assert_eq!(names(&other, &t.path("top")).await, ["d"]);
+    assert_eq!(names(&other, &t.path("top/d")).await, ["f"]);
+    blocks.refuse(None);
+    staging.sync().await.unwrap();
+    assert!(names(&other, &t.path("top")).await.is_empty());
+    // Removed with what is inside it and made again at once (`rm -r e && mkdir e`):
+    // the removals inside are written first, then the directory's, then the new one.
+    put(&other, &t.path("top/e/f"), b"f").await;
+    staging.unlink(&t.path("top/e/f")).await.unwrap();
+    staging.unlink(&t.path("top/e")).await.unwrap();
+    staging.mkdir(&t.path("top/e")).await.unwrap();
+    staging.sync().await.unwrap();
+    assert_eq!(names(&other, &t.path("top")).await, ["e"]);
+    assert!(names(&other, &t.path("top/e")).await.is_empty());
+}
+
+/// `rm -r` staged on one client while another writes deeper down, in a directory the
+/// first one's view had empty: both directories stay, with the new file, and the
+/// removal's command hears of it.
+#[tokio::test]
+async fn a_staged_rm_r_keeps_what_another_writer_made_inside() {
+    let t = tree();
+    let staging = t.staging(t.replica.clone());
+    let other = t.owner();
+    staging.mkdir_all(&t.path("top/d/x")).await.unwrap();
+    staging.sync().await.unwrap();
+    for gone in ["top/d/x", "top/d"] {
+        staging.unlink(&t.path(gone)).await.unwrap();
+    }
+    put(&other, &t.path("top/d/x/new"), b"new").await;
+    let refused = staging.sync_for(&[&t.path("top/d")]).await;
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&other, &t.path("top/d/x/new")).await.unwrap(), b"new");
+    assert_eq!(get(&staging, &t.path("top/d/x/new")).await.unwrap(), b"new");
+}
+
+/// A removal whose check afterwards fails is checked later; by then another writer
+/// linked the directory back and moved it: it is not linked a second time. And a
+/// removal written at once whose check fails succeeds, and is checked at the next sync.
+#[tokio::test]
+async fn a_late_check_of_a_removal_links_nothing_twice() {
+    let t = tree();
+    let writer = Arc::new(t.owner());
+    let blocks = Interleaved::new(&t.replica);
+    let staging = t.staging(blocks.clone());
+    let direct = Client::new(
+        blocks.clone(),
+        t.root.clone(),
+        vec![t.chain.clone()],
+        small(),
+    );
+    let root = Binding::anchor(t.tree.clone()).id();
+    let put_then_unreadable = |file: &str, dir: fs::InodeId| {
+        let writer = writer.clone();
+        let blocks = blocks.clone();
+        let path = t.path(file);
+        async move {
+            writer.put(&path, &b"new"[..], |_| {}).await.unwrap();
+            blocks.fail_reads(dir, 1);
+        }
+    };
+    writer.mkdir(&t.path("q")).await.unwrap();
+    writer.mkdir(&t.path("g")).await.unwrap();
+    let g = writer.stat(&t.path("g")).await.unwrap().inode;
+    // A file another writer is making there, created before the removal.
+    let mut other = writer.create(&t.path("g/other")).await.unwrap();
+    staging.unlink(&t.path("g")).await.unwrap();
+    blocks.before_version_of(root, put_then_unreadable("g/new", g));
+    assert!(staging.sync_for(&[&t.path("g")]).await.is_err());
+    assert!(blocks.ran());
+    // Meanwhile that file is linked, which links the directory back; and it is moved.
+    writer.write(&mut other, 0, b"other").await.unwrap();
+    writer.fsync(&mut other).await.unwrap();
+    assert_eq!(names(&writer, &t.tree).await, ["g", "q"]);
+    assert_eq!(writer.stat(&t.path("g")).await.unwrap().inode, g);
+    writer.rename(&t.path("g"), &t.path("q/g")).await.unwrap();
+    let refused = staging.sync_for(&[&t.path("g")]).await;
+    assert!(
+        matches!(refused, Err(Error::NotEmpty { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(names(&writer, &t.tree).await, ["q"]);
+    assert_eq!(names(&writer, &t.path("q/g")).await, ["new", "other"]);
+    // Written at once: the removal succeeds, its check is made at the next sync.
+    writer.mkdir(&t.path("h")).await.unwrap();
+    let h = writer.stat(&t.path("h")).await.unwrap().inode;
+    blocks.before_version_of(root, put_then_unreadable("h/new", h));
+    direct.unlink(&t.path("h")).await.unwrap();
+    assert!(blocks.ran());
+    direct.sync().await.unwrap();
+    assert_eq!(get(&writer, &t.path("h/new")).await.unwrap(), b"new");
+}
+
 /// A removal asked for on behalf of a path (a command) that the flush gives up (the
 /// directory gained names elsewhere) is that path's error, not a success.
 #[tokio::test]

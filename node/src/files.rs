@@ -522,10 +522,11 @@ impl Files {
         if let Err(e) = self.client.sync().await {
             tracing::warn!(error = %e, "writes since the last sync may not be durable");
         }
-        // Files whose names could not be linked: their data is stored, but nothing
-        // finds it once this node forgets what it staged.
+        // Files whose names could not be linked (their data is stored, but nothing
+        // finds it once this node forgets what it staged), and directories removed
+        // here whose check for names made elsewhere meanwhile is still owed.
         for (path, error) in self.client.unlinked() {
-            tracing::error!(%path, %error, "a new file's name was never written to its directory; it is lost at this stop");
+            tracing::error!(%path, %error, "left undone at this stop (a new name never written to its directory, or a removed directory never checked)");
         }
     }
 
