@@ -585,6 +585,10 @@ const MAX_RECHECK_ATTEMPTS: u32 = 20;
 /// back that was removed again).
 const RELINK_PASSES: usize = 8;
 
+/// Levels of [`Client::flush_inside`] (directories removed with directories inside them,
+/// each with changes of its own staged): a bound, not a depth trees reach.
+const MAX_FLUSH_INSIDE: usize = 64;
+
 /// Flushes of one directory that failed in a row.
 #[derive(Debug)]
 struct Failing {
@@ -1877,7 +1881,19 @@ impl<B: Blocks> Client<B> {
         dirs.sort_by_key(|(depth, _, _)| std::cmp::Reverse(*depth));
         let mut first_error = None;
         for (_, dir, reports) in dirs {
-            if let Err(e) = self.flush_dir(dir).await {
+            // A removal left waiting for the changes inside the directory it removes is
+            // this directory's error here (tried again later, reported to what concerns
+            // it), not inside `flush_dir`: a write of that directory may need its
+            // parent flushed first, and must not fail for it.
+            let flushed = self.flush_dir(dir).await.and_then(|()| {
+                match self.removal_waiting(dir) {
+                    Some(path) => Err(Error::Io(format!(
+                        "{path} is not removed yet: the changes staged inside it are not written"
+                    ))),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = flushed {
                 self.note_failure(dir, &e);
                 if reports {
                     first_error.get_or_insert(e);
@@ -1980,32 +1996,14 @@ impl<B: Blocks> Client<B> {
     /// Writes the changes staged for directory `id`, if any. They stay visible to this
     /// client until they are written (and afterwards as part of the directory).
     async fn flush_dir(&self, id: InodeId) -> Result<(), Error> {
-        // The directories its changes remove, with changes of their own staged: written
-        // first (a removal waits for them, see `flush_dir_locked`), before this one's
-        // flush lock is taken (a flush takes its ancestors' locks, never its
-        // descendants'). Their errors are theirs: the removal then waits.
-        let inside: Vec<InodeId> = match self.staged.lock() {
-            Ok(staged) => match staged.get(&id) {
-                Some(s) if s.has_work() => s
-                    .changes
-                    .values()
-                    .filter_map(|c| match c {
-                        Change::Remove(inodes) => Some(inodes),
-                        Change::Put { .. } => None,
-                    })
-                    .flatten()
-                    .filter(|i| staged.get(i).is_some_and(|s| !s.changes.is_empty()))
-                    .copied()
-                    .collect(),
-                _ => return Ok(()),
-            },
-            Err(_) => return Ok(()),
-        };
-        for child in inside {
-            if let Err(e) = Box::pin(self.flush_dir(child)).await {
-                self.note_failure(child, &e);
-            }
+        if !self
+            .staged
+            .lock()
+            .is_ok_and(|s| s.get(&id).is_some_and(Staged::has_work))
+        {
+            return Ok(());
         }
+        self.flush_inside(id, 0).await;
         let lock = match self.flushing.lock() {
             Ok(mut locks) => locks.entry(id).or_default().clone(),
             Err(_) => return Err(Error::Io("the directory flush locks are poisoned".into())),
@@ -2020,6 +2018,79 @@ impl<B: Blocks> Client<B> {
             locks.remove(&id);
         }
         result
+    }
+
+    /// The directories whose removal directory `id`'s staged changes hold and that have
+    /// changes of their own staged: written first, deepest first (a removal waits for
+    /// them, see `flush_dir_locked`), before `id`'s flush lock is taken. One whose flush
+    /// is under way (it may be the caller: writing a directory can write its parent
+    /// first) or waiting to be tried again after failing is left alone, and the removal
+    /// waits. Their errors are theirs.
+    fn flush_inside(&self, id: InodeId, depth: usize) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if depth >= MAX_FLUSH_INSIDE {
+                return;
+            }
+            let now = std::time::Instant::now();
+            let inside: Vec<InodeId> = match self.staged.lock() {
+                Ok(staged) => match staged.get(&id) {
+                    Some(s) => s
+                        .changes
+                        .values()
+                        .filter_map(|c| match c {
+                            Change::Remove(inodes) => Some(inodes),
+                            Change::Put { .. } => None,
+                        })
+                        .flatten()
+                        .filter(|i| {
+                            staged.get(i).is_some_and(|s| {
+                                !s.changes.is_empty()
+                                    && s.failing.as_ref().is_none_or(|f| f.retry_at <= now)
+                            })
+                        })
+                        .copied()
+                        .collect(),
+                    None => return,
+                },
+                Err(_) => return,
+            };
+            for child in inside {
+                self.flush_inside(child, depth + 1).await;
+                let Ok(lock) = self
+                    .flushing
+                    .lock()
+                    .map(|mut l| l.entry(child).or_default().clone())
+                else {
+                    return;
+                };
+                let result = match lock.try_lock() {
+                    Ok(_one) => self.flush_dir_locked(child).await,
+                    Err(_) => continue,
+                };
+                if let Err(e) = result {
+                    self.note_failure(child, &e);
+                }
+                if let Ok(mut locks) = self.flushing.lock()
+                    && Arc::strong_count(&lock) <= 2
+                {
+                    locks.remove(&child);
+                }
+            }
+        })
+    }
+
+    /// A removal staged in directory `id` that waits for the changes staged inside the
+    /// directory it removes (see `flush_dir_locked`): that directory's path, if any.
+    fn removal_waiting(&self, id: InodeId) -> Option<Path> {
+        let staged = self.staged.lock().ok()?;
+        let s = staged.get(&id)?;
+        s.changes.values().find_map(|c| match c {
+            Change::Remove(inodes) => inodes.iter().find_map(|i| {
+                let inside = staged.get(i).filter(|s| !s.changes.is_empty())?;
+                inside.nodes.last().map(|n| n.path.clone())
+            }),
+            Change::Put { .. } => None,
+        })
     }
 
     async fn flush_dir_locked(&self, id: InodeId) -> Result<(), Error> {

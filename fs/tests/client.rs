@@ -2230,6 +2230,34 @@ async fn a_directory_is_not_removed_before_what_was_removed_inside_it() {
     assert!(names(&other, &t.path("top/e")).await.is_empty());
 }
 
+/// `rm -r` staged below a directory that another node shared and revoked since (the
+/// flush takes the walk afresh, with the new epoch) ends and leaves nothing behind.
+#[tokio::test]
+async fn rm_r_below_a_revocation_elsewhere_leaves_nothing() {
+    let t = tree();
+    let staging = t.staging(t.replica.clone());
+    put(&staging, &t.path("top/c/f"), b"f").await;
+    staging.sync().await.unwrap();
+    // Another node shares and revokes above it.
+    let (reader, _) = t.stranger();
+    let other = t.owner();
+    other
+        .share(&t.path("top"), &reader.public(), None)
+        .await
+        .unwrap();
+    other
+        .revoke(&t.path("top"), &reader.principal())
+        .await
+        .unwrap();
+    staging.unlink(&t.path("top/c/f")).await.unwrap();
+    staging.unlink(&t.path("top/c")).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), staging.sync())
+        .await
+        .expect("the flush ended")
+        .unwrap();
+    assert!(names(&other, &t.path("top")).await.is_empty());
+}
+
 /// `rm -r` staged on one client while another writes deeper down, in a directory the
 /// first one's view had empty: both directories stay, with the new file, and the
 /// removal's command hears of it.
