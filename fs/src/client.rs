@@ -2004,20 +2004,30 @@ impl<B: Blocks> Client<B> {
             return Ok(());
         }
         self.flush_inside(id, 0).await;
-        let lock = match self.flushing.lock() {
-            Ok(mut locks) => locks.entry(id).or_default().clone(),
-            Err(_) => return Err(Error::Io("the directory flush locks are poisoned".into())),
-        };
+        let lock = self
+            .flush_lock(id)
+            .ok_or_else(|| Error::Io("the directory flush locks are poisoned".into()))?;
         let result = {
             let _one = lock.lock().await;
             self.flush_dir_locked(id).await
         };
+        self.release_flush_lock(id, lock);
+        result
+    }
+
+    /// The lock that one flush of directory `id` at a time holds.
+    fn flush_lock(&self, id: InodeId) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut locks = self.flushing.lock().ok()?;
+        Some(locks.entry(id).or_default().clone())
+    }
+
+    /// Gives back `lock` ([`Client::flush_lock`]), forgotten once nobody else holds it.
+    fn release_flush_lock(&self, id: InodeId, lock: Arc<tokio::sync::Mutex<()>>) {
         if let Ok(mut locks) = self.flushing.lock()
             && Arc::strong_count(&lock) <= 2
         {
             locks.remove(&id);
         }
-        result
     }
 
     /// The directories whose removal directory `id`'s staged changes hold and that have
@@ -2056,11 +2066,7 @@ impl<B: Blocks> Client<B> {
             };
             for child in inside {
                 self.flush_inside(child, depth + 1).await;
-                let Ok(lock) = self
-                    .flushing
-                    .lock()
-                    .map(|mut l| l.entry(child).or_default().clone())
-                else {
+                let Some(lock) = self.flush_lock(child) else {
                     return;
                 };
                 let result = match lock.try_lock() {
@@ -2070,11 +2076,7 @@ impl<B: Blocks> Client<B> {
                 if let Err(e) = result {
                     self.note_failure(child, &e);
                 }
-                if let Ok(mut locks) = self.flushing.lock()
-                    && Arc::strong_count(&lock) <= 2
-                {
-                    locks.remove(&child);
-                }
+                self.release_flush_lock(child, lock);
             }
         })
     }
