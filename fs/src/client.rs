@@ -565,18 +565,6 @@ struct Recheck {
     attempts: u32,
 }
 
-/// What [`Client::relink_if_filled`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Relinked {
-    /// The directory holds no names: nothing to keep.
-    Empty,
-    /// It holds names and was linked back here.
-    Back,
-    /// It holds names and is named here or elsewhere already (linked back by another
-    /// writer, or moved), or its parent no longer remembers removing it.
-    Named,
-}
-
 /// Checks of a removed directory that fail in a row before it is given up (logged as an
 /// error): with the backoff of failing flushes, about a quarter of an hour.
 const MAX_RECHECK_ATTEMPTS: u32 = 20;
@@ -687,6 +675,19 @@ impl Staged {
     fn has_work(&self) -> bool {
         !self.changes.is_empty() || !self.rechecks.is_empty()
     }
+
+    /// The inodes its staged changes remove.
+    fn removed(&self) -> impl Iterator<Item = &InodeId> {
+        self.changes.values().flat_map(|c| match c {
+            Change::Remove(inodes) => inodes.as_slice(),
+            Change::Put { .. } => &[],
+        })
+    }
+}
+
+/// Whether directory `id` has staged changes not written yet.
+fn has_changes(staged: &HashMap<InodeId, Staged>, id: &InodeId) -> bool {
+    staged.get(id).is_some_and(|s| !s.changes.is_empty())
 }
 
 /// How long written changes stay visible to walks that read an older version.
@@ -1988,9 +1989,7 @@ impl<B: Blocks> Client<B> {
 
     /// Whether directory `id` has staged changes not written yet.
     fn has_staged(&self, id: InodeId) -> bool {
-        self.staged
-            .lock()
-            .map_or(true, |s| s.get(&id).is_some_and(|s| !s.changes.is_empty()))
+        self.staged.lock().map_or(true, |s| has_changes(&s, &id))
     }
 
     /// Writes the changes staged for directory `id`, if any. They stay visible to this
@@ -2045,18 +2044,13 @@ impl<B: Blocks> Client<B> {
             let inside: Vec<InodeId> = match self.staged.lock() {
                 Ok(staged) => match staged.get(&id) {
                     Some(s) => s
-                        .changes
-                        .values()
-                        .filter_map(|c| match c {
-                            Change::Remove(inodes) => Some(inodes),
-                            Change::Put { .. } => None,
-                        })
-                        .flatten()
+                        .removed()
                         .filter(|i| {
-                            staged.get(i).is_some_and(|s| {
-                                !s.changes.is_empty()
-                                    && s.failing.as_ref().is_none_or(|f| f.retry_at <= now)
-                            })
+                            has_changes(&staged, i)
+                                && staged[*i]
+                                    .failing
+                                    .as_ref()
+                                    .is_none_or(|f| f.retry_at <= now)
                         })
                         .copied()
                         .collect(),
@@ -2085,14 +2079,11 @@ impl<B: Blocks> Client<B> {
     /// directory it removes (see `flush_dir_locked`): that directory's path, if any.
     fn removal_waiting(&self, id: InodeId) -> Option<Path> {
         let staged = self.staged.lock().ok()?;
-        let s = staged.get(&id)?;
-        s.changes.values().find_map(|c| match c {
-            Change::Remove(inodes) => inodes.iter().find_map(|i| {
-                let inside = staged.get(i).filter(|s| !s.changes.is_empty())?;
-                inside.nodes.last().map(|n| n.path.clone())
-            }),
-            Change::Put { .. } => None,
-        })
+        let inside = staged
+            .get(&id)?
+            .removed()
+            .find(|i| has_changes(&staged, i))?;
+        staged[inside].nodes.last().map(|n| n.path.clone())
     }
 
     async fn flush_dir_locked(&self, id: InodeId) -> Result<(), Error> {
@@ -2215,9 +2206,9 @@ impl<B: Blocks> Client<B> {
                 .relink_if_filled(&mut nodes[..=d], &check.name, &check.entry)
                 .await
             {
-                Ok(Relinked::Empty) => {}
-                Ok(_) if !check.removal => {}
-                Ok(Relinked::Back | Relinked::Named) => {
+                Ok(false) => {}
+                Ok(true) if !check.removal => {}
+                Ok(true) => {
                     if let Some(Change::Remove(inodes)) = applied.get(&check.name)
                         && inodes.contains(&check.entry.inode)
                     {
@@ -2460,7 +2451,10 @@ impl<B: Blocks> Client<B> {
 
     /// After this client wrote the removal of directory `entry`, named `name` in the
     /// directory last in `nodes`: if it holds names now, it is linked back there, under
-    /// `name` or, where that is taken, a conflict name; whether it was.
+    /// `name` or, where that is taken, a conflict name, unless it is named again
+    /// already (by the writer of the names, here or elsewhere after a move) or the
+    /// parent no longer remembers removing it. Whether it holds names (and so was not
+    /// removed, as far as they go).
     ///
     /// The removal checked that the directory was empty before it wrote; another writer
     /// may have written new names there in between, after its own check that the
@@ -2473,10 +2467,10 @@ impl<B: Blocks> Client<B> {
         nodes: &mut [Node],
         name: &str,
         entry: &Entry,
-    ) -> Result<Relinked, Error> {
+    ) -> Result<bool, Error> {
         let p = nodes.len() - 1;
         if !self.holds_names_now(&nodes[p], name, entry).await? {
-            return Ok(Relinked::Empty);
+            return Ok(false);
         }
         self.blocks.forget(nodes[p].id());
         self.refresh(&mut nodes[p]).await?;
@@ -2485,7 +2479,7 @@ impl<B: Blocks> Client<B> {
             // Named (still, or again: linked back by the writer of the names, here or
             // elsewhere after a move), or forgotten by the directory (removed longer ago
             // than it remembers): not linked a second time.
-            return Ok(Relinked::Named);
+            return Ok(true);
         }
         dir.removed.retain(|r| *r != entry.inode);
         let linked = link_name(&dir, name, entry, &[]);
@@ -2505,7 +2499,7 @@ impl<B: Blocks> Client<B> {
         }
         // A new name in this directory, whose own removal may have raced with it.
         self.settle_or_recheck(nodes).await;
-        Ok(Relinked::Back)
+        Ok(true)
     }
 
     /// [`Client::relink_settled`] after a new name was written in the directory last in
@@ -3936,8 +3930,8 @@ impl<B: Blocks> Client<B> {
             return Ok(());
         }
         match self.relink_if_filled(nodes, name, gone).await {
-            Ok(Relinked::Empty) => Ok(()),
-            Ok(Relinked::Back | Relinked::Named) => Err(Error::NotEmpty {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Error::NotEmpty {
                 path: format!("{path} (another node made names in it meanwhile)"),
             }),
             Err(e) => {
@@ -4106,10 +4100,9 @@ impl<B: Blocks> Client<B> {
         self.write_dir(&mut dest, d, &dir).await?;
         // Names another node made in the replaced directory meanwhile bring it back
         // beside (see `relink_if_filled`); the move stands.
-        if let Some(replaced) = replaced_dir
-            && let Err(e) = self.relink_if_filled(&mut dest, &name, &replaced).await
-        {
-            self.recheck_later(&dest, &name, &replaced, true, &e);
+        if let Some(replaced) = replaced_dir {
+            // Its `NotEmpty` is the replaced directory's, not the move's.
+            let _ = self.check_removed(&mut dest, &name, &replaced, to).await;
         }
         // A new name in the destination, whose removal may have raced with it; not
         // within one directory, which held the moved name all along (never empty).
