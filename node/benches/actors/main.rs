@@ -193,10 +193,13 @@ fn main() -> anyhow::Result<()> {
             throughput(&runtime, LIBP2P_STREAM_MESSAGES, |n| {
                 baselines::libp2p_stream_throughput(n, PAYLOAD)
             })?,
-            run(
-                &runtime,
-                baselines::libp2p_stream_round_trips(rounds, PAYLOAD),
-            )?,
+            {
+                eprintln!("libp2p-stream, round trips…");
+                run(
+                    &runtime,
+                    baselines::libp2p_stream_round_trips(rounds, PAYLOAD),
+                )?
+            },
         ));
     }
     if wanted("libp2p-stream on the node") {
@@ -206,7 +209,10 @@ fn main() -> anyhow::Result<()> {
             throughput(&runtime, LIBP2P_STREAM_MESSAGES, |n| {
                 ours::overlay_stream_throughput(n, PAYLOAD)
             })?,
-            run(&runtime, ours::overlay_stream_round_trips(rounds, PAYLOAD))?,
+            {
+                eprintln!("libp2p-stream on the node's connection, round trips…");
+                run(&runtime, ours::overlay_stream_round_trips(rounds, PAYLOAD))?
+            },
         ));
     }
     if wanted("request-response") {
