@@ -1,6 +1,6 @@
 //! Reading into the frame buffer and writing out of it.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::io::{self, ErrorKind};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -10,45 +10,76 @@ use futures_util::io::{AsyncRead, AsyncWrite};
 
 use crate::Decoder;
 
-/// How much one read asks for: a whole Noise frame (65 535 bytes and its length).
-pub(crate) const READ_SIZE: usize = 64 * 1024;
+/// The least a read asks for (what the crates.io crate always asked for).
+pub(crate) const MIN_READ: usize = 8 * 1024;
+/// The most a read asks for: a frame buffer with this much room (a decoder reserves
+/// room for a large frame it is waiting for) takes a bulk transfer in fewer reads.
+pub(crate) const MAX_READ: usize = 64 * 1024;
+/// Buffers kept per thread: one per read in progress (a reader that itself reads
+/// through a `FramedRead` on the same thread needs a second while the first is out).
+const KEPT: usize = 4;
 
 thread_local! {
-    /// The buffer reads on this thread go into, zeroed once. Taken out while a read runs
-    /// (a reader that itself reads through a `FramedRead` on the same thread gets a
-    /// buffer of its own for that read).
-    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+    /// Zeroed buffers for the reads on this thread, each `MAX_READ` bytes.
+    static SCRATCH: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zeroed buffer of `MAX_READ` bytes: one kept on this thread, or a new one.
+fn take_scratch() -> Box<[u8]> {
+    SCRATCH
+        .try_with(|kept| kept.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; MAX_READ].into_boxed_slice())
+}
+
+/// Gives a zeroed buffer back (dropped when the thread keeps enough, or is ending).
+fn give_back(scratch: Box<[u8]>) {
+    let _ = SCRATCH.try_with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if kept.len() < KEPT {
+            kept.push(scratch);
+        }
+    });
 }
 
 /// Reads once from `io` and appends what it read to `buffer`; `Ok(0)` at its end.
+///
+/// The read goes into a buffer zeroed once and kept on the thread, and what was read is
+/// zeroed again once copied out, so every read is given zeros (as the crates.io crate's
+/// fresh array gave it) and no connection's bytes stay behind for another's reader.
+/// A reader that writes into the buffer and then answers `Pending` is taken to have
+/// written nothing (no reader in the dependency graph does).
 pub(crate) fn poll_read_into<T: AsyncRead + Unpin>(
     io: &mut T,
     cx: &mut Context<'_>,
     buffer: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    let mut scratch = SCRATCH
-        .try_with(Cell::take)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| vec![0; READ_SIZE].into_boxed_slice());
-    let polled = match Pin::new(io).poll_read(cx, &mut scratch) {
-        Poll::Ready(Ok(n)) => Poll::Ready(match scratch.get(..n) {
-            Some(read) => {
-                buffer.extend_from_slice(read);
-                Ok(n)
-            }
-            None => Err(io::Error::new(
+    let mut scratch = take_scratch();
+    let room = buffer.capacity() - buffer.len();
+    let size = room.clamp(MIN_READ, MAX_READ);
+    let polled = Pin::new(io).poll_read(cx, &mut scratch[..size]);
+    let polled = match polled {
+        Poll::Ready(Ok(n)) if n <= size => {
+            let read = &mut scratch[..n];
+            buffer.extend_from_slice(read);
+            read.fill(0);
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Ok(n)) => {
+            scratch[..size].fill(0);
+            Poll::Ready(Err(io::Error::new(
                 ErrorKind::InvalidData,
-                format!(
-                    "a reader reported {n} bytes read into a buffer of {}",
-                    scratch.len()
-                ),
-            )),
-        }),
-        other => other,
+                format!("a reader reported {n} bytes read into a buffer of {size}"),
+            )))
+        }
+        Poll::Ready(Err(e)) => {
+            scratch[..size].fill(0);
+            Poll::Ready(Err(e))
+        }
+        Poll::Pending => Poll::Pending,
     };
-    // Gone only while the thread is being torn down: the buffer is then dropped.
-    let _ = SCRATCH.try_with(|cell| cell.set(Some(scratch)));
+    give_back(scratch);
     polled
 }
 
@@ -74,6 +105,10 @@ where
         }
         if buffer.is_empty() {
             return Poll::Ready(None);
+        }
+        // At the end, as the crates.io crate does: `decode` once more, then `decode_eof`.
+        if let Some(item) = decoder.decode(buffer)? {
+            return Poll::Ready(Some(Ok(item)));
         }
         return Poll::Ready(match decoder.decode_eof(buffer)? {
             Some(item) => Some(Ok(item)),

@@ -9,18 +9,22 @@
 //! round trip of one small message each way (a profile of the actors benchmark's asks,
 //! 4 % of all samples), on a round trip of ~26 µs.
 //!
-//! Here a read goes into a buffer zeroed once per thread and kept (`io::SCRATCH`), and
+//! Here a read goes into a buffer zeroed once and kept on the thread (`io::SCRATCH`), and
 //! the bytes read are appended to the frame buffer, as the crates.io version appends
-//! from its array: no `unsafe` (reading into a `BytesMut`'s spare capacity would need
-//! it). A read asks for up to 64 KiB, a whole Noise frame, where the crates.io version
-//! asked for 8 KiB, so a bulk transfer takes an eighth of the reads.
+//! from its array, and then zeroed again (so each read is handed zeros, and no
+//! connection's bytes stay behind for another's reader): the cost of zeroing follows the
+//! bytes read, not the polls. No `unsafe` (reading into a `BytesMut`'s spare capacity
+//! would need it). A read asks for the room the frame buffer has, at least 8 KiB (what
+//! the crates.io version always asked for) and at most 64 KiB, so a decoder that reserved
+//! room for a large frame gets it in fewer reads while idle buffers stay small.
 //!
 //! The workspace patches this crate in for crates.io's `asynchronous-codec` 0.7 (same
 //! name and version). Differences a caller could see: a writer that accepts no bytes
-//! fails with `WriteZero` (was `UnexpectedEof`), and a reader or writer that reports more
-//! bytes than it was given fails with `InvalidData` (the crates.io version panicked);
-//! the optional `cbor` and `json` codecs are not provided (nothing in the dependency
-//! graph asks for them).
+//! fails with `WriteZero` (was `UnexpectedEof`); a reader or writer that reports more
+//! bytes than it was given fails with `InvalidData` (the crates.io version panicked); a
+//! send high water mark of 0 writes what is buffered (the crates.io version failed with
+//! `UnexpectedEof` once its buffer was empty); the optional `cbor` and `json` codecs are
+//! not provided (nothing in the dependency graph asks for them).
 
 mod codec;
 mod framed;

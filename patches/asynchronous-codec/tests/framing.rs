@@ -411,3 +411,220 @@ proptest! {
         prop_assert_eq!(read, frames);
     }
 }
+
+/// Records the buffer each read is offered and what it held, and writes `bytes` (or
+/// claims `claims` bytes without writing any, when set).
+#[derive(Default)]
+struct Watcher {
+    offered: Vec<(usize, usize)>,
+    held_only_zeros: Vec<bool>,
+    bytes: Vec<u8>,
+    claims: Option<usize>,
+}
+
+impl AsyncRead for Watcher {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.offered.push((buf.as_ptr() as usize, buf.len()));
+        self.held_only_zeros.push(buf.iter().all(|&b| b == 0));
+        if let Some(n) = self.claims {
+            return Poll::Ready(Ok(n));
+        }
+        let n = self.bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes.drain(..n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[test]
+fn reads_reuse_one_buffer_and_hand_on_no_bytes_of_another_reader() {
+    let secret = Watcher {
+        bytes: b"the other connection's secret".to_vec(),
+        ..Watcher::default()
+    };
+    let mut first = FramedRead::new(secret, BytesCodec);
+    let got = block_on(first.next()).unwrap().unwrap();
+    assert_eq!(got, &b"the other connection's secret"[..]);
+    // Were the buffer freed after the read, this would likely take its memory, and the
+    // next read would be handed another.
+    let between = vec![1u8; 64 * 1024];
+    // A reader that claims bytes it never wrote gets zeros, not the first one's.
+    let liar = Watcher {
+        claims: Some(40),
+        ..Watcher::default()
+    };
+    let mut second = FramedRead::new(liar, BytesCodec);
+    let got = block_on(second.next()).unwrap().unwrap();
+    assert_eq!(got, &[0u8; 40][..]);
+    assert!(first.held_only_zeros.iter().all(|&z| z));
+    assert!(second.held_only_zeros.iter().all(|&z| z));
+    // One buffer, kept on the thread, served both.
+    assert_eq!(first.offered[0].0, second.offered[0].0);
+    assert_ne!(between.as_ptr() as usize, first.offered[0].0);
+}
+
+/// Waits for a frame of `len` bytes, reserving room for it (as Noise's decoder does).
+struct Reserving(usize);
+
+impl Decoder for Reserving {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        if src.len() >= self.0 {
+            return Ok(Some(src.split_to(self.0)));
+        }
+        src.reserve(self.0 - src.len());
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_read_asks_for_the_room_the_frame_buffer_has_within_bounds() {
+    let small = Watcher {
+        bytes: vec![1; 10],
+        ..Watcher::default()
+    };
+    let mut framed = FramedRead::new(small, Reserving(10));
+    block_on(framed.next()).unwrap().unwrap();
+    assert_eq!(
+        framed.offered[0].1,
+        8 * 1024,
+        "an idle buffer's reads stay at 8 KiB"
+    );
+
+    let large = Watcher {
+        bytes: vec![2; 200_000],
+        ..Watcher::default()
+    };
+    let mut framed = FramedRead::new(large, Reserving(200_000));
+    let frame = block_on(framed.next()).unwrap().unwrap();
+    assert_eq!(frame.len(), 200_000);
+    assert!(framed.offered.iter().all(|&(_, len)| len <= 64 * 1024));
+    assert_eq!(
+        framed.offered[0].1,
+        64 * 1024,
+        "room reserved for a large frame"
+    );
+    assert_eq!(framed.offered.len(), 4, "200 000 bytes in reads of 64 KiB");
+}
+
+/// Panics when read: what is buffered must be decoded without reading.
+struct Untouchable;
+
+impl AsyncRead for Untouchable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        panic!("read although whole frames were buffered");
+    }
+}
+
+impl AsyncWrite for Untouchable {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        panic!("written below the high water mark");
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn frames_buffered_in_parts_are_decoded_without_reading() {
+    let bytes = length_framed(&[b"one".to_vec(), b"two".to_vec()]);
+    let mut reader = FramedRead::new(Cursor::new(bytes), LengthCodec);
+    // Reads both frames' bytes, decodes one.
+    assert_eq!(block_on(reader.next()).unwrap().unwrap(), &b"one"[..]);
+    let parts = reader.into_parts();
+    assert!(!parts.buffer.is_empty());
+    let parts = asynchronous_codec::FramedReadParts::map_decoder(parts, |codec| codec);
+    let buffer = parts.buffer;
+    let framed = Framed::from_parts({
+        let mut parts = Framed::new(Untouchable, LengthCodec).into_parts();
+        parts.read_buffer = buffer;
+        parts
+    });
+    let mut framed = framed;
+    assert_eq!(block_on(framed.next()).unwrap().unwrap(), &b"two"[..]);
+    // Below the mark nothing is written until a flush.
+    framed.set_send_high_water_mark(1 << 20);
+    block_on(framed.feed(Bytes::from_static(b"kept"))).unwrap();
+    assert_eq!(framed.into_parts().write_buffer.len(), 8 + 4);
+}
+
+/// Gives half a frame, then fails once, then gives the rest.
+struct Interrupted {
+    bytes: Vec<u8>,
+    reads: usize,
+}
+
+impl AsyncRead for Interrupted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.reads += 1;
+        if self.reads == 2 {
+            return Poll::Ready(Err(io::Error::other("a passing fault")));
+        }
+        let n = if self.reads == 1 { 6 } else { self.bytes.len() }.min(buf.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes.drain(..n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[test]
+fn a_read_error_keeps_what_was_buffered() {
+    let bytes = length_framed(&[b"whole after all".to_vec()]);
+    let mut framed = FramedRead::new(Interrupted { bytes, reads: 0 }, LengthCodec);
+    block_on(async {
+        let error = framed.next().await.unwrap().unwrap_err();
+        assert_eq!(error.to_string(), "a passing fault");
+        assert_eq!(framed.read_buffer().len(), 6);
+        assert_eq!(
+            framed.next().await.unwrap().unwrap(),
+            &b"whole after all"[..]
+        );
+        // At the end, and polled again after it: still the end.
+        assert!(framed.next().await.is_none());
+        assert!(framed.next().await.is_none());
+    });
+}
+
+#[test]
+fn a_framed_write_taken_apart_keeps_what_it_had_not_written() {
+    let mut framed = FramedWrite::new(recorder(usize::MAX), LengthCodec);
+    framed.set_send_high_water_mark(1 << 20);
+    block_on(framed.feed(Bytes::from_static(b"pending"))).unwrap();
+    assert_eq!(framed.writes, 0);
+    let parts = framed.into_parts().map_encoder(|codec| codec);
+    let mut framed = FramedWrite::from_parts(parts);
+    block_on(framed.flush()).unwrap();
+    assert_eq!(framed.written, length_framed(&[b"pending".to_vec()]));
+}
+
+/// The framing types are `Unpin` whenever the byte stream is, whatever the codec, and
+/// `Send` when both are (as the crates.io crate's are).
+#[test]
+fn framing_is_unpin_with_any_codec_and_send() {
+    struct Pinned(std::marker::PhantomPinned);
+    fn unpin<T: Unpin>() {}
+    fn send<T: Send>() {}
+    unpin::<Framed<Cursor<Vec<u8>>, Pinned>>();
+    unpin::<FramedRead<Cursor<Vec<u8>>, Pinned>>();
+    unpin::<FramedWrite<Cursor<Vec<u8>>, Pinned>>();
+    send::<Framed<Cursor<Vec<u8>>, LengthCodec>>();
+}
