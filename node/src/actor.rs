@@ -853,7 +853,9 @@ impl Runtime {
         supervisor::spawn(&self.inner, spec, make).await
     }
 
-    /// Stops the actor at `path`; its mailbox is dropped, its pending asks refused.
+    /// Stops the actor at `path`: its mailbox is dropped and its pending asks refused at
+    /// once, and a handler still running is dropped at its next await (its ask refused
+    /// as failed), so a stuck actor stops too and frees the streams waiting on it.
     pub fn stop(&self, path: &Path) -> bool {
         let slot = write(&self.inner.actors).remove(path);
         match slot {

@@ -1437,6 +1437,62 @@ impl Actor for Stuck {
     }
 }
 
+/// Asks from another node waiting for room in a stuck actor's mailbox when the actor is
+/// stopped: each is refused (the refusal names its own message), none left to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_waiting_for_an_actor_that_stops_are_each_refused() {
+    let net = Net::start_with(2, |_| {
+        Config::new()
+            .with_mailbox(1)
+            .with_ask_timeout(Duration::from_secs(20))
+    })
+    .await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let stuck = net.path(0, "stuck");
+    {
+        let gate = gate.clone();
+        net.nodes[0]
+            .runtime
+            .spawn(Spec::new(stuck.clone()).untyped(), move || {
+                Stuck(gate.clone())
+            })
+            .await
+            .unwrap();
+    }
+    let asker = net.nodes[1].runtime.sender(net.path(1, "asker")).unwrap();
+    // The first ask finds the way; the rest go together.
+    let first = {
+        let (asker, stuck) = (asker.clone(), stuck.clone());
+        tokio::spawn(async move { asker.ask(&stuck, "q", &[0]).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.nodes[0].runtime.status().delivered == 0 {
+        assert!(Instant::now() < deadline, "the first ask never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asks: Vec<_> = (1..50u8)
+        .map(|i| {
+            let (asker, stuck) = (asker.clone(), stuck.clone());
+            tokio::spawn(async move { asker.ask(&stuck, "q", &[i]).await })
+        })
+        .collect();
+    // One is being handled, one waits in the mailbox: the others wait for room.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.nodes[0].runtime.status().actors[0].queued == 0 {
+        assert!(Instant::now() < deadline, "the asks never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(net.nodes[0].runtime.stop(&stuck));
+    for (i, ask) in std::iter::once(first).chain(asks).enumerate() {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), ask)
+            .await
+            .unwrap_or_else(|_| panic!("ask {i} was left waiting"))
+            .unwrap();
+        assert!(matches!(outcome, Err(AskError::Refused(_))), "{outcome:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_is_not_held_up_behind_a_full_mailbox() {
     let net = Net::start_with(2, |_| Config::new().with_mailbox(1).with_outbox_bytes(4096)).await;
