@@ -1489,7 +1489,94 @@ async fn asks_waiting_for_an_actor_that_stops_are_each_refused() {
             .await
             .unwrap_or_else(|_| panic!("ask {i} was left waiting"))
             .unwrap();
-        assert!(matches!(outcome, Err(AskError::Refused(_))), "{outcome:?}");
+        // The one being handled fails as stopped; the one in the mailbox goes unanswered;
+        // those waiting for room find no actor.
+        match (i, outcome) {
+            (0, Err(AskError::Refused(Refusal::Failed { reason, .. }))) => {
+                assert!(reason.contains("stopped"), "{reason}");
+            }
+            (
+                1..,
+                Err(AskError::Refused(Refusal::NoReply { .. } | Refusal::NoSuchActor { .. })),
+            ) => {}
+            (i, outcome) => panic!("ask {i}: {outcome:?}"),
+        }
+    }
+}
+
+/// Holds on `hold` until let through, fails on `boom`, answers nothing else.
+struct HoldThenFail(Arc<tokio::sync::Semaphore>);
+
+impl Actor for HoldThenFail {
+    async fn handle(&mut self, _ctx: &Context, message: Incoming) -> Result<(), Failure> {
+        match &*message.label {
+            "hold" => {
+                if let Ok(permit) = self.0.acquire().await {
+                    permit.forget();
+                }
+                Ok(())
+            }
+            "boom" => Err(Failure("asked to fail".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Asks taken from the mailbox with a message that then failed wait out the restart's
+/// backoff; a stop during it refuses them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_restarts_backoff_refuses_what_was_taken() {
+    let net = Net::start(1).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let path = net.path(0, "flaky");
+    let restart = Restart {
+        max_restarts: 5,
+        window: Duration::from_secs(60),
+        backoff: Duration::from_secs(60),
+    };
+    {
+        let gate = gate.clone();
+        net.nodes[0]
+            .runtime
+            .spawn(
+                Spec::new(path.clone()).untyped().restart(restart),
+                move || HoldThenFail(gate.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    let me = net.nodes[0].runtime.sender(net.path(0, "me")).unwrap();
+    me.tell(&path, "hold", b"").await.unwrap();
+    me.tell(&path, "boom", b"").await.unwrap();
+    let asks: Vec<_> = (0..3)
+        .map(|_| {
+            let (me, path) = (me.clone(), path.clone());
+            tokio::spawn(async move { me.ask(&path, "q", b"").await })
+        })
+        .collect();
+    let actor = || net.nodes[0].runtime.status().actors[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while actor().queued < 4 {
+        assert!(Instant::now() < deadline, "the messages were not queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let `hold` through: the actor takes the four queued together, fails on `boom` and
+    // waits out its backoff with the asks taken.
+    gate.add_permits(1);
+    while actor().state != "restarting" {
+        assert!(Instant::now() < deadline, "the actor did not fail");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(net.nodes[0].runtime.stop(&path));
+    for ask in asks {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), ask)
+            .await
+            .expect("an ask waited out the backoff")
+            .unwrap();
+        assert!(
+            matches!(outcome, Err(AskError::Refused(Refusal::NoReply { .. }))),
+            "{outcome:?}"
+        );
     }
 }
 

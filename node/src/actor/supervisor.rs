@@ -520,15 +520,20 @@ async fn supervise<A, F>(
             // Most handlers finish at their first poll: only one that waits is raced
             // against a stop (setting that up for every message cost a fifth of a
             // remote tell's time).
-            let handling = AssertUnwindSafe(actor.handle(&ctx, message)).catch_unwind();
-            tokio::pin!(handling);
-            let handled_or_stopped = match futures::poll!(handling.as_mut()) {
-                std::task::Poll::Ready(outcome) => Some(outcome),
-                std::task::Poll::Pending => tokio::select! {
-                    biased;
-                    outcome = handling => Some(outcome),
-                    () = slot.stopped.notified() => None,
-                },
+            // The handler is dropped at the end of this block, while `handling` still
+            // names its message: a reply handle it drops, stopped or not, is settled by
+            // the outcome below (a stop's: `STOPPED`).
+            let handled_or_stopped = {
+                let handling = AssertUnwindSafe(actor.handle(&ctx, message)).catch_unwind();
+                tokio::pin!(handling);
+                match futures::poll!(handling.as_mut()) {
+                    std::task::Poll::Ready(outcome) => Some(outcome),
+                    std::task::Poll::Pending => tokio::select! {
+                        biased;
+                        outcome = handling => Some(outcome),
+                        () = slot.stopped.notified() => None,
+                    },
+                }
             };
             slot.handling.store(0, Ordering::Release);
             let Some(outcome) = handled_or_stopped else {
@@ -569,7 +574,17 @@ async fn supervise<A, F>(
             c.state = "restarting";
             c.restarts += 1;
         }
-        tokio::time::sleep(policy.backoff).await;
+        // A stop during the backoff ends it: what was taken from the mailbox is dropped
+        // (its asks refused) at once, and no new actor is made.
+        tokio::select! {
+            biased;
+            () = slot.stopped.notified() => {}
+            () = tokio::time::sleep(policy.backoff) => {}
+        }
+        if slot.stopping.load(Ordering::Acquire) {
+            slot.counters().state = "stopped";
+            return;
+        }
         slot.counters().state = "running";
     }
 }
