@@ -1948,8 +1948,8 @@ impl<B: Blocks> Client<B> {
 
     /// New names still staged, with the error of their directory's last flush: what a
     /// node that stops now loses (their files' data is stored, but nothing links it);
-    /// and directories removed here whose check for names made elsewhere meanwhile is
-    /// still to be made.
+    /// removals still staged (the names stay); and directories removed here whose check
+    /// for names made elsewhere meanwhile is still to be made.
     pub fn unlinked(&self) -> Vec<(Path, String)> {
         let Ok(staged) = self.staged.lock() else {
             return Vec::new();
@@ -1957,17 +1957,20 @@ impl<B: Blocks> Client<B> {
         let mut lost = Vec::new();
         for s in staged.values() {
             let Some(dir) = s.nodes.last() else { continue };
-            for (name, _) in s
-                .changes
-                .iter()
-                .filter(|(_, c)| matches!(c, Change::Put { .. }))
-            {
+            let error = s
+                .failing
+                .as_ref()
+                .map_or_else(|| "not written yet".to_owned(), |f| f.error.clone());
+            for (name, change) in &s.changes {
                 let path = dir.path.join(name).unwrap_or_else(|_| dir.path.clone());
-                let error = s
-                    .failing
-                    .as_ref()
-                    .map_or_else(|| "not written yet".to_owned(), |f| f.error.clone());
-                lost.push((path, error));
+                match change {
+                    Change::Put { .. } => lost.push((path, error.clone())),
+                    // Acknowledged, and undone by the stop: the name stays.
+                    Change::Remove(_) => lost.push((
+                        path,
+                        format!("removed here, the removal not written (the name stays): {error}"),
+                    )),
+                }
             }
             for check in &s.rechecks {
                 let path = dir

@@ -1121,6 +1121,8 @@ async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
     let other = t.owner();
     staging.mkdir_all(&t.path("good")).await.unwrap();
     staging.mkdir_all(&t.path("bad")).await.unwrap();
+    let gone = t.path("bad/gone");
+    staging.put(&gone, &b"gone"[..], |_| {}).await.unwrap();
     staging.sync().await.unwrap();
     *blocks.refused.lock().unwrap() = Some(staging.stat(&t.path("bad")).await.unwrap().inode);
     let (kept, stuck) = (t.path("good/kept"), t.path("bad/stuck"));
@@ -1163,18 +1165,33 @@ async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
     assert!(staging.sync_for(&[&stuck]).await.is_err());
     assert!(staging.rename(&stuck, &t.path("good/out")).await.is_err());
     assert!(blocks.attempts.load(SeqCst) > tried);
-    let unlinked = staging.unlinked();
-    assert_eq!(unlinked.len(), 1, "{unlinked:?}");
-    assert_eq!(unlinked[0].0, stuck);
-    assert!(unlinked[0].1.contains("not this one"), "{unlinked:?}");
+    // A removal there is staged, acknowledged, and not written either: a stop now
+    // would leave the name, and says so.
+    staging.unlink(&gone).await.unwrap();
+    assert!(staging.sync_for(&[&gone]).await.is_err());
+    let mut unlinked = staging.unlinked();
+    unlinked.sort();
+    assert_eq!(unlinked.len(), 2, "{unlinked:?}");
+    assert_eq!(unlinked[0].0, gone);
+    assert!(
+        unlinked[0].1.contains("removal not written") && unlinked[0].1.contains("not this one"),
+        "{unlinked:?}"
+    );
+    assert_eq!(unlinked[1].0, stuck);
+    assert!(unlinked[1].1.contains("not this one"), "{unlinked:?}");
     assert!(matches!(
         other.stat(&stuck).await,
         Err(Error::NotFound { .. })
     ));
-    // Once the directory takes writes again, the name is written.
+    assert!(other.stat(&gone).await.is_ok());
+    // Once the directory takes writes again, the name is written, and the removal.
     *blocks.refused.lock().unwrap() = None;
     staging.sync_for(&[&stuck]).await.unwrap();
     assert_eq!(get(&other, &stuck).await.unwrap(), b"stuck");
+    assert!(matches!(
+        other.stat(&gone).await,
+        Err(Error::NotFound { .. })
+    ));
     assert!(staging.unlinked().is_empty());
     staging.sync().await.unwrap();
 }

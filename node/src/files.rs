@@ -526,7 +526,7 @@ impl Files {
         // finds it once this node forgets what it staged), and directories removed
         // here whose check for names made elsewhere meanwhile is still owed.
         for (path, error) in self.client.unlinked() {
-            tracing::error!(%path, %error, "left undone at this stop (a new name never written to its directory, or a removed directory never checked)");
+            tracing::error!(%path, %error, "left undone at this stop (a new name never written to its directory, a removal never written, or a removed directory never checked)");
         }
     }
 
