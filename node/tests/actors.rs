@@ -1437,6 +1437,22 @@ impl Actor for Stuck {
     }
 }
 
+/// A [`Stuck`] actor at `n<node>/stuck`, untyped, and the gate that lets its handlers
+/// through.
+async fn spawn_stuck(net: &Net, node: usize) -> (Path, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let stuck = net.path(node, "stuck");
+    let held = gate.clone();
+    net.nodes[node]
+        .runtime
+        .spawn(Spec::new(stuck.clone()).untyped(), move || {
+            Stuck(held.clone())
+        })
+        .await
+        .unwrap();
+    (stuck, gate)
+}
+
 /// Asks from another node waiting for room in a stuck actor's mailbox when the actor is
 /// stopped: each is refused (the refusal names its own message), none left to time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1447,18 +1463,7 @@ async fn asks_waiting_for_an_actor_that_stops_are_each_refused() {
             .with_ask_timeout(Duration::from_secs(20))
     })
     .await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let stuck = net.path(0, "stuck");
-    {
-        let gate = gate.clone();
-        net.nodes[0]
-            .runtime
-            .spawn(Spec::new(stuck.clone()).untyped(), move || {
-                Stuck(gate.clone())
-            })
-            .await
-            .unwrap();
-    }
+    let (stuck, _gate) = spawn_stuck(&net, 0).await;
     let asker = net.nodes[1].runtime.sender(net.path(1, "asker")).unwrap();
     // The first ask finds the way; the rest go together.
     let first = {
@@ -1583,18 +1588,7 @@ async fn a_stop_during_a_restarts_backoff_refuses_what_was_taken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_is_not_held_up_behind_a_full_mailbox() {
     let net = Net::start_with(2, |_| Config::new().with_mailbox(1).with_outbox_bytes(4096)).await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let stuck = net.path(0, "stuck");
-    {
-        let gate = gate.clone();
-        net.nodes[0]
-            .runtime
-            .spawn(Spec::new(stuck.clone()).untyped(), move || {
-                Stuck(gate.clone())
-            })
-            .await
-            .unwrap();
-    }
+    let (stuck, gate) = spawn_stuck(&net, 0).await;
     let store = spawn_kv(&net, 1, "kv").await;
     // Node 1 floods node 0's stuck actor until its mailbox and the stream to node 0 are
     // full: node 0 reads nothing more of node 1's requests.
