@@ -518,8 +518,8 @@ async fn supervise<A, F>(
             let delivery = message.reply.as_ref().map_or(0, |r| r.delivery);
             slot.handling.store(delivery, Ordering::Release);
             // Most handlers finish at their first poll: only one that waits is raced
-            // against a stop (setting that up for every message cost a fifth of a
-            // remote tell's time).
+            // against a stop (setting that up for every message cost about 80 ns of CPU
+            // per remote tell, against ~450 ns in all).
             // The handler is dropped at the end of this block, while `handling` still
             // names its message: a reply handle it drops, stopped or not, is settled by
             // the outcome below (a stop's: `STOPPED`).
