@@ -1950,7 +1950,7 @@ impl<B: Blocks> Client<B> {
     /// node that stops now loses (their files' data is stored, but nothing links it);
     /// removals still staged (the names stay); and directories removed here whose check
     /// for names made elsewhere meanwhile is still to be made.
-    pub fn unlinked(&self) -> Vec<(Path, String)> {
+    pub fn unwritten(&self) -> Vec<(Path, String)> {
         let Ok(staged) = self.staged.lock() else {
             return Vec::new();
         };

@@ -1169,16 +1169,16 @@ async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
     // would leave the name, and says so.
     staging.unlink(&gone).await.unwrap();
     assert!(staging.sync_for(&[&gone]).await.is_err());
-    let mut unlinked = staging.unlinked();
-    unlinked.sort();
-    assert_eq!(unlinked.len(), 2, "{unlinked:?}");
-    assert_eq!(unlinked[0].0, gone);
+    let mut unwritten = staging.unwritten();
+    unwritten.sort();
+    assert_eq!(unwritten.len(), 2, "{unwritten:?}");
+    assert_eq!(unwritten[0].0, gone);
     assert!(
-        unlinked[0].1.contains("removal not written") && unlinked[0].1.contains("not this one"),
-        "{unlinked:?}"
+        unwritten[0].1.contains("removal not written") && unwritten[0].1.contains("not this one"),
+        "{unwritten:?}"
     );
-    assert_eq!(unlinked[1].0, stuck);
-    assert!(unlinked[1].1.contains("not this one"), "{unlinked:?}");
+    assert_eq!(unwritten[1].0, stuck);
+    assert!(unwritten[1].1.contains("not this one"), "{unwritten:?}");
     assert!(matches!(
         other.stat(&stuck).await,
         Err(Error::NotFound { .. })
@@ -1192,7 +1192,7 @@ async fn a_directory_that_cannot_be_written_fails_only_what_concerns_it() {
         other.stat(&gone).await,
         Err(Error::NotFound { .. })
     ));
-    assert!(staging.unlinked().is_empty());
+    assert!(staging.unwritten().is_empty());
     staging.sync().await.unwrap();
 }
 

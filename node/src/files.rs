@@ -410,7 +410,7 @@ impl Files {
                     .await;
                     let unwritten: Vec<serde_json::Value> = self
                         .client
-                        .unlinked()
+                        .unwritten()
                         .into_iter()
                         .filter(|(path, _)| path.starts_with(&root))
                         .map(|(path, error)| serde_json::json!({ "path": path.to_string(), "error": error }))
@@ -525,7 +525,7 @@ impl Files {
         // Files whose names could not be linked (their data is stored, but nothing
         // finds it once this node forgets what it staged), and directories removed
         // here whose check for names made elsewhere meanwhile is still owed.
-        for (path, error) in self.client.unlinked() {
+        for (path, error) in self.client.unwritten() {
             tracing::error!(%path, %error, "left undone at this stop (a new name never written to its directory, a removal never written, or a removed directory never checked)");
         }
     }

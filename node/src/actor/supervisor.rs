@@ -183,9 +183,8 @@ impl Slot {
 
     /// Stops the actor: what its mailbox holds is dropped at once (its asks refused),
     /// senders waiting for room are refused, and a handler running is dropped at its
-    /// next await (its ask, if any, refused with the actor's `stopped` failure). Before,
-    /// a stuck handler kept the mailbox open, and every stream reader waiting to hand it
-    /// messages blocked with it: a stopped actor held up its peers' other messages.
+    /// next await (its ask, if any, refused with the actor's `stopped` failure), so a
+    /// stuck handler does not hold up the stream readers waiting to hand it messages.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         drop(self.mailbox.close());
@@ -257,11 +256,11 @@ impl Slot {
         let queued = passed - batch.len();
         inner.delivered.fetch_add(queued as u64, Ordering::Relaxed);
         if result.is_err() {
-            let refused_above: std::collections::HashSet<usize> =
-                refused.iter().map(|(i, _)| *i).collect();
-            let not_queued = (0..read)
-                .filter(|i| !refused_above.contains(i))
-                .skip(queued);
+            // `refused` is in index order here.
+            let not_queued: Vec<usize> = (0..read)
+                .filter(|i| refused.binary_search_by_key(i, |(j, _)| *j).is_err())
+                .skip(queued)
+                .collect();
             for (incoming, i) in batch.drain(..).zip(not_queued) {
                 disarm(incoming);
                 refused.push((i, self.gone()));
