@@ -68,8 +68,10 @@ pub enum Transports {
 pub struct BuildError(String);
 
 impl Behaviour {
-    fn new(key: &identity::Keypair, store: Store, config: &Config) -> Result<Self, BuildError> {
+    fn new(key: &identity::Keypair, mut store: Store, config: &Config) -> Result<Self, BuildError> {
         let peer_id = key.public().to_peer_id();
+        // Full, it keeps what is nearest this node, as Kademlia places records.
+        store.keep_nearest(peer_id);
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)

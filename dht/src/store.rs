@@ -6,6 +6,14 @@
 //! to redb in a transaction that is durable before `put` returns, and loaded (and checked
 //! again) when the store opens, so they survive a restart. Expired records are never
 //! served; Kademlia removes them when it meets them, and a restart drops the rest. The store keeps no provider records: this overlay does not use them.
+//!
+//! A full store keeps the records nearest its node ([`Store::keep_nearest`]): a record
+//! nearer (by Kademlia's XOR distance) than the farthest one held takes that one's place,
+//! and the node's own records always find room. Anyone can make valid records (a key of
+//! their own is a root), so a store that refused everything once full could be filled by
+//! one peer and then took nothing else, not even its own node's registrations; now a
+//! flood displaces only records farther from the node than its own, which are the ones
+//! other nodes are nearer to and hold.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,7 +22,7 @@ use std::path::Path as FsPath;
 use keys::SharedRevocations;
 use libp2p::PeerId;
 use libp2p::kad::store::{self, RecordStore};
-use libp2p::kad::{ProviderRecord, Record, RecordKey};
+use libp2p::kad::{KBucketDistance, KBucketKey, ProviderRecord, Record, RecordKey};
 use redb::{ReadableTable, TableDefinition};
 
 use crate::record::{PathRecord, RecordError, instant_of};
@@ -58,6 +66,11 @@ pub struct Store {
     records: HashMap<RecordKey, (Record, u64)>,
     revocations: SharedRevocations,
     max_records: usize,
+    /// The node whose nearest records a full store keeps ([`Store::keep_nearest`]).
+    nearest_to: Option<(PeerId, KBucketKey<PeerId>)>,
+    /// Every record another node published, by its distance from `nearest_to` (the
+    /// farthest is the first to give way); empty while that is unset.
+    by_distance: std::collections::BTreeMap<KBucketDistance, RecordKey>,
     /// When a full store last looked for records whose writecap lapsed or was revoked
     /// (see [`SWEEP_EVERY`]).
     swept_at: Option<std::time::Instant>,
@@ -92,7 +105,67 @@ impl Store {
             records: HashMap::new(),
             revocations: SharedRevocations::default(),
             max_records,
+            nearest_to: None,
+            by_distance: std::collections::BTreeMap::new(),
             swept_at: None,
+        }
+    }
+
+    /// Makes a full store keep the records nearest `node` (its own node, whose own
+    /// records always find room): a record for a key not held takes the place of the
+    /// farthest record another node published, if that one is farther than it; without
+    /// this a full store refuses every new key.
+    pub fn keep_nearest(&mut self, node: PeerId) {
+        self.nearest_to = Some((node, KBucketKey::from(node)));
+        self.by_distance.clear();
+        let held: Vec<(RecordKey, Option<PeerId>)> = self
+            .records
+            .iter()
+            .map(|(key, (record, _))| (key.clone(), record.publisher))
+            .collect();
+        for (key, publisher) in held {
+            self.index(&key, publisher);
+        }
+    }
+
+    /// The distance of `key` from the node set by [`Store::keep_nearest`].
+    fn distance(&self, key: &RecordKey) -> Option<KBucketDistance> {
+        let (_, node) = self.nearest_to.as_ref()?;
+        Some(node.distance(&KBucketKey::new(key.clone())))
+    }
+
+    /// Whether a record published by `publisher` is the node's own.
+    fn own(&self, publisher: Option<PeerId>) -> bool {
+        self.nearest_to
+            .as_ref()
+            .is_some_and(|(node, _)| publisher == Some(*node))
+    }
+
+    /// Lists a held record among those that may give way (unless it is the node's own).
+    fn index(&mut self, key: &RecordKey, publisher: Option<PeerId>) {
+        if self.own(publisher) {
+            return;
+        }
+        if let Some(distance) = self.distance(key) {
+            self.by_distance.insert(distance, key.clone());
+        }
+    }
+
+    fn unindex(&mut self, key: &RecordKey) {
+        if let Some(distance) = self.distance(key) {
+            self.by_distance.remove(&distance);
+        }
+    }
+
+    /// The record that gives way to a new one for `key` published by `publisher`: the
+    /// farthest another node published, if it is farther than `key` (any, for the node's
+    /// own record).
+    fn giving_way(&self, key: &RecordKey, publisher: Option<PeerId>) -> Option<RecordKey> {
+        let (farthest, held) = self.by_distance.last_key_value()?;
+        if self.own(publisher) || self.distance(key).is_some_and(|d| d < *farthest) {
+            Some(held.clone())
+        } else {
+            None
         }
     }
 
@@ -112,6 +185,7 @@ impl Store {
                     Ok(record) => {
                         let sequence = record.sequence();
                         let kad = kad_record(key.clone(), value.value().to_vec(), &record);
+                        self.index(&key, kad.publisher);
                         self.records.insert(key, (kad, sequence));
                     }
                     Err(error) => {
@@ -148,6 +222,7 @@ impl Store {
             }
             .into());
         }
+        let mut evicted = None;
         match self.records.get(&record.key) {
             Some((held, _)) if held.value == record.value => return Ok(Inserted::Unchanged),
             Some((_, have)) if *have >= sequence && self.holds(&record.key) => {
@@ -179,7 +254,13 @@ impl Store {
                     .collect();
                 self.delete(&dead)?;
                 if self.records.len() >= self.max_records {
-                    return Err(StoreError::Full(self.records.len()));
+                    // Still full: the farthest record another node published gives way
+                    // to a nearer one, and to any of this node's own (removed in the
+                    // same transaction as the new record is written, below).
+                    evicted = self.giving_way(&record.key, Some(path_record.peer_id()));
+                    if evicted.is_none() {
+                        return Err(StoreError::Full(self.records.len()));
+                    }
                 }
             }
             None => {}
@@ -188,13 +269,23 @@ impl Store {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(RECORDS).map_err(db_err)?;
+                if let Some(key) = &evicted {
+                    table.remove(key.as_ref()).map_err(db_err)?;
+                }
                 table
                     .insert(record.key.as_ref(), record.value.as_slice())
                     .map_err(db_err)?;
             }
             txn.commit().map_err(db_err)?;
         }
+        if let Some(key) = &evicted {
+            tracing::debug!(evicted = ?key, "a full store made room for a nearer record");
+            self.unindex(key);
+            self.records.remove(key);
+        }
         let kad = kad_record(record.key.clone(), record.value, &path_record);
+        self.unindex(&record.key);
+        self.index(&record.key, kad.publisher);
         self.records.insert(record.key, (kad, sequence));
         Ok(Inserted::New)
     }
@@ -251,6 +342,7 @@ impl Store {
             txn.commit().map_err(db_err)?;
         }
         for key in keys {
+            self.unindex(key);
             self.records.remove(key);
         }
         Ok(())

@@ -387,6 +387,42 @@ async fn registering_without_a_writecap_is_refused() {
     assert!(matches!(err, Error::NotAuthorized { .. }), "{err}");
 }
 
+/// A peer that fills a node's record store with records of its own (anyone can sign
+/// valid records under a root of their own) does not stop that node from registering
+/// its paths: a full store keeps its own node's records, and the nearest others'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_another_filled_still_registers() {
+    let a = spawn_on(SigningKey::generate(), config(None), Store::in_memory(8)).await;
+    let b = spawn(SigningKey::generate(), Some(&a.addr)).await;
+    eventually("b joins", Duration::from_secs(20), async || {
+        (a.client.status().await.unwrap().routing_table >= 1).then_some(())
+    })
+    .await;
+    // b's own root, and twenty paths under it: far more than a's store holds.
+    let flooder = SigningKey::generate();
+    let theirs = Path::root_of(flooder.principal());
+    for i in 0..20 {
+        let path = theirs.join(&format!("flood-{i}")).unwrap();
+        b.client
+            .register(path.clone(), grant(&flooder, &b.key, &path))
+            .await
+            .unwrap();
+    }
+    let records = a.client.status().await.unwrap().records;
+    assert_eq!(records, 8, "a's store is full of b's records");
+    let root = SigningKey::generate();
+    let path = Path::root_of(root.principal()).join("mine").unwrap();
+    a.client
+        .register(path.clone(), grant(&root, &a.key, &path))
+        .await
+        .unwrap();
+    let found = eventually("resolution", Duration::from_secs(20), async || {
+        b.client.resolve(path.clone()).await.ok()
+    })
+    .await;
+    assert_eq!(found.peer_id, a.key.peer_id().to_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_records_travel_too() {
     // A deep path under a 4-link chain makes a record far above Kademlia's default

@@ -6,8 +6,9 @@
 use dht::{Inserted, PathRecord, RecordError, Store, StoreError, key_of};
 use keys::limits::MAX_PATH_RECORD_BYTES;
 use keys::{Chain, Path, Revocations, SigningKey, Validity, now};
-use libp2p::Multiaddr;
 use libp2p::kad::store::RecordStore;
+use libp2p::kad::{KBucketDistance, KBucketKey, RecordKey};
+use libp2p::{Multiaddr, PeerId};
 use proptest::prelude::*;
 use protocols::wire;
 
@@ -443,8 +444,161 @@ fn a_full_store_makes_room_from_what_no_longer_holds_and_checks_chains_once_a_mi
     assert_eq!(store.len(), 2);
 }
 
+/// The record of `f`'s node for the path `f.path/<name>`.
+fn record_at(f: &Fixture, name: &str) -> libp2p::kad::Record {
+    PathRecord::new(
+        &f.node,
+        f.path.join(name).unwrap(),
+        vec![addr()],
+        f.chain.clone(),
+        1,
+        now() + 600,
+    )
+    .to_kad()
+    .unwrap()
+}
+
+fn distance(node: PeerId, key: &RecordKey) -> KBucketDistance {
+    KBucketKey::from(node).distance(&KBucketKey::new(key.clone()))
+}
+
+/// The keys of `records` nearest `node`, `n` of them, sorted.
+fn nearest(node: PeerId, records: &[libp2p::kad::Record], n: usize) -> Vec<RecordKey> {
+    let mut keys: Vec<RecordKey> = records.iter().map(|r| r.key.clone()).collect();
+    keys.sort_by_key(|k| distance(node, k));
+    keys.truncate(n);
+    keys.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    keys
+}
+
+fn held(store: &Store) -> Vec<RecordKey> {
+    let mut keys: Vec<RecordKey> = store.records().map(|r| r.key.clone()).collect();
+    keys.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    keys
+}
+
+/// Thirty records from other nodes, made once (each is a signature).
+fn flood() -> &'static [libp2p::kad::Record] {
+    static FLOOD: std::sync::LazyLock<Vec<libp2p::kad::Record>> = std::sync::LazyLock::new(|| {
+        let f = fixture();
+        (0..30)
+            .map(|i| record_at(&f, &format!("flood-{i}")))
+            .collect()
+    });
+    &FLOOD
+}
+
+/// A full store keeps the records nearest its node, whatever order they came in: a
+/// nearer record takes the farthest one's place, a farther one is refused as before.
+/// (Anyone can sign valid records under a root of their own: a store that refused every
+/// new key once full was one peer's flood away from taking nothing else.)
+#[test]
+fn a_full_store_keeps_the_records_nearest_its_node() {
+    let node = PeerId::random();
+    let records = flood();
+    let mut store = Store::in_memory(8);
+    store.keep_nearest(node);
+    for record in records {
+        let key = record.key.clone();
+        let farther_than_all = store.len() == 8
+            && held(&store)
+                .iter()
+                .all(|k| distance(node, k) < distance(node, &key));
+        match store.insert(record.clone()) {
+            Ok(Inserted::New) => assert!(!farther_than_all),
+            Err(StoreError::Full(8)) => assert!(farther_than_all),
+            other => panic!("{other:?}"),
+        }
+        assert!(store.len() <= 8);
+    }
+    assert_eq!(held(&store), nearest(node, records, 8));
+    // A record held is served; one that gave way is not.
+    let far = records
+        .iter()
+        .find(|r| !held(&store).contains(&r.key))
+        .unwrap();
+    assert!(store.get(&far.key).is_none());
+}
+
+/// The node's own record finds room in a store full of others' records nearer than it,
+/// and takes the farthest one's place; its own records never give way.
+#[test]
+fn a_full_store_always_takes_its_own_nodes_records() {
+    let own = fixture();
+    let node = own.node.peer_id();
+    let records = flood();
+    let mut store = Store::in_memory(4);
+    store.keep_nearest(node);
+    let ours: Vec<libp2p::kad::Record> = (0..6)
+        .map(|i| record_at(&own, &format!("own-{i}")))
+        .collect();
+    for record in &records[..4] {
+        store.insert(record.clone()).unwrap();
+    }
+    store.insert(ours[0].clone()).unwrap();
+    let mut expected = nearest(node, &records[..4], 3);
+    expected.push(ours[0].key.clone());
+    expected.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    assert_eq!(held(&store), expected);
+    // Others' records, near or far, never push it out.
+    for record in records {
+        let _ = store.insert(record.clone());
+        assert!(store.get(&ours[0].key).is_some());
+    }
+    // Full of its own records, the store refuses even its own next one.
+    for record in &ours[1..4] {
+        store.insert(record.clone()).unwrap();
+    }
+    assert!(matches!(
+        store.insert(ours[4].clone()),
+        Err(StoreError::Full(4))
+    ));
+    assert!(matches!(
+        store.insert(records[0].clone()),
+        Err(StoreError::Full(4))
+    ));
+}
+
+/// What gave way is gone from the file too, and a store opened again keeps the nearest.
+#[test]
+fn records_that_gave_way_stay_gone_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("records.redb");
+    let node = PeerId::random();
+    let records = flood();
+    {
+        let mut store = Store::open(&file, 5).unwrap();
+        store.keep_nearest(node);
+        for record in &records[..12] {
+            let _ = store.insert(record.clone());
+        }
+    }
+    let mut store = Store::open(&file, 5).unwrap();
+    store.keep_nearest(node);
+    assert_eq!(held(&store), nearest(node, &records[..12], 5));
+    for record in &records[12..] {
+        let _ = store.insert(record.clone());
+    }
+    assert_eq!(held(&store), nearest(node, records, 5));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Whatever the order records come in, a full store ends with the nearest.
+    #[test]
+    fn a_full_store_keeps_the_nearest_in_any_order(
+        order in Just((0..flood().len()).collect::<Vec<usize>>()).prop_shuffle(),
+        room in 1usize..12,
+    ) {
+        let node = PeerId::random();
+        let mut store = Store::in_memory(room);
+        store.keep_nearest(node);
+        for &i in &order {
+            let _ = store.insert(flood()[i].clone());
+        }
+        prop_assert_eq!(held(&store), nearest(node, flood(), room));
+    }
 
     #[test]
     fn path_records_round_trip(sequence in any::<u64>(), ttl in 1u64..86_400, n in 0usize..16, port in any::<u16>()) {
