@@ -71,7 +71,9 @@ impl Behaviour {
     fn new(key: &identity::Keypair, mut store: Store, config: &Config) -> Result<Self, BuildError> {
         let peer_id = key.public().to_peer_id();
         // Full, it keeps what is nearest this node, as Kademlia places records.
-        store.keep_nearest(peer_id);
+        store
+            .keep_nearest(peer_id)
+            .map_err(|e| BuildError(format!("record store: {e}")))?;
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)

@@ -8,12 +8,14 @@
 //! served; Kademlia removes them when it meets them, and a restart drops the rest. The store keeps no provider records: this overlay does not use them.
 //!
 //! A full store keeps the records nearest its node ([`Store::keep_nearest`]): a record
-//! nearer (by Kademlia's XOR distance) than the farthest one held takes that one's place,
-//! and the node's own records always find room. Anyone can make valid records (a key of
-//! their own is a root), so a store that refused everything once full could be filled by
-//! one peer and then took nothing else, not even its own node's registrations; now a
-//! flood displaces only records farther from the node than its own, which are the ones
-//! other nodes are nearer to and hold.
+//! nearer (by Kademlia's XOR distance) than the farthest one another node published takes
+//! that one's place, and so does any record of the node's own (which never gives way).
+//! Anyone can make valid records (a key of their own is a root), so a store that refused
+//! everything once full could be filled by one peer and then took nothing else, not even
+//! its own node's registrations. Now a flood's records push out only records farther from
+//! the node than they are, and never the node's own. Keys can still be ground to land near
+//! a chosen node (about N/k tries per record in an overlay of N nodes), so a targeted
+//! flood still pushes out the others' records that node holds.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -111,11 +113,13 @@ impl Store {
         }
     }
 
-    /// Makes a full store keep the records nearest `node` (its own node, whose own
-    /// records always find room): a record for a key not held takes the place of the
-    /// farthest record another node published, if that one is farther than it; without
-    /// this a full store refuses every new key.
-    pub fn keep_nearest(&mut self, node: PeerId) {
+    /// Makes a full store keep the records nearest `node`, its own node: a record for a
+    /// key not held takes the place of the farthest record another node published if
+    /// that one is farther than it, and a record `node` published takes it whatever the
+    /// distance (its own records never give way). Without this a full store refuses
+    /// every new key. A store holding more than it may (opened with a lower limit than it
+    /// was filled under) lets the farthest of the others' records go at once.
+    pub fn keep_nearest(&mut self, node: PeerId) -> Result<(), StoreError> {
         self.nearest_to = Some((node, KBucketKey::from(node)));
         self.by_distance.clear();
         let held: Vec<(RecordKey, Option<PeerId>)> = self
@@ -126,6 +130,15 @@ impl Store {
         for (key, publisher) in held {
             self.index(&key, publisher);
         }
+        let over = self.records.len().saturating_sub(self.max_records);
+        let farthest: Vec<RecordKey> = self
+            .by_distance
+            .values()
+            .rev()
+            .take(over)
+            .cloned()
+            .collect();
+        self.delete(&farthest)
     }
 
     /// The distance of `key` from the node set by [`Store::keep_nearest`].

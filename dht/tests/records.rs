@@ -497,7 +497,7 @@ fn a_full_store_keeps_the_records_nearest_its_node() {
     let node = PeerId::random();
     let records = flood();
     let mut store = Store::in_memory(8);
-    store.keep_nearest(node);
+    store.keep_nearest(node).unwrap();
     for record in records {
         let key = record.key.clone();
         let farther_than_all = store.len() == 8
@@ -528,7 +528,7 @@ fn a_full_store_always_takes_its_own_nodes_records() {
     let node = own.node.peer_id();
     let records = flood();
     let mut store = Store::in_memory(4);
-    store.keep_nearest(node);
+    store.keep_nearest(node).unwrap();
     let ours: Vec<libp2p::kad::Record> = (0..6)
         .map(|i| record_at(&own, &format!("own-{i}")))
         .collect();
@@ -568,18 +568,105 @@ fn records_that_gave_way_stay_gone_after_a_restart() {
     let records = flood();
     {
         let mut store = Store::open(&file, 5).unwrap();
-        store.keep_nearest(node);
+        store.keep_nearest(node).unwrap();
         for record in &records[..12] {
             let _ = store.insert(record.clone());
         }
     }
     let mut store = Store::open(&file, 5).unwrap();
-    store.keep_nearest(node);
+    store.keep_nearest(node).unwrap();
     assert_eq!(held(&store), nearest(node, &records[..12], 5));
     for record in &records[12..] {
         let _ = store.insert(record.clone());
     }
     assert_eq!(held(&store), nearest(node, records, 5));
+}
+
+/// The records that may give way follow every removal, and a held path whose record
+/// becomes the node's own stops being one of them.
+#[test]
+fn what_may_give_way_follows_removals_and_new_publishers() {
+    let node = PeerId::random();
+    let records = flood();
+    let mut store = Store::in_memory(8);
+    store.keep_nearest(node).unwrap();
+    for record in &records[..16] {
+        let _ = store.insert(record.clone());
+    }
+    // Kademlia removes what it finds expired; the room is taken again by the nearest.
+    let before = held(&store);
+    for key in &before[..3] {
+        store.remove(key);
+    }
+    let mut candidates: Vec<libp2p::kad::Record> = records[16..].to_vec();
+    candidates.extend(
+        records
+            .iter()
+            .filter(|r| before[3..].contains(&r.key))
+            .cloned(),
+    );
+    for record in &records[16..] {
+        let _ = store.insert(record.clone());
+        assert!(store.len() <= 8);
+    }
+    assert_eq!(held(&store), nearest(node, &candidates, 8));
+
+    // A path held for another node, then registered by this node: it no longer gives way.
+    let f = fixture();
+    let own = SigningKey::generate();
+    let own_chain = Chain::root_grant(
+        &f.root,
+        own.principal(),
+        Path::root_of(f.root.principal()).join("services").unwrap(),
+        Validity::for_seconds(3600),
+    );
+    let theirs = record(&f, 1).to_kad().unwrap();
+    let ours = PathRecord::new(
+        &own,
+        f.path.clone(),
+        vec![addr()],
+        own_chain,
+        2,
+        now() + 600,
+    )
+    .to_kad()
+    .unwrap();
+    let mut store = Store::in_memory(2);
+    store.keep_nearest(own.peer_id()).unwrap();
+    store.insert(theirs).unwrap();
+    store.insert(records[0].clone()).unwrap();
+    assert_eq!(store.insert(ours.clone()).unwrap(), Inserted::New);
+    for record in records {
+        let _ = store.insert(record.clone());
+        assert_eq!(store.get(&ours.key).unwrap().value, ours.value);
+    }
+    assert_eq!(store.len(), 2);
+}
+
+/// A store opened with a lower limit than it was filled under keeps the nearest it may.
+#[test]
+fn a_lower_limit_lets_the_farthest_go_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("records.redb");
+    let node = PeerId::random();
+    let records = &flood()[..10];
+    {
+        let mut store = Store::open(&file, 10).unwrap();
+        store.keep_nearest(node).unwrap();
+        for record in records {
+            store.insert(record.clone()).unwrap();
+        }
+    }
+    let mut store = Store::open(&file, 4).unwrap();
+    store.keep_nearest(node).unwrap();
+    assert_eq!(held(&store), nearest(node, records, 4));
+    drop(store);
+    let store = Store::open(&file, 10).unwrap();
+    assert_eq!(
+        held(&store),
+        nearest(node, records, 4),
+        "gone from the file too"
+    );
 }
 
 proptest! {
@@ -593,7 +680,7 @@ proptest! {
     ) {
         let node = PeerId::random();
         let mut store = Store::in_memory(room);
-        store.keep_nearest(node);
+        store.keep_nearest(node).unwrap();
         for &i in &order {
             let _ = store.insert(flood()[i].clone());
         }
