@@ -22,8 +22,10 @@
 //! 1.25 × `grace` after it became so, when a sweep takes less than a quarter of `grace`
 //! (a store of more than `batch` chunks takes a round per batch).
 //!
-//! Replicas keep an inode's heads and its last [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY)
-//! versions, so a chunk lives as long as one of those refers to it. A chunk whose owner is
+//! Replicas keep an inode's heads and the versions fewer than
+//! [`KEEP_HISTORY`](crate::replica::KEEP_HISTORY) generations below them (at most
+//! [`MAX_KEPT`](crate::replica::MAX_KEPT)), so a chunk lives as long as one of those refers
+//! to it. A chunk whose owner is
 //! unknown or disputed (all zero) is never collected; neither is one whose inode cannot
 //! be asked, nor one disputed while its inode was being asked (it is removed only if its
 //! owner is still the one asked about).

@@ -171,7 +171,9 @@ fn refusal(e: Refused) -> Refusal {
         Refused::Inode(crate::inode::InodeError::NotAuthorized { .. }) => {
             Refusal::not_authorized(e.to_string())
         }
-        Refused::Inode(_) | Refused::TooManyHeads => Refusal::invalid(e.to_string()),
+        Refused::Inode(_) | Refused::TooManyHeads | Refused::SequenceNotRising { .. } => {
+            Refusal::invalid(e.to_string())
+        }
         Refused::Stale { .. } => Refusal::stale(e.to_string()),
         Refused::Corrupt => Refusal::Corrupt,
         Refused::Store(reason) => Refusal::Internal {

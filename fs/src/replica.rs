@@ -13,10 +13,16 @@ use crate::inode::{self, InodeError, Verified};
 use crate::store::{self, Store};
 
 /// Versions of one inode a replica keeps beyond its heads: the recent past, so that a
-/// fork can be merged against its common ancestor.
+/// fork can be merged against its common ancestor. A version is kept while fewer than
+/// this many generations (parent links among the versions held) lie between it and the
+/// nearest head that descends from it; and a version more than this many sequence
+/// numbers behind the newest is refused.
 pub const KEEP_HISTORY: u64 = 8;
 /// Most concurrent heads (forks) of one inode a replica accepts.
 pub const MAX_HEADS: usize = 16;
+/// Most versions of one inode a replica keeps, heads included: beyond it the versions
+/// farthest below the heads go first (the heads never do).
+pub const MAX_KEPT: usize = 64;
 
 /// Why a replica refused an item.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +45,15 @@ pub enum Refused {
     /// Too many forks of one inode.
     #[error("inode has {MAX_HEADS} unmerged versions already")]
     TooManyHeads,
+    /// A version's sequence is not above that of a version it supersedes (as every
+    /// writer's is: it takes the highest it has seen plus one).
+    #[error("version {seq} supersedes version {parent_seq}: a sequence must rise")]
+    SequenceNotRising {
+        /// The later version's sequence (of the two, the one that names the other).
+        seq: u64,
+        /// The superseded one's.
+        parent_seq: u64,
+    },
     /// The replica's copy was corrupt; it has dropped it.
     #[error("the stored copy was corrupt and has been dropped")]
     Corrupt,
@@ -257,6 +272,27 @@ impl Replica {
                 newest,
             });
         }
+        // Sequences rise along parent links, either way round the new version and what
+        // is held (a version may come before its parent): without it, one writer could
+        // chain versions of one sequence that no history bound would ever prune.
+        for other in &held {
+            let (later, earlier) = if verified.inode.parents.contains(&other.version) {
+                (&verified, other)
+            } else if other.inode.parents.contains(&verified.version) {
+                (other, &verified)
+            } else {
+                continue;
+            };
+            if later.inode.seq <= earlier.inode.seq {
+                self.counters
+                    .refused_versions
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::SequenceNotRising {
+                    seq: later.inode.seq,
+                    parent_seq: earlier.inode.seq,
+                });
+            }
+        }
         held.push(verified.clone());
         if let Some(filtered) = &mut filtered {
             filtered.push(verified.clone());
@@ -322,13 +358,240 @@ impl Replica {
     }
 }
 
-/// The versions among `held` that fall out of the kept history: older than the newest
-/// by [`KEEP_HISTORY`] and no longer heads.
+/// The versions among `held` that fall out of the kept history: those [`KEEP_HISTORY`]
+/// or more generations below every head that descends from them, and then, while more
+/// than [`MAX_KEPT`] would stay, the farthest below the heads (the oldest first among
+/// equals). Generations, not sequence numbers: one version with a far higher sequence
+/// (a writer may sign any, and be revoked later, when readers leave its versions out)
+/// must not take the history it names with it.
 fn pruned(held: &[Verified]) -> Vec<VersionId> {
-    let newest = held.iter().map(|v| v.inode.seq).max().unwrap_or(0);
-    let heads: Vec<VersionId> = inode::heads(held).iter().map(|v| v.version).collect();
-    held.iter()
-        .filter(|v| v.inode.seq + KEEP_HISTORY <= newest && !heads.contains(&v.version))
-        .map(|v| v.version)
-        .collect()
+    use std::collections::HashMap;
+    let index: HashMap<VersionId, usize> = held
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.version, i))
+        .collect();
+    // Generations below the nearest head, breadth first down the parent links.
+    let mut depth = vec![usize::MAX; held.len()];
+    let mut queue = std::collections::VecDeque::new();
+    for head in inode::heads(held) {
+        if let Some(&i) = index.get(&head.version)
+            && depth[i] != 0
+        {
+            depth[i] = 0;
+            queue.push_back(i);
+        }
+    }
+    while let Some(i) = queue.pop_front() {
+        let below = depth[i].saturating_add(1);
+        for parent in &held[i].inode.parents {
+            if let Some(&p) = index.get(parent)
+                && depth[p] > below
+            {
+                depth[p] = below;
+                queue.push_back(p);
+            }
+        }
+    }
+    let history = usize::try_from(KEEP_HISTORY).unwrap_or(usize::MAX);
+    let mut kept: Vec<usize> = Vec::new();
+    let mut dropped: Vec<VersionId> = Vec::new();
+    for (i, v) in held.iter().enumerate() {
+        // The same version twice (it cannot be, but must not count twice).
+        if index.get(&v.version) != Some(&i) {
+            continue;
+        }
+        if depth[i] >= history {
+            dropped.push(v.version);
+        } else {
+            kept.push(i);
+        }
+    }
+    if kept.len() > MAX_KEPT {
+        // Farthest below the heads last-kept; heads (depth 0) sort first and stay.
+        kept.sort_by(|&a, &b| {
+            depth[a]
+                .cmp(&depth[b])
+                .then_with(|| inode::order(&held[b], &held[a]))
+        });
+        let keep = MAX_KEPT.max(kept.iter().filter(|&&i| depth[i] == 0).count());
+        dropped.extend(kept.drain(keep..).map(|i| held[i].version));
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inode::{Inode, Signed};
+
+    /// A file's inode on a replica, its first version, and the key that signs more.
+    async fn file() -> (Arc<Replica>, InodeId, Verified, Arc<keys::Identity>) {
+        let crate::testing::Owner {
+            client,
+            replica,
+            tree,
+            root,
+        } = crate::testing::owner();
+        let path = tree.join("f").unwrap();
+        client.put(&path, &b"first"[..], |_| {}).await.unwrap();
+        let inode = client.stat(&path).await.unwrap().inode;
+        let first = replica.versions(&inode).unwrap().remove(0);
+        (replica, inode, first, root)
+    }
+
+    /// Signs a successor of `base` with `seq` naming `parents`, and offers it.
+    fn offer(
+        replica: &Replica,
+        inode: &InodeId,
+        base: &Verified,
+        root: &keys::Identity,
+        seq: u64,
+        parents: Vec<VersionId>,
+    ) -> (VersionId, Result<bool, Refused>) {
+        let mut next = Inode::clone(&base.inode);
+        next.seq = seq;
+        next.parents = parents;
+        let bytes = Signed::sign(&next, root.signing_key()).unwrap();
+        let id = replica
+            .verified()
+            .verify_as(&bytes, inode, keys::now(), &keys::Revocations::default())
+            .unwrap()
+            .version;
+        (id, replica.put_version(inode, &bytes))
+    }
+
+    fn held(replica: &Replica, inode: &InodeId) -> Vec<VersionId> {
+        replica
+            .versions(inode)
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect()
+    }
+
+    /// A version must have a higher sequence than what it supersedes, whichever of the
+    /// two comes first: a chain of versions of one sequence would never leave the kept
+    /// history (each put also verified them all again), however long it grew.
+    #[tokio::test]
+    async fn sequences_must_rise_along_parent_links() {
+        let (replica, inode, first, root) = file().await;
+        let s = first.inode.seq;
+        let (_, same) = offer(&replica, &inode, &first, &root, s, vec![first.version]);
+        assert!(
+            matches!(same, Err(Refused::SequenceNotRising { seq, parent_seq }) if seq == s && parent_seq == s),
+            "{same:?}"
+        );
+        // The child first, naming a parent not held yet; the parent then comes with a
+        // sequence not below the child's.
+        let mut parent = Inode::clone(&first.inode);
+        parent.seq = s + 5;
+        parent.parents = vec![first.version];
+        let parent_bytes = Signed::sign(&parent, root.signing_key()).unwrap();
+        let parent_id = replica
+            .verified()
+            .verify_as(
+                &parent_bytes,
+                &inode,
+                keys::now(),
+                &keys::Revocations::default(),
+            )
+            .unwrap()
+            .version;
+        let (_, child) = offer(&replica, &inode, &first, &root, s + 5, vec![parent_id]);
+        assert_eq!(child, Ok(true));
+        assert!(matches!(
+            replica.put_version(&inode, &parent_bytes),
+            Err(Refused::SequenceNotRising { .. })
+        ));
+        assert_eq!(held(&replica, &inode).len(), 2);
+        // Rising, it is taken.
+        let (_, next) = offer(&replica, &inode, &first, &root, s + 1, vec![first.version]);
+        assert_eq!(next, Ok(true));
+    }
+
+    /// One version with a far higher sequence drops nothing it names: the history is
+    /// counted in generations below the heads. (By sequence, such a version from a
+    /// writer revoked later took the whole history with it at every replica, and readers,
+    /// who leave the revoked version out, found nothing.)
+    #[tokio::test]
+    async fn a_version_far_ahead_takes_no_history_with_it() {
+        let (replica, inode, first, root) = file().await;
+        let mut head = first.version;
+        let mut seq = first.inode.seq;
+        for _ in 0..4 {
+            seq += 1;
+            let (id, put) = offer(&replica, &inode, &first, &root, seq, vec![head]);
+            assert_eq!(put, Ok(true));
+            head = id;
+        }
+        let before = held(&replica, &inode);
+        assert_eq!(before.len(), 5);
+        let far_seq = seq + 1000;
+        let (far, put) = offer(&replica, &inode, &first, &root, far_seq, vec![head]);
+        assert_eq!(put, Ok(true));
+        let after = held(&replica, &inode);
+        assert_eq!(after.len(), 6);
+        assert!(before.iter().all(|v| after.contains(v)));
+        assert!(after.contains(&far));
+        // Generations still move the history on: eight more, and the far one and all
+        // below it are out.
+        let (mut head, mut seq) = (far, far_seq);
+        let mut last = Vec::new();
+        for _ in 0..KEEP_HISTORY {
+            seq += 1;
+            let (id, put) = offer(&replica, &inode, &first, &root, seq, vec![head]);
+            assert_eq!(put, Ok(true));
+            head = id;
+            last.push(id);
+        }
+        let mut now = held(&replica, &inode);
+        now.sort();
+        last.sort();
+        assert_eq!(now, last);
+    }
+
+    /// However a writer shapes its versions (here rounds of 16 forks, each merged by
+    /// one version naming all of them), a replica keeps at most [`MAX_KEPT`], the heads
+    /// and those nearest them.
+    #[tokio::test]
+    async fn a_replica_keeps_at_most_max_kept_versions() {
+        let (replica, inode, first, root) = file().await;
+        let mut head = first.version;
+        let mut seq = first.inode.seq;
+        let mut rounds: Vec<Vec<VersionId>> = Vec::new();
+        for _ in 0..6 {
+            seq += 1;
+            let mut forks = Vec::new();
+            for n in 0..MAX_HEADS {
+                // Forks differ in their mode, so each signs to another version.
+                let mut fork = Inode::clone(&first.inode);
+                fork.seq = seq;
+                fork.parents = vec![head];
+                fork.mode = 0o600 + n as u32;
+                let bytes = Signed::sign(&fork, root.signing_key()).unwrap();
+                assert_eq!(replica.put_version(&inode, &bytes), Ok(true));
+                forks.push(
+                    replica
+                        .verified()
+                        .verify_as(&bytes, &inode, keys::now(), &keys::Revocations::default())
+                        .unwrap()
+                        .version,
+                );
+            }
+            seq += 1;
+            let (merge, put) = offer(&replica, &inode, &first, &root, seq, forks.clone());
+            assert_eq!(put, Ok(true));
+            forks.push(merge);
+            rounds.push(forks);
+            head = merge;
+            assert!(held(&replica, &inode).len() <= MAX_KEPT);
+        }
+        let kept = held(&replica, &inode);
+        assert_eq!(kept.len(), MAX_KEPT);
+        // The last two rounds (generations 0 to 3 below the head) are all kept.
+        for v in rounds[4].iter().chain(&rounds[5]) {
+            assert!(kept.contains(v));
+        }
+    }
 }
