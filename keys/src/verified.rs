@@ -13,7 +13,7 @@ use crate::writecap::{Chain, Timestamp, WritecapError};
 pub const MAX_CHAINS_PER_HOLDER: usize = 64;
 
 /// Most holders remembered; past it, holders whose grants all expired go first, then
-/// arbitrary ones (they verify again when next seen).
+/// arbitrary ones not pinned (they verify again when next seen).
 pub const MAX_HOLDERS: usize = 16_384;
 
 /// Memory one holder's grants may take, as [`held_bytes`] counts it; its oldest go
@@ -22,7 +22,9 @@ pub const MAX_HOLDERS: usize = 16_384;
 pub const MAX_BYTES_PER_HOLDER: usize = 1 << 20;
 
 /// Memory all grants may take; past it, holders whose grants all expired go first, then
-/// arbitrary ones.
+/// arbitrary ones not pinned ([`VerifiedChains::pin`]). Pinned holders are never pushed
+/// out: a grant that finds no room among them is not remembered
+/// ([`VerifiedChains::remember`] says so).
 pub const MAX_BYTES: usize = 64 << 20;
 
 /// About what `chain` takes in memory: each link's prefix (its text, and a string per
@@ -55,6 +57,15 @@ pub struct CheckedChain {
     grant: Grant,
 }
 
+impl CheckedChain {
+    /// Whether the chain lets its holder speak for `path` at `now` (as
+    /// [`VerifiedChains::authorizes`] would once it is remembered).
+    pub fn authorizes(&self, path: &Path, now: Timestamp) -> bool {
+        let g = &self.grant;
+        g.not_before <= now && now < g.expires && path.starts_with(&g.prefix)
+    }
+}
+
 /// The verified grants of each holder.
 ///
 /// ```
@@ -73,6 +84,9 @@ pub struct VerifiedChains {
     grants: HashMap<Principal, Vec<Grant>>,
     /// What `grants` takes, as [`held_bytes`] counts it.
     bytes: usize,
+    /// Holders never pushed out to make room, each with how many asked
+    /// ([`VerifiedChains::pin`]).
+    pinned: HashMap<Principal, usize>,
 }
 
 impl VerifiedChains {
@@ -125,20 +139,54 @@ impl VerifiedChains {
         })
     }
 
+    /// Keeps `holder`'s grants from being pushed out to make room for others' until as
+    /// many [`VerifiedChains::unpin`]s: a peer whose streams are open, whose messages are
+    /// authorized by what its hellos brought (and which does not present it again).
+    /// Others making up holders and chains must not push it out and get its messages
+    /// refused.
+    pub fn pin(&mut self, holder: &Principal) {
+        *self.pinned.entry(*holder).or_default() += 1;
+    }
+
+    /// Undoes one [`VerifiedChains::pin`]; the holder's grants stay until pushed out.
+    pub fn unpin(&mut self, holder: &Principal) {
+        if let Some(count) = self.pinned.get_mut(holder) {
+            *count -= 1;
+            if *count == 0 {
+                self.pinned.remove(holder);
+            }
+        }
+    }
+
     /// Remembers a chain [`VerifiedChains::verify`] checked, within the bounds above
-    /// (what goes to make room verifies again when next seen).
-    pub fn remember(&mut self, checked: CheckedChain, now: Timestamp) {
+    /// (what goes to make room verifies again when next seen). False if it is not
+    /// remembered: larger than a holder may have, or no room left among pinned holders.
+    pub fn remember(&mut self, checked: CheckedChain, now: Timestamp) -> bool {
         let CheckedChain { holder, grant } = checked;
+        if grant.bytes > MAX_BYTES_PER_HOLDER {
+            return false;
+        }
         // Held already: kept once (a duplicate pushed out another grant of the holder).
-        if grant.bytes > MAX_BYTES_PER_HOLDER || self.holds(&holder, &grant.chain, now) {
-            return;
+        if self.holds(&holder, &grant.chain, now) {
+            return true;
         }
         if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(&holder) {
-            self.drop_holders(now, |cache| cache.grants.len() < MAX_HOLDERS);
+            self.drop_holders(now, &holder, |cache| cache.grants.len() < MAX_HOLDERS);
+            if self.grants.len() >= MAX_HOLDERS {
+                return false;
+            }
         }
         if self.bytes + grant.bytes > MAX_BYTES {
             let wanted = MAX_BYTES - grant.bytes;
-            self.drop_holders(now, |cache| cache.bytes <= wanted);
+            self.drop_holders(now, &holder, |cache| cache.bytes <= wanted);
+            // The holder's own oldest grants may make the rest of the room (below).
+            let own: usize = self
+                .grants
+                .get(&holder)
+                .map_or(0, |grants| grants.iter().map(|g| g.bytes).sum());
+            if self.bytes - own > wanted {
+                return false;
+            }
         }
         let grants = self.grants.entry(holder).or_default();
         let mut freed = 0;
@@ -150,8 +198,11 @@ impl VerifiedChains {
             keep
         });
         let mut held: usize = grants.iter().map(|g| g.bytes).sum();
+        let others = self.bytes - freed - held;
         while !grants.is_empty()
-            && (grants.len() >= MAX_CHAINS_PER_HOLDER || held + grant.bytes > MAX_BYTES_PER_HOLDER)
+            && (grants.len() >= MAX_CHAINS_PER_HOLDER
+                || held + grant.bytes > MAX_BYTES_PER_HOLDER
+                || others + held + grant.bytes > MAX_BYTES)
         {
             let old = grants.remove(0);
             held -= old.bytes;
@@ -159,6 +210,7 @@ impl VerifiedChains {
         }
         self.bytes = self.bytes - freed + grant.bytes;
         grants.push(grant);
+        true
     }
 
     /// Remembers chains [`VerifiedChains::verify`] checked against `revocations` as they
@@ -166,28 +218,32 @@ impl VerifiedChains {
     /// were). Where lists were taken since, every remembered grant is checked against them
     /// again: a chain one of them revokes is not kept, though the new list's own check of
     /// this cache ([`VerifiedChains::revalidate`]) ran before it was remembered (it stayed
-    /// until it expired).
+    /// until it expired). False if any was not remembered (see
+    /// [`VerifiedChains::remember`]).
     pub fn remember_checked(
         &mut self,
         checked: impl IntoIterator<Item = CheckedChain>,
         checked_at: u64,
         revocations: &SharedRevocations,
         now: Timestamp,
-    ) {
+    ) -> bool {
+        let mut all = true;
         for chain in checked {
-            self.remember(chain, now);
+            all &= self.remember(chain, now);
         }
         if revocations.generation() != checked_at {
             self.revalidate(now, &revocations.read());
         }
+        all
     }
 
-    /// Drops holders until `enough`: those whose grants all expired first, then any.
-    fn drop_holders(&mut self, now: Timestamp, enough: impl Fn(&Self) -> bool) {
+    /// Drops holders other than `keep` until `enough`: those whose grants all expired
+    /// first, then any not pinned.
+    fn drop_holders(&mut self, now: Timestamp, keep: &Principal, enough: impl Fn(&Self) -> bool) {
         let expired: Vec<Principal> = self
             .grants
             .iter()
-            .filter(|(_, grants)| grants.iter().all(|g| g.expires <= now))
+            .filter(|(holder, grants)| *holder != keep && grants.iter().all(|g| g.expires <= now))
             .map(|(holder, _)| *holder)
             .collect();
         for holder in expired {
@@ -196,10 +252,19 @@ impl VerifiedChains {
             }
             self.forget(&holder);
         }
-        while !enough(self) {
-            let Some(victim) = self.grants.keys().next().copied() else {
+        if enough(self) {
+            return;
+        }
+        let victims: Vec<Principal> = self
+            .grants
+            .keys()
+            .filter(|holder| *holder != keep && !self.pinned.contains_key(holder))
+            .copied()
+            .collect();
+        for victim in victims {
+            if enough(self) {
                 return;
-            };
+            }
             self.forget(&victim);
         }
     }
@@ -267,7 +332,7 @@ impl VerifiedChains {
         self.grants.retain(|_, grants| !grants.is_empty());
     }
 
-    /// Forgets everything (for instance when a new revocation list arrives).
+    /// Forgets every grant (for instance when a new revocation list arrives); pins stay.
     pub fn clear(&mut self) {
         self.grants.clear();
         self.bytes = 0;
@@ -423,6 +488,78 @@ mod tests {
         assert!(cache.bytes() > MAX_BYTES - 2 * per_chain);
         cache.clear();
         assert_eq!(cache.bytes(), 0);
+    }
+
+    /// Holders pinned (peers whose streams are open) are never pushed out to make room
+    /// for others' chains, however many others come: a flood of made-up holders with
+    /// deep chains pushed out every honest peer, whose messages were then refused and
+    /// held against it. A grant that finds no room among pinned holders is not
+    /// remembered, and says so; the bounds still hold.
+    #[test]
+    fn pinned_holders_stay_whatever_others_bring() {
+        let now = crate::now();
+        let none = Revocations::default();
+        let mut cache = VerifiedChains::default();
+        let root = SigningKey::generate();
+        let honest = SigningKey::generate();
+        let apps = Path::root_of(root.principal()).join("apps").unwrap();
+        let small = Chain::root_grant(
+            &root,
+            honest.principal(),
+            apps.clone(),
+            Validity::for_seconds(600),
+        );
+        cache.pin(&honest.principal());
+        let checked = VerifiedChains::verify(&honest.principal(), &small, now, &none).unwrap();
+        assert!(checked.authorizes(&apps.join("x").unwrap(), now));
+        assert!(!checked.authorizes(&Path::root_of(root.principal()), now));
+        assert!(cache.remember(checked, now));
+        let per_chain = held_bytes(&deep_chain(&root, &honest).0);
+        let flood = 2 * (MAX_BYTES / per_chain) + 8;
+        let mut pinned_flood = Vec::new();
+        for i in 0..flood {
+            let holder = SigningKey::generate();
+            let (chain, _) = deep_chain(&root, &holder);
+            let checked = VerifiedChains::verify(&holder.principal(), &chain, now, &none).unwrap();
+            // Half the flood pins itself too (its streams stay open).
+            if i % 2 == 0 {
+                cache.pin(&holder.principal());
+                pinned_flood.push((holder.principal(), chain.clone()));
+            }
+            let _ = cache.remember(checked, now);
+            assert!(cache.bytes() <= MAX_BYTES);
+            assert!(cache.authorizes(&honest.principal(), &apps, now), "{i}");
+        }
+        // Unpinned holders made room for pinned ones until only pinned were left.
+        let kept = pinned_flood
+            .iter()
+            .filter(|(holder, chain)| cache.holds(holder, chain, now))
+            .count();
+        assert!(
+            kept >= MAX_BYTES / per_chain - 2,
+            "{kept} of the pinned flood kept"
+        );
+        // Full of pinned holders: a new one is not remembered, and says so.
+        let late = SigningKey::generate();
+        let (chain, prefix) = deep_chain(&root, &late);
+        let checked = VerifiedChains::verify(&late.principal(), &chain, now, &none).unwrap();
+        assert!(checked.authorizes(&prefix, now));
+        assert!(!cache.remember(checked, now));
+        assert!(!cache.authorizes(&late.principal(), &prefix, now));
+        // Unpinned (its streams closed), a holder may go again.
+        let (gone, gone_chain) = pinned_flood
+            .iter()
+            .find(|(holder, chain)| cache.holds(holder, chain, now))
+            .unwrap()
+            .clone();
+        cache.unpin(&gone);
+        let checked = VerifiedChains::verify(&late.principal(), &chain, now, &none).unwrap();
+        cache.pin(&late.principal());
+        assert!(cache.remember(checked, now));
+        assert!(cache.authorizes(&late.principal(), &prefix, now));
+        assert!(!cache.holds(&gone, &gone_chain, now));
+        assert!(cache.authorizes(&honest.principal(), &apps, now));
+        assert!(cache.bytes() <= MAX_BYTES);
     }
 
     #[test]

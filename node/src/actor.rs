@@ -556,6 +556,57 @@ struct Penalty {
     count: u32,
 }
 
+/// Most peers whose refused messages are counted at once.
+const MAX_PENALISED: usize = 4096;
+
+/// Refused messages counted per peer, for [`Inner::penalise`]; at most
+/// [`MAX_PENALISED`] peers.
+#[derive(Default)]
+struct Penalties {
+    table: HashMap<PeerId, Penalty>,
+    /// When a full table was last cleared of what lapsed.
+    swept: Option<Instant>,
+}
+
+impl Penalties {
+    /// Counts a refused message against `peer` at `now`; true when that makes `limit`
+    /// within `window` (the peer is then forgotten: it is blocked).
+    fn count(&mut self, peer: PeerId, now: Instant, window: Duration, limit: u32) -> bool {
+        if self.table.len() >= MAX_PENALISED && !self.table.contains_key(&peer) {
+            // Full: what lapsed goes, and peers counted once, at most once a second (a
+            // scan per refusal, with the table full, cost a scan of all of it for every
+            // refusal of a flood). Without room the peer is not counted this time.
+            if self
+                .swept
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+            {
+                self.swept = Some(now);
+                self.table
+                    .retain(|_, p| now.duration_since(p.since) <= window && p.count > 1);
+            }
+            if self.table.len() >= MAX_PENALISED {
+                return false;
+            }
+        }
+        let entry = self.table.entry(peer).or_insert(Penalty {
+            since: now,
+            count: 0,
+        });
+        if now.duration_since(entry.since) > window {
+            *entry = Penalty {
+                since: now,
+                count: 0,
+            };
+        }
+        entry.count += 1;
+        let block = entry.count >= limit;
+        if block {
+            self.table.remove(&peer);
+        }
+        block
+    }
+}
+
 /// The state shared by every handle.
 pub(crate) struct Inner {
     node: dht::Client,
@@ -577,7 +628,7 @@ pub(crate) struct Inner {
     routes: Mutex<HashMap<Arc<Path>, (PeerId, Instant)>>,
     asks: Mutex<HashMap<u64, PendingAsk>>,
     next_ask: AtomicU64,
-    penalties: Mutex<HashMap<PeerId, Penalty>>,
+    penalties: Mutex<Penalties>,
     /// Open inbound actor streams per peer.
     inbound: Mutex<HashMap<PeerId, usize>>,
     refusals: broadcast::Sender<RefusalNotice>,
@@ -617,16 +668,17 @@ impl Inner {
     /// locked. Where lists arrived since, the table is checked against them again under
     /// the same lock: a chain verified outside it against older lists while a newer one
     /// revoked it would otherwise stay until it expired (the new list's own check of the
-    /// table may have run before it was remembered).
+    /// table may have run before it was remembered). With it, whether every chain was
+    /// remembered ([`VerifiedChains::remember`]).
     fn remember_checked(
         &self,
         checked: impl IntoIterator<Item = keys::CheckedChain>,
         checked_at: u64,
         now: keys::Timestamp,
-    ) -> std::sync::RwLockWriteGuard<'_, VerifiedChains> {
+    ) -> (std::sync::RwLockWriteGuard<'_, VerifiedChains>, bool) {
         let mut verified = write(&self.verified);
-        verified.remember_checked(checked, checked_at, &self.config.revocations, now);
-        verified
+        let all = verified.remember_checked(checked, checked_at, &self.config.revocations, now);
+        (verified, all)
     }
 
     /// Checks the verified chains again when revocation lists were added since they
@@ -726,7 +778,7 @@ impl Runtime {
             routes: Mutex::new(HashMap::new()),
             asks: Mutex::new(HashMap::new()),
             next_ask: AtomicU64::new(1),
-            penalties: Mutex::new(HashMap::new()),
+            penalties: Mutex::default(),
             inbound: Mutex::new(HashMap::new()),
             refusals,
             topics: pubsub::Topics::default(),
@@ -1527,29 +1579,12 @@ impl Inner {
     /// Counts a refused message against `peer`; blocks it past the threshold.
     fn penalise(&self, peer: PeerId) {
         let now = Instant::now();
-        let block = {
-            let mut penalties = lock(&self.penalties);
-            if penalties.len() >= 4096 {
-                let window = self.config.violation_window;
-                penalties.retain(|_, p| now.duration_since(p.since) <= window);
-            }
-            let entry = penalties.entry(peer).or_insert(Penalty {
-                since: now,
-                count: 0,
-            });
-            if now.duration_since(entry.since) > self.config.violation_window {
-                *entry = Penalty {
-                    since: now,
-                    count: 0,
-                };
-            }
-            entry.count += 1;
-            let block = entry.count >= self.config.violations_before_block;
-            if block {
-                penalties.remove(&peer);
-            }
-            block
-        };
+        let block = lock(&self.penalties).count(
+            peer,
+            now,
+            self.config.violation_window,
+            self.config.violations_before_block,
+        );
         if block {
             tracing::warn!(%peer, "blocking a peer that keeps sending refused messages");
             let node = self.node.clone();
@@ -1565,5 +1600,36 @@ impl Inner {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of refused messages stays within its bound however many peers a flood
+    /// names, keeps counting the peers that keep at it, and takes new ones again once
+    /// what it holds lapses.
+    #[test]
+    fn penalties_are_bounded_and_keep_the_persistent() {
+        let window = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut penalties = Penalties::default();
+        let persistent = PeerId::random();
+        assert!(!penalties.count(persistent, start, window, 3));
+        assert!(!penalties.count(persistent, start, window, 3));
+        for i in 0..3 * MAX_PENALISED {
+            let now = start + Duration::from_millis(i as u64);
+            assert!(!penalties.count(PeerId::random(), now, window, 3));
+            assert!(penalties.table.len() <= MAX_PENALISED);
+        }
+        // Counted twice before the table filled: a flood of one-offs does not push it out.
+        assert!(penalties.count(persistent, start + Duration::from_secs(3), window, 3));
+        // Once the window has passed, a sweep makes room for a newcomer.
+        let later = start + window + Duration::from_secs(10);
+        let newcomer = PeerId::random();
+        assert!(!penalties.count(newcomer, later, window, 2));
+        assert!(penalties.count(newcomer, later, window, 2));
+        assert!(penalties.table.len() <= MAX_PENALISED);
     }
 }

@@ -73,6 +73,7 @@ pub(super) async fn accept(inner: Weak<Inner>, mut incoming: dht::IncomingStream
                 Some(StreamSlot {
                     inner: inner.clone(),
                     peer,
+                    principal: keys::PublicKey::from_peer_id(&peer).map(|k| k.principal()),
                 })
             }
         };
@@ -80,6 +81,11 @@ pub(super) async fn accept(inner: Weak<Inner>, mut incoming: dht::IncomingStream
             tracing::debug!(%peer, "refusing one more actor stream from a peer");
             continue;
         };
+        // While the stream is open, the chains its hellos bring are not pushed out of
+        // the shared cache to make room for others'.
+        if let Some(principal) = &slot.principal {
+            write(&strong.verified).pin(principal);
+        }
         let span = tracing::debug_span!("actor-stream", %peer);
         let weak = inner.clone();
         tokio::spawn(tracing::Instrument::instrument(
@@ -95,27 +101,35 @@ pub(super) async fn accept(inner: Weak<Inner>, mut incoming: dht::IncomingStream
 /// Most actor streams one peer may have open to us.
 const MAX_STREAMS_PER_PEER: usize = 4;
 
-/// Counts an open inbound stream until it ends.
+/// Counts an open inbound stream until it ends, and pins its peer's chains in the
+/// shared cache meanwhile.
 struct StreamSlot {
     inner: Weak<Inner>,
     peer: PeerId,
+    /// The peer's principal (none for a peer id that is not an ed25519 key).
+    principal: Option<keys::Principal>,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
             let mut streams = lock(&inner.inbound);
-            if let Some(open) = streams.get_mut(&self.peer) {
+            let last = streams.get_mut(&self.peer).is_some_and(|open| {
                 *open -= 1;
-                if *open == 0 {
-                    streams.remove(&self.peer);
-                    drop(streams);
-                    // Its last stream is gone: so are the chains its hellos brought (a
-                    // new stream brings them again). Peers that come and go under new
-                    // ids would otherwise fill the cache up to its bounds.
-                    if let Some(key) = keys::PublicKey::from_peer_id(&self.peer) {
-                        write(&inner.verified).forget(&key.principal());
-                    }
+                *open == 0
+            });
+            if last {
+                streams.remove(&self.peer);
+            }
+            drop(streams);
+            if let Some(principal) = &self.principal {
+                let mut verified = write(&inner.verified);
+                verified.unpin(principal);
+                // Its last stream is gone: so are the chains its hellos brought (a new
+                // stream brings them again). Peers that come and go under new ids would
+                // otherwise fill the cache up to its bounds.
+                if last {
+                    verified.forget(principal);
                 }
             }
         }
@@ -200,6 +214,10 @@ struct Reader {
     warned: Option<(std::time::Instant, u64)>,
     /// New chains presented in hellos after the first (see [`MAX_LATER_CHAINS`]).
     later_chains: usize,
+    /// A chain its hellos brought could not be remembered (see
+    /// [`keys::VerifiedChains::remember`]): what it is refused for want of one is not
+    /// held against the peer.
+    unremembered: bool,
 }
 
 impl Reader {
@@ -223,6 +241,7 @@ impl Reader {
             held: None,
             warned: None,
             later_chains: 0,
+            unremembered: false,
             inner,
         })
     }
@@ -388,7 +407,14 @@ impl Reader {
             // sending costs it nothing.
             inner.penalise(self.peer);
         }
-        drop(inner.remember_checked(checked, checked_at, now));
+        let (verified, remembered) = inner.remember_checked(checked, checked_at, now);
+        drop(verified);
+        if !remembered {
+            // Too large for one holder, or no room among the peers whose streams are
+            // open: its messages that needed them are refused, but not held against it.
+            tracing::warn!(peer = %self.peer, "a chain in the peer's hello cannot be remembered (too large, or the cache is full)");
+            self.unremembered = true;
+        }
         Ok(())
     }
 
@@ -417,7 +443,7 @@ impl Reader {
                 let inner = self.inner.clone();
                 let authorized_until =
                     read(&inner.verified).authorized_until(&self.principal, &from, self.now);
-                if authorized_until.is_none() {
+                if authorized_until.is_none() && !self.unremembered {
                     // Its messages will be refused; a peer that opens channels for paths
                     // it holds no writecap for is counted as violating, as each of those
                     // messages would be.
@@ -476,7 +502,8 @@ impl Reader {
                 path: ch.from.to_string(),
                 peer: peer.to_string(),
             };
-            self.refuse((channel, sequence, kind), refusal, true);
+            let penalise = !self.unremembered;
+            self.refuse((channel, sequence, kind), refusal, penalise);
             return Ok(false);
         }
         if let Kind::Reply { id } = kind {

@@ -305,7 +305,10 @@ pub(super) async fn receive(inner: Weak<Inner>, mut gossip: mpsc::Receiver<dht::
         let verdict = check(&inner, &message);
         if verdict == dht::Verdict::Reject {
             inner.topics.rejected.fetch_add(1, Ordering::Relaxed);
-            inner.penalise(message.source);
+            // The peer that passed it on, not its author: anyone can sign as a new
+            // author for each message, and honest peers pass on only what they
+            // checked (they validate before forwarding, as this node does).
+            inner.penalise(message.propagated_by);
         }
         if inner.node.validate(&message, verdict).await.is_err() {
             return;
@@ -340,9 +343,16 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
             &inner.config.revocations.read(),
         );
         checked.is_ok_and(|checked| {
-            inner
-                .remember_checked([checked], checked_at, now)
-                .authorizes(&principal, &publication.from, now)
+            let authorizes = checked.authorizes(&publication.from, now);
+            let (verified, remembered) = inner.remember_checked([checked], checked_at, now);
+            if remembered {
+                // Checked again under the lock against lists taken meanwhile.
+                verified.authorizes(&principal, &publication.from, now)
+            } else {
+                // No room to remember it (the cache keeps the chains of peers whose
+                // streams are open): it holds if no list came since it was checked.
+                authorizes && inner.config.revocations.generation() == checked_at
+            }
         })
     };
     if !authorized {
