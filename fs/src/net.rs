@@ -1135,6 +1135,7 @@ impl Network {
         let needed = self.config.write_quorum.min(known).max(1);
         let mut acks = usize::from(stored_here);
         let mut errors = Vec::new();
+        let mut refusals = 0usize;
         let mut next = 0usize;
         // Once W acknowledged, the others of a wave get [`RoundTrips::patience`] more: a
         // silent replica does not hold a write for a whole request timeout (repair adds
@@ -1187,14 +1188,21 @@ impl Network {
                     Ok(Response::Stored { .. }) => acks += 1,
                     Ok(other) => errors.push(format!("{peer}: unexpected answer {}", kind(&other))),
                     // A refusal is about the item, not the peer: every replica checks the
-                    // same rules, so it is final.
+                    // same rules. Final from this node, or once so many replicas refused
+                    // that W of the R could not take it; one replica alone (a hostile one,
+                    // or one whose view is ahead or behind the others') does not fail a
+                    // write the others take.
                     Err(Failure::Refused(refusal))
                         if !matches!(
                             refusal,
                             Refusal::Busy | Refusal::Full | Refusal::Internal { .. }
                         ) =>
                     {
-                        return Err(BlockError::Refused(refusal.to_string()));
+                        refusals += 1;
+                        if peer == self.me || refusals > r.saturating_sub(needed) {
+                            return Err(BlockError::Refused(refusal.to_string()));
+                        }
+                        errors.push(format!("{peer}: {refusal}"));
                     }
                     Err(Failure::Refused(refusal)) => errors.push(format!("{peer}: {refusal}")),
                     Err(Failure::Unreachable(e)) => errors.push(format!("{peer}: {e}")),

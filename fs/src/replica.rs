@@ -272,25 +272,34 @@ impl Replica {
                 newest,
             });
         }
-        // Sequences rise along parent links, either way round the new version and what
-        // is held (a version may come before its parent): without it, one writer could
-        // chain versions of one sequence that no history bound would ever prune.
-        for other in &held {
-            let (later, earlier) = if verified.inode.parents.contains(&other.version) {
-                (&verified, other)
-            } else if other.inode.parents.contains(&verified.version) {
-                (other, &verified)
-            } else {
-                continue;
-            };
-            if later.inode.seq <= earlier.inode.seq {
-                self.counters
-                    .refused_versions
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::SequenceNotRising {
-                    seq: later.inode.seq,
-                    parent_seq: earlier.inode.seq,
-                });
+        // Sequences rise along parent links: without it, one writer could chain versions
+        // of one sequence that no history bound would ever prune. A new version must be
+        // above every held version it names. A held version that names the new one
+        // without being above it broke the rule unseen, while its parent was not held
+        // here: it goes, and the new one, which keeps the rule, is taken.
+        if let Some(parent) = held.iter().find(|o| {
+            verified.inode.parents.contains(&o.version) && o.inode.seq >= verified.inode.seq
+        }) {
+            self.counters
+                .refused_versions
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::SequenceNotRising {
+                seq: verified.inode.seq,
+                parent_seq: parent.inode.seq,
+            });
+        }
+        let breaking: Vec<VersionId> = held
+            .iter()
+            .filter(|o| {
+                o.inode.parents.contains(&verified.version) && o.inode.seq <= verified.inode.seq
+            })
+            .map(|o| o.version)
+            .collect();
+        if !breaking.is_empty() {
+            tracing::warn!(%inode, dropped = breaking.len(), "dropping versions whose sequence is not above a parent's that came after them");
+            held.retain(|o| !breaking.contains(&o.version));
+            if let Some(filtered) = &mut filtered {
+                filtered.retain(|o| !breaking.contains(&o.version));
             }
         }
         held.push(verified.clone());
@@ -303,7 +312,19 @@ impl Replica {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(Refused::TooManyHeads);
         }
-        let replaced = pruned(&held);
+        let mut replaced = pruned(&held);
+        if replaced.contains(&verified.version) {
+            // Below what is kept (trimmed away here before, and sent again): taken, it
+            // would only be dropped at the next write, or come back as a head.
+            self.counters
+                .refused_versions
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Stale {
+                seq: verified.inode.seq,
+                newest,
+            });
+        }
+        replaced.extend(breaking);
         self.store.put_version_replacing(
             inode,
             &verified.version,
@@ -498,13 +519,13 @@ mod tests {
             )
             .unwrap()
             .version;
-        let (_, child) = offer(&replica, &inode, &first, &root, s + 5, vec![parent_id]);
+        let (child_id, child) = offer(&replica, &inode, &first, &root, s + 5, vec![parent_id]);
         assert_eq!(child, Ok(true));
-        assert!(matches!(
-            replica.put_version(&inode, &parent_bytes),
-            Err(Refused::SequenceNotRising { .. })
-        ));
-        assert_eq!(held(&replica, &inode).len(), 2);
+        // The parent keeps the rule; the child that came first broke it, and goes.
+        assert_eq!(replica.put_version(&inode, &parent_bytes), Ok(true));
+        let now = held(&replica, &inode);
+        assert!(now.contains(&parent_id) && !now.contains(&child_id));
+        assert_eq!(now.len(), 2);
         // Rising, it is taken.
         let (_, next) = offer(&replica, &inode, &first, &root, s + 1, vec![first.version]);
         assert_eq!(next, Ok(true));
@@ -560,6 +581,7 @@ mod tests {
         let mut head = first.version;
         let mut seq = first.inode.seq;
         let mut rounds: Vec<Vec<VersionId>> = Vec::new();
+        let mut signed: Vec<(VersionId, Vec<u8>)> = Vec::new();
         for _ in 0..6 {
             seq += 1;
             let mut forks = Vec::new();
@@ -571,13 +593,13 @@ mod tests {
                 fork.mode = 0o600 + n as u32;
                 let bytes = Signed::sign(&fork, root.signing_key()).unwrap();
                 assert_eq!(replica.put_version(&inode, &bytes), Ok(true));
-                forks.push(
-                    replica
-                        .verified()
-                        .verify_as(&bytes, &inode, keys::now(), &keys::Revocations::default())
-                        .unwrap()
-                        .version,
-                );
+                let id = replica
+                    .verified()
+                    .verify_as(&bytes, &inode, keys::now(), &keys::Revocations::default())
+                    .unwrap()
+                    .version;
+                forks.push(id);
+                signed.push((id, bytes));
             }
             seq += 1;
             let (merge, put) = offer(&replica, &inode, &first, &root, seq, forks.clone());
@@ -593,5 +615,16 @@ mod tests {
         for v in rounds[4].iter().chain(&rounds[5]) {
             assert!(kept.contains(v));
         }
+        // One trimmed away, sent again (as repair would), is refused: taken, it would be
+        // trimmed at the next write, or stand as a head.
+        let (_, again) = signed
+            .iter()
+            .find(|(id, _)| rounds[2].contains(id) && !kept.contains(id))
+            .unwrap();
+        assert!(matches!(
+            replica.put_version(&inode, again),
+            Err(Refused::Stale { .. })
+        ));
+        assert_eq!(held(&replica, &inode).len(), MAX_KEPT);
     }
 }

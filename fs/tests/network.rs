@@ -1526,3 +1526,43 @@ async fn a_peer_holding_streams_open_leaves_room_for_others() {
     assert_eq!(answered, 12, "answers: {answers:?}");
     drop(held);
 }
+
+/// One replica that refuses a version the others take (its view of the inode ahead of
+/// theirs here; a hostile node could refuse anything) does not fail the write: a refusal
+/// is final only from the writer's own node or from as many replicas as leave W out of
+/// reach. (Any one replica's refusal failed every write to that inode.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_refusing_does_not_fail_a_write_the_others_take() {
+    trace();
+    let nodes = start_net_repairing(3, false).await;
+    let (tree, writer) = owner_writer(&nodes[0], Config::new());
+    let file = tree.join("f").unwrap();
+    writer.put(&file, &b"one"[..], |_| {}).await.unwrap();
+    let mut handle = writer.open(&file).await.unwrap();
+    // Node 2 takes, straight into its store, a version far ahead of what the others hold.
+    let inode = writer.stat(&file).await.unwrap().inode;
+    let first = nodes[2].network.local().versions(&inode).unwrap().remove(0);
+    let mut ahead = fs::inode::Inode::clone(&first.inode);
+    ahead.seq = first.inode.seq + 20;
+    ahead.parents = vec![first.version];
+    let signed = fs::inode::Signed::sign(&ahead, nodes[0].identity.signing_key()).unwrap();
+    assert!(
+        nodes[2]
+            .network
+            .local()
+            .put_version(&inode, &signed)
+            .unwrap()
+    );
+    // The writer's next version (from the first) is stale there, and taken by the others.
+    writer.write(&mut handle, 0, b"two").await.unwrap();
+    writer.fsync(&mut handle).await.unwrap();
+    for node in &nodes[..2] {
+        let versions = node.network.local().versions(&inode).unwrap();
+        assert!(
+            versions.iter().any(|v| v.inode.seq == first.inode.seq + 1),
+            "{versions:?}"
+        );
+    }
+    let refused = nodes[2].network.local().versions(&inode).unwrap();
+    assert!(refused.iter().all(|v| v.inode.seq != first.inode.seq + 1));
+}

@@ -538,10 +538,21 @@ impl<'s> Log<'s> {
         let len = bytes.len() as u64;
         let inner = &self.store.inner;
         // A few bytes may be left unused before the chunk (see `Segments::skew`).
-        let mut offset = self.end + inner.segments.skew(self.end, bytes);
+        // The log's place is read from the database: numbers no store writes are a
+        // corrupt file, not arithmetic to overflow.
+        let corrupt = || {
+            Error::Io(format!(
+                "{what}: the store's log is corrupt (segment {}, end {})",
+                self.segment, self.end
+            ))
+        };
+        let mut offset = self
+            .end
+            .checked_add(inner.segments.skew(self.end, bytes))
+            .ok_or_else(corrupt)?;
         if self.end > 0 && offset.saturating_add(len) > inner.segment_bytes {
             let left = self.segment;
-            self.segment += 1;
+            self.segment = self.segment.checked_add(1).ok_or_else(corrupt)?;
             if live_bytes(txn, left, what)? == 0 {
                 self.store.free(txn, Reclaim::Segment(left), what)?;
             }
@@ -554,11 +565,11 @@ impl<'s> Log<'s> {
             .segments
             .write(segment, offset, bytes)
             .map_err(|e| inner.segment_failed(what, "writing", segment, &e))?;
-        self.end = offset + len;
+        self.end = offset.saturating_add(len);
         let live = live_bytes(txn, segment, what)?;
         txn.open_table(SEGMENT_LIVE)
             .context(what)?
-            .insert(segment, live + len)
+            .insert(segment, live.saturating_add(len))
             .context(what)?;
         Ok((segment, offset))
     }
@@ -694,6 +705,41 @@ mod tests {
     fn chunk(n: u8, len: usize) -> (ChunkId, Vec<u8>) {
         let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ n).collect();
         (ChunkId::of(&bytes), bytes)
+    }
+
+    /// A log place no store writes (a corrupt or tampered database) fails the write with
+    /// an error, not an overflow; an end past the segment's size only starts the next.
+    #[test]
+    fn a_corrupt_log_place_is_an_error() {
+        for end in [u64::MAX, u64::MAX - 1] {
+            let store = Store::in_memory().unwrap();
+            store
+                .write("test", |txn| {
+                    let mut meta = txn.open_table(META).context("test")?;
+                    meta.insert(META_LOG_END, end).context("test")?;
+                    Ok(((), true))
+                })
+                .unwrap();
+            let (id, bytes) = chunk(1, 5000);
+            store.put_chunk(&id, &bytes).unwrap();
+            assert_eq!(store.get_chunk(&id).unwrap(), Some(bytes));
+        }
+        // The log's segment at the largest number: no next one.
+        let (segment, end) = (u64::MAX, crate::store::SEGMENT_BYTES);
+        let store = Store::in_memory().unwrap();
+        store
+            .write("test", |txn| {
+                let mut meta = txn.open_table(META).context("test")?;
+                meta.insert(META_LOG_SEGMENT, segment).context("test")?;
+                meta.insert(META_LOG_END, end).context("test")?;
+                Ok(((), true))
+            })
+            .unwrap();
+        let (id, bytes) = chunk(1, 5000);
+        match store.put_chunk(&id, &bytes) {
+            Err(Error::Io(text)) => assert!(text.contains("corrupt"), "{text}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

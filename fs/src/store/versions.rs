@@ -68,7 +68,10 @@ impl Store {
                 .context(WHAT)?
                 .map_or(0, |g| g.value());
             inodes
-                .insert(inode.as_bytes(), (count + 1).saturating_sub(removed).max(1))
+                .insert(
+                    inode.as_bytes(),
+                    count.saturating_add(1).saturating_sub(removed).max(1),
+                )
                 .context(WHAT)?;
             Ok((true, true))
         });
