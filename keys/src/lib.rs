@@ -40,5 +40,5 @@ pub use principal::Principal;
 pub use readcap::{DataKey, Readcap, ReadcapError};
 pub use revocation::{RevocationError, RevocationList, Revocations, SharedRevocations};
 pub use sign::{PublicKey, Signature, SignatureError, SigningKey};
-pub use verified::{CheckedChain, VerifiedChains};
+pub use verified::{CheckedChain, NotRemembered, VerifiedChains};
 pub use writecap::{CapId, Chain, Timestamp, Validity, Writecap, WritecapError, now};

@@ -22,10 +22,25 @@ pub const MAX_HOLDERS: usize = 16_384;
 pub const MAX_BYTES_PER_HOLDER: usize = 1 << 20;
 
 /// Memory all grants may take; past it, holders whose grants all expired go first, then
-/// arbitrary ones not pinned ([`VerifiedChains::pin`]). Pinned holders are never pushed
-/// out: a grant that finds no room among them is not remembered
-/// ([`VerifiedChains::remember`] says so).
+/// arbitrary ones not pinned ([`VerifiedChains::pin`]), then pinned ones holding more
+/// than [`PINNED_SHARE`], the largest first. A grant that finds no room is not
+/// remembered ([`VerifiedChains::remember`] says so).
 pub const MAX_BYTES: usize = 64 << 20;
+
+/// What a pinned holder may hold and never be pushed out: [`MAX_BYTES`] shared among as
+/// many peers as a node keeps connections with (256 by default). Honest nodes' chains
+/// take a few KiB; peers that hold streams open with deep chains to fill the cache push
+/// out one another.
+pub const PINNED_SHARE: usize = MAX_BYTES / 256;
+
+/// Why [`VerifiedChains::remember`] did not keep a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRemembered {
+    /// The chain alone takes more than [`MAX_BYTES_PER_HOLDER`].
+    TooLarge,
+    /// No room was left among pinned holders.
+    NoRoom,
+}
 
 /// About what `chain` takes in memory: each link's prefix (its text, and a string per
 /// segment) and the rest of the link.
@@ -84,14 +99,14 @@ pub struct VerifiedChains {
     grants: HashMap<Principal, Vec<Grant>>,
     /// What `grants` takes, as [`held_bytes`] counts it.
     bytes: usize,
-    /// Holders never pushed out to make room, each with how many asked
-    /// ([`VerifiedChains::pin`]).
+    /// Holders pushed out to make room only past [`PINNED_SHARE`], each with how many
+    /// asked ([`VerifiedChains::pin`]).
     pinned: HashMap<Principal, usize>,
 }
 
 impl VerifiedChains {
     /// Verifies `chain` for `holder` (for its own prefix, at `now`) and remembers what it
-    /// grants until it expires.
+    /// grants until it expires, if it may (see [`VerifiedChains::remember`]).
     pub fn insert(
         &mut self,
         holder: &Principal,
@@ -100,7 +115,8 @@ impl VerifiedChains {
         revocations: &Revocations,
     ) -> Result<(), WritecapError> {
         let checked = Self::verify(holder, chain, now, revocations)?;
-        self.remember(checked, now);
+        // Not kept is as if pushed out at once: it verifies again when next seen.
+        let _ = self.remember(checked, now);
         Ok(())
     }
 
@@ -139,41 +155,44 @@ impl VerifiedChains {
         })
     }
 
-    /// Keeps `holder`'s grants from being pushed out to make room for others' until as
-    /// many [`VerifiedChains::unpin`]s: a peer whose streams are open, whose messages are
-    /// authorized by what its hellos brought (and which does not present it again).
-    /// Others making up holders and chains must not push it out and get its messages
-    /// refused.
+    /// Keeps `holder`'s grants, up to [`PINNED_SHARE`], from being pushed out to make
+    /// room for others' until as many [`VerifiedChains::unpin`]s: a peer whose streams
+    /// are open, whose messages are authorized by what its hellos brought (and which does
+    /// not present it again). Others making up holders and chains must not push it out
+    /// and get its messages refused.
     pub fn pin(&mut self, holder: &Principal) {
         *self.pinned.entry(*holder).or_default() += 1;
     }
 
-    /// Undoes one [`VerifiedChains::pin`]; the holder's grants stay until pushed out.
-    pub fn unpin(&mut self, holder: &Principal) {
-        if let Some(count) = self.pinned.get_mut(holder) {
-            *count -= 1;
-            if *count == 0 {
-                self.pinned.remove(holder);
-            }
+    /// Undoes one [`VerifiedChains::pin`]; true if that was the holder's last pin. Its
+    /// grants stay until pushed out (or [`VerifiedChains::forget`]).
+    pub fn unpin(&mut self, holder: &Principal) -> bool {
+        let Some(count) = self.pinned.get_mut(holder) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.pinned.remove(holder);
+            return true;
         }
+        false
     }
 
     /// Remembers a chain [`VerifiedChains::verify`] checked, within the bounds above
-    /// (what goes to make room verifies again when next seen). False if it is not
-    /// remembered: larger than a holder may have, or no room left among pinned holders.
-    pub fn remember(&mut self, checked: CheckedChain, now: Timestamp) -> bool {
+    /// (what goes to make room verifies again when next seen), or says why not.
+    pub fn remember(&mut self, checked: CheckedChain, now: Timestamp) -> Result<(), NotRemembered> {
         let CheckedChain { holder, grant } = checked;
         if grant.bytes > MAX_BYTES_PER_HOLDER {
-            return false;
+            return Err(NotRemembered::TooLarge);
         }
         // Held already: kept once (a duplicate pushed out another grant of the holder).
         if self.holds(&holder, &grant.chain, now) {
-            return true;
+            return Ok(());
         }
         if self.grants.len() >= MAX_HOLDERS && !self.grants.contains_key(&holder) {
             self.drop_holders(now, &holder, |cache| cache.grants.len() < MAX_HOLDERS);
             if self.grants.len() >= MAX_HOLDERS {
-                return false;
+                return Err(NotRemembered::NoRoom);
             }
         }
         if self.bytes + grant.bytes > MAX_BYTES {
@@ -185,7 +204,7 @@ impl VerifiedChains {
                 .get(&holder)
                 .map_or(0, |grants| grants.iter().map(|g| g.bytes).sum());
             if self.bytes - own > wanted {
-                return false;
+                return Err(NotRemembered::NoRoom);
             }
         }
         let grants = self.grants.entry(holder).or_default();
@@ -210,7 +229,7 @@ impl VerifiedChains {
         }
         self.bytes = self.bytes - freed + grant.bytes;
         grants.push(grant);
-        true
+        Ok(())
     }
 
     /// Remembers chains [`VerifiedChains::verify`] checked against `revocations` as they
@@ -218,23 +237,27 @@ impl VerifiedChains {
     /// were). Where lists were taken since, every remembered grant is checked against them
     /// again: a chain one of them revokes is not kept, though the new list's own check of
     /// this cache ([`VerifiedChains::revalidate`]) ran before it was remembered (it stayed
-    /// until it expired). False if any was not remembered (see
-    /// [`VerifiedChains::remember`]).
+    /// until it expired). An error if any was not remembered: [`NotRemembered::NoRoom`]
+    /// if any found no room (see [`VerifiedChains::remember`]).
     pub fn remember_checked(
         &mut self,
         checked: impl IntoIterator<Item = CheckedChain>,
         checked_at: u64,
         revocations: &SharedRevocations,
         now: Timestamp,
-    ) -> bool {
-        let mut all = true;
+    ) -> Result<(), NotRemembered> {
+        let mut outcome = Ok(());
         for chain in checked {
-            all &= self.remember(chain, now);
+            if let Err(why) = self.remember(chain, now)
+                && outcome != Err(NotRemembered::NoRoom)
+            {
+                outcome = Err(why);
+            }
         }
         if revocations.generation() != checked_at {
             self.revalidate(now, &revocations.read());
         }
-        all
+        outcome
     }
 
     /// Drops holders other than `keep` until `enough`: those whose grants all expired
@@ -262,6 +285,24 @@ impl VerifiedChains {
             .copied()
             .collect();
         for victim in victims {
+            if enough(self) {
+                return;
+            }
+            self.forget(&victim);
+        }
+        if enough(self) {
+            return;
+        }
+        // Pinned holders beyond their share, the largest first.
+        let mut large: Vec<(usize, Principal)> = self
+            .grants
+            .iter()
+            .filter(|(holder, _)| *holder != keep)
+            .map(|(holder, grants)| (grants.iter().map(|g| g.bytes).sum::<usize>(), *holder))
+            .filter(|(bytes, _)| *bytes > PINNED_SHARE)
+            .collect();
+        large.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (_, victim) in large {
             if enough(self) {
                 return;
             }
@@ -403,7 +444,10 @@ mod tests {
         shared.insert(&list).unwrap();
         let mut cache = VerifiedChains::default();
         cache.revalidate(now, &shared.read());
-        cache.remember_checked(checked, checked_at, &shared, now);
+        assert_eq!(
+            cache.remember_checked(checked, checked_at, &shared, now),
+            Ok(())
+        );
         assert!(!cache.holds(&holder, &chain, now));
         assert!(!cache.authorizes(&holder, &tree, now));
         assert!(cache.holds(&other.principal(), &kept, now));
@@ -513,8 +557,9 @@ mod tests {
         let checked = VerifiedChains::verify(&honest.principal(), &small, now, &none).unwrap();
         assert!(checked.authorizes(&apps.join("x").unwrap(), now));
         assert!(!checked.authorizes(&Path::root_of(root.principal()), now));
-        assert!(cache.remember(checked, now));
+        assert_eq!(cache.remember(checked, now), Ok(()));
         let per_chain = held_bytes(&deep_chain(&root, &honest).0);
+        assert!(per_chain <= PINNED_SHARE);
         let flood = 2 * (MAX_BYTES / per_chain) + 8;
         let mut pinned_flood = Vec::new();
         for i in 0..flood {
@@ -544,7 +589,7 @@ mod tests {
         let (chain, prefix) = deep_chain(&root, &late);
         let checked = VerifiedChains::verify(&late.principal(), &chain, now, &none).unwrap();
         assert!(checked.authorizes(&prefix, now));
-        assert!(!cache.remember(checked, now));
+        assert_eq!(cache.remember(checked, now), Err(NotRemembered::NoRoom));
         assert!(!cache.authorizes(&late.principal(), &prefix, now));
         // Unpinned (its streams closed), a holder may go again.
         let (gone, gone_chain) = pinned_flood
@@ -555,11 +600,53 @@ mod tests {
         cache.unpin(&gone);
         let checked = VerifiedChains::verify(&late.principal(), &chain, now, &none).unwrap();
         cache.pin(&late.principal());
-        assert!(cache.remember(checked, now));
+        assert_eq!(cache.remember(checked, now), Ok(()));
         assert!(cache.authorizes(&late.principal(), &prefix, now));
         assert!(!cache.holds(&gone, &gone_chain, now));
         assert!(cache.authorizes(&honest.principal(), &apps, now));
         assert!(cache.bytes() <= MAX_BYTES);
+    }
+
+    /// Pinned holders holding more than their share go when room is needed, the largest
+    /// first: peers holding streams open with deep chains cannot lock the cache, while
+    /// the small ones stay.
+    #[test]
+    fn pinned_holders_beyond_their_share_make_room_largest_first() {
+        let now = crate::now();
+        let none = Revocations::default();
+        let mut cache = VerifiedChains::default();
+        let root = SigningKey::generate();
+        let per_chain = held_bytes(&deep_chain(&root, &root).0);
+        // Pinned holders of three deep chains each (beyond the share), until full.
+        let mut large = Vec::new();
+        while cache.bytes() + 3 * per_chain <= MAX_BYTES {
+            let holder = SigningKey::generate();
+            cache.pin(&holder.principal());
+            for _ in 0..3 {
+                let other_root = SigningKey::generate();
+                let (chain, _) = deep_chain(&other_root, &holder);
+                let checked =
+                    VerifiedChains::verify(&holder.principal(), &chain, now, &none).unwrap();
+                assert_eq!(cache.remember(checked, now), Ok(()));
+            }
+            large.push(holder.principal());
+        }
+        // Small pinned holders (one deep chain each, within the share) still find room,
+        // and push out only the large.
+        let mut small = Vec::new();
+        for _ in 0..large.len() {
+            let holder = SigningKey::generate();
+            cache.pin(&holder.principal());
+            let (chain, prefix) = deep_chain(&root, &holder);
+            let checked = VerifiedChains::verify(&holder.principal(), &chain, now, &none).unwrap();
+            assert_eq!(cache.remember(checked, now), Ok(()));
+            assert!(cache.bytes() <= MAX_BYTES);
+            small.push((holder.principal(), prefix));
+        }
+        for (holder, prefix) in &small {
+            assert!(cache.authorizes(holder, prefix, now));
+        }
+        assert!(large.iter().any(|h| !cache.grants.contains_key(h)));
     }
 
     #[test]

@@ -669,13 +669,16 @@ impl Inner {
     /// the same lock: a chain verified outside it against older lists while a newer one
     /// revoked it would otherwise stay until it expired (the new list's own check of the
     /// table may have run before it was remembered). With it, whether every chain was
-    /// remembered ([`VerifiedChains::remember`]).
+    /// remembered ([`VerifiedChains::remember_checked`]).
     fn remember_checked(
         &self,
         checked: impl IntoIterator<Item = keys::CheckedChain>,
         checked_at: u64,
         now: keys::Timestamp,
-    ) -> (std::sync::RwLockWriteGuard<'_, VerifiedChains>, bool) {
+    ) -> (
+        std::sync::RwLockWriteGuard<'_, VerifiedChains>,
+        Result<(), keys::NotRemembered>,
+    ) {
         let mut verified = write(&self.verified);
         let all = verified.remember_checked(checked, checked_at, &self.config.revocations, now);
         (verified, all)

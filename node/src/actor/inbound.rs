@@ -124,11 +124,12 @@ impl Drop for StreamSlot {
             drop(streams);
             if let Some(principal) = &self.principal {
                 let mut verified = write(&inner.verified);
-                verified.unpin(principal);
                 // Its last stream is gone: so are the chains its hellos brought (a new
                 // stream brings them again). Peers that come and go under new ids would
-                // otherwise fill the cache up to its bounds.
-                if last {
+                // otherwise fill the cache up to its bounds. Decided by the pins, under
+                // the cache's lock: a stream opened meanwhile pinned it first, and its
+                // hello's chains stay.
+                if verified.unpin(principal) {
                     verified.forget(principal);
                 }
             }
@@ -409,11 +410,18 @@ impl Reader {
         }
         let (verified, remembered) = inner.remember_checked(checked, checked_at, now);
         drop(verified);
-        if !remembered {
-            // Too large for one holder, or no room among the peers whose streams are
-            // open: its messages that needed them are refused, but not held against it.
-            tracing::warn!(peer = %self.peer, "a chain in the peer's hello cannot be remembered (too large, or the cache is full)");
-            self.unremembered = true;
+        match remembered {
+            Ok(()) => {}
+            Err(keys::NotRemembered::NoRoom) => {
+                // No room among the peers whose streams are open: its messages that
+                // needed them are refused, but not held against it.
+                tracing::warn!(peer = %self.peer, "no room to remember the chains in the peer's hello (the cache is full)");
+                self.unremembered = true;
+            }
+            // A chain larger than a holder may have is the peer's doing.
+            Err(keys::NotRemembered::TooLarge) => {
+                tracing::debug!(peer = %self.peer, "a chain in the peer's hello is too large to remember");
+            }
         }
         Ok(())
     }

@@ -302,21 +302,45 @@ pub(super) async fn receive(inner: Weak<Inner>, mut gossip: mpsc::Receiver<dht::
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let verdict = check(&inner, &message);
-        if verdict == dht::Verdict::Reject {
-            inner.topics.rejected.fetch_add(1, Ordering::Relaxed);
-            // The peer that passed it on, not its author: anyone can sign as a new
-            // author for each message, and honest peers pass on only what they
-            // checked (they validate before forwarding, as this node does).
-            inner.penalise(message.propagated_by);
-        }
+        let checked = check(&inner, &message);
+        let verdict = match checked {
+            Ok(verdict) => verdict,
+            Err(blame) => {
+                inner.topics.rejected.fetch_add(1, Ordering::Relaxed);
+                match blame {
+                    // Not its author: anyone can sign as a new author for each message.
+                    // Honest peers pass on only what they checked, and would have
+                    // refused this as we do.
+                    Blame::Relay => inner.penalise(message.propagated_by),
+                    // Refused by what this node holds (its protocol for the topic, its
+                    // revocation lists, its clock): a relay may have taken it in good
+                    // faith, so only an author that sent it itself is counted.
+                    Blame::Author if message.source == message.propagated_by => {
+                        inner.penalise(message.source)
+                    }
+                    Blame::Author => {}
+                }
+                dht::Verdict::Reject
+            }
+        };
         if inner.node.validate(&message, verdict).await.is_err() {
             return;
         }
     }
 }
 
-fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
+/// Who a rejected message is counted against (see [`receive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// Any node would refuse it (malformed, forged, a chain that covers nothing it
+    /// claims): the peer that passed it on.
+    Relay,
+    /// Refused for what this node holds; its author, if it sent it itself.
+    Author,
+}
+
+/// The verdict on a message, or who is to blame for its rejection.
+fn check(inner: &Inner, message: &dht::Gossip) -> Result<dht::Verdict, Blame> {
     if message.topic == super::REVOCATION_TOPIC {
         return check_revocations(inner, message);
     }
@@ -325,14 +349,16 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(source = %message.source, error = %e, "rejected a malformed publication");
-            return dht::Verdict::Reject;
+            return Err(Blame::Relay);
         }
     };
     let Some(principal) = keys::PublicKey::from_peer_id(&message.source).map(|k| k.principal())
     else {
-        return dht::Verdict::Reject;
+        return Err(Blame::Relay);
     };
     let now = keys::now();
+    // Whether the chain failed for what this node holds (a clock, revocation lists).
+    let mut here = false;
     let authorized = read(&inner.verified).authorizes(&principal, &publication.from, now) || {
         // Verified before the shared cache is locked.
         let checked_at = inner.config.revocations.generation();
@@ -342,10 +368,16 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
             now,
             &inner.config.revocations.read(),
         );
+        here = matches!(
+            checked,
+            Err(keys::WritecapError::Expired { .. }
+                | keys::WritecapError::NotYetValid { .. }
+                | keys::WritecapError::Revoked { .. })
+        );
         checked.is_ok_and(|checked| {
             let authorizes = checked.authorizes(&publication.from, now);
             let (verified, remembered) = inner.remember_checked([checked], checked_at, now);
-            if remembered {
+            if remembered.is_ok() {
                 // Checked again under the lock against lists taken meanwhile.
                 verified.authorizes(&principal, &publication.from, now)
             } else {
@@ -357,18 +389,20 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
     };
     if !authorized {
         tracing::info!(source = %message.source, from = %publication.from, "rejected a publication from an impostor");
-        return dht::Verdict::Reject;
+        return Err(if here { Blame::Author } else { Blame::Relay });
     }
     let from = Arc::new(publication.from.clone());
     match inner
         .topics
         .deliver(&message.topic, &from, &message.source, &publication)
     {
-        Ok(_) => dht::Verdict::Accept,
-        Err(None) => dht::Verdict::Ignore,
+        Ok(_) => Ok(dht::Verdict::Accept),
+        Err(None) => Ok(dht::Verdict::Ignore),
         Err(Some(refusal)) => {
+            // Checked against this node's protocol for the topic: a relay that
+            // subscribed without one passes on what it cannot check.
             tracing::info!(source = %message.source, refusal = %refusal, "rejected a publication");
-            dht::Verdict::Reject
+            Err(Blame::Author)
         }
     }
 }
@@ -376,12 +410,12 @@ fn check(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
 /// A revocation list from the overlay: taken and passed on when it is newer than the
 /// issuer's list in force, ignored when not, and its sender penalised when it is not a
 /// list or not signed by its issuer.
-fn check_revocations(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
+fn check_revocations(inner: &Inner, message: &dht::Gossip) -> Result<dht::Verdict, Blame> {
     let list: keys::RevocationList = match wire::decode(&message.data) {
         Ok(list) => list,
         Err(e) => {
             tracing::info!(source = %message.source, error = %e, "rejected a malformed revocation list");
-            return dht::Verdict::Reject;
+            return Err(Blame::Relay);
         }
     };
     let issuer = list.issuer();
@@ -395,14 +429,14 @@ fn check_revocations(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
         })
     {
         tracing::debug!(%issuer, "ignoring a revocation list: lists of too many issuers held");
-        return dht::Verdict::Ignore;
+        return Ok(dht::Verdict::Ignore);
     }
     let newer = held
         .get(&issuer)
         .is_none_or(|l| l.sequence() < list.sequence());
     drop(held);
     if !newer {
-        return dht::Verdict::Ignore;
+        return Ok(dht::Verdict::Ignore);
     }
     let now = std::time::Instant::now();
     if super::lock(&inner.revocation_arrivals)
@@ -410,7 +444,7 @@ fn check_revocations(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
         .is_some_and(|at| now.duration_since(*at) < super::REVOCATION_INTERVAL)
     {
         tracing::debug!(%issuer, "ignoring a revocation list: its issuer's last came moments ago");
-        return dht::Verdict::Ignore;
+        return Ok(dht::Verdict::Ignore);
     }
     match inner.take_revocations(&list) {
         Ok(()) => {
@@ -420,12 +454,12 @@ fn check_revocations(inner: &Inner, message: &dht::Gossip) -> dht::Verdict {
                 arrivals.retain(|_, at| now.duration_since(*at) < super::REVOCATION_INTERVAL);
             }
             arrivals.insert(issuer, now);
-            dht::Verdict::Accept
+            Ok(dht::Verdict::Accept)
         }
-        Err(keys::RevocationError::Stale { .. }) => dht::Verdict::Ignore,
+        Err(keys::RevocationError::Stale { .. }) => Ok(dht::Verdict::Ignore),
         Err(e) => {
             tracing::info!(source = %message.source, error = %e, "rejected a revocation list");
-            dht::Verdict::Reject
+            Err(Blame::Relay)
         }
     }
 }
