@@ -3,9 +3,10 @@
 //! everything queued in one step), so a message costs a share of one lock, not a lock,
 //! a semaphore and a wake-up of its own.
 //!
-//! Bounds: at most `capacity` messages wait in the queue; the actor holds at most as
-//! many more, taken but not yet handled. A producer that finds the queue full waits
-//! until the actor takes from it: backpressure, never loss.
+//! Bounds: at most `capacity` messages, and payloads of at most [`MAX_QUEUED_BYTES`]
+//! (or one message, however large), wait in the queue; the actor holds at most as many
+//! more, taken but not yet handled. A producer that finds the queue full waits until the
+//! actor takes from it: backpressure, never loss.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -30,8 +31,31 @@ pub(crate) enum Taken {
     Closed,
 }
 
+/// Payload bytes that may wait in one mailbox (beyond one message, however large): a
+/// count alone let a peer queue 1024 messages of 4 MiB for one slow actor, and the actor
+/// take as many again.
+pub(crate) const MAX_QUEUED_BYTES: usize = 16 << 20;
+
+/// The queue, with what its payloads take and whether a producer found no room.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Incoming>,
+    bytes: usize,
+    /// A producer waits for room: the next `take` wakes it.
+    full: bool,
+}
+
+impl Queue {
+    /// Whether `incoming` fits now.
+    fn fits(&self, incoming: &Incoming, capacity: usize) -> bool {
+        self.items.is_empty()
+            || (self.items.len() < capacity
+                && self.bytes + incoming.payload.len() <= MAX_QUEUED_BYTES)
+    }
+}
+
 pub(crate) struct Mailbox {
-    queue: Mutex<VecDeque<Incoming>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     closed: AtomicBool,
     /// Wakes the actor: something was queued to an empty queue, or the mailbox closed.
@@ -45,7 +69,7 @@ pub(crate) struct Mailbox {
 impl Mailbox {
     pub(crate) fn new(capacity: usize) -> Self {
         Mailbox {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
             ready: Notify::new(),
@@ -54,7 +78,7 @@ impl Mailbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Incoming>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // Nothing panics while holding it; a poisoned queue is still a valid queue.
         self.queue
             .lock()
@@ -67,7 +91,7 @@ impl Mailbox {
 
     /// Messages waiting, queued or taken but not yet handled.
     pub(crate) fn queued(&self) -> usize {
-        self.lock().len() + self.held.load(Ordering::Relaxed)
+        self.lock().items.len() + self.held.load(Ordering::Relaxed)
     }
 
     /// Queues what fits of `items`, from the front; how many it queued. Closed: none.
@@ -78,9 +102,20 @@ impl Mailbox {
         if self.is_closed() {
             return Err(Closed);
         }
-        let was_empty = queue.is_empty();
-        let n = self.capacity.saturating_sub(queue.len()).min(items.len());
-        queue.extend(items.drain(..n));
+        let was_empty = queue.items.is_empty();
+        let (mut n, mut len, mut bytes) = (0, queue.items.len(), queue.bytes);
+        while let Some(next) = items.get(n) {
+            let size = next.payload.len();
+            if len > 0 && (len >= self.capacity || bytes + size > MAX_QUEUED_BYTES) {
+                break;
+            }
+            (n, len, bytes) = (n + 1, len + 1, bytes + size);
+        }
+        queue.items.extend(items.drain(..n));
+        queue.bytes = bytes;
+        if n < items.len() {
+            queue.full = true;
+        }
         drop(queue);
         if was_empty && n > 0 {
             // A permit is kept if the actor is not waiting yet: no wake-up is lost.
@@ -118,9 +153,10 @@ impl Mailbox {
                 if self.is_closed() {
                     return Err(item.take().expect("held until queued"));
                 }
-                if queue.len() < self.capacity {
-                    let was_empty = queue.is_empty();
-                    queue.push_back(item.take().expect("held until queued"));
+                if let Some(incoming) = item.take_if(|i| queue.fits(i, self.capacity)) {
+                    let was_empty = queue.items.is_empty();
+                    queue.bytes += incoming.payload.len();
+                    queue.items.push_back(incoming);
                     drop(queue);
                     if was_empty {
                         self.ready.notify_one();
@@ -129,6 +165,7 @@ impl Mailbox {
                 }
                 // Registered while the queue is locked full, so the `take` that makes
                 // room is not missed.
+                queue.full = true;
                 room.as_mut().enable();
             }
             room.await;
@@ -139,15 +176,16 @@ impl Mailbox {
     pub(crate) fn take(&self, batch: &mut VecDeque<Incoming>) -> Taken {
         debug_assert!(batch.is_empty());
         let mut queue = self.lock();
-        if queue.is_empty() {
+        if queue.items.is_empty() {
             return if self.is_closed() {
                 Taken::Closed
             } else {
                 Taken::Empty
             };
         }
-        let was_full = queue.len() >= self.capacity;
-        std::mem::swap(&mut *queue, batch);
+        let was_full = std::mem::take(&mut queue.full);
+        std::mem::swap(&mut queue.items, batch);
+        queue.bytes = 0;
         drop(queue);
         self.held.store(batch.len(), Ordering::Relaxed);
         if was_full {
@@ -172,7 +210,8 @@ impl Mailbox {
         let queued = {
             let mut queue = self.lock();
             self.closed.store(true, Ordering::Release);
-            std::mem::take(&mut *queue)
+            queue.bytes = 0;
+            std::mem::take(&mut queue.items)
         };
         self.held.store(0, Ordering::Relaxed);
         self.ready.notify_one();
@@ -207,6 +246,55 @@ mod tests {
             payload: Vec::new(),
             reply: None,
         }
+    }
+
+    fn sized(n: u64, bytes: usize) -> Incoming {
+        Incoming {
+            payload: vec![0; bytes],
+            ..message(n)
+        }
+    }
+
+    /// Payloads count too: a few large messages fill the mailbox as many small ones do,
+    /// and the producer waits for the actor; one message larger than the whole budget
+    /// still goes through, alone.
+    #[tokio::test]
+    async fn large_payloads_fill_a_mailbox_by_their_bytes() {
+        let mailbox = Arc::new(Mailbox::new(1024));
+        let quarter = MAX_QUEUED_BYTES / 4;
+        let producer = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move {
+                let mut items: Vec<Incoming> = (0..10).map(|n| sized(n, quarter)).collect();
+                items.push(sized(10, MAX_QUEUED_BYTES + 1));
+                items.push(sized(11, 1));
+                for item in items {
+                    if mailbox.push_one(item).await.is_err() {
+                        return Err(Closed);
+                    }
+                }
+                Ok(())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!producer.is_finished(), "ten quarters do not fit");
+        assert_eq!(mailbox.queued(), 4);
+        let mut seen = Vec::new();
+        let mut batch = VecDeque::new();
+        while seen.len() < 12 {
+            match mailbox.take(&mut batch) {
+                Taken::Some => {
+                    let bytes: usize = batch.iter().map(|m| m.payload.len()).sum();
+                    assert!(batch.len() == 1 || bytes <= MAX_QUEUED_BYTES, "{bytes}");
+                    seen.extend(sessions(&batch));
+                    batch.clear();
+                }
+                Taken::Empty => mailbox.ready().await,
+                Taken::Closed => panic!("not closed"),
+            }
+        }
+        assert_eq!(seen, (0..12).collect::<Vec<_>>());
+        assert_eq!(producer.await.unwrap(), Ok(()));
     }
 
     fn sessions(batch: &VecDeque<Incoming>) -> Vec<u64> {

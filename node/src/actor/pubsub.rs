@@ -4,7 +4,7 @@
 //! and the message against the topic's protocol before it delivers or forwards it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keys::Path;
@@ -18,6 +18,10 @@ use super::{Inner, SendError, other_role, read};
 
 /// Publications one subscription holds before new ones are dropped (best effort).
 const SUBSCRIPTION_QUEUE: usize = 1024;
+/// Payload bytes one subscription holds (beyond one publication, however large) before
+/// new ones are dropped: a count alone let a peer's publications of 4 MiB hold 4 GiB for
+/// a slow subscriber.
+const SUBSCRIPTION_BYTES: usize = 16 << 20;
 
 /// A publication delivered to a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,8 @@ pub struct Published {
 pub struct Subscription {
     topic: String,
     receiver: mpsc::Receiver<Published>,
+    /// Payload bytes queued for it.
+    queued: Arc<AtomicUsize>,
     inner: Weak<Inner>,
 }
 
@@ -55,7 +61,7 @@ impl Drop for Subscription {
         };
         let mut topics = inner.topics.lock();
         let empty = topics.get_mut(&self.topic).is_some_and(|t| {
-            t.subscribers.retain(|s| !s.is_closed());
+            t.subscribers.retain(|s| !s.sender.is_closed());
             t.subscribers.is_empty()
         });
         if empty {
@@ -80,14 +86,24 @@ impl Subscription {
 
     /// The next publication; `None` once the runtime is gone.
     pub async fn recv(&mut self) -> Option<Published> {
-        self.receiver.recv().await
+        let published = self.receiver.recv().await?;
+        self.queued
+            .fetch_sub(published.payload.len(), Ordering::Relaxed);
+        Some(published)
     }
+}
+
+/// A local subscriber's queue.
+struct Subscriber {
+    sender: mpsc::Sender<Published>,
+    /// Payload bytes queued (see [`SUBSCRIPTION_BYTES`]).
+    queued: Arc<AtomicUsize>,
 }
 
 struct Topic {
     sessions: Arc<Sessions>,
     protocol: String,
-    subscribers: Vec<mpsc::Sender<Published>>,
+    subscribers: Vec<Subscriber>,
 }
 
 /// The topics this node subscribes to.
@@ -150,9 +166,18 @@ impl Topics {
                 }
             }
         }
-        entry.subscribers.retain(|s| !s.is_closed());
+        entry.subscribers.retain(|s| !s.sender.is_closed());
         let mut reached = 0;
+        let size = publication.payload.len();
         for subscriber in &entry.subscribers {
+            // Counted before it is sent (the subscriber may take it at once); given back
+            // if it was not.
+            let before = subscriber.queued.fetch_add(size, Ordering::Relaxed);
+            if before > 0 && before + size > SUBSCRIPTION_BYTES {
+                subscriber.queued.fetch_sub(size, Ordering::Relaxed);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let published = Published {
                 topic: topic.to_string(),
                 from: from.clone(),
@@ -162,9 +187,10 @@ impl Topics {
                 label: publication.label.clone(),
                 payload: publication.payload.clone(),
             };
-            match subscriber.try_send(published) {
+            match subscriber.sender.try_send(published) {
                 Ok(()) => reached += 1,
                 Err(_) => {
+                    subscriber.queued.fetch_sub(size, Ordering::Relaxed);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -185,6 +211,11 @@ pub(super) async fn subscribe(
         .map(|(p, _)| p.name().to_string())
         .unwrap_or_default();
     let (sender, receiver) = mpsc::channel(SUBSCRIPTION_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sender = Subscriber {
+        sender,
+        queued: queued.clone(),
+    };
     let new = {
         let mut topics = inner.topics.lock();
         match topics.get_mut(&name) {
@@ -244,6 +275,7 @@ pub(super) async fn subscribe(
     Ok(Subscription {
         topic: name,
         receiver,
+        queued,
         inner: Arc::downgrade(inner),
     })
 }
@@ -461,5 +493,76 @@ fn check_revocations(inner: &Inner, message: &dht::Gossip) -> Result<dht::Verdic
             tracing::info!(source = %message.source, error = %e, "rejected a revocation list");
             Err(Blame::Relay)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slow subscriber holds at most [`SUBSCRIPTION_BYTES`] of payloads (or one
+    /// publication, however large): what comes beyond is dropped (pub-sub is best
+    /// effort), and room comes back as it reads.
+    #[tokio::test]
+    async fn a_subscription_holds_payloads_up_to_its_bytes() {
+        let topics = Topics::default();
+        let (sender, receiver) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        topics.lock().insert(
+            "t".to_string(),
+            Topic {
+                sessions: Arc::new(Sessions::new("t".into(), HashMap::new(), true, 16)),
+                protocol: String::new(),
+                subscribers: vec![Subscriber {
+                    sender,
+                    queued: queued.clone(),
+                }],
+            },
+        );
+        let mut subscription = Subscription {
+            topic: "t".into(),
+            receiver,
+            queued,
+            inner: Weak::new(),
+        };
+        let root = keys::SigningKey::generate();
+        let tree = Path::root_of(root.principal());
+        let publication = |bytes: usize| Publication {
+            from: tree.clone(),
+            chain: keys::Chain::root_grant(
+                &root,
+                root.principal(),
+                tree.clone(),
+                keys::Validity::for_seconds(60),
+            ),
+            protocol: String::new(),
+            role: String::new(),
+            session: 1,
+            label: "l".into(),
+            payload: vec![7; bytes],
+        };
+        let from = Arc::new(tree.clone());
+        let node = libp2p::PeerId::random();
+        let quarter = publication(SUBSCRIPTION_BYTES / 4);
+        for _ in 0..4 {
+            assert_eq!(topics.deliver("t", &from, &node, &quarter), Ok(1));
+        }
+        assert_eq!(topics.deliver("t", &from, &node, &quarter), Ok(0));
+        assert_eq!(topics.dropped.load(Ordering::Relaxed), 1);
+        for _ in 0..4 {
+            assert_eq!(
+                subscription.recv().await.unwrap().payload.len(),
+                SUBSCRIPTION_BYTES / 4
+            );
+        }
+        // Empty again: even one larger than the whole budget is taken, alone.
+        let huge = publication(SUBSCRIPTION_BYTES + 1);
+        assert_eq!(topics.deliver("t", &from, &node, &huge), Ok(1));
+        assert_eq!(topics.deliver("t", &from, &node, &quarter), Ok(0));
+        assert_eq!(
+            subscription.recv().await.unwrap().payload.len(),
+            SUBSCRIPTION_BYTES + 1
+        );
+        assert_eq!(topics.deliver("t", &from, &node, &quarter), Ok(1));
     }
 }
