@@ -407,7 +407,8 @@ impl Signed {
 /// Versions verified before, by version id: checking a signature and a writecap chain
 /// costs a few ed25519 verifications, and the same versions are read again and again.
 /// A version id is the hash of the signed bytes, so a hit is the same bytes. Bounded: two
-/// generations of [`VERIFIED_CACHE_ENTRIES`], so what was used lately stays.
+/// generations of [`VERIFIED_CACHE_ENTRIES`] and of [`VERIFIED_CACHE_BYTES`], so what
+/// was used lately stays.
 #[derive(Debug)]
 pub struct VerifiedCache {
     entries: std::sync::Mutex<crate::memo::Generations<VersionId, Verified>>,
@@ -416,19 +417,34 @@ pub struct VerifiedCache {
 impl Default for VerifiedCache {
     fn default() -> Self {
         VerifiedCache {
-            entries: std::sync::Mutex::new(crate::memo::Generations::new(VERIFIED_CACHE_ENTRIES)),
+            entries: std::sync::Mutex::new(crate::memo::Generations::with_budget(
+                VERIFIED_CACHE_ENTRIES,
+                VERIFIED_CACHE_BYTES,
+            )),
         }
     }
 }
 
 /// Entries of one generation of a [`VerifiedCache`] (it holds at most twice as many).
 pub const VERIFIED_CACHE_ENTRIES: usize = 16_384;
+/// Memory one generation of a [`VerifiedCache`] may take, as [`Verified::weight`] counts
+/// it (it holds at most twice as much): a version may be 1 MB, and 16 384 of those held
+/// gigabytes.
+pub const VERIFIED_CACHE_BYTES: usize = 32 << 20;
+
+impl Verified {
+    /// About what it takes in memory: its signed bytes and the decoded inode beside them.
+    pub fn weight(&self) -> usize {
+        2 * self.signed.len() + 512
+    }
+}
 
 impl VerifiedCache {
     /// Forgets everything (new revocation lists: a hit is not checked against them).
     pub fn clear(&self) {
         if let Ok(mut entries) = self.entries.lock() {
-            *entries = crate::memo::Generations::new(VERIFIED_CACHE_ENTRIES);
+            *entries =
+                crate::memo::Generations::with_budget(VERIFIED_CACHE_ENTRIES, VERIFIED_CACHE_BYTES);
         }
     }
 
@@ -471,7 +487,8 @@ impl VerifiedCache {
         }
         let verified = Signed::verify_as(bytes, expected, now, revocations)?;
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(id, verified.clone());
+            let weight = verified.weight();
+            entries.insert_weighing(id, verified.clone(), weight);
         }
         Ok(verified)
     }

@@ -67,45 +67,78 @@ impl<K: Eq + Hash + Clone, V: Clone> Memo<K, V> {
     }
 }
 
-/// A map of at most `2 × capacity` entries that keeps what was used lately: entries go
-/// into the current generation; when it is full, it becomes the old one (the one before
-/// is dropped), and an entry found in the old generation moves back into the current.
-/// What was used within the last `capacity` insertions stays. (A map emptied when full
-/// would start over, every entry lost at once, each time a working set a little larger
-/// than it went round.)
+/// A map of at most `2 × capacity` entries (and, made [`Generations::with_budget`], at
+/// most twice its budget in weight, beyond one entry) that keeps what was used lately:
+/// entries go into the current generation; when it is full, it becomes the old one (the
+/// one before is dropped), and an entry found in the old generation moves back into the
+/// current. What was used within the last `capacity` insertions stays. (A map emptied
+/// when full would start over, every entry lost at once, each time a working set a little
+/// larger than it went round.)
 #[derive(Debug)]
 pub(crate) struct Generations<K, V> {
-    current: HashMap<K, V>,
-    old: HashMap<K, V>,
+    current: HashMap<K, (V, usize)>,
+    old: HashMap<K, (V, usize)>,
     capacity: usize,
+    /// Weight one generation may hold.
+    budget: usize,
+    /// Weight the current generation holds.
+    weight: usize,
 }
 
 impl<K: Eq + Hash, V> Generations<K, V> {
     /// An empty map whose generations hold `capacity` entries each.
+    #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_budget(capacity, usize::MAX)
+    }
+
+    /// An empty map whose generations hold `capacity` entries each, and entries of at
+    /// most `budget` in weight ([`Generations::insert_weighing`]); an entry heavier than
+    /// that is not kept.
+    pub(crate) fn with_budget(capacity: usize, budget: usize) -> Self {
         Generations {
             current: HashMap::new(),
             old: HashMap::new(),
             capacity: capacity.max(1),
+            budget,
+            weight: 0,
         }
     }
 
     /// The entry for `key`, kept for another generation.
     pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
         if !self.current.contains_key(key) {
-            let (key, value) = self.old.remove_entry(key)?;
-            self.insert(key, value);
+            let (key, (value, weight)) = self.old.remove_entry(key)?;
+            self.insert_weighing(key, value, weight);
         }
-        self.current.get(key)
+        self.current.get(key).map(|(value, _)| value)
     }
 
-    /// Sets the entry for `key`.
+    /// Sets the entry for `key`, of no weight.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, key: K, value: V) {
-        if self.current.len() >= self.capacity && !self.current.contains_key(&key) {
+        self.insert_weighing(key, value, 0);
+    }
+
+    /// Sets the entry for `key`, weighing `weight` (what it takes in memory, say).
+    pub(crate) fn insert_weighing(&mut self, key: K, value: V, weight: usize) {
+        if weight > self.budget {
+            self.current.remove(&key).inspect(|(_, w)| self.weight -= w);
+            self.old.remove(&key);
+            return;
+        }
+        if !self.current.contains_key(&key)
+            && (self.current.len() >= self.capacity
+                || self.weight.saturating_add(weight) > self.budget)
+        {
             self.old = std::mem::take(&mut self.current);
+            self.weight = 0;
         }
         self.old.remove(&key);
-        self.current.insert(key, value);
+        if let Some((_, replaced)) = self.current.insert(key, (value, weight)) {
+            self.weight -= replaced;
+        }
+        self.weight += weight;
     }
 
     /// Entries held, in both generations.
@@ -113,11 +146,37 @@ impl<K: Eq + Hash, V> Generations<K, V> {
     pub(crate) fn len(&self) -> usize {
         self.current.len() + self.old.len()
     }
+
+    /// Weight held, in both generations.
+    #[cfg(test)]
+    pub(crate) fn weight(&self) -> usize {
+        self.weight + self.old.values().map(|(_, w)| w).sum::<usize>()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weighed entries: a generation holds at most its budget, so the map at most
+    /// twice it; one heavier than a generation is not kept; what was used lately stays.
+    #[test]
+    fn generations_hold_at_most_twice_their_budget() {
+        let mut g = Generations::with_budget(1000, 100);
+        for k in 0..50 {
+            g.insert_weighing(k, k, 30);
+            assert!(g.weight() <= 200, "{}", g.weight());
+        }
+        // The last three (90 of the current generation's 100) and the three before.
+        assert!(g.get(&49).is_some() && g.get(&47).is_some());
+        assert!(g.get(&40).is_none());
+        g.insert_weighing(100, 100, 101);
+        assert!(g.get(&100).is_none());
+        // Weighed again in place.
+        g.insert_weighing(49, 49, 10);
+        assert!(g.weight() <= 200);
+        assert_eq!(g.get(&49), Some(&49));
+    }
 
     #[test]
     fn generations_keep_what_was_used_within_a_generation() {

@@ -84,8 +84,9 @@ pub struct Counters {
 }
 
 /// Inodes whose decoded versions one generation of a replica's memo holds (see
-/// [`crate::memo::Generations`]).
+/// [`crate::memo::Generations`]), and the memory they may take ([`Verified::weight`]).
 const HELD_ENTRIES: usize = 16_384;
+const HELD_BYTES: usize = 32 << 20;
 
 /// Decoded versions by inode, each with the store's [`Store::versions_epoch`] read before
 /// the store was: an entry holds while the epoch is unchanged.
@@ -109,9 +110,9 @@ impl Replica {
         Replica {
             store,
             verified: Arc::default(),
-            held: Arc::new(std::sync::Mutex::new(crate::memo::Generations::new(
-                HELD_ENTRIES,
-            ))),
+            held: Arc::new(std::sync::Mutex::new(
+                crate::memo::Generations::with_budget(HELD_ENTRIES, HELD_BYTES),
+            )),
             revocations: SharedRevocations::default(),
             checked_at: Arc::default(),
             counters: Arc::default(),
@@ -167,7 +168,7 @@ impl Replica {
         if self.checked_at.swap(generation, Ordering::AcqRel) != generation {
             self.verified.clear();
             if let Ok(mut held) = self.held.lock() {
-                *held = crate::memo::Generations::new(HELD_ENTRIES);
+                *held = crate::memo::Generations::with_budget(HELD_ENTRIES, HELD_BYTES);
             }
         }
     }
@@ -363,7 +364,8 @@ impl Replica {
             }
         }
         if let Ok(mut cache) = self.held.lock() {
-            cache.insert(*inode, (epoch, held.clone()));
+            let weight = held.iter().map(Verified::weight).sum();
+            cache.insert_weighing(*inode, (epoch, held.clone()), weight);
         }
         Ok(held)
     }
