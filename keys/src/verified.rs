@@ -318,6 +318,17 @@ impl VerifiedChains {
             .is_some_and(|grants| grants.iter().any(|g| g.expires > now && &g.chain == chain))
     }
 
+    /// Whether `issuer` signed a link of a remembered chain (its revocation lists concern
+    /// what is held here).
+    pub fn mentions_issuer(&self, issuer: &Principal) -> bool {
+        self.grants.values().flatten().any(|g| {
+            g.chain
+                .links()
+                .iter()
+                .any(|link| link.issuer().principal() == *issuer)
+        })
+    }
+
     /// What the remembered grants take, as [`held_bytes`] counts it.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -647,6 +658,27 @@ mod tests {
             assert!(cache.authorizes(holder, prefix, now));
         }
         assert!(large.iter().any(|h| !cache.grants.contains_key(h)));
+    }
+
+    #[test]
+    fn the_issuers_of_remembered_chains_are_known() {
+        let root = SigningKey::generate();
+        let node = SigningKey::generate();
+        let apps = Path::root_of(root.principal()).join("apps").unwrap();
+        let chain = Chain::root_grant(&root, node.principal(), apps, Validity::for_seconds(60));
+        let mut cache = VerifiedChains::default();
+        assert!(!cache.mentions_issuer(&root.principal()));
+        cache
+            .insert(
+                &node.principal(),
+                &chain,
+                crate::now(),
+                &Revocations::default(),
+            )
+            .unwrap();
+        assert!(cache.mentions_issuer(&root.principal()));
+        assert!(!cache.mentions_issuer(&node.principal()));
+        assert!(!cache.mentions_issuer(&SigningKey::generate().principal()));
     }
 
     #[test]

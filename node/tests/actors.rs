@@ -1834,3 +1834,93 @@ async fn what_the_network_refuses_is_refused_locally_too() {
         assert_eq!(label.len(), 128);
     }
 }
+
+/// A node holding the revocation lists of as many issuers as it keeps still takes the
+/// list of an issuer whose writecaps it relies on: lists of made-up issuers (anyone can
+/// sign one) filled the bound and kept out those of delegators and other trees' roots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_of_made_up_issuers_do_not_keep_out_a_delegators() {
+    let net = Net::start(2).await;
+    let (inbox, mut received) = spawn_collector(&net, 1, "inbox", 0).await;
+    // A third node whose writecap passes through a delegator.
+    let delegator = SigningKey::generate();
+    let key = SigningKey::generate();
+    let dht_config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(vec![net.nodes[0].addr.clone()]);
+    let (client, _task) = dht::start(
+        key.clone(),
+        dht_config,
+        dht::Store::in_memory(1000),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    let tree = Path::root_of(net.root.principal());
+    let delegated = tree.join("delegated").unwrap();
+    let chain = Chain::root_grant(
+        &net.root,
+        delegator.principal(),
+        delegated.clone(),
+        Validity::for_seconds(3600),
+    )
+    .delegate(
+        &delegator,
+        key.principal(),
+        delegated.clone(),
+        Validity::for_seconds(3600),
+        keys::now(),
+    )
+    .unwrap();
+    let third = Runtime::start(client, &key, vec![chain], Config::new())
+        .await
+        .unwrap();
+    // Its hello brings node 1 the chain, with the delegator's link.
+    let me = third.sender(delegated.join("w").unwrap()).unwrap();
+    me.tell(&inbox, "n", b"hello").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Node 0 passes on lists of made-up issuers up to the bound, then the delegator's.
+    let taken = net.nodes[1].runtime.revocations().clone();
+    let now = keys::now();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken.read().len() < keys::limits::MAX_REVOCATION_ISSUERS {
+        assert!(
+            Instant::now() < deadline,
+            "lists were not taken: {}",
+            taken.read().len()
+        );
+        let list =
+            keys::RevocationList::issue(&SigningKey::generate(), 1, now, vec![], vec![]).unwrap();
+        if net.nodes[0]
+            .runtime
+            .publish_revocations(&list)
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        }
+        if sent % 32 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let revoked = SigningKey::generate().principal();
+    let list = keys::RevocationList::issue(&delegator, 1, now, vec![], vec![revoked]).unwrap();
+    while taken.read().get(&delegator.principal()).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the delegator's list was not taken"
+        );
+        let _ = net.nodes[0].runtime.publish_revocations(&list).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A made-up issuer's is still not.
+    let stranger = SigningKey::generate();
+    let list = keys::RevocationList::issue(&stranger, 1, now, vec![], vec![]).unwrap();
+    let _ = net.nodes[0].runtime.publish_revocations(&list).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(taken.read().get(&stranger.principal()).is_none());
+}
