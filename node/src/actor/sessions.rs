@@ -14,6 +14,10 @@ use protocols::session::{Direction, Monitor, Protocol, Violation};
 /// such instead of starting a new session.
 const ENDED_REMEMBERED: usize = 4096;
 
+/// Sessions a full table forgot remembered per actor, so that their next message is
+/// refused as the table's fullness, not held against its sender as out of protocol.
+const FORGOTTEN_REMEMBERED: usize = 32_768;
+
 /// (the peer's key from [`Sessions::peer`], session id).
 type Key = (u64, u64);
 
@@ -54,6 +58,9 @@ struct State {
     per_node: HashMap<u64, usize, Hasher>,
     ended: HashSet<Key, Hasher>,
     ended_order: VecDeque<Key>,
+    /// Sessions forgotten while open (see [`FORGOTTEN_REMEMBERED`]).
+    forgotten: HashSet<Key, Hasher>,
+    forgotten_order: VecDeque<Key>,
 }
 
 /// The session table of one actor (or one topic).
@@ -275,8 +282,17 @@ impl Sessions {
             .monitor(&served.role)
             .map_err(|_| Step::Full)?;
         let (result, over) = take(&mut monitor);
-        // A refused first message opens no session.
-        let taken = result.map_err(Step::Violation)?;
+        // A refused first message opens no session. One of a session a full table forgot
+        // (others' sessions pushed it out while it was idle) is refused for that, and not
+        // held against its sender.
+        let taken = match result {
+            Ok(taken) => {
+                state.forgotten.remove(&key);
+                taken
+            }
+            Err(_) if state.forgotten.contains(&key) => return Err(Step::Full),
+            Err(violation) => return Err(Step::Violation(violation)),
+        };
         if over {
             Self::remember_end(state, key);
             return Ok(Taken::Moved);
@@ -285,11 +301,25 @@ impl Sessions {
             // Forget sessions idle for the last half-table's worth of messages (peers that
             // never said goodbye); at most half the table was touched since.
             let horizon = tick.saturating_sub(self.max_open as u64 / 2);
-            let State { open, per_node, .. } = &mut *state;
-            open.retain(|_, (_, last, node)| {
+            let State {
+                open,
+                per_node,
+                forgotten,
+                forgotten_order,
+                ..
+            } = &mut *state;
+            open.retain(|key, (_, last, node)| {
                 let keep = *last > horizon;
                 if !keep {
                     forget(per_node, *node);
+                    if forgotten_order.len() >= FORGOTTEN_REMEMBERED
+                        && let Some(old) = forgotten_order.pop_front()
+                    {
+                        forgotten.remove(&old);
+                    }
+                    if forgotten.insert(*key) {
+                        forgotten_order.push_back(*key);
+                    }
                 }
                 keep
             });
@@ -497,6 +527,64 @@ mod tests {
             "the longest idle was forgotten"
         );
         assert!(table.knows(peer(199, 99), 0));
+    }
+
+    /// A session that a full table forgot while it was idle (others' sessions pushed it
+    /// out) has its next message refused as the table's fullness, which is not held
+    /// against its sender, not as out of protocol; one never opened still is.
+    #[test]
+    fn a_forgotten_session_is_refused_for_the_full_table_not_as_a_violation() {
+        let protocol = Protocol::new(
+            "h/1",
+            ["client", "server"],
+            Global::send(
+                "client",
+                "server",
+                "hi",
+                Global::repeat(
+                    "l",
+                    Global::send("client", "server", "ping", Global::again("l")),
+                ),
+            ),
+        )
+        .unwrap();
+        let table = Sessions::new(
+            "a".into(),
+            HashMap::from([(
+                "h/1".to_string(),
+                Served {
+                    protocol: Arc::new(protocol),
+                    role: "server".into(),
+                    peer_role: "client".into(),
+                },
+            )]),
+            false,
+            64,
+        );
+        table
+            .check_receive(peer(1, 1), "h/1", 7, "client", "hi")
+            .unwrap();
+        for n in 2..200 {
+            table
+                .check_receive(peer(100 + n, n), "h/1", 0, "client", "hi")
+                .unwrap();
+        }
+        assert!(!table.knows(peer(1, 1), 7), "pushed out");
+        assert!(matches!(
+            table.check_receive(peer(1, 1), "h/1", 7, "client", "ping"),
+            Err(Refusal::TooManySessions { .. })
+        ));
+        assert!(matches!(
+            table.check_receive(peer(1, 1), "h/1", 8, "client", "ping"),
+            Err(Refusal::Violation(_))
+        ));
+        // Begun again, it is a session like any other.
+        table
+            .check_receive(peer(1, 1), "h/1", 7, "client", "hi")
+            .unwrap();
+        table
+            .check_receive(peer(1, 1), "h/1", 7, "client", "ping")
+            .unwrap();
     }
 
     #[test]
