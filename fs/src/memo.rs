@@ -127,17 +127,17 @@ impl<K: Eq + Hash, V> Generations<K, V> {
             self.old.remove(&key);
             return;
         }
-        if !self.current.contains_key(&key)
-            && (self.current.len() >= self.capacity
-                || self.weight.saturating_add(weight) > self.budget)
-        {
+        // Weighed again in place: the old weight goes first, and the new one may turn the
+        // generation over as a new entry would.
+        if let Some((_, replaced)) = self.current.remove(&key) {
+            self.weight -= replaced;
+        }
+        if self.current.len() >= self.capacity || self.weight.saturating_add(weight) > self.budget {
             self.old = std::mem::take(&mut self.current);
             self.weight = 0;
         }
         self.old.remove(&key);
-        if let Some((_, replaced)) = self.current.insert(key, (value, weight)) {
-            self.weight -= replaced;
-        }
+        self.current.insert(key, (value, weight));
         self.weight += weight;
     }
 
@@ -172,10 +172,18 @@ mod tests {
         assert!(g.get(&40).is_none());
         g.insert_weighing(100, 100, 101);
         assert!(g.get(&100).is_none());
-        // Weighed again in place.
+        // Weighed again in place, lighter and heavier: still within the bound.
         g.insert_weighing(49, 49, 10);
         assert!(g.weight() <= 200);
         assert_eq!(g.get(&49), Some(&49));
+        for k in 0..50 {
+            g.insert_weighing(k, k, 1);
+        }
+        for k in 0..50 {
+            g.get(&k);
+            g.insert_weighing(k, k, 90);
+            assert!(g.weight() <= 200, "{}", g.weight());
+        }
     }
 
     #[test]

@@ -1141,7 +1141,10 @@ impl Network {
         // silent replica does not hold a write for a whole request timeout (repair adds
         // the copy it did not take).
         let mut until: Option<tokio::time::Instant> = None;
-        'waves: while acks < r && next < candidates.len() {
+        // Nodes beyond the R nearest stand in for silent ones only: one that refused
+        // holds the item, and a node with no history of it must not outvote it.
+        let home = r.saturating_sub(usize::from(stored_here));
+        'waves: while acks < r && next < candidates.len() && (refusals == 0 || next < home) {
             // A wave that would be dropped before it could be answered is not sent.
             if let Some(at) = until
                 && at.saturating_duration_since(tokio::time::Instant::now())
@@ -1199,7 +1202,9 @@ impl Network {
                         ) =>
                     {
                         refusals += 1;
-                        if peer == self.me || refusals > r.saturating_sub(needed) {
+                        if acks < needed
+                            && (peer == self.me || refusals > r.min(known).saturating_sub(needed))
+                        {
                             return Err(BlockError::Refused(refusal.to_string()));
                         }
                         errors.push(format!("{peer}: {refusal}"));

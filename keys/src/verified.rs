@@ -318,14 +318,17 @@ impl VerifiedChains {
             .is_some_and(|grants| grants.iter().any(|g| g.expires > now && &g.chain == chain))
     }
 
-    /// Whether `issuer` signed a link of a remembered chain (its revocation lists concern
-    /// what is held here).
-    pub fn mentions_issuer(&self, issuer: &Principal) -> bool {
+    /// Whether `issuer` signed a link of a remembered chain rooted at one of `roots` (its
+    /// revocation lists concern what is held here, in those trees).
+    pub fn mentions_issuer(&self, issuer: &Principal, roots: &[Principal]) -> bool {
         self.grants.values().flatten().any(|g| {
-            g.chain
-                .links()
-                .iter()
-                .any(|link| link.issuer().principal() == *issuer)
+            let links = g.chain.links();
+            links
+                .first()
+                .is_some_and(|first| roots.contains(&first.issuer().principal()))
+                && links
+                    .iter()
+                    .any(|link| link.issuer().principal() == *issuer)
         })
     }
 
@@ -667,7 +670,8 @@ mod tests {
         let apps = Path::root_of(root.principal()).join("apps").unwrap();
         let chain = Chain::root_grant(&root, node.principal(), apps, Validity::for_seconds(60));
         let mut cache = VerifiedChains::default();
-        assert!(!cache.mentions_issuer(&root.principal()));
+        let roots = [root.principal()];
+        assert!(!cache.mentions_issuer(&root.principal(), &roots));
         cache
             .insert(
                 &node.principal(),
@@ -676,9 +680,12 @@ mod tests {
                 &Revocations::default(),
             )
             .unwrap();
-        assert!(cache.mentions_issuer(&root.principal()));
-        assert!(!cache.mentions_issuer(&node.principal()));
-        assert!(!cache.mentions_issuer(&SigningKey::generate().principal()));
+        assert!(cache.mentions_issuer(&root.principal(), &roots));
+        assert!(!cache.mentions_issuer(&node.principal(), &roots));
+        assert!(!cache.mentions_issuer(&SigningKey::generate().principal(), &roots));
+        // Only in the trees asked about: a chain of a tree of another's does not count.
+        let other = [SigningKey::generate().principal()];
+        assert!(!cache.mentions_issuer(&root.principal(), &other));
     }
 
     #[test]

@@ -1872,12 +1872,28 @@ async fn lists_of_made_up_issuers_do_not_keep_out_a_delegators() {
         keys::now(),
     )
     .unwrap();
-    let third = Runtime::start(client, &key, vec![chain], Config::new())
+    // It holds a writecap of a tree of its own too (anyone can make one).
+    let made_up = SigningKey::generate();
+    let own_tree = Chain::root_grant(
+        &made_up,
+        key.principal(),
+        Path::root_of(made_up.principal()),
+        Validity::for_seconds(3600),
+    );
+    let third = Runtime::start(client, &key, vec![chain, own_tree], Config::new())
         .await
         .unwrap();
-    // Its hello brings node 1 the chain, with the delegator's link.
+    // Its hello brings node 1 both chains, one with the delegator's link.
     let me = third.sender(delegated.join("w").unwrap()).unwrap();
-    me.tell(&inbox, "n", b"hello").await.unwrap();
+    // Once it has joined: until then nothing resolves.
+    let joined = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = me.tell(&inbox, "n", b"hello").await {
+        assert!(
+            Instant::now() < joined,
+            "the third node never reached node 1: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::timeout(Duration::from_secs(20), received.recv())
         .await
         .unwrap()
@@ -1917,10 +1933,24 @@ async fn lists_of_made_up_issuers_do_not_keep_out_a_delegators() {
         let _ = net.nodes[0].runtime.publish_revocations(&list).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A made-up issuer's is still not.
+    // A made-up issuer's is still not, nor that of the root of a tree node 1 has a
+    // verified chain of but does not belong to: published before one of the tree's
+    // root, which is taken, over the same connection.
     let stranger = SigningKey::generate();
-    let list = keys::RevocationList::issue(&stranger, 1, now, vec![], vec![]).unwrap();
-    let _ = net.nodes[0].runtime.publish_revocations(&list).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    for issuer in [&stranger, &made_up] {
+        let list = keys::RevocationList::issue(issuer, 1, now, vec![], vec![]).unwrap();
+        net.nodes[0]
+            .runtime
+            .publish_revocations(&list)
+            .await
+            .unwrap();
+    }
+    let roots = keys::RevocationList::issue(&net.root, 1, now, vec![], vec![]).unwrap();
+    while taken.read().get(&net.root.principal()).is_none() {
+        assert!(Instant::now() < deadline, "the root's list was not taken");
+        let _ = net.nodes[0].runtime.publish_revocations(&roots).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(taken.read().get(&stranger.principal()).is_none());
+    assert!(taken.read().get(&made_up.principal()).is_none());
 }

@@ -453,16 +453,22 @@ fn check_revocations(inner: &Inner, message: &dht::Gossip) -> Result<dht::Verdic
     let issuer = list.issuer();
     let held = inner.config.revocations.read();
     // Past the bound, a list is taken only from an issuer of some link of a chain this
-    // node holds or has verified: anyone can sign lists, and lists of made-up issuers
-    // that filled the bound kept out those of the delegators and other trees' roots whose
-    // writecaps this node relies on.
-    if held.get(&issuer).is_none()
-        && held.len() >= keys::limits::MAX_REVOCATION_ISSUERS
-        && !read(&inner.chains)
-            .iter()
-            .any(|c| c.links().iter().any(|l| l.issuer().principal() == issuer))
-        && !read(&inner.verified).mentions_issuer(&issuer)
-    {
+    // node holds, or of one it has verified in a tree it belongs to: anyone can sign
+    // lists, and lists of made-up issuers that filled the bound kept out those of the
+    // delegators whose writecaps this node relies on. (Not any verified chain's: anyone
+    // can make a tree of its own and present a chain of it.)
+    let beyond_bound =
+        held.get(&issuer).is_none() && held.len() >= keys::limits::MAX_REVOCATION_ISSUERS && {
+            let own = read(&inner.chains);
+            let roots: Vec<keys::Principal> = own
+                .iter()
+                .filter_map(|c| c.links().first().map(|l| l.issuer().principal()))
+                .collect();
+            !own.iter()
+                .any(|c| c.links().iter().any(|l| l.issuer().principal() == issuer))
+                && !read(&inner.verified).mentions_issuer(&issuer, &roots)
+        };
+    if beyond_bound {
         tracing::debug!(%issuer, "ignoring a revocation list: lists of too many issuers held, and none of its writecaps is known here");
         return Ok(dht::Verdict::Ignore);
     }

@@ -290,7 +290,9 @@ impl Sessions {
                 state.forgotten.remove(&key);
                 taken
             }
-            Err(_) if state.forgotten.contains(&key) => return Err(Step::Full),
+            Err(_) if direction == Direction::Receive && state.forgotten.contains(&key) => {
+                return Err(Step::Full);
+            }
             Err(violation) => return Err(Step::Violation(violation)),
         };
         if over {
