@@ -83,6 +83,9 @@ pub struct Counters {
     pub corrupt_dropped: AtomicU64,
 }
 
+/// Stripes of [`Replica`]'s locks for putting versions.
+const PUT_STRIPES: usize = 64;
+
 /// Inodes whose decoded versions one generation of a replica's memo holds (see
 /// [`crate::memo::Generations`]), and the memory they may take ([`Verified::weight`]).
 const HELD_ENTRIES: usize = 16_384;
@@ -101,6 +104,10 @@ pub struct Replica {
     revocations: SharedRevocations,
     /// The generation of `revocations` the caches were filled under.
     checked_at: Arc<std::sync::atomic::AtomicU64>,
+    /// Held while a version is checked against what is held and stored, per stripe of
+    /// inodes: two versions of one inode put at once were each checked without the
+    /// other (together past [`MAX_HEADS`], or a sequence that does not rise).
+    put_locks: Arc<[std::sync::Mutex<()>; PUT_STRIPES]>,
     counters: Arc<Counters>,
 }
 
@@ -115,6 +122,7 @@ impl Replica {
             )),
             revocations: SharedRevocations::default(),
             checked_at: Arc::default(),
+            put_locks: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
             counters: Arc::default(),
         }
     }
@@ -247,6 +255,9 @@ impl Replica {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%inode, error = %e, "refused an inode version");
             })?;
+        let _checking = self.put_locks[usize::from(inode.0[0]) % PUT_STRIPES]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.store.has_version(inode, &verified.version)? {
             return Ok(false);
         }
@@ -572,6 +583,50 @@ mod tests {
         now.sort();
         last.sort();
         assert_eq!(now, last);
+    }
+
+    /// Forks put at once from many threads are checked one after another: no more than
+    /// [`MAX_HEADS`] are taken.
+    #[tokio::test]
+    async fn forks_put_at_once_stay_within_the_bound() {
+        let (replica, inode, first, root) = file().await;
+        let forks: Vec<Vec<u8>> = (0..4 * MAX_HEADS)
+            .map(|n| {
+                let mut fork = Inode::clone(&first.inode);
+                fork.seq = first.inode.seq + 1;
+                fork.parents = vec![first.version];
+                fork.mode = 0o600 + n as u32;
+                Signed::sign(&fork, root.signing_key()).unwrap()
+            })
+            .collect();
+        // Verified once first, so that the threads race on the checks, not on signatures.
+        for bytes in &forks {
+            replica
+                .verified()
+                .verify_as(bytes, &inode, keys::now(), &keys::Revocations::default())
+                .unwrap();
+        }
+        let barrier = std::sync::Barrier::new(forks.len());
+        let taken = std::thread::scope(|scope| {
+            let handles: Vec<_> = forks
+                .iter()
+                .map(|bytes| {
+                    let (replica, barrier) = (&replica, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        replica.put_version(&inode, bytes) == Ok(true)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().is_ok_and(|taken| taken))
+                .filter(|taken| *taken)
+                .count()
+        });
+        let heads = inode::heads(&replica.versions(&inode).unwrap()).len();
+        assert!(taken <= MAX_HEADS, "{taken} taken");
+        assert_eq!(heads, taken);
     }
 
     /// However a writer shapes its versions (here rounds of 16 forks, each merged by
