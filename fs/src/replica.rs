@@ -276,10 +276,7 @@ impl Replica {
             .max()
             .unwrap_or(0);
         if verified.inode.seq + KEEP_HISTORY <= newest {
-            self.counters
-                .refused_versions
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Stale {
+            return self.refuse(Refused::Stale {
                 seq: verified.inode.seq,
                 newest,
             });
@@ -292,10 +289,7 @@ impl Replica {
         if let Some(parent) = held.iter().find(|o| {
             verified.inode.parents.contains(&o.version) && o.inode.seq >= verified.inode.seq
         }) {
-            self.counters
-                .refused_versions
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::SequenceNotRising {
+            return self.refuse(Refused::SequenceNotRising {
                 seq: verified.inode.seq,
                 parent_seq: parent.inode.seq,
             });
@@ -319,19 +313,13 @@ impl Replica {
             filtered.push(verified.clone());
         }
         if inode::heads(filtered.as_deref().unwrap_or(&held)).len() > MAX_HEADS {
-            self.counters
-                .refused_versions
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::TooManyHeads);
+            return self.refuse(Refused::TooManyHeads);
         }
         let mut replaced = pruned(&held);
         if replaced.contains(&verified.version) {
             // Below what is kept (trimmed away here before, and sent again): taken, it
             // would only be dropped at the next write, or come back as a head.
-            self.counters
-                .refused_versions
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Stale {
+            return self.refuse(Refused::Stale {
                 seq: verified.inode.seq,
                 newest,
             });
@@ -345,6 +333,14 @@ impl Replica {
             &replaced,
         )?;
         Ok(true)
+    }
+
+    /// Counts a refused version, and refuses it.
+    fn refuse(&self, why: Refused) -> Result<bool, Refused> {
+        self.counters
+            .refused_versions
+            .fetch_add(1, Ordering::Relaxed);
+        Err(why)
     }
 
     fn held(&self, inode: &InodeId) -> Result<Vec<Verified>, Refused> {

@@ -269,28 +269,16 @@ impl VerifiedChains {
             .filter(|(holder, grants)| *holder != keep && grants.iter().all(|g| g.expires <= now))
             .map(|(holder, _)| *holder)
             .collect();
-        for holder in expired {
-            if enough(self) {
-                return;
-            }
-            self.forget(&holder);
-        }
-        if enough(self) {
+        if self.forget_until(expired, &enough) {
             return;
         }
-        let victims: Vec<Principal> = self
+        let unpinned: Vec<Principal> = self
             .grants
             .keys()
             .filter(|holder| *holder != keep && !self.pinned.contains_key(holder))
             .copied()
             .collect();
-        for victim in victims {
-            if enough(self) {
-                return;
-            }
-            self.forget(&victim);
-        }
-        if enough(self) {
+        if self.forget_until(unpinned, &enough) {
             return;
         }
         // Pinned holders beyond their share, the largest first.
@@ -302,12 +290,22 @@ impl VerifiedChains {
             .filter(|(bytes, _)| *bytes > PINNED_SHARE)
             .collect();
         large.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-        for (_, victim) in large {
+        self.forget_until(large.into_iter().map(|(_, holder)| holder), &enough);
+    }
+
+    /// Forgets `holders` in turn until `enough`; whether it was.
+    fn forget_until(
+        &mut self,
+        holders: impl IntoIterator<Item = Principal>,
+        enough: &impl Fn(&Self) -> bool,
+    ) -> bool {
+        for holder in holders {
             if enough(self) {
-                return;
+                return true;
             }
-            self.forget(&victim);
+            self.forget(&holder);
         }
+        enough(self)
     }
 
     /// Whether `chain` is remembered for `holder` (and not expired at `now`): presenting

@@ -68,6 +68,22 @@ async fn start_node(
     }
 }
 
+/// A node of the overlay (no actor runtime) for `key`, joined through `bootstrap`.
+async fn join_overlay(key: &SigningKey, bootstrap: &Multiaddr) -> dht::Client {
+    let dht_config = dht::Config::new()
+        .with_listen(vec!["/memory/0".parse().unwrap()])
+        .with_bootstrap(vec![bootstrap.clone()]);
+    let (client, _task) = dht::start(
+        key.clone(),
+        dht_config,
+        dht::Store::in_memory(1000),
+        dht::Transports::Memory,
+    )
+    .await
+    .unwrap();
+    client
+}
+
 /// Logs to the test's captured output (shown when it fails); `RUST_LOG` picks what.
 fn trace() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -911,17 +927,7 @@ async fn an_asker_that_drops_its_replies_cannot_make_the_actor_fail() {
         .unwrap();
     let root = SigningKey::generate();
     let key = SigningKey::generate();
-    let dht_config = dht::Config::new()
-        .with_listen(vec!["/memory/0".parse().unwrap()])
-        .with_bootstrap(vec![net.nodes[0].addr.clone()]);
-    let (hands, _task) = dht::start(
-        key.clone(),
-        dht_config,
-        dht::Store::in_memory(1000),
-        dht::Transports::Memory,
-    )
-    .await
-    .unwrap();
+    let hands = join_overlay(&key, &net.nodes[0].addr).await;
     hands.dial(net.nodes[1].addr.clone()).await.unwrap();
     let mut incoming = hands
         .streams()
@@ -1029,17 +1035,7 @@ async fn a_refusal_after_its_stream_was_replaced_names_the_message_it_refused() 
     let net = Net::start(1).await;
     let root = &net.root;
     let key = SigningKey::generate();
-    let dht_config = dht::Config::new()
-        .with_listen(vec!["/memory/0".parse().unwrap()])
-        .with_bootstrap(vec![net.nodes[0].addr.clone()]);
-    let (hands, _task) = dht::start(
-        key.clone(),
-        dht_config,
-        dht::Store::in_memory(1000),
-        dht::Transports::Memory,
-    )
-    .await
-    .unwrap();
+    let hands = join_overlay(&key, &net.nodes[0].addr).await;
     let home = Path::root_of(root.principal()).join("hands").unwrap();
     let chain = Chain::root_grant(
         root,
@@ -1837,7 +1833,7 @@ async fn what_the_network_refuses_is_refused_locally_too() {
 
 /// A node holding the revocation lists of as many issuers as it keeps still takes the
 /// list of an issuer whose writecaps it relies on: lists of made-up issuers (anyone can
-/// sign one) filled the bound and kept out those of delegators and other trees' roots.
+/// sign one) filled the bound and kept out those of the delegators of its own trees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_of_made_up_issuers_do_not_keep_out_a_delegators() {
     let net = Net::start(2).await;
@@ -1845,17 +1841,7 @@ async fn lists_of_made_up_issuers_do_not_keep_out_a_delegators() {
     // A third node whose writecap passes through a delegator.
     let delegator = SigningKey::generate();
     let key = SigningKey::generate();
-    let dht_config = dht::Config::new()
-        .with_listen(vec!["/memory/0".parse().unwrap()])
-        .with_bootstrap(vec![net.nodes[0].addr.clone()]);
-    let (client, _task) = dht::start(
-        key.clone(),
-        dht_config,
-        dht::Store::in_memory(1000),
-        dht::Transports::Memory,
-    )
-    .await
-    .unwrap();
+    let client = join_overlay(&key, &net.nodes[0].addr).await;
     let tree = Path::root_of(net.root.principal());
     let delegated = tree.join("delegated").unwrap();
     let chain = Chain::root_grant(
