@@ -1141,10 +1141,9 @@ impl Network {
         // silent replica does not hold a write for a whole request timeout (repair adds
         // the copy it did not take).
         let mut until: Option<tokio::time::Instant> = None;
-        // Nodes beyond the R nearest stand in for silent ones only: one that refused
-        // holds the item, and a node with no history of it must not outvote it.
-        let home = r.saturating_sub(usize::from(stored_here));
-        'waves: while acks < r && next < candidates.len() && (refusals == 0 || next < home) {
+        // Nodes beyond the R nearest stand in for silent ones only, not for one that
+        // refused (it holds the item; a stand-in has no history of it).
+        'waves: while acks + refusals < r && next < candidates.len() {
             // A wave that would be dropped before it could be answered is not sent.
             if let Some(at) = until
                 && at.saturating_duration_since(tokio::time::Instant::now())
@@ -1153,7 +1152,7 @@ impl Network {
                 break;
             }
             let wave: Vec<PeerId> =
-                candidates[next..(next + r - acks).min(candidates.len())].to_vec();
+                candidates[next..(next + r - acks - refusals).min(candidates.len())].to_vec();
             next += wave.len();
             let mut pending: futures::stream::FuturesUnordered<_> = wave
                 .iter()
@@ -1202,8 +1201,10 @@ impl Network {
                         ) =>
                     {
                         refusals += 1;
-                        if acks < needed
-                            && (peer == self.me || refusals > r.min(known).saturating_sub(needed))
+                        // This node's own replica refusing is final whenever it answers:
+                        // reads here take the local copy first.
+                        if peer == self.me
+                            || (acks < needed && refusals > r.min(known).saturating_sub(needed))
                         {
                             return Err(BlockError::Refused(refusal.to_string()));
                         }
