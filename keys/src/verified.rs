@@ -546,8 +546,9 @@ mod tests {
         assert_eq!(cache.bytes(), 0);
     }
 
-    /// Holders pinned (peers whose streams are open) are never pushed out to make room
-    /// for others' chains, however many others come: a flood of made-up holders with
+    /// Holders pinned (peers whose streams are open) within their share are never pushed
+    /// out to make room for others' chains, however many others come: a flood of made-up
+    /// holders with
     /// deep chains pushed out every honest peer, whose messages were then refused and
     /// held against it. A grant that finds no room among pinned holders is not
     /// remembered, and says so; the bounds still hold.

@@ -45,13 +45,10 @@ struct Queue {
     full: bool,
 }
 
-impl Queue {
-    /// Whether `incoming` fits now.
-    fn fits(&self, incoming: &Incoming, capacity: usize) -> bool {
-        self.items.is_empty()
-            || (self.items.len() < capacity
-                && self.bytes + incoming.payload.len() <= MAX_QUEUED_BYTES)
-    }
+/// Whether a message of `size` payload bytes fits behind `len` messages of `bytes`: an
+/// empty queue takes any one.
+fn fits(len: usize, bytes: usize, size: usize, capacity: usize) -> bool {
+    len == 0 || (len < capacity && bytes + size <= MAX_QUEUED_BYTES)
 }
 
 pub(crate) struct Mailbox {
@@ -106,7 +103,7 @@ impl Mailbox {
         let (mut n, mut len, mut bytes) = (0, queue.items.len(), queue.bytes);
         while let Some(next) = items.get(n) {
             let size = next.payload.len();
-            if len > 0 && (len >= self.capacity || bytes + size > MAX_QUEUED_BYTES) {
+            if !fits(len, bytes, size, self.capacity) {
                 break;
             }
             (n, len, bytes) = (n + 1, len + 1, bytes + size);
@@ -153,7 +150,14 @@ impl Mailbox {
                 if self.is_closed() {
                     return Err(item.take().expect("held until queued"));
                 }
-                if let Some(incoming) = item.take_if(|i| queue.fits(i, self.capacity)) {
+                if let Some(incoming) = item.take_if(|i| {
+                    fits(
+                        queue.items.len(),
+                        queue.bytes,
+                        i.payload.len(),
+                        self.capacity,
+                    )
+                }) {
                     let was_empty = queue.items.is_empty();
                     queue.bytes += incoming.payload.len();
                     queue.items.push_back(incoming);
